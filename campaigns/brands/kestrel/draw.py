@@ -1,0 +1,49 @@
+"""Draw the Kestrel demo brand kit (logo and reference images) with Pillow.
+
+The PNGs beside this file are committed; this script is how they were made:
+``python campaigns/brands/kestrel/draw.py`` rewrites them byte for byte.
+"""
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+HERE = Path(__file__).parent
+ORANGE, NAVY, CREAM, TEAL = (242, 107, 29), (29, 53, 87), (241, 250, 238), (42, 157, 143)
+
+
+def draw_logo(size: int = 96) -> Image.Image:
+    logo = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    pen = ImageDraw.Draw(logo)
+    pen.ellipse((2, 2, size - 3, size - 3), fill=(*NAVY, 255), outline=(*CREAM, 255), width=4)
+    # A stylised kestrel wing: two orange triangles.
+    pen.polygon([(size * 0.22, size * 0.62), (size * 0.5, size * 0.25), (size * 0.56, size * 0.6)],
+                fill=(*ORANGE, 255))
+    pen.polygon([(size * 0.5, size * 0.6), (size * 0.8, size * 0.32), (size * 0.7, size * 0.7)],
+                fill=(*TEAL, 255))
+    return logo
+
+
+def draw_reference(index: int, size: int = 64) -> Image.Image:
+    """Brand-look references: warm gradient grounds with navy and teal shapes."""
+    image = Image.new("RGB", (size, size))
+    pixels = image.load()
+    for y in range(size):
+        for x in range(size):
+            t = (x + y * (index + 1)) / (size * (index + 2))
+            pixels[x, y] = tuple(int(CREAM[c] * (1 - t) + ORANGE[c] * t) for c in range(3))
+    pen = ImageDraw.Draw(image)
+    offset = 8 * index
+    pen.rectangle((10 + offset, 30, 34 + offset, 54), fill=NAVY)
+    pen.ellipse((30, 8 + offset // 2, 54, 32 + offset // 2), fill=TEAL)
+    return image
+
+
+def main() -> None:
+    draw_logo().save(HERE / "logo.png")
+    for index in range(3):
+        draw_reference(index).save(HERE / f"reference-{index + 1}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""Load and validate recipes, campaigns and brand kits (the *load* and *validate* layers).
+
+The file formats are the pydantic models below (``RecipeFile``, ``CampaignFile``,
+``BrandKitFile``): unknown keys are errors, types are strict (``"5"`` is not an int),
+and every error names ``file:line``, the key path, what was expected and what was found.
+Loading resolves relative paths against the YAML file's folder, checks that every
+referenced file exists and that pinned sha256 values match, and returns frozen values.
+No model is loaded here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import HashMismatchError, InputError, MissingFileError, SchemaError
+from .hashing import sha256_path, short_hash
+from .yamlsource import KeyPath, YamlDocument, format_key_path, load_yaml
+
+Family = Literal["sd15", "sdxl", "flux"]
+SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "flow_euler")
+# Latent grid alignment: SD's VAE downsamples 8x; Flux also packs latents 2x2.
+SIZE_MULTIPLE = {"sd15": 8, "sdxl": 8, "flux": 16}
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+ASPECT_PATTERN = r"^[1-9][0-9]*:[1-9][0-9]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FileRef(_Strict):
+    """A file (or a diffusers model folder) with an optional pinned sha256."""
+
+    path: str = Field(min_length=1)
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)] | None = None
+
+
+class PinnedFileRef(FileRef):
+    """A model file whose sha256 must be pinned."""
+
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
+
+
+class CheckpointRef(PinnedFileRef):
+    config: str | None = Field(
+        default=None,
+        description="A local diffusers-layout folder (JSON configs suffice) used to load a "
+        "single-file checkpoint offline.",
+    )
+
+
+class LoraRef(PinnedFileRef):
+    weight: float = Field(ge=-4.0, le=4.0)
+
+
+class RecipeFile(_Strict):
+    """``recipes/NAME.yaml``: how a look is made, pinned and versioned."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: int = Field(ge=1)
+    family: Family
+    checkpoint: CheckpointRef
+    loras: list[LoraRef] = Field(default_factory=list)
+    scheduler: Literal[SCHEDULERS]  # type: ignore[valid-type]
+    steps: int = Field(ge=1, le=200)
+    cfg: float = Field(ge=0.0, le=30.0)
+    size: list[int] = Field(min_length=2, max_length=2,
+                            description="Default [width, height] in pixels.")
+    seed: int = Field(ge=0, lt=2**32)
+    prompt: str = Field(min_length=1, description="Jinja template.")
+    negative_prompt: str = Field(default="", description="Jinja template.")
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, size: list[int]) -> list[int]:
+        if min(size) < 8 or max(size) > 8192:
+            raise ValueError(f"each side must be between 8 and 8192 pixels, got {list(size)}")
+        return size
+
+
+class LogoPlacementSpec(_Strict):
+    anchor: Literal["top-left", "top-right", "bottom-left", "bottom-right", "center"] = (
+        "bottom-right"
+    )
+    margin: float = Field(default=0.05, ge=0.0, le=0.45)
+    scale: float = Field(default=0.2, gt=0.0, le=1.0)
+
+
+class BrandKitFile(_Strict):
+    """A brand kit: logo, palette, reference images, logo placement per aspect ratio."""
+
+    name: str = Field(min_length=1)
+    logo: FileRef
+    palette: list[Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")]] = Field(
+        default_factory=list)
+    references: list[FileRef] = Field(default_factory=list,
+                                      description="Brand reference images.")
+    placement: dict[str, LogoPlacementSpec] = Field(
+        default_factory=dict,
+        description="Logo placement keyed by aspect ratio ('1:1', '9:16', …) or 'default'.",
+    )
+
+
+class SizeSpec(_Strict):
+    """Size per aspect ratio, from the value of the ``axis`` axis (e.g. '9:16')."""
+
+    axis: str = "aspect"
+    short_side: int | None = Field(default=None, ge=8, le=8192)
+    pixels: int | None = Field(default=None, ge=64, le=64 * 1024 * 1024)
+
+
+AxisValue = str | int | float | bool | dict[str, Any]
+
+
+class MatrixSpec(_Strict):
+    axes: dict[str, Annotated[list[AxisValue], Field(min_length=1)]] = Field(min_length=1)
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="Drop variants whose axes match every key of a rule."
+    )
+
+
+class ScoringSpec(_Strict):
+    clip_model: str = Field(description="A local open_clip folder (open_clip_config.json + "
+                            "open_clip_model.safetensors).")
+    batch_size: int = Field(default=32, ge=1, le=4096)
+
+
+class GateSpec(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+
+class RenderSpec(_Strict):
+    batch_size: int = Field(default=8, ge=1, le=512)
+
+
+class CampaignFile(_Strict):
+    """``campaigns/NAME.yaml``: a variant matrix rendered with a pinned recipe."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    recipe: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*@[1-9][0-9]*$",
+                        description="name@version of a recipe in recipes_dir.")
+    recipes_dir: str = "../recipes"
+    brand: str = Field(description="Path to the brand kit YAML.")
+    size: SizeSpec | None = None
+    matrix: MatrixSpec
+    output: str = Field(min_length=1, description="Jinja template for the output file name "
+                        "(relative, without extension).")
+    logo: bool = Field(default=True, description="Overlay the brand logo.")
+    scoring: ScoringSpec
+    gates: dict[Literal["clip_prompt", "clip_brand"], GateSpec] = Field(default_factory=dict)
+    render: RenderSpec = RenderSpec()
+
+
+FILE_MODELS: dict[str, type[BaseModel]] = {
+    "recipe": RecipeFile, "campaign": CampaignFile, "brand": BrandKitFile,
+}
+
+
+# ---------------------------------------------------------------- resolved values
+
+
+@dataclass(frozen=True)
+class ResolvedFile:
+    """A referenced file, its absolute location and its sha256 (verified or computed)."""
+
+    path: Path
+    sha256: str
+
+    @property
+    def identity(self) -> dict[str, str]:
+        # Location-free: ids must not change when a project moves folders.
+        return {"name": self.path.name, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    spec: RecipeFile
+    source: Path
+    document: YamlDocument
+    checkpoint: ResolvedFile
+    checkpoint_config: Path | None
+    loras: tuple[tuple[ResolvedFile, float], ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.spec.name}@{self.spec.version}"
+
+    def identity(self) -> dict[str, Any]:
+        """Everything about the recipe that decides pixels, free of paths."""
+        spec = self.spec
+        return {
+            "name": spec.name,
+            "version": spec.version,
+            "family": spec.family,
+            "checkpoint": self.checkpoint.identity,
+            "loras": [{**lora.identity, "weight": weight} for lora, weight in self.loras],
+            "scheduler": spec.scheduler,
+            "steps": spec.steps,
+            "cfg": spec.cfg,
+            "size": list(spec.size),
+            "seed": spec.seed,
+            "prompt": spec.prompt,
+            "negative_prompt": spec.negative_prompt,
+        }
+
+
+@dataclass(frozen=True)
+class BrandKit:
+    spec: BrandKitFile
+    source: Path
+    logo: ResolvedFile
+    references: tuple[ResolvedFile, ...]
+
+    def placement_for(self, aspect: str | None) -> LogoPlacementSpec:
+        placements = self.spec.placement
+        return placements.get(aspect or "", placements.get("default", LogoPlacementSpec()))
+
+
+@dataclass(frozen=True)
+class Campaign:
+    spec: CampaignFile
+    source: Path
+    document: YamlDocument
+    recipe: Recipe
+    brand: BrandKit
+    clip_model: Path
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_recipe(path: Path, *, verify_hashes: bool = True) -> Recipe:
+    document = load_yaml(path)
+    spec = _validate(document, RecipeFile)
+    base = path.parent
+    checkpoint = _resolve_file(document, spec.checkpoint, ("checkpoint",), verify_hashes)
+    config = None
+    if spec.checkpoint.config is not None:
+        config = _existing_path(document, base / spec.checkpoint.config, ("checkpoint", "config"))
+    loras = tuple(
+        (_resolve_file(document, lora, ("loras", index), verify_hashes), lora.weight)
+        for index, lora in enumerate(spec.loras)
+    )
+    _check_size_multiple(document, spec.family, spec.size, ("size",))
+    return Recipe(spec=spec, source=path, document=document, checkpoint=checkpoint,
+                  checkpoint_config=config, loras=loras)
+
+
+def load_brand_kit(path: Path, *, verify_hashes: bool = True) -> BrandKit:
+    document = load_yaml(path)
+    spec = _validate(document, BrandKitFile)
+    for aspect in spec.placement:
+        if aspect != "default" and not re.match(ASPECT_PATTERN, aspect):
+            raise document.error(SchemaError, "placement key is not an aspect ratio",
+                                 ("placement", aspect), expected="'W:H' (e.g. '9:16') or "
+                                 "'default'", found=repr(aspect))
+    return BrandKit(
+        spec=spec,
+        source=path,
+        logo=_resolve_file(document, spec.logo, ("logo",), verify_hashes),
+        references=tuple(
+            _resolve_file(document, ref, ("references", index), verify_hashes)
+            for index, ref in enumerate(spec.references)
+        ),
+    )
+
+
+def load_campaign(path: Path, *, verify_hashes: bool = True) -> Campaign:
+    document = load_yaml(path)
+    spec = _validate(document, CampaignFile)
+    base = path.parent
+    recipe_name, recipe_version = spec.recipe.split("@")
+    recipes_dir = Path(os.path.normpath(base / spec.recipes_dir))
+    recipe_path = recipes_dir / f"{recipe_name}.yaml"
+    if not recipe_path.is_file():
+        available = sorted(p.stem for p in recipes_dir.glob("*.yaml"))
+        raise document.error(MissingFileError, "recipe file not found", ("recipe",),
+                             expected=str(recipe_path), found="no such file",
+                             fix=f"recipes in {recipes_dir}: {', '.join(available) or 'none'}")
+    recipe = load_recipe(recipe_path, verify_hashes=verify_hashes)
+    if recipe.spec.version != int(recipe_version):
+        raise document.error(
+            SchemaError, "recipe version not available", ("recipe",),
+            expected=f"{spec.recipe}", found=f"{recipe_path} is {recipe.ref}",
+            fix=f"set recipe: {recipe.ref}, or restore version {recipe_version} of the file",
+        )
+    brand_path = _existing_path(document, base / spec.brand, ("brand",))
+    brand = load_brand_kit(brand_path, verify_hashes=verify_hashes)
+    clip_model = _existing_path(document, base / spec.scoring.clip_model,
+                                ("scoring", "clip_model"))
+    if spec.size is not None:
+        _check_size_spec(document, spec.size)
+    return Campaign(spec=spec, source=path, document=document, recipe=recipe, brand=brand,
+                    clip_model=clip_model)
+
+
+def load_any(path: Path, *, verify_hashes: bool = True) -> Recipe | Campaign | BrandKit:
+    """Load a file whose kind is told by its keys (for ``campaign validate``)."""
+    document = load_yaml(path)
+    keys = set(document.data) if isinstance(document.data, dict) else set()
+    if "matrix" in keys:
+        return load_campaign(path, verify_hashes=verify_hashes)
+    if "family" in keys or "checkpoint" in keys:
+        return load_recipe(path, verify_hashes=verify_hashes)
+    if "logo" in keys:
+        return load_brand_kit(path, verify_hashes=verify_hashes)
+    raise SchemaError(
+        "cannot tell what kind of file this is", file=path, line=1,
+        expected="a campaign (has 'matrix'), a recipe (has 'family') or a brand kit "
+        "(has 'logo')", found=f"top-level keys: {sorted(map(str, keys)) or 'none'}",
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _validate(document: YamlDocument, model: type[BaseModel]) -> Any:
+    if not isinstance(document.data, dict):
+        raise document.error(SchemaError, f"a {model.__name__} must be a mapping of keys", (),
+                             expected="key: value lines", found=type(document.data).__name__)
+    try:
+        return model.model_validate(document.data)
+    except ValidationError as err:
+        raise _schema_error(document, model, err) from None
+
+
+def _schema_error(document: YamlDocument, model: type[BaseModel],
+                  err: ValidationError) -> InputError:
+    first = err.errors(include_url=False)[0]
+    key_path: KeyPath = tuple(
+        part for part in first["loc"] if isinstance(part, int) or not _is_union_tag(part)
+    )
+    found = first.get("input")
+    if first["type"] == "extra_forbidden":
+        key = str(key_path[-1])
+        known = sorted(_field_names(model))
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return document.error(SchemaError, f"unknown key '{key}'", key_path,
+                              fix=f"{hint}remove it or fix its spelling "
+                              "(`campaign schema` prints every allowed key)")
+    if first["type"] == "missing":
+        return document.error(SchemaError, f"missing required key '{key_path[-1]}'", key_path,
+                              fix=f"add '{key_path[-1]}' (see `campaign schema`)")
+    more = len(err.errors()) - 1
+    return document.error(
+        SchemaError, "invalid value" + (f" ({more} more after this one)" if more else ""),
+        key_path, expected=first["msg"], found=_short_repr(found),
+        fix=f"change {format_key_path(key_path)} to a valid value",
+    )
+
+
+def _is_union_tag(part: str) -> bool:
+    # pydantic names union members in locations (e.g. 'str', 'dict[str,any]'); not real keys.
+    return part in {"str", "int", "float", "bool"} or part.startswith(("dict[", "list[", "tuple["))
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    names: set[str] = set()
+    stack: list[type] = [model]
+    while stack:
+        current = stack.pop()
+        for name, field in current.model_fields.items():
+            names.add(name)
+            stack.extend(
+                sub for sub in _model_types(field.annotation) if sub not in stack
+            )
+    return names
+
+
+def _model_types(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [sub for arg in getattr(annotation, "__args__", ()) for sub in _model_types(arg)]
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _existing_path(document: YamlDocument, path: Path, key_path: KeyPath) -> Path:
+    resolved = path.resolve()
+    if not resolved.exists():
+        raise document.error(MissingFileError, "referenced file not found", key_path,
+                             expected="an existing file or folder", found=str(resolved),
+                             fix="fix the path (relative to this YAML file's folder) or create "
+                             "the file (demo models: `campaign demo-models`)")
+    return resolved
+
+
+def _resolve_file(document: YamlDocument, ref: FileRef, key_path: KeyPath,
+                  verify_hashes: bool) -> ResolvedFile:
+    path = _existing_path(document, document.path.parent / ref.path, (*key_path, "path"))
+    if ref.sha256 is not None and not verify_hashes:
+        return ResolvedFile(path=path, sha256=ref.sha256)
+    found = sha256_path(path)
+    if ref.sha256 is not None and found != ref.sha256:
+        raise document.error(
+            HashMismatchError, f"sha256 of {path.name} does not match its pin",
+            (*key_path, "sha256"),
+            expected=f"{ref.sha256} (short {short_hash(ref.sha256)})",
+            found=f"{found} (short {short_hash(found)})",
+            fix="restore the pinned file, or if the change is intended, update the pin and "
+            "bump the recipe version",
+        )
+    return ResolvedFile(path=path, sha256=found)
+
+
+def _check_size_multiple(document: YamlDocument, family: str, size: list[int],
+                         key_path: KeyPath) -> None:
+    multiple = SIZE_MULTIPLE[family]
+    if any(side % multiple for side in size):
+        raise document.error(SchemaError, f"size is not a multiple of {multiple}", key_path,
+                             expected=f"width and height multiples of {multiple} for {family}",
+                             found=str(list(size)),
+                             fix=f"round each side to a multiple of {multiple}")
+
+
+def _check_size_spec(document: YamlDocument, size: Any) -> None:
+    if (size.short_side is None) == (size.pixels is None):
+        raise document.error(SchemaError, "give exactly one of short_side or pixels", ("size",),
+                             expected="size: {short_side: 64} or size: {pixels: 4096}",
+                             found=f"short_side={size.short_side}, pixels={size.pixels}")

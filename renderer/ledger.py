@@ -1,0 +1,304 @@
+"""The ledger: every run and render, in SQLite (WAL), with numbered migrations.
+
+Migrations are functions named ``mNNN_description`` applied in order inside a
+transaction; the ``migrations`` table records which ran. Never edit a shipped
+migration: add the next number. Each render row is committed after its image file is
+in place, so a row never points at a missing or partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .hashing import canonical_json, sha256_json
+
+LEDGER_NAME = "ledger.sqlite"
+
+
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the surrounding migration transaction; run one by one.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def m001_initial(db: sqlite3.Connection) -> None:
+    _execute_script(
+        db,
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            campaign TEXT NOT NULL,
+            campaign_file TEXT NOT NULL,
+            recipe_name TEXT NOT NULL,
+            recipe_version INTEGER NOT NULL,
+            executor TEXT NOT NULL,
+            environment_hash TEXT NOT NULL REFERENCES environments(hash),
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            status TEXT NOT NULL,          -- running | passed | failed | error
+            planned INTEGER NOT NULL,
+            rendered INTEGER NOT NULL DEFAULT 0,
+            skipped INTEGER NOT NULL DEFAULT 0,
+            passed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            thresholds_json TEXT NOT NULL
+        );
+        CREATE TABLE environments (
+            hash TEXT PRIMARY KEY,
+            environment_json TEXT NOT NULL
+        );
+        CREATE TABLE recipe_versions (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            content_hash TEXT NOT NULL,
+            resolved_json TEXT NOT NULL,
+            first_rendered_at TEXT NOT NULL,
+            PRIMARY KEY (name, version)
+        );
+        CREATE TABLE renders (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            variant_id TEXT NOT NULL,
+            campaign TEXT NOT NULL,
+            recipe_name TEXT NOT NULL,
+            recipe_version INTEGER NOT NULL,
+            recipe_hash TEXT NOT NULL,
+            variant_json TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            axes_json TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            input_files_json TEXT NOT NULL,  -- [{"role", "path", "sha256"}]
+            output_path TEXT NOT NULL,       -- relative to the ledger's folder
+            output_sha256 TEXT NOT NULL,
+            output_bytes INTEGER NOT NULL,
+            environment_hash TEXT NOT NULL REFERENCES environments(hash),
+            scores_json TEXT NOT NULL,
+            gate_status TEXT NOT NULL,       -- pass | fail
+            gate_reasons_json TEXT NOT NULL,
+            render_seconds REAL NOT NULL,
+            rerender_reason TEXT,            -- NULL, 'missing' or 'altered'
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE run_variants (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            position INTEGER NOT NULL,
+            variant_id TEXT NOT NULL,
+            outcome TEXT NOT NULL,           -- to_render | skipped
+            PRIMARY KEY (run_id, variant_id)
+        );
+        CREATE INDEX renders_by_variant ON renders(variant_id, id);
+        CREATE INDEX renders_by_run ON renders(run_id);
+        """
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (m001_initial,)
+
+
+@dataclass(frozen=True)
+class RenderRecord:
+    """One finished render, as committed to the ledger."""
+
+    run_id: str
+    variant_id: str
+    campaign: str
+    recipe_name: str
+    recipe_version: int
+    recipe_hash: str
+    variant_json: str
+    seed: int
+    axes: Mapping[str, Any]
+    prompt: str
+    width: int
+    height: int
+    input_files: Sequence[Mapping[str, str]]
+    output_path: str
+    output_sha256: str
+    output_bytes: int
+    environment_hash: str
+    scores: Mapping[str, float]
+    gate_status: str
+    gate_reasons: Sequence[str]
+    render_seconds: float
+    rerender_reason: str | None
+
+
+@dataclass(frozen=True)
+class DoneRender:
+    variant_id: str
+    output_path: str
+    output_sha256: str
+
+
+@dataclass(frozen=True)
+class RecipeConflict:
+    stored_hash: str
+    deliverables: int
+    first_rendered_at: str
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("r%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+class Ledger:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS migrations "
+                       "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+            applied = {row[0] for row in db.execute("SELECT name FROM migrations")}
+            for migration in MIGRATIONS:
+                if migration.__name__ not in applied:
+                    migration(db)
+                    db.execute("INSERT INTO migrations VALUES (?, ?)",
+                               (migration.__name__, utc_now()))
+
+    # ------------------------------------------------------------ recipes
+
+    def recipe_conflict(self, name: str, version: int, content_hash: str) -> RecipeConflict | None:
+        """The stored version when (name, version) already rendered with other content."""
+        row = self.db.execute(
+            "SELECT content_hash, first_rendered_at FROM recipe_versions "
+            "WHERE name = ? AND version = ?", (name, version)).fetchone()
+        if row is None or row["content_hash"] == content_hash:
+            return None
+        count = self.db.execute(
+            "SELECT COUNT(DISTINCT variant_id) FROM renders WHERE recipe_name = ? AND "
+            "recipe_version = ?", (name, version)).fetchone()[0]
+        return RecipeConflict(row["content_hash"], count, row["first_rendered_at"])
+
+    def record_recipe_version(self, name: str, version: int, resolved: Mapping[str, Any]) -> str:
+        content_hash = sha256_json(resolved)
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO recipe_versions VALUES (?, ?, ?, ?, ?)",
+                       (name, version, content_hash, canonical_json(resolved), utc_now()))
+        return content_hash
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, *, campaign: str, campaign_file: str, recipe_name: str,
+                  recipe_version: int, executor: str, environment: Mapping[str, Any],
+                  variant_ids: Sequence[str], to_render: set[str],
+                  thresholds: Mapping[str, Any]) -> tuple[str, str]:
+        """Record a run and the deliverable set it covers; returns (run id, environment hash)."""
+        run_id, environment_hash = new_run_id(), sha256_json(environment)
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO environments VALUES (?, ?)",
+                       (environment_hash, canonical_json(environment)))
+            db.execute(
+                "INSERT INTO runs (id, campaign, campaign_file, recipe_name, recipe_version, "
+                "executor, environment_hash, started_at, status, planned, thresholds_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+                (run_id, campaign, campaign_file, recipe_name, recipe_version, executor,
+                 environment_hash, utc_now(), len(variant_ids), canonical_json(thresholds)))
+            db.executemany(
+                "INSERT INTO run_variants VALUES (?, ?, ?, ?)",
+                ((run_id, position, variant_id,
+                  "to_render" if variant_id in to_render else "skipped")
+                 for position, variant_id in enumerate(variant_ids)))
+        return run_id, environment_hash
+
+    def finish_run(self, run_id: str, *, status: str, rendered: int, skipped: int,
+                   passed: int, failed: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET finished_at = ?, status = ?, rendered = ?, skipped = ?, "
+                       "passed = ?, failed = ? WHERE id = ?",
+                       (utc_now(), status, rendered, skipped, passed, failed, run_id))
+
+    # ------------------------------------------------------------ renders
+
+    def latest_renders(self, variant_ids: Sequence[str]) -> dict[str, DoneRender]:
+        """The newest committed render of each given variant id that has one."""
+        done: dict[str, DoneRender] = {}
+        wanted = list(variant_ids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = self.db.execute(
+                "SELECT variant_id, output_path, output_sha256 FROM renders WHERE id IN "
+                "(SELECT MAX(id) FROM renders WHERE variant_id IN "
+                f"({','.join('?' * len(chunk))}) GROUP BY variant_id)", chunk)
+            for row in rows:
+                done[row["variant_id"]] = DoneRender(*row)
+        return done
+
+    def add_render(self, record: RenderRecord) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO renders (run_id, variant_id, campaign, recipe_name, recipe_version,"
+                " recipe_hash, variant_json, seed, axes_json, prompt, width, height, "
+                "input_files_json, output_path, output_sha256, output_bytes, environment_hash, "
+                "scores_json, gate_status, gate_reasons_json, render_seconds, rerender_reason, "
+                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (record.run_id, record.variant_id, record.campaign, record.recipe_name,
+                 record.recipe_version, record.recipe_hash, record.variant_json, record.seed,
+                 canonical_json(record.axes), record.prompt, record.width, record.height,
+                 canonical_json(list(record.input_files)), record.output_path,
+                 record.output_sha256, record.output_bytes, record.environment_hash,
+                 canonical_json(record.scores), record.gate_status,
+                 json.dumps(list(record.gate_reasons)), record.render_seconds,
+                 record.rerender_reason, utc_now()))
+
+    # ------------------------------------------------------------ reading
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT ?",
+                               (limit,))
+        return [dict(row) for row in rows]
+
+    def run(self, run_id: str | None) -> dict[str, Any] | None:
+        query = "SELECT * FROM runs WHERE id = ?" if run_id else \
+            "SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT 1"
+        row = self.db.execute(query, (run_id,) if run_id else ()).fetchone()
+        return dict(row) if row else None
+
+    def run_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """The newest render of each variant in a run's deliverable set, in plan order."""
+        rows = self.db.execute(
+            "SELECT renders.* FROM run_variants JOIN renders ON renders.id = "
+            "(SELECT MAX(id) FROM renders WHERE renders.variant_id = run_variants.variant_id) "
+            "WHERE run_variants.run_id = ? ORDER BY run_variants.position", (run_id,))
+        return [dict(row) for row in rows]

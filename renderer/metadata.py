@@ -1,0 +1,150 @@
+"""What every output image says about itself, inside the PNG.
+
+* ``parameters`` — A1111's PNG-info text, so existing readers (A1111, ComfyUI, Civitai)
+  show prompt, sampler, seed and model hashes;
+* ``campaign_variant`` — the variant's canonical JSON (its id is the sha256 of it);
+* ``XML:com.adobe.xmp`` — XMP with IPTC ``Iptc4xmpExt:DigitalSourceType`` declaring
+  the image AI-made (trainedAlgorithmicMedia).
+
+Nothing time- or location-dependent goes in, so one variant always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from . import __version__
+from .hashing import canonical_json, short_hash
+
+PARAMETERS_KEY = "parameters"
+VARIANT_KEY = "campaign_variant"
+XMP_KEY = "XML:com.adobe.xmp"
+SOFTWARE = f"campaign-renderer {__version__}"
+IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+TRAINED_ALGORITHMIC_MEDIA = IPTC_SOURCE_TYPES + "trainedAlgorithmicMedia"
+
+A1111_SAMPLER_NAMES = {
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "ddim": "DDIM",
+    "unipc": "UniPC",
+    "flow_euler": "Euler",
+}
+# A1111 shows LoRA hashes as the first 12 hex digits ("shorthash"), models as 10.
+_LORA_SHORT_HASH = 12
+
+
+def a1111_parameters(spec: Mapping[str, Any]) -> str:
+    """The PNG-info text in A1111's exact layout, from a variant's canonical spec."""
+    recipe = spec["recipe"]
+    lora_names = [_stem(lora["name"]) for lora in recipe["loras"]]
+    lora_tags = "".join(
+        f" <lora:{name}:{_number(lora['weight'])}>"
+        for name, lora in zip(lora_names, recipe["loras"], strict=True)
+    )
+    fields = [
+        ("Steps", recipe["steps"]),
+        ("Sampler", A1111_SAMPLER_NAMES[recipe["scheduler"]]),
+        ("CFG scale", _number(recipe["cfg"])),
+        ("Seed", spec["seed"]),
+        ("Size", f"{spec['width']}x{spec['height']}"),
+        ("Model hash", short_hash(recipe["checkpoint"]["sha256"])),
+        ("Model", _stem(recipe["checkpoint"]["name"])),
+    ]
+    if recipe["loras"]:
+        hashes = ", ".join(
+            f"{name}: {lora['sha256'][:_LORA_SHORT_HASH]}"
+            for name, lora in zip(lora_names, recipe["loras"], strict=True)
+        )
+        fields.append(("Lora hashes", f'"{hashes}"'))
+    fields.append(("Version", SOFTWARE))
+    lines = [spec["prompt"] + lora_tags]
+    if spec["negative_prompt"]:
+        lines.append(f"Negative prompt: {spec['negative_prompt']}")
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields))
+    return "\n".join(lines)
+
+
+def parse_a1111_parameters(text: str) -> dict[str, Any]:
+    """Read A1111 PNG-info text back: prompt, negative prompt and the settings line."""
+    *head, settings_line = text.split("\n")
+    prompt_lines, negative_lines, target = [], [], None
+    for line in head:
+        if line.startswith("Negative prompt:"):
+            target = negative_lines
+            line = line[len("Negative prompt:"):].strip()
+        (target if target is not None else prompt_lines).append(line)
+    prompt = "\n".join(prompt_lines)
+    loras = re.findall(r"<lora:([^:>]+):([^>]+)>", prompt)
+    result: dict[str, Any] = {
+        "prompt": re.sub(r"\s*<lora:[^>]+>", "", prompt),
+        "negative_prompt": "\n".join(negative_lines),
+        "loras": {name: float(weight) for name, weight in loras},
+    }
+    for match in re.finditer(r'\s*([\w ]+):\s*("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)', settings_line):
+        result[match.group(1).strip()] = match.group(2).strip().strip('"')
+    return result
+
+
+def xmp_packet(prompt: str, source_type: str = TRAINED_ALGORITHMIC_MEDIA) -> str:
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
+        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        '  <rdf:Description rdf:about=""\n'
+        '    xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"\n'
+        '    xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
+        '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
+        f"    Iptc4xmpExt:DigitalSourceType={quoteattr(source_type)}\n"
+        f"    xmp:CreatorTool={quoteattr(SOFTWARE)}>\n"
+        "   <dc:description><rdf:Alt><rdf:li xml:lang=\"x-default\">"
+        f"{escape(prompt)}</rdf:li></rdf:Alt></dc:description>\n"
+        "  </rdf:Description>\n"
+        " </rdf:RDF>\n"
+        "</x:xmpmeta>\n"
+        '<?xpacket end="r"?>'
+    )
+
+
+def encode_png(image: Image.Image, spec: Mapping[str, Any]) -> bytes:
+    """PNG bytes carrying the three metadata blocks; deterministic for equal inputs."""
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, a1111_parameters(spec))
+    info.add_itxt(VARIANT_KEY, canonical_json(spec))
+    info.add_itxt(XMP_KEY, xmp_packet(spec["prompt"]))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_png_metadata(data: bytes) -> dict[str, Any]:
+    """The three blocks of a PNG written by ``encode_png`` (missing ones are absent)."""
+    with Image.open(io.BytesIO(data)) as image:
+        text = dict(image.text)
+    result: dict[str, Any] = {}
+    if PARAMETERS_KEY in text:
+        result["parameters"] = parse_a1111_parameters(text[PARAMETERS_KEY])
+    if VARIANT_KEY in text:
+        result["variant"] = json.loads(text[VARIANT_KEY])
+    if XMP_KEY in text:
+        match = re.search(r'Iptc4xmpExt:DigitalSourceType="([^"]+)"', text[XMP_KEY])
+        result["digital_source_type"] = match.group(1) if match else None
+    return result
+
+
+def _stem(file_name: str) -> str:
+    return file_name.rsplit(".", 1)[0] if file_name.endswith(".safetensors") else file_name
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
