@@ -54,9 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="skip sha256 checks of referenced files")
     validate.set_defaults(handler=cmd_validate)
 
+    pin = commands.add_parser("pin", help="record the sha256 of every referenced file")
+    pin.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    pin.set_defaults(handler=cmd_pin)
+
     plan = commands.add_parser("plan", help="print the expanded variants")
     plan.add_argument("campaign", type=Path)
     plan.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    plan.add_argument("--sample", type=int, metavar="N",
+                      help="show a deterministic preview subset of N variants")
+    plan.add_argument("--estimates", type=Path, metavar="FILE",
+                      help="YAML overriding the GPU time/cost table (see README)")
     plan.set_defaults(handler=cmd_plan)
 
     render = commands.add_parser("render", help="render, score and gate a campaign (resumes)")
@@ -70,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="list runs recorded in the ledger")
     history.add_argument("--out", type=Path, default=DEFAULT_OUT)
     history.add_argument("--json", action="store_true")
+    history.add_argument("--recipe", metavar="NAME",
+                         help="list the versions of a recipe that rendered")
+    history.add_argument("--diff", nargs=2, type=int, metavar=("V1", "V2"),
+                         help="with --recipe: diff two versions' resolved recipes")
     history.set_defaults(handler=cmd_history)
 
     report = commands.add_parser("report", help="write the HTML report of a run")
@@ -111,25 +123,63 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 2 if failures else 0
 
 
+def cmd_pin(args: argparse.Namespace) -> int:
+    from .pin import pin
+
+    for path in args.files:
+        changes = pin(path)
+        for change in changes:
+            print(change.describe())
+        if not changes:
+            print(f"{path}: every pin already matches")
+        elif any(change.old for change in changes):
+            print("pins changed: a recipe that already produced deliverables needs a new "
+                  "version before it renders again", file=sys.stderr)
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from .config import load_campaign
-    from .plan import make_plan
+    from .estimate import estimate, load_estimates
+    from .plan import make_plan, sample_variants
     from .reporting import axis_label
 
     plan = make_plan(load_campaign(args.campaign))
+    variants = list(plan.variants)
+    if args.sample is not None:
+        if args.sample < 1:
+            raise InputError("--sample must be a positive number", found=str(args.sample),
+                             fix="pass --sample 10, for example")
+        variants = sample_variants(variants, args.sample)
+    family = plan.campaign.recipe.spec.family
+    estimates = estimate(plan.variants, family, load_estimates(args.estimates))
     if args.json:
-        print(json.dumps([
-            {"id": v.id, "seed": v.seed, "axes": v.axes, "prompt": v.prompt,
-             "negative_prompt": v.negative_prompt, "width": v.width, "height": v.height,
-             "output": v.output_name} for v in plan.variants], indent=2, ensure_ascii=False))
+        print(json.dumps({
+            "variants": [{"id": v.id, "seed": v.seed, "axes": v.axes, "prompt": v.prompt,
+                          "negative_prompt": v.negative_prompt, "width": v.width,
+                          "height": v.height, "steps": v.steps, "cfg": v.cfg,
+                          "output": v.output_name} for v in variants],
+            "total": len(plan.variants),
+            "estimates": [{"gpu": e.gpu, "hours": e.hours, "usd": e.usd} for e in estimates],
+        }, indent=2, ensure_ascii=False))
         return 0
     print(f"{'id':12}  {'seed':>10}  {'size':>9}  axes / prompt")
-    for v in plan.variants:
+    for v in variants:
         axes = ", ".join(f"{name}={axis_label(value)}" for name, value in v.axes.items())
         print(f"{v.id[:12]}  {v.seed:>10}  {v.width:>4}x{v.height:<4}  {axes}")
         print(f"{'':39}{v.prompt[:100]}")
-    print(f"{len(plan.variants)} variants, recipe {plan.campaign.recipe.ref}", file=sys.stderr)
+    shown = f" ({len(variants)} shown)" if len(variants) != len(plan.variants) else ""
+    print(f"\n{len(plan.variants)} variants{shown}, recipe {plan.campaign.recipe.ref} "
+          f"({family}); estimated GPU time and cost:")
+    for e in estimates:
+        print(f"  {e.gpu:<12} {_duration(e.hours * 3600):>10}  ${e.usd:,.4f}")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -151,7 +201,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not ledger_path.exists():
         raise InputError("no ledger here", file=ledger_path,
                          fix="pass --out with the folder you rendered into")
+    if args.diff and not args.recipe:
+        raise InputError("--diff needs --recipe NAME", fix="campaign history --recipe NAME "
+                         "--diff 1 2")
     with Ledger(ledger_path) as ledger:
+        if args.recipe:
+            return _recipe_history(ledger.recipe_versions(args.recipe), args)
         runs = ledger.runs()
     if args.json:
         print(json.dumps(runs, indent=2))
@@ -161,6 +216,35 @@ def cmd_history(args: argparse.Namespace) -> int:
               f"{run['recipe_name']}@{run['recipe_version']:<4} {run['status']:<8} "
               f"planned {run['planned']}, rendered {run['rendered']}, skipped {run['skipped']}, "
               f"passed {run['passed']}, failed {run['failed']}")
+    return 0
+
+
+def _recipe_history(versions: list[dict], args: argparse.Namespace) -> int:
+    import difflib
+
+    by_version = {row["version"]: row for row in versions}
+    if args.diff:
+        missing = [v for v in args.diff if v not in by_version]
+        if missing:
+            raise InputError(f"recipe {args.recipe} has no rendered version {missing[0]}",
+                             found=f"versions: {sorted(by_version) or 'none'}",
+                             fix="pick two versions listed by `campaign history --recipe`")
+        old, new = (json.dumps(json.loads(by_version[v]["resolved_json"]), indent=2,
+                               sort_keys=True).splitlines() for v in args.diff)
+        print("\n".join(difflib.unified_diff(old, new, f"{args.recipe}@{args.diff[0]}",
+                                             f"{args.recipe}@{args.diff[1]}", lineterm="")))
+        return 0
+    if args.json:
+        print(json.dumps([{**row, "resolved": json.loads(row.pop("resolved_json"))}
+                          for row in versions], indent=2))
+        return 0
+    if not versions:
+        print(f"recipe {args.recipe} has not rendered yet", file=sys.stderr)
+    for row in versions:
+        checkpoint = json.loads(row["resolved_json"])["checkpoint"]
+        print(f"{row['name']}@{row['version']}  content {row['content_hash'][:12]}  model hash "
+              f"{checkpoint['sha256'][:10]}  first rendered {row['first_rendered_at'][:19]}  "
+              f"{row['deliverables']} deliverables")
     return 0
 
 

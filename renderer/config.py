@@ -11,6 +11,7 @@ No model is loaded here.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -19,14 +20,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .compat import lora_family_problem
 from .errors import HashMismatchError, InputError, MissingFileError, SchemaError
-from .hashing import sha256_path, short_hash
+from .hashing import HashCache, short_hash
 from .yamlsource import KeyPath, YamlDocument, format_key_path, load_yaml
 
 Family = Literal["sd15", "sdxl", "flux"]
 SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "flow_euler")
 # Latent grid alignment: SD's VAE downsamples 8x; Flux also packs latents 2x2.
 SIZE_MULTIPLE = {"sd15": 8, "sdxl": 8, "flux": 16}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 ASPECT_PATTERN = r"^[1-9][0-9]*:[1-9][0-9]*$"
 
@@ -76,6 +79,9 @@ class RecipeFile(_Strict):
     seed: int = Field(ge=0, lt=2**32)
     prompt: str = Field(min_length=1, description="Jinja template.")
     negative_prompt: str = Field(default="", description="Jinja template.")
+    allow_pickle: bool = Field(
+        default=False, description="Allow .ckpt/.pt/.bin/.pth files, which can run code when "
+        "loaded. Only for files from a source you trust.")
 
     @field_validator("size")
     @classmethod
@@ -120,10 +126,32 @@ AxisValue = str | int | float | bool | dict[str, Any]
 
 
 class MatrixSpec(_Strict):
-    axes: dict[str, Annotated[list[AxisValue], Field(min_length=1)]] = Field(min_length=1)
-    exclude: list[dict[str, Any]] = Field(
-        default_factory=list, description="Drop variants whose axes match every key of a rule."
-    )
+    axes: dict[str, Annotated[list[AxisValue], Field(min_length=1)]] = Field(
+        min_length=1, description="Axis name -> values; the cartesian product by default.")
+    zip: list[Annotated[list[str], Field(min_length=2)]] = Field(
+        default_factory=list, description="Groups of axes that advance together (equal lengths).")
+    exclude: list[Annotated[dict[str, Any], Field(min_length=1)]] = Field(
+        default_factory=list, description="Drop variants whose axes match every key of a rule "
+        "(mapping values match partially).")
+    include: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra variants: a value for every axis.")
+    seed_axis: str | None = Field(
+        default=None, description="An axis whose integer values are used as literal seeds; "
+        "without it, seeds derive from the recipe seed and each variant's axis values.")
+
+
+class OverrideSet(_Strict):
+    size: list[int] | None = Field(default=None, min_length=2, max_length=2)
+    steps: int | None = Field(default=None, ge=1, le=200)
+    cfg: float | None = Field(default=None, ge=0.0, le=30.0)
+    lora_weights: dict[str, Annotated[float, Field(ge=-4.0, le=4.0)]] | None = Field(
+        default=None, description="LoRA file name (without .safetensors) -> weight.")
+
+
+class OverrideRule(_Strict):
+    when: dict[str, Any] = Field(min_length=1, description="Axis values to match "
+                                 "(mapping values match partially).")
+    set: OverrideSet
 
 
 class ScoringSpec(_Strict):
@@ -151,6 +179,8 @@ class CampaignFile(_Strict):
     brand: str = Field(description="Path to the brand kit YAML.")
     size: SizeSpec | None = None
     matrix: MatrixSpec
+    overrides: list[OverrideRule] = Field(
+        default_factory=list, description="Settings keyed by axis values; later rules win.")
     output: str = Field(min_length=1, description="Jinja template for the output file name "
                         "(relative, without extension).")
     logo: bool = Field(default=True, description="Overlay the brand logo.")
@@ -241,6 +271,16 @@ def load_recipe(path: Path, *, verify_hashes: bool = True) -> Recipe:
     document = load_yaml(path)
     spec = _validate(document, RecipeFile)
     base = path.parent
+    if not spec.allow_pickle:
+        refs = [(("checkpoint",), spec.checkpoint)]
+        refs += [(("loras", index), lora) for index, lora in enumerate(spec.loras)]
+        for key_path, ref in refs:
+            if Path(ref.path).suffix.lower() in PICKLE_SUFFIXES:
+                raise document.error(
+                    SchemaError, "pickle checkpoints are refused", (*key_path, "path"),
+                    expected=".safetensors or a diffusers folder", found=ref.path,
+                    fix="convert it to .safetensors, or set allow_pickle: true if you trust "
+                    "its source (loading a pickle can run arbitrary code)")
     checkpoint = _resolve_file(document, spec.checkpoint, ("checkpoint",), verify_hashes)
     config = None
     if spec.checkpoint.config is not None:
@@ -249,6 +289,12 @@ def load_recipe(path: Path, *, verify_hashes: bool = True) -> Recipe:
         (_resolve_file(document, lora, ("loras", index), verify_hashes), lora.weight)
         for index, lora in enumerate(spec.loras)
     )
+    for index, (lora, _) in enumerate(loras):
+        if problem := lora_family_problem(lora.path, spec.family, checkpoint.path):
+            raise document.error(SchemaError, f"LoRA {lora.path.name} does not fit this "
+                                 f"{spec.family} recipe: {problem}", ("loras", index, "path"),
+                                 fix=f"use a LoRA trained for {spec.family}, or a recipe of "
+                                 "the LoRA's family")
     _check_size_multiple(document, spec.family, spec.size, ("size",))
     return Recipe(spec=spec, source=path, document=document, checkpoint=checkpoint,
                   checkpoint_config=config, loras=loras)
@@ -298,6 +344,8 @@ def load_campaign(path: Path, *, verify_hashes: bool = True) -> Campaign:
                                 ("scoring", "clip_model"))
     if spec.size is not None:
         _check_size_spec(document, spec.size)
+    _check_matrix(document, spec.matrix)
+    _check_overrides(document, spec, recipe)
     return Campaign(spec=spec, source=path, document=document, recipe=recipe, brand=brand,
                     clip_model=clip_model)
 
@@ -402,7 +450,7 @@ def _resolve_file(document: YamlDocument, ref: FileRef, key_path: KeyPath,
     path = _existing_path(document, document.path.parent / ref.path, (*key_path, "path"))
     if ref.sha256 is not None and not verify_hashes:
         return ResolvedFile(path=path, sha256=ref.sha256)
-    found = sha256_path(path)
+    found = _hash_cache().sha256_path(path)
     if ref.sha256 is not None and found != ref.sha256:
         raise document.error(
             HashMismatchError, f"sha256 of {path.name} does not match its pin",
@@ -423,6 +471,82 @@ def _check_size_multiple(document: YamlDocument, family: str, size: list[int],
                              expected=f"width and height multiples of {multiple} for {family}",
                              found=str(list(size)),
                              fix=f"round each side to a multiple of {multiple}")
+
+
+@functools.cache
+def _hash_cache() -> HashCache:
+    return HashCache()
+
+
+def lora_name(path: Path) -> str:
+    """How overrides and metadata name a LoRA: its file name without .safetensors."""
+    return path.name.removesuffix(".safetensors")
+
+
+def _check_matrix(document: YamlDocument, matrix: MatrixSpec) -> None:
+    axes = matrix.axes
+    zipped: dict[str, int] = {}
+    for group_index, group in enumerate(matrix.zip):
+        for position, name in enumerate(group):
+            where = ("matrix", "zip", group_index, position)
+            _check_axis_name(document, name, axes, where)
+            if name in zipped:
+                raise document.error(SchemaError, f"axis '{name}' is in two zip groups", where,
+                                     fix="put each axis in at most one zip group")
+            zipped[name] = group_index
+        lengths = {name: len(axes[name]) for name in group}
+        if len(set(lengths.values())) > 1:
+            raise document.error(SchemaError, "zipped axes have different lengths",
+                                 ("matrix", "zip", group_index), expected="equal lengths",
+                                 found=", ".join(f"{n}: {k}" for n, k in lengths.items()),
+                                 fix="give every axis of a zip group the same number of values")
+    for index, rule in enumerate(matrix.exclude):
+        for name in rule:
+            _check_axis_name(document, name, axes, ("matrix", "exclude", index, name))
+    for index, entry in enumerate(matrix.include):
+        for name in entry:
+            _check_axis_name(document, name, axes, ("matrix", "include", index, name))
+        if missing := [name for name in axes if name not in entry]:
+            raise document.error(SchemaError, "an include entry must give every axis",
+                                 ("matrix", "include", index), expected=", ".join(axes),
+                                 found=f"missing {', '.join(missing)}",
+                                 fix="add a value for each missing axis")
+    if matrix.seed_axis is not None:
+        _check_axis_name(document, matrix.seed_axis, axes, ("matrix", "seed_axis"))
+        values = axes[matrix.seed_axis] + [entry[matrix.seed_axis] for entry in matrix.include]
+        for index, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+                raise document.error(
+                    SchemaError, "a literal seed must be an integer in [0, 2^32)",
+                    ("matrix", "axes", matrix.seed_axis, index), found=repr(value),
+                    fix="use whole numbers such as 1234, or drop seed_axis to derive seeds")
+
+
+def _check_axis_name(document: YamlDocument, name: str, axes: dict[str, Any],
+                     key_path: KeyPath) -> None:
+    if name not in axes:
+        close = difflib.get_close_matches(name, list(axes), n=1)
+        raise document.error(SchemaError, f"'{name}' is not an axis", key_path,
+                             expected=f"one of: {', '.join(axes)}", found=repr(name),
+                             fix=f"did you mean '{close[0]}'?" if close else "add the axis "
+                             "under matrix.axes or fix the name")
+
+
+def _check_overrides(document: YamlDocument, spec: CampaignFile, recipe: Recipe) -> None:
+    loras = [lora_name(lora.path) for lora, _ in recipe.loras]
+    for index, rule in enumerate(spec.overrides):
+        for name in rule.when:
+            _check_axis_name(document, name, spec.matrix.axes, ("overrides", index, "when", name))
+        for name in rule.set.lora_weights or {}:
+            if name not in loras:
+                raise document.error(
+                    SchemaError, f"'{name}' is not a LoRA of {recipe.ref}",
+                    ("overrides", index, "set", "lora_weights", name),
+                    expected=f"one of: {', '.join(loras) or '(the recipe has no LoRAs)'}",
+                    found=repr(name), fix="name a LoRA by its file name without .safetensors")
+        if rule.set.size is not None:
+            _check_size_multiple(document, recipe.spec.family, rule.set.size,
+                                 ("overrides", index, "set", "size"))
 
 
 def _check_size_spec(document: YamlDocument, size: Any) -> None:

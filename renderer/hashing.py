@@ -11,8 +11,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +42,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_folder(path: Path) -> str:
-    listing = {
-        file.relative_to(path).as_posix(): sha256_file(file)
+def _folder_files(path: Path) -> list[tuple[str, Path]]:
+    """(relative posix path, file) for every non-hidden file under path, sorted."""
+    return [
+        (file.relative_to(path).as_posix(), file)
         for file in sorted(path.rglob("*"))
         if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts)
-    }
-    return sha256_json(listing)
+    ]
+
+
+def sha256_folder(path: Path) -> str:
+    return sha256_json({relative: sha256_file(file) for relative, file in _folder_files(path)})
 
 
 def sha256_path(path: Path) -> str:
@@ -56,3 +63,61 @@ def sha256_path(path: Path) -> str:
 def short_hash(sha256: str) -> str:
     """The A1111/Civitai short form shown as ``Model hash``."""
     return sha256[:10]
+
+
+class HashCache:
+    """sha256 of files remembered by (path, size, mtime_ns, inode), so a multi-GB checkpoint
+    is hashed once; any change to those four re-hashes it.
+
+    Stored in SQLite at ``$CAMPAIGN_CACHE_DIR/hashes.sqlite`` (default
+    ``$XDG_CACHE_HOME/campaign-renderer`` or ``~/.cache/campaign-renderer``). A cache that
+    cannot be opened or written is skipped, never fatal: hashing just costs its full time.
+    """
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or default_cache_dir() / "hashes.sqlite"
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER,"
+                    " mtime_ns INTEGER, inode INTEGER, sha256 TEXT NOT NULL)")
+            except sqlite3.Error:
+                return None
+        return self._db
+
+    def sha256_file(self, path: Path) -> str:
+        path = path.resolve()
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        db = self._connect()
+        if db is not None:
+            row = db.execute("SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND "
+                             "mtime_ns = ? AND inode = ?", key).fetchone()
+            if row:
+                return row[0]
+        digest = sha256_file(path)
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):  # a read-only or busy cache costs time only
+                db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)",
+                           (*key, digest))
+        return digest
+
+    def sha256_path(self, path: Path) -> str:
+        """``sha256_path`` with every file's hash taken from the cache when unchanged."""
+        if not path.is_dir():
+            return self.sha256_file(path)
+        return sha256_json({relative: self.sha256_file(file)
+                            for relative, file in _folder_files(path)})
+
+
+def default_cache_dir() -> Path:
+    if configured := os.environ.get("CAMPAIGN_CACHE_DIR"):
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "campaign-renderer"

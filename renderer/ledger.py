@@ -218,6 +218,14 @@ class Ledger:
                        (name, version, content_hash, canonical_json(resolved), utc_now()))
         return content_hash
 
+    def recipe_versions(self, name: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT v.name, v.version, v.content_hash, v.first_rendered_at, v.resolved_json, "
+            "(SELECT COUNT(DISTINCT variant_id) FROM renders r WHERE r.recipe_name = v.name "
+            "AND r.recipe_version = v.version) AS deliverables FROM recipe_versions v "
+            "WHERE v.name = ? ORDER BY v.version", (name,))
+        return [dict(row) for row in rows]
+
     # ------------------------------------------------------------ runs
 
     def start_run(self, *, campaign: str, campaign_file: str, recipe_name: str,

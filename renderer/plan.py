@@ -12,14 +12,14 @@ import hashlib
 import itertools
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from .config import SIZE_MULTIPLE, Campaign
+from .config import SIZE_MULTIPLE, Campaign, MatrixSpec, OverrideSet, lora_name
 from .errors import SchemaError, TemplateError
 from .hashing import canonical_json
 from .yamlsource import YamlDocument
@@ -40,6 +40,9 @@ class Variant:
     negative_prompt: str
     width: int
     height: int
+    steps: int
+    cfg: float
+    lora_weights: tuple[float, ...]  # in the recipe's LoRA order
     aspect: str | None
     output_name: str
     spec: Mapping[str, Any]
@@ -78,19 +81,45 @@ def _snap(value: float, multiple: int) -> int:
 
 
 def make_plan(campaign: Campaign) -> Plan:
-    templates = _compile_templates(campaign)
-    variants = tuple(_variant(campaign, templates, axes) for axes in expand_matrix(campaign))
+    build = _VariantBuilder(campaign)
+    variants = tuple(build(axes) for axes in expand_matrix(campaign.spec.matrix))
     _check_unique_outputs(campaign, variants)
     return Plan(campaign=campaign, variants=variants)
 
 
-def expand_matrix(campaign: Campaign) -> Iterator[dict[str, Any]]:
-    """The cartesian product of the axes, in file order, less excluded combinations."""
-    axes = campaign.spec.matrix.axes
-    names = list(axes)
-    for values in itertools.product(*(axes[name] for name in names)):
-        coords = dict(zip(names, values, strict=True))
-        if not any(_matches(rule, coords) for rule in campaign.spec.matrix.exclude):
+def sample_variants(variants: Sequence[Variant], count: int) -> list[Variant]:
+    """A deterministic preview subset: the ``count`` variants with the smallest ids, in plan
+    order. Ids are hashes, so this is an even spread that stays put as the matrix grows."""
+    chosen = set(sorted(variant.id for variant in variants)[:count])
+    return [variant for variant in variants if variant.id in chosen]
+
+
+def expand_matrix(matrix: MatrixSpec) -> Iterator[dict[str, Any]]:
+    """The cartesian product of the axes (zip groups advance together), in file order, less
+    excluded combinations, then the include entries not already produced."""
+    axes = matrix.axes
+    group_of = {name: tuple(group) for group in matrix.zip for name in group}
+    factors: list[tuple[str, ...]] = []
+    for name in axes:
+        factor = group_of.get(name, (name,))
+        if factor not in factors:
+            factors.append(factor)
+    choices = [list(zip(*(axes[name] for name in factor), strict=True)) for factor in factors]
+    produced: set[str] | None = set() if matrix.include else None
+    for combination in itertools.product(*choices):
+        values = {name: value for factor, chosen in zip(factors, combination, strict=True)
+                  for name, value in zip(factor, chosen, strict=True)}
+        coords = {name: values[name] for name in axes}
+        if any(_matches(rule, coords) for rule in matrix.exclude):
+            continue
+        if produced is not None:
+            produced.add(canonical_json(coords))
+        yield coords
+    for entry in matrix.include:
+        coords = {name: entry[name] for name in axes}
+        key = canonical_json(coords)
+        if key not in produced:
+            produced.add(key)
             yield coords
 
 
@@ -155,43 +184,82 @@ def _compile_templates(campaign: Campaign) -> _Templates:
 # ---------------------------------------------------------------- variants
 
 
-def _variant(campaign: Campaign, templates: _Templates, axes: dict[str, Any]) -> Variant:
-    recipe, brand, spec = campaign.recipe, campaign.brand, campaign.spec
-    seed = derive_seed(recipe.spec.seed, axes)
-    aspect, (width, height) = _size(campaign, axes)
-    context = {
-        **axes,
-        "variant_seed": seed,
-        "width": width,
-        "height": height,
-        "recipe": {"name": recipe.spec.name, "version": recipe.spec.version,
-                   "family": recipe.spec.family},
-        "brand": {"name": brand.spec.name, "palette": list(brand.spec.palette)},
-    }
-    prompt = templates.render("prompt", context)
-    negative = templates.render("negative_prompt", context)
-    output_name = _safe_output_name(campaign, templates.render("output", context), axes)
-    placement = brand.placement_for(aspect)
-    identity = {
-        "schema": VARIANT_SCHEMA,
-        "campaign": spec.name,
-        "recipe": recipe.identity(),
-        "axes": axes,
-        "seed": seed,
-        "prompt": prompt,
-        "negative_prompt": negative,
-        "width": width,
-        "height": height,
-        "postprocess": {
-            "logo": {**brand.logo.identity, **placement.model_dump()} if spec.logo else None,
-        },
-    }
-    encoded = canonical_json(identity).encode("utf-8")
-    return Variant(
-        id=hashlib.sha256(encoded).hexdigest(), seed=seed, axes=axes, prompt=prompt,
-        negative_prompt=negative, width=width, height=height, aspect=aspect,
-        output_name=output_name, spec=identity,
-    )
+class _VariantBuilder:
+    """Resolves coordinates into Variants; everything that is the same for every variant of
+    the campaign is computed once here (planning 100k variants must stay fast)."""
+
+    def __init__(self, campaign: Campaign):
+        recipe = campaign.recipe
+        self.campaign = campaign
+        self.templates = _compile_templates(campaign)
+        self.recipe_identity = recipe.identity()
+        self.lora_names = [lora_name(lora.path) for lora, _ in recipe.loras]
+        self.base_context = {
+            "recipe": {"name": recipe.spec.name, "version": recipe.spec.version,
+                       "family": recipe.spec.family},
+            "brand": {"name": campaign.brand.spec.name,
+                      "palette": list(campaign.brand.spec.palette)},
+        }
+
+    def __call__(self, axes: dict[str, Any]) -> Variant:
+        campaign, recipe = self.campaign, self.campaign.recipe
+        seed_axis = campaign.spec.matrix.seed_axis
+        seed = axes[seed_axis] if seed_axis else derive_seed(recipe.spec.seed, axes)
+        overrides = _overrides_for(campaign, axes)
+        aspect, (width, height) = _size(campaign, axes)
+        if overrides.size is not None:
+            width, height = overrides.size
+        steps = overrides.steps if overrides.steps is not None else recipe.spec.steps
+        cfg = overrides.cfg if overrides.cfg is not None else recipe.spec.cfg
+        weights = {**dict(zip(self.lora_names, (w for _, w in recipe.loras), strict=True)),
+                   **(overrides.lora_weights or {})}
+        context = {**axes, "variant_seed": seed, "width": width, "height": height,
+                   **self.base_context}
+        prompt = self.templates.render("prompt", context)
+        negative = self.templates.render("negative_prompt", context)
+        output_name = _safe_output_name(campaign, self.templates.render("output", context),
+                                        axes)
+        recipe_identity = {
+            **self.recipe_identity, "steps": steps, "cfg": cfg,
+            "loras": [{**lora, "weight": weights[name]} for name, lora in
+                      zip(self.lora_names, self.recipe_identity["loras"], strict=True)],
+        }
+        identity = {
+            "schema": VARIANT_SCHEMA,
+            "campaign": campaign.spec.name,
+            "recipe": recipe_identity,
+            "axes": axes,
+            "seed": seed,
+            "prompt": prompt,
+            "negative_prompt": negative,
+            "width": width,
+            "height": height,
+            "postprocess": {"logo": self._logo(aspect)},
+        }
+        return Variant(
+            id=hashlib.sha256(canonical_json(identity).encode("utf-8")).hexdigest(),
+            seed=seed, axes=axes, prompt=prompt, negative_prompt=negative, width=width,
+            height=height, steps=steps, cfg=cfg,
+            lora_weights=tuple(weights[name] for name in self.lora_names), aspect=aspect,
+            output_name=output_name, spec=identity,
+        )
+
+    def _logo(self, aspect: str | None) -> dict[str, Any] | None:
+        if not self.campaign.spec.logo:
+            return None
+        brand = self.campaign.brand
+        return {**brand.logo.identity, **brand.placement_for(aspect).model_dump()}
+
+
+def _overrides_for(campaign: Campaign, axes: Mapping[str, Any]) -> OverrideSet:
+    """The merged ``set`` of every override rule matching these axes (later rules win)."""
+    merged: dict[str, Any] = {}
+    for rule in campaign.spec.overrides:
+        if _matches(rule.when, axes):
+            for key, value in rule.set.model_dump(exclude_none=True).items():
+                merged[key] = {**merged.get(key, {}), **value} if key == "lora_weights" \
+                    else value
+    return OverrideSet.model_validate(merged)
 
 
 def _size(campaign: Campaign, axes: Mapping[str, Any]) -> tuple[str | None, tuple[int, int]]:

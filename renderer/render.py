@@ -41,10 +41,18 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 @dataclass(frozen=True)
 class BatchKey:
-    """Variants that can share one pipeline call."""
+    """What variants must share to go through one pipeline call."""
 
     width: int
     height: int
+    steps: int
+    cfg: float
+    lora_weights: tuple[float, ...]
+
+    @classmethod
+    def of(cls, variant: Variant) -> BatchKey:
+        return cls(variant.width, variant.height, variant.steps, variant.cfg,
+                   variant.lora_weights)
 
 
 def plan_batches(variants: Sequence[Variant], batch_size: int) -> Iterator[list[Variant]]:
@@ -55,7 +63,7 @@ def plan_batches(variants: Sequence[Variant], batch_size: int) -> Iterator[list[
     """
     groups: dict[BatchKey, list[Variant]] = {}
     for variant in variants:
-        groups.setdefault(BatchKey(variant.width, variant.height), []).append(variant)
+        groups.setdefault(BatchKey.of(variant), []).append(variant)
     for members in groups.values():
         for start in range(0, len(members), batch_size):
             yield members[start:start + batch_size]
@@ -120,14 +128,14 @@ class DiffusersRenderer:
         """Render variants that share a BatchKey; returns PIL images in the same order."""
         import torch
 
-        pipe = self.load_pipeline(recipe)
-        self.activate_loras(pipe, recipe)
         first = variants[0]
+        pipe = self.load_pipeline(recipe)
+        self.activate_loras(pipe, recipe, first.lora_weights)
         generators = [torch.Generator("cpu").manual_seed(v.seed) for v in variants]
         arguments: dict[str, Any] = {
             "prompt": [v.prompt for v in variants],
-            "num_inference_steps": recipe.spec.steps,
-            "guidance_scale": recipe.spec.cfg,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.cfg,
             "width": first.width,
             "height": first.height,
             "generator": generators,
@@ -168,7 +176,8 @@ class DiffusersRenderer:
                  f"{time.perf_counter() - started:.2f} s")
         return pipe
 
-    def activate_loras(self, pipe: Any, recipe: Recipe) -> None:
+    def activate_loras(self, pipe: Any, recipe: Recipe, weights: Sequence[float]) -> None:
+        """Load each LoRA once per pipeline, then switch the stack with set_adapters."""
         loaded = self._loaded_loras.setdefault((recipe.spec.family, recipe.checkpoint.sha256),
                                                set())
         names = []
@@ -180,7 +189,7 @@ class DiffusersRenderer:
             names.append(name)
         if names:
             pipe.enable_lora()
-            pipe.set_adapters(names, adapter_weights=[weight for _, weight in recipe.loras])
+            pipe.set_adapters(names, adapter_weights=list(weights))
         elif loaded:
             pipe.disable_lora()
 

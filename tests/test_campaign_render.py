@@ -98,7 +98,7 @@ def test_growing_an_axis_keeps_existing_ids_seeds_and_pixels(demo_run, project):
     assert plan.code == 0, plan.stderr
     original = {row[0]: row for row in
                 ledger_rows(out, "SELECT variant_id, seed, output_path FROM renders")}
-    grown_variants = {v["id"]: v for v in plan.json()}
+    grown_variants = {v["id"]: v for v in plan.json()["variants"]}
     assert len(grown_variants) == 54
     assert set(original) <= set(grown_variants)
     for variant_id, seed, _ in original.values():

@@ -1,0 +1,101 @@
+"""Does an adapter fit the recipe's model? Answered from safetensors headers alone.
+
+A safetensors file starts with an 8-byte little-endian header length and a JSON header
+(tensor names, dtypes, shapes, ``__metadata__``), so these checks read a few kilobytes,
+never the weights, and run before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+_MAX_HEADER = 100 * 1024 * 1024
+_FLUX_MARKERS = ("transformer.", "lora_transformer_", "double_blocks", "single_blocks")
+_SDXL_MARKERS = ("lora_te2_", "text_encoder_2.", "te2.")
+_SD_MARKERS = ("unet.", "lora_unet_", "lora_te_", "lora_te1_", "text_encoder.")
+_CROSS_ATTENTION_KEY = re.compile(r"attn2[._]to_k[._]")
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    shapes: dict[str, list[int]]
+    metadata: dict[str, str]
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) != 8:
+            raise ValueError("file is shorter than a safetensors header")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > _MAX_HEADER:
+            raise ValueError(f"header length {length} is not plausible")
+        header = json.loads(handle.read(length))
+    metadata = header.pop("__metadata__", {}) or {}
+    return SafetensorsHeader({name: info["shape"] for name, info in header.items()}, metadata)
+
+
+def checkpoint_cross_attention_dim(checkpoint: Path) -> int | None:
+    """The width the UNet's cross-attention expects (768 SD1.5, 2048 SDXL), if an SD model."""
+    if checkpoint.is_dir():
+        config_path = checkpoint / "unet" / "config.json"
+        if not config_path.is_file():
+            return None
+        value = json.loads(config_path.read_text())["cross_attention_dim"]
+        return value[0] if isinstance(value, list) else value
+    if checkpoint.suffix != ".safetensors":
+        return None
+    for name, shape in read_header(checkpoint).shapes.items():
+        if name.endswith("attn2.to_k.weight") and len(shape) == 2:
+            return shape[1]
+    return None
+
+
+def lora_family_problem(lora: Path, family: str, checkpoint: Path) -> str | None:
+    """Why this LoRA cannot apply to a model of ``family`` at ``checkpoint``, or None."""
+    try:
+        header = read_header(lora)
+    except (OSError, ValueError, KeyError) as err:
+        return f"it is not a readable safetensors file ({err})"
+    names = list(header.shapes)
+    base = header.metadata.get("ss_base_model_version", "")
+    detected = _family_from_names(names) or _family_from_metadata(base)
+    if detected == "flux" and family != "flux":
+        return "it is a Flux LoRA (transformer keys)"
+    if detected in ("sd", "sdxl") and family == "flux":
+        return "it is a Stable Diffusion LoRA (UNet/text-encoder keys)"
+    if detected == "sdxl" and family == "sd15":
+        return "it is an SDXL LoRA (second text encoder keys or ss_base_model_version)"
+    if family in ("sd15", "sdxl"):
+        expected = checkpoint_cross_attention_dim(checkpoint)
+        for name, shape in header.shapes.items():
+            is_down = "lora_A" in name or "lora_down" in name
+            if expected and is_down and _CROSS_ATTENTION_KEY.search(name) and len(shape) == 2 \
+                    and shape[1] != expected:
+                return (f"its cross-attention input width is {shape[1]} ({name}) but the "
+                        f"checkpoint's is {expected}: it was trained for another model")
+    return None
+
+
+def _family_from_names(names: list[str]) -> str | None:
+    if any(name.startswith(_FLUX_MARKERS) or any(m in name for m in _FLUX_MARKERS[2:])
+           for name in names):
+        return "flux"
+    if any(name.startswith(_SDXL_MARKERS) for name in names):
+        return "sdxl"
+    if any(name.startswith(_SD_MARKERS) for name in names):
+        return "sd"
+    return None
+
+
+def _family_from_metadata(base_model: str) -> str | None:
+    lowered = base_model.lower()
+    if "flux" in lowered:
+        return "flux"
+    if "sdxl" in lowered:
+        return "sdxl"
+    return "sd" if lowered.startswith("sd_v1") else None

@@ -1,0 +1,139 @@
+"""``campaign pin``: record the sha256 of every file a recipe, brand kit or campaign uses.
+
+Pins live in the YAML files themselves, next to each ``path:`` (one place to read, and a
+recipe file alone says exactly what it needs). The files are edited as text, line by
+line, so comments and layout survive; the result is parsed and checked again before it
+replaces the original atomically.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .atomic import write_text_atomic
+from .config import load_any
+from .errors import MissingFileError, SchemaError
+from .hashing import HashCache, short_hash
+from .yamlsource import KeyPath, YamlDocument, load_yaml
+
+_HEX_VALUE = re.compile(r"(\bsha256:\s*)(\"[^\"]*\"|'[^']*'|[^\s,}#]*)")
+
+
+@dataclass(frozen=True)
+class PinChange:
+    file: Path
+    key_path: str
+    target: Path
+    old: object
+    new: str
+
+    def describe(self) -> str:
+        before = short_hash(str(self.old)) if self.old is not None else "unpinned"
+        return (f"{self.file}: {self.key_path} {self.target.name}: {before} -> "
+                f"{short_hash(self.new)}")
+
+
+def pin(path: Path) -> list[PinChange]:
+    """Pin every file reference of path; a campaign pins its recipe and its brand kit."""
+    data = load_yaml(path).data
+    if isinstance(data, dict) and "matrix" in data and "recipe" in data and "brand" in data:
+        recipe_name = str(data["recipe"]).split("@")[0]
+        recipes_dir = path.parent / str(data.get("recipes_dir", "../recipes"))
+        return (pin_references(recipes_dir / f"{recipe_name}.yaml")
+                + pin_references(path.parent / str(data["brand"])))
+    return pin_references(path)
+
+
+def pin_references(path: Path) -> list[PinChange]:
+    """Pin the files of one recipe or brand kit. Only the ``path`` entries are read first,
+    so a missing or wrong pin never stops pinning; the result is then fully validated."""
+    document = load_yaml(path)
+    data = document.data
+    try:
+        if "family" in data:
+            references: list[KeyPath] = [("checkpoint",)]
+            references += [("loras", index) for index in range(len(data.get("loras") or []))]
+        else:
+            references = [("logo",)]
+            references += [("references", i) for i in range(len(data.get("references") or []))]
+        nodes = [_node(data, key_path) for key_path in references]
+        targets = [path.parent / str(node["path"]) for node in nodes]
+    except (KeyError, TypeError, AttributeError):
+        raise SchemaError("cannot find the file references to pin", file=path,
+                          fix=f"run `campaign validate {path}` and fix what it reports"
+                          ) from None
+    lines = document.text.splitlines(keepends=True)
+    changes = []
+    # Bottom-up, so inserting a line never shifts a line still to be edited.
+    for key_path, node, target in sorted(zip(references, nodes, targets, strict=True),
+                                         key=lambda item: -(document.line_of(item[0]) or 0)):
+        if not target.exists():
+            raise document.error(MissingFileError, "referenced file not found",
+                                 (*key_path, "path"), found=str(target),
+                                 fix="fix the path (relative to this YAML file's folder)")
+        digest = HashCache().sha256_path(target)
+        old = node.get("sha256")
+        if old == digest:
+            continue
+        _set_pin(document, lines, key_path, old, digest)
+        changes.append(PinChange(path, _dotted(key_path), target, old, digest))
+    if changes:
+        text = "".join(lines)
+        _check_still_valid(path, text)
+        write_text_atomic(path, text)
+    return sorted(changes, key=lambda change: change.key_path)
+
+
+def _node(data: dict, key_path: KeyPath) -> dict:
+    for part in key_path:
+        data = data[part]
+    return data
+
+
+def _dotted(key_path: KeyPath) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in key_path).lstrip(".")
+
+
+def _yaml_scalar(digest: str) -> str:
+    # A digest of digits (and one 'e') would load as a number; quote it only then.
+    return digest if isinstance(yaml.safe_load(digest), str) else f'"{digest}"'
+
+
+def _set_pin(document: YamlDocument, lines: list[str], key_path: KeyPath, old: object,
+             digest: str) -> None:
+    value = _yaml_scalar(digest)
+    if old is not None:
+        index = document.line_of((*key_path, "sha256")) - 1
+        if len(_HEX_VALUE.findall(lines[index])) != 1:
+            raise _ambiguous(document, key_path)
+        lines[index] = _HEX_VALUE.sub(lambda m: f"{m[1]}{value}", lines[index])
+        return
+    index = document.line_of((*key_path, "path")) - 1
+    line = lines[index]
+    if "{" in line:  # flow mapping: {path: x, weight: 1}
+        if line.count("path:") != 1:
+            raise _ambiguous(document, key_path)
+        lines[index] = re.sub(r"(\bpath:\s*[^,}]+)", rf"\1, sha256: {value}", line, count=1)
+        return
+    column = line.index("path:")
+    indent = " " * column
+    lines.insert(index + 1, f"{indent}sha256: {value}\n")
+
+
+def _ambiguous(document: YamlDocument, key_path: KeyPath) -> SchemaError:
+    return document.error(SchemaError, "cannot pin: several file references share this line",
+                          key_path, fix="put each file reference on its own line, then pin")
+
+
+def _check_still_valid(path: Path, text: str) -> None:
+    """Parse the edited text as the loader would, from a temp file beside the original."""
+    probe = path.with_name(f".pin-check-{path.name}")
+    probe.write_text(text, encoding="utf-8")
+    try:
+        load_any(probe, verify_hashes=True)
+    finally:
+        probe.unlink(missing_ok=True)
