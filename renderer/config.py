@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .compat import lora_family_problem
 from .errors import HashMismatchError, InputError, MissingFileError, SchemaError
 from .hashing import HashCache, short_hash
+from .templating import compile_template
 from .yamlsource import KeyPath, YamlDocument, format_key_path, load_yaml
 
 Family = Literal["sd15", "sdxl", "flux"]
@@ -296,6 +297,8 @@ def load_recipe(path: Path, *, verify_hashes: bool = True) -> Recipe:
                                  fix=f"use a LoRA trained for {spec.family}, or a recipe of "
                                  "the LoRA's family")
     _check_size_multiple(document, spec.family, spec.size, ("size",))
+    for key in ("prompt", "negative_prompt"):
+        compile_template(document, (key,), getattr(spec, key))
     return Recipe(spec=spec, source=path, document=document, checkpoint=checkpoint,
                   checkpoint_config=config, loras=loras)
 
@@ -408,7 +411,8 @@ def _schema_error(document: YamlDocument, model: type[BaseModel],
 
 def _is_union_tag(part: str) -> bool:
     # pydantic names union members in locations (e.g. 'str', 'dict[str,any]'); not real keys.
-    return part in {"str", "int", "float", "bool"} or part.startswith(("dict[", "list[", "tuple["))
+    return part in {"str", "int", "float", "bool", "[key]"} or part.startswith(
+        ("dict[", "list[", "tuple["))
 
 
 def _field_names(model: type[BaseModel]) -> set[str]:

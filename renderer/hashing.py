@@ -22,8 +22,12 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
+# One encoder for every call: json.dumps() with options builds a new encoder each time.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(obj)
 
 
 def sha256_json(obj: Any) -> str:

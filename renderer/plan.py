@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+import jinja2.meta
+import jinja2.runtime
 
 from .config import SIZE_MULTIPLE, Campaign, MatrixSpec, OverrideSet, lora_name
 from .errors import SchemaError, TemplateError
 from .hashing import canonical_json
+from .templating import compile_template, template_environment
 from .yamlsource import YamlDocument
 
 VARIANT_SCHEMA = 1
@@ -144,12 +146,32 @@ class _Templates:
     """Compiled templates and the YAML document each came from (for error locations)."""
 
     def __init__(self, compiled: Mapping[str, jinja2.Template],
-                 documents: Mapping[str, YamlDocument]):
-        self.compiled, self.documents = compiled, documents
+                 names: Mapping[str, frozenset[str]], documents: Mapping[str, YamlDocument]):
+        self.compiled, self.names, self.documents = compiled, names, documents
+        self.globals = dict(next(iter(compiled.values())).globals)
+        # Most variants share their prompts (a prompt rarely reads every axis), so a render
+        # is remembered by the values of the names its template reads.
+        self._rendered: dict[tuple[str, str], str] = {}
+        self.names = {key: sorted(found) for key, found in names.items()}
 
     def render(self, key: str, context: Mapping[str, Any]) -> str:
+        if key == "output":  # unique per variant by rule: remembering it would never pay
+            return self._render(key, context)
+        # repr is a cheap key; values that print alike are equal YAML values.
+        memo_key = (key, repr([context.get(name) for name in self.names[key]]))
+        if (text := self._rendered.get(memo_key)) is None:
+            text = self._rendered[memo_key] = self._render(key, context)
+        return text
+
+    def _render(self, key: str, context: Mapping[str, Any]) -> str:
+        template = self.compiled[key]
         try:
-            return self.compiled[key].render(context).strip()
+            # Template.render() walks a ChainMap of the globals on every call; this is the same
+            # rendering with the globals as a plain dict (it dominated 100k-variant plans).
+            frame = jinja2.runtime.new_context(template.environment, template.name,
+                                               template.blocks, dict(context), shared=True,
+                                               globals=self.globals)
+            return template.environment.concat(template.root_render_func(frame)).strip()
         except jinja2.UndefinedError as err:
             problem, fix = f"undefined name in template: {err.message}", (
                 f"use one of the names templates can read: {', '.join(sorted(context))}")
@@ -168,17 +190,13 @@ def _compile_templates(campaign: Campaign) -> _Templates:
         "negative_prompt": (recipe.spec.negative_prompt, recipe.document),
         "output": (campaign.spec.output, campaign.document),
     }
-    environment = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-    compiled = {}
+    compiled, names = {}, {}
     for key, (text, document) in sources.items():
-        try:
-            compiled[key] = environment.from_string(text)
-        except jinja2.TemplateSyntaxError as err:
-            raise document.error(TemplateError, f"template syntax error: {err.message}", (key,),
-                                 found=repr(text),
-                                 fix="fix the Jinja syntax ({{ name }}, {% if %}…{% endif %})"
-                                 ) from None
-    return _Templates(compiled, {key: document for key, (_, document) in sources.items()})
+        compiled[key] = compile_template(document, (key,), text)
+        names[key] = frozenset(jinja2.meta.find_undeclared_variables(
+            template_environment().parse(text)))
+    return _Templates(compiled, names,
+                      {key: document for key, (_, document) in sources.items()})
 
 
 # ---------------------------------------------------------------- variants
@@ -194,6 +212,7 @@ class _VariantBuilder:
         self.templates = _compile_templates(campaign)
         self.recipe_identity = recipe.identity()
         self.lora_names = [lora_name(lora.path) for lora, _ in recipe.loras]
+        self._encoded: dict[tuple[str, Any], str] = {}
         self.base_context = {
             "recipe": {"name": recipe.spec.name, "version": recipe.spec.version,
                        "family": recipe.spec.family},
@@ -237,12 +256,29 @@ class _VariantBuilder:
             "postprocess": {"logo": self._logo(aspect)},
         }
         return Variant(
-            id=hashlib.sha256(canonical_json(identity).encode("utf-8")).hexdigest(),
+            id=hashlib.sha256(self._spec_json(identity, {
+                "recipe": (steps, cfg, tuple(weights.values())), "postprocess": aspect,
+            }).encode("utf-8")).hexdigest(),
             seed=seed, axes=axes, prompt=prompt, negative_prompt=negative, width=width,
             height=height, steps=steps, cfg=cfg,
             lora_weights=tuple(weights[name] for name in self.lora_names), aspect=aspect,
             output_name=output_name, spec=identity,
         )
+
+    def _spec_json(self, identity: dict[str, Any], shared: Mapping[str, Any]) -> str:
+        """``canonical_json(identity)``, reusing the encoding of blocks many variants share;
+        ``shared`` maps such a key to what decides its value. The output is byte-identical."""
+        parts = []
+        for key in sorted(identity):
+            if key in shared:
+                memo_key = (key, shared[key])
+                encoded = self._encoded.get(memo_key)
+                if encoded is None:
+                    encoded = self._encoded[memo_key] = canonical_json(identity[key])
+            else:
+                encoded = canonical_json(identity[key])
+            parts.append(f'"{key}":{encoded}')
+        return "{" + ",".join(parts) + "}"
 
     def _logo(self, aspect: str | None) -> dict[str, Any] | None:
         if not self.campaign.spec.logo:

@@ -87,8 +87,11 @@ def parse_yaml(text: str, path: Path) -> YamlDocument:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else None
+        problem = err.problem or err.context
+        if err.problem and err.context and err.context_mark:
+            problem = f"{err.problem} ({err.context} started on line {err.context_mark.line + 1})"
         raise YamlSyntaxError(
-            f"invalid YAML: {err.problem or err.context}",
+            f"invalid YAML: {problem}",
             file=path,
             line=line,
             excerpt=numbered_excerpt(text, line),
