@@ -26,6 +26,7 @@ test: $(DEMO_MODELS)
 
 bench: $(DEMO_MODELS)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/plan_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -74,13 +74,20 @@ def load_yaml(path: Path) -> YamlDocument:
             "file not found", file=path, fix="check the path (relative paths are resolved "
             "from the current folder on the command line, from the YAML file's folder inside it)"
         )
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise YamlSyntaxError("the file is not UTF-8 text", file=path, line=line,
+                              found=f"byte {err.object[err.start]:#04x}",
+                              fix="save the file as UTF-8") from None
     return parse_yaml(text, path)
 
 
 def parse_yaml(text: str, path: Path) -> YamlDocument:
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader rejects control characters right here
         node = loader.get_single_node()
         lines: dict[KeyPath, int] = {}
         data = _construct(loader, node, (), lines) if node is not None else None
@@ -100,7 +107,8 @@ def parse_yaml(text: str, path: Path) -> YamlDocument:
     except yaml.YAMLError as err:
         raise YamlSyntaxError(f"invalid YAML: {err}", file=path) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return YamlDocument(path=path, text=text, data=data, lines=lines)
 
 
