@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CampaignError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # the reader (head, a pager) closed early: not a failure
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        return 0
     except KeyboardInterrupt:
         print("interrupted: finished images are kept; run the same command to resume",
               file=sys.stderr)

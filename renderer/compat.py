@@ -99,3 +99,15 @@ def _family_from_metadata(base_model: str) -> str | None:
     if "sdxl" in lowered:
         return "sdxl"
     return "sd" if lowered.startswith("sd_v1") else None
+
+
+def unet_input_channels(checkpoint: Path) -> int | None:
+    """4 for a plain SD UNet, 9 for an inpainting one; None when it cannot be told."""
+    if checkpoint.is_dir():
+        config_path = checkpoint / "unet" / "config.json"
+        return json.loads(config_path.read_text())["in_channels"] if config_path.is_file() \
+            else None
+    if checkpoint.suffix != ".safetensors":
+        return None
+    shape = read_header(checkpoint).shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+    return shape[1] if shape else None

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .compat import lora_family_problem
+from .compat import lora_family_problem, unet_input_channels
 from .errors import HashMismatchError, InputError, MissingFileError, SchemaError
 from .hashing import HashCache, short_hash
 from .templating import compile_template
@@ -64,6 +64,44 @@ class LoraRef(PinnedFileRef):
     weight: float = Field(ge=-4.0, le=4.0)
 
 
+ImageTemplate = Annotated[str, Field(
+    min_length=1, description="Image path, a Jinja template rendered per variant (it can read "
+    "axis values); relative paths are resolved from the campaign file's folder.")]
+
+
+class ControlNetSpec(_Strict):
+    model: PinnedFileRef = Field(description="A diffusers ControlNet folder or file.")
+    image: ImageTemplate
+    preprocessor: Literal["none", "canny", "softedge", "lineart", "depth"] = Field(
+        default="none", description="OpenCV preprocessing of the image into a control map.")
+    scale: float = Field(default=1.0, ge=0.0, le=2.0)
+    start: float = Field(default=0.0, ge=0.0, le=1.0, description="Guidance start (fraction).")
+    end: float = Field(default=1.0, ge=0.0, le=1.0, description="Guidance end (fraction).")
+
+
+class IpAdapterSpec(_Strict):
+    model: PinnedFileRef = Field(description="A folder with ip-adapter.safetensors and its "
+                                 "image_encoder/ folder.")
+    scale: float = Field(default=0.6, ge=0.0, le=2.0)
+    images: list[ImageTemplate] | None = Field(
+        default=None, description="Style references; default: the brand kit's references.")
+
+
+class Img2ImgSpec(_Strict):
+    image: ImageTemplate
+    strength: float = Field(gt=0.0, le=1.0)
+    source_is_photo: bool = Field(
+        default=False, description="The source is a real photograph: outputs are declared "
+        "compositeWithTrainedAlgorithmicMedia instead of trainedAlgorithmicMedia.")
+
+
+class InpaintSpec(Img2ImgSpec):
+    mask: ImageTemplate | None = Field(default=None, description="White = repaint.")
+    region: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        default=None, min_length=4, max_length=4,
+        description="Repaint this box [x0, y0, x1, y1] (fractions of width/height).")
+
+
 class RecipeFile(_Strict):
     """``recipes/NAME.yaml``: how a look is made, pinned and versioned."""
 
@@ -83,6 +121,11 @@ class RecipeFile(_Strict):
     allow_pickle: bool = Field(
         default=False, description="Allow .ckpt/.pt/.bin/.pth files, which can run code when "
         "loaded. Only for files from a source you trust.")
+    controlnets: list[ControlNetSpec] = Field(default_factory=list)
+    ip_adapter: IpAdapterSpec | None = None
+    img2img: Img2ImgSpec | None = None
+    inpaint: InpaintSpec | None = Field(
+        default=None, description="Needs an inpainting checkpoint (a 9-channel UNet).")
 
     @field_validator("size")
     @classmethod
@@ -167,7 +210,26 @@ class GateSpec(_Strict):
 
 
 class RenderSpec(_Strict):
-    batch_size: int = Field(default=8, ge=1, le=512)
+    """How to run the models. None of it changes a variant's id; all of it is recorded in
+    the ledger's environment fingerprint."""
+
+    batch_size: int | Literal["auto"] = Field(
+        default="auto", description="Images per pipeline call; auto: 8 on CPU, from free "
+        "memory on CUDA. Out of memory halves the batch and retries.")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compile: bool = Field(default=False, description="torch.compile the denoiser.")
+    channels_last: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    cpu_offload: bool = Field(default=False, description="diffusers model CPU offload (CUDA).")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 512:
+            raise ValueError(f"batch_size must be 1..512 or 'auto', got {value}")
+        return value
 
 
 class CampaignFile(_Strict):
@@ -219,15 +281,27 @@ class Recipe:
     checkpoint: ResolvedFile
     checkpoint_config: Path | None
     loras: tuple[tuple[ResolvedFile, float], ...]
+    controlnets: tuple[ResolvedFile, ...] = ()
+    ip_adapter: ResolvedFile | None = None
+
+    @property
+    def mode(self) -> str:
+        """Which pipeline shape renders it: text, controlnet, img2img or inpaint."""
+        if self.spec.inpaint:
+            return "inpaint"
+        if self.spec.img2img:
+            return "img2img"
+        return "controlnet" if self.spec.controlnets else "text"
 
     @property
     def ref(self) -> str:
         return f"{self.spec.name}@{self.spec.version}"
 
     def identity(self) -> dict[str, Any]:
-        """Everything about the recipe that decides pixels, free of paths."""
+        """Everything about the recipe that decides pixels, free of paths. Optional blocks
+        appear only when used, so adding a feature never changes existing ids."""
         spec = self.spec
-        return {
+        identity = {
             "name": spec.name,
             "version": spec.version,
             "family": spec.family,
@@ -241,6 +315,17 @@ class Recipe:
             "prompt": spec.prompt,
             "negative_prompt": spec.negative_prompt,
         }
+        if spec.controlnets:
+            identity["controlnets"] = [
+                {**control.model_dump(exclude={"model"}), "model": model.identity}
+                for control, model in zip(spec.controlnets, self.controlnets, strict=True)]
+        if spec.ip_adapter:
+            identity["ip_adapter"] = {**spec.ip_adapter.model_dump(exclude={"model"}),
+                                      "model": self.ip_adapter.identity}
+        for key in ("img2img", "inpaint"):
+            if block := getattr(spec, key):
+                identity[key] = block.model_dump()
+        return identity
 
 
 @dataclass(frozen=True)
@@ -299,8 +384,48 @@ def load_recipe(path: Path, *, verify_hashes: bool = True) -> Recipe:
     _check_size_multiple(document, spec.family, spec.size, ("size",))
     for key in ("prompt", "negative_prompt"):
         compile_template(document, (key,), getattr(spec, key))
+    controlnets = tuple(
+        _resolve_file(document, control.model, ("controlnets", index, "model"), verify_hashes)
+        for index, control in enumerate(spec.controlnets))
+    ip_adapter = None if spec.ip_adapter is None else _resolve_file(
+        document, spec.ip_adapter.model, ("ip_adapter", "model"), verify_hashes)
+    _check_controls(document, spec, checkpoint.path)
     return Recipe(spec=spec, source=path, document=document, checkpoint=checkpoint,
-                  checkpoint_config=config, loras=loras)
+                  checkpoint_config=config, loras=loras, controlnets=controlnets,
+                  ip_adapter=ip_adapter)
+
+
+def _check_controls(document: YamlDocument, spec: RecipeFile, checkpoint: Path) -> None:
+    """Combinations diffusers has no pipeline for, and an inpaint block on a plain model."""
+    if spec.img2img and spec.inpaint:
+        raise document.error(SchemaError, "img2img and inpaint exclude each other", ("inpaint",),
+                             fix="keep one: inpaint repaints a masked region, img2img the whole "
+                             "image")
+    for key in ("img2img", "inpaint"):
+        if getattr(spec, key) and spec.controlnets:
+            raise document.error(SchemaError, f"controlnets with {key} are not supported yet",
+                                 ("controlnets",), fix=f"use either controlnets or {key}")
+    for index, control in enumerate(spec.controlnets):
+        if control.start >= control.end:
+            raise document.error(SchemaError, "guidance start must be before end",
+                                 ("controlnets", index, "start"),
+                                 found=f"start {control.start}, end {control.end}",
+                                 fix="e.g. start: 0.0, end: 1.0")
+    if spec.inpaint:
+        inpaint = spec.inpaint
+        if (inpaint.mask is None) == (inpaint.region is None):
+            raise document.error(SchemaError, "give exactly one of mask or region", ("inpaint",),
+                                 fix="mask: path/to/mask.png, or region: [x0, y0, x1, y1]")
+        if inpaint.region and not (inpaint.region[0] < inpaint.region[2]
+                                   and inpaint.region[1] < inpaint.region[3]):
+            raise document.error(SchemaError, "region must be [x0, y0, x1, y1] with x0 < x1 and "
+                                 "y0 < y1", ("inpaint", "region"), found=str(inpaint.region))
+        channels = unet_input_channels(checkpoint)
+        if channels is not None and channels != 9:
+            raise document.error(SchemaError, "inpaint needs an inpainting checkpoint",
+                                 ("inpaint",), expected="a UNet with 9 input channels",
+                                 found=f"{channels} input channels in {checkpoint.name}",
+                                 fix="point checkpoint at an inpainting model, or use img2img")
 
 
 def load_brand_kit(path: Path, *, verify_hashes: bool = True) -> BrandKit:
@@ -343,6 +468,11 @@ def load_campaign(path: Path, *, verify_hashes: bool = True) -> Campaign:
         )
     brand_path = _existing_path(document, base / spec.brand, ("brand",))
     brand = load_brand_kit(brand_path, verify_hashes=verify_hashes)
+    ip_adapter = recipe.spec.ip_adapter
+    if ip_adapter and not ip_adapter.images and not brand.references:
+        raise recipe.document.error(
+            SchemaError, "the IP-Adapter has no reference images", ("ip_adapter",),
+            fix=f"list images under ip_adapter.images, or add references to {brand_path}")
     clip_model = _existing_path(document, base / spec.scoring.clip_model,
                                 ("scoring", "clip_model"))
     if spec.size is not None:
@@ -454,7 +584,7 @@ def _resolve_file(document: YamlDocument, ref: FileRef, key_path: KeyPath,
     path = _existing_path(document, document.path.parent / ref.path, (*key_path, "path"))
     if ref.sha256 is not None and not verify_hashes:
         return ResolvedFile(path=path, sha256=ref.sha256)
-    found = _hash_cache().sha256_path(path)
+    found = hash_file(path)
     if ref.sha256 is not None and found != ref.sha256:
         raise document.error(
             HashMismatchError, f"sha256 of {path.name} does not match its pin",
@@ -480,6 +610,11 @@ def _check_size_multiple(document: YamlDocument, family: str, size: list[int],
 @functools.cache
 def _hash_cache() -> HashCache:
     return HashCache()
+
+
+def hash_file(path: Path) -> str:
+    """sha256 of a file or model folder through the shared hash cache."""
+    return _hash_cache().sha256_path(path)
 
 
 def lora_name(path: Path) -> str:

@@ -18,10 +18,11 @@ from typing import Any
 from PIL import Image
 
 from .atomic import write_bytes_atomic
-from .config import Campaign, load_campaign
+from .config import Campaign, ResolvedFile, hash_file, load_campaign
 from .errors import CampaignError, InputError, RenderFailure
 from .hashing import sha256_bytes, sha256_file, sha256_json
 from .ledger import LEDGER_NAME, Ledger, RenderRecord
+from .locking import hold_output_folder, recover_after_crash
 from .metadata import encode_png
 from .plan import Plan, Variant, make_plan
 from .progress import Progress
@@ -73,7 +74,7 @@ class PendingVariant:
 
 
 def render_campaign(campaign_path: Path, out_dir: Path, *, log: Log = log_to_stderr,
-                    show_progress: bool = True) -> RunSummary:
+                    show_progress: bool = True, wait: bool = True) -> RunSummary:
     started = time.perf_counter()
     # 1. Load and validate every input (no model, nothing written).
     campaign = load_campaign(campaign_path)
@@ -83,7 +84,12 @@ def render_campaign(campaign_path: Path, out_dir: Path, *, log: Log = log_to_std
     ledger_path = out_dir / LEDGER_NAME
     # 3. Refuse a recipe edited in place before opening (and so creating) the ledger.
     check_recipe_version(ledger_path, campaign)
-    with Ledger(ledger_path) as ledger:
+    # One render per output folder: another waits (or refuses, wait=False) while this holds
+    # it; holding it, clean up after a killed run (temp files, runs left 'running').
+    with hold_output_folder(out_dir, wait=wait, log=log, holder=campaign.spec.name), \
+            Ledger(ledger_path) as ledger:
+        check_recipe_version(ledger_path, campaign)  # again: a run we waited for may have
+        recover_after_crash(out_dir, ledger, log)    # recorded this version first
         pending = find_pending(ledger, plan, out_dir)
         log(f"{campaign.spec.name}: {len(plan.variants)} variants planned, "
             f"{len(plan.variants) - len(pending)} already done, {len(pending)} to render")
@@ -178,10 +184,14 @@ class RenderStage:
     def __init__(self, campaign: Campaign, log: Log):
         from postprocess.scoring import ClipScorer
 
-        from .render import DiffusersRenderer
+        from .render import DiffusersRenderer, RenderOptions
 
         self.campaign, self.log = campaign, log
-        self.renderer = DiffusersRenderer(log=log)
+        render = campaign.spec.render
+        self.renderer = DiffusersRenderer(RenderOptions(
+            device=render.device, dtype=render.dtype, compile=render.compile,
+            channels_last=render.channels_last, vae_tiling=render.vae_tiling,
+            vae_slicing=render.vae_slicing, cpu_offload=render.cpu_offload), log=log)
         self.scorer = ClipScorer.from_folder(campaign.clip_model,
                                              batch_size=campaign.spec.scoring.batch_size)
         self.logo = _open_image(campaign.brand.logo.path, "RGBA")
@@ -189,9 +199,7 @@ class RenderStage:
         self.rendered = 0
 
     def environment(self) -> dict[str, Any]:
-        from .render import environment_fingerprint
-
-        return environment_fingerprint(self.renderer.device, self.renderer.dtype_name)
+        return self.renderer.fingerprint()
 
     def run(self, pending: Sequence[PendingVariant], ledger: Ledger, out_dir: Path, *,
             run_id: str, recipe_hash: str, environment_hash: str, rules: Sequence[Any],
@@ -203,10 +211,9 @@ class RenderStage:
         reasons = {item.variant.id: item.rerender_reason for item in pending}
         progress = Progress(len(pending)) if show_progress else None
         input_files = self.input_files()
-        for batch in plan_batches([item.variant for item in pending],
-                                  self.campaign.spec.render.batch_size):
+        for batch in plan_batches([item.variant for item in pending], self.batch_size()):
             started = time.perf_counter()
-            images = self.renderer.render_batch(self.campaign.recipe, batch)
+            images = self.renderer.render_resilient(self.campaign.recipe, batch)
             finished = [self.finish_image(image, variant) for image, variant in
                         zip(images, batch, strict=True)]
             scores = self.scorer.score(finished, [v.prompt for v in batch], self.references)
@@ -227,12 +234,19 @@ class RenderStage:
                     environment_hash=environment_hash, scores=score.as_dict(),
                     gate_status=decision.status, gate_reasons=decision.reasons,
                     render_seconds=round(seconds_each, 4),
-                    rerender_reason=reasons[variant.id]))
+                    rerender_reason=reasons[variant.id], batch=[v.id for v in batch]))
                 self.rendered += 1
             if progress:
                 progress.advance(len(batch))
         if progress:
             progress.close()
+
+    def batch_size(self) -> int:
+        from .render import auto_batch_size
+
+        requested = self.campaign.spec.render.batch_size
+        return requested if isinstance(requested, int) else auto_batch_size(
+            self.renderer.device, self.campaign.recipe.spec.family)
 
     def finish_image(self, image: Image.Image, variant: Variant) -> Image.Image:
         """Post-process as the variant's spec says (what is hashed is what is applied)."""
@@ -248,7 +262,11 @@ class RenderStage:
     def input_files(self) -> list[Mapping[str, str]]:
         campaign = self.campaign
         files = [("checkpoint", campaign.recipe.checkpoint)]
+        if config := campaign.recipe.checkpoint_config:  # reproduce needs it to load offline
+            files += [("checkpoint_config", ResolvedFile(config, hash_file(config)))]
         files += [("lora", lora) for lora, _ in campaign.recipe.loras]
+        files += [("controlnet", model) for model in campaign.recipe.controlnets]
+        files += [("ip_adapter", model) for model in [campaign.recipe.ip_adapter] if model]
         files += [("logo", campaign.brand.logo)]
         files += [("reference", ref) for ref in campaign.brand.references]
         return [{"role": role, "path": str(ref.path), "sha256": ref.sha256}

@@ -103,7 +103,22 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (m001_initial,)
+def m002_batches_and_lookups(db: sqlite3.Connection) -> None:
+    """Record each render's batch: reproducing an image bit for bit means rendering the same
+    batch again (alone, an image may move by 1/255). Index what history and show look up."""
+    _execute_script(
+        db,
+        """
+        ALTER TABLE renders ADD COLUMN batch_json TEXT;  -- variant ids of the pipeline call
+        CREATE INDEX runs_by_started ON runs(started_at);
+        CREATE INDEX renders_by_output ON renders(output_path)
+        """
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    m001_initial, m002_batches_and_lookups)
+RUN_STATUSES = ("running", "passed", "failed", "error", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,7 @@ class RenderRecord:
     gate_reasons: Sequence[str]
     render_seconds: float
     rerender_reason: str | None
+    batch: Sequence[str] = ()  # variant ids of the pipeline call that made it, in order
 
 
 @dataclass(frozen=True)
@@ -280,7 +296,7 @@ class Ledger:
                 " recipe_hash, variant_json, seed, axes_json, prompt, width, height, "
                 "input_files_json, output_path, output_sha256, output_bytes, environment_hash, "
                 "scores_json, gate_status, gate_reasons_json, render_seconds, rerender_reason, "
-                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "created_at, batch_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (record.run_id, record.variant_id, record.campaign, record.recipe_name,
                  record.recipe_version, record.recipe_hash, record.variant_json, record.seed,
                  canonical_json(record.axes), record.prompt, record.width, record.height,
@@ -288,14 +304,97 @@ class Ledger:
                  record.output_sha256, record.output_bytes, record.environment_hash,
                  canonical_json(record.scores), record.gate_status,
                  json.dumps(list(record.gate_reasons)), record.render_seconds,
-                 record.rerender_reason, utc_now()))
+                 record.rerender_reason, utc_now(),
+                 canonical_json(list(record.batch)) if record.batch else None))
 
     # ------------------------------------------------------------ reading
 
-    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT ?",
-                               (limit,))
+    def runs(self, limit: int = 50, *, campaign: str | None = None, recipe: str | None = None,
+             status: str | None = None, since: str | None = None,
+             until: str | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first. ``recipe`` is NAME or NAME@VERSION; ``since``/``until`` are
+        ISO timestamps (UTC) compared with the start time, ``until`` exclusive."""
+        where, params = _filters(campaign=campaign, recipe=recipe, since=since, until=until,
+                                 time_column="started_at")
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        rows = self.db.execute(
+            f"SELECT * FROM runs {_where(where)} ORDER BY started_at DESC, id DESC LIMIT ?",
+            (*params, limit))
         return [dict(row) for row in rows]
+
+    def renders(self, limit: int = 200, *, campaign: str | None = None,
+                recipe: str | None = None, status: str | None = None, since: str | None = None,
+                until: str | None = None) -> list[dict[str, Any]]:
+        """Render rows, newest first; ``status`` is a gate status (pass | fail)."""
+        where, params = _filters(campaign=campaign, recipe=recipe, since=since, until=until,
+                                 time_column="created_at")
+        if status:
+            where.append("gate_status = ?")
+            params.append(status)
+        rows = self.db.execute(
+            f"SELECT * FROM renders {_where(where)} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [dict(row) for row in rows]
+
+    def variant_ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Distinct rendered variant ids starting with ``prefix`` (lower-case hex)."""
+        rows = self.db.execute(
+            "SELECT DISTINCT variant_id FROM renders WHERE variant_id >= ? AND variant_id < ? "
+            "ORDER BY variant_id LIMIT ?", (prefix, prefix + "g", limit))
+        return [row[0] for row in rows]
+
+    def renders_of(self, variant_id: str) -> list[dict[str, Any]]:
+        """Every render row of one variant, oldest first (the last is the current one)."""
+        rows = self.db.execute("SELECT * FROM renders WHERE variant_id = ? ORDER BY id",
+                               (variant_id,))
+        return [dict(row) for row in rows]
+
+    def renders_at(self, output_path: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM renders WHERE output_path = ? ORDER BY id",
+                               (output_path,))
+        return [dict(row) for row in rows]
+
+    def variant_specs(self, variant_ids: Sequence[str]) -> dict[str, str]:
+        """The stored canonical JSON of each given variant id that ever rendered."""
+        found: dict[str, str] = {}
+        wanted = list(variant_ids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = self.db.execute(
+                "SELECT variant_id, variant_json FROM renders WHERE variant_id IN "
+                f"({','.join('?' * len(chunk))})", chunk)
+            found.update((row[0], row[1]) for row in rows)
+        return found
+
+    def runs_with_variant(self, variant_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT runs.id, runs.started_at, runs.status, run_variants.outcome FROM run_variants "
+            "JOIN runs ON runs.id = run_variants.run_id WHERE run_variants.variant_id = ? "
+            "ORDER BY runs.started_at", (variant_id,))
+        return [dict(row) for row in rows]
+
+    def environment(self, environment_hash: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT environment_json FROM environments WHERE hash = ?",
+                              (environment_hash,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def recipe_version(self, name: str, version: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM recipe_versions WHERE name = ? AND version = ?",
+                              (name, version)).fetchone()
+        return dict(row) if row else None
+
+    def close_interrupted_runs(self) -> list[str]:
+        """Mark runs still 'running' as 'interrupted'. Only call while holding the output
+        folder's lock: then no live process is running any of them (see locking.py)."""
+        with self.transaction() as db:
+            ids = [row[0] for row in db.execute("SELECT id FROM runs WHERE status = 'running'")]
+            db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? "
+                       "WHERE status = 'running'", (utc_now(),))
+        return ids
+
+    def integrity_check(self) -> str:
+        return "; ".join(row[0] for row in self.db.execute("PRAGMA integrity_check"))
 
     def run(self, run_id: str | None) -> dict[str, Any] | None:
         query = "SELECT * FROM runs WHERE id = ?" if run_id else \
@@ -310,3 +409,30 @@ class Ledger:
             "(SELECT MAX(id) FROM renders WHERE renders.variant_id = run_variants.variant_id) "
             "WHERE run_variants.run_id = ? ORDER BY run_variants.position", (run_id,))
         return [dict(row) for row in rows]
+
+
+def _filters(*, campaign: str | None, recipe: str | None, since: str | None, until: str | None,
+             time_column: str) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if campaign:
+        where.append("campaign = ?")
+        params.append(campaign)
+    if recipe:
+        name, _, version = recipe.partition("@")
+        where.append("recipe_name = ?")
+        params.append(name)
+        if version:
+            where.append("recipe_version = ?")
+            params.append(int(version))
+    if since:
+        where.append(f"{time_column} >= ?")
+        params.append(since)
+    if until:
+        where.append(f"{time_column} < ?")
+        params.append(until)
+    return where, params
+
+
+def _where(conditions: Sequence[str]) -> str:
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""

@@ -30,6 +30,8 @@ XMP_KEY = "XML:com.adobe.xmp"
 SOFTWARE = f"campaign-renderer {__version__}"
 IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 TRAINED_ALGORITHMIC_MEDIA = IPTC_SOURCE_TYPES + "trainedAlgorithmicMedia"
+COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA = (
+    IPTC_SOURCE_TYPES + "compositeWithTrainedAlgorithmicMedia")
 
 A1111_SAMPLER_NAMES = {
     "euler": "Euler",
@@ -116,12 +118,20 @@ def xmp_packet(prompt: str, source_type: str = TRAINED_ALGORITHMIC_MEDIA) -> str
     )
 
 
+def digital_source_type(spec: Mapping[str, Any]) -> str:
+    """AI-made, or a real photo partly repainted by AI (img2img/inpaint of a photograph)."""
+    recipe = spec["recipe"]
+    from_photo = any((recipe.get(block) or {}).get("source_is_photo")
+                     for block in ("img2img", "inpaint"))
+    return COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA if from_photo else TRAINED_ALGORITHMIC_MEDIA
+
+
 def encode_png(image: Image.Image, spec: Mapping[str, Any]) -> bytes:
     """PNG bytes carrying the three metadata blocks; deterministic for equal inputs."""
     info = PngInfo()
     info.add_text(PARAMETERS_KEY, a1111_parameters(spec))
     info.add_itxt(VARIANT_KEY, canonical_json(spec))
-    info.add_itxt(XMP_KEY, xmp_packet(spec["prompt"]))
+    info.add_itxt(XMP_KEY, xmp_packet(spec["prompt"], digital_source_type(spec)))
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

@@ -15,9 +15,9 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_text_atomic
-from .config import load_any
+from .config import hash_file, load_any
 from .errors import MissingFileError, SchemaError
-from .hashing import HashCache, short_hash
+from .hashing import short_hash
 from .yamlsource import KeyPath, YamlDocument, load_yaml
 
 _HEX_VALUE = re.compile(r"(\bsha256:\s*)(\"[^\"]*\"|'[^']*'|[^\s,}#]*)")
@@ -75,7 +75,7 @@ def pin_references(path: Path) -> list[PinChange]:
             raise document.error(MissingFileError, "referenced file not found",
                                  (*key_path, "path"), found=str(target),
                                  fix="fix the path (relative to this YAML file's folder)")
-        digest = HashCache().sha256_path(target)
+        digest = hash_file(target)
         old = node.get("sha256")
         if old == digest:
             continue

@@ -8,23 +8,33 @@ sandboxed Jinja environment with StrictUndefined.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jinja2
 import jinja2.meta
 import jinja2.runtime
 
-from .config import SIZE_MULTIPLE, Campaign, MatrixSpec, OverrideSet, lora_name
-from .errors import SchemaError, TemplateError
+from .config import (
+    SIZE_MULTIPLE,
+    Campaign,
+    MatrixSpec,
+    OverrideSet,
+    ResolvedFile,
+    hash_file,
+    lora_name,
+)
+from .errors import MissingFileError, SchemaError, TemplateError
 from .hashing import canonical_json
 from .templating import compile_template, template_environment
-from .yamlsource import YamlDocument
+from .yamlsource import KeyPath, YamlDocument
 
 VARIANT_SCHEMA = 1
 # Characters Windows, macOS or Linux reject in file names, plus control characters.
@@ -48,6 +58,11 @@ class Variant:
     aspect: str | None
     output_name: str
     spec: Mapping[str, Any]
+    # Per-variant control images by the recipe key path that named them.
+    images: Mapping[KeyPath, ResolvedFile] = dataclasses.field(default_factory=dict)
+
+    def image(self, *key: str | int) -> Path:
+        return self.images[key].path
 
     @property
     def spec_json(self) -> str:
@@ -145,17 +160,19 @@ def _matches(rule: Mapping[str, Any], coords: Mapping[str, Any]) -> bool:
 class _Templates:
     """Compiled templates and the YAML document each came from (for error locations)."""
 
-    def __init__(self, compiled: Mapping[str, jinja2.Template],
-                 names: Mapping[str, frozenset[str]], documents: Mapping[str, YamlDocument]):
-        self.compiled, self.names, self.documents = compiled, names, documents
-        self.globals = dict(next(iter(compiled.values())).globals)
+    def __init__(self, sources: Mapping[KeyPath, tuple[str, YamlDocument]]):
+        self.documents = {key: document for key, (_, document) in sources.items()}
+        self.compiled = {key: compile_template(document, key, text)
+                         for key, (text, document) in sources.items()}
+        self.names = {key: sorted(jinja2.meta.find_undeclared_variables(
+            template_environment().parse(text))) for key, (text, _) in sources.items()}
+        self.globals = dict(template_environment().globals)
         # Most variants share their prompts (a prompt rarely reads every axis), so a render
         # is remembered by the values of the names its template reads.
-        self._rendered: dict[tuple[str, str], str] = {}
-        self.names = {key: sorted(found) for key, found in names.items()}
+        self._rendered: dict[tuple[KeyPath, str], str] = {}
 
-    def render(self, key: str, context: Mapping[str, Any]) -> str:
-        if key == "output":  # unique per variant by rule: remembering it would never pay
+    def render(self, key: KeyPath, context: Mapping[str, Any]) -> str:
+        if key == ("output",):  # unique per variant by rule: remembering it would never pay
             return self._render(key, context)
         # repr is a cheap key; values that print alike are equal YAML values.
         memo_key = (key, repr([context.get(name) for name in self.names[key]]))
@@ -163,7 +180,7 @@ class _Templates:
             text = self._rendered[memo_key] = self._render(key, context)
         return text
 
-    def _render(self, key: str, context: Mapping[str, Any]) -> str:
+    def _render(self, key: KeyPath, context: Mapping[str, Any]) -> str:
         template = self.compiled[key]
         try:
             # Template.render() walks a ChainMap of the globals on every call; this is the same
@@ -180,23 +197,34 @@ class _Templates:
                 "templates may only read values; remove the attribute or call")
         except (TypeError, ValueError, ArithmeticError) as err:
             problem, fix = f"template failed: {err}", "check the expression's types"
-        raise self.documents[key].error(TemplateError, problem, (key,), fix=fix)
+        raise self.documents[key].error(TemplateError, problem, key, fix=fix)
 
 
 def _compile_templates(campaign: Campaign) -> _Templates:
-    recipe = campaign.recipe
+    recipe, spec = campaign.recipe, campaign.recipe.spec
     sources = {
-        "prompt": (recipe.spec.prompt, recipe.document),
-        "negative_prompt": (recipe.spec.negative_prompt, recipe.document),
-        "output": (campaign.spec.output, campaign.document),
+        ("prompt",): (spec.prompt, recipe.document),
+        ("negative_prompt",): (spec.negative_prompt, recipe.document),
+        ("output",): (campaign.spec.output, campaign.document),
     }
-    compiled, names = {}, {}
-    for key, (text, document) in sources.items():
-        compiled[key] = compile_template(document, (key,), text)
-        names[key] = frozenset(jinja2.meta.find_undeclared_variables(
-            template_environment().parse(text)))
-    return _Templates(compiled, names,
-                      {key: document for key, (_, document) in sources.items()})
+    sources.update({key: (text, recipe.document) for key, text in image_templates(spec)})
+    return _Templates(sources)
+
+
+def image_templates(spec: Any) -> list[tuple[KeyPath, str]]:
+    """(key path, template) of every per-variant image a recipe's controls name."""
+    found: list[tuple[KeyPath, str]] = [
+        (("controlnets", index, "image"), control.image)
+        for index, control in enumerate(spec.controlnets)]
+    if spec.ip_adapter and spec.ip_adapter.images:
+        found += [(("ip_adapter", "images", index), text)
+                  for index, text in enumerate(spec.ip_adapter.images)]
+    for block in ("img2img", "inpaint"):
+        if source := getattr(spec, block):
+            found.append(((block, "image"), source.image))
+    if spec.inpaint and spec.inpaint.mask:
+        found.append((("inpaint", "mask"), spec.inpaint.mask))
+    return found
 
 
 # ---------------------------------------------------------------- variants
@@ -213,6 +241,13 @@ class _VariantBuilder:
         self.recipe_identity = recipe.identity()
         self.lora_names = [lora_name(lora.path) for lora, _ in recipe.loras]
         self._encoded: dict[tuple[str, Any], str] = {}
+        self.image_keys = [key for key, _ in image_templates(recipe.spec)]
+        ip_adapter = recipe.spec.ip_adapter
+        uses_brand = ip_adapter is not None and not ip_adapter.images
+        self.brand_style_references = {
+            ("ip_adapter", "images", index): file
+            for index, file in enumerate(campaign.brand.references if uses_brand else ())}
+        self._files: dict[Path, ResolvedFile] = {}
         self.base_context = {
             "recipe": {"name": recipe.spec.name, "version": recipe.spec.version,
                        "family": recipe.spec.family},
@@ -234,10 +269,11 @@ class _VariantBuilder:
                    **(overrides.lora_weights or {})}
         context = {**axes, "variant_seed": seed, "width": width, "height": height,
                    **self.base_context}
-        prompt = self.templates.render("prompt", context)
-        negative = self.templates.render("negative_prompt", context)
-        output_name = _safe_output_name(campaign, self.templates.render("output", context),
+        prompt = self.templates.render(("prompt",), context)
+        negative = self.templates.render(("negative_prompt",), context)
+        output_name = _safe_output_name(campaign, self.templates.render(("output",), context),
                                         axes)
+        images = self._images(context)
         recipe_identity = {
             **self.recipe_identity, "steps": steps, "cfg": cfg,
             "loras": [{**lora, "weight": weights[name]} for name, lora in
@@ -255,6 +291,9 @@ class _VariantBuilder:
             "height": height,
             "postprocess": {"logo": self._logo(aspect)},
         }
+        if images:
+            identity["images"] = {".".join(map(str, key)): file.identity
+                                  for key, file in images.items()}
         return Variant(
             id=hashlib.sha256(self._spec_json(identity, {
                 "recipe": (steps, cfg, tuple(weights.values())), "postprocess": aspect,
@@ -262,8 +301,26 @@ class _VariantBuilder:
             seed=seed, axes=axes, prompt=prompt, negative_prompt=negative, width=width,
             height=height, steps=steps, cfg=cfg,
             lora_weights=tuple(weights[name] for name in self.lora_names), aspect=aspect,
-            output_name=output_name, spec=identity,
+            output_name=output_name, spec=identity, images=images,
         )
+
+    def _images(self, context: Mapping[str, Any]) -> dict[KeyPath, ResolvedFile]:
+        """Each control image of this variant: resolved from the campaign's folder, hashed.
+        An IP-Adapter without images of its own uses the brand kit's references."""
+        resolved = dict(self.brand_style_references)
+        for key in self.image_keys:
+            relative = self.templates.render(key, context)
+            path = (self.campaign.source.parent / relative).resolve()
+            file = self._files.get(path)
+            if file is None:
+                if not path.is_file():
+                    raise self.campaign.recipe.document.error(
+                        MissingFileError, "control image not found", key,
+                        found=f"{path} (from {relative!r})",
+                        fix="paths from templates are relative to the campaign file's folder")
+                file = self._files[path] = ResolvedFile(path, hash_file(path))
+            resolved[key] = file
+        return resolved
 
     def _spec_json(self, identity: dict[str, Any], shared: Mapping[str, Any]) -> str:
         """``canonical_json(identity)``, reusing the encoding of blocks many variants share;

@@ -9,6 +9,7 @@ same whether it is rendered alone or inside a batch, on any GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 import warnings
@@ -22,10 +23,19 @@ from .errors import RenderFailure
 from .plan import Variant
 
 # Heavy imports (torch, diffusers) happen inside the renderer so planning stays light.
-PIPELINE_CLASSES = {
-    "sd15": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-    "flux": "FluxPipeline",
+PIPELINES = {  # (family, mode) -> diffusers pipeline class
+    ("sd15", "text"): "StableDiffusionPipeline",
+    ("sd15", "controlnet"): "StableDiffusionControlNetPipeline",
+    ("sd15", "img2img"): "StableDiffusionImg2ImgPipeline",
+    ("sd15", "inpaint"): "StableDiffusionInpaintPipeline",
+    ("sdxl", "text"): "StableDiffusionXLPipeline",
+    ("sdxl", "controlnet"): "StableDiffusionXLControlNetPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
+    ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
+    ("flux", "text"): "FluxPipeline",
+    ("flux", "controlnet"): "FluxControlNetPipeline",
+    ("flux", "img2img"): "FluxImg2ImgPipeline",
+    ("flux", "inpaint"): "FluxInpaintPipeline",
 }
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
@@ -109,20 +119,78 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
 
 
+@dataclass(frozen=True)
+class RenderOptions:
+    """How to run the models; none of it changes what a variant is, all of it is recorded."""
+
+    device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"         # auto (cuda: bfloat16, mps: float16, cpu: float32) | …
+    compile: bool = False       # torch.compile the UNet/transformer (slow first batch)
+    channels_last: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    cpu_offload: bool = False   # diffusers model CPU offload (CUDA only)
+
+
+def auto_batch_size(device: str, family: str) -> int:
+    """A starting batch size; out-of-memory halving corrects an optimistic one.
+
+    CPU: 8 (batching 8 saved 20-60 % per image here, DESIGN.md). CUDA: about one image per
+    free GiB for SD1.5 at 512², a third of that for SDXL/Flux at 1024², capped at 16.
+    """
+    if not device.startswith("cuda"):
+        return 8
+    import torch
+
+    free_gib = torch.cuda.mem_get_info()[0] / 2**30
+    per_image_gib = {"sd15": 1.0, "sdxl": 3.0, "flux": 4.0}[family]
+    return max(1, min(16, int(free_gib / per_image_gib)))
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        return "bfloat16"
+    return "float16" if device == "mps" else "float32"
+
+
 class DiffusersRenderer:
-    def __init__(self, *, device: str = "cpu", log: Callable[[str], None] = lambda _: None):
+    """Loads each base pipeline once, derives the control pipelines from it with
+    ``from_pipe`` (shared weights, no reload) and renders batches."""
+
+    def __init__(self, options: RenderOptions = RenderOptions(), *,
+                 log: Callable[[str], None] = lambda _: None):
         import torch
 
         quiet_libraries()
-        self.device = device
-        self.dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.dtype = getattr(torch, resolve_dtype(options.dtype, self.device))
         self.log = log
-        self._pipelines: dict[tuple[str, str], Any] = {}
-        self._loaded_loras: dict[tuple[str, str], set[str]] = {}
+        self.loads = 0  # base pipelines loaded from disk (tests and benchmarks read it)
+        self._bases: dict[tuple[str, str, bool], Any] = {}
+        self._pipelines: dict[tuple[Any, ...], Any] = {}
+        self._loaded_loras: dict[int, set[str]] = {}
+        self._ip_adapters: dict[int, str] = {}
 
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**environment_fingerprint(self.device, self.dtype_name),
+                "options": {**dataclasses.asdict(self.options), "attention": "sdpa"}}
 
     def render_batch(self, recipe: Recipe, variants: Sequence[Variant]) -> list[Any]:
         """Render variants that share a BatchKey; returns PIL images in the same order."""
@@ -131,33 +199,87 @@ class DiffusersRenderer:
         first = variants[0]
         pipe = self.load_pipeline(recipe)
         self.activate_loras(pipe, recipe, first.lora_weights)
-        generators = [torch.Generator("cpu").manual_seed(v.seed) for v in variants]
         arguments: dict[str, Any] = {
             "prompt": [v.prompt for v in variants],
             "num_inference_steps": first.steps,
             "guidance_scale": first.cfg,
             "width": first.width,
             "height": first.height,
-            "generator": generators,
+            "generator": [torch.Generator("cpu").manual_seed(v.seed) for v in variants],
             "output_type": "pil",
         }
         if recipe.spec.family != "flux":
             arguments["negative_prompt"] = [v.negative_prompt for v in variants]
+        arguments.update(control_arguments(recipe, variants))
+        if recipe.mode == "img2img" and recipe.spec.family != "flux":
+            del arguments["width"], arguments["height"]  # SD img2img takes the source's size
         try:
             with torch.inference_mode():
-                return list(pipe(**arguments).images)
+                return list(self._call(pipe, arguments).images)
+        except torch.OutOfMemoryError:
+            raise
         except (RuntimeError, ValueError) as err:
             raise RenderFailure(f"rendering {len(variants)} variant(s) of {recipe.ref} at "
                                 f"{first.width}x{first.height} failed: {err}") from err
 
+    def _call(self, pipe: Any, arguments: dict[str, Any]) -> Any:
+        """The one place a pipeline runs (tests inject failures here)."""
+        return pipe(**arguments)
+
+    def render_resilient(self, recipe: Recipe, variants: Sequence[Variant]) -> list[Any]:
+        """``render_batch``, halving the batch on out-of-memory until it fits; each variant
+        is rendered exactly once."""
+        import torch
+
+        try:
+            return self.render_batch(recipe, variants)
+        except torch.OutOfMemoryError:
+            if len(variants) == 1:
+                raise RenderFailure(f"out of memory rendering one {variants[0].width}x"
+                                    f"{variants[0].height} image of {recipe.ref}; lower the "
+                                    "size or enable render.vae_tiling / cpu_offload") from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(variants) // 2
+            self.log(f"out of memory with a batch of {len(variants)}: retrying as "
+                     f"{half} + {len(variants) - half}")
+            return (self.render_resilient(recipe, variants[:half])
+                    + self.render_resilient(recipe, variants[half:]))
+
     def load_pipeline(self, recipe: Recipe) -> Any:
-        key = (recipe.spec.family, recipe.checkpoint.sha256)
-        if key in self._pipelines:
-            return self._pipelines[key]
+        """The pipeline for the recipe's family and mode, built on a cached base."""
         import diffusers
 
+        family, mode = recipe.spec.family, recipe.mode
+        key = (family, recipe.checkpoint.sha256, mode,
+               tuple(model.sha256 for model in recipe.controlnets),
+               recipe.ip_adapter.sha256 if recipe.ip_adapter else None)
+        if key in self._pipelines:
+            return self._pipelines[key]
+        base = self._base(recipe)
+        pipeline_class = getattr(diffusers, PIPELINES[family, mode])
+        if pipeline_class is type(base):
+            pipe = base
+        elif mode == "controlnet":
+            pipe = pipeline_class.from_pipe(base, controlnet=self._controlnets(recipe))
+        else:
+            pipe = pipeline_class.from_pipe(base)
+        pipe.set_progress_bar_config(disable=True)
+        if recipe.ip_adapter:
+            self._load_ip_adapter(pipe, recipe)
+        self._pipelines[key] = pipe
+        return pipe
+
+    def _base(self, recipe: Recipe) -> Any:
+        import diffusers
+
+        inpaint = recipe.mode == "inpaint"
+        key = (recipe.spec.family, recipe.checkpoint.sha256, inpaint)
+        if key in self._bases:
+            return self._bases[key]
         started = time.perf_counter()
-        pipeline_class = getattr(diffusers, PIPELINE_CLASSES[recipe.spec.family])
+        family = recipe.spec.family
+        pipeline_class = getattr(diffusers, PIPELINES[family, "inpaint" if inpaint else "text"])
         checkpoint = recipe.checkpoint.path
         if checkpoint.is_dir():
             pipe = pipeline_class.from_pretrained(checkpoint, torch_dtype=self.dtype,
@@ -169,17 +291,53 @@ class DiffusersRenderer:
         scheduler_name, options = SCHEDULERS[recipe.spec.scheduler]
         pipe.scheduler = getattr(diffusers, scheduler_name).from_config(pipe.scheduler.config,
                                                                         **options)
-        pipe.set_progress_bar_config(disable=True)
-        pipe.to(self.device)
-        self._pipelines[key] = pipe
-        self.log(f"loaded {recipe.spec.family} pipeline {checkpoint.name} in "
+        self._apply_options(pipe)
+        self._bases[key] = pipe
+        self.loads += 1
+        self.log(f"loaded {family} pipeline {checkpoint.name} in "
                  f"{time.perf_counter() - started:.2f} s")
         return pipe
 
+    def _apply_options(self, pipe: Any) -> None:
+        import torch
+
+        options = self.options
+        if options.cpu_offload and self.device.startswith("cuda"):
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe.to(self.device)
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if options.channels_last:
+            denoiser.to(memory_format=torch.channels_last)
+        if options.vae_tiling:
+            pipe.vae.enable_tiling()
+        if options.vae_slicing:
+            pipe.vae.enable_slicing()
+        if options.compile:
+            denoiser.forward = torch.compile(denoiser.forward)
+
+    def _controlnets(self, recipe: Recipe) -> Any:
+        import diffusers
+
+        model_class = diffusers.FluxControlNetModel if recipe.spec.family == "flux" \
+            else diffusers.ControlNetModel
+        models = [model_class.from_pretrained(model.path, torch_dtype=self.dtype,
+                                              local_files_only=True).to(self.device)
+                  for model in recipe.controlnets]
+        return models[0] if len(models) == 1 else models
+
+    def _load_ip_adapter(self, pipe: Any, recipe: Recipe) -> None:
+        folder = recipe.ip_adapter.path
+        if self._ip_adapters.get(id(pipe.unet)) != recipe.ip_adapter.sha256:
+            pipe.load_ip_adapter(str(folder), subfolder="", weight_name="ip-adapter.safetensors",
+                                 image_encoder_folder="image_encoder", local_files_only=True)
+            self._ip_adapters[id(pipe.unet)] = recipe.ip_adapter.sha256
+        pipe.set_ip_adapter_scale(recipe.spec.ip_adapter.scale)
+
     def activate_loras(self, pipe: Any, recipe: Recipe, weights: Sequence[float]) -> None:
-        """Load each LoRA once per pipeline, then switch the stack with set_adapters."""
-        loaded = self._loaded_loras.setdefault((recipe.spec.family, recipe.checkpoint.sha256),
-                                               set())
+        """Load each LoRA once per base model, then switch the stack with set_adapters."""
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        loaded = self._loaded_loras.setdefault(id(denoiser), set())
         names = []
         for lora, _ in recipe.loras:
             name = f"lora_{lora.sha256[:12]}"
@@ -193,3 +351,40 @@ class DiffusersRenderer:
         elif loaded:
             pipe.disable_lora()
 
+
+def control_arguments(recipe: Recipe, variants: Sequence[Variant]) -> dict[str, Any]:
+    """The pipeline arguments of the recipe's controls, for one batch."""
+    from .controls import PREPROCESSORS, load_rgb, region_mask
+
+    spec, first = recipe.spec, variants[0]
+    size = (first.width, first.height)
+    arguments: dict[str, Any] = {}
+    if spec.controlnets:
+        maps = [[PREPROCESSORS[control.preprocessor](
+            load_rgb(v.image("controlnets", index, "image"), size)) for v in variants]
+            for index, control in enumerate(spec.controlnets)]
+        single = len(spec.controlnets) == 1
+        arguments.update(
+            image=maps[0] if single else maps,
+            controlnet_conditioning_scale=_each(spec.controlnets, "scale", single),
+            control_guidance_start=_each(spec.controlnets, "start", single),
+            control_guidance_end=_each(spec.controlnets, "end", single))
+    if spec.ip_adapter:
+        # The references are the recipe's, the same for the whole batch (see plan.py).
+        references = [file.path for key, file in first.images.items() if key[0] == "ip_adapter"]
+        arguments["ip_adapter_image"] = [[load_rgb(path, (224, 224)) for path in references]]
+    source = spec.img2img or spec.inpaint
+    if source:
+        block = "img2img" if spec.img2img else "inpaint"
+        arguments["image"] = [load_rgb(v.image(block, "image"), size) for v in variants]
+        arguments["strength"] = source.strength
+    if spec.inpaint:
+        arguments["mask_image"] = [
+            load_rgb(v.image("inpaint", "mask"), size) if spec.inpaint.mask
+            else region_mask(size, spec.inpaint.region) for v in variants]
+    return arguments
+
+
+def _each(controls: Sequence[Any], name: str, single: bool) -> Any:
+    values = [getattr(control, name) for control in controls]
+    return values[0] if single else values

@@ -1,0 +1,81 @@
+"""Control inputs made with OpenCV, no downloads: ControlNet maps, masks, source images.
+
+Every function is pure (PIL image in, PIL image out) and deterministic. The control map
+is computed at the variant's size, so a pose or edge map lines up with the latents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+def load_rgb(path: Path, size: tuple[int, int]) -> Image.Image:
+    """The image at path as RGB, resized (LANCZOS) to exactly ``size`` = (width, height)."""
+    with Image.open(path) as image:
+        return image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+
+
+def canny(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
+    gray = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
+    return _gray_to_rgb(cv2.Canny(gray, low, high))
+
+
+def softedge(image: Image.Image) -> Image.Image:
+    """Soft edges (HED-like): the gradient magnitude of a smoothed image, normalised."""
+    gray = cv2.GaussianBlur(cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY), (0, 0), 1.5)
+    magnitude = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    return _gray_to_rgb(_normalise(magnitude))
+
+
+def lineart(image: Image.Image) -> Image.Image:
+    """White lines on black: an adaptive threshold of the grayscale image."""
+    gray = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
+    lines = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV,
+                                  blockSize=11, C=4)
+    return _gray_to_rgb(lines)
+
+
+def depth(image: Image.Image) -> Image.Image:
+    """A depth-like map (near = bright): distance from strong edges, blended with a blurred
+    luminance, heavily smoothed. No model, so it is a cue for layout, not true depth."""
+    gray = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
+    edges = cv2.Canny(gray, 50, 150)
+    distance = cv2.distanceTransform(255 - edges, cv2.DIST_L2, 5)
+    blurred = cv2.GaussianBlur(gray.astype(np.float32), (0, 0), max(image.size) / 16)
+    mixed = 0.5 * _normalise(distance).astype(np.float32) + 0.5 * blurred
+    return _gray_to_rgb(_normalise(cv2.GaussianBlur(mixed, (0, 0), 2.0)))
+
+
+PREPROCESSORS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "none": lambda image: image,
+    "canny": canny,
+    "softedge": softedge,
+    "lineart": lineart,
+    "depth": depth,
+}
+
+
+def region_mask(size: tuple[int, int], region: Sequence[float]) -> Image.Image:
+    """A white box (the part to repaint) on black; region = fractions [x0, y0, x1, y1]."""
+    width, height = size
+    mask = np.zeros((height, width), dtype=np.uint8)
+    x0, y0, x1, y1 = (round(value * side) for value, side in
+                      zip(region, (width, height, width, height), strict=True))
+    mask[y0:y1, x0:x1] = 255
+    return Image.fromarray(mask).convert("RGB")
+
+
+def _normalise(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high - low < 1e-6:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return ((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
+    return Image.fromarray(gray).convert("RGB")
