@@ -2,7 +2,7 @@
 
 No weights can be downloaded here, so the project builds its own: the real diffusers,
 transformers and open_clip classes with tiny dimensions and fixed seeds, saved exactly as real
-checkpoints are (diffusers folders, an A1111 single file, diffusers and kohya LoRAs, a ControlNet,
+checkpoints are (diffusers folders, A1111 single files, diffusers and kohya LoRAs, a ControlNet,
 an IP-Adapter), so they load through the same code paths as the real thing. The same code and
 package versions give byte-identical files; ``MANIFEST.json`` lists their sha256.
 """
@@ -57,7 +57,7 @@ from transformers import (
 
 from renderer.atomic import TEMP_PREFIX, write_text_atomic
 from renderer.hashing import sha256_path
-from renderer.ldm_layout import clip_text_original_name, diffusers_to_ldm
+from renderer.ldm_layout import clip_text_original_name, diffusers_to_ldm, diffusers_to_sgm
 
 MANIFEST_NAME = "MANIFEST.json"
 
@@ -223,12 +223,9 @@ def _build_sd15(out: Path) -> None:
 
 def _build_sd15_single_file(out: Path) -> None:
     components = _sd15_components()
-    unet, vae = components["unet"], components["vae"]
-    checkpoint = diffusers_to_ldm(
-        unet.state_dict(), vae.state_dict(), components["text_encoder"].state_dict(),
-        unet.config, vae.config,
+    _save_single_file(
+        diffusers_to_ldm(components["unet"], components["vae"], components["text_encoder"]), out
     )
-    save_file(checkpoint, out, metadata={"format": "pt"})
 
 
 def _build_sd15_inpaint(out: Path) -> None:
@@ -238,20 +235,16 @@ def _build_sd15_inpaint(out: Path) -> None:
 
 
 def _build_sdxl(out: Path) -> None:
-    pipeline = StableDiffusionXLPipeline(
-        vae=_vae("sdxl.vae", scaling_factor=0.13025),
-        text_encoder=_clip_text_encoder("sdxl.text_encoder", CLIPTextModel, SDXL_TEXT_HIDDEN),
-        text_encoder_2=_clip_text_encoder(
-            "sdxl.text_encoder_2", CLIPTextModelWithProjection, SDXL_TEXT_2_HIDDEN,
-            projection_dim=SDXL_POOLED_DIM, hidden_act="gelu",  # OpenCLIP bigG's activation
-        ),
-        tokenizer=_clip_tokenizer(),
-        tokenizer_2=_clip_tokenizer(pad_token="!"),  # as SDXL's second tokenizer pads
-        unet=_seeded("sdxl.unet", lambda: UNet2DConditionModel(**SDXL_UNET_CONFIG)),
-        scheduler=EulerDiscreteScheduler(**SD_SCHEDULER_CONFIG),
-        add_watermarker=False,
+    _save_pipeline(StableDiffusionXLPipeline(**_sdxl_components(), add_watermarker=False), out)
+
+
+def _build_sdxl_single_file(out: Path) -> None:
+    components = _sdxl_components()
+    checkpoint = diffusers_to_sgm(
+        components["unet"], components["vae"], components["text_encoder"],
+        components["text_encoder_2"],
     )
-    _save_pipeline(pipeline, out)
+    _save_single_file(checkpoint, out)
 
 
 def _build_flux(out: Path) -> None:
@@ -374,6 +367,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "sd15.safetensors": _build_sd15_single_file,
     "sd15-inpaint": _build_sd15_inpaint,
     "sdxl": _build_sdxl,
+    "sdxl.safetensors": _build_sdxl_single_file,
     "flux": _build_flux,
     "controlnet-sd15": _build_controlnet,
     "ip-adapter-sd15": _build_ip_adapter,
@@ -407,6 +401,23 @@ def _sd15_components() -> dict[str, object]:
         "vae": _vae("sd15.vae", scaling_factor=0.18215),
         "text_encoder": _sd15_text_encoder(),
         "tokenizer": _clip_tokenizer(),
+        "scheduler": EulerDiscreteScheduler(**SD_SCHEDULER_CONFIG),
+    }
+
+
+def _sdxl_components() -> dict[str, object]:
+    return {
+        "vae": _vae("sdxl.vae", scaling_factor=0.13025),
+        "text_encoder": _clip_text_encoder("sdxl.text_encoder", CLIPTextModel, SDXL_TEXT_HIDDEN),
+        # Its hidden size must differ from the first encoder's: diffusers' single-file loader
+        # gives each encoder the CLIP or OpenCLIP weights whose position embedding is as wide.
+        "text_encoder_2": _clip_text_encoder(
+            "sdxl.text_encoder_2", CLIPTextModelWithProjection, SDXL_TEXT_2_HIDDEN,
+            projection_dim=SDXL_POOLED_DIM, hidden_act="gelu",  # OpenCLIP bigG's activation
+        ),
+        "tokenizer": _clip_tokenizer(),
+        "tokenizer_2": _clip_tokenizer(pad_token="!"),  # as SDXL's second tokenizer pads
+        "unet": _seeded("sdxl.unet", lambda: UNet2DConditionModel(**SDXL_UNET_CONFIG)),
         "scheduler": EulerDiscreteScheduler(**SD_SCHEDULER_CONFIG),
     }
 
@@ -521,6 +532,10 @@ def _canonical_unigram_vocab(pieces: list[tuple[str, float]]) -> list[tuple[str,
         ((piece, round(score, 6)) for piece, score in scores.items()),
         key=lambda item: (-item[1], item[0]),
     )
+
+
+def _save_single_file(checkpoint: dict[str, torch.Tensor], out: Path) -> None:
+    save_file(checkpoint, out, metadata={"format": "pt"})
 
 
 def _save_pipeline(pipeline: DiffusionPipeline, out: Path) -> None:

@@ -1,14 +1,18 @@
-"""Diffusers → original LDM (CompVis / A1111 single-file) state-dict layout, driven by configs.
+"""Diffusers → original LDM / SGM (A1111 single-file) state-dict layouts, driven by configs.
 
 Single-file checkpoints as A1111 and Civitai distribute them keep the original Stable Diffusion
-key layout (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*``). The
-upstream conversion script hard-codes SD1.5's block counts; this mapping derives every block
-index from the UNet and VAE configs instead, as the inverse of what
-``diffusers.loaders.single_file_utils`` reads back, so it fits any block and layer count.
+key layout (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*``); SDXL's
+(Stability's SGM code) keeps the UNet and VAE names and stores its two text encoders under
+``conditioner.embedders.0.transformer.*`` (CLIP, transformers layout) and
+``conditioner.embedders.1.model.*`` (OpenCLIP layout). The upstream conversion script hard-codes
+SD1.5's block counts; this mapping derives every block index from the UNet and VAE configs
+instead, as the inverse of what ``diffusers.loaders.single_file_utils`` reads back, so it fits any
+block and layer count.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +21,8 @@ import torch
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_TEXT_PREFIX = "cond_stage_model.transformer."
+SGM_CLIP_TEXT_PREFIX = "conditioner.embedders.0.transformer."
+SGM_OPEN_CLIP_TEXT_PREFIX = "conditioner.embedders.1.model."
 
 StateDict = dict[str, torch.Tensor]
 
@@ -52,20 +58,51 @@ _VAE_RESNET_PARTS = {
 _VAE_ATTENTION_PARTS = {
     "group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
 }
+# transformers CLIP → OpenCLIP names, as diffusers' ``convert_open_clip_checkpoint`` reverses them.
+_OPEN_CLIP_TOP_LEVEL = {
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+}
+_OPEN_CLIP_LAYER_PARTS = {
+    "self_attn.out_proj": "attn.out_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+_OPEN_CLIP_LAYER = re.compile(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)")
+_QKV = ("q_proj", "k_proj", "v_proj")
 
 
 def diffusers_to_ldm(
-    unet_sd: Mapping[str, torch.Tensor],
-    vae_sd: Mapping[str, torch.Tensor],
-    text_sd: Mapping[str, torch.Tensor],
-    unet_config: Mapping[str, Any],
-    vae_config: Mapping[str, Any],
+    unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module
 ) -> StateDict:
-    """One SD1.5-style single-file state dict: UNet, VAE and CLIP text encoder."""
+    """One SD1.5-style single-file state dict from diffusers models (each with a ``config``)."""
     return {
-        **unet_to_ldm(unet_sd, unet_config),
-        **vae_to_ldm(vae_sd, vae_config),
-        **clip_text_to_ldm(text_sd),
+        **_unet_and_vae_to_ldm(unet, vae),
+        **clip_text_to_ldm(text_encoder.state_dict()),
+    }
+
+
+def diffusers_to_sgm(
+    unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module,
+    text_encoder_2: torch.nn.Module,
+) -> StateDict:
+    """One SDXL single-file state dict: the LDM UNet and VAE, CLIP and OpenCLIP text encoders."""
+    return {
+        **_unet_and_vae_to_ldm(unet, vae),
+        **clip_text_to_ldm(text_encoder.state_dict(), SGM_CLIP_TEXT_PREFIX),
+        **clip_text_to_open_clip(text_encoder_2.state_dict()),
+    }
+
+
+def _unet_and_vae_to_ldm(unet: torch.nn.Module, vae: torch.nn.Module) -> StateDict:
+    # SD1.5 and SDXL name their UNet and VAE alike; only the text encoders differ.
+    return {
+        **unet_to_ldm(unet.state_dict(), unet.config),
+        **vae_to_ldm(vae.state_dict(), vae.config),
     }
 
 
@@ -90,6 +127,39 @@ def clip_text_to_ldm(
     state_dict: Mapping[str, torch.Tensor], prefix: str = CLIP_TEXT_PREFIX
 ) -> StateDict:
     return {prefix + clip_text_original_name(key): tensor for key, tensor in state_dict.items()}
+
+
+def clip_text_to_open_clip(
+    state_dict: Mapping[str, torch.Tensor], prefix: str = SGM_OPEN_CLIP_TEXT_PREFIX
+) -> StateDict:
+    """A ``CLIPTextModelWithProjection`` in OpenCLIP's layout, as SDXL stores its bigG encoder.
+
+    OpenCLIP keeps q, k and v as one ``in_proj`` (concatenated in that order, which is how
+    diffusers splits them back) and applies ``x @ text_projection``, the transpose of the
+    ``nn.Linear`` weight transformers uses.
+    """
+    converted: StateDict = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state_dict.items():
+        if key == "text_projection.weight":
+            converted[prefix + "text_projection"] = tensor.T.contiguous()
+            continue
+        key = clip_text_original_name(key)
+        if key in _OPEN_CLIP_TOP_LEVEL:
+            converted[prefix + _OPEN_CLIP_TOP_LEVEL[key]] = tensor
+        elif match := _OPEN_CLIP_LAYER.fullmatch(key):
+            layer, module, kind = match.groups()
+            block = f"{prefix}transformer.resblocks.{layer}"
+            projection = module.removeprefix("self_attn.")
+            if projection in _QKV:
+                fused.setdefault(f"{block}.attn.in_proj_{kind}", {})[projection] = tensor
+            else:
+                converted[f"{block}.{_OPEN_CLIP_LAYER_PARTS[module]}.{kind}"] = tensor
+        else:
+            raise KeyError(f"no OpenCLIP name for text encoder key {key!r}")
+    for key, parts in fused.items():
+        converted[key] = torch.cat([parts[name] for name in _QKV])
+    return converted
 
 
 def clip_text_original_name(name: str) -> str:

@@ -24,13 +24,22 @@ from diffusers import (
 from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
 )
 from PIL import Image
 from safetensors import safe_open
+from transformers import CLIPTextModelWithProjection
 
 from renderer.demo_models import MANIFEST_NAME, build_demo_models
 from renderer.hashing import sha256_path
-from renderer.ldm_layout import UNET_PREFIX, VAE_PREFIX, unet_to_ldm, vae_to_ldm
+from renderer.ldm_layout import (
+    SGM_OPEN_CLIP_TEXT_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    clip_text_to_open_clip,
+    unet_to_ldm,
+    vae_to_ldm,
+)
 
 PROMPT = "a red sneaker on a white studio background"
 SIZE = 64
@@ -122,28 +131,82 @@ def test_present_artifacts_are_kept_unless_forced(demo, tmp_path):
     assert file_hashes(copy) == file_hashes(demo)
 
 
-def test_single_file_has_the_original_ldm_layout(demo):
-    with safe_open(demo / "sd15.safetensors", "pt") as checkpoint:
+SINGLE_FILES = {
+    # name: (pipeline class, top-level key prefixes, sample keys of the original layout)
+    "sd15.safetensors": (
+        StableDiffusionPipeline,
+        {"model", "first_stage_model", "cond_stage_model"},
+        {
+            "model.diffusion_model.input_blocks.0.0.weight",
+            "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+            "model.diffusion_model.middle_block.2.out_layers.3.weight",
+            "model.diffusion_model.output_blocks.1.1.conv.weight",
+            "model.diffusion_model.out.2.weight",
+            "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight",
+            "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight",
+        },
+    ),
+    "sdxl.safetensors": (
+        StableDiffusionXLPipeline,
+        {"model", "first_stage_model", "conditioner"},
+        {
+            "model.diffusion_model.label_emb.0.0.weight",
+            "model.diffusion_model.input_blocks.3.1.transformer_blocks.1.attn2.to_k.weight",
+            "model.diffusion_model.output_blocks.1.2.conv.weight",
+            "first_stage_model.decoder.up.0.block.1.conv2.weight",
+            "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
+            "conditioner.embedders.1.model.positional_embedding",
+            "conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight",
+            "conditioner.embedders.1.model.transformer.resblocks.1.mlp.c_proj.bias",
+            "conditioner.embedders.1.model.ln_final.weight",
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def sdxl_image(demo) -> np.ndarray:
+    return render(StableDiffusionXLPipeline.from_pretrained(demo / "sdxl"))
+
+
+@pytest.mark.parametrize("name", SINGLE_FILES)
+def test_single_file_has_the_original_layout(demo, name):
+    _, prefixes, sample_keys = SINGLE_FILES[name]
+    with safe_open(demo / name, "pt") as checkpoint:
         keys = set(checkpoint.keys())
         vae_attention_q = checkpoint.get_tensor("first_stage_model.decoder.mid.attn_1.q.weight")
-    assert {key.split(".")[0] for key in keys} == {"model", "first_stage_model", "cond_stage_model"}
-    assert {
-        "model.diffusion_model.input_blocks.0.0.weight",
-        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
-        "model.diffusion_model.middle_block.2.out_layers.3.weight",
-        "model.diffusion_model.output_blocks.1.1.conv.weight",
-        "model.diffusion_model.out.2.weight",
-        "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight",
-        "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight",
-    } <= keys
+    assert {key.split(".")[0] for key in keys} == prefixes
+    assert sample_keys <= keys
     assert vae_attention_q.ndim == 4  # a 1x1 convolution, as in the original VAE
 
 
-def test_single_file_renders_the_same_pixels_as_the_folder(demo, sd15_image):
-    pipe = StableDiffusionPipeline.from_single_file(
-        str(demo / "sd15.safetensors"), config=str(demo / "sd15"), local_files_only=True
+def test_open_clip_layout_round_trips_through_the_diffusers_converter(demo):
+    encoder = CLIPTextModelWithProjection.from_pretrained(demo / "sdxl" / "text_encoder_2")
+    original = encoder.state_dict()
+    checkpoint = clip_text_to_open_clip(original)
+    assert all(key.startswith(SGM_OPEN_CLIP_TEXT_PREFIX) for key in checkpoint)
+
+    converted = convert_open_clip_checkpoint(encoder, checkpoint, prefix=SGM_OPEN_CLIP_TEXT_PREFIX)
+    assert converted.keys() == original.keys()
+    assert all(torch.equal(converted[key], original[key]) for key in original)
+    # OpenCLIP's own conventions: one fused q|k|v projection, and text_projection used as x @ P.
+    attention = encoder.text_model.encoder.layers[0].self_attn
+    in_proj = checkpoint[SGM_OPEN_CLIP_TEXT_PREFIX + "transformer.resblocks.0.attn.in_proj_weight"]
+    assert torch.equal(in_proj, torch.cat([attention.q_proj.weight, attention.k_proj.weight,
+                                           attention.v_proj.weight]))
+    projection = checkpoint[SGM_OPEN_CLIP_TEXT_PREFIX + "text_projection"]
+    assert torch.equal(projection, encoder.text_projection.weight.T)
+
+
+@pytest.mark.parametrize("name", SINGLE_FILES)
+def test_single_file_renders_the_same_pixels_as_the_folder(demo, name, request):
+    # Called as the renderer calls it: no components passed, the folder only supplies configs.
+    pipeline_class = SINGLE_FILES[name][0]
+    folder = name.removesuffix(".safetensors")
+    pipe = pipeline_class.from_single_file(
+        str(demo / name), config=str(demo / folder), local_files_only=True
     )
-    assert np.array_equal(render(pipe), sd15_image)
+    assert np.array_equal(render(pipe), request.getfixturevalue(f"{folder}_image"))
 
 
 @pytest.mark.parametrize("family", ["sd15", "sd15-inpaint", "sdxl"])
@@ -163,13 +226,13 @@ def test_ldm_layout_round_trips_through_the_diffusers_converters(demo, family):
         assert all(torch.equal(converted[key], original[key]) for key in original)
 
 
-def test_each_family_renders_a_64px_image(demo, sd15_image):
+def test_each_family_renders_a_64px_image(demo, sd15_image, sdxl_image):
     inpaint = StableDiffusionInpaintPipeline.from_pretrained(demo / "sd15-inpaint")
     mask = Image.new("L", (SIZE, SIZE), 0)
     mask.paste(255, (16, 16, 48, 48))
     images = {
         "sd15": sd15_image,
-        "sdxl": render(StableDiffusionXLPipeline.from_pretrained(demo / "sdxl")),
+        "sdxl": sdxl_image,
         "flux": render(FluxPipeline.from_pretrained(demo / "flux")),
         "sd15-inpaint": render(inpaint, image=noise_image(1), mask_image=mask),
     }
