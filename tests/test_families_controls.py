@@ -93,11 +93,12 @@ def max_difference(a: dict, b: dict) -> int:
 
 @pytest.mark.parametrize(("family", "checkpoint"), [("sd15", "sd15"),
                                                     ("sd15", "sd15.safetensors"),
-                                                    ("sdxl", "sdxl"), ("flux", "flux")])
+                                                    ("sdxl", "sdxl"), ("sdxl", "sdxl.safetensors"),
+                                                    ("flux", "flux")])
 def test_each_family_renders_from_its_checkpoint(tmp_path, demo_models, family, checkpoint):
     scratch = Scratch(tmp_path, family, checkpoint)
     if checkpoint.endswith(".safetensors"):
-        scratch.recipe["checkpoint"]["config"] = str(MODELS / "sd15")
+        scratch.recipe["checkpoint"]["config"] = str(MODELS / family)
     images = scratch.render("out")
     assert len(images) == 2
     first, second = images.values()
