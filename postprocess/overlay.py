@@ -6,6 +6,7 @@ of a campaign. The result depends only on the inputs (no randomness, fixed resam
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from PIL import Image
@@ -30,6 +31,44 @@ class LogoPlacement:
             )
         if not 0 < self.scale <= 1:
             raise ValueError(f"logo scale {self.scale!r} is out of range; use a fraction in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SafeZone:
+    """The part of the frame brand marks must stay inside, as fractions of width and height
+    (e.g. a 9:16 story keeps clear of the top 14 % and bottom 20 %, where the app draws)."""
+
+    left: float = 0.0
+    top: float = 0.0
+    right: float = 1.0
+    bottom: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.left < self.right <= 1 and 0 <= self.top < self.bottom <= 1):
+            raise ValueError(
+                f"safe zone ({self.left}, {self.top}, {self.right}, {self.bottom}) is not a box "
+                "inside the frame; give left < right and top < bottom, all fractions in [0, 1]"
+            )
+
+    def pixels(self, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The zone as a (left, top, right, bottom) pixel box; inner edges round inwards."""
+        width, height = image_size
+        # Rounded first: 0.14 * 200 is 28.000000000000004 in floating point, not 29 pixels.
+        return (
+            math.ceil(round(self.left * width, 6)),
+            math.ceil(round(self.top * height, 6)),
+            math.floor(round(self.right * width, 6)),
+            math.floor(round(self.bottom * height, 6)),
+        )
+
+
+def logo_in_safe_zone(
+    box: tuple[int, int, int, int], image_size: tuple[int, int], zone: SafeZone
+) -> bool:
+    """Whether the pixel box (left, top, right, bottom) lies wholly inside ``zone``."""
+    zone_left, zone_top, zone_right, zone_bottom = zone.pixels(image_size)
+    left, top, right, bottom = box
+    return zone_left <= left and zone_top <= top and right <= zone_right and bottom <= zone_bottom
 
 
 def logo_box(

@@ -1,20 +1,25 @@
 """The run report: one self-contained HTML page a person can open from the output folder.
 
 Image links are relative to the report's folder, so the page keeps working when the
-whole output folder is moved or shared. Every value is HTML-escaped by Jinja's autoescape.
+whole output folder is moved or shared. Every value is HTML-escaped by Jinja's autoescape;
+the page's small script sorts (by seed or any score) and filters (failed, review) by moving
+and hiding the rows, never by building markup. ``write_xy_grid`` draws A1111-style X/Y
+plots of any two axes.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from postprocess.gate import FAIL, STATUSES
-from renderer.atomic import write_text_atomic
+from postprocess.gate import FAIL, PASS, REVIEW, STATUSES
+from renderer.atomic import write_bytes_atomic, write_text_atomic
 
 _TEMPLATE_NAME = "report.html.j2"
 _ENVIRONMENT = Environment(
@@ -26,6 +31,13 @@ _ENVIRONMENT = Environment(
     keep_trailing_newline=True,
 )
 SHORT_ID_LENGTH = 12
+_ROW_CLASSES = {PASS: None, REVIEW: "review", FAIL: "failed"}
+_FILTERS = (
+    ("all", "all"),
+    (FAIL, "failed"),
+    (REVIEW, "review"),
+    (f"{FAIL} {REVIEW}", "failed or review"),
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class ReportRow:
     width: int
     height: int
     scores: Mapping[str, float]
-    status: str  # gate.PASS or gate.FAIL
+    status: str  # gate.PASS, gate.REVIEW or gate.FAIL
     reasons: tuple[str, ...]
 
     def __post_init__(self) -> None:
@@ -62,7 +74,17 @@ class ReportRow:
             )
 
 
-def write_report(path: Path, run: ReportRun, rows: Sequence[ReportRow]) -> Path:
+@dataclass(frozen=True)
+class ReportGrid:
+    """An X/Y grid image shown under the table (``write_xy_grid`` makes one)."""
+
+    image_relpath: str  # relative to the report's folder
+    caption: str  # e.g. "product × aspect"
+
+
+def write_report(
+    path: Path, run: ReportRun, rows: Sequence[ReportRow], grids: Sequence[ReportGrid] = ()
+) -> Path:
     """Write the report to the file ``path`` (e.g. ``OUT/report.html``) atomically."""
     if path.is_dir():
         raise ValueError(
@@ -72,7 +94,8 @@ def write_report(path: Path, run: ReportRun, rows: Sequence[ReportRow]) -> Path:
         run=run,
         rows=[_row_view(row) for row in rows],
         score_names=_score_names(rows),
-        fail_status=FAIL,
+        filters=_FILTERS,
+        grids=[{"src": _url(grid.image_relpath), "caption": grid.caption} for grid in grids],
     )
     write_text_atomic(path, html)
     return path
@@ -81,12 +104,157 @@ def write_report(path: Path, run: ReportRun, rows: Sequence[ReportRow]) -> Path:
 def _row_view(row: ReportRow) -> dict[str, object]:
     return {
         "row": row,
+        "row_class": _ROW_CLASSES[row.status],
         "short_id": row.variant_id[:SHORT_ID_LENGTH],
-        # A URL, not a file path: forward slashes, and spaces or '#' percent-encoded.
-        "image_src": quote(PurePath(row.image_relpath).as_posix()),
+        "image_src": _url(row.image_relpath),
     }
+
+
+def _url(relpath: str) -> str:
+    """A URL, not a file path: forward slashes, and spaces or '#' percent-encoded."""
+    return quote(PurePath(relpath).as_posix())
 
 
 def _score_names(rows: Sequence[ReportRow]) -> list[str]:
     """Every metric any row has, in first-seen order: one table column each."""
     return list(dict.fromkeys(name for row in rows for name in row.scores))
+
+
+_GRID_BACKGROUND = (255, 255, 255)
+_CELL_BACKGROUND = (238, 238, 240)
+_LABEL_COLOUR = (29, 29, 31)
+_STATUS_COLOURS = {FAIL: (200, 30, 30), REVIEW: (230, 160, 0)}
+
+
+def write_xy_grid(
+    path: Path,
+    rows: Sequence[ReportRow],
+    x_axis: str,
+    y_axis: str,
+    images: Mapping[str, Image.Image],
+    cell: int = 256,
+) -> Path:
+    """Write a labelled grid PNG like A1111's X/Y plot: one column per ``x_axis`` value,
+    one row per ``y_axis`` value (in first-seen order), each image fitted into a ``cell``
+    square; failed and review images are framed in red or amber and tagged.
+
+    ``images`` maps variant ids to images. The rows must hold one variant per (x, y) pair:
+    filter them to one value of every other axis first.
+    """
+    cells = _grid_cells(rows, x_axis, y_axis)
+    x_values = list(dict.fromkeys(x for x, _ in cells))
+    y_values = list(dict.fromkeys(y for _, y in cells))
+    font = ImageFont.load_default(size=max(10, cell // 12))
+    pad = cell // 16
+    line = round(font.size * 1.3)
+    corner = f"{y_axis} \\ {x_axis}"
+    y_labels = [_fit_label(value, font, 2 * cell) for value in y_values]
+    label_width = pad * 2 + round(max(font.getlength(text) for text in [*y_labels, corner]))
+    header = line + 2 * pad
+    grid = Image.new(
+        "RGB", (label_width + cell * len(x_values), header + cell * len(y_values)), _GRID_BACKGROUND
+    )
+    draw = ImageDraw.Draw(grid)
+    draw.text((pad, pad), corner, fill=_LABEL_COLOUR, font=font)
+    for column, x_value in enumerate(x_values):
+        left = label_width + column * cell
+        text = _fit_label(x_value, font, cell - 2 * pad)
+        draw.text(
+            (left + (cell - font.getlength(text)) / 2, pad), text, fill=_LABEL_COLOUR, font=font
+        )
+    for row_index, (y_value, y_label) in enumerate(zip(y_values, y_labels, strict=True)):
+        top = header + row_index * cell
+        draw.text((pad, top + (cell - line) / 2), y_label, fill=_LABEL_COLOUR, font=font)
+        for column, x_value in enumerate(x_values):
+            box = (label_width + column * cell, top, label_width + (column + 1) * cell, top + cell)
+            _draw_cell(grid, draw, box, cells.get((x_value, y_value)), images, font, pad)
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+    return path
+
+
+def _grid_cells(
+    rows: Sequence[ReportRow], x_axis: str, y_axis: str
+) -> dict[tuple[str, str], ReportRow]:
+    if not rows:
+        raise ValueError("no rows given; pass the report rows to plot")
+    cells: dict[tuple[str, str], ReportRow] = {}
+    for row in rows:
+        missing = [axis for axis in (x_axis, y_axis) if axis not in row.axes]
+        if missing:
+            raise ValueError(
+                f"variant {row.variant_id[:SHORT_ID_LENGTH]} has no axis {missing[0]!r}; "
+                f"use one of: {', '.join(row.axes) or '(no axes)'}"
+            )
+        key = (row.axes[x_axis], row.axes[y_axis])
+        if key in cells:
+            other = cells[key]
+            differing = [axis for axis in row.axes if row.axes[axis] != other.axes.get(axis)]
+            raise ValueError(
+                f"variants {other.variant_id[:SHORT_ID_LENGTH]} and "
+                f"{row.variant_id[:SHORT_ID_LENGTH]} share {x_axis}={key[0]}, {y_axis}={key[1]}; "
+                f"pass rows for one value of {', '.join(differing) or 'the other axes'}"
+            )
+        cells[key] = row
+    return cells
+
+
+def _draw_cell(
+    grid: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    row: ReportRow | None,
+    images: Mapping[str, Image.Image],
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    pad: int,
+) -> None:
+    left, top, right, bottom = box
+    inner = (left + pad // 2, top + pad // 2, right - pad // 2, bottom - pad // 2)
+    draw.rectangle(inner, fill=_CELL_BACKGROUND)
+    if row is None:  # an excluded combination
+        draw.text(
+            ((left + right) / 2, (top + bottom) / 2),
+            "-",
+            fill=_LABEL_COLOUR,
+            font=font,
+            anchor="mm",
+        )
+        return
+    if row.variant_id not in images:
+        raise ValueError(
+            f"no image given for variant {row.variant_id[:SHORT_ID_LENGTH]}; "
+            "pass images keyed by every row's variant_id"
+        )
+    thumbnail = ImageOps.contain(  # scaled up or down to fill the cell, aspect kept
+        images[row.variant_id].convert("RGB"),
+        (inner[2] - inner[0], inner[3] - inner[1]),
+        Image.Resampling.LANCZOS,
+    )
+    grid.paste(
+        thumbnail,
+        (
+            (inner[0] + inner[2] - thumbnail.width) // 2,
+            (inner[1] + inner[3] - thumbnail.height) // 2,
+        ),
+    )
+    colour = _STATUS_COLOURS.get(row.status)
+    if colour is not None:
+        draw.rectangle(inner, outline=colour, width=max(2, pad // 3))
+        tag = row.status.upper()
+        tag_box = draw.textbbox((inner[0] + pad, inner[1] + pad), tag, font=font)
+        draw.rectangle(_grow(tag_box, pad // 4), fill=colour)
+        draw.text((inner[0] + pad, inner[1] + pad), tag, fill=(255, 255, 255), font=font)
+
+
+def _fit_label(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
+    """``text``, cut with "..." to fit ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _grow(box: tuple[int, int, int, int], pad: int) -> tuple[int, int, int, int]:
+    return box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad

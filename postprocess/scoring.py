@@ -43,6 +43,9 @@ TINY_CLIP_PREPROCESS = {
 }
 
 
+REDUCING_GAP = 3
+
+
 @dataclass(frozen=True)
 class Scores:
     clip_prompt: float  # cosine(image, its prompt)
@@ -80,6 +83,7 @@ class ClipScorer:
             raise ValueError(f"batch_size {batch_size!r} must be a positive integer")
         self._model = model.to(device).float().eval()
         self._preprocess = preprocess
+        self._input_side = _input_side(model)
         self._tokenizer = tokenizer
         self._batch_size = batch_size
         self._device = torch.device(device)
@@ -133,7 +137,9 @@ class ClipScorer:
         return self._embed(
             images,
             lambda batch: self._model.encode_image(
-                torch.stack([self._preprocess(image) for image in batch]).to(self._device),
+                torch.stack([self._preprocess(self._reduced(image)) for image in batch]).to(
+                    self._device
+                ),
                 normalize=True,
             ),
         )
@@ -174,6 +180,18 @@ class ClipScorer:
             for prompt_cosine, brand_cosine in zip(prompt_cosines, brand_cosines, strict=True)
         ]
 
+    def _reduced(self, image: Image.Image) -> Image.Image:
+        """A box-filtered copy when ``image`` is many times the model's input size.
+
+        Bicubic resampling straight from 1080 px costs ~10 ms an image; a whole-number box
+        reduction to at least REDUCING_GAP times the input first, then bicubic, costs a
+        tenth of that for nearly the same pixels (what Pillow's ``reducing_gap`` does).
+        """
+        if self._input_side is None:
+            return image
+        factor = min(image.size) // (REDUCING_GAP * self._input_side)
+        return image.reduce(factor) if factor >= 2 else image
+
     def _embed(self, inputs: Sequence, encode: Callable[[Sequence], torch.Tensor]) -> np.ndarray:
         if not inputs:
             raise ValueError("nothing to embed; pass at least one image or text")
@@ -183,3 +201,11 @@ class ClipScorer:
                 batch = inputs[start : start + self._batch_size]
                 chunks.append(encode(batch).float().cpu().numpy())
         return np.concatenate(chunks)
+
+
+def _input_side(model: torch.nn.Module) -> int | None:
+    """The short side of the images the model's vision tower takes, when it says."""
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if isinstance(size, int):
+        return size
+    return min(size) if isinstance(size, tuple | list) else None

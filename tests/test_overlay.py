@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from postprocess.overlay import ANCHORS, LogoPlacement, logo_box, overlay_logo
+from postprocess.overlay import (
+    ANCHORS,
+    LogoPlacement,
+    SafeZone,
+    logo_box,
+    logo_in_safe_zone,
+    overlay_logo,
+)
 
 BACKGROUND = (40, 90, 160)
 LOGO_COLOUR = (250, 20, 20, 255)
@@ -87,3 +94,29 @@ def test_logo_too_large_for_the_image_says_what_to_lower():
     tall_logo_size = (10, 100)
     with pytest.raises(ValueError, match="lower the placement scale"):
         logo_box((64, 64), tall_logo_size, LogoPlacement(scale=0.5))
+
+
+def test_safe_zone_contains_a_box_only_when_wholly_inside():
+    zone = SafeZone(left=0.1, top=0.14, right=0.9, bottom=0.8)  # on 100 x 200: 10, 28, 90, 160
+    assert zone.pixels((100, 200)) == (10, 28, 90, 160)
+    assert logo_in_safe_zone((10, 28, 90, 160), (100, 200), zone)
+    assert not logo_in_safe_zone((9, 30, 40, 60), (100, 200), zone)
+    assert not logo_in_safe_zone((50, 150, 80, 161), (100, 200), zone)
+
+
+def test_placement_flush_with_the_edge_leaves_a_story_safe_zone():
+    story = (108, 192)
+    zone = SafeZone(0.05, 0.14, 0.95, 0.8)
+    inside = logo_box(story, (40, 20), LogoPlacement("top-left", margin=0.1, scale=0.3))
+    outside = logo_box(story, (40, 20), LogoPlacement("bottom-right", margin=0.0, scale=0.3))
+    assert not logo_in_safe_zone(inside, story, zone)  # the top 14 % is the app's
+    assert not logo_in_safe_zone(outside, story, zone)
+    assert logo_in_safe_zone(
+        logo_box(story, (40, 20), LogoPlacement("center", 0.0, 0.3)), story, zone
+    )
+
+
+@pytest.mark.parametrize("edges", [(0.5, 0, 0.4, 1), (0, 0, 1, 1.2), (-0.1, 0, 1, 1)])
+def test_safe_zone_that_is_not_a_box_in_the_frame_is_refused(edges):
+    with pytest.raises(ValueError, match="is not a box inside the frame"):
+        SafeZone(*edges)

@@ -2,15 +2,18 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import dataclasses
+import itertools
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from postprocess.gate import FAIL, PASS
-from postprocess.report import ReportRow, ReportRun, write_report
+from postprocess.gate import FAIL, PASS, REVIEW
+from postprocess.report import ReportGrid, ReportRow, ReportRun, write_report, write_xy_grid
 
 RUN = ReportRun(
     run_id="run-7",
@@ -87,8 +90,9 @@ def test_report_has_one_row_per_variant_with_failed_rows_marked(output_dir):
     rows = parse_rows(html)
     assert [row["class"] for row in rows] == [None, "failed"]
     assert "clip_brand 0.100 &lt; min 0.200" in html
-    assert "0.312" in html
-    assert "0.31234" not in html
+    assert ">0.312<" in html  # shown rounded; the exact value only sorts (data-value)
+    assert ">0.31234<" not in html
+    assert 'data-value="0.31234"' in html
     assert "min 0.200" in html
     assert "passed" in html
 
@@ -132,3 +136,65 @@ def test_unknown_status_is_refused():
 def test_folder_given_as_report_path_points_to_the_file_to_use(output_dir):
     with pytest.raises(ValueError, match=r"report\.html"):
         write_report(output_dir, RUN, [])
+
+
+def test_review_rows_are_marked_and_every_score_and_the_seed_sort(output_dir):
+    rows = [
+        make_row("a" * 64, "images/a.png", PASS),
+        make_row("b" * 64, "images/a.png", REVIEW, reasons=("faces 1.000 > max 0.000",)),
+        make_row("c" * 64, "images/a.png", FAIL),
+    ]
+    html = write_report(output_dir / "report.html", RUN, rows).read_text(encoding="utf-8")
+
+    assert [row["class"] for row in parse_rows(html)] == [None, "review", "failed"]
+    assert html.count('data-status="review"') == 1
+    for label in ("seed", "clip_prompt", "clip_brand"):
+        assert f">{label}</button>" in html
+    assert html.count('class="sort" data-column="') == 3
+    for value, label in (("all", "all"), ("fail", "failed"), ("review", "review")):
+        assert f'value="{value}"' in html and f"> {label}</label>" in html
+    assert "innerHTML" not in html
+
+
+def test_grids_are_shown_under_the_table(output_dir):
+    grid = ReportGrid("grids/product x ratio.png", "product × ratio")
+    html = write_report(output_dir / "report.html", RUN, [], grids=[grid]).read_text("utf-8")
+    assert '<img src="grids/product%20x%20ratio.png" alt="product × ratio">' in html
+
+
+def grid_rows(products, ratios):
+    rows, images = [], {}
+    for index, (product, ratio) in enumerate(itertools.product(products, ratios)):
+        variant_id = f"{index:064d}"
+        status = (PASS, FAIL, REVIEW)[index % 3]
+        row = make_row(variant_id, "images/a.png", status)
+        rows.append(dataclasses.replace(row, axes={"product": product, "ratio": ratio}))
+        images[variant_id] = Image.new(
+            "RGB", (64, 32 if ratio == "2:1" else 64), (30 * index, 90, 160)
+        )
+    return rows, images
+
+
+def test_xy_grid_has_one_cell_per_axis_value_pair_with_labels(tmp_path):
+    rows, images = grid_rows(["bottle", "can"], ["1:1", "2:1", "1:2"])
+
+    path = write_xy_grid(tmp_path / "grid.png", rows, "ratio", "product", images, cell=100)
+
+    with Image.open(path) as grid:
+        width, height = grid.size
+        pixels = np.asarray(grid.convert("RGB"))
+    label_width, header = width - 3 * 100, height - 2 * 100
+    assert label_width > 30 and header > 10  # room for the y and x labels
+    assert (pixels[:header] < 100).any()  # label text drawn in the header
+    failed_cell = pixels[header : header + 100, label_width + 100 : label_width + 200]
+    assert (np.abs(failed_cell.astype(int) - (200, 30, 30)).sum(axis=-1) < 10).sum() > 100
+
+
+def test_xy_grid_needs_one_variant_per_cell_and_known_axes(tmp_path):
+    rows, images = grid_rows(["bottle"], ["1:1", "1:1"])
+    with pytest.raises(ValueError, match="share ratio=1:1, product=bottle"):
+        write_xy_grid(tmp_path / "grid.png", rows, "ratio", "product", images)
+    with pytest.raises(ValueError, match="no axis 'seed'; use one of: product, ratio"):
+        write_xy_grid(tmp_path / "grid.png", rows[:1], "seed", "product", images)
+    with pytest.raises(ValueError, match="no image given"):
+        write_xy_grid(tmp_path / "grid.png", rows[:1], "ratio", "product", {})

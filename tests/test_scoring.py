@@ -119,3 +119,12 @@ def test_folder_without_model_config_is_reported_with_a_fix(tmp_path):
     with pytest.raises(MissingFileError, match="build_tiny_clip") as error:
         ClipScorer.from_folder(tmp_path)
     assert str(tmp_path) in str(error.value)
+
+
+def test_large_images_are_box_reduced_first_with_the_same_embedding(scorer):
+    # 1024 px to a 64 px model: reduced by 5 before bicubic, ~10x cheaper.
+    (large,) = noise_images(1, seed=7, size=(64, 64))
+    large = large.resize((1024, 1024), Image.Resampling.BICUBIC)
+    direct = scorer._model.encode_image(scorer._preprocess(large)[None], normalize=True)
+    cosine = float(scorer.embed_images([large])[0] @ direct[0].detach().numpy())
+    assert cosine > 0.9999

@@ -1,0 +1,246 @@
+"""Headline and legal-line text: auto-fitted into a box, readable by WCAG 2.x contrast.
+
+The text colour is the palette colour with the best contrast against the pixels behind
+the glyphs. "Behind" is measured, not assumed: the glyph shapes, grown by a stroke, select
+the background pixels, and the contrast that counts is the 5th percentile over them
+(busy backgrounds have a few pixels as bright as the text; 95 % of the text's
+surroundings must reach the ratio). Only when no palette colour reaches 4.5:1 is a
+semi-opaque black or white scrim laid under the text, as light as will do.
+
+Without a brand font, Pillow's bundled scalable font is used: it ships with the pinned
+Pillow, so the pixels do not depend on the fonts a machine happens to have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from PIL import Image, ImageColor, ImageDraw, ImageFont
+
+from postprocess.imaging import Box
+
+MIN_CONTRAST = 4.5  # WCAG 2.x AA for normal text
+MIN_FONT_SIZE = 8
+MAX_LINES = {"headline": 2, "legal": 3}
+LINE_SPACING = 1.15  # line advance as a multiple of the font size
+SCRIM_OPACITIES = (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)
+_BEHIND_PERCENTILE = 5
+_BEHIND_SAMPLE = 4096
+_SCRIM_COLOURS = ((0, 0, 0), (255, 255, 255))
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+@dataclass(frozen=True)
+class TextBlock:
+    text: str
+    role: Literal["headline", "legal"] = "headline"
+    font_path: Path | None = None  # the brand font (.ttf/.otf); None: Pillow's bundled font
+    align: Literal["left", "center", "right"] = "left"
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise ValueError(f"{self.role} text is empty; give the words to set, or drop the block")
+        if self.role not in MAX_LINES:
+            raise ValueError(f"text role {self.role!r} is not known; use headline or legal")
+        if self.align not in ("left", "center", "right"):
+            raise ValueError(f"text align {self.align!r} is not known; use left, center or right")
+        if self.font_path is not None and not Path(self.font_path).is_file():
+            raise ValueError(f"font file {self.font_path} does not exist; fix the path or omit it")
+
+
+@dataclass(frozen=True, eq=False)
+class PlacedText:
+    image: Image.Image  # a new RGB image with the text (and any scrim)
+    contrast: float  # measured WCAG ratio of the text colour against what is behind it
+    colour: str  # the palette colour chosen, as given
+    font_size: int
+    lines: tuple[str, ...]
+    text_box: Box  # the box the glyphs occupy
+    scrim_opacity: float  # 0.0 when no scrim was needed
+
+
+def relative_luminance(rgb: np.ndarray | Sequence[float]) -> np.ndarray:
+    """WCAG 2.x relative luminance of sRGB colours in 0..255 (last axis: R, G, B)."""
+    channels = np.asarray(rgb, dtype=np.float64) / 255
+    linear = np.where(channels <= 0.04045, channels / 12.92, ((channels + 0.055) / 1.055) ** 2.4)
+    return linear @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def contrast_ratio(rgb1: Sequence[float], rgb2: Sequence[float]) -> float:
+    """WCAG 2.x contrast ratio, from 1 (same luminance) to 21 (black on white)."""
+    return float(_ratio(relative_luminance(rgb1), relative_luminance(rgb2)))
+
+
+def overlay_text(
+    image: Image.Image, block: TextBlock, box: Box, palette: Sequence[str]
+) -> PlacedText:
+    """Set ``block`` as large as fits ``box`` in the palette colour that reads best."""
+    if not palette:
+        raise ValueError("no palette colours given; pass the brand palette as hex strings")
+    left, top, right, bottom = box
+    if not (0 <= left < right <= image.width and 0 <= top < bottom <= image.height):
+        raise ValueError(
+            f"text box {box} is not inside the {image.width}x{image.height} image; "
+            "pass (left, top, right, bottom) within it"
+        )
+    font, lines = _fit(block, right - left, bottom - top)
+    font_size = int(font.size)
+    # Everything below works on the box's own pixels; the rest of the image is untouched.
+    region = np.array(image.convert("RGB").crop(box))
+    coverage = _coverage(region.shape[1::-1], font, lines, block.align)
+    ys, xs = np.nonzero(coverage)
+    glyphs = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    stroke = max(1, font_size // 10)
+    behind = cv2.dilate(
+        (coverage > 0).astype(np.uint8), np.ones((2 * stroke + 1,) * 2, np.uint8)
+    ).astype(bool)
+    # An even sample of the pixels behind measures a percentile as well as all of them.
+    behind = np.flatnonzero(behind)
+    behind = behind[:: max(1, len(behind) // _BEHIND_SAMPLE)]
+
+    colours = np.array([ImageColor.getrgb(colour)[:3] for colour in palette], dtype=np.float64)
+    colour_luminances = relative_luminance(colours)
+    best = _best_colour(relative_luminance(region.reshape(-1, 3)[behind]), colour_luminances)
+    scrim_opacity = 0.0
+    if best[1] < MIN_CONTRAST:
+        scrim_box = _grown(glyphs, 2 * stroke, region.shape[1::-1])
+        best, scrim_opacity = _lay_lightest_scrim(region, behind, scrim_box, colour_luminances)
+    colour_index, contrast = best
+
+    text_layer = Image.fromarray(region)
+    text_layer.paste(
+        tuple(int(v) for v in colours[colour_index]), mask=Image.fromarray(coverage, "L")
+    )
+    canvas = image.convert("RGB")  # a new image: the caller's is never modified
+    canvas.paste(text_layer, (left, top))
+    return PlacedText(
+        image=canvas,
+        contrast=contrast,
+        colour=palette[colour_index],
+        font_size=font_size,
+        lines=tuple(lines),
+        text_box=(glyphs[0] + left, glyphs[1] + top, glyphs[2] + left, glyphs[3] + top),
+        scrim_opacity=scrim_opacity,
+    )
+
+
+def load_font(font_path: Path | None, size: int) -> Font:
+    if font_path is None:
+        return ImageFont.load_default(size=size)
+    return ImageFont.truetype(str(font_path), size=size)
+
+
+def _fit(block: TextBlock, width: int, height: int) -> tuple[Font, list[str]]:
+    """The largest font (binary search on size) whose wrapped lines fit width × height."""
+    fitted = None
+    low, high = MIN_FONT_SIZE, max(MIN_FONT_SIZE, int(height / LINE_SPACING))
+    while low <= high:
+        size = (low + high) // 2
+        font = load_font(block.font_path, size)
+        lines = _wrap(block.text, font, width)
+        fits = (
+            lines is not None
+            and len(lines) <= MAX_LINES[block.role]
+            and _block_height(font, len(lines)) <= height
+        )
+        if fits:
+            fitted, low = (font, lines), size + 1
+        else:
+            high = size - 1
+    if fitted is None:
+        raise ValueError(
+            f"{block.role} text {block.text!r} does not fit a {width}x{height} px box in "
+            f"{MAX_LINES[block.role]} lines even at {MIN_FONT_SIZE} px; enlarge the box or "
+            "shorten the text"
+        )
+    return fitted
+
+
+def _wrap(text: str, font: Font, width: int) -> list[str] | None:
+    """Greedy word wrap; None when a single word is wider than ``width``."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [text]:
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= width:
+                line = candidate
+            elif line and font.getlength(word) <= width:
+                lines.append(line)
+                line = word
+            else:
+                return None
+        lines.append(line)
+    return lines
+
+
+def _block_height(font: Font, line_count: int) -> int:
+    ascent, descent = font.getmetrics()
+    return round((line_count - 1) * font.size * LINE_SPACING) + ascent + descent
+
+
+def _coverage(size: tuple[int, int], font: Font, lines: Sequence[str], align: str) -> np.ndarray:
+    """The glyphs' anti-aliased coverage (0..255) in a box of ``size``, centred vertically."""
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    width, height = size
+    y = (height - _block_height(font, len(lines))) // 2
+    for line in lines:
+        line_width = font.getlength(line)
+        x = {"left": 0, "center": (width - line_width) / 2, "right": width - line_width}[align]
+        draw.text((x, y), line, fill=255, font=font)
+        y += round(font.size * LINE_SPACING)
+    return np.asarray(mask)
+
+
+def _ratio(luminance_a: np.ndarray, luminance_b: np.ndarray) -> np.ndarray:
+    lighter, darker = np.maximum(luminance_a, luminance_b), np.minimum(luminance_a, luminance_b)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def _best_colour(behind_luminances: np.ndarray, colour_luminances: np.ndarray) -> tuple[int, float]:
+    """(palette index, measured contrast) of the colour with the best measured contrast."""
+    ratios = _ratio(colour_luminances[:, None], behind_luminances[None, :])
+    measured = np.percentile(ratios, _BEHIND_PERCENTILE, axis=1)
+    index = int(np.argmax(measured))
+    return index, float(measured[index])
+
+
+def _lay_lightest_scrim(
+    region: np.ndarray, behind: np.ndarray, scrim_box: Box, colour_luminances: np.ndarray
+) -> tuple[tuple[int, float], float]:
+    """Lay the least opaque black or white scrim over ``scrim_box`` of ``region`` (in place)
+    under which a palette colour reaches MIN_CONTRAST; ``behind``: flat indices of the
+    pixels behind the text. Returns ((palette index, contrast), opacity)."""
+    behind_pixels = region.reshape(-1, 3)[behind].astype(np.float64)
+    # The last, opaque step always succeeds: every colour reaches at least 4.58:1 against
+    # black or against white.
+    for opacity in SCRIM_OPACITIES:
+        candidates = []
+        for scrim in _SCRIM_COLOURS:
+            # Rounded as the pixels will be, so the contrast is that of the result.
+            tinted = np.round(behind_pixels * (1 - opacity) + np.array(scrim) * opacity)
+            candidates.append((_best_colour(relative_luminance(tinted), colour_luminances), scrim))
+        best, scrim = max(candidates, key=lambda candidate: candidate[0][1])
+        if best[1] >= MIN_CONTRAST:
+            break
+    left, top, right, bottom = scrim_box
+    covered = region[top:bottom, left:right].astype(np.float64)
+    region[top:bottom, left:right] = np.round(covered * (1 - opacity) + np.array(scrim) * opacity)
+    return best, opacity
+
+
+def _grown(box: Box, pad: int, size: tuple[int, int]) -> Box:
+    left, top, right, bottom = box
+    return (
+        max(left - pad, 0),
+        max(top - pad, 0),
+        min(right + pad, size[0]),
+        min(bottom + pad, size[1]),
+    )
