@@ -6,27 +6,36 @@ INSTALLED := $(VENV)/.installed
 DEMO_MODELS := models/demo/MANIFEST.json
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean system-deps
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $(INSTALLED)
 
-$(DEMO_MODELS): $(INSTALLED)
-	$(BIN)/campaign demo-models --dir models/demo
+# Rebuilt (same seed, same bytes) when the code that builds them changes.
+$(DEMO_MODELS): $(INSTALLED) renderer/demo_models.py renderer/ldm_layout.py postprocess/scoring.py
+	$(BIN)/campaign demo-models --dir models/demo --force
 
 demo: $(DEMO_MODELS)
 	$(BIN)/campaign render campaigns/demo.yaml --out outputs
 
-test: $(DEMO_MODELS)
+# Headless Chromium (report browser test) and exiftool (metadata tests), from Debian.
+system-deps:
+	@command -v chromium >/dev/null && command -v exiftool >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+	    chromium libimage-exiftool-perl >/dev/null) || \
+	  echo "warning: chromium/exiftool not installed; their tests will be skipped"
+
+test: $(DEMO_MODELS) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: $(DEMO_MODELS)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/plan_bench.py
+	$(BIN)/python bench/ledger_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
