@@ -22,7 +22,10 @@ PIPELINES = {"sd15": diffusers.StableDiffusionPipeline,
              "sdxl": diffusers.StableDiffusionXLPipeline, "flux": diffusers.FluxPipeline}
 SCHEDULERS = {"euler_a": diffusers.EulerAncestralDiscreteScheduler,
               "euler": diffusers.EulerDiscreteScheduler,
-              "flow_euler": diffusers.FlowMatchEulerDiscreteScheduler}
+              "flow_euler": diffusers.FlowMatchEulerDiscreteScheduler,
+              "dpmpp_2m_karras": diffusers.DPMSolverMultistepScheduler}
+SCHEDULER_OPTIONS = {"dpmpp_2m_karras": {"algorithm_type": "dpmsolver++",
+                                         "use_karras_sigmas": True}}
 
 
 def main(recipe_path: Path, plan_path: Path) -> None:
@@ -37,7 +40,8 @@ def main(recipe_path: Path, plan_path: Path) -> None:
         pipe = pipeline_class.from_single_file(
             str(checkpoint), config=str(base / recipe["checkpoint"]["config"]),
             local_files_only=True)
-    pipe.scheduler = SCHEDULERS[recipe["scheduler"]].from_config(pipe.scheduler.config)
+    pipe.scheduler = SCHEDULERS[recipe["scheduler"]].from_config(
+        pipe.scheduler.config, **SCHEDULER_OPTIONS.get(recipe["scheduler"], {}))
     pipe.set_progress_bar_config(disable=True)
     names = []
     for index, lora in enumerate(recipe.get("loras", [])):
