@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,c2pa]'
 	touch $(INSTALLED)
 
 # Rebuilt (same seed, same bytes) when the code that builds them changes.

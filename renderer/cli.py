@@ -76,16 +76,57 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder (default: outputs)")
     render.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     render.add_argument("--executor", choices=["local"], default="local")
+    render.add_argument("--no-wait", action="store_true",
+                        help="refuse (exit 3) instead of waiting when another render holds "
+                        "the output folder")
     render.set_defaults(handler=cmd_render)
 
-    history = commands.add_parser("history", help="list runs recorded in the ledger")
+    history = commands.add_parser("history", help="list runs (or renders) recorded in the ledger")
     history.add_argument("--out", type=Path, default=DEFAULT_OUT)
     history.add_argument("--json", action="store_true")
-    history.add_argument("--recipe", metavar="NAME",
-                         help="list the versions of a recipe that rendered")
+    history.add_argument("--recipe", metavar="NAME[@V]",
+                         help="alone: list the versions of a recipe that rendered; with --runs "
+                         "or --renders: only those of this recipe")
     history.add_argument("--diff", nargs=2, type=int, metavar=("V1", "V2"),
                          help="with --recipe: diff two versions' resolved recipes")
+    history.add_argument("--runs", action="store_true", help="list runs (the default)")
+    history.add_argument("--renders", action="store_true",
+                         help="list renders (one per image) instead of runs")
+    history.add_argument("--campaign", metavar="NAME", help="only this campaign")
+    history.add_argument("--status", metavar="STATUS",
+                         help="runs: running|passed|failed|error|interrupted; renders: pass|fail")
+    history.add_argument("--since", metavar="DATE", help="on or after (UTC, YYYY-MM-DD[THH:MM])")
+    history.add_argument("--until", metavar="DATE", help="before the end of (UTC, same form)")
+    history.add_argument("--limit", type=int, default=None, help="at most N rows")
     history.set_defaults(handler=cmd_history)
+
+    show = commands.add_parser("show", help="everything the ledger knows about one render")
+    show.add_argument("id", metavar="ID|IMAGE",
+                      help="variant id, a unique prefix of at least 6 hex digits, or an image")
+    show.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_show)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="re-render deliverables from the ledger (or an image) and compare")
+    reproduce.add_argument("id", nargs="?", metavar="ID|IMAGE",
+                           help="variant id or unique prefix, or a PNG whose metadata is read")
+    reproduce.add_argument("--run", metavar="RUN", help="every deliverable of this run")
+    reproduce.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                           help="the folder you rendered into, with ledger.sqlite "
+                           "(default: outputs)")
+    reproduce.add_argument("--into", type=Path, metavar="DIR",
+                           help="where the re-rendered images go (default: OUT/reproduce)")
+    reproduce.add_argument("--search", "--models", action="append", type=Path, default=[],
+                           metavar="DIR", help="folders to find files in by name and sha256 "
+                           "when not at their recorded paths (repeatable)")
+    reproduce.add_argument("--tolerance", type=int, metavar="N",
+                           help="largest per-channel difference accepted, in 1/255 steps "
+                           "(default: 0 in the recorded environment, 1 otherwise)")
+    reproduce.add_argument("--min-ssim", type=float, default=None, metavar="S",
+                           help="smallest SSIM accepted (default 0.99)")
+    reproduce.add_argument("--json", action="store_true")
+    reproduce.set_defaults(handler=cmd_reproduce)
 
     report = commands.add_parser("report", help="write the HTML report of a run")
     report.add_argument("run", nargs="?", help="run id (default: the latest)")
@@ -188,7 +229,7 @@ def _duration(seconds: float) -> str:
 def cmd_render(args: argparse.Namespace) -> int:
     from .execute import render_campaign
 
-    summary = render_campaign(args.campaign, args.out)
+    summary = render_campaign(args.campaign, args.out, wait=not args.no_wait)
     if args.json:
         print(json.dumps(summary.as_json(), indent=2))
     print(f"{summary.campaign}: {summary.rendered} rendered, {summary.skipped} skipped, "
@@ -207,10 +248,16 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.diff and not args.recipe:
         raise InputError("--diff needs --recipe NAME", fix="campaign history --recipe NAME "
                          "--diff 1 2")
+    filters = _history_filters(args)
+    listing = args.runs or args.renders or any(
+        filters[key] for key in ("campaign", "status", "since", "until"))
     with Ledger(ledger_path) as ledger:
-        if args.recipe:
+        if args.recipe and not listing:
             return _recipe_history(ledger.recipe_versions(args.recipe), args)
-        runs = ledger.runs()
+        limit = {"limit": args.limit} if args.limit else {}
+        if args.renders:
+            return _render_history(ledger.renders(**limit, **filters), args)
+        runs = ledger.runs(**limit, **filters)
     if args.json:
         print(json.dumps(runs, indent=2))
         return 0
@@ -220,6 +267,109 @@ def cmd_history(args: argparse.Namespace) -> int:
               f"planned {run['planned']}, rendered {run['rendered']}, skipped {run['skipped']}, "
               f"passed {run['passed']}, failed {run['failed']}")
     return 0
+
+
+def _history_filters(args: argparse.Namespace) -> dict[str, str | None]:
+    from .ledger import RUN_STATUSES
+
+    statuses = ("pass", "fail") if args.renders else RUN_STATUSES
+    if args.status and args.status not in statuses:
+        raise InputError(f"unknown status {args.status!r}", expected=" | ".join(statuses),
+                         found=args.status)
+    if args.recipe and "@" in args.recipe and not args.recipe.split("@", 1)[1].isdigit():
+        raise InputError("--recipe takes NAME or NAME@VERSION", found=args.recipe)
+    if args.runs and args.renders:
+        raise InputError("--runs and --renders exclude each other", fix="pick one")
+    return {"campaign": args.campaign, "recipe": args.recipe, "status": args.status,
+            "since": _history_time(args.since, "--since", end=False),
+            "until": _history_time(args.until, "--until", end=True)}
+
+
+def _history_time(text: str | None, option: str, *, end: bool) -> str | None:
+    """An ISO time for comparing with the ledger's UTC timestamps; a bare date given as
+    --until covers that whole day."""
+    from datetime import date, datetime, timedelta
+
+    if text is None:
+        return None
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return (day + timedelta(days=1) if end else day).isoformat()
+        return datetime.fromisoformat(text).isoformat()
+    except ValueError:
+        raise InputError(f"{option} is not a date", expected="YYYY-MM-DD or "
+                         "YYYY-MM-DDTHH:MM[:SS] (UTC)", found=text) from None
+
+
+def _render_history(rows: list[dict], args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps([{key: value for key, value in row.items() if key not in (
+            "variant_json", "input_files_json")} for row in rows], indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['variant_id'][:12]}  {row['created_at'][:19]}  {row['campaign']:<16} "
+              f"{row['recipe_name']}@{row['recipe_version']:<4} {row['gate_status']:<5} "
+              f"{row['output_path']}" + (f"  (re-rendered: {row['rerender_reason']})"
+                                         if row["rerender_reason"] else ""))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .lookup import format_details, open_ledger, render_details, resolve_variant_id
+
+    with open_ledger(args.out) as ledger:
+        details = render_details(ledger, resolve_variant_id(ledger, args.id))
+    print(json.dumps(details, indent=2, ensure_ascii=False) if args.json
+          else format_details(details))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .ledger import LEDGER_NAME
+    from .lookup import open_ledger, resolve_variant_id
+    from .reproduce import DEFAULT_MIN_SSIM, reproduce, target_from_image, targets_from_ledger
+
+    if (args.id is None) == (args.run is None):
+        raise InputError("give one render id, image or --run RUN", fix="campaign reproduce "
+                         "ID, campaign reproduce IMAGE.png, or campaign reproduce --run RUN")
+    if args.tolerance is not None and not 0 <= args.tolerance <= 255:
+        raise InputError("--tolerance is in 1/255 steps", expected="0..255",
+                         found=str(args.tolerance))
+    image = Path(args.id) if args.id and Path(args.id).is_file() else None
+    has_ledger = (args.out / LEDGER_NAME).is_file()
+    ledger = open_ledger(args.out) if image is None or has_ledger else None
+    try:
+        if image is not None:
+            targets = [target_from_image(image, ledger)]
+        elif args.run:
+            run = ledger.run(args.run)
+            if run is None:
+                raise InputError(f"no run {args.run!r} in the ledger", file=ledger.path,
+                                 fix="list runs with `campaign history`")
+            rows = ledger.run_rows(run["id"])
+            targets = targets_from_ledger(ledger, [row["variant_id"] for row in rows])
+        else:
+            targets = targets_from_ledger(ledger, [resolve_variant_id(ledger, args.id)])
+        dest = args.into or args.out / "reproduce"
+        outcomes = reproduce(
+            targets, dest, lookup=ledger.variant_specs if ledger else lambda ids: {},
+            search=args.search, tolerance=args.tolerance,
+            min_ssim=DEFAULT_MIN_SSIM if args.min_ssim is None else args.min_ssim,
+            log=lambda message: print(message, file=sys.stderr))
+    finally:
+        if ledger is not None:
+            ledger.close()
+    code = 0 if all(outcome.matches for outcome in outcomes) else 1
+    if args.json:
+        print(json.dumps({"exit_code": code, "targets": [o.as_json() for o in outcomes]},
+                         indent=2))
+    else:
+        for outcome in outcomes:
+            print(outcome.describe())
+        matched = sum(outcome.matches for outcome in outcomes)
+        print(f"{matched} of {len(outcomes)} reproduced within tolerance", file=sys.stderr)
+    return code
 
 
 def _recipe_history(versions: list[dict], args: argparse.Namespace) -> int:

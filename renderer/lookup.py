@@ -1,0 +1,167 @@
+"""Find renders in the ledger and tell everything about one (``campaign show``).
+
+A render is named by its variant id: the full 64 hex digits or a unique prefix of at least
+6, or by the path of its image (the id is read from the PNG's ``campaign_variant``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .hashing import sha256_file, sha256_json
+from .ledger import LEDGER_NAME, Ledger
+
+MIN_PREFIX = 6
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def open_ledger(out_dir: Path) -> Ledger:
+    path = out_dir / LEDGER_NAME
+    if not path.is_file():
+        raise InputError("no ledger here", file=path,
+                         fix="pass --out with the folder you rendered into (it holds "
+                         f"{LEDGER_NAME})")
+    return Ledger(path)
+
+
+def resolve_variant_id(ledger: Ledger, text: str) -> str:
+    """The rendered variant id that ``text`` names (an id, a unique prefix, or a PNG path)."""
+    candidate = Path(text)
+    if candidate.is_file():
+        return variant_id_of_image(candidate)
+    wanted = text.strip().lower()
+    if not _HEX.match(wanted) or len(wanted) < MIN_PREFIX:
+        raise InputError(f"{text!r} is neither a render id nor an image file",
+                         expected=f"a variant id or a unique prefix of at least {MIN_PREFIX} "
+                         "hex digits (see `campaign history --renders`), or a PNG path",
+                         found=repr(text))
+    matches = ledger.variant_ids_with_prefix(wanted)
+    if not matches:
+        raise InputError(f"no render with id {wanted} in the ledger", file=ledger.path,
+                         fix="list renders with `campaign history --renders`")
+    if len(matches) > 1:
+        raise InputError(f"id prefix {wanted} is ambiguous", file=ledger.path,
+                         found=", ".join(match[:16] + "…" for match in matches),
+                         fix="give more hex digits")
+    return matches[0]
+
+
+def variant_id_of_image(path: Path) -> str:
+    from .metadata import read_png_metadata
+
+    try:
+        metadata = read_png_metadata(path.read_bytes())
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError("cannot read this image", file=path, found=str(err),
+                         fix="pass a PNG written by `campaign render`") from None
+    if "variant" not in metadata:
+        raise InputError("the image carries no campaign_variant metadata", file=path,
+                         fix="pass a PNG written by `campaign render` (metadata intact), or "
+                         "a render id")
+    return sha256_json(metadata["variant"])
+
+
+def file_state(path: Path, recorded_sha256: str) -> str:
+    """'ok', 'missing' or 'altered (sha256 …)' for a file the ledger recorded."""
+    if not path.exists():
+        return "missing"
+    from .config import hash_file
+
+    found = hash_file(path) if path.is_dir() else sha256_file(path)
+    return "ok" if found == recorded_sha256 else f"altered (sha256 now {found})"
+
+
+def render_details(ledger: Ledger, variant_id: str) -> dict[str, Any]:
+    """Everything the ledger knows about the current render of one variant, and how its
+    files stand now."""
+    rows = ledger.renders_of(variant_id)
+    if not rows:
+        raise InputError(f"no render with id {variant_id} in the ledger", file=ledger.path)
+    row = rows[-1]
+    out_dir = ledger.path.parent
+    version = ledger.recipe_version(row["recipe_name"], row["recipe_version"])
+    output = out_dir / row["output_path"]
+    inputs = json.loads(row["input_files_json"])
+    return {
+        "variant_id": variant_id,
+        "campaign": row["campaign"],
+        "render": {
+            "row": row["id"], "run_id": row["run_id"], "created_at": row["created_at"],
+            "render_seconds": row["render_seconds"], "rerender_reason": row["rerender_reason"],
+            "batch": json.loads(row["batch_json"]) if row.get("batch_json") else None,
+        },
+        "recipe": {
+            "name": row["recipe_name"], "version": row["recipe_version"],
+            "content_hash": row["recipe_hash"],
+            "first_rendered_at": version["first_rendered_at"] if version else None,
+            "resolved": json.loads(version["resolved_json"]) if version else None,
+        },
+        "seed": row["seed"], "width": row["width"], "height": row["height"],
+        "axes": json.loads(row["axes_json"]),
+        "prompt": row["prompt"],
+        "variant": json.loads(row["variant_json"]),
+        "output": {"path": row["output_path"], "absolute": str(output.resolve()),
+                   "sha256": row["output_sha256"], "bytes": row["output_bytes"],
+                   "now": file_state(output, row["output_sha256"])},
+        "input_files": [{**entry, "now": file_state(Path(entry["path"]), entry["sha256"])}
+                        for entry in inputs],
+        "environment": {"hash": row["environment_hash"],
+                        **(ledger.environment(row["environment_hash"]) or {})},
+        "scores": json.loads(row["scores_json"]),
+        "gate": {"status": row["gate_status"], "reasons": json.loads(row["gate_reasons_json"])},
+        "runs": ledger.runs_with_variant(variant_id),
+        "earlier_renders": [
+            {"row": old["id"], "run_id": old["run_id"], "created_at": old["created_at"],
+             "output_sha256": old["output_sha256"], "rerender_reason": old["rerender_reason"]}
+            for old in rows[:-1]],
+    }
+
+
+def format_details(details: dict[str, Any]) -> str:
+    """``render_details`` for a person."""
+    render, recipe, output = details["render"], details["recipe"], details["output"]
+    variant = details["variant"]
+    lines = [
+        f"render {details['variant_id']}",
+        f"  campaign     {details['campaign']}",
+        f"  recipe       {recipe['name']}@{recipe['version']}  content {recipe['content_hash']}"
+        + (f"  first rendered {recipe['first_rendered_at'][:19]}"
+           if recipe["first_rendered_at"] else ""),
+        f"  run          {render['run_id']}  row {render['row']}  at {render['created_at'][:19]}"
+        f"  {render['render_seconds']:.3f} s/image"
+        + (f"  re-rendered: file {render['rerender_reason']}" if render["rerender_reason"]
+           else ""),
+        f"  seed         {details['seed']}",
+        f"  size         {details['width']}x{details['height']}",
+        f"  axes         {json.dumps(details['axes'], ensure_ascii=False)}",
+        f"  prompt       {details['prompt']}",
+        f"  negative     {variant.get('negative_prompt', '')}",
+        f"  steps/cfg    {variant['recipe']['steps']} / {variant['recipe']['cfg']}, scheduler "
+        f"{variant['recipe']['scheduler']}",
+        f"  output       {output['path']}  {output['bytes']} bytes  sha256 {output['sha256']}"
+        f"  [{output['now']}]",
+        f"  gate         {details['gate']['status']}"
+        + (f" ({'; '.join(details['gate']['reasons'])})" if details["gate"]["reasons"] else ""),
+        "  scores       " + ", ".join(f"{name} {value:.4f}"
+                                      for name, value in details["scores"].items()),
+        "  input files",
+    ]
+    lines += [f"    {entry['role']:<18} {entry['sha256'][:12]}  {entry['path']}  [{entry['now']}]"
+              for entry in details["input_files"]]
+    environment = {key: value for key, value in details["environment"].items() if key != "hash"}
+    lines.append(f"  environment  {details['environment']['hash'][:12]}")
+    lines += [f"    {key:<18} {json.dumps(value) if isinstance(value, dict) else value}"
+              for key, value in environment.items()]
+    if render["batch"]:
+        lines.append(f"  batch        {len(render['batch'])} image(s): "
+                     + ", ".join(member[:12] for member in render["batch"]))
+    lines.append("  runs         " + ", ".join(f"{run['id']} ({run['outcome']})"
+                                              for run in details["runs"]))
+    for old in details["earlier_renders"]:
+        lines.append(f"  earlier      row {old['row']} run {old['run_id']} at "
+                     f"{old['created_at'][:19]} sha256 {old['output_sha256'][:12]}")
+    return "\n".join(lines)
