@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="output folder (default: outputs)")
     render.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    render.add_argument("--executor", choices=["local"], default="local")
+    render.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="where batches render: this process, or Ray actors")
+    render.add_argument("--address", help="Ray cluster address (default: a local cluster)")
+    render.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, "
+                        "else one per CPU)")
     render.add_argument("--no-wait", action="store_true",
                         help="refuse (exit 3) instead of waiting when another render holds "
                         "the output folder")
@@ -229,7 +233,14 @@ def _duration(seconds: float) -> str:
 def cmd_render(args: argparse.Namespace) -> int:
     from .execute import render_campaign
 
-    summary = render_campaign(args.campaign, args.out, wait=not args.no_wait)
+    if (args.address or args.workers) and args.executor != "ray":
+        raise InputError("--address and --workers are for --executor ray",
+                         fix="add --executor ray, or drop them")
+    if args.workers is not None and args.workers < 1:
+        raise InputError("--workers must be at least 1", found=str(args.workers))
+    summary = render_campaign(args.campaign, args.out, wait=not args.no_wait,
+                              executor=args.executor, address=args.address,
+                              workers=args.workers)
     if args.json:
         print(json.dumps(summary.as_json(), indent=2))
     print(f"{summary.campaign}: {summary.rendered} rendered, {summary.skipped} skipped, "

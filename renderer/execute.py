@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from .atomic import write_bytes_atomic
 from .config import Campaign, ResolvedFile, hash_file, load_campaign
 from .errors import CampaignError, InputError, RenderFailure
-from .hashing import sha256_bytes, sha256_file, sha256_json
+from .hashing import sha256_file, sha256_json
 from .ledger import LEDGER_NAME, Ledger, RenderRecord
 from .locking import hold_output_folder, recover_after_crash
-from .metadata import encode_png
 from .plan import Plan, Variant, make_plan
+from .produce import Produced
 from .progress import Progress
+from .render import plan_batches
 
 Log = Callable[[str], None]
 
@@ -74,7 +72,8 @@ class PendingVariant:
 
 
 def render_campaign(campaign_path: Path, out_dir: Path, *, log: Log = log_to_stderr,
-                    show_progress: bool = True, wait: bool = True) -> RunSummary:
+                    show_progress: bool = True, wait: bool = True, executor: str = "local",
+                    address: str | None = None, workers: int | None = None) -> RunSummary:
     started = time.perf_counter()
     # 1. Load and validate every input (no model, nothing written).
     campaign = load_campaign(campaign_path)
@@ -97,28 +96,40 @@ def render_campaign(campaign_path: Path, out_dir: Path, *, log: Log = log_to_std
         recipe_hash = ledger.record_recipe_version(campaign.recipe.spec.name,
                                                    campaign.recipe.spec.version,
                                                    campaign.recipe.identity())
-        stage = RenderStage(campaign, log) if pending else None
-        environment = stage.environment() if stage else {"device": "none (nothing to render)"}
-        run_id, environment_hash = ledger.start_run(
+        runner = make_executor(executor, campaign, out_dir, log, address=address,
+                               workers=workers) if pending else None
+        environment = runner.environment() if runner else {"device": "none (nothing to render)"}
+        run_id, _ = ledger.start_run(
             campaign=campaign.spec.name, campaign_file=str(campaign.source),
             recipe_name=campaign.recipe.spec.name, recipe_version=campaign.recipe.spec.version,
-            executor="local", environment=environment,
+            executor=executor, environment=environment,
             variant_ids=[variant.id for variant in plan.variants],
             to_render={item.variant.id for item in pending},
             thresholds={rule.metric: rule.describe() for rule in rules})
+        recorder = RunRecorder(campaign, ledger, run_id=run_id, recipe_hash=recipe_hash,
+                               rules=rules, pending=pending)
         try:
-            if stage:
-                stage.run(pending, ledger, out_dir, run_id=run_id, recipe_hash=recipe_hash,
-                          environment_hash=environment_hash, rules=rules,
-                          show_progress=show_progress)
+            if runner:
+                progress = Progress(len(pending)) if show_progress else None
+                batches = list(plan_batches([item.variant for item in pending],
+                                            runner.batch_size()))
+                for produced in runner.produce_all(batches):
+                    recorder.commit(produced)
+                    if progress:
+                        progress.advance(len(produced))
+                if progress:
+                    progress.close()
         except BaseException as err:
-            ledger.finish_run(run_id, status="error", rendered=stage.rendered if stage else 0,
+            ledger.finish_run(run_id, status="error", rendered=recorder.committed,
                               skipped=len(plan.variants) - len(pending), passed=0, failed=0)
             if isinstance(err, CampaignError) or not isinstance(err, Exception):
                 raise
             raise RenderFailure(f"run {run_id} stopped: {type(err).__name__}: {err}; "
                                 "finished images are kept, run the same command to resume"
                                 ) from err
+        finally:
+            if runner:
+                runner.close()
         # 5. Count gate results over the whole deliverable set and write the report.
         rows = ledger.run_rows(run_id)
         passed = sum(row["gate_status"] == "pass" for row in rows)
@@ -178,102 +189,82 @@ def find_pending(ledger: Ledger, plan: Plan, out_dir: Path) -> list[PendingVaria
     return pending
 
 
-class RenderStage:
-    """Models and brand assets loaded once for a run; renders pending variants in batches."""
+class LocalExecutor:
+    """Produces batches in this process, one after the other."""
 
-    def __init__(self, campaign: Campaign, log: Log):
-        from postprocess.scoring import ClipScorer
+    def __init__(self, campaign: Campaign, out_dir: Path, log: Log):
+        from .produce import Producer
 
-        from .render import DiffusersRenderer, RenderOptions
-
-        self.campaign, self.log = campaign, log
-        render = campaign.spec.render
-        self.renderer = DiffusersRenderer(RenderOptions(
-            device=render.device, dtype=render.dtype, compile=render.compile,
-            channels_last=render.channels_last, vae_tiling=render.vae_tiling,
-            vae_slicing=render.vae_slicing, cpu_offload=render.cpu_offload), log=log)
-        self.scorer = ClipScorer.from_folder(campaign.clip_model,
-                                             batch_size=campaign.spec.scoring.batch_size)
-        self.logo = _open_image(campaign.brand.logo.path, "RGBA")
-        self.references = [_open_image(ref.path, "RGB") for ref in campaign.brand.references]
-        self.rendered = 0
+        self.producer, self.out_dir = Producer(campaign, log), out_dir
 
     def environment(self) -> dict[str, Any]:
-        return self.renderer.fingerprint()
-
-    def run(self, pending: Sequence[PendingVariant], ledger: Ledger, out_dir: Path, *,
-            run_id: str, recipe_hash: str, environment_hash: str, rules: Sequence[Any],
-            show_progress: bool) -> None:
-        from postprocess.gate import decide
-
-        from .render import plan_batches
-
-        reasons = {item.variant.id: item.rerender_reason for item in pending}
-        progress = Progress(len(pending)) if show_progress else None
-        input_files = self.input_files()
-        for batch in plan_batches([item.variant for item in pending], self.batch_size()):
-            started = time.perf_counter()
-            images = self.renderer.render_resilient(self.campaign.recipe, batch)
-            finished = [self.finish_image(image, variant) for image, variant in
-                        zip(images, batch, strict=True)]
-            scores = self.scorer.score(finished, [v.prompt for v in batch], self.references)
-            seconds_each = (time.perf_counter() - started) / len(batch)
-            for variant, image, score in zip(batch, finished, scores, strict=True):
-                decision = decide(score.as_dict(), rules)
-                data = encode_png(image, variant.spec)
-                relative = f"{self.campaign.spec.name}/{variant.output_name}.png"
-                write_bytes_atomic(out_dir / relative, data)
-                ledger.add_render(RenderRecord(
-                    run_id=run_id, variant_id=variant.id, campaign=self.campaign.spec.name,
-                    recipe_name=self.campaign.recipe.spec.name,
-                    recipe_version=self.campaign.recipe.spec.version, recipe_hash=recipe_hash,
-                    variant_json=variant.spec_json, seed=variant.seed, axes=variant.axes,
-                    prompt=variant.prompt, width=variant.width, height=variant.height,
-                    input_files=input_files, output_path=relative,
-                    output_sha256=sha256_bytes(data), output_bytes=len(data),
-                    environment_hash=environment_hash, scores=score.as_dict(),
-                    gate_status=decision.status, gate_reasons=decision.reasons,
-                    render_seconds=round(seconds_each, 4),
-                    rerender_reason=reasons[variant.id], batch=[v.id for v in batch]))
-                self.rendered += 1
-            if progress:
-                progress.advance(len(batch))
-        if progress:
-            progress.close()
+        return self.producer.environment()
 
     def batch_size(self) -> int:
-        from .render import auto_batch_size
+        return self.producer.batch_size()
 
-        requested = self.campaign.spec.render.batch_size
-        return requested if isinstance(requested, int) else auto_batch_size(
-            self.renderer.device, self.campaign.recipe.spec.family)
+    def produce_all(self, batches: Sequence[list[Variant]]) -> Iterator[list[Produced]]:
+        for batch in batches:
+            yield self.producer.produce(batch, self.out_dir)
 
-    def finish_image(self, image: Image.Image, variant: Variant) -> Image.Image:
-        """Post-process as the variant's spec says (what is hashed is what is applied)."""
-        from postprocess.overlay import LogoPlacement, overlay_logo
-
-        logo = variant.spec["postprocess"]["logo"]
-        if logo is None:
-            return image
-        placement = LogoPlacement(anchor=logo["anchor"], margin=logo["margin"],
-                                  scale=logo["scale"])
-        return overlay_logo(image, self.logo, placement)
-
-    def input_files(self) -> list[Mapping[str, str]]:
-        campaign = self.campaign
-        files = [("checkpoint", campaign.recipe.checkpoint)]
-        if config := campaign.recipe.checkpoint_config:  # reproduce needs it to load offline
-            files += [("checkpoint_config", ResolvedFile(config, hash_file(config)))]
-        files += [("lora", lora) for lora, _ in campaign.recipe.loras]
-        files += [("controlnet", model) for model in campaign.recipe.controlnets]
-        files += [("ip_adapter", model) for model in [campaign.recipe.ip_adapter] if model]
-        files += [("logo", campaign.brand.logo)]
-        files += [("reference", ref) for ref in campaign.brand.references]
-        return [{"role": role, "path": str(ref.path), "sha256": ref.sha256}
-                for role, ref in files]
+    def close(self) -> None:
+        """Nothing to release: the models go with the process."""
 
 
-def _open_image(path: Path, mode: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert(mode)
+def make_executor(name: str, campaign: Campaign, out_dir: Path, log: Log, *,
+                  address: str | None, workers: int | None) -> Any:
+    if name == "local":
+        return LocalExecutor(campaign, out_dir, log)
+    import torch
+
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(campaign.source, out_dir, address=address, workers=workers,
+                       gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0,
+                       threads=torch.get_num_threads(), log=log)
+
+
+class RunRecorder:
+    """The driver side: decides each gate and commits one ledger row per image."""
+
+    def __init__(self, campaign: Campaign, ledger: Ledger, *, run_id: str, recipe_hash: str,
+                 rules: Sequence[Any], pending: Sequence[PendingVariant]):
+        self.campaign, self.ledger = campaign, ledger
+        self.run_id, self.recipe_hash, self.rules = run_id, recipe_hash, rules
+        self.reasons = {item.variant.id: item.rerender_reason for item in pending}
+        self.input_files = input_files(campaign)
+        self.committed = 0
+
+    def commit(self, produced: Sequence[Produced]) -> None:
+        from postprocess.gate import decide
+
+        for item in produced:
+            variant = item.variant
+            decision = decide(item.scores, self.rules)
+            self.ledger.add_render(RenderRecord(
+                run_id=self.run_id, variant_id=variant.id, campaign=self.campaign.spec.name,
+                recipe_name=self.campaign.recipe.spec.name,
+                recipe_version=self.campaign.recipe.spec.version, recipe_hash=self.recipe_hash,
+                variant_json=variant.spec_json, seed=variant.seed, axes=variant.axes,
+                prompt=variant.prompt, width=variant.width, height=variant.height,
+                input_files=self.input_files, output_path=item.output_path,
+                output_sha256=item.output_sha256, output_bytes=item.output_bytes,
+                environment_hash=self.ledger.record_environment(item.environment),
+                scores=item.scores, gate_status=decision.status,
+                gate_reasons=decision.reasons, render_seconds=item.seconds,
+                rerender_reason=self.reasons[variant.id], batch=list(item.batch)))
+            self.committed += 1
+
+
+def input_files(campaign: Campaign) -> list[Mapping[str, str]]:
+    """Every file a render of this campaign read, with its sha256 (reproduce checks them)."""
+    files = [("checkpoint", campaign.recipe.checkpoint)]
+    if config := campaign.recipe.checkpoint_config:  # reproduce needs it to load offline
+        files += [("checkpoint_config", ResolvedFile(config, hash_file(config)))]
+    files += [("lora", lora) for lora, _ in campaign.recipe.loras]
+    files += [("controlnet", model) for model in campaign.recipe.controlnets]
+    files += [("ip_adapter", model) for model in [campaign.recipe.ip_adapter] if model]
+    files += [("logo", campaign.brand.logo)]
+    files += [("reference", ref) for ref in campaign.brand.references]
+    return [{"role": role, "path": str(ref.path), "sha256": ref.sha256} for role, ref in files]
 

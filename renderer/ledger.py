@@ -182,6 +182,7 @@ class Ledger:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA synchronous=FULL")
         self._migrate()
+        self._environments: set[str] = set()
 
     def close(self) -> None:
         self.db.close()
@@ -265,6 +266,16 @@ class Ledger:
                   "to_render" if variant_id in to_render else "skipped")
                  for position, variant_id in enumerate(variant_ids)))
         return run_id, environment_hash
+
+    def record_environment(self, environment: Mapping[str, Any]) -> str:
+        """Store an environment fingerprint once; returns its hash."""
+        environment_hash = sha256_json(environment)
+        if environment_hash not in self._environments:
+            with self.transaction() as db:
+                db.execute("INSERT OR IGNORE INTO environments VALUES (?, ?)",
+                           (environment_hash, canonical_json(environment)))
+            self._environments.add(environment_hash)
+        return environment_hash
 
     def finish_run(self, run_id: str, *, status: str, rendered: int, skipped: int,
                    passed: int, failed: int) -> None:

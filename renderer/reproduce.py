@@ -478,7 +478,7 @@ def reproduce(targets: Sequence[Target], dest: Path, *, lookup: Callable[[Sequen
                 outcome.notes.append("nothing rendered: other targets' inputs changed")
         return list(outcomes.values())
     # 3. Render each batch again, pinned to the recorded environment where possible.
-    renderer, stage = None, None
+    renderer = None
     for key, members in units.items():
         first = members[0]
         mates = [mate for mate in key if mate in specs]
@@ -494,7 +494,6 @@ def reproduce(targets: Sequence[Target], dest: Path, *, lookup: Callable[[Sequen
         recipe = recipe_from_spec(first.spec, files[first.variant_id],
                                   configs.get(first.variant_id), Path(first.source))
         renderer, current = _renderer_for(renderer, first.environment, log)
-        stage = stage or _FinishStage()
         log(f"rendering {len(batch)} image(s) of {recipe.ref} for {len(members)} target(s)")
         images = dict(zip(mates, renderer.render_batch(recipe, batch), strict=True))
         for target in members:
@@ -502,7 +501,7 @@ def reproduce(targets: Sequence[Target], dest: Path, *, lookup: Callable[[Sequen
             outcome.environment_differences = environment_differences(target.environment,
                                                                       current)
             variant = next(v for v in batch if v.id == target.variant_id)
-            finished = stage.finish(images[target.variant_id], variant, files[target.variant_id])
+            finished = _finish(images[target.variant_id], variant, files[target.variant_id])
             _compare(target, finished, dest, outcome, tolerance)
     return list(outcomes.values())
 
@@ -537,20 +536,14 @@ def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None,
     return renderer, renderer.fingerprint()
 
 
-class _FinishStage:
-    """The post-processing ``campaign render`` applies (``RenderStage.finish_image``), with
-    the brand assets taken from the stored spec instead of a brand kit file."""
+def _finish(image: Image.Image, variant: Variant,
+            files: Mapping[tuple[str | int, ...], ResolvedFile]) -> Image.Image:
+    """The post-processing ``campaign render`` applies, with the logo found from the stored
+    spec instead of a brand kit file."""
+    from .produce import finish_image, open_image
 
-    def finish(self, image: Image.Image, variant: Variant,
-               files: Mapping[tuple[str | int, ...], ResolvedFile]) -> Image.Image:
-        from .execute import RenderStage
-
-        stage = RenderStage.__new__(RenderStage)  # no models: only what finish_image reads
-        logo = files.get(("postprocess", "logo"))
-        if logo is not None:
-            with Image.open(logo.path) as opened:
-                stage.logo = opened.convert("RGBA")
-        return stage.finish_image(image, variant)
+    logo = files.get(("postprocess", "logo"))
+    return finish_image(image, variant, open_image(logo.path, "RGBA") if logo else None)
 
 
 def _compare(target: Target, image: Image.Image, dest: Path, outcome: Outcome,

@@ -1,0 +1,147 @@
+"""Render on a Ray cluster: one actor per GPU (or per configured CPU share).
+
+Each actor loads the campaign's pipeline once and produces whole batches (the same
+batches as the local executor: same grouping, same size, same per-image generators and
+the same torch thread count, so the same bytes). Actors write their images straight to
+the output folder — which must therefore be a path every node can reach — and return
+paths, hashes, scores and timings; the driver alone writes the ledger. A batch whose
+actor dies is given to a fresh actor; only the driver's ledger commit makes a render
+count, so every variant ends with exactly one render row.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, RenderFailure
+from .plan import Variant
+from .produce import Produced
+
+MAX_ATTEMPTS = 3
+
+
+def _worker_class() -> Any:
+    import ray
+
+    @ray.remote
+    class RenderWorker:
+        """Holds one loaded pipeline; produces batches into the shared output folder."""
+
+        def __init__(self, campaign_path: str, out_dir: str, threads: int):
+            import torch
+
+            # Ray pins OMP threads to the actor's CPU share; a different thread count moves
+            # pixels by 1/255, so use the driver's to give the local executor's bytes.
+            torch.set_num_threads(threads)
+            from .config import load_campaign
+            from .produce import Producer
+
+            campaign = load_campaign(Path(campaign_path), verify_hashes=False)
+            self.producer = Producer(campaign, log=lambda message: print(message, flush=True))
+            self.out_dir = Path(out_dir)
+
+        def environment(self) -> dict[str, Any]:
+            return self.producer.environment()
+
+        def batch_size(self) -> int:
+            return self.producer.batch_size()
+
+        def produce(self, batch: list[Variant]) -> list[Produced]:
+            return self.producer.produce(batch, self.out_dir)
+
+    return RenderWorker
+
+
+class RayExecutor:
+    def __init__(self, campaign_path: Path, out_dir: Path, *, address: str | None,
+                 workers: int | None, gpus_per_worker: float, threads: int,
+                 log: Callable[[str], None]):
+        import ray
+
+        self.log = log
+        started = time.perf_counter()
+        if not ray.is_initialized():
+            try:
+                ray.init(**_init_arguments(address))
+            except (ConnectionError, ValueError, RuntimeError) as err:
+                raise InputError(f"cannot reach the Ray cluster: {err}", found=address,
+                                 fix="start one with `ray start --head` and pass --address "
+                                 "HOST:6379, or omit --address for a local cluster") from None
+        self.started_ray = time.perf_counter() - started
+        resources = ray.cluster_resources()
+        if workers is None:
+            gpus = int(resources.get("GPU", 0))
+            workers = gpus if gpus else max(1, int(resources.get("CPU", 1)))
+        options: dict[str, Any] = {"num_gpus": gpus_per_worker} if gpus_per_worker else \
+            {"num_cpus": max(resources.get("CPU", 1) / workers, 0.01)}
+        self._make = lambda: _worker_class().options(**options).remote(
+            str(campaign_path.resolve()), str(out_dir.resolve()), threads)
+        self.workers = [self._make() for _ in range(workers)]
+        log(f"ray: {workers} worker(s) on {resources.get('CPU', 0):g} CPU / "
+            f"{resources.get('GPU', 0):g} GPU, cluster ready in {self.started_ray:.1f} s")
+
+    def environment(self) -> dict[str, Any]:
+        import ray
+
+        return {**ray.get(self.workers[0].environment.remote()), "executor": "ray"}
+
+    def batch_size(self) -> int:
+        """The local executor's batch size, so batches (and so pixels) are the same."""
+        import ray
+
+        return ray.get(self.workers[0].batch_size.remote())
+
+    def produce_all(self, batches: Sequence[list[Variant]]) -> Iterator[list[Produced]]:
+        """Yield each batch's results as it finishes, in completion order."""
+        import ray
+        from ray.exceptions import ActorDiedError, RayActorError
+
+        queue = list(enumerate(batches))
+        attempts = dict.fromkeys(range(len(batches)), 0)
+        running: dict[Any, tuple[int, Any]] = {}
+        idle = list(self.workers)
+        while queue or running:
+            while queue and idle:
+                index, batch = queue.pop(0)
+                worker = idle.pop()
+                attempts[index] += 1
+                running[worker.produce.remote(batch)] = (index, worker)
+            done, _ = ray.wait(list(running), num_returns=1)
+            index, worker = running.pop(done[0])
+            try:
+                results = ray.get(done[0])
+            except (RayActorError, ActorDiedError) as err:
+                if attempts[index] >= MAX_ATTEMPTS:
+                    raise RenderFailure(f"batch {index} failed on {attempts[index]} actors: "
+                                        f"{err}") from err
+                self.log(f"ray: a worker died on batch {index} ({type(err).__name__}); "
+                         "retrying it on a fresh worker")
+                self.workers.remove(worker)
+                worker = self._make()
+                self.workers.append(worker)
+                queue.insert(0, (index, batches[index]))
+                idle.append(worker)
+                continue
+            idle.append(worker)
+            yield results
+
+    def close(self) -> None:
+        import ray
+
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []
+
+
+def _init_arguments(address: str | None) -> dict[str, Any]:
+    if address:
+        return {"address": address, "log_to_driver": False}
+    # A private local cluster: its own temp folder (Ray's socket paths must stay short).
+    temp_dir = os.environ.get("CAMPAIGN_RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray-")
+    return {"num_cpus": os.cpu_count(), "include_dashboard": False, "_temp_dir": temp_dir,
+            "log_to_driver": False}
