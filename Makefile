@@ -35,6 +35,7 @@ test: $(DEMO_MODELS) system-deps
 bench: $(DEMO_MODELS)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/plan_bench.py
+	$(BIN)/python bench/ray_bench.py
 	$(BIN)/python bench/ledger_bench.py
 
 lint: $(INSTALLED)
