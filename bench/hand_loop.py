@@ -28,7 +28,8 @@ SCHEDULER_OPTIONS = {"dpmpp_2m_karras": {"algorithm_type": "dpmsolver++",
                                          "use_karras_sigmas": True}}
 
 
-def main(recipe_path: Path, plan_path: Path) -> None:
+def load(recipe_path: Path) -> tuple[object, dict]:
+    """The pipeline with the recipe's scheduler and LoRAs, loaded once."""
     diffusers.utils.logging.set_verbosity_error()
     recipe = yaml.safe_load(recipe_path.read_text())
     base = recipe_path.parent
@@ -49,7 +50,11 @@ def main(recipe_path: Path, plan_path: Path) -> None:
         names.append(f"lora{index}")
     if names:
         pipe.set_adapters(names, adapter_weights=[lora["weight"] for lora in recipe["loras"]])
-    variants = json.loads(plan_path.read_text())
+    return pipe, recipe
+
+
+def render_all(pipe: object, recipe: dict, variants: list[dict]) -> None:
+    """One pipeline call per variant, each with its own seeded generator."""
     with torch.inference_mode():
         for variant in variants:
             extra = {} if recipe["family"] == "flux" else {
@@ -59,6 +64,12 @@ def main(recipe_path: Path, plan_path: Path) -> None:
                  height=variant["height"],
                  generator=torch.Generator("cpu").manual_seed(variant["seed"]),
                  **extra).images[0]
+
+
+def main(recipe_path: Path, plan_path: Path) -> None:
+    pipe, recipe = load(recipe_path)
+    variants = json.loads(plan_path.read_text())
+    render_all(pipe, recipe, variants)
     print(json.dumps({"images": len(variants), "seconds": time.perf_counter() - started}))
 
 

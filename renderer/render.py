@@ -282,11 +282,11 @@ class DiffusersRenderer:
         pipeline_class = getattr(diffusers, PIPELINES[family, "inpaint" if inpaint else "text"])
         checkpoint = recipe.checkpoint.path
         if checkpoint.is_dir():
-            pipe = pipeline_class.from_pretrained(checkpoint, torch_dtype=self.dtype,
+            pipe = pipeline_class.from_pretrained(checkpoint, dtype=self.dtype,
                                                   local_files_only=True)
         else:
             pipe = pipeline_class.from_single_file(
-                str(checkpoint), config=str(recipe.checkpoint_config), torch_dtype=self.dtype,
+                str(checkpoint), config=str(recipe.checkpoint_config), dtype=self.dtype,
                 local_files_only=True)
         scheduler_name, options = SCHEDULERS[recipe.spec.scheduler]
         pipe.scheduler = getattr(diffusers, scheduler_name).from_config(pipe.scheduler.config,
@@ -321,7 +321,7 @@ class DiffusersRenderer:
 
         model_class = diffusers.FluxControlNetModel if recipe.spec.family == "flux" \
             else diffusers.ControlNetModel
-        models = [model_class.from_pretrained(model.path, torch_dtype=self.dtype,
+        models = [model_class.from_pretrained(model.path, dtype=self.dtype,
                                               local_files_only=True).to(self.device)
                   for model in recipe.controlnets]
         return models[0] if len(models) == 1 else models
