@@ -130,6 +130,16 @@ def overlay_text(
     )
 
 
+def text_fits(block: TextBlock, width: int, height: int) -> str | None:
+    """None when ``block`` fits a ``width`` × ``height`` box (at MIN_FONT_SIZE or larger);
+    else why not, in words (a plan can refuse a campaign before anything renders)."""
+    try:
+        _fit(block, width, height)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def load_font(font_path: Path | None, size: int) -> Font:
     if font_path is None:
         return ImageFont.load_default(size=size)

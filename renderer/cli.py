@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="list renders (one per image) instead of runs")
     history.add_argument("--campaign", metavar="NAME", help="only this campaign")
     history.add_argument("--status", metavar="STATUS",
-                         help="runs: running|passed|failed|error|interrupted; renders: pass|fail")
+                         help="runs: running|passed|failed|error|interrupted; renders: "
+                         "pass|review|fail")
     history.add_argument("--since", metavar="DATE", help="on or after (UTC, YYYY-MM-DD[THH:MM])")
     history.add_argument("--until", metavar="DATE", help="before the end of (UTC, same form)")
     history.add_argument("--limit", type=int, default=None, help="at most N rows")
@@ -135,7 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write the HTML report of a run")
     report.add_argument("run", nargs="?", help="run id (default: the latest)")
     report.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    report.add_argument("--grid", nargs=2, action="append", metavar=("X", "Y"),
+                        help="add X/Y grid images of two axes (repeatable; default: the "
+                        "campaign's report.grid)")
     report.set_defaults(handler=cmd_report)
+
+    gate = commands.add_parser(
+        "gate", help="decide a run's gates again with other thresholds (no rendering)")
+    gate.add_argument("run", nargs="?", help="run id (default: the latest)")
+    gate.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    gate.add_argument("--set", action="append", default=[], metavar="METRIC=BOUNDS",
+                      help="metric=min, metric=min:max, metric=:max or metric=off "
+                      "(repeatable); other rules stay as the run's last decision had them")
+    gate.add_argument("--json", action="store_true")
+    gate.set_defaults(handler=cmd_gate)
 
     schema = commands.add_parser("schema", help="write JSON Schema files for editors")
     schema.add_argument("--dir", type=Path, default=Path("schemas"))
@@ -244,8 +258,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary.as_json(), indent=2))
     print(f"{summary.campaign}: {summary.rendered} rendered, {summary.skipped} skipped, "
-          f"{summary.passed} passed, {summary.failed} failed in {summary.seconds:.1f} s\n"
-          f"report: {summary.report}", file=sys.stderr)
+          f"{summary.passed} passed, {summary.review} to review, {summary.failed} failed in "
+          f"{summary.seconds:.1f} s\nreport: {summary.report}", file=sys.stderr)
     return summary.exit_code
 
 
@@ -276,14 +290,14 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"{run['id']}  {run['started_at'][:19]}  {run['campaign']:<16} "
               f"{run['recipe_name']}@{run['recipe_version']:<4} {run['status']:<8} "
               f"planned {run['planned']}, rendered {run['rendered']}, skipped {run['skipped']}, "
-              f"passed {run['passed']}, failed {run['failed']}")
+              f"passed {run['passed']}, review {run['review']}, failed {run['failed']}")
     return 0
 
 
 def _history_filters(args: argparse.Namespace) -> dict[str, str | None]:
     from .ledger import RUN_STATUSES
 
-    statuses = ("pass", "fail") if args.renders else RUN_STATUSES
+    statuses = ("pass", "review", "fail") if args.renders else RUN_STATUSES
     if args.status and args.status not in statuses:
         raise InputError(f"unknown status {args.status!r}", expected=" | ".join(statuses),
                          found=args.status)
@@ -316,7 +330,7 @@ def _history_time(text: str | None, option: str, *, end: bool) -> str | None:
 def _render_history(rows: list[dict], args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{key: value for key, value in row.items() if key not in (
-            "variant_json", "input_files_json")} for row in rows], indent=2))
+            "variant_json", "input_files_json", "embedding")} for row in rows], indent=2))
         return 0
     for row in rows:
         print(f"{row['variant_id'][:12]}  {row['created_at'][:19]}  {row['campaign']:<16} "
@@ -421,8 +435,61 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise InputError("no ledger here", file=ledger_path,
                          fix="pass --out with the folder you rendered into")
     with Ledger(ledger_path) as ledger:
-        print(write_run_report(ledger, args.run))
+        grids = [tuple(pair) for pair in args.grid] if args.grid else None
+        print(write_run_report(ledger, args.run, grids=grids))
     return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from .gating import decide_run, parse_bounds, run_gates
+    from .ledger import LEDGER_NAME, Ledger
+    from .reporting import write_run_report
+
+    changes = parse_bounds(args.set)
+    ledger_path = args.out / LEDGER_NAME
+    if not ledger_path.exists():
+        raise InputError("no ledger here", file=ledger_path,
+                         fix="pass --out with the folder you rendered into")
+    with Ledger(ledger_path) as ledger:
+        run = ledger.run(args.run)
+        if run is None:
+            raise InputError(f"no run {args.run!r} in the ledger" if args.run else
+                             "the ledger has no runs", file=ledger_path,
+                             fix="list runs with `campaign history`")
+        rows = ledger.run_rows(run["id"])
+        if not rows:
+            raise InputError(f"run {run['id']} has no renders to decide", file=ledger_path)
+        scored = set().union(*(json.loads(row["scores_json"]) for row in rows))
+        scored |= {"consistency", "consistency_z"} if any(row["embedding"] for row in rows) \
+            else set()
+        unscored = [metric for metric, bounds in changes.items()
+                    if bounds is not None and metric not in scored]
+        if unscored:
+            raise InputError(f"run {run['id']} has no {unscored[0]} scores to decide on",
+                             expected=", ".join(sorted(scored)), found=unscored[0],
+                             fix="render the campaign again to score it (new metrics need "
+                             "a new render)")
+        gates = run_gates(ledger, run).with_bounds(changes)
+        decided = decide_run(ledger, run["id"], gates, source="gate")
+        report = write_run_report(ledger, run["id"])
+    counts = decided.counts
+    if args.json:
+        print(json.dumps({"run_id": run["id"], "gating": decided.gating_id, "counts": counts,
+                          "thresholds": gates.describe(), "report": str(report),
+                          "variants": [{"id": row["variant_id"], "output": row["output_path"],
+                                        "status": row["status"], "reasons": row["reasons"]}
+                                       for row in decided.rows]}, indent=2))
+    else:
+        for metric, bounds in gates.describe().items():
+            print(f"  {metric:<18} {bounds}")
+        for row in decided.rows:
+            if row["status"] != "pass":
+                print(f"{row['status']:<6} {row['variant_id'][:12]}  {row['output_path']}  "
+                      + "; ".join(row["reasons"]))
+    print(f"run {run['id']}: {counts['passed']} passed, {counts['review']} to review, "
+          f"{counts['failed']} failed (decision {decided.gating_id}, nothing rendered)\n"
+          f"report: {report}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

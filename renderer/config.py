@@ -14,7 +14,9 @@ import difflib
 import functools
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -135,16 +137,49 @@ class RecipeFile(_Strict):
         return size
 
 
+Fractions = Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]],
+                     Field(min_length=4, max_length=4)]
+
+
 class LogoPlacementSpec(_Strict):
     anchor: Literal["top-left", "top-right", "bottom-left", "bottom-right", "center"] = (
         "bottom-right"
     )
     margin: float = Field(default=0.05, ge=0.0, le=0.45)
     scale: float = Field(default=0.2, gt=0.0, le=1.0)
+    safe_zone: Fractions | None = Field(
+        default=None, description="[left, top, right, bottom] fractions of width and height the "
+        "logo must stay inside (scored as logo_in_safe_zone); default: the whole frame.")
+
+
+class TextBoxSpec(_Strict):
+    box: Fractions = Field(description="[left, top, right, bottom] fractions of width and "
+                           "height; the text is fitted as large as it goes inside.")
+    align: Literal["left", "center", "right"] = "left"
+
+
+class TextPlacementSpec(_Strict):
+    headline: TextBoxSpec | None = None
+    legal: TextBoxSpec | None = None
+
+
+class BrandFontsSpec(_Strict):
+    headline: FileRef | None = Field(default=None, description="A .ttf/.otf font; default: "
+                                     "Pillow's bundled font.")
+    legal: FileRef | None = None
+
+
+# Where text goes when the brand kit does not say (fractions of width and height).
+DEFAULT_TEXT_BOXES = {
+    "headline": TextBoxSpec(box=[0.06, 0.05, 0.94, 0.3]),
+    "legal": TextBoxSpec(box=[0.06, 0.86, 0.7, 0.96]),
+}
+TEXT_ROLES = ("headline", "legal")
 
 
 class BrandKitFile(_Strict):
-    """A brand kit: logo, palette, reference images, logo placement per aspect ratio."""
+    """A brand kit: logo, palette, reference images, fonts, logo and text placement per
+    aspect ratio."""
 
     name: str = Field(min_length=1)
     logo: FileRef
@@ -152,10 +187,14 @@ class BrandKitFile(_Strict):
         default_factory=list)
     references: list[FileRef] = Field(default_factory=list,
                                       description="Brand reference images.")
+    fonts: BrandFontsSpec = BrandFontsSpec()
     placement: dict[str, LogoPlacementSpec] = Field(
         default_factory=dict,
         description="Logo placement keyed by aspect ratio ('1:1', '9:16', …) or 'default'.",
     )
+    text: dict[str, TextPlacementSpec] = Field(
+        default_factory=dict, description="Headline and legal-line boxes keyed by aspect ratio "
+        "or 'default'.")
 
 
 class SizeSpec(_Strict):
@@ -202,11 +241,117 @@ class ScoringSpec(_Strict):
     clip_model: str = Field(description="A local open_clip folder (open_clip_config.json + "
                             "open_clip_model.safetensors).")
     batch_size: int = Field(default=32, ge=1, le=4096)
+    palette_delta_e: float = Field(
+        default=10.0, gt=0.0, le=100.0, description="palette_adherence counts the pixels within "
+        "this CIEDE2000 distance of a palette colour.")
+
+
+# Every metric a variant is scored on (README: "Post-process, scores, gates and report").
+METRICS = {
+    "clip_prompt": "cosine between the image and its prompt (CLIP)",
+    "clip_brand": "cosine between the image and the brand references' centroid (CLIP)",
+    "clip_brand_best": "cosine between the image and its closest brand reference (CLIP)",
+    "palette_adherence": "share of pixels within palette_delta_e (CIEDE2000) of the palette",
+    "logo_match": "template match of the logo at its expected size (-1..1)",
+    "logo_in_place": "1 when the best logo match overlaps the expected box (IoU >= 0.5)",
+    "logo_in_safe_zone": "1 when the best logo match lies inside the placement's safe zone",
+    "faces": "number of faces detected (consent review)",
+    "text_contrast": "lowest measured WCAG contrast of the headline and legal line",
+    "consistency": "cosine between the image and the run's mean image embedding",
+    "consistency_z": "consistency in standard deviations from the run's mean (outliers < 0)",
+}
+# Decided over the whole run (they compare each image with the others), not per image.
+RUN_METRICS = ("consistency", "consistency_z")
+Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
 
 
 class GateSpec(_Strict):
     min: float | None = None
     max: float | None = None
+    severity: Literal["fail", "review"] = Field(
+        default="fail", description="fail: the variant fails (exit 1); review: a person checks it.")
+
+
+class RetouchWhiteBalance(_Strict):
+    strength: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class RetouchExposure(_Strict):
+    target: float = Field(default=0.45, ge=0.05, le=0.95, description="Mean luma (0..1).")
+    strength: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class RetouchBrandGrade(_Strict):
+    strength: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class RetouchDenoise(_Strict):
+    method: Literal["bilateral", "nlmeans"] = "bilateral"
+    strength: float = Field(default=8.0, gt=0.0, le=50.0)
+    radius: int = Field(default=2, ge=1, le=10)
+
+
+class RetouchSharpen(_Strict):
+    amount: float = Field(default=0.8, ge=0.0, le=5.0)
+    radius: float = Field(default=1.5, ge=0.3, le=20.0)
+    threshold: int = Field(default=3, ge=0, le=255)
+
+
+class RetouchSkinSmoothing(_Strict):
+    strength: float = Field(default=0.7, ge=0.0, le=1.0)
+    feather: float = Field(default=0.15, gt=0.0, le=0.5)
+
+
+class RetouchStepSpec(_Strict):
+    """One retouch operation: a mapping with exactly one of these keys."""
+
+    white_balance: RetouchWhiteBalance | None = None
+    exposure: RetouchExposure | None = None
+    brand_grade: RetouchBrandGrade | None = Field(
+        default=None, description="Grade toward the brand references' colours.")
+    denoise: RetouchDenoise | None = None
+    sharpen: RetouchSharpen | None = None
+    skin_smoothing: RetouchSkinSmoothing | None = None
+
+    def operation(self) -> tuple[str, BaseModel] | None:
+        chosen = [(name, value) for name in type(self).model_fields
+                  if (value := getattr(self, name)) is not None]
+        return chosen[0] if len(chosen) == 1 else None
+
+
+class TextSpec(_Strict):
+    headline: str | None = Field(default=None, description="Jinja template (reads axes).")
+    legal: str | None = Field(default=None, description="Jinja template (reads axes).")
+
+
+class ExportItem(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+                      description="The channel; exports go to OUT/CAMPAIGN/exports/NAME/.")
+    width: int = Field(ge=8, le=16384)
+    height: int = Field(ge=8, le=16384)
+    format: Literal["png", "jpeg", "webp"] = "png"
+    quality: int = Field(default=90, ge=1, le=100, description="JPEG and WebP quality.")
+    png_compression: int = Field(default=1, ge=0, le=9)
+
+
+class PostprocessSpec(_Strict):
+    """Applied in this order: retouch, logo (top-level ``logo``), text; then exports."""
+
+    retouch: list[RetouchStepSpec] = Field(default_factory=list,
+                                           description="Operations, applied in order.")
+    text: TextSpec | None = None
+    exports: dict[str, list[ExportItem]] = Field(
+        default_factory=dict, description="Channel exports keyed by aspect ratio or 'default'.")
+
+
+class GridSpec(_Strict):
+    x: str = Field(description="Axis across (columns).")
+    y: str = Field(description="Axis down (rows).")
+
+
+class ReportSpec(_Strict):
+    grid: GridSpec | None = Field(default=None, description="X/Y grid images of two axes, "
+                                  "one per combination of the other axes' values.")
 
 
 class RenderSpec(_Strict):
@@ -247,8 +392,11 @@ class CampaignFile(_Strict):
     output: str = Field(min_length=1, description="Jinja template for the output file name "
                         "(relative, without extension).")
     logo: bool = Field(default=True, description="Overlay the brand logo.")
+    postprocess: PostprocessSpec = PostprocessSpec()
     scoring: ScoringSpec
-    gates: dict[Literal["clip_prompt", "clip_brand"], GateSpec] = Field(default_factory=dict)
+    gates: dict[Metric, GateSpec | None] = Field(
+        default_factory=dict, description="Thresholds per metric; null turns a default off.")
+    report: ReportSpec = ReportSpec()
     render: RenderSpec = RenderSpec()
 
 
@@ -334,10 +482,20 @@ class BrandKit:
     source: Path
     logo: ResolvedFile
     references: tuple[ResolvedFile, ...]
+    fonts: Mapping[str, ResolvedFile] = dataclass_field(default_factory=dict)  # role -> font file
+    logo_size: tuple[int, int] = (1, 1)  # the logo image's (width, height)
 
     def placement_for(self, aspect: str | None) -> LogoPlacementSpec:
         placements = self.spec.placement
         return placements.get(aspect or "", placements.get("default", LogoPlacementSpec()))
+
+    def text_box_for(self, aspect: str | None, role: str) -> TextBoxSpec:
+        """The box of ``role`` text: the aspect's, else the brand's default, else built in."""
+        for key in (aspect or "", "default"):
+            placement = self.spec.text.get(key)
+            if placement is not None and getattr(placement, role) is not None:
+                return getattr(placement, role)
+        return DEFAULT_TEXT_BOXES[role]
 
 
 @dataclass(frozen=True)
@@ -431,20 +589,70 @@ def _check_controls(document: YamlDocument, spec: RecipeFile, checkpoint: Path) 
 def load_brand_kit(path: Path, *, verify_hashes: bool = True) -> BrandKit:
     document = load_yaml(path)
     spec = _validate(document, BrandKitFile)
-    for aspect in spec.placement:
-        if aspect != "default" and not re.match(ASPECT_PATTERN, aspect):
-            raise document.error(SchemaError, "placement key is not an aspect ratio",
-                                 ("placement", aspect), expected="'W:H' (e.g. '9:16') or "
-                                 "'default'", found=repr(aspect))
+    for key in ("placement", "text"):
+        for aspect in getattr(spec, key):
+            _check_aspect_key(document, aspect, (key, aspect), key)
+    for aspect, placement in spec.placement.items():
+        if placement.safe_zone is not None:
+            _check_box(document, placement.safe_zone, ("placement", aspect, "safe_zone"))
+    for aspect, text in spec.text.items():
+        for role in TEXT_ROLES:
+            if (box := getattr(text, role)) is not None:
+                _check_box(document, box.box, ("text", aspect, role, "box"))
+    logo = _resolve_file(document, spec.logo, ("logo",), verify_hashes)
+    fonts = {role: _resolve_file(document, ref, ("fonts", role), verify_hashes)
+             for role in TEXT_ROLES if (ref := getattr(spec.fonts, role)) is not None}
+    for role, font in fonts.items():
+        _check_font(document, font.path, ("fonts", role, "path"))
     return BrandKit(
         spec=spec,
         source=path,
-        logo=_resolve_file(document, spec.logo, ("logo",), verify_hashes),
+        logo=logo,
         references=tuple(
             _resolve_file(document, ref, ("references", index), verify_hashes)
             for index, ref in enumerate(spec.references)
         ),
+        fonts=fonts,
+        logo_size=_image_size(document, logo.path, ("logo", "path")),
     )
+
+
+def _check_aspect_key(document: YamlDocument, aspect: str, key_path: KeyPath,
+                      what: str) -> None:
+    if aspect != "default" and not re.match(ASPECT_PATTERN, aspect):
+        raise document.error(SchemaError, f"{what} key is not an aspect ratio", key_path,
+                             expected="'W:H' (e.g. '9:16') or 'default'", found=repr(aspect))
+
+
+def _check_box(document: YamlDocument, box: list[float], key_path: KeyPath) -> None:
+    left, top, right, bottom = box
+    if not (left < right and top < bottom):
+        raise document.error(SchemaError, "a box is [left, top, right, bottom] with left < right "
+                             "and top < bottom", key_path, found=str(list(box)),
+                             fix="e.g. [0.05, 0.05, 0.95, 0.95] (fractions of width and height)")
+
+
+def _image_size(document: YamlDocument, path: Path, key_path: KeyPath) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError) as err:
+        raise document.error(SchemaError, "not an image Pillow can read", key_path,
+                             found=f"{path.name}: {err}", fix="use a PNG (with alpha for a "
+                             "logo)") from None
+
+
+def _check_font(document: YamlDocument, path: Path, key_path: KeyPath) -> None:
+    from PIL import ImageFont
+
+    try:
+        ImageFont.truetype(str(path), size=12)
+    except OSError as err:
+        raise document.error(SchemaError, "not a font FreeType can read", key_path,
+                             found=f"{path.name}: {err}", expected="a .ttf or .otf file",
+                             fix="point to the brand's TrueType/OpenType font file") from None
 
 
 def load_campaign(path: Path, *, verify_hashes: bool = True) -> Campaign:
@@ -479,6 +687,16 @@ def load_campaign(path: Path, *, verify_hashes: bool = True) -> Campaign:
         _check_size_spec(document, spec.size)
     _check_matrix(document, spec.matrix)
     _check_overrides(document, spec, recipe)
+    _check_postprocess(document, spec, brand)
+    _check_gates(document, spec, brand)
+    if spec.report.grid is not None:
+        grid = spec.report.grid
+        for key in ("x", "y"):
+            _check_axis_name(document, getattr(grid, key), spec.matrix.axes,
+                             ("report", "grid", key))
+        if grid.x == grid.y:
+            raise document.error(SchemaError, "a grid needs two different axes",
+                                 ("report", "grid", "y"), found=f"x and y are both {grid.x!r}")
     return Campaign(spec=spec, source=path, document=document, recipe=recipe, brand=brand,
                     clip_model=clip_model)
 
@@ -693,3 +911,72 @@ def _check_size_spec(document: YamlDocument, size: Any) -> None:
         raise document.error(SchemaError, "give exactly one of short_side or pixels", ("size",),
                              expected="size: {short_side: 64} or size: {pixels: 4096}",
                              found=f"short_side={size.short_side}, pixels={size.pixels}")
+
+
+def retouch_steps(spec: CampaignFile) -> list[tuple[str, dict[str, Any]]]:
+    """The campaign's retouch operations in order: (name, every parameter)."""
+    steps = []
+    for item in spec.postprocess.retouch:
+        name, params = item.operation()
+        steps.append((name, params.model_dump()))
+    return steps
+
+
+def _check_postprocess(document: YamlDocument, spec: CampaignFile, brand: BrandKit) -> None:
+    post = spec.postprocess
+    for index, item in enumerate(post.retouch):
+        chosen = [name for name in type(item).model_fields if getattr(item, name) is not None]
+        if len(chosen) != 1:
+            raise document.error(
+                SchemaError, "a retouch step names exactly one operation",
+                ("postprocess", "retouch", index),
+                expected=f"one of: {', '.join(type(item).model_fields)}",
+                found=", ".join(chosen) or "no operation",
+                fix="write one step per list item, e.g. - sharpen: {amount: 0.5}")
+        if chosen == ["brand_grade"] and not brand.references:
+            raise document.error(SchemaError, "brand_grade needs the brand's reference images",
+                                 ("postprocess", "retouch", index, "brand_grade"),
+                                 fix=f"add references to {brand.source}, or drop the step")
+    if post.text is not None:
+        for role in TEXT_ROLES:
+            if (text := getattr(post.text, role)) is not None:
+                compile_template(document, ("postprocess", "text", role), text)
+        if not brand.spec.palette:
+            raise document.error(SchemaError, "text needs the brand palette (its colour is "
+                                 "chosen from it)", ("postprocess", "text"),
+                                 fix=f"add palette colours to {brand.source}")
+    for aspect, exports in post.exports.items():
+        _check_aspect_key(document, aspect, ("postprocess", "exports", aspect), "exports")
+        seen: set[str] = set()
+        for index, export in enumerate(exports):
+            if export.name in seen:
+                raise document.error(SchemaError, f"export name {export.name!r} is used twice",
+                                     ("postprocess", "exports", aspect, index, "name"),
+                                     fix="give each channel its own name")
+            seen.add(export.name)
+
+
+def _check_gates(document: YamlDocument, spec: CampaignFile, brand: BrandKit) -> None:
+    needs = {"clip_brand": ("references", brand.references),
+             "clip_brand_best": ("references", brand.references),
+             "palette_adherence": ("palette", brand.spec.palette)}
+    for metric, gate in spec.gates.items():
+        if gate is None:
+            continue
+        if metric in needs and not needs[metric][1]:
+            raise document.error(SchemaError, f"{metric} needs the brand kit's "
+                                 f"{needs[metric][0]}", ("gates", metric),
+                                 fix=f"add {needs[metric][0]} to {brand.source}, or drop the "
+                                 "gate")
+        if gate.min is None and gate.max is None:
+            raise document.error(SchemaError, f"the {metric} gate has neither min nor max",
+                                 ("gates", metric), fix="set min and/or max, or write "
+                                 f"{metric}: null to turn a default gate off")
+        if gate.min is not None and gate.max is not None and gate.min > gate.max:
+            raise document.error(SchemaError, f"the {metric} gate's min is above its max",
+                                 ("gates", metric, "min"),
+                                 found=f"min {gate.min}, max {gate.max}", fix="swap them")
+        text = spec.postprocess.text
+        if metric == "text_contrast" and (text is None or not (text.headline or text.legal)):
+            raise document.error(SchemaError, "text_contrast is scored only with text",
+                                 ("gates", metric), fix="add postprocess.text, or drop the gate")

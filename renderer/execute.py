@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import Campaign, ResolvedFile, hash_file, load_campaign
 from .errors import CampaignError, InputError, RenderFailure
+from .gating import GateSet, campaign_gates, decide_run
 from .hashing import sha256_file, sha256_json
 from .ledger import LEDGER_NAME, Ledger, RenderRecord
 from .locking import hold_output_folder, recover_after_crash
@@ -46,9 +47,11 @@ class RunSummary:
     ledger: Path
     report: Path
     seconds: float
+    review: int = 0  # sent to a person (e.g. faces): not failed
 
     @property
     def exit_code(self) -> int:
+        """0 when nothing failed (review does not fail a run), 1 when anything failed."""
         return 0 if self.failed == 0 else 1
 
     def as_json(self) -> dict[str, Any]:
@@ -57,7 +60,8 @@ class RunSummary:
             "campaign": self.campaign,
             "status": self.status,
             "counts": {"planned": self.planned, "rendered": self.rendered,
-                       "skipped": self.skipped, "passed": self.passed, "failed": self.failed},
+                       "skipped": self.skipped, "passed": self.passed, "review": self.review,
+                       "failed": self.failed},
             "out_dir": str(self.out_dir),
             "ledger": str(self.ledger),
             "report": str(self.report),
@@ -79,7 +83,7 @@ def render_campaign(campaign_path: Path, out_dir: Path, *, log: Log = log_to_std
     campaign = load_campaign(campaign_path)
     # 2. Expand the matrix into variants with ids and seeds.
     plan = make_plan(campaign)
-    rules = gate_rules(campaign)
+    gates = campaign_gates(campaign)
     ledger_path = out_dir / LEDGER_NAME
     # 3. Refuse a recipe edited in place before opening (and so creating) the ledger.
     check_recipe_version(ledger_path, campaign)
@@ -105,9 +109,10 @@ def render_campaign(campaign_path: Path, out_dir: Path, *, log: Log = log_to_std
             executor=executor, environment=environment,
             variant_ids=[variant.id for variant in plan.variants],
             to_render={item.variant.id for item in pending},
-            thresholds={rule.metric: rule.describe() for rule in rules})
+            thresholds=gates.describe(), rules=gates.as_json(),
+            report={"grids": [[grid.x, grid.y]] if (grid := campaign.spec.report.grid) else []})
         recorder = RunRecorder(campaign, ledger, run_id=run_id, recipe_hash=recipe_hash,
-                               rules=rules, pending=pending)
+                               rules=gates.per_image(), pending=pending)
         try:
             if runner:
                 progress = Progress(len(pending)) if show_progress else None
@@ -130,28 +135,21 @@ def render_campaign(campaign_path: Path, out_dir: Path, *, log: Log = log_to_std
         finally:
             if runner:
                 runner.close()
-        # 5. Count gate results over the whole deliverable set and write the report.
-        rows = ledger.run_rows(run_id)
-        passed = sum(row["gate_status"] == "pass" for row in rows)
-        failed = len(rows) - passed
+        # 5. Decide the whole deliverable set (with the run metrics), write the report.
+        counts = decide_run(ledger, run_id, gates, source="render").counts
+        passed, review, failed = counts["passed"], counts["review"], counts["failed"]
         status = "passed" if failed == 0 else "failed"
         ledger.finish_run(run_id, status=status, rendered=len(pending),
                           skipped=len(plan.variants) - len(pending), passed=passed,
-                          failed=failed)
+                          failed=failed, review=review)
         from .reporting import write_run_report
 
         report = write_run_report(ledger, run_id, out_dir / campaign.spec.name / "report.html")
     return RunSummary(run_id=run_id, campaign=campaign.spec.name, status=status,
                       planned=len(plan.variants), rendered=len(pending),
                       skipped=len(plan.variants) - len(pending), passed=passed, failed=failed,
-                      out_dir=out_dir, ledger=ledger_path, report=report,
+                      review=review, out_dir=out_dir, ledger=ledger_path, report=report,
                       seconds=time.perf_counter() - started)
-
-
-def gate_rules(campaign: Campaign) -> list[Any]:
-    from postprocess.gate import GateRule
-
-    return [GateRule(metric, gate.min, gate.max) for metric, gate in campaign.spec.gates.items()]
 
 
 def check_recipe_version(ledger_path: Path, campaign: Campaign) -> None:
@@ -173,19 +171,26 @@ def check_recipe_version(ledger_path: Path, campaign: Campaign) -> None:
 
 
 def find_pending(ledger: Ledger, plan: Plan, out_dir: Path) -> list[PendingVariant]:
-    """Variants with no committed render, or whose file is gone or no longer matches."""
+    """Variants with no committed render, or whose file (or one of its exports) is gone or
+    no longer matches."""
     done = ledger.latest_renders([variant.id for variant in plan.variants])
+    exports = ledger.exports_of([render.render_id for render in done.values()])
     pending = []
     for variant in plan.variants:
         previous = done.get(variant.id)
         if previous is None:
             pending.append(PendingVariant(variant, None))
             continue
-        path = out_dir / previous.output_path
-        if not path.is_file():
-            pending.append(PendingVariant(variant, "missing"))
-        elif sha256_file(path) != previous.output_sha256:
-            pending.append(PendingVariant(variant, "altered"))
+        files = [(previous.output_path, previous.output_sha256)] + [
+            (export["path"], export["sha256"]) for export in exports.get(previous.render_id, [])]
+        for relative, sha256 in files:
+            path = out_dir / relative
+            if not path.is_file():
+                pending.append(PendingVariant(variant, "missing"))
+                break
+            if sha256_file(path) != sha256:
+                pending.append(PendingVariant(variant, "altered"))
+                break
     return pending
 
 
@@ -228,7 +233,7 @@ class RunRecorder:
     """The driver side: decides each gate and commits one ledger row per image."""
 
     def __init__(self, campaign: Campaign, ledger: Ledger, *, run_id: str, recipe_hash: str,
-                 rules: Sequence[Any], pending: Sequence[PendingVariant]):
+                 rules: GateSet, pending: Sequence[PendingVariant]):
         self.campaign, self.ledger = campaign, ledger
         self.run_id, self.recipe_hash, self.rules = run_id, recipe_hash, rules
         self.reasons = {item.variant.id: item.rerender_reason for item in pending}
@@ -236,11 +241,9 @@ class RunRecorder:
         self.committed = 0
 
     def commit(self, produced: Sequence[Produced]) -> None:
-        from postprocess.gate import decide
-
         for item in produced:
             variant = item.variant
-            decision = decide(item.scores, self.rules)
+            decision = self.rules.decide(item.scores)
             self.ledger.add_render(RenderRecord(
                 run_id=self.run_id, variant_id=variant.id, campaign=self.campaign.spec.name,
                 recipe_name=self.campaign.recipe.spec.name,
@@ -252,7 +255,8 @@ class RunRecorder:
                 environment_hash=self.ledger.record_environment(item.environment),
                 scores=item.scores, gate_status=decision.status,
                 gate_reasons=decision.reasons, render_seconds=item.seconds,
-                rerender_reason=self.reasons[variant.id], batch=list(item.batch)))
+                rerender_reason=self.reasons[variant.id], batch=list(item.batch),
+                embedding=item.embedding, exports=item.exports))
             self.committed += 1
 
 
@@ -266,5 +270,6 @@ def input_files(campaign: Campaign) -> list[Mapping[str, str]]:
     files += [("ip_adapter", model) for model in [campaign.recipe.ip_adapter] if model]
     files += [("logo", campaign.brand.logo)]
     files += [("reference", ref) for ref in campaign.brand.references]
+    files += [(f"font {role}", font) for role, font in campaign.brand.fonts.items()]
     return [{"role": role, "path": str(ref.path), "sha256": ref.sha256} for role, ref in files]
 

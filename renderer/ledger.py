@@ -116,8 +116,55 @@ def m002_batches_and_lookups(db: sqlite3.Connection) -> None:
     )
 
 
+def m003_postprocess_and_gates(db: sqlite3.Connection) -> None:
+    """Channel exports of each render; CLIP embeddings (a run's consistency is computed from
+    them over its whole deliverable set, so it is right after a resume); gate decisions of a
+    run as a history of passes (the end of a render, then each `campaign gate`)."""
+    _execute_script(
+        db,
+        """
+        ALTER TABLE renders ADD COLUMN embedding BLOB;    -- CLIP image embedding, float32 LE
+        ALTER TABLE runs ADD COLUMN review INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN rules_json TEXT;      -- the run's gate rules, as data
+        ALTER TABLE runs ADD COLUMN report_json TEXT;     -- report settings (grid axes)
+        CREATE TABLE exports (
+            render_id INTEGER NOT NULL REFERENCES renders(id),
+            name TEXT NOT NULL,              -- the channel
+            path TEXT NOT NULL,              -- relative to the ledger's folder
+            sha256 TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            format TEXT NOT NULL,            -- png | jpeg | webp
+            PRIMARY KEY (render_id, name)
+        );
+        CREATE TABLE gatings (               -- one decision pass over a run's deliverables
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            source TEXT NOT NULL,            -- render | gate
+            rules_json TEXT NOT NULL,
+            passed INTEGER NOT NULL,
+            review INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            decided_at TEXT NOT NULL
+        );
+        CREATE TABLE gate_decisions (
+            gating_id INTEGER NOT NULL REFERENCES gatings(id),
+            render_id INTEGER NOT NULL REFERENCES renders(id),
+            variant_id TEXT NOT NULL,
+            status TEXT NOT NULL,            -- pass | review | fail
+            reasons_json TEXT NOT NULL,
+            scores_json TEXT NOT NULL,       -- the scores decided on (with run metrics)
+            PRIMARY KEY (gating_id, render_id)
+        );
+        CREATE INDEX gatings_by_run ON gatings(run_id, id);
+        CREATE INDEX gate_decisions_by_render ON gate_decisions(render_id)
+        """
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    m001_initial, m002_batches_and_lookups)
+    m001_initial, m002_batches_and_lookups, m003_postprocess_and_gates)
 RUN_STATUSES = ("running", "passed", "failed", "error", "interrupted")
 
 
@@ -148,6 +195,8 @@ class RenderRecord:
     render_seconds: float
     rerender_reason: str | None
     batch: Sequence[str] = ()  # variant ids of the pipeline call that made it, in order
+    embedding: bytes | None = None  # CLIP image embedding, float32 little-endian
+    exports: Sequence[Any] = ()  # produce.ExportFile: name, path, sha256, bytes, width, …
 
 
 @dataclass(frozen=True)
@@ -155,6 +204,20 @@ class DoneRender:
     variant_id: str
     output_path: str
     output_sha256: str
+    render_id: int = 0
+
+
+@dataclass(frozen=True)
+class Gating:
+    """One decision pass over a run: its rules and each render's decision."""
+
+    id: int
+    run_id: str
+    source: str
+    rules: list[dict[str, Any]]
+    counts: dict[str, int]
+    decided_at: str
+    decisions: dict[int, dict[str, Any]]  # render id -> status, reasons, scores
 
 
 @dataclass(frozen=True)
@@ -248,7 +311,8 @@ class Ledger:
     def start_run(self, *, campaign: str, campaign_file: str, recipe_name: str,
                   recipe_version: int, executor: str, environment: Mapping[str, Any],
                   variant_ids: Sequence[str], to_render: set[str],
-                  thresholds: Mapping[str, Any]) -> tuple[str, str]:
+                  thresholds: Mapping[str, Any], rules: Sequence[Mapping[str, Any]] | None = None,
+                  report: Mapping[str, Any] | None = None) -> tuple[str, str]:
         """Record a run and the deliverable set it covers; returns (run id, environment hash)."""
         run_id, environment_hash = new_run_id(), sha256_json(environment)
         with self.transaction() as db:
@@ -256,10 +320,12 @@ class Ledger:
                        (environment_hash, canonical_json(environment)))
             db.execute(
                 "INSERT INTO runs (id, campaign, campaign_file, recipe_name, recipe_version, "
-                "executor, environment_hash, started_at, status, planned, thresholds_json) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+                "executor, environment_hash, started_at, status, planned, thresholds_json, "
+                "rules_json, report_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
                 (run_id, campaign, campaign_file, recipe_name, recipe_version, executor,
-                 environment_hash, utc_now(), len(variant_ids), canonical_json(thresholds)))
+                 environment_hash, utc_now(), len(variant_ids), canonical_json(thresholds),
+                 None if rules is None else canonical_json(list(rules)),
+                 None if report is None else canonical_json(report)))
             db.executemany(
                 "INSERT INTO run_variants VALUES (?, ?, ?, ?)",
                 ((run_id, position, variant_id,
@@ -278,11 +344,80 @@ class Ledger:
         return environment_hash
 
     def finish_run(self, run_id: str, *, status: str, rendered: int, skipped: int,
-                   passed: int, failed: int) -> None:
+                   passed: int, failed: int, review: int = 0) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET finished_at = ?, status = ?, rendered = ?, skipped = ?, "
-                       "passed = ?, failed = ? WHERE id = ?",
-                       (utc_now(), status, rendered, skipped, passed, failed, run_id))
+                       "passed = ?, failed = ?, review = ? WHERE id = ?",
+                       (utc_now(), status, rendered, skipped, passed, failed, review, run_id))
+
+    # ------------------------------------------------------------ gate decisions
+
+    def record_gating(self, run_id: str, *, source: str, rules: Sequence[Mapping[str, Any]],
+                      decisions: Sequence[Mapping[str, Any]]) -> int:
+        """Store one decision pass over a run (each decision: render_id, variant_id, status,
+        reasons, scores) in one transaction; earlier passes stay as history."""
+        counts = {status: sum(d["status"] == status for d in decisions)
+                  for status in ("pass", "review", "fail")}
+        with self.transaction() as db:
+            gating_id = db.execute(
+                "INSERT INTO gatings (run_id, source, rules_json, passed, review, failed, "
+                "decided_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, source, canonical_json(list(rules)), counts["pass"], counts["review"],
+                 counts["fail"], utc_now())).lastrowid
+            db.executemany(
+                "INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?)",
+                ((gating_id, d["render_id"], d["variant_id"], d["status"],
+                  json.dumps(list(d["reasons"])), canonical_json(d["scores"]))
+                 for d in decisions))
+        return gating_id
+
+    def latest_gating(self, run_id: str) -> Gating | None:
+        """The newest decision pass over a run, or None (a run from before m003, or one that
+        stopped before its gates were decided)."""
+        row = self.db.execute("SELECT * FROM gatings WHERE run_id = ? ORDER BY id DESC LIMIT 1",
+                              (run_id,)).fetchone()
+        if row is None:
+            return None
+        decisions = {
+            item["render_id"]: {"status": item["status"],
+                                "reasons": json.loads(item["reasons_json"]),
+                                "scores": json.loads(item["scores_json"])}
+            for item in self.db.execute("SELECT * FROM gate_decisions WHERE gating_id = ?",
+                                        (row["id"],))}
+        return Gating(id=row["id"], run_id=run_id, source=row["source"],
+                      rules=json.loads(row["rules_json"]),
+                      counts={"passed": row["passed"], "review": row["review"],
+                              "failed": row["failed"]},
+                      decided_at=row["decided_at"], decisions=decisions)
+
+    def decisions_of(self, render_id: int) -> list[dict[str, Any]]:
+        """Every run decision about one render, oldest first."""
+        rows = self.db.execute(
+            "SELECT gatings.id AS gating, gatings.run_id, gatings.source, gatings.decided_at, "
+            "gate_decisions.status, gate_decisions.reasons_json FROM gate_decisions JOIN gatings "
+            "ON gatings.id = gate_decisions.gating_id WHERE gate_decisions.render_id = ? "
+            "ORDER BY gatings.id", (render_id,))
+        return [{**{key: row[key] for key in ("gating", "run_id", "source", "decided_at",
+                                              "status")},
+                 "reasons": json.loads(row["reasons_json"])} for row in rows]
+
+    def gatings(self, run_id: str) -> list[dict[str, Any]]:
+        """Every decision pass over a run, oldest first (without the decisions)."""
+        rows = self.db.execute("SELECT * FROM gatings WHERE run_id = ? ORDER BY id", (run_id,))
+        return [dict(row) for row in rows]
+
+    def exports_of(self, render_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """The channel exports recorded with each given render."""
+        found: dict[int, list[dict[str, Any]]] = {}
+        wanted = list(render_ids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = self.db.execute(
+                f"SELECT * FROM exports WHERE render_id IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY render_id, name", chunk)
+            for row in rows:
+                found.setdefault(row["render_id"], []).append(dict(row))
+        return found
 
     # ------------------------------------------------------------ renders
 
@@ -293,21 +428,23 @@ class Ledger:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
             rows = self.db.execute(
-                "SELECT variant_id, output_path, output_sha256 FROM renders WHERE id IN "
+                "SELECT variant_id, output_path, output_sha256, id FROM renders WHERE id IN "
                 "(SELECT MAX(id) FROM renders WHERE variant_id IN "
                 f"({','.join('?' * len(chunk))}) GROUP BY variant_id)", chunk)
             for row in rows:
                 done[row["variant_id"]] = DoneRender(*row)
         return done
 
-    def add_render(self, record: RenderRecord) -> None:
+    def add_render(self, record: RenderRecord) -> int:
+        """Commit one render (and its exports) in one transaction; returns its row id."""
         with self.transaction() as db:
-            db.execute(
+            render_id = db.execute(
                 "INSERT INTO renders (run_id, variant_id, campaign, recipe_name, recipe_version,"
                 " recipe_hash, variant_json, seed, axes_json, prompt, width, height, "
                 "input_files_json, output_path, output_sha256, output_bytes, environment_hash, "
                 "scores_json, gate_status, gate_reasons_json, render_seconds, rerender_reason, "
-                "created_at, batch_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "created_at, batch_json, embedding) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (record.run_id, record.variant_id, record.campaign, record.recipe_name,
                  record.recipe_version, record.recipe_hash, record.variant_json, record.seed,
                  canonical_json(record.axes), record.prompt, record.width, record.height,
@@ -316,7 +453,13 @@ class Ledger:
                  canonical_json(record.scores), record.gate_status,
                  json.dumps(list(record.gate_reasons)), record.render_seconds,
                  record.rerender_reason, utc_now(),
-                 canonical_json(list(record.batch)) if record.batch else None))
+                 canonical_json(list(record.batch)) if record.batch else None,
+                 record.embedding)).lastrowid
+            db.executemany(
+                "INSERT INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ((render_id, export.name, export.path, export.sha256, export.bytes,
+                  export.width, export.height, export.format) for export in record.exports))
+        return render_id
 
     # ------------------------------------------------------------ reading
 

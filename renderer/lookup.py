@@ -113,6 +113,12 @@ def render_details(ledger: Ledger, variant_id: str) -> dict[str, Any]:
                         **(ledger.environment(row["environment_hash"]) or {})},
         "scores": json.loads(row["scores_json"]),
         "gate": {"status": row["gate_status"], "reasons": json.loads(row["gate_reasons_json"])},
+        "decisions": ledger.decisions_of(row["id"]),
+        "exports": [{"name": export["name"], "path": export["path"], "sha256": export["sha256"],
+                     "bytes": export["bytes"], "size": [export["width"], export["height"]],
+                     "format": export["format"],
+                     "now": file_state(out_dir / export["path"], export["sha256"])}
+                    for export in ledger.exports_of([row["id"]]).get(row["id"], [])],
         "runs": ledger.runs_with_variant(variant_id),
         "earlier_renders": [
             {"row": old["id"], "run_id": old["run_id"], "created_at": old["created_at"],
@@ -148,6 +154,15 @@ def format_details(details: dict[str, Any]) -> str:
         + (f" ({'; '.join(details['gate']['reasons'])})" if details["gate"]["reasons"] else ""),
         "  scores       " + ", ".join(f"{name} {value:.4f}"
                                       for name, value in details["scores"].items()),
+    ]
+    for decision in details.get("decisions", []):
+        lines.append(f"  decided      {decision['status']:<6} run {decision['run_id']} "
+                     f"({decision['source']}, {decision['decided_at'][:19]})"
+                     + (f": {'; '.join(decision['reasons'])}" if decision["reasons"] else ""))
+    for export in details.get("exports", []):
+        lines.append(f"  export       {export['name']:<10} {export['size'][0]}x{export['size'][1]} "
+                     f"{export['format']:<4} {export['path']}  [{export['now']}]")
+    lines += [
         "  input files",
     ]
     lines += [f"    {entry['role']:<18} {entry['sha256'][:12]}  {entry['path']}  [{entry['now']}]"

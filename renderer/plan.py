@@ -24,12 +24,14 @@ import jinja2.runtime
 
 from .config import (
     SIZE_MULTIPLE,
+    TEXT_ROLES,
     Campaign,
     MatrixSpec,
     OverrideSet,
     ResolvedFile,
     hash_file,
     lora_name,
+    retouch_steps,
 )
 from .errors import MissingFileError, SchemaError, TemplateError
 from .hashing import canonical_json
@@ -207,6 +209,10 @@ def _compile_templates(campaign: Campaign) -> _Templates:
         ("negative_prompt",): (spec.negative_prompt, recipe.document),
         ("output",): (campaign.spec.output, campaign.document),
     }
+    text = campaign.spec.postprocess.text
+    for role in TEXT_ROLES:
+        if text is not None and (template := getattr(text, role)) is not None:
+            sources[("postprocess", "text", role)] = (template, campaign.document)
     sources.update({key: (text, recipe.document) for key, text in image_templates(spec)})
     return _Templates(sources)
 
@@ -254,6 +260,10 @@ class _VariantBuilder:
             "brand": {"name": campaign.brand.spec.name,
                       "palette": list(campaign.brand.spec.palette)},
         }
+        self.retouch = _retouch_identity(campaign)
+        self.text_roles = [key[2] for key in self.templates.compiled
+                           if key[:2] == ("postprocess", "text")]
+        self._checked: dict[Any, Any] = {}  # memo of checks and per-aspect values
 
     def __call__(self, axes: dict[str, Any]) -> Variant:
         campaign, recipe = self.campaign, self.campaign.recipe
@@ -274,6 +284,8 @@ class _VariantBuilder:
         output_name = _safe_output_name(campaign, self.templates.render(("output",), context),
                                         axes)
         images = self._images(context)
+        texts = {role: text for role in self.text_roles
+                 if (text := self.templates.render(("postprocess", "text", role), context))}
         recipe_identity = {
             **self.recipe_identity, "steps": steps, "cfg": cfg,
             "loras": [{**lora, "weight": weights[name]} for name, lora in
@@ -289,14 +301,15 @@ class _VariantBuilder:
             "negative_prompt": negative,
             "width": width,
             "height": height,
-            "postprocess": {"logo": self._logo(aspect)},
+            "postprocess": self._postprocess(aspect, width, height, texts),
         }
         if images:
             identity["images"] = {".".join(map(str, key)): file.identity
                                   for key, file in images.items()}
         return Variant(
             id=hashlib.sha256(self._spec_json(identity, {
-                "recipe": (steps, cfg, tuple(weights.values())), "postprocess": aspect,
+                "recipe": (steps, cfg, tuple(weights.values())),
+                "postprocess": (aspect, width, height, tuple(texts.items())),
             }).encode("utf-8")).hexdigest(),
             seed=seed, axes=axes, prompt=prompt, negative_prompt=negative, width=width,
             height=height, steps=steps, cfg=cfg,
@@ -340,8 +353,92 @@ class _VariantBuilder:
     def _logo(self, aspect: str | None) -> dict[str, Any] | None:
         if not self.campaign.spec.logo:
             return None
-        brand = self.campaign.brand
-        return {**brand.logo.identity, **brand.placement_for(aspect).model_dump()}
+        key = ("logo identity", aspect)
+        if key not in self._checked:
+            brand = self.campaign.brand
+            # The safe zone decides a score, not a pixel: it stays out of the id.
+            self._checked[key] = {**brand.logo.identity,
+                                  **brand.placement_for(aspect).model_dump(exclude={"safe_zone"})}
+        return dict(self._checked[key])
+
+    def _postprocess(self, aspect: str | None, width: int, height: int,
+                     texts: Mapping[str, str]) -> dict[str, Any]:
+        """What post-processing does to this variant's pixels and files. Only the logo key is
+        always there; the others appear when used, so ids made before them stay put."""
+        post: dict[str, Any] = {"logo": self._logo(aspect)}
+        if post["logo"] is not None:
+            self._check_logo_fits(aspect, width, height)
+        if self.retouch:
+            post["retouch"] = self.retouch
+        if texts:
+            brand = self.campaign.brand
+            post["text"] = {"palette": list(brand.spec.palette)}
+            for role, text in texts.items():
+                box = brand.text_box_for(aspect, role)
+                font = brand.fonts.get(role)
+                pixels = _box_pixels(box.box, width, height)
+                self._check_text_fits(role, text, font, pixels)
+                post["text"][role] = {"text": text, "box": pixels, "align": box.align,
+                                      "font": font.identity if font else None}
+        exports = self.campaign.spec.postprocess.exports
+        chosen = exports.get(aspect or "", exports.get("default", []))
+        if chosen:
+            post["exports"] = [export.model_dump() for export in chosen]
+        return post
+
+    def _check_logo_fits(self, aspect: str | None, width: int, height: int) -> None:
+        key = ("logo", aspect, width, height)
+        if key in self._checked:
+            return
+        from postprocess.overlay import LogoPlacement, logo_box
+
+        placement = self.campaign.brand.placement_for(aspect)
+        try:
+            logo_box((width, height), self.campaign.brand.logo_size, LogoPlacement(
+                placement.anchor, placement.margin, placement.scale))
+        except ValueError as err:
+            raise self.campaign.document.error(
+                SchemaError, f"the logo does not fit a {width}x{height} variant", ("logo",),
+                found=str(err), fix=f"change the placement for {aspect or 'default'} in "
+                f"{self.campaign.brand.source}, or set logo: false") from None
+        self._checked[key] = None
+
+    def _check_text_fits(self, role: str, text: str, font: ResolvedFile | None,
+                         box: list[int]) -> None:
+        width, height = box[2] - box[0], box[3] - box[1]
+        key = (role, text, font.sha256 if font else None, width, height)
+        if key in self._checked:
+            return
+        from postprocess.text import TextBlock, text_fits
+
+        problem = text_fits(TextBlock(text, role, font.path if font else None), width, height)
+        if problem:
+            raise self.campaign.document.error(
+                SchemaError, f"the {'legal line' if role == 'legal' else role} does not fit "
+                "its box", ("postprocess", "text", role),
+                found=problem, fix="shorten the text, or enlarge the brand kit's text box "
+                "for this aspect ratio")
+        self._checked[key] = None
+
+
+def _retouch_identity(campaign: Campaign) -> list[dict[str, Any]]:
+    """Each retouch step with every parameter; a brand grade names the references it grades
+    toward (by name and sha256), so the step is reproducible from the spec alone."""
+    steps = []
+    for name, params in retouch_steps(campaign.spec):
+        step = {"op": name, **params}
+        if name == "brand_grade":
+            step["references"] = [ref.identity for ref in campaign.brand.references]
+        steps.append(step)
+    return steps
+
+
+def _box_pixels(fractions: Sequence[float], width: int, height: int) -> list[int]:
+    """A fractional [left, top, right, bottom] box in whole pixels, at least 1 px wide."""
+    left, top = round(fractions[0] * width), round(fractions[1] * height)
+    right = max(left + 1, min(width, round(fractions[2] * width)))
+    bottom = max(top + 1, min(height, round(fractions[3] * height)))
+    return [left, top, right, bottom]
 
 
 def _overrides_for(campaign: Campaign, axes: Mapping[str, Any]) -> OverrideSet:

@@ -538,12 +538,11 @@ def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None,
 
 def _finish(image: Image.Image, variant: Variant,
             files: Mapping[tuple[str | int, ...], ResolvedFile]) -> Image.Image:
-    """The post-processing ``campaign render`` applies, with the logo found from the stored
-    spec instead of a brand kit file."""
-    from .produce import finish_image, open_image
+    """The post-processing ``campaign render`` applies, with the files it reads (logo, fonts,
+    brand references) found from the stored spec instead of a brand kit."""
+    from .produce import Assets, finish_image
 
-    logo = files.get(("postprocess", "logo"))
-    return finish_image(image, variant, open_image(logo.path, "RGBA") if logo else None)
+    return finish_image(image, variant, Assets(files.values())).image
 
 
 def _compare(target: Target, image: Image.Image, dest: Path, outcome: Outcome,

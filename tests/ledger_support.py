@@ -45,6 +45,9 @@ def small_project(root: Path, *, seeds: tuple[int, ...] = (1, 2, 3),
     axes["aspect"] = ["1:1"]
     axes["seed"] = list(seeds)
     campaign["render"] = {"batch_size": batch_size}
+    # Ledger mechanics only: no retouch, text or exports (sharpening would turn a 1/255
+    # batch drift into 2/255; tests/test_postprocess_campaign.py reproduces with them).
+    campaign.pop("postprocess", None)
     project = Project(root, recipe, campaign)
     project.write()
     return project

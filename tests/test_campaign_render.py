@@ -30,8 +30,11 @@ def demo_run(tmp_path_factory, demo_models) -> tuple[Path, dict]:
 def test_demo_renders_36_images_report_and_ledger_rows(demo_run):
     out, summary = demo_run
     assert summary["counts"] == {"planned": 36, "rendered": 36, "skipped": 0,
-                                 "passed": 36, "failed": 0}
-    assert len(pngs(out / "demo")) == 36
+                                 "passed": 36, "review": 0, "failed": 0}
+    assert len(pngs(out / "demo")) == 36  # the demo's exports are JPEG and WebP
+    exports = ledger_rows(out, "SELECT name, width, height, format FROM exports")
+    assert len(exports) == 36  # one channel per aspect ratio in the demo
+    assert {row[0] for row in exports} == {"feed", "story", "banner"}
     assert Path(summary["report"]).is_file()
     assert ledger_rows(out, "SELECT COUNT(*) FROM renders") == [(36,)]
     sizes = {row for row in ledger_rows(out, "SELECT width, height FROM renders")}

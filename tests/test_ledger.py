@@ -209,7 +209,7 @@ def test_an_ambiguous_prefix_lists_the_candidates(populated):
                 "recipe_version, recipe_hash, variant_json, seed, axes_json, prompt, width, "
                 "height, input_files_json, output_path, output_sha256, output_bytes, "
                 "environment_hash, scores_json, gate_status, gate_reasons_json, "
-                "render_seconds, rerender_reason, created_at, batch_json FROM renders "
+                "render_seconds, rerender_reason, created_at, batch_json, embedding FROM renders "
                 "WHERE id = ?", ("abcdef" + suffix * 58, row["id"]))
         with pytest.raises(InputError, match="ambiguous") as caught:
             resolve_variant_id(ledger, "ABCDEF")

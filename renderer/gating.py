@@ -1,0 +1,202 @@
+"""Gate rules of a campaign (its own thresholds over a default table) and the decisions of a
+run, stored in the ledger as a history of passes.
+
+Each image is decided when it is committed (``renders.gate_status``: the per-image metrics).
+When the run ends, its whole deliverable set is decided again with the run metrics
+(``consistency``: each image against the set's mean CLIP embedding, from the embeddings
+stored in the ledger, so a resumed run gets the same figures as one uninterrupted run);
+that pass is a ``gatings`` row with one ``gate_decisions`` row per render, and it is what
+the run's counts, the exit code and the report say. ``campaign gate`` adds further passes
+with other thresholds, from the stored scores, without rendering.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from postprocess.gate import FAIL, PASS, REVIEW, STATUSES, GateDecision, GateRule, decide
+
+from .config import METRICS, RUN_METRICS, Campaign
+from .errors import InputError
+from .ledger import Ledger
+
+# Why a broken rule matters, shown after its reason.
+NOTES = {
+    "faces": "faces detected: check likeness consent",
+    "logo_match": "logo missing or covered",
+    "logo_in_place": "logo not where the brand kit places it",
+    "logo_in_safe_zone": "logo outside the safe zone",
+    "text_contrast": "text below WCAG AA contrast",
+    "consistency_z": "an outlier from the rest of the run",
+    "consistency": "unlike the rest of the run",
+}
+# Applied when the campaign does not set the metric (`gates: {metric: null}` turns one off).
+# Logo rules apply only with the logo overlay on, text_contrast only with text.
+DEFAULT_RULES = {
+    "faces": GateRule("faces", max=0, severity=REVIEW, note=NOTES["faces"]),
+    "logo_match": GateRule("logo_match", min=0.5, note=NOTES["logo_match"]),
+    "logo_in_safe_zone": GateRule("logo_in_safe_zone", min=1, note=NOTES["logo_in_safe_zone"]),
+    "text_contrast": GateRule("text_contrast", min=4.5, note=NOTES["text_contrast"]),
+    "consistency_z": GateRule("consistency_z", min=-3.0, severity=REVIEW,
+                              note=NOTES["consistency_z"]),
+}
+
+
+@dataclass(frozen=True)
+class GateSet:
+    """A campaign's rules. Rules from the default table are skipped for an image that lacks
+    their metric (e.g. rendered before it was scored); a rule the campaign set is broken by
+    a missing metric."""
+
+    rules: tuple[GateRule, ...]
+    defaults: frozenset[str] = frozenset()
+
+    def per_image(self) -> GateSet:
+        return GateSet(tuple(rule for rule in self.rules if rule.metric not in RUN_METRICS),
+                       self.defaults)
+
+    def decide(self, scores: Mapping[str, float]) -> GateDecision:
+        present = [rule for rule in self.rules if rule.metric in scores]
+        decision = decide(scores, present)
+        missing = [rule for rule in self.rules
+                   if rule.metric not in scores and rule.metric not in self.defaults]
+        if not missing:
+            return decision
+        severities = {decision.status, *(rule.severity for rule in missing)}
+        status = next(status for status in reversed(STATUSES) if status in severities)
+        return GateDecision(status, decision.reasons + tuple(
+            f"{rule.metric} was not scored" for rule in missing))
+
+    def describe(self) -> dict[str, str]:
+        return {rule.metric: rule.describe() for rule in self.rules}
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return [{"metric": rule.metric, "min": rule.min, "max": rule.max,
+                 "severity": rule.severity, "note": rule.note,
+                 "default": rule.metric in self.defaults} for rule in self.rules]
+
+    @classmethod
+    def from_json(cls, items: Sequence[Mapping[str, Any]]) -> GateSet:
+        rules = tuple(GateRule(item["metric"], item["min"], item["max"], item["severity"],
+                               item.get("note", "")) for item in items)
+        return cls(rules, frozenset(item["metric"] for item in items if item.get("default")))
+
+    def with_bounds(self, changes: Mapping[str, tuple[float | None, float | None] | None]
+                    ) -> GateSet:
+        """These metrics' bounds replaced (None: the rule dropped); a changed rule keeps its
+        severity and note and is no longer a default."""
+        rules = {rule.metric: rule for rule in self.rules}
+        for metric, bounds in changes.items():
+            if bounds is None:
+                rules.pop(metric, None)
+                continue
+            old = rules.get(metric, GateRule(metric, min=0, note=NOTES.get(metric, "")))
+            rules[metric] = replace(old, min=bounds[0], max=bounds[1])
+        return GateSet(tuple(rules.values()), self.defaults - set(changes))
+
+
+def campaign_gates(campaign: Campaign) -> GateSet:
+    """The campaign's own rules, then the default table's for metrics it does not set."""
+    spec = campaign.spec
+    rules = [GateRule(metric, gate.min, gate.max, gate.severity, NOTES.get(metric, ""))
+             for metric, gate in spec.gates.items() if gate is not None]
+    text = spec.postprocess.text
+    applies = {"logo_match": spec.logo, "logo_in_safe_zone": spec.logo,
+               "text_contrast": text is not None and bool(text.headline or text.legal)}
+    defaults = [rule for metric, rule in DEFAULT_RULES.items()
+                if metric not in spec.gates and applies.get(metric, True)]
+    return GateSet(tuple(rules + defaults), frozenset(rule.metric for rule in defaults))
+
+
+def run_gates(ledger: Ledger, run: Mapping[str, Any]) -> GateSet:
+    """The rules a run was decided with last (its latest pass, else those it started with;
+    a run from before m003 has its thresholds as text: ``min 0.200, max 0.900``)."""
+    gating = ledger.latest_gating(run["id"])
+    if gating is not None:
+        return GateSet.from_json(gating.rules)
+    if run.get("rules_json"):
+        return GateSet.from_json(json.loads(run["rules_json"]))
+    rules = []
+    for metric, text in json.loads(run["thresholds_json"]).items():
+        bounds = dict(re.findall(r"(min|max) (-?[0-9.]+)", text))
+        rules.append(GateRule(metric, *(float(bounds[k]) if k in bounds else None
+                                        for k in ("min", "max")),
+                              REVIEW if "(review)" in text else FAIL, NOTES.get(metric, "")))
+    return GateSet(tuple(rules))
+
+
+@dataclass(frozen=True)
+class RunDecisions:
+    gating_id: int
+    counts: dict[str, int]  # passed, review, failed
+    rows: list[dict[str, Any]]  # each render row with its decision: status, reasons, scores
+
+
+def decide_run(ledger: Ledger, run_id: str, gates: GateSet, *, source: str) -> RunDecisions:
+    """Decide every render of a run's deliverable set from its stored scores plus the run
+    metrics, and store the pass (``source``: render or gate)."""
+    rows = ledger.run_rows(run_id)
+    run_scores = consistency_scores(rows)
+    decisions = []
+    for row in rows:
+        scores = {**json.loads(row["scores_json"]), **run_scores.get(row["variant_id"], {})}
+        decision = gates.decide(scores)
+        decisions.append({"render_id": row["id"], "variant_id": row["variant_id"],
+                          "status": decision.status, "reasons": list(decision.reasons),
+                          "scores": scores})
+    gating_id = ledger.record_gating(run_id, source=source, rules=gates.as_json(),
+                                     decisions=decisions)
+    counts = {"passed": sum(d["status"] == PASS for d in decisions),
+              "review": sum(d["status"] == REVIEW for d in decisions),
+              "failed": sum(d["status"] == FAIL for d in decisions)}
+    return RunDecisions(gating_id, counts, [{**row, **decision} for row, decision
+                                            in zip(rows, decisions, strict=True)])
+
+
+def consistency_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """``consistency`` and ``consistency_z`` of each row with a stored embedding, against the
+    mean of all of them (rows from before m003 have none and get no run metrics)."""
+    from postprocess.metrics import consistency
+
+    embedded = [row for row in rows if row.get("embedding")]
+    if not embedded:
+        return {}
+    matrix = np.stack([np.frombuffer(row["embedding"], dtype="<f4") for row in embedded])
+    result = consistency(matrix)
+    return {row["variant_id"]: {"consistency": round(float(cosine), 6),
+                                "consistency_z": round(float(z), 4)}
+            for row, cosine, z in zip(embedded, result.cosines, result.z_scores, strict=True)}
+
+
+def parse_bounds(items: Sequence[str]) -> dict[str, tuple[float | None, float | None] | None]:
+    """``--set`` values: ``metric=min``, ``metric=min:max``, ``metric=:max`` or ``metric=off``."""
+    changes: dict[str, tuple[float | None, float | None] | None] = {}
+    for item in items:
+        metric, sep, value = item.partition("=")
+        if not sep or metric not in METRICS:
+            raise InputError(f"--set {item!r}: unknown metric" if sep else
+                             f"--set {item!r} is not metric=value",
+                             expected=f"metric=min, metric=min:max, metric=:max or metric=off; "
+                             f"metrics: {', '.join(METRICS)}", found=item)
+        if value == "off":
+            changes[metric] = None
+            continue
+        low, colon, high = value.partition(":")
+        try:
+            bounds = (float(low) if low else None, float(high) if colon and high else None)
+        except ValueError:
+            raise InputError(f"--set {item!r}: bounds must be numbers", found=value,
+                             expected="e.g. clip_brand=0.25 or clip_brand=0.2:0.9") from None
+        if bounds == (None, None):
+            raise InputError(f"--set {item!r} gives no bound", found=value,
+                             fix=f"{metric}=0.25, {metric}=:0.9, or {metric}=off")
+        if None not in bounds and bounds[0] > bounds[1]:
+            raise InputError(f"--set {item!r}: min above max", found=value, fix="swap them")
+        changes[metric] = bounds
+    return changes
