@@ -238,8 +238,16 @@ class OverrideRule(_Strict):
 
 
 class ScoringSpec(_Strict):
-    clip_model: str = Field(description="A local open_clip folder (open_clip_config.json + "
-                            "open_clip_model.safetensors).")
+    """The CLIP model: a local open_clip folder, or an open_clip architecture name with a
+    pretrained tag (downloaded by open_clip) or a local .safetensors weights file."""
+
+    clip_model: str | None = Field(default=None, description="A local open_clip folder "
+                                   "(open_clip_config.json + open_clip_model.safetensors).")
+    clip_name: str | None = Field(default=None, min_length=1,
+                                  description="An open_clip architecture, e.g. ViT-B-32.")
+    clip_pretrained: str | None = Field(
+        default=None, min_length=1, description="With clip_name: a pretrained tag (e.g. "
+        "openai, laion2b_s34b_b79k) or a path to a .safetensors weights file.")
     batch_size: int = Field(default=32, ge=1, le=4096)
     palette_delta_e: float = Field(
         default=10.0, gt=0.0, le=100.0, description="palette_adherence counts the pixels within "
@@ -505,7 +513,16 @@ class Campaign:
     document: YamlDocument
     recipe: Recipe
     brand: BrandKit
-    clip_model: Path
+    clip: ClipChoice
+
+
+@dataclass(frozen=True)
+class ClipChoice:
+    """Which CLIP scores a campaign: a local folder, or a name with a tag or weights file."""
+
+    folder: Path | None = None
+    name: str | None = None
+    pretrained: str | None = None
 
 
 # ---------------------------------------------------------------- loading
@@ -681,8 +698,7 @@ def load_campaign(path: Path, *, verify_hashes: bool = True) -> Campaign:
         raise recipe.document.error(
             SchemaError, "the IP-Adapter has no reference images", ("ip_adapter",),
             fix=f"list images under ip_adapter.images, or add references to {brand_path}")
-    clip_model = _existing_path(document, base / spec.scoring.clip_model,
-                                ("scoring", "clip_model"))
+    clip = _clip_choice(document, spec.scoring)
     if spec.size is not None:
         _check_size_spec(document, spec.size)
     _check_matrix(document, spec.matrix)
@@ -698,7 +714,31 @@ def load_campaign(path: Path, *, verify_hashes: bool = True) -> Campaign:
             raise document.error(SchemaError, "a grid needs two different axes",
                                  ("report", "grid", "y"), found=f"x and y are both {grid.x!r}")
     return Campaign(spec=spec, source=path, document=document, recipe=recipe, brand=brand,
-                    clip_model=clip_model)
+                    clip=clip)
+
+
+def _clip_choice(document: YamlDocument, scoring: ScoringSpec) -> ClipChoice:
+    if (scoring.clip_model is None) == (scoring.clip_name is None):
+        raise document.error(SchemaError, "give exactly one of clip_model or clip_name",
+                             ("scoring",), fix="clip_model: path/to/open_clip-folder, or "
+                             "clip_name: ViT-B-32 with clip_pretrained: openai")
+    if scoring.clip_model is not None:
+        if scoring.clip_pretrained is not None:
+            raise document.error(SchemaError, "clip_pretrained goes with clip_name",
+                                 ("scoring", "clip_pretrained"),
+                                 fix="remove it: a clip_model folder holds its own weights")
+        return ClipChoice(folder=_existing_path(document, document.path.parent /
+                                                scoring.clip_model, ("scoring", "clip_model")))
+    pretrained = scoring.clip_pretrained
+    if pretrained and ("/" in pretrained or "." in Path(pretrained).name):
+        if not pretrained.endswith(".safetensors"):
+            raise document.error(SchemaError, "CLIP weights must be a .safetensors file",
+                                 ("scoring", "clip_pretrained"), found=pretrained,
+                                 fix="convert the weights to .safetensors (pickle files can "
+                                 "run code when loaded)")
+        pretrained = str(_existing_path(document, document.path.parent / pretrained,
+                                        ("scoring", "clip_pretrained")))
+    return ClipChoice(name=scoring.clip_name, pretrained=pretrained)
 
 
 def load_any(path: Path, *, verify_hashes: bool = True) -> Recipe | Campaign | BrandKit:

@@ -180,11 +180,19 @@ def brand_files(campaign: Campaign) -> list[ResolvedFile]:
     return [brand.logo, *brand.references, *brand.fonts.values()]
 
 
+def load_scorer(campaign: Campaign) -> Any:
+    from postprocess.scoring import ClipScorer
+
+    clip, batch_size = campaign.clip, campaign.spec.scoring.batch_size
+    if clip.folder is not None:
+        return ClipScorer.from_folder(clip.folder, batch_size=batch_size)
+    return ClipScorer.from_pretrained(clip.name, clip.pretrained, batch_size=batch_size)
+
+
 class Producer:
     """The models and brand assets of one campaign, loaded once."""
 
     def __init__(self, campaign: Campaign, log: Callable[[str], None]):
-        from postprocess.scoring import ClipScorer
 
         from .render import DiffusersRenderer, RenderOptions
 
@@ -194,8 +202,7 @@ class Producer:
             device=render.device, dtype=render.dtype, compile=render.compile,
             channels_last=render.channels_last, vae_tiling=render.vae_tiling,
             vae_slicing=render.vae_slicing, cpu_offload=render.cpu_offload), log=log)
-        self.scorer = ClipScorer.from_folder(campaign.clip_model,
-                                             batch_size=campaign.spec.scoring.batch_size)
+        self.scorer = load_scorer(campaign)
         self.assets = Assets(brand_files(campaign))
         self.logo = open_image(campaign.brand.logo.path, "RGBA")
         self.references = [open_image(ref.path, "RGB") for ref in campaign.brand.references]

@@ -211,3 +211,37 @@ def test_history_lists_recipe_versions_and_diffs_them(project):
                                   "--json").stdout)
     assert [v["version"] for v in versions] == [1, 2]
     assert Path(out / "ledger.sqlite").is_file()
+
+
+# ---------------------------------------------------------------- the CLIP model
+
+
+def test_clip_model_by_folder_or_by_open_clip_name(project):
+    scoring = project.campaign["scoring"]
+    folder = scoring["clip_model"]
+    scoring["clip_name"] = "ViT-B-32"
+    both = run_cli("validate", project.write())
+    assert both.code == 2 and "give exactly one of clip_model or clip_name" in both.stderr
+    del scoring["clip_model"]
+    scoring["clip_pretrained"] = "weights/clip.pt"
+    pickle = run_cli("validate", project.write())
+    assert pickle.code == 2 and "CLIP weights must be a .safetensors file" in pickle.stderr
+    scoring["clip_pretrained"] = "weights/clip.safetensors"
+    missing = run_cli("validate", project.write())
+    assert missing.code == 2 and "at scoring.clip_pretrained: referenced file not found" \
+        in missing.stderr
+    del scoring["clip_pretrained"]  # architecture only: random weights, nothing downloaded
+    assert run_cli("validate", project.write()).code == 0
+
+    from PIL import Image
+
+    from renderer.config import load_campaign
+    from renderer.produce import load_scorer
+
+    by_name = load_scorer(load_campaign(project.campaign_path))
+    assert by_name.embed_texts(["a red shoe"]).shape == (1, 512)  # ViT-B-32's width
+    scoring.pop("clip_name")
+    scoring["clip_model"] = folder
+    by_folder = load_scorer(load_campaign(project.write()))
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    assert by_folder.embed_images([image]).shape[1] != 512
