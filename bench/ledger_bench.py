@@ -76,7 +76,9 @@ def populate_with_stubs(campaign: Path, out: Path) -> float:
             return [Image.new("RGB", (v.width, v.height), (v.seed % 256, 90, 120))
                     for v in variants]
 
-        render_resilient = render_batch
+        def render_resilient(self, recipe, variants):
+            call = tuple(v.id for v in variants)
+            return [(image, call) for image in self.render_batch(recipe, variants)]
 
     class FixedScorer:
         """One fixed unit vector for every image and text: every cosine is 1."""

@@ -223,14 +223,15 @@ class Producer:
 
     def produce(self, batch: Sequence[Variant], out_dir: Path) -> list[Produced]:
         started = time.perf_counter()
-        images = self.renderer.render_resilient(self.campaign.recipe, batch)
+        rendered = self.renderer.render_resilient(self.campaign.recipe, batch)
+        images = [image for image, _ in rendered]
         faces = [detect(image) for image in images]
         finished = [finish_image(image, variant, self.assets, found)
                     for image, variant, found in zip(images, batch, faces, strict=True)]
         scores, embeddings = self.score(batch, finished)
         produced = []
-        for variant, done, score, embedding in zip(batch, finished, scores, embeddings,
-                                                   strict=True):
+        for variant, done, score, embedding, (_, call) in zip(
+                batch, finished, scores, embeddings, rendered, strict=True):
             exports = self.export(variant, done, out_dir)
             data = encode_png(done.image, variant.spec)
             relative = output_path(self.campaign, variant)
@@ -238,7 +239,7 @@ class Producer:
             produced.append(Produced(
                 variant=variant, output_path=relative, output_sha256=sha256_bytes(data),
                 output_bytes=len(data), scores=score, seconds=0.0,
-                batch=tuple(v.id for v in batch), environment=self.environment(),
+                batch=call, environment=self.environment(),
                 embedding=embedding.astype("<f4").tobytes(), exports=exports))
         seconds_each = round((time.perf_counter() - started) / len(batch), 4)
         return [_with_seconds(item, seconds_each) for item in produced]

@@ -226,13 +226,16 @@ class DiffusersRenderer:
         """The one place a pipeline runs (tests inject failures here)."""
         return pipe(**arguments)
 
-    def render_resilient(self, recipe: Recipe, variants: Sequence[Variant]) -> list[Any]:
+    def render_resilient(self, recipe: Recipe,
+                         variants: Sequence[Variant]) -> list[tuple[Any, tuple[str, ...]]]:
         """``render_batch``, halving the batch on out-of-memory until it fits; each variant
-        is rendered exactly once."""
+        is rendered exactly once. Each image comes with the ids of the pipeline call that
+        rendered it: after a split those are the half's, and reproduce needs the real ones."""
         import torch
 
         try:
-            return self.render_batch(recipe, variants)
+            call = tuple(variant.id for variant in variants)
+            return [(image, call) for image in self.render_batch(recipe, variants)]
         except torch.OutOfMemoryError:
             if len(variants) == 1:
                 raise RenderFailure(f"out of memory rendering one {variants[0].width}x"

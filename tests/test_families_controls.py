@@ -283,6 +283,12 @@ def test_out_of_memory_halves_the_batch_and_renders_each_variant_once(scratch, m
     assert calls == [8, 4, 2, 2, 4, 2, 2]
     rows = ledger_rows(out, "SELECT variant_id, COUNT(*) FROM renders GROUP BY variant_id")
     assert len(rows) == 8 and all(count == 1 for _, count in rows)
+    # Each row records the call that really rendered it (a half of a half), for reproduce.
+    batches = [json.loads(batch) for (batch,) in ledger_rows(out, "SELECT batch_json FROM "
+                                                                 "renders")]
+    assert all(len(batch) == 2 for batch in batches)
+    assert sorted(id_ for batch in batches for id_ in batch) == sorted(
+        variant_id for variant_id, _ in rows for _ in range(2))
     assert any("out of memory with a batch of 8" in line for line in logs)
 
 

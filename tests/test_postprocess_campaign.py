@@ -269,7 +269,7 @@ def test_faces_send_a_variant_to_review_not_to_failure(tmp_path, demo_models, mo
     def faces(self, recipe, variants):  # a face where the tiny models draw noise
         return [Image.fromarray(draw_face((64, 64), 40)) for _ in variants]
 
-    monkeypatch.setattr(DiffusersRenderer, "render_resilient", faces)
+    monkeypatch.setattr(DiffusersRenderer, "render_batch", faces)
     project = Project(tmp_path)
     project.campaign["logo"] = False
     project.campaign["postprocess"] = {"retouch": [{"skin_smoothing": {"strength": 0.8}}]}
