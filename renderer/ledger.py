@@ -21,6 +21,7 @@ from typing import Any
 from .hashing import canonical_json, sha256_json
 
 LEDGER_NAME = "ledger.sqlite"
+_IN_CHUNK = 500  # values per IN (...) query
 
 
 def _execute_script(db: sqlite3.Connection, script: str) -> None:
@@ -409,31 +410,28 @@ class Ledger:
     def exports_of(self, render_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         """The channel exports recorded with each given render."""
         found: dict[int, list[dict[str, Any]]] = {}
-        wanted = list(render_ids)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            rows = self.db.execute(
-                f"SELECT * FROM exports WHERE render_id IN ({','.join('?' * len(chunk))}) "
-                "ORDER BY render_id, name", chunk)
-            for row in rows:
-                found.setdefault(row["render_id"], []).append(dict(row))
+        for row in self._rows_in("SELECT * FROM exports WHERE render_id IN ({}) "
+                                 "ORDER BY render_id, name", render_ids):
+            found.setdefault(row["render_id"], []).append(dict(row))
         return found
+
+    def _rows_in(self, query: str, values: Sequence[Any]) -> Iterator[sqlite3.Row]:
+        """Run ``query`` with its ``{}`` replaced by placeholders for ``values``, in chunks
+        (SQLite caps the number of parameters of one statement)."""
+        wanted = list(values)
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start:start + _IN_CHUNK]
+            yield from self.db.execute(query.format(",".join("?" * len(chunk))), chunk)
 
     # ------------------------------------------------------------ renders
 
     def latest_renders(self, variant_ids: Sequence[str]) -> dict[str, DoneRender]:
         """The newest committed render of each given variant id that has one."""
-        done: dict[str, DoneRender] = {}
-        wanted = list(variant_ids)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            rows = self.db.execute(
-                "SELECT variant_id, output_path, output_sha256, id FROM renders WHERE id IN "
-                "(SELECT MAX(id) FROM renders WHERE variant_id IN "
-                f"({','.join('?' * len(chunk))}) GROUP BY variant_id)", chunk)
-            for row in rows:
-                done[row["variant_id"]] = DoneRender(*row)
-        return done
+        rows = self._rows_in(
+            "SELECT variant_id, output_path, output_sha256, id FROM renders WHERE id IN "
+            "(SELECT MAX(id) FROM renders WHERE variant_id IN ({}) GROUP BY variant_id)",
+            variant_ids)
+        return {row["variant_id"]: DoneRender(*row) for row in rows}
 
     def add_render(self, record: RenderRecord) -> int:
         """Commit one render (and its exports) in one transaction; returns its row id."""
@@ -511,15 +509,9 @@ class Ledger:
 
     def variant_specs(self, variant_ids: Sequence[str]) -> dict[str, str]:
         """The stored canonical JSON of each given variant id that ever rendered."""
-        found: dict[str, str] = {}
-        wanted = list(variant_ids)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            rows = self.db.execute(
-                "SELECT variant_id, variant_json FROM renders WHERE variant_id IN "
-                f"({','.join('?' * len(chunk))})", chunk)
-            found.update((row[0], row[1]) for row in rows)
-        return found
+        rows = self._rows_in("SELECT variant_id, variant_json FROM renders WHERE variant_id IN "
+                             "({})", variant_ids)
+        return {row[0]: row[1] for row in rows}
 
     def runs_with_variant(self, variant_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
