@@ -72,16 +72,19 @@ def populate_with_stubs(campaign: Path, out: Path) -> float:
         def fingerprint(self):
             return {"device": "stub (ledger benchmark)", "threads": os.cpu_count()}
 
-        def render_batch(self, recipe, variants):
-            return [Image.new("RGB", (v.width, v.height), (v.seed % 256, 90, 120))
-                    for v in variants]
+        def render_batch(self, specs, files):
+            return [Image.new("RGB", (spec.width, spec.height), (spec.seed % 256, 90, 120))
+                    for spec in specs]
 
-        def render_resilient(self, recipe, variants):
-            call = tuple(v.id for v in variants)
-            return [(image, call) for image in self.render_batch(recipe, variants)]
+        def render_resilient(self, specs, files):
+            call = tuple(range(len(specs)))
+            return [(image, call) for image in self.render_batch(specs, files)]
 
-    class FixedScorer:
+    class FixedScorer(scoring.ClipScorer):
         """One fixed unit vector for every image and text: every cosine is 1."""
+
+        def __init__(self):  # no model
+            pass
 
         def embed_images(self, images):
             return np.full((len(images), 32), 32 ** -0.5, dtype=np.float32)
@@ -108,10 +111,10 @@ def rerun(campaign: Path, out: Path) -> tuple[float, dict]:
 
 
 def ledger_write_rate(rows: int, folder: Path) -> float:
-    from renderer.config import load_campaign
     from renderer.hashing import sha256_bytes
     from renderer.ledger import Ledger, RenderRecord
     from renderer.plan import make_plan
+    from renderer.validate import load_campaign
 
     plan = make_plan(load_campaign(thousand_variant_campaign(folder)))
     variants = list(plan.variants)
@@ -119,19 +122,19 @@ def ledger_write_rate(rows: int, folder: Path) -> float:
               {"role": "lora", "path": "/models/lora-style.safetensors", "sha256": "b" * 64},
               {"role": "logo", "path": "/brand/logo.png", "sha256": "c" * 64}]
     with Ledger(folder / "rate.sqlite") as ledger:
-        run_id, environment_hash = ledger.start_run(
+        run_id = ledger.start_run(
             campaign="thousand", campaign_file="thousand.yaml", recipe_name="demo-sd15",
             recipe_version=1, executor="local", environment={"device": "cpu"},
-            variant_ids=[v.id for v in variants], to_render={v.id for v in variants},
-            thresholds={})
+            variant_ids=[v.id for v in variants], to_render={v.id for v in variants})
+        environment_hash = ledger.record_environment({"device": "cpu"})
         records = [RenderRecord(
             run_id=run_id, variant_id=v.id, campaign="thousand", recipe_name="demo-sd15",
             recipe_version=1, recipe_hash="d" * 64, variant_json=v.spec_json, seed=v.seed,
             axes=v.axes, prompt=v.prompt, width=v.width, height=v.height, input_files=inputs,
             output_path=f"thousand/{v.output_name}.png", output_sha256=sha256_bytes(v.id.encode()),
             output_bytes=12345, environment_hash=environment_hash,
-            scores={"clip_prompt": 0.2, "clip_brand": 0.95}, gate_status="pass",
-            gate_reasons=[], render_seconds=0.1, rerender_reason=None,
+            scores={"clip_prompt": 0.2, "clip_brand": 0.95}, render_seconds=0.1,
+            rerender_reason=None,
             batch=[v.id]) for v in (variants * (rows // len(variants) + 1))[:rows]]
         started = time.perf_counter()
         for record in records:

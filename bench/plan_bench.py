@@ -22,7 +22,7 @@ PLAN_ONE = """
 import json, resource, sys, time
 from pathlib import Path
 started = time.perf_counter()
-from renderer.config import load_campaign
+from renderer.validate import load_campaign
 from renderer.plan import make_plan
 imported = time.perf_counter()
 plan = make_plan(load_campaign(Path(sys.argv[1])))
@@ -76,7 +76,7 @@ def revalidate(folder: Path) -> None:
     started = time.perf_counter()
     subprocess.run([campaign, "pin", str(path)], check=True, env=env, capture_output=True)
     cold = time.perf_counter() - started
-    from renderer.config import load_recipe
+    from renderer.validate import load_recipe
 
     os.environ["CAMPAIGN_CACHE_DIR"] = env["CAMPAIGN_CACHE_DIR"]
     timings = []

@@ -44,8 +44,9 @@ from postprocess.retouch import (
     WhiteBalance,
     apply_retouch,
 )
-from postprocess.scoring import ClipScorer, build_tiny_clip
+from postprocess.scoring import ClipScorer
 from postprocess.text import TextBlock, overlay_text
+from renderer.demo_models import build_tiny_clip
 from renderer.metadata import xmp_packet
 from tests.synthetic import draw_face, shapes, with_noise
 
@@ -65,7 +66,7 @@ STEPS = [
     SkinSmoothing(),
 ]
 PLACEMENT = LogoPlacement("bottom-right", margin=0.05, scale=0.25)
-SPEC = ExportSpec("feed-square", SIDE, SIDE, "png")
+SPEC = ExportSpec(name="feed-square", width=SIDE, height=SIDE, format="png")
 METADATA = {
     "parameters": "a kestrel bottle on a beach\nNegative prompt: blurry\nSteps: 30, Seed: 1",
     "campaign_variant": '{"prompt":"a kestrel bottle on a beach","seed":1}',

@@ -20,11 +20,10 @@ def main() -> None:
     import ray
     import torch
 
-    from renderer.config import load_campaign
-    from renderer.execute import LocalExecutor
-    from renderer.plan import make_plan
+    from renderer.executors import LocalExecutor
+    from renderer.plan import cut_batches, make_plan
     from renderer.ray_executor import RayExecutor
-    from renderer.render import plan_batches
+    from renderer.validate import load_campaign
 
     campaign_path = REPO / "campaigns" / "demo.yaml"
     campaign = load_campaign(campaign_path)
@@ -35,7 +34,7 @@ def main() -> None:
         started = time.perf_counter()
         executor = LocalExecutor(campaign, Path(scratch) / "local", log=lambda _: None)
         loaded = time.perf_counter()
-        batches = list(plan_batches(variants, executor.batch_size()))
+        batches = cut_batches(variants, executor.batch_size())
         for _ in executor.produce_all(batches):
             pass
         rows.append(("local", 0.0, loaded - started, time.perf_counter() - loaded))

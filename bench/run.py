@@ -75,9 +75,9 @@ def render_paths(folder: Path) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     import hand_loop
 
-    from renderer.config import load_campaign
-    from renderer.plan import make_plan
-    from renderer.render import DiffusersRenderer, plan_batches
+    from renderer.plan import cut_batches, make_plan
+    from renderer.render import DiffusersRenderer
+    from renderer.validate import load_campaign
 
     print("render path only, in process (model load included, 36 variants):")
     for family in ("sd15", "sdxl", "flux"):
@@ -90,18 +90,18 @@ def render_paths(folder: Path) -> None:
         hand = time.perf_counter() - started
         del pipe
         started = time.perf_counter()
-        renderer = DiffusersRenderer()
-        for batch in plan_batches(plan.variants, 8):
-            renderer.render_batch(plan.campaign.recipe, batch)
+        renderer, files = DiffusersRenderer(), plan.campaign.files()
+        for batch in cut_batches(plan.variants, 8):
+            renderer.render_batch([variant.spec for variant in batch], files)
         ours = time.perf_counter() - started
         print(f"  {family:5} hand loop {hand:6.2f} s   renderer (batches of 8) {ours:6.2f} s   "
               f"speed-up {hand / ours:5.2f}x (target >= 1.5)")
 
 
 def three_stacks(folder: Path) -> None:
-    from renderer.config import load_campaign
-    from renderer.plan import make_plan
-    from renderer.render import DiffusersRenderer, plan_batches
+    from renderer.plan import cut_batches, make_plan
+    from renderer.render import DiffusersRenderer
+    from renderer.validate import load_campaign
 
     campaign = yaml.safe_load(family_campaign(folder, "sd15").read_text())
     campaign["name"] = "bench-stacks"
@@ -116,16 +116,16 @@ def three_stacks(folder: Path) -> None:
     path = folder / "stacks.yaml"
     path.write_text(yaml.safe_dump(campaign, sort_keys=False))
     plan = make_plan(load_campaign(path))
-    recipe = plan.campaign.recipe
+    files = plan.campaign.files()
 
     started = time.perf_counter()
     renderer = DiffusersRenderer()
-    for batch in plan_batches(plan.variants, 8):
-        renderer.render_batch(recipe, batch)
+    for batch in cut_batches(plan.variants, 8):
+        renderer.render_batch([variant.spec for variant in batch], files)
     ours = time.perf_counter() - started
     started = time.perf_counter()
     for variant in plan.variants:  # what a script without a pipeline cache does
-        DiffusersRenderer().render_batch(recipe, [variant])
+        DiffusersRenderer().render_batch([variant.spec], files)
     reload = time.perf_counter() - started
     print(f"three LoRA stacks interleaved in the file, {len(plan.variants)} variants "
           "(render path, in process):")

@@ -1,8 +1,13 @@
-"""Post-processing after render: retouch, overlay, export, scores, quality gate, HTML report.
+"""Post-processing after render: retouch, overlay, export, scores, gate rules, report page.
 
-The gate, logo overlay and report import fast. The rest load OpenCV (retouch, faces,
-text, export, metrics: ~0.1 s) or open_clip and torch (scoring: seconds), so their names
-are imported on first use.
+A library: it knows nothing of campaigns, recipes or the ledger (``renderer`` uses it,
+never the other way round), and it writes no files — functions return images, arrays or
+bytes and the caller decides where they go. Parameter sets are declared once here
+(``postprocess.parameters``) and the renderer's file schema reuses them.
+
+The gate rules, logo overlay and report page import fast. The rest load OpenCV (retouch,
+faces, text, export, metrics: ~0.1 s) or open_clip and torch (scoring: seconds), so their
+names are imported on first use.
 """
 
 from __future__ import annotations
@@ -10,13 +15,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from postprocess.gate import (
+from postprocess.gate_rules import (
+    DEFAULT_RULES,
     FACES_NEED_REVIEW,
     FAIL,
+    METRICS,
     PASS,
     REVIEW,
     GateDecision,
     GateRule,
+    count_statuses,
     decide,
 )
 from postprocess.overlay import (
@@ -27,13 +35,14 @@ from postprocess.overlay import (
     logo_in_safe_zone,
     overlay_logo,
 )
-from postprocess.report import ReportGrid, ReportRow, ReportRun, write_report, write_xy_grid
+from postprocess.report_page import ReportGrid, ReportRow, ReportRun, report_html, xy_grid_png
 
 if TYPE_CHECKING:
     from postprocess.export import ExportSpec, export_image, read_export_metadata, smart_crop
     from postprocess.faces import FaceDetection, count_faces, detect_faces
     from postprocess.metrics import consistency, logo_score, palette_adherence
     from postprocess.retouch import (
+        OPERATIONS,
         BrandGrade,
         BrandReference,
         Denoise,
@@ -44,7 +53,7 @@ if TYPE_CHECKING:
         WhiteBalance,
         apply_retouch,
     )
-    from postprocess.scoring import ClipScorer, Scores, build_tiny_clip
+    from postprocess.scoring import BrandEmbeddings, ClipScorer, Scores
     from postprocess.text import TextBlock, contrast_ratio, overlay_text
 
 _LAZY_MODULES = {
@@ -52,6 +61,7 @@ _LAZY_MODULES = {
     "postprocess.faces": ("FaceDetection", "count_faces", "detect_faces"),
     "postprocess.metrics": ("consistency", "logo_score", "palette_adherence"),
     "postprocess.retouch": (
+        "OPERATIONS",
         "BrandGrade",
         "BrandReference",
         "Denoise",
@@ -62,17 +72,21 @@ _LAZY_MODULES = {
         "WhiteBalance",
         "apply_retouch",
     ),
-    "postprocess.scoring": ("ClipScorer", "Scores", "build_tiny_clip"),
+    "postprocess.scoring": ("BrandEmbeddings", "ClipScorer", "Scores"),
     "postprocess.text": ("TextBlock", "contrast_ratio", "overlay_text"),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
 __all__ = [
     "ANCHORS",
+    "DEFAULT_RULES",
     "FACES_NEED_REVIEW",
     "FAIL",
+    "METRICS",
+    "OPERATIONS",
     "PASS",
     "REVIEW",
+    "BrandEmbeddings",
     "BrandGrade",
     "BrandReference",
     "ClipScorer",
@@ -94,10 +108,10 @@ __all__ = [
     "TextBlock",
     "WhiteBalance",
     "apply_retouch",
-    "build_tiny_clip",
     "consistency",
     "contrast_ratio",
     "count_faces",
+    "count_statuses",
     "decide",
     "detect_faces",
     "export_image",
@@ -108,9 +122,9 @@ __all__ = [
     "overlay_text",
     "palette_adherence",
     "read_export_metadata",
+    "report_html",
     "smart_crop",
-    "write_report",
-    "write_xy_grid",
+    "xy_grid_png",
 ]
 
 

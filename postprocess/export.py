@@ -21,22 +21,27 @@ import struct
 import xml.etree.ElementTree as ElementTree
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal
 from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
 from PIL import ExifTags, Image
+from pydantic import Field
 
 from postprocess.faces import detect_faces
 from postprocess.imaging import Box, require_rgb, shrink_to
+from postprocess.parameters import Parameters
 
+# The metadata every file carries, by key (the PNG text chunk names; README: "Outputs,
+# metadata, ledger"). JPEG and WebP keep PARAMETERS_KEY in EXIF and the others in XMP.
 PARAMETERS_KEY = "parameters"
+VARIANT_KEY = "campaign_variant"
 XMP_PNG_KEY = "XML:com.adobe.xmp"
+EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+MAX_SIDE = 16383  # WebP's largest side; PNG and JPEG allow more
 # A private namespace: ".invalid" is reserved, so the URI can never clash with a real one.
 CAMPAIGN_XMP_NAMESPACE = "http://ns.campaign-renderer.invalid/export/1.0/"
-FORMATS = ("png", "jpeg", "webp")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _USER_COMMENT_UNICODE = b"UNICODE\x00"  # EXIF character-code prefix; piexif's "unicode"
 _RDF_NAMESPACE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -45,40 +50,23 @@ _MAX_KEY_LENGTH = 79  # the longest PNG text keyword
 _SALIENCY_SIDE = 256  # estimate where the subject is on a copy this many pixels across
 
 
-@dataclass(frozen=True)
-class ExportSpec:
-    name: str  # the channel, e.g. "feed-square"; goes into file names
-    width: int
-    height: int
-    format: Literal["png", "jpeg", "webp"] = "png"
-    quality: int = 90  # JPEG and WebP: 1 (smallest) to 100 (best)
-    png_compression: int = 1  # PNG, lossless: zlib level 0-9 (with run-length coding, higher
-    # levels cost more time for a few per cent)
+class ExportSpec(Parameters):
+    """One channel's file: its size, format and encoder settings."""
 
-    def __post_init__(self) -> None:
-        if not _XML_NAME.fullmatch(self.name):
-            raise ValueError(
-                f"export name {self.name!r} is not a plain name; use letters, digits, '_', "
-                "'-' or '.', e.g. feed-square"
-            )
-        if self.width < 1 or self.height < 1:
-            raise ValueError(
-                f"export {self.name}: size {self.width}x{self.height} must be positive"
-            )
-        if self.format not in FORMATS:
-            raise ValueError(
-                f"export {self.name}: format {self.format!r} is not known; use one of {FORMATS}"
-            )
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"export {self.name}: quality {self.quality!r} must be 1 to 100")
-        if not 0 <= self.png_compression <= 9:
-            raise ValueError(
-                f"export {self.name}: png_compression {self.png_compression!r} must be 0 to 9"
-            )
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="The channel, e.g. "
+                      "feed-square; exports go to OUT/CAMPAIGN/exports/NAME/.")
+    width: int = Field(ge=8, le=MAX_SIDE)
+    height: int = Field(ge=8, le=MAX_SIDE)
+    format: Literal["png", "jpeg", "webp"] = "png"
+    quality: int = Field(default=90, ge=1, le=100, description="JPEG and WebP: 1 (smallest) "
+                         "to 100 (best).")
+    png_compression: int = Field(default=1, ge=0, le=9, description="PNG, lossless: zlib "
+                                 "level 0-9 (with run-length coding, higher levels cost more "
+                                 "time for a few per cent).")
 
     @property
     def extension(self) -> str:
-        return {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}[self.format]
+        return EXTENSIONS[self.format]
 
 
 def smart_crop(image: np.ndarray, target_ratio: float, faces: Sequence[Box] | None = None) -> Box:

@@ -7,48 +7,51 @@ of a campaign. The result depends only on the inputs (no randomness, fixed resam
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Literal, get_args
 
 from PIL import Image
+from pydantic import Field, model_validator
 
-ANCHORS = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
+from postprocess.parameters import Fraction, Parameters
 
-
-@dataclass(frozen=True)
-class LogoPlacement:
-    anchor: str = "bottom-right"  # one of ANCHORS
-    margin: float = 0.05  # gap to the image edges, as a fraction of the short side
-    scale: float = 0.2  # logo width, as a fraction of the short side
-
-    def __post_init__(self) -> None:
-        if self.anchor not in ANCHORS:
-            raise ValueError(
-                f"logo anchor {self.anchor!r} is not known; use one of {', '.join(ANCHORS)}"
-            )
-        if not 0 <= self.margin < 0.5:
-            raise ValueError(
-                f"logo margin {self.margin!r} is out of range; use a fraction in [0, 0.5)"
-            )
-        if not 0 < self.scale <= 1:
-            raise ValueError(f"logo scale {self.scale!r} is out of range; use a fraction in (0, 1]")
+Anchor = Literal["top-left", "top-right", "bottom-left", "bottom-right", "center"]
+ANCHORS: tuple[str, ...] = get_args(Anchor)
 
 
-@dataclass(frozen=True)
-class SafeZone:
+class LogoPlacement(Parameters):
+    """Where a logo goes: sizes are fractions of the image's short side."""
+
+    anchor: Anchor = "bottom-right"
+    margin: float = Field(default=0.05, ge=0.0, lt=0.5,
+                          description="Gap to the image edges, a fraction of the short side.")
+    scale: float = Field(default=0.2, gt=0.0, le=1.0,
+                         description="Logo width, a fraction of the short side.")
+
+
+class SafeZone(Parameters):
     """The part of the frame brand marks must stay inside, as fractions of width and height
     (e.g. a 9:16 story keeps clear of the top 14 % and bottom 20 %, where the app draws)."""
 
-    left: float = 0.0
-    top: float = 0.0
-    right: float = 1.0
-    bottom: float = 1.0
+    left: Fraction = 0.0
+    top: Fraction = 0.0
+    right: Fraction = 1.0
+    bottom: Fraction = 1.0
 
-    def __post_init__(self) -> None:
-        if not (0 <= self.left < self.right <= 1 and 0 <= self.top < self.bottom <= 1):
+    @model_validator(mode="after")
+    def _a_box(self) -> SafeZone:
+        if not (self.left < self.right and self.top < self.bottom):
             raise ValueError(
                 f"safe zone ({self.left}, {self.top}, {self.right}, {self.bottom}) is not a box "
-                "inside the frame; give left < right and top < bottom, all fractions in [0, 1]"
+                "inside the frame; give left < right and top < bottom"
             )
+        return self
+
+    @classmethod
+    def from_box(cls, box: Sequence[float]) -> SafeZone:
+        """From [left, top, right, bottom], the form brand kits write it in."""
+        left, top, right, bottom = box
+        return cls(left=left, top=top, right=right, bottom=bottom)
 
     def pixels(self, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
         """The zone as a (left, top, right, bottom) pixel box; inner edges round inwards."""

@@ -17,9 +17,11 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from postprocess.faces import detect_faces
 from postprocess.imaging import Box, require_rgb, shrink_to
+from postprocess.parameters import Fraction, Parameters
 
 ESTIMATE_SIDE = 256
 _LEVELS = np.arange(256, dtype=np.float64)
@@ -28,97 +30,71 @@ _LUMA_WEIGHTS = np.array([0.2126, 0.7152, 0.0722])
 _GAMMA_BISECTIONS = 24  # log-gamma to within 1e-7
 
 
-def _require_fraction(name: str, value: float) -> None:
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name} {value!r} is out of range; use a number from 0 to 1")
-
-
-@dataclass(frozen=True)
-class WhiteBalance:
+class WhiteBalance(Parameters):
     """Gray-world: scale the channels so the image's mean colour becomes neutral."""
 
-    strength: float = 1.0  # 0 leaves the image alone, 1 makes the mean exactly gray
-
-    def __post_init__(self) -> None:
-        _require_fraction("white balance strength", self.strength)
+    strength: Fraction = Field(default=1.0, description="0 leaves the image alone, 1 makes "
+                               "the mean exactly gray.")
 
 
-@dataclass(frozen=True)
-class ExposureNormalisation:
+class ExposureNormalisation(Parameters):
     """A gamma curve that moves the mean luminance to ``target`` (highlights never clip);
     the gamma is bounded to [1/4, 4], so a near-black or near-white frame gets only close."""
 
-    target: float = 0.45  # mean Rec. 709 luma as a fraction of white
-    strength: float = 1.0  # 0 leaves the image alone, 1 reaches the target
-
-    def __post_init__(self) -> None:
-        if not 0.05 <= self.target <= 0.95:
-            raise ValueError(f"exposure target {self.target!r} is out of range; use 0.05 to 0.95")
-        _require_fraction("exposure strength", self.strength)
+    target: float = Field(default=0.45, ge=0.05, le=0.95,
+                          description="Mean Rec. 709 luma as a fraction of white.")
+    strength: Fraction = Field(default=1.0, description="0 leaves the image alone, 1 reaches "
+                               "the target.")
 
 
-@dataclass(frozen=True)
-class BrandGrade:
+class BrandGrade(Parameters):
     """Match each CIELAB channel's histogram to the brand references', blended by strength."""
 
-    strength: float = 0.5  # 0 leaves the image alone, 1 matches the histograms fully
-
-    def __post_init__(self) -> None:
-        _require_fraction("brand grade strength", self.strength)
+    strength: Fraction = Field(default=0.5, description="0 leaves the image alone, 1 matches "
+                               "the histograms fully.")
 
 
-@dataclass(frozen=True)
-class Denoise:
+class Denoise(Parameters):
     """Edge-preserving noise removal: ``bilateral`` (fast) or ``nlmeans`` (non-local means:
     stronger, about 1 s at 1080×1080)."""
 
     method: Literal["bilateral", "nlmeans"] = "bilateral"
-    strength: float = 8.0  # bilateral: colour sigma of 4 × strength levels; nlmeans: its h
-    radius: int = 2  # bilateral: neighbourhood radius in pixels (nlmeans: fixed 7/21 windows)
-
-    def __post_init__(self) -> None:
-        if self.method not in ("bilateral", "nlmeans"):
-            raise ValueError(
-                f"denoise method {self.method!r} is not known; use bilateral or nlmeans"
-            )
-        if not 0 < self.strength <= 50:
-            raise ValueError(f"denoise strength {self.strength!r} is out of range; use (0, 50]")
-        if not 1 <= self.radius <= 10:
-            raise ValueError(f"denoise radius {self.radius!r} is out of range; use 1 to 10 pixels")
+    strength: float = Field(default=8.0, gt=0.0, le=50.0, description="bilateral: colour "
+                            "sigma of 4 × strength levels; nlmeans: its h.")
+    radius: int = Field(default=2, ge=1, le=10, description="bilateral: neighbourhood radius "
+                        "in pixels (nlmeans: fixed 7/21 windows).")
 
 
-@dataclass(frozen=True)
-class Sharpen:
+class Sharpen(Parameters):
     """Unsharp mask: add back ``amount`` × (image − blur), where the difference exceeds
     ``threshold`` levels (so flat areas and their noise are left alone)."""
 
-    amount: float = 0.8
-    radius: float = 1.5  # Gaussian sigma of the blur, in pixels
-    threshold: int = 3  # minimum |image − blur| in 8-bit levels to sharpen a pixel
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.amount <= 5:
-            raise ValueError(f"sharpen amount {self.amount!r} is out of range; use 0 to 5")
-        if not 0.3 <= self.radius <= 20:
-            raise ValueError(f"sharpen radius {self.radius!r} is out of range; use 0.3 to 20 px")
-        if not 0 <= self.threshold <= 255:
-            raise ValueError(f"sharpen threshold {self.threshold!r} is out of range; use 0 to 255")
+    amount: float = Field(default=0.8, ge=0.0, le=5.0)
+    radius: float = Field(default=1.5, ge=0.3, le=20.0,
+                          description="Gaussian sigma of the blur, in pixels.")
+    threshold: int = Field(default=3, ge=0, le=255, description="Minimum |image − blur| in "
+                           "8-bit levels to sharpen a pixel.")
 
 
-@dataclass(frozen=True)
-class SkinSmoothing:
+class SkinSmoothing(Parameters):
     """Bilateral smoothing inside detected faces, faded out at an elliptical edge."""
 
-    strength: float = 0.7  # blend of the smoothed face over the original
-    feather: float = 0.15  # width of the fade, as a fraction of the face size
-
-    def __post_init__(self) -> None:
-        _require_fraction("skin smoothing strength", self.strength)
-        if not 0 < self.feather <= 0.5:
-            raise ValueError(f"skin feather {self.feather!r} is out of range; use (0, 0.5]")
+    strength: Fraction = Field(default=0.7, description="Blend of the smoothed face over the "
+                               "original.")
+    feather: float = Field(default=0.15, gt=0.0, le=0.5, description="Width of the fade, as a "
+                           "fraction of the face size.")
 
 
 RetouchStep = WhiteBalance | ExposureNormalisation | BrandGrade | Denoise | Sharpen | SkinSmoothing
+# The operations by the name a campaign file gives them (``postprocess.retouch`` list items).
+OPERATIONS: dict[str, type[RetouchStep]] = {
+    "white_balance": WhiteBalance,
+    "exposure": ExposureNormalisation,
+    "brand_grade": BrandGrade,
+    "denoise": Denoise,
+    "sharpen": Sharpen,
+    "skin_smoothing": SkinSmoothing,
+}
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,40 +8,15 @@ so the tiny test model and a real exported model load through the same code path
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import torch
-from open_clip.constants import (
-    HF_CONFIG_NAME,
-    HF_SAFE_WEIGHTS_NAME,
-    OPENAI_DATASET_MEAN,
-    OPENAI_DATASET_STD,
-)
+from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
 from PIL import Image
-from safetensors.torch import save as safetensors_bytes
-
-from renderer.atomic import write_bytes_atomic, write_text_atomic
-from renderer.errors import MissingFileError
-
-# Small enough to build and run in milliseconds on a CPU; the full 49408-token vocabulary
-# keeps open_clip's bundled BPE tokenizer usable offline.
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 64, "head_width": 32, "layers": 2},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-TINY_CLIP_PREPROCESS = {
-    "mean": list(OPENAI_DATASET_MEAN),
-    "std": list(OPENAI_DATASET_STD),
-    "interpolation": "bicubic",
-    "resize_mode": "shortest",
-}
-
 
 REDUCING_GAP = 3
 
@@ -49,22 +24,25 @@ REDUCING_GAP = 3
 @dataclass(frozen=True)
 class Scores:
     clip_prompt: float  # cosine(image, its prompt)
-    clip_brand: float  # cosine(image, normalised centroid of the brand reference images)
+    clip_brand: float | None  # cosine(image, re-normalised centroid of the brand references)
+    clip_brand_best: float | None  # cosine(image, its closest brand reference)
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        """The scores that were computed (the brand ones need references)."""
+        return {name: value for name, value in vars(self).items() if value is not None}
 
 
-def build_tiny_clip(dest_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny, randomly initialised open_clip CLIP to ``dest_dir``; same seed, same bytes."""
-    # A private RNG copy: seeding must not disturb the caller's global torch RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.model.CLIP(**TINY_CLIP_CONFIG)
-    config = {"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": TINY_CLIP_PREPROCESS}
-    write_text_atomic(dest_dir / HF_CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
-    write_bytes_atomic(dest_dir / HF_SAFE_WEIGHTS_NAME, safetensors_bytes(model.state_dict()))
-    return dest_dir
+@dataclass(frozen=True, eq=False)
+class BrandEmbeddings:
+    """The brand references embedded once, for scoring many images against them."""
+
+    references: np.ndarray  # one unit row per reference image
+    centroid: np.ndarray  # their mean, re-normalised to unit length
+
+    @classmethod
+    def of(cls, references: np.ndarray) -> BrandEmbeddings:
+        centroid = references.mean(axis=0)
+        return cls(references=references, centroid=centroid / np.linalg.norm(centroid))
 
 
 class ClipScorer:
@@ -92,15 +70,12 @@ class ClipScorer:
     def from_folder(
         cls, folder: Path, *, batch_size: int = 32, device: str | torch.device = "cpu"
     ) -> ClipScorer:
-        """Load a model folder such as one written by ``build_tiny_clip`` (no network)."""
+        """Load an open_clip model folder, such as the demo one (no network)."""
         if not (folder / HF_CONFIG_NAME).is_file():
-            raise MissingFileError(
-                "CLIP model folder has no model config",
-                file=folder,
-                expected=f"a folder holding {HF_CONFIG_NAME} and {HF_SAFE_WEIGHTS_NAME}",
-                found=f"no {HF_CONFIG_NAME} there",
-                fix="point to an exported open_clip model folder, or build one with "
-                "postprocess.build_tiny_clip(folder)",
+            raise FileNotFoundError(
+                f"CLIP model folder {folder} has no {HF_CONFIG_NAME}; point to an exported "
+                f"open_clip model folder ({HF_CONFIG_NAME} and {HF_SAFE_WEIGHTS_NAME}), or "
+                "build the tiny demo one with `campaign demo-models`"
             )
         return cls._load(f"local-dir:{folder}", None, batch_size, device)
 
@@ -153,31 +128,48 @@ class ClipScorer:
             ),
         )
 
+    def embed_brand(self, reference_images: Sequence[Image.Image]) -> BrandEmbeddings:
+        if not reference_images:
+            raise ValueError("no brand reference images given; add some to the brand kit")
+        return BrandEmbeddings.of(self.embed_images(reference_images))
+
     def score(
         self,
         images: Sequence[Image.Image],
         prompts: Sequence[str],
-        reference_images: Sequence[Image.Image],
+        references: Sequence[Image.Image] | BrandEmbeddings | None,
     ) -> list[Scores]:
-        """Scores for each image against its own prompt and against the brand references."""
+        """Scores for each image against its own prompt and against the brand references
+        (images, or embedded once with ``embed_brand``; None: no brand scores)."""
         if len(images) != len(prompts):
             raise ValueError(
                 f"got {len(images)} images but {len(prompts)} prompts; pass one prompt per image"
             )
-        if not reference_images:
-            raise ValueError("no brand reference images given; add some to the brand kit")
+        if references is not None and not isinstance(references, BrandEmbeddings):
+            references = self.embed_brand(references)
         if not images:
             return []
-        image_embeddings = self.embed_images(images)
+        return self.score_embedded(self.embed_images(images), prompts, references)
+
+    def score_embedded(
+        self,
+        image_embeddings: np.ndarray,
+        prompts: Sequence[str],
+        brand: BrandEmbeddings | None,
+    ) -> list[Scores]:
+        """``score`` for images already embedded (a run keeps the embeddings: its
+        consistency is computed from them)."""
         prompt_embeddings = self.embed_texts(prompts)
-        brand_centroid = self.embed_images(reference_images).mean(axis=0)
-        brand_centroid /= np.linalg.norm(brand_centroid)
         # Float rounding can push a cosine of unit vectors a hair past +-1.
         prompt_cosines = np.clip(np.sum(image_embeddings * prompt_embeddings, axis=1), -1, 1)
-        brand_cosines = np.clip(image_embeddings @ brand_centroid, -1, 1)
+        if brand is None:
+            return [Scores(float(cosine), None, None) for cosine in prompt_cosines]
+        centroid = np.clip(image_embeddings @ brand.centroid, -1, 1)
+        best = np.clip((image_embeddings @ brand.references.T).max(axis=1), -1, 1)
         return [
-            Scores(clip_prompt=float(prompt_cosine), clip_brand=float(brand_cosine))
-            for prompt_cosine, brand_cosine in zip(prompt_cosines, brand_cosines, strict=True)
+            Scores(float(prompt), float(brand_cosine), float(best_cosine))
+            for prompt, brand_cosine, best_cosine in zip(prompt_cosines, centroid, best,
+                                                         strict=True)
         ]
 
     def _reduced(self, image: Image.Image) -> Image.Image:

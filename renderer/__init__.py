@@ -1,6 +1,58 @@
-"""Brand-consistency batch campaign renderer: plan, render, verify.
+"""Brand-consistency batch campaign renderer: validate, plan, render, reproduce, gate.
 
-The public API is small; the CLI (``campaign``) is built on it.
+The public API is small, and the CLI (``campaign``) is built on it (README, "Python API")::
+
+    from renderer import load_campaign, make_plan, render_campaign
+    campaign = load_campaign(Path("campaigns/demo.yaml"))   # every check; no model loads
+    summary = render_campaign(campaign, Path("outputs"))     # resumes; exit_code 0/1
+
+Names are imported on first use, so ``import renderer`` costs nothing.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .errors import CampaignError, InputError, RenderFailure
+    from .execute import RunSummary, render_campaign
+    from .inputs import Campaign
+    from .ledger import Ledger
+    from .plan import Plan, Variant, make_plan
+    from .reproduction import Outcome, reproduce
+    from .validate import load_campaign
+    from .variant import VariantSpec
+
+_NAMES = {
+    "CampaignError": "errors", "InputError": "errors", "RenderFailure": "errors",
+    "render_campaign": "execute", "RunSummary": "execute", "Campaign": "inputs",
+    "Ledger": "ledger", "make_plan": "plan", "Plan": "plan", "Variant": "plan",
+    "reproduce": "reproduction", "Outcome": "reproduction", "load_campaign": "validate",
+    "VariantSpec": "variant",
+}
+__all__ = [
+    "Campaign",
+    "CampaignError",
+    "InputError",
+    "Ledger",
+    "Outcome",
+    "Plan",
+    "RenderFailure",
+    "RunSummary",
+    "Variant",
+    "VariantSpec",
+    "__version__",
+    "load_campaign",
+    "make_plan",
+    "render_campaign",
+    "reproduce",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

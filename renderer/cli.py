@@ -15,8 +15,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
 from .errors import CampaignError, InputError
+from .version import __version__
 
 DEFAULT_OUT = Path("outputs")
 
@@ -163,17 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .config import Campaign, Recipe, load_any
-    from .plan import make_plan
+    from .inputs import Campaign, Recipe
+    from .validate import load_any
 
     failures = 0
     for path in args.files:
         try:
             loaded = load_any(path, verify_hashes=not args.no_hash)
             if isinstance(loaded, Campaign):
-                count = len(make_plan(loaded).variants)
-                print(f"ok  {path}: campaign {loaded.spec.name} ({count} variants, recipe "
-                      f"{loaded.recipe.ref})")
+                print(f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
+                      f"variants, recipe {loaded.recipe.ref})")
             elif isinstance(loaded, Recipe):
                 print(f"ok  {path}: recipe {loaded.ref} ({loaded.spec.family}, model hash "
                       f"{loaded.checkpoint.sha256[:10]})")
@@ -201,10 +200,10 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .config import load_campaign
     from .estimate import estimate, load_estimates
     from .plan import make_plan, sample_variants
-    from .reporting import axis_label
+    from .run_report import axis_label
+    from .validate import load_campaign
 
     plan = make_plan(load_campaign(args.campaign))
     variants = list(plan.variants)
@@ -284,20 +283,24 @@ def cmd_history(args: argparse.Namespace) -> int:
             return _render_history(ledger.renders(**limit, **filters), args)
         runs = ledger.runs(**limit, **filters)
     if args.json:
-        print(json.dumps(runs, indent=2))
+        print(json.dumps([run.as_json() for run in runs], indent=2))
         return 0
     for run in runs:
-        print(f"{run['id']}  {run['started_at'][:19]}  {run['campaign']:<16} "
-              f"{run['recipe_name']}@{run['recipe_version']:<4} {run['status']:<8} "
-              f"planned {run['planned']}, rendered {run['rendered']}, skipped {run['skipped']}, "
-              f"passed {run['passed']}, review {run['review']}, failed {run['failed']}")
+        counts = run.counts
+        regated = f", re-gated {run.regatings}x (last {run.decided_at[:19]})" \
+            if run.regatings else ""
+        print(f"{run.id}  {run.started_at[:19]}  {run.campaign:<16} "
+              f"{run.recipe_name}@{run.recipe_version:<4} {run.status:<8} "
+              f"planned {run.planned}, rendered {run.rendered}, skipped {run.skipped}, "
+              f"passed {counts['passed']}, review {counts['review']}, failed {counts['failed']}"
+              f"{regated}")
     return 0
 
 
 def _history_filters(args: argparse.Namespace) -> dict[str, str | None]:
     from .ledger import RUN_STATUSES
 
-    statuses = ("pass", "review", "fail") if args.renders else RUN_STATUSES
+    statuses = ("pass", "review", "fail", "undecided") if args.renders else RUN_STATUSES
     if args.status and args.status not in statuses:
         raise InputError(f"unknown status {args.status!r}", expected=" | ".join(statuses),
                          found=args.status)
@@ -327,16 +330,15 @@ def _history_time(text: str | None, option: str, *, end: bool) -> str | None:
                          "YYYY-MM-DDTHH:MM[:SS] (UTC)", found=text) from None
 
 
-def _render_history(rows: list[dict], args: argparse.Namespace) -> int:
+def _render_history(rows: list, args: argparse.Namespace) -> int:
     if args.json:
-        print(json.dumps([{key: value for key, value in row.items() if key not in (
-            "variant_json", "input_files_json", "embedding")} for row in rows], indent=2))
+        print(json.dumps([row.as_json() for row in rows], indent=2))
         return 0
     for row in rows:
-        print(f"{row['variant_id'][:12]}  {row['created_at'][:19]}  {row['campaign']:<16} "
-              f"{row['recipe_name']}@{row['recipe_version']:<4} {row['gate_status']:<5} "
-              f"{row['output_path']}" + (f"  (re-rendered: {row['rerender_reason']})"
-                                         if row["rerender_reason"] else ""))
+        print(f"{row.variant_id[:12]}  {row.created_at[:19]}  {row.campaign:<16} "
+              f"{row.recipe_name}@{row.recipe_version:<4} {row.status:<5} "
+              f"{row.output_path}" + (f"  (re-rendered: {row.rerender_reason})"
+                                      if row.rerender_reason else ""))
     return 0
 
 
@@ -351,40 +353,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .ledger import LEDGER_NAME
-    from .lookup import open_ledger, resolve_variant_id
-    from .reproduce import DEFAULT_MIN_SSIM, reproduce, target_from_image, targets_from_ledger
+    from .reproduction import DEFAULT_MIN_SSIM, reproduce
 
-    if (args.id is None) == (args.run is None):
-        raise InputError("give one render id, image or --run RUN", fix="campaign reproduce "
-                         "ID, campaign reproduce IMAGE.png, or campaign reproduce --run RUN")
     if args.tolerance is not None and not 0 <= args.tolerance <= 255:
         raise InputError("--tolerance is in 1/255 steps", expected="0..255",
                          found=str(args.tolerance))
-    image = Path(args.id) if args.id and Path(args.id).is_file() else None
-    has_ledger = (args.out / LEDGER_NAME).is_file()
-    ledger = open_ledger(args.out) if image is None or has_ledger else None
-    try:
-        if image is not None:
-            targets = [target_from_image(image, ledger)]
-        elif args.run:
-            run = ledger.run(args.run)
-            if run is None:
-                raise InputError(f"no run {args.run!r} in the ledger", file=ledger.path,
-                                 fix="list runs with `campaign history`")
-            rows = ledger.run_rows(run["id"])
-            targets = targets_from_ledger(ledger, [row["variant_id"] for row in rows])
-        else:
-            targets = targets_from_ledger(ledger, [resolve_variant_id(ledger, args.id)])
-        dest = args.into or args.out / "reproduce"
-        outcomes = reproduce(
-            targets, dest, lookup=ledger.variant_specs if ledger else lambda ids: {},
-            search=args.search, tolerance=args.tolerance,
-            min_ssim=DEFAULT_MIN_SSIM if args.min_ssim is None else args.min_ssim,
-            log=lambda message: print(message, file=sys.stderr))
-    finally:
-        if ledger is not None:
-            ledger.close()
+    outcomes = reproduce(
+        args.id, out_dir=args.out, run=args.run, into=args.into, search=args.search,
+        tolerance=args.tolerance,
+        min_ssim=DEFAULT_MIN_SSIM if args.min_ssim is None else args.min_ssim,
+        log=lambda message: print(message, file=sys.stderr))
     code = 0 if all(outcome.matches for outcome in outcomes) else 1
     if args.json:
         print(json.dumps({"exit_code": code, "targets": [o.as_json() for o in outcomes]},
@@ -428,7 +406,7 @@ def _recipe_history(versions: list[dict], args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .ledger import LEDGER_NAME, Ledger
-    from .reporting import write_run_report
+    from .run_report import write_run_report
 
     ledger_path = args.out / LEDGER_NAME
     if not ledger_path.exists():
@@ -441,9 +419,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from .gating import decide_run, parse_bounds, run_gates
+    from .decisions import decide_run, parse_bounds, run_gates
     from .ledger import LEDGER_NAME, Ledger
-    from .reporting import write_run_report
+    from .run_report import write_run_report
 
     changes = parse_bounds(args.set)
     ledger_path = args.out / LEDGER_NAME
@@ -456,37 +434,38 @@ def cmd_gate(args: argparse.Namespace) -> int:
             raise InputError(f"no run {args.run!r} in the ledger" if args.run else
                              "the ledger has no runs", file=ledger_path,
                              fix="list runs with `campaign history`")
-        rows = ledger.run_rows(run["id"])
+        rows = ledger.run_rows(run.id)
         if not rows:
-            raise InputError(f"run {run['id']} has no renders to decide", file=ledger_path)
-        scored = set().union(*(json.loads(row["scores_json"]) for row in rows))
-        scored |= {"consistency", "consistency_z"} if any(row["embedding"] for row in rows) \
+            raise InputError(f"run {run.id} has no renders to decide", file=ledger_path)
+        scored = set().union(*(row.scores for row in rows))
+        scored |= {"consistency", "consistency_z"} if any(row.embedding for row in rows) \
             else set()
         unscored = [metric for metric, bounds in changes.items()
                     if bounds is not None and metric not in scored]
         if unscored:
-            raise InputError(f"run {run['id']} has no {unscored[0]} scores to decide on",
+            raise InputError(f"run {run.id} has no {unscored[0]} scores to decide on",
                              expected=", ".join(sorted(scored)), found=unscored[0],
                              fix="render the campaign again to score it (new metrics need "
                              "a new render)")
         gates = run_gates(ledger, run).with_bounds(changes)
-        decided = decide_run(ledger, run["id"], gates, source="gate")
-        report = write_run_report(ledger, run["id"])
+        decided = decide_run(ledger, run.id, gates, source="gate")
+        report = write_run_report(ledger, run.id)
     counts = decided.counts
     if args.json:
-        print(json.dumps({"run_id": run["id"], "gating": decided.gating_id, "counts": counts,
+        print(json.dumps({"run_id": run.id, "gating": decided.gating_id, "counts": counts,
                           "thresholds": gates.describe(), "report": str(report),
-                          "variants": [{"id": row["variant_id"], "output": row["output_path"],
-                                        "status": row["status"], "reasons": row["reasons"]}
-                                       for row in decided.rows]}, indent=2))
+                          "variants": [{"id": row.variant_id, "output": row.output_path,
+                                        "status": decision.status,
+                                        "reasons": list(decision.reasons)}
+                                       for row, decision in decided.decided]}, indent=2))
     else:
         for metric, bounds in gates.describe().items():
             print(f"  {metric:<18} {bounds}")
-        for row in decided.rows:
-            if row["status"] != "pass":
-                print(f"{row['status']:<6} {row['variant_id'][:12]}  {row['output_path']}  "
-                      + "; ".join(row["reasons"]))
-    print(f"run {run['id']}: {counts['passed']} passed, {counts['review']} to review, "
+        for row, decision in decided.decided:
+            if decision.status != "pass":
+                print(f"{decision.status:<6} {row.variant_id[:12]}  {row.output_path}  "
+                      + "; ".join(decision.reasons))
+    print(f"run {run.id}: {counts['passed']} passed, {counts['review']} to review, "
           f"{counts['failed']} failed (decision {decided.gating_id}, nothing rendered)\n"
           f"report: {report}", file=sys.stderr)
     return 1 if counts["failed"] else 0
@@ -494,7 +473,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from .atomic import write_text_atomic
-    from .config import FILE_MODELS
+    from .schema import FILE_MODELS
 
     for kind, model in FILE_MODELS.items():
         path = args.dir / f"{kind}.schema.json"

@@ -1,9 +1,8 @@
-"""The ledger: every run and render, in SQLite (WAL), with numbered migrations.
+"""The ledger: every run, render and decision, in SQLite (WAL), migrated on open.
 
-Migrations are functions named ``mNNN_description`` applied in order inside a
-transaction; the ``migrations`` table records which ran. Never edit a shipped
-migration: add the next number. Each render row is committed after its image file is
-in place, so a row never points at a missing or partial file.
+Writes commit in transactions; each render row is committed after its image file is in
+place, so a row never points at a missing or partial file. Reads return the typed
+records of ``renderer.records``. The schema is ``renderer.migrations``.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,153 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .hashing import canonical_json, sha256_json
+from .migrations import MIGRATIONS
+from .records import RENDER_COLUMNS, RENDER_FROM, Decision, ExportRow, RenderRow, RunRow
 
 LEDGER_NAME = "ledger.sqlite"
 _IN_CHUNK = 500  # values per IN (...) query
-
-
-def _execute_script(db: sqlite3.Connection, script: str) -> None:
-    # executescript() would COMMIT the surrounding migration transaction; run one by one.
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-def m001_initial(db: sqlite3.Connection) -> None:
-    _execute_script(
-        db,
-        """
-        CREATE TABLE runs (
-            id TEXT PRIMARY KEY,
-            campaign TEXT NOT NULL,
-            campaign_file TEXT NOT NULL,
-            recipe_name TEXT NOT NULL,
-            recipe_version INTEGER NOT NULL,
-            executor TEXT NOT NULL,
-            environment_hash TEXT NOT NULL REFERENCES environments(hash),
-            started_at TEXT NOT NULL,
-            finished_at TEXT,
-            status TEXT NOT NULL,          -- running | passed | failed | error
-            planned INTEGER NOT NULL,
-            rendered INTEGER NOT NULL DEFAULT 0,
-            skipped INTEGER NOT NULL DEFAULT 0,
-            passed INTEGER NOT NULL DEFAULT 0,
-            failed INTEGER NOT NULL DEFAULT 0,
-            thresholds_json TEXT NOT NULL
-        );
-        CREATE TABLE environments (
-            hash TEXT PRIMARY KEY,
-            environment_json TEXT NOT NULL
-        );
-        CREATE TABLE recipe_versions (
-            name TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            content_hash TEXT NOT NULL,
-            resolved_json TEXT NOT NULL,
-            first_rendered_at TEXT NOT NULL,
-            PRIMARY KEY (name, version)
-        );
-        CREATE TABLE renders (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            run_id TEXT NOT NULL REFERENCES runs(id),
-            variant_id TEXT NOT NULL,
-            campaign TEXT NOT NULL,
-            recipe_name TEXT NOT NULL,
-            recipe_version INTEGER NOT NULL,
-            recipe_hash TEXT NOT NULL,
-            variant_json TEXT NOT NULL,
-            seed INTEGER NOT NULL,
-            axes_json TEXT NOT NULL,
-            prompt TEXT NOT NULL,
-            width INTEGER NOT NULL,
-            height INTEGER NOT NULL,
-            input_files_json TEXT NOT NULL,  -- [{"role", "path", "sha256"}]
-            output_path TEXT NOT NULL,       -- relative to the ledger's folder
-            output_sha256 TEXT NOT NULL,
-            output_bytes INTEGER NOT NULL,
-            environment_hash TEXT NOT NULL REFERENCES environments(hash),
-            scores_json TEXT NOT NULL,
-            gate_status TEXT NOT NULL,       -- pass | fail
-            gate_reasons_json TEXT NOT NULL,
-            render_seconds REAL NOT NULL,
-            rerender_reason TEXT,            -- NULL, 'missing' or 'altered'
-            created_at TEXT NOT NULL
-        );
-        CREATE TABLE run_variants (
-            run_id TEXT NOT NULL REFERENCES runs(id),
-            position INTEGER NOT NULL,
-            variant_id TEXT NOT NULL,
-            outcome TEXT NOT NULL,           -- to_render | skipped
-            PRIMARY KEY (run_id, variant_id)
-        );
-        CREATE INDEX renders_by_variant ON renders(variant_id, id);
-        CREATE INDEX renders_by_run ON renders(run_id);
-        """
-    )
-
-
-def m002_batches_and_lookups(db: sqlite3.Connection) -> None:
-    """Record each render's batch: reproducing an image bit for bit means rendering the same
-    batch again (alone, an image may move by 1/255). Index what history and show look up."""
-    _execute_script(
-        db,
-        """
-        ALTER TABLE renders ADD COLUMN batch_json TEXT;  -- variant ids of the pipeline call
-        CREATE INDEX runs_by_started ON runs(started_at);
-        CREATE INDEX renders_by_output ON renders(output_path)
-        """
-    )
-
-
-def m003_postprocess_and_gates(db: sqlite3.Connection) -> None:
-    """Channel exports of each render; CLIP embeddings (a run's consistency is computed from
-    them over its whole deliverable set, so it is right after a resume); gate decisions of a
-    run as a history of passes (the end of a render, then each `campaign gate`)."""
-    _execute_script(
-        db,
-        """
-        ALTER TABLE renders ADD COLUMN embedding BLOB;    -- CLIP image embedding, float32 LE
-        ALTER TABLE runs ADD COLUMN review INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE runs ADD COLUMN rules_json TEXT;      -- the run's gate rules, as data
-        ALTER TABLE runs ADD COLUMN report_json TEXT;     -- report settings (grid axes)
-        CREATE TABLE exports (
-            render_id INTEGER NOT NULL REFERENCES renders(id),
-            name TEXT NOT NULL,              -- the channel
-            path TEXT NOT NULL,              -- relative to the ledger's folder
-            sha256 TEXT NOT NULL,
-            bytes INTEGER NOT NULL,
-            width INTEGER NOT NULL,
-            height INTEGER NOT NULL,
-            format TEXT NOT NULL,            -- png | jpeg | webp
-            PRIMARY KEY (render_id, name)
-        );
-        CREATE TABLE gatings (               -- one decision pass over a run's deliverables
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            run_id TEXT NOT NULL REFERENCES runs(id),
-            source TEXT NOT NULL,            -- render | gate
-            rules_json TEXT NOT NULL,
-            passed INTEGER NOT NULL,
-            review INTEGER NOT NULL,
-            failed INTEGER NOT NULL,
-            decided_at TEXT NOT NULL
-        );
-        CREATE TABLE gate_decisions (
-            gating_id INTEGER NOT NULL REFERENCES gatings(id),
-            render_id INTEGER NOT NULL REFERENCES renders(id),
-            variant_id TEXT NOT NULL,
-            status TEXT NOT NULL,            -- pass | review | fail
-            reasons_json TEXT NOT NULL,
-            scores_json TEXT NOT NULL,       -- the scores decided on (with run metrics)
-            PRIMARY KEY (gating_id, render_id)
-        );
-        CREATE INDEX gatings_by_run ON gatings(run_id, id);
-        CREATE INDEX gate_decisions_by_render ON gate_decisions(render_id)
-        """
-    )
-
-
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    m001_initial, m002_batches_and_lookups, m003_postprocess_and_gates)
 RUN_STATUSES = ("running", "passed", "failed", "error", "interrupted")
 
 
@@ -191,8 +48,6 @@ class RenderRecord:
     output_bytes: int
     environment_hash: str
     scores: Mapping[str, float]
-    gate_status: str
-    gate_reasons: Sequence[str]
     render_seconds: float
     rerender_reason: str | None
     batch: Sequence[str] = ()  # variant ids of the pipeline call that made it, in order
@@ -201,24 +56,14 @@ class RenderRecord:
 
 
 @dataclass(frozen=True)
-class DoneRender:
+class DecisionRecord:
+    """One render's decision in a pass, as ``record_gating`` stores it."""
+
+    render_id: int
     variant_id: str
-    output_path: str
-    output_sha256: str
-    render_id: int = 0
-
-
-@dataclass(frozen=True)
-class Gating:
-    """One decision pass over a run: its rules and each render's decision."""
-
-    id: int
-    run_id: str
-    source: str
-    rules: list[dict[str, Any]]
-    counts: dict[str, int]
-    decided_at: str
-    decisions: dict[int, dict[str, Any]]  # render id -> status, reasons, scores
+    status: str
+    reasons: Sequence[str]
+    scores: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -307,32 +152,35 @@ class Ledger:
             "WHERE v.name = ? ORDER BY v.version", (name,))
         return [dict(row) for row in rows]
 
+    def recipe_version(self, name: str, version: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM recipe_versions WHERE name = ? AND version = ?",
+                              (name, version)).fetchone()
+        return dict(row) if row else None
+
     # ------------------------------------------------------------ runs
 
     def start_run(self, *, campaign: str, campaign_file: str, recipe_name: str,
                   recipe_version: int, executor: str, environment: Mapping[str, Any],
                   variant_ids: Sequence[str], to_render: set[str],
-                  thresholds: Mapping[str, Any], rules: Sequence[Mapping[str, Any]] | None = None,
-                  report: Mapping[str, Any] | None = None) -> tuple[str, str]:
-        """Record a run and the deliverable set it covers; returns (run id, environment hash)."""
-        run_id, environment_hash = new_run_id(), sha256_json(environment)
+                  rules: Sequence[Mapping[str, Any]] = (),
+                  report: Mapping[str, Any] | None = None) -> str:
+        """Record a run and the deliverable set it covers; returns the run id."""
+        run_id = new_run_id()
+        environment_hash = self.record_environment(environment)
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO environments VALUES (?, ?)",
-                       (environment_hash, canonical_json(environment)))
             db.execute(
                 "INSERT INTO runs (id, campaign, campaign_file, recipe_name, recipe_version, "
-                "executor, environment_hash, started_at, status, planned, thresholds_json, "
-                "rules_json, report_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                "executor, environment_hash, started_at, status, planned, rules_json, "
+                "report_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
                 (run_id, campaign, campaign_file, recipe_name, recipe_version, executor,
-                 environment_hash, utc_now(), len(variant_ids), canonical_json(thresholds),
-                 None if rules is None else canonical_json(list(rules)),
+                 environment_hash, utc_now(), len(variant_ids), canonical_json(list(rules)),
                  None if report is None else canonical_json(report)))
             db.executemany(
                 "INSERT INTO run_variants VALUES (?, ?, ?, ?)",
                 ((run_id, position, variant_id,
                   "to_render" if variant_id in to_render else "skipped")
                  for position, variant_id in enumerate(variant_ids)))
-        return run_id, environment_hash
+        return run_id
 
     def record_environment(self, environment: Mapping[str, Any]) -> str:
         """Store an environment fingerprint once; returns its hash."""
@@ -344,191 +192,11 @@ class Ledger:
             self._environments.add(environment_hash)
         return environment_hash
 
-    def finish_run(self, run_id: str, *, status: str, rendered: int, skipped: int,
-                   passed: int, failed: int, review: int = 0) -> None:
+    def finish_run(self, run_id: str, *, status: str, rendered: int, skipped: int) -> None:
+        """``status``: finished (its latest decision pass says passed or failed) or error."""
         with self.transaction() as db:
-            db.execute("UPDATE runs SET finished_at = ?, status = ?, rendered = ?, skipped = ?, "
-                       "passed = ?, failed = ?, review = ? WHERE id = ?",
-                       (utc_now(), status, rendered, skipped, passed, failed, review, run_id))
-
-    # ------------------------------------------------------------ gate decisions
-
-    def record_gating(self, run_id: str, *, source: str, rules: Sequence[Mapping[str, Any]],
-                      decisions: Sequence[Mapping[str, Any]]) -> int:
-        """Store one decision pass over a run (each decision: render_id, variant_id, status,
-        reasons, scores) in one transaction; earlier passes stay as history."""
-        counts = {status: sum(d["status"] == status for d in decisions)
-                  for status in ("pass", "review", "fail")}
-        with self.transaction() as db:
-            gating_id = db.execute(
-                "INSERT INTO gatings (run_id, source, rules_json, passed, review, failed, "
-                "decided_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, source, canonical_json(list(rules)), counts["pass"], counts["review"],
-                 counts["fail"], utc_now())).lastrowid
-            db.executemany(
-                "INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?)",
-                ((gating_id, d["render_id"], d["variant_id"], d["status"],
-                  json.dumps(list(d["reasons"])), canonical_json(d["scores"]))
-                 for d in decisions))
-        return gating_id
-
-    def latest_gating(self, run_id: str) -> Gating | None:
-        """The newest decision pass over a run, or None (a run from before m003, or one that
-        stopped before its gates were decided)."""
-        row = self.db.execute("SELECT * FROM gatings WHERE run_id = ? ORDER BY id DESC LIMIT 1",
-                              (run_id,)).fetchone()
-        if row is None:
-            return None
-        decisions = {
-            item["render_id"]: {"status": item["status"],
-                                "reasons": json.loads(item["reasons_json"]),
-                                "scores": json.loads(item["scores_json"])}
-            for item in self.db.execute("SELECT * FROM gate_decisions WHERE gating_id = ?",
-                                        (row["id"],))}
-        return Gating(id=row["id"], run_id=run_id, source=row["source"],
-                      rules=json.loads(row["rules_json"]),
-                      counts={"passed": row["passed"], "review": row["review"],
-                              "failed": row["failed"]},
-                      decided_at=row["decided_at"], decisions=decisions)
-
-    def decisions_of(self, render_id: int) -> list[dict[str, Any]]:
-        """Every run decision about one render, oldest first."""
-        rows = self.db.execute(
-            "SELECT gatings.id AS gating, gatings.run_id, gatings.source, gatings.decided_at, "
-            "gate_decisions.status, gate_decisions.reasons_json FROM gate_decisions JOIN gatings "
-            "ON gatings.id = gate_decisions.gating_id WHERE gate_decisions.render_id = ? "
-            "ORDER BY gatings.id", (render_id,))
-        return [{**{key: row[key] for key in ("gating", "run_id", "source", "decided_at",
-                                              "status")},
-                 "reasons": json.loads(row["reasons_json"])} for row in rows]
-
-    def gatings(self, run_id: str) -> list[dict[str, Any]]:
-        """Every decision pass over a run, oldest first (without the decisions)."""
-        rows = self.db.execute("SELECT * FROM gatings WHERE run_id = ? ORDER BY id", (run_id,))
-        return [dict(row) for row in rows]
-
-    def exports_of(self, render_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
-        """The channel exports recorded with each given render."""
-        found: dict[int, list[dict[str, Any]]] = {}
-        for row in self._rows_in("SELECT * FROM exports WHERE render_id IN ({}) "
-                                 "ORDER BY render_id, name", render_ids):
-            found.setdefault(row["render_id"], []).append(dict(row))
-        return found
-
-    def _rows_in(self, query: str, values: Sequence[Any]) -> Iterator[sqlite3.Row]:
-        """Run ``query`` with its ``{}`` replaced by placeholders for ``values``, in chunks
-        (SQLite caps the number of parameters of one statement)."""
-        wanted = list(values)
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start:start + _IN_CHUNK]
-            yield from self.db.execute(query.format(",".join("?" * len(chunk))), chunk)
-
-    # ------------------------------------------------------------ renders
-
-    def latest_renders(self, variant_ids: Sequence[str]) -> dict[str, DoneRender]:
-        """The newest committed render of each given variant id that has one."""
-        rows = self._rows_in(
-            "SELECT variant_id, output_path, output_sha256, id FROM renders WHERE id IN "
-            "(SELECT MAX(id) FROM renders WHERE variant_id IN ({}) GROUP BY variant_id)",
-            variant_ids)
-        return {row["variant_id"]: DoneRender(*row) for row in rows}
-
-    def add_render(self, record: RenderRecord) -> int:
-        """Commit one render (and its exports) in one transaction; returns its row id."""
-        with self.transaction() as db:
-            render_id = db.execute(
-                "INSERT INTO renders (run_id, variant_id, campaign, recipe_name, recipe_version,"
-                " recipe_hash, variant_json, seed, axes_json, prompt, width, height, "
-                "input_files_json, output_path, output_sha256, output_bytes, environment_hash, "
-                "scores_json, gate_status, gate_reasons_json, render_seconds, rerender_reason, "
-                "created_at, batch_json, embedding) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (record.run_id, record.variant_id, record.campaign, record.recipe_name,
-                 record.recipe_version, record.recipe_hash, record.variant_json, record.seed,
-                 canonical_json(record.axes), record.prompt, record.width, record.height,
-                 canonical_json(list(record.input_files)), record.output_path,
-                 record.output_sha256, record.output_bytes, record.environment_hash,
-                 canonical_json(record.scores), record.gate_status,
-                 json.dumps(list(record.gate_reasons)), record.render_seconds,
-                 record.rerender_reason, utc_now(),
-                 canonical_json(list(record.batch)) if record.batch else None,
-                 record.embedding)).lastrowid
-            db.executemany(
-                "INSERT INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                ((render_id, export.name, export.path, export.sha256, export.bytes,
-                  export.width, export.height, export.format) for export in record.exports))
-        return render_id
-
-    # ------------------------------------------------------------ reading
-
-    def runs(self, limit: int = 50, *, campaign: str | None = None, recipe: str | None = None,
-             status: str | None = None, since: str | None = None,
-             until: str | None = None) -> list[dict[str, Any]]:
-        """Runs, newest first. ``recipe`` is NAME or NAME@VERSION; ``since``/``until`` are
-        ISO timestamps (UTC) compared with the start time, ``until`` exclusive."""
-        where, params = _filters(campaign=campaign, recipe=recipe, since=since, until=until,
-                                 time_column="started_at")
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        rows = self.db.execute(
-            f"SELECT * FROM runs {_where(where)} ORDER BY started_at DESC, id DESC LIMIT ?",
-            (*params, limit))
-        return [dict(row) for row in rows]
-
-    def renders(self, limit: int = 200, *, campaign: str | None = None,
-                recipe: str | None = None, status: str | None = None, since: str | None = None,
-                until: str | None = None) -> list[dict[str, Any]]:
-        """Render rows, newest first; ``status`` is a gate status (pass | fail)."""
-        where, params = _filters(campaign=campaign, recipe=recipe, since=since, until=until,
-                                 time_column="created_at")
-        if status:
-            where.append("gate_status = ?")
-            params.append(status)
-        rows = self.db.execute(
-            f"SELECT * FROM renders {_where(where)} ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [dict(row) for row in rows]
-
-    def variant_ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
-        """Distinct rendered variant ids starting with ``prefix`` (lower-case hex)."""
-        rows = self.db.execute(
-            "SELECT DISTINCT variant_id FROM renders WHERE variant_id >= ? AND variant_id < ? "
-            "ORDER BY variant_id LIMIT ?", (prefix, prefix + "g", limit))
-        return [row[0] for row in rows]
-
-    def renders_of(self, variant_id: str) -> list[dict[str, Any]]:
-        """Every render row of one variant, oldest first (the last is the current one)."""
-        rows = self.db.execute("SELECT * FROM renders WHERE variant_id = ? ORDER BY id",
-                               (variant_id,))
-        return [dict(row) for row in rows]
-
-    def renders_at(self, output_path: str) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM renders WHERE output_path = ? ORDER BY id",
-                               (output_path,))
-        return [dict(row) for row in rows]
-
-    def variant_specs(self, variant_ids: Sequence[str]) -> dict[str, str]:
-        """The stored canonical JSON of each given variant id that ever rendered."""
-        rows = self._rows_in("SELECT variant_id, variant_json FROM renders WHERE variant_id IN "
-                             "({})", variant_ids)
-        return {row[0]: row[1] for row in rows}
-
-    def runs_with_variant(self, variant_id: str) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT runs.id, runs.started_at, runs.status, run_variants.outcome FROM run_variants "
-            "JOIN runs ON runs.id = run_variants.run_id WHERE run_variants.variant_id = ? "
-            "ORDER BY runs.started_at", (variant_id,))
-        return [dict(row) for row in rows]
-
-    def environment(self, environment_hash: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT environment_json FROM environments WHERE hash = ?",
-                              (environment_hash,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def recipe_version(self, name: str, version: int) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM recipe_versions WHERE name = ? AND version = ?",
-                              (name, version)).fetchone()
-        return dict(row) if row else None
+            db.execute("UPDATE runs SET finished_at = ?, status = ?, rendered = ?, skipped = ? "
+                       "WHERE id = ?", (utc_now(), status, rendered, skipped, run_id))
 
     def close_interrupted_runs(self) -> list[str]:
         """Mark runs still 'running' as 'interrupted'. Only call while holding the output
@@ -539,43 +207,211 @@ class Ledger:
                        "WHERE status = 'running'", (utc_now(),))
         return ids
 
+    def run(self, run_id: str | None) -> RunRow | None:
+        """A run (the latest when ``run_id`` is None)."""
+        query = "SELECT * FROM run_summaries WHERE id = ?" if run_id else \
+            "SELECT * FROM run_summaries ORDER BY started_at DESC, id DESC LIMIT 1"
+        row = self.db.execute(query, (run_id,) if run_id else ()).fetchone()
+        return RunRow.from_sql(row) if row else None
+
+    def runs(self, limit: int = 50, *, campaign: str | None = None, recipe: str | None = None,
+             status: str | None = None, since: str | None = None,
+             until: str | None = None) -> list[RunRow]:
+        """Runs, newest first. ``recipe`` is NAME or NAME@VERSION; ``since``/``until`` are
+        ISO timestamps (UTC) compared with the start time, ``until`` exclusive."""
+        where, params = _filters(campaign=campaign, recipe=recipe, since=since, until=until,
+                                 time_column="started_at")
+        if status:
+            where.append("outcome = ?")
+            params.append(status)
+        rows = self.db.execute(
+            f"SELECT * FROM run_summaries {_where(where)} ORDER BY started_at DESC, id DESC "
+            "LIMIT ?", (*params, limit))
+        return [RunRow.from_sql(row) for row in rows]
+
+    def runs_with_variant(self, variant_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT runs.id, runs.started_at, runs.outcome AS status, run_variants.outcome "
+            "FROM run_variants JOIN run_summaries runs ON runs.id = run_variants.run_id "
+            "WHERE run_variants.variant_id = ? ORDER BY runs.started_at", (variant_id,))
+        return [dict(row) for row in rows]
+
+    # ------------------------------------------------------------ decisions
+
+    def record_gating(self, run_id: str, *, source: str, rules: Sequence[Mapping[str, Any]],
+                      decisions: Sequence[DecisionRecord]) -> int:
+        """Store one decision pass over a run in one transaction; earlier passes stay as
+        history, and each render's current decision becomes this pass's."""
+        with self.transaction() as db:
+            gating_id = db.execute(
+                "INSERT INTO gatings (run_id, source, rules_json, decided_at) "
+                "VALUES (?, ?, ?, ?)",
+                (run_id, source, canonical_json(list(rules)), utc_now())).lastrowid
+            db.executemany(
+                "INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?)",
+                ((gating_id, d.render_id, d.variant_id, d.status, canonical_json(list(d.reasons)),
+                  canonical_json(d.scores)) for d in decisions))
+        return gating_id
+
+    def latest_gating(self, run_id: str) -> dict[str, Any] | None:
+        """The newest decision pass over a run (id, source, rules, decided_at), or None."""
+        row = self.db.execute("SELECT * FROM gatings WHERE run_id = ? ORDER BY id DESC LIMIT 1",
+                              (run_id,)).fetchone()
+        if row is None:
+            return None
+        return {"id": row["id"], "source": row["source"], "decided_at": row["decided_at"],
+                "rules": json.loads(row["rules_json"])}
+
+    def decisions_of(self, render_id: int) -> list[Decision]:
+        """Every decision about one render, oldest first (the last is the current one)."""
+        rows = self.db.execute(
+            "SELECT gatings.id, gatings.run_id, gatings.source, gatings.decided_at, "
+            "gate_decisions.status, gate_decisions.reasons_json, gate_decisions.scores_json "
+            "FROM gate_decisions JOIN gatings ON gatings.id = gate_decisions.gating_id "
+            "WHERE gate_decisions.render_id = ? ORDER BY gatings.id", (render_id,))
+        return [Decision(status=row["status"], reasons=tuple(json.loads(row["reasons_json"])),
+                         scores=json.loads(row["scores_json"]), gating_id=row["id"],
+                         run_id=row["run_id"], source=row["source"],
+                         decided_at=row["decided_at"]) for row in rows]
+
+    def gatings(self, run_id: str) -> list[dict[str, Any]]:
+        """Every decision pass over a run, oldest first, with its counts."""
+        rows = self.db.execute(
+            "SELECT gatings.id, gatings.source, gatings.decided_at, COALESCE(c.passed, 0) AS "
+            "passed, COALESCE(c.review, 0) AS review, COALESCE(c.failed, 0) AS failed FROM "
+            "gatings LEFT JOIN decision_counts c ON c.gating_id = gatings.id WHERE run_id = ? "
+            "ORDER BY gatings.id", (run_id,))
+        return [dict(row) for row in rows]
+
+    # ------------------------------------------------------------ renders
+
+    def add_render(self, record: RenderRecord) -> int:
+        """Commit one render (and its exports) in one transaction; returns its row id."""
+        with self.transaction() as db:
+            render_id = db.execute(
+                "INSERT INTO renders (run_id, variant_id, campaign, recipe_name, recipe_version,"
+                " recipe_hash, variant_json, seed, axes_json, prompt, width, height, "
+                "input_files_json, output_path, output_sha256, output_bytes, environment_hash, "
+                "scores_json, render_seconds, rerender_reason, created_at, batch_json, "
+                "embedding) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (record.run_id, record.variant_id, record.campaign, record.recipe_name,
+                 record.recipe_version, record.recipe_hash, record.variant_json, record.seed,
+                 canonical_json(record.axes), record.prompt, record.width, record.height,
+                 canonical_json(list(record.input_files)), record.output_path,
+                 record.output_sha256, record.output_bytes, record.environment_hash,
+                 canonical_json(record.scores), record.render_seconds,
+                 record.rerender_reason, utc_now(),
+                 canonical_json(list(record.batch)) if record.batch else None,
+                 record.embedding)).lastrowid
+            db.executemany(
+                "INSERT INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ((render_id, export.name, export.path, export.sha256, export.bytes,
+                  export.width, export.height, export.format) for export in record.exports))
+        return render_id
+
+    def latest_renders(self, variant_ids: Sequence[str]) -> dict[str, RenderRow]:
+        """The newest committed render of each given variant id that has one."""
+        rows = self._rows_in(
+            f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} WHERE renders.id IN "
+            "(SELECT MAX(id) FROM renders WHERE variant_id IN ({}) GROUP BY variant_id)",
+            variant_ids)
+        return {row["variant_id"]: RenderRow.from_sql(row) for row in rows}
+
+    def renders(self, limit: int = 200, *, campaign: str | None = None,
+                recipe: str | None = None, status: str | None = None, since: str | None = None,
+                until: str | None = None) -> list[RenderRow]:
+        """Render rows, newest first; ``status`` is a current decision (pass | review |
+        fail | undecided)."""
+        where, params = _filters(campaign=campaign, recipe=recipe, since=since, until=until,
+                                 time_column="created_at", table="renders")
+        if status:
+            where.append("COALESCE(current.status, 'undecided') = ?")
+            params.append(status)
+        rows = self.db.execute(
+            f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} {_where(where)} "
+            "ORDER BY renders.id DESC LIMIT ?", (*params, limit))
+        return [RenderRow.from_sql(row) for row in rows]
+
+    def renders_of(self, variant_id: str) -> list[RenderRow]:
+        """Every render row of one variant, oldest first (the last is the current one)."""
+        rows = self.db.execute(f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} "
+                               "WHERE renders.variant_id = ? ORDER BY renders.id", (variant_id,))
+        return [RenderRow.from_sql(row) for row in rows]
+
+    def renders_at(self, output_path: str) -> list[RenderRow]:
+        rows = self.db.execute(f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} "
+                               "WHERE renders.output_path = ? ORDER BY renders.id",
+                               (output_path,))
+        return [RenderRow.from_sql(row) for row in rows]
+
+    def run_rows(self, run_id: str) -> list[RenderRow]:
+        """The newest render of each variant in a run's deliverable set, in plan order."""
+        rows = self.db.execute(
+            f"SELECT {RENDER_COLUMNS} FROM run_variants JOIN {RENDER_FROM} "
+            "WHERE renders.id = (SELECT MAX(id) FROM renders latest WHERE latest.variant_id = "
+            "run_variants.variant_id) AND run_variants.run_id = ? "
+            "ORDER BY run_variants.position", (run_id,))
+        return [RenderRow.from_sql(row) for row in rows]
+
+    def variant_ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Distinct rendered variant ids starting with ``prefix`` (lower-case hex)."""
+        rows = self.db.execute(
+            "SELECT DISTINCT variant_id FROM renders WHERE variant_id >= ? AND variant_id < ? "
+            "ORDER BY variant_id LIMIT ?", (prefix, prefix + "g", limit))
+        return [row[0] for row in rows]
+
+    def variant_specs(self, variant_ids: Sequence[str]) -> dict[str, str]:
+        """The stored canonical JSON of each given variant id that ever rendered."""
+        rows = self._rows_in("SELECT variant_id, variant_json FROM renders WHERE variant_id IN "
+                             "({})", variant_ids)
+        return {row[0]: row[1] for row in rows}
+
+    def exports_of(self, render_ids: Sequence[int]) -> dict[int, list[ExportRow]]:
+        """The channel exports recorded with each given render."""
+        found: dict[int, list[ExportRow]] = {}
+        for row in self._rows_in("SELECT * FROM exports WHERE render_id IN ({}) "
+                                 "ORDER BY render_id, name", render_ids):
+            found.setdefault(row["render_id"], []).append(ExportRow.from_sql(row))
+        return found
+
+    def environment(self, environment_hash: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT environment_json FROM environments WHERE hash = ?",
+                              (environment_hash,)).fetchone()
+        return json.loads(row[0]) if row else None
+
     def integrity_check(self) -> str:
         return "; ".join(row[0] for row in self.db.execute("PRAGMA integrity_check"))
 
-    def run(self, run_id: str | None) -> dict[str, Any] | None:
-        query = "SELECT * FROM runs WHERE id = ?" if run_id else \
-            "SELECT * FROM runs ORDER BY started_at DESC, id DESC LIMIT 1"
-        row = self.db.execute(query, (run_id,) if run_id else ()).fetchone()
-        return dict(row) if row else None
-
-    def run_rows(self, run_id: str) -> list[dict[str, Any]]:
-        """The newest render of each variant in a run's deliverable set, in plan order."""
-        rows = self.db.execute(
-            "SELECT renders.* FROM run_variants JOIN renders ON renders.id = "
-            "(SELECT MAX(id) FROM renders WHERE renders.variant_id = run_variants.variant_id) "
-            "WHERE run_variants.run_id = ? ORDER BY run_variants.position", (run_id,))
-        return [dict(row) for row in rows]
+    def _rows_in(self, query: str, values: Sequence[Any]) -> Iterator[sqlite3.Row]:
+        """Run ``query`` with its ``{}`` replaced by placeholders for ``values``, in chunks
+        (SQLite caps the number of parameters of one statement)."""
+        wanted = list(values)
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start:start + _IN_CHUNK]
+            yield from self.db.execute(query.replace("({})", f"({','.join('?' * len(chunk))})"),
+                                       chunk)
 
 
 def _filters(*, campaign: str | None, recipe: str | None, since: str | None, until: str | None,
-             time_column: str) -> tuple[list[str], list[Any]]:
+             time_column: str, table: str = "") -> tuple[list[str], list[Any]]:
+    prefix = f"{table}." if table else ""
     where: list[str] = []
     params: list[Any] = []
     if campaign:
-        where.append("campaign = ?")
+        where.append(f"{prefix}campaign = ?")
         params.append(campaign)
     if recipe:
         name, _, version = recipe.partition("@")
-        where.append("recipe_name = ?")
+        where.append(f"{prefix}recipe_name = ?")
         params.append(name)
         if version:
-            where.append("recipe_version = ?")
+            where.append(f"{prefix}recipe_version = ?")
             params.append(int(version))
     if since:
-        where.append(f"{time_column} >= ?")
+        where.append(f"{prefix}{time_column} >= ?")
         params.append(since)
     if until:
-        where.append(f"{time_column} < ?")
+        where.append(f"{prefix}{time_column} < ?")
         params.append(until)
     return where, params
 

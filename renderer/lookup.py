@@ -69,7 +69,7 @@ def file_state(path: Path, recorded_sha256: str) -> str:
     """'ok', 'missing' or 'altered (sha256 …)' for a file the ledger recorded."""
     if not path.exists():
         return "missing"
-    from .config import hash_file
+    from .validate import hash_file
 
     found = hash_file(path) if path.is_dir() else sha256_file(path)
     return "ok" if found == recorded_sha256 else f"altered (sha256 now {found})"
@@ -83,46 +83,44 @@ def render_details(ledger: Ledger, variant_id: str) -> dict[str, Any]:
         raise InputError(f"no render with id {variant_id} in the ledger", file=ledger.path)
     row = rows[-1]
     out_dir = ledger.path.parent
-    version = ledger.recipe_version(row["recipe_name"], row["recipe_version"])
-    output = out_dir / row["output_path"]
-    inputs = json.loads(row["input_files_json"])
+    version = ledger.recipe_version(row.recipe_name, row.recipe_version)
+    output = out_dir / row.output_path
     return {
         "variant_id": variant_id,
-        "campaign": row["campaign"],
+        "campaign": row.campaign,
         "render": {
-            "row": row["id"], "run_id": row["run_id"], "created_at": row["created_at"],
-            "render_seconds": row["render_seconds"], "rerender_reason": row["rerender_reason"],
-            "batch": json.loads(row["batch_json"]) if row.get("batch_json") else None,
+            "row": row.id, "run_id": row.run_id, "created_at": row.created_at,
+            "render_seconds": row.render_seconds, "rerender_reason": row.rerender_reason,
+            "batch": list(row.batch) or None,
         },
         "recipe": {
-            "name": row["recipe_name"], "version": row["recipe_version"],
-            "content_hash": row["recipe_hash"],
+            "name": row.recipe_name, "version": row.recipe_version,
+            "content_hash": row.recipe_hash,
             "first_rendered_at": version["first_rendered_at"] if version else None,
             "resolved": json.loads(version["resolved_json"]) if version else None,
         },
-        "seed": row["seed"], "width": row["width"], "height": row["height"],
-        "axes": json.loads(row["axes_json"]),
-        "prompt": row["prompt"],
-        "variant": json.loads(row["variant_json"]),
-        "output": {"path": row["output_path"], "absolute": str(output.resolve()),
-                   "sha256": row["output_sha256"], "bytes": row["output_bytes"],
-                   "now": file_state(output, row["output_sha256"])},
+        "seed": row.seed, "width": row.width, "height": row.height,
+        "axes": row.axes,
+        "prompt": row.prompt,
+        "variant": row.spec,
+        "output": {"path": row.output_path, "absolute": str(output.resolve()),
+                   "sha256": row.output_sha256, "bytes": row.output_bytes,
+                   "now": file_state(output, row.output_sha256)},
         "input_files": [{**entry, "now": file_state(Path(entry["path"]), entry["sha256"])}
-                        for entry in inputs],
-        "environment": {"hash": row["environment_hash"],
-                        **(ledger.environment(row["environment_hash"]) or {})},
-        "scores": json.loads(row["scores_json"]),
-        "gate": {"status": row["gate_status"], "reasons": json.loads(row["gate_reasons_json"])},
-        "decisions": ledger.decisions_of(row["id"]),
-        "exports": [{"name": export["name"], "path": export["path"], "sha256": export["sha256"],
-                     "bytes": export["bytes"], "size": [export["width"], export["height"]],
-                     "format": export["format"],
-                     "now": file_state(out_dir / export["path"], export["sha256"])}
-                    for export in ledger.exports_of([row["id"]]).get(row["id"], [])],
+                        for entry in row.input_files],
+        "environment": {"hash": row.environment_hash,
+                        **(ledger.environment(row.environment_hash) or {})},
+        "scores": row.scores,
+        "gate": {"status": row.status, "reasons": list(row.decision.reasons)
+                 if row.decision else []},
+        "decisions": [decision.as_json() for decision in ledger.decisions_of(row.id)],
+        "exports": [{**export.as_json(), "size": [export.width, export.height],
+                     "now": file_state(out_dir / export.path, export.sha256)}
+                    for export in ledger.exports_of([row.id]).get(row.id, [])],
         "runs": ledger.runs_with_variant(variant_id),
         "earlier_renders": [
-            {"row": old["id"], "run_id": old["run_id"], "created_at": old["created_at"],
-             "output_sha256": old["output_sha256"], "rerender_reason": old["rerender_reason"]}
+            {"row": old.id, "run_id": old.run_id, "created_at": old.created_at,
+             "output_sha256": old.output_sha256, "rerender_reason": old.rerender_reason}
             for old in rows[:-1]],
     }
 
@@ -155,11 +153,11 @@ def format_details(details: dict[str, Any]) -> str:
         "  scores       " + ", ".join(f"{name} {value:.4f}"
                                       for name, value in details["scores"].items()),
     ]
-    for decision in details.get("decisions", []):
+    for decision in details["decisions"]:
         lines.append(f"  decided      {decision['status']:<6} run {decision['run_id']} "
                      f"({decision['source']}, {decision['decided_at'][:19]})"
                      + (f": {'; '.join(decision['reasons'])}" if decision["reasons"] else ""))
-    for export in details.get("exports", []):
+    for export in details["exports"]:
         lines.append(f"  export       {export['name']:<10} {export['size'][0]}x{export['size'][1]} "
                      f"{export['format']:<4} {export['path']}  [{export['now']}]")
     lines += [

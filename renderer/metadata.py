@@ -14,65 +14,54 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Mapping
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from . import __version__
-from .hashing import canonical_json, short_hash
+from postprocess.export import PARAMETERS_KEY, VARIANT_KEY
+from postprocess.export import XMP_PNG_KEY as XMP_KEY
 
-PARAMETERS_KEY = "parameters"
-VARIANT_KEY = "campaign_variant"
-XMP_KEY = "XML:com.adobe.xmp"
+from .families import SCHEDULERS
+from .hashing import canonical_json, short_hash
+from .variant import VariantSpec
+from .version import __version__
+
 SOFTWARE = f"campaign-renderer {__version__}"
 IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 TRAINED_ALGORITHMIC_MEDIA = IPTC_SOURCE_TYPES + "trainedAlgorithmicMedia"
 COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA = (
     IPTC_SOURCE_TYPES + "compositeWithTrainedAlgorithmicMedia")
 
-A1111_SAMPLER_NAMES = {
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "ddim": "DDIM",
-    "unipc": "UniPC",
-    "flow_euler": "Euler",
-}
+A1111_SAMPLER_NAMES = {name: scheduler.a1111_name for name, scheduler in SCHEDULERS.items()}
 # A1111 shows LoRA hashes as the first 12 hex digits ("shorthash"), models as 10.
 _LORA_SHORT_HASH = 12
 
 
-def a1111_parameters(spec: Mapping[str, Any]) -> str:
-    """The PNG-info text in A1111's exact layout, from a variant's canonical spec."""
-    recipe = spec["recipe"]
-    lora_names = [_stem(lora["name"]) for lora in recipe["loras"]]
-    lora_tags = "".join(
-        f" <lora:{name}:{_number(lora['weight'])}>"
-        for name, lora in zip(lora_names, recipe["loras"], strict=True)
-    )
+def a1111_parameters(spec: VariantSpec) -> str:
+    """The PNG-info text in A1111's exact layout, from a variant's spec."""
+    recipe = spec.recipe
+    lora_names = [_stem(lora.name) for lora in recipe.loras]
+    lora_tags = "".join(f" <lora:{name}:{_number(lora.weight)}>"
+                        for name, lora in zip(lora_names, recipe.loras, strict=True))
     fields = [
-        ("Steps", recipe["steps"]),
-        ("Sampler", A1111_SAMPLER_NAMES[recipe["scheduler"]]),
-        ("CFG scale", _number(recipe["cfg"])),
-        ("Seed", spec["seed"]),
-        ("Size", f"{spec['width']}x{spec['height']}"),
-        ("Model hash", short_hash(recipe["checkpoint"]["sha256"])),
-        ("Model", _stem(recipe["checkpoint"]["name"])),
+        ("Steps", recipe.steps),
+        ("Sampler", A1111_SAMPLER_NAMES[recipe.scheduler]),
+        ("CFG scale", _number(recipe.cfg)),
+        ("Seed", spec.seed),
+        ("Size", f"{spec.width}x{spec.height}"),
+        ("Model hash", short_hash(recipe.checkpoint.sha256)),
+        ("Model", _stem(recipe.checkpoint.name)),
     ]
-    if recipe["loras"]:
-        hashes = ", ".join(
-            f"{name}: {lora['sha256'][:_LORA_SHORT_HASH]}"
-            for name, lora in zip(lora_names, recipe["loras"], strict=True)
-        )
+    if recipe.loras:
+        hashes = ", ".join(f"{name}: {lora.sha256[:_LORA_SHORT_HASH]}"
+                           for name, lora in zip(lora_names, recipe.loras, strict=True))
         fields.append(("Lora hashes", f'"{hashes}"'))
     fields.append(("Version", SOFTWARE))
-    lines = [spec["prompt"] + lora_tags]
-    if spec["negative_prompt"]:
-        lines.append(f"Negative prompt: {spec['negative_prompt']}")
+    lines = [spec.prompt + lora_tags]
+    if spec.negative_prompt:
+        lines.append(f"Negative prompt: {spec.negative_prompt}")
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))
     return "\n".join(lines)
 
@@ -118,20 +107,27 @@ def xmp_packet(prompt: str, source_type: str = TRAINED_ALGORITHMIC_MEDIA) -> str
     )
 
 
-def digital_source_type(spec: Mapping[str, Any]) -> str:
+def digital_source_type(spec: VariantSpec) -> str:
     """AI-made, or a real photo partly repainted by AI (img2img/inpaint of a photograph)."""
-    recipe = spec["recipe"]
-    from_photo = any((recipe.get(block) or {}).get("source_is_photo")
-                     for block in ("img2img", "inpaint"))
-    return COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA if from_photo else TRAINED_ALGORITHMIC_MEDIA
+    source = spec.recipe.img2img or spec.recipe.inpaint
+    return COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA if source and source.source_is_photo \
+        else TRAINED_ALGORITHMIC_MEDIA
 
 
-def encode_png(image: Image.Image, spec: Mapping[str, Any]) -> bytes:
+def file_metadata(spec: VariantSpec) -> tuple[dict[str, str], str]:
+    """What every file of a variant carries: the text blocks by key, and the XMP packet."""
+    return ({PARAMETERS_KEY: a1111_parameters(spec),
+             VARIANT_KEY: canonical_json(spec.to_json())},
+            xmp_packet(spec.prompt, digital_source_type(spec)))
+
+
+def encode_png(image: Image.Image, spec: VariantSpec) -> bytes:
     """PNG bytes carrying the three metadata blocks; deterministic for equal inputs."""
+    texts, xmp = file_metadata(spec)
     info = PngInfo()
-    info.add_text(PARAMETERS_KEY, a1111_parameters(spec))
-    info.add_itxt(VARIANT_KEY, canonical_json(spec))
-    info.add_itxt(XMP_KEY, xmp_packet(spec["prompt"], digital_source_type(spec)))
+    info.add_text(PARAMETERS_KEY, texts[PARAMETERS_KEY])
+    info.add_itxt(VARIANT_KEY, texts[VARIANT_KEY])
+    info.add_itxt(XMP_KEY, xmp)
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

@@ -15,9 +15,9 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_text_atomic
-from .config import hash_file, load_any
 from .errors import MissingFileError, SchemaError
 from .hashing import short_hash
+from .validate import hash_file, load_any
 from .yamlsource import KeyPath, YamlDocument, load_yaml
 
 _HEX_VALUE = re.compile(r"(\bsha256:\s*)(\"[^\"]*\"|'[^']*'|[^\s,}#]*)")

@@ -1,33 +1,34 @@
-"""The worker side of a run: render a batch, post-process, score, encode, write the files.
+"""The worker path, the one way an image is made: render a batch (halving it on out of
+memory) → post-process → score → encode → write the master and its channel exports.
 
-A ``Producer`` holds the loaded models of one campaign. ``produce`` returns what the
-driver needs to commit each image to the ledger (``Produced``); it never touches the
-ledger, so the same code runs in-process (local executor) and inside Ray actors.
-
-Post-processing follows the variant's spec alone (``finish_image``): retouch, then the
-logo, then the text — what is hashed into the id is what is applied, and
-``campaign reproduce`` re-applies it from a stored spec with the files found by sha256.
-Faces are detected once per rendered image and reused by skin smoothing, the faces
-score and the export crop.
+``Worker.produce`` is used by the local executor, inside Ray actors and by ``campaign
+reproduce``; it never touches the ledger, it returns what the driver commits
+(``Produced``). Everything it does follows the variant's spec alone — what is hashed into
+the id is what is applied — with files found by sha256 (``FileIndex``), so a reproduction
+from a stored spec runs exactly this code. Faces are detected once per rendered image and
+reused by skin smoothing, the faces score and the export crop.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from postprocess.export import EXTENSIONS
+
 from .atomic import write_bytes_atomic
-from .config import TEXT_ROLES, Campaign, ResolvedFile
-from .errors import MissingFileError
-from .hashing import canonical_json, sha256_bytes
-from .metadata import a1111_parameters, digital_source_type, encode_png, xmp_packet
+from .hashing import sha256_bytes
+from .inputs import BrandKit, Campaign, FileIndex
+from .metadata import encode_png, file_metadata
 from .plan import Variant
+from .schema import FileId
+from .variant import VariantSpec
 
 Box = tuple[int, int, int, int]
 
@@ -66,66 +67,32 @@ class Finished:
     """A post-processed image and what was measured on the way."""
 
     image: Image.Image
-    faces: tuple[Box, ...] | None  # detected on the rendered image (None: not needed)
+    faces: tuple[Box, ...]  # detected on the rendered image
     text_contrast: float | None  # the lowest measured WCAG contrast of the text set
 
 
-def output_path(campaign: Campaign, variant: Variant) -> str:
-    return f"{campaign.spec.name}/{variant.output_name}.png"
-
-
-def export_path(campaign_name: str, variant: Variant, export: Mapping[str, Any]) -> str:
-    extension = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}[export["format"]]
-    return f"{campaign_name}/exports/{export['name']}/{variant.output_name}{extension}"
-
-
 class Assets:
-    """The files post-processing reads, found by sha256: the brand kit's when rendering, the
-    files located from a stored spec when reproducing. Loaded once, on first use."""
+    """The images post-processing reads (logo, brand references), found by sha256 and
+    loaded once."""
 
-    def __init__(self, files: Iterable[ResolvedFile]):
-        self.paths = {file.sha256: file.path for file in files}
+    def __init__(self, files: FileIndex):
+        self.files = files
         self._loaded: dict[Any, Any] = {}
 
-    def path(self, identity: Mapping[str, str]) -> Path:
-        path = self.paths.get(identity["sha256"])
-        if path is None:
-            raise MissingFileError(f"post-processing needs {identity['name']} (sha256 "
-                                   f"{identity['sha256']}), which was not found",
-                                   fix="restore the file, or pass its folder with --search")
-        return path
-
-    def logo(self, identity: Mapping[str, str]) -> Image.Image:
-        key = ("logo", identity["sha256"])
+    def logo(self, file: FileId) -> Image.Image:
+        key = ("logo", file.sha256)
         if key not in self._loaded:
-            self._loaded[key] = open_image(self.path(identity), "RGBA")
+            self._loaded[key] = open_image(self.files.path(file), "RGBA")
         return self._loaded[key]
 
-    def brand_reference(self, identities: Sequence[Mapping[str, str]]) -> Any:
+    def brand_reference(self, references: Sequence[FileId]) -> Any:
         from postprocess.retouch import BrandReference
 
-        key = ("references", tuple(identity["sha256"] for identity in identities))
+        key = ("references", tuple(file.sha256 for file in references))
         if key not in self._loaded:
             self._loaded[key] = BrandReference.from_images(
-                [np.asarray(open_image(self.path(identity), "RGB")) for identity in identities])
+                [np.asarray(open_image(self.files.path(file), "RGB")) for file in references])
         return self._loaded[key]
-
-
-def retouch_steps(steps: Sequence[Mapping[str, Any]], assets: Assets) -> tuple[list[Any], Any]:
-    """The library's step objects from a spec's retouch list, and the brand reference a
-    brand_grade step grades toward (None without one)."""
-    from postprocess import retouch
-
-    classes = {"white_balance": retouch.WhiteBalance, "exposure": retouch.ExposureNormalisation,
-               "brand_grade": retouch.BrandGrade, "denoise": retouch.Denoise,
-               "sharpen": retouch.Sharpen, "skin_smoothing": retouch.SkinSmoothing}
-    built, references = [], None
-    for step in steps:
-        params = {key: value for key, value in step.items() if key not in ("op", "references")}
-        built.append(classes[step["op"]](**params))
-        if step["op"] == "brand_grade":
-            references = assets.brand_reference(step["references"])
-    return built, references
 
 
 def detect(image: Image.Image) -> tuple[Box, ...]:
@@ -134,40 +101,35 @@ def detect(image: Image.Image) -> tuple[Box, ...]:
     return tuple(detect_faces(np.asarray(image.convert("RGB"))))
 
 
-def finish_image(image: Image.Image, variant: Variant, assets: Assets,
-                 faces: Sequence[Box] | None = None) -> Finished:
-    """Post-process as the variant's spec says (what is hashed is what is applied): retouch,
-    then the logo, then the text. ``faces`` (detected on ``image`` when needed and None)."""
-    post = variant.spec["postprocess"]
-    if faces is not None:
-        faces = tuple(faces)
-    if steps := post.get("retouch"):
-        from postprocess.retouch import SkinSmoothing, apply_retouch
+def finish_image(image: Image.Image, spec: VariantSpec, assets: Assets,
+                 faces: Sequence[Box]) -> Finished:
+    """Post-process as the spec says (what is hashed is what is applied): retouch, then the
+    logo, then the text. ``faces`` were detected on ``image``."""
+    post = spec.postprocess
+    if post.retouch:
+        from postprocess.retouch import BrandGrade, apply_retouch
 
-        built, references = retouch_steps(steps, assets)
-        if faces is None and any(isinstance(step, SkinSmoothing) for step in built):
-            faces = detect(image)
-        image = Image.fromarray(apply_retouch(np.asarray(image.convert("RGB")), built,
+        grades = [step for step in post.retouch if isinstance(step, BrandGrade)]
+        references = assets.brand_reference(grades[0].references) if grades else None
+        image = Image.fromarray(apply_retouch(np.asarray(image.convert("RGB")), post.retouch,
                                               references, faces))
-    if (logo := post["logo"]) is not None:
-        from postprocess.overlay import LogoPlacement, overlay_logo
+    if post.logo is not None:
+        from postprocess.overlay import overlay_logo
 
-        placement = LogoPlacement(anchor=logo["anchor"], margin=logo["margin"],
-                                  scale=logo["scale"])
-        image = overlay_logo(image, assets.logo(logo), placement)
+        image = overlay_logo(image, assets.logo(post.logo.file), post.logo)
     contrast = None
-    if text := post.get("text"):
+    if post.text is not None:
         from postprocess.text import TextBlock, overlay_text
 
-        for role in TEXT_ROLES:
-            if (block := text.get(role)) is None:
+        for role in ("headline", "legal"):
+            if (block := getattr(post.text, role)) is None:
                 continue
-            font = assets.path(block["font"]) if block["font"] else None
-            placed = overlay_text(image, TextBlock(block["text"], role, font, block["align"]),
-                                  tuple(block["box"]), text["palette"])
+            font = assets.files.path(block.font) if block.font else None
+            placed = overlay_text(image, TextBlock(block.text, role, font, block.align),
+                                  tuple(block.box), post.text.palette)
             image = placed.image
             contrast = placed.contrast if contrast is None else min(contrast, placed.contrast)
-    return Finished(image=image, faces=faces, text_contrast=contrast)
+    return Finished(image=image, faces=tuple(faces), text_contrast=contrast)
 
 
 def open_image(path: Path, mode: str) -> Image.Image:
@@ -175,165 +137,129 @@ def open_image(path: Path, mode: str) -> Image.Image:
         return image.convert(mode)
 
 
-def brand_files(campaign: Campaign) -> list[ResolvedFile]:
-    brand = campaign.brand
-    return [brand.logo, *brand.references, *brand.fonts.values()]
+class Scoring:
+    """What scores a campaign's images: its CLIP model with the brand references embedded
+    once, its palette and where its brand kit places the logo (README: the metrics table)."""
 
+    def __init__(self, campaign: Campaign):
+        from postprocess.scoring import ClipScorer
 
-def load_scorer(campaign: Campaign) -> Any:
-    from postprocess.scoring import ClipScorer
-
-    clip, batch_size = campaign.clip, campaign.spec.scoring.batch_size
-    if clip.folder is not None:
-        return ClipScorer.from_folder(clip.folder, batch_size=batch_size)
-    return ClipScorer.from_pretrained(clip.name, clip.pretrained, batch_size=batch_size)
-
-
-class Producer:
-    """The models and brand assets of one campaign, loaded once."""
-
-    def __init__(self, campaign: Campaign, log: Callable[[str], None]):
-
-        from .render import DiffusersRenderer, RenderOptions
-
-        self.campaign = campaign
-        render = campaign.spec.render
-        self.renderer = DiffusersRenderer(RenderOptions(
-            device=render.device, dtype=render.dtype, compile=render.compile,
-            channels_last=render.channels_last, vae_tiling=render.vae_tiling,
-            vae_slicing=render.vae_slicing, cpu_offload=render.cpu_offload), log=log)
-        self.scorer = load_scorer(campaign)
-        self.assets = Assets(brand_files(campaign))
+        clip, scoring = campaign.clip, campaign.spec.scoring
+        self.scorer = ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size) \
+            if clip.folder is not None else ClipScorer.from_pretrained(
+                clip.name, clip.pretrained, batch_size=scoring.batch_size)
+        self.brand: BrandKit = campaign.brand
+        self.palette_delta_e = scoring.palette_delta_e
         self.logo = open_image(campaign.brand.logo.path, "RGBA")
-        self.references = [open_image(ref.path, "RGB") for ref in campaign.brand.references]
-        self._reference_embeddings: np.ndarray | None = None
-        self._environment: dict[str, Any] | None = None
+        references = [open_image(ref.path, "RGB") for ref in campaign.brand.references]
+        self.brand_embeddings = self.scorer.embed_brand(references) if references else None
 
-    def environment(self) -> dict[str, Any]:
-        if self._environment is None:
-            self._environment = self.renderer.fingerprint()
-        return self._environment
-
-    def batch_size(self) -> int:
-        from .render import auto_batch_size
-
-        requested = self.campaign.spec.render.batch_size
-        return requested if isinstance(requested, int) else auto_batch_size(
-            self.renderer.device, self.campaign.recipe.spec.family)
-
-    def produce(self, batch: Sequence[Variant], out_dir: Path) -> list[Produced]:
-        started = time.perf_counter()
-        rendered = self.renderer.render_resilient(self.campaign.recipe, batch)
-        images = [image for image, _ in rendered]
-        faces = [detect(image) for image in images]
-        finished = [finish_image(image, variant, self.assets, found)
-                    for image, variant, found in zip(images, batch, faces, strict=True)]
-        scores, embeddings = self.score(batch, finished)
-        produced = []
-        for variant, done, score, embedding, (_, call) in zip(
-                batch, finished, scores, embeddings, rendered, strict=True):
-            exports = self.export(variant, done, out_dir)
-            data = encode_png(done.image, variant.spec)
-            relative = output_path(self.campaign, variant)
-            write_bytes_atomic(out_dir / relative, data)
-            produced.append(Produced(
-                variant=variant, output_path=relative, output_sha256=sha256_bytes(data),
-                output_bytes=len(data), scores=score, seconds=0.0,
-                batch=call, environment=self.environment(),
-                embedding=embedding.astype("<f4").tobytes(), exports=exports))
-        seconds_each = round((time.perf_counter() - started) / len(batch), 4)
-        return [_with_seconds(item, seconds_each) for item in produced]
-
-    # ------------------------------------------------------------ scores
-
-    def score(self, batch: Sequence[Variant],
-              finished: Sequence[Finished]) -> tuple[list[dict[str, float]], np.ndarray]:
-        """Every per-image metric (README: the metrics table), in batches, and the CLIP
-        image embeddings (the run's consistency is computed from them on the driver)."""
+    def score(self, batch: Sequence[Variant], finished: Sequence[Finished]
+              ) -> tuple[list[dict[str, float]], np.ndarray]:
+        """Every per-image metric, and the CLIP image embeddings (the run's consistency is
+        computed from them on the driver)."""
         from postprocess.metrics import palette_adherence
 
-        images = [done.image for done in finished]
-        image_embeddings = self.scorer.embed_images(images)
-        prompt_embeddings = self.scorer.embed_texts([variant.prompt for variant in batch])
-        # Float rounding can push a cosine of unit vectors a hair past +-1.
-        prompt_cosines = np.clip(np.sum(image_embeddings * prompt_embeddings, axis=1), -1, 1)
-        brand = self.brand_cosines(image_embeddings)
-        palette = self.campaign.brand.spec.palette
+        embeddings = self.scorer.embed_images([done.image for done in finished])
+        clip = self.scorer.score_embedded(embeddings, [variant.prompt for variant in batch],
+                                          self.brand_embeddings)
+        palette = self.brand.spec.palette
         results = []
-        for index, (variant, done) in enumerate(zip(batch, finished, strict=True)):
+        for variant, done, clip_scores in zip(batch, finished, clip, strict=True):
             pixels = np.asarray(done.image.convert("RGB"))
-            scores = {"clip_prompt": float(prompt_cosines[index])}
-            if brand is not None:
-                scores["clip_brand"] = float(brand[0][index])
-                scores["clip_brand_best"] = float(brand[1][index])
+            scores = clip_scores.as_dict()
             if palette:
-                scores["palette_adherence"] = palette_adherence(
-                    pixels, palette, self.campaign.spec.scoring.palette_delta_e)
+                scores["palette_adherence"] = palette_adherence(pixels, palette,
+                                                                self.palette_delta_e)
             scores.update(self.logo_scores(variant, pixels))
-            scores["faces"] = float(len(done.faces or ()))
+            scores["faces"] = float(len(done.faces))
             if done.text_contrast is not None:
                 scores["text_contrast"] = round(done.text_contrast, 4)
             results.append(scores)
-        return results, image_embeddings
-
-    def brand_cosines(self, image_embeddings: np.ndarray) -> tuple[np.ndarray,
-                                                                  np.ndarray] | None:
-        """Cosines to the references' re-normalised centroid, and to the closest one."""
-        if not self.references:
-            return None
-        if self._reference_embeddings is None:
-            self._reference_embeddings = self.scorer.embed_images(self.references)
-        references = self._reference_embeddings
-        centroid = references.mean(axis=0)
-        centroid /= np.linalg.norm(centroid)
-        return (np.clip(image_embeddings @ centroid, -1, 1),
-                np.clip((image_embeddings @ references.T).max(axis=1), -1, 1))
+        return results, embeddings
 
     def logo_scores(self, variant: Variant, pixels: np.ndarray) -> dict[str, float]:
         """The logo where the brand kit places it for this aspect ratio: found (template
         match), in place, inside the safe zone. Scored whether or not the campaign overlays
         the logo, so a campaign that must carry it can gate on it."""
         from postprocess.metrics import logo_score
-        from postprocess.overlay import LogoPlacement, SafeZone, logo_box
+        from postprocess.overlay import SafeZone, logo_box
 
-        placement = self.campaign.brand.placement_for(variant.aspect)
+        placement = self.brand.placement_for(variant.aspect)
         size = (pixels.shape[1], pixels.shape[0])
         try:
-            expected = logo_box(size, self.logo.size, LogoPlacement(
-                placement.anchor, placement.margin, placement.scale))
+            expected = logo_box(size, self.logo.size, placement)
         except ValueError:  # no room for the logo at this size: nothing to look for
             return {}
         found = logo_score(pixels, self.logo, expected)
-        zone = SafeZone(*placement.safe_zone) if placement.safe_zone else SafeZone()
+        zone = SafeZone.from_box(placement.safe_zone) if placement.safe_zone else SafeZone()
         return {"logo_match": round(found.match, 4), "logo_in_place": float(found.in_place),
                 "logo_in_safe_zone": float(found.in_safe_zone(size, zone))}
 
-    # ------------------------------------------------------------ exports
+
+class Worker:
+    """The loaded models of one run: renders, finishes, scores and writes batches."""
+
+    def __init__(self, renderer: Any, files: FileIndex, scoring: Scoring | None):
+        self.renderer, self.files, self.scoring = renderer, files, scoring
+        self.assets = Assets(files)
+        self._environment: dict[str, Any] | None = None
+
+    @classmethod
+    def for_campaign(cls, campaign: Campaign, log: Callable[[str], None]) -> Worker:
+        from .render import DiffusersRenderer, RenderOptions
+
+        options = campaign.spec.render.model_dump(include=RenderOptions.known())
+        return cls(DiffusersRenderer(RenderOptions(**options), log=log), campaign.files(),
+                   Scoring(campaign))
+
+    def environment(self) -> dict[str, Any]:
+        if self._environment is None:
+            self._environment = self.renderer.fingerprint()
+        return self._environment
+
+    def produce(self, batch: Sequence[Variant], out_dir: Path) -> list[Produced]:
+        """Render, finish, score and write one batch; the files are in place on return."""
+        started = time.perf_counter()
+        rendered = self.renderer.render_resilient([variant.spec for variant in batch],
+                                                  self.files)
+        finished = [finish_image(image, variant.spec, self.assets, detect(image))
+                    for (image, _), variant in zip(rendered, batch, strict=True)]
+        if self.scoring is not None:
+            scores, embeddings = self.scoring.score(batch, finished)
+        else:
+            scores, embeddings = [{} for _ in batch], [None] * len(batch)
+        produced = []
+        for variant, done, score, embedding, (_, call) in zip(
+                batch, finished, scores, embeddings, rendered, strict=True):
+            exports = self.export(variant, done, out_dir)
+            data = encode_png(done.image, variant.spec)
+            relative = variant.output_path
+            write_bytes_atomic(out_dir / relative, data)
+            produced.append(Produced(
+                variant=variant, output_path=relative, output_sha256=sha256_bytes(data),
+                output_bytes=len(data), scores=score, seconds=0.0,
+                batch=tuple(batch[index].id for index in call),
+                environment=self.environment(),
+                embedding=None if embedding is None else embedding.astype("<f4").tobytes(),
+                exports=exports))
+        seconds_each = round((time.perf_counter() - started) / len(batch), 4)
+        return [replace(item, seconds=seconds_each) for item in produced]
 
     def export(self, variant: Variant, done: Finished, out_dir: Path) -> tuple[ExportFile, ...]:
         """Each channel export of the variant, beside the master, with its metadata."""
-        exports = variant.spec["postprocess"].get("exports")
+        exports = variant.spec.postprocess.exports
         if not exports:
             return ()
-        from postprocess.export import ExportSpec, export_image
+        from postprocess.export import export_image
 
-        spec = variant.spec
-        metadata = {"parameters": a1111_parameters(spec), "campaign_variant": canonical_json(spec)}
-        xmp = xmp_packet(spec["prompt"], digital_source_type(spec))
+        metadata, xmp = file_metadata(variant.spec)
         files = []
         for export in exports:
-            data = export_image(done.image, ExportSpec(**export), metadata, xmp,
-                                faces=done.faces or ())
-            relative = export_path(self.campaign.spec.name, variant, export)
+            data = export_image(done.image, export, metadata, xmp, faces=done.faces)
+            relative = variant.export_path(export.name, EXTENSIONS[export.format])
             write_bytes_atomic(out_dir / relative, data)
-            files.append(ExportFile(name=export["name"], path=relative,
-                                    sha256=sha256_bytes(data), bytes=len(data),
-                                    width=export["width"], height=export["height"],
-                                    format=export["format"]))
+            files.append(ExportFile(name=export.name, path=relative, sha256=sha256_bytes(data),
+                                    bytes=len(data), width=export.width, height=export.height,
+                                    format=export.format))
         return tuple(files)
-
-
-def _with_seconds(item: Produced, seconds: float) -> Produced:
-    from dataclasses import replace
-
-    return replace(item, seconds=seconds)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .errors import InputError
 from .metadata import TRAINED_ALGORITHMIC_MEDIA, read_png_metadata
+from .version import __version__
 
 
 @dataclass(frozen=True)

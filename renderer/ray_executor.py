@@ -1,8 +1,9 @@
 """Render on a Ray cluster: one actor per GPU (or per configured CPU share).
 
-Each actor loads the campaign's pipeline once and produces whole batches (the same
-batches as the local executor: same grouping, same size, same per-image generators and
-the same torch thread count, so the same bytes). Actors write their images straight to
+Each actor loads the campaign's pipeline once and runs the local executor's worker
+(``renderer.produce.Worker``) on whole batches (the same batches as the local executor:
+same grouping, same size, same per-image generators and the same torch thread count, so
+the same bytes). Actors write their images straight to
 the output folder — which must therefore be a path every node can reach — and return
 paths, hashes, scores and timings; the driver alone writes the ledger. A batch whose
 actor dies is given to a fresh actor; only the driver's ledger commit makes a render
@@ -38,21 +39,24 @@ def _worker_class() -> Any:
             # Ray pins OMP threads to the actor's CPU share; a different thread count moves
             # pixels by 1/255, so use the driver's to give the local executor's bytes.
             torch.set_num_threads(threads)
-            from .config import load_campaign
-            from .produce import Producer
+            from .produce import Worker
+            from .validate import load_campaign
 
-            campaign = load_campaign(Path(campaign_path), verify_hashes=False)
-            self.producer = Producer(campaign, log=lambda message: print(message, flush=True))
+            self.campaign = load_campaign(Path(campaign_path), verify_hashes=False)
+            self.worker = Worker.for_campaign(self.campaign,
+                                              log=lambda message: print(message, flush=True))
             self.out_dir = Path(out_dir)
 
         def environment(self) -> dict[str, Any]:
-            return self.producer.environment()
+            return self.worker.environment()
 
         def batch_size(self) -> int:
-            return self.producer.batch_size()
+            from .executors import resolve_batch_size
+
+            return resolve_batch_size(self.campaign, self.worker.renderer.device)
 
         def produce(self, batch: list[Variant]) -> list[Produced]:
-            return self.producer.produce(batch, self.out_dir)
+            return self.worker.produce(batch, self.out_dir)
 
     return RenderWorker
 
@@ -96,7 +100,7 @@ class RayExecutor:
 
         return ray.get(self.workers[0].batch_size.remote())
 
-    def produce_all(self, batches: Sequence[list[Variant]]) -> Iterator[list[Produced]]:
+    def produce_all(self, batches: Sequence[Sequence[Variant]]) -> Iterator[list[Produced]]:
         """Yield each batch's results as it finishes, in completion order."""
         import ray
         from ray.exceptions import ActorDiedError, RayActorError

@@ -1,109 +1,32 @@
-"""Turn variants into pixels with diffusers (the *render* stage).
+"""Turn variant specs into pixels with diffusers (the *render* stage).
 
-The seam is one method: ``DiffusersRenderer.render_batch(recipe, variants)`` returns one
-PIL image per variant. Base pipelines are loaded once per (family, checkpoint) and kept;
-LoRAs are loaded once per pipeline and switched with ``set_adapters``. Noise comes from
-one CPU ``torch.Generator`` per image, seeded with the variant's seed, so an image is the
-same whether it is rendered alone or inside a batch, on any GPU.
+The seam is one method: ``DiffusersRenderer.render_batch(specs, files)`` returns one PIL
+image per spec, for specs that share a batch key (``renderer.variant.batch_key``); the
+pipeline call itself is ``renderer.variant.render_call``, derived from the specs alone,
+and files are found by sha256 in a ``FileIndex``. Base pipelines are loaded once per
+(family, checkpoint) and kept; LoRAs are loaded once per pipeline and switched with
+``set_adapters``. Noise comes from one CPU ``torch.Generator`` per image, seeded with the
+variant's seed, so an image is the same whether it is rendered alone or inside a batch,
+on any GPU (within 1/255; README, "Ids, seeds and hashes").
 """
 
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from typing import Any
 
-from .config import Recipe
+from .environment import fingerprint, resolve_device, resolve_dtype
 from .errors import RenderFailure
-from .plan import Variant
+from .families import PIPELINES, SCHEDULERS
+from .inputs import FileIndex
+from .variant import RecipeUse, RenderCall, VariantSpec, render_call
 
-# Heavy imports (torch, diffusers) happen inside the renderer so planning stays light.
-PIPELINES = {  # (family, mode) -> diffusers pipeline class
-    ("sd15", "text"): "StableDiffusionPipeline",
-    ("sd15", "controlnet"): "StableDiffusionControlNetPipeline",
-    ("sd15", "img2img"): "StableDiffusionImg2ImgPipeline",
-    ("sd15", "inpaint"): "StableDiffusionInpaintPipeline",
-    ("sdxl", "text"): "StableDiffusionXLPipeline",
-    ("sdxl", "controlnet"): "StableDiffusionXLControlNetPipeline",
-    ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
-    ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
-    ("flux", "text"): "FluxPipeline",
-    ("flux", "controlnet"): "FluxControlNetPipeline",
-    ("flux", "img2img"): "FluxImg2ImgPipeline",
-    ("flux", "inpaint"): "FluxInpaintPipeline",
-}
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler",
-                        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
-    "ddim": ("DDIMScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
-}
-
-
-@dataclass(frozen=True)
-class BatchKey:
-    """What variants must share to go through one pipeline call."""
-
-    width: int
-    height: int
-    steps: int
-    cfg: float
-    lora_weights: tuple[float, ...]
-
-    @classmethod
-    def of(cls, variant: Variant) -> BatchKey:
-        return cls(variant.width, variant.height, variant.steps, variant.cfg,
-                   variant.lora_weights)
-
-
-def plan_batches(variants: Sequence[Variant], batch_size: int) -> Iterator[list[Variant]]:
-    """Group variants by what a pipeline call must share, then cut groups into batches.
-
-    Groups keep the order in which they first appear; batch membership never decides a
-    variant's pixels beyond float rounding, because every image has its own generator.
-    """
-    groups: dict[BatchKey, list[Variant]] = {}
-    for variant in variants:
-        groups.setdefault(BatchKey.of(variant), []).append(variant)
-    for members in groups.values():
-        for start in range(0, len(members), batch_size):
-            yield members[start:start + batch_size]
-
-
-def environment_fingerprint(device: str, dtype: str) -> dict[str, Any]:
-    import torch
-
-    if device.startswith("cuda"):
-        device_name = torch.cuda.get_device_name()
-    else:
-        device_name = platform.processor() or platform.machine()
-    packages = ("torch", "diffusers", "transformers", "peft", "safetensors", "open_clip_torch",
-                "pillow", "numpy")
-    return {
-        "python": platform.python_version(),
-        "platform": f"{platform.system()}-{platform.machine()}",
-        "packages": {name: _version(name) for name in packages},
-        "device": device,
-        "device_name": device_name,
-        "dtype": dtype,
-        "threads": torch.get_num_threads(),
-    }
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib_metadata.version(package)
-    except importlib_metadata.PackageNotFoundError:
-        return None
+# A rendered image, with the indices (into its batch) of the pipeline call that made it.
+Rendered = tuple[Any, tuple[int, ...]]
 
 
 def quiet_libraries() -> None:
@@ -131,12 +54,17 @@ class RenderOptions:
     vae_slicing: bool = False
     cpu_offload: bool = False   # diffusers model CPU offload (CUDA only)
 
+    @classmethod
+    def known(cls) -> set[str]:
+        return {item.name for item in dataclasses.fields(cls)}
+
 
 def auto_batch_size(device: str, family: str) -> int:
     """A starting batch size; out-of-memory halving corrects an optimistic one.
 
-    CPU: 8 (batching 8 saved 20-60 % per image here, DESIGN.md). CUDA: about one image per
-    free GiB for SD1.5 at 512², a third of that for SDXL/Flux at 1024², capped at 16.
+    CPU: 8 (batching 8 saved 20-60 % per image on the 2-core machine the README's figures
+    come from). CUDA: about one image per free GiB for SD1.5 at 512², a third of that for
+    SDXL/Flux at 1024², capped at 16.
     """
     if not device.startswith("cuda"):
         return 8
@@ -145,24 +73,6 @@ def auto_batch_size(device: str, family: str) -> int:
     free_gib = torch.cuda.mem_get_info()[0] / 2**30
     per_image_gib = {"sd15": 1.0, "sdxl": 3.0, "flux": 4.0}[family]
     return max(1, min(16, int(free_gib / per_image_gib)))
-
-
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
-def resolve_dtype(requested: str, device: str) -> str:
-    if requested != "auto":
-        return requested
-    if device.startswith("cuda"):
-        return "bfloat16"
-    return "float16" if device == "mps" else "float32"
 
 
 class DiffusersRenderer:
@@ -189,111 +99,101 @@ class DiffusersRenderer:
         return str(self.dtype).removeprefix("torch.")
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**environment_fingerprint(self.device, self.dtype_name),
-                "options": {**dataclasses.asdict(self.options), "attention": "sdpa"}}
+        return fingerprint(self.device, self.dtype_name,
+                           {**dataclasses.asdict(self.options), "attention": "sdpa"})
 
-    def render_batch(self, recipe: Recipe, variants: Sequence[Variant]) -> list[Any]:
-        """Render variants that share a BatchKey; returns PIL images in the same order."""
+    def render_batch(self, specs: Sequence[VariantSpec], files: FileIndex) -> list[Any]:
+        """Render specs that share a batch key; returns PIL images in the same order."""
         import torch
 
-        first = variants[0]
-        pipe = self.load_pipeline(recipe)
-        self.activate_loras(pipe, recipe, first.lora_weights)
-        arguments: dict[str, Any] = {
-            "prompt": [v.prompt for v in variants],
-            "num_inference_steps": first.steps,
-            "guidance_scale": first.cfg,
-            "width": first.width,
-            "height": first.height,
-            "generator": [torch.Generator("cpu").manual_seed(v.seed) for v in variants],
-            "output_type": "pil",
-        }
-        if recipe.spec.family != "flux":
-            arguments["negative_prompt"] = [v.negative_prompt for v in variants]
-        arguments.update(control_arguments(recipe, variants))
-        if recipe.mode == "img2img" and recipe.spec.family != "flux":
-            del arguments["width"], arguments["height"]  # SD img2img takes the source's size
+        call = render_call(specs)
+        recipe = call.recipe
+        pipe = self.load_pipeline(recipe, files)
+        self.activate_loras(pipe, recipe, files)
+        arguments = pipeline_arguments(call, files)
         try:
             with torch.inference_mode():
                 return list(self._call(pipe, arguments).images)
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, ValueError) as err:
-            raise RenderFailure(f"rendering {len(variants)} variant(s) of {recipe.ref} at "
-                                f"{first.width}x{first.height} failed: {err}") from err
+            raise RenderFailure(f"rendering {len(specs)} variant(s) of {recipe.name}@"
+                                f"{recipe.version} at {call.width}x{call.height} failed: "
+                                f"{err}") from err
 
     def _call(self, pipe: Any, arguments: dict[str, Any]) -> Any:
         """The one place a pipeline runs (tests inject failures here)."""
         return pipe(**arguments)
 
-    def render_resilient(self, recipe: Recipe,
-                         variants: Sequence[Variant]) -> list[tuple[Any, tuple[str, ...]]]:
-        """``render_batch``, halving the batch on out-of-memory until it fits; each variant
-        is rendered exactly once. Each image comes with the ids of the pipeline call that
-        rendered it: after a split those are the half's, and reproduce needs the real ones."""
+    def render_resilient(self, specs: Sequence[VariantSpec], files: FileIndex,
+                         indices: tuple[int, ...] | None = None) -> list[Rendered]:
+        """``render_batch``, halving the batch on out-of-memory until it fits; each spec is
+        rendered exactly once. Each image comes with the indices (into ``specs``) of the
+        pipeline call that rendered it: after a split those are the half's, and reproduce
+        needs the real ones."""
         import torch
 
+        indices = indices if indices is not None else tuple(range(len(specs)))
         try:
-            call = tuple(variant.id for variant in variants)
-            return [(image, call) for image in self.render_batch(recipe, variants)]
+            return [(image, indices) for image in self.render_batch(specs, files)]
         except torch.OutOfMemoryError:
-            if len(variants) == 1:
-                raise RenderFailure(f"out of memory rendering one {variants[0].width}x"
-                                    f"{variants[0].height} image of {recipe.ref}; lower the "
-                                    "size or enable render.vae_tiling / cpu_offload") from None
+            if len(specs) == 1:
+                raise RenderFailure(f"out of memory rendering one {specs[0].width}x"
+                                    f"{specs[0].height} image; lower the size or enable "
+                                    "render.vae_tiling / cpu_offload") from None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            half = len(variants) // 2
-            self.log(f"out of memory with a batch of {len(variants)}: retrying as "
-                     f"{half} + {len(variants) - half}")
-            return (self.render_resilient(recipe, variants[:half])
-                    + self.render_resilient(recipe, variants[half:]))
+            half = len(specs) // 2
+            self.log(f"out of memory with a batch of {len(specs)}: retrying as "
+                     f"{half} + {len(specs) - half}")
+            return (self.render_resilient(specs[:half], files, indices[:half])
+                    + self.render_resilient(specs[half:], files, indices[half:]))
 
-    def load_pipeline(self, recipe: Recipe) -> Any:
+    def load_pipeline(self, recipe: RecipeUse, files: FileIndex) -> Any:
         """The pipeline for the recipe's family and mode, built on a cached base."""
         import diffusers
 
-        family, mode = recipe.spec.family, recipe.mode
-        key = (family, recipe.checkpoint.sha256, mode,
-               tuple(model.sha256 for model in recipe.controlnets),
-               recipe.ip_adapter.sha256 if recipe.ip_adapter else None)
+        family, mode = recipe.family, recipe.mode
+        controlnets = [control.model for control in recipe.controlnets or ()]
+        key = (family, recipe.checkpoint.sha256, mode, tuple(m.sha256 for m in controlnets),
+               recipe.ip_adapter.model.sha256 if recipe.ip_adapter else None)
         if key in self._pipelines:
             return self._pipelines[key]
-        base = self._base(recipe)
+        base = self._base(recipe, files)
         pipeline_class = getattr(diffusers, PIPELINES[family, mode])
         if pipeline_class is type(base):
             pipe = base
         elif mode == "controlnet":
-            pipe = pipeline_class.from_pipe(base, controlnet=self._controlnets(recipe))
+            pipe = pipeline_class.from_pipe(base, controlnet=self._controlnets(recipe, files))
         else:
             pipe = pipeline_class.from_pipe(base)
         pipe.set_progress_bar_config(disable=True)
         if recipe.ip_adapter:
-            self._load_ip_adapter(pipe, recipe)
+            self._load_ip_adapter(pipe, recipe, files)
         self._pipelines[key] = pipe
         return pipe
 
-    def _base(self, recipe: Recipe) -> Any:
+    def _base(self, recipe: RecipeUse, files: FileIndex) -> Any:
         import diffusers
 
         inpaint = recipe.mode == "inpaint"
-        key = (recipe.spec.family, recipe.checkpoint.sha256, inpaint)
+        key = (recipe.family, recipe.checkpoint.sha256, inpaint)
         if key in self._bases:
             return self._bases[key]
         started = time.perf_counter()
-        family = recipe.spec.family
+        family = recipe.family
         pipeline_class = getattr(diffusers, PIPELINES[family, "inpaint" if inpaint else "text"])
-        checkpoint = recipe.checkpoint.path
+        checkpoint = files.path(recipe.checkpoint)
         if checkpoint.is_dir():
             pipe = pipeline_class.from_pretrained(checkpoint, dtype=self.dtype,
                                                   local_files_only=True)
         else:
             pipe = pipeline_class.from_single_file(
-                str(checkpoint), config=str(recipe.checkpoint_config), dtype=self.dtype,
+                str(checkpoint), config=str(files.config(recipe.checkpoint)), dtype=self.dtype,
                 local_files_only=True)
-        scheduler_name, options = SCHEDULERS[recipe.spec.scheduler]
-        pipe.scheduler = getattr(diffusers, scheduler_name).from_config(pipe.scheduler.config,
-                                                                        **options)
+        scheduler = SCHEDULERS[recipe.scheduler]
+        pipe.scheduler = getattr(diffusers, scheduler.diffusers_class).from_config(
+            pipe.scheduler.config, **scheduler.options)
         self._apply_options(pipe)
         self._bases[key] = pipe
         self.loads += 1
@@ -319,75 +219,85 @@ class DiffusersRenderer:
         if options.compile:
             denoiser.forward = torch.compile(denoiser.forward)
 
-    def _controlnets(self, recipe: Recipe) -> Any:
+    def _controlnets(self, recipe: RecipeUse, files: FileIndex) -> Any:
         import diffusers
 
-        model_class = diffusers.FluxControlNetModel if recipe.spec.family == "flux" \
+        model_class = diffusers.FluxControlNetModel if recipe.family == "flux" \
             else diffusers.ControlNetModel
-        models = [model_class.from_pretrained(model.path, dtype=self.dtype,
+        models = [model_class.from_pretrained(files.path(control.model), dtype=self.dtype,
                                               local_files_only=True).to(self.device)
-                  for model in recipe.controlnets]
+                  for control in recipe.controlnets or ()]
         return models[0] if len(models) == 1 else models
 
-    def _load_ip_adapter(self, pipe: Any, recipe: Recipe) -> None:
-        folder = recipe.ip_adapter.path
-        if self._ip_adapters.get(id(pipe.unet)) != recipe.ip_adapter.sha256:
-            pipe.load_ip_adapter(str(folder), subfolder="", weight_name="ip-adapter.safetensors",
+    def _load_ip_adapter(self, pipe: Any, recipe: RecipeUse, files: FileIndex) -> None:
+        adapter = recipe.ip_adapter
+        if self._ip_adapters.get(id(pipe.unet)) != adapter.model.sha256:
+            pipe.load_ip_adapter(str(files.path(adapter.model)), subfolder="",
+                                 weight_name="ip-adapter.safetensors",
                                  image_encoder_folder="image_encoder", local_files_only=True)
-            self._ip_adapters[id(pipe.unet)] = recipe.ip_adapter.sha256
-        pipe.set_ip_adapter_scale(recipe.spec.ip_adapter.scale)
+            self._ip_adapters[id(pipe.unet)] = adapter.model.sha256
+        pipe.set_ip_adapter_scale(adapter.scale)
 
-    def activate_loras(self, pipe: Any, recipe: Recipe, weights: Sequence[float]) -> None:
+    def activate_loras(self, pipe: Any, recipe: RecipeUse, files: FileIndex) -> None:
         """Load each LoRA once per base model, then switch the stack with set_adapters."""
         denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
         loaded = self._loaded_loras.setdefault(id(denoiser), set())
         names = []
-        for lora, _ in recipe.loras:
+        for lora in recipe.loras:
             name = f"lora_{lora.sha256[:12]}"
             if name not in loaded:
-                pipe.load_lora_weights(str(lora.path), adapter_name=name)
+                pipe.load_lora_weights(str(files.path(lora)), adapter_name=name)
                 loaded.add(name)
             names.append(name)
         if names:
             pipe.enable_lora()
-            pipe.set_adapters(names, adapter_weights=list(weights))
+            pipe.set_adapters(names, adapter_weights=[lora.weight for lora in recipe.loras])
         elif loaded:
             pipe.disable_lora()
 
 
-def control_arguments(recipe: Recipe, variants: Sequence[Variant]) -> dict[str, Any]:
-    """The pipeline arguments of the recipe's controls, for one batch."""
+def pipeline_arguments(call: RenderCall, files: FileIndex) -> dict[str, Any]:
+    """The diffusers keyword arguments of one pipeline call."""
+    import torch
+
     from .controls import PREPROCESSORS, load_rgb, region_mask
 
-    spec, first = recipe.spec, variants[0]
-    size = (first.width, first.height)
-    arguments: dict[str, Any] = {}
-    if spec.controlnets:
-        maps = [[PREPROCESSORS[control.preprocessor](
-            load_rgb(v.image("controlnets", index, "image"), size)) for v in variants]
-            for index, control in enumerate(spec.controlnets)]
-        single = len(spec.controlnets) == 1
-        arguments.update(
-            image=maps[0] if single else maps,
-            controlnet_conditioning_scale=_each(spec.controlnets, "scale", single),
-            control_guidance_start=_each(spec.controlnets, "start", single),
-            control_guidance_end=_each(spec.controlnets, "end", single))
-    if spec.ip_adapter:
-        # The references are the recipe's, the same for the whole batch (see plan.py).
-        references = [file.path for key, file in first.images.items() if key[0] == "ip_adapter"]
-        arguments["ip_adapter_image"] = [[load_rgb(path, (224, 224)) for path in references]]
-    source = spec.img2img or spec.inpaint
+    recipe = call.recipe
+    arguments: dict[str, Any] = {
+        "prompt": list(call.prompts),
+        "num_inference_steps": recipe.steps,
+        "guidance_scale": recipe.cfg,
+        "width": call.width,
+        "height": call.height,
+        "generator": [torch.Generator("cpu").manual_seed(seed) for seed in call.seeds],
+        "output_type": "pil",
+    }
+    if recipe.family != "flux":
+        arguments["negative_prompt"] = list(call.negative_prompts)
+    if recipe.controlnets:
+        maps = [[PREPROCESSORS[control.preprocessor](load_rgb(files.path(image), call.size))
+                 for image in images]
+                for control, images in zip(recipe.controlnets, call.control_images, strict=True)]
+        single = len(recipe.controlnets) == 1
+
+        def each(name: str) -> Any:
+            values = [getattr(control, name) for control in recipe.controlnets]
+            return values[0] if single else values
+
+        arguments.update(image=maps[0] if single else maps,
+                         controlnet_conditioning_scale=each("scale"),
+                         control_guidance_start=each("start"), control_guidance_end=each("end"))
+    if recipe.ip_adapter:
+        # One adapter, its references shared by the call (the batch key guarantees it).
+        arguments["ip_adapter_image"] = [[load_rgb(files.path(image), (224, 224))
+                                          for image in call.style_images]]
+    source = recipe.img2img or recipe.inpaint
     if source:
-        block = "img2img" if spec.img2img else "inpaint"
-        arguments["image"] = [load_rgb(v.image(block, "image"), size) for v in variants]
+        arguments["image"] = [load_rgb(files.path(image), call.size) for image in call.sources]
         arguments["strength"] = source.strength
-    if spec.inpaint:
-        arguments["mask_image"] = [
-            load_rgb(v.image("inpaint", "mask"), size) if spec.inpaint.mask
-            else region_mask(size, spec.inpaint.region) for v in variants]
+    if recipe.inpaint:
+        arguments["mask_image"] = [load_rgb(files.path(mask), call.size) for mask in call.masks] \
+            if call.masks else [region_mask(call.size, recipe.inpaint.region)] * len(call.seeds)
+    if recipe.mode == "img2img" and recipe.family != "flux":
+        del arguments["width"], arguments["height"]  # SD img2img takes the source's size
     return arguments
-
-
-def _each(controls: Sequence[Any], name: str, single: bool) -> Any:
-    values = [getattr(control, name) for control in controls]
-    return values[0] if single else values

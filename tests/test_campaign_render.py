@@ -114,7 +114,7 @@ def test_growing_an_axis_keeps_existing_ids_seeds_and_pixels(demo_run, project):
         old = np.asarray(Image.open(out / output_path), dtype=np.int16)
         new = np.asarray(Image.open(project.root / "out" / output_path), dtype=np.int16)
         worst = max(worst, int(np.abs(old - new).max()))
-    # DESIGN.md: the same image inside another batch may move by at most 1/255 per channel.
+    # README, ids and seeds: inside another batch an image moves by at most 1/255.
     assert worst <= 1
 
 
@@ -155,8 +155,8 @@ def test_a_failed_gate_exits_1_and_is_recorded(project, demo_run):
     assert result.code == 1, result.stderr
     counts = result.json()["counts"]
     assert counts["failed"] > 0 and counts["passed"] > 0
-    failed = ledger_rows(project.root / "out", "SELECT scores_json, gate_reasons_json FROM "
-                         "renders WHERE gate_status = 'fail'")
+    failed = ledger_rows(project.root / "out", "SELECT scores_json, reasons_json FROM "
+                         "current_decisions WHERE status = 'fail'")
     for scores, reasons in failed:
         assert json.loads(scores)["clip_brand"] < 0.96
         assert "clip_brand" in json.loads(reasons)[0]
@@ -174,3 +174,31 @@ def test_recipe_changed_without_version_bump_is_refused(project):
     assert result.code == 2
     assert "recipe demo-sd15@1 changed since it produced 12 deliverables" in result.stderr
     assert "bump its version" in result.stderr
+
+
+def test_a_regate_is_what_history_show_and_the_report_say(tmp_path, demo_models):
+    """One current decision per render: after `campaign gate` fails every image, every
+    command that reports a decision says so (README, "Gates")."""
+    from .ledger_support import small_project
+
+    project = small_project(tmp_path)
+    out = tmp_path / "out"
+    assert run_cli("render", project.campaign_path, "--out", out).code == 0
+    gate = run_cli("gate", "--out", out, "--set", "clip_prompt=0.99", "--json")
+    assert gate.code == 1, gate.stderr
+    assert gate.json()["counts"] == {"passed": 0, "review": 0, "failed": 3}
+    failed = run_cli("history", "--out", out, "--renders", "--status", "fail", "--json").json()
+    assert len(failed) == 3 and {row["status"] for row in failed} == {"fail"}
+    assert run_cli("history", "--out", out, "--renders", "--status", "pass", "--json").json() \
+        == []
+    (run,) = run_cli("history", "--out", out, "--runs", "--json").json()
+    assert run["status"] == "failed" and run["decided_by"] == "gate" and run["regatings"] == 1
+    assert run["counts"] == {"passed": 0, "review": 0, "failed": 3}
+    assert "passed 0, review 0, failed 3, re-gated 1x" in run_cli("history", "--out",
+                                                                  out).stdout
+    shown = run_cli("show", failed[0]["variant_id"], "--out", out, "--json").json()
+    assert shown["gate"]["status"] == "fail"
+    assert shown["gate"]["reasons"][0].startswith("clip_prompt ")
+    assert [d["source"] for d in shown["decisions"]] == ["render", "gate"]
+    report = (out / "small" / f"report-{run['id']}.html").read_text()
+    assert report.count('class="failed"') == 3

@@ -106,7 +106,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, demo_models):
     assert result.json()["counts"]["rendered"] == 8 - len(committed)
     # The uncommitted image was rendered again (batch of 1 then and now: the same bytes).
     assert (out / orphan_path).read_bytes() == orphan_bytes
-    statuses = [row[0] for row in ledger_rows(out, "SELECT status FROM runs ORDER BY "
+    statuses = [row[0] for row in ledger_rows(out, "SELECT outcome FROM run_summaries ORDER BY "
                                               "started_at")]
     assert statuses[-1] == "passed"
     assert "running" not in statuses and "interrupted" in statuses

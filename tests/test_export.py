@@ -27,9 +27,9 @@ METADATA = {
     "campaign_variant": json.dumps({"prompt": PROMPT, "seed": 7}, ensure_ascii=False),
 }
 CHANNELS = [
-    ExportSpec("feed-square", 108, 108, "png"),
-    ExportSpec("story", 108, 192, "jpeg", quality=85),
-    ExportSpec("banner", 192, 108, "webp", quality=80),
+    ExportSpec(name="feed-square", width=108, height=108, format="png"),
+    ExportSpec(name="story", width=108, height=192, format="jpeg", quality=85),
+    ExportSpec(name="banner", width=192, height=108, format="webp", quality=80),
 ]
 
 
@@ -95,7 +95,8 @@ def test_exports_are_deterministic(spec):
 
 def test_jpeg_user_comment_is_written_as_a1111_writes_it():
     data = encode_image(
-        Image.new("RGB", (16, 16)), ExportSpec("x", 16, 16, "jpeg"), METADATA, xmp_packet("p")
+        Image.new("RGB", (16, 16)), ExportSpec(name="x", width=16, height=16, format="jpeg"),
+        METADATA, xmp_packet("p")
     )
     exif = Image.open(io.BytesIO(data)).getexif().get_ifd(0x8769)
     # piexif.helper.UserComment.dump(text, encoding="unicode") in a big-endian TIFF block
@@ -132,10 +133,14 @@ def test_exiftool_reads_the_metadata_of_every_format(tmp_path):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: ExportSpec("feed square", 10, 10), "'feed square' is not a plain name"),
-        (lambda: ExportSpec("x", 0, 10), "0x10 must be positive"),
-        (lambda: ExportSpec("x", 10, 10, "gif"), "'gif' is not known"),
-        (lambda: ExportSpec("x", 10, 10, "jpeg", quality=0), "quality 0 must be 1 to 100"),
+        (lambda: ExportSpec(name="feed square", width=10, height=10),
+         r"name\n.*should match pattern .*='feed square'"),
+        (lambda: ExportSpec(name="x", width=0, height=10),
+         r"width\n.* greater than or equal to 8 .*=0,"),
+        (lambda: ExportSpec(name="x", width=10, height=10, format="gif"),
+         r"format\n.*'png', 'jpeg' or 'webp' .*='gif'"),
+        (lambda: ExportSpec(name="x", width=10, height=10, format="jpeg", quality=0),
+         r"quality\n.* greater than or equal to 1 .*=0,"),
     ],
 )
 def test_bad_specs_echo_the_value(make, message):

@@ -13,7 +13,6 @@ import torch
 import yaml
 from PIL import Image
 
-from renderer.config import load_campaign
 from renderer.controls import PREPROCESSORS, load_rgb, region_mask
 from renderer.execute import render_campaign
 from renderer.hashing import sha256_path
@@ -26,6 +25,7 @@ from renderer.metadata import (
 )
 from renderer.plan import make_plan
 from renderer.render import DiffusersRenderer
+from renderer.validate import load_campaign
 
 from .conftest import REPO, ledger_rows, pngs, run_cli
 
@@ -112,7 +112,7 @@ def test_schedulers_by_name_and_their_a1111_names(scratch):
         scratch.recipe["scheduler"] = scheduler
         plan = make_plan(load_campaign(scratch.write()))
         variant = plan.variants[0]
-        image = DiffusersRenderer().render_batch(plan.campaign.recipe, [variant])[0]
+        image = DiffusersRenderer().render_batch([variant.spec], plan.campaign.files())[0]
         images[scheduler] = np.asarray(image)
         parameters = read_png_metadata(encode_png(image, variant.spec))["parameters"]
         assert parameters["Sampler"] == A1111_SAMPLER_NAMES[scheduler]
@@ -242,11 +242,10 @@ def test_switching_stacks_a_b_a_gives_a_both_times(scratch):
     by_look = {}
     for variant in plan.variants:
         by_look.setdefault(variant.axes["look"], []).append(variant)
-    renderer = DiffusersRenderer()
-    recipe = plan.campaign.recipe
-    first = renderer.render_batch(recipe, by_look["style"][:1])[0]
-    renderer.render_batch(recipe, by_look["brand"][:1])
-    again = renderer.render_batch(recipe, by_look["style"][:1])[0]
+    renderer, files = DiffusersRenderer(), plan.campaign.files()
+    first = renderer.render_batch([by_look["style"][0].spec], files)[0]
+    renderer.render_batch([by_look["brand"][0].spec], files)
+    again = renderer.render_batch([by_look["style"][0].spec], files)[0]
     assert np.array_equal(np.asarray(first), np.asarray(again))
     assert renderer.loads == 1
 
@@ -254,13 +253,13 @@ def test_switching_stacks_a_b_a_gives_a_both_times(scratch):
 def test_an_image_in_a_batch_equals_the_image_alone(scratch):
     scratch.campaign["matrix"]["axes"]["background"] = ["studio", "beach", "forest"]
     plan = make_plan(load_campaign(scratch.write()))
-    renderer = DiffusersRenderer()
-    batch = renderer.render_batch(plan.campaign.recipe, plan.variants)
+    renderer, files = DiffusersRenderer(), plan.campaign.files()
+    batch = renderer.render_batch([variant.spec for variant in plan.variants], files)
     assert len(batch) == 6
     for variant, in_batch in zip(plan.variants, batch, strict=True):
-        alone = renderer.render_batch(plan.campaign.recipe, [variant])[0]
+        alone = renderer.render_batch([variant.spec], files)[0]
         difference = np.abs(np.asarray(alone, dtype=np.int16) - np.asarray(in_batch))
-        assert difference.max() <= 1  # DESIGN.md: within 1/255 per channel
+        assert difference.max() <= 1  # README "Ids, seeds and hashes": within 1/255
 
 
 def test_out_of_memory_halves_the_batch_and_renders_each_variant_once(scratch, monkeypatch):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from postprocess.gate import FACES_NEED_REVIEW, FAIL, PASS, REVIEW, GateRule, decide
+from postprocess.gate_rules import FACES_NEED_REVIEW, FAIL, PASS, REVIEW, GateRule, decide
 from postprocess.metrics import logo_score
 from postprocess.overlay import LogoPlacement, SafeZone, logo_box, overlay_logo
 from tests.synthetic import shapes
@@ -96,7 +96,7 @@ def test_review_rules_describe_their_severity_and_unknown_severities_are_refused
 
 LOGO = Image.new("RGBA", (60, 30), (242, 107, 29, 255))
 LOGO.paste((29, 53, 87, 255), (10, 8, 30, 22))
-SAFE_ZONE = SafeZone(0.08, 0.08, 0.92, 0.92)
+SAFE_ZONE = SafeZone.from_box((0.08, 0.08, 0.92, 0.92))
 LOGO_RULES = [GateRule("logo_match", min=0.8), GateRule("logo_in_safe_zone", min=1)]
 
 
@@ -110,13 +110,13 @@ def logo_scores(image, placement):
 
 
 def test_logo_inside_its_safe_zone_passes():
-    placement = LogoPlacement("bottom-right", margin=0.1, scale=0.25)
+    placement = LogoPlacement(anchor="bottom-right", margin=0.1, scale=0.25)
     image = overlay_logo(Image.fromarray(shapes(size=200)), LOGO, placement)
     assert decide(logo_scores(image, placement), LOGO_RULES).status == PASS
 
 
 def test_logo_placed_outside_its_safe_zone_fails_the_gate():
-    placement = LogoPlacement("bottom-right", margin=0.0, scale=0.25)  # flush with the edge
+    placement = LogoPlacement(anchor="bottom-right", margin=0.0, scale=0.25)  # flush with the edge
     image = overlay_logo(Image.fromarray(shapes(size=200)), LOGO, placement)
     decision = decide(logo_scores(image, placement), LOGO_RULES)
     assert decision.status == FAIL
@@ -124,7 +124,7 @@ def test_logo_placed_outside_its_safe_zone_fails_the_gate():
 
 
 def test_missing_logo_fails_the_gate():
-    placement = LogoPlacement("bottom-right", margin=0.1, scale=0.25)
+    placement = LogoPlacement(anchor="bottom-right", margin=0.1, scale=0.25)
     decision = decide(logo_scores(Image.fromarray(shapes(size=200)), placement), LOGO_RULES)
     assert decision.status == FAIL
     assert decision.reasons[0].startswith("logo_match ")

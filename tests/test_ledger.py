@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from renderer.hashing import sha256_bytes, sha256_json
-from renderer.ledger import MIGRATIONS, Ledger, RenderRecord, m001_initial
+from renderer.ledger import DecisionRecord, Ledger, RenderRecord
 from renderer.metadata import encode_png
+from renderer.migrations import MIGRATIONS, m001_initial
+from renderer.variant import VariantSpec
 
 from .conftest import run_cli
 
@@ -21,21 +23,22 @@ def _spec(campaign: str, seed: int) -> dict:
     return {"schema": 1, "campaign": campaign, "seed": seed, "axes": {"seed": seed},
             "prompt": f"a shoe, seed {seed}", "negative_prompt": "", "width": 8, "height": 8,
             "recipe": {"name": "look", "version": 1, "family": "sd15", "steps": 4, "cfg": 5.0,
-                       "scheduler": "euler", "loras": [],
+                       "scheduler": "euler", "loras": [], "size": [8, 8], "seed": 0,
+                       "prompt": "a shoe", "negative_prompt": "",
                        "checkpoint": {"name": "model.safetensors", "sha256": "a" * 64}},
             "postprocess": {"logo": None}}
 
 
-def add_render(ledger: Ledger, out: Path, run_id: str, environment_hash: str, spec: dict,
-               *, gate: str = "pass", batch: tuple[str, ...] = ()) -> str:
+def add_render(ledger: Ledger, out: Path, run_id: str, spec: dict, *,
+               batch: tuple[str, ...] = ()) -> int:
     """A render row and its file, as the renderer writes them (file first, then the row)."""
     variant_id = sha256_json(spec)
     pixels = np.full((8, 8, 3), spec["seed"] % 256, dtype=np.uint8)
-    data = encode_png(Image.fromarray(pixels), spec)
+    data = encode_png(Image.fromarray(pixels), VariantSpec.from_json(spec))
     relative = f"{spec['campaign']}/seed-{spec['seed']}.png"
     (out / relative).parent.mkdir(parents=True, exist_ok=True)
     (out / relative).write_bytes(data)
-    ledger.add_render(RenderRecord(
+    return ledger.add_render(RenderRecord(
         run_id=run_id, variant_id=variant_id, campaign=spec["campaign"], recipe_name="look",
         recipe_version=spec["recipe"]["version"], recipe_hash="c" * 64,
         variant_json=json.dumps(spec, sort_keys=True, separators=(",", ":")),
@@ -43,17 +46,18 @@ def add_render(ledger: Ledger, out: Path, run_id: str, environment_hash: str, sp
         input_files=[{"role": "checkpoint", "path": str(out / "model.safetensors"),
                       "sha256": "a" * 64}],
         output_path=relative, output_sha256=sha256_bytes(data), output_bytes=len(data),
-        environment_hash=environment_hash, scores={"clip_prompt": 0.3},
-        gate_status=gate, gate_reasons=[] if gate == "pass" else ["clip_prompt below 0.5"],
+        environment_hash=ledger.record_environment(ENVIRONMENT), scores={"clip_prompt": 0.3},
         render_seconds=0.1, rerender_reason=None, batch=batch or (variant_id,)))
-    return variant_id
 
 
-def start(ledger: Ledger, campaign: str, ids: list[str]) -> tuple[str, str]:
+ENVIRONMENT = {"device": "cpu", "threads": 2}
+
+
+def start(ledger: Ledger, campaign: str, ids: list[str]) -> str:
     return ledger.start_run(
         campaign=campaign, campaign_file=f"{campaign}.yaml", recipe_name="look",
-        recipe_version=1, executor="local", environment={"device": "cpu", "threads": 2},
-        variant_ids=ids, to_render=set(ids), thresholds={})
+        recipe_version=1, executor="local", environment=ENVIRONMENT, variant_ids=ids,
+        to_render=set(ids))
 
 
 @pytest.fixture
@@ -66,13 +70,18 @@ def populated(tmp_path) -> tuple[Path, dict[str, list[str]]]:
         for campaign, seeds in (("spring", (1, 2, 3)), ("autumn", (4,))):
             specs = [_spec(campaign, seed) for seed in seeds]
             ids[campaign] = [sha256_json(spec) for spec in specs]
-            run_id, env = start(ledger, campaign, ids[campaign])
+            run_id = start(ledger, campaign, ids[campaign])
+            decisions = []
             for spec in specs:
-                add_render(ledger, out, run_id, env, spec,
-                           gate="fail" if spec["seed"] == 2 else "pass",
-                           batch=tuple(ids[campaign]))
-            ledger.finish_run(run_id, status="failed" if campaign == "spring" else "passed",
-                              rendered=len(specs), skipped=0, passed=len(specs), failed=0)
+                render_id = add_render(ledger, out, run_id, spec, batch=tuple(ids[campaign]))
+                failed = spec["seed"] == 2
+                decisions.append(DecisionRecord(
+                    render_id=render_id, variant_id=sha256_json(spec),
+                    status="fail" if failed else "pass",
+                    reasons=["clip_prompt below 0.5"] if failed else [],
+                    scores={"clip_prompt": 0.3}))
+            ledger.record_gating(run_id, source="render", rules=[], decisions=decisions)
+            ledger.finish_run(run_id, status="finished", rendered=len(specs), skipped=0)
     return out, ids
 
 
@@ -105,7 +114,11 @@ def test_migrations_are_numbered_and_upgrade_an_m001_ledger(tmp_path):
         applied = [row[0] for row in ledger.db.execute("SELECT name FROM migrations")]
         assert applied == names
         (row,) = ledger.renders_of("abc")
-        assert row["batch_json"] is None and row["output_path"] == "old/a.png"
+        assert row.batch == () and row.output_path == "old/a.png"
+        # m004: the pre-m003 row's own decision became its current one; its run's text
+        # thresholds became rules, and its stored 'passed' its decided outcome.
+        assert row.decision.status == "pass" and row.decision.source == "render"
+        assert ledger.run("r1").status == "passed" and ledger.run("r1").rules == []
         assert ledger.integrity_check() == "ok"
     with Ledger(path) as ledger:  # opening again applies nothing twice
         assert ledger.db.execute("SELECT COUNT(*) FROM migrations").fetchone()[0] == len(names)
@@ -114,26 +127,26 @@ def test_migrations_are_numbered_and_upgrade_an_m001_ledger(tmp_path):
 def test_queries(populated):
     out, ids = populated
     with Ledger(out / "ledger.sqlite") as ledger:
-        assert [run["campaign"] for run in ledger.runs(campaign="spring")] == ["spring"]
-        assert [run["campaign"] for run in ledger.runs(status="passed")] == ["autumn"]
+        assert [run.campaign for run in ledger.runs(campaign="spring")] == ["spring"]
+        assert [run.campaign for run in ledger.runs(status="passed")] == ["autumn"]
         assert len(ledger.runs(recipe="look@1")) == 2 and ledger.runs(recipe="look@2") == []
         assert ledger.runs(since="2999-01-01") == [] and len(ledger.runs(until="2999")) == 2
-        assert [row["seed"] for row in ledger.renders(status="fail")] == [2]
+        assert [row.seed for row in ledger.renders(status="fail")] == [2]
         assert len(ledger.renders(campaign="spring", limit=2)) == 2
         first = ids["spring"][0]
         assert ledger.variant_ids_with_prefix(first[:6]) == [first]
-        assert json.loads(ledger.renders_of(first)[0]["batch_json"]) == ids["spring"]
+        assert list(ledger.renders_of(first)[0].batch) == ids["spring"]
         assert set(ledger.variant_specs(ids["spring"])) == set(ids["spring"])
-        assert ledger.environment(ledger.runs()[0]["environment_hash"]) == {
+        assert ledger.environment(ledger.runs()[0].environment_hash) == {
             "device": "cpu", "threads": 2}
 
 
 def test_runs_left_running_are_marked_interrupted(populated):
     out, _ = populated
     with Ledger(out / "ledger.sqlite") as ledger:
-        run_id, _ = start(ledger, "spring", [])
+        run_id = start(ledger, "spring", [])
         assert ledger.close_interrupted_runs() == [run_id]
-        assert ledger.run(run_id)["status"] == "interrupted"
+        assert ledger.run(run_id).status == "interrupted"
         assert ledger.close_interrupted_runs() == []
 
 
@@ -208,10 +221,19 @@ def test_an_ambiguous_prefix_lists_the_candidates(populated):
                 "INSERT INTO renders SELECT NULL, run_id, ?, campaign, recipe_name, "
                 "recipe_version, recipe_hash, variant_json, seed, axes_json, prompt, width, "
                 "height, input_files_json, output_path, output_sha256, output_bytes, "
-                "environment_hash, scores_json, gate_status, gate_reasons_json, "
-                "render_seconds, rerender_reason, created_at, batch_json, embedding FROM renders "
-                "WHERE id = ?", ("abcdef" + suffix * 58, row["id"]))
+                "environment_hash, scores_json, render_seconds, rerender_reason, created_at, "
+                "batch_json, embedding FROM renders WHERE id = ?",
+                ("abcdef" + suffix * 58, row.id))
         with pytest.raises(InputError, match="ambiguous") as caught:
             resolve_variant_id(ledger, "ABCDEF")
         assert "abcdef1111111111…" in str(caught.value)
         assert resolve_variant_id(ledger, "abcdef2") == "abcdef" + "2" * 58
+
+
+def test_a_folder_given_as_report_path_points_to_the_file_to_use(populated):
+    from renderer.errors import InputError
+    from renderer.run_report import write_run_report
+
+    out, _ = populated
+    with Ledger(out / "ledger.sqlite") as ledger, pytest.raises(InputError, match=r"report\.html"):
+        write_run_report(ledger, None, out)

@@ -23,6 +23,7 @@ from renderer.metadata import (
     parse_a1111_parameters,
     read_png_metadata,
 )
+from renderer.variant import VariantSpec
 
 CHECKPOINT_SHA = "93204beabe07a502a057472bbb7ef254beb58874e7bf72abdd307d3a975a752c"
 STYLE_SHA = "46e3cf0c0fc50b8e410792f4a892ffce177124aa05947ba2f36ca06a732a312f"
@@ -49,13 +50,17 @@ def _spec(**changes) -> dict:
     return spec
 
 
+def typed(spec: dict) -> VariantSpec:
+    return VariantSpec.from_json(spec)
+
+
 def _png(spec: dict) -> bytes:
     pixels = np.random.default_rng(0).integers(0, 256, (spec["height"], spec["width"], 3))
-    return encode_png(Image.fromarray(pixels.astype(np.uint8)), spec)
+    return encode_png(Image.fromarray(pixels.astype(np.uint8)), typed(spec))
 
 
 def test_parameters_text_is_a1111s_exact_layout():
-    assert a1111_parameters(_spec()) == (
+    assert a1111_parameters(typed(_spec())) == (
         "a trail runner, orange, on a studio background <lora:lora-style:0.6> "
         "<lora:lora-brand:0.8>\n"
         "Negative prompt: blurry, low quality\n"
@@ -68,7 +73,7 @@ def test_parameters_text_is_a1111s_exact_layout():
 def test_parameters_without_negative_prompt_or_loras():
     spec = _spec(negative_prompt="")
     spec["recipe"]["loras"] = []
-    text = a1111_parameters(spec)
+    text = a1111_parameters(typed(spec))
     assert "Negative prompt" not in text and "Lora hashes" not in text
     assert text.split("\n")[0] == spec["prompt"]
 
@@ -87,7 +92,7 @@ def test_parameters_parse_back_to_every_setting():
     assert parsed["Model"] == "sd15"
     assert parsed["loras"] == {"lora-style": 0.6, "lora-brand": 0.8}
     assert parsed["Lora hashes"] == "lora-style: 46e3cf0c0fc5, lora-brand: 921015bf54f0"
-    assert parse_a1111_parameters(a1111_parameters(spec)) == parsed
+    assert parse_a1111_parameters(a1111_parameters(typed(spec))) == parsed
 
 
 # A1111's own reader (modules/infotext_utils.py, parse_generation_parameters), reduced to
@@ -166,5 +171,5 @@ def test_exiftool_reads_the_iptc_source_type_and_the_parameters(tmp_path):
     (tags,) = json.loads(done.stdout)
     assert tags["XMP-iptcExt:DigitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
     assert tags["XMP-dc:Description"] == spec["prompt"]
-    assert tags["PNG:Parameters"] == a1111_parameters(spec)
+    assert tags["PNG:Parameters"] == a1111_parameters(typed(spec))
     assert json.loads(tags["PNG:Campaign_variant"]) == spec

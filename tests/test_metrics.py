@@ -102,7 +102,8 @@ def scene():
 
 
 def test_logo_in_its_place_scores_high_and_in_place(scene):
-    logo, placement = kestrel_like_logo(), LogoPlacement("bottom-right", margin=0.05, scale=0.25)
+    logo = kestrel_like_logo()
+    placement = LogoPlacement(anchor="bottom-right", margin=0.05, scale=0.25)
     expected = logo_box((320, 320), logo.size, placement)
     with_logo = np.asarray(overlay_logo(Image.fromarray(scene), logo, placement))
 
@@ -111,15 +112,17 @@ def test_logo_in_its_place_scores_high_and_in_place(scene):
     assert score.match > 0.9
     assert score.in_place
     assert score.found_box == pytest.approx(expected, abs=3)
-    assert score.in_safe_zone((320, 320), SafeZone(0.02, 0.02, 0.98, 0.98))
-    assert not score.in_safe_zone((320, 320), SafeZone(0.1, 0.1, 0.9, 0.9))
+    assert score.in_safe_zone((320, 320), SafeZone.from_box((0.02, 0.02, 0.98, 0.98)))
+    assert not score.in_safe_zone((320, 320), SafeZone.from_box((0.1, 0.1, 0.9, 0.9)))
 
 
 def test_missing_or_misplaced_logo_is_told_apart(scene):
-    logo, placement = kestrel_like_logo(), LogoPlacement("bottom-right", margin=0.05, scale=0.25)
+    logo = kestrel_like_logo()
+    placement = LogoPlacement(anchor="bottom-right", margin=0.05, scale=0.25)
     expected = logo_box((320, 320), logo.size, placement)
     elsewhere = np.asarray(
-        overlay_logo(Image.fromarray(scene), logo, LogoPlacement("top-left", 0.05, 0.25))
+        overlay_logo(Image.fromarray(scene), logo,
+                     LogoPlacement(anchor="top-left", margin=0.05, scale=0.25))
     )
 
     missing = logo_score(scene, logo, expected)

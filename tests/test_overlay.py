@@ -106,17 +106,19 @@ def test_safe_zone_contains_a_box_only_when_wholly_inside():
 
 def test_placement_flush_with_the_edge_leaves_a_story_safe_zone():
     story = (108, 192)
-    zone = SafeZone(0.05, 0.14, 0.95, 0.8)
-    inside = logo_box(story, (40, 20), LogoPlacement("top-left", margin=0.1, scale=0.3))
-    outside = logo_box(story, (40, 20), LogoPlacement("bottom-right", margin=0.0, scale=0.3))
+    zone = SafeZone.from_box((0.05, 0.14, 0.95, 0.8))
+    inside = logo_box(story, (40, 20), LogoPlacement(anchor="top-left", margin=0.1, scale=0.3))
+    outside = logo_box(story, (40, 20), LogoPlacement(anchor="bottom-right", margin=0.0, scale=0.3))
     assert not logo_in_safe_zone(inside, story, zone)  # the top 14 % is the app's
     assert not logo_in_safe_zone(outside, story, zone)
     assert logo_in_safe_zone(
-        logo_box(story, (40, 20), LogoPlacement("center", 0.0, 0.3)), story, zone
+        logo_box(story, (40, 20), LogoPlacement(anchor="center", margin=0.0, scale=0.3)), story,
+        zone
     )
 
 
 @pytest.mark.parametrize("edges", [(0.5, 0, 0.4, 1), (0, 0, 1, 1.2), (-0.1, 0, 1, 1)])
 def test_safe_zone_that_is_not_a_box_in_the_frame_is_refused(edges):
-    with pytest.raises(ValueError, match="is not a box inside the frame"):
-        SafeZone(*edges)
+    # Out of the frame: the fields' ranges; not a box: left < right and top < bottom.
+    with pytest.raises(ValueError, match=r"is not a box inside the frame|than or equal to"):
+        SafeZone.from_box(edges)

@@ -12,9 +12,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from renderer.config import MatrixSpec, load_any, load_campaign
 from renderer.errors import InputError
-from renderer.plan import _matches, make_plan
+from renderer.matrix import matches
+from renderer.plan import make_plan
+from renderer.validate import load_any, validate_campaign
+from renderer.yamlsource import YamlDocument, load_yaml
 
 from .conftest import REPO, run_cli
 
@@ -40,12 +42,13 @@ def base_campaign(tmp_path_factory, demo_models):
         "scoring": {"clip_model": str(demo_models / "clip")},
     }
     (root / "campaign.yaml").write_text(yaml.safe_dump(campaign))
-    return load_campaign(root / "campaign.yaml")
+    return load_yaml(root / "campaign.yaml")
 
 
-def with_matrix(campaign, **matrix):
-    return dataclasses.replace(campaign, spec=campaign.spec.model_copy(
-        update={"matrix": MatrixSpec.model_validate(matrix)}))
+def with_matrix(document: YamlDocument, **matrix):
+    """The campaign validated with another matrix (as if the file said it)."""
+    changed = dataclasses.replace(document, data={**document.data, "matrix": matrix})
+    return validate_campaign(changed)
 
 
 axis_a = st.lists(st.integers(0, 50), min_size=1, max_size=4, unique=True)
@@ -79,7 +82,7 @@ def test_count_is_product_less_excluded_plus_included_and_ids_unique(base_campai
     product = [dict(zip(matrix["axes"], values, strict=True))
                for values in itertools.product(*matrix["axes"].values())]
     kept = [coords for coords in product
-            if not any(_matches(rule, coords) for rule in matrix["exclude"])]
+            if not any(matches(rule, coords) for rule in matrix["exclude"])]
     added = []
     for entry in matrix["include"]:
         if entry not in kept and entry not in added:

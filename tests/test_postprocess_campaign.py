@@ -17,13 +17,13 @@ from PIL import Image
 
 from postprocess.export import read_export_metadata
 from renderer.cli import main
-from renderer.config import load_campaign
 from renderer.errors import InputError
 from renderer.execute import render_campaign
 from renderer.hashing import sha256_bytes, sha256_json, sha256_path
 from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA
 from renderer.plan import make_plan
 from renderer.render import DiffusersRenderer
+from renderer.validate import load_campaign
 
 from .conftest import REPO, CliResult, ledger_rows
 from .synthetic import draw_face
@@ -125,9 +125,11 @@ def test_a_logo_outside_its_safe_zone_fails_the_gate(full):
         assert status == "fail"
         assert scores["logo_in_safe_zone"] == 0.0 and scores["logo_match"] > 0.9
         assert any(reason.startswith("logo_in_safe_zone 0.000 < min 1.000") for reason in reasons)
-    # The image's own decision, at commit, says the same.
-    assert {row[0] for row in ledger_rows(out, "SELECT gate_status FROM renders")} == {"fail"}
-    assert ledger_rows(out, "SELECT status, failed, review FROM runs") == [("failed", 2, 0)]
+    # Each render's current decision and the run's counts say the same.
+    assert {row[0] for row in ledger_rows(out, "SELECT status FROM current_decisions")} == \
+        {"fail"}
+    assert ledger_rows(out, "SELECT outcome, failed, review FROM run_summaries") == [
+        ("failed", 2, 0)]
 
 
 def test_every_metric_is_scored_and_text_reads_at_wcag_contrast(full):
@@ -190,7 +192,8 @@ def test_campaign_gate_redecides_from_stored_scores_without_rendering(full, tmp_
         assert status == "fail" and reasons[0].startswith("clip_brand ")
         assert not any("logo_in_safe_zone" in reason for reason in reasons)
     assert ledger_rows(out, "SELECT COUNT(*) FROM renders") == renders  # nothing rendered
-    assert ledger_rows(out, "SELECT source, passed, failed FROM gatings ORDER BY id") == [
+    assert ledger_rows(out, "SELECT source, passed, failed FROM gatings JOIN decision_counts "
+                       "ON gating_id = gatings.id ORDER BY id") == [
         ("render", 0, 2), ("gate", 2, 0), ("gate", 0, 2)]
     report = (out / "pp" / f"report-{summary.run_id}.html").read_text()
     assert report.count('class="failed"') == 2 and "clip_brand" in report
@@ -266,8 +269,8 @@ def test_a_missing_logo_fails_logo_match_and_the_headline_comes_from_an_axis(tmp
 
 
 def test_faces_send_a_variant_to_review_not_to_failure(tmp_path, demo_models, monkeypatch):
-    def faces(self, recipe, variants):  # a face where the tiny models draw noise
-        return [Image.fromarray(draw_face((64, 64), 40)) for _ in variants]
+    def faces(self, specs, files):  # a face where the tiny models draw noise
+        return [Image.fromarray(draw_face((64, 64), 40)) for _ in specs]
 
     monkeypatch.setattr(DiffusersRenderer, "render_batch", faces)
     project = Project(tmp_path)
@@ -355,28 +358,13 @@ def test_unused_features_keep_ids_and_their_keys_enter_the_spec_when_used(tmp_pa
                                                                         demo_models):
     project = Project(tmp_path)
     plain = make_plan(load_campaign(project.write())).variants
-    assert set(plain[0].spec["postprocess"]) == {"logo"}
+    assert set(plain[0].spec.to_json()["postprocess"]) == {"logo"}
     project.campaign["gates"] = {"faces": None, "logo_match": {"min": 0.9}}
     project.campaign["report"] = {"grid": {"x": "product", "y": "background"}}
     assert [v.id for v in make_plan(load_campaign(project.write())).variants] == \
         [v.id for v in plain]  # gates and report do not touch pixels
     project.campaign["postprocess"] = {"retouch": [{"sharpen": {}}]}
     sharpened = make_plan(load_campaign(project.write())).variants
-    assert sharpened[0].spec["postprocess"]["retouch"] == [
+    assert sharpened[0].spec.to_json()["postprocess"]["retouch"] == [
         {"op": "sharpen", "amount": 0.8, "radius": 1.5, "threshold": 3}]
     assert {v.id for v in sharpened}.isdisjoint(v.id for v in plain)
-
-
-def test_retouch_schema_defaults_are_the_library_defaults():
-    from dataclasses import asdict
-
-    from postprocess import retouch
-    from renderer.config import RetouchStepSpec
-
-    classes = {"white_balance": retouch.WhiteBalance, "exposure": retouch.ExposureNormalisation,
-               "brand_grade": retouch.BrandGrade, "denoise": retouch.Denoise,
-               "sharpen": retouch.Sharpen, "skin_smoothing": retouch.SkinSmoothing}
-    assert set(classes) == set(RetouchStepSpec.model_fields)
-    for name, cls in classes.items():
-        model = RetouchStepSpec.model_fields[name].annotation.__args__[0]
-        assert model().model_dump() == asdict(cls()), name

@@ -14,6 +14,7 @@ from PIL import Image
 
 from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA, encode_png, read_png_metadata
 from renderer.provenance import C2paSigner, read_c2pa, sign_png
+from renderer.variant import VariantSpec
 
 pytest.importorskip("c2pa", reason="c2pa-python not installed (optional)")
 if shutil.which("openssl") is None:
@@ -59,9 +60,13 @@ def ca_chain(tmp_path_factory) -> tuple[C2paSigner, bytes]:
 
 
 def _png() -> bytes:
-    spec = {"recipe": {"checkpoint": {"name": "m.safetensors", "sha256": "a" * 64},
-                       "loras": [], "steps": 4, "scheduler": "euler", "cfg": 5.0},
-            "seed": 1, "width": 16, "height": 16, "prompt": "a shoe", "negative_prompt": ""}
+    spec = VariantSpec.from_json({
+        "schema": 1, "campaign": "c", "axes": {}, "postprocess": {"logo": None},
+        "recipe": {"name": "r", "version": 1, "family": "sd15",
+                   "checkpoint": {"name": "m.safetensors", "sha256": "a" * 64}, "loras": [],
+                   "steps": 4, "scheduler": "euler", "cfg": 5.0, "size": [16, 16], "seed": 1,
+                   "prompt": "a shoe", "negative_prompt": ""},
+        "seed": 1, "width": 16, "height": 16, "prompt": "a shoe", "negative_prompt": ""})
     pixels = np.random.default_rng(1).integers(0, 256, (16, 16, 3)).astype(np.uint8)
     return encode_png(Image.fromarray(pixels), spec)
 

@@ -19,7 +19,8 @@ from .conftest import CAMPAIGN_BIN, REPO, ledger_rows, pngs, run_cli
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install .[ray])")
 DEMO = REPO / "campaigns" / "demo.yaml"
-ROW_COLUMNS = "variant_id, output_path, output_sha256, seed, gate_status, scores_json, batch_json"
+ROW_COLUMNS = ("variant_id, output_path, output_sha256, seed, current.status, "
+               "renders.scores_json, batch_json")
 
 
 @pytest.fixture
@@ -42,7 +43,8 @@ def test_ray_output_equals_the_local_executor_byte_for_byte(tmp_path, demo_model
     assert distributed.json()["counts"]["rendered"] == 36
     local_pngs, ray_pngs = pngs(tmp_path / "local" / "demo"), pngs(tmp_path / "ray" / "demo")
     assert len(ray_pngs) == 36 and ray_pngs == local_pngs
-    query = f"SELECT {ROW_COLUMNS} FROM renders ORDER BY variant_id"
+    query = (f"SELECT {ROW_COLUMNS} FROM renders JOIN current_decisions current "
+             "ON current.render_id = renders.id ORDER BY variant_id")
     assert ledger_rows(tmp_path / "ray", query) == ledger_rows(tmp_path / "local", query)
     (executor,) = ledger_rows(tmp_path / "ray", "SELECT executor FROM runs")[0]
     assert executor == "ray"

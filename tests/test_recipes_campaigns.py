@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import save_file
 
 from renderer.hashing import HashCache, sha256_path
-from renderer.plan import size_for_aspect
+from renderer.matrix import size_for_aspect
 
 from .conftest import REPO, run_cli
 
@@ -112,14 +112,14 @@ def test_lora_weight_override_reaches_the_variant_metadata(project):
     variants = plan_json(project)
     result = run_cli("plan", project.campaign_path, "--json")
     assert result.code == 0
-    from renderer.config import load_campaign
     from renderer.plan import make_plan
+    from renderer.validate import load_campaign
 
     plan = make_plan(load_campaign(project.campaign_path))
     for variant in plan.variants:
-        style = variant.spec["recipe"]["loras"][0]
+        style = variant.spec.recipe.loras[0]
         expected = 1.5 if variant.axes["product"]["sku"] == "KR-101" else 0.6
-        assert style["weight"] == expected
+        assert style.weight == expected
         assert variant.lora_weights[0] == expected
     assert len(variants) == len(plan.variants)
 
@@ -235,13 +235,13 @@ def test_clip_model_by_folder_or_by_open_clip_name(project):
 
     from PIL import Image
 
-    from renderer.config import load_campaign
-    from renderer.produce import load_scorer
+    from renderer.produce import Scoring
+    from renderer.validate import load_campaign
 
-    by_name = load_scorer(load_campaign(project.campaign_path))
+    by_name = Scoring(load_campaign(project.campaign_path)).scorer
     assert by_name.embed_texts(["a red shoe"]).shape == (1, 512)  # ViT-B-32's width
     scoring.pop("clip_name")
     scoring["clip_model"] = folder
-    by_folder = load_scorer(load_campaign(project.write()))
+    by_folder = Scoring(load_campaign(project.write())).scorer
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     assert by_folder.embed_images([image]).shape[1] != 512

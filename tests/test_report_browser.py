@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from postprocess.gate import FAIL, PASS, REVIEW
-from postprocess.report import ReportRow, ReportRun, write_report
+from postprocess.gate_rules import FAIL, PASS, REVIEW
+from postprocess.report_page import ReportRow, ReportRun, report_html
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -89,7 +89,7 @@ def report(tmp_path_factory):
         row("b", FAIL, 0.10, HOSTILE_PROMPT, ("clip_prompt 0.100 < min 0.200",)),
         row("c", REVIEW, 0.20, reasons=("faces 1.000 > max 0.000",)),
     ]
-    write_report(out / "report.html", RUN, rows)
+    (out / "report.html").write_text(report_html(RUN, rows), encoding="utf-8")
     (out / "driver.html").write_text(DRIVER, encoding="utf-8")
     return out
 

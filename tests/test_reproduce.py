@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from renderer.cli import main
-from renderer.reproduce import FileFinder, environment_differences, spec_files, ssim
+from renderer.compare import ssim
+from renderer.environment import differences as environment_differences
+from renderer.locate import FileFinder, spec_files
 
 from .conftest import REPO, CliResult, ledger_rows, run_cli
 from .ledger_support import small_project

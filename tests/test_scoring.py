@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from postprocess.scoring import ClipScorer, Scores, build_tiny_clip
-from renderer.errors import MissingFileError
+from postprocess.scoring import ClipScorer, Scores
+from renderer.demo_models import build_tiny_clip
 
 
 def sha256_of_folder_files(folder):
@@ -86,7 +86,7 @@ def test_scores_are_cosines_and_an_image_equal_to_the_brand_scores_one(scorer):
     assert len(scores) == 4
     assert all(isinstance(score, Scores) for score in scores)
     for score in scores:
-        assert set(score.as_dict()) == {"clip_prompt", "clip_brand"}
+        assert set(score.as_dict()) == {"clip_prompt", "clip_brand", "clip_brand_best"}
         assert all(-1.0 <= value <= 1.0 for value in score.as_dict().values())
     same_as_brand = scorer.score(images[:1], prompts[:1], [images[0], images[0]])
     assert same_as_brand[0].clip_brand == pytest.approx(1.0, abs=1e-5)
@@ -116,7 +116,7 @@ def test_mismatched_or_missing_inputs_say_what_to_pass(scorer):
 
 
 def test_folder_without_model_config_is_reported_with_a_fix(tmp_path):
-    with pytest.raises(MissingFileError, match="build_tiny_clip") as error:
+    with pytest.raises(FileNotFoundError, match="campaign demo-models") as error:
         ClipScorer.from_folder(tmp_path)
     assert str(tmp_path) in str(error.value)
 

@@ -1,51 +1,38 @@
-"""Gate rules of a campaign (its own thresholds over a default table) and the decisions of a
-run, stored in the ledger as a history of passes.
+"""A run's gate decisions: its rules (the campaign's over the default table) and each
+decision pass over its deliverable set, stored in the ledger.
 
-Each image is decided when it is committed (``renders.gate_status``: the per-image metrics).
-When the run ends, its whole deliverable set is decided again with the run metrics
-(``consistency``: each image against the set's mean CLIP embedding, from the embeddings
-stored in the ledger, so a resumed run gets the same figures as one uninterrupted run);
-that pass is a ``gatings`` row with one ``gate_decisions`` row per render, and it is what
-the run's counts, the exit code and the report say. ``campaign gate`` adds further passes
-with other thresholds, from the stored scores, without rendering.
+When a run ends, its whole deliverable set — rendered now or skipped as done — is decided
+with the run metrics (``consistency``: each image against the set's mean CLIP embedding,
+from the embeddings stored in the ledger, so a resumed run gets the same figures as one
+uninterrupted run). That pass is a ``gatings`` row with one ``gate_decisions`` row per
+render; ``campaign gate`` adds further passes with other thresholds, from the stored
+scores, without rendering. A render's current decision is its decision in the latest pass
+(the ledger's ``current_decisions`` view); a run's counts are those of its latest pass.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from postprocess.gate import FAIL, PASS, REVIEW, STATUSES, GateDecision, GateRule, decide
+from postprocess.gate_rules import (
+    DEFAULT_RULES,
+    METRICS,
+    NOTES,
+    GateDecision,
+    GateRule,
+    count_statuses,
+    decide,
+    worst,
+)
 
-from .config import METRICS, RUN_METRICS, Campaign
 from .errors import InputError
-from .ledger import Ledger
-
-# Why a broken rule matters, shown after its reason.
-NOTES = {
-    "faces": "faces detected: check likeness consent",
-    "logo_match": "logo missing or covered",
-    "logo_in_place": "logo not where the brand kit places it",
-    "logo_in_safe_zone": "logo outside the safe zone",
-    "text_contrast": "text below WCAG AA contrast",
-    "consistency_z": "an outlier from the rest of the run",
-    "consistency": "unlike the rest of the run",
-}
-# Applied when the campaign does not set the metric (`gates: {metric: null}` turns one off).
-# Logo rules apply only with the logo overlay on, text_contrast only with text.
-DEFAULT_RULES = {
-    "faces": GateRule("faces", max=0, severity=REVIEW, note=NOTES["faces"]),
-    "logo_match": GateRule("logo_match", min=0.5, note=NOTES["logo_match"]),
-    "logo_in_safe_zone": GateRule("logo_in_safe_zone", min=1, note=NOTES["logo_in_safe_zone"]),
-    "text_contrast": GateRule("text_contrast", min=4.5, note=NOTES["text_contrast"]),
-    "consistency_z": GateRule("consistency_z", min=-3.0, severity=REVIEW,
-                              note=NOTES["consistency_z"]),
-}
+from .inputs import Campaign
+from .ledger import DecisionRecord, Ledger
+from .records import RenderRow, RunRow
 
 
 @dataclass(frozen=True)
@@ -57,10 +44,6 @@ class GateSet:
     rules: tuple[GateRule, ...]
     defaults: frozenset[str] = frozenset()
 
-    def per_image(self) -> GateSet:
-        return GateSet(tuple(rule for rule in self.rules if rule.metric not in RUN_METRICS),
-                       self.defaults)
-
     def decide(self, scores: Mapping[str, float]) -> GateDecision:
         present = [rule for rule in self.rules if rule.metric in scores]
         decision = decide(scores, present)
@@ -68,10 +51,9 @@ class GateSet:
                    if rule.metric not in scores and rule.metric not in self.defaults]
         if not missing:
             return decision
-        severities = {decision.status, *(rule.severity for rule in missing)}
-        status = next(status for status in reversed(STATUSES) if status in severities)
-        return GateDecision(status, decision.reasons + tuple(
-            f"{rule.metric} was not scored" for rule in missing))
+        return GateDecision(worst([decision.status, *(rule.severity for rule in missing)]),
+                            decision.reasons + tuple(f"{rule.metric} was not scored"
+                                                     for rule in missing))
 
     def describe(self) -> dict[str, str]:
         return {rule.metric: rule.describe() for rule in self.rules}
@@ -114,28 +96,17 @@ def campaign_gates(campaign: Campaign) -> GateSet:
     return GateSet(tuple(rules + defaults), frozenset(rule.metric for rule in defaults))
 
 
-def run_gates(ledger: Ledger, run: Mapping[str, Any]) -> GateSet:
-    """The rules a run was decided with last (its latest pass, else those it started with;
-    a run from before m003 has its thresholds as text: ``min 0.200, max 0.900``)."""
-    gating = ledger.latest_gating(run["id"])
-    if gating is not None:
-        return GateSet.from_json(gating.rules)
-    if run.get("rules_json"):
-        return GateSet.from_json(json.loads(run["rules_json"]))
-    rules = []
-    for metric, text in json.loads(run["thresholds_json"]).items():
-        bounds = dict(re.findall(r"(min|max) (-?[0-9.]+)", text))
-        rules.append(GateRule(metric, *(float(bounds[k]) if k in bounds else None
-                                        for k in ("min", "max")),
-                              REVIEW if "(review)" in text else FAIL, NOTES.get(metric, "")))
-    return GateSet(tuple(rules))
+def run_gates(ledger: Ledger, run: RunRow) -> GateSet:
+    """The rules a run was decided with last (its latest pass, else those it started with)."""
+    gating = ledger.latest_gating(run.id)
+    return GateSet.from_json(gating["rules"] if gating is not None else run.rules)
 
 
 @dataclass(frozen=True)
 class RunDecisions:
     gating_id: int
     counts: dict[str, int]  # passed, review, failed
-    rows: list[dict[str, Any]]  # each render row with its decision: status, reasons, scores
+    decided: list[tuple[RenderRow, DecisionRecord]]  # each render with its new decision
 
 
 def decide_run(ledger: Ledger, run_id: str, gates: GateSet, *, source: str) -> RunDecisions:
@@ -143,34 +114,31 @@ def decide_run(ledger: Ledger, run_id: str, gates: GateSet, *, source: str) -> R
     metrics, and store the pass (``source``: render or gate)."""
     rows = ledger.run_rows(run_id)
     run_scores = consistency_scores(rows)
-    decisions = []
+    decided = []
     for row in rows:
-        scores = {**json.loads(row["scores_json"]), **run_scores.get(row["variant_id"], {})}
+        scores = {**row.scores, **run_scores.get(row.variant_id, {})}
         decision = gates.decide(scores)
-        decisions.append({"render_id": row["id"], "variant_id": row["variant_id"],
-                          "status": decision.status, "reasons": list(decision.reasons),
-                          "scores": scores})
+        decided.append((row, DecisionRecord(render_id=row.id, variant_id=row.variant_id,
+                                            status=decision.status, reasons=decision.reasons,
+                                            scores=scores)))
     gating_id = ledger.record_gating(run_id, source=source, rules=gates.as_json(),
-                                     decisions=decisions)
-    counts = {"passed": sum(d["status"] == PASS for d in decisions),
-              "review": sum(d["status"] == REVIEW for d in decisions),
-              "failed": sum(d["status"] == FAIL for d in decisions)}
-    return RunDecisions(gating_id, counts, [{**row, **decision} for row, decision
-                                            in zip(rows, decisions, strict=True)])
+                                     decisions=[record for _, record in decided])
+    return RunDecisions(gating_id, count_statuses(record.status for _, record in decided),
+                        decided)
 
 
-def consistency_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+def consistency_scores(rows: Sequence[RenderRow]) -> dict[str, dict[str, float]]:
     """``consistency`` and ``consistency_z`` of each row with a stored embedding, against the
     mean of all of them (rows from before m003 have none and get no run metrics)."""
     from postprocess.metrics import consistency
 
-    embedded = [row for row in rows if row.get("embedding")]
+    embedded = [row for row in rows if row.embedding]
     if not embedded:
         return {}
-    matrix = np.stack([np.frombuffer(row["embedding"], dtype="<f4") for row in embedded])
+    matrix = np.stack([np.frombuffer(row.embedding, dtype="<f4") for row in embedded])
     result = consistency(matrix)
-    return {row["variant_id"]: {"consistency": round(float(cosine), 6),
-                                "consistency_z": round(float(z), 4)}
+    return {row.variant_id: {"consistency": round(float(cosine), 6),
+                             "consistency_z": round(float(z), 4)}
             for row, cosine, z in zip(embedded, result.cosines, result.z_scores, strict=True)}
 
 

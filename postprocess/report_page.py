@@ -1,10 +1,11 @@
-"""The run report: one self-contained HTML page a person can open from the output folder.
+"""The run report page: one self-contained HTML page a person can open from the output
+folder, and the X/Y grid images it links.
 
 Image links are relative to the report's folder, so the page keeps working when the
 whole output folder is moved or shared. Every value is HTML-escaped by Jinja's autoescape;
 the page's small script sorts (by seed or any score) and filters (failed, review) by moving
-and hiding the rows, never by building markup. ``write_xy_grid`` draws A1111-style X/Y
-plots of any two axes.
+and hiding the rows, never by building markup. ``xy_grid_png`` draws A1111-style X/Y plots
+of any two axes. Both return what to write; the caller writes it (atomically).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from postprocess.gate import FAIL, PASS, REVIEW, STATUSES
-from renderer.atomic import write_bytes_atomic, write_text_atomic
+from postprocess.gate_rules import FAIL, PASS, REVIEW, STATUSES
 
 _TEMPLATE_NAME = "report.html.j2"
 _ENVIRONMENT = Environment(
@@ -31,7 +31,9 @@ _ENVIRONMENT = Environment(
     keep_trailing_newline=True,
 )
 SHORT_ID_LENGTH = 12
-_ROW_CLASSES = {PASS: None, REVIEW: "review", FAIL: "failed"}
+# Not decided yet (a run stopped before its decision pass): shown as such, never as passed.
+UNDECIDED = "undecided"
+_ROW_CLASSES = {PASS: None, REVIEW: "review", FAIL: "failed", UNDECIDED: "undecided"}
 _FILTERS = (
     ("all", "all"),
     (FAIL, "failed"),
@@ -59,7 +61,7 @@ class ReportRow:
     width: int
     height: int
     scores: Mapping[str, float]
-    status: str  # gate.PASS, gate.REVIEW or gate.FAIL
+    status: str  # gate_rules.PASS, REVIEW or FAIL, or UNDECIDED
     reasons: tuple[str, ...]
 
     def __post_init__(self) -> None:
@@ -68,9 +70,10 @@ class ReportRow:
                 f"image path {self.image_relpath!r} of variant {self.variant_id} is absolute; "
                 "pass it relative to the report's folder (os.path.relpath(image, report_dir))"
             )
-        if self.status not in STATUSES:
+        if self.status not in _ROW_CLASSES:
             raise ValueError(
-                f"status {self.status!r} of variant {self.variant_id} is not one of {STATUSES}"
+                f"status {self.status!r} of variant {self.variant_id} is not one of "
+                f"{(*STATUSES, UNDECIDED)}"
             )
 
 
@@ -82,23 +85,17 @@ class ReportGrid:
     caption: str  # e.g. "product × aspect"
 
 
-def write_report(
-    path: Path, run: ReportRun, rows: Sequence[ReportRow], grids: Sequence[ReportGrid] = ()
-) -> Path:
-    """Write the report to the file ``path`` (e.g. ``OUT/report.html``) atomically."""
-    if path.is_dir():
-        raise ValueError(
-            f"report path {path} is a folder; pass the file to write, e.g. {path / 'report.html'}"
-        )
-    html = _ENVIRONMENT.get_template(_TEMPLATE_NAME).render(
+def report_html(
+    run: ReportRun, rows: Sequence[ReportRow], grids: Sequence[ReportGrid] = ()
+) -> str:
+    """The report page's HTML."""
+    return _ENVIRONMENT.get_template(_TEMPLATE_NAME).render(
         run=run,
         rows=[_row_view(row) for row in rows],
         score_names=_score_names(rows),
         filters=_FILTERS,
         grids=[{"src": _url(grid.image_relpath), "caption": grid.caption} for grid in grids],
     )
-    write_text_atomic(path, html)
-    return path
 
 
 def _row_view(row: ReportRow) -> dict[str, object]:
@@ -126,15 +123,14 @@ _LABEL_COLOUR = (29, 29, 31)
 _STATUS_COLOURS = {FAIL: (200, 30, 30), REVIEW: (230, 160, 0)}
 
 
-def write_xy_grid(
-    path: Path,
+def xy_grid_png(
     rows: Sequence[ReportRow],
     x_axis: str,
     y_axis: str,
     images: Mapping[str, Image.Image],
     cell: int = 256,
-) -> Path:
-    """Write a labelled grid PNG like A1111's X/Y plot: one column per ``x_axis`` value,
+) -> bytes:
+    """A labelled grid PNG like A1111's X/Y plot: one column per ``x_axis`` value,
     one row per ``y_axis`` value (in first-seen order), each image fitted into a ``cell``
     square; failed and review images are framed in red or amber and tagged.
 
@@ -170,8 +166,7 @@ def write_xy_grid(
             _draw_cell(grid, draw, box, cells.get((x_value, y_value)), images, font, pad)
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
+    return buffer.getvalue()
 
 
 def _grid_cells(

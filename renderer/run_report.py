@@ -1,9 +1,9 @@
-"""Build a run's HTML report from the ledger (what the ledger says is what the page shows).
+"""A run's HTML report, from the ledger: what the ledger says is what the page shows.
 
-Status, reasons and scores come from the run's latest gate decisions (the end of its
-render, or a later ``campaign gate``); a run from before gate decisions were stored shows
-each render's own decision. X/Y grid images of two axes are written beside the report, one
-per combination of the other axes' values, and linked with relative paths.
+Each row shows its render's current decision (status, reasons and the scores decided on;
+``renderer.decisions``); the header counts those rows and names the rules of the run's
+latest decision pass. X/Y grid images of two axes are written beside the report, one per
+combination of the other axes' values, and linked with relative paths.
 """
 
 from __future__ import annotations
@@ -11,12 +11,18 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from postprocess.gate_rules import count_statuses
+from postprocess.report_page import UNDECIDED, ReportGrid, ReportRow, ReportRun, report_html
+
+from .atomic import write_bytes_atomic, write_text_atomic
+from .decisions import run_gates
 from .errors import InputError
 from .ledger import Ledger
+from .records import RenderRow
 
 GRID_CELL = 160  # pixels per grid cell (images are fitted, up or down)
 
@@ -32,60 +38,43 @@ def write_run_report(ledger: Ledger, run_id: str | None, path: Path | None = Non
                      grids: Sequence[tuple[str, str]] | None = None) -> Path:
     """Write the report of a run (the latest when run_id is None); returns its path.
     ``grids``: (x axis, y axis) pairs; None: those the campaign asked for when it ran."""
-    from postprocess.report import ReportRow, ReportRun, write_report
-
     run = ledger.run(run_id)
     if run is None:
         raise InputError(f"no run {run_id!r} in the ledger" if run_id else "the ledger has no runs",
                          file=ledger.path, fix="list runs with `campaign history`")
     out_dir = ledger.path.parent
-    path = path or out_dir / run["campaign"] / f"report-{run['id']}.html"
-    gating = ledger.latest_gating(run["id"])
-    stored = ledger.run_rows(run["id"])
-    rows = []
-    for row in stored:
-        decision = gating.decisions.get(row["id"]) if gating else None
-        if decision is None:
-            decision = {"status": row["gate_status"],
-                        "reasons": json.loads(row["gate_reasons_json"]),
-                        "scores": json.loads(row["scores_json"])}
-        rows.append(ReportRow(
-            variant_id=row["variant_id"],
-            image_relpath=Path(os.path.relpath(out_dir / row["output_path"], path.parent))
-            .as_posix(),
-            axes={name: axis_label(value) for name, value in json.loads(row["axes_json"]).items()},
-            prompt=row["prompt"], seed=row["seed"], width=row["width"], height=row["height"],
-            scores=decision["scores"], status=decision["status"],
-            reasons=tuple(decision["reasons"]),
-        ))
-    counts = {key: run[key] for key in ("planned", "rendered", "skipped")}
-    if gating:
-        counts.update(gating.counts)
-    else:
-        counts.update({key: run.get(key) or 0 for key in ("passed", "review", "failed")})
-    thresholds = json.loads(run["thresholds_json"])
-    if gating:
-        from .gating import GateSet
-
-        thresholds = GateSet.from_json(gating.rules).describe()
-    report_run = ReportRun(
-        run_id=run["id"], campaign=run["campaign"], created_at=run["started_at"],
-        counts=counts, thresholds=thresholds,
-    )
+    path = path or out_dir / run.campaign / f"report-{run.id}.html"
+    if path.is_dir():
+        raise InputError(f"report path {path} is a folder", file=path,
+                         fix=f"pass the file to write, e.g. {path / 'report.html'}")
+    stored = ledger.run_rows(run.id)
+    rows = [ReportRow(
+        variant_id=row.variant_id,
+        image_relpath=Path(os.path.relpath(out_dir / row.output_path, path.parent)).as_posix(),
+        axes={name: axis_label(value) for name, value in row.axes.items()},
+        prompt=row.prompt, seed=row.seed, width=row.width, height=row.height,
+        scores=row.decision.scores if row.decision else row.scores,
+        status=row.decision.status if row.decision else UNDECIDED,
+        reasons=row.decision.reasons if row.decision else ()) for row in stored]
+    decided = [row.status for row in rows if row.status != UNDECIDED]
+    counts = {"planned": run.planned, "rendered": run.rendered, "skipped": run.skipped,
+              **count_statuses(decided)}
+    report_run = ReportRun(run_id=run.id, campaign=run.campaign, created_at=run.started_at,
+                           counts=counts, thresholds=run_gates(ledger, run).describe())
     if grids is None:
-        grids = [tuple(pair) for pair in
-                 json.loads(run.get("report_json") or "{}").get("grids", [])]
+        grids = [tuple(pair) for pair in run.report.get("grids", [])]
     grid_views = write_grids(path, rows, grids, out_dir, stored)
-    return write_report(path, report_run, rows, grid_views)
+    write_text_atomic(path, report_html(report_run, rows, grid_views))
+    return path
 
 
-def write_grids(report_path: Path, rows: Sequence[Any], grids: Sequence[tuple[str, str]],
-                out_dir: Path, ledger_rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+def write_grids(report_path: Path, rows: Sequence[ReportRow], grids: Sequence[tuple[str, str]],
+                out_dir: Path, ledger_rows: Sequence[RenderRow]) -> list[ReportGrid]:
     """One X/Y grid PNG per (x, y) pair and combination of the other axes' values, in
     ``REPORT-grids/`` beside the report; returns the ReportGrid entries linking them."""
     from PIL import Image
 
-    from postprocess.report import ReportGrid, write_xy_grid
+    from postprocess.report_page import xy_grid_png
 
     if not grids or not rows:
         return []
@@ -95,12 +84,12 @@ def write_grids(report_path: Path, rows: Sequence[Any], grids: Sequence[tuple[st
             if axis not in axes:
                 raise InputError(f"the run has no axis {axis!r}", expected=", ".join(axes),
                                  found=axis, fix="name two of the campaign's axes")
-    files = {row["variant_id"]: out_dir / row["output_path"] for row in ledger_rows}
+    files = {row.variant_id: out_dir / row.output_path for row in ledger_rows}
     folder = report_path.parent / f"{report_path.stem}-grids"
     views = []
     for x_axis, y_axis in grids:
         others = [axis for axis in axes if axis not in (x_axis, y_axis)]
-        groups: dict[tuple[str, ...], list[Any]] = {}
+        groups: dict[tuple[str, ...], list[ReportRow]] = {}
         for row in rows:
             if files[row.variant_id].is_file():
                 groups.setdefault(tuple(row.axes[axis] for axis in others), []).append(row)
@@ -110,7 +99,8 @@ def write_grids(report_path: Path, rows: Sequence[Any], grids: Sequence[tuple[st
                 with Image.open(files[row.variant_id]) as image:
                     images[row.variant_id] = image.convert("RGB")
             name = f"{_file_part(x_axis)}-{_file_part(y_axis)}-{number}.png"
-            write_xy_grid(folder / name, members, x_axis, y_axis, images, cell=GRID_CELL)
+            write_bytes_atomic(folder / name, xy_grid_png(members, x_axis, y_axis, images,
+                                                          cell=GRID_CELL))
             where = ", ".join(f"{axis}={value}" for axis, value in zip(others, fixed,
                                                                        strict=True))
             views.append(ReportGrid(

@@ -1,0 +1,240 @@
+"""The ledger's schema, as numbered migrations.
+
+Migrations are functions named ``mNNN_description`` applied in order inside one
+transaction each; the ``migrations`` table records which ran. Never edit a shipped
+migration: add the next number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Callable
+
+from postprocess.gate_rules import NOTES, REVIEW
+
+
+def execute_script(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the surrounding migration transaction; run one by one.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def m001_initial(db: sqlite3.Connection) -> None:
+    execute_script(
+        db,
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            campaign TEXT NOT NULL,
+            campaign_file TEXT NOT NULL,
+            recipe_name TEXT NOT NULL,
+            recipe_version INTEGER NOT NULL,
+            executor TEXT NOT NULL,
+            environment_hash TEXT NOT NULL REFERENCES environments(hash),
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            status TEXT NOT NULL,          -- running | passed | failed | error
+            planned INTEGER NOT NULL,
+            rendered INTEGER NOT NULL DEFAULT 0,
+            skipped INTEGER NOT NULL DEFAULT 0,
+            passed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            thresholds_json TEXT NOT NULL
+        );
+        CREATE TABLE environments (
+            hash TEXT PRIMARY KEY,
+            environment_json TEXT NOT NULL
+        );
+        CREATE TABLE recipe_versions (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            content_hash TEXT NOT NULL,
+            resolved_json TEXT NOT NULL,
+            first_rendered_at TEXT NOT NULL,
+            PRIMARY KEY (name, version)
+        );
+        CREATE TABLE renders (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            variant_id TEXT NOT NULL,
+            campaign TEXT NOT NULL,
+            recipe_name TEXT NOT NULL,
+            recipe_version INTEGER NOT NULL,
+            recipe_hash TEXT NOT NULL,
+            variant_json TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            axes_json TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            input_files_json TEXT NOT NULL,  -- [{"role", "path", "sha256"}]
+            output_path TEXT NOT NULL,       -- relative to the ledger's folder
+            output_sha256 TEXT NOT NULL,
+            output_bytes INTEGER NOT NULL,
+            environment_hash TEXT NOT NULL REFERENCES environments(hash),
+            scores_json TEXT NOT NULL,
+            gate_status TEXT NOT NULL,       -- pass | fail
+            gate_reasons_json TEXT NOT NULL,
+            render_seconds REAL NOT NULL,
+            rerender_reason TEXT,            -- NULL, 'missing' or 'altered'
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE run_variants (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            position INTEGER NOT NULL,
+            variant_id TEXT NOT NULL,
+            outcome TEXT NOT NULL,           -- to_render | skipped
+            PRIMARY KEY (run_id, variant_id)
+        );
+        CREATE INDEX renders_by_variant ON renders(variant_id, id);
+        CREATE INDEX renders_by_run ON renders(run_id);
+        """
+    )
+
+
+def m002_batches_and_lookups(db: sqlite3.Connection) -> None:
+    """Record each render's batch: reproducing an image bit for bit means rendering the same
+    batch again (alone, an image may move by 1/255). Index what history and show look up."""
+    execute_script(
+        db,
+        """
+        ALTER TABLE renders ADD COLUMN batch_json TEXT;  -- variant ids of the pipeline call
+        CREATE INDEX runs_by_started ON runs(started_at);
+        CREATE INDEX renders_by_output ON renders(output_path)
+        """
+    )
+
+
+def m003_postprocess_and_gates(db: sqlite3.Connection) -> None:
+    """Channel exports of each render; CLIP embeddings (a run's consistency is computed from
+    them over its whole deliverable set, so it is right after a resume); gate decisions of a
+    run as a history of passes (the end of a render, then each `campaign gate`)."""
+    execute_script(
+        db,
+        """
+        ALTER TABLE renders ADD COLUMN embedding BLOB;    -- CLIP image embedding, float32 LE
+        ALTER TABLE runs ADD COLUMN review INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN rules_json TEXT;      -- the run's gate rules, as data
+        ALTER TABLE runs ADD COLUMN report_json TEXT;     -- report settings (grid axes)
+        CREATE TABLE exports (
+            render_id INTEGER NOT NULL REFERENCES renders(id),
+            name TEXT NOT NULL,              -- the channel
+            path TEXT NOT NULL,              -- relative to the ledger's folder
+            sha256 TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            format TEXT NOT NULL,            -- png | jpeg | webp
+            PRIMARY KEY (render_id, name)
+        );
+        CREATE TABLE gatings (               -- one decision pass over a run's deliverables
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            source TEXT NOT NULL,            -- render | gate
+            rules_json TEXT NOT NULL,
+            passed INTEGER NOT NULL,
+            review INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            decided_at TEXT NOT NULL
+        );
+        CREATE TABLE gate_decisions (
+            gating_id INTEGER NOT NULL REFERENCES gatings(id),
+            render_id INTEGER NOT NULL REFERENCES renders(id),
+            variant_id TEXT NOT NULL,
+            status TEXT NOT NULL,            -- pass | review | fail
+            reasons_json TEXT NOT NULL,
+            scores_json TEXT NOT NULL,       -- the scores decided on (with run metrics)
+            PRIMARY KEY (gating_id, render_id)
+        );
+        CREATE INDEX gatings_by_run ON gatings(run_id, id);
+        CREATE INDEX gate_decisions_by_render ON gate_decisions(render_id)
+        """
+    )
+
+
+def m004_one_current_decision(db: sqlite3.Connection) -> None:
+    """One home for each decision. Until m003 a decision lived in three places (the render
+    row's gate_status, the gate_decisions of each pass, the counts copied onto runs and
+    gatings) and a run's rules in two (thresholds_json as text, rules_json as data).
+
+    Now decisions live only in gate_decisions. Renders that never got one (a run stopped
+    before its decision pass; ledgers from before m003) get their row's own decision as a
+    pass of their run. Every copy is dropped; the counts, a run's passed/failed status and
+    each render's current decision are views over the decisions."""
+    _rules_from_thresholds(db)
+    undecided = db.execute(
+        "SELECT run_id, id, variant_id, gate_status, gate_reasons_json, scores_json, created_at "
+        "FROM renders WHERE id NOT IN (SELECT render_id FROM gate_decisions) ORDER BY id"
+    ).fetchall()
+    passes: dict[str, int] = {}
+    for run_id, render_id, variant_id, status, reasons, scores, created_at in undecided:
+        if run_id not in passes:
+            rules = db.execute("SELECT rules_json FROM runs WHERE id = ?", (run_id,)).fetchone()
+            passes[run_id] = db.execute(
+                "INSERT INTO gatings (run_id, source, rules_json, passed, review, failed, "
+                "decided_at) VALUES (?, 'render', ?, 0, 0, 0, ?)",
+                (run_id, rules[0] or "[]", created_at)).lastrowid
+        db.execute("INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?)",
+                   (passes[run_id], render_id, variant_id, status, reasons, scores))
+    # A finished run's passed or failed is its latest decision pass's, not a stored copy.
+    db.execute("UPDATE runs SET status = 'finished' WHERE status IN ('passed', 'failed')")
+    execute_script(
+        db,
+        """
+        ALTER TABLE renders DROP COLUMN gate_status;
+        ALTER TABLE renders DROP COLUMN gate_reasons_json;
+        ALTER TABLE runs DROP COLUMN passed;
+        ALTER TABLE runs DROP COLUMN failed;
+        ALTER TABLE runs DROP COLUMN review;
+        ALTER TABLE runs DROP COLUMN thresholds_json;
+        ALTER TABLE gatings DROP COLUMN passed;
+        ALTER TABLE gatings DROP COLUMN review;
+        ALTER TABLE gatings DROP COLUMN failed;
+        CREATE INDEX gate_decisions_by_render_pass ON gate_decisions(render_id, gating_id);
+        CREATE VIEW decision_counts AS
+            SELECT gating_id, SUM(status = 'pass') AS passed, SUM(status = 'review') AS review,
+                   SUM(status = 'fail') AS failed
+            FROM gate_decisions GROUP BY gating_id;
+        CREATE VIEW current_decisions AS  -- each render's decision in its latest pass
+            SELECT d.render_id, d.status, d.reasons_json, d.scores_json, g.id AS gating_id,
+                   g.run_id AS decided_in_run, g.source, g.decided_at
+            FROM gate_decisions d JOIN gatings g ON g.id = d.gating_id
+            WHERE d.gating_id = (SELECT MAX(gating_id) FROM gate_decisions latest
+                                 WHERE latest.render_id = d.render_id);
+        CREATE VIEW run_summaries AS  -- each run with the counts of its latest decision pass
+            SELECT runs.*, g.id AS gating_id, g.source AS decided_by, g.decided_at,
+                   COALESCE(c.passed, 0) AS passed, COALESCE(c.review, 0) AS review,
+                   COALESCE(c.failed, 0) AS failed,
+                   (SELECT COUNT(*) FROM gatings WHERE run_id = runs.id AND source = 'gate')
+                       AS regatings,
+                   CASE WHEN runs.status = 'finished' THEN
+                       CASE WHEN COALESCE(c.failed, 0) > 0 THEN 'failed' ELSE 'passed' END
+                   ELSE runs.status END AS outcome
+            FROM runs
+            LEFT JOIN gatings g ON g.id = (SELECT MAX(id) FROM gatings WHERE run_id = runs.id)
+            LEFT JOIN decision_counts c ON c.gating_id = g.id
+        """
+    )
+
+
+def _rules_from_thresholds(db: sqlite3.Connection) -> None:
+    """Runs from before m003 kept their rules only as text (``min 0.200, max 0.900
+    (review)``); store them as data like every later run."""
+    rows = db.execute("SELECT id, thresholds_json FROM runs WHERE rules_json IS NULL").fetchall()
+    for run_id, thresholds in rows:
+        rules = []
+        for metric, text in json.loads(thresholds or "{}").items():
+            bounds = dict(re.findall(r"(min|max) (-?[0-9.]+)", text))
+            rules.append({"metric": metric, "min": float(bounds["min"]) if "min" in bounds
+                          else None, "max": float(bounds["max"]) if "max" in bounds else None,
+                          "severity": REVIEW if "(review)" in text else "fail",
+                          "note": NOTES.get(metric, ""), "default": False})
+        db.execute("UPDATE runs SET rules_json = ? WHERE id = ?", (json.dumps(rules), run_id))
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    m001_initial, m002_batches_and_lookups, m003_postprocess_and_gates,
+    m004_one_current_decision)

@@ -1,0 +1,339 @@
+"""Re-render past deliverables from what was recorded, and say whether they match.
+
+The source of truth is the *stored* spec, never today's recipe or campaign file: the render
+row's variant JSON (every pixel-deciding setting, files by name and sha256), its input files
+(paths and sha256), its batch and its environment fingerprint. Without a ledger, the
+``campaign_variant`` JSON inside the image serves — untrusted input, validated by the same
+schema as the files — and files are found by name and sha256 under search folders.
+
+Order of work:
+1. **Inputs.** Every file the spec names is located (``renderer.locate``: recorded path,
+   then the search folders) and its sha256 checked. A missing or changed file stops here:
+   nothing is rendered and the report names the file, the recorded and the found hash.
+2. **Environment.** The recorded thread count, device and dtype are pinned where this
+   machine allows; what still differs (a package version, the device, …) is listed.
+3. **Render.** Each target is rendered inside the same batch it was rendered in (alone, an
+   image may move by 1/255) by the worker ``campaign render`` uses
+   (``renderer.produce.Worker``), so it is post-processed and encoded exactly as then.
+4. **Compare** (``renderer.compare``). Identical bytes, else the largest per-channel
+   difference and SSIM against the tolerance: 0 when the environment is the same, 1/255
+   when it differs (override with ``tolerance``/``min_ssim``).
+
+Exit codes: 0 every target matches within tolerance, 1 drift, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .compare import compare
+from .environment import differences, options_like
+from .errors import InputError
+from .hashing import sha256_bytes, sha256_json
+from .inputs import FileIndex, ResolvedFile
+from .ledger import LEDGER_NAME, Ledger
+from .locate import FileFinder, InputProblem, file_role, spec_files
+from .plan import Variant
+from .produce import Produced, Worker
+from .records import RenderRow
+from .variant import VariantSpec, spec_problem
+
+Log = Callable[[str], None]
+TOLERANCE_OTHER_ENVIRONMENT = 1  # in 1/255 steps, per channel (README: "Ids, seeds …")
+DEFAULT_MIN_SSIM = 0.99
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deliverable to reproduce, as recorded."""
+
+    variant_id: str
+    spec: Mapping[str, Any]  # the stored JSON (what the id hashes)
+    output_name: str                # the re-render goes to FOLDER/OUTPUT-NAME.png below dest
+    original: Path | None           # the recorded image (to compare pixels with)
+    original_sha256: str | None     # the recorded bytes' hash
+    input_files: Sequence[Mapping[str, str]] = ()
+    environment: Mapping[str, Any] | None = None
+    batch: Sequence[str] = ()       # variant ids rendered with it, in order (empty: unknown)
+    source: str = ""
+    search: Sequence[Path] = ()    # where its per-variant images may be (the campaign's folder)
+    folder: str | None = None       # None: the campaign's name, as it was rendered
+
+
+def targets_from_ledger(ledger: Ledger, variant_ids: Sequence[str]) -> list[Target]:
+    latest = ledger.latest_renders(variant_ids)
+    targets = []
+    for variant_id in variant_ids:
+        row = latest.get(variant_id)
+        if row is None:
+            raise InputError(f"no render with id {variant_id} in the ledger", file=ledger.path)
+        targets.append(_target_of(ledger, row))
+    return targets
+
+
+def _target_of(ledger: Ledger, row: RenderRow) -> Target:
+    where = f"ledger row {row.id} of run {row.run_id}"
+    _check_spec(row.spec, row.variant_id, where, ledger.path)
+    run = ledger.run(row.run_id)
+    return Target(
+        variant_id=row.variant_id, spec=row.spec, output_name=_name_in(row),
+        original=ledger.path.parent / row.output_path, original_sha256=row.output_sha256,
+        input_files=row.input_files, environment=ledger.environment(row.environment_hash),
+        batch=row.batch, source=where,
+        # Control images are named relative to the campaign file; the ledger records the
+        # files a recipe names by path, a variant's images by name and sha256 only.
+        search=(Path(run.campaign_file).parent,) if run else ())
+
+
+def _name_in(row: RenderRow) -> str:
+    return row.output_path.removeprefix(f"{row.campaign}/").removesuffix(".png")
+
+
+def target_from_image(path: Path, ledger: Ledger | None) -> Target:
+    """A target from an image's own metadata; the ledger's record of it when there is one."""
+    from .metadata import read_png_metadata
+
+    data = path.read_bytes()
+    try:
+        spec = read_png_metadata(data).get("variant")
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError("cannot read this image", file=path, found=str(err)) from None
+    if spec is None:
+        raise InputError("the image carries no campaign_variant metadata", file=path,
+                         fix="pass a PNG written by `campaign render`, or a render id")
+    variant_id = sha256_json(spec)
+    _check_spec(spec, variant_id, "the image's campaign_variant metadata", path)
+    if ledger is not None and ledger.renders_of(variant_id):
+        recorded = targets_from_ledger(ledger, [variant_id])[0]
+        return dataclasses.replace(recorded, output_name=path.stem, folder="", original=path,
+                                   original_sha256=sha256_bytes(data),
+                                   source=f"{path} ({recorded.source})")
+    # An image reproduces into the destination itself, under its own file name.
+    return Target(variant_id=variant_id, spec=spec, output_name=path.stem, folder="",
+                  original=path, original_sha256=sha256_bytes(data),
+                  source=f"metadata of {path}")
+
+
+def _check_spec(spec: Mapping[str, Any], variant_id: str, where: str, file: Path) -> None:
+    if sha256_json(spec) != variant_id:
+        raise InputError(f"{where}: the stored variant JSON does not hash to its id",
+                         file=file, expected=variant_id, found=sha256_json(spec),
+                         fix="the ledger was edited or is damaged; restore it from a backup")
+    if problem := spec_problem(spec):
+        raise InputError(f"{where} is not a variant spec this renderer can render",
+                         file=file, found=problem,
+                         fix="pass an image written by `campaign render` with its metadata "
+                         "intact, or a render id from the ledger")
+
+
+@dataclass
+class Outcome:
+    variant_id: str
+    source: str
+    status: str = "pending"  # identical | within tolerance | drift | inputs changed
+    reproduced: str | None = None
+    identical_bytes: bool | None = None
+    max_pixel_difference: int | None = None  # in 1/255 steps, per channel
+    ssim: float | None = None
+    tolerance: int = 0
+    min_ssim: float = DEFAULT_MIN_SSIM
+    input_problems: list[str] = field(default_factory=list)
+    environment_differences: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def matches(self) -> bool:
+        return self.status in ("identical", "within tolerance")
+
+    def describe(self) -> str:
+        head = f"{self.variant_id[:12]}  {self.status.upper()}"
+        figures = []
+        if self.identical_bytes is not None:
+            figures.append("identical bytes" if self.identical_bytes else "bytes differ")
+        if self.max_pixel_difference is not None:
+            figures.append(f"max pixel difference {self.max_pixel_difference}/255 "
+                           f"(tolerance {self.tolerance}/255)")
+        if self.ssim is not None:
+            figures.append(f"SSIM {self.ssim:.6f} (min {self.min_ssim})")
+        lines = [head + (f": {', '.join(figures)}" if figures else "")]
+        lines += [f"    input: {problem}" for problem in self.input_problems]
+        lines += [f"    environment: {difference}" for difference in
+                  self.environment_differences]
+        lines += [f"    note: {note}" for note in self.notes]
+        if self.reproduced:
+            lines.append(f"    re-rendered: {self.reproduced}")
+        lines.append(f"    from: {self.source}")
+        return "\n".join(lines)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "matches": self.matches}
+
+
+def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs"),
+              run: str | None = None, into: Path | None = None, search: Sequence[Path] = (),
+              tolerance: int | None = None, min_ssim: float = DEFAULT_MIN_SSIM,
+              log: Log = lambda _: None) -> list[Outcome]:
+    """Re-render deliverables and compare them with what was recorded: ``what`` is a variant
+    id (or a unique prefix of one) or an image path; ``run`` takes a run's whole set
+    instead. The ledger is ``out_dir/ledger.sqlite`` (optional for an image); re-renders go
+    to ``into`` (default ``out_dir/reproduce``)."""
+    from .lookup import open_ledger, resolve_variant_id
+
+    if (what is None) == (run is None):
+        raise InputError("give one render id, image or --run RUN", fix="campaign reproduce "
+                         "ID, campaign reproduce IMAGE.png, or campaign reproduce --run RUN")
+    image = Path(what) if what is not None and Path(what).is_file() else None
+    has_ledger = (out_dir / LEDGER_NAME).is_file()
+    ledger = open_ledger(out_dir) if image is None or has_ledger else None
+    try:
+        if image is not None:
+            targets = [target_from_image(image, ledger)]
+        elif run is not None:
+            recorded = ledger.run(run)
+            if recorded is None:
+                raise InputError(f"no run {run!r} in the ledger", file=ledger.path,
+                                 fix="list runs with `campaign history`")
+            targets = targets_from_ledger(ledger, [row.variant_id
+                                                   for row in ledger.run_rows(recorded.id)])
+        else:
+            targets = targets_from_ledger(ledger, [resolve_variant_id(ledger, str(what))])
+        return reproduce_targets(
+            targets, into or out_dir / "reproduce",
+            lookup=ledger.latest_renders if ledger else lambda ids: {}, search=search,
+            tolerance=tolerance, min_ssim=min_ssim, log=log)
+    finally:
+        if ledger is not None:
+            ledger.close()
+
+
+def reproduce_targets(targets: Sequence[Target], dest: Path, *,
+              lookup: Callable[[Sequence[str]], Mapping[str, RenderRow]] = lambda ids: {},
+              search: Sequence[Path] = (), tolerance: int | None = None,
+              min_ssim: float = DEFAULT_MIN_SSIM, log: Log = lambda _: None) -> list[Outcome]:
+    """Re-render ``targets`` into ``dest`` and compare; ``lookup`` gives the stored render
+    rows of batch mates by variant id."""
+    outcomes = {target.variant_id: Outcome(target.variant_id, target.source, min_ssim=min_ssim)
+                for target in targets}
+    # 1. Every batch to render again: the recorded one, else the target alone.
+    units: dict[tuple[str, ...], list[Target]] = {}
+    for target in targets:
+        key = tuple(target.batch) if target.variant_id in target.batch else (target.variant_id,)
+        units.setdefault(key, []).append(target)
+    names = {target.variant_id: (target.output_name, target.folder) for target in targets}
+    specs: dict[str, Mapping[str, Any]] = {t.variant_id: t.spec for t in targets}
+    for mate, row in lookup([mate for key in units for mate in key if mate not in specs]).items():
+        specs[mate], names[mate] = row.spec, (_name_in(row), None)
+    # 2. Locate and check every file of every spec involved, before loading anything.
+    hints = [folder for target in targets for folder in target.search]
+    finder = FileFinder([entry for target in targets for entry in target.input_files],
+                        [*search, *dict.fromkeys(hints)])
+    located: list[ResolvedFile] = []
+    for spec in specs.values():
+        for key, name, sha256 in spec_files(spec):
+            if (found := finder.find(file_role(key), name, sha256)) is not None:
+                located.append(found)
+    configs: dict[str, Path] = {}
+    config_problems: dict[str, InputProblem] = {}
+    for target in targets:
+        checkpoint = finder.found.get(_checkpoint_key(target.spec))
+        if checkpoint is not None:
+            config, problem = finder.checkpoint_config(target.input_files, checkpoint)
+            if config is not None:
+                configs[checkpoint.sha256] = config
+            if problem:
+                config_problems[target.variant_id] = problem
+
+    def problems_of(spec: Mapping[str, Any]) -> list[InputProblem]:
+        return [finder.problems[(name, sha)] for _, name, sha in spec_files(spec)
+                if (name, sha) in finder.problems]
+
+    for mate in [mate for mate in specs if mate not in outcomes]:
+        if problems_of(specs[mate]):  # a batch mate whose own files are gone: leave it out
+            del specs[mate]
+    for target in targets:
+        outcome = outcomes[target.variant_id]
+        problems = problems_of(target.spec) + ([config_problems[target.variant_id]]
+                                               if target.variant_id in config_problems else [])
+        if problems:
+            outcome.status = "inputs changed"
+            outcome.input_problems = list(dict.fromkeys(p.describe() for p in problems))
+    if any(outcome.input_problems for outcome in outcomes.values()):
+        for outcome in outcomes.values():
+            if not outcome.input_problems:
+                outcome.status = "not rendered"
+                outcome.notes.append("nothing rendered: other targets' inputs changed")
+        return list(outcomes.values())
+    files = FileIndex.of(located, configs)
+    # 3. Render each batch again, pinned to the recorded environment where possible.
+    renderer = None
+    for key, members in units.items():
+        first = members[0]
+        mates = [mate for mate in key if mate in specs]
+        batch = [Variant(spec=VariantSpec.from_json(specs[mate]), id=mate,
+                         output_name=names[mate][0], aspect=None, folder=names[mate][1])
+                 for mate in mates]
+        if len(mates) < len(key):
+            for target in members:
+                outcomes[target.variant_id].notes.append(
+                    f"{len(key) - len(mates)} of the {len(key)} images of its batch are not in "
+                    "the ledger: rendered without them (may move pixels by 1/255)")
+        elif len(key) == 1 and not first.batch:
+            outcomes[first.variant_id].notes.append(
+                "batch not recorded: rendered alone (may move pixels by 1/255)")
+        renderer = _renderer_for(renderer, first.environment, log)
+        worker = Worker(renderer, files, scoring=None)  # it compares pixels, not scores
+        log(f"rendering {len(batch)} image(s) for {len(members)} target(s)")
+        produced = {item.variant.id: item for item in worker.produce(batch, dest)}
+        current = worker.environment()
+        for target in members:
+            outcome = outcomes[target.variant_id]
+            outcome.environment_differences = differences(target.environment, current)
+            _judge(outcome, target, produced[target.variant_id], dest, tolerance)
+    return list(outcomes.values())
+
+
+def _checkpoint_key(spec: Mapping[str, Any]) -> tuple[str, str]:
+    checkpoint = spec["recipe"]["checkpoint"]
+    return checkpoint["name"], checkpoint["sha256"]
+
+
+def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None, log: Log) -> Any:
+    """A renderer set up as the recorded environment was (threads, device, dtype, options)."""
+    import torch
+
+    from .render import DiffusersRenderer, RenderOptions
+
+    if environment and environment.get("threads"):
+        torch.set_num_threads(int(environment["threads"]))
+    wanted = RenderOptions(**options_like(environment, RenderOptions.known()))
+    if renderer is None or renderer.options != wanted:
+        renderer = DiffusersRenderer(wanted, log=log)
+    return renderer
+
+
+def _judge(outcome: Outcome, target: Target, produced: Produced, dest: Path,
+           tolerance: int | None) -> None:
+    path = dest / produced.output_path
+    outcome.reproduced = str(path)
+    outcome.tolerance = tolerance if tolerance is not None else (
+        0 if not outcome.environment_differences else TOLERANCE_OTHER_ENVIRONMENT)
+    result = compare(target.original, target.original_sha256, path.read_bytes(), path)
+    outcome.identical_bytes = result.identical_bytes
+    outcome.max_pixel_difference, outcome.ssim = result.max_pixel_difference, result.ssim
+    outcome.notes += result.notes
+    if result.identical_bytes:
+        outcome.status = "identical"
+        return
+    if not result.comparable:
+        outcome.status = "drift"
+        return
+    within = (result.max_pixel_difference <= outcome.tolerance
+              and result.ssim >= outcome.min_ssim)
+    outcome.status = "within tolerance" if within else "drift"
+    if not within and not outcome.environment_differences:
+        outcome.notes.append("same environment, yet the pixels moved: check the files' hashes "
+                             "and the batch notes above")

@@ -1,0 +1,361 @@
+"""The file formats: recipes, campaigns and brand kits, as pydantic models.
+
+Unknown keys are errors and types are strict (``"5"`` is not an int). Every ranged
+setting is declared once: the shared field types below (steps, cfg, seeds, LoRA weights,
+sizes) are also the types of a variant's spec (``renderer.variant``), and the retouch
+steps, logo placement and exports are the post-process library's own parameter models.
+So a file, a stored spec and an image's embedded spec are checked by the same ranges.
+
+Declarations only: ``renderer.validate`` applies them (with every other check) and turns
+their errors into ``file:line`` messages. ``campaign schema`` writes JSON Schema from them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from postprocess.export import ExportSpec
+from postprocess.gate_rules import METRICS
+from postprocess.overlay import LogoPlacement
+from postprocess.parameters import Fraction, Parameters
+from postprocess.retouch import OPERATIONS
+
+from .families import Family, SchedulerName
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+ASPECT_PATTERN = r"^[1-9][0-9]*:[1-9][0-9]*$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+TEXT_ROLES = ("headline", "legal")
+
+Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Version = Annotated[int, Field(ge=1)]
+Steps = Annotated[int, Field(ge=1, le=200)]
+Cfg = Annotated[float, Field(ge=0.0, le=30.0)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+LoraWeight = Annotated[float, Field(ge=-4.0, le=4.0)]
+Side = Annotated[int, Field(ge=8, le=8192)]
+Size = Annotated[list[Side], Field(min_length=2, max_length=2,
+                                   description="[width, height] in pixels.")]
+Fractions = Annotated[list[Fraction], Field(min_length=4, max_length=4)]
+ImageTemplate = Annotated[str, Field(
+    min_length=1, description="Image path, a Jinja template rendered per variant (it can read "
+    "axis values); relative paths are resolved from the campaign file's folder.")]
+AxisValue = str | int | float | bool | dict[str, Any]
+Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# ---------------------------------------------------------------- files referenced
+
+
+class FileId(Strict):
+    """A file as a spec names it: by name and sha256, never by path (ids must not change
+    when a project moves folders)."""
+
+    name: str = Field(min_length=1)
+    sha256: Sha256
+
+
+class FileRef(Strict):
+    """A file (or a diffusers model folder) with an optional pinned sha256."""
+
+    path: str = Field(min_length=1)
+    sha256: Sha256 | None = None
+
+
+class PinnedFileRef(FileRef):
+    """A model file whose sha256 must be pinned."""
+
+    sha256: Sha256
+
+
+class CheckpointRef(PinnedFileRef):
+    config: str | None = Field(
+        default=None,
+        description="A local diffusers-layout folder (JSON configs suffice) used to load a "
+        "single-file checkpoint offline.",
+    )
+
+
+class LoraRef(PinnedFileRef):
+    weight: LoraWeight
+
+
+# ---------------------------------------------------------------- recipes
+
+
+class ControlNetSettings(Strict):
+    image: ImageTemplate
+    preprocessor: Literal["none", "canny", "softedge", "lineart", "depth"] = Field(
+        default="none", description="OpenCV preprocessing of the image into a control map.")
+    scale: float = Field(default=1.0, ge=0.0, le=2.0)
+    start: Fraction = Field(default=0.0, description="Guidance start (fraction of the steps).")
+    end: Fraction = Field(default=1.0, description="Guidance end (fraction of the steps).")
+
+
+class ControlNetSpec(ControlNetSettings):
+    model: PinnedFileRef = Field(description="A diffusers ControlNet folder or file.")
+
+
+class IpAdapterSettings(Strict):
+    scale: float = Field(default=0.6, ge=0.0, le=2.0)
+    images: list[ImageTemplate] | None = Field(
+        default=None, description="Style references; default: the brand kit's references.")
+
+
+class IpAdapterSpec(IpAdapterSettings):
+    model: PinnedFileRef = Field(description="A folder with ip-adapter.safetensors and its "
+                                 "image_encoder/ folder.")
+
+
+class Img2ImgSpec(Strict):
+    image: ImageTemplate
+    strength: float = Field(gt=0.0, le=1.0)
+    source_is_photo: bool = Field(
+        default=False, description="The source is a real photograph: outputs are declared "
+        "compositeWithTrainedAlgorithmicMedia instead of trainedAlgorithmicMedia.")
+
+
+class InpaintSpec(Img2ImgSpec):
+    mask: ImageTemplate | None = Field(default=None, description="White = repaint.")
+    region: Fractions | None = Field(
+        default=None, description="Repaint this box [x0, y0, x1, y1] (fractions of width and "
+        "height).")
+
+
+class RecipeSettings(Strict):
+    """What a recipe says about making an image, besides the files it names."""
+
+    family: Family
+    scheduler: SchedulerName
+    steps: Steps
+    cfg: Cfg
+    size: Size
+    seed: Seed
+    prompt: str = Field(min_length=1, description="Jinja template.")
+    negative_prompt: str = Field(default="", description="Jinja template.")
+    img2img: Img2ImgSpec | None = None
+    inpaint: InpaintSpec | None = Field(
+        default=None, description="Needs an inpainting checkpoint (a 9-channel UNet).")
+
+
+class RecipeFile(RecipeSettings):
+    """``recipes/NAME.yaml``: how a look is made, pinned and versioned."""
+
+    name: Name
+    version: Version
+    checkpoint: CheckpointRef
+    loras: list[LoraRef] = Field(default_factory=list)
+    allow_pickle: bool = Field(
+        default=False, description="Allow .ckpt/.pt/.bin/.pth files, which can run code when "
+        "loaded. Only for files from a source you trust.")
+    controlnets: list[ControlNetSpec] = Field(default_factory=list)
+    ip_adapter: IpAdapterSpec | None = None
+
+
+# ---------------------------------------------------------------- brand kits
+
+
+class PlacementSpec(LogoPlacement):
+    safe_zone: Fractions | None = Field(
+        default=None, description="[left, top, right, bottom] fractions of width and height the "
+        "logo must stay inside (scored as logo_in_safe_zone); default: the whole frame.")
+
+
+class TextBoxSpec(Strict):
+    box: Fractions = Field(description="[left, top, right, bottom] fractions of width and "
+                           "height; the text is fitted as large as it goes inside.")
+    align: Literal["left", "center", "right"] = "left"
+
+
+class TextPlacementSpec(Strict):
+    headline: TextBoxSpec | None = None
+    legal: TextBoxSpec | None = None
+
+
+class BrandFontsSpec(Strict):
+    headline: FileRef | None = Field(default=None, description="A .ttf/.otf font; default: "
+                                     "Pillow's bundled font.")
+    legal: FileRef | None = None
+
+
+# Where text goes when the brand kit does not say (fractions of width and height).
+DEFAULT_TEXT_BOXES = {
+    "headline": TextBoxSpec(box=[0.06, 0.05, 0.94, 0.3]),
+    "legal": TextBoxSpec(box=[0.06, 0.86, 0.7, 0.96]),
+}
+
+
+class BrandKitFile(Strict):
+    """A brand kit: logo, palette, reference images, fonts, logo and text placement per
+    aspect ratio."""
+
+    name: str = Field(min_length=1)
+    logo: FileRef
+    palette: list[Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")]] = Field(
+        default_factory=list)
+    references: list[FileRef] = Field(default_factory=list,
+                                      description="Brand reference images.")
+    fonts: BrandFontsSpec = BrandFontsSpec()
+    placement: dict[str, PlacementSpec] = Field(
+        default_factory=dict,
+        description="Logo placement keyed by aspect ratio ('1:1', '9:16', …) or 'default'.",
+    )
+    text: dict[str, TextPlacementSpec] = Field(
+        default_factory=dict, description="Headline and legal-line boxes keyed by aspect ratio "
+        "or 'default'.")
+
+
+# ---------------------------------------------------------------- campaigns
+
+
+class SizeSpec(Strict):
+    """Size per aspect ratio, from the value of the ``axis`` axis (e.g. '9:16')."""
+
+    axis: str = "aspect"
+    short_side: Side | None = None
+    pixels: int | None = Field(default=None, ge=64, le=64 * 1024 * 1024)
+
+
+class MatrixSpec(Strict):
+    axes: dict[str, Annotated[list[AxisValue], Field(min_length=1)]] = Field(
+        min_length=1, description="Axis name -> values; the cartesian product by default.")
+    zip: list[Annotated[list[str], Field(min_length=2)]] = Field(
+        default_factory=list, description="Groups of axes that advance together (equal lengths).")
+    exclude: list[Annotated[dict[str, Any], Field(min_length=1)]] = Field(
+        default_factory=list, description="Drop variants whose axes match every key of a rule "
+        "(mapping values match partially).")
+    include: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra variants: a value for every axis.")
+    seed_axis: str | None = Field(
+        default=None, description="An axis whose integer values are used as literal seeds; "
+        "without it, seeds derive from the recipe seed and each variant's axis values.")
+
+
+class OverrideSet(Strict):
+    size: Size | None = None
+    steps: Steps | None = None
+    cfg: Cfg | None = None
+    lora_weights: dict[str, LoraWeight] | None = Field(
+        default=None, description="LoRA file name (without .safetensors) -> weight.")
+
+
+class OverrideRule(Strict):
+    when: dict[str, Any] = Field(min_length=1, description="Axis values to match "
+                                 "(mapping values match partially).")
+    set: OverrideSet
+
+
+class ScoringSpec(Strict):
+    """The CLIP model: a local open_clip folder, or an open_clip architecture name with a
+    pretrained tag (downloaded by open_clip) or a local .safetensors weights file."""
+
+    clip_model: str | None = Field(default=None, description="A local open_clip folder "
+                                   "(open_clip_config.json + open_clip_model.safetensors).")
+    clip_name: str | None = Field(default=None, min_length=1,
+                                  description="An open_clip architecture, e.g. ViT-B-32.")
+    clip_pretrained: str | None = Field(
+        default=None, min_length=1, description="With clip_name: a pretrained tag (e.g. "
+        "openai, laion2b_s34b_b79k) or a path to a .safetensors weights file.")
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    palette_delta_e: float = Field(
+        default=10.0, gt=0.0, le=100.0, description="palette_adherence counts the pixels within "
+        "this CIEDE2000 distance of a palette colour.")
+
+
+class GateSpec(Strict):
+    min: float | None = None
+    max: float | None = None
+    severity: Literal["fail", "review"] = Field(
+        default="fail", description="fail: the variant fails (exit 1); review: a person checks it.")
+
+
+class _OneOperation(Strict):
+    def operation(self) -> tuple[str, Parameters]:
+        """The step's one (name, parameters); validate checks there is exactly one."""
+        (chosen,) = [(name, value) for name in type(self).model_fields
+                     if (value := getattr(self, name)) is not None]
+        return chosen
+
+
+# One optional key per library operation, so the file format follows the library.
+RetouchStepSpec = create_model(
+    "RetouchStepSpec", __base__=_OneOperation,
+    __doc__="One retouch operation: a mapping with exactly one of these keys.",
+    **{name: (operation | None, None) for name, operation in OPERATIONS.items()})
+
+
+class TextSpec(Strict):
+    headline: str | None = Field(default=None, description="Jinja template (reads axes).")
+    legal: str | None = Field(default=None, description="Jinja template (reads axes).")
+
+
+class PostprocessSpec(Strict):
+    """Applied in this order: retouch, logo (top-level ``logo``), text; then exports."""
+
+    retouch: list[RetouchStepSpec] = Field(default_factory=list,  # type: ignore[valid-type]
+                                           description="Operations, applied in order.")
+    text: TextSpec | None = None
+    exports: dict[str, list[ExportSpec]] = Field(
+        default_factory=dict, description="Channel exports keyed by aspect ratio or 'default'.")
+
+
+class GridSpec(Strict):
+    x: str = Field(description="Axis across (columns).")
+    y: str = Field(description="Axis down (rows).")
+
+
+class ReportSpec(Strict):
+    grid: GridSpec | None = Field(default=None, description="X/Y grid images of two axes, "
+                                  "one per combination of the other axes' values.")
+
+
+class RenderSpec(Strict):
+    """How to run the models. None of it changes a variant's id; all of it is recorded in
+    the ledger's environment fingerprint."""
+
+    batch_size: Annotated[int, Field(ge=1, le=512)] | Literal["auto"] = Field(
+        default="auto", description="Images per pipeline call; auto: 8 on CPU, from free "
+        "memory on CUDA. Out of memory halves the batch and retries.")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compile: bool = Field(default=False, description="torch.compile the denoiser.")
+    channels_last: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    cpu_offload: bool = Field(default=False, description="diffusers model CPU offload (CUDA).")
+
+
+class CampaignFile(Strict):
+    """``campaigns/NAME.yaml``: a variant matrix rendered with a pinned recipe."""
+
+    name: Name
+    recipe: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*@[1-9][0-9]*$",
+                        description="name@version of a recipe in recipes_dir.")
+    recipes_dir: str = "../recipes"
+    brand: str = Field(description="Path to the brand kit YAML.")
+    size: SizeSpec | None = None
+    matrix: MatrixSpec
+    overrides: list[OverrideRule] = Field(
+        default_factory=list, description="Settings keyed by axis values; later rules win.")
+    output: str = Field(min_length=1, description="Jinja template for the output file name "
+                        "(relative, without extension).")
+    logo: bool = Field(default=True, description="Overlay the brand logo.")
+    postprocess: PostprocessSpec = PostprocessSpec()
+    scoring: ScoringSpec
+    gates: dict[Metric, GateSpec | None] = Field(
+        default_factory=dict, description="Thresholds per metric; null turns a default off.")
+    report: ReportSpec = ReportSpec()
+    render: RenderSpec = RenderSpec()
+
+
+FILE_MODELS: dict[str, type[BaseModel]] = {
+    "recipe": RecipeFile, "campaign": CampaignFile, "brand": BrandKitFile,
+}

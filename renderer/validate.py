@@ -1,0 +1,688 @@
+"""Validate recipes, campaigns and brand kits: the one layer where input is checked.
+
+load (``renderer.yamlsource``: YAML with the line of every key) → **validate** (this
+module: the schema, every rule between keys, every referenced file, and every variant of
+the matrix with its templates rendered) → plan (``renderer.plan``, which cannot fail).
+
+Everything that can be wrong with the input is found here, before any model loads or any
+file is written: unknown keys, types and ranges (``renderer.schema``), pinned hashes,
+pickle files, LoRAs of another family, control combinations, matrix rules, overrides,
+aspect ratios, every variant's output name (safe, unique), control images, and whether
+its logo and text fit. Each error names ``file:line``, the key path, what was expected,
+what was found and how to fix it. The result is ``renderer.inputs.Campaign``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .compat import lora_family_problem, unet_input_channels
+from .errors import HashMismatchError, MissingFileError, SchemaError
+from .families import SIZE_MULTIPLE
+from .hashing import HashCache, canonical_json, short_hash
+from .inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
+from .matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
+from .schema import (
+    ASPECT_PATTERN,
+    PICKLE_SUFFIXES,
+    TEXT_ROLES,
+    BrandKitFile,
+    CampaignFile,
+    FileRef,
+    MatrixSpec,
+    RecipeFile,
+    ScoringSpec,
+)
+from .schema_errors import parse_document
+from .templating import Templates, compile_template
+from .yamlsource import KeyPath, YamlDocument, load_yaml
+
+# Characters Windows, macOS or Linux reject in file names, plus control characters.
+_REJECTED_IN_NAMES = re.compile(r'[<>:"\\|?*\x00-\x1f]')
+
+
+@functools.cache
+def _hash_cache() -> HashCache:
+    return HashCache()
+
+
+def hash_file(path: Path) -> str:
+    """sha256 of a file or model folder through the shared hash cache."""
+    return _hash_cache().sha256_path(path)
+
+
+def lora_name(path: Path) -> str:
+    """How overrides and metadata name a LoRA: its file name without .safetensors."""
+    return path.name.removesuffix(".safetensors")
+
+
+def load_any(path: Path, *, verify_hashes: bool = True) -> Recipe | Campaign | BrandKit:
+    """Load and validate a file whose kind is told by its keys (``campaign validate``)."""
+    document = load_yaml(path)
+    keys = set(document.data) if isinstance(document.data, dict) else set()
+    if "matrix" in keys:
+        return validate_campaign(document, verify_hashes=verify_hashes)
+    if "family" in keys or "checkpoint" in keys:
+        return validate_recipe(document, verify_hashes=verify_hashes)
+    if "logo" in keys:
+        return validate_brand_kit(document, verify_hashes=verify_hashes)
+    raise SchemaError(
+        "cannot tell what kind of file this is", file=path, line=1,
+        expected="a campaign (has 'matrix'), a recipe (has 'family') or a brand kit "
+        "(has 'logo')", found=f"top-level keys: {sorted(map(str, keys)) or 'none'}",
+    )
+
+
+def load_recipe(path: Path, *, verify_hashes: bool = True) -> Recipe:
+    return validate_recipe(load_yaml(path), verify_hashes=verify_hashes)
+
+
+def load_brand_kit(path: Path, *, verify_hashes: bool = True) -> BrandKit:
+    return validate_brand_kit(load_yaml(path), verify_hashes=verify_hashes)
+
+
+def load_campaign(path: Path, *, verify_hashes: bool = True) -> Campaign:
+    """Read and validate a campaign with its recipe and brand kit: every check, no model."""
+    return validate_campaign(load_yaml(path), verify_hashes=verify_hashes)
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def validate_recipe(document: YamlDocument, *, verify_hashes: bool = True) -> Recipe:
+    spec: RecipeFile = parse_document(document, RecipeFile)
+    path = document.path
+    if not spec.allow_pickle:
+        refs = [(("checkpoint",), spec.checkpoint)]
+        refs += [(("loras", index), lora) for index, lora in enumerate(spec.loras)]
+        for key_path, ref in refs:
+            if Path(ref.path).suffix.lower() in PICKLE_SUFFIXES:
+                raise document.error(
+                    SchemaError, "pickle checkpoints are refused", (*key_path, "path"),
+                    expected=".safetensors or a diffusers folder", found=ref.path,
+                    fix="convert it to .safetensors, or set allow_pickle: true if you trust "
+                    "its source (loading a pickle can run arbitrary code)")
+    checkpoint = _resolve_file(document, spec.checkpoint, ("checkpoint",), verify_hashes)
+    config = None
+    if spec.checkpoint.config is not None:
+        config = _existing_path(document, path.parent / spec.checkpoint.config,
+                                ("checkpoint", "config"))
+    loras = tuple(
+        (_resolve_file(document, lora, ("loras", index), verify_hashes), lora.weight)
+        for index, lora in enumerate(spec.loras)
+    )
+    for index, (lora, _) in enumerate(loras):
+        if problem := lora_family_problem(lora.path, spec.family, checkpoint.path):
+            raise document.error(SchemaError, f"LoRA {lora.path.name} does not fit this "
+                                 f"{spec.family} recipe: {problem}", ("loras", index, "path"),
+                                 fix=f"use a LoRA trained for {spec.family}, or a recipe of "
+                                 "the LoRA's family")
+    _check_size_multiple(document, spec.family, spec.size, ("size",))
+    for key in ("prompt", "negative_prompt"):
+        compile_template(document, (key,), getattr(spec, key))
+    for key, text in image_templates(spec):
+        compile_template(document, key, text)
+    controlnets = tuple(
+        _resolve_file(document, control.model, ("controlnets", index, "model"), verify_hashes)
+        for index, control in enumerate(spec.controlnets))
+    ip_adapter = None if spec.ip_adapter is None else _resolve_file(
+        document, spec.ip_adapter.model, ("ip_adapter", "model"), verify_hashes)
+    _check_controls(document, spec, checkpoint.path)
+    return Recipe(spec=spec, source=path, document=document, checkpoint=checkpoint,
+                  checkpoint_config=config, loras=loras, controlnets=controlnets,
+                  ip_adapter=ip_adapter)
+
+
+def image_templates(spec: RecipeFile) -> list[tuple[KeyPath, str]]:
+    """(key path, template) of every per-variant image a recipe's controls name."""
+    found: list[tuple[KeyPath, str]] = [
+        (("controlnets", index, "image"), control.image)
+        for index, control in enumerate(spec.controlnets)]
+    if spec.ip_adapter and spec.ip_adapter.images:
+        found += [(("ip_adapter", "images", index), text)
+                  for index, text in enumerate(spec.ip_adapter.images)]
+    for block in ("img2img", "inpaint"):
+        if source := getattr(spec, block):
+            found.append(((block, "image"), source.image))
+    if spec.inpaint and spec.inpaint.mask:
+        found.append((("inpaint", "mask"), spec.inpaint.mask))
+    return found
+
+
+def _check_controls(document: YamlDocument, spec: RecipeFile, checkpoint: Path) -> None:
+    """Combinations diffusers has no pipeline for, and an inpaint block on a plain model."""
+    if spec.img2img and spec.inpaint:
+        raise document.error(SchemaError, "img2img and inpaint exclude each other", ("inpaint",),
+                             fix="keep one: inpaint repaints a masked region, img2img the whole "
+                             "image")
+    for key in ("img2img", "inpaint"):
+        if getattr(spec, key) and spec.controlnets:
+            raise document.error(SchemaError, f"controlnets with {key} are not supported yet",
+                                 ("controlnets",), fix=f"use either controlnets or {key}")
+    for index, control in enumerate(spec.controlnets):
+        if control.start >= control.end:
+            raise document.error(SchemaError, "guidance start must be before end",
+                                 ("controlnets", index, "start"),
+                                 found=f"start {control.start}, end {control.end}",
+                                 fix="e.g. start: 0.0, end: 1.0")
+    if spec.inpaint:
+        inpaint = spec.inpaint
+        if (inpaint.mask is None) == (inpaint.region is None):
+            raise document.error(SchemaError, "give exactly one of mask or region", ("inpaint",),
+                                 fix="mask: path/to/mask.png, or region: [x0, y0, x1, y1]")
+        if inpaint.region and not (inpaint.region[0] < inpaint.region[2]
+                                   and inpaint.region[1] < inpaint.region[3]):
+            raise document.error(SchemaError, "region must be [x0, y0, x1, y1] with x0 < x1 and "
+                                 "y0 < y1", ("inpaint", "region"), found=str(inpaint.region))
+        channels = unet_input_channels(checkpoint)
+        if channels is not None and channels != 9:
+            raise document.error(SchemaError, "inpaint needs an inpainting checkpoint",
+                                 ("inpaint",), expected="a UNet with 9 input channels",
+                                 found=f"{channels} input channels in {checkpoint.name}",
+                                 fix="point checkpoint at an inpainting model, or use img2img")
+
+
+# ---------------------------------------------------------------- brand kits
+
+
+def validate_brand_kit(document: YamlDocument, *, verify_hashes: bool = True) -> BrandKit:
+    spec: BrandKitFile = parse_document(document, BrandKitFile)
+    for key in ("placement", "text"):
+        for aspect in getattr(spec, key):
+            _check_aspect_key(document, aspect, (key, aspect), key)
+    for aspect, placement in spec.placement.items():
+        if placement.safe_zone is not None:
+            _check_box(document, placement.safe_zone, ("placement", aspect, "safe_zone"))
+    for aspect, text in spec.text.items():
+        for role in TEXT_ROLES:
+            if (box := getattr(text, role)) is not None:
+                _check_box(document, box.box, ("text", aspect, role, "box"))
+    logo = _resolve_file(document, spec.logo, ("logo",), verify_hashes)
+    fonts = {role: _resolve_file(document, ref, ("fonts", role), verify_hashes)
+             for role in TEXT_ROLES if (ref := getattr(spec.fonts, role)) is not None}
+    for role, font in fonts.items():
+        _check_font(document, font.path, ("fonts", role, "path"))
+    return BrandKit(
+        spec=spec,
+        source=document.path,
+        logo=logo,
+        references=tuple(
+            _resolve_file(document, ref, ("references", index), verify_hashes)
+            for index, ref in enumerate(spec.references)
+        ),
+        fonts=fonts,
+        logo_size=_image_size(document, logo.path, ("logo", "path")),
+    )
+
+
+def _check_aspect_key(document: YamlDocument, aspect: str, key_path: KeyPath,
+                      what: str) -> None:
+    if aspect != "default" and not re.match(ASPECT_PATTERN, aspect):
+        raise document.error(SchemaError, f"{what} key is not an aspect ratio", key_path,
+                             expected="'W:H' (e.g. '9:16') or 'default'", found=repr(aspect))
+
+
+def _check_box(document: YamlDocument, box: Sequence[float], key_path: KeyPath) -> None:
+    left, top, right, bottom = box
+    if not (left < right and top < bottom):
+        raise document.error(SchemaError, "a box is [left, top, right, bottom] with left < right "
+                             "and top < bottom", key_path, found=str(list(box)),
+                             fix="e.g. [0.05, 0.05, 0.95, 0.95] (fractions of width and height)")
+
+
+def _image_size(document: YamlDocument, path: Path, key_path: KeyPath) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError) as err:
+        raise document.error(SchemaError, "not an image Pillow can read", key_path,
+                             found=f"{path.name}: {err}", fix="use a PNG (with alpha for a "
+                             "logo)") from None
+
+
+def _check_font(document: YamlDocument, path: Path, key_path: KeyPath) -> None:
+    from PIL import ImageFont
+
+    try:
+        ImageFont.truetype(str(path), size=12)
+    except OSError as err:
+        raise document.error(SchemaError, "not a font FreeType can read", key_path,
+                             found=f"{path.name}: {err}", expected="a .ttf or .otf file",
+                             fix="point to the brand's TrueType/OpenType font file") from None
+
+
+# ---------------------------------------------------------------- campaigns
+
+
+def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> Campaign:
+    spec: CampaignFile = parse_document(document, CampaignFile)
+    base = document.path.parent
+    recipe_name, recipe_version = spec.recipe.split("@")
+    recipes_dir = Path(os.path.normpath(base / spec.recipes_dir))
+    recipe_path = recipes_dir / f"{recipe_name}.yaml"
+    if not recipe_path.is_file():
+        available = sorted(p.stem for p in recipes_dir.glob("*.yaml"))
+        raise document.error(MissingFileError, "recipe file not found", ("recipe",),
+                             expected=str(recipe_path), found="no such file",
+                             fix=f"recipes in {recipes_dir}: {', '.join(available) or 'none'}")
+    recipe = load_recipe(recipe_path, verify_hashes=verify_hashes)
+    if recipe.spec.version != int(recipe_version):
+        raise document.error(
+            SchemaError, "recipe version not available", ("recipe",),
+            expected=f"{spec.recipe}", found=f"{recipe_path} is {recipe.ref}",
+            fix=f"set recipe: {recipe.ref}, or restore version {recipe_version} of the file",
+        )
+    brand_path = _existing_path(document, base / spec.brand, ("brand",))
+    brand = load_brand_kit(brand_path, verify_hashes=verify_hashes)
+    ip_adapter = recipe.spec.ip_adapter
+    if ip_adapter and not ip_adapter.images and not brand.references:
+        raise recipe.document.error(
+            SchemaError, "the IP-Adapter has no reference images", ("ip_adapter",),
+            fix=f"list images under ip_adapter.images, or add references to {brand_path}")
+    clip = _clip_choice(document, spec.scoring)
+    if spec.size is not None:
+        _check_size_spec(document, spec)
+    _check_matrix(document, spec.matrix)
+    _check_overrides(document, spec, recipe)
+    _check_postprocess(document, spec, brand)
+    _check_gates(document, spec, brand)
+    if spec.report.grid is not None:
+        grid = spec.report.grid
+        for key in ("x", "y"):
+            _check_axis_name(document, getattr(grid, key), spec.matrix.axes,
+                             ("report", "grid", key))
+        if grid.x == grid.y:
+            raise document.error(SchemaError, "a grid needs two different axes",
+                                 ("report", "grid", "y"), found=f"x and y are both {grid.x!r}")
+    resolver = _PointResolver(document, spec, recipe, brand)
+    points = tuple(resolver.resolve(axes) for axes in expand_matrix(spec.matrix))
+    _check_unique_outputs(document, points)
+    return Campaign(spec=spec, source=document.path, document=document, recipe=recipe,
+                    brand=brand, clip=clip, points=points)
+
+
+def _clip_choice(document: YamlDocument, scoring: ScoringSpec) -> ClipChoice:
+    if (scoring.clip_model is None) == (scoring.clip_name is None):
+        raise document.error(SchemaError, "give exactly one of clip_model or clip_name",
+                             ("scoring",), fix="clip_model: path/to/open_clip-folder, or "
+                             "clip_name: ViT-B-32 with clip_pretrained: openai")
+    if scoring.clip_model is not None:
+        if scoring.clip_pretrained is not None:
+            raise document.error(SchemaError, "clip_pretrained goes with clip_name",
+                                 ("scoring", "clip_pretrained"),
+                                 fix="remove it: a clip_model folder holds its own weights")
+        return ClipChoice(folder=_existing_path(document, document.path.parent /
+                                                scoring.clip_model, ("scoring", "clip_model")))
+    pretrained = scoring.clip_pretrained
+    if pretrained and ("/" in pretrained or "." in Path(pretrained).name):
+        if not pretrained.endswith(".safetensors"):
+            raise document.error(SchemaError, "CLIP weights must be a .safetensors file",
+                                 ("scoring", "clip_pretrained"), found=pretrained,
+                                 fix="convert the weights to .safetensors (pickle files can "
+                                 "run code when loaded)")
+        pretrained = str(_existing_path(document, document.path.parent / pretrained,
+                                        ("scoring", "clip_pretrained")))
+    return ClipChoice(name=scoring.clip_name, pretrained=pretrained)
+
+
+def _check_size_spec(document: YamlDocument, spec: CampaignFile) -> None:
+    size = spec.size
+    if (size.short_side is None) == (size.pixels is None):
+        raise document.error(SchemaError, "give exactly one of short_side or pixels", ("size",),
+                             expected="size: {short_side: 64} or size: {pixels: 4096}",
+                             found=f"short_side={size.short_side}, pixels={size.pixels}")
+    values = spec.matrix.axes.get(size.axis, [None])
+    values = [*values, *(entry.get(size.axis) for entry in spec.matrix.include)]
+    for value in values:
+        if not isinstance(value, str) or not re.match(ASPECT_PATTERN, value):
+            raise document.error(
+                SchemaError, f"size.axis '{size.axis}' needs aspect-ratio values",
+                ("matrix", "axes", size.axis), expected="values like '1:1', '9:16'",
+                found=repr(value),
+                fix=f"add an axis '{size.axis}' with 'W:H' values, or remove size")
+
+
+def _check_matrix(document: YamlDocument, matrix: MatrixSpec) -> None:
+    axes = matrix.axes
+    zipped: dict[str, int] = {}
+    for group_index, group in enumerate(matrix.zip):
+        for position, name in enumerate(group):
+            where = ("matrix", "zip", group_index, position)
+            _check_axis_name(document, name, axes, where)
+            if name in zipped:
+                raise document.error(SchemaError, f"axis '{name}' is in two zip groups", where,
+                                     fix="put each axis in at most one zip group")
+            zipped[name] = group_index
+        lengths = {name: len(axes[name]) for name in group}
+        if len(set(lengths.values())) > 1:
+            raise document.error(SchemaError, "zipped axes have different lengths",
+                                 ("matrix", "zip", group_index), expected="equal lengths",
+                                 found=", ".join(f"{n}: {k}" for n, k in lengths.items()),
+                                 fix="give every axis of a zip group the same number of values")
+    for index, rule in enumerate(matrix.exclude):
+        for name in rule:
+            _check_axis_name(document, name, axes, ("matrix", "exclude", index, name))
+    for index, entry in enumerate(matrix.include):
+        for name in entry:
+            _check_axis_name(document, name, axes, ("matrix", "include", index, name))
+        if missing := [name for name in axes if name not in entry]:
+            raise document.error(SchemaError, "an include entry must give every axis",
+                                 ("matrix", "include", index), expected=", ".join(axes),
+                                 found=f"missing {', '.join(missing)}",
+                                 fix="add a value for each missing axis")
+    if matrix.seed_axis is not None:
+        _check_axis_name(document, matrix.seed_axis, axes, ("matrix", "seed_axis"))
+        values = axes[matrix.seed_axis] + [entry[matrix.seed_axis] for entry in matrix.include]
+        for index, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+                raise document.error(
+                    SchemaError, "a literal seed must be an integer in [0, 2^32)",
+                    ("matrix", "axes", matrix.seed_axis, index), found=repr(value),
+                    fix="use whole numbers such as 1234, or drop seed_axis to derive seeds")
+
+
+def _check_axis_name(document: YamlDocument, name: str, axes: Mapping[str, Any],
+                     key_path: KeyPath) -> None:
+    if name not in axes:
+        close = difflib.get_close_matches(name, list(axes), n=1)
+        raise document.error(SchemaError, f"'{name}' is not an axis", key_path,
+                             expected=f"one of: {', '.join(axes)}", found=repr(name),
+                             fix=f"did you mean '{close[0]}'?" if close else "add the axis "
+                             "under matrix.axes or fix the name")
+
+
+def _check_overrides(document: YamlDocument, spec: CampaignFile, recipe: Recipe) -> None:
+    loras = [lora_name(lora.path) for lora, _ in recipe.loras]
+    for index, rule in enumerate(spec.overrides):
+        for name in rule.when:
+            _check_axis_name(document, name, spec.matrix.axes, ("overrides", index, "when", name))
+        for name in rule.set.lora_weights or {}:
+            if name not in loras:
+                raise document.error(
+                    SchemaError, f"'{name}' is not a LoRA of {recipe.ref}",
+                    ("overrides", index, "set", "lora_weights", name),
+                    expected=f"one of: {', '.join(loras) or '(the recipe has no LoRAs)'}",
+                    found=repr(name), fix="name a LoRA by its file name without .safetensors")
+        if rule.set.size is not None:
+            _check_size_multiple(document, recipe.spec.family, rule.set.size,
+                                 ("overrides", index, "set", "size"))
+
+
+def _check_postprocess(document: YamlDocument, spec: CampaignFile, brand: BrandKit) -> None:
+    post = spec.postprocess
+    for index, item in enumerate(post.retouch):
+        chosen = [name for name in type(item).model_fields if getattr(item, name) is not None]
+        if len(chosen) != 1:
+            raise document.error(
+                SchemaError, "a retouch step names exactly one operation",
+                ("postprocess", "retouch", index),
+                expected=f"one of: {', '.join(type(item).model_fields)}",
+                found=", ".join(chosen) or "no operation",
+                fix="write one step per list item, e.g. - sharpen: {amount: 0.5}")
+        if chosen == ["brand_grade"] and not brand.references:
+            raise document.error(SchemaError, "brand_grade needs the brand's reference images",
+                                 ("postprocess", "retouch", index, "brand_grade"),
+                                 fix=f"add references to {brand.source}, or drop the step")
+    if post.text is not None and any(getattr(post.text, role) for role in TEXT_ROLES) \
+            and not brand.spec.palette:
+        raise document.error(SchemaError, "text needs the brand palette (its colour is "
+                             "chosen from it)", ("postprocess", "text"),
+                             fix=f"add palette colours to {brand.source}")
+    for aspect, exports in post.exports.items():
+        _check_aspect_key(document, aspect, ("postprocess", "exports", aspect), "exports")
+        seen: set[str] = set()
+        for index, export in enumerate(exports):
+            if export.name in seen:
+                raise document.error(SchemaError, f"export name {export.name!r} is used twice",
+                                     ("postprocess", "exports", aspect, index, "name"),
+                                     fix="give each channel its own name")
+            seen.add(export.name)
+
+
+def _check_gates(document: YamlDocument, spec: CampaignFile, brand: BrandKit) -> None:
+    needs = {"clip_brand": ("references", brand.references),
+             "clip_brand_best": ("references", brand.references),
+             "palette_adherence": ("palette", brand.spec.palette)}
+    for metric, gate in spec.gates.items():
+        if gate is None:
+            continue
+        if metric in needs and not needs[metric][1]:
+            raise document.error(SchemaError, f"{metric} needs the brand kit's "
+                                 f"{needs[metric][0]}", ("gates", metric),
+                                 fix=f"add {needs[metric][0]} to {brand.source}, or drop the "
+                                 "gate")
+        if gate.min is None and gate.max is None:
+            raise document.error(SchemaError, f"the {metric} gate has neither min nor max",
+                                 ("gates", metric), fix="set min and/or max, or write "
+                                 f"{metric}: null to turn a default gate off")
+        if gate.min is not None and gate.max is not None and gate.min > gate.max:
+            raise document.error(SchemaError, f"the {metric} gate's min is above its max",
+                                 ("gates", metric, "min"),
+                                 found=f"min {gate.min}, max {gate.max}", fix="swap them")
+        text = spec.postprocess.text
+        if metric == "text_contrast" and (text is None or not (text.headline or text.legal)):
+            raise document.error(SchemaError, "text_contrast is scored only with text",
+                                 ("gates", metric), fix="add postprocess.text, or drop the gate")
+
+
+# ---------------------------------------------------------------- every variant
+
+
+@dataclass
+class _PointResolver:
+    """Resolves matrix coordinates into checked Points. What every variant shares is
+    computed once, and each check is remembered by what decides it (100k-variant
+    campaigns must validate in seconds)."""
+
+    document: YamlDocument
+    spec: CampaignFile
+    recipe: Recipe
+    brand: BrandKit
+    _files: dict[Path, ResolvedFile] = field(default_factory=dict)
+    _checked: set[Any] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        recipe, campaign = self.recipe, self.document
+        sources = {("prompt",): (recipe.spec.prompt, recipe.document),
+                   ("negative_prompt",): (recipe.spec.negative_prompt, recipe.document),
+                   ("output",): (self.spec.output, campaign)}
+        text = self.spec.postprocess.text
+        for role in TEXT_ROLES:
+            if text is not None and (template := getattr(text, role)) is not None:
+                sources[("postprocess", "text", role)] = (template, campaign)
+        self.image_keys = [key for key, _ in image_templates(recipe.spec)]
+        sources.update({key: (template, recipe.document)
+                        for key, template in image_templates(recipe.spec)})
+        self.templates = Templates(sources, unique=frozenset({("output",)}))
+        self.text_roles = [key[2] for key in sources if key[:2] == ("postprocess", "text")]
+        self.lora_names = [lora_name(lora.path) for lora, _ in recipe.loras]
+        ip_adapter = recipe.spec.ip_adapter
+        uses_brand = ip_adapter is not None and not ip_adapter.images
+        self.brand_style_references = {
+            ("ip_adapter", "images", index): file
+            for index, file in enumerate(self.brand.references if uses_brand else ())}
+        self.base_context = {
+            "recipe": {"name": recipe.spec.name, "version": recipe.spec.version,
+                       "family": recipe.spec.family},
+            "brand": {"name": self.brand.spec.name, "palette": list(self.brand.spec.palette)},
+        }
+
+    def resolve(self, axes: dict[str, Any]) -> Point:
+        spec, recipe = self.spec, self.recipe.spec
+        seed = axes[spec.matrix.seed_axis] if spec.matrix.seed_axis \
+            else derive_seed(recipe.seed, axes)
+        overrides = overrides_for(spec.overrides, axes)
+        aspect, (width, height) = self._size(axes)
+        if overrides.size is not None:
+            width, height = overrides.size
+        weights = {**dict(zip(self.lora_names, (w for _, w in self.recipe.loras), strict=True)),
+                   **(overrides.lora_weights or {})}
+        context = {**axes, "variant_seed": seed, "width": width, "height": height,
+                   **self.base_context}
+        render = self.templates.render
+        texts = {role: text for role in self.text_roles
+                 if (text := render(("postprocess", "text", role), context))}
+        point = Point(
+            axes=axes, seed=seed, aspect=aspect, width=width, height=height,
+            steps=overrides.steps if overrides.steps is not None else recipe.steps,
+            cfg=overrides.cfg if overrides.cfg is not None else recipe.cfg,
+            lora_weights=tuple(weights[name] for name in self.lora_names),
+            prompt=render(("prompt",), context),
+            negative_prompt=render(("negative_prompt",), context),
+            output_name=self._output_name(render(("output",), context), axes),
+            texts=texts, images=self._images(context))
+        if spec.logo:
+            self._check_logo_fits(aspect, width, height)
+        for role, text in texts.items():
+            self._check_text_fits(role, text, aspect, width, height)
+        return point
+
+    def _size(self, axes: Mapping[str, Any]) -> tuple[str | None, tuple[int, int]]:
+        size = self.spec.size
+        if size is None:
+            return None, (self.recipe.spec.size[0], self.recipe.spec.size[1])
+        aspect = axes[size.axis]  # an aspect ratio: checked for every value beforehand
+        return aspect, size_for_aspect(aspect, short_side=size.short_side, pixels=size.pixels,
+                                       multiple=SIZE_MULTIPLE[self.recipe.spec.family])
+
+    def _images(self, context: Mapping[str, Any]) -> dict[KeyPath, ResolvedFile]:
+        """Each control image of this variant: resolved from the campaign's folder, hashed.
+        An IP-Adapter without images of its own uses the brand kit's references."""
+        resolved = dict(self.brand_style_references)
+        for key in self.image_keys:
+            relative = self.templates.render(key, context)
+            path = (self.document.path.parent / relative).resolve()
+            file = self._files.get(path)
+            if file is None:
+                if not path.is_file():
+                    raise self.recipe.document.error(
+                        MissingFileError, "control image not found", key,
+                        found=f"{path} (from {relative!r})",
+                        fix="paths from templates are relative to the campaign file's folder")
+                file = self._files[path] = ResolvedFile(path, hash_file(path))
+            resolved[key] = file
+        return resolved
+
+    def _output_name(self, name: str, axes: Mapping[str, Any]) -> str:
+        problem = None
+        if not name:
+            problem = "the output name is empty"
+        elif name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+            problem = "the output name is an absolute path"
+        elif any(part in ("", ".", "..") for part in name.split("/")):
+            problem = "the output name has an empty, '.' or '..' path segment"
+        elif match := _REJECTED_IN_NAMES.search(name):
+            problem = f"the output name contains {match.group()!r}, which file systems reject"
+        if problem:
+            raise self.document.error(
+                SchemaError, problem, ("output",),
+                found=f"{name!r} for axes {canonical_json(axes)}",
+                expected="a relative name of letters, digits, '-', '_', '.', and '/' between "
+                "folders", fix="change the output template (e.g. {{ aspect | replace(':', "
+                "'x') }})")
+        return name
+
+    def _check_logo_fits(self, aspect: str | None, width: int, height: int) -> None:
+        key = ("logo", aspect, width, height)
+        if key in self._checked:
+            return
+        from postprocess.overlay import logo_box
+
+        placement = self.brand.placement_for(aspect)
+        try:
+            logo_box((width, height), self.brand.logo_size, placement)
+        except ValueError as err:
+            raise self.document.error(
+                SchemaError, f"the logo does not fit a {width}x{height} variant", ("logo",),
+                found=str(err), fix=f"change the placement for {aspect or 'default'} in "
+                f"{self.brand.source}, or set logo: false") from None
+        self._checked.add(key)
+
+    def _check_text_fits(self, role: str, text: str, aspect: str | None, width: int,
+                         height: int) -> None:
+        box = text_box_pixels(self.brand.text_box_for(aspect, role).box, width, height)
+        font = self.brand.fonts.get(role)
+        key = (role, text, font.sha256 if font else None, box[2] - box[0], box[3] - box[1])
+        if key in self._checked:
+            return
+        from postprocess.text import TextBlock, text_fits
+
+        problem = text_fits(TextBlock(text, role, font.path if font else None),
+                            box[2] - box[0], box[3] - box[1])
+        if problem:
+            raise self.document.error(
+                SchemaError, f"the {'legal line' if role == 'legal' else role} does not fit "
+                "its box", ("postprocess", "text", role),
+                found=problem, fix="shorten the text, or enlarge the brand kit's text box "
+                "for this aspect ratio")
+        self._checked.add(key)
+
+
+def text_box_pixels(fractions: Sequence[float], width: int, height: int) -> list[int]:
+    """A fractional [left, top, right, bottom] box in whole pixels, at least 1 px wide."""
+    left, top = round(fractions[0] * width), round(fractions[1] * height)
+    right = max(left + 1, min(width, round(fractions[2] * width)))
+    bottom = max(top + 1, min(height, round(fractions[3] * height)))
+    return [left, top, right, bottom]
+
+
+def _check_unique_outputs(document: YamlDocument, points: Sequence[Point]) -> None:
+    seen: dict[str, Point] = {}
+    for point in points:
+        other = seen.setdefault(point.output_name.lower(), point)
+        if other is not point:
+            raise document.error(
+                SchemaError, "two variants map to the same output file", ("output",),
+                found=f"{point.output_name!r} for axes {canonical_json(other.axes)} and "
+                f"{canonical_json(point.axes)}",
+                fix="include every axis that varies in the output template")
+
+
+# ---------------------------------------------------------------- files
+
+
+def _existing_path(document: YamlDocument, path: Path, key_path: KeyPath) -> Path:
+    resolved = path.resolve()
+    if not resolved.exists():
+        raise document.error(MissingFileError, "referenced file not found", key_path,
+                             expected="an existing file or folder", found=str(resolved),
+                             fix="fix the path (relative to this YAML file's folder) or create "
+                             "the file (demo models: `campaign demo-models`)")
+    return resolved
+
+
+def _resolve_file(document: YamlDocument, ref: FileRef, key_path: KeyPath,
+                  verify_hashes: bool) -> ResolvedFile:
+    path = _existing_path(document, document.path.parent / ref.path, (*key_path, "path"))
+    if ref.sha256 is not None and not verify_hashes:
+        return ResolvedFile(path=path, sha256=ref.sha256)
+    found = hash_file(path)
+    if ref.sha256 is not None and found != ref.sha256:
+        raise document.error(
+            HashMismatchError, f"sha256 of {path.name} does not match its pin",
+            (*key_path, "sha256"),
+            expected=f"{ref.sha256} (short {short_hash(ref.sha256)})",
+            found=f"{found} (short {short_hash(found)})",
+            fix="restore the pinned file, or if the change is intended, update the pin and "
+            "bump the recipe version",
+        )
+    return ResolvedFile(path=path, sha256=found)
+
+
+def _check_size_multiple(document: YamlDocument, family: str, size: Sequence[int],
+                         key_path: KeyPath) -> None:
+    multiple = SIZE_MULTIPLE[family]
+    if any(side % multiple for side in size):
+        raise document.error(SchemaError, f"size is not a multiple of {multiple}", key_path,
+                             expected=f"width and height multiples of {multiple} for {family}",
+                             found=str(list(size)),
+                             fix=f"round each side to a multiple of {multiple}")
