@@ -1,0 +1,207 @@
+"""The model upscaler, tiled and whole, on the demo Real-ESRGAN files."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import spandrel
+import torch
+
+from postprocess.upscale import Tiling, load_upscaler, upscale
+from renderer.demo_models import BUILDERS
+from tests.synthetic import shapes
+
+SCALES = {"upscaler-x2.safetensors": 2, "upscaler-x4.safetensors": 4}
+TILING = Tiling(tile=64, overlap=16)  # small tiles: several per test image
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("upscalers")
+    for name in SCALES:
+        BUILDERS[name](folder / name)
+    return {name: folder / name for name in SCALES}
+
+
+@pytest.fixture(scope="module")
+def models(model_files):
+    return {name: load_upscaler(path) for name, path in model_files.items()}
+
+
+def smooth_field(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Blurred colour noise: no edges of its own, so a seam would stand out."""
+    noise = np.random.default_rng(seed).normal(0, 1, (height, width, 3))
+    field = cv2.GaussianBlur(noise, (0, 0), 6)
+    return np.clip(128 + field / field.std() * 40, 0, 255).astype(np.uint8)
+
+
+def tile_origins(length: int, tiling: Tiling) -> list[int]:
+    """As documented: a tile every tile - overlap pixels, the last one ending at the border."""
+    return [*range(0, length - tiling.tile, tiling.tile - tiling.overlap), length - tiling.tile]
+
+
+def overlap_bands(length: int, tiling: Tiling, scale: int) -> list[tuple[int, int]]:
+    """[start, end) output pixels where neighbouring tiles overlap, along one axis."""
+    origins = tile_origins(length, tiling)
+    return [(b * scale, (a + tiling.tile) * scale) for a, b in itertools.pairwise(origins)]
+
+
+@pytest.mark.parametrize("name", SCALES)
+def test_spandrel_detects_the_demo_upscalers_architecture_and_scale(model_files, name):
+    model = spandrel.ModelLoader().load_from_file(model_files[name])
+    assert model.architecture.id == "ESRGAN"
+    assert model.scale == SCALES[name]
+    assert (model.input_channels, model.output_channels) == (3, 3)
+    # x2 is the x4 network behind a pixel unshuffle, as RealESRGAN_x2plus is.
+    assert ("unshuffle" in model.tags) == (SCALES[name] == 2)
+
+
+def test_demo_upscaler_builds_are_byte_identical(model_files, tmp_path):
+    for name, path in model_files.items():
+        BUILDERS[name](tmp_path / name)
+        assert hashlib.sha256((tmp_path / name).read_bytes()).digest() == hashlib.sha256(
+            path.read_bytes()
+        ).digest(), name
+
+
+@pytest.mark.parametrize("name", SCALES)
+@pytest.mark.parametrize("blend", ["cosine", "linear"])
+@pytest.mark.parametrize("size", [(160, 112), (157, 103)])  # a regular grid; odd (padded) sides
+def test_tiled_equals_untiled_away_from_the_overlaps(models, name, blend, size):
+    model, scale = models[name], SCALES[name]
+    image = cv2.resize(shapes(128), size, interpolation=cv2.INTER_CUBIC)
+    tiling = Tiling(tile=64, overlap=16, blend=blend)
+    tiled, = upscale([image], model, tiling)
+    whole, = upscale([image], model, tiling=None)
+    padded = [length + -length % model.size_requirements.multiple_of for length in size]
+    away = np.ones(tiled.shape[:2], bool)
+    for start, end in overlap_bands(padded[0], tiling, scale):
+        away[:, start:end] = False
+    for start, end in overlap_bands(padded[1], tiling, scale):
+        away[start:end] = False
+    assert 0.3 < away.mean() < 0.9  # both kinds of pixel are there
+    difference = np.abs(tiled.astype(np.int16) - whole)
+    assert difference[away].max() <= 1
+    # The model does depend on context: without overlap the tiles' borders differ.
+    assert np.abs(upscale([image], model, Tiling(tile=64, overlap=0))[0].astype(np.int16)
+                  - whole).max() > 16
+
+
+def seam_excess(image: np.ndarray, axis: int) -> np.ndarray:
+    """Per column (axis 1) or row (axis 0): the mean gradient across it, less the median of
+    its neighbours' 3-8 lines away (the image's own slow changes)."""
+    gradient = np.abs(np.diff(image.astype(np.float64), axis=axis)).mean(axis=(1 - axis, 2))
+    padded = np.pad(gradient, 8, mode="edge")
+    local = [np.median(np.r_[padded[i : i + 6], padded[i + 11 : i + 17]])
+             for i in range(len(gradient))]
+    return gradient - np.array(local)
+
+
+@pytest.mark.parametrize("blend", ["cosine", "linear"])
+def test_no_visible_seam_across_tile_borders(models, blend):
+    model, scale = models["upscaler-x2.safetensors"], 2
+    image = smooth_field(176, 240)
+
+    def seams_and_threshold(tiling: Tiling) -> list[tuple[float, float]]:
+        result, = upscale([image], model, tiling)
+        found = []
+        for axis, length in ((1, image.shape[1]), (0, image.shape[0])):
+            excess = seam_excess(result, axis)
+            bands = overlap_bands(length, tiling, scale)
+            # Gradients across a tile's last pixel, the overlap's middle, the next tile's first.
+            lines = [line for start, end in bands for line in (start - 1, (start + end) // 2 - 1,
+                                                                end - 1)]
+            near = {line for start, end in bands for line in range(start - 8, end + 8)}
+            elsewhere = excess[[line for line in range(16, len(excess) - 16) if line not in near]]
+            # The margin comes from the spread the image itself shows away from the seams.
+            threshold = elsewhere.mean() + 6 * elsewhere.std()
+            found.append((excess[lines].max(), threshold))
+        return found
+
+    for seam, threshold in seams_and_threshold(Tiling(tile=64, overlap=16, blend=blend)):
+        assert seam < threshold
+    # The measure does see a seam: tiles without overlap show one, far above the margin.
+    for seam, threshold in seams_and_threshold(Tiling(tile=64, overlap=0, blend=blend)):
+        assert seam > 10 * threshold
+
+
+@pytest.mark.parametrize("name", SCALES)
+@pytest.mark.parametrize("size", [(97, 61), (33, 200), (250, 250)])
+def test_output_is_scale_times_input(models, name, size):
+    image = cv2.resize(shapes(128), size)
+    for tiling in (TILING, None):
+        result, = upscale([image], models[name], tiling)
+        assert result.shape == (size[1] * SCALES[name], size[0] * SCALES[name], 3)
+        assert result.dtype == np.uint8
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".ckpt", ".pt", ".bin"])
+def test_pickle_files_are_refused(model_files, tmp_path, suffix):
+    pickle = tmp_path / f"upscaler{suffix}"
+    pickle.write_bytes(model_files["upscaler-x2.safetensors"].read_bytes())
+    with pytest.raises(ValueError, match=r"not a \.safetensors file.*can run code"):
+        load_upscaler(pickle)
+
+
+def test_same_input_gives_identical_bytes(models):
+    model = models["upscaler-x2.safetensors"]
+    images = [shapes(96, seed) for seed in range(3)]
+    first = upscale(images, model, Tiling(tile=64, overlap=16, batch=3))
+    second = upscale(images, model, Tiling(tile=64, overlap=16, batch=3))
+    assert [image.tobytes() for image in first] == [image.tobytes() for image in second]
+
+
+def test_tiles_of_several_images_share_model_calls(models):
+    model = models["upscaler-x4.safetensors"]
+    images = [shapes(112, seed) for seed in range(3)]  # 2 x 2 tiles of 64 each
+    batch_sizes = []
+    hook = model.model.register_forward_pre_hook(lambda _, args: batch_sizes.append(len(args[0])))
+    try:
+        together = upscale(images, model, Tiling(tile=64, overlap=16, batch=8))
+    finally:
+        hook.remove()
+    assert batch_sizes == [8, 4]
+    for image, result in zip(images, together, strict=True):
+        alone, = upscale([image], model, Tiling(tile=64, overlap=16, batch=1))
+        # Batched convolutions may round differently in the last bit, never by more.
+        assert np.abs(result.astype(np.int16) - alone).max() <= 1
+
+
+def test_the_model_runs_in_the_dtype_it_was_loaded_in(model_files):
+    image = shapes(96)
+    full, = upscale([image], load_upscaler(model_files["upscaler-x2.safetensors"]), TILING)
+    model = load_upscaler(model_files["upscaler-x2.safetensors"], dtype=torch.bfloat16)
+    assert next(model.model.parameters()).dtype == torch.bfloat16
+    half, = upscale([image], model, TILING)
+    difference = np.abs(half.astype(np.int16) - full)
+    assert 0 < difference.mean() < 1 and difference.max() <= 4  # bfloat16: 8 bits of mantissa
+
+
+def test_tiles_off_the_models_grid_are_refused(models):
+    # The x2 model pixel-unshuffles: its tiles must start on a 4-pixel grid.
+    with pytest.raises(ValueError, match=r"multiples of 4.*e\.g\. tile 64, overlap 20"):
+        upscale([shapes(96)], models["upscaler-x2.safetensors"], Tiling(tile=66, overlap=18))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"tile": 16}, "at least 32"),
+        ({"tile": 64, "overlap": 32}, "less than half a tile"),
+        ({"blend": "gaussian"}, "linear or cosine"),
+        ({"batch": 0}, "at least 1"),
+    ],
+)
+def test_bad_tiling_is_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        Tiling(**arguments)
+
+
+def test_non_rgb_input_is_refused(models):
+    with pytest.raises(ValueError, match="image 1 has dtype float32"):
+        upscale([shapes(64), np.zeros((64, 64, 3), np.float32)], models["upscaler-x2.safetensors"])
