@@ -1,4 +1,4 @@
-"""The model upscaler, tiled and whole, on the demo Real-ESRGAN files."""
+"""The model upscaler (tiled and whole, on the demo Real-ESRGAN files) and the hires helpers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import spandrel
 import torch
 
+from postprocess.hires import LATENT_MODES, hires_size, upscale_latents
 from postprocess.upscale import Tiling, load_upscaler, upscale
 from renderer.demo_models import BUILDERS
 from tests.synthetic import shapes
@@ -205,3 +206,73 @@ def test_bad_tiling_is_refused(arguments, message):
 def test_non_rgb_input_is_refused(models):
     with pytest.raises(ValueError, match="image 1 has dtype float32"):
         upscale([shapes(64), np.zeros((64, 64, 3), np.float32)], models["upscaler-x2.safetensors"])
+
+
+# --- hires fix ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "arguments", "expected"),
+    [
+        ((512, 768), {"factor": 1.5}, (768, 1152)),
+        ((512, 768), {"factor": 1.3}, (664, 1000)),  # 665.6 and 998.4 snap to multiples of 8
+        ((1024, 576), {"factor": 1.3, "multiple": 16}, (1328, 752)),  # Flux: multiples of 16
+        ((512, 512), {"factor": 1}, (512, 512)),
+        ((512, 768), {"size": (1024, 0)}, (1024, 1536)),  # 0: follows the base aspect
+        ((512, 768), {"size": (0, 1000)}, (664, 1000)),  # 666.7 snaps to 664
+        ((512, 768), {"size": (1024, 1536)}, (1024, 1536)),
+        ((1024, 576), {"size": (0, 1024), "multiple": 16}, (1824, 1024)),  # 1820.4 → 1824
+    ],
+)
+def test_hires_size_snaps_to_the_family_multiple(base, arguments, expected):
+    assert hires_size(base, **arguments) == expected
+
+
+@pytest.mark.parametrize(
+    ("base", "arguments", "message"),
+    [
+        ((512, 768), {}, "exactly one of factor"),
+        ((512, 768), {"factor": 2, "size": (1024, 0)}, "exactly one of factor"),
+        ((512, 768), {"factor": 0.5}, "use 1 to 8"),
+        ((512, 768), {"size": (1000, 0), "multiple": 16}, "not a multiple of 16"),
+        ((512, 768), {"size": (0, 0)}, "positive width or height"),
+        ((512, 768), {"size": (1024, 1024)}, "does not keep the base aspect"),
+        ((500, 768), {"factor": 2}, "multiples of 8"),
+    ],
+)
+def test_bad_hires_sizes_are_refused(base, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        hires_size(base, **arguments)
+
+
+@pytest.mark.parametrize("mode", LATENT_MODES)
+def test_latent_upscale_resizes_to_the_pixel_size(mode):
+    latents = torch.randn(2, 4, 8, 12, generator=torch.Generator().manual_seed(0))
+    result = upscale_latents(latents, (192, 128), mode=mode)
+    assert result.shape == (2, 4, 16, 24)
+    if mode.startswith("nearest"):  # an exact 2x: every cell becomes a 2 x 2 block
+        assert torch.equal(result, latents.repeat_interleave(2, 2).repeat_interleave(2, 3))
+
+
+def test_antialias_changes_the_bicubic_latent_upscale_only():
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def difference(mode: str) -> float:
+        plain = upscale_latents(latents, (96, 96), mode=mode)
+        antialiased = upscale_latents(latents, (96, 96), mode=mode, antialias=True)
+        return float((plain - antialiased).abs().max())
+
+    # Upscaling, torch's antialiased bicubic uses another cubic (PIL's a = -0.5): A1111's
+    # "Latent (bicubic antialiased)" is a different filter; bilinear's is the same.
+    assert difference("bicubic") > 0.05
+    assert difference("bilinear") < 1e-5
+
+
+def test_bad_latent_upscales_are_refused():
+    latents = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="bilinear or bicubic, not 'nearest'"):
+        upscale_latents(latents, (128, 128), mode="nearest", antialias=True)
+    with pytest.raises(ValueError, match="'area' is not known"):
+        upscale_latents(latents, (128, 128), mode="area")
+    with pytest.raises(ValueError, match="not a multiple of 8"):
+        upscale_latents(latents, (100, 128))
