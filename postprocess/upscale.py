@@ -1,7 +1,7 @@
 """Model upscaling (ESRGAN, SwinIR, SPAN, ... as spandrel detects them), tiled with overlap.
 
 ``load_upscaler`` reads a ``.safetensors`` file only: spandrel also loads ``.pth``/``.ckpt``
-pickles, and unpickling can run code. ``upscale`` takes a list of RGB uint8 images (see
+pickles, and unpickling can run code. ``upscale_images`` takes a list of RGB uint8 images (see
 ``postprocess.imaging``) and returns each ``model.scale`` times larger.
 
 Tiled, each image is cut into ``Tiling.tile``-pixel squares that share ``overlap`` pixels
@@ -34,14 +34,14 @@ from spandrel import (
 
 from postprocess.imaging import require_rgb
 
-__all__ = ["Tiling", "load_upscaler", "upscale"]
+__all__ = ["Tiling", "load_upscaler", "upscale_images"]
 
 BLENDS = ("linear", "cosine")
 
 
 @dataclass(frozen=True)
 class Tiling:
-    """How ``upscale`` cuts images: sizes in input pixels."""
+    """How ``upscale_images`` cuts images: sizes in input pixels."""
 
     tile: int = 512  # side of a square tile
     overlap: int = 32  # pixels neighbouring tiles share: a quarter context each, half blended
@@ -99,7 +99,7 @@ def load_upscaler(
     return model.eval()
 
 
-def upscale(
+def upscale_images(
     images: Sequence[np.ndarray], model: ImageModelDescriptor, tiling: Tiling | None = Tiling()
 ) -> list[np.ndarray]:
     """Each image ``model.scale`` times larger. Tiled, the tiles of all the images share

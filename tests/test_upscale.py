@@ -13,7 +13,7 @@ import spandrel
 import torch
 
 from postprocess.hires import LATENT_MODES, hires_size, upscale_latents
-from postprocess.upscale import Tiling, load_upscaler, upscale
+from postprocess.upscale import Tiling, load_upscaler, upscale_images
 from renderer.demo_models import BUILDERS
 from tests.synthetic import shapes
 
@@ -77,8 +77,8 @@ def test_tiled_equals_untiled_away_from_the_overlaps(models, name, blend, size):
     model, scale = models[name], SCALES[name]
     image = cv2.resize(shapes(128), size, interpolation=cv2.INTER_CUBIC)
     tiling = Tiling(tile=64, overlap=16, blend=blend)
-    tiled, = upscale([image], model, tiling)
-    whole, = upscale([image], model, tiling=None)
+    tiled, = upscale_images([image], model, tiling)
+    whole, = upscale_images([image], model, tiling=None)
     padded = [length + -length % model.size_requirements.multiple_of for length in size]
     away = np.ones(tiled.shape[:2], bool)
     for start, end in overlap_bands(padded[0], tiling, scale):
@@ -89,7 +89,7 @@ def test_tiled_equals_untiled_away_from_the_overlaps(models, name, blend, size):
     difference = np.abs(tiled.astype(np.int16) - whole)
     assert difference[away].max() <= 1
     # The model does depend on context: without overlap the tiles' borders differ.
-    assert np.abs(upscale([image], model, Tiling(tile=64, overlap=0))[0].astype(np.int16)
+    assert np.abs(upscale_images([image], model, Tiling(tile=64, overlap=0))[0].astype(np.int16)
                   - whole).max() > 16
 
 
@@ -109,7 +109,7 @@ def test_no_visible_seam_across_tile_borders(models, blend):
     image = smooth_field(176, 240)
 
     def seams_and_threshold(tiling: Tiling) -> list[tuple[float, float]]:
-        result, = upscale([image], model, tiling)
+        result, = upscale_images([image], model, tiling)
         found = []
         for axis, length in ((1, image.shape[1]), (0, image.shape[0])):
             excess = seam_excess(result, axis)
@@ -136,7 +136,7 @@ def test_no_visible_seam_across_tile_borders(models, blend):
 def test_output_is_scale_times_input(models, name, size):
     image = cv2.resize(shapes(128), size)
     for tiling in (TILING, None):
-        result, = upscale([image], models[name], tiling)
+        result, = upscale_images([image], models[name], tiling)
         assert result.shape == (size[1] * SCALES[name], size[0] * SCALES[name], 3)
         assert result.dtype == np.uint8
 
@@ -152,8 +152,8 @@ def test_pickle_files_are_refused(model_files, tmp_path, suffix):
 def test_same_input_gives_identical_bytes(models):
     model = models["upscaler-x2.safetensors"]
     images = [shapes(96, seed) for seed in range(3)]
-    first = upscale(images, model, Tiling(tile=64, overlap=16, batch=3))
-    second = upscale(images, model, Tiling(tile=64, overlap=16, batch=3))
+    first = upscale_images(images, model, Tiling(tile=64, overlap=16, batch=3))
+    second = upscale_images(images, model, Tiling(tile=64, overlap=16, batch=3))
     assert [image.tobytes() for image in first] == [image.tobytes() for image in second]
 
 
@@ -163,22 +163,22 @@ def test_tiles_of_several_images_share_model_calls(models):
     batch_sizes = []
     hook = model.model.register_forward_pre_hook(lambda _, args: batch_sizes.append(len(args[0])))
     try:
-        together = upscale(images, model, Tiling(tile=64, overlap=16, batch=8))
+        together = upscale_images(images, model, Tiling(tile=64, overlap=16, batch=8))
     finally:
         hook.remove()
     assert batch_sizes == [8, 4]
     for image, result in zip(images, together, strict=True):
-        alone, = upscale([image], model, Tiling(tile=64, overlap=16, batch=1))
+        alone, = upscale_images([image], model, Tiling(tile=64, overlap=16, batch=1))
         # Batched convolutions may round differently in the last bit, never by more.
         assert np.abs(result.astype(np.int16) - alone).max() <= 1
 
 
 def test_the_model_runs_in_the_dtype_it_was_loaded_in(model_files):
     image = shapes(96)
-    full, = upscale([image], load_upscaler(model_files["upscaler-x2.safetensors"]), TILING)
+    full, = upscale_images([image], load_upscaler(model_files["upscaler-x2.safetensors"]), TILING)
     model = load_upscaler(model_files["upscaler-x2.safetensors"], dtype=torch.bfloat16)
     assert next(model.model.parameters()).dtype == torch.bfloat16
-    half, = upscale([image], model, TILING)
+    half, = upscale_images([image], model, TILING)
     difference = np.abs(half.astype(np.int16) - full)
     assert 0 < difference.mean() < 1 and difference.max() <= 4  # bfloat16: 8 bits of mantissa
 
@@ -186,7 +186,7 @@ def test_the_model_runs_in_the_dtype_it_was_loaded_in(model_files):
 def test_tiles_off_the_models_grid_are_refused(models):
     # The x2 model pixel-unshuffles: its tiles must start on a 4-pixel grid.
     with pytest.raises(ValueError, match=r"multiples of 4.*e\.g\. tile 64, overlap 20"):
-        upscale([shapes(96)], models["upscaler-x2.safetensors"], Tiling(tile=66, overlap=18))
+        upscale_images([shapes(96)], models["upscaler-x2.safetensors"], Tiling(tile=66, overlap=18))
 
 
 @pytest.mark.parametrize(
@@ -205,7 +205,8 @@ def test_bad_tiling_is_refused(arguments, message):
 
 def test_non_rgb_input_is_refused(models):
     with pytest.raises(ValueError, match="image 1 has dtype float32"):
-        upscale([shapes(64), np.zeros((64, 64, 3), np.float32)], models["upscaler-x2.safetensors"])
+        upscale_images([shapes(64), np.zeros((64, 64, 3), np.float32)],
+                       models["upscaler-x2.safetensors"])
 
 
 # --- hires fix ----------------------------------------------------------------------------------
