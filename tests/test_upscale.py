@@ -13,7 +13,7 @@ import spandrel
 import torch
 
 from postprocess.hires import LATENT_MODES, hires_size, upscale_latents
-from postprocess.upscale import Tiling, load_upscaler, upscale_images
+from postprocess.upscale import BLENDS, Tiling, load_upscaler, upscale_images
 from renderer.demo_models import BUILDERS
 from tests.synthetic import shapes
 
@@ -72,11 +72,11 @@ def test_demo_upscaler_builds_are_byte_identical(model_files, tmp_path):
 
 @pytest.mark.parametrize("name", SCALES)
 @pytest.mark.parametrize("blend", ["cosine", "linear"])
-@pytest.mark.parametrize("size", [(160, 112), (157, 103)])  # a regular grid; odd (padded) sides
+@pytest.mark.parametrize("size", [(112, 80), (109, 77)])  # a regular grid; odd (padded) sides
 def test_tiled_equals_untiled_away_from_the_overlaps(models, name, blend, size):
     model, scale = models[name], SCALES[name]
     image = cv2.resize(shapes(128), size, interpolation=cv2.INTER_CUBIC)
-    tiling = Tiling(tile=64, overlap=16, blend=blend)
+    tiling = Tiling(tile=48, overlap=12, blend=blend)  # 3 x 2 tiles
     tiled, = upscale_images([image], model, tiling)
     whole, = upscale_images([image], model, tiling=None)
     padded = [length + -length % model.size_requirements.multiple_of for length in size]
@@ -89,8 +89,8 @@ def test_tiled_equals_untiled_away_from_the_overlaps(models, name, blend, size):
     difference = np.abs(tiled.astype(np.int16) - whole)
     assert difference[away].max() <= 1
     # The model does depend on context: without overlap the tiles' borders differ.
-    assert np.abs(upscale_images([image], model, Tiling(tile=64, overlap=0))[0].astype(np.int16)
-                  - whole).max() > 16
+    untouched, = upscale_images([image], model, Tiling(tile=48, overlap=0))
+    assert np.abs(untouched.astype(np.int16) - whole).max() > 16
 
 
 def seam_excess(image: np.ndarray, axis: int) -> np.ndarray:
@@ -103,12 +103,11 @@ def seam_excess(image: np.ndarray, axis: int) -> np.ndarray:
     return gradient - np.array(local)
 
 
-@pytest.mark.parametrize("blend", ["cosine", "linear"])
-def test_no_visible_seam_across_tile_borders(models, blend):
+def test_no_visible_seam_across_tile_borders(models):
     model, scale = models["upscaler-x2.safetensors"], 2
     image = smooth_field(176, 240)
 
-    def seams_and_threshold(tiling: Tiling) -> list[tuple[float, float]]:
+    def seams_and_thresholds(tiling: Tiling) -> list[tuple[float, float]]:
         result, = upscale_images([image], model, tiling)
         found = []
         for axis, length in ((1, image.shape[1]), (0, image.shape[0])):
@@ -124,15 +123,16 @@ def test_no_visible_seam_across_tile_borders(models, blend):
             found.append((excess[lines].max(), threshold))
         return found
 
-    for seam, threshold in seams_and_threshold(Tiling(tile=64, overlap=16, blend=blend)):
-        assert seam < threshold
+    for blend in BLENDS:
+        for seam, threshold in seams_and_thresholds(Tiling(tile=64, overlap=16, blend=blend)):
+            assert seam < threshold, blend
     # The measure does see a seam: tiles without overlap show one, far above the margin.
-    for seam, threshold in seams_and_threshold(Tiling(tile=64, overlap=0, blend=blend)):
+    for seam, threshold in seams_and_thresholds(Tiling(tile=64, overlap=0)):
         assert seam > 10 * threshold
 
 
 @pytest.mark.parametrize("name", SCALES)
-@pytest.mark.parametrize("size", [(97, 61), (33, 200), (250, 250)])
+@pytest.mark.parametrize("size", [(97, 71), (33, 150)])  # larger than a tile; narrower
 def test_output_is_scale_times_input(models, name, size):
     image = cv2.resize(shapes(128), size)
     for tiling in (TILING, None):
@@ -158,7 +158,7 @@ def test_same_input_gives_identical_bytes(models):
 
 
 def test_tiles_of_several_images_share_model_calls(models):
-    model = models["upscaler-x4.safetensors"]
+    model = models["upscaler-x2.safetensors"]
     images = [shapes(112, seed) for seed in range(3)]  # 2 x 2 tiles of 64 each
     batch_sizes = []
     hook = model.model.register_forward_pre_hook(lambda _, args: batch_sizes.append(len(args[0])))
@@ -174,11 +174,11 @@ def test_tiles_of_several_images_share_model_calls(models):
 
 
 def test_the_model_runs_in_the_dtype_it_was_loaded_in(model_files):
-    image = shapes(96)
-    full, = upscale_images([image], load_upscaler(model_files["upscaler-x2.safetensors"]), TILING)
+    image = shapes(64)
+    full, = upscale_images([image], load_upscaler(model_files["upscaler-x2.safetensors"]), None)
     model = load_upscaler(model_files["upscaler-x2.safetensors"], dtype=torch.bfloat16)
     assert next(model.model.parameters()).dtype == torch.bfloat16
-    half, = upscale_images([image], model, TILING)
+    half, = upscale_images([image], model, None)
     difference = np.abs(half.astype(np.int16) - full)
     assert 0 < difference.mean() < 1 and difference.max() <= 4  # bfloat16: 8 bits of mantissa
 
