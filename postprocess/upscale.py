@@ -107,7 +107,7 @@ def upscale_images(
     matches, with memory growing with the image's area."""
     images = [require_rgb(image, f"image {index}") for index, image in enumerate(images)]
     if tiling is None:
-        return [_to_uint8(_run(model, [image])[0]) for image in images]
+        return [_round_into(_run(model, [image])[0]) for image in images]
     if model.tiling is ModelTiling.INTERNAL:
         raise ValueError(
             f"the {model.architecture.name} upscaler tiles internally; pass tiling=None"
@@ -231,8 +231,8 @@ class _Canvas:
         top = self.rows.origins[row] * self.scale
         is_last = row + 1 == len(self.rows.origins)
         done = self.band.shape[0] if is_last else self.rows.origins[row + 1] * self.scale - top
-        final = self.band[: max(0, min(done, self.result.shape[0] - top))]
-        self.result[top : top + len(final)] = _to_uint8(final[:, : self.result.shape[1]])
+        final = self.band[: max(0, min(done, self.result.shape[0] - top)), : self.result.shape[1]]
+        _round_into(final, self.result[top : top + len(final)])
         self.band[: self.band.shape[0] - done] = self.band[done:]
         self.band[self.band.shape[0] - done :] = 0
         self.added_in_row = 0
@@ -244,6 +244,8 @@ def _pad_as_spandrel(image: np.ndarray, model: ImageModelDescriptor) -> np.ndarr
     match the untiled call."""
     height, width = image.shape[:2]
     pad_width, pad_height = model.size_requirements.get_padding(width, height)
+    if pad_width == pad_height == 0:
+        return image  # read only, never written
     reflect = ((0, min(pad_height, height - 1)), (0, min(pad_width, width - 1)), (0, 0))
     padded = np.pad(image, reflect, mode="reflect")
     rest = ((0, pad_height - reflect[0][1]), (0, pad_width - reflect[1][1]), (0, 0))
@@ -274,5 +276,12 @@ def _run(model: ImageModelDescriptor, inputs: list[np.ndarray]) -> np.ndarray:
     return output.permute(0, 2, 3, 1).float().cpu().numpy()
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8)
+def _round_into(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 [0, 1] pixels as uint8 in ``out`` (new when None), computed in place in
+    ``pixels``: a temporary copy would be band-sized."""
+    np.multiply(pixels, 255, out=pixels)
+    np.clip(np.rint(pixels, out=pixels), 0, 255, out=pixels)
+    if out is None:
+        return pixels.astype(np.uint8)
+    out[...] = pixels
+    return out
