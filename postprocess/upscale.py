@@ -8,10 +8,11 @@ Tiled, each image is cut into ``Tiling.tile``-pixel squares that share ``overlap
 with their neighbours; every tile is upscaled with its own context and the tiles are
 blended across the middle half of each overlap with weights that sum to one (a tile's
 outer quarter, next to its zero-padded border, counts for nothing), so away from the
-overlaps the pixels are the untiled ones. Tiles of every image in the list go through the model
-``batch`` at a time (one call for tiles of equal shape), and each image keeps only one
-row of tiles in float, so memory grows with the tile and the image width, not the area:
-a 4K result on CPU costs a tile's activations plus the uint8 output.
+overlaps the pixels are the untiled ones. The tiles of all the images in the list go
+through the model ``batch`` at a time (consecutive tiles of one shape share a call), and
+each image keeps only its current row of tiles in float32, so memory grows with the tile
+and the image's width, not its area: a 4K result costs a batch of tiles' activations, one
+float row of tiles and the uint8 output (``bench/upscale_bench.py``).
 """
 
 from __future__ import annotations
