@@ -136,6 +136,11 @@ def plan_detail(
                 f"image's shape {(height, width)}"
             )
         inside[box_in_crop] = region[top:bottom, left:right] != 0
+        if not inside.any():
+            raise ValueError(
+                f"region has no pixel inside box {box!r}; pass the box of one of its blobs "
+                "(mask_boxes)"
+            )
     alpha = _feathered(inside, detail)
     size = _model_size(crop_width, crop_height, detail)
     mask = cv2.resize((alpha > 0).astype(np.uint8) * 255, size, interpolation=cv2.INTER_NEAREST)

@@ -163,6 +163,8 @@ def test_mask_boxes_finds_each_blob_largest_first():
         (lambda image: plan_detail(image, (10, 10, 10, 20)), "non-empty"),
         (lambda image: plan_detail(image, (0.5, 0, 10, 10)), "4 whole pixels"),
         (lambda image: plan_detail(image, (0, 0, 10, 10), region=np.ones((5, 5))), "shape"),
+        (lambda image: plan_detail(image, (0, 0, 10, 10), region=np.zeros((128, 128))),
+         r"no pixel inside box \(0, 0, 10, 10\)"),
         (lambda image: paste_details(image, [plan_detail(image, (0, 0, 9, 9))], []),
          "1 plans but 0 inpainted crops"),
         (lambda image: paste_details(image, [plan_detail(image, (0, 0, 9, 9))],
