@@ -1,4 +1,5 @@
-"""Post-processing after render: retouch, overlay, export, scores, gate rules, report page.
+"""Post-processing after render: refine (model upscale, region detail, hires fix), retouch,
+overlay, export, scores, gate rules, report page.
 
 A library: it knows nothing of campaigns, recipes or the ledger (``renderer`` uses it,
 never the other way round), and it writes no files — functions return images, arrays or
@@ -6,8 +7,8 @@ bytes and the caller decides where they go. Parameter sets are declared once her
 (``postprocess.parameters``) and the renderer's file schema reuses them.
 
 The gate rules, logo overlay and report page import fast. The rest load OpenCV (retouch,
-faces, text, export, metrics: ~0.1 s) or open_clip and torch (scoring: seconds), so their
-names are imported on first use.
+faces, text, export, metrics, detail: ~0.1 s) or torch (scoring with open_clip, upscale
+with spandrel, hires: seconds), so their names are imported on first use.
 """
 
 from __future__ import annotations
@@ -38,8 +39,17 @@ from postprocess.overlay import (
 from postprocess.report_page import ReportGrid, ReportRow, ReportRun, report_html, xy_grid_png
 
 if TYPE_CHECKING:
+    from postprocess.detail import (
+        Detail,
+        DetailPlan,
+        detail_crop,
+        mask_boxes,
+        paste_details,
+        plan_detail,
+    )
     from postprocess.export import ExportSpec, export_image, read_export_metadata, smart_crop
     from postprocess.faces import FaceDetection, count_faces, detect_faces
+    from postprocess.hires import LATENT_MODES, hires_size, upscale_latents
     from postprocess.metrics import consistency, logo_score, palette_adherence
     from postprocess.retouch import (
         OPERATIONS,
@@ -55,10 +65,20 @@ if TYPE_CHECKING:
     )
     from postprocess.scoring import BrandEmbeddings, ClipScorer, Scores
     from postprocess.text import TextBlock, contrast_ratio, overlay_text
+    from postprocess.upscale import Tiling, load_upscaler, upscale_images
 
 _LAZY_MODULES = {
+    "postprocess.detail": (
+        "Detail",
+        "DetailPlan",
+        "detail_crop",
+        "mask_boxes",
+        "paste_details",
+        "plan_detail",
+    ),
     "postprocess.export": ("ExportSpec", "export_image", "read_export_metadata", "smart_crop"),
     "postprocess.faces": ("FaceDetection", "count_faces", "detect_faces"),
+    "postprocess.hires": ("LATENT_MODES", "hires_size", "upscale_latents"),
     "postprocess.metrics": ("consistency", "logo_score", "palette_adherence"),
     "postprocess.retouch": (
         "OPERATIONS",
@@ -74,6 +94,7 @@ _LAZY_MODULES = {
     ),
     "postprocess.scoring": ("BrandEmbeddings", "ClipScorer", "Scores"),
     "postprocess.text": ("TextBlock", "contrast_ratio", "overlay_text"),
+    "postprocess.upscale": ("Tiling", "load_upscaler", "upscale_images"),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
@@ -82,6 +103,7 @@ __all__ = [
     "DEFAULT_RULES",
     "FACES_NEED_REVIEW",
     "FAIL",
+    "LATENT_MODES",
     "METRICS",
     "OPERATIONS",
     "PASS",
@@ -91,6 +113,8 @@ __all__ = [
     "BrandReference",
     "ClipScorer",
     "Denoise",
+    "Detail",
+    "DetailPlan",
     "ExportSpec",
     "ExposureNormalisation",
     "FaceDetection",
@@ -106,6 +130,7 @@ __all__ = [
     "Sharpen",
     "SkinSmoothing",
     "TextBlock",
+    "Tiling",
     "WhiteBalance",
     "apply_retouch",
     "consistency",
@@ -113,17 +138,25 @@ __all__ = [
     "count_faces",
     "count_statuses",
     "decide",
+    "detail_crop",
     "detect_faces",
     "export_image",
+    "hires_size",
+    "load_upscaler",
     "logo_box",
     "logo_in_safe_zone",
     "logo_score",
+    "mask_boxes",
     "overlay_logo",
     "overlay_text",
     "palette_adherence",
+    "paste_details",
+    "plan_detail",
     "read_export_metadata",
     "report_html",
     "smart_crop",
+    "upscale_images",
+    "upscale_latents",
     "xy_grid_png",
 ]
 

@@ -8,6 +8,8 @@ bottom exclusive, as ``overlay.logo_box`` returns them.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -37,3 +39,9 @@ def shrink_to(image: np.ndarray, side: int) -> np.ndarray:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def snap(value: float, multiple: int) -> int:
+    """``value`` to the nearest multiple (halves up), at least one multiple: how every size
+    snaps to a model family's 8 or 16 (campaign sizes, hires targets)."""
+    return max(multiple, math.floor(value / multiple + 0.5) * multiple)

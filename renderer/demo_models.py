@@ -3,8 +3,9 @@
 No weights can be downloaded here, so the project builds its own: the real diffusers,
 transformers and open_clip classes with tiny dimensions and fixed seeds, saved exactly as real
 checkpoints are (diffusers folders, A1111 single files, diffusers and kohya LoRAs, a ControlNet,
-an IP-Adapter), so they load through the same code paths as the real thing. The same code and
-package versions give byte-identical files; ``MANIFEST.json`` lists their sha256.
+an IP-Adapter, Real-ESRGAN upscalers), so they load through the same code paths as the real
+thing. The same code and package versions give byte-identical files; ``MANIFEST.json`` lists
+their sha256.
 """
 
 from __future__ import annotations
@@ -165,6 +166,9 @@ winter sale banner with snow, a red scarf, warm gloves and a knitted hat
 """
 T5_VOCAB_SIZE = 400
 UNIGRAM_READDED_STEP = 1e-4  # tokenizers' UnigramTrainer: score step between re-added chars
+# Real-ESRGAN's RRDBNet (BasicSR key layout): spandrel fixes the dense blocks' growth at 32
+# channels, so only the trunk width and the block count can shrink.
+UPSCALER_FEATURES, UPSCALER_GROWTH, UPSCALER_BLOCKS = 8, 32, 1
 
 
 # --- public entry point -----------------------------------------------------------------------
@@ -356,6 +360,16 @@ def _build_brand_lora(out: Path) -> None:
     save_file(_seeded("lora-brand", weights), out, metadata={"format": "pt"})
 
 
+def _build_upscaler(scale: int) -> Callable[[Path], None]:
+    """An RRDBNet upscaler in the layout of RealESRGAN_x4plus (scale 4) or _x2plus (scale 2:
+    the x4 network behind a 2x pixel-unshuffle, so 12 input channels)."""
+
+    def build(out: Path) -> None:
+        weights = _seeded(f"upscaler-x{scale}", lambda: _rrdb_weights(unshuffle=4 // scale))
+        save_file(weights, out, metadata={"format": "pt"})
+
+    return build
+
 # Small enough to build and run in milliseconds on a CPU; the full 49408-token vocabulary
 # keeps open_clip's bundled BPE tokenizer usable offline.
 TINY_CLIP_CONFIG = {
@@ -405,6 +419,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "lora-style.safetensors": _build_style_lora,
     "lora-brand.safetensors": _build_brand_lora,
     "clip": _build_clip,
+    "upscaler-x2.safetensors": _build_upscaler(2),
+    "upscaler-x4.safetensors": _build_upscaler(4),
 }
 
 
@@ -632,3 +648,45 @@ def _ip_adapter_weights(
                 torch.randn_like(to_k) / to_k.shape[1] ** 0.5
             )
     return weights
+
+
+def _rrdb_weights(unshuffle: int) -> dict[str, torch.Tensor]:
+    """RRDBNet tensors under BasicSR's names (``conv_first``, ``body.N.rdbM.convK``, ...).
+
+    Random weights alone make noise unrelated to the input, and a test of tiling needs an
+    output that follows the image. So the first three channels carry RGB through: the mean
+    of each unshuffled block, binomial smoothing in the up-convolutions. The random dense
+    blocks add, through ``conv_body``, a texture about a tenth as strong that depends on
+    every pixel within their receptive field.
+    """
+    features, growth, phases = UPSCALER_FEATURES, UPSCALER_GROWTH, unshuffle**2
+    centre = torch.zeros(3, 3)
+    centre[1, 1] = 1
+    binomial = torch.tensor([1.0, 2.0, 1.0])
+    smooth = torch.outer(binomial, binomial) / 16
+    tensors = {}
+
+    def add(name: str, out_channels: int, in_channels: int, std: float,
+            rgb_kernel: torch.Tensor | None = None, rgb_phases: int = 1) -> None:
+        weight = torch.randn(out_channels, in_channels, 3, 3) * std / (9 * in_channels) ** 0.5
+        if rgb_kernel is not None:  # output channel c reads only colour c, through the kernel
+            weight[:3] = 0
+            for channel in range(3):
+                inputs = slice(channel * rgb_phases, (channel + 1) * rgb_phases)
+                weight[channel, inputs] = rgb_kernel / rgb_phases
+        tensors[f"{name}.weight"] = weight
+        tensors[f"{name}.bias"] = torch.zeros(out_channels)
+
+    # torch.pixel_unshuffle puts colour c's phases at channels c*phases ... (c+1)*phases-1.
+    add("conv_first", features, 3 * phases, 0.5, centre, phases)
+    for block in range(UPSCALER_BLOCKS):
+        for rdb in (1, 2, 3):
+            for index in range(1, 6):
+                add(f"body.{block}.rdb{rdb}.conv{index}", features if index == 5 else growth,
+                    features + (index - 1) * growth, 1.0)
+    add("conv_body", features, features, 0.1)
+    add("conv_up1", features, features, 0.05, smooth)
+    add("conv_up2", features, features, 0.05, smooth)
+    add("conv_hr", features, features, 0.05, centre)
+    add("conv_last", 3, features, 0.05, centre)
+    return tensors

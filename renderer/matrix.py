@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from postprocess.imaging import snap
+
 from .hashing import canonical_json
 from .schema import MatrixSpec, OverrideRule, OverrideSet
 
@@ -75,11 +77,7 @@ def size_for_aspect(aspect: str, *, short_side: int | None, pixels: int | None,
         width, height = ratio_w * scale, ratio_h * scale
     else:
         width, height = math.sqrt(pixels * ratio_w / ratio_h), math.sqrt(pixels * ratio_h / ratio_w)
-    return _snap(width, multiple), _snap(height, multiple)
-
-
-def _snap(value: float, multiple: int) -> int:
-    return max(multiple, math.floor(value / multiple + 0.5) * multiple)
+    return snap(width, multiple), snap(height, multiple)
 
 
 def overrides_for(rules: Sequence[OverrideRule], axes: Mapping[str, Any]) -> OverrideSet:
