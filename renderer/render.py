@@ -196,7 +196,13 @@ class DiffusersRenderer:
         """Render variants that share a BatchKey; returns PIL images in the same order."""
         import torch
 
+        from .controls import keeps_source, paste_source_outside_mask
+
         first = variants[0]
+        controls = control_arguments(recipe, variants)
+        source = recipe.spec.img2img or recipe.spec.inpaint
+        if source and keeps_source(source.strength, first.steps):
+            return list(controls["image"])  # the sources at the variant's size; no model runs
         pipe = self.load_pipeline(recipe)
         self.activate_loras(pipe, recipe, first.lora_weights)
         arguments: dict[str, Any] = {
@@ -210,17 +216,21 @@ class DiffusersRenderer:
         }
         if recipe.spec.family != "flux":
             arguments["negative_prompt"] = [v.negative_prompt for v in variants]
-        arguments.update(control_arguments(recipe, variants))
+        arguments.update(controls)
         if recipe.mode == "img2img" and recipe.spec.family != "flux":
             del arguments["width"], arguments["height"]  # SD img2img takes the source's size
         try:
             with torch.inference_mode():
-                return list(self._call(pipe, arguments).images)
+                images = list(self._call(pipe, arguments).images)
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, ValueError) as err:
             raise RenderFailure(f"rendering {len(variants)} variant(s) of {recipe.ref} at "
                                 f"{first.width}x{first.height} failed: {err}") from err
+        if recipe.mode == "inpaint":
+            images = [paste_source_outside_mask(kept, image, mask) for kept, image, mask in
+                      zip(controls["image"], images, controls["mask_image"], strict=True)]
+        return images
 
     def _call(self, pipe: Any, arguments: dict[str, Any]) -> Any:
         """The one place a pipeline runs (tests inject failures here)."""
