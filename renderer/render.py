@@ -378,7 +378,8 @@ def control_arguments(recipe: Recipe, variants: Sequence[Variant]) -> dict[str, 
             for index, control in enumerate(spec.controlnets)]
         single = len(spec.controlnets) == 1
         arguments.update(
-            image=maps[0] if single else maps,
+            {"control_image" if spec.family == "flux" else "image":  # FluxControlNetPipeline's
+             maps[0] if single else maps},
             controlnet_conditioning_scale=_each(spec.controlnets, "scale", single),
             control_guidance_start=_each(spec.controlnets, "start", single),
             control_guidance_end=_each(spec.controlnets, "end", single))
