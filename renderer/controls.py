@@ -61,6 +61,12 @@ PREPROCESSORS: dict[str, Callable[[Image.Image], Image.Image]] = {
 }
 
 
+def batch_array(images: Sequence[Image.Image]) -> np.ndarray:
+    """Same-size RGB images as one float batch (N, H, W, 3) in [0, 1], the values diffusers'
+    image processor makes of PIL images."""
+    return np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images]) / 255
+
+
 def region_mask(size: tuple[int, int], region: Sequence[float]) -> Image.Image:
     """A white box (the part to repaint) on black; region = fractions [x0, y0, x1, y1]."""
     width, height = size

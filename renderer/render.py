@@ -367,7 +367,7 @@ class DiffusersRenderer:
 
 def control_arguments(recipe: Recipe, variants: Sequence[Variant]) -> dict[str, Any]:
     """The pipeline arguments of the recipe's controls, for one batch."""
-    from .controls import PREPROCESSORS, load_rgb, region_mask
+    from .controls import PREPROCESSORS, batch_array, load_rgb, region_mask
 
     spec, first = recipe.spec, variants[0]
     size = (first.width, first.height)
@@ -378,8 +378,10 @@ def control_arguments(recipe: Recipe, variants: Sequence[Variant]) -> dict[str, 
             for index, control in enumerate(spec.controlnets)]
         single = len(spec.controlnets) == 1
         arguments.update(
-            {"control_image" if spec.family == "flux" else "image":  # FluxControlNetPipeline's
-             maps[0] if single else maps},
+            # Several ControlNets: one batch array each (diffusers' SD pipeline reads nested
+            # lists batch-first, the SDXL one refuses them). Flux calls the input control_image.
+            {"control_image" if spec.family == "flux" else "image":
+             maps[0] if single else [batch_array(images) for images in maps]},
             controlnet_conditioning_scale=_each(spec.controlnets, "scale", single),
             control_guidance_start=_each(spec.controlnets, "start", single),
             control_guidance_end=_each(spec.controlnets, "end", single))
