@@ -341,10 +341,16 @@ class DiffusersRenderer:
 
     def _load_ip_adapter(self, pipe: Any, recipe: Recipe) -> None:
         folder = recipe.ip_adapter.path
-        if self._ip_adapters.get(id(pipe.unet)) != recipe.ip_adapter.sha256:
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        if self._ip_adapters.get(id(denoiser)) != recipe.ip_adapter.sha256:
+            # FluxIPAdapterMixin takes the encoder's own path, and loads it in float16 unless told.
+            encoder_path = str(folder / "image_encoder")
+            encoder = ({"image_encoder_pretrained_model_name_or_path": encoder_path,
+                        "image_encoder_dtype": self.dtype} if recipe.spec.family == "flux"
+                       else {"image_encoder_folder": "image_encoder"})
             pipe.load_ip_adapter(str(folder), subfolder="", weight_name="ip-adapter.safetensors",
-                                 image_encoder_folder="image_encoder", local_files_only=True)
-            self._ip_adapters[id(pipe.unet)] = recipe.ip_adapter.sha256
+                                 local_files_only=True, **encoder)
+            self._ip_adapters[id(denoiser)] = recipe.ip_adapter.sha256
         pipe.set_ip_adapter_scale(recipe.spec.ip_adapter.scale)
 
     def activate_loras(self, pipe: Any, recipe: Recipe, weights: Sequence[float]) -> None:
