@@ -1,4 +1,5 @@
-"""Control inputs made with OpenCV, no downloads: ControlNet maps, masks, source images.
+"""Control inputs made with OpenCV, no downloads: ControlNet maps, masks, source images,
+and what img2img/inpaint results keep of their source.
 
 Every function is pure (PIL image in, PIL image out) and deterministic. The control map
 is computed at the variant's size, so a pose or edge map lines up with the latents.
@@ -60,6 +61,12 @@ PREPROCESSORS: dict[str, Callable[[Image.Image], Image.Image]] = {
 }
 
 
+def batch_array(images: Sequence[Image.Image]) -> np.ndarray:
+    """Same-size RGB images as one float batch (N, H, W, 3) in [0, 1], the values diffusers'
+    image processor makes of PIL images."""
+    return np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images]) / 255
+
+
 def region_mask(size: tuple[int, int], region: Sequence[float]) -> Image.Image:
     """A white box (the part to repaint) on black; region = fractions [x0, y0, x1, y1]."""
     width, height = size
@@ -68,6 +75,30 @@ def region_mask(size: tuple[int, int], region: Sequence[float]) -> Image.Image:
                       zip(region, (width, height, width, height), strict=True))
     mask[y0:y1, x0:x1] = 255
     return Image.fromarray(mask).convert("RGB")
+
+
+def keeps_source(strength: float, steps: int) -> bool:
+    """Whether an img2img/inpaint render denoises less than one step, so its result is the
+    source itself (strength 0 is the limit case). diffusers' SD/SDXL pipelines run
+    int(steps x strength) steps and fail on 0 (ValueError; SD1.5 img2img a RuntimeError on an
+    empty timestep tensor); Flux's run 0 < steps x strength < 1 as one whole step."""
+    return steps * strength < 1
+
+
+def paste_source_outside_mask(source: Image.Image, generated: Image.Image,
+                              mask: Image.Image) -> Image.Image:
+    """The generated image where the mask is white, the source where it is black, blended
+    in between (A1111's inpaint overlay). The pipeline only keeps the unmasked latents, and
+    the VAE round trip changes those pixels; this puts the source's own pixels back.
+
+    diffusers' VaeImageProcessor.apply_overlay does the same through PIL's premultiplied
+    RGBa, which rounds partly masked pixels twice; here there is one rounding, and none
+    at mask 0 or 255.
+    """
+    weight = np.asarray(mask.convert("L"), dtype=np.float32)[..., None] / 255.0
+    kept = np.asarray(source.convert("RGB"), dtype=np.float32)
+    painted = np.asarray(generated.convert("RGB"), dtype=np.float32)
+    return Image.fromarray(np.rint(kept + (painted - kept) * weight).astype(np.uint8))
 
 
 def _normalise(values: np.ndarray) -> np.ndarray:

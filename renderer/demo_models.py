@@ -2,10 +2,13 @@
 
 No weights can be downloaded here, so the project builds its own: the real diffusers,
 transformers and open_clip classes with tiny dimensions and fixed seeds, saved exactly as real
-checkpoints are (diffusers folders, A1111 single files, diffusers and kohya LoRAs, a ControlNet,
-an IP-Adapter, Real-ESRGAN upscalers), so they load through the same code paths as the real
-thing. The same code and package versions give byte-identical files; ``MANIFEST.json`` lists
-their sha256.
+checkpoints are (diffusers folders, A1111 single files, diffusers and kohya LoRAs, ControlNets,
+IP-Adapters, for SD1.5, SDXL and Flux; Real-ESRGAN upscalers), so they load through the same
+code paths as the real thing. The same code and package versions give byte-identical files;
+``MANIFEST.json`` lists their sha256.
+
+No Flux single file: diffusers 0.42.1's BFL-layout converter hard-codes the 3072-wide
+transformer (``inner_dim = 3072``, loaders/single_file_utils.py:2305), so a tiny one cannot load.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from diffusers import (
     DiffusionPipeline,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxControlNetModel,
     FluxPipeline,
     FluxTransformer2DModel,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -58,7 +63,12 @@ from transformers import (
 
 from renderer.atomic import TEMP_PREFIX, write_bytes_atomic, write_text_atomic
 from renderer.hashing import sha256_path
-from renderer.ldm_layout import clip_text_original_name, diffusers_to_ldm, diffusers_to_sgm
+from renderer.ldm_layout import (
+    clip_text_original_name,
+    diffusers_to_ldm,
+    diffusers_to_sgm,
+    unet_module_to_ldm,
+)
 
 MANIFEST_NAME = "MANIFEST.json"
 
@@ -75,6 +85,7 @@ T5_MAX_LENGTH = 512
 IMAGE_ENCODER_SIZE = 32
 IP_ADAPTER_TOKENS = 4  # diffusers hard-codes 4 image tokens for the plain IP-Adapter
 LORA_RANK = 4
+INPAINT_CHANNELS = 2 * LATENT_CHANNELS + 1  # noisy latents, masked-image latents, the mask
 
 # 4 blocks: the VAE downsamples 8x like the real ones, so 64 px images have 8x8 latents.
 VAE_CONFIG = {
@@ -234,7 +245,7 @@ def _build_sd15_single_file(out: Path) -> None:
 
 def _build_sd15_inpaint(out: Path) -> None:
     # Same seeds as sd15, so text encoder, tokenizer and VAE are byte-identical copies.
-    components = _sd15_components() | {"unet": _sd15_unet("sd15-inpaint.unet", in_channels=9)}
+    components = _sd15_components() | {"unet": _sd15_unet("sd15-inpaint.unet", INPAINT_CHANNELS)}
     _save_pipeline(StableDiffusionInpaintPipeline(**components, **_NO_SAFETY_CHECKER), out)
 
 
@@ -251,30 +262,20 @@ def _build_sdxl_single_file(out: Path) -> None:
     _save_single_file(checkpoint, out)
 
 
+def _build_sdxl_inpaint(out: Path) -> None:
+    # As with sd15-inpaint, everything but the UNet is a byte-identical copy of sdxl's.
+    components = _sdxl_components() | {"unet": _sdxl_unet("sdxl-inpaint.unet", INPAINT_CHANNELS)}
+    _save_pipeline(StableDiffusionXLInpaintPipeline(**components, add_watermarker=False), out)
+
+
 def _build_flux(out: Path) -> None:
-    t5_tokenizer = _t5_tokenizer()
-    t5_config = T5Config(
-        vocab_size=len(t5_tokenizer), d_model=FLUX_T5_DIM, d_kv=8, d_ff=64, num_layers=2,
-        num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-        is_encoder_decoder=False, pad_token_id=t5_tokenizer.pad_token_id,
-        eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=t5_tokenizer.pad_token_id,
-    )
-    pipeline = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
-        vae=_vae("flux.vae", scaling_factor=0.3611, shift_factor=0.1159, quant_convs=False),
-        text_encoder=_clip_text_encoder("flux.text_encoder", CLIPTextModel, FLUX_CLIP_HIDDEN),
-        tokenizer=_clip_tokenizer(),
-        text_encoder_2=_seeded("flux.text_encoder_2", lambda: T5EncoderModel(t5_config)),
-        tokenizer_2=t5_tokenizer,
-        transformer=_seeded(
-            "flux.transformer", lambda: FluxTransformer2DModel(**FLUX_TRANSFORMER_CONFIG)
-        ),
-    )
-    _save_pipeline(pipeline, out)
+    # FluxImg2ImgPipeline and FluxInpaintPipeline use this same transformer (from_pipe):
+    # Flux inpaints by blending latents, so it needs no separate inpainting model.
+    _save_pipeline(FluxPipeline(**_flux_components()), out)
 
 
-def _build_controlnet(out: Path) -> None:
-    unet = _sd15_unet()  # a ControlNet starts as a copy of its base UNet's encoder
+def _build_controlnet(name: str, base_unet: Callable[[], UNet2DConditionModel], out: Path) -> None:
+    unet = base_unet()  # a ControlNet starts as a copy of its base UNet's encoder
 
     def controlnet() -> ControlNetModel:
         model = ControlNetModel.from_unet(
@@ -289,75 +290,89 @@ def _build_controlnet(out: Path) -> None:
             for conv in [hint.conv_in, *hint.blocks, hint.conv_out]:
                 conv.weight.normal_(std=2 / conv.weight[0].numel() ** 0.5)
                 conv.bias.zero_()
-            # Zero convolutions make an untrained ControlNet a no-op; the demo needs an effect.
-            for conv in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
-                conv.weight.normal_(std=0.1)
+        _wake_zero_outputs([*model.controlnet_down_blocks, model.controlnet_mid_block])
         return model
 
-    _seeded("controlnet-sd15", controlnet).save_pretrained(out, safe_serialization=True)
+    _seeded(name, controlnet).save_pretrained(out, safe_serialization=True)
 
 
-def _build_ip_adapter(out: Path) -> None:
+def _build_flux_controlnet(out: Path) -> None:
+    transformer = _flux_transformer()
+    config = FLUX_TRANSFORMER_CONFIG
+
+    def controlnet() -> FluxControlNetModel:
+        # No input_hint_block: the pipeline VAE-encodes the control image and packs it into
+        # tokens, which controlnet_x_embedder adds to the image tokens.
+        model = FluxControlNetModel.from_transformer(
+            transformer, num_layers=config["num_layers"],
+            num_single_layers=config["num_single_layers"],
+            attention_head_dim=config["attention_head_dim"],
+            num_attention_heads=config["num_attention_heads"],
+        )
+        _wake_zero_outputs([model.controlnet_x_embedder, *model.controlnet_blocks,
+                            *model.controlnet_single_blocks])
+        return model
+
+    _seeded("controlnet-flux", controlnet).save_pretrained(out, safe_serialization=True)
+
+
+def _build_ip_adapter(
+    name: str, base: Callable[[], torch.nn.Module],
+    weights: Callable[[torch.nn.Module, int], dict[str, torch.Tensor]], out: Path,
+) -> None:
+    """``ip-adapter.safetensors`` for the denoiser ``base`` makes, and its ``image_encoder/``."""
     vision_config = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
         num_attention_heads=4, image_size=IMAGE_ENCODER_SIZE, patch_size=8,
     )
     image_encoder = _seeded(
-        "ip-adapter-sd15.image_encoder", lambda: CLIPVisionModelWithProjection(vision_config)
+        f"{name}.image_encoder", lambda: CLIPVisionModelWithProjection(vision_config)
     )
     image_encoder.save_pretrained(out / "image_encoder")
     CLIPImageProcessor(
         size={"shortest_edge": IMAGE_ENCODER_SIZE},
         crop_size={"height": IMAGE_ENCODER_SIZE, "width": IMAGE_ENCODER_SIZE},
     ).save_pretrained(out / "image_encoder")
-    unet = _sd15_unet()
-    weights = _seeded(
-        "ip-adapter-sd15.weights",
-        lambda: _ip_adapter_weights(unet, image_embed_dim=vision_config.projection_dim),
-    )
-    save_file(weights, out / "ip-adapter.safetensors", metadata={"format": "pt"})
+    denoiser = base()
+    tensors = _seeded(f"{name}.weights", lambda: weights(denoiser, vision_config.projection_dim))
+    save_file(tensors, out / "ip-adapter.safetensors", metadata={"format": "pt"})
 
 
 def _build_style_lora(out: Path) -> None:
     """UNet-only LoRA in the diffusers/peft layout (``unet.<module>.lora_A/B.weight``)."""
-    layers = _attention_linears(_sd15_unet())
-
-    def weights() -> dict[str, torch.Tensor]:
-        tensors = {}
-        for name, layer in layers.items():
-            down, up = _lora_pair(layer, up_std=0.5)
-            tensors[f"unet.{name}.lora_A.weight"] = down
-            tensors[f"unet.{name}.lora_B.weight"] = up
-        return tensors
-
-    save_file(_seeded("lora-style", weights), out, metadata={"format": "pt"})
+    _save_lora("lora-style", out, lambda: _peft_lora("unet", _attention_linears(_sd15_unet())))
 
 
 def _build_brand_lora(out: Path) -> None:
     """UNet + text encoder LoRA in the kohya/A1111 layout (``lora_unet_*``, ``lora_te_*``)."""
     unet = _sd15_unet()
-    text_encoder = _sd15_text_encoder()
     layers = {
         **{f"lora_unet_{name}": layer for name, layer in _attention_linears(unet).items()},
-        **{
-            f"lora_te_{clip_text_original_name(name)}": layer
-            for name, layer in _text_encoder_linears(text_encoder).items()
-        },
+        **_kohya_text_encoder_layers("lora_te_", _sd15_text_encoder()),
     }
-    alpha = 1.0  # kohya's default: the update is scaled by alpha / rank
+    _save_lora("lora-brand", out, lambda: _kohya_lora(layers))
 
-    def weights() -> dict[str, torch.Tensor]:
-        tensors = {}
-        for name, layer in layers.items():
-            kohya_name = name.replace(".", "_")
-            # Undo the alpha / rank scale so both demo LoRAs move pixels about as much.
-            down, up = _lora_pair(layer, up_std=0.5 * LORA_RANK / alpha)
-            tensors[f"{kohya_name}.lora_down.weight"] = down
-            tensors[f"{kohya_name}.lora_up.weight"] = up
-            tensors[f"{kohya_name}.alpha"] = torch.tensor(alpha)
-        return tensors
 
-    save_file(_seeded("lora-brand", weights), out, metadata={"format": "pt"})
+def _build_sdxl_lora(out: Path) -> None:
+    """SDXL LoRA in the kohya layout Civitai files use: the UNet under its SGM names
+    (``lora_unet_input_blocks_4_1_…``) and both text encoders (``lora_te1_*``, ``lora_te2_*``)."""
+    components = _sdxl_components()
+    unet = components["unet"]
+    layers = {
+        **{f"lora_unet_{unet_module_to_ldm(name, unet.config)}": layer
+           for name, layer in _attention_linears(unet).items()},
+        **_kohya_text_encoder_layers("lora_te1_", components["text_encoder"]),
+        **_kohya_text_encoder_layers("lora_te2_", components["text_encoder_2"]),
+    }
+    _save_lora("lora-sdxl", out, lambda: _kohya_lora(layers))
+
+
+def _build_flux_lora(out: Path) -> None:
+    """Flux LoRA in the diffusers/peft layout (``transformer.<module>.lora_A/B.weight``)."""
+    layers = dict(_linears_matching(_flux_transformer(), _FLUX_ATTENTION_PROJECTION))
+    # Twice the SD LoRAs' scale: with 2 blocks the tiny Flux moves its pixels about as much
+    # (a mean change of 5-9 levels at weight 1; 2-3 at the SD scale).
+    _save_lora("lora-flux", out, lambda: _peft_lora("transformer", layers, up_std=1.0))
 
 
 def _build_upscaler(scale: int) -> Callable[[Path], None]:
@@ -407,23 +422,6 @@ def _build_clip(out: Path) -> None:
     build_tiny_clip(out)
 
 
-BUILDERS: dict[str, Callable[[Path], None]] = {
-    "sd15": _build_sd15,
-    "sd15.safetensors": _build_sd15_single_file,
-    "sd15-inpaint": _build_sd15_inpaint,
-    "sdxl": _build_sdxl,
-    "sdxl.safetensors": _build_sdxl_single_file,
-    "flux": _build_flux,
-    "controlnet-sd15": _build_controlnet,
-    "ip-adapter-sd15": _build_ip_adapter,
-    "lora-style.safetensors": _build_style_lora,
-    "lora-brand.safetensors": _build_brand_lora,
-    "clip": _build_clip,
-    "upscaler-x2.safetensors": _build_upscaler(2),
-    "upscaler-x4.safetensors": _build_upscaler(4),
-}
-
-
 # --- shared components ------------------------------------------------------------------------
 
 _NO_SAFETY_CHECKER = {"safety_checker": None, "feature_extractor": None,
@@ -464,7 +462,7 @@ def _sdxl_components() -> dict[str, object]:
         ),
         "tokenizer": _clip_tokenizer(),
         "tokenizer_2": _clip_tokenizer(pad_token="!"),  # as SDXL's second tokenizer pads
-        "unet": _seeded("sdxl.unet", lambda: UNet2DConditionModel(**SDXL_UNET_CONFIG)),
+        "unet": _sdxl_unet(),
         "scheduler": EulerDiscreteScheduler(**SD_SCHEDULER_CONFIG),
     }
 
@@ -475,6 +473,37 @@ def _sd15_unet(
     return _seeded(
         seed_name, lambda: UNet2DConditionModel(**SD15_UNET_CONFIG, in_channels=in_channels)
     )
+
+
+def _sdxl_unet(
+    seed_name: str = "sdxl.unet", in_channels: int = LATENT_CHANNELS
+) -> UNet2DConditionModel:
+    return _seeded(
+        seed_name, lambda: UNet2DConditionModel(**SDXL_UNET_CONFIG, in_channels=in_channels)
+    )
+
+
+def _flux_components() -> dict[str, object]:
+    t5_tokenizer = _t5_tokenizer()
+    t5_config = T5Config(
+        vocab_size=len(t5_tokenizer), d_model=FLUX_T5_DIM, d_kv=8, d_ff=64, num_layers=2,
+        num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False, pad_token_id=t5_tokenizer.pad_token_id,
+        eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=t5_tokenizer.pad_token_id,
+    )
+    return {
+        "scheduler": FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
+        "vae": _vae("flux.vae", scaling_factor=0.3611, shift_factor=0.1159, quant_convs=False),
+        "text_encoder": _clip_text_encoder("flux.text_encoder", CLIPTextModel, FLUX_CLIP_HIDDEN),
+        "tokenizer": _clip_tokenizer(),
+        "text_encoder_2": _seeded("flux.text_encoder_2", lambda: T5EncoderModel(t5_config)),
+        "tokenizer_2": t5_tokenizer,
+        "transformer": _flux_transformer(),
+    }
+
+
+def _flux_transformer() -> FluxTransformer2DModel:
+    return _seeded("flux.transformer", lambda: FluxTransformer2DModel(**FLUX_TRANSFORMER_CONFIG))
 
 
 def _sd15_text_encoder() -> CLIPTextModel:
@@ -595,7 +624,11 @@ def _save_pipeline(pipeline: DiffusionPipeline, out: Path) -> None:
 # --- adapter weights --------------------------------------------------------------------------
 
 _ATTENTION_PROJECTION = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
+_FLUX_ATTENTION_PROJECTION = re.compile(
+    r"\.attn\.(to_q|to_k|to_v|to_out\.0|add_[qkv]_proj|to_add_out)$"
+)
 _TEXT_ENCODER_LINEAR = re.compile(r"\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
+KOHYA_ALPHA = 1.0  # kohya's default: the update is scaled by alpha / rank
 
 
 def _attention_linears(unet: UNet2DConditionModel) -> dict[str, torch.nn.Linear]:
@@ -603,8 +636,13 @@ def _attention_linears(unet: UNet2DConditionModel) -> dict[str, torch.nn.Linear]
     return dict(_linears_matching(unet, _ATTENTION_PROJECTION))
 
 
-def _text_encoder_linears(text_encoder: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    return dict(_linears_matching(text_encoder, _TEXT_ENCODER_LINEAR))
+def _kohya_text_encoder_layers(
+    prefix: str, text_encoder: torch.nn.Module
+) -> dict[str, torch.nn.Linear]:
+    return {
+        f"{prefix}{clip_text_original_name(name)}": layer
+        for name, layer in _linears_matching(text_encoder, _TEXT_ENCODER_LINEAR)
+    }
 
 
 def _linears_matching(
@@ -615,6 +653,35 @@ def _linears_matching(
             yield name, module
 
 
+def _save_lora(seed_name: str, out: Path, weights: Callable[[], dict[str, torch.Tensor]]) -> None:
+    save_file(_seeded(seed_name, weights), out, metadata={"format": "pt"})
+
+
+def _peft_lora(
+    prefix: str, layers: dict[str, torch.nn.Linear], up_std: float = 0.5
+) -> dict[str, torch.Tensor]:
+    """``<prefix>.<module>.lora_A/B.weight``, the layout diffusers' own training scripts save."""
+    tensors = {}
+    for name, layer in layers.items():
+        down, up = _lora_pair(layer, up_std=up_std)
+        tensors[f"{prefix}.{name}.lora_A.weight"] = down
+        tensors[f"{prefix}.{name}.lora_B.weight"] = up
+    return tensors
+
+
+def _kohya_lora(layers: dict[str, torch.nn.Linear]) -> dict[str, torch.Tensor]:
+    """``<name, _ for .>.lora_down/lora_up.weight`` and ``.alpha``, as kohya's sd-scripts save."""
+    tensors = {}
+    for name, layer in layers.items():
+        kohya_name = name.replace(".", "_")
+        # Undo the alpha / rank scale so kohya and peft demo LoRAs move pixels about as much.
+        down, up = _lora_pair(layer, up_std=0.5 * LORA_RANK / KOHYA_ALPHA)
+        tensors[f"{kohya_name}.lora_down.weight"] = down
+        tensors[f"{kohya_name}.lora_up.weight"] = up
+        tensors[f"{kohya_name}.alpha"] = torch.tensor(KOHYA_ALPHA)
+    return tensors
+
+
 def _lora_pair(layer: torch.nn.Linear, *, up_std: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(down, up) factors; trained LoRAs start with up = 0, the demo needs a visible effect."""
     down = torch.randn(LORA_RANK, layer.in_features) / layer.in_features**0.5
@@ -622,18 +689,30 @@ def _lora_pair(layer: torch.nn.Linear, *, up_std: float) -> tuple[torch.Tensor, 
     return down, up
 
 
-def _ip_adapter_weights(
+def _wake_zero_outputs(layers: list[torch.nn.Module], std: float = 0.1) -> None:
+    """Zero-initialised output layers make an untrained ControlNet a no-op; the demo needs an
+    effect, so give their weights small random values (biases stay zero)."""
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.normal_(std=std)
+
+
+def _image_projection(prefix: str, cross_dim: int, image_embed_dim: int) -> dict[str, torch.Tensor]:
+    """The plain IP-Adapter's ImageProjection: one image embedding -> IP_ADAPTER_TOKENS tokens."""
+    return {
+        f"{prefix}.proj.weight": torch.randn(IP_ADAPTER_TOKENS * cross_dim, image_embed_dim)
+        / image_embed_dim**0.5,
+        f"{prefix}.proj.bias": torch.zeros(IP_ADAPTER_TOKENS * cross_dim),
+        f"{prefix}.norm.weight": torch.ones(cross_dim),
+        f"{prefix}.norm.bias": torch.zeros(cross_dim),
+    }
+
+
+def _unet_ip_adapter_weights(
     unet: UNet2DConditionModel, image_embed_dim: int
 ) -> dict[str, torch.Tensor]:
-    """An SD1.5 IP-Adapter's tensors under the released files' key names."""
-    cross_dim = unet.config.cross_attention_dim
-    weights = {
-        "image_proj.proj.weight": torch.randn(IP_ADAPTER_TOKENS * cross_dim, image_embed_dim)
-        / image_embed_dim**0.5,
-        "image_proj.proj.bias": torch.zeros(IP_ADAPTER_TOKENS * cross_dim),
-        "image_proj.norm.weight": torch.ones(cross_dim),
-        "image_proj.norm.bias": torch.zeros(cross_dim),
-    }
+    """An SD1.5/SDXL IP-Adapter's tensors under the released files' key names."""
+    weights = _image_projection("image_proj", unet.config.cross_attention_dim, image_embed_dim)
     cross_attentions = [
         name.removesuffix(".processor")
         for name in unet.attn_processors
@@ -690,3 +769,47 @@ def _rrdb_weights(unshuffle: int) -> dict[str, torch.Tensor]:
     add("conv_hr", features, features, 0.05, centre)
     add("conv_last", 3, features, 0.05, centre)
     return tensors
+
+
+def _flux_ip_adapter_weights(
+    transformer: FluxTransformer2DModel, image_embed_dim: int
+) -> dict[str, torch.Tensor]:
+    """A Flux IP-Adapter's tensors under XLabs' released key names (what FluxIPAdapterMixin reads):
+    image tokens as wide as the text tokens, and k/v projections in each double-stream block."""
+    text_dim, width = transformer.config.joint_attention_dim, transformer.inner_dim
+    weights = _image_projection("ip_adapter_proj_model", text_dim, image_embed_dim)
+    for block in range(len(transformer.transformer_blocks)):
+        for projection in ("k", "v"):
+            name = f"double_blocks.{block}.processor.ip_adapter_double_stream_{projection}_proj"
+            weights[f"{name}.weight"] = torch.randn(width, text_dim) / text_dim**0.5
+            weights[f"{name}.bias"] = torch.zeros(width)
+    return weights
+
+
+# --- the registry (last: functools.partial binds helpers defined above) ---------------------
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "sd15": _build_sd15,
+    "sd15.safetensors": _build_sd15_single_file,
+    "sd15-inpaint": _build_sd15_inpaint,
+    "sdxl": _build_sdxl,
+    "sdxl.safetensors": _build_sdxl_single_file,
+    "sdxl-inpaint": _build_sdxl_inpaint,
+    "flux": _build_flux,
+    "controlnet-sd15": functools.partial(_build_controlnet, "controlnet-sd15", _sd15_unet),
+    "controlnet-sdxl": functools.partial(_build_controlnet, "controlnet-sdxl", _sdxl_unet),
+    "controlnet-flux": _build_flux_controlnet,
+    "ip-adapter-sd15": functools.partial(
+        _build_ip_adapter, "ip-adapter-sd15", _sd15_unet, _unet_ip_adapter_weights),
+    "ip-adapter-sdxl": functools.partial(
+        _build_ip_adapter, "ip-adapter-sdxl", _sdxl_unet, _unet_ip_adapter_weights),
+    "ip-adapter-flux": functools.partial(
+        _build_ip_adapter, "ip-adapter-flux", _flux_transformer, _flux_ip_adapter_weights),
+    "lora-style.safetensors": _build_style_lora,
+    "lora-brand.safetensors": _build_brand_lora,
+    "lora-sdxl.safetensors": _build_sdxl_lora,
+    "lora-flux.safetensors": _build_flux_lora,
+    "clip": _build_clip,
+    "upscaler-x2.safetensors": _build_upscaler(2),
+    "upscaler-x4.safetensors": _build_upscaler(4),
+}

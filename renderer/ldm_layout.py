@@ -111,6 +111,11 @@ def unet_to_ldm(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
     return {UNET_PREFIX + _rename(key, modules): tensor for key, tensor in state_dict.items()}
 
 
+def unet_module_to_ldm(name: str, config: Mapping[str, Any]) -> str:
+    """The LDM/SGM name of one diffusers UNet module (kohya names SDXL LoRA layers by these)."""
+    return _rename(name, _unet_module_map(config))
+
+
 def vae_to_ldm(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> StateDict:
     modules, attention_projections = _vae_module_map(config)
     converted = {}

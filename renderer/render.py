@@ -106,20 +106,29 @@ class DiffusersRenderer:
         """Render specs that share a batch key; returns PIL images in the same order."""
         import torch
 
+        from .controls import keeps_source, paste_source_outside_mask
+
         call = render_call(specs)
         recipe = call.recipe
+        arguments = pipeline_arguments(call, files)
+        source = recipe.img2img or recipe.inpaint
+        if source and keeps_source(source.strength, recipe.steps):
+            return list(arguments["image"])  # the sources at the variant's size; no model runs
         pipe = self.load_pipeline(recipe, files)
         self.activate_loras(pipe, recipe, files)
-        arguments = pipeline_arguments(call, files)
         try:
             with torch.inference_mode():
-                return list(self._call(pipe, arguments).images)
+                images = list(self._call(pipe, arguments).images)
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, ValueError) as err:
             raise RenderFailure(f"rendering {len(specs)} variant(s) of {recipe.name}@"
                                 f"{recipe.version} at {call.width}x{call.height} failed: "
                                 f"{err}") from err
+        if recipe.inpaint:
+            images = [paste_source_outside_mask(kept, image, mask) for kept, image, mask in
+                      zip(arguments["image"], images, arguments["mask_image"], strict=True)]
+        return images
 
     def _call(self, pipe: Any, arguments: dict[str, Any]) -> Any:
         """The one place a pipeline runs (tests inject failures here)."""
@@ -231,11 +240,17 @@ class DiffusersRenderer:
 
     def _load_ip_adapter(self, pipe: Any, recipe: RecipeUse, files: FileIndex) -> None:
         adapter = recipe.ip_adapter
-        if self._ip_adapters.get(id(pipe.unet)) != adapter.model.sha256:
-            pipe.load_ip_adapter(str(files.path(adapter.model)), subfolder="",
-                                 weight_name="ip-adapter.safetensors",
-                                 image_encoder_folder="image_encoder", local_files_only=True)
-            self._ip_adapters[id(pipe.unet)] = adapter.model.sha256
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        if self._ip_adapters.get(id(denoiser)) != adapter.model.sha256:
+            folder = files.path(adapter.model)
+            # FluxIPAdapterMixin takes the encoder's own path, and loads it in float16 unless
+            # told otherwise.
+            encoder = {"image_encoder_folder": "image_encoder"} if recipe.family != "flux" else {
+                "image_encoder_pretrained_model_name_or_path": str(folder / "image_encoder"),
+                "image_encoder_dtype": self.dtype}
+            pipe.load_ip_adapter(str(folder), subfolder="", weight_name="ip-adapter.safetensors",
+                                 local_files_only=True, **encoder)
+            self._ip_adapters[id(denoiser)] = adapter.model.sha256
         pipe.set_ip_adapter_scale(adapter.scale)
 
     def activate_loras(self, pipe: Any, recipe: RecipeUse, files: FileIndex) -> None:
@@ -260,7 +275,7 @@ def pipeline_arguments(call: RenderCall, files: FileIndex) -> dict[str, Any]:
     """The diffusers keyword arguments of one pipeline call."""
     import torch
 
-    from .controls import PREPROCESSORS, load_rgb, region_mask
+    from .controls import PREPROCESSORS, batch_array, load_rgb, region_mask
 
     recipe = call.recipe
     arguments: dict[str, Any] = {
@@ -284,7 +299,10 @@ def pipeline_arguments(call: RenderCall, files: FileIndex) -> dict[str, Any]:
             values = [getattr(control, name) for control in recipe.controlnets]
             return values[0] if single else values
 
-        arguments.update(image=maps[0] if single else maps,
+        # Several ControlNets: one batch array each (diffusers' SD pipeline reads nested lists
+        # batch-first, the SDXL one refuses them). Flux calls the input control_image.
+        arguments.update({"control_image" if recipe.family == "flux" else "image":
+                          maps[0] if single else [batch_array(images) for images in maps]},
                          controlnet_conditioning_scale=each("scale"),
                          control_guidance_start=each("start"), control_guidance_end=each("end"))
     if recipe.ip_adapter:

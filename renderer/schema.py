@@ -117,7 +117,8 @@ class IpAdapterSpec(IpAdapterSettings):
 
 class Img2ImgSpec(Strict):
     image: ImageTemplate
-    strength: float = Field(gt=0.0, le=1.0)
+    strength: float = Field(ge=0.0, le=1.0, description="0 (or under one step: steps × "
+                            "strength < 1) returns the source itself.")
     source_is_photo: bool = Field(
         default=False, description="The source is a real photograph: outputs are declared "
         "compositeWithTrainedAlgorithmicMedia instead of trainedAlgorithmicMedia.")

@@ -181,6 +181,12 @@ def _check_controls(document: YamlDocument, spec: RecipeFile, checkpoint: Path) 
                                    and inpaint.region[1] < inpaint.region[3]):
             raise document.error(SchemaError, "region must be [x0, y0, x1, y1] with x0 < x1 and "
                                  "y0 < y1", ("inpaint", "region"), found=str(inpaint.region))
+        if spec.family == "flux" and not checkpoint.is_dir():
+            raise document.error(
+                SchemaError, "Flux inpainting needs a diffusers folder checkpoint", ("inpaint",),
+                expected="a diffusers folder (FluxInpaintPipeline has no from_single_file in "
+                "diffusers 0.42.1)", found=f"single file {checkpoint.name}",
+                fix="point checkpoint at a Flux diffusers folder, or use img2img")
         channels = unet_input_channels(checkpoint)
         if channels is not None and channels != 9:
             raise document.error(SchemaError, "inpaint needs an inpainting checkpoint",
