@@ -13,6 +13,8 @@ the seeded batch order of the LoRA trainer (``renderer/training.py``).
 * **Order**: each epoch is a seeded permutation of the items, cut into same-bucket batches
   that follow the permutation; the plan is a pure function of (seed, epoch), so the data
   position after any step is one integer.
+* **Features**: ``DatasetFeatures`` loads the family's model, fills the cache's gaps and
+  hands out micro-batches; with every embedding cached the text encoders never load.
 """
 
 from __future__ import annotations
@@ -81,8 +83,11 @@ class Geometry:
 
 def geometry(path: Path, size: tuple[int, int], resolution: int, step: int) -> Geometry:
     width, height = size
-    scale = min(1.0, math.sqrt(resolution * resolution / (width * height)))
-    bucket = (int(width * scale) // step * step, int(height * scale) // step * step)
+    area = resolution * resolution
+    # Scaled to the area in integers (the floor of the exact root): no float picks a bucket.
+    scaled = (math.isqrt(area * width // height), math.isqrt(area * height // width)) \
+        if width * height > area else size
+    bucket = (scaled[0] // step * step, scaled[1] // step * step)
     if min(bucket) == 0:
         raise InputError(
             f"image is {width}x{height}, smaller than one bucket step of {step} px on a side",
@@ -199,8 +204,8 @@ class DatasetFeatures:
         pipe = load_pipeline(job.family, job.checkpoint, job.checkpoint_config,
                              self.weight_dtype, text_encoders=live_text or bool(missing))
         pipe.to(device)
-        self.model: StableDiffusion = family_model(job.family, pipe, device, self.weight_dtype,
-                                                   job.train.guidance)
+        self.model: StableDiffusion = family_model(job.family, pipe, job.checkpoint, device,
+                                                   self.weight_dtype, job.train.guidance)
         self.load_s = time.perf_counter() - started
         started = time.perf_counter()
         with torch.no_grad():
@@ -210,19 +215,20 @@ class DatasetFeatures:
                 for row, text in enumerate(chunk):
                     self.text[text] = {name: value[row] for name, value in encoded.items()}
                     cache.put("text", keys[text], self.text[text])
-            self.shapes, self.latents = self._latents(cache, hashes)
+            self.shapes, self.latents, computed = self._latents(cache, hashes)
         if not live_text:
             pipe.register_modules(**dict.fromkeys(names))
             gc.collect()
         self.features_s = time.perf_counter() - started
-        log(f"features: {len(missing)} embedding(s) and {self._computed} latent(s) computed, "
+        log(f"features: {len(missing)} embedding(s) and {computed} latent(s) computed, "
             f"the rest from {cache_dir} ({self.features_s:.2f} s)")
 
     def _latents(self, cache: FeatureCache, hashes: HashCache
-                 ) -> tuple[list[Geometry], list[dict[str, torch.Tensor]]]:
+                 ) -> tuple[list[Geometry], list[dict[str, torch.Tensor]], int]:
+        """Each item's bucket geometry and latent distribution; and how many were computed."""
         job, step = self.job, self.model.bucket_step
         vae_id = component_identity(job.checkpoint, job.checkpoint_config, ("vae",), hashes)
-        shapes, latents, self._computed = [], [], 0
+        shapes, latents, computed = [], [], 0
         for item in job.items:
             shape = geometry(item.image, image_size(item.image), job.train.resolution, step)
             key = FeatureCache.key(kind="latents", image=item.sha256,
@@ -233,10 +239,10 @@ class DatasetFeatures:
                 mean, std = self.model.encode_latents(load_pixels(item.image, shape)[None])
                 entry = {"mean": mean[0], "std": std[0]}
                 cache.put("latents", key, entry)
-                self._computed += 1
+                computed += 1
             shapes.append(shape)
             latents.append(entry)
-        return shapes, latents
+        return shapes, latents, computed
 
     def text_features(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if self.live_text:

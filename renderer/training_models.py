@@ -19,7 +19,6 @@ All randomness of a loss comes from the one CPU generator passed in, drawn in a 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,8 +103,9 @@ class StableDiffusion:
     family = "sd15"
     denoiser_name = "unet"
 
-    def __init__(self, pipe: Any, device: str, weight_dtype: torch.dtype):
-        self.pipe, self.device, self.weight_dtype = pipe, device, weight_dtype
+    def __init__(self, pipe: Any, checkpoint: Path, device: str, weight_dtype: torch.dtype):
+        self.pipe, self.checkpoint = pipe, checkpoint
+        self.device, self.weight_dtype = device, weight_dtype
         self.denoiser = getattr(pipe, self.denoiser_name)
         self.vae = pipe.vae
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -114,9 +114,9 @@ class StableDiffusion:
     def _noise_scheduler(self, config: dict[str, Any]) -> Any:
         prediction = config.get("prediction_type", "epsilon")
         if prediction not in ("epsilon", "v_prediction"):
-            raise InputError(f"the scheduler's prediction_type is {prediction!r}",
-                             file="scheduler/scheduler_config.json",
-                             expected="epsilon or v_prediction")
+            raise InputError(f"its scheduler's prediction_type is {prediction!r}",
+                             file=self.checkpoint, expected="epsilon or v_prediction",
+                             fix="train from an epsilon or v-prediction checkpoint")
         self.prediction_type = prediction
         return DDPMScheduler.from_config(config)
 
@@ -212,8 +212,9 @@ class Flux(StableDiffusion):
     family = "flux"
     denoiser_name = "transformer"
 
-    def __init__(self, pipe: Any, device: str, weight_dtype: torch.dtype, guidance: float):
-        super().__init__(pipe, device, weight_dtype)
+    def __init__(self, pipe: Any, checkpoint: Path, device: str, weight_dtype: torch.dtype,
+                 guidance: float):
+        super().__init__(pipe, checkpoint, device, weight_dtype)
         self.guidance = guidance
 
     def _noise_scheduler(self, config: dict[str, Any]) -> Any:
@@ -264,15 +265,10 @@ class Flux(StableDiffusion):
         return FluxPipeline._unpack_latents(latents, size[1], size[0], self.vae_scale)
 
 
-def family_model(family: str, pipe: Any, device: str, weight_dtype: torch.dtype,
-                 guidance: float) -> StableDiffusion:
+def family_model(family: str, pipe: Any, checkpoint: Path, device: str,
+                 weight_dtype: torch.dtype, guidance: float) -> StableDiffusion:
     if family == "flux":
-        return Flux(pipe, device, weight_dtype, guidance)
+        return Flux(pipe, checkpoint, device, weight_dtype, guidance)
     model_class = StableDiffusionXL if family == "sdxl" else StableDiffusion
-    return model_class(pipe, device, weight_dtype)
+    return model_class(pipe, checkpoint, device, weight_dtype)
 
-
-def checkpoint_config(checkpoint: Path, config: Path | None, component: str) -> dict[str, Any]:
-    """A component's config.json, read without loading anything."""
-    root = checkpoint if checkpoint.is_dir() else config
-    return json.loads((root / component / "config.json").read_text())
