@@ -263,18 +263,19 @@ class _Trainer:
             rate = settings.learning_rate if is_denoiser \
                 else settings.text_encoder_learning_rate or settings.learning_rate
             groups.setdefault(rate, []).append(parameter)
-        optimizer_class = torch.optim.AdamW
+        param_groups = [{"params": params, "lr": rate} for rate, params in groups.items()]
+        options = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": settings.weight_decay}
         if settings.optimizer == "adamw8bit":
             try:
                 import bitsandbytes
             except ImportError:
                 bitsandbytes = None
             if bitsandbytes is not None and self.device.startswith("cuda"):
-                optimizer_class = bitsandbytes.optim.AdamW8bit
-            else:
-                self.log("adamw8bit needs bitsandbytes and a CUDA device: using torch AdamW")
-        return optimizer_class([{"params": params, "lr": rate} for rate, params in groups.items()],
-                               betas=(0.9, 0.999), eps=1e-8, weight_decay=settings.weight_decay)
+                return bitsandbytes.optim.AdamW8bit(param_groups, **options)
+            self.log("adamw8bit needs bitsandbytes and a CUDA device: using torch AdamW")
+        # Fused: one kernel for all LoRA tensors (6x faster than the loop on the CPU here).
+        fused = torch.device(self.device).type in ("cpu", "cuda")
+        return torch.optim.AdamW(param_groups, fused=fused, **options)
 
     # --- state ---
 
@@ -342,7 +343,7 @@ class _Trainer:
             losses = []
             for micro in range(accumulation):
                 draw = generator(settings.seed, "step", self.step, micro)
-                torch.manual_seed(derive_seed(settings.seed, "dropout", self.step, micro))
+                self._seed_dropout(derive_seed(settings.seed, "dropout", self.step, micro))
                 batch = self.features.batch(self.order(self.step * accumulation + micro))
                 with _autocast(self.device, settings.mixed_precision):
                     loss = self.model.loss(batch, draw)
@@ -364,6 +365,16 @@ class _Trainer:
             if self.step == settings.steps or (settings.save_every
                                                and self.step % settings.save_every == 0):
                 self._checkpoint()
+
+    def _seed_dropout(self, seed: int) -> None:
+        """Seed the global generators (LoRA dropout draws from the device's). Not
+        ``torch.manual_seed``: with CUDA not started it records a stack trace per call."""
+        torch.random.default_generator.manual_seed(seed)
+        if self.device.startswith("cuda"):
+            with torch.cuda.device(self.device):
+                torch.cuda.manual_seed(seed)
+        elif self.device == "mps":
+            torch.mps.manual_seed(seed)
 
     def _checkpoint(self) -> None:
         """LoRA file, then samples, then the state: a state on disk implies the other two."""
