@@ -447,16 +447,23 @@ class _Trainer:
 
 def train(job: TrainingJob, output_dir: Path, cache_dir: Path, *,
           progress: Callable[[Progress], None] | None = None,
-          log: Log = lambda _: None) -> TrainingResult:
+          log: Log = lambda _: None, pipeline: Any = None) -> TrainingResult:
     """Train ``job`` into ``output_dir`` (resuming its last checkpoint there), with latents
-    and embeddings from ``cache_dir``; ``output_dir/NAME.safetensors`` is the LoRA."""
+    and embeddings from ``cache_dir``; ``output_dir/NAME.safetensors`` is the LoRA.
+
+    ``pipeline``: the family's diffusers pipeline already in memory, used instead of loading
+    ``job.checkpoint`` (benchmarks build full-size models with random weights); the cache
+    keys still come from ``job.checkpoint``'s files, so it must describe those weights. Its
+    text encoders are released once every embedding is cached, as with a loaded one.
+    """
     started = time.perf_counter()
     hashes = HashCache()
     check_job(job, hashes)
     device = resolve_device(job.train.device)
     with _exclusive(output_dir), deterministic(device):
         features = DatasetFeatures(job, cache_dir, device, PRECISIONS[job.train.mixed_precision],
-                                   hashes, live_text=job.lora.train_text_encoder, log=log)
+                                   hashes, live_text=job.lora.train_text_encoder, log=log,
+                                   pipeline=pipeline)
         trainer = _Trainer(job, output_dir, features, hashes, log)
         resumed_from = trainer.resume()
         trainer.run(progress)
@@ -502,6 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        progress=lambda update: print(update.line(), flush=True),
                        log=lambda line: print(line, file=sys.stderr, flush=True))
     except CampaignError as err:
+        if isinstance(err, InputError) and err.file is None:
+            err.file = str(args.job)  # settings errors: the key path inside this file
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     print(json.dumps({"lora": str(result.lora), "sha256": result.sha256, "steps": result.steps,

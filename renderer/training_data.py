@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -184,7 +184,7 @@ class DatasetFeatures:
 
     def __init__(self, job: TrainingJob, cache_dir: Path, device: str,
                  weight_dtype: torch.dtype, hashes: HashCache, live_text: bool,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], pipeline: Any = None):
         started = time.perf_counter()
         self.job, self.device, self.live_text = job, device, live_text
         self.weight_dtype = weight_dtype
@@ -201,8 +201,9 @@ class DatasetFeatures:
         self.text = {} if live_text else {text: cache.get("text", key)
                                           for text, key in keys.items()}
         missing = [text for text, features in self.text.items() if features is None]
-        pipe = load_pipeline(job.family, job.checkpoint, job.checkpoint_config,
-                             self.weight_dtype, text_encoders=live_text or bool(missing))
+        pipe = pipeline or load_pipeline(
+            job.family, job.checkpoint, job.checkpoint_config, self.weight_dtype,
+            text_encoders=live_text or bool(missing))
         pipe.to(device)
         self.model: StableDiffusion = family_model(job.family, pipe, job.checkpoint, device,
                                                    self.weight_dtype, job.train.guidance)

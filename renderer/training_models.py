@@ -134,11 +134,11 @@ class StableDiffusion:
         return {"prompt_embeds": embeds}
 
     def encode_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        distribution = self.vae.encode(pixels.to(self.device, torch.float32)).latent_dist
+        distribution = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         config = self.vae.config
         shift = getattr(config, "shift_factor", None) or 0.0
-        return ((distribution.mean - shift) * config.scaling_factor,
-                distribution.std * config.scaling_factor)
+        return ((distribution.mean.float() - shift) * config.scaling_factor,
+                distribution.std.float() * config.scaling_factor)
 
     def loss(self, batch: Batch, draw: torch.Generator) -> torch.Tensor:
         latents = self._sample_latents(batch, draw)
@@ -170,7 +170,7 @@ class StableDiffusion:
         config = self.vae.config
         latents = self._unpack(latents, size).float() / config.scaling_factor
         latents = latents + (getattr(config, "shift_factor", None) or 0.0)
-        image = self.vae.decode(latents.to(self.vae.device)).sample
+        image = self.vae.decode(latents.to(self.vae.device, self.vae.dtype)).sample.float()
         return self.pipe.image_processor.postprocess(image, output_type="pil")[0]
 
     def _sample_text(self, text: dict[str, torch.Tensor],
