@@ -111,7 +111,7 @@ def lora_file_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, 
 
 def training_metadata(job: TrainingJob, *, step: int, batches_per_epoch: int,
                       buckets: Mapping[tuple[int, int], int], optimizer: type,
-                      checkpoint_sha256: str, prediction_type: str | None,
+                      checkpoint_sha256: str, prediction_type: str,
                       guidance_embeds: bool) -> dict[str, str]:
     """The header: kohya's ``ss_*`` keys, the SAI model spec and what asked for the training
     (``campaign_*``); no timestamps and no paths, so moving files changes no byte."""

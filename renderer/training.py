@@ -428,7 +428,7 @@ class _Trainer:
             self.job, step=self.step, batches_per_epoch=self.order.per_epoch,
             buckets=dict(sorted(buckets.items())), optimizer=type(self.optimizer),
             checkpoint_sha256=self.checkpoint_sha256,
-            prediction_type=getattr(self.model, "prediction_type", None),
+            prediction_type=self.model.prediction_type,
             guidance_embeds=bool(getattr(self.model.denoiser.config, "guidance_embeds", False)))
 
     def result(self, resumed_from: int, started: float) -> TrainingResult:

@@ -41,7 +41,7 @@ from .hashing import HashCache, canonical_json, sha256_json
 from .training_models import (
     TEXT_ENCODERS,
     Batch,
-    StableDiffusion,
+    FamilyModel,
     component_identity,
     family_model,
     load_pipeline,
@@ -205,7 +205,7 @@ class DatasetFeatures:
             job.family, job.checkpoint, job.checkpoint_config, self.weight_dtype,
             text_encoders=live_text or bool(missing))
         pipe.to(device)
-        self.model: StableDiffusion = family_model(job.family, pipe, job.checkpoint, device,
+        self.model: FamilyModel = family_model(job.family, pipe, job.checkpoint, device,
                                                    self.weight_dtype, job.train.guidance)
         self.load_s = time.perf_counter() - started
         started = time.perf_counter()

@@ -19,6 +19,7 @@ All randomness of a loss comes from the one CPU generator passed in, drawn in a 
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,13 @@ def load_pipeline(family: str, checkpoint: Path, config: Path | None, weight_dty
     return pipe
 
 
-class StableDiffusion:
-    """SD1.5: one CLIP text encoder, a UNet, DDPM epsilon/v-prediction loss."""
+class FamilyModel(abc.ABC):
+    """What every family shares: the loaded pipeline, the VAE's latents, sampling. The loss,
+    the text features and the bucket step are the family's."""
 
-    family = "sd15"
+    family = ""
     denoiser_name = "unet"
+    prediction_type = ""
 
     def __init__(self, pipe: Any, checkpoint: Path, device: str, weight_dtype: torch.dtype):
         self.pipe, self.checkpoint = pipe, checkpoint
@@ -110,6 +113,62 @@ class StableDiffusion:
         self.vae = pipe.vae
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.noise_scheduler = self._noise_scheduler(dict(pipe.scheduler.config))
+
+    @abc.abstractmethod
+    def _noise_scheduler(self, config: dict[str, Any]) -> Any:
+        """The scheduler that noises training latents, from the checkpoint's config."""
+
+    @property
+    @abc.abstractmethod
+    def bucket_step(self) -> int:
+        """The pixel multiple both sides of a training image must be."""
+
+    @abc.abstractmethod
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Batched text features: ``prompt_embeds`` and, for SDXL/Flux, ``pooled``."""
+
+    @abc.abstractmethod
+    def loss(self, batch: Batch, draw: torch.Generator) -> torch.Tensor:
+        """The training loss of one micro-batch, every random number drawn from ``draw``."""
+
+    def encode_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distribution = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        config = self.vae.config
+        shift = getattr(config, "shift_factor", None) or 0.0
+        return ((distribution.mean.float() - shift) * config.scaling_factor,
+                distribution.std.float() * config.scaling_factor)
+
+    def _sample_latents(self, batch: Batch, draw: torch.Generator) -> torch.Tensor:
+        return batch.mean + batch.std * torch.randn(batch.mean.shape, generator=draw).to(
+            self.device)
+
+    def sample(self, text: dict[str, torch.Tensor], negative: dict[str, torch.Tensor],
+               seed: int, steps: int, guidance: float, size: tuple[int, int]) -> Any:
+        """One image from the live model: denoise in the pipeline, decode in the VAE's
+        dtype (float32 as loaded: the pipelines would decode in the denoiser's)."""
+        latents = self.pipe(
+            **self._sample_text(text, negative), num_inference_steps=steps,
+            guidance_scale=guidance, width=size[0], height=size[1],
+            generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
+        config = self.vae.config
+        latents = self._unpack(latents, size).float() / config.scaling_factor
+        latents = latents + (getattr(config, "shift_factor", None) or 0.0)
+        image = self.vae.decode(latents.to(self.vae.device, self.vae.dtype)).sample.float()
+        return self.pipe.image_processor.postprocess(image, output_type="pil")[0]
+
+    @abc.abstractmethod
+    def _sample_text(self, text: dict[str, torch.Tensor],
+                     negative: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The pipeline's text arguments for one prompt and the negative prompt."""
+
+    def _unpack(self, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return latents
+
+
+class StableDiffusion(FamilyModel):
+    """SD1.5: one CLIP text encoder, a UNet, DDPM epsilon/v-prediction loss."""
+
+    family = "sd15"
 
     def _noise_scheduler(self, config: dict[str, Any]) -> Any:
         prediction = config.get("prediction_type", "epsilon")
@@ -125,20 +184,9 @@ class StableDiffusion:
         """Pixels per side must divide by the VAE's factor times the UNet's downsampling."""
         return self.vae_scale * 2 ** (len(self.denoiser.config.block_out_channels) - 1)
 
-    def text_encoders(self) -> list[torch.nn.Module]:
-        names = TEXT_ENCODERS[self.family]
-        return [getattr(self.pipe, name) for name in names if getattr(self.pipe, name, None)]
-
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         embeds, _ = self.pipe.encode_prompt(captions, self.device, 1, False)
         return {"prompt_embeds": embeds}
-
-    def encode_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        distribution = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
-        config = self.vae.config
-        shift = getattr(config, "shift_factor", None) or 0.0
-        return ((distribution.mean.float() - shift) * config.scaling_factor,
-                distribution.std.float() * config.scaling_factor)
 
     def loss(self, batch: Batch, draw: torch.Generator) -> torch.Tensor:
         latents = self._sample_latents(batch, draw)
@@ -153,33 +201,13 @@ class StableDiffusion:
                                    **self._conditions(batch)).sample
         return F.mse_loss(prediction.float(), target.float())
 
-    def _sample_latents(self, batch: Batch, draw: torch.Generator) -> torch.Tensor:
-        return batch.mean + batch.std * torch.randn(batch.mean.shape, generator=draw).to(
-            self.device)
-
     def _conditions(self, batch: Batch) -> dict[str, Any]:
         return {}
-
-    def sample(self, text: dict[str, torch.Tensor], negative: dict[str, torch.Tensor],
-               seed: int, steps: int, guidance: float, size: tuple[int, int]) -> Any:
-        """One image from the live model: denoise in the pipeline, decode in float32."""
-        latents = self.pipe(
-            **self._sample_text(text, negative), num_inference_steps=steps,
-            guidance_scale=guidance, width=size[0], height=size[1],
-            generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
-        config = self.vae.config
-        latents = self._unpack(latents, size).float() / config.scaling_factor
-        latents = latents + (getattr(config, "shift_factor", None) or 0.0)
-        image = self.vae.decode(latents.to(self.vae.device, self.vae.dtype)).sample.float()
-        return self.pipe.image_processor.postprocess(image, output_type="pil")[0]
 
     def _sample_text(self, text: dict[str, torch.Tensor],
                      negative: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"prompt_embeds": text["prompt_embeds"],
                 "negative_prompt_embeds": negative["prompt_embeds"]}
-
-    def _unpack(self, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return latents
 
 
 class StableDiffusionXL(StableDiffusion):
@@ -206,11 +234,12 @@ class StableDiffusionXL(StableDiffusion):
                 "negative_pooled_prompt_embeds": negative["pooled"]}
 
 
-class Flux(StableDiffusion):
+class Flux(FamilyModel):
     """Flux: CLIP pooled + T5 sequence, a transformer on packed latents, flow matching."""
 
     family = "flux"
     denoiser_name = "transformer"
+    prediction_type = "flow"
 
     def __init__(self, pipe: Any, checkpoint: Path, device: str, weight_dtype: torch.dtype,
                  guidance: float):
@@ -266,7 +295,7 @@ class Flux(StableDiffusion):
 
 
 def family_model(family: str, pipe: Any, checkpoint: Path, device: str,
-                 weight_dtype: torch.dtype, guidance: float) -> StableDiffusion:
+                 weight_dtype: torch.dtype, guidance: float) -> FamilyModel:
     if family == "flux":
         return Flux(pipe, checkpoint, device, weight_dtype, guidance)
     model_class = StableDiffusionXL if family == "sdxl" else StableDiffusion

@@ -292,7 +292,7 @@ def test_renders_move_toward_the_training_images(family, trained, demo_models):
 
     job, result, _ = trained(family)
     pipe = load_pipeline(family, demo_models)
-    config, step = pipe.vae.config, 16
+    config, step = pipe.vae.config, 16  # the tiny models' bucket step (as the engine's)
     shift = getattr(config, "shift_factor", None) or 0.0
 
     def render_all() -> list[float]:
@@ -342,6 +342,23 @@ def test_text_encoder_training_writes_kohya_te_keys_that_load(family, demo_model
         assert in_file and lora_modules(getattr(pipe, component)) == len(in_file), component
     assert lora_family_problem(result.lora, family, checkpoint_of(family, demo_models)[0]) is None
     assert result.checkpoints[-1].samples == ()
+
+
+def test_v_prediction_checkpoints_train_on_the_velocity(demo_models, dataset, tmp_path):
+    """The target follows the scheduler config's prediction_type (a v-prediction copy)."""
+    import shutil
+
+    folder = shutil.copytree(demo_models / "sd15", tmp_path / "sd15-v")
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config_path.write_text(config_path.read_text().replace('"epsilon"', '"v_prediction"'))
+    job = make_job("sd15", demo_models, dataset[:2], steps=2, save_every=0, warmup_steps=0)
+    epsilon = train(replace(job, checkpoint=demo_models / "sd15", checkpoint_config=None),
+                    tmp_path / "epsilon", tmp_path / "cache")
+    velocity = train(replace(job, checkpoint=folder, checkpoint_config=None), tmp_path / "v",
+                     tmp_path / "cache")
+    assert read_header(velocity.lora).metadata["modelspec.prediction_type"] == "v"
+    assert read_header(epsilon.lora).metadata["modelspec.prediction_type"] == "epsilon"
+    assert velocity.step_losses[0] != epsilon.step_losses[0]
 
 
 @pytest.mark.parametrize(("size", "resolution", "step", "bucket"), [
