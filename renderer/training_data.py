@@ -234,7 +234,8 @@ class DatasetFeatures:
             shape = geometry(item.image, image_size(item.image), job.train.resolution, step)
             key = FeatureCache.key(kind="latents", image=item.sha256,
                                    geometry=dataclasses.asdict(shape), vae=vae_id,
-                                   preparation=PREPARATION, device=torch.device(self.device).type)
+                                   preparation=PREPARATION, dtype=str(self.model.vae.dtype),
+                                   device=torch.device(self.device).type)
             entry = cache.get("latents", key)
             if entry is None:
                 mean, std = self.model.encode_latents(load_pixels(item.image, shape)[None])
