@@ -70,8 +70,8 @@ def lora_state_dict(family: str, models: Mapping[str, torch.nn.Module], alpha: f
         layers = dict(lora_layers(model))
         for name, layer in zip(_file_names(family, component, model, list(layers)),
                                layers.values(), strict=True):
-            down = layer.lora_A[ADAPTER].weight.detach()
-            up = layer.lora_B[ADAPTER].weight.detach()
+            down = layer.lora_A[ADAPTER].weight.detach().cpu()
+            up = layer.lora_B[ADAPTER].weight.detach().cpu()
             if family == "flux":
                 tensors[f"{name}.lora_A.weight"] = down.to(dtype)
                 tensors[f"{name}.lora_B.weight"] = (up.float() * (alpha / down.shape[0])).to(dtype)

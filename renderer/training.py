@@ -236,7 +236,8 @@ class _Trainer:
                                 init_lora_weights="gaussian", target_modules=list(targets))
             module.requires_grad_(False)
             with torch.random.fork_rng(devices=[]):  # peft initialises on the CPU
-                torch.manual_seed(derive_seed(job.train.seed, "lora-init", name))
+                torch.random.default_generator.manual_seed(
+                    derive_seed(job.train.seed, "lora-init", name))
                 try:
                     inject_adapter_in_model(config, module, adapter_name=ADAPTER)
                 except ValueError as err:

@@ -153,6 +153,9 @@ def check_job(job: TrainingJob, hashes: HashCache) -> None:
         ("train.save_every", settings.save_every >= 0, "0 (end only) or a step interval"),
         ("train.optimizer", settings.optimizer in ("adamw", "adamw8bit"), "adamw or adamw8bit"),
         ("samples.steps", job.samples.steps >= 1, "an integer >= 1"),
+        ("samples.size", job.samples.size is None or all(
+            side > 0 and side % (16 if job.family == "flux" else 8) == 0
+            for side in job.samples.size), "[width, height], multiples of 8 (flux: 16)"),
         ("items", len(job.items) >= 1, "at least one image"),
     ]
     for key, ok, expected in rules:
