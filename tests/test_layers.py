@@ -19,16 +19,17 @@ from .conftest import REPO
 # The README's module tour lists them in this order.
 LAYERS = (
     ("foundation", {"version", "errors", "hashing", "atomic", "yamlsource", "templating",
-                    "families", "progress"}),
+                    "families", "progress", "ldm_layout"}),
     ("validate", {"schema", "schema_errors", "inputs", "matrix", "compat", "validate"}),
     ("plan", {"variant", "plan", "estimate"}),
     ("render", {"environment", "controls", "render"}),
     ("post-process", {"metadata", "produce"}),
     ("ledger", {"migrations", "records", "ledger", "decisions", "locking"}),
     ("report", {"run_report"}),
+    ("train", {"training_job", "training_models", "training_data", "lora_files", "training",
+               "training_report"}),
     ("commands", {"executors", "ray_executor", "execute", "locate", "compare", "reproduction",
-                  "lookup", "pin", "provenance", "cli", "demo_models", "ldm_layout",
-                  "__init__"}),
+                  "lookup", "pin", "provenance", "cli", "demo_models", "__init__"}),
 )
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 

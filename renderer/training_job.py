@@ -1,0 +1,186 @@
+"""The LoRA trainer's input: one frozen ``TrainingJob`` of plain values, and its checks.
+
+A job names everything that decides the trained file's bytes — the family, the checkpoint,
+the dataset (image path, sha256, caption), the LoRA and train settings, the sample prompts —
+plus what the file should say about where it came from (``spec_hash``, ``training_id``).
+``to_dict()``/``from_dict()`` round-trip it through JSON; ``fingerprint`` (sha256 of that
+canonical JSON) ties checkpoints to the job that wrote them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import HashMismatchError, InputError, MissingFileError
+from .hashing import HashCache, sha256_json
+
+FAMILIES = ("sd15", "sdxl", "flux")
+SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SAVE_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TrainingItem:
+    image: Path
+    sha256: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 16
+    alpha: float = 16.0                       # update scale alpha / rank, as kohya and peft
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ()      # empty: DEFAULT_TARGETS of the family
+    train_text_encoder: bool = False          # SD1.5 / SDXL (both encoders)
+    text_encoder_target_modules: tuple[str, ...] = ()  # empty: TEXT_ENCODER_TARGETS
+    save_precision: str = "fp32"              # fp32 | fp16 | bf16
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 1000                         # optimizer steps
+    learning_rate: float = 1e-4
+    text_encoder_learning_rate: float | None = None  # None: learning_rate
+    schedule: str = "constant"                # constant | cosine | linear, after the warm-up
+    warmup_steps: int = 0
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    resolution: int = 512                     # bucket area resolution²; never upscales
+    seed: int = 0
+    mixed_precision: str = "none"             # none | bf16 | fp16 (frozen weights; LoRA fp32)
+    gradient_checkpointing: bool = False
+    save_every: int = 0                       # 0: one checkpoint, at the end
+    max_grad_norm: float = 1.0
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"                  # adamw | adamw8bit (CUDA + bitsandbytes)
+    guidance: float = 3.5                     # Flux: the guidance embedding while training
+    device: str = "auto"                      # auto | cpu | cuda | cuda:N | mps
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    prompts: tuple[str, ...] = ()             # rendered at every checkpoint, each with
+    seeds: tuple[int, ...] = (0,)             # every seed
+    steps: int = 20
+    guidance: float = 5.0                     # CFG for SD/SDXL, embedded guidance for Flux
+    negative_prompt: str = ""
+    size: tuple[int, int] | None = None       # (width, height); None: the resolution
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    family: str                               # sd15 | sdxl | flux
+    checkpoint: Path                          # diffusers folder or single-file .safetensors
+    items: tuple[TrainingItem, ...]
+    spec_hash: str                            # embedded in the file: what asked for it
+    training_id: str
+    checkpoint_config: Path | None = None     # single files: the local diffusers config folder
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    samples: SampleSettings = field(default_factory=SampleSettings)
+    name: str = "lora"                        # output file name without .safetensors
+    comment: str = ""                         # ss_training_comment
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingJob:
+        try:
+            return _from_plain(cls, data)
+        except (TypeError, KeyError, ValueError) as err:
+            raise InputError(f"not a training job: {err}", expected="TrainingJob.to_dict() "
+                             "output") from None
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the job's canonical JSON: a checkpoint resumes only the same job."""
+        return sha256_json(self.to_dict())
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _from_plain(kind: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(**{name: _from_plain(hints[name], item) for name, item in value.items()})
+    origin = typing.get_origin(kind)
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        return _from_plain(next(a for a in typing.get_args(kind) if a is not type(None)), value)
+    if origin is tuple:
+        return tuple(_from_plain(typing.get_args(kind)[0], item) for item in value)
+    return Path(value) if kind is Path else value
+
+
+def check_job(job: TrainingJob, hashes: HashCache) -> None:
+    """Bad input stops here, before any model loads; each error names the key or file."""
+    lora, settings = job.lora, job.train
+    rules = [
+        ("family", job.family in FAMILIES, "sd15, sdxl or flux"),
+        ("lora.rank", lora.rank >= 1, "an integer >= 1"),
+        ("lora.alpha", lora.alpha > 0, "a positive number"),
+        ("lora.dropout", 0 <= lora.dropout < 1, "0 <= dropout < 1"),
+        ("lora.save_precision", lora.save_precision in SAVE_PRECISIONS, "fp32, fp16 or bf16"),
+        ("lora.train_text_encoder", not (lora.train_text_encoder and job.family == "flux"),
+         "false for flux (text-encoder training is for sd15/sdxl)"),
+        ("train.steps", settings.steps >= 1, "an integer >= 1"),
+        ("train.learning_rate", settings.learning_rate > 0, "a positive number"),
+        ("train.schedule", settings.schedule in SCHEDULES, "constant, cosine or linear"),
+        ("train.warmup_steps", 0 <= settings.warmup_steps < settings.steps,
+         "0 <= warmup_steps < steps"),
+        ("train.batch_size", settings.batch_size >= 1, "an integer >= 1"),
+        ("train.gradient_accumulation", settings.gradient_accumulation >= 1, "an integer >= 1"),
+        ("train.resolution", settings.resolution >= 16, "at least 16 px"),
+        ("train.mixed_precision", settings.mixed_precision in PRECISIONS, "none, bf16 or fp16"),
+        ("train.save_every", settings.save_every >= 0, "0 (end only) or a step interval"),
+        ("train.optimizer", settings.optimizer in ("adamw", "adamw8bit"), "adamw or adamw8bit"),
+        ("samples.steps", job.samples.steps >= 1, "an integer >= 1"),
+        ("samples.size", job.samples.size is None or all(
+            side > 0 and side % (16 if job.family == "flux" else 8) == 0
+            for side in job.samples.size), "[width, height], multiples of 8 (flux: 16)"),
+        ("items", len(job.items) >= 1, "at least one image"),
+    ]
+    for key, ok, expected in rules:
+        if not ok:
+            raise InputError("invalid training setting", key_path=key, expected=expected,
+                             found=repr(_lookup(job, key)))
+    if not job.checkpoint.exists():
+        raise MissingFileError("the checkpoint does not exist", file=job.checkpoint)
+    if job.checkpoint.is_file() and not (job.checkpoint_config and
+                                         job.checkpoint_config.is_dir()):
+        raise InputError("a single-file checkpoint needs its local diffusers config folder",
+                         file=job.checkpoint, key_path="checkpoint_config",
+                         fix="set checkpoint_config to a folder with the model's configs")
+    for item in job.items:
+        if not item.image.is_file():
+            raise MissingFileError("a training image does not exist", file=item.image)
+        found = hashes.sha256_file(item.image)
+        if found != item.sha256:
+            raise HashMismatchError("the training image changed", file=item.image,
+                                    expected=item.sha256, found=found,
+                                    fix="restore the image or update its sha256 in the job")
+
+
+def _lookup(job: TrainingJob, key: str) -> Any:
+    value: Any = job
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
