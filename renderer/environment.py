@@ -8,7 +8,7 @@ reproduce pins what it can to the recorded one and names what still differs.
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from typing import Any
 
@@ -19,19 +19,20 @@ PACKAGES = ("torch", "diffusers", "transformers", "peft", "safetensors", "open_c
 _REQUESTED = {"options.device", "options.dtype"}
 
 
-def fingerprint(device: str, dtype: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def fingerprint(device: str, dtype: str, options: Mapping[str, Any],
+                packages: Sequence[str] = PACKAGES) -> dict[str, Any]:
+    """What an output's bytes may depend on besides its spec (renders and trainings)."""
     import torch
 
-    if device.startswith("cuda"):
-        device_name = torch.cuda.get_device_name()
-    else:
-        device_name = platform.processor() or platform.machine()
+    cuda = device.startswith("cuda")
     return {
         "python": platform.python_version(),
         "platform": f"{platform.system()}-{platform.machine()}",
-        "packages": {name: _version(name) for name in PACKAGES},
+        "packages": {name: _version(name) for name in packages},
         "device": device,
-        "device_name": device_name,
+        "device_name": torch.cuda.get_device_name(device) if cuda
+        else platform.processor() or platform.machine(),
+        "cuda": torch.version.cuda if cuda else None,
         "dtype": dtype,
         "threads": torch.get_num_threads(),
         "options": dict(options),

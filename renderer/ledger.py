@@ -19,7 +19,15 @@ from typing import Any
 
 from .hashing import canonical_json, sha256_json
 from .migrations import MIGRATIONS
-from .records import RENDER_COLUMNS, RENDER_FROM, Decision, ExportRow, RenderRow, RunRow
+from .records import (
+    RENDER_COLUMNS,
+    RENDER_FROM,
+    Decision,
+    ExportRow,
+    RenderFacts,
+    RenderRow,
+    RunRow,
+)
 
 LEDGER_NAME = "ledger.sqlite"
 _IN_CHUNK = 500  # values per IN (...) query
@@ -27,29 +35,10 @@ RUN_STATUSES = ("running", "passed", "failed", "error", "interrupted")
 
 
 @dataclass(frozen=True)
-class RenderRecord:
+class RenderRecord(RenderFacts):
     """One finished render, as committed to the ledger."""
 
-    run_id: str
-    variant_id: str
-    campaign: str
-    recipe_name: str
-    recipe_version: int
-    recipe_hash: str
-    variant_json: str
-    seed: int
-    axes: Mapping[str, Any]
-    prompt: str
-    width: int
-    height: int
-    input_files: Sequence[Mapping[str, str]]
-    output_path: str
-    output_sha256: str
-    output_bytes: int
-    environment_hash: str
-    scores: Mapping[str, float]
-    render_seconds: float
-    rerender_reason: str | None
+    variant_json: str  # the spec's canonical JSON
     batch: Sequence[str] = ()  # variant ids of the pipeline call that made it, in order
     embedding: bytes | None = None  # CLIP image embedding, float32 little-endian
     exports: Sequence[Any] = ()  # produce.ExportFile: name, path, sha256, bytes, width, …

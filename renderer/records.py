@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -93,29 +93,36 @@ class ExportRow:
 
 
 @dataclass(frozen=True)
-class RenderRow:
-    id: int
+class RenderFacts:
+    """What a render row states, as written (``ledger.RenderRecord``) and as read back
+    (``RenderRow``)."""
+
     run_id: str
     variant_id: str
     campaign: str
     recipe_name: str
     recipe_version: int
     recipe_hash: str
-    spec: Mapping[str, Any]  # the variant's spec, as stored (what its id hashes)
-    spec_json: str
     seed: int
     axes: Mapping[str, Any]
     prompt: str
     width: int
     height: int
-    input_files: list[dict[str, str]]
-    output_path: str
+    input_files: Sequence[Mapping[str, str]]
+    output_path: str  # relative to the ledger's folder
     output_sha256: str
     output_bytes: int
     environment_hash: str
     scores: Mapping[str, float]
     render_seconds: float
-    rerender_reason: str | None
+    rerender_reason: str | None  # None, 'missing' or 'altered'
+
+
+@dataclass(frozen=True)
+class RenderRow(RenderFacts):
+    id: int
+    spec: Mapping[str, Any]  # the variant's spec, as stored (what its id hashes)
+    spec_json: str
     created_at: str
     batch: tuple[str, ...]  # the variant ids of its pipeline call (empty: not recorded)
     embedding: bytes | None = field(repr=False)

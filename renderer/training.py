@@ -37,13 +37,11 @@ import fcntl
 import io
 import json
 import os
-import platform
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +50,7 @@ from diffusers.optimization import get_scheduler
 from peft import LoraConfig, inject_adapter_in_model
 
 from .atomic import TEMP_PREFIX, write_bytes_atomic
+from .environment import PACKAGES, fingerprint, resolve_device
 from .errors import CampaignError, InputError, RenderFailure
 from .hashing import HashCache, sha256_bytes
 from .lora_files import ADAPTER, lora_file_bytes, lora_state_dict, training_metadata
@@ -112,36 +111,10 @@ class TrainingResult:
     environment: Mapping[str, Any]
 
 
-def resolve_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
 def environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
-    def version(package: str) -> str | None:
-        try:
-            return importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            return None
-
-    cuda = device.startswith("cuda")
-    return {
-        "python": platform.python_version(),
-        "platform": f"{platform.system()}-{platform.machine()}",
-        "packages": {name: version(name) for name in ("torch", "diffusers", "transformers",
-                                                      "peft", "safetensors", "numpy", "pillow",
-                                                      "bitsandbytes")},
-        "device": device,
-        "device_name": torch.cuda.get_device_name(device) if cuda
-        else platform.processor() or platform.machine(),
-        "cuda": torch.version.cuda if cuda else None,
-        "dtype": str(dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(),
-        "deterministic": torch.are_deterministic_algorithms_enabled(),
-    }
+    return fingerprint(device, str(dtype).removeprefix("torch."),
+                       {"deterministic": torch.are_deterministic_algorithms_enabled()},
+                       packages=(*PACKAGES, "bitsandbytes"))
 
 
 @contextlib.contextmanager

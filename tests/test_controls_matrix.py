@@ -8,25 +8,17 @@ return the source at the variant's size; inpainting keeps the unmasked region wi
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from PIL import Image
 
-from renderer.execute import render_campaign
-from renderer.hashing import sha256_path
+from .conftest import run_cli
+from .scratch import SIZE, Scratch
 
-from .conftest import REPO, run_cli
-
-MODELS = REPO / "models" / "demo"
-BRAND = REPO / "campaigns" / "brands" / "kestrel"
 FAMILIES = ("sd15", "sdxl", "flux")
-SIZE = 64
 STEPS = 4
 CHECKPOINT = {"sd15": "sd15", "sdxl": "sdxl", "flux": "flux"}
 # Flux inpaints by blending latents with its ordinary transformer; SD needs a 9-channel UNet.
@@ -42,60 +34,9 @@ VISIBLE = 2.0
 Images = dict[str, np.ndarray]
 
 
-class Cell:
-    """A folder with one recipe and a campaign of 2 variants (2 products), 64x64, 4 steps."""
-
-    def __init__(self, root: Path, family: str, checkpoint: str | None = None):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        for image in BRAND.glob("reference-*.png"):
-            shutil.copy(image, root / image.name)
-            # A source of another size and aspect: results must come back at the variant's.
-            with Image.open(image) as reference:
-                reference.resize((96, 72)).save(root / f"wide-{image.name}")
-        self.recipe = {
-            "name": "r", "version": 1, "family": family,
-            "checkpoint": self.model(checkpoint or CHECKPOINT[family]),
-            "scheduler": "flow_euler" if family == "flux" else "euler",
-            "steps": STEPS, "cfg": 5.0, "size": [SIZE, SIZE], "seed": 11,
-            "prompt": "a {{ product }} on {{ background }}",
-        }
-        self.campaign = {
-            "name": "c", "recipe": "r@1", "recipes_dir": "recipes",
-            "brand": str(BRAND / "brand.yaml"),
-            "matrix": {"axes": {"product": ["reference-1", "reference-2"],
-                                "background": ["studio"]}},
-            "output": "{{ product }}", "logo": False,
-            "scoring": {"clip_model": str(MODELS / "clip")},
-        }
-
-    @staticmethod
-    def model(name: str) -> dict:
-        return {"path": str(MODELS / name), "sha256": sha256_path(MODELS / name)}
-
-    def write(self) -> Path:
-        (self.root / "recipes").mkdir(exist_ok=True)
-        (self.root / "recipes" / "r.yaml").write_text(yaml.safe_dump(self.recipe))
-        path = self.root / "campaign.yaml"
-        path.write_text(yaml.safe_dump(self.campaign, sort_keys=False))
-        return path
-
-    def render(self, out: str) -> Images:
-        summary = render_campaign(self.write(), self.root / out, log=[].append,
-                                  show_progress=False)
-        assert summary.failed == 0 and summary.rendered == 2
-        return {path.stem: pixels(path) for path in sorted((self.root / out).rglob("*.png"))}
-
-    def source(self, product: str) -> np.ndarray:
-        """The wide source as the renderer sizes it: RGB, LANCZOS to the variant's size."""
-        with Image.open(self.root / f"wide-{product}.png") as image:
-            return np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.LANCZOS),
-                              dtype=np.int16)
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.int16)
+def Cell(root: Path, family: str, checkpoint: str | None = None) -> Scratch:
+    """A scratch campaign of this family whose PNGs are named by product."""
+    return Scratch(root, family, checkpoint or CHECKPOINT[family], output="{{ product }}")
 
 
 def max_difference(a: Images, b: Images) -> int:

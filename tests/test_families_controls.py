@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from PIL import Image
 
 from renderer.controls import PREPROCESSORS, load_rgb, region_mask
 from renderer.execute import render_campaign
-from renderer.hashing import sha256_path
 from renderer.metadata import (
     A1111_SAMPLER_NAMES,
     COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
@@ -27,58 +21,8 @@ from renderer.plan import make_plan
 from renderer.render import DiffusersRenderer
 from renderer.validate import load_campaign
 
-from .conftest import REPO, ledger_rows, pngs, run_cli
-
-MODELS = REPO / "models" / "demo"
-BRAND = REPO / "campaigns" / "brands" / "kestrel"
-
-
-class Scratch:
-    """A folder with one recipe and one small campaign (2 products × 1 background)."""
-
-    def __init__(self, root: Path, family: str = "sd15", checkpoint: str = "sd15"):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        for image in BRAND.glob("reference-*.png"):
-            shutil.copy(image, root / image.name)
-        self.recipe = {
-            "name": "r", "version": 1, "family": family,
-            "checkpoint": {"path": str(MODELS / checkpoint),
-                           "sha256": sha256_path(MODELS / checkpoint)},
-            "scheduler": "flow_euler" if family == "flux" else "euler",
-            "steps": 4, "cfg": 5.0, "size": [64, 64], "seed": 11,
-            "prompt": "a {{ product }} on {{ background }}",
-        }
-        self.campaign = {
-            "name": "c", "recipe": "r@1", "recipes_dir": "recipes",
-            "brand": str(BRAND / "brand.yaml"),
-            "matrix": {"axes": {"product": ["reference-1", "reference-2"],
-                                "background": ["studio"]}},
-            "output": "{{ product }}-{{ background }}", "logo": False,
-            "scoring": {"clip_model": str(MODELS / "clip")},
-        }
-
-    def model(self, name: str) -> dict:
-        return {"path": str(MODELS / name), "sha256": sha256_path(MODELS / name)}
-
-    def write(self) -> Path:
-        (self.root / "recipes").mkdir(exist_ok=True)
-        (self.root / "recipes" / "r.yaml").write_text(yaml.safe_dump(self.recipe))
-        path = self.campaign_path()
-        path.write_text(yaml.safe_dump(self.campaign, sort_keys=False))
-        return path
-
-    def campaign_path(self) -> Path:
-        return self.root / "campaign.yaml"
-
-    def render(self, out: str, log: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Render in this process (the same code the CLI runs, without 4 s of imports)."""
-        summary = render_campaign(self.write(), self.root / out,
-                                  log=(log if log is not None else []).append,
-                                  show_progress=False)
-        assert summary.failed == 0
-        return {name: np.asarray(Image.open(io.BytesIO(data)), dtype=np.int16)
-                for name, data in pngs(self.root / out).items()}
+from .conftest import ledger_rows, pngs, run_cli
+from .scratch import BRAND, MODELS, Scratch
 
 
 @pytest.fixture
