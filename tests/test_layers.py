@@ -19,7 +19,7 @@ from .conftest import REPO
 # The README's module tour lists them in this order.
 LAYERS = (
     ("foundation", {"version", "errors", "hashing", "atomic", "yamlsource", "templating",
-                    "families", "progress", "ldm_layout"}),
+                    "families", "progress", "ldm_layout", "terminal"}),
     ("validate", {"schema", "schema_errors", "inputs", "matrix", "compat", "validate"}),
     ("plan", {"variant", "plan", "estimate"}),
     ("render", {"environment", "controls", "render"}),
