@@ -21,12 +21,19 @@ $(DEMO_MODELS): $(INSTALLED) renderer/demo_models.py renderer/ldm_layout.py
 demo: $(DEMO_MODELS)
 	$(BIN)/campaign render campaigns/demo.yaml --out outputs
 
-# Headless Chromium (report browser test) and exiftool (metadata tests), from Debian.
+# What the tests need from Debian: headless Chromium (browser tests), exiftool (metadata),
+# the DejaVu fonts (brand font tests), openssl (C2PA test certificates) and unshare (a
+# read-only output folder). A test never skips for lack of one: this fails instead.
+SYSTEM_TOOLS := chromium exiftool openssl unshare
+SYSTEM_PACKAGES := chromium chromium-driver libimage-exiftool-perl fonts-dejavu-core openssl util-linux
+DEJAVU := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 system-deps:
-	@command -v chromium >/dev/null && command -v exiftool >/dev/null || \
-	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-	    chromium libimage-exiftool-perl >/dev/null) || \
-	  echo "warning: chromium/exiftool not installed; their tests will be skipped"
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	[ -f $(DEJAVU) ] || missing="$$missing fonts-dejavu-core"; \
+	if [ -n "$$missing" ]; then \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null) || \
+	  { echo "error: the tests need$$missing and apt-get could not install them ($(SYSTEM_PACKAGES))"; exit 1; }; \
+	fi
 
 test: $(DEMO_MODELS) system-deps
 	$(BIN)/ruff check .

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import CampaignError, InputError
+from .terminal import say
 from .version import __version__
 
 DEFAULT_OUT = Path("outputs")
@@ -27,21 +28,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except CampaignError as err:
-        print(f"error: {err}", file=sys.stderr)
+        say(f"error: {err}", err=True)
         return err.exit_code
     except BrokenPipeError:  # the reader (head, a pager) closed early: not a failure
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
         return 0
     except KeyboardInterrupt:
-        print("interrupted: finished images are kept; run the same command to resume",
-              file=sys.stderr)
+        say("interrupted: finished images are kept; run the same command to resume", err=True)
         return 3
     except Exception as err:  # a bug or an environment failure: say so, keep it short
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        say(f"error: {type(err).__name__}: {err}", err=True)
         if os.environ.get("CAMPAIGN_DEBUG"):
             traceback.print_exc()
         else:
-            print("(set CAMPAIGN_DEBUG=1 to see the traceback)", file=sys.stderr)
+            say("(set CAMPAIGN_DEBUG=1 to see the traceback)", err=True)
         return 3
 
 
@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--no-wait", action="store_true",
                         help="refuse (exit 3) instead of waiting when another render holds "
                         "the output folder")
+    existing = render.add_mutually_exclusive_group()
+    existing.add_argument("--adopt-existing", action="store_const", dest="existing",
+                          const="adopt", help="the ledger is missing or empty: check this "
+                          "campaign's images already in --out against their embedded specs "
+                          "and record them instead of rendering them")
+    existing.add_argument("--rerender", action="store_const", dest="existing",
+                          const="rerender", help="the ledger is missing or empty: render over "
+                          "this campaign's images already in --out")
     render.set_defaults(handler=cmd_render)
 
     history = commands.add_parser("history", help="list runs (or renders) recorded in the ledger")
@@ -130,12 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: 0 in the recorded environment, 1 otherwise)")
     reproduce.add_argument("--min-ssim", type=float, default=None, metavar="S",
                            help="smallest SSIM accepted (default 0.99)")
+    reproduce.add_argument("--allow-pickle", action="store_true",
+                           help="load .ckpt/.pt/.bin weights the spec names (they can run code "
+                           "when loaded; only for files you trust)")
     reproduce.add_argument("--json", action="store_true")
     reproduce.set_defaults(handler=cmd_reproduce)
 
     report = commands.add_parser("report", help="write the HTML report of a run")
     report.add_argument("run", nargs="?", help="run id (default: the latest)")
     report.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    report.add_argument("--to", type=Path, metavar="FILE",
+                        help="write the report here instead of beside the images (the output "
+                        "folder is then only read, so it may be read-only)")
     report.add_argument("--grid", nargs=2, action="append", metavar=("X", "Y"),
                         help="add X/Y grid images of two axes (repeatable; default: the "
                         "campaign's report.grid)")
@@ -171,16 +185,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             loaded = load_any(path, verify_hashes=not args.no_hash)
             if isinstance(loaded, Campaign):
-                print(f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
+                say(f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
                       f"variants, recipe {loaded.recipe.ref})")
             elif isinstance(loaded, Recipe):
-                print(f"ok  {path}: recipe {loaded.ref} ({loaded.spec.family}, model hash "
+                say(f"ok  {path}: recipe {loaded.ref} ({loaded.spec.family}, model hash "
                       f"{loaded.checkpoint.sha256[:10]})")
             else:
-                print(f"ok  {path}: brand kit {loaded.spec.name}")
+                say(f"ok  {path}: brand kit {loaded.spec.name}")
         except InputError as err:
             failures += 1
-            print(f"error: {err}", file=sys.stderr)
+            say(f"error: {err}", err=True)
     return 2 if failures else 0
 
 
@@ -190,12 +204,12 @@ def cmd_pin(args: argparse.Namespace) -> int:
     for path in args.files:
         changes = pin(path)
         for change in changes:
-            print(change.describe())
+            say(change.describe())
         if not changes:
-            print(f"{path}: every pin already matches")
+            say(f"{path}: every pin already matches")
         elif any(change.old for change in changes):
-            print("pins changed: a recipe that already produced deliverables needs a new "
-                  "version before it renders again", file=sys.stderr)
+            say("pins changed: a recipe that already produced deliverables needs a new "
+                  "version before it renders again", err=True)
     return 0
 
 
@@ -222,18 +236,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           "output": v.output_name} for v in variants],
             "total": len(plan.variants),
             "estimates": [{"gpu": e.gpu, "hours": e.hours, "usd": e.usd} for e in estimates],
-        }, indent=2, ensure_ascii=False))
+        }, indent=2))
         return 0
-    print(f"{'id':12}  {'seed':>10}  {'size':>9}  axes / prompt")
+    say(f"{'id':12}  {'seed':>10}  {'size':>9}  axes / prompt")
     for v in variants:
         axes = ", ".join(f"{name}={axis_label(value)}" for name, value in v.axes.items())
-        print(f"{v.id[:12]}  {v.seed:>10}  {v.width:>4}x{v.height:<4}  {axes}")
-        print(f"{'':39}{v.prompt[:100]}")
+        say(f"{v.id[:12]}  {v.seed:>10}  {v.width:>4}x{v.height:<4}  {axes}")
+        say(f"{'':39}{v.prompt[:100]}")
     shown = f" ({len(variants)} shown)" if len(variants) != len(plan.variants) else ""
-    print(f"\n{len(plan.variants)} variants{shown}, recipe {plan.campaign.recipe.ref} "
+    say(f"\n{len(plan.variants)} variants{shown}, recipe {plan.campaign.recipe.ref} "
           f"({family}); estimated GPU time and cost:")
     for e in estimates:
-        print(f"  {e.gpu:<12} {_duration(e.hours * 3600):>10}  ${e.usd:,.4f}")
+        say(f"  {e.gpu:<12} {_duration(e.hours * 3600):>10}  ${e.usd:,.4f}")
     return 0
 
 
@@ -253,29 +267,25 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise InputError("--workers must be at least 1", found=str(args.workers))
     summary = render_campaign(args.campaign, args.out, wait=not args.no_wait,
                               executor=args.executor, address=args.address,
-                              workers=args.workers)
+                              workers=args.workers, existing=args.existing)
     if args.json:
         print(json.dumps(summary.as_json(), indent=2))
-    print(f"{summary.campaign}: {summary.rendered} rendered, {summary.skipped} skipped, "
+    say(f"{summary.campaign}: {summary.rendered} rendered, {summary.skipped} skipped, "
           f"{summary.passed} passed, {summary.review} to review, {summary.failed} failed in "
-          f"{summary.seconds:.1f} s\nreport: {summary.report}", file=sys.stderr)
+          f"{summary.seconds:.1f} s\nreport: {summary.report}", err=True)
     return summary.exit_code
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from .ledger import LEDGER_NAME, Ledger
+    from .lookup import open_ledger
 
-    ledger_path = args.out / LEDGER_NAME
-    if not ledger_path.exists():
-        raise InputError("no ledger here", file=ledger_path,
-                         fix="pass --out with the folder you rendered into")
     if args.diff and not args.recipe:
         raise InputError("--diff needs --recipe NAME", fix="campaign history --recipe NAME "
                          "--diff 1 2")
     filters = _history_filters(args)
     listing = args.runs or args.renders or any(
         filters[key] for key in ("campaign", "status", "since", "until"))
-    with Ledger(ledger_path) as ledger:
+    with open_ledger(args.out) as ledger:
         if args.recipe and not listing:
             return _recipe_history(ledger.recipe_versions(args.recipe), args)
         limit = {"limit": args.limit} if args.limit else {}
@@ -289,7 +299,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         counts = run.counts
         regated = f", re-gated {run.regatings}x (last {run.decided_at[:19]})" \
             if run.regatings else ""
-        print(f"{run.id}  {run.started_at[:19]}  {run.campaign:<16} "
+        say(f"{run.id}  {run.started_at[:19]}  {run.campaign:<16} "
               f"{run.recipe_name}@{run.recipe_version:<4} {run.status:<8} "
               f"planned {run.planned}, rendered {run.rendered}, skipped {run.skipped}, "
               f"passed {counts['passed']}, review {counts['review']}, failed {counts['failed']}"
@@ -335,7 +345,7 @@ def _render_history(rows: list, args: argparse.Namespace) -> int:
         print(json.dumps([row.as_json() for row in rows], indent=2))
         return 0
     for row in rows:
-        print(f"{row.variant_id[:12]}  {row.created_at[:19]}  {row.campaign:<16} "
+        say(f"{row.variant_id[:12]}  {row.created_at[:19]}  {row.campaign:<16} "
               f"{row.recipe_name}@{row.recipe_version:<4} {row.status:<5} "
               f"{row.output_path}" + (f"  (re-rendered: {row.rerender_reason})"
                                       if row.rerender_reason else ""))
@@ -347,8 +357,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     with open_ledger(args.out) as ledger:
         details = render_details(ledger, resolve_variant_id(ledger, args.id))
-    print(json.dumps(details, indent=2, ensure_ascii=False) if args.json
-          else format_details(details))
+    if args.json:
+        print(json.dumps(details, indent=2))
+    else:
+        say(format_details(details))
     return 0
 
 
@@ -362,16 +374,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         args.id, out_dir=args.out, run=args.run, into=args.into, search=args.search,
         tolerance=args.tolerance,
         min_ssim=DEFAULT_MIN_SSIM if args.min_ssim is None else args.min_ssim,
-        log=lambda message: print(message, file=sys.stderr))
+        allow_pickle=args.allow_pickle, log=lambda message: say(message, err=True))
     code = 0 if all(outcome.matches for outcome in outcomes) else 1
     if args.json:
         print(json.dumps({"exit_code": code, "targets": [o.as_json() for o in outcomes]},
                          indent=2))
     else:
         for outcome in outcomes:
-            print(outcome.describe())
+            say(outcome.describe())
         matched = sum(outcome.matches for outcome in outcomes)
-        print(f"{matched} of {len(outcomes)} reproduced within tolerance", file=sys.stderr)
+        say(f"{matched} of {len(outcomes)} reproduced within tolerance", err=True)
     return code
 
 
@@ -387,7 +399,7 @@ def _recipe_history(versions: list[dict], args: argparse.Namespace) -> int:
                              fix="pick two versions listed by `campaign history --recipe`")
         old, new = (json.dumps(json.loads(by_version[v]["resolved_json"]), indent=2,
                                sort_keys=True).splitlines() for v in args.diff)
-        print("\n".join(difflib.unified_diff(old, new, f"{args.recipe}@{args.diff[0]}",
+        say("\n".join(difflib.unified_diff(old, new, f"{args.recipe}@{args.diff[0]}",
                                              f"{args.recipe}@{args.diff[1]}", lineterm="")))
         return 0
     if args.json:
@@ -395,40 +407,34 @@ def _recipe_history(versions: list[dict], args: argparse.Namespace) -> int:
                           for row in versions], indent=2))
         return 0
     if not versions:
-        print(f"recipe {args.recipe} has not rendered yet", file=sys.stderr)
+        say(f"recipe {args.recipe} has not rendered yet", err=True)
     for row in versions:
         checkpoint = json.loads(row["resolved_json"])["checkpoint"]
-        print(f"{row['name']}@{row['version']}  content {row['content_hash'][:12]}  model hash "
+        say(f"{row['name']}@{row['version']}  content {row['content_hash'][:12]}  model hash "
               f"{checkpoint['sha256'][:10]}  first rendered {row['first_rendered_at'][:19]}  "
               f"{row['deliverables']} deliverables")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .ledger import LEDGER_NAME, Ledger
+    from .lookup import open_ledger
     from .run_report import write_run_report
 
-    ledger_path = args.out / LEDGER_NAME
-    if not ledger_path.exists():
-        raise InputError("no ledger here", file=ledger_path,
-                         fix="pass --out with the folder you rendered into")
-    with Ledger(ledger_path) as ledger:
+    # Written elsewhere (--to), the output folder is only read: it may be read-only.
+    with open_ledger(args.out, read_only=args.to is not None) as ledger:
         grids = [tuple(pair) for pair in args.grid] if args.grid else None
-        print(write_run_report(ledger, args.run, grids=grids))
+        say(write_run_report(ledger, args.run, args.to, grids=grids))
     return 0
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from .decisions import decide_run, parse_bounds, run_gates
-    from .ledger import LEDGER_NAME, Ledger
+    from .lookup import open_ledger
     from .run_report import write_run_report
 
     changes = parse_bounds(args.set)
-    ledger_path = args.out / LEDGER_NAME
-    if not ledger_path.exists():
-        raise InputError("no ledger here", file=ledger_path,
-                         fix="pass --out with the folder you rendered into")
-    with Ledger(ledger_path) as ledger:
+    with open_ledger(args.out, read_only=False) as ledger:
+        ledger_path = ledger.path
         run = ledger.run(args.run)
         if run is None:
             raise InputError(f"no run {args.run!r} in the ledger" if args.run else
@@ -460,14 +466,14 @@ def cmd_gate(args: argparse.Namespace) -> int:
                                        for row, decision in decided.decided]}, indent=2))
     else:
         for metric, bounds in gates.describe().items():
-            print(f"  {metric:<18} {bounds}")
+            say(f"  {metric:<18} {bounds}")
         for row, decision in decided.decided:
             if decision.status != "pass":
-                print(f"{decision.status:<6} {row.variant_id[:12]}  {row.output_path}  "
+                say(f"{decision.status:<6} {row.variant_id[:12]}  {row.output_path}  "
                       + "; ".join(decision.reasons))
-    print(f"run {run.id}: {counts['passed']} passed, {counts['review']} to review, "
+    say(f"run {run.id}: {counts['passed']} passed, {counts['review']} to review, "
           f"{counts['failed']} failed (decision {decided.gating_id}, nothing rendered)\n"
-          f"report: {report}", file=sys.stderr)
+          f"report: {report}", err=True)
     return 1 if counts["failed"] else 0
 
 
@@ -478,7 +484,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     for kind, model in FILE_MODELS.items():
         path = args.dir / f"{kind}.schema.json"
         write_text_atomic(path, json.dumps(model.model_json_schema(), indent=2) + "\n")
-        print(path)
+        say(path)
     return 0
 
 
@@ -486,9 +492,9 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
     from .demo_models import build_demo_models
 
     built = build_demo_models(args.dir, force=args.force,
-                              log=lambda message: print(message, file=sys.stderr))
+                              log=lambda message: say(message, err=True))
     for name, path in built.items():
-        print(f"{name}: {path}")
+        say(f"{name}: {path}")
     return 0
 
 

@@ -20,10 +20,16 @@ _SD_MARKERS = ("unet.", "lora_unet_", "lora_te_", "lora_te1_", "text_encoder.")
 _CROSS_ATTENTION_KEY = re.compile(r"attn2[._]to_k[._]")
 
 
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
+                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
 @dataclass(frozen=True)
 class SafetensorsHeader:
     shapes: dict[str, list[int]]
     metadata: dict[str, str]
+    header_bytes: int  # the 8-byte length and the JSON header
+    data_bytes: int  # what the tensors' offsets declare
 
 
 def read_header(path: Path) -> SafetensorsHeader:
@@ -34,9 +40,48 @@ def read_header(path: Path) -> SafetensorsHeader:
         (length,) = struct.unpack("<Q", prefix)
         if length > _MAX_HEADER:
             raise ValueError(f"header length {length} is not plausible")
-        header = json.loads(handle.read(length))
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"the header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
     metadata = header.pop("__metadata__", {}) or {}
-    return SafetensorsHeader({name: info["shape"] for name, info in header.items()}, metadata)
+    try:
+        shapes = {name: list(info["shape"]) for name, info in header.items()}
+        ends = [int(info["data_offsets"][1]) for info in header.values()]
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise ValueError("the header does not describe tensors (shape, data_offsets)") from None
+    return SafetensorsHeader(shapes, metadata, 8 + length, max(ends, default=0))
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (None when it is): its header must
+    parse, each tensor's bytes must fit its dtype and shape, and the file must hold every
+    byte the header declares (a truncated download is caught without hashing it)."""
+    try:
+        header = read_header(path)
+        with open(path, "rb") as handle:
+            handle.seek(8)
+            entries = json.loads(handle.read(header.header_bytes - 8))
+    except (OSError, ValueError) as err:
+        return f"it is not a safetensors file ({err})"
+    for name, info in entries.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        width = _DTYPE_BYTES.get(info.get("dtype"))
+        count = 1
+        for side in info["shape"]:
+            count *= side
+        if width is not None and end - start != count * width:
+            return (f"tensor {name} declares {end - start} bytes for {info['dtype']} "
+                    f"{info['shape']} ({count * width} expected)")
+    size = path.stat().st_size
+    if size < header.header_bytes + header.data_bytes:
+        return (f"it is truncated: {size:,} bytes, the header declares "
+                f"{header.header_bytes + header.data_bytes:,}")
+    return None
 
 
 def checkpoint_cross_attention_dim(checkpoint: Path) -> int | None:

@@ -5,9 +5,11 @@
     │   ├── YamlSyntaxError        the file is not valid YAML
     │   ├── SchemaError            a key is unknown, missing, or has the wrong type/range
     │   ├── MissingFileError       a referenced file or folder does not exist
+    │   ├── BadFileError           a referenced file is damaged or not of its kind
     │   ├── HashMismatchError      a file's sha256 differs from its pin
     │   └── TemplateError          a Jinja template failed (undefined name, sandbox, syntax)
-    └── RenderFailure              the renderer failed at run time; finished work is kept (exit 3)
+    ├── RenderFailure              the renderer failed at run time; finished work is kept (exit 3)
+    └── LedgerError                the ledger cannot be read or written as it is (exit 3)
 
 An ``InputError`` names where the problem is (file, line, key path), what was expected,
 what was found and how to fix it; ``str()`` formats all of that for a person.
@@ -82,6 +84,10 @@ class MissingFileError(InputError):
     """A referenced file or folder does not exist."""
 
 
+class BadFileError(InputError):
+    """A referenced file exists but is truncated, damaged or not of the kind expected."""
+
+
 class HashMismatchError(InputError):
     """A file's sha256 differs from the one pinned for it."""
 
@@ -92,5 +98,11 @@ class TemplateError(InputError):
 
 class RenderFailure(CampaignError):
     """Rendering failed at run time; what finished is kept in the ledger."""
+
+    exit_code = 3
+
+
+class LedgerError(CampaignError):
+    """The ledger file is damaged, unreadable or needs a write this folder does not allow."""
 
     exit_code = 3

@@ -4,11 +4,17 @@
 found before the output folder is touched or a model is loaded; after that, each image
 is written atomically and then committed to the ledger in its own transaction, so an
 interrupted run keeps everything it finished and the next run resumes from there.
+
+What a run does is planned so the folder ends byte-identical to an uninterrupted run
+(README, "Resume"): batches of variants never rendered are cut from the whole deliverable
+set in a fixed order, whatever is pending; a variant rendered before whose master is gone
+or altered renders inside the batch the ledger recorded for it; batch members that are
+done render again only as co-members (compared, never written); and an export that is
+gone or altered is rebuilt from its intact master, without rendering.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,19 +25,21 @@ from .decisions import campaign_gates, decide_run
 from .errors import CampaignError, InputError, RenderFailure
 from .executors import make_executor
 from .hashing import sha256_file, sha256_json
-from .inputs import Campaign, ResolvedFile
+from .inputs import Campaign, FileIndex, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger, RenderRecord
 from .locking import hold_output_folder, recover_after_crash
 from .plan import Plan, Variant, cut_batches, make_plan, recipe_content
-from .produce import Produced
+from .produce import Job, Produced
 from .progress import Progress
+from .records import ExportRow, RenderRow
+from .terminal import say
 from .validate import hash_file, load_campaign
 
 Log = Callable[[str], None]
 
 
 def log_to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    say(message, err=True)
 
 
 @dataclass(frozen=True)
@@ -82,13 +90,32 @@ class RunSummary:
 @dataclass(frozen=True)
 class PendingVariant:
     variant: Variant
-    rerender_reason: str | None  # None: never rendered; 'missing' or 'altered' file
+    rerender_reason: str | None  # None: never rendered; 'missing' or 'altered' master
+
+
+@dataclass(frozen=True)
+class Repair:
+    """Exports of a render whose master is intact, to rebuild from it."""
+
+    variant: Variant
+    render: RenderRow
+    exports: tuple[ExportRow, ...]  # the missing or altered ones
+
+
+@dataclass(frozen=True)
+class Work:
+    pending: tuple[PendingVariant, ...]  # masters to render
+    repairs: tuple[Repair, ...]
 
 
 def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_to_stderr,
                     show_progress: bool = True, wait: bool = True, executor: str = "local",
-                    address: str | None = None, workers: int | None = None) -> RunSummary:
-    """Render a campaign (a file, or one loaded with ``load_campaign``) into ``out_dir``."""
+                    address: str | None = None, workers: int | None = None,
+                    existing: str | None = None) -> RunSummary:
+    """Render a campaign (a file, or one loaded with ``load_campaign``) into ``out_dir``.
+    ``existing`` says what to do with this campaign's images already in a folder whose
+    ledger is missing or empty: ``adopt`` (check and record them) or ``rerender``; without
+    it such a folder is refused, since nothing records how those images were made."""
     started = time.perf_counter()
     # 1. Load and validate every input (no model, nothing written).
     if not isinstance(campaign, Campaign):
@@ -97,7 +124,9 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
     plan = make_plan(campaign)
     gates = campaign_gates(campaign)
     ledger_path = out_dir / LEDGER_NAME
-    # 3. Refuse a recipe edited in place before opening (and so creating) the ledger.
+    # 3. Refuse a recipe edited in place, or images a lost ledger made, before opening (and
+    #    so creating) the ledger.
+    check_unrecorded_images(ledger_path, plan, out_dir, existing)
     check_recipe_version(ledger_path, campaign)
     # One render per output folder: another waits (or refuses, wait=False) while this holds
     # it; holding it, clean up after a killed run (temp files, runs left 'running').
@@ -105,9 +134,18 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
             Ledger(ledger_path) as ledger:
         check_recipe_version(ledger_path, campaign)  # again: a run we waited for may have
         recover_after_crash(out_dir, ledger, log)    # recorded this version first
-        pending = find_pending(ledger, plan, out_dir)
+        work = find_work(ledger, plan, out_dir)
+        adopted: list[Variant] = []
+        if existing == "adopt":
+            from .adopt import adoptable
+
+            adopted = adoptable([item.variant for item in work.pending], out_dir)
+        adopted_ids = {variant.id for variant in adopted}
+        pending = tuple(item for item in work.pending if item.variant.id not in adopted_ids)
         log(f"{campaign.spec.name}: {len(plan.variants)} variants planned, "
-            f"{len(plan.variants) - len(pending)} already done, {len(pending)} to render")
+            f"{len(plan.variants) - len(pending)} already done, {len(pending)} to render"
+            + (f", {len(work.repairs)} with exports to rebuild" if work.repairs else ""))
+        repair_exports(ledger, work.repairs, out_dir, log)
         # 4. Record the run, then produce what is pending.
         recipe = campaign.recipe
         recipe_hash = ledger.record_recipe_version(recipe.spec.name, recipe.spec.version,
@@ -123,16 +161,23 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
             to_render={item.variant.id for item in pending}, rules=gates.as_json(),
             report={"grids": [[grid.x, grid.y]] if (grid := campaign.spec.report.grid) else []})
         recorder = RunRecorder(campaign, ledger, run_id=run_id, recipe_hash=recipe_hash,
-                               pending=pending)
+                               pending=pending, log=log)
         skipped = len(plan.variants) - len(pending)
+        if adopted:
+            from .adopt import adopt
+
+            adopt(campaign, ledger, adopted, out_dir, run_id=run_id, recipe_hash=recipe_hash,
+                  input_files=recorder.input_files, log=log)
         try:
             if runner:
                 progress = Progress(len(pending)) if show_progress else None
-                batches = cut_batches([item.variant for item in pending], runner.batch_size())
-                for produced in runner.produce_all(batches):
-                    recorder.commit(produced)
+                jobs = plan_jobs(ledger, plan, pending, runner.batch_size(),
+                                 campaign.files(), log)
+                for result in runner.produce_all(jobs):
+                    recorder.commit(result.produced)
+                    recorder.check(result.rechecked)
                     if progress:
-                        progress.advance(len(produced))
+                        progress.advance(len(result.produced))
                 if progress:
                     progress.close()
         except BaseException as err:
@@ -159,8 +204,28 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
                       seconds=time.perf_counter() - started)
 
 
+def check_unrecorded_images(ledger_path: Path, plan: Plan, out_dir: Path,
+                            existing: str | None) -> None:
+    """A missing or empty ledger beside this campaign's images: refused unless told what
+    to do with them (they are deliverables nothing records)."""
+    fresh = not ledger_path.is_file() or ledger_path.stat().st_size == 0
+    if not fresh or existing is not None:
+        return
+    found = [variant.output_path for variant in plan.variants
+             if (out_dir / variant.output_path).is_file()]
+    if found:
+        raise InputError(
+            f"{len(found)} image(s) of this campaign are in {out_dir} but its ledger is "
+            f"{'empty' if ledger_path.is_file() else 'missing'}, so nothing records how they "
+            "were made", file=ledger_path,
+            found=found[0] + (f" and {len(found) - 1} more" if len(found) > 1 else ""),
+            fix="put the ledger back if you moved it; else pass --adopt-existing to check the "
+            "images against their embedded specs and record them, or --rerender to render "
+            "over them")
+
+
 def check_recipe_version(ledger_path: Path, campaign: Campaign) -> None:
-    if not ledger_path.exists():
+    if not ledger_path.is_file() or ledger_path.stat().st_size == 0:
         return
     recipe = campaign.recipe
     content_hash = sha256_json(recipe_content(recipe))
@@ -177,36 +242,105 @@ def check_recipe_version(ledger_path: Path, campaign: Campaign) -> None:
             "reference), or restore the file")
 
 
-def find_pending(ledger: Ledger, plan: Plan, out_dir: Path) -> list[PendingVariant]:
-    """Variants with no committed render, or whose file (or one of its exports) is gone or
-    no longer matches."""
+def find_work(ledger: Ledger, plan: Plan, out_dir: Path) -> Work:
+    """What the deliverable set needs: variants with no committed render or whose master is
+    gone or no longer matches (render), and intact masters with an export gone or altered
+    (rebuild those exports)."""
     done = ledger.latest_renders([variant.id for variant in plan.variants])
     exports = ledger.exports_of([render.id for render in done.values()])
-    pending = []
+    pending, repairs = [], []
     for variant in plan.variants:
         previous = done.get(variant.id)
         if previous is None:
             pending.append(PendingVariant(variant, None))
-            continue
-        files = [(previous.output_path, previous.output_sha256)] + [
-            (export.path, export.sha256) for export in exports.get(previous.id, [])]
-        for relative, sha256 in files:
-            path = out_dir / relative
-            if not path.is_file():
-                pending.append(PendingVariant(variant, "missing"))
-                break
-            if sha256_file(path) != sha256:
-                pending.append(PendingVariant(variant, "altered"))
-                break
-    return pending
+        elif state := _file_state(out_dir / previous.output_path, previous.output_sha256):
+            pending.append(PendingVariant(variant, state))
+        elif broken := tuple(export for export in exports.get(previous.id, [])
+                             if _file_state(out_dir / export.path, export.sha256)):
+            repairs.append(Repair(variant, previous, broken))
+    return Work(tuple(pending), tuple(repairs))
+
+
+def _file_state(path: Path, sha256: str) -> str | None:
+    """None when the file is there with this sha256, else 'missing' or 'altered'."""
+    if not path.is_file():
+        return "missing"
+    return None if sha256_file(path) == sha256 else "altered"
+
+
+def repair_exports(ledger: Ledger, repairs: Sequence[Repair], out_dir: Path, log: Log) -> None:
+    """Rebuild lost or altered exports from their masters: the same crop, resize, encoder
+    and metadata as when they were made; the master is read, never written."""
+    from PIL import Image
+
+    from .produce import Worker, export_files
+
+    for repair in repairs:
+        with Image.open(out_dir / repair.render.output_path) as master:
+            rebuilt = dict((export.name, data) for export, data in
+                           export_files(master.convert("RGB"), repair.variant.spec))
+        for recorded in repair.exports:
+            spec = next(e for e in repair.variant.spec.postprocess.exports
+                        if e.name == recorded.name)
+            made = Worker.write_export(repair.variant, spec, rebuilt[recorded.name], out_dir)
+            if made.sha256 != recorded.sha256:
+                log(f"export {made.path} rebuilt from its master with other bytes than "
+                    f"recorded (sha256 {recorded.sha256[:12]}… then, {made.sha256[:12]}… now: "
+                    "another stack?); the ledger now records the rebuilt file")
+                ledger.replace_export(repair.render.id, made)
+        log(f"rebuilt {len(repair.exports)} export(s) of {repair.render.output_path} from "
+            "its master")
+
+
+def plan_jobs(ledger: Ledger, plan: Plan, pending: Sequence[PendingVariant], batch_size: int,
+              files: FileIndex, log: Log) -> list[Job]:
+    """The pipeline calls that render ``pending``: for a variant never rendered, its batch
+    in the whole deliverable set cut in plan order; for one rendered before, the batch the
+    ledger recorded for it. Members not pending are co-members (rendered, not written);
+    a recorded member whose files are no longer at hand is left out, and said so."""
+    by_id = {variant.id: variant for variant in plan.variants}
+    batch_of = {variant.id: batch for batch in cut_batches(plan.variants, batch_size)
+                for variant in batch}
+    rerendered = ledger.latest_renders([item.variant.id for item in pending
+                                        if item.rerender_reason])
+    calls: dict[tuple[str, ...], set[str]] = {}
+    for item in pending:
+        recorded = rerendered.get(item.variant.id)
+        if recorded is not None and item.variant.id in recorded.batch:
+            members = recorded.batch
+        else:
+            members = tuple(variant.id for variant in batch_of[item.variant.id])
+        calls.setdefault(tuple(members), set()).add(item.variant.id)
+    stored = ledger.latest_renders([member for members in calls for member in members
+                                    if member not in by_id])
+    order = {variant.id: position for position, variant in enumerate(plan.variants)}
+    jobs = []
+    for members, write in sorted(calls.items(), key=lambda item: min(order[i] for i in item[1])):
+        batch = []
+        for member in members:
+            variant = by_id.get(member) or (stored[member].variant() if member in stored
+                                           else None)
+            if variant is None or not _files_at_hand(variant, files):
+                log(f"batch mate {member[:12]} of {', '.join(sorted(w[:12] for w in write))} "
+                    "is no longer at hand: rendering without it (may move pixels by 1/255)")
+                continue
+            batch.append(variant)
+        jobs.append(Job(tuple(batch), frozenset(write)))
+    return jobs
+
+
+def _files_at_hand(variant: Variant, files: FileIndex) -> bool:
+    from .locate import spec_files
+
+    return all(sha256 in files.paths for _, _, sha256 in spec_files(variant.spec.to_json()))
 
 
 class RunRecorder:
     """The driver side: commits one ledger row per produced image."""
 
     def __init__(self, campaign: Campaign, ledger: Ledger, *, run_id: str, recipe_hash: str,
-                 pending: Sequence[PendingVariant]):
-        self.campaign, self.ledger = campaign, ledger
+                 pending: Sequence[PendingVariant], log: Log):
+        self.campaign, self.ledger, self.log = campaign, ledger, log
         self.run_id, self.recipe_hash = run_id, recipe_hash
         self.reasons = {item.variant.id: item.rerender_reason for item in pending}
         self.input_files = input_files(campaign)
@@ -229,6 +363,16 @@ class RunRecorder:
                 rerender_reason=self.reasons[variant.id], batch=list(item.batch),
                 embedding=item.embedding, exports=item.exports))
             self.committed += 1
+
+    def check(self, rechecked: Sequence[tuple[Variant, str]]) -> None:
+        """Co-members rendered again: their files stay as they are, drift is said."""
+        recorded = self.ledger.latest_renders([variant.id for variant, _ in rechecked])
+        for variant, sha256 in rechecked:
+            row = recorded.get(variant.id)
+            if row is not None and row.output_sha256 != sha256:
+                self.log(f"co-member {variant.id[:12]} rendered again with other bytes than "
+                         f"{row.output_path} holds ({row.output_sha256[:12]}… recorded, "
+                         f"{sha256[:12]}… now); its file is left as it is")
 
 
 def input_files(campaign: Campaign) -> list[Mapping[str, str]]:

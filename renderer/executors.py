@@ -1,8 +1,9 @@
-"""Where batches are produced: the ``Executor`` protocol and the local executor.
+"""Where jobs are produced: the ``Executor`` protocol and the local executor.
 
-An executor runs ``renderer.produce.Worker.produce`` on batches and yields what each
-produced; the driver (``renderer.execute``) commits it to the ledger. The local executor
-does this in-process, ``renderer.ray_executor`` on Ray actors; both run the same worker.
+An executor runs ``renderer.produce.Worker.produce`` on jobs (one pipeline call's batch
+each) and yields what each produced; the driver (``renderer.execute``) commits it to the
+ledger. The local executor does this in-process, ``renderer.ray_executor`` on Ray actors;
+both run the same worker.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .inputs import Campaign
-from .plan import Variant
-from .produce import Produced
+from .produce import Job, JobResult
 
 Log = Callable[[str], None]
 
@@ -25,8 +25,8 @@ class Executor(Protocol):
     def batch_size(self) -> int:
         """How many variants one pipeline call takes (``render.batch_size``, or auto)."""
 
-    def produce_all(self, batches: Sequence[Sequence[Variant]]) -> Iterator[list[Produced]]:
-        """Produce every batch, yielding each batch's results as it finishes."""
+    def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
+        """Produce every job, yielding each job's results as it finishes."""
 
     def close(self) -> None:
         """Release the workers."""
@@ -47,9 +47,9 @@ class LocalExecutor:
     def batch_size(self) -> int:
         return resolve_batch_size(self.campaign, self.worker.renderer.device)
 
-    def produce_all(self, batches: Sequence[Sequence[Variant]]) -> Iterator[list[Produced]]:
-        for batch in batches:
-            yield self.worker.produce(batch, self.out_dir)
+    def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
+        for job in jobs:
+            yield self.worker.produce(job, self.out_dir)
 
     def close(self) -> None:
         """Nothing to release: the models go with the process."""

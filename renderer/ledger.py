@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .errors import LedgerError
 from .hashing import canonical_json, sha256_json
 from .migrations import MIGRATIONS
 from .records import (
@@ -71,16 +72,46 @@ def new_run_id() -> str:
 
 
 class Ledger:
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
+    """The ledger at ``path``: opened for writing (created and migrated as needed), or with
+    ``read_only`` for commands that only read (``history``, ``show``, ``report --to``), which
+    then work on a folder this user cannot write."""
+
+    def __init__(self, path: Path, *, read_only: bool = False):
+        self.path, self.read_only = path, read_only
+        try:
+            self.db = self._connect(path, read_only)
+            self.db.row_factory = sqlite3.Row
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA foreign_keys=ON")
+                self.db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as err:
+            raise LedgerError(
+                f"the ledger {path} cannot be read: {err}. Fix: move it aside (mv {path} "
+                f"{path}.broken) and run `campaign render CAMPAIGN --out {path.parent} "
+                "--adopt-existing`, which checks the images already there against their "
+                "embedded specs and records them in a new ledger") from None
         self._environments: set[str] = set()
+
+    @staticmethod
+    def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return sqlite3.connect(path, timeout=30, isolation_level=None)
+        if not path.is_file():
+            raise LedgerError(f"no ledger at {path}: pass --out with the folder you rendered "
+                              "into (it holds ledger.sqlite)")
+        uri = path.resolve().as_uri()
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            # A folder we cannot write holds no -shm for WAL readers: read the file as it is
+            # (a finished run leaves everything in it).
+            db.close()
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
 
     def close(self) -> None:
         self.db.close()
@@ -102,6 +133,13 @@ class Ledger:
         self.db.execute("COMMIT")
 
     def _migrate(self) -> None:
+        if self.read_only:
+            applied = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
+            if missing := [m.__name__ for m in MIGRATIONS if m.__name__ not in applied]:
+                raise LedgerError(f"the ledger {self.path} needs migrating ({', '.join(missing)})"
+                                  " and this command only reads: run any writing command "
+                                  "(e.g. `campaign render`) on a writable copy once")
+            return
         with self.transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS migrations "
                        "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
@@ -297,6 +335,12 @@ class Ledger:
                 ((render_id, export.name, export.path, export.sha256, export.bytes,
                   export.width, export.height, export.format) for export in record.exports))
         return render_id
+
+    def replace_export(self, render_id: int, export: Any) -> None:
+        """Record an export rebuilt from its master with other bytes than first recorded."""
+        with self.transaction() as db:
+            db.execute("UPDATE exports SET sha256 = ?, bytes = ? WHERE render_id = ? AND name = ?",
+                       (export.sha256, export.bytes, render_id, export.name))
 
     def latest_renders(self, variant_ids: Sequence[str]) -> dict[str, RenderRow]:
         """The newest committed render of each given variant id that has one."""

@@ -19,13 +19,15 @@ MIN_PREFIX = 6
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
-def open_ledger(out_dir: Path) -> Ledger:
+def open_ledger(out_dir: Path, *, read_only: bool = True) -> Ledger:
+    """The ledger of an output folder, for a command that does not render (read-only
+    unless it records something, as ``campaign gate`` does)."""
     path = out_dir / LEDGER_NAME
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:
         raise InputError("no ledger here", file=path,
                          fix="pass --out with the folder you rendered into (it holds "
                          f"{LEDGER_NAME})")
-    return Ledger(path)
+    return Ledger(path, read_only=read_only)
 
 
 def resolve_variant_id(ledger: Ledger, text: str) -> str:

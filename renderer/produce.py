@@ -1,12 +1,18 @@
 """The worker path, the one way an image is made: render a batch (halving it on out of
 memory) → post-process → score → encode → write the master and its channel exports.
 
-``Worker.produce`` is used by the local executor, inside Ray actors and by ``campaign
+``Worker.produce(job)`` is used by the local executor, inside Ray actors and by ``campaign
 reproduce``; it never touches the ledger, it returns what the driver commits
 (``Produced``). Everything it does follows the variant's spec alone — what is hashed into
 the id is what is applied — with files found by sha256 (``FileIndex``), so a reproduction
-from a stored spec runs exactly this code. Faces are detected once per rendered image and
-reused by skin smoothing, the faces score and the export crop.
+from a stored spec runs exactly this code.
+
+A job is one pipeline call's batch and the members to write: the others are co-members,
+rendered again only so the written ones come out as they do beside them (an image's bytes
+depend on its batch by float rounding); their fresh bytes are compared with the record,
+never written. Faces are detected once per rendered image and reused by skin smoothing
+and the faces score. Channel exports are made from the master alone (``export_files``),
+so a lost export is rebuilt from its master without rendering.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from postprocess.export import EXTENSIONS
+from postprocess.export import EXTENSIONS, ExportSpec
 
 from .atomic import write_bytes_atomic
 from .hashing import sha256_bytes
@@ -47,6 +53,18 @@ class ExportFile:
 
 
 @dataclass(frozen=True)
+class Job:
+    """One pipeline call: its members in order, and which of them to write and commit."""
+
+    batch: tuple[Variant, ...]
+    write: frozenset[str]  # variant ids; the other members are co-members
+
+    @classmethod
+    def all_of(cls, batch: Sequence[Variant]) -> Job:
+        return cls(tuple(batch), frozenset(variant.id for variant in batch))
+
+
+@dataclass(frozen=True)
 class Produced:
     """One finished image, on disk, as reported to the driver."""
 
@@ -60,6 +78,12 @@ class Produced:
     environment: Mapping[str, Any]
     embedding: bytes | None = None  # CLIP image embedding, float32 little-endian
     exports: tuple[ExportFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobResult:
+    produced: tuple[Produced, ...]  # written, to commit
+    rechecked: tuple[tuple[Variant, str], ...] = ()  # co-members and their fresh sha256
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,56 +234,73 @@ class Worker:
         from .render import DiffusersRenderer, RenderOptions
 
         options = campaign.spec.render.model_dump(include=RenderOptions.known())
-        return cls(DiffusersRenderer(RenderOptions(**options), log=log), campaign.files(),
-                   Scoring(campaign))
+        renderer = DiffusersRenderer(RenderOptions(**options),
+                                     allow_pickle=campaign.recipe.spec.allow_pickle, log=log)
+        return cls(renderer, campaign.files(), Scoring(campaign))
 
     def environment(self) -> dict[str, Any]:
         if self._environment is None:
             self._environment = self.renderer.fingerprint()
         return self._environment
 
-    def produce(self, batch: Sequence[Variant], out_dir: Path) -> list[Produced]:
-        """Render, finish, score and write one batch; the files are in place on return."""
+    def produce(self, job: Job, out_dir: Path) -> JobResult:
+        """Render, finish, score and write one job; the files are in place on return."""
         started = time.perf_counter()
+        batch = job.batch
         rendered = self.renderer.render_resilient([variant.spec for variant in batch],
                                                   self.files)
         finished = [finish_image(image, variant.spec, self.assets, detect(image))
                     for (image, _), variant in zip(rendered, batch, strict=True)]
-        if self.scoring is not None:
-            scores, embeddings = self.scoring.score(batch, finished)
+        written = [index for index, variant in enumerate(batch) if variant.id in job.write]
+        if self.scoring is not None and written:
+            scores, embeddings = self.scoring.score([batch[i] for i in written],
+                                                    [finished[i] for i in written])
         else:
-            scores, embeddings = [{} for _ in batch], [None] * len(batch)
-        produced = []
-        for variant, done, score, embedding, (_, call) in zip(
-                batch, finished, scores, embeddings, rendered, strict=True):
-            exports = self.export(variant, done, out_dir)
+            scores, embeddings = [{} for _ in written], [None] * len(written)
+        produced, rechecked = [], []
+        for index, (variant, done, (_, call)) in enumerate(zip(batch, finished, rendered,
+                                                                strict=True)):
             data = encode_png(done.image, variant.spec)
-            relative = variant.output_path
-            write_bytes_atomic(out_dir / relative, data)
+            if index not in written:
+                rechecked.append((variant, sha256_bytes(data)))
+                continue
+            exports = tuple(self.write_export(variant, export, export_data, out_dir)
+                            for export, export_data in export_files(done.image, variant.spec))
+            write_bytes_atomic(out_dir / variant.output_path, data)
+            slot = written.index(index)
+            embedding = embeddings[slot]
             produced.append(Produced(
-                variant=variant, output_path=relative, output_sha256=sha256_bytes(data),
-                output_bytes=len(data), scores=score, seconds=0.0,
-                batch=tuple(batch[index].id for index in call),
+                variant=variant, output_path=variant.output_path,
+                output_sha256=sha256_bytes(data), output_bytes=len(data), scores=scores[slot],
+                seconds=0.0, batch=tuple(batch[member].id for member in call),
                 environment=self.environment(),
                 embedding=None if embedding is None else embedding.astype("<f4").tobytes(),
                 exports=exports))
         seconds_each = round((time.perf_counter() - started) / len(batch), 4)
-        return [replace(item, seconds=seconds_each) for item in produced]
+        return JobResult(tuple(replace(item, seconds=seconds_each) for item in produced),
+                         tuple(rechecked))
 
-    def export(self, variant: Variant, done: Finished, out_dir: Path) -> tuple[ExportFile, ...]:
-        """Each channel export of the variant, beside the master, with its metadata."""
-        exports = variant.spec.postprocess.exports
-        if not exports:
-            return ()
-        from postprocess.export import export_image
+    @staticmethod
+    def write_export(variant: Variant, export: ExportSpec, data: bytes,
+                     out_dir: Path) -> ExportFile:
+        relative = variant.export_path(export.name, EXTENSIONS[export.format])
+        write_bytes_atomic(out_dir / relative, data)
+        return ExportFile(name=export.name, path=relative, sha256=sha256_bytes(data),
+                          bytes=len(data), width=export.width, height=export.height,
+                          format=export.format)
 
-        metadata, xmp = file_metadata(variant.spec)
-        files = []
-        for export in exports:
-            data = export_image(done.image, export, metadata, xmp, faces=done.faces)
-            relative = variant.export_path(export.name, EXTENSIONS[export.format])
-            write_bytes_atomic(out_dir / relative, data)
-            files.append(ExportFile(name=export.name, path=relative, sha256=sha256_bytes(data),
-                                    bytes=len(data), width=export.width, height=export.height,
-                                    format=export.format))
-        return tuple(files)
+
+def export_files(master: Image.Image, spec: VariantSpec) -> list[tuple[ExportSpec, bytes]]:
+    """Each channel export of a master image, with the variant's metadata: a function of
+    the master's pixels and the spec alone, so it is rebuilt from the master file exactly.
+    Faces (the crop keeps them) are detected on the master, once, when a channel crops."""
+    exports = spec.postprocess.exports or []
+    if not exports:
+        return []
+    from postprocess.export import export_image
+
+    metadata, xmp = file_metadata(spec)
+    faces = detect(master) if any((export.width, export.height) != master.size
+                                  for export in exports) else ()
+    return [(export, export_image(master, export, metadata, xmp, faces=faces))
+            for export in exports]

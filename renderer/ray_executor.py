@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, RenderFailure
-from .plan import Variant
-from .produce import Produced
+from .produce import Job, JobResult
 
 MAX_ATTEMPTS = 3
 
@@ -55,8 +54,8 @@ def _worker_class() -> Any:
 
             return resolve_batch_size(self.campaign, self.worker.renderer.device)
 
-        def produce(self, batch: list[Variant]) -> list[Produced]:
-            return self.worker.produce(batch, self.out_dir)
+        def produce(self, job: Job) -> JobResult:
+            return self.worker.produce(job, self.out_dir)
 
     return RenderWorker
 
@@ -100,21 +99,21 @@ class RayExecutor:
 
         return ray.get(self.workers[0].batch_size.remote())
 
-    def produce_all(self, batches: Sequence[Sequence[Variant]]) -> Iterator[list[Produced]]:
-        """Yield each batch's results as it finishes, in completion order."""
+    def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
+        """Yield each job's results as it finishes, in completion order."""
         import ray
         from ray.exceptions import ActorDiedError, RayActorError
 
-        queue = list(enumerate(batches))
-        attempts = dict.fromkeys(range(len(batches)), 0)
+        queue = list(enumerate(jobs))
+        attempts = dict.fromkeys(range(len(jobs)), 0)
         running: dict[Any, tuple[int, Any]] = {}
         idle = list(self.workers)
         while queue or running:
             while queue and idle:
-                index, batch = queue.pop(0)
+                index, job = queue.pop(0)
                 worker = idle.pop()
                 attempts[index] += 1
-                running[worker.produce.remote(batch)] = (index, worker)
+                running[worker.produce.remote(job)] = (index, worker)
             done, _ = ray.wait(list(running), num_returns=1)
             index, worker = running.pop(done[0])
             try:
@@ -128,7 +127,7 @@ class RayExecutor:
                 self.workers.remove(worker)
                 worker = self._make()
                 self.workers.append(worker)
-                queue.insert(0, (index, batches[index]))
+                queue.insert(0, (index, jobs[index]))
                 idle.append(worker)
                 continue
             idle.append(worker)

@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .plan import Variant
+from .variant import VariantSpec
+
 
 def _loads(text: str | None, default: Any = None) -> Any:
     return default if text is None else json.loads(text)
@@ -151,6 +154,17 @@ class RenderRow(RenderFacts):
             rerender_reason=row["rerender_reason"], created_at=row["created_at"],
             batch=tuple(_loads(row["batch_json"], [])), embedding=row["embedding"],
             decision=decision)
+
+    @property
+    def output_name(self) -> str:
+        """The output name its file was written under (OUT/CAMPAIGN/OUTPUT-NAME.png)."""
+        return self.output_path.removeprefix(f"{self.campaign}/").removesuffix(".png")
+
+    def variant(self) -> Variant:
+        """The variant this row rendered, from its stored spec (a co-member of a batch, or
+        a reproduction's target, may no longer be in any plan)."""
+        return Variant(spec=VariantSpec.from_json(self.spec), id=self.variant_id,
+                       output_name=self.output_name, aspect=None)
 
     @property
     def status(self) -> str:

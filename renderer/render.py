@@ -17,12 +17,14 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .environment import fingerprint, resolve_device, resolve_dtype
-from .errors import RenderFailure
+from .errors import InputError, RenderFailure
 from .families import PIPELINES, SCHEDULERS
 from .inputs import FileIndex
+from .schema import PICKLE_SUFFIXES, FileId
 from .variant import RecipeUse, RenderCall, VariantSpec, render_call
 
 # A rendered image, with the indices (into its batch) of the pipeline call that made it.
@@ -79,12 +81,15 @@ class DiffusersRenderer:
     """Loads each base pipeline once, derives the control pipelines from it with
     ``from_pipe`` (shared weights, no reload) and renders batches."""
 
-    def __init__(self, options: RenderOptions = RenderOptions(), *,
+    def __init__(self, options: RenderOptions = RenderOptions(), *, allow_pickle: bool = False,
                  log: Callable[[str], None] = lambda _: None):
         import torch
 
         quiet_libraries()
         self.options = options
+        # Loading a pickle can run code: only .safetensors unless the recipe (or, for
+        # reproduce, the command line) says otherwise. Validation refuses them first.
+        self.allow_pickle = allow_pickle
         self.device = resolve_device(options.device)
         self.dtype = getattr(torch, resolve_dtype(options.dtype, self.device))
         self.log = log
@@ -192,10 +197,11 @@ class DiffusersRenderer:
         started = time.perf_counter()
         family = recipe.family
         pipeline_class = getattr(diffusers, PIPELINES[family, "inpaint" if inpaint else "text"])
-        checkpoint = files.path(recipe.checkpoint)
+        checkpoint = self._weights(recipe.checkpoint, files)
         if checkpoint.is_dir():
             pipe = pipeline_class.from_pretrained(checkpoint, dtype=self.dtype,
-                                                  local_files_only=True)
+                                                  local_files_only=True,
+                                                  use_safetensors=not self.allow_pickle or None)
         else:
             pipe = pipeline_class.from_single_file(
                 str(checkpoint), config=str(files.config(recipe.checkpoint)), dtype=self.dtype,
@@ -209,6 +215,14 @@ class DiffusersRenderer:
         self.log(f"loaded {family} pipeline {checkpoint.name} in "
                  f"{time.perf_counter() - started:.2f} s")
         return pipe
+
+    def _weights(self, file: FileId, files: FileIndex) -> Path:
+        path = files.path(file)
+        if not self.allow_pickle and path.suffix.lower() in PICKLE_SUFFIXES:
+            raise InputError(f"{path.name} is a pickle file; it is not loaded", file=path,
+                             fix="convert it to .safetensors, or allow pickles (recipe "
+                             "allow_pickle, or reproduce --allow-pickle) if you trust it")
+        return path
 
     def _apply_options(self, pipe: Any) -> None:
         import torch
@@ -233,8 +247,10 @@ class DiffusersRenderer:
 
         model_class = diffusers.FluxControlNetModel if recipe.family == "flux" \
             else diffusers.ControlNetModel
-        models = [model_class.from_pretrained(files.path(control.model), dtype=self.dtype,
-                                              local_files_only=True).to(self.device)
+        models = [model_class.from_pretrained(self._weights(control.model, files),
+                                              dtype=self.dtype, local_files_only=True,
+                                              use_safetensors=not self.allow_pickle or None
+                                              ).to(self.device)
                   for control in recipe.controlnets or ()]
         return models[0] if len(models) == 1 else models
 
@@ -261,7 +277,7 @@ class DiffusersRenderer:
         for lora in recipe.loras:
             name = f"lora_{lora.sha256[:12]}"
             if name not in loaded:
-                pipe.load_lora_weights(str(files.path(lora)), adapter_name=name)
+                pipe.load_lora_weights(str(self._weights(lora, files)), adapter_name=name)
                 loaded.add(name)
             names.append(name)
         if names:

@@ -38,8 +38,9 @@ from .inputs import FileIndex, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger
 from .locate import FileFinder, InputProblem, file_role, spec_files
 from .plan import Variant
-from .produce import Produced, Worker
+from .produce import Job, Produced, Worker
 from .records import RenderRow
+from .validate import pickle_weights
 from .variant import VariantSpec, spec_problem
 
 Log = Callable[[str], None]
@@ -80,17 +81,13 @@ def _target_of(ledger: Ledger, row: RenderRow) -> Target:
     _check_spec(row.spec, row.variant_id, where, ledger.path)
     run = ledger.run(row.run_id)
     return Target(
-        variant_id=row.variant_id, spec=row.spec, output_name=_name_in(row),
+        variant_id=row.variant_id, spec=row.spec, output_name=row.output_name,
         original=ledger.path.parent / row.output_path, original_sha256=row.output_sha256,
         input_files=row.input_files, environment=ledger.environment(row.environment_hash),
         batch=row.batch, source=where,
         # Control images are named relative to the campaign file; the ledger records the
         # files a recipe names by path, a variant's images by name and sha256 only.
         search=(Path(run.campaign_file).parent,) if run else ())
-
-
-def _name_in(row: RenderRow) -> str:
-    return row.output_path.removeprefix(f"{row.campaign}/").removesuffix(".png")
 
 
 def target_from_image(path: Path, ledger: Ledger | None) -> Target:
@@ -176,11 +173,13 @@ class Outcome:
 def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs"),
               run: str | None = None, into: Path | None = None, search: Sequence[Path] = (),
               tolerance: int | None = None, min_ssim: float = DEFAULT_MIN_SSIM,
-              log: Log = lambda _: None) -> list[Outcome]:
+              allow_pickle: bool = False, log: Log = lambda _: None) -> list[Outcome]:
     """Re-render deliverables and compare them with what was recorded: ``what`` is a variant
     id (or a unique prefix of one) or an image path; ``run`` takes a run's whole set
     instead. The ledger is ``out_dir/ledger.sqlite`` (optional for an image); re-renders go
-    to ``into`` (default ``out_dir/reproduce``)."""
+    to ``into`` (default ``out_dir/reproduce``). Pickle weights are refused unless
+    ``allow_pickle`` (the caller's word: a spec, above all one read from an image, cannot
+    grant it)."""
     from .lookup import open_ledger, resolve_variant_id
 
     if (what is None) == (run is None):
@@ -204,16 +203,17 @@ def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs")
         return reproduce_targets(
             targets, into or out_dir / "reproduce",
             lookup=ledger.latest_renders if ledger else lambda ids: {}, search=search,
-            tolerance=tolerance, min_ssim=min_ssim, log=log)
+            tolerance=tolerance, min_ssim=min_ssim, allow_pickle=allow_pickle, log=log)
     finally:
         if ledger is not None:
             ledger.close()
 
 
 def reproduce_targets(targets: Sequence[Target], dest: Path, *,
-              lookup: Callable[[Sequence[str]], Mapping[str, RenderRow]] = lambda ids: {},
-              search: Sequence[Path] = (), tolerance: int | None = None,
-              min_ssim: float = DEFAULT_MIN_SSIM, log: Log = lambda _: None) -> list[Outcome]:
+                      lookup: Callable[[Sequence[str]], Mapping[str, RenderRow]] = lambda ids: {},
+                      search: Sequence[Path] = (), tolerance: int | None = None,
+                      min_ssim: float = DEFAULT_MIN_SSIM, allow_pickle: bool = False,
+                      log: Log = lambda _: None) -> list[Outcome]:
     """Re-render ``targets`` into ``dest`` and compare; ``lookup`` gives the stored render
     rows of batch mates by variant id."""
     outcomes = {target.variant_id: Outcome(target.variant_id, target.source, min_ssim=min_ssim)
@@ -226,7 +226,7 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
     names = {target.variant_id: (target.output_name, target.folder) for target in targets}
     specs: dict[str, Mapping[str, Any]] = {t.variant_id: t.spec for t in targets}
     for mate, row in lookup([mate for key in units for mate in key if mate not in specs]).items():
-        specs[mate], names[mate] = row.spec, (_name_in(row), None)
+        specs[mate], names[mate] = row.spec, (row.output_name, None)
     # 2. Locate and check every file of every spec involved, before loading anything.
     hints = [folder for target in targets for folder in target.search]
     finder = FileFinder([entry for target in targets for entry in target.input_files],
@@ -267,6 +267,13 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
                 outcome.status = "not rendered"
                 outcome.notes.append("nothing rendered: other targets' inputs changed")
         return list(outcomes.values())
+    if not allow_pickle and (pickled := [(file, why) for file in located
+                                         if (why := pickle_weights(file.path))]):
+        file, why = pickled[0]
+        raise InputError(f"{file.path.name} holds pickle weights ({why}); they are not loaded",
+                         file=file.path, expected=".safetensors weights",
+                         fix="convert the file to .safetensors, or pass --allow-pickle if you "
+                         "trust it (loading a pickle can run code; a spec cannot allow it)")
     files = FileIndex.of(located, configs)
     # 3. Render each batch again, pinned to the recorded environment where possible.
     renderer = None
@@ -284,10 +291,12 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
         elif len(key) == 1 and not first.batch:
             outcomes[first.variant_id].notes.append(
                 "batch not recorded: rendered alone (may move pixels by 1/255)")
-        renderer = _renderer_for(renderer, first.environment, log)
+        renderer = _renderer_for(renderer, first.environment, allow_pickle, log)
         worker = Worker(renderer, files, scoring=None)  # it compares pixels, not scores
         log(f"rendering {len(batch)} image(s) for {len(members)} target(s)")
-        produced = {item.variant.id: item for item in worker.produce(batch, dest)}
+        # Only the targets are written; their recorded batch mates render beside them.
+        job = Job(tuple(batch), frozenset(target.variant_id for target in members))
+        produced = {item.variant.id: item for item in worker.produce(job, dest).produced}
         current = worker.environment()
         for target in members:
             outcome = outcomes[target.variant_id]
@@ -301,7 +310,8 @@ def _checkpoint_key(spec: Mapping[str, Any]) -> tuple[str, str]:
     return checkpoint["name"], checkpoint["sha256"]
 
 
-def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None, log: Log) -> Any:
+def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None, allow_pickle: bool,
+                  log: Log) -> Any:
     """A renderer set up as the recorded environment was (threads, device, dtype, options)."""
     import torch
 
@@ -311,7 +321,7 @@ def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None, log: Log
         torch.set_num_threads(int(environment["threads"]))
     wanted = RenderOptions(**options_like(environment, RenderOptions.known()))
     if renderer is None or renderer.options != wanted:
-        renderer = DiffusersRenderer(wanted, log=log)
+        renderer = DiffusersRenderer(wanted, allow_pickle=allow_pickle, log=log)
     return renderer
 
 

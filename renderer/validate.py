@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compat import lora_family_problem, unet_input_channels
-from .errors import HashMismatchError, MissingFileError, SchemaError
+from .compat import lora_family_problem, safetensors_problem, unet_input_channels
+from .errors import BadFileError, HashMismatchError, MissingFileError, SchemaError
 from .families import SIZE_MULTIPLE
 from .hashing import HashCache, canonical_json, short_hash
 from .inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
@@ -46,6 +47,12 @@ from .yamlsource import KeyPath, YamlDocument, load_yaml
 
 # Characters Windows, macOS or Linux reject in file names, plus control characters.
 _REJECTED_IN_NAMES = re.compile(r'[<>:"\\|?*\x00-\x1f]')
+# An image is decoded whole at validation; beyond this many pixels it is refused.
+MAX_IMAGE_PIXELS = 50_000_000
+# The longest name a file system takes for one path segment, in bytes, and the longest
+# extension an output gets (.webp).
+MAX_SEGMENT_BYTES = 255
+_LONGEST_EXTENSION = len(".webp")
 
 
 @functools.cache
@@ -102,22 +109,26 @@ def validate_recipe(document: YamlDocument, *, verify_hashes: bool = True) -> Re
     if not spec.allow_pickle:
         refs = [(("checkpoint",), spec.checkpoint)]
         refs += [(("loras", index), lora) for index, lora in enumerate(spec.loras)]
+        refs += [(("controlnets", index, "model"), control.model)
+                 for index, control in enumerate(spec.controlnets)]
+        refs += [(("ip_adapter", "model"), spec.ip_adapter.model)] if spec.ip_adapter else []
         for key_path, ref in refs:
-            if Path(ref.path).suffix.lower() in PICKLE_SUFFIXES:
+            if pickled := pickle_weights(path.parent / ref.path):
                 raise document.error(
                     SchemaError, "pickle checkpoints are refused", (*key_path, "path"),
-                    expected=".safetensors or a diffusers folder", found=ref.path,
+                    expected=".safetensors or a diffusers folder with .safetensors weights",
+                    found=f"{ref.path} ({pickled})",
                     fix="convert it to .safetensors, or set allow_pickle: true if you trust "
                     "its source (loading a pickle can run arbitrary code)")
-    checkpoint = _resolve_file(document, spec.checkpoint, ("checkpoint",), verify_hashes)
+    checkpoint = _resolve_file(document, spec.checkpoint, ("checkpoint",), verify_hashes,
+                               model_problem)
     config = None
     if spec.checkpoint.config is not None:
         config = _existing_path(document, path.parent / spec.checkpoint.config,
                                 ("checkpoint", "config"))
     loras = tuple(
-        (_resolve_file(document, lora, ("loras", index), verify_hashes), lora.weight)
-        for index, lora in enumerate(spec.loras)
-    )
+        (_resolve_file(document, lora, ("loras", index), verify_hashes, model_problem),
+         lora.weight) for index, lora in enumerate(spec.loras))
     for index, (lora, _) in enumerate(loras):
         if problem := lora_family_problem(lora.path, spec.family, checkpoint.path):
             raise document.error(SchemaError, f"LoRA {lora.path.name} does not fit this "
@@ -130,10 +141,10 @@ def validate_recipe(document: YamlDocument, *, verify_hashes: bool = True) -> Re
     for key, text in image_templates(spec):
         compile_template(document, key, text)
     controlnets = tuple(
-        _resolve_file(document, control.model, ("controlnets", index, "model"), verify_hashes)
-        for index, control in enumerate(spec.controlnets))
+        _resolve_file(document, control.model, ("controlnets", index, "model"), verify_hashes,
+                      model_problem) for index, control in enumerate(spec.controlnets))
     ip_adapter = None if spec.ip_adapter is None else _resolve_file(
-        document, spec.ip_adapter.model, ("ip_adapter", "model"), verify_hashes)
+        document, spec.ip_adapter.model, ("ip_adapter", "model"), verify_hashes, model_problem)
     _check_controls(document, spec, checkpoint.path)
     return Recipe(spec=spec, source=path, document=document, checkpoint=checkpoint,
                   checkpoint_config=config, loras=loras, controlnets=controlnets,
@@ -210,21 +221,23 @@ def validate_brand_kit(document: YamlDocument, *, verify_hashes: bool = True) ->
         for role in TEXT_ROLES:
             if (box := getattr(text, role)) is not None:
                 _check_box(document, box.box, ("text", aspect, role, "box"))
-    logo = _resolve_file(document, spec.logo, ("logo",), verify_hashes)
-    fonts = {role: _resolve_file(document, ref, ("fonts", role), verify_hashes)
+    logo = _resolve_file(document, spec.logo, ("logo",), verify_hashes, image_problem)
+    fonts = {role: _resolve_file(document, ref, ("fonts", role), verify_hashes, font_problem)
              for role in TEXT_ROLES if (ref := getattr(spec.fonts, role)) is not None}
-    for role, font in fonts.items():
-        _check_font(document, font.path, ("fonts", role, "path"))
+    from PIL import Image
+
+    with Image.open(logo.path) as image:
+        logo_size = image.size
     return BrandKit(
         spec=spec,
         source=document.path,
         logo=logo,
         references=tuple(
-            _resolve_file(document, ref, ("references", index), verify_hashes)
+            _resolve_file(document, ref, ("references", index), verify_hashes, image_problem)
             for index, ref in enumerate(spec.references)
         ),
         fonts=fonts,
-        logo_size=_image_size(document, logo.path, ("logo", "path")),
+        logo_size=logo_size,
     )
 
 
@@ -241,29 +254,6 @@ def _check_box(document: YamlDocument, box: Sequence[float], key_path: KeyPath) 
         raise document.error(SchemaError, "a box is [left, top, right, bottom] with left < right "
                              "and top < bottom", key_path, found=str(list(box)),
                              fix="e.g. [0.05, 0.05, 0.95, 0.95] (fractions of width and height)")
-
-
-def _image_size(document: YamlDocument, path: Path, key_path: KeyPath) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, UnidentifiedImageError) as err:
-        raise document.error(SchemaError, "not an image Pillow can read", key_path,
-                             found=f"{path.name}: {err}", fix="use a PNG (with alpha for a "
-                             "logo)") from None
-
-
-def _check_font(document: YamlDocument, path: Path, key_path: KeyPath) -> None:
-    from PIL import ImageFont
-
-    try:
-        ImageFont.truetype(str(path), size=12)
-    except OSError as err:
-        raise document.error(SchemaError, "not a font FreeType can read", key_path,
-                             found=f"{path.name}: {err}", expected="a .ttf or .otf file",
-                             fix="point to the brand's TrueType/OpenType font file") from None
 
 
 # ---------------------------------------------------------------- campaigns
@@ -326,8 +316,17 @@ def _clip_choice(document: YamlDocument, scoring: ScoringSpec) -> ClipChoice:
             raise document.error(SchemaError, "clip_pretrained goes with clip_name",
                                  ("scoring", "clip_pretrained"),
                                  fix="remove it: a clip_model folder holds its own weights")
-        return ClipChoice(folder=_existing_path(document, document.path.parent /
-                                                scoring.clip_model, ("scoring", "clip_model")))
+        folder = _existing_path(document, document.path.parent / scoring.clip_model,
+                                ("scoring", "clip_model"))
+        problem = model_problem(folder) if (folder / "open_clip_config.json").is_file() \
+            else "it has no open_clip_config.json"
+        if problem:
+            raise document.error(BadFileError, f"CLIP model folder: {problem}",
+                                 ("scoring", "clip_model"), found=str(folder),
+                                 fix="point to an exported open_clip folder "
+                                 "(open_clip_config.json + open_clip_model.safetensors), or "
+                                 "build the demo one with `campaign demo-models`")
+        return ClipChoice(folder=folder)
     pretrained = scoring.clip_pretrained
     if pretrained and ("/" in pretrained or "." in Path(pretrained).name):
         if not pretrained.endswith(".safetensors"):
@@ -335,8 +334,13 @@ def _clip_choice(document: YamlDocument, scoring: ScoringSpec) -> ClipChoice:
                                  ("scoring", "clip_pretrained"), found=pretrained,
                                  fix="convert the weights to .safetensors (pickle files can "
                                  "run code when loaded)")
-        pretrained = str(_existing_path(document, document.path.parent / pretrained,
-                                        ("scoring", "clip_pretrained")))
+        weights = _existing_path(document, document.path.parent / pretrained,
+                                 ("scoring", "clip_pretrained"))
+        if problem := model_problem(weights):
+            raise document.error(BadFileError, f"CLIP weights: {problem}",
+                                 ("scoring", "clip_pretrained"), found=str(weights),
+                                 fix="replace the file with a complete copy")
+        pretrained = str(weights)
     return ClipChoice(name=scoring.clip_name, pretrained=pretrained)
 
 
@@ -574,6 +578,12 @@ class _PointResolver:
                         MissingFileError, "control image not found", key,
                         found=f"{path} (from {relative!r})",
                         fix="paths from templates are relative to the campaign file's folder")
+                if problem := image_problem(path):
+                    raise self.recipe.document.error(
+                        BadFileError, f"control image {path.name}: {problem}", key,
+                        found=f"{path} (from {relative!r})",
+                        fix="replace the image with a complete one (PNG or JPEG, at most "
+                        f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP)")
                 file = self._files[path] = ResolvedFile(path, hash_file(path))
             resolved[key] = file
         return resolved
@@ -588,6 +598,11 @@ class _PointResolver:
             problem = "the output name has an empty, '.' or '..' path segment"
         elif match := _REJECTED_IN_NAMES.search(name):
             problem = f"the output name contains {match.group()!r}, which file systems reject"
+        elif long := [part for part in name.split("/")
+                      if len(part.encode("utf-8")) + _LONGEST_EXTENSION > MAX_SEGMENT_BYTES]:
+            problem = (f"a path segment of the output name is {len(long[0].encode('utf-8'))} "
+                       f"bytes; file systems take {MAX_SEGMENT_BYTES - _LONGEST_EXTENSION} "
+                       "before the extension")
         if problem:
             raise self.document.error(
                 SchemaError, problem, ("output",),
@@ -667,8 +682,14 @@ def _existing_path(document: YamlDocument, path: Path, key_path: KeyPath) -> Pat
 
 
 def _resolve_file(document: YamlDocument, ref: FileRef, key_path: KeyPath,
-                  verify_hashes: bool) -> ResolvedFile:
+                  verify_hashes: bool, check: Callable[[Path], str | None]) -> ResolvedFile:
+    """The file ``ref`` names: it exists, ``check`` finds nothing wrong with it, and its
+    sha256 matches the pin (unless ``verify_hashes`` is off)."""
     path = _existing_path(document, document.path.parent / ref.path, (*key_path, "path"))
+    if problem := check(path):
+        raise document.error(BadFileError, f"{path.name}: {problem}", (*key_path, "path"),
+                             found=str(path), fix="replace it with a complete copy (download "
+                             "or export it again), then pin it with `campaign pin`")
     if ref.sha256 is not None and not verify_hashes:
         return ResolvedFile(path=path, sha256=ref.sha256)
     found = hash_file(path)
@@ -682,6 +703,69 @@ def _resolve_file(document: YamlDocument, ref: FileRef, key_path: KeyPath,
             "bump the recipe version",
         )
     return ResolvedFile(path=path, sha256=found)
+
+
+def pickle_weights(path: Path) -> str | None:
+    """How ``path`` holds weights only a pickle load reads (None when it does not): a
+    .ckpt/.pt/.pth/.bin file, or a folder with such a file and no .safetensors beside it."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return f"a {path.suffix} file"
+    if not path.is_dir():
+        return None
+    for file in sorted(path.rglob("*")):
+        if file.suffix.lower() in PICKLE_SUFFIXES and not any(file.parent.glob("*.safetensors")):
+            return f"{file.relative_to(path)} has no .safetensors beside it"
+    return None
+
+
+def model_problem(path: Path) -> str | None:
+    """What is wrong with a model file or diffusers folder, read from headers only: every
+    .safetensors file complete, every JSON config readable. Pickle files are refused
+    elsewhere (allow_pickle) and cannot be checked without loading them."""
+    files = [path] if path.is_file() else sorted(
+        file for file in path.rglob("*") if file.is_file()
+        and not any(part.startswith(".") for part in file.relative_to(path).parts))
+    for file in files:
+        where = "" if file == path else f"{file.relative_to(path)}: "
+        if file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
+            return where + problem
+        if file.suffix == ".json":
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, ValueError) as err:
+                return f"{where}not a readable JSON config ({err})"
+    if path.is_dir() and not files:
+        return "the folder is empty"
+    return None
+
+
+def image_problem(path: Path) -> str | None:
+    """What keeps an image from being used: not decodable, truncated, or larger than
+    MAX_IMAGE_PIXELS (decoded whole here, so nothing fails later at render time)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                return (f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+                        f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit")
+            image.load()
+    except Image.DecompressionBombError as err:
+        return f"over the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit ({err})"
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        return f"not an image Pillow can read ({err})"
+    return None
+
+
+def font_problem(path: Path) -> str | None:
+    from PIL import ImageFont
+
+    try:
+        ImageFont.truetype(str(path), size=12)
+    except OSError as err:
+        return f"not a font FreeType can read ({err})"
+    return None
 
 
 def _check_size_multiple(document: YamlDocument, family: str, size: Sequence[int],

@@ -1,8 +1,14 @@
-"""YAML loading that remembers where every value came from.
+"""YAML loading that remembers where every value came from, and refuses what would explode.
 
 ``load_yaml(path)`` parses with PyYAML's SafeLoader (no arbitrary objects) and returns a
 ``YamlDocument``: the plain data plus the line of every key path, so schema errors can
 name ``file:line`` and show the numbered source lines around it.
+
+YAML aliases (``*name``) point at an anchored node; they are built once and shared, never
+re-expanded, so a "billion laughs" file costs nothing to load. What the data would be if
+every alias were written out is still counted (``MAX_EXPANDED_VALUES``), because the code
+after the loader walks values, and a recursive alias (an anchor used inside itself) is
+refused: both exit 2 naming the line.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import yaml
 from .errors import InputError, MissingFileError, YamlSyntaxError
 
 KeyPath = tuple[str | int, ...]
+# Values a file may describe, aliases written out: a 100k-variant campaign is far below.
+MAX_EXPANDED_VALUES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ def parse_yaml(text: str, path: Path) -> YamlDocument:
         loader = yaml.SafeLoader(text)  # the reader rejects control characters right here
         node = loader.get_single_node()
         lines: dict[KeyPath, int] = {}
-        data = _construct(loader, node, (), lines) if node is not None else None
+        data = _Builder(loader, lines).build(node, ()) if node is not None else None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else None
@@ -102,7 +110,8 @@ def parse_yaml(text: str, path: Path) -> YamlDocument:
             file=path,
             line=line,
             excerpt=numbered_excerpt(text, line),
-            fix="correct the YAML syntax at the marked line (indentation, quotes, colons)",
+            fix=getattr(err, "fix", "correct the YAML syntax at the marked line (indentation, "
+                        "quotes, colons)"),
         ) from None
     except yaml.YAMLError as err:
         raise YamlSyntaxError(f"invalid YAML: {err}", file=path) from None
@@ -112,28 +121,77 @@ def parse_yaml(text: str, path: Path) -> YamlDocument:
     return YamlDocument(path=path, text=text, data=data, lines=lines)
 
 
-def _construct(loader: yaml.SafeLoader, node: yaml.Node, key_path: KeyPath, lines: dict) -> Any:
-    lines.setdefault(key_path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves YAML merge keys (<<) the way safe_load does
+class _Builder:
+    """Plain data from composed nodes: each node built once (an alias shares it), its
+    written-out size counted, the line of every key path recorded on the first walk."""
+
+    def __init__(self, loader: yaml.SafeLoader, lines: dict[KeyPath, int]):
+        self.loader, self.lines = loader, lines
+        self.built: dict[int, tuple[Any, int]] = {}  # id(node) -> (value, expanded size)
+        self.in_progress: set[int] = set()
+        self.total = 0
+
+    def build(self, node: yaml.Node, key_path: KeyPath) -> Any:
+        value, _ = self._build(node, key_path)
+        return value
+
+    def _build(self, node: yaml.Node, key_path: KeyPath) -> tuple[Any, int]:
+        self.lines.setdefault(key_path, node.start_mark.line + 1)
+        if id(node) in self.built:  # an alias: shared, counted again as written out
+            value, size = self.built[id(node)]
+            self._count(size, node)
+            return value, size
+        if id(node) in self.in_progress:
+            raise _problem(node, "a recursive alias: this anchor is used inside itself",
+                           "point the alias at another anchor, or write the value out")
+        self.in_progress.add(id(node))
+        self._count(1, node)
+        if isinstance(node, yaml.MappingNode):
+            value, size = self._mapping(node, key_path)
+        elif isinstance(node, yaml.SequenceNode):
+            value, size = [], 1
+            for index, item in enumerate(node.value):
+                child, child_size = self._build(item, (*key_path, index))
+                value.append(child)
+                size += child_size
+        else:
+            value, size = self.loader.construct_object(node, deep=True), 1
+        self.in_progress.discard(id(node))
+        self.built[id(node)] = (value, size)
+        return value, size
+
+    def _mapping(self, node: yaml.MappingNode, key_path: KeyPath) -> tuple[dict, int]:
+        self.loader.flatten_mapping(node)  # resolves YAML merge keys (<<) as safe_load does
         result: dict[Any, Any] = {}
+        size = 1
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            key = self.loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)):
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"unsupported mapping key {key!r}", key_node.start_mark
-                )
+                raise _problem(key_node, f"unsupported mapping key {key!r}",
+                               "use a plain text or number as the key")
             if key in result:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise _problem(key_node, f"duplicate key {key!r}", "keep one of the two")
             child = (*key_path, str(key))
-            lines[child] = key_node.start_mark.line + 1
-            result[key] = _construct(loader, value_node, child, lines)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _construct(loader, item, (*key_path, index), lines)
-            for index, item in enumerate(node.value)
-        ]
-    return loader.construct_object(node, deep=True)
+            self.lines[child] = key_node.start_mark.line + 1
+            result[key], child_size = self._build(value_node, child)
+            size += child_size
+        return result, size
+
+    def _count(self, size: int, node: yaml.Node) -> None:
+        self.total += size
+        if self.total > MAX_EXPANDED_VALUES:
+            raise _problem(node, f"the aliases here expand the file past {MAX_EXPANDED_VALUES:,} "
+                           "values (a YAML alias bomb?)",
+                           "use fewer nested aliases; a campaign needs far fewer values")
+
+
+class _Refused(yaml.constructor.ConstructorError):
+    """Valid YAML this loader will not build, with how to fix it."""
+
+    def __init__(self, message: str, mark: yaml.Mark, fix: str):
+        super().__init__(None, None, message, mark)
+        self.fix = fix
+
+
+def _problem(node: yaml.Node, message: str, fix: str) -> _Refused:
+    return _Refused(message, node.start_mark, fix)

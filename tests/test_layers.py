@@ -28,7 +28,8 @@ LAYERS = (
     ("report", {"run_report"}),
     ("train", {"training_job", "training_models", "training_data", "lora_files", "training",
                "training_report"}),
-    ("commands", {"executors", "ray_executor", "execute", "locate", "compare", "reproduction",
+    ("commands", {"executors", "ray_executor", "adopt", "execute", "locate", "compare",
+                  "reproduction",
                   "lookup", "pin", "provenance", "cli", "demo_models", "__init__"}),
 )
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}

@@ -6,11 +6,9 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import subprocess
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from renderer import __version__
@@ -160,8 +158,6 @@ def test_same_spec_same_bytes_and_nothing_time_dependent():
         assert all("/tmp" not in value and "/home" not in value for value in image.text.values())
 
 
-@pytest.mark.skipif(shutil.which("exiftool") is None,
-                    reason="exiftool not installed (apt-get install libimage-exiftool-perl)")
 def test_exiftool_reads_the_iptc_source_type_and_the_parameters(tmp_path):
     spec = _spec()
     path = tmp_path / "image.png"

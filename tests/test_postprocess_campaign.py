@@ -27,7 +27,7 @@ from renderer.validate import load_campaign
 
 from .conftest import REPO, CliResult, ledger_rows
 from .synthetic import draw_face
-from .test_report_browser import CHROMIUM, chromium
+from .test_report_browser import chromium
 
 MODELS = REPO / "models" / "demo"
 BRAND = REPO / "campaigns" / "brands" / "kestrel"
@@ -93,10 +93,9 @@ def full(tmp_path_factory, demo_models):
     a brand font, the logo placed outside its safe zone, three export formats, a grid, and
     a prompt that tries to run a script in the report."""
     project = Project(tmp_path_factory.mktemp("full"))
-    if FONT.is_file():
-        shutil.copy(FONT, project.root / "Brand.ttf")
-        project.brand["fonts"] = {"headline": {"path": str(project.root / "Brand.ttf")},
-                                  "legal": {"path": str(project.root / "Brand.ttf")}}
+    shutil.copy(FONT, project.root / "Brand.ttf")  # fonts-dejavu-core: make system-deps
+    project.brand["fonts"] = {"headline": {"path": str(project.root / "Brand.ttf")},
+                              "legal": {"path": str(project.root / "Brand.ttf")}}
     project.brand["placement"] = {"default": {"anchor": "top-right", "margin": 0.05,
                                               "scale": 0.25, "safe_zone": [0, 0.3, 1, 1]}}
     project.brand["text"] = {"default": {"headline": {"box": [0.05, 0.35, 0.95, 0.6]},
@@ -223,7 +222,6 @@ def test_reproduce_applies_the_same_post_processing(full, capsys):
     assert result.json()["targets"][0]["identical_bytes"] is True
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="headless Chromium not installed")
 def test_the_real_report_in_chromium(full, tmp_path):
     project, _ = full
     report = project.root / "out" / "pp" / "report.html"

@@ -4,7 +4,6 @@ offline, read back as Trusted with that CA as the trust anchor."""
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,10 +14,6 @@ from PIL import Image
 from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA, encode_png, read_png_metadata
 from renderer.provenance import C2paSigner, read_c2pa, sign_png
 from renderer.variant import VariantSpec
-
-pytest.importorskip("c2pa", reason="c2pa-python not installed (optional)")
-if shutil.which("openssl") is None:
-    pytest.skip("openssl not installed", allow_module_level=True)
 
 SIGNER_EXTENSIONS = """
 basicConstraints = critical, CA:FALSE

@@ -17,7 +17,6 @@ import yaml
 
 from .conftest import CAMPAIGN_BIN, REPO, ledger_rows, pngs, run_cli
 
-pytest.importorskip("ray", reason="the ray extra is not installed (pip install .[ray])")
 DEMO = REPO / "campaigns" / "demo.yaml"
 ROW_COLUMNS = ("variant_id, output_path, output_sha256, seed, current.status, "
                "renders.scores_json, batch_json")

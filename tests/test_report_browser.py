@@ -7,7 +7,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +16,6 @@ from postprocess.gate_rules import FAIL, PASS, REVIEW
 from postprocess.report_page import ReportRow, ReportRun, report_html
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).is_file(),
-    reason="headless Chromium not installed (apt-get install chromium; `make test` does it)",
-)
 
 # Either would leave a trace if the prompt ran as code: a window property and a DOM mark.
 HOSTILE_PROMPT = (

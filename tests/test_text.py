@@ -117,7 +117,6 @@ def test_legal_line_wraps_to_more_lines_than_a_headline():
     assert 1 < len(placed.lines) <= 3
 
 
-@pytest.mark.skipif(not DEJAVU.is_file(), reason="fonts-dejavu-core is not installed")
 def test_a_brand_font_file_is_used_when_given():
     image = Image.new("RGB", (600, 200), "white")
     bundled = overlay_text(image, HEADLINE, (10, 10, 590, 190), KESTREL_PALETTE)

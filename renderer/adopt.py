@@ -1,0 +1,101 @@
+"""Adopt images already in an output folder whose ledger is gone (``--adopt-existing``).
+
+An image is adopted only when it is what its variant would be: its embedded spec
+(``campaign_variant``) hashes to the variant's id and the file decodes whole. It is then
+scored from its own pixels — CLIP, palette, logo, faces detected on the master; the text
+contrast, measured while the text was set, cannot be — and recorded with rerender reason
+``adopted``, no batch and an unknown environment. Its channel exports are adopted the
+same way when they carry the same spec, else rebuilt from the master. A file that holds
+another variant's image is refused: nothing is written over it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from postprocess.export import ExportSpec
+
+from .errors import InputError
+from .hashing import sha256_file, sha256_json
+from .inputs import Campaign
+from .ledger import Ledger, RenderRecord
+from .plan import Variant
+from .produce import ExportFile, Finished, Scoring, Worker, detect, export_files, open_image
+
+Log = Callable[[str], None]
+ADOPTED = "adopted"
+UNKNOWN_ENVIRONMENT = {"device": "unknown (adopted from a file already in the folder)"}
+
+
+def adoptable(variants: Sequence[Variant], out_dir: Path) -> list[Variant]:
+    """The variants whose master is already in ``out_dir``, each checked against its id."""
+    from .metadata import read_png_metadata
+
+    found = []
+    for variant in variants:
+        path = out_dir / variant.output_path
+        if not path.is_file():
+            continue
+        try:
+            spec = read_png_metadata(path.read_bytes()).get("variant")
+            open_image(path, "RGB")
+        except (OSError, ValueError, SyntaxError) as err:
+            raise InputError(f"{path} cannot be adopted: it does not decode ({err})",
+                             file=path, fix="move it away, or pass --rerender to render over "
+                             "it") from None
+        if spec is None or sha256_json(spec) != variant.id:
+            raise InputError(f"{path} holds another image than variant {variant.id[:12]}",
+                             file=path, expected=f"an embedded spec hashing to {variant.id}",
+                             found="no campaign_variant metadata" if spec is None else
+                             f"one hashing to {sha256_json(spec)}",
+                             fix="move it away, or pass --rerender to render over it")
+        found.append(variant)
+    return found
+
+
+def adopt(campaign: Campaign, ledger: Ledger, variants: Sequence[Variant], out_dir: Path, *,
+          run_id: str, recipe_hash: str, input_files: Sequence[dict[str, str]],
+          log: Log) -> None:
+    """Score and record ``variants`` (checked by ``adoptable``) from their files."""
+    if not variants:
+        return
+    scoring = Scoring(campaign)
+    environment_hash = ledger.record_environment(UNKNOWN_ENVIRONMENT)
+    for variant in variants:
+        master = out_dir / variant.output_path
+        image = open_image(master, "RGB")
+        finished = Finished(image=image, faces=detect(image), text_contrast=None)
+        (scores,), embeddings = scoring.score([variant], [finished])
+        exports = tuple(_adopt_export(variant, export, data, out_dir)
+                        for export, data in export_files(image, variant.spec))
+        ledger.add_render(RenderRecord(
+            run_id=run_id, variant_id=variant.id, campaign=campaign.spec.name,
+            recipe_name=campaign.recipe.spec.name, recipe_version=campaign.recipe.spec.version,
+            recipe_hash=recipe_hash, variant_json=variant.spec_json, seed=variant.seed,
+            axes=variant.axes, prompt=variant.prompt, width=variant.width,
+            height=variant.height, input_files=input_files, output_path=variant.output_path,
+            output_sha256=sha256_file(master), output_bytes=master.stat().st_size,
+            environment_hash=environment_hash, scores=scores, render_seconds=0.0,
+            rerender_reason=ADOPTED, embedding=embeddings[0].astype("<f4").tobytes(),
+            exports=exports))
+    log(f"adopted {len(variants)} image(s) already in {out_dir}: checked against their "
+        "embedded specs and scored from their pixels")
+
+
+def _adopt_export(variant: Variant, export: ExportSpec, data: bytes,
+                  out_dir: Path) -> ExportFile:
+    """An export already there with this variant's spec is kept; else it is rebuilt."""
+    from postprocess.export import EXTENSIONS, VARIANT_KEY, read_export_metadata
+
+    path = out_dir / variant.export_path(export.name, EXTENSIONS[export.format])
+    if path.is_file():
+        try:
+            embedded = read_export_metadata(path.read_bytes()).get(VARIANT_KEY)
+        except (OSError, ValueError, SyntaxError):
+            embedded = None
+        if embedded is not None and embedded == variant.spec_json:
+            return ExportFile(name=export.name, path=str(path.relative_to(out_dir)),
+                              sha256=sha256_file(path), bytes=path.stat().st_size,
+                              width=export.width, height=export.height, format=export.format)
+    return Worker.write_export(variant, export, data, out_dir)
