@@ -8,6 +8,7 @@ records of ``renderer.records``. The schema is ``renderer.migrations``.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -98,6 +99,12 @@ class Ledger:
     def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(path.parent, os.W_OK) or (path.exists()
+                                                       and not os.access(path, os.W_OK)):
+                raise LedgerError(
+                    f"the ledger {path} is read-only here, and this command writes to it. "
+                    "Fix: run it where the folder is writable, or copy the folder; `history`, "
+                    "`show` and `report --to ELSEWHERE` read a read-only folder as it is")
             return sqlite3.connect(path, timeout=30, isolation_level=None)
         if not path.is_file():
             raise LedgerError(f"no ledger at {path}: pass --out with the folder you rendered "

@@ -236,6 +236,14 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
         for key, name, sha256 in spec_files(spec):
             if (found := finder.find(file_role(key), name, sha256)) is not None:
                 located.append(found)
+    # A pickle is refused as soon as it is found, whatever else is missing.
+    if not allow_pickle and (pickled := [(file, why) for file in located
+                                         if (why := pickle_weights(file.path))]):
+        file, why = pickled[0]
+        raise InputError(f"{file.path.name} holds pickle weights ({why}); they are not loaded",
+                         file=file.path, expected=".safetensors weights",
+                         fix="convert the file to .safetensors, or pass --allow-pickle if you "
+                         "trust it (loading a pickle can run code; a spec cannot allow it)")
     configs: dict[str, Path] = {}
     config_problems: dict[str, InputProblem] = {}
     for target in targets:
@@ -267,13 +275,6 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
                 outcome.status = "not rendered"
                 outcome.notes.append("nothing rendered: other targets' inputs changed")
         return list(outcomes.values())
-    if not allow_pickle and (pickled := [(file, why) for file in located
-                                         if (why := pickle_weights(file.path))]):
-        file, why = pickled[0]
-        raise InputError(f"{file.path.name} holds pickle weights ({why}); they are not loaded",
-                         file=file.path, expected=".safetensors weights",
-                         fix="convert the file to .safetensors, or pass --allow-pickle if you "
-                         "trust it (loading a pickle can run code; a spec cannot allow it)")
     files = FileIndex.of(located, configs)
     # 3. Render each batch again, pinned to the recorded environment where possible.
     renderer = None

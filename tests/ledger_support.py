@@ -19,10 +19,12 @@ from .conftest import REPO, Project
 
 def small_project(root: Path, *, seeds: tuple[int, ...] = (1, 2, 3),
                   backgrounds: tuple[str, ...] = ("studio",), batch_size: int = 3,
-                  copy_loras: bool = False, name: str = "small") -> Project:
+                  copy_loras: bool = False, name: str = "small",
+                  postprocess: bool = False) -> Project:
     """The demo recipe and campaign cut down to len(seeds) x len(backgrounds) 64x64 variants
     that share one batch key, written under ``root`` with absolute paths. ``copy_loras``
-    points the recipe at copies of the LoRAs in ``root/models`` (tests may alter them)."""
+    points the recipe at copies of the LoRAs in ``root/models`` (tests may alter them);
+    ``postprocess`` keeps the demo's retouch, headline and channel export."""
     recipe = yaml.safe_load((REPO / "recipes" / "demo-sd15.yaml").read_text())
     for ref in [recipe["checkpoint"], *recipe["loras"]]:
         ref["path"] = str((REPO / "recipes" / ref["path"]).resolve())
@@ -45,9 +47,10 @@ def small_project(root: Path, *, seeds: tuple[int, ...] = (1, 2, 3),
     axes["aspect"] = ["1:1"]
     axes["seed"] = list(seeds)
     campaign["render"] = {"batch_size": batch_size}
-    # Ledger mechanics only: no retouch, text or exports (sharpening would turn a 1/255
-    # batch drift into 2/255; tests/test_postprocess_campaign.py reproduces with them).
-    campaign.pop("postprocess", None)
+    if not postprocess:
+        # Ledger mechanics only: no retouch, text or exports (sharpening would turn a 1/255
+        # batch drift into 2/255; tests/test_postprocess_campaign.py reproduces with them).
+        campaign.pop("postprocess", None)
     project = Project(root, recipe, campaign)
     project.write()
     return project
