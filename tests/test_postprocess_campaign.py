@@ -162,16 +162,20 @@ def test_exports_have_their_sizes_formats_and_metadata(full):
         assert TRAINED_ALGORITHMIC_MEDIA in metadata["xmp"]
 
 
-def test_a_missing_export_is_rendered_again(full, tmp_path):
+def test_a_missing_export_is_rebuilt_from_its_master(full, tmp_path):
     project, _ = full
     out = shutil.copytree(project.root / "out", tmp_path / "out")
-    (path,) = ledger_rows(out, "SELECT path FROM exports WHERE name = 'banner' LIMIT 1")[0]
+    (path, master) = ledger_rows(
+        out, "SELECT exports.path, renders.output_path FROM exports JOIN renders "
+        "ON renders.id = exports.render_id WHERE name = 'banner' LIMIT 1")[0]
+    export_bytes, master_bytes = (out / path).read_bytes(), (out / master).read_bytes()
     (out / path).unlink()
     summary = render_campaign(project.write(), out, log=lambda _: None, show_progress=False)
-    assert (summary.rendered, summary.skipped) == (1, 1)
-    assert (out / path).is_file()
-    assert ledger_rows(out, "SELECT COUNT(*) FROM renders WHERE rerender_reason = 'missing'") \
-        == [(1,)]
+    assert (summary.rendered, summary.skipped) == (0, 2)  # nothing renders again
+    assert (out / path).read_bytes() == export_bytes
+    assert (out / master).read_bytes() == master_bytes
+    assert ledger_rows(out, "SELECT COUNT(*) FROM renders WHERE rerender_reason IS NOT NULL") \
+        == [(0,)]
 
 
 def test_campaign_gate_redecides_from_stored_scores_without_rendering(full, tmp_path, capsys):
