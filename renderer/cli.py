@@ -293,7 +293,8 @@ def cmd_history(args: argparse.Namespace) -> int:
               f"{run.recipe_name}@{run.recipe_version:<4} {run.status:<8} "
               f"planned {run.planned}, rendered {run.rendered}, skipped {run.skipped}, "
               f"passed {counts['passed']}, review {counts['review']}, failed {counts['failed']}"
-              f"{regated}")
+              f"{regated}; approved {run.reviews['approved']}, rejected "
+              f"{run.reviews['rejected']}, to review {run.reviews['to_review']}")
     return 0
 
 
@@ -336,9 +337,9 @@ def _render_history(rows: list, args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         print(f"{row.variant_id[:12]}  {row.created_at[:19]}  {row.campaign:<16} "
-              f"{row.recipe_name}@{row.recipe_version:<4} {row.status:<5} "
-              f"{row.output_path}" + (f"  (re-rendered: {row.rerender_reason})"
-                                      if row.rerender_reason else ""))
+              f"{row.recipe_name}@{row.recipe_version:<4} {row.status:<9} "
+              f"{row.review_state:<10} {row.output_path}"
+              + (f"  (re-rendered: {row.rerender_reason})" if row.rerender_reason else ""))
     return 0
 
 

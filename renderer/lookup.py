@@ -114,6 +114,9 @@ def render_details(ledger: Ledger, variant_id: str) -> dict[str, Any]:
         "gate": {"status": row.status, "reasons": list(row.decision.reasons)
                  if row.decision else []},
         "decisions": [decision.as_json() for decision in ledger.decisions_of(row.id)],
+        "review_state": row.review_state,
+        "review": row.review.as_json() if row.review else None,
+        "reviews": [review.as_json() for review in ledger.reviews_of(variant_id)],
         "exports": [{**export.as_json(), "size": [export.width, export.height],
                      "now": file_state(out_dir / export.path, export.sha256)}
                     for export in ledger.exports_of([row.id]).get(row.id, [])],
@@ -157,6 +160,10 @@ def format_details(details: dict[str, Any]) -> str:
         lines.append(f"  decided      {decision['status']:<6} run {decision['run_id']} "
                      f"({decision['source']}, {decision['decided_at'][:19]})"
                      + (f": {'; '.join(decision['reasons'])}" if decision["reasons"] else ""))
+    review = details["review"]
+    lines.append(f"  review       {details['review_state']}" + (
+        f" by {review['reviewer']} at {review['reviewed_at'][:19]}"
+        + (f": {review['note']}" if review["note"] else "") if review else ""))
     for export in details["exports"]:
         lines.append(f"  export       {export['name']:<10} {export['size'][0]}x{export['size'][1]} "
                      f"{export['format']:<4} {export['path']}  [{export['now']}]")
