@@ -25,7 +25,7 @@ from postprocess.export import EXTENSIONS
 from .atomic import write_bytes_atomic
 from .hashing import sha256_bytes
 from .inputs import BrandKit, Campaign, FileIndex
-from .metadata import encode_png, file_metadata
+from .metadata import LoraHashes, encode_png, file_metadata
 from .plan import Variant
 from .schema import FileId
 from .variant import VariantSpec
@@ -203,6 +203,7 @@ class Worker:
     def __init__(self, renderer: Any, files: FileIndex, scoring: Scoring | None):
         self.renderer, self.files, self.scoring = renderer, files, scoring
         self.assets = Assets(files)
+        self.lora_hashes = LoraHashes(files.path)
         self._environment: dict[str, Any] | None = None
 
     @classmethod
@@ -233,7 +234,7 @@ class Worker:
         for variant, done, score, embedding, (_, call) in zip(
                 batch, finished, scores, embeddings, rendered, strict=True):
             exports = self.export(variant, done, out_dir)
-            data = encode_png(done.image, variant.spec)
+            data = encode_png(done.image, variant.spec, self.lora_hashes.of(variant.spec))
             relative = variant.output_path
             write_bytes_atomic(out_dir / relative, data)
             produced.append(Produced(
@@ -253,7 +254,7 @@ class Worker:
             return ()
         from postprocess.export import export_image
 
-        metadata, xmp = file_metadata(variant.spec)
+        metadata, xmp = file_metadata(variant.spec, self.lora_hashes.of(variant.spec))
         files = []
         for export in exports:
             data = export_image(done.image, export, metadata, xmp, faces=done.faces)
