@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import CampaignError, InputError
+from .terminal import printable
 from .version import __version__
 
 DEFAULT_OUT = Path("outputs")
@@ -150,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
                       "(repeatable); other rules stay as the run's last decision had them")
     gate.add_argument("--json", action="store_true")
     gate.set_defaults(handler=cmd_gate)
+
+    review = commands.add_parser(
+        "review", help="approve or reject a run's images in a browser (a local web page)")
+    review.add_argument("run", nargs="?", help="run id (default: the latest, read anew on "
+                        "every page load)")
+    review.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    review.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    review.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    review.add_argument("--reviewer", metavar="NAME",
+                        help="who decides (default: $USER), recorded with every decision")
+    review.set_defaults(handler=cmd_review)
 
     schema = commands.add_parser("schema", help="write JSON Schema files for editors")
     schema.add_argument("--dir", type=Path, default=Path("schemas"))
@@ -470,6 +483,42 @@ def cmd_gate(args: argparse.Namespace) -> int:
           f"{counts['failed']} failed (decision {decided.gating_id}, nothing rendered)\n"
           f"report: {report}", file=sys.stderr)
     return 1 if counts["failed"] else 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from .review import serve
+
+    if not 0 <= args.port <= 65535:
+        raise InputError("--port is a TCP port", expected="0..65535 (0: any free one)",
+                         found=str(args.port))
+    reviewer = _reviewer(args.reviewer)
+
+    def announce(url: str) -> None:
+        print(url, flush=True)
+        print(f"review {args.out}: open {url} (as {printable(reviewer)}; Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+
+    app = serve(args.out, args.run, host=args.host, port=args.port, reviewer=reviewer,
+                announce=announce)
+    if app.reviewed_runs:
+        from .ledger import LEDGER_NAME, Ledger
+        from .run_report import write_run_report
+
+        with Ledger(args.out / LEDGER_NAME) as ledger:
+            for run_id in sorted(app.reviewed_runs):
+                print(f"report: {write_run_report(ledger, run_id)}", file=sys.stderr)
+    return 0
+
+
+def _reviewer(name: str | None) -> str:
+    """Who decides: --reviewer, else the login name."""
+    import getpass
+
+    chosen = name if name is not None else os.environ.get("USER") or getpass.getuser()
+    if not chosen or not chosen.strip() or len(chosen) > 100:
+        raise InputError("a reviewer needs a name", found=repr(chosen),
+                         fix="pass --reviewer NAME (at most 100 characters)")
+    return chosen.strip()
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

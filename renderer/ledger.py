@@ -420,6 +420,14 @@ class Ledger:
                                "WHERE renders.variant_id = ? ORDER BY renders.id", (variant_id,))
         return [RenderRow.from_sql(row) for row in rows]
 
+    def renders_of_variants(self, variant_ids: Sequence[str]) -> dict[str, list[RenderRow]]:
+        """Every render row of each given variant, oldest first."""
+        found: dict[str, list[RenderRow]] = {}
+        for row in self._rows_in(f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} WHERE "
+                                 "renders.variant_id IN ({}) ORDER BY renders.id", variant_ids):
+            found.setdefault(row["variant_id"], []).append(RenderRow.from_sql(row))
+        return found
+
     def renders_at(self, output_path: str) -> list[RenderRow]:
         rows = self.db.execute(f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} "
                                "WHERE renders.output_path = ? ORDER BY renders.id",
