@@ -164,6 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="who decides (default: $USER), recorded with every decision")
     review.set_defaults(handler=cmd_review)
 
+    deliver = commands.add_parser(
+        "deliver", help="copy what may ship (approved or passed), verified, with a manifest")
+    deliver.add_argument("run", nargs="?", help="run id (default: the latest)")
+    deliver.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    deliver.add_argument("--to", type=Path, required=True, metavar="DIR|FILE.zip",
+                         help="a new folder, or a new .zip file")
+    deliver.add_argument("--require", choices=["approved", "passed"], default="approved",
+                         help="approved (default): every review item approved by a person, "
+                         "else nothing ships; passed: ship what passed or was approved")
+    deliver.add_argument("--masters", action="store_true",
+                         help="ship the master PNGs too (channel exports always)")
+    deliver.add_argument("--sign", action="store_true",
+                         help="C2PA-sign every file (a campaign with delivery.c2pa always "
+                         "signs); refuse if no certificate and key are named")
+    deliver.add_argument("--cert-chain", type=Path, metavar="PEM",
+                         help="sign with this certificate chain (with --private-key)")
+    deliver.add_argument("--private-key", type=Path, metavar="PEM")
+    deliver.add_argument("--by", metavar="NAME", help="who delivers (default: $USER)")
+    deliver.add_argument("--json", action="store_true")
+    deliver.set_defaults(handler=cmd_deliver)
+
     schema = commands.add_parser("schema", help="write JSON Schema files for editors")
     schema.add_argument("--dir", type=Path, default=Path("schemas"))
     schema.set_defaults(handler=cmd_schema)
@@ -508,6 +529,28 @@ def cmd_review(args: argparse.Namespace) -> int:
             for run_id in sorted(app.reviewed_runs):
                 print(f"report: {write_run_report(ledger, run_id)}", file=sys.stderr)
     return 0
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    from .deliver import deliver, describe, signer_for
+    from .lookup import open_ledger
+
+    with open_ledger(args.out) as ledger:
+        run = ledger.run(args.run)
+        if run is None:
+            raise InputError(f"no run {args.run!r} in the ledger" if args.run else
+                             "the ledger has no runs", file=ledger.path,
+                             fix="list runs with `campaign history`")
+    signer = signer_for(run.campaign_file, sign=args.sign, cert_chain=args.cert_chain,
+                        private_key=args.private_key)
+    delivered = deliver(args.out, run.id, args.to, require=args.require, masters=args.masters,
+                        signer=signer, delivered_by=_reviewer(args.by),
+                        log=lambda message: print(message, file=sys.stderr))
+    if args.json:
+        print(json.dumps(delivered.as_json(), indent=2, ensure_ascii=False))
+    for line in describe(delivered):
+        print(printable(line), file=sys.stderr if args.json else sys.stdout)
+    return 0 if delivered.record is not None else 1
 
 
 def _reviewer(name: str | None) -> str:

@@ -101,6 +101,10 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("r%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
+def new_delivery_id() -> str:
+    return datetime.now(UTC).strftime("d%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
 class Ledger:
     def __init__(self, path: Path):
         self.path = path
@@ -327,11 +331,11 @@ class Ledger:
 
     # ------------------------------------------------------------ deliveries
 
-    def record_delivery(self, *, run_id: str, target: str, require: str, masters: bool,
-                        signed: bool, manifest_sha256: str, delivered_by: str,
+    def record_delivery(self, delivery_id: str, *, run_id: str, target: str, require: str,
+                        masters: bool, signed: bool, manifest_sha256: str, delivered_by: str,
                         files: Sequence[DeliveryFileRecord]) -> DeliveryRow:
-        """Record one delivery and every file it shipped, in one transaction."""
-        delivery_id = datetime.now(UTC).strftime("d%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        """Record one delivery (``new_delivery_id``) and every file it shipped, in one
+        transaction."""
         with self.transaction() as db:
             db.execute("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (delivery_id, run_id, target, require, int(masters), int(signed),

@@ -29,7 +29,7 @@ LAYERS = (
     ("train", {"training_job", "training_models", "training_data", "lora_files", "training",
                "training_report"}),
     ("commands", {"executors", "ray_executor", "execute", "locate", "compare", "reproduction",
-                  "lookup", "pin", "provenance", "review", "cli", "demo_models",
+                  "lookup", "pin", "provenance", "review", "deliver", "cli", "demo_models",
                   "__init__"}),
 )
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}

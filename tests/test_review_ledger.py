@@ -14,6 +14,7 @@ from renderer.ledger import (
     Ledger,
     RenderRecord,
     ReviewRecord,
+    new_delivery_id,
 )
 
 
@@ -87,8 +88,8 @@ def test_a_delivery_is_recorded_with_every_file(ledger):
     variants = [_sha(1)]
     run_id, rows = _run(ledger, variants, ["pass"])
     delivery = ledger.record_delivery(
-        run_id=run_id, target="/tmp/d", require="approved", masters=True, signed=True,
-        manifest_sha256="m" * 64, delivered_by="ana", files=[DeliveryFileRecord(
+        new_delivery_id(), run_id=run_id, target="/tmp/d", require="approved", masters=True,
+        signed=True, manifest_sha256="m" * 64, delivered_by="ana", files=[DeliveryFileRecord(
             path="feed/0.jpg", render_id=rows[0], channel="feed", source_path="c/0.jpg",
             content_sha256="a" * 64, sha256="b" * 64, bytes=10, review_id=None)])
     assert ledger.deliveries(run_id) == [delivery]
