@@ -51,18 +51,21 @@ def resolve_variant_id(ledger: Ledger, text: str) -> str:
 
 
 def variant_id_of_image(path: Path) -> str:
-    from .metadata import read_png_metadata
+    """The variant id an image states: the hash of the ``campaign_variant`` JSON it carries
+    (a master PNG, or a channel export in PNG, JPEG or WebP)."""
+    from postprocess.export import VARIANT_KEY, read_export_metadata
 
     try:
-        metadata = read_png_metadata(path.read_bytes())
+        text = read_export_metadata(path.read_bytes()).get(VARIANT_KEY)
+        spec = None if text is None else json.loads(text)
     except (OSError, ValueError, SyntaxError) as err:
         raise InputError("cannot read this image", file=path, found=str(err),
-                         fix="pass a PNG written by `campaign render`") from None
-    if "variant" not in metadata:
+                         fix="pass an image written by `campaign render`") from None
+    if spec is None:
         raise InputError("the image carries no campaign_variant metadata", file=path,
-                         fix="pass a PNG written by `campaign render` (metadata intact), or "
-                         "a render id")
-    return sha256_json(metadata["variant"])
+                         fix="pass an image written by `campaign render` (metadata intact), "
+                         "or a render id")
+    return sha256_json(spec)
 
 
 def file_state(path: Path, recorded_sha256: str) -> str:
