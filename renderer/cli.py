@@ -11,9 +11,11 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import CampaignError, InputError
 from .terminal import printable
@@ -24,11 +26,21 @@ DEFAULT_OUT = Path("outputs")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(arguments)
+    except _UsageError as err:
+        err.parser.print_usage(sys.stderr)
+        print(f"{err.parser.prog}: error: {err.message}", file=sys.stderr)
+        if "--json" in arguments:
+            _print_json_error(InputError(err.message, fix=f"see {err.parser.prog} --help"))
+        return 2
     try:
         return args.handler(args)
     except CampaignError as err:
         print(f"error: {err}", file=sys.stderr)
+        if getattr(args, "json", False):
+            _print_json_error(err)
         return err.exit_code
     except BrokenPipeError:  # the reader (head, a pager) closed early: not a failure
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
@@ -46,8 +58,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+class _UsageError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised (so --json can report it too) instead of
+    exiting from inside the parser."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
+
+
+def _print_json_error(err: CampaignError) -> None:
+    """The error as JSON on stdout (schemas/error.json.schema.json); stderr has the text."""
+    fields = {"file": None, "line": None, "key": None, "expected": None, "found": None,
+              "fix": None, "message": str(err)}
+    if isinstance(err, InputError):
+        fields.update(file=err.file, line=err.line, key=err.key_path, expected=err.expected,
+                      found=err.found, fix=err.fix, message=err.message)
+    print(json.dumps({"error": fields, "exit": err.exit_code}, indent=2, ensure_ascii=False))
+
+
+# Every command's --help ends with its exit codes and one example (README, "Command line").
+_EPILOGS = {
+    "validate": ("0 every file valid, 2 some file invalid", "campaign validate "
+                 "campaigns/demo.yaml recipes/demo-sd15.yaml"),
+    "pin": ("0 pinned, 2 bad input", "campaign pin recipes/demo-sd15.yaml"),
+    "plan": ("0 planned, 2 bad input", "campaign plan campaigns/demo.yaml --sample 5"),
+    "render": ("0 nothing failed (review is not a failure), 1 some variant failed a gate, "
+               "2 bad input (nothing written), 3 runtime failure (finished work kept) or "
+               "folder busy with --no-wait", "campaign render campaigns/demo.yaml --out outputs"),
+    "history": ("0 listed, 2 bad input", "campaign history --renders --status review --json"),
+    "show": ("0 shown, 2 unknown or ambiguous id, or an image without metadata",
+             "campaign show 3f2a9c --out outputs"),
+    "reproduce": ("0 every target matches within tolerance, 1 drift or changed inputs, "
+                  "2 bad input (unknown id, no ledger, an image without metadata)",
+                  "campaign reproduce outputs/demo/exports/feed/KR-101/studio-1x1-s1.jpg"),
+    "report": ("0 written, 2 bad input", "campaign report --grid background product"),
+    "gate": ("0 none failed, 1 some failed, 2 bad input",
+             "campaign gate --set clip_brand=0.3 --set faces=off"),
+    "review": ("0 stopped with Ctrl-C (the reviewed runs' reports rewritten), 2 bad input "
+               "(no ledger, unknown run, port in use)",
+               "campaign review --out outputs --reviewer ana   # then open the printed URL"),
+    "deliver": ("0 delivered, 1 refused: a review item unreviewed, or a file missing or "
+                "altered since it was rendered (nothing written), 2 bad input (target "
+                "exists, no signer for --sign)",
+                "campaign deliver --to handoff/spring.zip --masters --sign"),
+    "schema": ("0 written", "campaign schema --dir schemas"),
+    "demo-models": ("0 built", "campaign demo-models --dir models/demo"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="campaign", description="Render, reproduce and gate brand campaign variant sets.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -193,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=Path("models/demo"))
     demo.add_argument("--force", action="store_true", help="rebuild models already present")
     demo.set_defaults(handler=cmd_demo_models)
+    for name, command in commands.choices.items():
+        codes, example = _EPILOGS[name]
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.epilog = (textwrap.fill(f"exit codes: {codes}", 79, subsequent_indent="  ")
+                          + f"\n\nexample:\n  {example}")
     return parser
 
 
@@ -487,12 +558,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
         report = write_run_report(ledger, run.id)
     counts = decided.counts
     if args.json:
+        with Ledger(ledger_path) as ledger:
+            now, rows = ledger.run(run.id), ledger.run_rows(run.id)
         print(json.dumps({"run_id": run.id, "gating": decided.gating_id, "counts": counts,
                           "thresholds": gates.describe(), "report": str(report),
-                          "variants": [{"id": row.variant_id, "output": row.output_path,
-                                        "status": decision.status,
-                                        "reasons": list(decision.reasons)}
-                                       for row, decision in decided.decided]}, indent=2))
+                          "run": now.as_json(), "variants": [row.as_json() for row in rows]},
+                         indent=2))
     else:
         for metric, bounds in gates.describe().items():
             print(f"  {metric:<18} {bounds}")
