@@ -21,12 +21,14 @@ $(DEMO_MODELS): $(INSTALLED) renderer/demo_models.py renderer/ldm_layout.py
 demo: $(DEMO_MODELS)
 	$(BIN)/campaign render campaigns/demo.yaml --out outputs
 
-# Headless Chromium (report browser test) and exiftool (metadata tests), from Debian.
+# Headless Chromium (report and review browser tests), exiftool (metadata tests) and
+# openssl (the C2PA tests' CA), from Debian.
 system-deps:
-	@command -v chromium >/dev/null && command -v exiftool >/dev/null || \
+	@command -v chromium >/dev/null && command -v exiftool >/dev/null && \
+	  command -v openssl >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-	    chromium libimage-exiftool-perl >/dev/null) || \
-	  echo "warning: chromium/exiftool not installed; their tests will be skipped"
+	    chromium libimage-exiftool-perl openssl >/dev/null) || \
+	  echo "warning: chromium/exiftool/openssl not installed; their tests will fail"
 
 test: $(DEMO_MODELS) system-deps
 	$(BIN)/ruff check .
@@ -37,6 +39,7 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/plan_bench.py
 	$(BIN)/python bench/ray_bench.py
 	$(BIN)/python bench/ledger_bench.py
+	$(BIN)/python bench/review_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -424,11 +424,15 @@ class Ledger:
                                "WHERE renders.variant_id = ? ORDER BY renders.id", (variant_id,))
         return [RenderRow.from_sql(row) for row in rows]
 
-    def renders_of_variants(self, variant_ids: Sequence[str]) -> dict[str, list[RenderRow]]:
-        """Every render row of each given variant, oldest first."""
+    def earlier_renders(self, variant_ids: Sequence[str]) -> dict[str, list[RenderRow]]:
+        """The renders of each given variant before its newest one, oldest first (only
+        variants rendered more than once have any)."""
         found: dict[str, list[RenderRow]] = {}
-        for row in self._rows_in(f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} WHERE "
-                                 "renders.variant_id IN ({}) ORDER BY renders.id", variant_ids):
+        for row in self._rows_in(
+                f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} WHERE renders.id IN (SELECT id "
+                "FROM renders r WHERE r.variant_id IN ({}) AND r.id < (SELECT MAX(id) FROM "
+                "renders newest WHERE newest.variant_id = r.variant_id)) ORDER BY renders.id",
+                variant_ids):
             found.setdefault(row["variant_id"], []).append(RenderRow.from_sql(row))
         return found
 

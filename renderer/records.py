@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -30,7 +30,9 @@ class Decision:
     decided_at: str
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "reasons": list(self.reasons), "scores": dict(self.scores)}
+        # Field by field, not asdict: it deep-copies, and a review page holds 1,000 of these.
+        return {**{item.name: getattr(self, item.name) for item in fields(self)},
+                "reasons": list(self.reasons), "scores": dict(self.scores)}
 
 
 REVIEW_DECISIONS = ("approve", "reject", "reset")
@@ -248,9 +250,11 @@ class RenderRow(RenderFacts):
         return self.review.state if self.review else UNREVIEWED
 
     def as_json(self) -> dict[str, Any]:
-        """Everything but the spec and the embedding (``campaign show`` has those)."""
-        data = {key: value for key, value in asdict(self).items()
-                if key not in ("spec", "spec_json", "embedding", "decision", "review")}
+        """Everything but the spec and the embedding (``campaign show`` has those). Built
+        field by field: ``asdict`` would deep-copy the spec and embedding it then drops
+        (most of the time of a 1,000-variant review page)."""
+        data = {item.name: getattr(self, item.name) for item in fields(self)
+                if item.name not in ("spec", "spec_json", "embedding", "decision", "review")}
         return {**data, "batch": list(self.batch), "status": self.status,
                 "decision": self.decision.as_json() if self.decision else None,
                 "review_state": self.review_state,

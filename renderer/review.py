@@ -221,7 +221,7 @@ class ReviewApp:
             run = self.current_run(ledger)
             rows = ledger.run_rows(run.id)
             exports = ledger.exports_of([row.id for row in rows])
-            history = ledger.renders_of_variants([row.variant_id for row in rows])
+            history = ledger.earlier_renders([row.variant_id for row in rows])
             thresholds = run_gates(ledger, run).describe()
         axes: dict[str, list[str]] = {}
         for row in rows:
@@ -250,7 +250,7 @@ class ReviewApp:
                              "output_sha256": old.output_sha256,
                              "rerender_reason": old.rerender_reason,
                              "review_state": old.review_state}
-                            for old in history.get(row.variant_id, []) if old.id != row.id],
+                            for old in history.get(row.variant_id, [])],
             } for row in rows],
         }
 
