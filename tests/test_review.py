@@ -337,3 +337,51 @@ def test_every_response_carries_the_security_headers(server):
     assert response.getheader("x-content-type-options") == "nosniff"
     assert response.getheader("referrer-policy") == "no-referrer"
     connection.close()
+
+
+def test_a_render_running_meanwhile_shows_on_reload_and_a_regate_too(server, run_out):
+    """The page reads the ledger on every load: a render that is running adds its images,
+    and the same bytes keep their reviews; a re-gated run shows its new decisions."""
+    project_root = run_out.parent / "project"
+    before = json.loads(server.request("GET", "/api/run")[1])
+    approved = {v["render"]["variant_id"] for v in before["variants"]
+                if v["render"]["review_state"] == "approved"}
+    grown = shipping_project(project_root, seeds=(1, 2, 3, 4, 5), hostile=True)
+    rendering = subprocess.Popen([str(CAMPAIGN_BIN), "render", str(grown.campaign_path),
+                                  "--out", str(run_out)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+    seen = []
+    while rendering.poll() is None:  # the page keeps working while the render runs
+        status, body = server.request("GET", "/api/run")
+        assert status == 200
+        seen.append(json.loads(body)["run"]["id"])
+    assert rendering.returncode == 0 and seen, rendering.stderr.read()
+    after = json.loads(server.request("GET", "/api/run")[1])
+    assert after["run"]["id"] != before["run"]["id"] and len(after["variants"]) == 5
+    assert {v["render"]["variant_id"] for v in after["variants"]
+            if v["render"]["review_state"] == "approved"} == approved
+    assert after["variants"][4]["render"]["review_state"] == "unreviewed"
+    done = subprocess.run([str(CAMPAIGN_BIN), "gate", "--out", str(run_out), "--set",
+                           "palette_adherence=off"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    regated = json.loads(server.request("GET", "/api/run")[1])
+    assert {v["render"]["status"] for v in regated["variants"]} == {"pass"}
+    assert regated["run"]["regatings"] == 1
+
+
+def test_another_host_is_bound_only_when_asked_and_then_warns(run_out):
+    process = subprocess.Popen(
+        [str(CAMPAIGN_BIN), "review", "--out", str(run_out), "--port", "0", "--host",
+         "127.0.0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.2:")
+        server = Server(url, run_out)
+        assert server.request("GET", "/api/run")[0] == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert "warning: --host 127.0.0.2" in stderr
+    busy = subprocess.run([str(CAMPAIGN_BIN), "review", "--out", str(run_out / "nowhere")],
+                          capture_output=True, text=True)
+    assert busy.returncode == 2 and "no ledger here" in busy.stderr
