@@ -114,7 +114,7 @@ class ReviewApp:
         self.token = token
         self.allowed_hosts = None if allowed_hosts is None else set(allowed_hosts)
         self.index = _FileIndex()
-        self.reviewed_runs: set[str] = set()  # runs whose reviews changed (report rewrite)
+        self.reviewed_runs: set[str] = set()  # runs reviewed here (their reports rewritten)
 
     # ------------------------------------------------------------ the ASGI app
 
@@ -318,10 +318,9 @@ class ReviewApp:
                                             decision=item["decision"], reviewer=self.reviewer,
                                             note=item["note"]))
             stored = ledger.add_reviews(records)
-            runs = {run["id"] for record in records
-                    for run in ledger.runs_with_variant(record.variant_id)}
-            self.reviewed_runs |= runs
             run = ledger.run(self.run_id)
+            if run is not None:
+                self.reviewed_runs.add(run.id)
         return 200, {"reviews": [review.as_json() for review in stored],
                      "run": run.as_json() if run else None}
 

@@ -25,8 +25,9 @@ def thumbnail_path(out_dir: Path, sha256: str, size: int) -> Path:
 
 
 def cached_thumbnail(out_dir: Path, sha256: str, size: int) -> Path | None:
+    """The cached thumbnail, if one was made (a link planted there is not one of ours)."""
     path = thumbnail_path(out_dir, sha256, size)
-    return path if path.is_file() else None
+    return path if path.is_file() and not path.is_symlink() else None
 
 
 def make_thumbnail(source: Path, sha256: str, size: int, out_dir: Path) -> bytes:

@@ -318,6 +318,13 @@ def test_only_recorded_files_inside_the_output_folder_are_served(server, tmp_pat
         exported.unlink()
         exported.write_bytes(original)
     assert server.request("GET", f"/files/{export_sha}")[0] == 200
+    # A link planted in the thumbnail cache is not served; the thumbnail is made anew.
+    planted = out / FOLDER / f"{sha256}-512.webp"
+    planted.parent.mkdir(exist_ok=True)
+    planted.unlink(missing_ok=True)
+    planted.symlink_to("/etc/passwd")
+    status, body = server.request("GET", f"/thumbs/{sha256}/512")
+    assert status == 200 and body.startswith(b"RIFF") and b"root:" not in body
     # Brand references live outside the output folder: thumbnails only.
     (references,) = ledger_rows(out, "SELECT input_files_json FROM renders LIMIT 1")
     reference = next(entry for entry in json.loads(references[0])
