@@ -4,10 +4,12 @@ Every format keeps what the PNG the renderer writes says about itself:
 
 * PNG — one text chunk per metadata key (``parameters``, ``campaign_variant``, …) and the
   XMP packet in an ``XML:com.adobe.xmp`` iTXt chunk, as ``renderer.metadata`` does;
-* JPEG and WebP — ``parameters`` in EXIF ``UserComment`` (``UNICODE`` + UTF-16BE in a
-  big-endian TIFF block, exactly what A1111 writes through piexif, so its PNG-info tab and
-  Civitai read it), and the XMP packet (APP1 / ``XMP `` chunk) with every other key added
-  as a ``campaign:KEY`` property.
+* JPEG and WebP — ``parameters`` in EXIF ``UserComment``, written by piexif exactly as
+  A1111 writes it (``UserComment.dump(text, encoding="unicode")``: ``UNICODE`` + UTF-16BE,
+  type UNDEFINED, in a big-endian TIFF block), so its PNG-info tab and Civitai read it; the
+  block also holds the tags EXIF requires of a JPEG (version, colour space, pixel size,
+  resolution), so ``exiftool -validate`` has nothing to warn about. The XMP packet goes
+  in APP1 / the ``XMP `` chunk, with every other key added as a ``campaign:KEY`` property.
 
 ``read_export_metadata`` reads any of the three back. Encoding has no timestamps: equal
 inputs give equal bytes.
@@ -26,6 +28,7 @@ from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
+import piexif.helper
 from PIL import ExifTags, Image
 from pydantic import Field
 
@@ -133,7 +136,7 @@ def encode_image(
     extra = {key: value for key, value in metadata.items() if key != PARAMETERS_KEY}
     options = {"quality": spec.quality, "xmp": _xmp_with_properties(xmp, extra).encode("utf-8")}
     if PARAMETERS_KEY in metadata:
-        options["exif"] = _user_comment_exif(metadata[PARAMETERS_KEY])
+        options["exif"] = _user_comment_exif(metadata[PARAMETERS_KEY], rgb.size)
     rgb.save(buffer, format=spec.format.upper(), **options)
     return buffer.getvalue()
 
@@ -189,12 +192,53 @@ def read_export_metadata(data: bytes) -> dict[str, str]:
     return result
 
 
-def _user_comment_exif(text: str) -> bytes:
-    exif = Image.Exif()
-    exif.endian = ">"  # UTF-16BE text in a big-endian block, as piexif writes it
-    user_comment = _USER_COMMENT_UNICODE + text.encode("utf-16-be")
-    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = user_comment
-    return exif.tobytes()
+def _user_comment_exif(text: str, size: tuple[int, int]) -> bytes:
+    """An EXIF block with ``text`` as A1111's UserComment and the tags EXIF 2.32 requires
+    of a JPEG (none time-dependent). The value is piexif's, as A1111 makes it; the block is
+    laid out here because ``piexif.dump`` places the Exif IFD's values 4 bytes into it
+    (exiftool: "Value for ExifIFD tag 0x9286 UserComment overlaps IFD")."""
+    user_comment = piexif.helper.UserComment.dump(text, encoding="unicode")
+    exif_ifd = [(0x9000, _UNDEFINED, b"0232"),  # ExifVersion
+                (0x9101, _UNDEFINED, b"\x01\x02\x03\x00"),  # ComponentsConfiguration: YCbCr
+                (0x9286, _UNDEFINED, user_comment),  # UserComment
+                (0xA000, _UNDEFINED, b"0100"),  # FlashpixVersion
+                (0xA001, _SHORT, 1),  # ColorSpace: sRGB
+                (0xA002, _LONG, size[0]),  # PixelXDimension
+                (0xA003, _LONG, size[1])]  # PixelYDimension
+    zeroth = [(0x011A, _RATIONAL, (72, 1)),  # XResolution
+              (0x011B, _RATIONAL, (72, 1)),  # YResolution
+              (0x0128, _SHORT, 2),  # ResolutionUnit: inches
+              (0x0213, _SHORT, 1)]  # YCbCrPositioning: centred
+    first = _TIFF_HEADER_LENGTH
+    zeroth_length = len(_ifd([*zeroth, (0x8769, _LONG, 0)], first))
+    exif_block = _ifd(exif_ifd, first + zeroth_length)
+    zeroth_block = _ifd([*zeroth, (0x8769, _LONG, first + zeroth_length)], first)  # ExifIFD
+    return b"Exif\x00\x00MM\x00\x2a" + struct.pack(">I", first) + zeroth_block + exif_block
+
+
+_TIFF_HEADER_LENGTH = 8
+_SHORT, _LONG, _RATIONAL, _UNDEFINED = 3, 4, 5, 7
+
+
+def _ifd(entries: Sequence[tuple[int, int, object]], offset: int) -> bytes:
+    """A big-endian TIFF IFD at ``offset`` (from the TIFF header): its entries, a zero
+    next-IFD link, then the values longer than 4 bytes, each at an even offset."""
+    values_at = offset + 2 + 12 * len(entries) + 4
+    table, values = [], b""
+    for tag, kind, value in sorted(entries, key=lambda entry: entry[0]):
+        if kind == _UNDEFINED:
+            data, count = value, len(value)
+        elif kind == _RATIONAL:
+            data, count = struct.pack(">II", *value), 1
+        else:
+            data, count = struct.pack(">H" if kind == _SHORT else ">I", value), 1
+        if len(data) <= 4:
+            field = data.ljust(4, b"\0")
+        else:
+            field = struct.pack(">I", values_at + len(values))
+            values += data + b"\0" * (len(data) % 2)
+        table.append(struct.pack(">HHI", tag, kind, count) + field)
+    return struct.pack(">H", len(entries)) + b"".join(table) + b"\0\0\0\0" + values
 
 
 def _xmp_with_properties(xmp: str, properties: Mapping[str, str]) -> str:

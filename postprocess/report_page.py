@@ -4,7 +4,8 @@ folder, and the X/Y grid images it links.
 Image links are relative to the report's folder, so the page keeps working when the
 whole output folder is moved or shared. Every value is HTML-escaped by Jinja's autoescape;
 the page's small script sorts (by seed or any score) and filters (failed, review) by moving
-and hiding the rows, never by building markup. ``xy_grid_png`` draws A1111-style X/Y plots
+and hiding the rows, never by building markup. Each row shows a person's standing review
+(``campaign review``) beside the gate's decision. ``xy_grid_png`` draws A1111-style X/Y plots
 of any two axes. Both return what to write; the caller writes it (atomically).
 """
 
@@ -63,6 +64,10 @@ class ReportRow:
     scores: Mapping[str, float]
     status: str  # gate_rules.PASS, REVIEW or FAIL, or UNDECIDED
     reasons: tuple[str, ...]
+    review: str = "unreviewed"  # a person's standing decision: approved | rejected | unreviewed
+    review_by: str = ""  # who, and when (ISO 8601), for approved or rejected
+    review_at: str = ""
+    review_note: str = ""
 
     def __post_init__(self) -> None:
         if PurePath(self.image_relpath).is_absolute():

@@ -20,6 +20,7 @@ from .errors import InputError
 from .hashing import sha256_file, sha256_json
 from .inputs import Campaign
 from .ledger import Ledger, RenderRecord
+from .metadata import LoraHashes
 from .plan import Variant
 from .produce import ExportFile, Finished, Scoring, Worker, detect, export_files, open_image
 
@@ -61,6 +62,7 @@ def adopt(campaign: Campaign, ledger: Ledger, variants: Sequence[Variant], out_d
     if not variants:
         return
     scoring = Scoring(campaign)
+    lora_hashes = LoraHashes(campaign.files().path)
     environment_hash = ledger.record_environment(UNKNOWN_ENVIRONMENT)
     for variant in variants:
         master = out_dir / variant.output_path
@@ -68,7 +70,8 @@ def adopt(campaign: Campaign, ledger: Ledger, variants: Sequence[Variant], out_d
         finished = Finished(image=image, faces=detect(image), text_contrast=None)
         (scores,), embeddings = scoring.score([variant], [finished])
         exports = tuple(_adopt_export(variant, export, data, out_dir)
-                        for export, data in export_files(image, variant.spec))
+                        for export, data in export_files(image, variant.spec,
+                                                         lora_hashes.of(variant.spec)))
         ledger.add_render(RenderRecord(
             run_id=run_id, variant_id=variant.id, campaign=campaign.spec.name,
             recipe_name=campaign.recipe.spec.name, recipe_version=campaign.recipe.spec.version,

@@ -11,9 +11,11 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import CampaignError, InputError
 from .terminal import say
@@ -24,11 +26,21 @@ DEFAULT_OUT = Path("outputs")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(arguments)
+    except _UsageError as err:
+        err.parser.print_usage(sys.stderr)
+        print(f"{err.parser.prog}: error: {err.message}", file=sys.stderr)
+        if "--json" in arguments:
+            _print_json_error(InputError(err.message, fix=f"see {err.parser.prog} --help"))
+        return 2
     try:
         return args.handler(args)
     except CampaignError as err:
         say(f"error: {err}", err=True)
+        if getattr(args, "json", False):
+            _print_json_error(err)
         return err.exit_code
     except BrokenPipeError:  # the reader (head, a pager) closed early: not a failure
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
@@ -45,8 +57,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+class _UsageError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised (so --json can report it too) instead of
+    exiting from inside the parser."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
+
+
+def _print_json_error(err: CampaignError) -> None:
+    """The error as JSON on stdout (schemas/error.json.schema.json); stderr has the text."""
+    fields = {"file": None, "line": None, "key": None, "expected": None, "found": None,
+              "fix": None, "message": str(err)}
+    if isinstance(err, InputError):
+        fields.update(file=err.file, line=err.line, key=err.key_path, expected=err.expected,
+                      found=err.found, fix=err.fix, message=err.message)
+    print(json.dumps({"error": fields, "exit": err.exit_code}, indent=2))
+
+
+# Every command's --help ends with its exit codes and one example (README, "Command line").
+_EPILOGS = {
+    "validate": ("0 every file valid, 2 some file invalid", "campaign validate "
+                 "campaigns/demo.yaml recipes/demo-sd15.yaml"),
+    "pin": ("0 pinned, 2 bad input", "campaign pin recipes/demo-sd15.yaml"),
+    "plan": ("0 planned, 2 bad input", "campaign plan campaigns/demo.yaml --sample 5"),
+    "render": ("0 nothing failed (review is not a failure), 1 some variant failed a gate, "
+               "2 bad input (nothing written), 3 runtime failure (finished work kept) or "
+               "folder busy with --no-wait", "campaign render campaigns/demo.yaml --out outputs"),
+    "history": ("0 listed, 2 bad input", "campaign history --renders --status review --json"),
+    "show": ("0 shown, 2 unknown or ambiguous id, or an image without metadata",
+             "campaign show 3f2a9c --out outputs"),
+    "reproduce": ("0 every target matches within tolerance, 1 drift or changed inputs, "
+                  "2 bad input (unknown id, no ledger, an image without metadata)",
+                  "campaign reproduce outputs/demo/exports/feed/KR-101/studio-1x1-s1.jpg"),
+    "report": ("0 written, 2 bad input", "campaign report --grid background product"),
+    "gate": ("0 none failed, 1 some failed, 2 bad input",
+             "campaign gate --set clip_brand=0.3 --set faces=off"),
+    "review": ("0 stopped with Ctrl-C (the reviewed runs' reports rewritten), 2 bad input "
+               "(no ledger, unknown run, port in use)",
+               "campaign review --out outputs --reviewer ana   # then open the printed URL"),
+    "deliver": ("0 delivered, 1 refused: a review item unreviewed, or a file missing or "
+                "altered since it was rendered (nothing written), 2 bad input (target "
+                "exists, no signer for --sign)",
+                "campaign deliver --to handoff/spring.zip --masters --sign"),
+    "schema": ("0 written", "campaign schema --dir schemas"),
+    "demo-models": ("0 built", "campaign demo-models --dir models/demo"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="campaign", description="Render, reproduce and gate brand campaign variant sets.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -165,6 +231,39 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--json", action="store_true")
     gate.set_defaults(handler=cmd_gate)
 
+    review = commands.add_parser(
+        "review", help="approve or reject a run's images in a browser (a local web page)")
+    review.add_argument("run", nargs="?", help="run id (default: the latest, read anew on "
+                        "every page load)")
+    review.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    review.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    review.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    review.add_argument("--reviewer", metavar="NAME",
+                        help="who decides (default: $USER), recorded with every decision")
+    review.set_defaults(handler=cmd_review)
+
+    deliver = commands.add_parser(
+        "deliver", help="copy what may ship (approved or passed), verified, with a manifest")
+    deliver.add_argument("run", nargs="?", help="run id (default: the latest)")
+    deliver.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    deliver.add_argument("--to", type=Path, required=True, metavar="DIR|FILE.zip",
+                         help="a new folder, or a new .zip file")
+    deliver.add_argument("--require", choices=["approved", "passed"], default="approved",
+                         help="approved (default): every review item approved by a person, "
+                         "else nothing ships; passed: ship what passed or was approved")
+    deliver.add_argument("--masters", action="store_true",
+                         help="ship the master PNGs too (channel exports always)")
+    deliver.add_argument("--sign", action="store_true",
+                         help="C2PA-sign every file (a campaign with delivery.c2pa always "
+                         "signs); refuse if no certificate and key are named")
+    deliver.add_argument("--cert-chain", type=Path, metavar="PEM",
+                         help="sign with this certificate chain (with --private-key)")
+    deliver.add_argument("--private-key", type=Path, metavar="PEM")
+    deliver.add_argument("--by", metavar="NAME", help="who delivers (default: $USER)")
+    deliver.add_argument("--json", action="store_true")
+    deliver.set_defaults(handler=cmd_deliver)
+
     schema = commands.add_parser("schema", help="write JSON Schema files for editors")
     schema.add_argument("--dir", type=Path, default=Path("schemas"))
     schema.set_defaults(handler=cmd_schema)
@@ -173,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=Path("models/demo"))
     demo.add_argument("--force", action="store_true", help="rebuild models already present")
     demo.set_defaults(handler=cmd_demo_models)
+    for name, command in commands.choices.items():
+        codes, example = _EPILOGS[name]
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.epilog = (textwrap.fill(f"exit codes: {codes}", 79, subsequent_indent="  ")
+                          + f"\n\nexample:\n  {example}")
     return parser
 
 
@@ -303,7 +407,8 @@ def cmd_history(args: argparse.Namespace) -> int:
               f"{run.recipe_name}@{run.recipe_version:<4} {run.status:<8} "
               f"planned {run.planned}, rendered {run.rendered}, skipped {run.skipped}, "
               f"passed {counts['passed']}, review {counts['review']}, failed {counts['failed']}"
-              f"{regated}")
+              f"{regated}; approved {run.reviews['approved']}, rejected "
+              f"{run.reviews['rejected']}, to review {run.reviews['to_review']}")
     return 0
 
 
@@ -346,9 +451,9 @@ def _render_history(rows: list, args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         say(f"{row.variant_id[:12]}  {row.created_at[:19]}  {row.campaign:<16} "
-              f"{row.recipe_name}@{row.recipe_version:<4} {row.status:<5} "
-              f"{row.output_path}" + (f"  (re-rendered: {row.rerender_reason})"
-                                      if row.rerender_reason else ""))
+            f"{row.recipe_name}@{row.recipe_version:<4} {row.status:<9} "
+            f"{row.review_state:<10} {row.output_path}"
+              + (f"  (re-rendered: {row.rerender_reason})" if row.rerender_reason else ""))
     return 0
 
 
@@ -456,14 +561,13 @@ def cmd_gate(args: argparse.Namespace) -> int:
         gates = run_gates(ledger, run).with_bounds(changes)
         decided = decide_run(ledger, run.id, gates, source="gate")
         report = write_run_report(ledger, run.id)
+        now, rows = ledger.run(run.id), ledger.run_rows(run.id)
     counts = decided.counts
     if args.json:
         print(json.dumps({"run_id": run.id, "gating": decided.gating_id, "counts": counts,
                           "thresholds": gates.describe(), "report": str(report),
-                          "variants": [{"id": row.variant_id, "output": row.output_path,
-                                        "status": decision.status,
-                                        "reasons": list(decision.reasons)}
-                                       for row, decision in decided.decided]}, indent=2))
+                          "run": now.as_json(), "variants": [row.as_json() for row in rows]},
+                         indent=2))
     else:
         for metric, bounds in gates.describe().items():
             say(f"  {metric:<18} {bounds}")
@@ -475,6 +579,63 @@ def cmd_gate(args: argparse.Namespace) -> int:
           f"{counts['failed']} failed (decision {decided.gating_id}, nothing rendered)\n"
           f"report: {report}", err=True)
     return 1 if counts["failed"] else 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from .review import serve
+
+    if not 0 <= args.port <= 65535:
+        raise InputError("--port is a TCP port", expected="0..65535 (0: any free one)",
+                         found=str(args.port))
+    reviewer = _reviewer(args.reviewer)
+
+    def announce(url: str) -> None:
+        print(url, flush=True)
+        say(f"review {args.out}: open {url} (as {reviewer}; Ctrl-C stops)", err=True)
+
+    app = serve(args.out, args.run, host=args.host, port=args.port, reviewer=reviewer,
+                announce=announce)
+    if app.reviewed_runs:
+        from .ledger import LEDGER_NAME, Ledger
+        from .run_report import write_run_report
+
+        with Ledger(args.out / LEDGER_NAME) as ledger:
+            for run_id in sorted(app.reviewed_runs):
+                say(f"report: {write_run_report(ledger, run_id)}", err=True)
+    return 0
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    from .deliver import deliver, describe, signer_for
+    from .lookup import open_ledger
+
+    with open_ledger(args.out) as ledger:
+        run = ledger.run(args.run)
+        if run is None:
+            raise InputError(f"no run {args.run!r} in the ledger" if args.run else
+                             "the ledger has no runs", file=ledger.path,
+                             fix="list runs with `campaign history`")
+    signer = signer_for(run.campaign_file, sign=args.sign, cert_chain=args.cert_chain,
+                        private_key=args.private_key)
+    delivered = deliver(args.out, run.id, args.to, require=args.require, masters=args.masters,
+                        signer=signer, delivered_by=_reviewer(args.by),
+                        log=lambda message: say(message, err=True))
+    if args.json:
+        print(json.dumps(delivered.as_json(), indent=2))
+    for line in describe(delivered):
+        say(line, err=args.json)
+    return 0 if delivered.record is not None else 1
+
+
+def _reviewer(name: str | None) -> str:
+    """Who decides: --reviewer, else the login name."""
+    import getpass
+
+    chosen = name if name is not None else os.environ.get("USER") or getpass.getuser()
+    if not chosen or not chosen.strip() or len(chosen) > 100:
+        raise InputError("a reviewer needs a name", found=repr(chosen),
+                         fix="pass --reviewer NAME (at most 100 characters)")
+    return chosen.strip()
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -145,7 +145,7 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
         log(f"{campaign.spec.name}: {len(plan.variants)} variants planned, "
             f"{len(plan.variants) - len(pending)} already done, {len(pending)} to render"
             + (f", {len(work.repairs)} with exports to rebuild" if work.repairs else ""))
-        repair_exports(ledger, work.repairs, out_dir, log)
+        repair_exports(ledger, work.repairs, out_dir, campaign.files(), log)
         # 4. Record the run, then produce what is pending.
         recipe = campaign.recipe
         recipe_hash = ledger.record_recipe_version(recipe.spec.name, recipe.spec.version,
@@ -268,21 +268,24 @@ def _file_state(path: Path, sha256: str) -> str | None:
     return None if sha256_file(path) == sha256 else "altered"
 
 
-def repair_exports(ledger: Ledger, repairs: Sequence[Repair], out_dir: Path, log: Log) -> None:
+def repair_exports(ledger: Ledger, repairs: Sequence[Repair], out_dir: Path,
+                   files: FileIndex, log: Log) -> None:
     """Rebuild lost or altered exports from their masters: the same crop, resize, encoder
     and metadata as when they were made; the master is read, never written."""
     from PIL import Image
 
+    from .metadata import LoraHashes
     from .produce import Worker, export_files
 
+    lora_hashes = LoraHashes(files.path)
     for repair in repairs:
+        spec = repair.variant.spec
         with Image.open(out_dir / repair.render.output_path) as master:
             rebuilt = dict((export.name, data) for export, data in
-                           export_files(master.convert("RGB"), repair.variant.spec))
+                           export_files(master.convert("RGB"), spec, lora_hashes.of(spec)))
         for recorded in repair.exports:
-            spec = next(e for e in repair.variant.spec.postprocess.exports
-                        if e.name == recorded.name)
-            made = Worker.write_export(repair.variant, spec, rebuilt[recorded.name], out_dir)
+            export = next(e for e in spec.postprocess.exports if e.name == recorded.name)
+            made = Worker.write_export(repair.variant, export, rebuilt[recorded.name], out_dir)
             if made.sha256 != recorded.sha256:
                 log(f"export {made.path} rebuilt from its master with other bytes than "
                     f"recorded (sha256 {recorded.sha256[:12]}… then, {made.sha256[:12]}… now: "

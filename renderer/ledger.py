@@ -24,10 +24,15 @@ from .migrations import MIGRATIONS
 from .records import (
     RENDER_COLUMNS,
     RENDER_FROM,
+    RUN_COLUMNS,
+    RUN_FROM,
     Decision,
+    DeliveryFileRow,
+    DeliveryRow,
     ExportRow,
     RenderFacts,
     RenderRow,
+    Review,
     RunRow,
 )
 
@@ -58,6 +63,32 @@ class DecisionRecord:
 
 
 @dataclass(frozen=True)
+class ReviewRecord:
+    """One decision of a person, as ``add_reviews`` stores it."""
+
+    render_id: int
+    variant_id: str
+    sha256: str  # the render's output bytes, as the person saw them
+    decision: str  # approve | reject | reset
+    reviewer: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DeliveryFileRecord:
+    """One shipped file, as ``record_delivery`` stores it."""
+
+    path: str  # inside the delivery
+    render_id: int
+    channel: str  # an export's name, or 'master'
+    source_path: str  # relative to the ledger's folder
+    content_sha256: str  # the unsigned file as recorded
+    sha256: str  # the file as shipped
+    bytes: int
+    review_id: int | None
+
+
+@dataclass(frozen=True)
 class RecipeConflict:
     stored_hash: str
     deliverables: int
@@ -70,6 +101,10 @@ def utc_now() -> str:
 
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("r%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def new_delivery_id() -> str:
+    return datetime.now(UTC).strftime("d%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 class Ledger:
@@ -243,8 +278,8 @@ class Ledger:
 
     def run(self, run_id: str | None) -> RunRow | None:
         """A run (the latest when ``run_id`` is None)."""
-        query = "SELECT * FROM run_summaries WHERE id = ?" if run_id else \
-            "SELECT * FROM run_summaries ORDER BY started_at DESC, id DESC LIMIT 1"
+        query = f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE id = ?" if run_id else \
+            f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} ORDER BY started_at DESC, id DESC LIMIT 1"
         row = self.db.execute(query, (run_id,) if run_id else ()).fetchone()
         return RunRow.from_sql(row) if row else None
 
@@ -259,7 +294,8 @@ class Ledger:
             where.append("outcome = ?")
             params.append(status)
         rows = self.db.execute(
-            f"SELECT * FROM run_summaries {_where(where)} ORDER BY started_at DESC, id DESC "
+            f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} {_where(where)} "
+            "ORDER BY started_at DESC, id DESC "
             "LIMIT ?", (*params, limit))
         return [RunRow.from_sql(row) for row in rows]
 
@@ -317,6 +353,62 @@ class Ledger:
             "ORDER BY gatings.id", (run_id,))
         return [dict(row) for row in rows]
 
+    # ------------------------------------------------------------ reviews
+
+    def add_reviews(self, records: Sequence[ReviewRecord]) -> list[Review]:
+        """Append a person's decisions in one transaction; returns them as stored."""
+        with self.transaction() as db:
+            now = utc_now()
+            ids = [db.execute(
+                "INSERT INTO reviews (render_id, variant_id, sha256, decision, reviewer, note, "
+                "reviewed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (r.render_id, r.variant_id, r.sha256, r.decision, r.reviewer, r.note, now)
+            ).lastrowid for r in records]
+        return [Review(review_id=review_id, render_id=r.render_id, variant_id=r.variant_id,
+                       sha256=r.sha256, decision=r.decision, reviewer=r.reviewer, note=r.note,
+                       reviewed_at=now) for review_id, r in zip(ids, records, strict=True)]
+
+    def reviews_of(self, variant_id: str) -> list[Review]:
+        """Every review of a variant's renders, oldest first."""
+        rows = self.db.execute("SELECT id AS review_id, * FROM reviews WHERE variant_id = ? "
+                               "ORDER BY id", (variant_id,))
+        return [Review.from_sql(row) for row in rows]
+
+    # ------------------------------------------------------------ deliveries
+
+    def record_delivery(self, delivery_id: str, *, run_id: str, target: str, require: str,
+                        masters: bool, signed: bool, manifest_sha256: str, delivered_by: str,
+                        files: Sequence[DeliveryFileRecord]) -> DeliveryRow:
+        """Record one delivery (``new_delivery_id``) and every file it shipped, in one
+        transaction."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (delivery_id, run_id, target, require, int(masters), int(signed),
+                        manifest_sha256, delivered_by, utc_now()))
+            db.executemany(
+                "INSERT INTO delivery_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((delivery_id, f.path, f.render_id, f.channel, f.source_path, f.content_sha256,
+                  f.sha256, f.bytes, f.review_id) for f in files))
+        return self.deliveries(run_id, delivery_id)[0]
+
+    def deliveries(self, run_id: str | None = None,
+                   delivery_id: str | None = None) -> list[DeliveryRow]:
+        """Deliveries (of one run, or one by id), newest first, with their files."""
+        where, params = [], []
+        if run_id:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if delivery_id:
+            where.append("id = ?")
+            params.append(delivery_id)
+        rows = self.db.execute(f"SELECT * FROM deliveries {_where(where)} "
+                               "ORDER BY delivered_at DESC, id DESC", params).fetchall()
+        files: dict[str, list[DeliveryFileRow]] = {}
+        for row in self._rows_in("SELECT * FROM delivery_files WHERE delivery_id IN ({}) "
+                                 "ORDER BY path", [row["id"] for row in rows]):
+            files.setdefault(row["delivery_id"], []).append(DeliveryFileRow.from_sql(row))
+        return [DeliveryRow.from_sql(row, files.get(row["id"], [])) for row in rows]
+
     # ------------------------------------------------------------ renders
 
     def add_render(self, record: RenderRecord) -> int:
@@ -372,11 +464,28 @@ class Ledger:
             "ORDER BY renders.id DESC LIMIT ?", (*params, limit))
         return [RenderRow.from_sql(row) for row in rows]
 
+    def render(self, render_id: int) -> RenderRow | None:
+        row = self.db.execute(f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} WHERE renders.id = ?",
+                              (render_id,)).fetchone()
+        return RenderRow.from_sql(row) if row else None
+
     def renders_of(self, variant_id: str) -> list[RenderRow]:
         """Every render row of one variant, oldest first (the last is the current one)."""
         rows = self.db.execute(f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} "
                                "WHERE renders.variant_id = ? ORDER BY renders.id", (variant_id,))
         return [RenderRow.from_sql(row) for row in rows]
+
+    def earlier_renders(self, variant_ids: Sequence[str]) -> dict[str, list[RenderRow]]:
+        """The renders of each given variant before its newest one, oldest first (only
+        variants rendered more than once have any)."""
+        found: dict[str, list[RenderRow]] = {}
+        for row in self._rows_in(
+                f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} WHERE renders.id IN (SELECT id "
+                "FROM renders r WHERE r.variant_id IN ({}) AND r.id < (SELECT MAX(id) FROM "
+                "renders newest WHERE newest.variant_id = r.variant_id)) ORDER BY renders.id",
+                variant_ids):
+            found.setdefault(row["variant_id"], []).append(RenderRow.from_sql(row))
+        return found
 
     def renders_at(self, output_path: str) -> list[RenderRow]:
         rows = self.db.execute(f"SELECT {RENDER_COLUMNS} FROM {RENDER_FROM} "

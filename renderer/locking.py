@@ -32,8 +32,10 @@ from .atomic import TEMP_PREFIX
 from .errors import RenderFailure
 
 LOCK_NAME = ".campaign.lock"
-# Output sub-folders that render runs do not own (written without the folder lock).
-UNSWEPT_FOLDERS = ("reproduce",)
+# Output sub-folders that render runs do not own (written without the folder lock): the
+# reproductions, and the review page's thumbnail cache (renderer.thumbnails).
+THUMBNAIL_FOLDER = ".thumbnails"
+UNSWEPT_FOLDERS = ("reproduce", THUMBNAIL_FOLDER)
 
 
 class FolderBusy(RenderFailure):

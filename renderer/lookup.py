@@ -53,18 +53,21 @@ def resolve_variant_id(ledger: Ledger, text: str) -> str:
 
 
 def variant_id_of_image(path: Path) -> str:
-    from .metadata import read_png_metadata
+    """The variant id an image states: the hash of the ``campaign_variant`` JSON it carries
+    (a master PNG, or a channel export in PNG, JPEG or WebP)."""
+    from postprocess.export import VARIANT_KEY, read_export_metadata
 
     try:
-        metadata = read_png_metadata(path.read_bytes())
+        text = read_export_metadata(path.read_bytes()).get(VARIANT_KEY)
+        spec = None if text is None else json.loads(text)
     except (OSError, ValueError, SyntaxError) as err:
         raise InputError("cannot read this image", file=path, found=str(err),
-                         fix="pass a PNG written by `campaign render`") from None
-    if "variant" not in metadata:
+                         fix="pass an image written by `campaign render`") from None
+    if spec is None:
         raise InputError("the image carries no campaign_variant metadata", file=path,
-                         fix="pass a PNG written by `campaign render` (metadata intact), or "
-                         "a render id")
-    return sha256_json(metadata["variant"])
+                         fix="pass an image written by `campaign render` (metadata intact), "
+                         "or a render id")
+    return sha256_json(spec)
 
 
 def file_state(path: Path, recorded_sha256: str) -> str:
@@ -116,6 +119,9 @@ def render_details(ledger: Ledger, variant_id: str) -> dict[str, Any]:
         "gate": {"status": row.status, "reasons": list(row.decision.reasons)
                  if row.decision else []},
         "decisions": [decision.as_json() for decision in ledger.decisions_of(row.id)],
+        "review_state": row.review_state,
+        "review": row.review.as_json() if row.review else None,
+        "reviews": [review.as_json() for review in ledger.reviews_of(variant_id)],
         "exports": [{**export.as_json(), "size": [export.width, export.height],
                      "now": file_state(out_dir / export.path, export.sha256)}
                     for export in ledger.exports_of([row.id]).get(row.id, [])],
@@ -159,6 +165,10 @@ def format_details(details: dict[str, Any]) -> str:
         lines.append(f"  decided      {decision['status']:<6} run {decision['run_id']} "
                      f"({decision['source']}, {decision['decided_at'][:19]})"
                      + (f": {'; '.join(decision['reasons'])}" if decision["reasons"] else ""))
+    review = details["review"]
+    lines.append(f"  review       {details['review_state']}" + (
+        f" by {review['reviewer']} at {review['reviewed_at'][:19]}"
+        + (f": {review['note']}" if review["note"] else "") if review else ""))
     for export in details["exports"]:
         lines.append(f"  export       {export['name']:<10} {export['size'][0]}x{export['size'][1]} "
                      f"{export['format']:<4} {export['path']}  [{export['now']}]")

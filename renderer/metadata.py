@@ -1,7 +1,8 @@
 """What every output image says about itself, inside the PNG.
 
 * ``parameters`` — A1111's PNG-info text, so existing readers (A1111, ComfyUI, Civitai)
-  show prompt, sampler, seed and model hashes;
+  show prompt, sampler, seed and model hashes (LoRAs by A1111's own "addnet" hash, which
+  only the LoRA file can give: ``LoraHashes``, never the spec, so ids do not move);
 * ``campaign_variant`` — the variant's canonical JSON (its id is the sha256 of it);
 * ``XML:com.adobe.xmp`` — XMP with IPTC ``Iptc4xmpExt:DigitalSourceType`` declaring
   the image AI-made (trainedAlgorithmicMedia).
@@ -11,9 +12,12 @@ Nothing time- or location-dependent goes in, so one variant always gives the sam
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -25,6 +29,7 @@ from postprocess.export import XMP_PNG_KEY as XMP_KEY
 
 from .families import SCHEDULERS
 from .hashing import canonical_json, short_hash
+from .schema import FileId
 from .variant import VariantSpec
 from .version import __version__
 
@@ -37,11 +42,51 @@ COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA = (
 A1111_SAMPLER_NAMES = {name: scheduler.a1111_name for name, scheduler in SCHEDULERS.items()}
 # A1111 shows LoRA hashes as the first 12 hex digits ("shorthash"), models as 10.
 _LORA_SHORT_HASH = 12
+_SAFETENSORS_LENGTH = 8  # a safetensors file starts with its JSON header's length, u64 LE
+_CHUNK = 1 << 20
 
 
-def a1111_parameters(spec: VariantSpec) -> str:
-    """The PNG-info text in A1111's exact layout, from a variant's spec."""
+def addnet_hash(path: Path) -> str:
+    """The hash A1111 shows for a LoRA file: for ``.safetensors`` the "addnet" hash (the
+    sha256 of the bytes after the 8-byte length and the JSON header, so editing metadata
+    keeps it; A1111 ``modules/hashes.py`` ``addnet_hash_safetensors``, from sd-scripts'
+    ``library/train_util.py``), else the sha256 of the whole file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if path.name.lower().endswith(".safetensors"):
+            header = handle.read(_SAFETENSORS_LENGTH)
+            if len(header) < _SAFETENSORS_LENGTH:
+                raise ValueError(f"{path} is not a safetensors file: it has no header length")
+            handle.seek(_SAFETENSORS_LENGTH + int.from_bytes(header, "little"))
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LoraHashes:
+    """The A1111 hash of each LoRA a spec uses, from its file (found by sha256), computed
+    once per file content."""
+
+    def __init__(self, path_of: Callable[[FileId], Path]):
+        self.path_of = path_of
+        self._known: dict[str, str] = {}  # file sha256 -> its A1111 hash
+
+    def of(self, spec: VariantSpec) -> tuple[str, ...]:
+        hashes = []
+        for lora in spec.recipe.loras:
+            if lora.sha256 not in self._known:
+                self._known[lora.sha256] = addnet_hash(self.path_of(lora))
+            hashes.append(self._known[lora.sha256])
+        return tuple(hashes)
+
+
+def a1111_parameters(spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> str:
+    """The PNG-info text in A1111's exact layout, from a variant's spec and the A1111 hash
+    of each of its LoRAs (``LoraHashes.of``), in the recipe's order."""
     recipe = spec.recipe
+    if len(lora_hashes) != len(recipe.loras):
+        raise ValueError(f"{len(recipe.loras)} LoRA(s) but {len(lora_hashes)} hash(es); pass "
+                         "LoraHashes(files.path).of(spec)")
     lora_names = [_stem(lora.name) for lora in recipe.loras]
     lora_tags = "".join(f" <lora:{name}:{_number(lora.weight)}>"
                         for name, lora in zip(lora_names, recipe.loras, strict=True))
@@ -55,8 +100,8 @@ def a1111_parameters(spec: VariantSpec) -> str:
         ("Model", _stem(recipe.checkpoint.name)),
     ]
     if recipe.loras:
-        hashes = ", ".join(f"{name}: {lora.sha256[:_LORA_SHORT_HASH]}"
-                           for name, lora in zip(lora_names, recipe.loras, strict=True))
+        hashes = ", ".join(f"{name}: {lora_hash[:_LORA_SHORT_HASH]}"
+                           for name, lora_hash in zip(lora_names, lora_hashes, strict=True))
         fields.append(("Lora hashes", f'"{hashes}"'))
     fields.append(("Version", SOFTWARE))
     lines = [spec.prompt + lora_tags]
@@ -114,16 +159,17 @@ def digital_source_type(spec: VariantSpec) -> str:
         else TRAINED_ALGORITHMIC_MEDIA
 
 
-def file_metadata(spec: VariantSpec) -> tuple[dict[str, str], str]:
+def file_metadata(spec: VariantSpec, lora_hashes: Sequence[str] = ()
+                  ) -> tuple[dict[str, str], str]:
     """What every file of a variant carries: the text blocks by key, and the XMP packet."""
-    return ({PARAMETERS_KEY: a1111_parameters(spec),
+    return ({PARAMETERS_KEY: a1111_parameters(spec, lora_hashes),
              VARIANT_KEY: canonical_json(spec.to_json())},
             xmp_packet(spec.prompt, digital_source_type(spec)))
 
 
-def encode_png(image: Image.Image, spec: VariantSpec) -> bytes:
+def encode_png(image: Image.Image, spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> bytes:
     """PNG bytes carrying the three metadata blocks; deterministic for equal inputs."""
-    texts, xmp = file_metadata(spec)
+    texts, xmp = file_metadata(spec, lora_hashes)
     info = PngInfo()
     info.add_text(PARAMETERS_KEY, texts[PARAMETERS_KEY])
     info.add_itxt(VARIANT_KEY, texts[VARIANT_KEY])

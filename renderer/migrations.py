@@ -235,6 +235,84 @@ def _rules_from_thresholds(db: sqlite3.Connection) -> None:
         db.execute("UPDATE runs SET rules_json = ? WHERE id = ?", (json.dumps(rules), run_id))
 
 
+def m005_reviews_and_deliveries(db: sqlite3.Connection) -> None:
+    """A person's review decisions, and what was delivered.
+
+    ``reviews`` is append-only (triggers refuse UPDATE and DELETE): each row is one
+    decision — approve, reject or reset — about one render's bytes, named by their sha256.
+    A decision holds for a render whose output has that sha256: a variant rendered again
+    with other bytes needs a new approval, the same bytes keep theirs. ``current_reviews``
+    is the one place that says which decision stands (the latest; a reset means none), and
+    ``run_review_counts`` counts them over each run's deliverable set.
+
+    ``deliveries`` records each ``campaign deliver`` and ``delivery_files`` every file it
+    shipped: the unsigned content's sha256 as the ledger recorded it (what reproduce
+    compares) and the shipped file's own (different once C2PA-signed)."""
+    execute_script(
+        db,
+        """
+        CREATE TABLE reviews (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            render_id INTEGER NOT NULL REFERENCES renders(id),  -- the render a person saw
+            variant_id TEXT NOT NULL,
+            sha256 TEXT NOT NULL,            -- the output bytes the decision is about
+            decision TEXT NOT NULL CHECK (decision IN ('approve', 'reject', 'reset')),
+            reviewer TEXT NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            reviewed_at TEXT NOT NULL
+        );
+        CREATE INDEX reviews_by_content ON reviews(variant_id, sha256, id);
+        CREATE VIEW current_reviews AS  -- the standing review of each render (none: absent)
+            SELECT renders.id AS render_id, r.id AS review_id, r.render_id AS reviewed_render,
+                   r.variant_id, r.sha256, r.decision, r.reviewer, r.note, r.reviewed_at
+            FROM renders JOIN reviews r ON r.id = (
+                SELECT MAX(id) FROM reviews latest WHERE latest.variant_id = renders.variant_id
+                AND latest.sha256 = renders.output_sha256)
+            WHERE r.decision != 'reset';
+        CREATE VIEW run_review_counts AS  -- over the newest render of each deliverable
+            SELECT rv.run_id,
+                   COALESCE(SUM(cr.decision = 'approve'), 0) AS approved,
+                   COALESCE(SUM(cr.decision = 'reject'), 0) AS rejected,
+                   COALESCE(SUM(cr.decision IS NULL AND cd.status = 'review'), 0) AS to_review
+            FROM run_variants rv
+            JOIN renders ON renders.id = (SELECT MAX(id) FROM renders latest
+                                          WHERE latest.variant_id = rv.variant_id)
+            LEFT JOIN current_reviews cr ON cr.render_id = renders.id
+            LEFT JOIN current_decisions cd ON cd.render_id = renders.id
+            GROUP BY rv.run_id;
+        CREATE TABLE deliveries (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            target TEXT NOT NULL,            -- the folder or .zip written, absolute
+            require TEXT NOT NULL CHECK (require IN ('approved', 'passed')),
+            masters INTEGER NOT NULL,        -- 1: master PNGs shipped too
+            signed INTEGER NOT NULL,         -- 1: every file carries a C2PA manifest
+            manifest_sha256 TEXT NOT NULL,   -- of manifest.json as shipped
+            delivered_by TEXT NOT NULL,
+            delivered_at TEXT NOT NULL
+        );
+        CREATE TABLE delivery_files (
+            delivery_id TEXT NOT NULL REFERENCES deliveries(id),
+            path TEXT NOT NULL,              -- inside the delivery
+            render_id INTEGER NOT NULL REFERENCES renders(id),
+            channel TEXT NOT NULL,           -- an export's name, or 'master'
+            source_path TEXT NOT NULL,       -- relative to the ledger's folder
+            content_sha256 TEXT NOT NULL,    -- the unsigned file, as the ledger recorded it
+            sha256 TEXT NOT NULL,            -- the file shipped (signed: its own hash)
+            bytes INTEGER NOT NULL,
+            review_id INTEGER REFERENCES reviews(id),  -- the approval it shipped under
+            PRIMARY KEY (delivery_id, path)
+        );
+        CREATE INDEX deliveries_by_run ON deliveries(run_id)
+        """
+    )
+    # A trigger's body holds semicolons, so each is one statement of its own.
+    for event in ("UPDATE", "DELETE"):
+        db.execute(f"CREATE TRIGGER reviews_no_{event.lower()} BEFORE {event} ON reviews "
+                   "BEGIN SELECT RAISE(ABORT, 'reviews are append-only: add a reset "
+                   "instead'); END")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_initial, m002_batches_and_lookups, m003_postprocess_and_gates,
-    m004_one_current_decision)
+    m004_one_current_decision, m005_reviews_and_deliveries)

@@ -31,7 +31,7 @@ from postprocess.export import EXTENSIONS, ExportSpec
 from .atomic import write_bytes_atomic
 from .hashing import sha256_bytes
 from .inputs import BrandKit, Campaign, FileIndex
-from .metadata import encode_png, file_metadata
+from .metadata import LoraHashes, encode_png, file_metadata
 from .plan import Variant
 from .schema import FileId
 from .variant import VariantSpec
@@ -227,6 +227,7 @@ class Worker:
     def __init__(self, renderer: Any, files: FileIndex, scoring: Scoring | None):
         self.renderer, self.files, self.scoring = renderer, files, scoring
         self.assets = Assets(files)
+        self.lora_hashes = LoraHashes(files.path)
         self._environment: dict[str, Any] | None = None
 
     @classmethod
@@ -260,12 +261,14 @@ class Worker:
         produced, rechecked = [], []
         for index, (variant, done, (_, call)) in enumerate(zip(batch, finished, rendered,
                                                                 strict=True)):
-            data = encode_png(done.image, variant.spec)
+            lora_hashes = self.lora_hashes.of(variant.spec)
+            data = encode_png(done.image, variant.spec, lora_hashes)
             if index not in written:
                 rechecked.append((variant, sha256_bytes(data)))
                 continue
             exports = tuple(self.write_export(variant, export, export_data, out_dir)
-                            for export, export_data in export_files(done.image, variant.spec))
+                            for export, export_data in export_files(done.image, variant.spec,
+                                                                    lora_hashes))
             write_bytes_atomic(out_dir / variant.output_path, data)
             slot = written.index(index)
             embedding = embeddings[slot]
@@ -290,16 +293,18 @@ class Worker:
                           format=export.format)
 
 
-def export_files(master: Image.Image, spec: VariantSpec) -> list[tuple[ExportSpec, bytes]]:
+def export_files(master: Image.Image, spec: VariantSpec,
+                 lora_hashes: Sequence[str]) -> list[tuple[ExportSpec, bytes]]:
     """Each channel export of a master image, with the variant's metadata: a function of
-    the master's pixels and the spec alone, so it is rebuilt from the master file exactly.
+    the master's pixels, the spec and its LoRAs' A1111 hashes (``LoraHashes.of``) alone, so
+    it is rebuilt from the master file exactly.
     Faces (the crop keeps them) are detected on the master, once, when a channel crops."""
     exports = spec.postprocess.exports or []
     if not exports:
         return []
     from postprocess.export import export_image
 
-    metadata, xmp = file_metadata(spec)
+    metadata, xmp = file_metadata(spec, lora_hashes)
     faces = detect(master) if any((export.width, export.height) != master.size
                                   for export in exports) else ()
     return [(export, export_image(master, export, metadata, xmp, faces=faces))

@@ -1,16 +1,25 @@
-"""Signed provenance: C2PA manifests declaring an image AI-made (optional).
+"""Signed provenance: C2PA manifests declaring an image AI-made, for PNG, JPEG and WebP.
 
-``sign_png(data, signer)`` embeds a C2PA manifest, signed with the configured certificate
-chain and private key, whose ``c2pa.actions`` assertion says ``c2pa.created`` with the
-IPTC ``digitalSourceType`` the image's own XMP carries (trainedAlgorithmicMedia, or
-compositeWithTrainedAlgorithmicMedia for a repainted photo). ``read_c2pa(data,
-trust_anchors)`` reads it back and validates it.
+``sign_image(data, signer)`` embeds a C2PA manifest signed with a PEM certificate chain and
+private key. What it says is derived from the variant spec the file itself carries
+(``campaign_variant``, in PNG text or JPEG/WebP XMP), never passed beside it:
 
-This is for *exports* (the files that leave the studio), not the master PNGs under
-``OUT/CAMPAIGN/``: a manifest holds a fresh UUID and signing time, so signing a master
+* ``c2pa.created`` with the IPTC ``digitalSourceType`` the file's XMP declares
+  (trainedAlgorithmicMedia, or compositeWithTrainedAlgorithmicMedia for a repainted
+  photograph), the software agent and version, and the models — checkpoint and LoRAs by
+  name and sha256, with their weights;
+* ``c2pa.edited`` for an inpainted region (a composite of the source and the model's
+  pixels), and for each post-process stage the spec applied: retouch, logo, text;
+* ``c2pa.resized`` when the file is a channel export cropped and resized from the master.
+
+``read_c2pa(data, trust_anchors)`` reads it back and validates it (``Trusted`` when the
+chain ends in one of the anchors).
+
+This is for the files that leave the studio (``campaign deliver`` signs its copies), not
+for the output folder: a manifest holds a fresh UUID and signing time, so a signed master
 would break "the same variant gives the same bytes", which resume and ``campaign
-reproduce`` rely on. Signing needs ``c2pa-python`` (``pip install c2pa-python``); it works
-offline (no time-stamp authority unless ``ta_url`` is set).
+reproduce`` rely on. Signing needs ``c2pa-python`` (the ``c2pa`` extra); it works offline
+(no time-stamp authority unless ``ta_url`` is set).
 """
 
 from __future__ import annotations
@@ -22,8 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .metadata import TRAINED_ALGORITHMIC_MEDIA, read_png_metadata
+from .metadata import COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA, SOFTWARE, digital_source_type
+from .variant import VariantSpec
 from .version import __version__
+
+MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+_AGENT = {"name": "campaign-renderer", "version": __version__}
 
 
 @dataclass(frozen=True)
@@ -41,21 +54,72 @@ def _c2pa() -> Any:
         import c2pa
     except ImportError:
         raise InputError("signing C2PA manifests needs the c2pa-python package",
-                         fix="pip install c2pa-python, or turn C2PA signing off") from None
+                         fix="pip install '.[c2pa]', or turn C2PA signing off") from None
     return c2pa
 
 
-def sign_png(data: bytes, signer: C2paSigner, *, title: str = "image.png") -> bytes:
-    """``data`` (a PNG from ``encode_png``) with a signed C2PA manifest embedded."""
+def image_facts(data: bytes) -> tuple[str, tuple[int, int], VariantSpec]:
+    """An image file's format, size and the variant spec it carries."""
+    from PIL import Image
+
+    from postprocess.export import VARIANT_KEY, read_export_metadata
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind, size = image.format, image.size
+        spec = VariantSpec.from_json(read_export_metadata(data)[VARIANT_KEY])
+    except (OSError, KeyError, ValueError, SyntaxError) as err:
+        raise InputError("the file carries no readable campaign_variant metadata to sign",
+                         found=f"{type(err).__name__}: {err}",
+                         fix="sign files written by `campaign render`") from None
+    if kind not in MIME_TYPES:
+        raise InputError(f"cannot sign a {kind} file", expected=", ".join(MIME_TYPES),
+                         found=str(kind))
+    return kind, size, spec
+
+
+def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, Any]]:
+    """The actions that made a file of ``size`` from ``spec``, in the order they happened."""
+    recipe = spec.recipe
+    models = {"family": recipe.family,
+              "checkpoint": {"name": recipe.checkpoint.name, "sha256": recipe.checkpoint.sha256},
+              "loras": [{"name": lora.name, "sha256": lora.sha256, "weight": lora.weight}
+                        for lora in recipe.loras]}
+    actions = [{"action": "c2pa.created", "digitalSourceType": digital_source_type(spec),
+                "softwareAgent": SOFTWARE, "description": f"{recipe.mode} render",
+                "parameters": models}]
+    post = spec.postprocess
+    edits = []
+    if recipe.inpaint:
+        edits.append(("inpainting: the masked region repainted by the model, the rest kept "
+                      "from the source", COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA))
+    if post.retouch:
+        edits.append(("retouch: " + ", ".join(step.op for step in post.retouch), None))
+    if post.logo is not None:
+        edits.append((f"brand logo overlaid ({post.logo.name})", None))
+    if post.text is not None and (post.text.headline or post.text.legal):
+        edits.append(("text set: " + ", ".join(role for role in ("headline", "legal")
+                                                if getattr(post.text, role)), None))
+    for description, source_type in edits:
+        actions.append({"action": "c2pa.edited", "softwareAgent": SOFTWARE,
+                        "description": description,
+                        **({"digitalSourceType": source_type} if source_type else {})})
+    if size != (spec.width, spec.height):
+        actions.append({"action": "c2pa.resized", "softwareAgent": SOFTWARE,
+                        "description": f"channel export: cropped and resized from "
+                        f"{spec.width}x{spec.height} to {size[0]}x{size[1]}"})
+    return actions
+
+
+def sign_image(data: bytes, signer: C2paSigner, *, title: str = "image") -> bytes:
+    """``data`` (a PNG, JPEG or WebP written by the renderer) with a signed C2PA manifest."""
     c2pa = _c2pa()
-    metadata = read_png_metadata(data)
-    source_type = metadata.get("digital_source_type") or TRAINED_ALGORITHMIC_MEDIA
+    kind, size, spec = image_facts(data)
     manifest = {
-        "claim_generator_info": [{"name": "campaign-renderer", "version": __version__}],
+        "claim_generator_info": [_AGENT],
         "title": title,
-        "format": "image/png",
-        "assertions": [{"label": "c2pa.actions", "data": {"actions": [
-            {"action": "c2pa.created", "digitalSourceType": source_type}]}}],
+        "format": MIME_TYPES[kind],
+        "assertions": [{"label": "c2pa.actions", "data": {"actions": c2pa_actions(spec, size)}}],
     }
     try:
         info = c2pa.C2paSignerInfo(alg=signer.alg.encode(),
@@ -65,7 +129,7 @@ def sign_png(data: bytes, signer: C2paSigner, *, title: str = "image.png") -> by
         with c2pa.Signer.from_info(info) as c2pa_signer, \
                 c2pa.Builder(json.dumps(manifest)) as builder:
             signed = io.BytesIO()
-            builder.sign(c2pa_signer, "image/png", io.BytesIO(data), signed)
+            builder.sign(c2pa_signer, MIME_TYPES[kind], io.BytesIO(data), signed)
     except OSError as err:
         raise InputError("cannot read the C2PA certificate or key", found=str(err)) from None
     except c2pa.C2paError as err:
@@ -76,13 +140,19 @@ def sign_png(data: bytes, signer: C2paSigner, *, title: str = "image.png") -> by
     return signed.getvalue()
 
 
+def sign_png(data: bytes, signer: C2paSigner, *, title: str = "image.png") -> bytes:
+    """``sign_image`` for a PNG (kept for callers that sign PNGs by name)."""
+    return sign_image(data, signer, title=title)
+
+
 def read_c2pa(data: bytes, trust_anchors: bytes | None = None) -> dict[str, Any]:
     """The active manifest's validation state (``Trusted`` when it chains to one of
-    ``trust_anchors``, PEM), its signer and its ``digitalSourceType`` values."""
+    ``trust_anchors``, PEM), its signer, software and its actions (with their
+    ``digitalSourceType`` values and parameters)."""
     c2pa = _c2pa()
     settings = {"trust": {"trust_anchors": trust_anchors.decode()}} if trust_anchors else {}
     with c2pa.Context(c2pa.Settings.from_dict(settings)) as context, \
-            c2pa.Reader("image/png", io.BytesIO(data), context=context) as reader:
+            c2pa.Reader(None, io.BytesIO(data), context=context) as reader:
         store = json.loads(reader.json())
     manifest = store["manifests"][store["active_manifest"]]
     actions = [action for assertion in manifest["assertions"]
@@ -92,6 +162,9 @@ def read_c2pa(data: bytes, trust_anchors: bytes | None = None) -> dict[str, Any]
         "validation_state": store.get("validation_state"),
         "validation_status": store.get("validation_status") or [],
         "signer": manifest.get("signature_info", {}),
-        "digital_source_types": [action.get("digitalSourceType") for action in actions],
+        "claim_generator": manifest.get("claim_generator_info", []),
+        "digital_source_types": [action.get("digitalSourceType") for action in actions
+                                 if action.get("digitalSourceType")],
         "actions": [action["action"] for action in actions],
+        "action_details": actions,
     }

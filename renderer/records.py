@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .plan import Variant
@@ -33,7 +33,43 @@ class Decision:
     decided_at: str
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "reasons": list(self.reasons), "scores": dict(self.scores)}
+        # Field by field, not asdict: it deep-copies, and a review page holds 1,000 of these.
+        return {**{item.name: getattr(self, item.name) for item in fields(self)},
+                "reasons": list(self.reasons), "scores": dict(self.scores)}
+
+
+REVIEW_DECISIONS = ("approve", "reject", "reset")
+# A render's review state: the standing decision's, or unreviewed (none, or reset).
+REVIEW_STATES = {"approve": "approved", "reject": "rejected"}
+UNREVIEWED = "unreviewed"
+
+
+@dataclass(frozen=True)
+class Review:
+    """One decision a person made about a render's bytes (a ``reviews`` row)."""
+
+    review_id: int
+    render_id: int  # the render the person saw
+    variant_id: str
+    sha256: str  # the output bytes it is about
+    decision: str  # approve | reject | reset
+    reviewer: str
+    note: str
+    reviewed_at: str
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row, prefix: str = "") -> Review:
+        return cls(review_id=row[f"{prefix}review_id"], render_id=row[f"{prefix}render_id"],
+                   variant_id=row[f"{prefix}variant_id"], sha256=row[f"{prefix}sha256"],
+                   decision=row[f"{prefix}decision"], reviewer=row[f"{prefix}reviewer"],
+                   note=row[f"{prefix}note"], reviewed_at=row[f"{prefix}reviewed_at"])
+
+    @property
+    def state(self) -> str:
+        return REVIEW_STATES.get(self.decision, UNREVIEWED)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "state": self.state}
 
 
 @dataclass(frozen=True)
@@ -57,6 +93,7 @@ class RunRow:
     decided_by: str | None  # render | gate: the source of that pass (None: undecided)
     decided_at: str | None
     regatings: int  # decision passes by `campaign gate`
+    reviews: Mapping[str, int]  # approved, rejected, to_review (review items not yet seen)
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> RunRow:
@@ -70,7 +107,9 @@ class RunRow:
             report=_loads(row["report_json"], {}),
             counts={"passed": row["passed"], "review": row["review"], "failed": row["failed"]},
             decided_by=row["decided_by"], decided_at=row["decided_at"],
-            regatings=row["regatings"])
+            regatings=row["regatings"],
+            reviews={key: row[f"reviews_{key}"] or 0
+                     for key in ("approved", "rejected", "to_review")})
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +132,51 @@ class ExportRow:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeliveryFileRow:
+    path: str  # inside the delivery
+    render_id: int
+    channel: str  # an export's name, or 'master'
+    source_path: str  # relative to the ledger's folder
+    content_sha256: str  # the unsigned file, as the ledger recorded it
+    sha256: str  # the file as shipped (differs from content_sha256 once signed)
+    bytes: int
+    review_id: int | None  # the approval it shipped under (None: a gate pass)
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row) -> DeliveryFileRow:
+        return cls(*(row[key] for key in ("path", "render_id", "channel", "source_path",
+                                          "content_sha256", "sha256", "bytes", "review_id")))
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    id: str
+    run_id: str
+    target: str
+    require: str  # approved | passed
+    masters: bool
+    signed: bool
+    manifest_sha256: str
+    delivered_by: str
+    delivered_at: str
+    files: tuple[DeliveryFileRow, ...]
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row, files: Sequence[DeliveryFileRow]) -> DeliveryRow:
+        return cls(id=row["id"], run_id=row["run_id"], target=row["target"],
+                   require=row["require"], masters=bool(row["masters"]),
+                   signed=bool(row["signed"]), manifest_sha256=row["manifest_sha256"],
+                   delivered_by=row["delivered_by"], delivered_at=row["delivered_at"],
+                   files=tuple(files))
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "files": [file.as_json() for file in self.files]}
 
 
 @dataclass(frozen=True)
@@ -130,10 +214,13 @@ class RenderRow(RenderFacts):
     batch: tuple[str, ...]  # the variant ids of its pipeline call (empty: not recorded)
     embedding: bytes | None = field(repr=False)
     decision: Decision | None  # its current decision (None: not decided yet)
+    review: Review | None = None  # the standing review of its bytes (None: unreviewed)
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> RenderRow:
         keys = row.keys()
+        review = Review.from_sql(row, "current_review_") \
+            if "current_review_review_id" in keys and row["current_review_review_id"] else None
         decision = None
         if "decision_status" in keys and row["decision_status"] is not None:
             decision = Decision(
@@ -153,7 +240,7 @@ class RenderRow(RenderFacts):
             scores=_loads(row["scores_json"]), render_seconds=row["render_seconds"],
             rerender_reason=row["rerender_reason"], created_at=row["created_at"],
             batch=tuple(_loads(row["batch_json"], [])), embedding=row["embedding"],
-            decision=decision)
+            decision=decision, review=review)
 
     @property
     def output_name(self) -> str:
@@ -171,12 +258,21 @@ class RenderRow(RenderFacts):
         """Its current decision's status, or ``undecided``."""
         return self.decision.status if self.decision else "undecided"
 
+    @property
+    def review_state(self) -> str:
+        """approved, rejected or unreviewed (its bytes have no standing review)."""
+        return self.review.state if self.review else UNREVIEWED
+
     def as_json(self) -> dict[str, Any]:
-        """Everything but the spec and the embedding (``campaign show`` has those)."""
-        data = {key: value for key, value in asdict(self).items()
-                if key not in ("spec", "spec_json", "embedding", "decision")}
+        """Everything but the spec and the embedding (``campaign show`` has those). Built
+        field by field: ``asdict`` would deep-copy the spec and embedding it then drops
+        (most of the time of a 1,000-variant review page)."""
+        data = {item.name: getattr(self, item.name) for item in fields(self)
+                if item.name not in ("spec", "spec_json", "embedding", "decision", "review")}
         return {**data, "batch": list(self.batch), "status": self.status,
-                "decision": self.decision.as_json() if self.decision else None}
+                "decision": self.decision.as_json() if self.decision else None,
+                "review_state": self.review_state,
+                "review": self.review.as_json() if self.review else None}
 
 
 # The columns of a render row with its current decision (see RenderRow.from_sql).
@@ -184,5 +280,14 @@ RENDER_COLUMNS = (
     "renders.*, current.status AS decision_status, current.reasons_json AS decision_reasons, "
     "current.scores_json AS decision_scores, current.gating_id AS decision_gating, "
     "current.decided_in_run, current.source AS decision_source, "
-    "current.decided_at AS decision_at")
-RENDER_FROM = "renders LEFT JOIN current_decisions current ON current.render_id = renders.id"
+    "current.decided_at AS decision_at, "
+    + ", ".join(f"review.{column} AS current_review_{column}" for column in (
+        "review_id", "variant_id", "sha256", "decision", "reviewer", "note", "reviewed_at"))
+    + ", review.reviewed_render AS current_review_render_id")
+RENDER_FROM = ("renders LEFT JOIN current_decisions current ON current.render_id = renders.id "
+               "LEFT JOIN current_reviews review ON review.render_id = renders.id")
+# A run with the counts of its latest decision pass and of its reviews (see RunRow.from_sql).
+RUN_COLUMNS = ("run_summaries.*, reviews.approved AS reviews_approved, "
+               "reviews.rejected AS reviews_rejected, reviews.to_review AS reviews_to_review")
+RUN_FROM = ("run_summaries LEFT JOIN run_review_counts reviews "
+            "ON reviews.run_id = run_summaries.id")

@@ -63,6 +63,7 @@ class Target:
     source: str = ""
     search: Sequence[Path] = ()    # where its per-variant images may be (the campaign's folder)
     folder: str | None = None       # None: the campaign's name, as it was rendered
+    channel: str | None = None      # the export compared (a JPEG/WebP/PNG export); None: master
 
 
 def targets_from_ledger(ledger: Ledger, variant_ids: Sequence[str]) -> list[Target]:
@@ -91,28 +92,74 @@ def _target_of(ledger: Ledger, row: RenderRow) -> Target:
 
 
 def target_from_image(path: Path, ledger: Ledger | None) -> Target:
-    """A target from an image's own metadata; the ledger's record of it when there is one."""
-    from .metadata import read_png_metadata
-
+    """A target from an image's own metadata — a master PNG or a channel export in any
+    format — and the ledger's record of it when there is one."""
     data = path.read_bytes()
-    try:
-        spec = read_png_metadata(data).get("variant")
-    except (OSError, ValueError, SyntaxError) as err:
-        raise InputError("cannot read this image", file=path, found=str(err)) from None
-    if spec is None:
-        raise InputError("the image carries no campaign_variant metadata", file=path,
-                         fix="pass a PNG written by `campaign render`, or a render id")
+    spec, size, kind = _embedded_spec(path, data)
     variant_id = sha256_json(spec)
     _check_spec(spec, variant_id, "the image's campaign_variant metadata", path)
+    channel = _channel_of(spec, size, kind, sha256_bytes(data), ledger, path)
     if ledger is not None and ledger.renders_of(variant_id):
         recorded = targets_from_ledger(ledger, [variant_id])[0]
         return dataclasses.replace(recorded, output_name=path.stem, folder="", original=path,
-                                   original_sha256=sha256_bytes(data),
+                                   original_sha256=sha256_bytes(data), channel=channel,
                                    source=f"{path} ({recorded.source})")
     # An image reproduces into the destination itself, under its own file name.
     return Target(variant_id=variant_id, spec=spec, output_name=path.stem, folder="",
-                  original=path, original_sha256=sha256_bytes(data),
+                  original=path, original_sha256=sha256_bytes(data), channel=channel,
                   source=f"metadata of {path}")
+
+
+def _embedded_spec(path: Path, data: bytes) -> tuple[dict[str, Any], tuple[int, int], str]:
+    """The variant JSON a PNG, JPEG or WebP written by the renderer carries (PNG text, or
+    XMP ``campaign:campaign_variant``), with the image's size and format."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from postprocess.export import VARIANT_KEY, read_export_metadata
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            size, kind = image.size, str(image.format).lower()
+        text = read_export_metadata(data).get(VARIANT_KEY)
+        spec = None if text is None else json.loads(text)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError("cannot read this image's metadata", file=path,
+                         found=f"{type(err).__name__}: {err}",
+                         fix="pass a PNG, JPEG or WebP written by `campaign render`") from None
+    if not isinstance(spec, dict):
+        raise InputError("the image carries no campaign_variant metadata", file=path,
+                         fix="pass an image written by `campaign render` (metadata intact), "
+                         "or a render id")
+    return spec, size, kind
+
+
+def _channel_of(spec: Mapping[str, Any], size: tuple[int, int], kind: str, sha256: str,
+                ledger: Ledger | None, path: Path) -> str | None:
+    """Which file of its variant an image is: the master (None) or a channel export — by
+    the ledger's record of its bytes, else by its format and size among the spec's."""
+    if ledger is not None:
+        for row in ledger.renders_of(sha256_json(spec)):
+            for export in ledger.exports_of([row.id]).get(row.id, []):
+                if export.sha256 == sha256:
+                    return export.name
+    if kind == "png" and size == (spec["width"], spec["height"]):
+        return None
+    exports = spec["postprocess"].get("exports") or []
+    matches = [export["name"] for export in exports
+               if export["format"] == kind and (export["width"], export["height"]) == size]
+    if not matches:
+        raise InputError(f"this {kind.upper()} {size[0]}x{size[1]} is neither the variant's "
+                         "master nor one of its channel exports", file=path,
+                         expected="the master PNG "
+                         f"{spec['width']}x{spec['height']} or an export: " + (", ".join(
+                             f"{e['name']} {e['format']} {e['width']}x{e['height']}"
+                             for e in exports) or "none"),
+                         fix="pass the file as `campaign render` wrote it (not resized or "
+                         "converted)")
+    return matches[0]
 
 
 def _check_spec(spec: Mapping[str, Any], variant_id: str, where: str, file: Path) -> None:
@@ -329,6 +376,9 @@ def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None, allow_pi
 def _judge(outcome: Outcome, target: Target, produced: Produced, dest: Path,
            tolerance: int | None) -> None:
     path = dest / produced.output_path
+    if target.channel is not None:  # an export: compared with the same channel's re-render
+        path = dest / next(export.path for export in produced.exports
+                           if export.name == target.channel)
     outcome.reproduced = str(path)
     outcome.tolerance = tolerance if tolerance is not None else (
         0 if not outcome.environment_differences else TOLERANCE_OTHER_ENVIRONMENT)

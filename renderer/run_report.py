@@ -1,8 +1,9 @@
 """A run's HTML report, from the ledger: what the ledger says is what the page shows.
 
 Each row shows its render's current decision (status, reasons and the scores decided on;
-``renderer.decisions``); the header counts those rows and names the rules of the run's
-latest decision pass. X/Y grid images of two axes are written beside the report, one per
+``renderer.decisions``) and a person's standing review of its bytes (``campaign
+review``); the header counts those rows and names the rules of the run's latest decision
+pass. X/Y grid images of two axes are written beside the report, one per
 combination of the other axes' values, and linked with relative paths.
 """
 
@@ -55,10 +56,16 @@ def write_run_report(ledger: Ledger, run_id: str | None, path: Path | None = Non
         prompt=row.prompt, seed=row.seed, width=row.width, height=row.height,
         scores=row.decision.scores if row.decision else row.scores,
         status=row.decision.status if row.decision else UNDECIDED,
-        reasons=row.decision.reasons if row.decision else ()) for row in stored]
+        reasons=row.decision.reasons if row.decision else (), review=row.review_state,
+        review_by=row.review.reviewer if row.review else "",
+        review_at=row.review.reviewed_at if row.review else "",
+        review_note=row.review.note if row.review else "") for row in stored]
     decided = [row.status for row in rows if row.status != UNDECIDED]
     counts = {"planned": run.planned, "rendered": run.rendered, "skipped": run.skipped,
-              **count_statuses(decided)}
+              **count_statuses(decided), **{f"{state} by a person": count for state, count in
+                                            (("approved", run.reviews["approved"]),
+                                             ("rejected", run.reviews["rejected"]))},
+              "review items not yet reviewed": run.reviews["to_review"]}
     report_run = ReportRun(run_id=run.id, campaign=run.campaign, created_at=run.started_at,
                            counts=counts, thresholds=run_gates(ledger, run).describe())
     if grids is None:

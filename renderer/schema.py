@@ -334,6 +334,26 @@ class RenderSpec(Strict):
     cpu_offload: bool = Field(default=False, description="diffusers model CPU offload (CUDA).")
 
 
+class C2paSpec(Strict):
+    """Who signs the files a delivery ships (C2PA manifests, ``campaign deliver``)."""
+
+    cert_chain: str = Field(min_length=1, description="PEM certificate chain: the signing "
+                            "certificate first, then its intermediates (relative to this file).")
+    private_key: str = Field(min_length=1, description="The signing certificate's PEM (PKCS#8) "
+                             "private key (relative to this file). Keep it out of version "
+                             "control.")
+    alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = "es256"
+    ta_url: str | None = Field(default=None, pattern=r"^https?://",
+                               description="An RFC 3161 time-stamp authority; none: offline.")
+
+
+class DeliverySpec(Strict):
+    """What ``campaign deliver`` does with this campaign's runs. Changes no pixel and no id."""
+
+    c2pa: C2paSpec | None = Field(default=None, description="Sign every delivered file (PNG, "
+                                  "JPEG, WebP) with a C2PA manifest.")
+
+
 class CampaignFile(Strict):
     """``campaigns/NAME.yaml``: a variant matrix rendered with a pinned recipe."""
 
@@ -355,6 +375,7 @@ class CampaignFile(Strict):
         default_factory=dict, description="Thresholds per metric; null turns a default off.")
     report: ReportSpec = ReportSpec()
     render: RenderSpec = RenderSpec()
+    delivery: DeliverySpec = DeliverySpec()
 
 
 FILE_MODELS: dict[str, type[BaseModel]] = {

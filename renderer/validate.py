@@ -35,6 +35,7 @@ from .schema import (
     PICKLE_SUFFIXES,
     TEXT_ROLES,
     BrandKitFile,
+    C2paSpec,
     CampaignFile,
     FileRef,
     MatrixSpec,
@@ -291,6 +292,7 @@ def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> 
     _check_overrides(document, spec, recipe)
     _check_postprocess(document, spec, brand)
     _check_gates(document, spec, brand)
+    check_delivery(document, spec)
     if spec.report.grid is not None:
         grid = spec.report.grid
         for key in ("x", "y"):
@@ -482,6 +484,47 @@ def _check_gates(document: YamlDocument, spec: CampaignFile, brand: BrandKit) ->
         if metric == "text_contrast" and (text is None or not (text.headline or text.legal)):
             raise document.error(SchemaError, "text_contrast is scored only with text",
                                  ("gates", metric), fix="add postprocess.text, or drop the gate")
+
+
+@dataclass(frozen=True)
+class C2paFiles:
+    """A campaign's ``delivery.c2pa`` block with its files resolved and checked."""
+
+    spec: C2paSpec
+    cert_chain: Path
+    private_key: Path
+
+
+def check_delivery(document: YamlDocument, spec: CampaignFile) -> C2paFiles | None:
+    """The ``delivery.c2pa`` files exist and are PEM: a certificate chain and a key."""
+    c2pa = spec.delivery.c2pa
+    if c2pa is None:
+        return None
+    found = {}
+    for key, marker, what in (("cert_chain", "-----BEGIN CERTIFICATE-----", "certificates"),
+                              ("private_key", "PRIVATE KEY-----", "a private key")):
+        key_path = ("delivery", "c2pa", key)
+        path = _existing_path(document, document.path.parent / getattr(c2pa, key), key_path)
+        try:
+            text = path.read_text(encoding="ascii", errors="replace")
+        except OSError as err:
+            raise document.error(SchemaError, f"cannot read {path.name}", key_path,
+                                 found=str(err), fix="make the file readable") from None
+        if marker not in text:
+            raise document.error(SchemaError, f"{path.name} is not PEM holding {what}",
+                                 key_path, expected=f"a PEM file with {marker!r}",
+                                 found=text[:40].strip() or "an empty file",
+                                 fix="convert it: openssl x509 -outform PEM (certificates), "
+                                 "openssl pkcs8 -topk8 -nocrypt (a key)")
+        found[key] = path
+    return C2paFiles(spec=c2pa, **found)
+
+
+def load_delivery(path: Path) -> C2paFiles | None:
+    """A campaign file's ``delivery.c2pa`` signer, checked, without loading its recipe,
+    brand kit or matrix (``campaign deliver`` needs only this)."""
+    document = load_yaml(path)
+    return check_delivery(document, parse_document(document, CampaignFile))
 
 
 # ---------------------------------------------------------------- every variant

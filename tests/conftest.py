@@ -62,6 +62,18 @@ def demo_models() -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny renders are faster on one thread on shared cores (never compare pixels across
+    thread counts)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @dataclass
 class Project:
     """A scratch copy of the demo recipe/campaign layout that tests can edit."""

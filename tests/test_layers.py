@@ -25,12 +25,13 @@ LAYERS = (
     ("render", {"environment", "controls", "render"}),
     ("post-process", {"metadata", "produce"}),
     ("ledger", {"migrations", "records", "ledger", "decisions", "locking"}),
-    ("report", {"run_report"}),
+    ("report", {"run_report", "thumbnails"}),
     ("train", {"training_job", "training_models", "training_data", "lora_files", "training",
                "training_report"}),
     ("commands", {"executors", "ray_executor", "adopt", "execute", "locate", "compare",
                   "reproduction",
-                  "lookup", "pin", "provenance", "cli", "demo_models", "__init__"}),
+                  "lookup", "pin", "provenance", "review", "deliver", "cli", "demo_models",
+                  "__init__"}),
 )
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 

@@ -26,6 +26,9 @@ from renderer.variant import VariantSpec
 CHECKPOINT_SHA = "93204beabe07a502a057472bbb7ef254beb58874e7bf72abdd307d3a975a752c"
 STYLE_SHA = "46e3cf0c0fc50b8e410792f4a892ffce177124aa05947ba2f36ca06a732a312f"
 BRAND_SHA = "921015bf54f0ad75a52e480e6ffc981b9780078a1b7e73acaed9c8b644440749"
+# The LoRAs' A1111 ("addnet") hashes come from their files (renderer.metadata.LoraHashes);
+# these tests have no files, so they pass the values the text must show.
+LORA_HASHES = (STYLE_SHA, BRAND_SHA)
 
 
 def _spec(**changes) -> dict:
@@ -54,11 +57,12 @@ def typed(spec: dict) -> VariantSpec:
 
 def _png(spec: dict) -> bytes:
     pixels = np.random.default_rng(0).integers(0, 256, (spec["height"], spec["width"], 3))
-    return encode_png(Image.fromarray(pixels.astype(np.uint8)), typed(spec))
+    hashes = LORA_HASHES[:len(spec["recipe"]["loras"])]
+    return encode_png(Image.fromarray(pixels.astype(np.uint8)), typed(spec), hashes)
 
 
 def test_parameters_text_is_a1111s_exact_layout():
-    assert a1111_parameters(typed(_spec())) == (
+    assert a1111_parameters(typed(_spec()), LORA_HASHES) == (
         "a trail runner, orange, on a studio background <lora:lora-style:0.6> "
         "<lora:lora-brand:0.8>\n"
         "Negative prompt: blurry, low quality\n"
@@ -90,7 +94,7 @@ def test_parameters_parse_back_to_every_setting():
     assert parsed["Model"] == "sd15"
     assert parsed["loras"] == {"lora-style": 0.6, "lora-brand": 0.8}
     assert parsed["Lora hashes"] == "lora-style: 46e3cf0c0fc5, lora-brand: 921015bf54f0"
-    assert parse_a1111_parameters(a1111_parameters(typed(spec))) == parsed
+    assert parse_a1111_parameters(a1111_parameters(typed(spec), LORA_HASHES)) == parsed
 
 
 # A1111's own reader (modules/infotext_utils.py, parse_generation_parameters), reduced to
@@ -167,5 +171,5 @@ def test_exiftool_reads_the_iptc_source_type_and_the_parameters(tmp_path):
     (tags,) = json.loads(done.stdout)
     assert tags["XMP-iptcExt:DigitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
     assert tags["XMP-dc:Description"] == spec["prompt"]
-    assert tags["PNG:Parameters"] == a1111_parameters(typed(spec))
+    assert tags["PNG:Parameters"] == a1111_parameters(typed(spec), LORA_HASHES)
     assert json.loads(tags["PNG:Campaign_variant"]) == spec

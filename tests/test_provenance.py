@@ -1,69 +1,54 @@
-"""Optional signed provenance: a C2PA manifest signed with a locally generated CA chain,
-offline, read back as Trusted with that CA as the trust anchor."""
+"""Signed provenance: a C2PA manifest signed with a locally generated CA chain, offline,
+read back as Trusted with that CA as the trust anchor — for PNG, JPEG and WebP, with the
+actions derived from the variant spec the file carries."""
 
 from __future__ import annotations
 
 import io
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA, encode_png, read_png_metadata
-from renderer.provenance import C2paSigner, read_c2pa, sign_png
+from postprocess.export import ExportSpec, encode_image
+from renderer.metadata import (
+    COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
+    SOFTWARE,
+    TRAINED_ALGORITHMIC_MEDIA,
+    encode_png,
+    file_metadata,
+    read_png_metadata,
+)
+from renderer.provenance import C2paSigner, read_c2pa, sign_image, sign_png
 from renderer.variant import VariantSpec
 
-SIGNER_EXTENSIONS = """
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = emailProtection
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid, issuer
-"""
+from .shipping_support import make_ca
 
-
-def _openssl(*args: str | Path, cwd: Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True,
-                   timeout=60)
+LORA_SHA = "b" * 64
 
 
 @pytest.fixture(scope="module")
 def ca_chain(tmp_path_factory) -> tuple[C2paSigner, bytes]:
-    """A root CA and an ES256 signer certificate it issued (C2PA refuses self-signed
-    signers)."""
-    folder = tmp_path_factory.mktemp("c2pa-ca")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", "ca.key", "-out", "ca.pem", "-days", "3650", "-subj",
-             "/O=Test Studio/CN=Test Root CA", "-addext",
-             "basicConstraints=critical,CA:TRUE", "-addext",
-             "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", "signer.key", "-out", "signer.csr", "-subj",
-             "/O=Test Studio/CN=Campaign Renderer Signer", cwd=folder)
-    (folder / "signer.ext").write_text(SIGNER_EXTENSIONS)
-    _openssl("x509", "-req", "-in", "signer.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "signer.pem", "-days", "365", "-sha256",
-             "-extfile", "signer.ext", cwd=folder)
-    _openssl("pkcs8", "-topk8", "-nocrypt", "-in", "signer.key", "-out", "signer.pk8",
-             cwd=folder)
-    chain = folder / "chain.pem"
-    chain.write_bytes((folder / "signer.pem").read_bytes() + (folder / "ca.pem").read_bytes())
-    return C2paSigner(cert_chain=chain, private_key=folder / "signer.pk8"), \
-        (folder / "ca.pem").read_bytes()
+    return make_ca(tmp_path_factory.mktemp("c2pa-ca"))
 
 
-def _png() -> bytes:
-    spec = VariantSpec.from_json({
-        "schema": 1, "campaign": "c", "axes": {}, "postprocess": {"logo": None},
+def _spec(**postprocess) -> VariantSpec:
+    return VariantSpec.from_json({
+        "schema": 1, "campaign": "c", "axes": {}, "postprocess": {"logo": None, **postprocess},
         "recipe": {"name": "r", "version": 1, "family": "sd15",
                    "checkpoint": {"name": "m.safetensors", "sha256": "a" * 64}, "loras": [],
                    "steps": 4, "scheduler": "euler", "cfg": 5.0, "size": [16, 16], "seed": 1,
                    "prompt": "a shoe", "negative_prompt": ""},
         "seed": 1, "width": 16, "height": 16, "prompt": "a shoe", "negative_prompt": ""})
-    pixels = np.random.default_rng(1).integers(0, 256, (16, 16, 3)).astype(np.uint8)
-    return encode_png(Image.fromarray(pixels), spec)
+
+
+def _pixels() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(1).integers(0, 256, (16, 16, 3))
+                           .astype(np.uint8))
+
+
+def _png() -> bytes:
+    return encode_png(_pixels(), _spec())
 
 
 def test_signed_manifest_declares_ai_made_and_validates_offline(ca_chain):
@@ -93,3 +78,33 @@ def test_tampered_pixels_fail_validation(ca_chain):
     signed[start] ^= 0xFF
     manifest = read_c2pa(bytes(signed), trust_anchors=ca)
     assert manifest["validation_state"] == "Invalid"
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpeg", "webp"])
+def test_every_format_is_signed_with_the_actions_its_spec_took(ca_chain, image_format):
+    signer, ca = ca_chain
+    spec_json = _spec(retouch=[{"op": "sharpen", "amount": 0.5, "radius": 1.0,
+                                "threshold": 0}]).to_json()
+    spec_json["recipe"]["loras"] = [{"name": "style.safetensors", "sha256": LORA_SHA,
+                                     "weight": 0.6}]
+    spec_json["recipe"]["inpaint"] = {"image": "shot.jpg", "strength": 0.9,
+                                      "source_is_photo": True, "region": [0, 0.5, 1, 1]}
+    spec = VariantSpec.from_json(spec_json)
+    metadata, xmp = file_metadata(spec, ["c" * 64])
+    export = ExportSpec(name="feed", width=12, height=16, format=image_format)
+    data = encode_image(_pixels().resize((12, 16)), export, metadata, xmp)
+
+    manifest = read_c2pa(sign_image(data, signer, title=f"feed{export.extension}"), ca)
+
+    assert manifest["validation_state"] == "Trusted", manifest["validation_status"]
+    assert manifest["actions"] == ["c2pa.created", "c2pa.edited", "c2pa.edited", "c2pa.resized"]
+    created, inpaint, retouch, resized = manifest["action_details"]
+    assert created["digitalSourceType"] == COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA
+    assert created["softwareAgent"] == SOFTWARE
+    assert created["parameters"]["checkpoint"] == {"name": "m.safetensors", "sha256": "a" * 64}
+    assert created["parameters"]["loras"] == [{"name": "style.safetensors", "sha256": LORA_SHA,
+                                               "weight": 0.6}]
+    assert inpaint["description"].startswith("inpainting")
+    assert retouch["description"] == "retouch: sharpen"
+    assert "16x16 to 12x16" in resized["description"]
+    assert manifest["claim_generator"][0]["name"] == "campaign-renderer"

@@ -1,0 +1,478 @@
+"""``campaign review``: a local web page where a person approves or rejects a run's images.
+
+A Starlette app served by uvicorn on one loopback port. It reads the ledger on each page
+load (so it works while a render is running, and after ``campaign gate``), shows what the
+ledger says, and writes one thing: ``reviews`` rows (``Ledger.add_reviews``).
+
+Routes (``ReviewApp.routes``):
+
+    GET  /                       the page (static HTML; its script builds the DOM with
+                                 textContent only, so no ledger text is ever markup)
+    GET  /static/review.js|.css  its script and style
+    GET  /api/run                the run: counts, thresholds, axes in campaign order, each
+                                 variant's render (``RenderRow.as_json``), exports, earlier
+                                 renders, the brand references
+    GET  /files/SHA256           a master or export the ledger records, full size
+    GET  /thumbs/SHA256/SIZE     its thumbnail (``renderer.thumbnails``), or a brand
+                                 reference's; cached in OUT/.thumbnails/
+    POST /api/reviews            approve | reject | reset, one render or many
+
+Security, in the order a request meets it:
+
+* **Host**: bound to 127.0.0.1 by default; a request whose Host header names another host
+  is refused (400), so a web page cannot reach the server through DNS rebinding.
+* **Writes** need the per-launch token (``secrets.token_urlsafe``), printed in the URL's
+  fragment (``#token=…``: a fragment is never sent in a request or a Referer) and sent
+  back by the page in the ``X-Review-Token`` header, and a same-origin request: its Origin
+  (or, without one, its Referer) must be this server's own. Either missing or wrong is 403.
+  A custom header and a JSON body also mean a browser preflights any cross-site attempt,
+  which this server never answers with CORS headers.
+* **Files**: URLs name content by sha256, never a path. A sha256 is served only when the
+  ledger records a file of that hash (a run's master or export) whose path, resolved
+  with symlinks followed, lies inside the output folder and whose bytes still hash to it;
+  anything else is 404. Brand references (outside the output folder) are only ever
+  served as thumbnails made from the recorded file, checked against its recorded sha256.
+* **Sizes**: request bodies over ``MAX_BODY`` bytes are refused (413) before and while
+  reading; a selection holds at most ``MAX_DECISIONS``, a note at most ``MAX_NOTE``
+  characters.
+* Every response carries a strict Content-Security-Policy (scripts and images from this
+  origin only, no inline script, no framing), ``nosniff`` and ``no-referrer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import InputError
+from .hashing import sha256_file
+from .ledger import LEDGER_NAME, Ledger, ReviewRecord
+from .records import REVIEW_DECISIONS, RenderRow, RunRow
+from .thumbnails import SIZES, cached_thumbnail, make_thumbnail
+
+MAX_BODY = 256 * 1024  # bytes of one POST
+MAX_DECISIONS = 5000  # renders in one selection
+MAX_NOTE = 2000  # characters
+TOKEN_HEADER = "x-review-token"
+_REREAD_SECONDS = 2.0  # unknown hashes re-read the ledger at most this often
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_STATIC = {"review.js": "text/javascript; charset=utf-8",
+           "review.css": "text/css; charset=utf-8"}
+_SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """A file the ledger records, as the review page may show it."""
+
+    path: Path  # absolute
+    inside: bool  # under the output folder: served itself; else only as thumbnails
+
+
+@dataclass
+class _FileIndex:
+    """The files of the run being reviewed, by sha256, and the hashes checked so far."""
+
+    files: dict[str, RecordedFile] = field(default_factory=dict)
+    checked: dict[tuple[str, int, int, int], str] = field(default_factory=dict)
+    read_at: float = 0.0  # when an unknown sha256 last made it read the ledger again
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ReviewApp:
+    """The review page of one output folder (``run_id`` None: the latest run, read anew
+    on every page load)."""
+
+    def __init__(self, out_dir: Path, run_id: str | None, *, reviewer: str, token: str,
+                 allowed_hosts: Sequence[str] | None):
+        self.out_dir = out_dir
+        self.out_root = out_dir.resolve()
+        self.ledger_path = out_dir / LEDGER_NAME
+        self.run_id = run_id
+        self.reviewer = reviewer
+        self.token = token
+        self.allowed_hosts = None if allowed_hosts is None else set(allowed_hosts)
+        self.index = _FileIndex()
+        self.reviewed_runs: set[str] = set()  # runs reviewed here (their reports rewritten)
+
+    # ------------------------------------------------------------ the ASGI app
+
+    def asgi(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.routing import Route
+
+        routes = [
+            Route("/", self.page, methods=["GET"]),
+            Route("/favicon.ico", lambda request: _text(204, ""), methods=["GET"]),
+            Route("/static/{name}", self.static, methods=["GET"]),
+            Route("/api/run", self.api_run, methods=["GET"]),
+            Route("/api/reviews", self.api_reviews, methods=["POST"]),
+            Route("/files/{sha256}", self.file, methods=["GET"]),
+            Route("/thumbs/{sha256}/{size}", self.thumb, methods=["GET"]),
+        ]
+        return Starlette(routes=routes, middleware=[Middleware(_Guard, app_state=self)])
+
+    def page(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        return Response(_asset("index.html"), media_type="text/html; charset=utf-8")
+
+    def static(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        name = request.path_params["name"]
+        if name not in _STATIC:
+            return _text(404, "not found")
+        return Response(_asset(name), media_type=_STATIC[name])
+
+    def api_run(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        try:
+            payload = self.run_payload()
+        except InputError as err:
+            return JSONResponse({"error": err.message}, status_code=404)
+        return JSONResponse(payload)
+
+    async def api_reviews(self, request: Any) -> Any:
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return _text(415, "send application/json")
+        body = await _bounded_body(request)
+        if body is None:
+            return _text(413, f"request body over {MAX_BODY} bytes")
+        try:
+            decisions = _parse_decisions(body)
+        except ValueError as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+        status, payload = await run_in_threadpool(self.record, decisions)
+        return JSONResponse(payload, status_code=status)
+
+    def file(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        recorded = self.verified(request.path_params["sha256"])
+        if recorded is None or not recorded.inside:
+            return _text(404, "not a file of this run")
+        return Response(recorded.path.read_bytes(), media_type=_media_type(recorded.path),
+                        headers={"cache-control": "private, max-age=86400, immutable"})
+
+    def thumb(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        sha256, size = request.path_params["sha256"], request.path_params["size"]
+        if not size.isdigit() or int(size) not in SIZES or not _SHA256.match(sha256):
+            return _text(404, f"sizes: {', '.join(map(str, SIZES))}")
+        cached = cached_thumbnail(self.out_dir, sha256, int(size))
+        if cached is not None:
+            data = cached.read_bytes()
+        else:
+            recorded = self.verified(sha256)
+            if recorded is None:
+                return _text(404, "no file with these bytes is kept")
+            data = make_thumbnail(recorded.path, sha256, int(size), self.out_dir)
+        return Response(data, media_type="image/webp",
+                        headers={"cache-control": "private, max-age=86400, immutable"})
+
+    # ------------------------------------------------------------ reading
+
+    def open_ledger(self) -> Ledger:
+        if not self.ledger_path.is_file():
+            raise InputError("no ledger here", file=self.ledger_path)
+        return Ledger(self.ledger_path)
+
+    def current_run(self, ledger: Ledger) -> RunRow:
+        run = ledger.run(self.run_id)
+        if run is None:
+            raise InputError(f"no run {self.run_id!r} in the ledger" if self.run_id
+                             else "the ledger has no runs yet", file=self.ledger_path)
+        return run
+
+    def run_payload(self) -> dict[str, Any]:
+        """Everything the page shows, from the ledger as it is now."""
+        from .decisions import run_gates
+        from .run_report import axis_label
+
+        with self.open_ledger() as ledger:
+            run = self.current_run(ledger)
+            rows = ledger.run_rows(run.id)
+            exports = ledger.exports_of([row.id for row in rows])
+            history = ledger.earlier_renders([row.variant_id for row in rows])
+            thresholds = run_gates(ledger, run).describe()
+        axes: dict[str, list[str]] = {}
+        for row in rows:
+            for axis, value in row.axes.items():
+                values = axes.setdefault(axis, [])
+                if (label := axis_label(value)) not in values:
+                    values.append(label)
+        references = {entry["sha256"]: entry for row in rows[:1]
+                      for entry in row.input_files if entry["role"] == "reference"}
+        self.index_files(rows, exports, references.values())
+        return {
+            "run": run.as_json(),
+            "thresholds": thresholds,
+            "reviewer": self.reviewer,
+            "axes": axes,
+            "scores": list(dict.fromkeys(name for row in rows for name in
+                                         (row.decision.scores if row.decision else row.scores))),
+            "thumbnail_sizes": list(SIZES),
+            "references": [{"name": Path(entry["path"]).name, "sha256": sha}
+                           for sha, entry in references.items()],
+            "variants": [{
+                "render": row.as_json(),
+                "labels": {axis: axis_label(value) for axis, value in row.axes.items()},
+                "exports": [export.as_json() for export in exports.get(row.id, [])],
+                "earlier": [{"id": old.id, "run_id": old.run_id, "created_at": old.created_at,
+                             "output_sha256": old.output_sha256,
+                             "rerender_reason": old.rerender_reason,
+                             "review_state": old.review_state}
+                            for old in history.get(row.variant_id, [])],
+            } for row in rows],
+        }
+
+    def index_files(self, rows: Sequence[RenderRow], exports: Mapping[int, Sequence[Any]],
+                    references: Any) -> None:
+        files = {row.output_sha256: RecordedFile(self.out_dir / row.output_path, True)
+                 for row in rows}
+        for row in rows:
+            files.update({export.sha256: RecordedFile(self.out_dir / export.path, True)
+                          for export in exports.get(row.id, [])})
+        files.update({entry["sha256"]: RecordedFile(Path(entry["path"]), False)
+                      for entry in references})
+        self.index.files = files
+
+    def verified(self, sha256: str) -> RecordedFile | None:
+        """The recorded file whose bytes hash to ``sha256`` now, if there is one (the rule
+        in the module docstring); hashes are remembered by (path, size, mtime, inode)."""
+        if not _SHA256.match(sha256):
+            return None
+        now = time.monotonic()
+        if sha256 not in self.index.files and now - self.index.read_at > _REREAD_SECONDS:
+            self.index.read_at = now
+            try:
+                self.run_payload()  # a render may have added it since the page loaded
+            except InputError:
+                return None
+        recorded = self.index.files.get(sha256)
+        if recorded is None:
+            return None
+        try:
+            resolved = recorded.path.resolve(strict=True)
+            stat = resolved.stat()
+        except OSError:
+            return None
+        if recorded.inside and not resolved.is_relative_to(self.out_root):
+            return None  # a symlink out of the output folder
+        if not resolved.is_file():
+            return None
+        key = (str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self.index.lock:
+            found = self.index.checked.get(key)
+        if found is None:
+            found = sha256_file(resolved)
+            with self.index.lock:
+                self.index.checked[key] = found
+        return RecordedFile(resolved, recorded.inside) if found == sha256 else None
+
+    # ------------------------------------------------------------ writing
+
+    def record(self, decisions: Sequence[Mapping[str, Any]]) -> tuple[int, dict[str, Any]]:
+        """Store a person's decisions; every one must name a render's current bytes."""
+        with self.open_ledger() as ledger:
+            records = []
+            for item in decisions:
+                row = ledger.render(item["render_id"])
+                if row is None:
+                    return 404, {"error": f"no render {item['render_id']}"}
+                newest = ledger.renders_of(row.variant_id)[-1]
+                if newest.id != row.id or row.output_sha256 != item["sha256"]:
+                    return 409, {"error": f"{row.variant_id[:12]} was rendered again since "
+                                 "the page loaded: reload it and look again",
+                                 "variant_id": row.variant_id}
+                records.append(ReviewRecord(render_id=row.id, variant_id=row.variant_id,
+                                            sha256=row.output_sha256,
+                                            decision=item["decision"], reviewer=self.reviewer,
+                                            note=item["note"]))
+            stored = ledger.add_reviews(records)
+            run = ledger.run(self.run_id)
+            if run is not None:
+                self.reviewed_runs.add(run.id)
+        return 200, {"reviews": [review.as_json() for review in stored],
+                     "run": run.as_json() if run else None}
+
+
+class _Guard:
+    """ASGI middleware: the Host check for every request, the token and same-origin
+    checks for every write, and the security headers on every response."""
+
+    def __init__(self, app: Any, app_state: ReviewApp):
+        self.app, self.state = app, app_state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1")
+                   for key, value in scope["headers"]}
+        refusal = self.refusal(scope, headers)
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                present = {key.lower() for key, _ in message["headers"]}
+                message["headers"] += [(key.encode(), value.encode())
+                                       for key, value in _SECURITY_HEADERS.items()
+                                       if key.encode() not in present]
+            await send(message)
+
+        if refusal is not None:
+            await refusal(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+    def refusal(self, scope: dict, headers: Mapping[str, str]) -> Any:
+        host = headers.get("host", "")
+        allowed = self.state.allowed_hosts
+        if allowed is not None and host not in allowed:
+            return _text(400, "unexpected Host header")
+        if scope["method"] in ("GET", "HEAD"):
+            return None
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return _text(413, f"request body over {MAX_BODY} bytes")
+        if not secrets.compare_digest(headers.get(TOKEN_HEADER, "").encode(),
+                                      self.state.token.encode()):
+            return _text(403, "this write needs the token from the URL campaign review "
+                         "printed")
+        origin = headers.get("origin") or headers.get("referer")
+        if origin is None or origin == "null":
+            return _text(403, "a write must come from the review page (no Origin)")
+        parts = urlsplit(origin)
+        if parts.scheme != "http" or parts.netloc != host:
+            return _text(403, "a write must come from the review page (cross-origin)")
+        return None
+
+
+async def _bounded_body(request: Any) -> bytes | None:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return body
+
+
+def _parse_decisions(body: bytes) -> list[dict[str, Any]]:
+    """``{"decisions": [{"render_id", "sha256", "decision", "note"}, …]}``, checked."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ValueError("the body is not JSON") from None
+    items = data.get("decisions") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_DECISIONS:
+        raise ValueError(f"send {{\"decisions\": [...]}} with 1 to {MAX_DECISIONS} items")
+    checked = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ValueError("each decision is an object")
+        render_id, sha256 = item.get("render_id"), item.get("sha256")
+        decision, note = item.get("decision"), item.get("note", "")
+        if not isinstance(render_id, int) or isinstance(render_id, bool):
+            raise ValueError("render_id must be an integer")
+        if not isinstance(sha256, str) or not _SHA256.match(sha256):
+            raise ValueError("sha256 must be 64 hex digits: the bytes you looked at")
+        if decision not in REVIEW_DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(REVIEW_DECISIONS)}")
+        if not isinstance(note, str) or len(note) > MAX_NOTE:
+            raise ValueError(f"note must be text of at most {MAX_NOTE} characters")
+        checked.append({"render_id": render_id, "sha256": sha256, "decision": decision,
+                        "note": note})
+    return checked
+
+
+def _text(status: int, message: str) -> Any:
+    from starlette.responses import PlainTextResponse
+
+    return PlainTextResponse(message, status_code=status)
+
+
+def _asset(name: str) -> bytes:
+    return (resources.files("renderer") / "data" / "review" / name).read_bytes()
+
+
+def _media_type(path: Path) -> str:
+    return {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+            ".webp": "image/webp"}.get(path.suffix.lower(), "application/octet-stream")
+
+
+# ---------------------------------------------------------------- launching
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(out_dir: Path, run_id: str | None, *, host: str = "127.0.0.1", port: int = 0,
+          reviewer: str, announce: Callable[[str], None],
+          log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)
+          ) -> ReviewApp:
+    """Serve the review page until interrupted; ``announce`` gets the URL (with the token)
+    once the port is bound. Returns the app (which runs had reviews written)."""
+    import uvicorn
+
+    if not (out_dir / LEDGER_NAME).is_file():
+        raise InputError("no ledger here", file=out_dir / LEDGER_NAME,
+                         fix="pass --out with the folder you rendered into")
+    with Ledger(out_dir / LEDGER_NAME) as ledger:
+        if run_id is not None and ledger.run(run_id) is None:
+            raise InputError(f"no run {run_id!r} in the ledger", file=ledger.path,
+                             fix="list runs with `campaign history`")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+    except OSError as err:
+        raise InputError(f"cannot listen on {host}:{port}", found=str(err),
+                         fix="pick another --port (0 picks a free one)") from None
+    bound = sock.getsockname()[1]
+    loopback = host in _LOOPBACK
+    if not loopback:
+        log(f"warning: --host {host} makes the review page reachable from other machines; "
+            "anyone who has the printed URL can approve images")
+    allowed = [f"{url_host(name)}:{bound}" for name in
+               ({host, "localhost", "127.0.0.1"} if loopback else {host})] \
+        if host not in ("0.0.0.0", "::") else None
+    token = secrets.token_urlsafe(24)
+    app = ReviewApp(out_dir, run_id, reviewer=reviewer, token=token, allowed_hosts=allowed)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    announce(f"http://{url_host(shown)}:{bound}/#token={token}")
+    config = uvicorn.Config(app.asgi(), log_level="warning", access_log=False, http="h11",
+                            lifespan="off", server_header=False,
+                            h11_max_incomplete_event_size=16 * 1024)
+    # uvicorn re-raises the Ctrl-C it shut down on: here, that is the way out.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[sock])
+    return app

@@ -1,0 +1,97 @@
+"""Review decisions in the ledger (m005): append-only rows about a render's bytes, one
+standing decision per render (``current_reviews``), counts per run, and deliveries."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from renderer.ledger import (
+    DecisionRecord,
+    DeliveryFileRecord,
+    Ledger,
+    RenderRecord,
+    ReviewRecord,
+    new_delivery_id,
+)
+
+
+def _sha(number: int) -> str:
+    return f"{number:064x}"
+
+
+def _run(ledger: Ledger, variants: list[str], statuses: list[str],
+         shas: list[str] | None = None) -> tuple[str, list[int]]:
+    run_id = ledger.start_run(campaign="c", campaign_file="c.yaml", recipe_name="r",
+                              recipe_version=1, executor="local", environment={"device": "x"},
+                              variant_ids=variants, to_render=set(variants))
+    environment = ledger.record_environment({"device": "x"})
+    render_ids = [ledger.add_render(RenderRecord(
+        run_id=run_id, variant_id=variant, campaign="c", recipe_name="r", recipe_version=1,
+        recipe_hash="h", seed=index, axes={"seed": index}, prompt="p", width=8, height=8,
+        input_files=[], output_path=f"c/{index}.png",
+        output_sha256=(shas or variants)[index], output_bytes=1, environment_hash=environment,
+        scores={}, render_seconds=0.1, rerender_reason=None, variant_json="{}"))
+        for index, variant in enumerate(variants)]
+    ledger.record_gating(run_id, source="render", rules=[], decisions=[
+        DecisionRecord(render_id, variant, status, (), {})
+        for render_id, variant, status in zip(render_ids, variants, statuses, strict=True)])
+    return run_id, render_ids
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    with Ledger(tmp_path / "ledger.sqlite") as opened:
+        yield opened
+
+
+def test_a_decision_stands_for_the_bytes_it_was_made_on(ledger):
+    variants = [_sha(1), _sha(2), _sha(3)]
+    run_id, rows = _run(ledger, variants, ["review", "review", "pass"])
+    ledger.add_reviews([ReviewRecord(rows[0], variants[0], variants[0], "approve", "ana"),
+                        ReviewRecord(rows[1], variants[1], variants[1], "reject", "ana",
+                                     "logo clipped")])
+    states = {row.variant_id: row.review_state for row in ledger.run_rows(run_id)}
+    assert states == {variants[0]: "approved", variants[1]: "rejected",
+                      variants[2]: "unreviewed"}
+    assert ledger.run(run_id).reviews == {"approved": 1, "rejected": 1, "to_review": 0}
+    review = ledger.run_rows(run_id)[1].review
+    assert (review.reviewer, review.note, review.decision) == ("ana", "logo clipped", "reject")
+
+    # A re-render with other bytes needs a new approval; the same bytes keep theirs.
+    rerun, rerendered = _run(ledger, variants[:2], ["review", "review"],
+                             shas=[_sha(99), variants[1]])
+    states = {row.variant_id: row.review_state for row in ledger.run_rows(rerun)}
+    assert states == {variants[0]: "unreviewed", variants[1]: "rejected"}
+    assert ledger.run(rerun).reviews == {"approved": 0, "rejected": 1, "to_review": 1}
+
+    # A reset withdraws the standing decision; the history keeps every row.
+    ledger.add_reviews([ReviewRecord(rerendered[1], variants[1], variants[1], "reset", "bo")])
+    assert ledger.render(rerendered[1]).review_state == "unreviewed"
+    assert [r.decision for r in ledger.reviews_of(variants[1])] == ["reject", "reset"]
+
+
+def test_reviews_are_append_only(ledger):
+    variants = [_sha(1)]
+    _, rows = _run(ledger, variants, ["review"])
+    ledger.add_reviews([ReviewRecord(rows[0], variants[0], variants[0], "approve", "ana")])
+    for statement in ("UPDATE reviews SET decision = 'reject'", "DELETE FROM reviews"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            ledger.db.execute(statement)
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.add_reviews([ReviewRecord(rows[0], variants[0], variants[0], "maybe", "ana")])
+
+
+def test_a_delivery_is_recorded_with_every_file(ledger):
+    variants = [_sha(1)]
+    run_id, rows = _run(ledger, variants, ["pass"])
+    delivery = ledger.record_delivery(
+        new_delivery_id(), run_id=run_id, target="/tmp/d", require="approved", masters=True,
+        signed=True, manifest_sha256="m" * 64, delivered_by="ana", files=[DeliveryFileRecord(
+            path="feed/0.jpg", render_id=rows[0], channel="feed", source_path="c/0.jpg",
+            content_sha256="a" * 64, sha256="b" * 64, bytes=10, review_id=None)])
+    assert ledger.deliveries(run_id) == [delivery]
+    assert delivery.as_json()["files"][0]["content_sha256"] == "a" * 64
+    assert (delivery.signed, delivery.masters, delivery.require) == (True, True, "approved")
