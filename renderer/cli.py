@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    validate = commands.add_parser("validate", help="check recipes, campaigns and brand kits")
+    validate = commands.add_parser("validate", help="check recipes, campaigns, brand kits and "
+                                   "training specs")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
     validate.add_argument("--no-hash", action="store_true",
                           help="skip sha256 checks of referenced files")
@@ -151,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--json", action="store_true")
     gate.set_defaults(handler=cmd_gate)
 
-    schema = commands.add_parser("schema", help="write JSON Schema files for editors")
+    schema = commands.add_parser("schema", help="write JSON Schema files for editors (recipes, "
+                                 "campaigns, brand kits, training specs)")
     schema.add_argument("--dir", type=Path, default=Path("schemas"))
     schema.set_defaults(handler=cmd_schema)
 
@@ -164,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .inputs import Campaign, Recipe
+    from .terminal import printable
+    from .training_spec import TrainingSpec
     from .validate import load_any
 
     failures = 0
@@ -173,6 +177,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if isinstance(loaded, Campaign):
                 print(f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
                       f"variants, recipe {loaded.recipe.ref})")
+            elif isinstance(loaded, TrainingSpec):
+                print(f"ok  {printable(path)}: training {printable(loaded.ref)} "
+                      f"({loaded.spec.family} on {printable(loaded.base.ref)}, "
+                      f"{len(loaded.images)} images)")
             elif isinstance(loaded, Recipe):
                 print(f"ok  {path}: recipe {loaded.ref} ({loaded.spec.family}, model hash "
                       f"{loaded.checkpoint.sha256[:10]})")
