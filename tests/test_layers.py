@@ -28,9 +28,10 @@ LAYERS = (
     ("ledger", {"migrations", "records", "ledger", "decisions", "locking"}),
     ("report", {"run_report"}),
     ("train", {"training_job", "training_models", "training_data", "lora_files", "training",
-               "training_report"}),
+               "training_report", "training_run"}),
     ("commands", {"executors", "ray_executor", "execute", "locate", "compare", "reproduction",
-                  "lookup", "pin", "provenance", "cli", "demo_models", "__init__"}),
+                  "training_reproduce", "lookup", "pin", "provenance", "cli", "demo_models",
+                  "__init__"}),
 )
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 
