@@ -1,5 +1,5 @@
 """`campaign train` and the training's place in the ledger, on the example spec
-(recipes/kestrel-style.train.yaml: 6 images, 24 steps at 64 px on the demo SD1.5).
+(recipes/kestrel-style.train.yaml: 6 images, 40 steps at 64 px on the demo SD1.5).
 
 Torch runs on one thread, here and in every `campaign` process (OMP_NUM_THREADS=1): LoRA
 bytes are compared across processes, which must agree on the thread count, and one thread is
@@ -36,7 +36,7 @@ from .scratch import Scratch
 
 SPEC = REPO / "recipes" / "kestrel-style.train.yaml"
 KESTREL = REPO / "campaigns" / "brands" / "kestrel"
-STEPS, EVERY = 24, 12
+STEPS, EVERY = 40, 20
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -152,7 +152,7 @@ def test_running_a_finished_training_again_is_a_no_op(trained):
     before = {path: path.stat().st_mtime_ns for path in folder.rglob("*")}
     result = run_cli("train", SPEC, "--out", out)
     assert result.code == 0, result.stderr
-    assert "kestrel-style@1: already trained (24 steps), nothing to do" in result.stderr
+    assert f"kestrel-style@1: already trained ({STEPS} steps), nothing to do" in result.stderr
     assert summary["sha256"] in result.stderr and "step 1/" not in result.stderr
     assert {path: path.stat().st_mtime_ns for path in folder.rglob("*")} == before
     assert training_row(out)["attempts"] == 1
