@@ -190,7 +190,8 @@ _PAGE = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True
   <tr><th>image</th><th>file</th><th>sha256</th><th>caption</th></tr>
   {% for item in dataset %}
   <tr><td><img class="thumb" src="{{ item.thumbnail }}" alt=""></td><td>{{ item.name }}</td>
-    <td><code>{{ item.sha256 }}</code></td><td class="caption">{{ item.caption }}</td></tr>
+    <td><code title="{{ item.sha256 }}">{{ item.sha256[:12] }}</code></td>
+    <td class="caption">{{ item.caption }}</td></tr>
   {% endfor %}
 </table>
 </body>

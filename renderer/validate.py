@@ -690,7 +690,8 @@ def validate_training(document: YamlDocument, *, verify_hashes: bool = True) -> 
             SchemaError, f"the base recipe {base.ref} is {base.spec.family}, this LoRA is for "
             f"{spec.family}", ("base",), expected=f"a recipe of family {spec.family}",
             found=f"{base.ref} ({base.spec.family}) in {base.source}",
-            fix=f"name a {spec.family} recipe as base, or set family: {base.spec.family}")
+            fix=f"name a recipe of family {spec.family} as base, or set family: "
+            f"{base.spec.family}")
     if base.checkpoint.path.is_file() and base.checkpoint_config is None:
         raise base.document.error(
             SchemaError, "training from a single-file checkpoint needs its local diffusers "
@@ -765,7 +766,9 @@ def _training_templates(document: YamlDocument, spec: TrainingFile) -> Templates
         if unknown:
             what = "caption template" if key[0] == "dataset" else "sample prompt"
             fix = "set dataset.trigger to the trigger word" if unknown[0] == "trigger" else \
-                f"use {', '.join(allowed) or 'no variables (set dataset.trigger to use it)'}"
+                "read only those: text is the .txt file beside the image, name its file name " \
+                "without extension, index its position" if key[0] == "dataset" else \
+                "sample prompts read only {{ trigger }}"
             raise document.error(TemplateError, f"the {what} reads an unknown variable "
                                  f"'{unknown[0]}'", key, expected=f"one of: "
                                  f"{', '.join(allowed) or '(none)'}", found=repr(sources[key][0]),
