@@ -479,6 +479,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce_training(args: argparse.Namespace) -> int:
+    from .terminal import printable
     from .training_reproduce import reproduce_training
 
     if args.id or args.run or args.tolerance is not None or args.min_ssim is not None:
@@ -493,7 +494,7 @@ def _reproduce_training(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(outcome.as_json(), indent=2))
     else:
-        print(outcome.describe())
+        print(printable(outcome.describe(), multiline=True))
     return 0 if outcome.matches else 1
 
 
