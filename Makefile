@@ -46,6 +46,7 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/ledger_bench.py
 	$(BIN)/python bench/validate_bench.py
 	$(BIN)/python bench/review_bench.py
+	$(BIN)/python bench/train_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

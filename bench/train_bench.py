@@ -45,7 +45,8 @@ from renderer.training import (
     TrainSettings,
     train,
 )
-from renderer.training_models import DEFAULT_TARGETS, PIPELINES
+from renderer.training_job import DEFAULT_TARGETS
+from renderer.training_models import PIPELINES
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models" / "demo"

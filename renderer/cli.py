@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    validate = commands.add_parser("validate", help="check recipes, campaigns and brand kits")
+    validate = commands.add_parser("validate", help="check recipes, campaigns, brand kits and "
+                                   "training specs")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
     validate.add_argument("--no-hash", action="store_true",
                           help="skip sha256 checks of referenced files")
@@ -159,7 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "this campaign's images already in --out")
     render.set_defaults(handler=cmd_render)
 
-    history = commands.add_parser("history", help="list runs (or renders) recorded in the ledger")
+    train = commands.add_parser("train", help="train a LoRA from a training spec (resumes)")
+    train.add_argument("spec", type=Path, metavar="SPEC")
+    train.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                       help="output folder (default: outputs): the LoRA goes to "
+                       "OUT/trainings/NAME@VERSION/, the ledger is OUT/ledger.sqlite")
+    train.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    train.set_defaults(handler=cmd_train)
+
+    history = commands.add_parser("history", help="list runs (or renders, or trainings) "
+                                  "recorded in the ledger")
     history.add_argument("--out", type=Path, default=DEFAULT_OUT)
     history.add_argument("--json", action="store_true")
     history.add_argument("--recipe", metavar="NAME[@V]",
@@ -170,10 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--runs", action="store_true", help="list runs (the default)")
     history.add_argument("--renders", action="store_true",
                          help="list renders (one per image) instead of runs")
+    history.add_argument("--trainings", action="store_true",
+                         help="list LoRA trainings instead of runs")
     history.add_argument("--campaign", metavar="NAME", help="only this campaign")
     history.add_argument("--status", metavar="STATUS",
                          help="runs: running|passed|failed|error|interrupted; renders: "
-                         "pass|review|fail")
+                         "pass|review|fail|undecided; trainings: running|finished|error|"
+                         "interrupted")
     history.add_argument("--since", metavar="DATE", help="on or after (UTC, YYYY-MM-DD[THH:MM])")
     history.add_argument("--until", metavar="DATE", help="before the end of (UTC, same form)")
     history.add_argument("--limit", type=int, default=None, help="at most N rows")
@@ -187,15 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=cmd_show)
 
     reproduce = commands.add_parser(
-        "reproduce", help="re-render deliverables from the ledger (or an image) and compare")
+        "reproduce", help="re-render deliverables (or re-train a LoRA) from the ledger and "
+        "compare")
     reproduce.add_argument("id", nargs="?", metavar="ID|IMAGE",
                            help="variant id or unique prefix, or a PNG whose metadata is read")
     reproduce.add_argument("--run", metavar="RUN", help="every deliverable of this run")
+    reproduce.add_argument("--training", metavar="ID",
+                           help="re-train this training (its id, NAME@VERSION or a spec hash "
+                           "prefix) into a scratch folder and compare the LoRA's bytes")
     reproduce.add_argument("--out", type=Path, default=DEFAULT_OUT,
                            help="the folder you rendered into, with ledger.sqlite "
                            "(default: outputs)")
     reproduce.add_argument("--into", type=Path, metavar="DIR",
-                           help="where the re-rendered images go (default: OUT/reproduce)")
+                           help="where the re-rendered images (or the re-trained LoRA) go "
+                           "(default: OUT/reproduce)")
     reproduce.add_argument("--search", "--models", action="append", type=Path, default=[],
                            metavar="DIR", help="folders to find files in by name and sha256 "
                            "when not at their recorded paths (repeatable)")
@@ -264,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument("--json", action="store_true")
     deliver.set_defaults(handler=cmd_deliver)
 
-    schema = commands.add_parser("schema", help="write JSON Schema files for editors")
+    schema = commands.add_parser("schema", help="write JSON Schema files for editors (recipes, "
+                                 "campaigns, brand kits, training specs)")
     schema.add_argument("--dir", type=Path, default=Path("schemas"))
     schema.set_defaults(handler=cmd_schema)
 
@@ -282,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .inputs import Campaign, Recipe
+    from .terminal import printable
+    from .training_run import resolve
+    from .training_spec import TrainingSpec
     from .validate import load_any
 
     failures = 0
@@ -291,6 +313,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if isinstance(loaded, Campaign):
                 say(f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
                       f"variants, recipe {loaded.recipe.ref})")
+            elif isinstance(loaded, TrainingSpec):
+                training = resolve(loaded)  # the engine's own checks, at their lines
+                print(f"ok  {printable(path)}: training {printable(loaded.ref)} "
+                      f"({loaded.spec.family} on {printable(loaded.base.ref)}, "
+                      f"{len(loaded.images)} images, id {printable(training.training_id)})")
             elif isinstance(loaded, Recipe):
                 say(f"ok  {path}: recipe {loaded.ref} ({loaded.spec.family}, model hash "
                       f"{loaded.checkpoint.sha256[:10]})")
@@ -380,6 +407,50 @@ def cmd_render(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+class _StepLines:
+    """Training progress on stderr: redrawn in place on a terminal, a line per step in logs."""
+
+    def __init__(self) -> None:
+        self.interactive = sys.stderr.isatty()
+        self.drawn = False
+
+    def progress(self, update) -> None:
+        if self.interactive:
+            sys.stderr.write(f"\r\x1b[K{update.line()}")
+        else:
+            sys.stderr.write(f"{update.line()}\n")
+        sys.stderr.flush()
+        self.drawn = self.interactive
+
+    def log(self, message: str) -> None:
+        from .terminal import printable
+
+        print(("\r\x1b[K" if self.drawn else "") + printable(message, multiline=True),
+              file=sys.stderr, flush=True)
+        self.drawn = False
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training_run import train_spec
+    from .validate import load_training
+
+    lines = _StepLines()
+    outcome = train_spec(load_training(args.spec), args.out, progress=lines.progress,
+                         log=lines.log)
+    if lines.drawn:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps(outcome.as_json(), indent=2))
+    if outcome.status == "already trained":
+        head = f"{outcome.ref}: already trained ({outcome.steps} steps), nothing to do"
+    else:
+        resumed = f", resumed at step {outcome.resumed_from}" if outcome.resumed_from else ""
+        head = f"{outcome.ref}: trained {outcome.steps} steps in {outcome.seconds:.1f} s{resumed}"
+    say(f"{head}\ntraining {outcome.training_id}\nLoRA: {outcome.lora} (sha256 "
+        f"{outcome.sha256})\nreport: {outcome.report}", err=True)
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from .lookup import open_ledger
 
@@ -387,6 +458,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise InputError("--diff needs --recipe NAME", fix="campaign history --recipe NAME "
                          "--diff 1 2")
     filters = _history_filters(args)
+    if args.trainings:
+        with open_ledger(args.out) as ledger:
+            return _training_history(ledger, args, filters)
     listing = args.runs or args.renders or any(
         filters[key] for key in ("campaign", "status", "since", "until"))
     with open_ledger(args.out) as ledger:
@@ -413,16 +487,22 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _history_filters(args: argparse.Namespace) -> dict[str, str | None]:
-    from .ledger import RUN_STATUSES
+    from .ledger import RUN_STATUSES, TRAINING_STATUSES
 
-    statuses = ("pass", "review", "fail", "undecided") if args.renders else RUN_STATUSES
+    statuses = ("pass", "review", "fail", "undecided") if args.renders else \
+        TRAINING_STATUSES if args.trainings else RUN_STATUSES
     if args.status and args.status not in statuses:
         raise InputError(f"unknown status {args.status!r}", expected=" | ".join(statuses),
                          found=args.status)
     if args.recipe and "@" in args.recipe and not args.recipe.split("@", 1)[1].isdigit():
         raise InputError("--recipe takes NAME or NAME@VERSION", found=args.recipe)
-    if args.runs and args.renders:
-        raise InputError("--runs and --renders exclude each other", fix="pick one")
+    if sum((args.runs, args.renders, args.trainings)) > 1:
+        raise InputError("--runs, --renders and --trainings exclude each other",
+                         fix="pick one")
+    if args.trainings and (args.campaign or args.recipe or args.diff):
+        raise InputError("--trainings lists trainings: --campaign, --recipe and --diff are for "
+                         "runs and renders", fix="filter trainings with --status, --since, "
+                         "--until and --limit")
     return {"campaign": args.campaign, "recipe": args.recipe, "status": args.status,
             "since": _history_time(args.since, "--since", end=False),
             "until": _history_time(args.until, "--until", end=True)}
@@ -443,6 +523,25 @@ def _history_time(text: str | None, option: str, *, end: bool) -> str | None:
     except ValueError:
         raise InputError(f"{option} is not a date", expected="YYYY-MM-DD or "
                          "YYYY-MM-DDTHH:MM[:SS] (UTC)", found=text) from None
+
+
+def _training_history(ledger, args: argparse.Namespace, filters: dict) -> int:
+    from .terminal import printable
+
+    rows = ledger.trainings(**({"limit": args.limit} if args.limit else {}),
+                            status=filters["status"], since=filters["since"],
+                            until=filters["until"])
+    if args.json:
+        print(json.dumps([row.as_json() for row in rows], indent=2, ensure_ascii=False))
+        return 0
+    for row in rows:
+        loss = f"loss {row.checkpoints[-1]['loss']:.4f}" if row.checkpoints else "no checkpoint"
+        lora = f"LoRA {row.lora_sha256[:12]} {row.lora_path}" if row.lora_sha256 \
+            else f"in {row.output_dir}"
+        print(printable(f"{row.id}  {row.started_at[:19]}  {row.status:<11} {row.family:<5} "
+                        f"{row.spec['train']['steps']} steps, {len(row.spec['dataset'])} images, "
+                        f"{loss}, base {row.spec['base']['recipe']}  {lora}"))
+    return 0
 
 
 def _render_history(rows: list, args: argparse.Namespace) -> int:
@@ -472,6 +571,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduction import DEFAULT_MIN_SSIM, reproduce
 
+    if args.training:
+        return _reproduce_training(args)
     if args.tolerance is not None and not 0 <= args.tolerance <= 255:
         raise InputError("--tolerance is in 1/255 steps", expected="0..255",
                          found=str(args.tolerance))
@@ -490,6 +591,26 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         matched = sum(outcome.matches for outcome in outcomes)
         say(f"{matched} of {len(outcomes)} reproduced within tolerance", err=True)
     return code
+
+
+def _reproduce_training(args: argparse.Namespace) -> int:
+    from .terminal import printable
+    from .training_reproduce import reproduce_training
+
+    if args.id or args.run or args.tolerance is not None or args.min_ssim is not None:
+        raise InputError("--training re-trains one training and compares the LoRA's bytes",
+                         found="a render id, --run, --tolerance or --min-ssim as well",
+                         fix="campaign reproduce --training ID [--into DIR] [--search DIR]")
+    lines = _StepLines()
+    outcome = reproduce_training(args.training, out_dir=args.out, into=args.into,
+                                 search=args.search, progress=lines.progress, log=lines.log)
+    if lines.drawn:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps(outcome.as_json(), indent=2))
+    else:
+        print(printable(outcome.describe(), multiline=True))
+    return 0 if outcome.matches else 1
 
 
 def _recipe_history(versions: list[dict], args: argparse.Namespace) -> int:

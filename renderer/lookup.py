@@ -1,7 +1,10 @@
 """Find renders in the ledger and tell everything about one (``campaign show``).
 
 A render is named by its variant id: the full 64 hex digits or a unique prefix of at least
-6, or by the path of its image (the id is read from the PNG's ``campaign_variant``).
+6, or by the path of its image (the id is read from the PNG's ``campaign_variant``). A LoRA
+of its recipe that a training of this ledger made (its sha256 is that training's LoRA or one
+of its checkpoints) is shown with that training and its dataset: the provenance chain from
+the image back to the pictures and captions the LoRA learnt from.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from .errors import InputError
 from .hashing import sha256_file, sha256_json
 from .ledger import LEDGER_NAME, Ledger
+from .terminal import printable
 
 MIN_PREFIX = 6
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -126,11 +130,42 @@ def render_details(ledger: Ledger, variant_id: str) -> dict[str, Any]:
                      "now": file_state(out_dir / export.path, export.sha256)}
                     for export in ledger.exports_of([row.id]).get(row.id, [])],
         "runs": ledger.runs_with_variant(variant_id),
+        "trained_loras": trained_loras(ledger, row.spec),
         "earlier_renders": [
             {"row": old.id, "run_id": old.run_id, "created_at": old.created_at,
              "output_sha256": old.output_sha256, "rerender_reason": old.rerender_reason}
             for old in rows[:-1]],
     }
+
+
+def trained_loras(ledger: Ledger, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each LoRA of the render's recipe that a training recorded here made: the training,
+    which of its checkpoints the file is, and its dataset with each file's state now."""
+    loras = spec["recipe"]["loras"]
+    made = {sha256: (training, step) for training, sha256, step
+            in ledger.trainings_of_loras([lora["sha256"] for lora in loras])}
+    out_dir = ledger.path.parent
+    found = []
+    for lora in loras:
+        if lora["sha256"] not in made:
+            continue
+        training, step = made[lora["sha256"]]
+        checkpoint = next(c for c in training.checkpoints if c["step"] == step)
+        # The final LoRA is the last checkpoint's bytes: name the file recipes pin.
+        path = training.lora_path if step == training.spec["train"]["steps"] \
+            and training.lora_path else checkpoint["lora"]
+        found.append({
+            "lora": lora, "training": training.id, "ref": training.ref,
+            "status": training.status, "spec_file": training.spec_file,
+            "spec_hash": training.spec_hash, "finished_at": training.finished_at,
+            "base": training.spec["base"], "steps": training.spec["train"]["steps"],
+            "step": step, "loss": checkpoint["loss"],
+            "report": training.report_path, "lora_path": path,
+            "lora_now": file_state(out_dir / path, lora["sha256"]),
+            "dataset": [{**item, "now": file_state(Path(item["path"]), item["sha256"])}
+                        for item in training.dataset],
+        })
+    return found
 
 
 def format_details(details: dict[str, Any]) -> str:
@@ -184,9 +219,35 @@ def format_details(details: dict[str, Any]) -> str:
     if render["batch"]:
         lines.append(f"  batch        {len(render['batch'])} image(s): "
                      + ", ".join(member[:12] for member in render["batch"]))
+    lines += _format_trained(details["trained_loras"])
     lines.append("  runs         " + ", ".join(f"{run['id']} ({run['outcome']})"
                                               for run in details["runs"]))
     for old in details["earlier_renders"]:
         lines.append(f"  earlier      row {old['row']} run {old['run_id']} at "
                      f"{old['created_at'][:19]} sha256 {old['output_sha256'][:12]}")
     return "\n".join(lines)
+
+
+def _format_trained(trained: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for entry in trained:
+        lora, base = entry["lora"], entry["base"]
+        which = "its final LoRA" if entry["step"] == entry["steps"] else \
+            f"its checkpoint at step {entry['step']} of {entry['steps']}"
+        lines += [
+            f"  trained LoRA {lora['name']} (weight {lora['weight']}) sha256 "
+            f"{lora['sha256'][:12]}: {which}",
+            f"    training   {entry['training']}  {entry['status']}"
+            + (f" {entry['finished_at'][:19]}" if entry["finished_at"] else ""),
+            f"    spec       {entry['spec_file']}  hash {entry['spec_hash'][:12]}",
+            f"    base       {base['recipe']}: {base['checkpoint']['name']} "
+            f"{base['checkpoint']['sha256'][:12]}",
+            f"    loss       {entry['loss']:.5f} at step {entry['step']}",
+            f"    file       {entry['lora_path']}  [{entry['lora_now']}]",
+        ]
+        if entry["report"]:
+            lines.append(f"    report     {entry['report']}")
+        lines.append(f"    dataset    {len(entry['dataset'])} images")
+        lines += [f"      {item['sha256'][:12]}  {item['name']}  \"{item['caption']}\"  "
+                  f"{item['path']}  [{item['now']}]" for item in entry["dataset"]]
+    return [printable(line) for line in lines]

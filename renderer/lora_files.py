@@ -34,7 +34,7 @@ from safetensors.torch import save as save_tensors
 
 from .hashing import canonical_json, sha256_bytes, sha256_json
 from .ldm_layout import UNET_PREFIX, clip_text_original_name, unet_to_ldm
-from .training_models import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS
+from .training_job import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS
 
 if TYPE_CHECKING:
     from .training_job import TrainingJob

@@ -311,8 +311,48 @@ def m005_reviews_and_deliveries(db: sqlite3.Connection) -> None:
         db.execute(f"CREATE TRIGGER reviews_no_{event.lower()} BEFORE {event} ON reviews "
                    "BEGIN SELECT RAISE(ABORT, 'reviews are append-only: add a reset "
                    "instead'); END")
+def m006_trainings(db: sqlite3.Connection) -> None:
+    """LoRA trainings (``campaign train``): one row per training id, updated by each attempt
+    (a killed one resumes into the same row). It reads only ``environments`` (m001), so it
+    applies after m004 whatever m005 does. ``campaign show`` finds the training of a render's
+    LoRA by the file's sha256 among each training's checkpoints (the final LoRA is the last
+    checkpoint's bytes), so a render with a mid-training checkpoint is traced too."""
+    execute_script(
+        db,
+        """
+        CREATE TABLE trainings (
+            id TEXT PRIMARY KEY,             -- NAME@VERSION-<first 12 hex of spec_hash>
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            family TEXT NOT NULL,
+            spec_file TEXT NOT NULL,         -- the spec's path when last started
+            spec_hash TEXT NOT NULL,         -- sha256 of spec_json
+            spec_json TEXT NOT NULL,         -- the resolved spec: every setting, files by name
+                                             -- and sha256, the dataset with its captions
+            input_files_json TEXT NOT NULL,  -- [{"role", "path", "sha256"}]: checkpoint (and
+                                             -- config), then each image in dataset order
+            output_dir TEXT NOT NULL,        -- relative to the ledger's folder
+            status TEXT NOT NULL,            -- running | finished | error | interrupted
+            attempts INTEGER NOT NULL,       -- times `campaign train` started it
+            resumed_from INTEGER,            -- step the finishing attempt resumed at (0: fresh)
+            step_losses_json TEXT,           -- the loss of every optimizer step
+            checkpoints_json TEXT,           -- [{"step", "loss", "lora", "sha256", "samples":
+                                             -- [{"path", "sha256", "prompt", "seed"}]}]
+            lora_path TEXT,                  -- relative to the ledger's folder
+            lora_sha256 TEXT,
+            lora_bytes INTEGER,
+            report_path TEXT,                -- relative to the ledger's folder
+            environment_hash TEXT REFERENCES environments(hash),
+            timings_json TEXT,               -- seconds of the finishing attempt
+            started_at TEXT NOT NULL,        -- the first attempt
+            finished_at TEXT,
+            UNIQUE (name, version)
+        );
+        CREATE INDEX trainings_by_started ON trainings(started_at)
+        """
+    )
 
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_initial, m002_batches_and_lookups, m003_postprocess_and_gates,
-    m004_one_current_decision, m005_reviews_and_deliveries)
+    m004_one_current_decision, m005_reviews_and_deliveries, m006_trainings)

@@ -1,4 +1,5 @@
-"""``campaign pin``: record the sha256 of every file a recipe, brand kit or campaign uses.
+"""``campaign pin``: record the sha256 of every file a recipe, brand kit, campaign or training
+spec uses (a training spec: its dataset images and folder).
 
 Pins live in the YAML files themselves, next to each ``path:`` (one place to read, and a
 recipe file alone says exactly what it needs). The files are edited as text, line by
@@ -49,12 +50,18 @@ def pin(path: Path) -> list[PinChange]:
 
 
 def pin_references(path: Path) -> list[PinChange]:
-    """Pin the files of one recipe or brand kit. Only the ``path`` entries are read first,
-    so a missing or wrong pin never stops pinning; the result is then fully validated."""
+    """Pin the files of one recipe, brand kit or training spec. Only the ``path`` entries are
+    read first, so a missing or wrong pin never stops pinning; the result is then fully
+    validated."""
     document = load_yaml(path)
     data = document.data
     try:
-        if "family" in data:
+        if "dataset" in data:  # a training spec (it names a family too)
+            dataset = data["dataset"]
+            references = [("dataset", "images", index)
+                          for index in range(len(dataset.get("images") or []))]
+            references += [("dataset", "folder")] if dataset.get("folder") else []
+        elif "family" in data:
             references: list[KeyPath] = [("checkpoint",)]
             references += [("loras", index) for index in range(len(data.get("loras") or []))]
         else:

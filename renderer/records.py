@@ -291,3 +291,62 @@ RUN_COLUMNS = ("run_summaries.*, reviews.approved AS reviews_approved, "
                "reviews.rejected AS reviews_rejected, reviews.to_review AS reviews_to_review")
 RUN_FROM = ("run_summaries LEFT JOIN run_review_counts reviews "
             "ON reviews.run_id = run_summaries.id")
+
+
+@dataclass(frozen=True)
+class TrainingRow:
+    """A LoRA training (``campaign train``) as the ledger holds it."""
+
+    id: str  # NAME@VERSION-<first 12 hex of spec_hash>
+    name: str
+    version: int
+    family: str
+    spec_file: str
+    spec_hash: str
+    spec: Mapping[str, Any]  # the resolved spec (what spec_hash hashes)
+    input_files: Sequence[Mapping[str, str]]  # role, path, sha256
+    output_dir: str  # relative to the ledger's folder
+    status: str  # running | finished | error | interrupted
+    attempts: int
+    resumed_from: int | None
+    step_losses: tuple[float, ...]
+    checkpoints: Sequence[Mapping[str, Any]]  # step, loss, lora, sha256, samples
+    lora_path: str | None  # relative to the ledger's folder (None until finished)
+    lora_sha256: str | None
+    lora_bytes: int | None
+    report_path: str | None
+    environment_hash: str | None
+    timings: Mapping[str, float]
+    started_at: str
+    finished_at: str | None
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row) -> TrainingRow:
+        return cls(
+            id=row["id"], name=row["name"], version=row["version"], family=row["family"],
+            spec_file=row["spec_file"], spec_hash=row["spec_hash"],
+            spec=_loads(row["spec_json"]), input_files=_loads(row["input_files_json"]),
+            output_dir=row["output_dir"], status=row["status"], attempts=row["attempts"],
+            resumed_from=row["resumed_from"],
+            step_losses=tuple(_loads(row["step_losses_json"], [])),
+            checkpoints=_loads(row["checkpoints_json"], []), lora_path=row["lora_path"],
+            lora_sha256=row["lora_sha256"], lora_bytes=row["lora_bytes"],
+            report_path=row["report_path"], environment_hash=row["environment_hash"],
+            timings=_loads(row["timings_json"], {}), started_at=row["started_at"],
+            finished_at=row["finished_at"])
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def dataset(self) -> list[dict[str, Any]]:
+        """Each training image: name, sha256 and caption (the spec's) with its path (where it
+        was read), in training order."""
+        paths = [entry["path"] for entry in self.input_files if entry["role"] == "image"]
+        return [{**item, "path": path}
+                for item, path in zip(self.spec["dataset"], paths, strict=True)]
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ref": self.ref, "dataset": self.dataset,
+                "step_losses": list(self.step_losses)}

@@ -54,11 +54,11 @@ from .environment import PACKAGES, fingerprint, resolve_device
 from .errors import CampaignError, InputError, RenderFailure
 from .hashing import HashCache, sha256_bytes
 from .lora_files import ADAPTER, lora_file_bytes, lora_state_dict, training_metadata
+from .schema import MIXED_PRECISIONS, SAVE_PRECISIONS, TRAINING_SCHEDULES
 from .training_data import BatchOrder, DatasetFeatures, derive_seed, generator
 from .training_job import (
-    PRECISIONS,
-    SAVE_PRECISIONS,
-    SCHEDULES,
+    DEFAULT_TARGETS,
+    TEXT_ENCODER_TARGETS,
     LoraSettings,
     SampleSettings,
     TrainingItem,
@@ -66,7 +66,7 @@ from .training_job import (
     TrainSettings,
     check_job,
 )
-from .training_models import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS, TEXT_ENCODERS
+from .training_models import TEXT_ENCODERS
 
 __all__ = ["CheckpointRecord", "LoraSettings", "Progress", "SampleSettings", "TrainSettings",
            "TrainingItem", "TrainingJob", "TrainingResult", "evaluation_loss", "train"]
@@ -134,9 +134,19 @@ def deterministic(device: str) -> Iterator[None]:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2:]
 
 
+# Output folders this process holds: `campaign train` holds its folder across its ledger
+# updates and the engine's `train` inside (a second flock from the same process would block).
+_HELD: set[Path] = set()
+
+
 @contextlib.contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    """One training per output folder; the kernel drops the lock if its holder dies."""
+def hold_training_folder(folder: Path) -> Iterator[None]:
+    """One training per output folder; the kernel drops the lock if its holder dies.
+    Re-entrant within a process."""
+    key = folder.resolve()
+    if key in _HELD:
+        yield
+        return
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".training.lock", "w") as handle:
         try:
@@ -147,8 +157,11 @@ def _exclusive(folder: Path) -> Iterator[None]:
         # Temp files of a killed run: safe to sweep while we hold the folder.
         for leftover in folder.rglob(f"{TEMP_PREFIX}*"):
             leftover.unlink(missing_ok=True)
-        yield
-
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
 
 
 def write_png(path: Path, image: Any) -> None:
@@ -161,7 +174,13 @@ def write_png(path: Path, image: Any) -> None:
 def _autocast(device: str, mixed_precision: str) -> contextlib.AbstractContextManager:
     if mixed_precision == "none":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=PRECISIONS[mixed_precision])
+    return torch.autocast(torch.device(device).type,
+                          dtype=_dtype(MIXED_PRECISIONS[mixed_precision]))
+
+
+def _dtype(name: str) -> torch.dtype:
+    """A torch dtype from its name (the job names precisions; see ``training_job``)."""
+    return getattr(torch, name)
 
 
 # --- the trainer --------------------------------------------------------------------------
@@ -184,7 +203,7 @@ class _Trainer:
                            if parameter.requires_grad}
         self.optimizer = self._optimizer()
         self.lr_scheduler = get_scheduler(
-            SCHEDULES[settings.schedule], self.optimizer,
+            TRAINING_SCHEDULES[settings.schedule], self.optimizer,
             num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps)
         self.scaler = torch.amp.GradScaler(torch.device(self.device).type,
                                            enabled=settings.mixed_precision == "fp16")
@@ -355,7 +374,7 @@ class _Trainer:
         started = time.perf_counter()
         lora_path = self.out / "checkpoints" / f"{self.job.name}-step{self.step:06d}.safetensors"
         tensors = lora_state_dict(self.job.family, self.components, self.job.lora.alpha,
-                                  SAVE_PRECISIONS[self.job.lora.save_precision])
+                                  _dtype(SAVE_PRECISIONS[self.job.lora.save_precision]))
         write_bytes_atomic(lora_path, lora_file_bytes(tensors, self._metadata()))
         samples = self._render_samples()
         previous = self.records[-1]["step"] if self.records else 0
@@ -434,9 +453,10 @@ def train(job: TrainingJob, output_dir: Path, cache_dir: Path, *,
     hashes = HashCache()
     check_job(job, hashes)
     device = resolve_device(job.train.device)
-    with _exclusive(output_dir), deterministic(device):
-        features = DatasetFeatures(job, cache_dir, device, PRECISIONS[job.train.mixed_precision],
-                                   hashes, live_text=job.lora.train_text_encoder, log=log,
+    with hold_training_folder(output_dir), deterministic(device):
+        weight_dtype = _dtype(MIXED_PRECISIONS[job.train.mixed_precision])
+        features = DatasetFeatures(job, cache_dir, device, weight_dtype, hashes,
+                                   live_text=job.lora.train_text_encoder, log=log,
                                    pipeline=pipeline)
         trainer = _Trainer(job, output_dir, features, hashes, log)
         resumed_from = trainer.resume()
@@ -453,8 +473,9 @@ def evaluation_loss(job: TrainingJob, cache_dir: Path, seeds: Sequence[int],
     check_job(job, hashes)
     device = resolve_device(job.train.device)
     with deterministic(device), torch.no_grad():
-        features = DatasetFeatures(job, cache_dir, device, PRECISIONS[job.train.mixed_precision],
-                                   hashes, live_text=True, log=lambda _: None)
+        weight_dtype = _dtype(MIXED_PRECISIONS[job.train.mixed_precision])
+        features = DatasetFeatures(job, cache_dir, device, weight_dtype, hashes,
+                                   live_text=True, log=lambda _: None)
         if lora is not None:
             features.model.pipe.load_lora_weights(str(lora), adapter_name="evaluated")
         means = []

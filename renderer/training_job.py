@@ -4,7 +4,8 @@ A job names everything that decides the trained file's bytes — the family, the
 the dataset (image path, sha256, caption), the LoRA and train settings, the sample prompts —
 plus what the file should say about where it came from (``spec_hash``, ``training_id``).
 ``to_dict()``/``from_dict()`` round-trip it through JSON; ``fingerprint`` (sha256 of that
-canonical JSON) ties checkpoints to the job that wrote them.
+canonical JSON) ties checkpoints to the job that wrote them. Plain values throughout
+(precisions by name), so building a job imports no torch.
 """
 
 from __future__ import annotations
@@ -17,15 +18,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import HashMismatchError, InputError, MissingFileError
+from .families import FAMILIES
 from .hashing import HashCache, sha256_json
+from .schema import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, TRAINING_SCHEDULES
 
-FAMILIES = ("sd15", "sdxl", "flux")
-SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
-PRECISIONS = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SAVE_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Default LoRA targets, as diffusers' DreamBooth LoRA scripts choose them: the UNet's attention
+# projections (self and cross), Flux's joint-attention projections and feed-forwards of both
+# streams; text encoders (SD/SDXL, when trained): the CLIP attention projections.
+DEFAULT_TARGETS = {
+    "sd15": ("to_q", "to_k", "to_v", "to_out.0"),
+    "sdxl": ("to_q", "to_k", "to_v", "to_out.0"),
+    "flux": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj",
+             "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj",
+             "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+}
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# A training spec's unset settings take the dataclasses' defaults below, except these, which
+# follow the family: the resolution its base models were trained at, the guidance its
+# pipelines sample with.
+FAMILY_DEFAULTS = {
+    "sd15": {"train": {"resolution": 512}, "samples": {"guidance": 7.5}},
+    "sdxl": {"train": {"resolution": 1024}, "samples": {"guidance": 5.0}},
+    "flux": {"train": {"resolution": 1024}, "samples": {"guidance": 3.5}},
+}
 
 
 @dataclass(frozen=True)
@@ -40,7 +56,7 @@ class LoraSettings:
     rank: int = 16
     alpha: float = 16.0                       # update scale alpha / rank, as kohya and peft
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ()      # empty: DEFAULT_TARGETS of the family
+    target_modules: tuple[str, ...] = ()      # empty: DEFAULT_TARGETS[family]
     train_text_encoder: bool = False          # SD1.5 / SDXL (both encoders)
     text_encoder_target_modules: tuple[str, ...] = ()  # empty: TEXT_ENCODER_TARGETS
     save_precision: str = "fp32"              # fp32 | fp16 | bf16
@@ -143,15 +159,16 @@ def check_job(job: TrainingJob, hashes: HashCache) -> None:
          "false for flux (text-encoder training is for sd15/sdxl)"),
         ("train.steps", settings.steps >= 1, "an integer >= 1"),
         ("train.learning_rate", settings.learning_rate > 0, "a positive number"),
-        ("train.schedule", settings.schedule in SCHEDULES, "constant, cosine or linear"),
+        ("train.schedule", settings.schedule in TRAINING_SCHEDULES, "constant, cosine or linear"),
         ("train.warmup_steps", 0 <= settings.warmup_steps < settings.steps,
          "0 <= warmup_steps < steps"),
         ("train.batch_size", settings.batch_size >= 1, "an integer >= 1"),
         ("train.gradient_accumulation", settings.gradient_accumulation >= 1, "an integer >= 1"),
         ("train.resolution", settings.resolution >= 16, "at least 16 px"),
-        ("train.mixed_precision", settings.mixed_precision in PRECISIONS, "none, bf16 or fp16"),
+        ("train.mixed_precision", settings.mixed_precision in MIXED_PRECISIONS,
+         "none, bf16 or fp16"),
         ("train.save_every", settings.save_every >= 0, "0 (end only) or a step interval"),
-        ("train.optimizer", settings.optimizer in ("adamw", "adamw8bit"), "adamw or adamw8bit"),
+        ("train.optimizer", settings.optimizer in OPTIMIZERS, "adamw or adamw8bit"),
         ("samples.steps", job.samples.steps >= 1, "an integer >= 1"),
         ("samples.size", job.samples.size is None or all(
             side > 0 and side % (16 if job.family == "flux" else 8) == 0

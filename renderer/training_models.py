@@ -37,17 +37,6 @@ PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeli
              "flux": "FluxPipeline"}
 TEXT_ENCODERS = {"sd15": ("text_encoder",), "sdxl": ("text_encoder", "text_encoder_2"),
                  "flux": ("text_encoder", "text_encoder_2")}
-# Default LoRA targets, as diffusers' DreamBooth LoRA scripts choose them: the UNet's attention
-# projections (self and cross), Flux's joint-attention projections and feed-forwards of both
-# streams; text encoders (SD/SDXL, when trained): the CLIP attention projections.
-DEFAULT_TARGETS = {
-    "sd15": ("to_q", "to_k", "to_v", "to_out.0"),
-    "sdxl": ("to_q", "to_k", "to_v", "to_out.0"),
-    "flux": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj",
-             "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj",
-             "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
-}
-TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 FLUX_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default, so training sees what inference sees
 
 

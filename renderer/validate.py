@@ -1,4 +1,5 @@
-"""Validate recipes, campaigns and brand kits: the one layer where input is checked.
+"""Validate recipes, campaigns, brand kits and training specs: the one layer where input is
+checked.
 
 load (``renderer.yamlsource``: YAML with the line of every key) → **validate** (this
 module: the schema, every rule between keys, every referenced file, and every variant of
@@ -8,8 +9,10 @@ Everything that can be wrong with the input is found here, before any model load
 file is written: unknown keys, types and ranges (``renderer.schema``), pinned hashes,
 pickle files, LoRAs of another family, control combinations, matrix rules, overrides,
 aspect ratios, every variant's output name (safe, unique), control images, and whether
-its logo and text fit. Each error names ``file:line``, the key path, what was expected,
-what was found and how to fix it. The result is ``renderer.inputs.Campaign``.
+its logo and text fit; for a training spec its base recipe and family, every dataset image
+(pinned, readable) and every caption. Each error names ``file:line``, the key path, what was
+expected, what was found and how to fix it. The result is ``renderer.inputs.Campaign`` (or
+``renderer.training_spec.TrainingSpec``).
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from .compat import lora_family_problem, safetensors_problem, unet_input_channels
-from .errors import BadFileError, HashMismatchError, MissingFileError, SchemaError
+from .errors import BadFileError, HashMismatchError, MissingFileError, SchemaError, TemplateError
 from .families import SIZE_MULTIPLE
 from .hashing import HashCache, canonical_json, short_hash
 from .inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
 from .matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
 from .schema import (
     ASPECT_PATTERN,
+    CAPTION_NAMES,
+    IMAGE_SUFFIXES,
     PICKLE_SUFFIXES,
     TEXT_ROLES,
     BrandKitFile,
@@ -41,9 +46,11 @@ from .schema import (
     MatrixSpec,
     RecipeFile,
     ScoringSpec,
+    TrainingFile,
 )
 from .schema_errors import parse_document
 from .templating import Templates, compile_template
+from .training_spec import DatasetImage, TrainingSpec
 from .yamlsource import KeyPath, YamlDocument, load_yaml
 
 # Characters Windows, macOS or Linux reject in file names, plus control characters.
@@ -71,20 +78,24 @@ def lora_name(path: Path) -> str:
     return path.name.removesuffix(".safetensors")
 
 
-def load_any(path: Path, *, verify_hashes: bool = True) -> Recipe | Campaign | BrandKit:
+def load_any(path: Path, *, verify_hashes: bool = True
+             ) -> Recipe | Campaign | BrandKit | TrainingSpec:
     """Load and validate a file whose kind is told by its keys (``campaign validate``)."""
     document = load_yaml(path)
     keys = set(document.data) if isinstance(document.data, dict) else set()
     if "matrix" in keys:
         return validate_campaign(document, verify_hashes=verify_hashes)
+    if "dataset" in keys or "base" in keys:  # before recipes: a training spec names a family
+        return validate_training(document, verify_hashes=verify_hashes)
     if "family" in keys or "checkpoint" in keys:
         return validate_recipe(document, verify_hashes=verify_hashes)
     if "logo" in keys:
         return validate_brand_kit(document, verify_hashes=verify_hashes)
     raise SchemaError(
         "cannot tell what kind of file this is", file=path, line=1,
-        expected="a campaign (has 'matrix'), a recipe (has 'family') or a brand kit "
-        "(has 'logo')", found=f"top-level keys: {sorted(map(str, keys)) or 'none'}",
+        expected="a campaign (has 'matrix'), a training spec (has 'dataset'), a recipe (has "
+        "'family') or a brand kit (has 'logo')",
+        found=f"top-level keys: {sorted(map(str, keys)) or 'none'}",
     )
 
 
@@ -99,6 +110,34 @@ def load_brand_kit(path: Path, *, verify_hashes: bool = True) -> BrandKit:
 def load_campaign(path: Path, *, verify_hashes: bool = True) -> Campaign:
     """Read and validate a campaign with its recipe and brand kit: every check, no model."""
     return validate_campaign(load_yaml(path), verify_hashes=verify_hashes)
+
+
+def load_training(path: Path, *, verify_hashes: bool = True) -> TrainingSpec:
+    """Read and validate a training spec with its base recipe and dataset: no model loads."""
+    return validate_training(load_yaml(path), verify_hashes=verify_hashes)
+
+
+def _referenced_recipe(document: YamlDocument, ref: str, recipes_dir: str, key_path: KeyPath,
+                       verify_hashes: bool) -> Recipe:
+    """The recipe ``name@version`` a campaign or training spec names, from ``recipes_dir``
+    (relative to the document's folder)."""
+    recipe_name, recipe_version = ref.split("@")
+    folder = Path(os.path.normpath(document.path.parent / recipes_dir))
+    recipe_path = folder / f"{recipe_name}.yaml"
+    if not recipe_path.is_file():
+        available = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise document.error(MissingFileError, "recipe file not found", key_path,
+                             expected=str(recipe_path), found="no such file",
+                             fix=f"recipes in {folder}: {', '.join(available) or 'none'}")
+    recipe = load_recipe(recipe_path, verify_hashes=verify_hashes)
+    if recipe.spec.version != int(recipe_version):
+        raise document.error(
+            SchemaError, "recipe version not available", key_path,
+            expected=ref, found=f"{recipe_path} is {recipe.ref}",
+            fix=f"set {key_path[-1]}: {recipe.ref}, or restore version {recipe_version} of the "
+            "file",
+        )
+    return recipe
 
 
 # ---------------------------------------------------------------- recipes
@@ -263,21 +302,8 @@ def _check_box(document: YamlDocument, box: Sequence[float], key_path: KeyPath) 
 def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> Campaign:
     spec: CampaignFile = parse_document(document, CampaignFile)
     base = document.path.parent
-    recipe_name, recipe_version = spec.recipe.split("@")
-    recipes_dir = Path(os.path.normpath(base / spec.recipes_dir))
-    recipe_path = recipes_dir / f"{recipe_name}.yaml"
-    if not recipe_path.is_file():
-        available = sorted(p.stem for p in recipes_dir.glob("*.yaml"))
-        raise document.error(MissingFileError, "recipe file not found", ("recipe",),
-                             expected=str(recipe_path), found="no such file",
-                             fix=f"recipes in {recipes_dir}: {', '.join(available) or 'none'}")
-    recipe = load_recipe(recipe_path, verify_hashes=verify_hashes)
-    if recipe.spec.version != int(recipe_version):
-        raise document.error(
-            SchemaError, "recipe version not available", ("recipe",),
-            expected=f"{spec.recipe}", found=f"{recipe_path} is {recipe.ref}",
-            fix=f"set recipe: {recipe.ref}, or restore version {recipe_version} of the file",
-        )
+    recipe = _referenced_recipe(document, spec.recipe, spec.recipes_dir, ("recipe",),
+                                verify_hashes)
     brand_path = _existing_path(document, base / spec.brand, ("brand",))
     brand = load_brand_kit(brand_path, verify_hashes=verify_hashes)
     ip_adapter = recipe.spec.ip_adapter
@@ -711,6 +737,123 @@ def _check_unique_outputs(document: YamlDocument, points: Sequence[Point]) -> No
                 fix="include every axis that varies in the output template")
 
 
+# ---------------------------------------------------------------- training specs
+
+
+def validate_training(document: YamlDocument, *, verify_hashes: bool = True) -> TrainingSpec:
+    spec: TrainingFile = parse_document(document, TrainingFile)
+    base = _referenced_recipe(document, spec.base, spec.recipes_dir, ("base",), verify_hashes)
+    if base.spec.family != spec.family:
+        raise document.error(
+            SchemaError, f"the base recipe {base.ref} is {base.spec.family}, this LoRA is for "
+            f"{spec.family}", ("base",), expected=f"a recipe of family {spec.family}",
+            found=f"{base.ref} ({base.spec.family}) in {base.source}",
+            fix=f"name a recipe of family {spec.family} as base, or set family: "
+            f"{base.spec.family}")
+    if base.checkpoint.path.is_file() and base.checkpoint_config is None:
+        raise base.document.error(
+            SchemaError, "training from a single-file checkpoint needs its local diffusers "
+            "config folder", ("checkpoint",), found=f"no checkpoint.config in {base.source}",
+            fix="set checkpoint.config to a folder with the model's configs and tokenizers")
+    if spec.lora.train_text_encoder and spec.family == "flux":
+        raise document.error(SchemaError, "text-encoder training is for sd15 and sdxl",
+                             ("lora", "train_text_encoder"), found="true for flux",
+                             fix="remove it (Flux LoRAs adapt the transformer)")
+    if spec.samples.size is not None:
+        _check_size_multiple(document, spec.family, spec.samples.size, ("samples", "size"))
+    files = _dataset_files(document, spec, verify_hashes)
+    templates = _training_templates(document, spec)
+    caption_key = ("dataset", "caption")
+    trigger = {"trigger": spec.dataset.trigger} if spec.dataset.trigger else {}
+    images = []
+    for index, (file, key_path) in enumerate(files):
+        context = {"name": file.path.stem, "index": index, **trigger}
+        if "text" in templates.names[caption_key]:
+            context["text"] = _caption_file(document, file.path, key_path)
+        images.append(DatasetImage(file, templates.render(caption_key, context), key_path))
+    prompts = tuple(templates.render(("samples", "prompts", index), trigger)
+                    for index in range(len(spec.samples.prompts)))
+    return TrainingSpec(spec=spec, source=document.path, document=document, base=base,
+                        images=tuple(images), sample_prompts=prompts)
+
+
+def _dataset_files(document: YamlDocument, spec: TrainingFile,
+                   verify_hashes: bool) -> list[tuple[ResolvedFile, KeyPath]]:
+    """Each image with the key that names it: ``images`` in order, then ``folder``'s in name
+    order. Every one exists, matches its pin (or its folder's) and is an image."""
+    found = []
+    for index, ref in enumerate(spec.dataset.images):
+        key_path = ("dataset", "images", index)
+        found.append((_resolve_file(document, ref, key_path, verify_hashes, image_problem),
+                      key_path))
+    if spec.dataset.folder is not None:
+        key_path = ("dataset", "folder")
+        folder = _resolve_file(document, spec.dataset.folder, key_path, verify_hashes,
+                               _checked_below).path
+        if not folder.is_dir():
+            raise document.error(SchemaError, "dataset.folder is not a folder",
+                                 (*key_path, "path"), found=str(folder),
+                                 fix="list single images under dataset.images")
+        paths = sorted(path for path in folder.iterdir() if path.is_file()
+                       and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise document.error(SchemaError, "dataset.folder holds no images",
+                                 (*key_path, "path"), expected=", ".join(IMAGE_SUFFIXES),
+                                 found=f"nothing of those in {folder}")
+        for path in paths:
+            if problem := image_problem(path):
+                raise document.error(BadFileError, f"{path.name}: {problem}",
+                                     (*key_path, "path"), found=str(path),
+                                     fix="replace the image with a complete one, or move it "
+                                     "out of the folder")
+            found.append((ResolvedFile(path, hash_file(path)), key_path))
+    if not found:
+        raise document.error(SchemaError, "the dataset has no images", ("dataset",),
+                             fix="list images under dataset.images, or name a dataset.folder")
+    return found
+
+
+def _training_templates(document: YamlDocument, spec: TrainingFile) -> Templates:
+    """The caption template and the sample prompts, compiled, each reading only names it
+    can be given: an unknown one is an error here, not an empty string in a caption."""
+    sources = {("dataset", "caption"): (spec.dataset.caption, document)}
+    sources |= {("samples", "prompts", index): (prompt, document)
+                for index, prompt in enumerate(spec.samples.prompts)}
+    templates = Templates(sources)
+    trigger = ("trigger",) if spec.dataset.trigger else ()
+    for key, names in templates.names.items():
+        allowed = (*CAPTION_NAMES, *trigger) if key == ("dataset", "caption") else trigger
+        unknown = [name for name in names if name not in allowed
+                   and name not in templates.globals]
+        if unknown:
+            what = "caption template" if key[0] == "dataset" else "sample prompt"
+            fix = "set dataset.trigger to the trigger word" if unknown[0] == "trigger" else \
+                "read only those: text is the .txt file beside the image, name its file name " \
+                "without extension, index its position" if key[0] == "dataset" else \
+                "sample prompts read only {{ trigger }}"
+            raise document.error(TemplateError, f"the {what} reads an unknown variable "
+                                 f"'{unknown[0]}'", key, expected=f"one of: "
+                                 f"{', '.join(allowed) or '(none)'}", found=repr(sources[key][0]),
+                                 fix=fix)
+    return templates
+
+
+def _caption_file(document: YamlDocument, image: Path, key_path: KeyPath) -> str:
+    """The caption in the .txt file beside an image (what ``{{ text }}`` reads)."""
+    path = image.with_suffix(".txt")
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise document.error(MissingFileError, f"caption file of {image.name} not found",
+                             (*key_path, "path"), expected=str(path), found="no such file",
+                             fix="write the caption beside the image, or set dataset.caption "
+                             "to a template that does not read text") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise document.error(SchemaError, f"cannot read the caption file of {image.name}",
+                             (*key_path, "path"), found=f"{path}: {err}",
+                             fix="save it as UTF-8 text") from None
+
+
 # ---------------------------------------------------------------- files
 
 
@@ -746,6 +889,10 @@ def _resolve_file(document: YamlDocument, ref: FileRef, key_path: KeyPath,
             "bump the recipe version",
         )
     return ResolvedFile(path=path, sha256=found)
+
+
+def _checked_below(path: Path) -> None:
+    """No check here: the caller checks what it needs of the file."""
 
 
 def pickle_weights(path: Path) -> str | None:

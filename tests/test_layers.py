@@ -20,18 +20,18 @@ from .conftest import REPO
 LAYERS = (
     ("foundation", {"version", "errors", "hashing", "atomic", "yamlsource", "templating",
                     "families", "progress", "ldm_layout", "terminal"}),
-    ("validate", {"schema", "schema_errors", "inputs", "matrix", "compat", "validate"}),
+    ("validate", {"schema", "schema_errors", "inputs", "training_spec", "matrix", "compat",
+                  "validate"}),
     ("plan", {"variant", "plan", "estimate"}),
     ("render", {"environment", "controls", "render"}),
     ("post-process", {"metadata", "produce"}),
     ("ledger", {"migrations", "records", "ledger", "decisions", "locking"}),
     ("report", {"run_report", "thumbnails"}),
     ("train", {"training_job", "training_models", "training_data", "lora_files", "training",
-               "training_report"}),
+               "training_report", "training_run"}),
     ("commands", {"executors", "ray_executor", "adopt", "execute", "locate", "compare",
-                  "reproduction",
-                  "lookup", "pin", "provenance", "review", "deliver", "cli", "demo_models",
-                  "__init__"}),
+                  "reproduction", "training_reproduce", "lookup", "pin", "provenance", "review",
+                  "deliver", "cli", "demo_models", "__init__"}),
 )
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from renderer.compat import lora_family_problem, read_header
 from renderer.errors import HashMismatchError, InputError
@@ -39,7 +39,7 @@ from renderer.training import (
     train,
 )
 from renderer.training_data import geometry, image_size, load_pixels
-from renderer.training_models import DEFAULT_TARGETS
+from renderer.training_job import DEFAULT_TARGETS
 from renderer.training_report import report_data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,6 @@ KESTREL = REPO / "campaigns" / "brands" / "kestrel"
 FAMILIES = ("sd15", "sdxl", "flux")
 EVAL_SEEDS = (101, 102, 103, 104)
 RENDER_SEEDS = (201, 202, 203)
-ORANGE, NAVY, CREAM, TEAL = (242, 107, 29), (29, 53, 87), (241, 250, 238), (42, 157, 143)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,30 +57,14 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def _draw(size: tuple[int, int], index: int) -> Image.Image:
-    """Brand-palette pictures in other shapes than the square references (buckets)."""
-    width, height = size
-    image = Image.new("RGB", size, CREAM)
-    pen = ImageDraw.Draw(image)
-    for y in range(height):
-        t = y / max(1, height - 1)
-        pen.line([(0, y), (width, y)], fill=tuple(int(NAVY[c] * (1 - t) + TEAL[c] * t)
-                                                   for c in range(3)))
-    pen.ellipse((width * 0.2, height * 0.2, width * (0.5 + 0.1 * index), height * 0.7),
-                fill=ORANGE)
-    pen.rectangle((width * 0.6, height * 0.55, width * 0.9, height * 0.9), fill=CREAM)
-    return image
-
-
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[TrainingItem, ...]:
-    """The three 64 px Kestrel references, a landscape that buckets down (96x64 -> 64x48),
-    a portrait and a small square that keep their size (buckets never upscale)."""
-    folder = tmp_path_factory.mktemp("dataset")
+def dataset() -> tuple[TrainingItem, ...]:
+    """The three 64 px Kestrel references, and the dusk scenes draw.py makes beside them in
+    other shapes: a landscape that buckets down (96x64 -> 64x48), a portrait and a small
+    square that keep their size (buckets never upscale)."""
     paths = sorted(KESTREL.glob("reference-*.png"))
-    for index, size in enumerate([(96, 64), (48, 80), (48, 48)]):
-        paths.append(folder / f"drawn-{index}.png")
-        _draw(size, index).save(paths[-1])
+    paths += [KESTREL / "training" / f"dusk-{name}.png"
+              for name in ("landscape", "portrait", "small")]
     return tuple(TrainingItem(path, sha256_file(path), f"kestrel brand picture number {index}")
                  for index, path in enumerate(paths))
 
