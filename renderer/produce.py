@@ -5,8 +5,11 @@ memory) → post-process → score → encode → write the master and its chann
 reproduce``; it never touches the ledger, it returns what the driver commits
 (``Produced``). Everything it does follows the variant's spec alone — what is hashed into
 the id is what is applied — with files found by sha256 (``FileIndex``), so a reproduction
-from a stored spec runs exactly this code. Faces are detected once per rendered image and
-reused by skin smoothing, the faces score and the export crop.
+from a stored spec runs exactly this code, the recipe's refine steps included (they run
+inside the render: its images are the refined masters). Faces are detected once per
+rendered image and reused by skin smoothing, the faces score and the export crop. Each
+image reports its share of every step's time (``Produced.steps``: base, refiner, hires,
+upscale, detail, postprocess, score, write).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class Produced:
     environment: Mapping[str, Any]
     embedding: bytes | None = None  # CLIP image embedding, float32 little-endian
     exports: tuple[ExportFile, ...] = ()
+    steps: tuple[tuple[str, float], ...] = ()  # (step, this image's share of its seconds)
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,16 +223,24 @@ class Worker:
         return self._environment
 
     def produce(self, batch: Sequence[Variant], out_dir: Path) -> list[Produced]:
-        """Render, finish, score and write one batch; the files are in place on return."""
+        """Render (with the refine steps), finish, score and write one batch; the files are
+        in place on return."""
         started = time.perf_counter()
+        # The renderer's breakdown of its time by step; a renderer double may keep none.
+        timings = getattr(self.renderer, "timings", {})
+        timings.clear()
         rendered = self.renderer.render_resilient([variant.spec for variant in batch],
                                                   self.files)
+        steps = dict(timings) or {"render": time.perf_counter() - started}
+        clock = time.perf_counter()
         finished = [finish_image(image, variant.spec, self.assets, detect(image))
                     for (image, _), variant in zip(rendered, batch, strict=True)]
+        steps["postprocess"], clock = time.perf_counter() - clock, time.perf_counter()
         if self.scoring is not None:
             scores, embeddings = self.scoring.score(batch, finished)
         else:
             scores, embeddings = [{} for _ in batch], [None] * len(batch)
+        steps["score"], clock = time.perf_counter() - clock, time.perf_counter()
         produced = []
         for variant, done, score, embedding, (_, call) in zip(
                 batch, finished, scores, embeddings, rendered, strict=True):
@@ -243,8 +255,10 @@ class Worker:
                 environment=self.environment(),
                 embedding=None if embedding is None else embedding.astype("<f4").tobytes(),
                 exports=exports))
+        steps["write"] = time.perf_counter() - clock
         seconds_each = round((time.perf_counter() - started) / len(batch), 4)
-        return [replace(item, seconds=seconds_each) for item in produced]
+        shares = tuple((step, round(seconds / len(batch), 4)) for step, seconds in steps.items())
+        return [replace(item, seconds=seconds_each, steps=shares) for item in produced]
 
     def export(self, variant: Variant, done: Finished, out_dir: Path) -> tuple[ExportFile, ...]:
         """Each channel export of the variant, beside the master, with its metadata."""

@@ -127,6 +127,7 @@ class RenderRow(RenderFacts):
     batch: tuple[str, ...]  # the variant ids of its pipeline call (empty: not recorded)
     embedding: bytes | None = field(repr=False)
     decision: Decision | None  # its current decision (None: not decided yet)
+    steps: tuple[Mapping[str, Any], ...]  # {"step", "seconds"} in order (empty: not recorded)
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> RenderRow:
@@ -150,7 +151,7 @@ class RenderRow(RenderFacts):
             scores=_loads(row["scores_json"]), render_seconds=row["render_seconds"],
             rerender_reason=row["rerender_reason"], created_at=row["created_at"],
             batch=tuple(_loads(row["batch_json"], [])), embedding=row["embedding"],
-            decision=decision)
+            decision=decision, steps=tuple(_loads(row["steps_json"], [])))
 
     @property
     def status(self) -> str:
@@ -161,7 +162,8 @@ class RenderRow(RenderFacts):
         """Everything but the spec and the embedding (``campaign show`` has those)."""
         data = {key: value for key, value in asdict(self).items()
                 if key not in ("spec", "spec_json", "embedding", "decision")}
-        return {**data, "batch": list(self.batch), "status": self.status,
+        return {**data, "batch": list(self.batch), "steps": list(self.steps),
+                "status": self.status,
                 "decision": self.decision.as_json() if self.decision else None}
 
 
