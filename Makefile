@@ -37,6 +37,7 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/plan_bench.py
 	$(BIN)/python bench/ray_bench.py
 	$(BIN)/python bench/ledger_bench.py
+	$(BIN)/python bench/upscale_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
