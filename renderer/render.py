@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .environment import fingerprint, resolve_device, resolve_dtype
 from .errors import RenderFailure
@@ -37,6 +37,7 @@ from .inputs import FileIndex
 from .schema import FileId
 from .variant import (
     DetailCall,
+    DetailUse,
     HiresUse,
     RecipeUse,
     RefinerUse,
@@ -45,6 +46,12 @@ from .variant import (
     VariantSpec,
     render_call,
 )
+
+if TYPE_CHECKING:  # imported where used: a step loads its libraries only when it runs
+    import numpy as np
+
+    from postprocess.detail import Detail, DetailPlan
+    from postprocess.upscale import Tiling
 
 # A rendered image, with the indices (into its batch) of the pipeline call that made it.
 Rendered = tuple[Any, tuple[int, ...]]
@@ -134,12 +141,13 @@ class DiffusersRenderer:
                  (call.recipe.refine.steps() if call.recipe.refine else [])
                  # A refiner switching in at 1.0 never takes over (A1111's semantics).
                  if not (name == "refiner" and settings.switch_at >= 1)]
-        takes_latents = [_takes_latents(name, settings) for name, settings in steps]
+        # Each pass hands the next its latents when the next one takes latents over.
+        takers = [name if _takes_latents(name, settings) else None for name, settings in steps]
         with self._timed("base"):
-            result = self.base_pass(call, files, latents=bool(takes_latents) and takes_latents[0])
+            result = self.base_pass(call, files, hand_to=takers[0] if takers else None)
         details = iter(call.details)
         for index, (name, settings) in enumerate(steps):
-            hand_on = index + 1 < len(steps) and takes_latents[index + 1]
+            hand_on = index + 1 < len(steps) and takers[index + 1] is not None
             with self._timed(name):
                 if name == "refiner":
                     result = self._refiner_pass(call, result, settings, files, hand_on)
@@ -151,9 +159,10 @@ class DiffusersRenderer:
                     result = self._detail_pass(call, result, next(details), files)
         return result
 
-    def base_pass(self, call: RenderCall, files: FileIndex, *, latents: bool = False) -> Any:
-        """The base render of a call: PIL images, or ``Latents`` for a step that takes them
-        over (the refiner, a latent hires upscaler)."""
+    def base_pass(self, call: RenderCall, files: FileIndex, *,
+                  hand_to: str | None = None) -> Any:
+        """The base render of a call: PIL images, or ``Latents`` for the step that takes them
+        over (``hand_to``: the refiner, from its ``switch_at``, or a latent hires upscaler)."""
         from .controls import keeps_source, paste_source_outside_mask
 
         recipe = call.recipe
@@ -163,13 +172,12 @@ class DiffusersRenderer:
             return list(arguments["image"])  # the sources at the variant's size; no model runs
         pipe = self.load_pipeline(recipe, files)
         self.activate_loras(pipe, recipe, files)
-        refiner = recipe.refine.refiner if recipe.refine else None
-        if latents:
+        if hand_to is not None:
             arguments["output_type"] = "latent"
-            if refiner is not None:
-                arguments["denoising_end"] = refiner.switch_at
+        if hand_to == "refiner":
+            arguments["denoising_end"] = recipe.refine.refiner.switch_at
         images = self._run(pipe, arguments, call, "rendering")
-        if latents:
+        if hand_to is not None:
             return Latents.of(pipe, images, call.size, recipe.family)
         if recipe.inpaint:
             images = [paste_source_outside_mask(kept, image, mask) for kept, image, mask in
@@ -239,7 +247,7 @@ class DiffusersRenderer:
         return self._model_upscale(images, upscale.model, files, tiling)
 
     def _model_upscale(self, images: list[Any], model_file: FileId, files: FileIndex,
-                       tiling: Any, until: tuple[int, int] | None = None) -> list[Any]:
+                       tiling: Tiling | None, until: tuple[int, int] | None = None) -> list[Any]:
         """The images through the upscaler model once, or (``until``) as A1111 does it up to
         3 times until both sides reach that size. The tiles of every image share calls."""
         import numpy as np
@@ -309,7 +317,7 @@ class DiffusersRenderer:
                 for index, (array, found) in enumerate(zip(arrays, plans, strict=True))]
 
     def _detail_plans(self, call: RenderCall, detail_call: DetailCall, index: int,
-                      image: Any, geometry: Any, files: FileIndex) -> list[Any]:
+                      image: np.ndarray, geometry: Detail, files: FileIndex) -> list[DetailPlan]:
         """Where a detailer repaints one image: a crop plan per face or mask blob."""
         from postprocess.detail import mask_boxes, plan_detail
 
@@ -335,7 +343,7 @@ class DiffusersRenderer:
         chosen = call.masks[index] if recipe.inpaint else call.control_images[0][index]
         return load_rgb(files.path(chosen), call.size)
 
-    def _detail_pipeline(self, recipe: RecipeUse, detail: Any, files: FileIndex) -> Any:
+    def _detail_pipeline(self, recipe: RecipeUse, detail: DetailUse, files: FileIndex) -> Any:
         """The inpaint pipeline of a detail checkpoint, else of the recipe's own (from_pipe:
         a 4-channel UNet inpaints by blending latents), with the recipe's LoRA stack."""
         if detail.checkpoint is not None:

@@ -21,8 +21,9 @@ import torch
 import yaml
 from PIL import Image
 
-from postprocess.export import export_image
+from postprocess.export import ExportSpec, export_image
 from postprocess.faces import detect_faces
+from postprocess.upscale import Tiling
 from renderer.cli import main
 from renderer.hashing import canonical_json, sha256_path
 from renderer.metadata import a1111_parameters, file_metadata, read_png_metadata
@@ -167,11 +168,8 @@ def test_the_tiled_upscaler_equals_the_untiled_one_away_from_the_overlaps(render
     scratch.recipe["refine"]["upscale"].update(tile=48, overlap=12)
     tiled = render(renderer, scratch)
     assert tiled[0].shape == whole[0].shape == (160, 224, 3)
-    tiling = renderer._upscalers  # loaded once for both renders
-    assert len(tiling) == 1
+    assert len(renderer._upscalers) == 1  # loaded once for both renders
     away = np.ones(tiled[0].shape[:2], bool)
-    from postprocess.upscale import Tiling
-
     for start, end in overlap_bands(112, Tiling(tile=48, overlap=12), 2):
         away[:, start:end] = False
     for start, end in overlap_bands(80, Tiling(tile=48, overlap=12), 2):
@@ -187,7 +185,7 @@ def test_the_tiled_upscaler_equals_the_untiled_one_away_from_the_overlaps(render
 FACE = draw_face((2 * SIZE, 2 * SIZE), 56)
 
 
-def draw_faces(self, call, files, *, latents=False):
+def draw_faces(self, call, files, *, hand_to=None):
     """The base pass as a drawn face: the tiny models draw noise, where no face is found."""
     return [Image.fromarray(FACE) for _ in call.seeds]
 
@@ -195,10 +193,14 @@ def draw_faces(self, call, files, *, latents=False):
 def test_a_detailer_repaints_inside_its_feathered_region_only(renderer, tmp_path,
                                                               monkeypatch):
     monkeypatch.setattr(DiffusersRenderer, "base_pass", draw_faces)
-    calls = []
+    calls = []  # images per pipeline call: with the base pass drawn, only the detailer's
     original = DiffusersRenderer._call
-    monkeypatch.setattr(DiffusersRenderer, "_call", lambda self, pipe, arguments: (
-        calls.append(len(arguments["image"])), original(self, pipe, arguments))[1])
+
+    def counted(self, pipe, arguments):
+        calls.append(len(arguments["image"]))
+        return original(self, pipe, arguments)
+
+    monkeypatch.setattr(DiffusersRenderer, "_call", counted)
     scratch = Scratch(tmp_path)
     scratch.recipe["size"] = [2 * SIZE, 2 * SIZE]
     feather = 4
@@ -307,8 +309,6 @@ def test_exports_are_cut_from_the_refined_master(refined):
     assert len(rows) == 4
     specs = {spec["name"]: spec for specs in campaign["postprocess"]["exports"].values()
              for spec in specs}
-    from postprocess.export import ExportSpec
-
     for output_path, variant_json, name, path, width, height in rows:
         spec = VariantSpec.from_json(variant_json)
         metadata, xmp = file_metadata(spec)
