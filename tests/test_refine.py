@@ -246,6 +246,27 @@ def test_a_mask_detailer_repaints_the_blobs_of_its_mask(renderer, tmp_path):
         assert change[~reach].max() <= 1 and change[8:24, 36:56].mean() > VISIBLE
 
 
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_latent_hires_then_a_mask_detailer_on_every_family(renderer, tmp_path, family):
+    """SDXL's latents as they are, Flux's unpacked from its 2x2 tokens; each family's inpaint
+    pipeline from_pipe of its base (Flux's blends latents with the base transformer)."""
+    scratch = Scratch(tmp_path, family)
+    scratch.recipe["refine"] = {"hires": {"factor": 2, "denoise": 0.5}}
+    enlarged = render(renderer, scratch)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[8:24, 36:56] = 255  # at the render size; the detailer scales it to the image's
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    scratch.recipe["refine"]["detail"] = [{"detect": "mask", "mask": "mask.png", "feather": 2,
+                                           "padding": 8, "strength": 0.8}]
+    detailed = render(renderer, scratch)
+    reach = np.zeros((2 * SIZE, 2 * SIZE), bool)
+    reach[14:50, 70:114] = True
+    for image, base in zip(detailed, enlarged, strict=True):
+        assert image.shape == (2 * SIZE, 2 * SIZE, 3)
+        change = np.abs(image - base)
+        assert change[~reach].max() <= 1 and change[16:48, 72:112].mean() > VISIBLE
+
+
 # ---------------------------------------------------------------- the refined demo
 
 
