@@ -47,6 +47,7 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/validate_bench.py
 	$(BIN)/python bench/review_bench.py
 	$(BIN)/python bench/train_bench.py
+	$(BIN)/python bench/upscale_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -19,6 +19,13 @@ GPU's name. The table is printed as rows finish; --json PATH is rewritten after 
   sdxl    1024²  30     UNet 2.6B / CLIP ViT-L + OpenCLIP bigG
   flux    1024²  28     FluxTransformer 11.9B / CLIP ViT-L + T5-XXL encoder
 
+Refine rows (the recipe's refine block, README "Refine"), each a whole image's passes:
+
+  sdxl-refiner  1024²         30  SDXL base to 0.8 of the steps (denoising_end), then the
+                                  refiner (UNet 2.3B, bigG only) from there (denoising_start)
+  sdxl-hires    1024² → 2048² 30  SDXL base, its latents enlarged 2x (A1111's "Latent"), then
+                                  img2img at denoise 0.5 (30 steps × 0.5 = 15 at 2048²)
+
 Compiled mode is `torch.compile(denoiser, mode=--compile-mode, dynamic=False)`, only the
 UNet / transformer; the default mode is "default" because max-autotune's kernel search adds
 minutes per family and batch (pass --compile-mode max-autotune-no-cudagraphs to include it).
@@ -30,6 +37,7 @@ prompt to the full length (77 CLIP, 512 T5 tokens), so the encoders' work is the
 Run on a CUDA machine (never needed by the tests):
   python bench/gpu_fullsize.py --json results.json
   python bench/gpu_fullsize.py --families flux --batches 1 --modes eager,compiled
+  python bench/gpu_fullsize.py --families sdxl-refiner,sdxl-hires --batches 1,4
 Check the whole code path on a CPU-only machine (tiny configs, fp32, 2 steps, 64 px):
   python bench/gpu_fullsize.py --smoke
 """
@@ -47,6 +55,7 @@ from pathlib import Path
 
 import diffusers
 import torch
+import torch.nn.functional as F
 import transformers
 from diffusers import (
     AutoencoderKL,
@@ -55,6 +64,7 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -114,6 +124,20 @@ SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4,
                  projection_class_embeddings_input_dim=2816, norm_num_groups=32, norm_eps=1e-5,
                  act_fn="silu", flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
                  mid_block_scale_factor=1)
+# stabilityai/stable-diffusion-xl-refiner-1.0 unet/config.json: bigG's hidden states only,
+# and 5 time ids (original size, crop, aesthetic score) of 256 plus bigG's 1280 projection.
+SDXL_REFINER_UNET = dict(sample_size=128, in_channels=4, out_channels=4,
+                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D",
+                                           "CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                                         "UpBlock2D"),
+                         block_out_channels=(384, 768, 1536, 1536), layers_per_block=2,
+                         transformer_layers_per_block=4, attention_head_dim=(6, 12, 24, 24),
+                         cross_attention_dim=1280, use_linear_projection=True,
+                         addition_embed_type="text_time", addition_time_embed_dim=256,
+                         projection_class_embeddings_input_dim=2560, norm_num_groups=32,
+                         norm_eps=1e-5, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+                         downsample_padding=1, mid_block_scale_factor=1)
 FLUX_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
                         attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                         pooled_projection_dim=768, guidance_embeds=True,
@@ -142,6 +166,11 @@ TINY = {
                           cross_attention_dim=64, addition_time_embed_dim=8,
                           projection_class_embeddings_input_dim=80),
              "vae": TINY_VAE, "text_encoder": TINY_CLIP, "text_encoder_2": TINY_CLIP},
+    # The refiner: bigG alone (32 wide here), 5 time ids of 8 plus its projection (5 * 8 + 32).
+    "sdxl-refiner": {"unet": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1,
+                                  transformer_layers_per_block=1, attention_head_dim=(2, 4, 4, 4),
+                                  cross_attention_dim=32, addition_time_embed_dim=8,
+                                  projection_class_embeddings_input_dim=72)},
     # Flux: the rope axes must sum to attention_head_dim; the pooled projection is CLIP's width.
     "flux": {"transformer": dict(num_layers=1, num_single_layers=1, attention_head_dim=16,
                                  num_attention_heads=2, joint_attention_dim=32,
@@ -246,20 +275,26 @@ def sync(device: str) -> None:
 
 
 def call(pipe, batch: int, steps: int, size: int, device: str) -> float:
-    generator = torch.Generator(device).manual_seed(0)
+    return timed(device, lambda: pipe(prompt=[PROMPT] * batch, num_inference_steps=steps,
+                                      height=size, width=size, output_type="pil",
+                                      generator=torch.Generator(device).manual_seed(0)))
+
+
+def timed(device: str, run) -> float:
+    """Seconds of one ``run()``, bracketed by torch.cuda.synchronize."""
     sync(device)
     started = time.perf_counter()
-    pipe(prompt=[PROMPT] * batch, num_inference_steps=steps, height=size, width=size,
-         generator=generator, output_type="pil")
+    run()
     sync(device)
     return time.perf_counter() - started
 
 
-def measure(pipe, batch: int, steps: int, size: int, repeats: int, device: str) -> dict:
+def measure(run, batch: int, repeats: int, device: str) -> dict:
+    """``run(batch)`` returns the seconds of one call of ``batch`` images."""
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    warmup = call(pipe, batch, steps, size, device)
-    per_image = [call(pipe, batch, steps, size, device) / batch for _ in range(repeats)]
+    warmup = run(batch)
+    per_image = [run(batch) / batch for _ in range(repeats)]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     return {"warmup_s": warmup, "s_per_image": per_image,
             "s_per_image_mean": statistics.mean(per_image),
@@ -296,7 +331,9 @@ def run_family(name: str, args, report: dict, device: str, dtype: torch.dtype) -
             result = {"family": name, "size": size, "steps": steps, "batch": batch,
                       "mode": mode, "device": device_name(device), "build_s": build_s,
                       "params": params,
-                      **measure(pipe, batch, steps, size, args.repeats, device),
+                      # pipe bound now: it is deleted below to free the GPU
+                      **measure(lambda count, pipe=pipe: call(pipe, count, steps, size, device),
+                                batch, args.repeats, device),
                       "anchor": anchor and {"s_per_image": anchor[0], "gpu": anchor[1]}}
             report["results"].append(result)
             print(row(result), flush=True)
@@ -311,7 +348,86 @@ def run_family(name: str, args, report: dict, device: str, dtype: torch.dtype) -
         torch.cuda.empty_cache()
 
 
-HEADER = (f"{'family':6} {'size':>5} {'steps':>5} {'batch':>5} {'mode':8} {'warm-up s':>9} "
+REFINES = {"sdxl-refiner": "sdxl", "sdxl-hires": "sdxl"}  # refine row -> its base family
+SWITCH_AT, HIRES_FACTOR, HIRES_DENOISE = 0.8, 2, 0.5  # A1111's refiner default; the demo's
+
+
+def refine_pass(name: str, base, device: str, dtype: torch.dtype, smoke: bool):
+    """The second pipeline of a refine row, sharing the base's modules where real ones do."""
+    if name == "sdxl-refiner":
+        config = {**SDXL_REFINER_UNET, **(TINY[name]["unet"] if smoke else {})}
+        # As diffusers' docs pair them: the refiner reuses the base's bigG and VAE.
+        refiner = StableDiffusionXLImg2ImgPipeline(
+            vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2,
+            tokenizer=None, tokenizer_2=base.tokenizer_2,
+            unet=build_model(UNet2DConditionModel, config, device, dtype),
+            scheduler=EulerDiscreteScheduler(**SD_EULER), requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=False, add_watermarker=False)
+        params = sum(p.numel() for p in refiner.unet.parameters())
+    else:
+        refiner = StableDiffusionXLImg2ImgPipeline.from_pipe(base)  # the same models
+        params = 0
+    refiner.set_progress_bar_config(disable=True)
+    return refiner, params
+
+
+def refine_call(name: str, base, second, batch: int, steps: int, size: int,
+                device: str) -> float:
+    """Both passes of one refine row for ``batch`` images: the base hands its latents on."""
+    prompts = [PROMPT] * batch
+
+    def run():
+        generator = torch.Generator(device).manual_seed(0)
+        if name == "sdxl-refiner":
+            latents = base(prompt=prompts, num_inference_steps=steps, height=size, width=size,
+                           denoising_end=SWITCH_AT, output_type="latent",
+                           generator=generator).images
+            second(prompt=prompts, image=latents, num_inference_steps=steps,
+                   denoising_start=SWITCH_AT, generator=generator, output_type="pil")
+        else:
+            latents = base(prompt=prompts, num_inference_steps=steps, height=size, width=size,
+                           output_type="latent", generator=generator).images
+            latents = F.interpolate(latents, scale_factor=HIRES_FACTOR, mode="bilinear")
+            second(prompt=prompts, image=latents, strength=HIRES_DENOISE,
+                   num_inference_steps=steps, generator=generator, output_type="pil")
+
+    return timed(device, run)
+
+
+def run_refine(name: str, args, report: dict, device: str, dtype: torch.dtype) -> None:
+    family = FAMILIES[REFINES[name]]
+    size = 64 if args.smoke else family.size
+    steps = 2 if args.smoke else max(1, round(family.steps * args.steps_scale))
+    started = time.perf_counter()
+    base, configs, params = build_pipeline(REFINES[name], device, dtype, args.smoke)
+    second, extra = refine_pass(name, base, device, dtype, args.smoke)
+    build_s = time.perf_counter() - started
+    if extra:
+        params["refiner_unet"] = extra
+    report["configs"][name] = {**configs, **({"refiner_unet": SDXL_REFINER_UNET}
+                                             if name == "sdxl-refiner" else {})}
+    print(f"{name}: built in {build_s:.1f} s, params "
+          + ", ".join(f"{slot} {count / 1e6:.1f}M" for slot, count in params.items()),
+          flush=True)
+    for batch in args.batches:  # eager only: the rows compare passes, not compilation
+        result = {"family": name, "size": size, "steps": steps, "batch": batch,
+                  "mode": "eager", "device": device_name(device), "build_s": build_s,
+                  "params": params,
+                  **measure(lambda count, base=base, second=second: refine_call(
+                      name, base, second, count, steps, size, device), batch, args.repeats,
+                      device),
+                  "anchor": None}
+        report["results"].append(result)
+        print(row(result), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+    del base, second
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+HEADER = (f"{'family':12} {'size':>5} {'steps':>5} {'batch':>5} {'mode':8} {'warm-up s':>9} "
           f"{'s/img mean':>10} {'s/img min':>9} {'peak GiB':>8}  {'anchor s/img':14} device")
 
 
@@ -319,7 +435,7 @@ def row(result: dict) -> str:
     peak = "-" if result["peak_gib"] is None else f"{result['peak_gib']:.1f}"
     anchor = result["anchor"]
     anchor = f"{anchor['s_per_image']} on {anchor['gpu']}" if anchor else "-"
-    return (f"{result['family']:6} {result['size']:>5} {result['steps']:>5} "
+    return (f"{result['family']:12} {result['size']:>5} {result['steps']:>5} "
             f"{result['batch']:>5} {result['mode']:8} {result['warmup_s']:>9.2f} "
             f"{result['s_per_image_mean']:>10.3f} {result['s_per_image_min']:>9.3f} "
             f"{peak:>8}  {anchor:14} {result['device']}")
@@ -331,7 +447,8 @@ def comma_list(kind):
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--families", type=comma_list(str), default=list(FAMILIES))
+    parser.add_argument("--families", type=comma_list(str), default=[*FAMILIES, *REFINES],
+                        help="families and refine rows (sdxl-refiner, sdxl-hires)")
     parser.add_argument("--batches", type=comma_list(int), default=[1, 4])
     parser.add_argument("--modes", type=comma_list(str), default=["eager", "compiled"])
     parser.add_argument("--repeats", type=int, default=3)
@@ -343,7 +460,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true",
                         help="tiny configs on CPU in fp32, 2 steps at 64 px: checks the code path")
     args = parser.parse_args()
-    for option, values, allowed in (("--families", args.families, FAMILIES),
+    for option, values, allowed in (("--families", args.families, [*FAMILIES, *REFINES]),
                                     ("--modes", args.modes, ("eager", "compiled"))):
         unknown = sorted(set(values) - set(allowed))
         if unknown:
@@ -375,7 +492,7 @@ def main() -> None:
           + (" | SMOKE: tiny configs, not a measurement" if args.smoke else ""), flush=True)
     print(HEADER, flush=True)
     for name in args.families:
-        run_family(name, args, report, device, dtype)
+        (run_refine if name in REFINES else run_family)(name, args, report, device, dtype)
     print("\n" + HEADER)
     for result in report["results"]:
         print(row(result))

@@ -5,21 +5,44 @@ pixels with ``postprocess.upscale``) and denoises it again at the larger size.
 ``hires_size`` gives that size: from a factor, or A1111's "resize width/height to" where
 a 0 side follows the other at the base aspect; derived sides snap to the family's
 multiple (8 for SD, 16 for Flux) as campaign sizes do. ``upscale_latents`` resizes a
-latent tensor with the modes A1111's "Latent" upscalers use.
+latent tensor with the modes A1111's "Latent" upscalers use; ``LATENT_UPSCALERS`` names
+them as recipes and A1111's ``Hires upscaler`` field do. Sizes import no torch (recipe
+validation computes them); ``upscale_latents`` imports it when called.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from postprocess.imaging import snap
 
-__all__ = ["LATENT_MODES", "hires_size", "upscale_latents"]
+if TYPE_CHECKING:
+    import torch
 
-# A1111's latent upscalers: "Latent" bilinear, "Latent (antialiased)" bilinear + antialias,
-# "Latent (bicubic)" and "(bicubic antialiased)", "Latent (nearest)", "(nearest-exact)".
+__all__ = ["LATENT_MODES", "LATENT_UPSCALERS", "LatentUpscaler", "hires_size",
+           "upscale_latents"]
+
 LATENT_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class LatentUpscaler:
+    mode: str  # torch's interpolation mode
+    antialias: bool
+    a1111_name: str  # what A1111's PNG info shows as ``Hires upscaler``
+
+
+# A1111's latent upscalers, by the name a recipe gives them.
+LATENT_UPSCALERS = {
+    "latent": LatentUpscaler("bilinear", False, "Latent"),
+    "latent-antialiased": LatentUpscaler("bilinear", True, "Latent (antialiased)"),
+    "latent-bicubic": LatentUpscaler("bicubic", False, "Latent (bicubic)"),
+    "latent-bicubic-antialiased": LatentUpscaler("bicubic", True,
+                                                 "Latent (bicubic antialiased)"),
+    "latent-nearest": LatentUpscaler("nearest", False, "Latent (nearest)"),
+    "latent-nearest-exact": LatentUpscaler("nearest-exact", False, "Latent (nearest-exact)"),
+}
 _ANTIALIASED_MODES = ("bilinear", "bicubic")  # torch antialiases only these
 VAE_FACTOR = 8  # pixels per latent cell: SD1.5, SDXL and Flux VAEs alike
 
@@ -77,6 +100,8 @@ def upscale_latents(
     antialias: bool = False,
 ) -> torch.Tensor:
     """(batch, channels, h, w) latents resized for a ``size`` (width, height) in pixels."""
+    import torch.nn.functional as F
+
     if mode not in LATENT_MODES:
         raise ValueError(f"latent upscale mode {mode!r} is not known; use one of {LATENT_MODES}")
     if antialias and mode not in _ANTIALIASED_MODES:

@@ -1,6 +1,7 @@
 """Model upscaling (ESRGAN, SwinIR, SPAN, ... as spandrel detects them), tiled with overlap.
 
-``load_upscaler`` reads a ``.safetensors`` file only: spandrel also loads ``.pth``/``.ckpt``
+``load_upscaler`` reads a ``.safetensors`` file only (``describe_upscaler`` its header, for
+validation without loading weights): spandrel also loads ``.pth``/``.ckpt``
 pickles, and unpickling can run code. ``upscale_images`` takes a list of RGB uint8 images (see
 ``postprocess.imaging``) and returns each ``model.scale`` times larger.
 
@@ -24,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from spandrel import (
     ImageModelDescriptor,
@@ -35,7 +37,7 @@ from spandrel import (
 
 from postprocess.imaging import require_rgb
 
-__all__ = ["Tiling", "load_upscaler", "upscale_images"]
+__all__ = ["Tiling", "UpscalerInfo", "describe_upscaler", "load_upscaler", "upscale_images"]
 
 BLENDS = ("linear", "cosine")
 
@@ -55,7 +57,8 @@ class Tiling:
         if not 0 <= 2 * self.overlap < self.tile:
             raise ValueError(
                 f"overlap {self.overlap!r} does not fit tile {self.tile}; use 0 to "
-                f"{(self.tile - 1) // 2} pixels (less than half a tile), e.g. 32"
+                f"{(self.tile - 1) // 2} pixels (less than half a tile), e.g. "
+                f"{min(32, (self.tile - 1) // 2)}"
             )
         if self.blend not in BLENDS:
             raise ValueError(f"blend {self.blend!r} is not known; use linear or cosine")
@@ -67,6 +70,61 @@ def load_upscaler(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> ImageModelDescriptor:
     """The RGB → RGB super-resolution model in a ``.safetensors`` file, in eval mode."""
+    path = _safetensors_path(path)
+    model = _descriptor(path, load_file(path), torch.device(device))
+    try:
+        model.to(dtype)
+    except UnsupportedDtypeError as error:
+        raise ValueError(
+            f"upscaler {path} ({model.architecture.name}) does not run in {dtype}; "
+            "use torch.float32"
+        ) from error
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class UpscalerInfo:
+    """What an upscaler file is, as validation needs it before any weight loads."""
+
+    architecture: str
+    scale: int
+    tiles: bool  # False: the architecture tiles internally, so it runs untiled
+    multiple_of: int  # tiles and overlaps must be multiples of this
+    minimum: int  # the smallest input side it takes
+
+
+def describe_upscaler(path: str | Path) -> UpscalerInfo:
+    """The upscaler in a ``.safetensors`` file, from its header: spandrel detects the
+    architecture from tensor names and shapes alone, so the state dict is built of meta
+    tensors (no weight read) and the model on the meta device. An architecture whose
+    detection reads tensor values falls back to a real load."""
+    path = _safetensors_path(path)
+    with safe_open(path, framework="pt") as header:
+        # safe_open is no mapping: iterating it is not its keys.
+        slices = {key: header.get_slice(key) for key in header.keys()}  # noqa: SIM118
+        meta = {
+            key: torch.empty(
+                part.get_shape(), dtype=_SAFETENSORS_DTYPES.get(part.get_dtype(), torch.float32),
+                device="meta",
+            )
+            for key, part in slices.items()
+        }
+    try:
+        with torch.device("meta"):
+            model = _descriptor(path, meta, torch.device("meta"))
+    except (RuntimeError, NotImplementedError):  # a value was read: meta tensors have none
+        model = _descriptor(path, load_file(path), torch.device("cpu"))
+    requirements = model.size_requirements
+    return UpscalerInfo(model.architecture.name, model.scale,
+                        model.tiling is not ModelTiling.INTERNAL, requirements.multiple_of,
+                        requirements.minimum)
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "F64": torch.float64}
+
+
+def _safetensors_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(
@@ -74,8 +132,15 @@ def load_upscaler(
             "can run code when loaded: convert it to .safetensors (e.g. with chaiNNer or "
             "safetensors.torch.save_file on its state dict)"
         )
+    return path
+
+
+def _descriptor(
+    path: Path, state_dict: dict[str, torch.Tensor], device: torch.device
+) -> ImageModelDescriptor:
+    """The spandrel model of a state dict, refused unless it is RGB → RGB super-resolution."""
     try:
-        model = ModelLoader(device=torch.device(device)).load_from_state_dict(load_file(path))
+        model = ModelLoader(device=device).load_from_state_dict(state_dict)
     except UnsupportedModelError as error:
         raise ValueError(
             f"upscaler {path} is no architecture spandrel knows; use an ESRGAN, SwinIR, SPAN, "
@@ -90,14 +155,7 @@ def load_upscaler(
             f"{model.input_channels} → {model.output_channels} channels; use an RGB → RGB "
             "super-resolution model"
         )
-    try:
-        model.to(dtype)
-    except UnsupportedDtypeError as error:
-        raise ValueError(
-            f"upscaler {path} ({model.architecture.name}) does not run in {dtype}; "
-            "use torch.float32"
-        ) from error
-    return model.eval()
+    return model
 
 
 def upscale_images(

@@ -363,17 +363,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps({
             "variants": [{"id": v.id, "seed": v.seed, "axes": v.axes, "prompt": v.prompt,
                           "negative_prompt": v.negative_prompt, "width": v.width,
-                          "height": v.height, "steps": v.steps, "cfg": v.cfg,
-                          "output": v.output_name} for v in variants],
+                          "height": v.height, "delivery": list(plan.delivery_size(v)),
+                          "steps": v.steps, "cfg": v.cfg, "output": v.output_name}
+                         for v in variants],
             "total": len(plan.variants),
             "estimates": [{"gpu": e.gpu, "hours": e.hours, "usd": e.usd} for e in estimates],
         }, indent=2))
         return 0
-    say(f"{'id':12}  {'seed':>10}  {'size':>9}  axes / prompt")
+    # size: what the base renders; delivery: the master after refine (exports are cut from it).
+    say(f"{'id':12}  {'seed':>10}  {'size':>9}  {'delivery':>9}  axes / prompt")
     for v in variants:
         axes = ", ".join(f"{name}={axis_label(value)}" for name, value in v.axes.items())
-        say(f"{v.id[:12]}  {v.seed:>10}  {v.width:>4}x{v.height:<4}  {axes}")
-        say(f"{'':39}{v.prompt[:100]}")
+        delivery = "{}x{}".format(*plan.delivery_size(v))
+        say(f"{v.id[:12]}  {v.seed:>10}  {v.width:>4}x{v.height:<4}  {delivery:>9}  {axes}")
+        say(f"{'':50}{v.prompt[:100]}")
     shown = f" ({len(variants)} shown)" if len(variants) != len(plan.variants) else ""
     say(f"\n{len(plan.variants)} variants{shown}, recipe {plan.campaign.recipe.ref} "
           f"({family}); estimated GPU time and cost:")

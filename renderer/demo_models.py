@@ -3,9 +3,9 @@
 No weights can be downloaded here, so the project builds its own: the real diffusers,
 transformers and open_clip classes with tiny dimensions and fixed seeds, saved exactly as real
 checkpoints are (diffusers folders, A1111 single files, diffusers and kohya LoRAs, ControlNets,
-IP-Adapters, for SD1.5, SDXL and Flux; Real-ESRGAN upscalers), so they load through the same
-code paths as the real thing. The same code and package versions give byte-identical files;
-``MANIFEST.json`` lists their sha256.
+IP-Adapters, for SD1.5, SDXL and Flux; an SDXL refiner; Real-ESRGAN upscalers), so they load
+through the same code paths as the real thing. The same code and package versions give
+byte-identical files; ``MANIFEST.json`` lists their sha256.
 
 No Flux single file: diffusers 0.42.1's BFL-layout converter hard-codes the 3072-wide
 transformer (``inner_dim = 3072``, loaders/single_file_utils.py:2305), so a tiny one cannot load.
@@ -39,6 +39,7 @@ from diffusers import (
     FluxTransformer2DModel,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -124,6 +125,13 @@ SDXL_UNET_CONFIG = {
     "addition_time_embed_dim": SDXL_TIME_EMBED_DIM,
     # ... and on the pooled text embedding plus 6 size/crop numbers.
     "projection_class_embeddings_input_dim": 6 * SDXL_TIME_EMBED_DIM + SDXL_POOLED_DIM,
+}
+# The refiner conditions on the second encoder alone, and on 5 numbers (original size, crop,
+# aesthetic score) instead of the base's 6 (original size, crop, target size).
+SDXL_REFINER_UNET_CONFIG = {
+    **SDXL_UNET_CONFIG,
+    "cross_attention_dim": SDXL_TEXT_2_HIDDEN,
+    "projection_class_embeddings_input_dim": 5 * SDXL_TIME_EMBED_DIM + SDXL_POOLED_DIM,
 }
 FLUX_CLIP_HIDDEN, FLUX_T5_DIM = 32, 32
 FLUX_TRANSFORMER_CONFIG = {
@@ -266,6 +274,21 @@ def _build_sdxl_inpaint(out: Path) -> None:
     # As with sd15-inpaint, everything but the UNet is a byte-identical copy of sdxl's.
     components = _sdxl_components() | {"unet": _sdxl_unet("sdxl-inpaint.unet", INPAINT_CHANNELS)}
     _save_pipeline(StableDiffusionXLInpaintPipeline(**components, add_watermarker=False), out)
+
+
+def _build_sdxl_refiner(out: Path) -> None:
+    """An SDXL refiner in the layout of stabilityai/stable-diffusion-xl-refiner-1.0: only the
+    second text encoder, a UNet conditioned on it alone and on an aesthetic score instead of
+    the target size, the base's VAE (a byte-identical copy: the base hands it its latents)."""
+    base = _sdxl_components()
+    unet = _seeded("sdxl-refiner.unet", lambda: UNet2DConditionModel(**SDXL_REFINER_UNET_CONFIG))
+    refiner = StableDiffusionXLImg2ImgPipeline(
+        vae=base["vae"], text_encoder=None, text_encoder_2=base["text_encoder_2"],
+        tokenizer=None, tokenizer_2=base["tokenizer_2"], unet=unet,
+        scheduler=EulerDiscreteScheduler(**SD_SCHEDULER_CONFIG),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+        add_watermarker=False)
+    _save_pipeline(refiner, out)
 
 
 def _build_flux(out: Path) -> None:
@@ -795,6 +818,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "sdxl": _build_sdxl,
     "sdxl.safetensors": _build_sdxl_single_file,
     "sdxl-inpaint": _build_sdxl_inpaint,
+    "sdxl-refiner": _build_sdxl_refiner,
     "flux": _build_flux,
     "controlnet-sd15": functools.partial(_build_controlnet, "controlnet-sd15", _sd15_unet),
     "controlnet-sdxl": functools.partial(_build_controlnet, "controlnet-sdxl", _sdxl_unet),

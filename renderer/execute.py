@@ -364,7 +364,8 @@ class RunRecorder:
                 environment_hash=self.ledger.record_environment(item.environment),
                 scores=item.scores, render_seconds=item.seconds,
                 rerender_reason=self.reasons[variant.id], batch=list(item.batch),
-                embedding=item.embedding, exports=item.exports))
+                embedding=item.embedding, exports=item.exports,
+                steps=[{"step": step, "seconds": seconds} for step, seconds in item.steps]))
             self.committed += 1
 
     def check(self, rechecked: Sequence[tuple[Variant, str]]) -> None:
@@ -387,6 +388,8 @@ def input_files(campaign: Campaign) -> list[Mapping[str, str]]:
     files += [("lora", lora) for lora, _ in recipe.loras]
     files += [("controlnet", model) for model in recipe.controlnets]
     files += [("ip_adapter", model) for model in [recipe.ip_adapter] if model]
+    files += [(".".join(str(part) for part in key[1:] if not isinstance(part, int)), model)
+              for key, model in recipe.refine_files.items()]  # e.g. "refiner.checkpoint"
     files += [("logo", campaign.brand.logo)]
     files += [("reference", ref) for ref in campaign.brand.references]
     files += [(f"font {role}", font) for role, font in campaign.brand.fonts.items()]

@@ -49,6 +49,10 @@ class Recipe:
     loras: tuple[tuple[ResolvedFile, float], ...]
     controlnets: tuple[ResolvedFile, ...] = ()
     ip_adapter: ResolvedFile | None = None
+    # The refine block's model files by the key path naming them (refine.refiner.checkpoint,
+    # refine.upscale.model, refine.detail.0.checkpoint, …).
+    refine_files: Mapping[KeyPath, ResolvedFile] = field(default_factory=dict)
+    upscale_scale: int | None = None  # refine.upscale's model scale, read from its header
 
     @property
     def ref(self) -> str:
@@ -56,7 +60,7 @@ class Recipe:
 
     def files(self) -> list[ResolvedFile]:
         return [self.checkpoint, *(lora for lora, _ in self.loras), *self.controlnets,
-                *([self.ip_adapter] if self.ip_adapter else [])]
+                *([self.ip_adapter] if self.ip_adapter else []), *self.refine_files.values()]
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ class Point:
     output_name: str
     texts: Mapping[str, str]  # text role -> the text as rendered (non-empty ones only)
     images: Mapping[KeyPath, ResolvedFile]  # control images by the recipe key naming them
+    # The refine block's templates as rendered for this variant, by recipe key.
+    refine_prompts: Mapping[KeyPath, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class RenderRecord(RenderFacts):
     batch: Sequence[str] = ()  # variant ids of the pipeline call that made it, in order
     embedding: bytes | None = None  # CLIP image embedding, float32 little-endian
     exports: Sequence[Any] = ()  # produce.ExportFile: name, path, sha256, bytes, width, …
+    steps: Sequence[Mapping[str, Any]] = ()  # {"step", "seconds"} in the order they ran
 
 
 @dataclass(frozen=True)
@@ -451,7 +452,7 @@ class Ledger:
                 " recipe_hash, variant_json, seed, axes_json, prompt, width, height, "
                 "input_files_json, output_path, output_sha256, output_bytes, environment_hash, "
                 "scores_json, render_seconds, rerender_reason, created_at, batch_json, "
-                "embedding) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "embedding, steps_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (record.run_id, record.variant_id, record.campaign, record.recipe_name,
                  record.recipe_version, record.recipe_hash, record.variant_json, record.seed,
                  canonical_json(record.axes), record.prompt, record.width, record.height,
@@ -460,7 +461,8 @@ class Ledger:
                  canonical_json(record.scores), record.render_seconds,
                  record.rerender_reason, utc_now(),
                  canonical_json(list(record.batch)) if record.batch else None,
-                 record.embedding)).lastrowid
+                 record.embedding,
+                 canonical_json(list(record.steps)) if record.steps else None)).lastrowid
             db.executemany(
                 "INSERT INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 ((render_id, export.name, export.path, export.sha256, export.bytes,

@@ -5,7 +5,12 @@
   only the LoRA file can give: ``LoraHashes``, never the spec, so ids do not move);
 * ``campaign_variant`` — the variant's canonical JSON (its id is the sha256 of it);
 * ``XML:com.adobe.xmp`` — XMP with IPTC ``Iptc4xmpExt:DigitalSourceType`` declaring
-  the image AI-made (trainedAlgorithmicMedia).
+  the image AI-made (trainedAlgorithmicMedia) and, for a refined variant, an
+  ``xmpMM:History`` naming the base render and each refine step in order.
+
+A refined variant's ``parameters`` carry A1111's hires fields (``Denoising strength``,
+``Hires upscale`` or ``Hires resize``, ``Hires steps``, ``Hires upscaler``), its refiner's
+(``Refiner``, ``Refiner switch at``) and ADetailer's per detailer, so A1111 readers show them.
 
 Nothing time- or location-dependent goes in, so one variant always gives the same bytes.
 """
@@ -26,6 +31,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from postprocess.export import PARAMETERS_KEY, VARIANT_KEY
 from postprocess.export import XMP_PNG_KEY as XMP_KEY
+from postprocess.hires import LATENT_UPSCALERS
 
 from .families import SCHEDULERS
 from .hashing import canonical_json, short_hash
@@ -99,6 +105,7 @@ def a1111_parameters(spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> str:
         ("Model hash", short_hash(recipe.checkpoint.sha256)),
         ("Model", _stem(recipe.checkpoint.name)),
     ]
+    fields += _refine_fields(spec)
     if recipe.loras:
         hashes = ", ".join(f"{name}: {lora_hash[:_LORA_SHORT_HASH]}"
                            for name, lora_hash in zip(lora_names, lora_hashes, strict=True))
@@ -109,6 +116,87 @@ def a1111_parameters(spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> str:
         lines.append(f"Negative prompt: {spec.negative_prompt}")
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))
     return "\n".join(lines)
+
+
+def _refine_fields(spec: VariantSpec) -> list[tuple[str, Any]]:
+    """A1111's fields for the refine steps (hires and refiner as A1111 writes them,
+    detailers as ADetailer does: the second one's keys end in " 2nd", …)."""
+    refine = spec.recipe.refine
+    if refine is None:
+        return []
+    fields: list[tuple[str, Any]] = []
+    if hires := refine.hires:
+        fields.append(("Denoising strength", _number(hires.denoise)))
+        fields.append(("Hires upscale", _number(hires.factor)) if hires.factor is not None
+                      else ("Hires resize", f"{hires.size[0]}x{hires.size[1]}"))
+        if hires.steps is not None:
+            fields.append(("Hires steps", hires.steps))
+        fields.append(("Hires upscaler", _hires_upscaler(hires)))
+        if hires.scheduler is not None:
+            fields.append(("Hires sampler", A1111_SAMPLER_NAMES[hires.scheduler]))
+    if refiner := refine.refiner:
+        fields += [("Refiner", f"{_stem(refiner.checkpoint.name)} "
+                    f"[{short_hash(refiner.checkpoint.sha256)}]"),
+                   ("Refiner switch at", _number(refiner.switch_at))]
+    for index, detail in enumerate(refine.detail or ()):
+        suffix = "" if index == 0 else f" {_ordinal(index + 1)}"
+        own = {key: text for key in ("prompt", "negative_prompt") if (text := (
+            spec.refine_prompts or {}).get(f"refine.detail.{index}.{key}")) is not None}
+        fields.append((f"ADetailer model{suffix}", detail.detect))
+        if "prompt" in own:
+            fields.append((f"ADetailer prompt{suffix}", _quote(own["prompt"])))
+        if "negative_prompt" in own:
+            fields.append((f"ADetailer negative prompt{suffix}", _quote(own["negative_prompt"])))
+        fields += [(f"ADetailer denoising strength{suffix}", _number(detail.strength)),
+                   (f"ADetailer mask blur{suffix}", detail.feather),
+                   (f"ADetailer inpaint padding{suffix}", detail.padding)]
+        if detail.steps is not None:
+            fields.append((f"ADetailer steps{suffix}", detail.steps))
+    if upscale := refine.upscale:
+        fields.append(("Postprocess upscaler", _stem(upscale.model.name)))
+    return fields
+
+
+def refine_history(spec: VariantSpec) -> list[tuple[str, str]]:
+    """(XMP stEvt:action, what was done) for the base render and each refine step, in the
+    order they ran; empty for a variant without refine (its XMP has no history)."""
+    recipe = spec.recipe
+    if recipe.refine is None:
+        return []
+    events = [("created", f"base: {recipe.family} {_stem(recipe.checkpoint.name)} "
+               f"{spec.width}x{spec.height}, {recipe.steps} steps")]
+    for name, step in recipe.refine.steps():
+        if name == "refiner":
+            events.append(("edited", f"refiner: {_stem(step.checkpoint.name)} from "
+                           f"{_number(step.switch_at)} of the steps"))
+        elif name == "hires":
+            width, height = step.target_size((spec.width, spec.height), recipe.family)
+            events.append(("resized", f"hires: {_hires_upscaler(step)} to {width}x{height}, "
+                           f"denoise {_number(step.denoise)}"))
+        elif name == "upscale":
+            events.append(("resized", f"upscale: {_stem(step.model.name)}"))
+        else:
+            events.append(("edited", f"detail: {step.detect}, strength "
+                           f"{_number(step.strength)}"))
+    return events
+
+
+def _hires_upscaler(hires: Any) -> str:
+    if hires.upscaler in LATENT_UPSCALERS:
+        return LATENT_UPSCALERS[hires.upscaler].a1111_name
+    return _stem(hires.model.name) if hires.upscaler == "model" else "Lanczos"
+
+
+def _ordinal(number: int) -> str:
+    """2nd, 3rd, 11th: how ADetailer names the keys of its second and later detailers."""
+    ending = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10,
+                                                                                    "th")
+    return f"{number}{ending}"
+
+
+def _quote(text: str) -> str:
+    """A value as A1111 writes it: JSON-quoted when a comma, colon or newline would end it."""
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
 def parse_a1111_parameters(text: str) -> dict[str, Any]:
@@ -132,7 +220,20 @@ def parse_a1111_parameters(text: str) -> dict[str, Any]:
     return result
 
 
-def xmp_packet(prompt: str, source_type: str = TRAINED_ALGORITHMIC_MEDIA) -> str:
+def xmp_packet(prompt: str, source_type: str = TRAINED_ALGORITHMIC_MEDIA,
+               history: Sequence[tuple[str, str]] = ()) -> str:
+    """The XMP packet; ``history`` (action, parameters) becomes ``xmpMM:History``, without
+    the events' ``when`` (files stay deterministic). Without it the packet is as before
+    refine existed, byte for byte."""
+    namespaces, events = "", ""
+    if history:
+        namespaces = ('    xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/"\n'
+                      '    xmlns:stEvt="http://ns.adobe.com/xap/1.0/sType/ResourceEvent#"\n')
+        events = "   <xmpMM:History><rdf:Seq>\n" + "".join(
+            f'    <rdf:li rdf:parseType="Resource"><stEvt:action>{escape(action)}'
+            f"</stEvt:action><stEvt:softwareAgent>{escape(SOFTWARE)}</stEvt:softwareAgent>"
+            f"<stEvt:parameters>{escape(parameters)}</stEvt:parameters></rdf:li>\n"
+            for action, parameters in history) + "   </rdf:Seq></xmpMM:History>\n"
     return (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
         '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
@@ -141,10 +242,12 @@ def xmp_packet(prompt: str, source_type: str = TRAINED_ALGORITHMIC_MEDIA) -> str
         '    xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"\n'
         '    xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
         '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
+        f"{namespaces}"
         f"    Iptc4xmpExt:DigitalSourceType={quoteattr(source_type)}\n"
         f"    xmp:CreatorTool={quoteattr(SOFTWARE)}>\n"
         "   <dc:description><rdf:Alt><rdf:li xml:lang=\"x-default\">"
         f"{escape(prompt)}</rdf:li></rdf:Alt></dc:description>\n"
+        f"{events}"
         "  </rdf:Description>\n"
         " </rdf:RDF>\n"
         "</x:xmpmeta>\n"
@@ -164,7 +267,7 @@ def file_metadata(spec: VariantSpec, lora_hashes: Sequence[str] = ()
     """What every file of a variant carries: the text blocks by key, and the XMP packet."""
     return ({PARAMETERS_KEY: a1111_parameters(spec, lora_hashes),
              VARIANT_KEY: canonical_json(spec.to_json())},
-            xmp_packet(spec.prompt, digital_source_type(spec)))
+            xmp_packet(spec.prompt, digital_source_type(spec), refine_history(spec)))
 
 
 def encode_png(image: Image.Image, spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> bytes:
@@ -191,6 +294,8 @@ def read_png_metadata(data: bytes) -> dict[str, Any]:
     if XMP_KEY in text:
         match = re.search(r'Iptc4xmpExt:DigitalSourceType="([^"]+)"', text[XMP_KEY])
         result["digital_source_type"] = match.group(1) if match else None
+        result["history"] = re.findall(r"<stEvt:parameters>([^<]*)</stEvt:parameters>",
+                                       text[XMP_KEY])
     return result
 
 

@@ -351,8 +351,13 @@ def m006_trainings(db: sqlite3.Connection) -> None:
         CREATE INDEX trainings_by_started ON trainings(started_at)
         """
     )
+def m007_render_steps(db: sqlite3.Connection) -> None:
+    """The seconds of each step that made a render (base, refiner, hires, upscale, detail,
+    postprocess, score, write), its share of its batch's, in the order they ran. NULL on
+    rows from before m007."""
+    db.execute("ALTER TABLE renders ADD COLUMN steps_json TEXT")  # [{"step", "seconds"}]
 
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_initial, m002_batches_and_lookups, m003_postprocess_and_gates,
-    m004_one_current_decision, m005_reviews_and_deliveries, m006_trainings)
+    m004_one_current_decision, m005_reviews_and_deliveries, m006_trainings, m007_render_steps)

@@ -17,7 +17,7 @@ from typing import Any
 from .hashing import canonical_json
 from .inputs import Campaign, Point, Recipe, ResolvedFile
 from .schema import FileId
-from .validate import text_box_pixels
+from .validate import delivery_size, text_box_pixels
 from .variant import (
     STEP_CLASSES,
     VARIANT_SCHEMA,
@@ -105,6 +105,10 @@ class Plan:
     campaign: Campaign
     variants: tuple[Variant, ...]
 
+    def delivery_size(self, variant: Variant) -> tuple[int, int]:
+        """The size of the variant's master, after refine (its exports are cut from it)."""
+        return delivery_size(self.campaign.recipe, variant.width, variant.height)
+
 
 def make_plan(campaign: Campaign) -> Plan:
     build = _SpecBuilder(campaign)
@@ -153,11 +157,13 @@ class _SpecBuilder:
             lambda: self._postprocess(point))
         images = {".".join(map(str, key)): self._file_id(file)
                   for key, file in point.images.items()} or None
+        refine_prompts = {".".join(map(str, key)): text
+                          for key, text in point.refine_prompts.items()} or None
         spec = VariantSpec.model_construct(
             schema_=VARIANT_SCHEMA, campaign=self.campaign.spec.name, recipe=recipe,
             axes=point.axes, seed=point.seed, prompt=point.prompt,
             negative_prompt=point.negative_prompt, width=point.width, height=point.height,
-            postprocess=post, images=images)
+            postprocess=post, images=images, refine_prompts=refine_prompts)
         # canonical_json(spec.to_json()), with the shared blocks encoded once.
         parts = {"schema": canonical_json(VARIANT_SCHEMA), "recipe": recipe_json,
                  "postprocess": post_json, **{key: canonical_json(value) for key, value in (
@@ -167,6 +173,8 @@ class _SpecBuilder:
         if images:
             parts["images"] = canonical_json({key: file.model_dump()
                                               for key, file in images.items()})
+        if refine_prompts:
+            parts["refine_prompts"] = canonical_json(refine_prompts)
         spec_json = "{" + ",".join(f'"{key}":{value}' for key, value in sorted(parts.items())) \
             + "}"
         variant = Variant(spec=spec, id=hashlib.sha256(spec_json.encode("utf-8")).hexdigest(),
@@ -232,7 +240,29 @@ def recipe_use(recipe: Recipe, *, steps: int, cfg: float,
     if spec.ip_adapter:
         data["ip_adapter"] = {**spec.ip_adapter.model_dump(exclude={"model"}),
                               "model": recipe.ip_adapter.identity}
+    if spec.refine:
+        data["refine"] = _refine_use(recipe)
     return RecipeUse.model_validate(data)
+
+
+def _refine_use(recipe: Recipe) -> dict[str, Any]:
+    """The refine block as a spec states it: each model file by name and sha256."""
+    refine = recipe.spec.refine
+    files = {key: file.identity for key, file in recipe.refine_files.items()}
+
+    def block(settings: Any, *key: str | int) -> dict[str, Any]:
+        data = settings.model_dump(exclude={"model", "checkpoint"})
+        for name in ("model", "checkpoint"):
+            if ("refine", *key, name) in files:
+                data[name] = files[("refine", *key, name)]
+        return data
+
+    data: dict[str, Any] = {name: block(settings, name) for name in ("hires", "refiner", "upscale")
+                            if (settings := getattr(refine, name)) is not None}
+    if refine.detail:
+        data["detail"] = [block(detail, "detail", index)
+                          for index, detail in enumerate(refine.detail)]
+    return data
 
 
 def recipe_content(recipe: Recipe) -> dict[str, Any]:

@@ -5,14 +5,17 @@ memory) → post-process → score → encode → write the master and its chann
 reproduce``; it never touches the ledger, it returns what the driver commits
 (``Produced``). Everything it does follows the variant's spec alone — what is hashed into
 the id is what is applied — with files found by sha256 (``FileIndex``), so a reproduction
-from a stored spec runs exactly this code.
+from a stored spec runs exactly this code, the recipe's refine steps included (they run
+inside the render: its images are the refined masters).
 
 A job is one pipeline call's batch and the members to write: the others are co-members,
 rendered again only so the written ones come out as they do beside them (an image's bytes
 depend on its batch by float rounding); their fresh bytes are compared with the record,
 never written. Faces are detected once per rendered image and reused by skin smoothing
 and the faces score. Channel exports are made from the master alone (``export_files``),
-so a lost export is rebuilt from its master without rendering.
+so a lost export is rebuilt from its master without rendering. Each image reports its
+share of every step's time (``Produced.steps``: base, refiner, hires, upscale, detail,
+postprocess, score, write).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class Produced:
     environment: Mapping[str, Any]
     embedding: bytes | None = None  # CLIP image embedding, float32 little-endian
     exports: tuple[ExportFile, ...] = ()
+    steps: tuple[tuple[str, float], ...] = ()  # (step, this image's share of its seconds)
 
 
 @dataclass(frozen=True)
@@ -245,19 +249,27 @@ class Worker:
         return self._environment
 
     def produce(self, job: Job, out_dir: Path) -> JobResult:
-        """Render, finish, score and write one job; the files are in place on return."""
+        """Render (with the refine steps), finish, score and write one job; the files are
+        in place on return."""
         started = time.perf_counter()
         batch = job.batch
+        # The renderer's breakdown of its time by step; a renderer double may keep none.
+        timings = getattr(self.renderer, "timings", {})
+        timings.clear()
         rendered = self.renderer.render_resilient([variant.spec for variant in batch],
                                                   self.files)
+        steps = dict(timings) or {"render": time.perf_counter() - started}
+        clock = time.perf_counter()
         finished = [finish_image(image, variant.spec, self.assets, detect(image))
                     for (image, _), variant in zip(rendered, batch, strict=True)]
+        steps["postprocess"], clock = time.perf_counter() - clock, time.perf_counter()
         written = [index for index, variant in enumerate(batch) if variant.id in job.write]
         if self.scoring is not None and written:
             scores, embeddings = self.scoring.score([batch[i] for i in written],
                                                     [finished[i] for i in written])
         else:
             scores, embeddings = [{} for _ in written], [None] * len(written)
+        steps["score"], clock = time.perf_counter() - clock, time.perf_counter()
         produced, rechecked = [], []
         for index, (variant, done, (_, call)) in enumerate(zip(batch, finished, rendered,
                                                                 strict=True)):
@@ -279,9 +291,11 @@ class Worker:
                 environment=self.environment(),
                 embedding=None if embedding is None else embedding.astype("<f4").tobytes(),
                 exports=exports))
+        steps["write"] = time.perf_counter() - clock
         seconds_each = round((time.perf_counter() - started) / len(batch), 4)
-        return JobResult(tuple(replace(item, seconds=seconds_each) for item in produced),
-                         tuple(rechecked))
+        shares = tuple((step, round(seconds / len(batch), 4)) for step, seconds in steps.items())
+        return JobResult(tuple(replace(item, seconds=seconds_each, steps=shares)
+                               for item in produced), tuple(rechecked))
 
     @staticmethod
     def write_export(variant: Variant, export: ExportSpec, data: bytes,

@@ -214,6 +214,7 @@ class RenderRow(RenderFacts):
     batch: tuple[str, ...]  # the variant ids of its pipeline call (empty: not recorded)
     embedding: bytes | None = field(repr=False)
     decision: Decision | None  # its current decision (None: not decided yet)
+    steps: tuple[Mapping[str, Any], ...]  # {"step", "seconds"} in order (empty: not recorded)
     review: Review | None = None  # the standing review of its bytes (None: unreviewed)
 
     @classmethod
@@ -240,7 +241,7 @@ class RenderRow(RenderFacts):
             scores=_loads(row["scores_json"]), render_seconds=row["render_seconds"],
             rerender_reason=row["rerender_reason"], created_at=row["created_at"],
             batch=tuple(_loads(row["batch_json"], [])), embedding=row["embedding"],
-            decision=decision, review=review)
+            decision=decision, steps=tuple(_loads(row["steps_json"], [])), review=review)
 
     @property
     def output_name(self) -> str:
@@ -269,7 +270,8 @@ class RenderRow(RenderFacts):
         (most of the time of a 1,000-variant review page)."""
         data = {item.name: getattr(self, item.name) for item in fields(self)
                 if item.name not in ("spec", "spec_json", "embedding", "decision", "review")}
-        return {**data, "batch": list(self.batch), "status": self.status,
+        return {**data, "batch": list(self.batch), "steps": list(self.steps),
+                "status": self.status,
                 "decision": self.decision.as_json() if self.decision else None,
                 "review_state": self.review_state,
                 "review": self.review.as_json() if self.review else None}

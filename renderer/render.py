@@ -8,6 +8,16 @@ and files are found by sha256 in a ``FileIndex``. Base pipelines are loaded once
 ``set_adapters``. Noise comes from one CPU ``torch.Generator`` per image, seeded with the
 variant's seed, so an image is the same whether it is rendered alone or inside a batch,
 on any GPU (within 1/255; README, "Ids, seeds and hashes").
+
+A recipe's ``refine`` steps run inside ``render_batch`` after the base pass, in the order
+``RefineUse.steps`` gives (README, "Refine"): the SDXL refiner takes the base's latents
+over at ``switch_at`` (diffusers' ``denoising_end`` / ``denoising_start``); hires enlarges
+the latents (or the pixels, with Lanczos or an upscaler model) and denoises them again
+with the img2img pipeline ``from_pipe`` of the base; the upscaler model enlarges the
+pixels in tiles (``postprocess.upscale``); each detailer inpaints the crops of its regions
+(``postprocess.detail``) with the inpaint pipeline, one call per crop size, and pastes
+them back feathered. The refiner, the upscalers and a detail checkpoint load once per
+run, like the base. ``timings`` adds up the seconds of each step.
 """
 
 from __future__ import annotations
@@ -15,17 +25,34 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .environment import fingerprint, resolve_device, resolve_dtype
 from .errors import InputError, RenderFailure
-from .families import PIPELINES, SCHEDULERS
+from .families import PIPELINES, SCHEDULERS, SIZE_MULTIPLE
 from .inputs import FileIndex
 from .schema import PICKLE_SUFFIXES, FileId
-from .variant import RecipeUse, RenderCall, VariantSpec, render_call
+from .variant import (
+    DetailCall,
+    DetailUse,
+    HiresUse,
+    RecipeUse,
+    RefinerUse,
+    RenderCall,
+    UpscaleUse,
+    VariantSpec,
+    render_call,
+)
+
+if TYPE_CHECKING:  # imported where used: a step loads its libraries only when it runs
+    import numpy as np
+
+    from postprocess.detail import Detail, DetailPlan
+    from postprocess.upscale import Tiling
 
 # A rendered image, with the indices (into its batch) of the pipeline call that made it.
 Rendered = tuple[Any, tuple[int, ...]]
@@ -94,10 +121,13 @@ class DiffusersRenderer:
         self.dtype = getattr(torch, resolve_dtype(options.dtype, self.device))
         self.log = log
         self.loads = 0  # base pipelines loaded from disk (tests and benchmarks read it)
-        self._bases: dict[tuple[str, str, bool], Any] = {}
+        self._bases: dict[tuple[str, str, str], Any] = {}
+        self._schedulers: dict[int, tuple[str, Any]] = {}  # base -> its scheduler, pristine config
         self._pipelines: dict[tuple[Any, ...], Any] = {}
         self._loaded_loras: dict[int, set[str]] = {}
         self._ip_adapters: dict[int, str] = {}
+        self._upscalers: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}  # seconds per step (base, refiner, hires, …), summed
 
     @property
     def dtype_name(self) -> str:
@@ -108,12 +138,37 @@ class DiffusersRenderer:
                            {**dataclasses.asdict(self.options), "attention": "sdpa"})
 
     def render_batch(self, specs: Sequence[VariantSpec], files: FileIndex) -> list[Any]:
-        """Render specs that share a batch key; returns PIL images in the same order."""
-        import torch
+        """Render specs that share a batch key, base pass then refine steps; returns PIL
+        images in the same order, at the size the refine steps give."""
+        call = render_call(specs)
+        steps = [(name, settings) for name, settings in
+                 (call.recipe.refine.steps() if call.recipe.refine else [])
+                 # A refiner switching in at 1.0 never takes over (A1111's semantics).
+                 if not (name == "refiner" and settings.switch_at >= 1)]
+        # Each pass hands the next its latents when the next one takes latents over.
+        takers = [name if _takes_latents(name, settings) else None for name, settings in steps]
+        with self._timed("base"):
+            result = self.base_pass(call, files, hand_to=takers[0] if takers else None)
+        details = iter(call.details)
+        for index, (name, settings) in enumerate(steps):
+            hand_on = index + 1 < len(steps) and takers[index + 1] is not None
+            with self._timed(name):
+                if name == "refiner":
+                    result = self._refiner_pass(call, result, settings, files, hand_on)
+                elif name == "hires":
+                    result = self._hires_pass(call, result, settings, files)
+                elif name == "upscale":
+                    result = self._upscale_pass(result, settings, files)
+                else:
+                    result = self._detail_pass(call, result, next(details), files)
+        return result
 
+    def base_pass(self, call: RenderCall, files: FileIndex, *,
+                  hand_to: str | None = None) -> Any:
+        """The base render of a call: PIL images, or ``Latents`` for the step that takes them
+        over (``hand_to``: the refiner, from its ``switch_at``, or a latent hires upscaler)."""
         from .controls import keeps_source, paste_source_outside_mask
 
-        call = render_call(specs)
         recipe = call.recipe
         arguments = pipeline_arguments(call, files)
         source = recipe.img2img or recipe.inpaint
@@ -121,19 +176,216 @@ class DiffusersRenderer:
             return list(arguments["image"])  # the sources at the variant's size; no model runs
         pipe = self.load_pipeline(recipe, files)
         self.activate_loras(pipe, recipe, files)
-        try:
-            with torch.inference_mode():
-                images = list(self._call(pipe, arguments).images)
-        except torch.OutOfMemoryError:
-            raise
-        except (RuntimeError, ValueError) as err:
-            raise RenderFailure(f"rendering {len(specs)} variant(s) of {recipe.name}@"
-                                f"{recipe.version} at {call.width}x{call.height} failed: "
-                                f"{err}") from err
+        if hand_to is not None:
+            arguments["output_type"] = "latent"
+        if hand_to == "refiner":
+            arguments["denoising_end"] = recipe.refine.refiner.switch_at
+        images = self._run(pipe, arguments, call, "rendering")
+        if hand_to is not None:
+            return Latents.of(pipe, images, call.size, recipe.family)
         if recipe.inpaint:
             images = [paste_source_outside_mask(kept, image, mask) for kept, image, mask in
                       zip(arguments["image"], images, arguments["mask_image"], strict=True)]
         return images
+
+    def _refiner_pass(self, call: RenderCall, base: Latents, refiner: RefinerUse,
+                      files: FileIndex, hand_on: bool) -> Any:
+        """The refiner finishes the base's latents from ``switch_at`` of the steps on."""
+        recipe = call.recipe
+        pipe = self._load(recipe.family, refiner.checkpoint, "img2img", recipe.scheduler, files)
+        arguments = _prompt_arguments(recipe, call.prompts, call.negative_prompts, call.seeds)
+        arguments.update(image=base.tensor, num_inference_steps=recipe.steps,
+                         denoising_start=refiner.switch_at,
+                         output_type="latent" if hand_on else "pil")
+        images = self._run(pipe, arguments, call, "refining")
+        return Latents.of(pipe, images, call.size, recipe.family) if hand_on else images
+
+    def _hires_pass(self, call: RenderCall, base: Any, hires: HiresUse,
+                    files: FileIndex) -> list[Any]:
+        """A1111's Hires. fix: enlarge, then img2img at ``denoise`` with its own steps,
+        scheduler and seeds (an enlargement under one denoising step is kept as it is)."""
+        from PIL import Image
+
+        from postprocess.hires import LATENT_UPSCALERS, upscale_latents
+
+        from .controls import keeps_source
+
+        recipe = call.recipe
+        target = hires.target_size(call.size, recipe.family)
+        steps = hires.steps or recipe.steps
+        if hires.upscaler in LATENT_UPSCALERS:
+            upscaler = LATENT_UPSCALERS[hires.upscaler]
+            enlarged: Any = dataclasses.replace(base, size=target, tensor=upscale_latents(
+                base.tensor, target, mode=upscaler.mode, antialias=upscaler.antialias))
+            if keeps_source(hires.denoise, steps):
+                return enlarged.decode()
+            image = enlarged.tensor
+        else:
+            if hires.upscaler == "model":
+                from postprocess.upscale import Tiling
+
+                enlarged = self._model_upscale(base, hires.model, files, Tiling(), until=target)
+            else:
+                enlarged = base
+            enlarged = [image.resize(target, Image.Resampling.LANCZOS)
+                        if image.size != target else image for image in enlarged]
+            if keeps_source(hires.denoise, steps):
+                return enlarged
+            image = enlarged
+        pipe = self._derived(self._base(recipe, files), recipe.family, "img2img",
+                             hires.scheduler or recipe.scheduler)
+        self.activate_loras(pipe, recipe, files)
+        arguments = _prompt_arguments(recipe, call.prompts, call.negative_prompts,
+                                      [seed + hires.seed_offset for seed in call.seeds])
+        arguments.update(image=image, strength=hires.denoise, num_inference_steps=steps)
+        if recipe.family == "flux":  # SD's img2img takes the source's size
+            arguments.update(width=target[0], height=target[1])
+        return self._run(pipe, arguments, call, "the hires pass of")
+
+    def _upscale_pass(self, images: list[Any], upscale: UpscaleUse,
+                      files: FileIndex) -> list[Any]:
+        from postprocess.upscale import Tiling
+
+        tiling = None if upscale.tile is None else Tiling(tile=upscale.tile,
+                                                          overlap=upscale.overlap)
+        return self._model_upscale(images, upscale.model, files, tiling)
+
+    def _model_upscale(self, images: list[Any], model_file: FileId, files: FileIndex,
+                       tiling: Tiling | None, until: tuple[int, int] | None = None) -> list[Any]:
+        """The images through the upscaler model once, or (``until``) as A1111 does it up to
+        3 times until both sides reach that size. The tiles of every image share calls."""
+        import numpy as np
+        from PIL import Image
+
+        from postprocess.upscale import upscale_images
+
+        model = self._upscaler(model_file, files)
+        arrays = [np.asarray(image.convert("RGB")) for image in images]
+        for _ in range(1 if until is None else 3):
+            if until is not None and all(array.shape[1] >= until[0] and array.shape[0] >= until[1]
+                                         for array in arrays):
+                break
+            arrays = upscale_images(arrays, model, tiling)
+        return [Image.fromarray(array) for array in arrays]
+
+    def _detail_pass(self, call: RenderCall, images: list[Any], detail_call: DetailCall,
+                     files: FileIndex) -> list[Any]:
+        """One detailer (ADetailer): its regions of every image of the batch, each crop
+        inpainted at the model's native size, in one call per crop size (a call takes at
+        most as many crops as the batch has images), pasted back feathered."""
+        import numpy as np
+        from PIL import Image
+
+        from postprocess.detail import Detail, detail_crop, paste_details
+
+        from .controls import keeps_source
+
+        recipe, detail = call.recipe, detail_call.detail
+        steps = detail.steps or recipe.steps
+        if keeps_source(detail.strength, steps):
+            return images
+        size = detail.size or recipe.size
+        geometry = Detail(size=(size[0], size[1]), padding=detail.padding,
+                          feather=detail.feather, multiple=SIZE_MULTIPLE[recipe.family])
+        arrays = [np.asarray(image.convert("RGB")) for image in images]
+        plans = [self._detail_plans(call, detail_call, index, array, geometry, files)
+                 for index, array in enumerate(arrays)]
+        jobs = [(index, region, plan) for index, found in enumerate(plans)
+                for region, plan in enumerate(found)]
+        if not jobs:
+            return images  # no region found: nothing loads, nothing changes
+        pipe = self._detail_pipeline(recipe, detail, files)
+        by_size: dict[tuple[int, int], list[tuple[int, int, Any]]] = {}
+        for job in jobs:
+            by_size.setdefault(job[2].size, []).append(job)
+        inpainted: dict[tuple[int, int], Any] = {}
+        for (width, height), group in by_size.items():
+            for start in range(0, len(group), len(images)):
+                chunk = group[start:start + len(images)]
+                arguments = _prompt_arguments(
+                    recipe, [detail_call.prompts[index] for index, _, _ in chunk],
+                    [detail_call.negative_prompts[index] for index, _, _ in chunk],
+                    [call.seeds[index] + detail.seed_offset + region
+                     for index, region, _ in chunk])
+                arguments.update(
+                    image=[Image.fromarray(detail_crop(arrays[index], plan))
+                           for index, _, plan in chunk],
+                    mask_image=[Image.fromarray(plan.mask) for _, _, plan in chunk],
+                    width=width, height=height, strength=detail.strength,
+                    num_inference_steps=steps)
+                outputs = self._run(pipe, arguments, call, "the detail pass of")
+                for (index, region, _), output in zip(chunk, outputs, strict=True):
+                    inpainted[index, region] = np.asarray(output.convert("RGB"))
+        return [Image.fromarray(paste_details(array, found, [inpainted[index, region]
+                                                             for region in range(len(found))]))
+                for index, (array, found) in enumerate(zip(arrays, plans, strict=True))]
+
+    def _detail_plans(self, call: RenderCall, detail_call: DetailCall, index: int,
+                      image: np.ndarray, geometry: Detail, files: FileIndex) -> list[DetailPlan]:
+        """Where a detailer repaints one image: a crop plan per face or mask blob."""
+        from postprocess.detail import mask_boxes, plan_detail
+
+        if detail_call.detail.detect == "faces":
+            from postprocess.faces import detect_faces
+
+            return [plan_detail(image, box, geometry) for box in detect_faces(image)]
+        region = _white(self._region_image(call, detail_call, index, files),
+                        (image.shape[1], image.shape[0]))
+        return [plan_detail(image, box, geometry, region) for box in mask_boxes(region)]
+
+    def _region_image(self, call: RenderCall, detail_call: DetailCall, index: int,
+                      files: FileIndex) -> Any:
+        """The image whose white pixels are a detailer's regions: its own mask, or (detect:
+        product) the recipe's inpaint mask or region, else its first ControlNet image."""
+        from .controls import load_rgb, region_mask
+
+        recipe = call.recipe
+        if detail_call.detail.detect == "mask":
+            return load_rgb(files.path(detail_call.masks[index]), call.size)
+        if recipe.inpaint and recipe.inpaint.region:
+            return region_mask(call.size, recipe.inpaint.region)
+        chosen = call.masks[index] if recipe.inpaint else call.control_images[0][index]
+        return load_rgb(files.path(chosen), call.size)
+
+    def _detail_pipeline(self, recipe: RecipeUse, detail: DetailUse, files: FileIndex) -> Any:
+        """The inpaint pipeline of a detail checkpoint, else of the recipe's own (from_pipe:
+        a 4-channel UNet inpaints by blending latents), with the recipe's LoRA stack."""
+        if detail.checkpoint is not None:
+            pipe = self._load(recipe.family, detail.checkpoint, "inpaint", recipe.scheduler,
+                              files)
+        else:
+            pipe = self._derived(self._base(recipe, files), recipe.family, "inpaint",
+                                 recipe.scheduler)
+        self.activate_loras(pipe, recipe, files)
+        return pipe
+
+    def _run(self, pipe: Any, arguments: dict[str, Any], call: RenderCall, doing: str) -> Any:
+        """One pipeline call's images (or latents); failures name the batch."""
+        import torch
+
+        try:
+            with torch.inference_mode():
+                output = self._call(pipe, arguments).images
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, ValueError) as err:
+            recipe = call.recipe
+            raise RenderFailure(f"{doing} {len(call.seeds)} variant(s) of {recipe.name}@"
+                                f"{recipe.version} at {call.width}x{call.height} failed: "
+                                f"{err}") from err
+        return output if arguments.get("output_type") == "latent" else list(output)
+
+    @contextmanager
+    def _timed(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.startswith("cuda"):  # kernels run asynchronously
+                import torch
+
+                torch.cuda.synchronize()
+            self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - started
 
     def _call(self, pipe: Any, arguments: dict[str, Any]) -> Any:
         """The one place a pipeline runs (tests inject failures here)."""
@@ -188,31 +440,37 @@ class DiffusersRenderer:
         return pipe
 
     def _base(self, recipe: RecipeUse, files: FileIndex) -> Any:
+        """The recipe checkpoint's base pipeline: the inpaint one for an inpaint recipe."""
+        return self._load(recipe.family, recipe.checkpoint,
+                          "inpaint" if recipe.mode == "inpaint" else "text", recipe.scheduler,
+                          files)
+
+    def _load(self, family: str, checkpoint: FileId, mode: str, scheduler_name: str,
+              files: FileIndex) -> Any:
+        """A checkpoint's pipeline of ``mode`` loaded from disk, once per run."""
         import diffusers
 
-        inpaint = recipe.mode == "inpaint"
-        key = (recipe.family, recipe.checkpoint.sha256, inpaint)
+        key = (family, checkpoint.sha256, mode)
         if key in self._bases:
             return self._bases[key]
         started = time.perf_counter()
-        family = recipe.family
-        pipeline_class = getattr(diffusers, PIPELINES[family, "inpaint" if inpaint else "text"])
-        checkpoint = self._weights(recipe.checkpoint, files)
-        if checkpoint.is_dir():
-            pipe = pipeline_class.from_pretrained(checkpoint, dtype=self.dtype,
-                                                  local_files_only=True,
+        pipeline_class = getattr(diffusers, PIPELINES[family, mode])
+        path = self._weights(checkpoint, files)
+        if path.is_dir():
+            pipe = pipeline_class.from_pretrained(path, dtype=self.dtype, local_files_only=True,
                                                   use_safetensors=not self.allow_pickle or None)
         else:
             pipe = pipeline_class.from_single_file(
-                str(checkpoint), config=str(files.config(recipe.checkpoint)), dtype=self.dtype,
+                str(path), config=str(files.config(checkpoint)), dtype=self.dtype,
                 local_files_only=True)
-        scheduler = SCHEDULERS[recipe.scheduler]
-        pipe.scheduler = getattr(diffusers, scheduler.diffusers_class).from_config(
-            pipe.scheduler.config, **scheduler.options)
+        pipe.set_progress_bar_config(disable=True)
+        # The checkpoint's own scheduler config: other passes derive theirs from it too.
+        self._schedulers[id(pipe)] = (scheduler_name, pipe.scheduler.config)
+        pipe.scheduler = _scheduler(scheduler_name, pipe.scheduler.config)
         self._apply_options(pipe)
         self._bases[key] = pipe
         self.loads += 1
-        self.log(f"loaded {family} pipeline {checkpoint.name} in "
+        self.log(f"loaded {family} pipeline {path.name} in "
                  f"{time.perf_counter() - started:.2f} s")
         return pipe
 
@@ -223,6 +481,40 @@ class DiffusersRenderer:
                              fix="convert it to .safetensors, or allow pickles (recipe "
                              "allow_pickle, or reproduce --allow-pickle) if you trust it")
         return path
+
+    def _derived(self, base: Any, family: str, mode: str, scheduler_name: str) -> Any:
+        """The pipeline of ``mode`` sharing ``base``'s models (``from_pipe``: no reload),
+        with its own scheduler when it differs from the base's."""
+        import diffusers
+
+        key = (id(base), mode, scheduler_name)
+        if key not in self._pipelines:
+            pipeline_class = getattr(diffusers, PIPELINES[family, mode])
+            base_scheduler, config = self._schedulers[id(base)]
+            if pipeline_class is type(base) and scheduler_name == base_scheduler:
+                pipe = base
+            else:
+                pipe = pipeline_class.from_pipe(base)
+                pipe.set_progress_bar_config(disable=True)
+                if scheduler_name != base_scheduler:
+                    pipe.scheduler = _scheduler(scheduler_name, config)
+            self._pipelines[key] = pipe
+        return self._pipelines[key]
+
+    def _upscaler(self, model: FileId, files: FileIndex) -> Any:
+        """An upscaler model, loaded once per run (in the run's dtype where it runs in it)."""
+        if model.sha256 not in self._upscalers:
+            from postprocess.upscale import load_upscaler
+
+            started = time.perf_counter()
+            upscaler = load_upscaler(files.path(model), device=self.device)
+            half = {"bfloat16": upscaler.supports_bfloat16, "float16": upscaler.supports_half}
+            if half.get(self.dtype_name):
+                upscaler.to(self.dtype)
+            self._upscalers[model.sha256] = upscaler
+            self.log(f"loaded upscaler {model.name} ({upscaler.architecture.name} "
+                     f"x{upscaler.scale}) in {time.perf_counter() - started:.2f} s")
+        return self._upscalers[model.sha256]
 
     def _apply_options(self, pipe: Any) -> None:
         import torch
@@ -287,24 +579,82 @@ class DiffusersRenderer:
             pipe.disable_lora()
 
 
+@dataclass(frozen=True, eq=False)
+class Latents:
+    """A pass's result handed to the next undecoded (the refiner and the latent hires
+    upscalers take latents): (batch, channels, height / 8, width / 8), Flux's unpacked."""
+
+    tensor: Any
+    pipe: Any  # whose VAE decodes them
+    size: tuple[int, int]  # (width, height) in pixels
+    family: str
+
+    @classmethod
+    def of(cls, pipe: Any, latents: Any, size: tuple[int, int], family: str) -> Latents:
+        if family == "flux":  # Flux pipelines hand out 2x2-packed tokens
+            latents = pipe._unpack_latents(latents, size[1], size[0], pipe.vae_scale_factor)
+        return cls(latents, pipe, size, family)
+
+    def decode(self) -> list[Any]:
+        """The images, decoded as the pipeline itself would (scale, shift, VAE, to PIL)."""
+        import torch
+
+        vae = self.pipe.vae
+        latents = self.tensor.to(vae.dtype)
+        if self.family == "flux":
+            latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        else:
+            latents = latents / vae.config.scaling_factor
+        with torch.inference_mode():
+            pixels = vae.decode(latents, return_dict=False)[0]
+        return list(self.pipe.image_processor.postprocess(pixels, output_type="pil"))
+
+
+def _takes_latents(name: str, settings: Any) -> bool:
+    """Whether a refine step takes the previous pass's latents rather than its pixels."""
+    from postprocess.hires import LATENT_UPSCALERS
+
+    return name == "refiner" or (name == "hires" and settings.upscaler in LATENT_UPSCALERS)
+
+
+def _scheduler(name: str, config: Any) -> Any:
+    import diffusers
+
+    scheduler = SCHEDULERS[name]
+    return getattr(diffusers, scheduler.diffusers_class).from_config(config, **scheduler.options)
+
+
+def _prompt_arguments(recipe: RecipeUse, prompts: Sequence[str], negative_prompts: Sequence[str],
+                      seeds: Sequence[int]) -> dict[str, Any]:
+    """What every pipeline call of a recipe takes: prompts, guidance, one CPU generator per
+    image (seeds wrap at 2^32, as seeds are 32-bit) and PIL output."""
+    import torch
+
+    arguments: dict[str, Any] = {
+        "prompt": list(prompts), "guidance_scale": recipe.cfg, "output_type": "pil",
+        "generator": [torch.Generator("cpu").manual_seed(seed % 2**32) for seed in seeds]}
+    if recipe.family != "flux":  # Flux-dev has no negative prompt (embedded guidance)
+        arguments["negative_prompt"] = list(negative_prompts)
+    return arguments
+
+
+def _white(image: Any, size: tuple[int, int]) -> Any:
+    """A (height, width) bool mask of the image's light pixels, at ``size`` (nearest, so a
+    mask stays a mask)."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(image.convert("L").resize(size, Image.Resampling.NEAREST)) > 127
+
+
 def pipeline_arguments(call: RenderCall, files: FileIndex) -> dict[str, Any]:
     """The diffusers keyword arguments of one pipeline call."""
-    import torch
 
     from .controls import PREPROCESSORS, batch_array, load_rgb, region_mask
 
     recipe = call.recipe
-    arguments: dict[str, Any] = {
-        "prompt": list(call.prompts),
-        "num_inference_steps": recipe.steps,
-        "guidance_scale": recipe.cfg,
-        "width": call.width,
-        "height": call.height,
-        "generator": [torch.Generator("cpu").manual_seed(seed) for seed in call.seeds],
-        "output_type": "pil",
-    }
-    if recipe.family != "flux":
-        arguments["negative_prompt"] = list(call.negative_prompts)
+    arguments = _prompt_arguments(recipe, call.prompts, call.negative_prompts, call.seeds)
+    arguments.update(num_inference_steps=recipe.steps, width=call.width, height=call.height)
     if recipe.controlnets:
         maps = [[PREPROCESSORS[control.preprocessor](load_rgb(files.path(image), call.size))
                  for image in images]

@@ -18,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from postprocess.export import ExportSpec
 from postprocess.gate_rules import METRICS
+from postprocess.hires import LATENT_UPSCALERS, hires_size
 from postprocess.overlay import LogoPlacement
 from postprocess.parameters import Fraction, Parameters
 from postprocess.retouch import OPERATIONS
 
-from .families import Family, SchedulerName
+from .families import SIZE_MULTIPLE, Family, SchedulerName
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 ASPECT_PATTERN = r"^[1-9][0-9]*:[1-9][0-9]*$"
@@ -133,6 +134,108 @@ class InpaintSpec(Img2ImgSpec):
         "height).")
 
 
+# ---------------------------------------------------------------- refine
+
+HiresUpscaler = Literal[(*LATENT_UPSCALERS, "lanczos", "model")]  # type: ignore[valid-type]
+HiresSide = Annotated[int, Field(ge=0, le=8192)]
+
+
+class HiresSettings(Strict):
+    """A1111's Hires. fix: enlarge the base render, then denoise it again at that size."""
+
+    factor: float | None = Field(default=None, ge=1.0, le=8.0,
+                                 description="Upscale by this factor (A1111's Hires upscale).")
+    size: Annotated[list[HiresSide], Field(min_length=2, max_length=2)] | None = Field(
+        default=None, description="Or resize to [width, height]; a side of 0 follows the other "
+        "at the base aspect (A1111's Resize width/height to).")
+    upscaler: HiresUpscaler = Field(
+        default="latent", description="latent*: resize the base's latents (A1111's Latent "
+        "upscalers); lanczos: resize its pixels; model: run the upscaler model in `model`.")
+    denoise: Fraction = Field(default=0.7, description="Denoising strength of the second pass; "
+                              "0 (or under one step) keeps the upscaled image.")
+    steps: Steps | None = Field(default=None, description="Steps of the second pass (it runs "
+                                "steps × denoise of them); default: the variant's steps.")
+    scheduler: SchedulerName | None = Field(default=None, description="Default: the recipe's.")
+    seed_offset: Seed = Field(default=0, description="The second pass's noise is seeded with "
+                              "the variant's seed plus this.")
+
+    def target_size(self, base: tuple[int, int], family: str) -> tuple[int, int]:
+        """The second pass's (width, height) for a base render of ``base``; ValueError when
+        the size cannot be made (not a multiple, another aspect)."""
+        return hires_size(base, factor=self.factor,
+                          size=None if self.size is None else (self.size[0], self.size[1]),
+                          multiple=SIZE_MULTIPLE[family])
+
+
+class RefinerSettings(Strict):
+    switch_at: float = Field(default=0.8, gt=0.0, le=1.0, description="Fraction of the steps "
+                             "after which the refiner takes the base's latents over (1: never).")
+
+
+class UpscaleSettings(Strict):
+    tile: int | None = Field(default=512, ge=32, le=4096, description="Tile side in input "
+                             "pixels; null: the whole image in one call.")
+    overlap: int = Field(default=32, ge=0, le=2048, description="Pixels neighbouring tiles "
+                         "share (blended across its middle half).")
+
+
+class DetailSettings(Strict):
+    """One region detailer (ADetailer): find regions, inpaint each crop, paste it back."""
+
+    detect: Literal["faces", "mask", "product"] = Field(
+        default="faces", description="faces: OpenCV frontal faces; mask: the blobs of `mask`; "
+        "product: the white pixels of the recipe's inpaint mask (or region), else of its first "
+        "ControlNet's image.")
+    mask: ImageTemplate | None = Field(default=None, description="With detect: mask (white = "
+                                       "region).")
+    prompt: str | None = Field(default=None, description="Jinja template; default: the "
+                               "variant's prompt.")
+    negative_prompt: str | None = Field(default=None, description="Jinja template; default: "
+                                        "the variant's negative prompt.")
+    strength: Fraction = Field(default=0.4, description="Denoising strength of the inpaint.")
+    steps: Steps | None = Field(default=None, description="Default: the variant's steps.")
+    size: Size | None = Field(default=None, description="The size crops are inpainted at; "
+                              "default: the recipe's size (the model's native one).")
+    padding: Annotated[int, Field(ge=0, le=1024)] = Field(
+        default=32, description="Context pixels around each region (ADetailer's inpaint "
+        "padding).")
+    feather: Annotated[int, Field(ge=0, le=256)] = Field(
+        default=4, description="Pixels over which the paste fades out (ADetailer's mask blur).")
+    seed_offset: Seed = Field(default=0, description="Region k of an image is seeded with the "
+                              "variant's seed plus this plus k.")
+
+
+class HiresSpec(HiresSettings):
+    model: PinnedFileRef | None = Field(default=None, description="With upscaler: model, a "
+                                        ".safetensors upscaler spandrel knows.")
+
+
+class RefinerSpec(RefinerSettings):
+    checkpoint: PinnedFileRef = Field(description="An SDXL refiner as a diffusers folder "
+                                      "(StableDiffusionXLImg2ImgPipeline).")
+
+
+class UpscaleSpec(UpscaleSettings):
+    model: PinnedFileRef = Field(description="A .safetensors upscaler spandrel knows (ESRGAN, "
+                                 "SwinIR, SPAN, …).")
+
+
+class DetailSpec(DetailSettings):
+    checkpoint: PinnedFileRef | None = Field(
+        default=None, description="An inpainting checkpoint (a diffusers folder; for SD a "
+        "9-channel UNet); default: the recipe's checkpoint, whose 4-channel UNet inpaints by "
+        "blending latents.")
+
+
+class RefineSpec(Strict):
+    """Applied after the base render, in this order: refiner, hires, upscale, detail."""
+
+    hires: HiresSpec | None = None
+    refiner: RefinerSpec | None = Field(default=None, description="SDXL only.")
+    upscale: UpscaleSpec | None = None
+    detail: list[DetailSpec] = Field(default_factory=list, description="Detailers, in order.")
+
+
 class RecipeSettings(Strict):
     """What a recipe says about making an image, besides the files it names."""
 
@@ -161,6 +264,8 @@ class RecipeFile(RecipeSettings):
         "loaded. Only for files from a source you trust.")
     controlnets: list[ControlNetSpec] = Field(default_factory=list)
     ip_adapter: IpAdapterSpec | None = None
+    refine: RefineSpec | None = Field(default=None, description="Steps after the base render "
+                                      "(README, Refine).")
 
 
 # ---------------------------------------------------------------- brand kits
@@ -308,6 +413,9 @@ class PostprocessSpec(Strict):
     text: TextSpec | None = None
     exports: dict[str, list[ExportSpec]] = Field(
         default_factory=dict, description="Channel exports keyed by aspect ratio or 'default'.")
+    upscale_exports: bool = Field(
+        default=False, description="Allow an export larger than the master (the refined "
+        "image) on either side of its crop; it is then enlarged by Lanczos resampling.")
 
 
 class GridSpec(Strict):

@@ -20,12 +20,13 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .compat import lora_family_problem, safetensors_problem, unet_input_channels
 from .errors import BadFileError, HashMismatchError, MissingFileError, SchemaError, TemplateError
@@ -43,6 +44,7 @@ from .schema import (
     C2paSpec,
     CampaignFile,
     FileRef,
+    HiresSettings,
     MatrixSpec,
     RecipeFile,
     ScoringSpec,
@@ -52,6 +54,9 @@ from .schema_errors import parse_document
 from .templating import Templates, compile_template
 from .training_spec import DatasetImage, TrainingSpec
 from .yamlsource import KeyPath, YamlDocument, load_yaml
+
+if TYPE_CHECKING:  # the upscaler library imports torch: only when a recipe has an upscaler
+    from postprocess.upscale import Tiling, UpscalerInfo
 
 # Characters Windows, macOS or Linux reject in file names, plus control characters.
 _REJECTED_IN_NAMES = re.compile(r'[<>:"\\|?*\x00-\x1f]')
@@ -186,9 +191,181 @@ def validate_recipe(document: YamlDocument, *, verify_hashes: bool = True) -> Re
     ip_adapter = None if spec.ip_adapter is None else _resolve_file(
         document, spec.ip_adapter.model, ("ip_adapter", "model"), verify_hashes, model_problem)
     _check_controls(document, spec, checkpoint.path)
+    refine_files = {key: _resolve_file(document, ref, key, verify_hashes)
+                    for key, ref in refine_refs(spec)}
+    upscale_scale = _check_refine(document, spec, refine_files)
     return Recipe(spec=spec, source=path, document=document, checkpoint=checkpoint,
                   checkpoint_config=config, loras=loras, controlnets=controlnets,
-                  ip_adapter=ip_adapter)
+                  ip_adapter=ip_adapter, refine_files=refine_files, upscale_scale=upscale_scale)
+
+
+def refine_refs(spec: RecipeFile) -> list[tuple[KeyPath, FileRef]]:
+    """(key path, file reference) of every model file a recipe's refine block names."""
+    refine = spec.refine
+    if refine is None:
+        return []
+    found: list[tuple[KeyPath, FileRef]] = []
+    if refine.hires and refine.hires.model:
+        found.append((("refine", "hires", "model"), refine.hires.model))
+    if refine.refiner:
+        found.append((("refine", "refiner", "checkpoint"), refine.refiner.checkpoint))
+    if refine.upscale:
+        found.append((("refine", "upscale", "model"), refine.upscale.model))
+    found += [(("refine", "detail", index, "checkpoint"), detail.checkpoint)
+              for index, detail in enumerate(refine.detail) if detail.checkpoint]
+    return found
+
+
+def _check_refine(document: YamlDocument, spec: RecipeFile,
+                  files: Mapping[KeyPath, ResolvedFile]) -> int | None:
+    """Rules of the refine block; returns the refine.upscale model's scale (None without)."""
+    refine = spec.refine
+    if refine is None:
+        return None
+    mode = "inpaint" if spec.inpaint else "img2img" if spec.img2img else \
+        "controlnet" if spec.controlnets else "text"
+    if spec.ip_adapter is not None:
+        raise document.error(SchemaError, "refine with an IP-Adapter is not supported yet",
+                             ("refine",), found="ip_adapter and refine",
+                             fix="the second passes would need the adapter's image embeddings: "
+                             "drop one of them")
+    if hires := refine.hires:
+        where = ("refine", "hires")
+        if (hires.factor is None) == (hires.size is None):
+            raise document.error(SchemaError, "give exactly one of factor or size", where,
+                                 found=f"factor={hires.factor}, size={hires.size}",
+                                 fix="factor: 2, or size: [1024, 0] (0 follows the other side)")
+        if mode == "inpaint":
+            raise document.error(SchemaError, "hires fix is a text-to-image pass", where,
+                                 found="an inpaint recipe", fix="drop refine.hires (A1111 has "
+                                 "no hires fix for inpainting), or use refine.upscale")
+        if hires.upscaler.startswith("latent") and mode == "img2img":
+            raise document.error(SchemaError, "a latent hires upscaler needs the base's latents",
+                                 (*where, "upscaler"), found=f"{hires.upscaler} with img2img",
+                                 fix="use upscaler: lanczos or upscaler: model")
+        if (hires.upscaler == "model") != (hires.model is not None):
+            raise document.error(SchemaError, "upscaler: model goes with a model file",
+                                 (*where, "model" if hires.model else "upscaler"),
+                                 found=f"upscaler {hires.upscaler}, model "
+                                 f"{'given' if hires.model else 'none'}",
+                                 fix="upscaler: model with model: {path: …, sha256: …}, or "
+                                 "drop model")
+        if hires.model is not None:
+            from postprocess.upscale import Tiling
+
+            _check_upscaler(document, files[(*where, "model")], (*where, "model"), Tiling())
+        _check_hires_size(document, hires, spec.family, (spec.size[0], spec.size[1]))
+    if refine.refiner is not None:
+        where = ("refine", "refiner")
+        if spec.family != "sdxl":
+            raise document.error(SchemaError, "a refiner is an SDXL model", where,
+                                 found=f"family {spec.family}",
+                                 fix="drop refine.refiner, or use an sdxl recipe")
+        if mode != "text":
+            raise document.error(SchemaError, f"a refiner with {mode} is not supported yet",
+                                 where, fix="the refiner takes a text-to-image base's latents "
+                                 "over: drop the control or the refiner")
+        _check_diffusers_folder(document, files[(*where, "checkpoint")].path,
+                                (*where, "checkpoint", "path"), "an SDXL refiner")
+    scale = None
+    if upscale := refine.upscale:
+        tiling = None
+        if upscale.tile is not None:
+            from postprocess.upscale import Tiling
+
+            try:
+                tiling = Tiling(tile=upscale.tile, overlap=upscale.overlap)
+            except ValueError as err:
+                raise document.error(SchemaError, "the overlap does not fit the tile",
+                                     ("refine", "upscale", "overlap"), found=str(err),
+                                     fix="use an overlap under half the tile") from None
+        scale = _check_upscaler(document, files[("refine", "upscale", "model")],
+                                ("refine", "upscale", "model"), tiling).scale
+    for index, detail in enumerate(refine.detail):
+        where = ("refine", "detail", index)
+        if (detail.detect == "mask") != (detail.mask is not None):
+            raise document.error(SchemaError, "detect: mask goes with a mask template",
+                                 (*where, "mask" if detail.mask else "detect"),
+                                 found=f"detect {detail.detect}, mask "
+                                 f"{'given' if detail.mask else 'none'}",
+                                 fix="detect: mask with mask: masks/{{ product.sku }}.png, or "
+                                 "drop mask")
+        if detail.detect == "product" and not (spec.inpaint or spec.controlnets):
+            raise document.error(SchemaError, "detect: product reads the recipe's inpaint mask "
+                                 "or ControlNet image", (*where, "detect"),
+                                 found="no inpaint and no controlnets",
+                                 fix="use detect: mask with a mask template, or faces")
+        for key in ("prompt", "negative_prompt"):
+            if (text := getattr(detail, key)) is not None:
+                compile_template(document, (*where, key), text)
+        if detail.size is not None:
+            _check_size_multiple(document, spec.family, detail.size, (*where, "size"))
+        if detail.checkpoint is not None:
+            folder = files[(*where, "checkpoint")].path
+            _check_diffusers_folder(document, folder, (*where, "checkpoint", "path"),
+                                    "an inpainting model")
+            channels = unet_input_channels(folder)
+            if spec.family != "flux" and channels != 9:
+                raise document.error(SchemaError, "a detail checkpoint is an inpainting one",
+                                     (*where, "checkpoint", "path"),
+                                     expected="a UNet with 9 input channels",
+                                     found=f"{channels} input channels in {folder.name}",
+                                     fix="point it at an inpainting model, or drop it to "
+                                     "inpaint with the recipe's checkpoint")
+    return scale
+
+
+def _check_hires_size(document: YamlDocument, hires: HiresSettings, family: str,
+                      base: tuple[int, int]) -> None:
+    try:
+        hires.target_size(base, family)
+    except ValueError as err:
+        raise document.error(SchemaError, "no hires size for this render size",
+                             ("refine", "hires", "size" if hires.size else "factor"),
+                             found=f"{err} (render size {base[0]}x{base[1]})",
+                             fix="give factor: 2, or size with 0 for one side") from None
+
+
+def _check_upscaler(document: YamlDocument, file: ResolvedFile, key_path: KeyPath,
+                    tiling: Tiling | None) -> UpscalerInfo:
+    """What the upscaler is (postprocess.upscale.describe_upscaler: from its header) and
+    whether it runs with this tiling (None: untiled)."""
+    from postprocess.upscale import describe_upscaler
+
+    if file.path.suffix.lower() != ".safetensors":
+        raise document.error(SchemaError, "an upscaler must be a .safetensors file",
+                             (*key_path, "path"), found=file.path.name,
+                             fix="convert it to .safetensors (chaiNNer, or safetensors' "
+                             "save_file on its state dict): pickles can run code when loaded")
+    try:
+        info = describe_upscaler(file.path)
+    except (ValueError, OSError) as err:  # OSError: not a safetensors header
+        raise document.error(SchemaError, "not an upscaler spandrel knows", (*key_path, "path"),
+                             found=str(err), fix="use an ESRGAN, SwinIR, SPAN, Compact or "
+                             "other spandrel-supported .safetensors model") from None
+    if tiling is not None:
+        problem = None
+        if not info.tiles:
+            problem = f"the {info.architecture} upscaler tiles internally"
+        elif tiling.tile % info.multiple_of or tiling.overlap % info.multiple_of:
+            problem = (f"tile {tiling.tile} and overlap {tiling.overlap} are not multiples of "
+                       f"{info.multiple_of}, as this {info.architecture} model needs")
+        elif tiling.tile < info.minimum:
+            problem = f"tile {tiling.tile} is below the model's minimum of {info.minimum}"
+        if problem:
+            raise document.error(SchemaError, "the upscaler cannot run with this tiling",
+                                 key_path, found=problem, fix="set tile: null (untiled), or a "
+                                 f"tile and overlap that are multiples of {info.multiple_of}")
+    return info
+
+
+def _check_diffusers_folder(document: YamlDocument, path: Path, key_path: KeyPath,
+                            what: str) -> None:
+    if not (path / "model_index.json").is_file():
+        raise document.error(SchemaError, f"{what} must be a diffusers folder", key_path,
+                             expected="a folder with model_index.json", found=str(path),
+                             fix="save it with save_pretrained (single files are not supported "
+                             "here yet)")
 
 
 def image_templates(spec: RecipeFile) -> list[tuple[KeyPath, str]]:
@@ -204,6 +381,9 @@ def image_templates(spec: RecipeFile) -> list[tuple[KeyPath, str]]:
             found.append(((block, "image"), source.image))
     if spec.inpaint and spec.inpaint.mask:
         found.append((("inpaint", "mask"), spec.inpaint.mask))
+    if spec.refine:
+        found += [(("refine", "detail", index, "mask"), detail.mask)
+                  for index, detail in enumerate(spec.refine.detail) if detail.mask]
     return found
 
 
@@ -581,6 +761,9 @@ class _PointResolver:
         self.image_keys = [key for key, _ in image_templates(recipe.spec)]
         sources.update({key: (template, recipe.document)
                         for key, template in image_templates(recipe.spec)})
+        self.refine_keys = [key for key, _ in refine_templates(recipe.spec)]
+        sources.update({key: (template, recipe.document)
+                        for key, template in refine_templates(recipe.spec)})
         self.templates = Templates(sources, unique=frozenset({("output",)}))
         self.text_roles = [key[2] for key in sources if key[:2] == ("postprocess", "text")]
         self.lora_names = [lora_name(lora.path) for lora, _ in recipe.loras]
@@ -618,7 +801,9 @@ class _PointResolver:
             prompt=render(("prompt",), context),
             negative_prompt=render(("negative_prompt",), context),
             output_name=self._output_name(render(("output",), context), axes),
-            texts=texts, images=self._images(context))
+            texts=texts, images=self._images(context),
+            refine_prompts={key: render(key, context) for key in self.refine_keys})
+        self._check_delivery(aspect, width, height)
         if spec.logo:
             self._check_logo_fits(aspect, width, height)
         for role, text in texts.items():
@@ -681,6 +866,34 @@ class _PointResolver:
                 "'x') }})")
         return name
 
+    def _check_delivery(self, aspect: str | None, width: int, height: int) -> None:
+        """The hires size exists for this render size, and no export enlarges the master
+        unless the campaign allows it."""
+        key = ("delivery", aspect, width, height)
+        if key in self._checked:
+            return
+        recipe = self.recipe
+        if recipe.spec.refine and (hires := recipe.spec.refine.hires):
+            _check_hires_size(recipe.document, hires, recipe.spec.family, (width, height))
+        post = self.spec.postprocess
+        master = delivery_size(recipe, width, height)
+        exports_key = aspect if aspect in post.exports else "default"
+        for index, export in enumerate(post.exports.get(exports_key, [])):
+            # The largest crop of the export's aspect is the master scaled by this much.
+            fits = min(master[0] / export.width, master[1] / export.height)
+            if fits < 1 and not post.upscale_exports:
+                raise self.document.error(
+                    SchemaError, f"export {export.name!r} is larger than the master it is cut "
+                    "from", ("postprocess", "exports", exports_key, index),
+                    expected=f"at most {math.floor(export.width * fits)}x"
+                    f"{math.floor(export.height * fits)} from a {master[0]}x{master[1]} master "
+                    f"({width}x{height} rendered{', refined' if recipe.spec.refine else ''})",
+                    found=f"{export.width}x{export.height}",
+                    fix="set postprocess.upscale_exports: true to enlarge it (Lanczos), render "
+                    "larger or add refine.hires / refine.upscale to the recipe, or shrink the "
+                    "export")
+        self._checked.add(key)
+
     def _check_logo_fits(self, aspect: str | None, width: int, height: int) -> None:
         key = ("logo", aspect, width, height)
         if key in self._checked:
@@ -715,6 +928,23 @@ class _PointResolver:
                 found=problem, fix="shorten the text, or enlarge the brand kit's text box "
                 "for this aspect ratio")
         self._checked.add(key)
+
+
+def refine_templates(spec: RecipeFile) -> list[tuple[KeyPath, str]]:
+    """(key path, template) of the detailers' own prompts: rendered per variant."""
+    return [(("refine", "detail", index, key), text)
+            for index, detail in enumerate(spec.refine.detail if spec.refine else ())
+            for key in ("prompt", "negative_prompt") if (text := getattr(detail, key)) is not None]
+
+
+def delivery_size(recipe: Recipe, width: int, height: int) -> tuple[int, int]:
+    """The master's size for a render of width x height: after refine.hires and
+    refine.upscale (exports are cut from it)."""
+    refine = recipe.spec.refine
+    if refine and refine.hires:
+        width, height = refine.hires.target_size((width, height), recipe.spec.family)
+    scale = recipe.upscale_scale or 1
+    return width * scale, height * scale
 
 
 def text_box_pixels(fractions: Sequence[float], width: int, height: int) -> list[int]:

@@ -39,21 +39,25 @@ from .hashing import canonical_json, sha256_json
 from .schema import (
     AxisValue,
     ControlNetSettings,
+    DetailSettings,
     FileId,
+    HiresSettings,
     IpAdapterSettings,
     LoraWeight,
     Name,
     RecipeSettings,
+    RefinerSettings,
     Seed,
     Side,
     Strict,
+    UpscaleSettings,
     Version,
 )
 
 VARIANT_SCHEMA = 1
 # Spec fields that differ image by image inside one pipeline call; the rest is shared.
 PER_IMAGE_FIELDS = frozenset({"schema_", "campaign", "axes", "seed", "prompt",
-                              "negative_prompt", "postprocess", "images"})
+                              "negative_prompt", "postprocess", "images", "refine_prompts"})
 # Images one pipeline call shares (diffusers takes one IP-Adapter input for the call).
 SHARED_IMAGE_PREFIX = "ip_adapter."
 
@@ -85,11 +89,55 @@ class IpAdapterUse(IpAdapterSettings):
     model: FileId
 
 
+class HiresUse(HiresSettings, _Spec):
+    _omitted_when_none = frozenset({"factor", "size", "steps", "scheduler", "model"})
+
+    model: FileId | None = None
+
+
+class RefinerUse(RefinerSettings):
+    checkpoint: FileId
+
+
+class UpscaleUse(UpscaleSettings):
+    model: FileId
+
+
+class DetailUse(DetailSettings, _Spec):
+    """A detailer as the recipe states it: its templates unrendered (each variant's renderings
+    are the spec's ``refine_prompts`` and ``images``)."""
+
+    _omitted_when_none = frozenset({"mask", "prompt", "negative_prompt", "steps", "size",
+                                    "checkpoint"})
+
+    checkpoint: FileId | None = None
+
+
+class RefineUse(_Spec):
+    """The steps after the base render, in the order they run (``steps``)."""
+
+    _omitted_when_none = frozenset({"refiner", "hires", "upscale", "detail"})
+
+    refiner: RefinerUse | None = None
+    hires: HiresUse | None = None
+    upscale: UpscaleUse | None = None
+    detail: list[DetailUse] | None = None
+
+    def steps(self) -> list[tuple[str, Any]]:
+        """(name, settings) of each step, in the order they run: the refiner takes the base's
+        latents over, hires enlarges and denoises again, the upscaler enlarges the pixels and
+        each detailer repaints its regions on the result."""
+        found: list[tuple[str, Any]] = [(name, block) for name in ("refiner", "hires", "upscale")
+                                        if (block := getattr(self, name)) is not None]
+        return found + [("detail", block) for block in self.detail or ()]
+
+
 class RecipeUse(RecipeSettings, _Spec):
     """The recipe as this variant uses it: files by name and sha256, and the steps, cfg and
     LoRA weights after the campaign's overrides."""
 
-    _omitted_when_none = frozenset({"controlnets", "ip_adapter", "img2img", "inpaint"})
+    _omitted_when_none = frozenset({"controlnets", "ip_adapter", "img2img", "inpaint",
+                                    "refine"})
 
     name: Name
     version: Version
@@ -97,6 +145,7 @@ class RecipeUse(RecipeSettings, _Spec):
     loras: list[LoraUse]
     controlnets: list[ControlNetUse] | None = None
     ip_adapter: IpAdapterUse | None = None
+    refine: RefineUse | None = None
 
     @property
     def mode(self) -> str:
@@ -180,7 +229,7 @@ class PostprocessUse(_Spec):
 
 
 class VariantSpec(_Spec):
-    _omitted_when_none = frozenset({"images"})
+    _omitted_when_none = frozenset({"images", "refine_prompts"})
 
     schema_: Literal[1] = Field(alias="schema")
     campaign: Name
@@ -195,6 +244,9 @@ class VariantSpec(_Spec):
     images: dict[str, FileId] | None = Field(
         default=None, description="Per-variant control images, by the dotted recipe key "
         "that names them (controlnets.0.image, ip_adapter.images.0, img2img.image, …).")
+    refine_prompts: dict[str, str] | None = Field(
+        default=None, description="The detailers' own prompt templates as rendered for this "
+        "variant, by their dotted recipe key (refine.detail.0.prompt, …).")
 
     model_config = ConfigDict(validate_by_name=True, validate_by_alias=True,
                               serialize_by_alias=True)
@@ -258,10 +310,21 @@ class RenderCall:
     style_images: tuple[FileId, ...]  # the IP-Adapter's references, shared by the call
     sources: tuple[FileId, ...]  # img2img/inpaint source, one per image (or none)
     masks: tuple[FileId, ...]  # inpaint mask files, one per image (none with a region)
+    details: tuple[DetailCall, ...] = ()  # per refine.detail step, in order
 
     @property
     def size(self) -> tuple[int, int]:
         return self.width, self.height
+
+
+@dataclass(frozen=True)
+class DetailCall:
+    """One detailer over a batch: its settings and, per image, its prompts and mask."""
+
+    detail: DetailUse
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    masks: tuple[FileId, ...]  # with detect: mask, one per image
 
 
 def render_call(specs: Sequence[VariantSpec]) -> RenderCall:
@@ -283,4 +346,20 @@ def render_call(specs: Sequence[VariantSpec]) -> RenderCall:
                            if key.startswith(SHARED_IMAGE_PREFIX)),
         sources=tuple(spec.image(f"{block}.image") for spec in specs) if block else (),
         masks=tuple(spec.image("inpaint.mask") for spec in specs)
-        if recipe.inpaint and recipe.inpaint.mask else ())
+        if recipe.inpaint and recipe.inpaint.mask else (),
+        details=tuple(_detail_call(index, detail, specs) for index, detail in
+                      enumerate(recipe.refine.detail or () if recipe.refine else ())))
+
+
+def _detail_call(index: int, detail: DetailUse, specs: Sequence[VariantSpec]) -> DetailCall:
+    key = f"refine.detail.{index}"
+
+    def texts(name: str, default: str) -> tuple[str, ...]:
+        # A detailer without a template of its own takes the variant's.
+        return tuple((spec.refine_prompts or {}).get(f"{key}.{name}", getattr(spec, default))
+                     for spec in specs)
+
+    return DetailCall(detail=detail, prompts=texts("prompt", "prompt"),
+                      negative_prompts=texts("negative_prompt", "negative_prompt"),
+                      masks=tuple(spec.image(f"{key}.mask") for spec in specs)
+                      if detail.detect == "mask" else ())

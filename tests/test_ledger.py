@@ -227,7 +227,7 @@ def test_an_ambiguous_prefix_lists_the_candidates(populated):
                 "recipe_version, recipe_hash, variant_json, seed, axes_json, prompt, width, "
                 "height, input_files_json, output_path, output_sha256, output_bytes, "
                 "environment_hash, scores_json, render_seconds, rerender_reason, created_at, "
-                "batch_json, embedding FROM renders WHERE id = ?",
+                "batch_json, embedding, steps_json FROM renders WHERE id = ?",
                 ("abcdef" + suffix * 58, row.id))
         with pytest.raises(InputError, match="ambiguous") as caught:
             resolve_variant_id(ledger, "ABCDEF")

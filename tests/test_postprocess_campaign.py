@@ -110,6 +110,7 @@ def full(tmp_path_factory, demo_models):
             {"name": "square", "width": 96, "height": 96, "format": "png"},
             {"name": "story", "width": 54, "height": 96, "format": "jpeg", "quality": 80},
             {"name": "banner", "width": 96, "height": 54, "format": "webp", "quality": 70}]},
+        "upscale_exports": True,  # 96 px channels from the 64 px masters
     }
     project.campaign["report"] = {"grid": {"x": "product", "y": "background"}}
     summary = project.render()

@@ -102,6 +102,7 @@ def campaigns(draw) -> dict:
     if draw(st.booleans()):
         campaign["postprocess"]["exports"] = {
             "default": [{"name": "web", "width": 96, "height": 64, "format": "webp"}]}
+        campaign["postprocess"]["upscale_exports"] = True  # larger than the 32-64 px masters
     return campaign
 
 
