@@ -45,6 +45,7 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/ray_bench.py
 	$(BIN)/python bench/ledger_bench.py
 	$(BIN)/python bench/validate_bench.py
+	$(BIN)/python bench/recipe_axis_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

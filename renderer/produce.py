@@ -34,7 +34,7 @@ from .inputs import BrandKit, Campaign, FileIndex
 from .metadata import encode_png, file_metadata
 from .plan import Variant
 from .schema import FileId
-from .variant import VariantSpec
+from .variant import RecipeUse, VariantSpec
 
 Box = tuple[int, int, int, int]
 
@@ -73,7 +73,7 @@ class Produced:
     output_sha256: str
     output_bytes: int
     scores: Mapping[str, float]
-    seconds: float  # this image's share of its batch's wall time
+    seconds: float  # this image's share of its batch's wall time, model loading excluded
     batch: tuple[str, ...]  # the variant ids rendered in the same pipeline call
     environment: Mapping[str, Any]
     embedding: bytes | None = None  # CLIP image embedding, float32 little-endian
@@ -224,9 +224,14 @@ class Scoring:
 class Worker:
     """The loaded models of one run: renders, finishes, scores and writes batches."""
 
-    def __init__(self, renderer: Any, files: FileIndex, scoring: Scoring | None):
+    def __init__(self, renderer: Any, files: FileIndex, scoring: Scoring | None, *,
+                 keep_pipelines: bool = True):
         self.renderer, self.files, self.scoring = renderer, files, scoring
         self.assets = Assets(files)
+        # Without keep_pipelines, a job of another recipe than the last releases the last
+        # one's pipelines first (jobs come grouped by recipe: each loads once per run).
+        self.keep_pipelines = keep_pipelines
+        self._recipe: str | None = None
         self._environment: dict[str, Any] | None = None
 
     @classmethod
@@ -234,9 +239,11 @@ class Worker:
         from .render import DiffusersRenderer, RenderOptions
 
         options = campaign.spec.render.model_dump(include=RenderOptions.known())
-        renderer = DiffusersRenderer(RenderOptions(**options),
-                                     allow_pickle=campaign.recipe.spec.allow_pickle, log=log)
-        return cls(renderer, campaign.files(), Scoring(campaign))
+        allow_pickle = any(recipe.spec.allow_pickle for recipe in campaign.recipes)
+        renderer = DiffusersRenderer(RenderOptions(**options), allow_pickle=allow_pickle,
+                                     log=log)
+        return cls(renderer, campaign.files(), Scoring(campaign),
+                   keep_pipelines=campaign.spec.render.keep_pipelines)
 
     def environment(self) -> dict[str, Any]:
         if self._environment is None:
@@ -245,8 +252,9 @@ class Worker:
 
     def produce(self, job: Job, out_dir: Path) -> JobResult:
         """Render, finish, score and write one job; the files are in place on return."""
-        started = time.perf_counter()
+        started, loading = time.perf_counter(), self.renderer.load_seconds
         batch = job.batch
+        self.switch_recipe(batch[0].spec.recipe)
         rendered = self.renderer.render_resilient([variant.spec for variant in batch],
                                                   self.files)
         finished = [finish_image(image, variant.spec, self.assets, detect(image))
@@ -276,9 +284,16 @@ class Worker:
                 environment=self.environment(),
                 embedding=None if embedding is None else embedding.astype("<f4").tobytes(),
                 exports=exports))
-        seconds_each = round((time.perf_counter() - started) / len(batch), 4)
+        # Each image's share of the job's time, without the time spent loading models.
+        loaded = self.renderer.load_seconds - loading
+        seconds_each = round((time.perf_counter() - started - loaded) / len(batch), 4)
         return JobResult(tuple(replace(item, seconds=seconds_each) for item in produced),
                          tuple(rechecked))
+
+    def switch_recipe(self, recipe: RecipeUse) -> None:
+        if self._recipe not in (None, recipe.ref) and not self.keep_pipelines:
+            self.renderer.release()
+        self._recipe = recipe.ref
 
     @staticmethod
     def write_export(variant: Variant, export: ExportSpec, data: bytes,

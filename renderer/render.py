@@ -94,6 +94,7 @@ class DiffusersRenderer:
         self.dtype = getattr(torch, resolve_dtype(options.dtype, self.device))
         self.log = log
         self.loads = 0  # base pipelines loaded from disk (tests and benchmarks read it)
+        self.load_seconds = 0.0  # spent loading models and LoRAs (kept out of render times)
         self._bases: dict[tuple[str, str, bool], Any] = {}
         self._pipelines: dict[tuple[Any, ...], Any] = {}
         self._loaded_loras: dict[int, set[str]] = {}
@@ -107,6 +108,21 @@ class DiffusersRenderer:
         return fingerprint(self.device, self.dtype_name,
                            {**dataclasses.asdict(self.options), "attention": "sdpa"})
 
+    def release(self) -> None:
+        """Drop every loaded pipeline (the next batch loads its own): a run with several
+        recipes holds one recipe's models at a time."""
+        import gc
+
+        import torch
+
+        self._bases.clear()
+        self._pipelines.clear()
+        self._loaded_loras.clear()
+        self._ip_adapters.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def render_batch(self, specs: Sequence[VariantSpec], files: FileIndex) -> list[Any]:
         """Render specs that share a batch key; returns PIL images in the same order."""
         import torch
@@ -119,8 +135,10 @@ class DiffusersRenderer:
         source = recipe.img2img or recipe.inpaint
         if source and keeps_source(source.strength, recipe.steps):
             return list(arguments["image"])  # the sources at the variant's size; no model runs
+        started = time.perf_counter()
         pipe = self.load_pipeline(recipe, files)
         self.activate_loras(pipe, recipe, files)
+        self.load_seconds += time.perf_counter() - started
         try:
             with torch.inference_mode():
                 images = list(self._call(pipe, arguments).images)

@@ -25,7 +25,7 @@ LAYERS = (
     ("render", {"environment", "controls", "render"}),
     ("post-process", {"metadata", "produce"}),
     ("ledger", {"migrations", "records", "ledger", "decisions", "locking"}),
-    ("report", {"run_report"}),
+    ("report", {"comparison", "run_report"}),
     ("train", {"training_job", "training_models", "training_data", "lora_files", "training",
                "training_report"}),
     ("commands", {"executors", "ray_executor", "adopt", "execute", "locate", "compare",
