@@ -48,6 +48,7 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/review_bench.py
 	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/upscale_bench.py
+	$(BIN)/python bench/recipe_axis_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

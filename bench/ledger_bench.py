@@ -123,8 +123,8 @@ def ledger_write_rate(rows: int, folder: Path) -> float:
               {"role": "logo", "path": "/brand/logo.png", "sha256": "c" * 64}]
     with Ledger(folder / "rate.sqlite") as ledger:
         run_id = ledger.start_run(
-            campaign="thousand", campaign_file="thousand.yaml", recipe_name="demo-sd15",
-            recipe_version=1, executor="local", environment={"device": "cpu"},
+            campaign="thousand", campaign_file="thousand.yaml", recipes=[("demo-sd15", 1)],
+            executor="local", environment={"device": "cpu"},
             variant_ids=[v.id for v in variants], to_render={v.id for v in variants})
         environment_hash = ledger.record_environment({"device": "cpu"})
         records = [RenderRecord(

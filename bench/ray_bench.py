@@ -22,6 +22,7 @@ def main() -> None:
 
     from renderer.executors import LocalExecutor
     from renderer.plan import cut_batches, make_plan
+    from renderer.produce import Job
     from renderer.ray_executor import RayExecutor
     from renderer.validate import load_campaign
 
@@ -34,8 +35,9 @@ def main() -> None:
         started = time.perf_counter()
         executor = LocalExecutor(campaign, Path(scratch) / "local", log=lambda _: None)
         loaded = time.perf_counter()
-        batches = cut_batches(variants, executor.batch_size())
-        for _ in executor.produce_all(batches):
+        jobs = [Job(batch, frozenset(variant.id for variant in batch))
+                for batch in cut_batches(variants, executor.batch_sizes())]
+        for _ in executor.produce_all(jobs):
             pass
         rows.append(("local", 0.0, loaded - started, time.perf_counter() - loaded))
         for workers in (1, 2):
@@ -46,7 +48,7 @@ def main() -> None:
             up = time.perf_counter()
             ray.get([worker.environment.remote() for worker in executor.workers])
             loaded = time.perf_counter()
-            for _ in executor.produce_all(batches):
+            for _ in executor.produce_all(jobs):
                 pass
             rows.append((f"ray, {workers} worker{'s' * (workers > 1)}", up - started,
                          loaded - up, time.perf_counter() - loaded))

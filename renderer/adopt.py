@@ -19,10 +19,18 @@ from postprocess.export import ExportSpec
 from .errors import InputError
 from .hashing import sha256_file, sha256_json
 from .inputs import Campaign
-from .ledger import Ledger, RenderRecord
 from .metadata import LoraHashes
 from .plan import Variant
-from .produce import ExportFile, Finished, Scoring, Worker, detect, export_files, open_image
+from .produce import (
+    ExportFile,
+    Finished,
+    Produced,
+    Scoring,
+    Worker,
+    detect,
+    export_files,
+    open_image,
+)
 
 Log = Callable[[str], None]
 ADOPTED = "adopted"
@@ -55,15 +63,15 @@ def adoptable(variants: Sequence[Variant], out_dir: Path) -> list[Variant]:
     return found
 
 
-def adopt(campaign: Campaign, ledger: Ledger, variants: Sequence[Variant], out_dir: Path, *,
-          run_id: str, recipe_hash: str, input_files: Sequence[dict[str, str]],
-          log: Log) -> None:
-    """Score and record ``variants`` (checked by ``adoptable``) from their files."""
+def adopt(campaign: Campaign, variants: Sequence[Variant], out_dir: Path,
+          log: Log) -> list[Produced]:
+    """``variants`` (checked by ``adoptable``) as produced from their files, for the run to
+    record with rerender reason ``adopted``."""
     if not variants:
-        return
+        return []
     scoring = Scoring(campaign)
     lora_hashes = LoraHashes(campaign.files().path)
-    environment_hash = ledger.record_environment(UNKNOWN_ENVIRONMENT)
+    adopted = []
     for variant in variants:
         master = out_dir / variant.output_path
         image = open_image(master, "RGB")
@@ -72,18 +80,14 @@ def adopt(campaign: Campaign, ledger: Ledger, variants: Sequence[Variant], out_d
         exports = tuple(_adopt_export(variant, export, data, out_dir)
                         for export, data in export_files(image, variant.spec,
                                                          lora_hashes.of(variant.spec)))
-        ledger.add_render(RenderRecord(
-            run_id=run_id, variant_id=variant.id, campaign=campaign.spec.name,
-            recipe_name=campaign.recipe.spec.name, recipe_version=campaign.recipe.spec.version,
-            recipe_hash=recipe_hash, variant_json=variant.spec_json, seed=variant.seed,
-            axes=variant.axes, prompt=variant.prompt, width=variant.width,
-            height=variant.height, input_files=input_files, output_path=variant.output_path,
+        adopted.append(Produced(
+            variant=variant, output_path=variant.output_path,
             output_sha256=sha256_file(master), output_bytes=master.stat().st_size,
-            environment_hash=environment_hash, scores=scores, render_seconds=0.0,
-            rerender_reason=ADOPTED, embedding=embeddings[0].astype("<f4").tobytes(),
-            exports=exports))
+            scores=scores, seconds=0.0, batch=(), environment=UNKNOWN_ENVIRONMENT,
+            embedding=embeddings[0].astype("<f4").tobytes(), exports=exports))
     log(f"adopted {len(variants)} image(s) already in {out_dir}: checked against their "
         "embedded specs and scored from their pixels")
+    return adopted
 
 
 def _adopt_export(variant: Variant, export: ExportSpec, data: bytes,

@@ -97,6 +97,11 @@ _EPILOGS = {
                   "2 bad input (unknown id, no ledger, an image without metadata)",
                   "campaign reproduce outputs/demo/exports/feed/KR-101/studio-1x1-s1.jpg"),
     "report": ("0 written, 2 bad input", "campaign report --grid background product"),
+    "train": ("0 trained (or already trained), 2 bad input or a changed spec under a trained "
+              "version (nothing written), 3 runtime failure (checkpoints kept)",
+              "campaign train recipes/kestrel-style.train.yaml --out outputs"),
+    "compare": ("0 compared, 2 bad input (no ledger, unknown run)",
+                "campaign compare --out outputs --json"),
     "gate": ("0 none failed, 1 some failed, 2 bad input",
              "campaign gate --set clip_brand=0.3 --set faces=off"),
     "review": ("0 stopped with Ctrl-C (the reviewed runs' reports rewritten), 2 bad input "
@@ -239,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "campaign's report.grid)")
     report.set_defaults(handler=cmd_report)
 
+    compare = commands.add_parser(
+        "compare", help="a run's recipes side by side: gates, scores, consistency, speed, cost")
+    compare.add_argument("run", nargs="?", help="run id (default: the latest)")
+    compare.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    compare.add_argument("--estimates", type=Path, metavar="FILE",
+                         help="YAML overriding the GPU time/cost table (see README)")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(handler=cmd_compare)
+
     gate = commands.add_parser(
         "gate", help="decide a run's gates again with other thresholds (no rendering)")
     gate.add_argument("run", nargs="?", help="run id (default: the latest)")
@@ -312,7 +326,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             loaded = load_any(path, verify_hashes=not args.no_hash)
             if isinstance(loaded, Campaign):
                 say(f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
-                      f"variants, recipe {loaded.recipe.ref})")
+                    f"variants, recipe {loaded.recipe_refs})")
             elif isinstance(loaded, TrainingSpec):
                 training = resolve(loaded)  # the engine's own checks, at their lines
                 print(f"ok  {printable(path)}: training {printable(loaded.ref)} "
@@ -357,17 +371,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise InputError("--sample must be a positive number", found=str(args.sample),
                              fix="pass --sample 10, for example")
         variants = sample_variants(variants, args.sample)
-    family = plan.campaign.recipe.spec.family
-    estimates = estimate(plan.variants, family, load_estimates(args.estimates))
+    table = load_estimates(args.estimates)
+    by_recipe = {recipe.ref: [v for v in plan.variants if v.spec.recipe.ref == recipe.ref]
+                 for recipe in plan.campaign.recipes}
+    estimates = {ref: estimate(members, table) for ref, members in by_recipe.items()}
+    total = estimate(plan.variants, table)
     if args.json:
         print(json.dumps({
-            "variants": [{"id": v.id, "seed": v.seed, "axes": v.axes, "prompt": v.prompt,
+            "variants": [{"id": v.id, "recipe": v.spec.recipe.ref, "seed": v.seed,
+                          "axes": v.axes, "prompt": v.prompt,
                           "negative_prompt": v.negative_prompt, "width": v.width,
                           "height": v.height, "delivery": list(plan.delivery_size(v)),
                           "steps": v.steps, "cfg": v.cfg, "output": v.output_name}
                          for v in variants],
             "total": len(plan.variants),
-            "estimates": [{"gpu": e.gpu, "hours": e.hours, "usd": e.usd} for e in estimates],
+            "estimates": [{"gpu": e.gpu, "hours": e.hours, "usd": e.usd} for e in total],
+            "recipes": [{"recipe": ref, "family": plan.campaign.recipe(ref).spec.family,
+                         "variants": len(by_recipe[ref]),
+                         "estimates": [{"gpu": e.gpu, "hours": e.hours, "usd": e.usd}
+                                       for e in per_recipe]}
+                        for ref, per_recipe in estimates.items()],
         }, indent=2))
         return 0
     # size: what the base renders; delivery: the master after refine (exports are cut from it).
@@ -378,10 +401,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         say(f"{v.id[:12]}  {v.seed:>10}  {v.width:>4}x{v.height:<4}  {delivery:>9}  {axes}")
         say(f"{'':50}{v.prompt[:100]}")
     shown = f" ({len(variants)} shown)" if len(variants) != len(plan.variants) else ""
-    say(f"\n{len(plan.variants)} variants{shown}, recipe {plan.campaign.recipe.ref} "
-          f"({family}); estimated GPU time and cost:")
-    for e in estimates:
-        say(f"  {e.gpu:<12} {_duration(e.hours * 3600):>10}  ${e.usd:,.4f}")
+    families = ", ".join(dict.fromkeys(r.spec.family for r in plan.campaign.recipes))
+    say(f"\n{len(plan.variants)} variants{shown}, recipe {plan.campaign.recipe_refs} "
+        f"({families}); estimated GPU time and cost:")
+    columns = ({f"{ref} ({len(by_recipe[ref])})": per_recipe
+                for ref, per_recipe in estimates.items()} if len(estimates) > 1 else {})
+    columns["all" if columns else ""] = total
+    if len(columns) > 1:
+        say(f"  {'':<12}" + "".join(f"  {title:>22}" for title in columns))
+    for row, gpu in enumerate(e.gpu for e in total):
+        say(f"  {gpu:<12}" + "".join(
+            f"  {_duration(column[row].hours * 3600):>10} {f'${column[row].usd:,.4f}':>11}"
+            for column in columns.values()))
     return 0
 
 
@@ -481,7 +512,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         regated = f", re-gated {run.regatings}x (last {run.decided_at[:19]})" \
             if run.regatings else ""
         say(f"{run.id}  {run.started_at[:19]}  {run.campaign:<16} "
-              f"{run.recipe_name}@{run.recipe_version:<4} {run.status:<8} "
+              f"{' + '.join(run.recipes):<14} {run.status:<8} "
               f"planned {run.planned}, rendered {run.rendered}, skipped {run.skipped}, "
               f"passed {counts['passed']}, review {counts['review']}, failed {counts['failed']}"
               f"{regated}; approved {run.reviews['approved']}, rejected "
@@ -656,6 +687,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from postprocess.report_page import comparison_lines
+
+    from .comparison import compare_run
+    from .estimate import load_estimates
+    from .lookup import open_ledger
+
+    table = load_estimates(args.estimates)
+    with open_ledger(args.out) as ledger:
+        run = ledger.find_run(args.run)
+        comparison = compare_run(ledger, run, table)
+    if args.json:
+        print(json.dumps({"run_id": run.id, "campaign": run.campaign,
+                          "recipes": [entry.as_json() for entry in comparison]}, indent=2))
+        return 0
+    say(f"run {run.id} of {run.campaign}: {len(comparison)} recipe(s)")
+    lines = [("", [entry.recipe for entry in comparison]), *comparison_lines(comparison)]
+    width = max(len(measure) for measure, _ in lines)
+    columns = [max(len(cells[i]) for _, cells in lines) for i in range(len(comparison))]
+    for measure, cells in lines:
+        say(f"{measure:<{width}}  " + "  ".join(f"{cell:>{column}}" for cell, column
+                                                 in zip(cells, columns, strict=True)))
+    return 0
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     from .decisions import decide_run, parse_bounds, run_gates
     from .lookup import open_ledger
@@ -664,11 +720,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     changes = parse_bounds(args.set)
     with open_ledger(args.out, read_only=False) as ledger:
         ledger_path = ledger.path
-        run = ledger.run(args.run)
-        if run is None:
-            raise InputError(f"no run {args.run!r} in the ledger" if args.run else
-                             "the ledger has no runs", file=ledger_path,
-                             fix="list runs with `campaign history`")
+        run = ledger.find_run(args.run)
         rows = ledger.run_rows(run.id)
         if not rows:
             raise InputError(f"run {run.id} has no renders to decide", file=ledger_path)
@@ -734,11 +786,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     from .lookup import open_ledger
 
     with open_ledger(args.out) as ledger:
-        run = ledger.run(args.run)
-        if run is None:
-            raise InputError(f"no run {args.run!r} in the ledger" if args.run else
-                             "the ledger has no runs", file=ledger.path,
-                             fix="list runs with `campaign history`")
+        run = ledger.find_run(args.run)
     signer = signer_for(run.campaign_file, sign=args.sign, cert_chain=args.cert_chain,
                         private_key=args.private_key)
     delivered = deliver(args.out, run.id, args.to, require=args.require, masters=args.masters,

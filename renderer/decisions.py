@@ -2,12 +2,13 @@
 decision pass over its deliverable set, stored in the ledger.
 
 When a run ends, its whole deliverable set — rendered now or skipped as done — is decided
-with the run metrics (``consistency``: each image against the set's mean CLIP embedding,
-from the embeddings stored in the ledger, so a resumed run gets the same figures as one
-uninterrupted run). That pass is a ``gatings`` row with one ``gate_decisions`` row per
-render; ``campaign gate`` adds further passes with other thresholds, from the stored
-scores, without rendering. A render's current decision is its decision in the latest pass
-(the ledger's ``current_decisions`` view); a run's counts are those of its latest pass.
+with the run metrics (``consistency``: each image against the mean CLIP embedding of the
+set's images of its recipe, from the embeddings stored in the ledger, so a resumed run
+gets the same figures as one uninterrupted run). That pass is a ``gatings`` row with one
+``gate_decisions`` row per render; ``campaign gate`` adds further passes with other
+thresholds, from the stored scores, without rendering. A render's current decision is its
+decision in the latest pass (the ledger's ``current_decisions`` view); a run's counts are
+those of its latest pass.
 """
 
 from __future__ import annotations
@@ -129,17 +130,28 @@ def decide_run(ledger: Ledger, run_id: str, gates: GateSet, *, source: str) -> R
 
 def consistency_scores(rows: Sequence[RenderRow]) -> dict[str, dict[str, float]]:
     """``consistency`` and ``consistency_z`` of each row with a stored embedding, against the
-    mean of all of them (rows from before m003 have none and get no run metrics)."""
+    mean of the rows of the same recipe (a campaign's recipe axis compares families whose
+    looks differ by design; rows from before m003 have no embedding and get no run
+    metrics)."""
     from postprocess.metrics import consistency
 
-    embedded = [row for row in rows if row.embedding]
-    if not embedded:
-        return {}
-    matrix = np.stack([np.frombuffer(row.embedding, dtype="<f4") for row in embedded])
-    result = consistency(matrix)
-    return {row.variant_id: {"consistency": round(float(cosine), 6),
-                             "consistency_z": round(float(z), 4)}
-            for row, cosine, z in zip(embedded, result.cosines, result.z_scores, strict=True)}
+    by_recipe: dict[tuple[str, int], list[RenderRow]] = {}
+    for row in rows:
+        if row.embedding:
+            by_recipe.setdefault((row.recipe_name, row.recipe_version), []).append(row)
+    scores = {}
+    for embedded in by_recipe.values():
+        result = consistency(embedding_matrix(embedded))
+        scores.update({row.variant_id: {"consistency": round(float(cosine), 6),
+                                        "consistency_z": round(float(z), 4)}
+                       for row, cosine, z in zip(embedded, result.cosines, result.z_scores,
+                                                 strict=True)})
+    return scores
+
+
+def embedding_matrix(rows: Sequence[RenderRow]) -> np.ndarray:
+    """The stored CLIP embeddings of rows that have one, one row each."""
+    return np.stack([np.frombuffer(row.embedding, dtype="<f4") for row in rows])
 
 
 def parse_bounds(items: Sequence[str]) -> dict[str, tuple[float | None, float | None] | None]:

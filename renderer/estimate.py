@@ -38,16 +38,20 @@ def load_estimates(override: Path | None = None) -> dict[str, Any]:
     return table
 
 
-def reference_seconds(variants: Sequence[Variant], family: str, table: dict[str, Any]) -> float:
-    """Seconds the variants take on the reference GPU."""
-    reference = table["families"][family]
-    ref_pixels = reference["size"][0] * reference["size"][1]
-    return sum(reference["seconds_per_image"] * (v.width * v.height / ref_pixels)
-               * (v.steps / reference["steps"]) for v in variants)
+def reference_seconds(variants: Sequence[Variant], table: dict[str, Any]) -> float:
+    """Seconds the variants take on the reference GPU (each by its recipe's family)."""
+    total = 0.0
+    for v in variants:
+        reference = table["families"][v.spec.recipe.family]
+        ref_pixels = reference["size"][0] * reference["size"][1]
+        total += (reference["seconds_per_image"] * (v.width * v.height / ref_pixels)
+                  * (v.steps / reference["steps"]))
+    return total
 
 
-def estimate(variants: Sequence[Variant], family: str, table: dict[str, Any]) -> list[GpuEstimate]:
-    seconds = reference_seconds(variants, family, table)
+def estimate(variants: Sequence[Variant], table: dict[str, Any]) -> list[GpuEstimate]:
+    """Hours and dollars to render ``variants`` on each GPU of the table."""
+    seconds = reference_seconds(variants, table)
     estimates = []
     for gpu, figures in table["gpus"].items():
         hours = seconds / figures["speed"] / 3600

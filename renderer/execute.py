@@ -25,7 +25,7 @@ from .decisions import campaign_gates, decide_run
 from .errors import CampaignError, InputError, RenderFailure
 from .executors import make_executor
 from .hashing import sha256_file, sha256_json
-from .inputs import Campaign, FileIndex, ResolvedFile
+from .inputs import Campaign, FileIndex, Recipe, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger, RenderRecord
 from .locking import hold_output_folder, recover_after_crash
 from .plan import Plan, Variant, cut_batches, make_plan, recipe_content
@@ -127,13 +127,13 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
     # 3. Refuse a recipe edited in place, or images a lost ledger made, before opening (and
     #    so creating) the ledger.
     check_unrecorded_images(ledger_path, plan, out_dir, existing)
-    check_recipe_version(ledger_path, campaign)
+    check_recipe_versions(ledger_path, campaign)
     # One render per output folder: another waits (or refuses, wait=False) while this holds
     # it; holding it, clean up after a killed run (temp files, runs left 'running').
     with hold_output_folder(out_dir, wait=wait, log=log, holder=campaign.spec.name), \
             Ledger(ledger_path) as ledger:
-        check_recipe_version(ledger_path, campaign)  # again: a run we waited for may have
-        recover_after_crash(out_dir, ledger, log)    # recorded this version first
+        check_recipe_versions(ledger_path, campaign)  # again: a run we waited for may have
+        recover_after_crash(out_dir, ledger, log)     # recorded these versions first
         work = find_work(ledger, plan, out_dir)
         adopted: list[Variant] = []
         if existing == "adopt":
@@ -147,31 +147,32 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
             + (f", {len(work.repairs)} with exports to rebuild" if work.repairs else ""))
         repair_exports(ledger, work.repairs, out_dir, campaign.files(), log)
         # 4. Record the run, then produce what is pending.
-        recipe = campaign.recipe
-        recipe_hash = ledger.record_recipe_version(recipe.spec.name, recipe.spec.version,
-                                                   recipe_content(recipe))
+        recipe_hashes = {recipe.ref: ledger.record_recipe_version(
+            recipe.spec.name, recipe.spec.version, recipe_content(recipe))
+            for recipe in campaign.recipes}
         runner = make_executor(executor, campaign, out_dir, log, address=address,
                                workers=workers) if pending else None
         environment = runner.environment() if runner else {"device": "none (nothing to render)"}
         run_id = ledger.start_run(
             campaign=campaign.spec.name, campaign_file=str(campaign.source),
-            recipe_name=recipe.spec.name, recipe_version=recipe.spec.version,
+            recipes=[(recipe.spec.name, recipe.spec.version) for recipe in campaign.recipes],
             executor=executor, environment=environment,
             variant_ids=[variant.id for variant in plan.variants],
             to_render={item.variant.id for item in pending}, rules=gates.as_json(),
             report={"grids": [[grid.x, grid.y]] if (grid := campaign.spec.report.grid) else []})
-        recorder = RunRecorder(campaign, ledger, run_id=run_id, recipe_hash=recipe_hash,
-                               pending=pending, log=log)
+        reasons = {item.variant.id: item.rerender_reason for item in work.pending}
+        recorder = RunRecorder(campaign, ledger, run_id=run_id, recipe_hashes=recipe_hashes,
+                               reasons=reasons, log=log)
         skipped = len(plan.variants) - len(pending)
         if adopted:
-            from .adopt import adopt
+            from .adopt import ADOPTED, adopt
 
-            adopt(campaign, ledger, adopted, out_dir, run_id=run_id, recipe_hash=recipe_hash,
-                  input_files=recorder.input_files, log=log)
+            reasons.update(dict.fromkeys(adopted_ids, ADOPTED))
+            recorder.commit(adopt(campaign, adopted, out_dir, log))
         try:
             if runner:
                 progress = Progress(len(pending)) if show_progress else None
-                jobs = plan_jobs(ledger, plan, pending, runner.batch_size(),
+                jobs = plan_jobs(ledger, plan, pending, runner.batch_sizes(),
                                  campaign.files(), log)
                 for result in runner.produce_all(jobs):
                     recorder.commit(result.produced)
@@ -224,22 +225,25 @@ def check_unrecorded_images(ledger_path: Path, plan: Plan, out_dir: Path,
             "over them")
 
 
-def check_recipe_version(ledger_path: Path, campaign: Campaign) -> None:
+def check_recipe_versions(ledger_path: Path, campaign: Campaign) -> None:
+    """Refuse a recipe whose ``name@version`` rendered before with other content."""
     if not ledger_path.is_file() or ledger_path.stat().st_size == 0:
         return
-    recipe = campaign.recipe
-    content_hash = sha256_json(recipe_content(recipe))
     with Ledger(ledger_path) as ledger:
-        conflict = ledger.recipe_conflict(recipe.spec.name, recipe.spec.version, content_hash)
-    if conflict:
-        raise InputError(
-            f"recipe {recipe.ref} changed since it produced {conflict.deliverables} "
-            f"deliverables (first on {conflict.first_rendered_at[:10]}): bump its version",
-            file=recipe.source, key_path="version",
-            expected=f"content hash {conflict.stored_hash[:12]}… as first rendered",
-            found=f"content hash {content_hash[:12]}…",
-            fix=f"set version: {recipe.spec.version + 1} (and update the campaign's recipe "
-            "reference), or restore the file")
+        for recipe in campaign.recipes:
+            content_hash = sha256_json(recipe_content(recipe))
+            conflict = ledger.recipe_conflict(recipe.spec.name, recipe.spec.version,
+                                              content_hash)
+            if conflict is None:
+                continue
+            raise InputError(
+                f"recipe {recipe.ref} changed since it produced {conflict.deliverables} "
+                f"deliverables (first on {conflict.first_rendered_at[:10]}): bump its version",
+                file=recipe.source, key_path="version",
+                expected=f"content hash {conflict.stored_hash[:12]}… as first rendered",
+                found=f"content hash {content_hash[:12]}…",
+                fix=f"set version: {recipe.spec.version + 1} (and update the campaign's "
+                "recipe reference), or restore the file")
 
 
 def find_work(ledger: Ledger, plan: Plan, out_dir: Path) -> Work:
@@ -295,14 +299,15 @@ def repair_exports(ledger: Ledger, repairs: Sequence[Repair], out_dir: Path,
             "its master")
 
 
-def plan_jobs(ledger: Ledger, plan: Plan, pending: Sequence[PendingVariant], batch_size: int,
-              files: FileIndex, log: Log) -> list[Job]:
+def plan_jobs(ledger: Ledger, plan: Plan, pending: Sequence[PendingVariant],
+              batch_sizes: Mapping[str, int], files: FileIndex, log: Log) -> list[Job]:
     """The pipeline calls that render ``pending``: for a variant never rendered, its batch
     in the whole deliverable set cut in plan order; for one rendered before, the batch the
     ledger recorded for it. Members not pending are co-members (rendered, not written);
-    a recorded member whose files are no longer at hand is left out, and said so."""
+    a recorded member whose files are no longer at hand is left out, and said so. Jobs
+    come grouped by recipe, in the campaign's order, so each recipe's pipeline loads once."""
     by_id = {variant.id: variant for variant in plan.variants}
-    batch_of = {variant.id: batch for batch in cut_batches(plan.variants, batch_size)
+    batch_of = {variant.id: batch for batch in cut_batches(plan.variants, batch_sizes)
                 for variant in batch}
     rerendered = ledger.latest_renders([item.variant.id for item in pending
                                         if item.rerender_reason])
@@ -316,7 +321,9 @@ def plan_jobs(ledger: Ledger, plan: Plan, pending: Sequence[PendingVariant], bat
         calls.setdefault(tuple(members), set()).add(item.variant.id)
     stored = ledger.latest_renders([member for members in calls for member in members
                                     if member not in by_id])
-    order = {variant.id: position for position, variant in enumerate(plan.variants)}
+    recipe_order = {recipe.ref: index for index, recipe in enumerate(plan.campaign.recipes)}
+    order = {variant.id: (recipe_order[variant.spec.recipe.ref], position)
+             for position, variant in enumerate(plan.variants)}
     jobs = []
     for members, write in sorted(calls.items(), key=lambda item: min(order[i] for i in item[1])):
         batch = []
@@ -341,24 +348,28 @@ def _files_at_hand(variant: Variant, files: FileIndex) -> bool:
 class RunRecorder:
     """The driver side: commits one ledger row per produced image."""
 
-    def __init__(self, campaign: Campaign, ledger: Ledger, *, run_id: str, recipe_hash: str,
-                 pending: Sequence[PendingVariant], log: Log):
+    def __init__(self, campaign: Campaign, ledger: Ledger, *, run_id: str,
+                 recipe_hashes: Mapping[str, str], reasons: Mapping[str, str | None],
+                 log: Log):
         self.campaign, self.ledger, self.log = campaign, ledger, log
-        self.run_id, self.recipe_hash = run_id, recipe_hash
-        self.reasons = {item.variant.id: item.rerender_reason for item in pending}
-        self.input_files = input_files(campaign)
+        self.run_id, self.recipe_hashes, self.reasons = run_id, recipe_hashes, reasons
+        self.input_files = {recipe.ref: input_files(campaign, recipe)
+                            for recipe in campaign.recipes}
         self.committed = 0
 
     def commit(self, produced: Sequence[Produced]) -> None:
-        recipe = self.campaign.recipe.spec
+        """One render row per image, with its rerender reason (None, missing, altered,
+        adopted) from ``reasons``."""
         for item in produced:
             variant = item.variant
+            recipe = variant.spec.recipe
             self.ledger.add_render(RenderRecord(
                 run_id=self.run_id, variant_id=variant.id, campaign=self.campaign.spec.name,
                 recipe_name=recipe.name, recipe_version=recipe.version,
-                recipe_hash=self.recipe_hash, variant_json=variant.spec_json, seed=variant.seed,
-                axes=variant.axes, prompt=variant.prompt, width=variant.width,
-                height=variant.height, input_files=self.input_files,
+                recipe_hash=self.recipe_hashes[recipe.ref], variant_json=variant.spec_json,
+                seed=variant.seed, axes=variant.axes, prompt=variant.prompt,
+                width=variant.width, height=variant.height,
+                input_files=self.input_files[recipe.ref],
                 output_path=item.output_path, output_sha256=item.output_sha256,
                 output_bytes=item.output_bytes,
                 environment_hash=self.ledger.record_environment(item.environment),
@@ -379,9 +390,9 @@ class RunRecorder:
                          f"{sha256[:12]}… now); its file is left as it is")
 
 
-def input_files(campaign: Campaign) -> list[Mapping[str, str]]:
-    """Every file a render of this campaign read, with its sha256 (reproduce checks them)."""
-    recipe = campaign.recipe
+def input_files(campaign: Campaign, recipe: Recipe) -> list[Mapping[str, str]]:
+    """Every file a render of this campaign with this recipe read, with its sha256
+    (reproduce checks them)."""
     files = [("checkpoint", recipe.checkpoint)]
     if config := recipe.checkpoint_config:  # reproduce needs it to load offline
         files += [("checkpoint_config", ResolvedFile(config, hash_file(config)))]

@@ -22,8 +22,9 @@ class Executor(Protocol):
     def environment(self) -> dict[str, Any]:
         """The environment fingerprint of the workers (recorded with the run)."""
 
-    def batch_size(self) -> int:
-        """How many variants one pipeline call takes (``render.batch_size``, or auto)."""
+    def batch_sizes(self) -> dict[str, int]:
+        """How many variants one pipeline call takes, per family of the campaign's recipes
+        (``render.batch_size``, or auto)."""
 
     def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
         """Produce every job, yielding each job's results as it finishes."""
@@ -44,8 +45,8 @@ class LocalExecutor:
     def environment(self) -> dict[str, Any]:
         return self.worker.environment()
 
-    def batch_size(self) -> int:
-        return resolve_batch_size(self.campaign, self.worker.renderer.device)
+    def batch_sizes(self) -> dict[str, int]:
+        return resolve_batch_sizes(self.campaign, self.worker.renderer.device)
 
     def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
         for job in jobs:
@@ -55,12 +56,12 @@ class LocalExecutor:
         """Nothing to release: the models go with the process."""
 
 
-def resolve_batch_size(campaign: Campaign, device: str) -> int:
+def resolve_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:
     from .render import auto_batch_size
 
     requested = campaign.spec.render.batch_size
-    return requested if isinstance(requested, int) else auto_batch_size(
-        device, campaign.recipe.spec.family)
+    return {family: requested if isinstance(requested, int) else auto_batch_size(device, family)
+            for family in dict.fromkeys(recipe.spec.family for recipe in campaign.recipes)}
 
 
 def make_executor(name: str, campaign: Campaign, out_dir: Path, log: Log, *,

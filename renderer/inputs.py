@@ -101,6 +101,7 @@ class ClipChoice:
 class Point:
     """One variant of the matrix with every per-variant value resolved and checked."""
 
+    recipe: Recipe
     axes: Mapping[str, Any]
     seed: int
     aspect: str | None  # the value of the campaign's size axis, if it has one
@@ -123,17 +124,27 @@ class Campaign:
     spec: CampaignFile
     source: Path
     document: YamlDocument
-    recipe: Recipe
+    recipes: tuple[Recipe, ...]  # the one recipe, or the recipe axis's, in axis order
     brand: BrandKit
     clip: ClipChoice
     points: tuple[Point, ...]
 
+    def recipe(self, ref: str) -> Recipe:
+        """The campaign's recipe ``name@version``."""
+        return next(recipe for recipe in self.recipes if recipe.ref == ref)
+
+    @property
+    def recipe_refs(self) -> str:
+        """Its recipes as a person reads them: ``demo-sd15@1`` or ``a@1 + b@2``."""
+        return " + ".join(recipe.ref for recipe in self.recipes)
+
     def files(self) -> FileIndex:
         """Every file a render of this campaign reads, by sha256."""
         images = (file for point in self.points for file in point.images.values())
-        configs = {self.recipe.checkpoint.sha256: self.recipe.checkpoint_config} \
-            if self.recipe.checkpoint_config else {}
-        return FileIndex.of([*self.recipe.files(), *self.brand.files(), *images], configs)
+        configs = {recipe.checkpoint.sha256: recipe.checkpoint_config
+                   for recipe in self.recipes if recipe.checkpoint_config}
+        recipes = [file for recipe in self.recipes for file in recipe.files()]
+        return FileIndex.of([*recipes, *self.brand.files(), *images], configs)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import LedgerError
+from .errors import InputError, LedgerError
 from .hashing import canonical_json, sha256_json
 from .migrations import MIGRATIONS
 from .records import (
@@ -261,22 +261,27 @@ class Ledger:
 
     # ------------------------------------------------------------ runs
 
-    def start_run(self, *, campaign: str, campaign_file: str, recipe_name: str,
-                  recipe_version: int, executor: str, environment: Mapping[str, Any],
+    def start_run(self, *, campaign: str, campaign_file: str,
+                  recipes: Sequence[tuple[str, int]], executor: str,
+                  environment: Mapping[str, Any],
                   variant_ids: Sequence[str], to_render: set[str],
                   rules: Sequence[Mapping[str, Any]] = (),
                   report: Mapping[str, Any] | None = None) -> str:
-        """Record a run and the deliverable set it covers; returns the run id."""
+        """Record a run, its recipes (name, version) and the deliverable set it covers;
+        returns the run id."""
         run_id = new_run_id()
         environment_hash = self.record_environment(environment)
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO runs (id, campaign, campaign_file, recipe_name, recipe_version, "
-                "executor, environment_hash, started_at, status, planned, rules_json, "
-                "report_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-                (run_id, campaign, campaign_file, recipe_name, recipe_version, executor,
-                 environment_hash, utc_now(), len(variant_ids), canonical_json(list(rules)),
+                "INSERT INTO runs (id, campaign, campaign_file, executor, environment_hash, "
+                "started_at, status, planned, rules_json, report_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                (run_id, campaign, campaign_file, executor, environment_hash, utc_now(),
+                 len(variant_ids), canonical_json(list(rules)),
                  None if report is None else canonical_json(report)))
+            db.executemany("INSERT INTO run_recipes VALUES (?, ?, ?, ?)",
+                           ((run_id, position, name, version)
+                            for position, (name, version) in enumerate(recipes)))
             db.executemany(
                 "INSERT INTO run_variants VALUES (?, ?, ?, ?)",
                 ((run_id, position, variant_id,
@@ -316,13 +321,28 @@ class Ledger:
         row = self.db.execute(query, (run_id,) if run_id else ()).fetchone()
         return RunRow.from_sql(row) if row else None
 
+    def find_run(self, run_id: str | None) -> RunRow:
+        """``run``, or an error saying how to list the runs."""
+        run = self.run(run_id)
+        if run is None:
+            raise InputError(f"no run {run_id!r} in the ledger" if run_id else
+                             "the ledger has no runs", file=self.path,
+                             fix="list runs with `campaign history`")
+        return run
+
     def runs(self, limit: int = 50, *, campaign: str | None = None, recipe: str | None = None,
              status: str | None = None, since: str | None = None,
              until: str | None = None) -> list[RunRow]:
         """Runs, newest first. ``recipe`` is NAME or NAME@VERSION; ``since``/``until`` are
         ISO timestamps (UTC) compared with the start time, ``until`` exclusive."""
-        where, params = _filters(campaign=campaign, recipe=recipe, since=since, until=until,
+        where, params = _filters(campaign=campaign, recipe=None, since=since, until=until,
                                  time_column="started_at")
+        if recipe:
+            name, version = _recipe_filter(recipe)
+            where.append("EXISTS (SELECT 1 FROM run_recipes r WHERE r.run_id = "
+                         "run_summaries.id AND r.name = ?" + (" AND r.version = ?)" if version
+                                                              else ")"))
+            params += [name] if version is None else [name, version]
         if status:
             where.append("outcome = ?")
             params.append(status)
@@ -661,12 +681,12 @@ def _filters(*, campaign: str | None, recipe: str | None, since: str | None, unt
         where.append(f"{prefix}campaign = ?")
         params.append(campaign)
     if recipe:
-        name, _, version = recipe.partition("@")
+        name, version = _recipe_filter(recipe)
         where.append(f"{prefix}recipe_name = ?")
         params.append(name)
-        if version:
+        if version is not None:
             where.append(f"{prefix}recipe_version = ?")
-            params.append(int(version))
+            params.append(version)
     if since:
         where.append(f"{prefix}{time_column} >= ?")
         params.append(since)
@@ -674,6 +694,12 @@ def _filters(*, campaign: str | None, recipe: str | None, since: str | None, unt
         where.append(f"{prefix}{time_column} < ?")
         params.append(until)
     return where, params
+
+
+def _recipe_filter(recipe: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME@VERSION`` as a filter: the name, and the version if given."""
+    name, _, version = recipe.partition("@")
+    return name, int(version) if version else None
 
 
 def _where(conditions: Sequence[str]) -> str:

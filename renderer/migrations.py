@@ -356,8 +356,44 @@ def m007_render_steps(db: sqlite3.Connection) -> None:
     postprocess, score, write), its share of its batch's, in the order they ran. NULL on
     rows from before m007."""
     db.execute("ALTER TABLE renders ADD COLUMN steps_json TEXT")  # [{"step", "seconds"}]
+def m008_run_recipes(db: sqlite3.Connection) -> None:
+    """A run can render several recipes (a campaign's ``recipe`` axis): its recipes move
+    from two columns of ``runs`` to ``run_recipes``, one row each in the campaign's order;
+    ``run_summaries`` lists them as ``recipes_json`` ([[position, name, version], …])."""
+    execute_script(
+        db,
+        """
+        CREATE TABLE run_recipes (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            position INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            PRIMARY KEY (run_id, position)
+        );
+        INSERT INTO run_recipes SELECT id, 0, recipe_name, recipe_version FROM runs;
+        CREATE INDEX run_recipes_by_recipe ON run_recipes(name, version);
+        DROP VIEW run_summaries;
+        ALTER TABLE runs DROP COLUMN recipe_name;
+        ALTER TABLE runs DROP COLUMN recipe_version;
+        CREATE VIEW run_summaries AS  -- each run with its recipes and latest pass's counts
+            SELECT runs.*, g.id AS gating_id, g.source AS decided_by, g.decided_at,
+                   COALESCE(c.passed, 0) AS passed, COALESCE(c.review, 0) AS review,
+                   COALESCE(c.failed, 0) AS failed,
+                   (SELECT COUNT(*) FROM gatings WHERE run_id = runs.id AND source = 'gate')
+                       AS regatings,
+                   CASE WHEN runs.status = 'finished' THEN
+                       CASE WHEN COALESCE(c.failed, 0) > 0 THEN 'failed' ELSE 'passed' END
+                   ELSE runs.status END AS outcome,
+                   (SELECT json_group_array(json_array(position, name, version))
+                    FROM run_recipes WHERE run_id = runs.id) AS recipes_json
+            FROM runs
+            LEFT JOIN gatings g ON g.id = (SELECT MAX(id) FROM gatings WHERE run_id = runs.id)
+            LEFT JOIN decision_counts c ON c.gating_id = g.id
+        """
+    )
 
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_initial, m002_batches_and_lookups, m003_postprocess_and_gates,
-    m004_one_current_decision, m005_reviews_and_deliveries, m006_trainings, m007_render_steps)
+    m004_one_current_decision, m005_reviews_and_deliveries, m006_trainings, m007_render_steps,
+    m008_run_recipes)

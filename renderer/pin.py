@@ -18,6 +18,7 @@ import yaml
 from .atomic import write_text_atomic
 from .errors import MissingFileError, SchemaError
 from .hashing import short_hash
+from .schema import RECIPE_AXIS
 from .validate import hash_file, load_any
 from .yamlsource import KeyPath, YamlDocument, load_yaml
 
@@ -39,12 +40,19 @@ class PinChange:
 
 
 def pin(path: Path) -> list[PinChange]:
-    """Pin every file reference of path; a campaign pins its recipe and its brand kit."""
+    """Pin every file reference of path; a campaign pins its recipes (its ``recipe``, or
+    each of its recipe axis) and its brand kit."""
     data = load_yaml(path).data
-    if isinstance(data, dict) and "matrix" in data and "recipe" in data and "brand" in data:
-        recipe_name = str(data["recipe"]).split("@")[0]
+    if isinstance(data, dict) and "matrix" in data and "brand" in data:
+        matrix = data["matrix"] if isinstance(data["matrix"], dict) else {}
+        refs = [data["recipe"]] if "recipe" in data else [
+            *(matrix.get("axes") or {}).get(RECIPE_AXIS, []),
+            *(entry[RECIPE_AXIS] for entry in matrix.get("include") or []
+              if isinstance(entry, dict) and RECIPE_AXIS in entry)]
         recipes_dir = path.parent / str(data.get("recipes_dir", "../recipes"))
-        return (pin_references(recipes_dir / f"{recipe_name}.yaml")
+        recipes = dict.fromkeys(str(ref).split("@")[0] for ref in refs)
+        return ([change for name in recipes
+                 for change in pin_references(recipes_dir / f"{name}.yaml")]
                 + pin_references(path.parent / str(data["brand"])))
     return pin_references(path)
 

@@ -107,7 +107,8 @@ class Plan:
 
     def delivery_size(self, variant: Variant) -> tuple[int, int]:
         """The size of the variant's master, after refine (its exports are cut from it)."""
-        return delivery_size(self.campaign.recipe, variant.width, variant.height)
+        return delivery_size(self.campaign.recipe(variant.spec.recipe.ref), variant.width,
+                             variant.height)
 
 
 def make_plan(campaign: Campaign) -> Plan:
@@ -122,8 +123,10 @@ def sample_variants(variants: Sequence[Variant], count: int) -> list[Variant]:
     return [variant for variant in variants if variant.id in chosen]
 
 
-def cut_batches(variants: Sequence[Variant], batch_size: int) -> list[tuple[Variant, ...]]:
-    """Group variants by what a pipeline call must share, then cut groups into batches.
+def cut_batches(variants: Sequence[Variant], batch_size: int | Mapping[str, int]
+                ) -> list[tuple[Variant, ...]]:
+    """Group variants by what a pipeline call must share, then cut groups into batches of
+    ``batch_size`` (one size, or a size per family: a recipe axis can mix families).
 
     Groups keep the order in which they first appear; batch membership never decides a
     variant's pixels beyond float rounding, because every image has its own generator.
@@ -131,8 +134,12 @@ def cut_batches(variants: Sequence[Variant], batch_size: int) -> list[tuple[Vari
     groups: dict[str, list[Variant]] = {}
     for variant in variants:
         groups.setdefault(variant.batch_key, []).append(variant)
-    return [tuple(members[start:start + batch_size]) for members in groups.values()
-            for start in range(0, len(members), batch_size)]
+    batches = []
+    for members in groups.values():
+        size = batch_size if isinstance(batch_size, int) \
+            else batch_size[members[0].spec.recipe.family]
+        batches += [tuple(members[start:start + size]) for start in range(0, len(members), size)]
+    return batches
 
 
 class _SpecBuilder:
@@ -149,8 +156,8 @@ class _SpecBuilder:
 
     def __call__(self, point: Point) -> Variant:
         recipe, recipe_json = self._block(
-            ("recipe", point.steps, point.cfg, point.lora_weights),
-            lambda: recipe_use(self.campaign.recipe, steps=point.steps, cfg=point.cfg,
+            ("recipe", point.recipe.ref, point.steps, point.cfg, point.lora_weights),
+            lambda: recipe_use(point.recipe, steps=point.steps, cfg=point.cfg,
                                lora_weights=point.lora_weights))
         post, post_json = self._block(
             ("postprocess", point.aspect, point.width, point.height, tuple(point.texts.items())),

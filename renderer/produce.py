@@ -37,7 +37,7 @@ from .inputs import BrandKit, Campaign, FileIndex
 from .metadata import LoraHashes, encode_png, file_metadata
 from .plan import Variant
 from .schema import FileId
-from .variant import VariantSpec
+from .variant import RecipeUse, VariantSpec
 
 Box = tuple[int, int, int, int]
 
@@ -76,7 +76,7 @@ class Produced:
     output_sha256: str
     output_bytes: int
     scores: Mapping[str, float]
-    seconds: float  # this image's share of its batch's wall time
+    seconds: float  # this image's share of its batch's wall time, model loading excluded
     batch: tuple[str, ...]  # the variant ids rendered in the same pipeline call
     environment: Mapping[str, Any]
     embedding: bytes | None = None  # CLIP image embedding, float32 little-endian
@@ -228,10 +228,15 @@ class Scoring:
 class Worker:
     """The loaded models of one run: renders, finishes, scores and writes batches."""
 
-    def __init__(self, renderer: Any, files: FileIndex, scoring: Scoring | None):
+    def __init__(self, renderer: Any, files: FileIndex, scoring: Scoring | None, *,
+                 keep_pipelines: bool = True):
         self.renderer, self.files, self.scoring = renderer, files, scoring
         self.assets = Assets(files)
         self.lora_hashes = LoraHashes(files.path)
+        # Without keep_pipelines, a job of another recipe than the last releases the last
+        # one's pipelines first (jobs come grouped by recipe: each loads once per run).
+        self.keep_pipelines = keep_pipelines
+        self._recipe: str | None = None
         self._environment: dict[str, Any] | None = None
 
     @classmethod
@@ -239,9 +244,11 @@ class Worker:
         from .render import DiffusersRenderer, RenderOptions
 
         options = campaign.spec.render.model_dump(include=RenderOptions.known())
-        renderer = DiffusersRenderer(RenderOptions(**options),
-                                     allow_pickle=campaign.recipe.spec.allow_pickle, log=log)
-        return cls(renderer, campaign.files(), Scoring(campaign))
+        allow_pickle = any(recipe.spec.allow_pickle for recipe in campaign.recipes)
+        renderer = DiffusersRenderer(RenderOptions(**options), allow_pickle=allow_pickle,
+                                     log=log)
+        return cls(renderer, campaign.files(), Scoring(campaign),
+                   keep_pipelines=campaign.spec.render.keep_pipelines)
 
     def environment(self) -> dict[str, Any]:
         if self._environment is None:
@@ -251,8 +258,9 @@ class Worker:
     def produce(self, job: Job, out_dir: Path) -> JobResult:
         """Render (with the refine steps), finish, score and write one job; the files are
         in place on return."""
-        started = time.perf_counter()
+        started, loading = time.perf_counter(), self.renderer.load_seconds
         batch = job.batch
+        self.switch_recipe(batch[0].spec.recipe)
         # The renderer's breakdown of its time by step; a renderer double may keep none.
         timings = getattr(self.renderer, "timings", {})
         timings.clear()
@@ -292,10 +300,17 @@ class Worker:
                 embedding=None if embedding is None else embedding.astype("<f4").tobytes(),
                 exports=exports))
         steps["write"] = time.perf_counter() - clock
-        seconds_each = round((time.perf_counter() - started) / len(batch), 4)
+        # Each image's share of the job's time, without the time spent loading models.
+        loaded = self.renderer.load_seconds - loading
+        seconds_each = round((time.perf_counter() - started - loaded) / len(batch), 4)
         shares = tuple((step, round(seconds / len(batch), 4)) for step, seconds in steps.items())
         return JobResult(tuple(replace(item, seconds=seconds_each, steps=shares)
                                for item in produced), tuple(rechecked))
+
+    def switch_recipe(self, recipe: RecipeUse) -> None:
+        if self._recipe not in (None, recipe.ref) and not self.keep_pipelines:
+            self.renderer.release()
+        self._recipe = recipe.ref
 
     @staticmethod
     def write_export(variant: Variant, export: ExportSpec, data: bytes,

@@ -49,10 +49,10 @@ def _worker_class() -> Any:
         def environment(self) -> dict[str, Any]:
             return self.worker.environment()
 
-        def batch_size(self) -> int:
-            from .executors import resolve_batch_size
+        def batch_sizes(self) -> dict[str, int]:
+            from .executors import resolve_batch_sizes
 
-            return resolve_batch_size(self.campaign, self.worker.renderer.device)
+            return resolve_batch_sizes(self.campaign, self.worker.renderer.device)
 
         def produce(self, job: Job) -> JobResult:
             return self.worker.produce(job, self.out_dir)
@@ -93,11 +93,11 @@ class RayExecutor:
 
         return {**ray.get(self.workers[0].environment.remote()), "executor": "ray"}
 
-    def batch_size(self) -> int:
-        """The local executor's batch size, so batches (and so pixels) are the same."""
+    def batch_sizes(self) -> dict[str, int]:
+        """The local executor's batch sizes, so batches (and so pixels) are the same."""
         import ray
 
-        return ray.get(self.workers[0].batch_size.remote())
+        return ray.get(self.workers[0].batch_sizes.remote())
 
     def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
         """Yield each job's results as it finishes, in completion order."""

@@ -77,8 +77,7 @@ class RunRow:
     id: str
     campaign: str
     campaign_file: str
-    recipe_name: str
-    recipe_version: int
+    recipes: tuple[str, ...]  # name@version of each recipe, in the campaign's order
     executor: str
     environment_hash: str
     started_at: str
@@ -99,7 +98,8 @@ class RunRow:
     def from_sql(cls, row: sqlite3.Row) -> RunRow:
         return cls(
             id=row["id"], campaign=row["campaign"], campaign_file=row["campaign_file"],
-            recipe_name=row["recipe_name"], recipe_version=row["recipe_version"],
+            recipes=tuple(f"{name}@{version}" for _, name, version
+                          in sorted(_loads(row["recipes_json"], []))),
             executor=row["executor"], environment_hash=row["environment_hash"],
             started_at=row["started_at"], finished_at=row["finished_at"],
             status=row["outcome"], planned=row["planned"], rendered=row["rendered"],

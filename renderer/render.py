@@ -121,6 +121,8 @@ class DiffusersRenderer:
         self.dtype = getattr(torch, resolve_dtype(options.dtype, self.device))
         self.log = log
         self.loads = 0  # base pipelines loaded from disk (tests and benchmarks read it)
+        self.load_seconds = 0.0  # spent loading models and LoRAs (kept out of render times)
+        self._loading_now = False
         self._bases: dict[tuple[str, str, str], Any] = {}
         self._schedulers: dict[int, tuple[str, Any]] = {}  # base -> its scheduler, pristine config
         self._pipelines: dict[tuple[Any, ...], Any] = {}
@@ -136,6 +138,23 @@ class DiffusersRenderer:
     def fingerprint(self) -> dict[str, Any]:
         return fingerprint(self.device, self.dtype_name,
                            {**dataclasses.asdict(self.options), "attention": "sdpa"})
+
+    def release(self) -> None:
+        """Drop every loaded pipeline (the next batch loads its own): a run with several
+        recipes holds one recipe's models at a time."""
+        import gc
+
+        import torch
+
+        self._bases.clear()
+        self._schedulers.clear()
+        self._pipelines.clear()
+        self._loaded_loras.clear()
+        self._ip_adapters.clear()
+        self._upscalers.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def render_batch(self, specs: Sequence[VariantSpec], files: FileIndex) -> list[Any]:
         """Render specs that share a batch key, base pass then refine steps; returns PIL
@@ -174,8 +193,9 @@ class DiffusersRenderer:
         source = recipe.img2img or recipe.inpaint
         if source and keeps_source(source.strength, recipe.steps):
             return list(arguments["image"])  # the sources at the variant's size; no model runs
-        pipe = self.load_pipeline(recipe, files)
-        self.activate_loras(pipe, recipe, files)
+        with self._loading():
+            pipe = self.load_pipeline(recipe, files)
+            self.activate_loras(pipe, recipe, files)
         if hand_to is not None:
             arguments["output_type"] = "latent"
         if hand_to == "refiner":
@@ -192,7 +212,9 @@ class DiffusersRenderer:
                       files: FileIndex, hand_on: bool) -> Any:
         """The refiner finishes the base's latents from ``switch_at`` of the steps on."""
         recipe = call.recipe
-        pipe = self._load(recipe.family, refiner.checkpoint, "img2img", recipe.scheduler, files)
+        with self._loading():
+            pipe = self._load(recipe.family, refiner.checkpoint, "img2img", recipe.scheduler,
+                              files)
         arguments = _prompt_arguments(recipe, call.prompts, call.negative_prompts, call.seeds)
         arguments.update(image=base.tensor, num_inference_steps=recipe.steps,
                          denoising_start=refiner.switch_at,
@@ -259,7 +281,8 @@ class DiffusersRenderer:
 
         from postprocess.upscale import upscale_images
 
-        model = self._upscaler(model_file, files)
+        with self._loading():
+            model = self._upscaler(model_file, files)
         arrays = [np.asarray(image.convert("RGB")) for image in images]
         for _ in range(1 if until is None else 3):
             if until is not None and all(array.shape[1] >= until[0] and array.shape[0] >= until[1]
@@ -350,13 +373,14 @@ class DiffusersRenderer:
     def _detail_pipeline(self, recipe: RecipeUse, detail: DetailUse, files: FileIndex) -> Any:
         """The inpaint pipeline of a detail checkpoint, else of the recipe's own (from_pipe:
         a 4-channel UNet inpaints by blending latents), with the recipe's LoRA stack."""
-        if detail.checkpoint is not None:
-            pipe = self._load(recipe.family, detail.checkpoint, "inpaint", recipe.scheduler,
-                              files)
-        else:
-            pipe = self._derived(self._base(recipe, files), recipe.family, "inpaint",
-                                 recipe.scheduler)
-        self.activate_loras(pipe, recipe, files)
+        with self._loading():
+            if detail.checkpoint is not None:
+                pipe = self._load(recipe.family, detail.checkpoint, "inpaint",
+                                  recipe.scheduler, files)
+            else:
+                pipe = self._derived(self._base(recipe, files), recipe.family, "inpaint",
+                                     recipe.scheduler)
+            self.activate_loras(pipe, recipe, files)
         return pipe
 
     def _run(self, pipe: Any, arguments: dict[str, Any], call: RenderCall, doing: str) -> Any:
@@ -374,6 +398,20 @@ class DiffusersRenderer:
                                 f"{recipe.version} at {call.width}x{call.height} failed: "
                                 f"{err}") from err
         return output if arguments.get("output_type") == "latent" else list(output)
+
+    @contextmanager
+    def _loading(self) -> Iterator[None]:
+        """Time spent loading models (``load_seconds``, counted once when loads nest): a
+        run's per-image seconds leave it out, so they measure rendering."""
+        if self._loading_now:
+            yield
+            return
+        self._loading_now, started = True, time.perf_counter()
+        try:
+            yield
+        finally:
+            self._loading_now = False
+            self.load_seconds += time.perf_counter() - started
 
     @contextmanager
     def _timed(self, step: str) -> Iterator[None]:

@@ -239,10 +239,7 @@ def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs")
         if image is not None:
             targets = [target_from_image(image, ledger)]
         elif run is not None:
-            recorded = ledger.run(run)
-            if recorded is None:
-                raise InputError(f"no run {run!r} in the ledger", file=ledger.path,
-                                 fix="list runs with `campaign history`")
+            recorded = ledger.find_run(run)
             targets = targets_from_ledger(ledger, [row.variant_id
                                                    for row in ledger.run_rows(recorded.id)])
         else:

@@ -20,8 +20,10 @@ from postprocess.gate_rules import count_statuses
 from postprocess.report_page import UNDECIDED, ReportGrid, ReportRow, ReportRun, report_html
 
 from .atomic import write_bytes_atomic, write_text_atomic
+from .comparison import compare_run
 from .decisions import run_gates
 from .errors import InputError
+from .estimate import load_estimates
 from .ledger import Ledger
 from .records import RenderRow
 
@@ -39,10 +41,7 @@ def write_run_report(ledger: Ledger, run_id: str | None, path: Path | None = Non
                      grids: Sequence[tuple[str, str]] | None = None) -> Path:
     """Write the report of a run (the latest when run_id is None); returns its path.
     ``grids``: (x axis, y axis) pairs; None: those the campaign asked for when it ran."""
-    run = ledger.run(run_id)
-    if run is None:
-        raise InputError(f"no run {run_id!r} in the ledger" if run_id else "the ledger has no runs",
-                         file=ledger.path, fix="list runs with `campaign history`")
+    run = ledger.find_run(run_id)
     out_dir = ledger.path.parent
     path = path or out_dir / run.campaign / f"report-{run.id}.html"
     if path.is_dir():
@@ -71,7 +70,8 @@ def write_run_report(ledger: Ledger, run_id: str | None, path: Path | None = Non
     if grids is None:
         grids = [tuple(pair) for pair in run.report.get("grids", [])]
     grid_views = write_grids(path, rows, grids, out_dir, stored)
-    write_text_atomic(path, report_html(report_run, rows, grid_views))
+    comparison = compare_run(ledger, run, load_estimates()) if len(run.recipes) > 1 else []
+    write_text_atomic(path, report_html(report_run, rows, grid_views, comparison))
     return path
 
 

@@ -48,6 +48,9 @@ ImageTemplate = Annotated[str, Field(
     min_length=1, description="Image path, a Jinja template rendered per variant (it can read "
     "axis values); relative paths are resolved from the campaign file's folder.")]
 AxisValue = str | int | float | bool | dict[str, Any]
+RecipeRef = Annotated[str, Field(pattern=RECIPE_REF_PATTERN)]
+# The axis whose values are recipes (name@version): one campaign, several recipes.
+RECIPE_AXIS = "recipe"
 Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
 
 
@@ -442,6 +445,9 @@ class RenderSpec(Strict):
     vae_tiling: bool = False
     vae_slicing: bool = False
     cpu_offload: bool = Field(default=False, description="diffusers model CPU offload (CUDA).")
+    keep_pipelines: bool = Field(
+        default=False, description="With several recipes: keep every recipe's pipeline loaded "
+        "for the whole run (memory allowing); by default one is released before the next loads.")
 
 
 class C2paSpec(Strict):
@@ -468,8 +474,9 @@ class CampaignFile(Strict):
     """``campaigns/NAME.yaml``: a variant matrix rendered with a pinned recipe."""
 
     name: Name
-    recipe: str = Field(pattern=RECIPE_REF_PATTERN,
-                        description="name@version of a recipe in recipes_dir.")
+    recipe: RecipeRef | None = Field(
+        default=None, description="name@version of a recipe in recipes_dir; or give a "
+        "`recipe` axis in the matrix to render the same matrix with several recipes.")
     recipes_dir: str = "../recipes"
     brand: str = Field(description="Path to the brand kit YAML.")
     size: SizeSpec | None = None

@@ -39,6 +39,8 @@ from .schema import (
     CAPTION_NAMES,
     IMAGE_SUFFIXES,
     PICKLE_SUFFIXES,
+    RECIPE_AXIS,
+    RECIPE_REF_PATTERN,
     TEXT_ROLES,
     BrandKitFile,
     C2paSpec,
@@ -139,8 +141,7 @@ def _referenced_recipe(document: YamlDocument, ref: str, recipes_dir: str, key_p
         raise document.error(
             SchemaError, "recipe version not available", key_path,
             expected=ref, found=f"{recipe_path} is {recipe.ref}",
-            fix=f"set {key_path[-1]}: {recipe.ref}, or restore version {recipe_version} of the "
-            "file",
+            fix=f"ask for {recipe.ref} instead, or restore version {recipe_version} of the file",
         )
     return recipe
 
@@ -191,7 +192,7 @@ def validate_recipe(document: YamlDocument, *, verify_hashes: bool = True) -> Re
     ip_adapter = None if spec.ip_adapter is None else _resolve_file(
         document, spec.ip_adapter.model, ("ip_adapter", "model"), verify_hashes, model_problem)
     _check_controls(document, spec, checkpoint.path)
-    refine_files = {key: _resolve_file(document, ref, key, verify_hashes)
+    refine_files = {key: _resolve_file(document, ref, key, verify_hashes, model_problem)
                     for key, ref in refine_refs(spec)}
     upscale_scale = _check_refine(document, spec, refine_files)
     return Recipe(spec=spec, source=path, document=document, checkpoint=checkpoint,
@@ -482,20 +483,20 @@ def _check_box(document: YamlDocument, box: Sequence[float], key_path: KeyPath) 
 def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> Campaign:
     spec: CampaignFile = parse_document(document, CampaignFile)
     base = document.path.parent
-    recipe = _referenced_recipe(document, spec.recipe, spec.recipes_dir, ("recipe",),
-                                verify_hashes)
+    recipes = _campaign_recipes(document, spec, verify_hashes)
     brand_path = _existing_path(document, base / spec.brand, ("brand",))
     brand = load_brand_kit(brand_path, verify_hashes=verify_hashes)
-    ip_adapter = recipe.spec.ip_adapter
-    if ip_adapter and not ip_adapter.images and not brand.references:
-        raise recipe.document.error(
-            SchemaError, "the IP-Adapter has no reference images", ("ip_adapter",),
-            fix=f"list images under ip_adapter.images, or add references to {brand_path}")
+    for recipe in recipes:
+        ip_adapter = recipe.spec.ip_adapter
+        if ip_adapter and not ip_adapter.images and not brand.references:
+            raise recipe.document.error(
+                SchemaError, "the IP-Adapter has no reference images", ("ip_adapter",),
+                fix=f"list images under ip_adapter.images, or add references to {brand_path}")
     clip = _clip_choice(document, spec.scoring)
     if spec.size is not None:
         _check_size_spec(document, spec)
     _check_matrix(document, spec.matrix)
-    _check_overrides(document, spec, recipe)
+    _check_overrides(document, spec, recipes)
     _check_postprocess(document, spec, brand)
     _check_gates(document, spec, brand)
     check_delivery(document, spec)
@@ -507,11 +508,41 @@ def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> 
         if grid.x == grid.y:
             raise document.error(SchemaError, "a grid needs two different axes",
                                  ("report", "grid", "y"), found=f"x and y are both {grid.x!r}")
-    resolver = _PointResolver(document, spec, recipe, brand)
-    points = tuple(resolver.resolve(axes) for axes in expand_matrix(spec.matrix))
+    resolvers = {recipe.ref: _PointResolver(document, spec, recipe, brand) for recipe in recipes}
+    points = tuple(resolvers[axes.get(RECIPE_AXIS, recipes[0].ref)].resolve(axes)
+                   for axes in expand_matrix(spec.matrix))
     _check_unique_outputs(document, points)
-    return Campaign(spec=spec, source=document.path, document=document, recipe=recipe,
+    return Campaign(spec=spec, source=document.path, document=document, recipes=recipes,
                     brand=brand, clip=clip, points=points)
+
+
+def _campaign_recipes(document: YamlDocument, spec: CampaignFile,
+                      verify_hashes: bool) -> tuple[Recipe, ...]:
+    """The campaign's recipe, or the recipes of its ``recipe`` axis (each pinned alike)."""
+    axis = spec.matrix.axes.get(RECIPE_AXIS)
+    if (spec.recipe is None) == (axis is None):
+        raise document.error(
+            SchemaError, "give either recipe or a recipe axis", ("recipe",),
+            expected="recipe: name@version, or matrix.axes.recipe: [name@version, …]",
+            found="both" if axis is not None else "neither",
+            fix="keep one: a recipe axis renders the same matrix with each of its recipes")
+    if axis is None:
+        return (_referenced_recipe(document, spec.recipe, spec.recipes_dir, ("recipe",),
+                                   verify_hashes),)
+    values = [*((value, ("matrix", "axes", RECIPE_AXIS, index))
+                for index, value in enumerate(axis)),
+              *((entry[RECIPE_AXIS], ("matrix", "include", index, RECIPE_AXIS))
+                for index, entry in enumerate(spec.matrix.include) if RECIPE_AXIS in entry)]
+    recipes: dict[str, Recipe] = {}
+    for value, key_path in values:
+        if not isinstance(value, str) or not re.match(RECIPE_REF_PATTERN, value):
+            raise document.error(SchemaError, "a recipe axis value is a recipe name@version",
+                                 key_path, expected="e.g. demo-sdxl@1", found=repr(value),
+                                 fix="write each recipe as name@version")
+        if value not in recipes:
+            recipes[value] = _referenced_recipe(document, value, spec.recipes_dir, key_path,
+                                                verify_hashes)
+    return tuple(recipes.values())
 
 
 def _clip_choice(document: YamlDocument, scoring: ScoringSpec) -> ClipChoice:
@@ -618,21 +649,28 @@ def _check_axis_name(document: YamlDocument, name: str, axes: Mapping[str, Any],
                              "under matrix.axes or fix the name")
 
 
-def _check_overrides(document: YamlDocument, spec: CampaignFile, recipe: Recipe) -> None:
-    loras = [lora_name(lora.path) for lora, _ in recipe.loras]
+def _check_overrides(document: YamlDocument, spec: CampaignFile,
+                     recipes: Sequence[Recipe]) -> None:
     for index, rule in enumerate(spec.overrides):
         for name in rule.when:
             _check_axis_name(document, name, spec.matrix.axes, ("overrides", index, "when", name))
-        for name in rule.set.lora_weights or {}:
-            if name not in loras:
-                raise document.error(
-                    SchemaError, f"'{name}' is not a LoRA of {recipe.ref}",
-                    ("overrides", index, "set", "lora_weights", name),
-                    expected=f"one of: {', '.join(loras) or '(the recipe has no LoRAs)'}",
-                    found=repr(name), fix="name a LoRA by its file name without .safetensors")
-        if rule.set.size is not None:
-            _check_size_multiple(document, recipe.spec.family, rule.set.size,
-                                 ("overrides", index, "set", "size"))
+        # A rule applies to the variants of every recipe its `when` does not rule out.
+        matched = [recipe for recipe in recipes
+                   if rule.when.get(RECIPE_AXIS, recipe.ref) == recipe.ref]
+        for recipe in matched:
+            loras = [lora_name(lora.path) for lora, _ in recipe.loras]
+            for name in rule.set.lora_weights or {}:
+                if name not in loras:
+                    raise document.error(
+                        SchemaError, f"'{name}' is not a LoRA of {recipe.ref}",
+                        ("overrides", index, "set", "lora_weights", name),
+                        expected=f"one of: {', '.join(loras) or '(the recipe has no LoRAs)'}",
+                        found=repr(name), fix="name a LoRA by its file name without "
+                        ".safetensors" + (", and add `recipe: …` to `when` so the rule only "
+                                          "applies to that recipe" if len(recipes) > 1 else ""))
+            if rule.set.size is not None:
+                _check_size_multiple(document, recipe.spec.family, rule.set.size,
+                                     ("overrides", index, "set", "size"))
 
 
 def _check_postprocess(document: YamlDocument, spec: CampaignFile, brand: BrandKit) -> None:
@@ -774,14 +812,16 @@ class _PointResolver:
             for index, file in enumerate(self.brand.references if uses_brand else ())}
         self.base_context = {
             "recipe": {"name": recipe.spec.name, "version": recipe.spec.version,
-                       "family": recipe.spec.family},
+                       "family": recipe.spec.family, "ref": recipe.ref},
             "brand": {"name": self.brand.spec.name, "palette": list(self.brand.spec.palette)},
         }
 
     def resolve(self, axes: dict[str, Any]) -> Point:
         spec, recipe = self.spec, self.recipe.spec
-        seed = axes[spec.matrix.seed_axis] if spec.matrix.seed_axis \
-            else derive_seed(recipe.seed, axes)
+        # The recipe axis stays out of the derived seed: a coordinate gets the same seed
+        # under every recipe (with the same base seed), so families are compared fairly.
+        seed = axes[spec.matrix.seed_axis] if spec.matrix.seed_axis else derive_seed(
+            recipe.seed, {name: value for name, value in axes.items() if name != RECIPE_AXIS})
         overrides = overrides_for(spec.overrides, axes)
         aspect, (width, height) = self._size(axes)
         if overrides.size is not None:
@@ -794,7 +834,7 @@ class _PointResolver:
         texts = {role: text for role in self.text_roles
                  if (text := render(("postprocess", "text", role), context))}
         point = Point(
-            axes=axes, seed=seed, aspect=aspect, width=width, height=height,
+            recipe=self.recipe, axes=axes, seed=seed, aspect=aspect, width=width, height=height,
             steps=overrides.steps if overrides.steps is not None else recipe.steps,
             cfg=overrides.cfg if overrides.cfg is not None else recipe.cfg,
             lora_weights=tuple(weights[name] for name in self.lora_names),

@@ -148,6 +148,11 @@ class RecipeUse(RecipeSettings, _Spec):
     refine: RefineUse | None = None
 
     @property
+    def ref(self) -> str:
+        """``name@version``, as a campaign names the recipe."""
+        return f"{self.name}@{self.version}"
+
+    @property
     def mode(self) -> str:
         """Which pipeline shape renders it: text, controlnet, img2img or inpaint."""
         if self.inpaint:

@@ -70,6 +70,7 @@ def test_every_json_output_matches_its_schema(rendered, validators, tmp_path):
     check(validators, "run-summary", summary)
     for run in run_cli("history", "--out", out, "--json").json():
         check(validators, "run", run)
+    check(validators, "compare", run_cli("compare", "--out", out, "--json").json())
     renders = run_cli("history", "--out", out, "--renders", "--json").json()
     for render in renders:
         check(validators, "render", render)

@@ -26,7 +26,7 @@ LAYERS = (
     ("render", {"environment", "controls", "render"}),
     ("post-process", {"metadata", "produce"}),
     ("ledger", {"migrations", "records", "ledger", "decisions", "locking"}),
-    ("report", {"run_report", "thumbnails"}),
+    ("report", {"comparison", "run_report", "thumbnails"}),
     ("train", {"training_job", "training_models", "training_data", "lora_files", "training",
                "training_report", "training_run"}),
     ("commands", {"executors", "ray_executor", "adopt", "execute", "locate", "compare",

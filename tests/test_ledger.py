@@ -56,8 +56,8 @@ ENVIRONMENT = {"device": "cpu", "threads": 2}
 
 def start(ledger: Ledger, campaign: str, ids: list[str]) -> str:
     return ledger.start_run(
-        campaign=campaign, campaign_file=f"{campaign}.yaml", recipe_name="look",
-        recipe_version=1, executor="local", environment=ENVIRONMENT, variant_ids=ids,
+        campaign=campaign, campaign_file=f"{campaign}.yaml", recipes=[("look", 1)],
+        executor="local", environment=ENVIRONMENT, variant_ids=ids,
         to_render=set(ids))
 
 
@@ -123,6 +123,8 @@ def test_migrations_are_numbered_and_upgrade_an_m001_ledger(tmp_path):
         # thresholds became rules, and its stored 'passed' its decided outcome.
         assert row.decision.status == "pass" and row.decision.source == "render"
         assert ledger.run("r1").status == "passed" and ledger.run("r1").rules == []
+        # m008: the run's one recipe moved to run_recipes.
+        assert ledger.run("r1").recipes == ("look@1",)
         assert ledger.integrity_check() == "ok"
         assert ledger.trainings() == []  # m006: the table, empty
     with Ledger(path) as ledger:  # opening again applies nothing twice
