@@ -247,6 +247,7 @@ class Worker:
         allow_pickle = any(recipe.spec.allow_pickle for recipe in campaign.recipes)
         renderer = DiffusersRenderer(RenderOptions(**options), allow_pickle=allow_pickle,
                                      log=log)
+        renderer.plan_lora_hotswap(campaign.recipes)
         return cls(renderer, campaign.files(), Scoring(campaign),
                    keep_pipelines=campaign.spec.render.keep_pipelines)
 

@@ -440,7 +440,16 @@ class RenderSpec(Strict):
         "memory on CUDA. Out of memory halves the batch and retries.")
     device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    compile: bool = Field(default=False, description="torch.compile the denoiser.")
+    compile: bool = Field(default=False, description="torch.compile the denoiser. LoRA "
+                          "stacks of LoRAs that adapt the denoiser only hot-swap without "
+                          "recompiling.")
+    compile_backend: Literal["inductor", "cudagraphs", "aot_eager", "eager"] = Field(
+        default="inductor", description="torch.compile backend; aot_eager and eager trace "
+        "and guard without generating kernels (for checking graph breaks and recompiles).")
+    first_block_cache: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="Flux only, opt-in, changes pixels: diffusers' First Block "
+        "Cache threshold (e.g. 0.08); a step skips the transformer's other blocks while the "
+        "first block's output changes less than this.")
     channels_last: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False

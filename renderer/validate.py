@@ -493,6 +493,8 @@ def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> 
                 SchemaError, "the IP-Adapter has no reference images", ("ip_adapter",),
                 fix=f"list images under ip_adapter.images, or add references to {brand_path}")
     clip = _clip_choice(document, spec.scoring)
+    if spec.render.first_block_cache is not None:
+        _check_first_block_cache(document, recipes)
     if spec.size is not None:
         _check_size_spec(document, spec)
     _check_matrix(document, spec.matrix)
@@ -514,6 +516,15 @@ def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> 
     _check_unique_outputs(document, points)
     return Campaign(spec=spec, source=document.path, document=document, recipes=recipes,
                     brand=brand, clip=clip, points=points)
+
+
+def _check_first_block_cache(document: YamlDocument, recipes: Sequence[Recipe]) -> None:
+    """diffusers caches the blocks of a transformer denoiser (Flux's), not of a UNet."""
+    if others := [recipe.ref for recipe in recipes if recipe.spec.family != "flux"]:
+        raise document.error(SchemaError, "first_block_cache needs a Flux recipe",
+                             ("render", "first_block_cache"),
+                             found=f"{', '.join(others)} (a UNet denoiser)",
+                             fix="drop render.first_block_cache, or render Flux recipes only")
 
 
 def _campaign_recipes(document: YamlDocument, spec: CampaignFile,
