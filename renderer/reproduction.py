@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import compare
-from .environment import differences, options_like
+from .environment import differences, options_like, pixel_option_differences
 from .errors import InputError
 from .hashing import sha256_bytes, sha256_json
 from .inputs import FileIndex, ResolvedFile
@@ -346,6 +346,10 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
         for target in members:
             outcome = outcomes[target.variant_id]
             outcome.environment_differences = differences(target.environment, current)
+            if changed := pixel_option_differences(target.environment, current,
+                                                   type(renderer.options).changing_pixels()):
+                outcome.notes.append("render options that change pixels differ: "
+                                     + "; ".join(changed))
             _judge(outcome, target, produced[target.variant_id], dest, tolerance)
     return list(outcomes.values())
 

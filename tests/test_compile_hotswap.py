@@ -102,3 +102,16 @@ def test_without_hot_swap_a_switch_recompiles(two_stacks):
     pixels(renderer, specs["both"], files)
     assert compiled_graphs() > warm
     torch._dynamo.reset()
+
+
+def test_reproduce_names_the_pixel_changing_options_that_differ():
+    """What reproduce notes when a recorded render used an opt-in option this one does not
+    (fingerprints as the renderer records them; no model loads)."""
+    from renderer.environment import pixel_option_differences
+
+    recorded = DiffusersRenderer(RenderOptions(first_block_cache=0.08)).fingerprint()
+    now = DiffusersRenderer(RenderOptions(compile=True)).fingerprint()
+    changing = RenderOptions.changing_pixels()
+    assert pixel_option_differences(recorded, now, changing) == [
+        "first_block_cache (0.08 recorded, None now)"]  # compile is not among them
+    assert pixel_option_differences(now, now, changing) == []
