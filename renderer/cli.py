@@ -360,8 +360,8 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .estimate import estimate, load_estimates
+    from .matrix import axis_label
     from .plan import make_plan, sample_variants
-    from .run_report import axis_label
     from .validate import load_campaign
 
     plan = make_plan(load_campaign(args.campaign))

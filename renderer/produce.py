@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from postprocess.export import EXTENSIONS, ExportSpec
+from postprocess.parameters import EXTENSIONS, ExportSpec
 
 from .atomic import write_bytes_atomic
 from .hashing import sha256_bytes

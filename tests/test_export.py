@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from postprocess.embedded_metadata import read_export_metadata
 from postprocess.export import (
     ExportSpec,
     encode_image,
     export_image,
-    read_export_metadata,
     smart_crop,
 )
 from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA, xmp_packet

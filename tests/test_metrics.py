@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from postprocess.consistency import consistency
 from postprocess.metrics import (
     ciede2000,
-    consistency,
     count_faces,
     logo_score,
     palette_adherence,
