@@ -14,12 +14,21 @@ pipeline and CLIP stubbed (bench/ledger_bench.py's stubs), in a temporary folder
 ``--out`` names a folder a real ``campaign render`` wrote (``outputs`` after ``make demo``).
 ``ID`` is a variant id from its ledger.
 
-    .venv/bin/python bench/startup_bench.py [--runs N] [--out DIR]
+``--baseline DIR`` times another checkout's code too (``/work/main``, say), each try of a
+command alternating between the two so that both see the same load; the last column is
+the baseline's time over this checkout's. Each side runs with ``PYTHONPATH`` set to its
+own tree, which comes before the virtual environment's editable install (that may point
+at yet another checkout), and with bytecode cached under the temporary folder's
+``campaign-bench-pycache`` (as an installed package has it, even where the environment sets
+``PYTHONDONTWRITEBYTECODE``; no checkout is written to); the first try fills it.
+
+    .venv/bin/python bench/startup_bench.py [--runs N] [--out DIR] [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import subprocess
 import sys
@@ -32,19 +41,36 @@ sys.path.insert(0, str(REPO))
 from bench.ledger_bench import CAMPAIGN_BIN, populate_with_stubs  # noqa: E402
 
 DEMO = REPO / "campaigns" / "demo.yaml"
+PYCACHE = Path(tempfile.gettempdir()) / "campaign-bench-pycache"
 DEMO_VARIANTS = 36
 
 
-def best_wall(command: list[str], runs: int) -> float:
-    """The shortest of ``runs`` wall times of ``command``; it must exit 0."""
-    best = float("inf")
+def code_of(tree: Path) -> dict[str, str]:
+    """The environment in which ``campaign`` runs ``tree``'s code, from cached bytecode."""
+    environment = {**os.environ, "PYTHONPATH": str(tree), "PYTHONPYCACHEPREFIX": str(PYCACHE)}
+    environment.pop("PYTHONDONTWRITEBYTECODE", None)
+    return environment
+
+
+def wall(command: list[str], tree: Path, code: int = 0) -> float:
+    """The wall time of ``command`` run with ``tree``'s code; it must exit with ``code``."""
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=code_of(tree), capture_output=True,
+                          check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != code:
+        raise SystemExit(f"{' '.join(command)} ({tree}) exited {done.returncode}, not {code}: "
+                         f"{done.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+def best_walls(command: list[str], trees: list[Path], runs: int) -> list[float]:
+    """The shortest of ``runs`` wall times of ``command`` under each tree, the trees
+    taking turns within each try."""
+    best = [float("inf")] * len(trees)
     for _ in range(runs):
-        started = time.perf_counter()
-        done = subprocess.run(command, cwd=REPO, capture_output=True, check=False)
-        best = min(best, time.perf_counter() - started)
-        if done.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} exited {done.returncode}: "
-                             f"{done.stderr.decode(errors='replace')}")
+        for index, tree in enumerate(trees):
+            best[index] = min(best[index], wall(command, tree))
     return best
 
 
@@ -72,18 +98,28 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="tries per command (best kept)")
     parser.add_argument("--out", type=Path, help="an output folder with a ledger (default: "
                         "the demo, populated with stub models in a temporary folder)")
+    parser.add_argument("--baseline", type=Path, help="another checkout to time beside this "
+                        "one, e.g. /work/main")
     args = parser.parse_args()
+    trees = [REPO] if args.baseline is None else [args.baseline.resolve(), REPO]
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as temp:
         out = args.out
         if out is None:
             out = Path(temp) / "out"
             populate_with_stubs(DEMO, out, DEMO_VARIANTS)
-        timed = {name: best_wall(command, args.runs) for name, command in commands(out).items()}
-    interpreter = timed["python -c pass"]
+        timed = {name: best_walls(command, trees, args.runs)
+                 for name, command in commands(out).items()}
+    interpreter = timed["python -c pass"][-1]
     width = max(map(len, timed))
-    print(f"{'command':<{width}}  wall s  × python -c pass   (best of {args.runs})")
-    for name, wall in timed.items():
-        print(f"{name:<{width}}  {wall:6.3f}  {wall / interpreter:5.1f}×")
+    print(f"best of {args.runs}; wall s (× python -c pass)")
+    if args.baseline is None:
+        print(f"{'command':<{width}}  {REPO}")
+    else:
+        print(f"{'command':<{width}}  {trees[0]!s:<16}  {REPO!s:<16}  baseline / this")
+    for name, walls in timed.items():
+        cells = "  ".join(f"{seconds:6.3f} ({seconds / interpreter:4.1f}×)" for seconds in walls)
+        ratio = f"  {walls[0] / walls[1]:6.2f}×" if len(walls) == 2 else ""
+        print(f"{name:<{width}}  {cells}{ratio}")
 
 
 if __name__ == "__main__":

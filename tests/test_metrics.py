@@ -14,7 +14,8 @@ from postprocess.metrics import (
     palette_adherence,
     srgb_to_lab,
 )
-from postprocess.overlay import LogoPlacement, SafeZone, logo_box, overlay_logo
+from postprocess.overlay import logo_box, overlay_logo
+from postprocess.parameters import LogoPlacement, SafeZone
 from tests.synthetic import draw_face, shapes, with_noise
 
 KESTREL_PALETTE = ["#F26B1D", "#1D3557", "#F1FAEE", "#2A9D8F"]

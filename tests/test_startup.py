@@ -66,7 +66,7 @@ def recorded_run(tmp_path_factory, demo_models) -> tuple[Path, str]:
                 prompt=variant.prompt, width=variant.width, height=variant.height,
                 input_files=[], output_path=variant.output_path,
                 output_sha256=sha256_bytes(variant.id.encode()), output_bytes=1,
-                environment_hash=environment_hash, scores={"clip_prompt": 0.3},
+                environment_hash=environment_hash, scores={"clip_prompt": 0.3, "clip_brand": 0.95},
                 render_seconds=0.1, rerender_reason=None, batch=[variant.id],
                 embedding=struct.pack("<4f", 1.0, index, 0.5, 0.25)))
         decide_run(ledger, run_id, campaign_gates(campaign), source="render")
