@@ -45,6 +45,7 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/ray_bench.py
 	$(BIN)/python bench/ledger_bench.py
 	$(BIN)/python bench/validate_bench.py
+	$(BIN)/python bench/startup_bench.py
 	$(BIN)/python bench/review_bench.py
 	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/upscale_bench.py

@@ -7,11 +7,15 @@
 * A folder's hash (a diffusers model folder) is the sha256 of the canonical JSON of
   ``{relative/posix/path: file sha256}`` over every file in it, hidden files excluded.
 * The A1111/Civitai short hash of a model is the first 10 hex digits of its hash.
+
+``hash_file`` hashes through one ``HashCache`` shared by the whole process (validation,
+pins, ``show``'s file states, reproduction's file search).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -125,3 +129,13 @@ def default_cache_dir() -> Path:
         return Path(configured)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "campaign-renderer"
+
+
+@functools.cache
+def _shared_cache() -> HashCache:
+    return HashCache()
+
+
+def hash_file(path: Path) -> str:
+    """sha256 of a file or model folder through the shared hash cache."""
+    return _shared_cache().sha256_path(path)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from postprocess.export import EXTENSIONS, ExportSpec
+from postprocess.parameters import EXTENSIONS, ExportSpec
 
 from .atomic import write_bytes_atomic
 from .hashing import sha256_bytes
@@ -135,7 +135,8 @@ def finish_image(image: Image.Image, spec: VariantSpec, assets: Assets,
     logo, then the text. ``faces`` were detected on ``image``."""
     post = spec.postprocess
     if post.retouch:
-        from postprocess.retouch import BrandGrade, apply_retouch
+        from postprocess.parameters import BrandGrade
+        from postprocess.retouch import apply_retouch
 
         grades = [step for step in post.retouch if isinstance(step, BrandGrade)]
         references = assets.brand_reference(grades[0].references) if grades else None
@@ -147,7 +148,8 @@ def finish_image(image: Image.Image, spec: VariantSpec, assets: Assets,
         image = overlay_logo(image, assets.logo(post.logo.file), post.logo)
     contrast = None
     if post.text is not None:
-        from postprocess.text import TextBlock, overlay_text
+        from postprocess.text import overlay_text
+        from postprocess.text_layout import TextBlock
 
         for role in ("headline", "legal"):
             if (block := getattr(post.text, role)) is None:
@@ -211,7 +213,8 @@ class Scoring:
         match), in place, inside the safe zone. Scored whether or not the campaign overlays
         the logo, so a campaign that must carry it can gate on it."""
         from postprocess.metrics import logo_score
-        from postprocess.overlay import SafeZone, logo_box
+        from postprocess.overlay import logo_box
+        from postprocess.parameters import SafeZone
 
         placement = self.brand.placement_for(variant.aspect)
         size = (pixels.shape[1], pixels.shape[0])

@@ -118,7 +118,7 @@ def _embedded_spec(path: Path, data: bytes) -> tuple[dict[str, Any], tuple[int, 
 
     from PIL import Image
 
-    from postprocess.export import VARIANT_KEY, read_export_metadata
+    from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 
     try:
         with Image.open(io.BytesIO(data)) as image:

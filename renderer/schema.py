@@ -16,12 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from postprocess.export import ExportSpec
 from postprocess.gate_rules import METRICS
 from postprocess.hires import LATENT_UPSCALERS, hires_size
-from postprocess.overlay import LogoPlacement
-from postprocess.parameters import Fraction, Parameters
-from postprocess.retouch import OPERATIONS
+from postprocess.parameters import OPERATIONS, ExportSpec, Fraction, LogoPlacement, Parameters
 
 from .families import SIZE_MULTIPLE, Family, SchedulerName
 
@@ -55,7 +52,7 @@ Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True)
 
 
 # ---------------------------------------------------------------- files referenced
