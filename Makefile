@@ -35,9 +35,12 @@ system-deps:
 	  { echo "error: the tests need$$missing and apt-get could not install them ($(SYSTEM_PACKAGES))"; exit 1; }; \
 	fi
 
+# One test process per core (pytest-xdist), a test file's tests in the same process so
+# its module fixtures are built once.
+TEST_WORKERS ?= $(shell nproc)
 test: $(DEMO_MODELS) system-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(DEMO_MODELS)
 	$(BIN)/python bench/run.py

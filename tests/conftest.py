@@ -15,6 +15,10 @@ import pytest
 import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One torch thread in this process and every `campaign` it starts: `make test` runs the
+# suite in parallel processes (pytest-xdist), one per core, and tiny renders gain nothing
+# from a second thread. Pixels are only ever compared between runs of the same setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 CAMPAIGN_BIN = Path(sys.executable).parent / "campaign"
