@@ -37,6 +37,12 @@ def pytest_runtest_makereport(item, call):
                            "not run: install what it needs (`make system-deps`)")
 
 
+def pytest_collection_modifyitems(items):
+    """Files marked ``long`` (minutes of renders: kills and resumes, Ray, the GPU suite's
+    smoke run) first, so the parallel test processes (``make test``) finish together."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @dataclass(frozen=True)
 class CliResult:
     code: int

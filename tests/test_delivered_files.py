@@ -17,6 +17,9 @@ import pytest
 from .conftest import REPO, ledger_rows, run_cli
 from .ledger_support import folder_state, small_project
 
+# Minutes of renders: scheduled before the other files (tests/conftest.py).
+pytestmark = pytest.mark.long
+
 SEED = 20261201
 # Runs the real command line with one thing made to fail, from inside the process: the
 # process kills itself at the Nth render commit (just before or after it), or the disk

@@ -8,7 +8,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
+
+# Minutes of renders: scheduled before the other files (tests/conftest.py).
+pytestmark = pytest.mark.long
 
 
 def test_gpu_suite_smoke_writes_every_section_and_prints_the_table(tmp_path, demo_models):
@@ -21,10 +26,8 @@ def test_gpu_suite_smoke_writes_every_section_and_prints_the_table(tmp_path, dem
     report = json.loads(results.read_text())
     assert report["smoke"] and report["device"].startswith("CPU")
     assert [(row["family"], row["mode"]) for row in report["denoise"]] == [("sd15", "eager")]
-    switching = {row["mode"]: row for row in report["lora_switch"]}
-    assert set(switching) == {"hotswap", "set_adapters"}
-    assert switching["hotswap"]["recompiles"] == 0  # the point of hot-swapping
-    assert switching["set_adapters"]["recompiles"] > 0
+    (switching,) = report["lora_switch"]  # smoke: hot-swap only
+    assert switching["mode"] == "hotswap" and switching["recompiles"] == 0
     assert report["campaign"][0]["mode"] == "serial"
     assert report["campaign"][0]["images"] == 2
     # Pipelined rows need render.pipeline (the pipelined executor); until then it says so.
