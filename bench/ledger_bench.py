@@ -67,7 +67,7 @@ def populate_with_stubs(campaign: Path, out: Path, variants: int = 1000) -> floa
     from renderer.execute import render_campaign
 
     class FlatRenderer:
-        def __init__(self, options=None, *, allow_pickle=False, log=None):
+        def __init__(self, options=None, *, allow_pickle=False, log=None, recipes=()):
             self.options, self.device, self.dtype_name = options, "cpu", "float32"
             self.load_seconds = 0.0  # nothing loads
 

@@ -249,8 +249,7 @@ class Worker:
         options = campaign.spec.render.model_dump(include=RenderOptions.known())
         allow_pickle = any(recipe.spec.allow_pickle for recipe in campaign.recipes)
         renderer = DiffusersRenderer(RenderOptions(**options), allow_pickle=allow_pickle,
-                                     log=log)
-        renderer.plan_lora_hotswap(campaign.recipes)
+                                     log=log, recipes=campaign.recipes)
         return cls(renderer, campaign.files(), Scoring(campaign),
                    keep_pipelines=campaign.spec.render.keep_pipelines)
 

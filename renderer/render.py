@@ -183,7 +183,7 @@ class DiffusersRenderer:
     ``from_pipe`` (shared weights, no reload) and renders batches."""
 
     def __init__(self, options: RenderOptions = RenderOptions(), *, allow_pickle: bool = False,
-                 log: Callable[[str], None] = lambda _: None):
+                 log: Callable[[str], None] = lambda _: None, recipes: Sequence[Recipe] = ()):
         import torch
 
         quiet_libraries()
@@ -207,6 +207,7 @@ class DiffusersRenderer:
         self._ip_adapters: dict[int, str] = {}
         self._upscalers: dict[str, Any] = {}
         self.timings: dict[str, float] = {}  # seconds per step (base, refiner, hires, …), summed
+        self._plan_lora_hotswap(recipes)
 
     @property
     def dtype_name(self) -> str:
@@ -219,9 +220,10 @@ class DiffusersRenderer:
                            {**dataclasses.asdict(self.options), "attention": "sdpa",
                             **({"lora_hotswap": switching} if switching else {})})
 
-    def plan_lora_hotswap(self, recipes: Sequence[Recipe]) -> None:
-        """With ``compile``, before the first render: plan the slots (``LoraSlots``) in which
-        each checkpoint's compiled denoiser hot-swaps the recipes' LoRA stacks. Stacks that
+    def _plan_lora_hotswap(self, recipes: Sequence[Recipe]) -> None:
+        """With ``compile``, before the first render, for the recipes it will render: plan
+        the slots (``LoraSlots``) in which each checkpoint's compiled denoiser hot-swaps the
+        recipes' LoRA stacks. Stacks that
         cannot hot-swap switch with set_adapters, and the denoiser recompiles (logged)."""
         if not self.options.compile:
             return

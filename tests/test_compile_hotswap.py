@@ -96,7 +96,7 @@ def test_without_hot_swap_a_switch_recompiles(two_stacks):
     dynamo guards on."""
     campaign, specs = two_stacks
     files = campaign.files()
-    renderer = DiffusersRenderer(COMPILED)  # no plan_lora_hotswap: set_adapters switching
+    renderer = DiffusersRenderer(COMPILED)  # no recipes: no slots, set_adapters switching
     pixels(renderer, specs["wide"], files)
     warm = compiled_graphs()
     pixels(renderer, specs["both"], files)
