@@ -1,19 +1,25 @@
-"""Where jobs are produced: the ``Executor`` protocol and the local executor.
+"""Where jobs are produced: the ``Executor`` protocol and the local executors.
 
-An executor runs ``renderer.produce.Worker.produce`` on jobs (one pipeline call's batch
-each) and yields what each produced; the driver (``renderer.execute``) commits it to the
-ledger. The local executor does this in-process, ``renderer.ray_executor`` on Ray actors;
-both run the same worker.
+An executor runs the worker's stages (``renderer.produce.Worker``: render → finish →
+write) on jobs (one pipeline call's batch each) and yields what each produced, in job
+order; the driver (``renderer.execute``) commits it to the ledger. The local executors do
+this in-process — ``LocalExecutor`` one stage after the other, ``PipelinedExecutor`` with
+the denoiser rendering the next batch while this one is finished — and
+``renderer.ray_executor`` on Ray actors; all of them run the same worker.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 from .inputs import Campaign
-from .produce import Job, JobResult
+from .produce import FinishedJob, Job, JobResult, RenderedJob
 
 Log = Callable[[str], None]
 
@@ -56,6 +62,73 @@ class LocalExecutor:
         """Nothing to release: the models go with the process."""
 
 
+# Jobs between the start of their render and the end of their finish: one is finished
+# while the next renders. More would not keep the denoiser busier (a finish shorter than a
+# render is done by then), only hold more images in memory.
+JOBS_IN_FLIGHT = 2
+# Threads finishing one batch's images side by side (post-processing, encoding): OpenCV,
+# Pillow's encoders and torch release the GIL.
+FINISH_THREADS = min(4, os.cpu_count() or 1)
+
+
+class PipelinedExecutor(LocalExecutor):
+    """Produces batches in this process with the stages overlapped: a render thread runs
+    the denoiser on batch N+1 while a finish thread post-processes, scores and encodes
+    batch N (its images side by side on ``FINISH_THREADS``), and this thread writes batch
+    N's files and yields it. Results come in job order, and the stages are the serial
+    path's own (``Worker.render``, ``finish``, ``write``), so files, rows and decisions are
+    the same. Files are written here, right before the driver commits them, so a kill
+    leaves as few files without their row as the serial path does (at most one job's)."""
+
+    def __init__(self, campaign: Campaign, out_dir: Path, log: Log):
+        super().__init__(campaign, out_dir, log)
+        self.log = log
+        log(f"local executor: pipelined (rendering overlaps post-processing, "
+            f"{FINISH_THREADS} finishing thread(s); render.pipeline: false turns it off)")
+
+    def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
+        stopping = threading.Event()  # set: start no render, finish nothing more
+        in_flight: deque[tuple[Future[RenderedJob | None], Future[FinishedJob | None]]] = deque()
+        with ThreadPoolExecutor(1, thread_name_prefix="render") as denoiser, \
+                ThreadPoolExecutor(1, thread_name_prefix="finish") as finisher, \
+                ThreadPoolExecutor(FINISH_THREADS, thread_name_prefix="finish-image") as images:
+
+            def render(job: Job) -> RenderedJob | None:
+                return None if stopping.is_set() else self.worker.render(job)
+
+            def finish(rendering: Future[RenderedJob | None]) -> FinishedJob | None:
+                rendered = rendering.result()  # a render's error is raised here, in order
+                if rendered is None or stopping.is_set():
+                    return None
+                return self.worker.finish(rendered, images.map)
+
+            def written(finishing: Future[FinishedJob | None]) -> JobResult:
+                finished = finishing.result()
+                assert finished is not None, "only a stopped pipeline drops a job"
+                return self.worker.write(finished, self.out_dir)
+
+            try:
+                for job in jobs:
+                    if len(in_flight) == JOBS_IN_FLIGHT:
+                        yield written(in_flight.popleft()[1])
+                    rendering = denoiser.submit(render, job)
+                    in_flight.append((rendering, finisher.submit(finish, rendering)))
+                while in_flight:
+                    yield written(in_flight.popleft()[1])
+            except KeyboardInterrupt:
+                self.log("interrupted: waiting for the batch being rendered to end (its "
+                         "images are not written)")
+                raise
+            finally:
+                # On an error, an interrupt or the driver closing this generator: nothing
+                # after the job that failed is written, and the threads are joined on the
+                # way out of the pools (the batch being rendered runs to its end).
+                stopping.set()
+                for rendering, finishing in in_flight:
+                    rendering.cancel()
+                    finishing.cancel()
+
+
 def resolve_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:
     from .render import auto_batch_size
 
@@ -67,7 +140,8 @@ def resolve_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:
 def make_executor(name: str, campaign: Campaign, out_dir: Path, log: Log, *,
                   address: str | None, workers: int | None) -> Executor:
     if name == "local":
-        return LocalExecutor(campaign, out_dir, log)
+        pipelined = campaign.spec.render.pipeline
+        return (PipelinedExecutor if pipelined else LocalExecutor)(campaign, out_dir, log)
     import torch
 
     from .ray_executor import RayExecutor
