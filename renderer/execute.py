@@ -338,6 +338,11 @@ def plan_jobs(ledger: Ledger, plan: Plan, pending: Sequence[PendingVariant],
                 continue
             batch.append(variant)
         jobs.append(Job(tuple(batch), frozenset(write)))
+    if extra := sum(len(job.batch) - len(job.write) for job in jobs):
+        log(f"co-members: {extra} done image(s) render again in "
+            f"{sum(len(job.write) < len(job.batch) for job in jobs)} batch(es), compared with "
+            "their files and never written, so the re-rendered ones come out as before "
+            f"({extra} extra image render(s) for {len(pending)} to write)")
     return jobs
 
 

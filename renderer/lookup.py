@@ -220,8 +220,10 @@ def format_details(details: dict[str, Any]) -> str:
         lines.append(f"  batch        {len(render['batch'])} image(s): "
                      + ", ".join(member[:12] for member in render["batch"]))
     lines += _format_trained(details["trained_loras"])
-    lines.append("  runs         " + ", ".join(f"{run['id']} ({run['outcome']})"
-                                              for run in details["runs"]))
+    lines.append("  runs         " + ", ".join(
+        f"{run['id']} ({run['status']}, "
+        f"{'rendered it' if run['outcome'] == 'to_render' else 'already done'})"
+        for run in details["runs"]))
     for old in details["earlier_renders"]:
         lines.append(f"  earlier      row {old['row']} run {old['run_id']} at "
                      f"{old['created_at'][:19]} sha256 {old['output_sha256'][:12]}")

@@ -21,13 +21,13 @@ import torch
 import yaml
 from PIL import Image
 
-from postprocess.export import ExportSpec, export_image
 from postprocess.faces import detect_faces
 from postprocess.upscale import Tiling
 from renderer.cli import main
 from renderer.hashing import canonical_json, sha256_path
-from renderer.metadata import a1111_parameters, file_metadata, read_png_metadata
+from renderer.metadata import LoraHashes, a1111_parameters, read_png_metadata
 from renderer.plan import make_plan
+from renderer.produce import export_files
 from renderer.render import DiffusersRenderer
 from renderer.validate import load_campaign
 from renderer.variant import VariantSpec, batch_key, render_call, spec_problem, variant_id
@@ -98,7 +98,9 @@ def test_a_refined_spec_reads_back_to_the_same_id_call_and_metadata():
         assert variant_id(again) == variant.id and spec_problem(json.loads(stored)) is None
         assert render_call([again]) == render_call([variant.spec])
         assert batch_key(again) == batch_key(variant.spec)
-        assert a1111_parameters(again) == a1111_parameters(variant.spec)
+        lora_hashes = ["0123456789ab"] * len(again.recipe.loras)  # from files: not the spec
+        assert a1111_parameters(again, lora_hashes) == a1111_parameters(variant.spec,
+                                                                        lora_hashes)
     refine = json.loads(plan.variants[0].spec_json)["recipe"]["refine"]
     assert refine["hires"] == {"factor": 2.0, "upscaler": "latent", "denoise": 0.5, "steps": 8,
                                "seed_offset": 0}
@@ -324,19 +326,19 @@ def test_the_refined_masters_have_the_delivery_size_and_say_how_they_were_made(r
 
 
 def test_exports_are_cut_from_the_refined_master(refined):
-    _, out, campaign = refined
+    path, out, campaign = refined
+    lora_hashes = LoraHashes(load_campaign(path).files().path)
     rows = ledger_rows(out, "SELECT r.output_path, r.variant_json, e.name, e.path, e.width, "
                        "e.height FROM exports e JOIN renders r ON r.id = e.render_id")
     assert len(rows) == 4
     specs = {spec["name"]: spec for specs in campaign["postprocess"]["exports"].values()
              for spec in specs}
-    for output_path, variant_json, name, path, width, height in rows:
+    for output_path, variant_json, name, export_path, width, height in rows:
         spec = VariantSpec.from_json(variant_json)
-        metadata, xmp = file_metadata(spec)
         with Image.open(out / output_path) as master:
-            # No face in the demo's images: the crop follows the detail, as in the render.
-            again = export_image(master, ExportSpec(**specs[name]), metadata, xmp, faces=())
-        assert again == (out / path).read_bytes()
+            again = {export.name: data
+                     for export, data in export_files(master, spec, lora_hashes.of(spec))}
+        assert again[name] == (out / export_path).read_bytes()
         assert (width, height) == (specs[name]["width"], specs[name]["height"])
 
 

@@ -24,8 +24,8 @@ def _sha(number: int) -> str:
 
 def _run(ledger: Ledger, variants: list[str], statuses: list[str],
          shas: list[str] | None = None) -> tuple[str, list[int]]:
-    run_id = ledger.start_run(campaign="c", campaign_file="c.yaml", recipe_name="r",
-                              recipe_version=1, executor="local", environment={"device": "x"},
+    run_id = ledger.start_run(campaign="c", campaign_file="c.yaml", recipes=[("r", 1)],
+                              executor="local", environment={"device": "x"},
                               variant_ids=variants, to_render=set(variants))
     environment = ledger.record_environment({"device": "x"})
     render_ids = [ledger.add_render(RenderRecord(
