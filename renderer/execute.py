@@ -388,10 +388,15 @@ class RunRecorder:
             self.committed += 1
 
     def report(self, failed: Sequence[FailedImage]) -> None:
-        """Images that could not be finished: said now, the run fails once the rest is in."""
+        """Images that could not be finished: said now, the run fails once the rest is in
+        (a co-member's file is done and stays: only its comparison is lost)."""
         for item in failed:
+            if item.co_member:
+                self.log(f"co-member {item.describe()}: not compared; its file is left as "
+                         "it is")
+                continue
             self.log(f"{item.describe()}: not written; the next run renders it again")
-        self.failed.extend(failed)
+            self.failed.append(item)
 
     def raise_failures(self) -> None:
         if not self.failed:

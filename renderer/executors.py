@@ -1,25 +1,22 @@
 """Where jobs are produced: the ``Executor`` protocol and the local executors.
 
 An executor runs the worker's stages (``renderer.produce.Worker``: render → finish →
-write) on jobs (one pipeline call's batch each) and yields what each produced, in job
-order; the driver (``renderer.execute``) commits it to the ledger. The local executors do
-this in-process — ``LocalExecutor`` one stage after the other, ``PipelinedExecutor`` with
-the denoiser rendering the next batch while this one is finished — and
-``renderer.ray_executor`` on Ray actors; all of them run the same worker.
+write) on jobs (one pipeline call's batch each) and yields what each produced; the driver
+(``renderer.execute``) commits it to the ledger. The local executors do this in-process,
+in job order — ``LocalExecutor`` one stage after the other (``render.pipeline: false``),
+``PipelinedExecutor`` (the default) with the denoiser rendering the next batch while this
+one is finished — and ``renderer.ray_executor`` on Ray actors, each overlapping its stages
+as the pipelined executor does; all of them run the same worker.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 from .inputs import Campaign
-from .produce import FinishedJob, Job, JobResult, RenderedJob
+from .produce import FINISH_THREADS, Job, JobResult, OverlappedStages
 
 Log = Callable[[str], None]
 
@@ -62,71 +59,36 @@ class LocalExecutor:
         """Nothing to release: the models go with the process."""
 
 
-# Jobs between the start of their render and the end of their finish: one is finished
-# while the next renders. More would not keep the denoiser busier (a finish shorter than a
-# render is done by then), only hold more images in memory.
-JOBS_IN_FLIGHT = 2
-# Threads finishing one batch's images side by side (post-processing, encoding): OpenCV,
-# Pillow's encoders and torch release the GIL.
-FINISH_THREADS = min(4, os.cpu_count() or 1)
-
-
 class PipelinedExecutor(LocalExecutor):
-    """Produces batches in this process with the stages overlapped: a render thread runs
-    the denoiser on batch N+1 while a finish thread post-processes, scores and encodes
-    batch N (its images side by side on ``FINISH_THREADS``), and this thread writes batch
-    N's files and yields it. Results come in job order, and the stages are the serial
-    path's own (``Worker.render``, ``finish``, ``write``), so files, rows and decisions are
-    the same. Files are written here, right before the driver commits them, so a kill
-    leaves as few files without their row as the serial path does (at most one job's)."""
+    """Produces batches in this process with the stages overlapped
+    (``renderer.produce.OverlappedStages``): the denoiser renders batch N+1 on this thread
+    while a pool post-processes, scores and encodes batch N; batch N is then written and
+    yielded. Results come in job order from the serial path's own stages, so files, rows
+    and decisions are the same; a render that raises or is interrupted first hands over
+    the batch before it, finished, as the serial path would have committed it."""
 
     def __init__(self, campaign: Campaign, out_dir: Path, log: Log):
         super().__init__(campaign, out_dir, log)
-        self.log = log
-        log(f"local executor: pipelined (rendering overlaps post-processing, "
-            f"{FINISH_THREADS} finishing thread(s); render.pipeline: false turns it off)")
+        log(f"local executor: pipelined (rendering overlaps post-processing on "
+            f"{FINISH_THREADS} thread(s); render.pipeline: false renders one batch after the "
+            "other)")
 
     def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
-        stopping = threading.Event()  # set: start no render, finish nothing more
-        in_flight: deque[tuple[Future[RenderedJob | None], Future[FinishedJob | None]]] = deque()
-        with ThreadPoolExecutor(1, thread_name_prefix="render") as denoiser, \
-                ThreadPoolExecutor(1, thread_name_prefix="finish") as finisher, \
-                ThreadPoolExecutor(FINISH_THREADS, thread_name_prefix="finish-image") as images:
-
-            def render(job: Job) -> RenderedJob | None:
-                return None if stopping.is_set() else self.worker.render(job)
-
-            def finish(rendering: Future[RenderedJob | None]) -> FinishedJob | None:
-                rendered = rendering.result()  # a render's error is raised here, in order
-                if rendered is None or stopping.is_set():
-                    return None
-                return self.worker.finish(rendered, images.map)
-
-            def written(finishing: Future[FinishedJob | None]) -> JobResult:
-                finished = finishing.result()
-                assert finished is not None, "only a stopped pipeline drops a job"
-                return self.worker.write(finished, self.out_dir)
-
-            try:
-                for job in jobs:
-                    if len(in_flight) == JOBS_IN_FLIGHT:
-                        yield written(in_flight.popleft()[1])
-                    rendering = denoiser.submit(render, job)
-                    in_flight.append((rendering, finisher.submit(finish, rendering)))
-                while in_flight:
-                    yield written(in_flight.popleft()[1])
-            except KeyboardInterrupt:
-                self.log("interrupted: waiting for the batch being rendered to end (its "
-                         "images are not written)")
-                raise
-            finally:
-                # On an error, an interrupt or the driver closing this generator: nothing
-                # after the job that failed is written, and the threads are joined on the
-                # way out of the pools (the batch being rendered runs to its end).
-                stopping.set()
-                for rendering, finishing in in_flight:
-                    rendering.cancel()
-                    finishing.cancel()
+        stages = OverlappedStages(self.worker, self.out_dir)
+        try:
+            for job in jobs:
+                try:
+                    result = stages.push(job)
+                except BaseException:  # an error or Ctrl-C in the render: keep the batch before
+                    if (finished := stages.drain()) is not None:
+                        yield finished
+                    raise
+                if result is not None:
+                    yield result
+            if (result := stages.drain()) is not None:
+                yield result
+        finally:
+            stages.close()
 
 
 def resolve_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:

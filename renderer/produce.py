@@ -31,6 +31,7 @@ references' embeddings, the post-process library's imports, logos and fonts.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -100,17 +101,20 @@ class Produced:
 
 @dataclass(frozen=True)
 class FailedImage:
-    """An image the finish stage could not make: not written, so the next run renders it."""
+    """An image the finish stage could not make: not written, so the next run renders it
+    (a co-member's file stays as it is, only its comparison is lost)."""
 
     variant: Variant
     step: str  # postprocess, score or write (the encoding)
     error: str  # the exception and the line that raised it
+    co_member: bool = False
 
     @classmethod
-    def of(cls, variant: Variant, step: str, error: Exception) -> FailedImage:
+    def of(cls, variant: Variant, step: str, error: Exception, job: Job) -> FailedImage:
         where = traceback.extract_tb(error.__traceback__)[-1]
         return cls(variant, step, f"{type(error).__name__}: {error} (at "
-                                  f"{Path(where.filename).name}:{where.lineno})")
+                                  f"{Path(where.filename).name}:{where.lineno})",
+                   co_member=variant.id not in job.write)
 
     def describe(self) -> str:
         return f"{self.variant.output_path} ({self.step}: {self.error})"
@@ -269,10 +273,13 @@ class Scoring:
     def __init__(self, campaign: Campaign):
         from postprocess.scoring import ClipScorer
 
+        from .render import BUILDING_MODELS
+
         clip, scoring = campaign.clip, campaign.spec.scoring
-        self.scorer = ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size) \
-            if clip.folder is not None else ClipScorer.from_pretrained(
-                clip.name, clip.pretrained, batch_size=scoring.batch_size)
+        with BUILDING_MODELS:  # not while diffusers builds one (start-up runs beside it)
+            self.scorer = ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size) \
+                if clip.folder is not None else ClipScorer.from_pretrained(
+                    clip.name, clip.pretrained, batch_size=scoring.batch_size)
         self.brand: BrandKit = campaign.brand
         self.palette_delta_e = scoring.palette_delta_e
         self.logo = open_image(campaign.brand.logo.path, "RGBA")
@@ -401,7 +408,7 @@ class Worker:
             try:
                 return finish_image(image, variant.spec, self.assets, detect(image))
             except Exception as err:  # this image's own failure: the batch goes on
-                return FailedImage.of(variant, "postprocess", err)
+                return FailedImage.of(variant, "postprocess", err, job)
 
         done = list(map_images(post_processed, job.batch, [image for image, _ in rendered.images]))
         failed = [item for item in done if isinstance(item, FailedImage)]
@@ -409,7 +416,7 @@ class Worker:
                    zip(job.batch, rendered.images, done, strict=True) if isinstance(item, Finished)]
         steps["postprocess"], clock = time.perf_counter() - clock, time.perf_counter()
         scored, unscored = score_images(scoring, [(variant, item) for variant, _, item in members
-                                                  if variant.id in job.write])
+                                                  if variant.id in job.write], job)
         failed += unscored
         members = [member for member in members
                    if member[0].id in scored or member[0].id not in job.write]
@@ -426,7 +433,7 @@ class Worker:
                     return EncodedImage(variant, call, master)
                 exports = tuple(export_files(image.image, variant.spec, hashes))
             except Exception as err:  # this image's own failure: the batch goes on
-                return FailedImage.of(variant, "write", err)
+                return FailedImage.of(variant, "write", err, job)
             scores, embedding = scored[variant.id]
             return EncodedImage(variant, call, master, exports, scores, embedding)
 
@@ -499,8 +506,8 @@ def export_files(master: Image.Image, spec: VariantSpec,
             for export in exports]
 
 
-def score_images(scoring: Scoring | None, images: Sequence[tuple[Variant, Finished]]
-                 ) -> tuple[dict[str, Scored], list[FailedImage]]:
+def score_images(scoring: Scoring | None, images: Sequence[tuple[Variant, Finished]],
+                 job: Job) -> tuple[dict[str, Scored], list[FailedImage]]:
     """Each image's scores and CLIP embedding by variant id, from one scoring call (no
     scorer: no scores); when that call raises, each of its images has failed."""
     if scoring is None or not images:
@@ -509,10 +516,57 @@ def score_images(scoring: Scoring | None, images: Sequence[tuple[Variant, Finish
         scores, embeddings = scoring.score([variant for variant, _ in images],
                                            [image for _, image in images])
     except Exception as err:
-        return {}, [FailedImage.of(variant, "score", err) for variant, _ in images]
+        return {}, [FailedImage.of(variant, "score", err, job) for variant, _ in images]
     return {variant.id: (image_scores, embedding.astype("<f4").tobytes())
             for (variant, _), image_scores, embedding in zip(images, scores, embeddings,
                                                              strict=True)}, []
+
+
+# Threads finishing one batch's images side by side (post-processing, encoding): OpenCV,
+# Pillow's encoders and torch release the GIL, so threads do and no process (nor the
+# copying of images to it) is needed; bench/overlap_bench.py measures that this keeps up.
+FINISH_THREADS = min(4, os.cpu_count() or 1)
+
+
+class OverlappedStages:
+    """A worker's stages with one job's finish overlapping the next job's render: ``push``
+    renders a job on the calling thread while the job pushed before it is finished on a
+    thread of its own, then writes that one and returns its result; ``drain`` writes the
+    last. At most two jobs' images are held (one rendering, one finishing), so memory stays
+    flat. The denoiser runs on the caller's thread, so Ctrl-C stops it mid-batch as in the
+    serial path; the files of a job are written right before its result is handed back
+    for the driver to commit, so a kill leaves as few files without a row as there.
+
+    The local pipelined executor and each Ray actor run their jobs through one of these:
+    the same stages as ``Worker.produce``, so the same bytes, rows and decisions."""
+
+    def __init__(self, worker: Worker, out_dir: Path, threads: int = FINISH_THREADS):
+        self.worker, self.out_dir = worker, out_dir
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finish")
+        self._images = ThreadPoolExecutor(threads, thread_name_prefix="finish-image")
+        self._finishing: Future[FinishedJob] | None = None
+
+    def push(self, job: Job) -> JobResult | None:
+        """Render ``job``, then write the job pushed before it (None for the first) and
+        start finishing this one. If the render raises, the job before it is still
+        finishing: ``drain`` writes it, as the serial path would have."""
+        rendered = self.worker.render(job)
+        result = self.drain()
+        self._finishing = self._finisher.submit(self.worker.finish, rendered, self._images.map)
+        return result
+
+    def drain(self) -> JobResult | None:
+        """Wait for the job being finished and write it (None when there is none)."""
+        finishing, self._finishing = self._finishing, None
+        return None if finishing is None else self.worker.write(finishing.result(),
+                                                                self.out_dir)
+
+    def close(self) -> None:
+        """Drop a job still finishing (not written: the next run renders it) and end the
+        threads once what runs on them is done."""
+        self._finishing = None
+        self._finisher.shutdown(cancel_futures=True)
+        self._images.shutdown(cancel_futures=True)
 
 
 def prepare_in_background(campaign: Campaign, assets: Assets) -> Future[Scoring]:

@@ -124,7 +124,9 @@ def test_an_image_whose_postprocessing_raises_fails_alone(pipeline, serial, tmp_
     log = []
     resumed = render(project, out, log)
     assert resumed.rendered == 1 and resumed.failed == 0
-    assert not any("co-member" in line for line in log), log  # its batch mate: same bytes
+    # Its batch mate rendered again beside it as a co-member, with the same bytes.
+    assert any("co-members: 1 done image(s) render again" in line for line in log), log
+    assert not any("with other bytes" in line for line in log), log
     rows = ledger_rows(out, "SELECT variant_id, COUNT(*) FROM renders GROUP BY variant_id")
     assert len(rows) == 6 and {count for _, count in rows} == {1}
     assert files_of(out) == files_of(serial)
