@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .inputs import Campaign
 from .produce import FINISH_THREADS, Job, JobResult, OverlappedStages
+
+if TYPE_CHECKING:
+    from .produce import Worker
 
 Log = Callable[[str], None]
 
@@ -39,11 +42,14 @@ class Executor(Protocol):
 class LocalExecutor:
     """Produces batches in this process, one after the other."""
 
-    def __init__(self, campaign: Campaign, out_dir: Path, log: Log):
+    def __init__(self, campaign: Campaign, out_dir: Path, log: Log,
+                 worker: Worker | None = None):
+        """``worker``: the campaign's own by default (bench/overlap_bench.py gives one with
+        a renderer that only holds the batch, as an accelerator would)."""
         from .produce import Worker
 
         self.campaign = campaign
-        self.worker, self.out_dir = Worker.for_campaign(campaign, log), out_dir
+        self.worker, self.out_dir = worker or Worker.for_campaign(campaign, log), out_dir
 
     def environment(self) -> dict[str, Any]:
         return self.worker.environment()
@@ -67,8 +73,9 @@ class PipelinedExecutor(LocalExecutor):
     and decisions are the same; a render that raises or is interrupted first hands over
     the batch before it, finished, as the serial path would have committed it."""
 
-    def __init__(self, campaign: Campaign, out_dir: Path, log: Log):
-        super().__init__(campaign, out_dir, log)
+    def __init__(self, campaign: Campaign, out_dir: Path, log: Log,
+                 worker: Worker | None = None):
+        super().__init__(campaign, out_dir, log, worker)
         log(f"local executor: pipelined (rendering overlaps post-processing on "
             f"{FINISH_THREADS} thread(s); render.pipeline: false renders one batch after the "
             "other)")

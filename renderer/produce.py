@@ -493,15 +493,16 @@ def export_files(master: Image.Image, spec: VariantSpec,
     """Each channel export of a master image, with the variant's metadata: a function of
     the master's pixels, the spec and its LoRAs' A1111 hashes (``LoraHashes.of``) alone, so
     it is rebuilt from the master file exactly.
-    Faces (the crop keeps them) are detected on the master, once, when a channel crops."""
+    Faces (the crop keeps them) are detected on the master, once, when a channel crops
+    (one of another aspect; one of the same aspect is only resized)."""
     exports = spec.postprocess.exports or []
     if not exports:
         return []
-    from postprocess.export import export_image
+    from postprocess.export import crop_size, export_image
 
     metadata, xmp = file_metadata(spec, lora_hashes)
-    faces = detect(master) if any((export.width, export.height) != master.size
-                                  for export in exports) else ()
+    faces = detect(master) if any(crop_size(master.size, export.width / export.height)
+                                  != master.size for export in exports) else ()
     return [(export, export_image(master, export, metadata, xmp, faces=faces))
             for export in exports]
 

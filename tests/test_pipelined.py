@@ -120,13 +120,25 @@ def test_an_image_whose_postprocessing_raises_fails_alone(pipeline, serial, tmp_
     assert ledger_rows(out, "SELECT status FROM runs") == [("error",)]
     assert list(out.rglob(".tmp-*")) == []
 
-    monkeypatch.setattr(produce, "finish_image", real_finish)
+    # Resumed, it renders beside its batch mate (a co-member, done): the mate's finish
+    # raising now loses only its comparison, the run passes and its file stays.
+    mate = next(variant for variant in cut_batches(make_plan(load_campaign(
+        project.campaign_path)).variants, {"sd15": BATCH})[1] if variant.id != doomed.id)
+    mate_file = (out / mate.output_path).read_bytes()
+
+    def mate_fails(image, spec, assets, faces):
+        if spec.seed == mate.seed and spec.to_json() == mate.spec.to_json():
+            raise ValueError("injected co-member fault")
+        return real_finish(image, spec, assets, faces)
+
+    monkeypatch.setattr(produce, "finish_image", mate_fails)
     log = []
     resumed = render(project, out, log)
     assert resumed.rendered == 1 and resumed.failed == 0
-    # Its batch mate rendered again beside it as a co-member, with the same bytes.
     assert any("co-members: 1 done image(s) render again" in line for line in log), log
-    assert not any("with other bytes" in line for line in log), log
+    assert any(line.startswith(f"co-member {mate.output_path}") and "not compared" in line
+               for line in log), log
+    assert (out / mate.output_path).read_bytes() == mate_file
     rows = ledger_rows(out, "SELECT variant_id, COUNT(*) FROM renders GROUP BY variant_id")
     assert len(rows) == 6 and {count for _, count in rows} == {1}
     assert files_of(out) == files_of(serial)
@@ -134,10 +146,13 @@ def test_an_image_whose_postprocessing_raises_fails_alone(pipeline, serial, tmp_
     assert ledger_rows(out, by_variant) == ledger_rows(serial, by_variant)
 
 
-def test_a_render_that_raises_stops_after_the_batches_before_it(serial, tmp_path,
+@pytest.mark.parametrize("fault", [RuntimeError("injected device fault"), KeyboardInterrupt()],
+                         ids=["error", "ctrl-c"])
+def test_a_render_that_raises_stops_after_the_batches_before_it(fault, serial, tmp_path,
                                                                monkeypatch, one_thread):
-    """The second batch's pipeline call raises: the first batch is committed (as the serial
-    path would have it), the third is neither written nor committed."""
+    """The second batch's pipeline call raises, or Ctrl-C lands in it: the first batch
+    (finishing meanwhile) is committed, as the serial path would have it, the third is
+    neither rendered, written nor committed, and the run is recorded as stopped."""
     from renderer.render import DiffusersRenderer
 
     project = project_at(tmp_path, pipeline=True)
@@ -146,13 +161,17 @@ def test_a_render_that_raises_stops_after_the_batches_before_it(serial, tmp_path
     def call(self, pipe, arguments):
         calls.append(len(calls))
         if len(calls) == 2:
-            raise RuntimeError("injected device fault")
+            raise fault
         return real_call(self, pipe, arguments)
 
     monkeypatch.setattr(DiffusersRenderer, "_call", call)
-    with pytest.raises(RenderFailure, match="injected device fault"):
+    with pytest.raises(KeyboardInterrupt if isinstance(fault, KeyboardInterrupt)
+                       else RenderFailure, match=str(fault) or None):
         render(project, tmp_path / "out")
     out = tmp_path / "out"
+    assert len(calls) == 2
+    assert ledger_rows(out, "SELECT status FROM runs") == [("error",)]
+    assert list(out.rglob(".tmp-*")) == []
     first = [row[:3] for row in ledger_rows(serial, ROWS)][:BATCH]
     assert [row[:3] for row in ledger_rows(out, ROWS)] == first
     written = {path for _, path, _ in first} | {row[2] for row in ledger_rows(out, EXPORTS)}
