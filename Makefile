@@ -35,9 +35,12 @@ system-deps:
 	  { echo "error: the tests need$$missing and apt-get could not install them ($(SYSTEM_PACKAGES))"; exit 1; }; \
 	fi
 
+# One test process per core (pytest-xdist), a test file's tests in the same process so
+# its module fixtures are built once.
+TEST_WORKERS ?= $(shell nproc)
 test: $(DEMO_MODELS) system-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(DEMO_MODELS)
 	$(BIN)/python bench/run.py
@@ -45,6 +48,7 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/ray_bench.py
 	$(BIN)/python bench/ledger_bench.py
 	$(BIN)/python bench/validate_bench.py
+	$(BIN)/python bench/startup_bench.py
 	$(BIN)/python bench/review_bench.py
 	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/upscale_bench.py

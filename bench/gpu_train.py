@@ -2,7 +2,7 @@
 full-size SDXL and Flux-dev, one CUDA GPU.
 
 The architectures are the published ones with random weights, built straight on the GPU in
-bf16 by ``bench/gpu_fullsize.py`` (its config dicts and builder; speed does not depend on
+bf16 by ``bench/gpu_suite.py`` (its config dicts and builder; speed does not depend on
 weight values, so nothing is downloaded); the VAE is cast to float32 as the engine loads it.
 The engine then trains with its real code path (``train(..., pipeline=...)``): rank 16 on the
 family's default targets, 1024² images (drawn here; buckets never upscale), batch 1, bf16
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import itertools
 
-import gpu_fullsize
+import gpu_suite
 
 from renderer.hashing import sha256_file
 from renderer.training import (
@@ -83,7 +83,7 @@ def describe(pipe, folder: Path) -> None:
 def run_family(family: str, args, device: str) -> dict:
     torch.manual_seed(0)
     started = time.perf_counter()
-    pipe, _, params = gpu_fullsize.build_pipeline(family, device, torch.bfloat16, args.smoke)
+    pipe, _, params = gpu_suite.build_pipeline(family, device, torch.bfloat16, args.smoke)
     pipe.vae.to(torch.float32)
     build_s = time.perf_counter() - started
     size = 64 if args.smoke else 1024
@@ -113,7 +113,7 @@ def run_family(family: str, args, device: str) -> dict:
     step_times = [later - earlier for earlier, later in itertools.pairwise(stamps)]
     report = {
         "family": family, "size": size, "rank": RANK, "batch": 1, "dtype": "bf16",
-        "gradient_checkpointing": True, "steps": args.steps, "device": gpu_fullsize.device_name(
+        "gradient_checkpointing": True, "steps": args.steps, "device": gpu_suite.device_name(
             device), "params": params, "build_s": build_s,
         "first_step_s": result.timings["steps"] - sum(step_times),
         "s_per_step": statistics.median(step_times[1:] or step_times),
@@ -142,9 +142,9 @@ def main() -> None:
     else:
         sys.exit("gpu_train: no CUDA device. This benchmark needs a GPU; "
                  "use --smoke to check the code path on CPU.")
-    gpu_fullsize.diffusers.utils.logging.set_verbosity_error()
-    gpu_fullsize.transformers.utils.logging.set_verbosity_error()
-    print(f"device: {gpu_fullsize.device_name(device)} | torch {torch.__version__} | "
+    gpu_suite.diffusers.utils.logging.set_verbosity_error()
+    gpu_suite.transformers.utils.logging.set_verbosity_error()
+    print(f"device: {gpu_suite.device_name(device)} | torch {torch.__version__} | "
           + ("SMOKE: tiny configs, not a measurement" if args.smoke else "full-size, bf16"),
           flush=True)
     results = []

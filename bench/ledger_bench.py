@@ -57,8 +57,9 @@ def thousand_variant_campaign(folder: Path) -> Path:
     return path
 
 
-def populate_with_stubs(campaign: Path, out: Path) -> float:
-    """The real execute path with the two model seams stubbed (see the module docstring)."""
+def populate_with_stubs(campaign: Path, out: Path, variants: int = 1000) -> float:
+    """The real execute path with the two model seams stubbed (see the module docstring):
+    ``campaign``'s ``variants`` images into ``out``; returns the seconds it took."""
     from PIL import Image
 
     import postprocess.scoring as scoring
@@ -66,8 +67,9 @@ def populate_with_stubs(campaign: Path, out: Path) -> float:
     from renderer.execute import render_campaign
 
     class FlatRenderer:
-        def __init__(self, options=None, *, log=None):
+        def __init__(self, options=None, *, allow_pickle=False, log=None):
             self.options, self.device, self.dtype_name = options, "cpu", "float32"
+            self.load_seconds = 0.0  # nothing loads
 
         def fingerprint(self):
             return {"device": "stub (ledger benchmark)", "threads": os.cpu_count()}
@@ -95,7 +97,7 @@ def populate_with_stubs(campaign: Path, out: Path) -> float:
     scoring.ClipScorer.from_folder = classmethod(lambda cls, *args, **kwargs: FixedScorer())
     started = time.perf_counter()
     summary = render_campaign(campaign, out, log=lambda _: None, show_progress=False)
-    assert summary.rendered == 1000, summary
+    assert summary.rendered == variants, summary
     return time.perf_counter() - started
 
 

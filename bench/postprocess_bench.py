@@ -30,22 +30,27 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from postprocess.export import ExportSpec, export_image
+from postprocess.export import export_image
 from postprocess.faces import count_faces, detect_faces
 from postprocess.metrics import logo_score, palette_adherence
-from postprocess.overlay import LogoPlacement, logo_box, overlay_logo
-from postprocess.retouch import (
+from postprocess.overlay import logo_box, overlay_logo
+from postprocess.parameters import (
     BrandGrade,
-    BrandReference,
     Denoise,
+    ExportSpec,
     ExposureNormalisation,
+    LogoPlacement,
     Sharpen,
     SkinSmoothing,
     WhiteBalance,
+)
+from postprocess.retouch import (
+    BrandReference,
     apply_retouch,
 )
 from postprocess.scoring import ClipScorer
-from postprocess.text import TextBlock, overlay_text
+from postprocess.text import overlay_text
+from postprocess.text_layout import TextBlock
 from renderer.demo_models import build_tiny_clip
 from renderer.metadata import xmp_packet
 from tests.synthetic import draw_face, shapes, with_noise

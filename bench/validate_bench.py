@@ -9,21 +9,24 @@ Two figures per file, side by side:
   own start-up on this machine, for scale.
 
 The issue-11 target is a refusal in under 1 s for every file; the last line says whether
-every file met it.
+every file met it. ``--baseline DIR`` also times the command with another checkout's code
+(as ``bench/startup_bench.py`` does), alternating with this one's file by file.
 
-    .venv/bin/python bench/validate_bench.py [--runs N]
+    .venv/bin/python bench/validate_bench.py [--runs N] [--baseline DIR]
 """
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.ledger_bench import CAMPAIGN_BIN  # noqa: E402
+from bench.startup_bench import wall  # noqa: E402
+
 BAD = REPO / "tests" / "bad"
-CAMPAIGN = Path(sys.executable).parent / "campaign"
 TARGET_S = 1.0
 
 
@@ -34,13 +37,17 @@ def corpus() -> list[Path]:
 
 def in_process_seconds(path: Path, runs: int) -> float:
     from renderer.errors import CampaignError
+    from renderer.training_run import resolve
+    from renderer.training_spec import TrainingSpec
     from renderer.validate import load_any
 
     best = float("inf")
     for _ in range(runs):
         started = time.perf_counter()
         try:
-            load_any(path)
+            loaded = load_any(path)
+            if isinstance(loaded, TrainingSpec):
+                resolve(loaded)  # the engine's checks, as `campaign validate` runs them
         except CampaignError:
             pass
         else:
@@ -49,41 +56,44 @@ def in_process_seconds(path: Path, runs: int) -> float:
     return best
 
 
-def command_seconds(*command: str) -> tuple[float, int]:
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True)
-    return time.perf_counter() - started, done.returncode
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="in-process tries per file")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose command to "
+                        "time beside this one's, e.g. /work/main")
     args = parser.parse_args()
     files = corpus()
-    interpreter, _ = command_seconds(sys.executable, "-c", "pass")
+    trees = [REPO, *([args.baseline.resolve()] if args.baseline else [])]
+    for tree in trees:  # compiles and caches the bytecode: a refusal is timed from .pyc
+        wall([str(CAMPAIGN_BIN), "validate", str(files[0].relative_to(REPO))], tree, code=2)
+    interpreter = wall([sys.executable, "-c", "pass"], REPO)
     rows = []
     for path in files:
         inside = in_process_seconds(path, args.runs)
-        wall, code = command_seconds(str(CAMPAIGN), "validate", str(path.relative_to(REPO)))
-        if code != 2:
-            raise SystemExit(f"campaign validate {path} exited {code}, not 2")
-        rows.append((str(path.relative_to(BAD)), inside, wall))
-    width = max(len(name) for name, _, _ in rows)
-    print(f"{'file':<{width}}  in-process ms  command s")
-    for name, inside, wall in sorted(rows, key=lambda row: -row[2]):
-        print(f"{name:<{width}}  {inside * 1000:13.1f}  {wall:9.2f}")
-    walls = [wall for _, _, wall in rows]
-    insides = [inside for _, inside, _ in rows]
+        command = [str(CAMPAIGN_BIN), "validate", str(path.relative_to(REPO))]
+        before = wall(command, args.baseline.resolve(), code=2) if args.baseline else None
+        rows.append((str(path.relative_to(BAD)), inside, wall(command, REPO, code=2), before))
+    width = max(len(row[0]) for row in rows)
+    print(f"{'file':<{width}}  in-process ms  command s" + ("  baseline s" * bool(args.baseline)))
+    for name, inside, seconds, before in sorted(rows, key=lambda row: -row[2]):
+        print(f"{name:<{width}}  {inside * 1000:13.1f}  {seconds:9.2f}"
+              + (f"  {before:10.2f}" if before is not None else ""))
+    walls = [row[2] for row in rows]
+    insides = [row[1] for row in rows]
     print(f"\n{len(rows)} files; python -c pass {interpreter:.2f} s")
     print(f"in-process: median {statistics.median(insides) * 1000:.1f} ms, "
           f"max {max(insides) * 1000:.1f} ms")
     print(f"command:    median {statistics.median(walls):.2f} s, max {max(walls):.2f} s "
           f"({max(walls) / interpreter:.1f}× python start-up)")
-    slow = [name for name, _, wall in rows if wall >= TARGET_S]
+    if args.baseline:
+        befores = [row[3] for row in rows]
+        print(f"baseline:   median {statistics.median(befores):.2f} s, max {max(befores):.2f} s "
+              f"({args.baseline}; median baseline / this "
+              f"{statistics.median(before / seconds for _, _, seconds, before in rows):.2f}×)")
+    slow = [name for name, _, seconds, _ in rows if seconds >= TARGET_S]
     print(f"under {TARGET_S:.0f} s: {len(rows) - len(slow)}/{len(rows)}"
           + (f" — slow: {', '.join(slow)}" if slow else ""))
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

@@ -6,9 +6,12 @@ never the other way round), and it writes no files — functions return images, 
 bytes and the caller decides where they go. Parameter sets are declared once here
 (``postprocess.parameters``) and the renderer's file schema reuses them.
 
-The gate rules, logo overlay and report page import fast. The rest load OpenCV (retouch,
-faces, text, export, metrics, detail: ~0.1 s) or torch (scoring with open_clip, upscale
-with spandrel, hires: seconds), so their names are imported on first use.
+Only the gate rules (the standard library alone) load with the package; every other name
+is imported on first use, and each module imports what its own job needs: the parameter
+models pydantic; overlay, text layout, embedded metadata and the report page Pillow (and
+Jinja); consistency numpy; retouch, faces, text, export, metrics and detail OpenCV
+(~0.1 s); scoring, upscale and the hires latents torch (seconds). A command that reads
+files or the ledger loads none of the image stack.
 """
 
 from __future__ import annotations
@@ -28,17 +31,9 @@ from postprocess.gate_rules import (
     count_statuses,
     decide,
 )
-from postprocess.overlay import (
-    ANCHORS,
-    LogoPlacement,
-    SafeZone,
-    logo_box,
-    logo_in_safe_zone,
-    overlay_logo,
-)
-from postprocess.report_page import ReportGrid, ReportRow, ReportRun, report_html, xy_grid_png
 
 if TYPE_CHECKING:
+    from postprocess.consistency import consistency
     from postprocess.detail import (
         Detail,
         DetailPlan,
@@ -47,27 +42,35 @@ if TYPE_CHECKING:
         paste_details,
         plan_detail,
     )
-    from postprocess.export import ExportSpec, export_image, read_export_metadata, smart_crop
+    from postprocess.embedded_metadata import read_export_metadata
+    from postprocess.export import export_image, smart_crop
     from postprocess.faces import FaceDetection, count_faces, detect_faces
     from postprocess.hires import LATENT_MODES, hires_size, upscale_latents
-    from postprocess.metrics import consistency, logo_score, palette_adherence
-    from postprocess.retouch import (
+    from postprocess.metrics import logo_score, palette_adherence
+    from postprocess.overlay import logo_box, logo_in_safe_zone, overlay_logo
+    from postprocess.parameters import (
+        ANCHORS,
         OPERATIONS,
         BrandGrade,
-        BrandReference,
         Denoise,
+        ExportSpec,
         ExposureNormalisation,
+        LogoPlacement,
         RetouchStep,
+        SafeZone,
         Sharpen,
         SkinSmoothing,
         WhiteBalance,
-        apply_retouch,
     )
+    from postprocess.report_page import ReportGrid, ReportRow, ReportRun, report_html, xy_grid_png
+    from postprocess.retouch import BrandReference, apply_retouch
     from postprocess.scoring import BrandEmbeddings, ClipScorer, Scores
-    from postprocess.text import TextBlock, contrast_ratio, overlay_text
+    from postprocess.text import contrast_ratio, overlay_text
+    from postprocess.text_layout import TextBlock
     from postprocess.upscale import Tiling, load_upscaler, upscale_images
 
 _LAZY_MODULES = {
+    "postprocess.consistency": ("consistency",),
     "postprocess.detail": (
         "Detail",
         "DetailPlan",
@@ -76,24 +79,37 @@ _LAZY_MODULES = {
         "paste_details",
         "plan_detail",
     ),
-    "postprocess.export": ("ExportSpec", "export_image", "read_export_metadata", "smart_crop"),
+    "postprocess.embedded_metadata": ("read_export_metadata",),
+    "postprocess.export": ("export_image", "smart_crop"),
     "postprocess.faces": ("FaceDetection", "count_faces", "detect_faces"),
     "postprocess.hires": ("LATENT_MODES", "hires_size", "upscale_latents"),
-    "postprocess.metrics": ("consistency", "logo_score", "palette_adherence"),
-    "postprocess.retouch": (
+    "postprocess.metrics": ("logo_score", "palette_adherence"),
+    "postprocess.overlay": ("logo_box", "logo_in_safe_zone", "overlay_logo"),
+    "postprocess.parameters": (
+        "ANCHORS",
         "OPERATIONS",
         "BrandGrade",
-        "BrandReference",
         "Denoise",
+        "ExportSpec",
         "ExposureNormalisation",
+        "LogoPlacement",
         "RetouchStep",
+        "SafeZone",
         "Sharpen",
         "SkinSmoothing",
         "WhiteBalance",
-        "apply_retouch",
     ),
+    "postprocess.report_page": (
+        "ReportGrid",
+        "ReportRow",
+        "ReportRun",
+        "report_html",
+        "xy_grid_png",
+    ),
+    "postprocess.retouch": ("BrandReference", "apply_retouch"),
     "postprocess.scoring": ("BrandEmbeddings", "ClipScorer", "Scores"),
-    "postprocess.text": ("TextBlock", "contrast_ratio", "overlay_text"),
+    "postprocess.text": ("contrast_ratio", "overlay_text"),
+    "postprocess.text_layout": ("TextBlock",),
     "postprocess.upscale": ("Tiling", "load_upscaler", "upscale_images"),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY_MODULES.items() for name in names}

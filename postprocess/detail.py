@@ -22,7 +22,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from postprocess.imaging import Box, require_rgb, snap
+from postprocess.geometry import Box, snap
+from postprocess.imaging import require_rgb
 
 __all__ = ["Detail", "DetailPlan", "detail_crop", "mask_boxes", "paste_details", "plan_detail"]
 

@@ -11,8 +11,8 @@ Every format keeps what the PNG the renderer writes says about itself:
   resolution), so ``exiftool -validate`` has nothing to warn about. The XMP packet goes
   in APP1 / the ``XMP `` chunk, with every other key added as a ``campaign:KEY`` property.
 
-``read_export_metadata`` reads any of the three back. Encoding has no timestamps: equal
-inputs give equal bytes.
+``postprocess.embedded_metadata`` names the keys and reads any of the three back. Encoding
+has no timestamps: equal inputs give equal bytes.
 """
 
 from __future__ import annotations
@@ -20,56 +20,25 @@ from __future__ import annotations
 import io
 import re
 import struct
-import xml.etree.ElementTree as ElementTree
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Literal
 from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
 import piexif.helper
-from PIL import ExifTags, Image
-from pydantic import Field
+from PIL import Image
 
+from postprocess.embedded_metadata import CAMPAIGN_XMP_NAMESPACE, PARAMETERS_KEY, XMP_PNG_KEY
 from postprocess.faces import detect_faces
-from postprocess.imaging import Box, require_rgb, shrink_to
-from postprocess.parameters import Parameters
+from postprocess.geometry import Box
+from postprocess.imaging import require_rgb, shrink_to
+from postprocess.parameters import ExportSpec
 
-# The metadata every file carries, by key (the PNG text chunk names; README: "Outputs,
-# metadata, ledger"). JPEG and WebP keep PARAMETERS_KEY in EXIF and the others in XMP.
-PARAMETERS_KEY = "parameters"
-VARIANT_KEY = "campaign_variant"
-XMP_PNG_KEY = "XML:com.adobe.xmp"
-EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-MAX_SIDE = 16383  # WebP's largest side; PNG and JPEG allow more
-# A private namespace: ".invalid" is reserved, so the URI can never clash with a real one.
-CAMPAIGN_XMP_NAMESPACE = "http://ns.campaign-renderer.invalid/export/1.0/"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_USER_COMMENT_UNICODE = b"UNICODE\x00"  # EXIF character-code prefix; piexif's "unicode"
-_RDF_NAMESPACE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 _XML_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _MAX_KEY_LENGTH = 79  # the longest PNG text keyword
 _SALIENCY_SIDE = 256  # estimate where the subject is on a copy this many pixels across
-
-
-class ExportSpec(Parameters):
-    """One channel's file: its size, format and encoder settings."""
-
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="The channel, e.g. "
-                      "feed-square; exports go to OUT/CAMPAIGN/exports/NAME/.")
-    width: int = Field(ge=8, le=MAX_SIDE)
-    height: int = Field(ge=8, le=MAX_SIDE)
-    format: Literal["png", "jpeg", "webp"] = "png"
-    quality: int = Field(default=90, ge=1, le=100, description="JPEG and WebP: 1 (smallest) "
-                         "to 100 (best).")
-    png_compression: int = Field(default=1, ge=0, le=9, description="PNG, lossless: zlib "
-                                 "level 0-9 (with run-length coding, higher levels cost more "
-                                 "time for a few per cent).")
-
-    @property
-    def extension(self) -> str:
-        return EXTENSIONS[self.format]
 
 
 def crop_size(size: tuple[int, int], target_ratio: float) -> tuple[int, int]:
@@ -181,25 +150,6 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def read_export_metadata(data: bytes) -> dict[str, str]:
-    """The metadata keys of a file ``encode_image`` wrote, plus ``xmp`` (the packet)."""
-    with Image.open(io.BytesIO(data)) as image:
-        if image.format == "PNG":
-            text = dict(image.text)
-            xmp = text.pop(XMP_PNG_KEY, None)
-            return {**text, **({"xmp": xmp} if xmp else {})}
-        result: dict[str, str] = {}
-        comment = image.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
-        if isinstance(comment, bytes) and comment.startswith(_USER_COMMENT_UNICODE):
-            result[PARAMETERS_KEY] = comment[len(_USER_COMMENT_UNICODE) :].decode("utf-16-be")
-        xmp = image.info.get("xmp")
-    if xmp:
-        packet = xmp.decode("utf-8") if isinstance(xmp, bytes) else xmp
-        result.update(_xmp_properties(packet))
-        result["xmp"] = packet
-    return result
-
-
 def _user_comment_exif(text: str, size: tuple[int, int]) -> bytes:
     """An EXIF block with ``text`` as A1111's UserComment and the tags EXIF 2.32 requires
     of a JPEG (none time-dependent). The value is piexif's, as A1111 makes it; the block is
@@ -268,17 +218,6 @@ def _xmp_with_properties(xmp: str, properties: Mapping[str, str]) -> str:
     )
     head, tail = xmp.rsplit("</rdf:RDF>", 1)
     return f"{head}{description}</rdf:RDF>{tail}"
-
-
-def _xmp_properties(packet: str) -> dict[str, str]:
-    root = ElementTree.fromstring(packet)
-    prefix = "{" + CAMPAIGN_XMP_NAMESPACE + "}"
-    return {
-        element.tag[len(prefix) :]: element.text or ""
-        for description in root.iter(f"{{{_RDF_NAMESPACE}}}Description")
-        for element in description
-        if element.tag.startswith(prefix)
-    }
 
 
 def _detail_centroid(image: np.ndarray) -> tuple[float, float]:

@@ -23,7 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from postprocess.imaging import Box, require_rgb
+from postprocess.geometry import Box
+from postprocess.imaging import require_rgb
 
 FRONTAL_FACE_CASCADE = Path(__file__).parent / "data" / "haarcascade_frontalface_default.xml"
 _GATHER_BELOW = 0.25  # share of windows alive below which stages gather window by window

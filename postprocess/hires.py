@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from postprocess.imaging import snap
+from postprocess.geometry import snap
 
 if TYPE_CHECKING:
     import torch

@@ -2,18 +2,13 @@
 
 Array functions take and return RGB ``uint8`` numpy arrays of shape (height, width, 3);
 Pillow images convert with ``np.asarray(image.convert("RGB"))`` and back with
-``Image.fromarray(array)``. Boxes are (left, top, right, bottom) in pixels, right and
-bottom exclusive, as ``overlay.logo_box`` returns them.
+``Image.fromarray(array)``. Boxes in them are ``geometry.Box``.
 """
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
-
-Box = tuple[int, int, int, int]
 
 
 def require_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
@@ -40,8 +35,3 @@ def shrink_to(image: np.ndarray, side: int) -> np.ndarray:
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
-
-def snap(value: float, multiple: int) -> int:
-    """``value`` to the nearest multiple (halves up), at least one multiple: how every size
-    snaps to a model family's 8 or 16 (campaign sizes, hires targets)."""
-    return max(multiple, math.floor(value / multiple + 0.5) * multiple)

@@ -1,4 +1,5 @@
-"""Brand scores besides CLIP: palette adherence, logo in place, campaign consistency, faces.
+"""Brand scores besides CLIP: palette adherence, logo in place, faces (campaign
+consistency, from the CLIP embeddings alone, is ``postprocess.consistency``).
 
 Plain numpy and OpenCV, no model: each image-level measure works on a copy at most a few
 hundred pixels across (what it measures does not need more), so a batch of 1080×1080
@@ -17,14 +18,14 @@ import numpy as np
 from PIL import Image, ImageColor
 
 from postprocess.faces import count_faces
-from postprocess.imaging import Box, require_rgb
-from postprocess.overlay import SafeZone, logo_in_safe_zone
+from postprocess.geometry import Box
+from postprocess.imaging import require_rgb
+from postprocess.overlay import logo_in_safe_zone
+from postprocess.parameters import SafeZone
 
 __all__ = [
-    "Consistency",
     "LogoScore",
     "ciede2000",
-    "consistency",
     "count_faces",
     "logo_score",
     "palette_adherence",
@@ -37,7 +38,6 @@ PALETTE_SAMPLE_SIDE = 256
 PALETTE_BITS = 6
 LOGO_SEARCH_SIDE = 128  # search for the logo on a copy about this size (short side)
 LOGO_IN_PLACE_IOU = 0.5  # found and expected logo boxes must overlap at least this much
-OUTLIER_Z = -2.0
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -178,35 +178,6 @@ def logo_score(image: np.ndarray, logo: Image.Image, expected_box: Box) -> LogoS
         found_box=found,
         in_place=_iou(found, expected_box) >= LOGO_IN_PLACE_IOU,
     )
-
-
-@dataclass(frozen=True, eq=False)
-class Consistency:
-    cosines: np.ndarray  # each image's cosine to the campaign's mean embedding
-    z_scores: np.ndarray  # how many standard deviations each cosine lies from their mean
-    outliers: np.ndarray  # bool: z-score below the threshold
-
-
-def consistency(embeddings: np.ndarray, outlier_z: float = OUTLIER_Z) -> Consistency:
-    """Each embedding (one row per image) against the re-normalised mean of all of them.
-
-    Outliers need at least 3 images and some spread: with fewer, nothing is flagged.
-    """
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    if embeddings.ndim != 2 or len(embeddings) == 0:
-        raise ValueError(
-            f"embeddings have shape {embeddings.shape}; pass one row per image, e.g. "
-            "ClipScorer.embed_images(images)"
-        )
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    centroid = unit.mean(axis=0)
-    cosines = np.clip(unit @ (centroid / np.linalg.norm(centroid)), -1, 1)
-    spread = cosines.std()
-    if len(cosines) < 3 or spread < 1e-9:
-        z_scores = np.zeros_like(cosines)
-    else:
-        z_scores = (cosines - cosines.mean()) / spread
-    return Consistency(cosines=cosines, z_scores=z_scores, outliers=z_scores < outlier_z)
 
 
 def _iou(first: Box, second: Box) -> float:

@@ -6,63 +6,9 @@ of a campaign. The result depends only on the inputs (no randomness, fixed resam
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from typing import Literal, get_args
-
 from PIL import Image
-from pydantic import Field, model_validator
 
-from postprocess.parameters import Fraction, Parameters
-
-Anchor = Literal["top-left", "top-right", "bottom-left", "bottom-right", "center"]
-ANCHORS: tuple[str, ...] = get_args(Anchor)
-
-
-class LogoPlacement(Parameters):
-    """Where a logo goes: sizes are fractions of the image's short side."""
-
-    anchor: Anchor = "bottom-right"
-    margin: float = Field(default=0.05, ge=0.0, lt=0.5,
-                          description="Gap to the image edges, a fraction of the short side.")
-    scale: float = Field(default=0.2, gt=0.0, le=1.0,
-                         description="Logo width, a fraction of the short side.")
-
-
-class SafeZone(Parameters):
-    """The part of the frame brand marks must stay inside, as fractions of width and height
-    (e.g. a 9:16 story keeps clear of the top 14 % and bottom 20 %, where the app draws)."""
-
-    left: Fraction = 0.0
-    top: Fraction = 0.0
-    right: Fraction = 1.0
-    bottom: Fraction = 1.0
-
-    @model_validator(mode="after")
-    def _a_box(self) -> SafeZone:
-        if not (self.left < self.right and self.top < self.bottom):
-            raise ValueError(
-                f"safe zone ({self.left}, {self.top}, {self.right}, {self.bottom}) is not a box "
-                "inside the frame; give left < right and top < bottom"
-            )
-        return self
-
-    @classmethod
-    def from_box(cls, box: Sequence[float]) -> SafeZone:
-        """From [left, top, right, bottom], the form brand kits write it in."""
-        left, top, right, bottom = box
-        return cls(left=left, top=top, right=right, bottom=bottom)
-
-    def pixels(self, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
-        """The zone as a (left, top, right, bottom) pixel box; inner edges round inwards."""
-        width, height = image_size
-        # Rounded first: 0.14 * 200 is 28.000000000000004 in floating point, not 29 pixels.
-        return (
-            math.ceil(round(self.left * width, 6)),
-            math.ceil(round(self.top * height, 6)),
-            math.floor(round(self.right * width, 6)),
-            math.floor(round(self.bottom * height, 6)),
-        )
+from postprocess.parameters import LogoPlacement, SafeZone
 
 
 def logo_in_safe_zone(

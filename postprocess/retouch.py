@@ -13,88 +13,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import Field
 
 from postprocess.faces import detect_faces
-from postprocess.imaging import Box, require_rgb, shrink_to
-from postprocess.parameters import Fraction, Parameters
+from postprocess.geometry import Box
+from postprocess.imaging import require_rgb, shrink_to
+from postprocess.parameters import (
+    BrandGrade,
+    Denoise,
+    ExposureNormalisation,
+    RetouchStep,
+    Sharpen,
+    SkinSmoothing,
+    WhiteBalance,
+)
 
 ESTIMATE_SIDE = 256
 _LEVELS = np.arange(256, dtype=np.float64)
 # Rec. 709 weights on the encoded values: what "how bright does it look" means here.
 _LUMA_WEIGHTS = np.array([0.2126, 0.7152, 0.0722])
 _GAMMA_BISECTIONS = 24  # log-gamma to within 1e-7
-
-
-class WhiteBalance(Parameters):
-    """Gray-world: scale the channels so the image's mean colour becomes neutral."""
-
-    strength: Fraction = Field(default=1.0, description="0 leaves the image alone, 1 makes "
-                               "the mean exactly gray.")
-
-
-class ExposureNormalisation(Parameters):
-    """A gamma curve that moves the mean luminance to ``target`` (highlights never clip);
-    the gamma is bounded to [1/4, 4], so a near-black or near-white frame gets only close."""
-
-    target: float = Field(default=0.45, ge=0.05, le=0.95,
-                          description="Mean Rec. 709 luma as a fraction of white.")
-    strength: Fraction = Field(default=1.0, description="0 leaves the image alone, 1 reaches "
-                               "the target.")
-
-
-class BrandGrade(Parameters):
-    """Match each CIELAB channel's histogram to the brand references', blended by strength."""
-
-    strength: Fraction = Field(default=0.5, description="0 leaves the image alone, 1 matches "
-                               "the histograms fully.")
-
-
-class Denoise(Parameters):
-    """Edge-preserving noise removal: ``bilateral`` (fast) or ``nlmeans`` (non-local means:
-    stronger, about 1 s at 1080×1080)."""
-
-    method: Literal["bilateral", "nlmeans"] = "bilateral"
-    strength: float = Field(default=8.0, gt=0.0, le=50.0, description="bilateral: colour "
-                            "sigma of 4 × strength levels; nlmeans: its h.")
-    radius: int = Field(default=2, ge=1, le=10, description="bilateral: neighbourhood radius "
-                        "in pixels (nlmeans: fixed 7/21 windows).")
-
-
-class Sharpen(Parameters):
-    """Unsharp mask: add back ``amount`` × (image − blur), where the difference exceeds
-    ``threshold`` levels (so flat areas and their noise are left alone)."""
-
-    amount: float = Field(default=0.8, ge=0.0, le=5.0)
-    radius: float = Field(default=1.5, ge=0.3, le=20.0,
-                          description="Gaussian sigma of the blur, in pixels.")
-    threshold: int = Field(default=3, ge=0, le=255, description="Minimum |image − blur| in "
-                           "8-bit levels to sharpen a pixel.")
-
-
-class SkinSmoothing(Parameters):
-    """Bilateral smoothing inside detected faces, faded out at an elliptical edge."""
-
-    strength: Fraction = Field(default=0.7, description="Blend of the smoothed face over the "
-                               "original.")
-    feather: float = Field(default=0.15, gt=0.0, le=0.5, description="Width of the fade, as a "
-                           "fraction of the face size.")
-
-
-RetouchStep = WhiteBalance | ExposureNormalisation | BrandGrade | Denoise | Sharpen | SkinSmoothing
-# The operations by the name a campaign file gives them (``postprocess.retouch`` list items).
-OPERATIONS: dict[str, type[RetouchStep]] = {
-    "white_balance": WhiteBalance,
-    "exposure": ExposureNormalisation,
-    "brand_grade": BrandGrade,
-    "denoise": Denoise,
-    "sharpen": Sharpen,
-    "skin_smoothing": SkinSmoothing,
-}
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,57 +1,31 @@
-"""Headline and legal-line text: auto-fitted into a box, readable by WCAG 2.x contrast.
+"""Headline and legal-line text on an image, readable by WCAG 2.x contrast.
 
-The text colour is the palette colour with the best contrast against the pixels behind
+The lines and font size come from ``postprocess.text_layout`` (the largest that fits the
+box). The text colour is the palette colour with the best contrast against the pixels behind
 the glyphs. "Behind" is measured, not assumed: the glyph shapes, grown by a stroke, select
 the background pixels, and the contrast that counts is the 5th percentile over them
 (busy backgrounds have a few pixels as bright as the text; 95 % of the text's
 surroundings must reach the ratio). Only when no palette colour reaches 4.5:1 is a
 semi-opaque black or white scrim laid under the text, as light as will do.
-
-Without a brand font, Pillow's bundled scalable font is used: it ships with the pinned
-Pillow, so the pixels do not depend on the fonts a machine happens to have.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
-from PIL import Image, ImageColor, ImageDraw, ImageFont
+from PIL import Image, ImageColor, ImageDraw
 
-from postprocess.imaging import Box
+from postprocess.geometry import Box
+from postprocess.text_layout import LINE_SPACING, Font, TextBlock, block_height, fit
 
 MIN_CONTRAST = 4.5  # WCAG 2.x AA for normal text
-MIN_FONT_SIZE = 8
-MAX_LINES = {"headline": 2, "legal": 3}
-LINE_SPACING = 1.15  # line advance as a multiple of the font size
 SCRIM_OPACITIES = (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)
 _BEHIND_PERCENTILE = 5
 _BEHIND_SAMPLE = 4096
 _SCRIM_COLOURS = ((0, 0, 0), (255, 255, 255))
-
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
-
-
-@dataclass(frozen=True)
-class TextBlock:
-    text: str
-    role: Literal["headline", "legal"] = "headline"
-    font_path: Path | None = None  # the brand font (.ttf/.otf); None: Pillow's bundled font
-    align: Literal["left", "center", "right"] = "left"
-
-    def __post_init__(self) -> None:
-        if not self.text.strip():
-            raise ValueError(f"{self.role} text is empty; give the words to set, or drop the block")
-        if self.role not in MAX_LINES:
-            raise ValueError(f"text role {self.role!r} is not known; use headline or legal")
-        if self.align not in ("left", "center", "right"):
-            raise ValueError(f"text align {self.align!r} is not known; use left, center or right")
-        if self.font_path is not None and not Path(self.font_path).is_file():
-            raise ValueError(f"font file {self.font_path} does not exist; fix the path or omit it")
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +63,7 @@ def overlay_text(
             f"text box {box} is not inside the {image.width}x{image.height} image; "
             "pass (left, top, right, bottom) within it"
         )
-    font, lines = _fit(block, right - left, bottom - top)
+    font, lines = fit(block, right - left, bottom - top)
     font_size = int(font.size)
     # Everything below works on the box's own pixels; the rest of the image is untouched.
     region = np.array(image.convert("RGB").crop(box))
@@ -130,77 +104,12 @@ def overlay_text(
     )
 
 
-def text_fits(block: TextBlock, width: int, height: int) -> str | None:
-    """None when ``block`` fits a ``width`` × ``height`` box (at MIN_FONT_SIZE or larger);
-    else why not, in words (a plan can refuse a campaign before anything renders)."""
-    try:
-        _fit(block, width, height)
-    except ValueError as err:
-        return str(err)
-    return None
-
-
-def load_font(font_path: Path | None, size: int) -> Font:
-    if font_path is None:
-        return ImageFont.load_default(size=size)
-    return ImageFont.truetype(str(font_path), size=size)
-
-
-def _fit(block: TextBlock, width: int, height: int) -> tuple[Font, list[str]]:
-    """The largest font (binary search on size) whose wrapped lines fit width × height."""
-    fitted = None
-    low, high = MIN_FONT_SIZE, max(MIN_FONT_SIZE, int(height / LINE_SPACING))
-    while low <= high:
-        size = (low + high) // 2
-        font = load_font(block.font_path, size)
-        lines = _wrap(block.text, font, width)
-        fits = (
-            lines is not None
-            and len(lines) <= MAX_LINES[block.role]
-            and _block_height(font, len(lines)) <= height
-        )
-        if fits:
-            fitted, low = (font, lines), size + 1
-        else:
-            high = size - 1
-    if fitted is None:
-        raise ValueError(
-            f"{block.role} text {block.text!r} does not fit a {width}x{height} px box in "
-            f"{MAX_LINES[block.role]} lines even at {MIN_FONT_SIZE} px; enlarge the box or "
-            "shorten the text"
-        )
-    return fitted
-
-
-def _wrap(text: str, font: Font, width: int) -> list[str] | None:
-    """Greedy word wrap; None when a single word is wider than ``width``."""
-    lines: list[str] = []
-    for paragraph in text.splitlines() or [text]:
-        line = ""
-        for word in paragraph.split():
-            candidate = f"{line} {word}" if line else word
-            if font.getlength(candidate) <= width:
-                line = candidate
-            elif line and font.getlength(word) <= width:
-                lines.append(line)
-                line = word
-            else:
-                return None
-        lines.append(line)
-    return lines
-
-
-def _block_height(font: Font, line_count: int) -> int:
-    ascent, descent = font.getmetrics()
-    return round((line_count - 1) * font.size * LINE_SPACING) + ascent + descent
-
-
 def _coverage(size: tuple[int, int], font: Font, lines: Sequence[str], align: str) -> np.ndarray:
     """The glyphs' anti-aliased coverage (0..255) in a box of ``size``, centred vertically."""
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
     width, height = size
-    y = (height - _block_height(font, len(lines))) // 2
+    y = (height - block_height(font, len(lines))) // 2
     for line in lines:
         line_width = font.getlength(line)
         x = {"left": 0, "center": (width - line_width) / 2, "right": width - line_width}[align]

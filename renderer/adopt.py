@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from postprocess.export import ExportSpec
+from postprocess.parameters import ExportSpec
 
 from .errors import InputError
 from .hashing import sha256_file, sha256_json
@@ -93,7 +93,8 @@ def adopt(campaign: Campaign, variants: Sequence[Variant], out_dir: Path,
 def _adopt_export(variant: Variant, export: ExportSpec, data: bytes,
                   out_dir: Path) -> ExportFile:
     """An export already there with this variant's spec is kept; else it is rebuilt."""
-    from postprocess.export import EXTENSIONS, VARIANT_KEY, read_export_metadata
+    from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
+    from postprocess.parameters import EXTENSIONS
 
     path = out_dir / variant.export_path(export.name, EXTENSIONS[export.format])
     if path.is_file():

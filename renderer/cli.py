@@ -316,7 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .inputs import Campaign, Recipe
     from .terminal import printable
-    from .training_run import resolve
     from .training_spec import TrainingSpec
     from .validate import load_any
 
@@ -328,6 +327,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 say(f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
                     f"variants, recipe {loaded.recipe_refs})")
             elif isinstance(loaded, TrainingSpec):
+                from .training_run import resolve  # the ledger's modules: training specs only
+
                 training = resolve(loaded)  # the engine's own checks, at their lines
                 print(f"ok  {printable(path)}: training {printable(loaded.ref)} "
                       f"({loaded.spec.family} on {printable(loaded.base.ref)}, "
@@ -360,8 +361,8 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .estimate import estimate, load_estimates
+    from .matrix import axis_label
     from .plan import make_plan, sample_variants
-    from .run_report import axis_label
     from .validate import load_campaign
 
     plan = make_plan(load_campaign(args.campaign))

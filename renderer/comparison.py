@@ -35,7 +35,7 @@ __all__ = ["compare_run"]
 def compare_run(ledger: Ledger, run: RunRow, table: Mapping[str, Any]
                 ) -> list[RecipeComparison]:
     """One entry per recipe of ``run``, in the campaign's order."""
-    from postprocess.metrics import consistency
+    from postprocess.consistency import consistency
 
     rows = ledger.run_rows(run.id)
     groups: dict[str, list[RenderRow]] = {ref: [] for ref in run.recipes}

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from postprocess.gate_rules import (
     DEFAULT_RULES,
@@ -31,9 +29,13 @@ from postprocess.gate_rules import (
 )
 
 from .errors import InputError
-from .inputs import Campaign
 from .ledger import DecisionRecord, Ledger
 from .records import RenderRow, RunRow
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .inputs import Campaign
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def consistency_scores(rows: Sequence[RenderRow]) -> dict[str, dict[str, float]]
     mean of the rows of the same recipe (a campaign's recipe axis compares families whose
     looks differ by design; rows from before m003 have no embedding and get no run
     metrics)."""
-    from postprocess.metrics import consistency
+    from postprocess.consistency import consistency
 
     by_recipe: dict[tuple[str, int], list[RenderRow]] = {}
     for row in rows:
@@ -151,6 +153,8 @@ def consistency_scores(rows: Sequence[RenderRow]) -> dict[str, dict[str, float]]
 
 def embedding_matrix(rows: Sequence[RenderRow]) -> np.ndarray:
     """The stored CLIP embeddings of rows that have one, one row each."""
+    import numpy as np  # only here: reading a run's rules or decisions (report) needs none
+
     return np.stack([np.frombuffer(row.embedding, dtype="<f4") for row in rows])
 
 

@@ -40,9 +40,9 @@ from .atomic import TEMP_PREFIX, write_bytes_atomic
 from .errors import InputError
 from .hashing import sha256_bytes, sha256_file
 from .ledger import LEDGER_NAME, DeliveryFileRecord, Ledger, new_delivery_id, utc_now
+from .matrix import axis_label
 from .provenance import C2paSigner, sign_image
 from .records import DeliveryRow, RenderRow
-from .run_report import axis_label
 
 REQUIREMENTS = ("approved", "passed")
 MANIFEST_NAMES = ("manifest.json", "manifest.csv")

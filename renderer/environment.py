@@ -73,6 +73,18 @@ def differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) 
             for key in sorted((set(old) | set(new)) - _REQUESTED) if old.get(key) != new.get(key)]
 
 
+def pixel_option_differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any],
+                             changing_pixels: set[str]) -> list[str]:
+    """The render options among ``changing_pixels`` (opt-in because they change pixels)
+    whose recorded setting differs from this one's, by name; dtype is the resolved one."""
+    if recorded is None:
+        return []
+    old, new = _flatten(recorded), _flatten(current)
+    keys = {name: "dtype" if name == "dtype" else f"options.{name}" for name in changing_pixels}
+    return sorted(f"{name} ({old.get(key)} recorded, {new.get(key)} now)"
+                  for name, key in keys.items() if old.get(key) != new.get(key))
+
+
 def options_like(recorded: Mapping[str, Any] | None, known: set[str]) -> dict[str, Any]:
     """Render options that reproduce a recorded environment here: the recorded ones as
     given ('auto' stays 'auto'), unless here they would resolve to another device or dtype

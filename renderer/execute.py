@@ -24,7 +24,7 @@ from typing import Any
 from .decisions import campaign_gates, decide_run
 from .errors import CampaignError, InputError, RenderFailure
 from .executors import make_executor
-from .hashing import sha256_file, sha256_json
+from .hashing import hash_file, sha256_file, sha256_json
 from .inputs import Campaign, FileIndex, Recipe, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger, RenderRecord
 from .locking import hold_output_folder, recover_after_crash
@@ -33,7 +33,7 @@ from .produce import FailedImage, Job, Produced
 from .progress import Progress
 from .records import ExportRow, RenderRow
 from .terminal import say
-from .validate import hash_file, load_campaign
+from .validate import load_campaign
 
 Log = Callable[[str], None]
 

@@ -7,11 +7,15 @@
 * A folder's hash (a diffusers model folder) is the sha256 of the canonical JSON of
   ``{relative/posix/path: file sha256}`` over every file in it, hidden files excluded.
 * The A1111/Civitai short hash of a model is the first 10 hex digits of its hash.
+
+``hash_file`` hashes through one ``HashCache`` shared by the whole process (validation,
+pins, ``show``'s file states, reproduction's file search).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -77,7 +81,7 @@ class HashCache:
     Stored in SQLite at ``$CAMPAIGN_CACHE_DIR/hashes.sqlite`` (default
     ``$XDG_CACHE_HOME/campaign-renderer`` or ``~/.cache/campaign-renderer``). A cache that
     cannot be opened or written is skipped, never fatal: hashing just costs its full time.
-    One cache may be used from several threads (``validate.hash_file`` shares one): its
+    One cache may be used from several threads (``hash_file`` shares one): its
     connection is opened for any thread and used by one at a time; the hashing itself runs
     outside that lock.
     """
@@ -131,3 +135,13 @@ def default_cache_dir() -> Path:
         return Path(configured)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "campaign-renderer"
+
+
+@functools.cache
+def _shared_cache() -> HashCache:
+    return HashCache()
+
+
+def hash_file(path: Path) -> str:
+    """sha256 of a file or model folder through the shared hash cache."""
+    return _shared_cache().sha256_path(path)

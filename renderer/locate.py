@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .hashing import hash_file
 from .inputs import ResolvedFile
-from .validate import hash_file
 
 KeyPath = tuple[str | int, ...]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .hashing import sha256_file, sha256_json
+from .hashing import hash_file, sha256_file, sha256_json
 from .ledger import LEDGER_NAME, Ledger
 from .terminal import printable
 
@@ -59,7 +59,7 @@ def resolve_variant_id(ledger: Ledger, text: str) -> str:
 def variant_id_of_image(path: Path) -> str:
     """The variant id an image states: the hash of the ``campaign_variant`` JSON it carries
     (a master PNG, or a channel export in PNG, JPEG or WebP)."""
-    from postprocess.export import VARIANT_KEY, read_export_metadata
+    from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 
     try:
         text = read_export_metadata(path.read_bytes()).get(VARIANT_KEY)
@@ -78,8 +78,6 @@ def file_state(path: Path, recorded_sha256: str) -> str:
     """'ok', 'missing' or 'altered (sha256 …)' for a file the ledger recorded."""
     if not path.exists():
         return "missing"
-    from .validate import hash_file
-
     found = hash_file(path) if path.is_dir() else sha256_file(path)
     return "ok" if found == recorded_sha256 else f"altered (sha256 now {found})"
 

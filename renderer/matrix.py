@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from postprocess.imaging import snap
+from postprocess.geometry import snap
 
 from .hashing import canonical_json
 from .schema import MatrixSpec, OverrideRule, OverrideSet
@@ -89,3 +90,10 @@ def overrides_for(rules: Sequence[OverrideRule], axes: Mapping[str, Any]) -> Ove
                 merged[key] = {**merged.get(key, {}), **value} if key == "lora_weights" \
                     else value
     return OverrideSet.model_validate(merged)
+
+
+def axis_label(value: Any) -> str:
+    """How an axis value reads in a table: a mapping by its name, else its JSON."""
+    if isinstance(value, dict):
+        return str(value.get("name", json.dumps(value, sort_keys=True)))
+    return str(value)

@@ -29,8 +29,8 @@ from xml.sax.saxutils import escape, quoteattr
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from postprocess.export import PARAMETERS_KEY, VARIANT_KEY
-from postprocess.export import XMP_PNG_KEY as XMP_KEY
+from postprocess.embedded_metadata import PARAMETERS_KEY, VARIANT_KEY
+from postprocess.embedded_metadata import XMP_PNG_KEY as XMP_KEY
 from postprocess.hires import LATENT_UPSCALERS
 
 from .families import SCHEDULERS

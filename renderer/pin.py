@@ -17,9 +17,9 @@ import yaml
 
 from .atomic import write_text_atomic
 from .errors import MissingFileError, SchemaError
-from .hashing import short_hash
+from .hashing import hash_file, short_hash
 from .schema import RECIPE_AXIS
-from .validate import hash_file, load_any
+from .validate import load_any
 from .yamlsource import KeyPath, YamlDocument, load_yaml
 
 _HEX_VALUE = re.compile(r"(\bsha256:\s*)(\"[^\"]*\"|'[^']*'|[^\s,}#]*)")

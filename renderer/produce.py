@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from postprocess.export import EXTENSIONS, ExportSpec
+from postprocess.parameters import EXTENSIONS, ExportSpec
 
 from .atomic import write_bytes_atomic
 from .hashing import sha256_bytes
@@ -207,7 +207,7 @@ class Assets:
         if any(step.operation()[0] == "brand_grade" for step in post.retouch):
             self.brand_reference([reference.identity for reference in brand.references])
         if post.text is not None:
-            from postprocess.text import MIN_FONT_SIZE, load_font
+            from postprocess.text_layout import MIN_FONT_SIZE, load_font
 
             for font in [None, *(file.path for file in brand.fonts.values())]:
                 load_font(font, MIN_FONT_SIZE)
@@ -236,7 +236,8 @@ def finish_image(image: Image.Image, spec: VariantSpec, assets: Assets,
     logo, then the text. ``faces`` were detected on ``image``."""
     post = spec.postprocess
     if post.retouch:
-        from postprocess.retouch import BrandGrade, apply_retouch
+        from postprocess.parameters import BrandGrade
+        from postprocess.retouch import apply_retouch
 
         grades = [step for step in post.retouch if isinstance(step, BrandGrade)]
         references = assets.brand_reference(grades[0].references) if grades else None
@@ -248,7 +249,8 @@ def finish_image(image: Image.Image, spec: VariantSpec, assets: Assets,
         image = overlay_logo(image, assets.logo(post.logo.file), post.logo)
     contrast = None
     if post.text is not None:
-        from postprocess.text import TextBlock, overlay_text
+        from postprocess.text import overlay_text
+        from postprocess.text_layout import TextBlock
 
         for role in ("headline", "legal"):
             if (block := getattr(post.text, role)) is None:
@@ -315,7 +317,8 @@ class Scoring:
         match), in place, inside the safe zone. Scored whether or not the campaign overlays
         the logo, so a campaign that must carry it can gate on it."""
         from postprocess.metrics import logo_score
-        from postprocess.overlay import SafeZone, logo_box
+        from postprocess.overlay import logo_box
+        from postprocess.parameters import SafeZone
 
         placement = self.brand.placement_for(variant.aspect)
         size = (pixels.shape[1], pixels.shape[0])
@@ -362,6 +365,7 @@ class Worker:
         allow_pickle = any(recipe.spec.allow_pickle for recipe in campaign.recipes)
         renderer = DiffusersRenderer(RenderOptions(**options), allow_pickle=allow_pickle,
                                      log=log)
+        renderer.plan_lora_hotswap(campaign.recipes)
         files = campaign.files()
         assets = Assets(files)
         return cls(renderer, files, prepare_in_background(campaign, assets),

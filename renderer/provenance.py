@@ -62,7 +62,7 @@ def image_facts(data: bytes) -> tuple[str, tuple[int, int], VariantSpec]:
     """An image file's format, size and the variant spec it carries."""
     from PIL import Image
 
-    from postprocess.export import VARIANT_KEY, read_export_metadata
+    from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 
     try:
         with Image.open(io.BytesIO(data)) as image:

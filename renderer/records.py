@@ -10,10 +10,10 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .plan import Variant
-from .variant import VariantSpec
+if TYPE_CHECKING:
+    from .plan import Variant
 
 
 def _loads(text: str | None, default: Any = None) -> Any:
@@ -251,6 +251,11 @@ class RenderRow(RenderFacts):
     def variant(self) -> Variant:
         """The variant this row rendered, from its stored spec (a co-member of a batch, or
         a reproduction's target, may no longer be in any plan)."""
+        # Imported here: the spec's models load pydantic and the file schema, which listing
+        # and showing rows (history, show) never need.
+        from .plan import Variant
+        from .variant import VariantSpec
+
         return Variant(spec=VariantSpec.from_json(self.spec), id=self.variant_id,
                        output_name=self.output_name, aspect=None)
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from .environment import fingerprint, resolve_device, resolve_dtype
 from .errors import InputError, RenderFailure
 from .families import PIPELINES, SCHEDULERS, SIZE_MULTIPLE
-from .inputs import FileIndex
+from .inputs import FileIndex, Recipe, ResolvedFile
 from .schema import PICKLE_SUFFIXES, FileId
 from .variant import (
     DetailCall,
@@ -77,21 +77,95 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
 
 
+# Marks a render option whose setting moves pixels beyond float noise: reproduce names it.
+_CHANGES_PIXELS = {"changes_pixels": True}
+
+
 @dataclass(frozen=True)
 class RenderOptions:
     """How to run the models; none of it changes what a variant is, all of it is recorded."""
 
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"         # auto (cuda: bfloat16, mps: float16, cpu: float32) | …
+    # auto (cuda: bfloat16, mps: float16, cpu: float32) | …; reduced precision moves pixels
+    dtype: str = dataclasses.field(default="auto", metadata=_CHANGES_PIXELS)
     compile: bool = False       # torch.compile the UNet/transformer (slow first batch)
+    compile_backend: str = "inductor"  # eager / aot_eager: dynamo's guards without kernels
     channels_last: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False
     cpu_offload: bool = False   # diffusers model CPU offload (CUDA only)
+    # diffusers' First Block Cache threshold (a Flux transformer skips its other blocks
+    # while the first block's residual changes less than this): faster, other pixels.
+    first_block_cache: float | None = dataclasses.field(default=None, metadata=_CHANGES_PIXELS)
 
     @classmethod
     def known(cls) -> set[str]:
         return {item.name for item in dataclasses.fields(cls)}
+
+    @classmethod
+    def changing_pixels(cls) -> set[str]:
+        """Options that are opt-in because they change pixels (reproduce names them)."""
+        return {item.name for item in dataclasses.fields(cls)
+                if item.metadata.get("changes_pixels")}
+
+
+@dataclass(frozen=True)
+class LoraSlots:
+    """How a compiled denoiser switches LoRA stacks without recompiling (diffusers' and
+    peft's hot-swap): one adapter per stack position (a slot), every slot padded to the
+    largest rank of its checkpoint's LoRAs and its scale a tensor filled in place. A slot
+    first loads the LoRA of its position that adapts the most layers (a swapped-in LoRA may
+    adapt fewer, never others); a shorter stack leaves the slots past it at scale 0."""
+
+    rank: int
+    first: tuple[FileId, ...]  # per slot
+
+
+def plan_lora_slots(family: str, stacks: Sequence[Sequence[ResolvedFile]]) -> LoraSlots | str:
+    """The slots of a checkpoint's LoRA stacks, or why they cannot hot-swap."""
+    layers: dict[str, tuple[int, frozenset[str]]] = {}
+    for file in {file.sha256: file for stack in stacks for file in stack}.values():
+        found = _adapted_layers(family, file.path)
+        if isinstance(found, str):
+            return found
+        layers[file.sha256] = found
+    first = []
+    for position in range(max(len(stack) for stack in stacks)):
+        candidates = list({stack[position].sha256: stack[position] for stack in stacks
+                           if len(stack) > position}.values())
+        widest = max(candidates, key=lambda file: len(layers[file.sha256][1]))
+        for file in candidates:
+            if other := layers[file.sha256][1] - layers[widest.sha256][1]:
+                return (f"{file.path.name} adapts {len(other)} layer(s) that {widest.path.name}, "
+                        f"at the same stack position, does not (e.g. {min(other)})")
+        first.append(widest.identity)
+    return LoraSlots(rank=max(rank for rank, _ in layers.values()), first=tuple(first))
+
+
+def _adapted_layers(family: str, path: Path) -> tuple[int, frozenset[str]] | str:
+    """A LoRA file's rank and the denoiser layers it adapts, or why it cannot hot-swap."""
+    import diffusers
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    loaded = getattr(diffusers, PIPELINES[family, "text"]).lora_state_dict(str(path))
+    state = loaded[0] if isinstance(loaded, tuple) else loaded
+    prefix = "transformer." if family == "flux" else "unet."
+    if others := sorted({key.split(".")[0] for key in state if not key.startswith(prefix)}):
+        return (f"{path.name} also adapts {', '.join(others)} (diffusers hot-swaps the "
+                "denoiser's LoRA layers only)")
+    denoiser = {key.removeprefix(prefix): value for key, value in state.items()}
+    if not any(".lora_A." in key for key in denoiser):  # the older diffusers layout
+        denoiser = convert_unet_state_dict_to_peft(denoiser)
+    downs = {key.split(".lora_A.")[0]: value for key, value in denoiser.items()
+             if ".lora_A." in key and value.ndim > 1}
+    return max(value.shape[0] for value in downs.values()), frozenset(downs)
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process (a recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def auto_batch_size(device: str, family: str) -> int:
@@ -133,6 +207,9 @@ class DiffusersRenderer:
         self._schedulers: dict[int, tuple[str, Any]] = {}  # base -> its scheduler, pristine config
         self._pipelines: dict[tuple[Any, ...], Any] = {}
         self._loaded_loras: dict[int, set[str]] = {}
+        self._lora_slots: dict[str, LoraSlots] = {}  # checkpoint sha256 -> its hot-swap slots
+        # denoiser -> per slot: the sha256 of the LoRA in it, its scale tensors and unit scales
+        self._slot_state: dict[int, list[tuple[str, list[tuple[Any, float]]]]] = {}
         self._ip_adapters: dict[int, str] = {}
         self._upscalers: dict[str, Any] = {}
         self.timings: dict[str, float] = {}  # seconds per step (base, refiner, hires, …), summed
@@ -142,8 +219,31 @@ class DiffusersRenderer:
         return str(self.dtype).removeprefix("torch.")
 
     def fingerprint(self) -> dict[str, Any]:
+        switching = {checkpoint: {"hotswap_rank": slots.rank, "slots": len(slots.first)}
+                     for checkpoint, slots in sorted(self._lora_slots.items())}
         return fingerprint(self.device, self.dtype_name,
-                           {**dataclasses.asdict(self.options), "attention": "sdpa"})
+                           {**dataclasses.asdict(self.options), "attention": "sdpa",
+                            **({"lora_hotswap": switching} if switching else {})})
+
+    def plan_lora_hotswap(self, recipes: Sequence[Recipe]) -> None:
+        """With ``compile``, before the first render: plan the slots (``LoraSlots``) in which
+        each checkpoint's compiled denoiser hot-swaps the recipes' LoRA stacks. Stacks that
+        cannot hot-swap switch with set_adapters, and the denoiser recompiles (logged)."""
+        if not self.options.compile:
+            return
+        by_checkpoint: dict[str, list[Recipe]] = {}
+        for recipe in recipes:
+            by_checkpoint.setdefault(recipe.checkpoint.sha256, []).append(recipe)
+        for checkpoint, group in by_checkpoint.items():
+            stacks = [[file for file, _ in recipe.loras] for recipe in group]
+            if not any(stacks):
+                continue
+            slots = plan_lora_slots(group[0].spec.family, stacks)
+            if isinstance(slots, str):
+                self.log(f"LoRA stacks on {group[0].checkpoint.path.name} switch with "
+                         f"set_adapters (the compiled denoiser recompiles): {slots}")
+            else:
+                self._lora_slots[checkpoint] = slots
 
     def release(self) -> None:
         """Drop every loaded pipeline (the next batch loads its own): a run with several
@@ -156,6 +256,7 @@ class DiffusersRenderer:
         self._schedulers.clear()
         self._pipelines.clear()
         self._loaded_loras.clear()
+        self._slot_state.clear()
         self._ip_adapters.clear()
         self._upscalers.clear()
         gc.collect()
@@ -577,8 +678,12 @@ class DiffusersRenderer:
             pipe.vae.enable_tiling()
         if options.vae_slicing:
             pipe.vae.enable_slicing()
+        if options.first_block_cache is not None:
+            from diffusers import FirstBlockCacheConfig
+
+            denoiser.enable_cache(FirstBlockCacheConfig(threshold=options.first_block_cache))
         if options.compile:
-            denoiser.forward = torch.compile(denoiser.forward)
+            denoiser.forward = torch.compile(denoiser.forward, backend=options.compile_backend)
 
     def _controlnets(self, recipe: RecipeUse, files: FileIndex) -> Any:
         import diffusers
@@ -608,8 +713,12 @@ class DiffusersRenderer:
         pipe.set_ip_adapter_scale(adapter.scale)
 
     def activate_loras(self, pipe: Any, recipe: RecipeUse, files: FileIndex) -> None:
-        """Load each LoRA once per base model, then switch the stack with set_adapters."""
+        """Load each LoRA once per base model, then switch the stack with set_adapters (or,
+        planned for a compiled denoiser, hot-swap it into the slots)."""
         denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if (slots := self._lora_slots.get(recipe.checkpoint.sha256)) is not None:
+            self._hotswap_loras(pipe, denoiser, slots, recipe, files)
+            return
         loaded = self._loaded_loras.setdefault(id(denoiser), set())
         names = []
         for lora in recipe.loras:
@@ -623,6 +732,35 @@ class DiffusersRenderer:
             pipe.set_adapters(names, adapter_weights=[lora.weight for lora in recipe.loras])
         elif loaded:
             pipe.disable_lora()
+
+    def _hotswap_loras(self, pipe: Any, denoiser: Any, slots: LoraSlots, recipe: RecipeUse,
+                       files: FileIndex) -> None:
+        """Put the recipe's stack into the slots: swap the weights of a slot whose LoRA
+        changes, fill every slot's scales in place (weight x alpha / rank, 0 past the stack):
+        the compiled graph and its guards stay as they are."""
+        names = [f"slot_{index}" for index in range(len(slots.first))]
+        state = self._slot_state.get(id(denoiser))
+        if state is None:
+            from peft.utils.hotswap import prepare_model_for_compiled_hotswap
+
+            for name, lora in zip(names, slots.first, strict=True):
+                pipe.load_lora_weights(str(self._weights(lora, files)), adapter_name=name)
+            denoiser.set_adapters(names, [1.0] * len(names))
+            # As diffusers' enable_lora_hotswap does for its one adapter, for every slot:
+            # ranks padded with zeros to the largest, scales made tensors.
+            prepare_model_for_compiled_hotswap(denoiser, target_rank=slots.rank,
+                                               config=denoiser.peft_config)
+            state = self._slot_state[id(denoiser)] = [
+                (lora.sha256, _unit_scales(denoiser, name))
+                for name, lora in zip(names, slots.first, strict=True)]
+        for index, name in enumerate(names):
+            lora = recipe.loras[index] if index < len(recipe.loras) else None
+            if lora is not None and state[index][0] != lora.sha256:
+                pipe.load_lora_weights(str(self._weights(lora, files)), adapter_name=name,
+                                       hotswap=True)
+                state[index] = (lora.sha256, _unit_scales(denoiser, name))
+            for scale, unit in state[index][1]:
+                scale.fill_(unit * (lora.weight if lora is not None else 0.0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -654,6 +792,14 @@ class Latents:
         with torch.inference_mode():
             pixels = vae.decode(latents, return_dict=False)[0]
         return list(self.pipe.image_processor.postprocess(pixels, output_type="pil"))
+
+
+def _unit_scales(denoiser: Any, adapter: str) -> list[tuple[Any, float]]:
+    """Each LoRA layer's scale tensor of ``adapter`` with its value at weight 1 (alpha /
+    rank of the LoRA in it; hot-swapping sets it)."""
+    return [(module.scaling[adapter], float(module.scaling[adapter]))
+            for module in denoiser.modules()
+            if isinstance(getattr(module, "scaling", None), dict) and adapter in module.scaling]
 
 
 def _takes_latents(name: str, settings: Any) -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import compare
-from .environment import differences, options_like
+from .environment import differences, options_like, pixel_option_differences
 from .errors import InputError, RenderFailure
 from .hashing import sha256_bytes, sha256_json
 from .inputs import FileIndex, ResolvedFile
@@ -118,7 +118,7 @@ def _embedded_spec(path: Path, data: bytes) -> tuple[dict[str, Any], tuple[int, 
 
     from PIL import Image
 
-    from postprocess.export import VARIANT_KEY, read_export_metadata
+    from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -350,6 +350,10 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
         for target in members:
             outcome = outcomes[target.variant_id]
             outcome.environment_differences = differences(target.environment, current)
+            if changed := pixel_option_differences(target.environment, current,
+                                                   type(renderer.options).changing_pixels()):
+                outcome.notes.append("render options that change pixels differ: "
+                                     + "; ".join(changed))
             _judge(outcome, target, produced[target.variant_id], dest, tolerance)
     return list(outcomes.values())
 

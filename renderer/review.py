@@ -215,7 +215,7 @@ class ReviewApp:
     def run_payload(self) -> dict[str, Any]:
         """Everything the page shows, from the ledger as it is now."""
         from .decisions import run_gates
-        from .run_report import axis_label
+        from .matrix import axis_label
 
         with self.open_ledger() as ledger:
             run = self.current_run(ledger)

@@ -9,12 +9,10 @@ combination of the other axes' values, and linked with relative paths.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from postprocess.gate_rules import count_statuses
 from postprocess.report_page import UNDECIDED, ReportGrid, ReportRow, ReportRun, report_html
@@ -25,16 +23,10 @@ from .decisions import run_gates
 from .errors import InputError
 from .estimate import load_estimates
 from .ledger import Ledger
+from .matrix import axis_label
 from .records import RenderRow
 
 GRID_CELL = 160  # pixels per grid cell (images are fitted, up or down)
-
-
-def axis_label(value: Any) -> str:
-    """How an axis value reads in a table: a mapping by its name, else its JSON."""
-    if isinstance(value, dict):
-        return str(value.get("name", json.dumps(value, sort_keys=True)))
-    return str(value)
 
 
 def write_run_report(ledger: Ledger, run_id: str | None, path: Path | None = None,

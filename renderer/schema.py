@@ -16,12 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from postprocess.export import ExportSpec
 from postprocess.gate_rules import METRICS
 from postprocess.hires import LATENT_UPSCALERS, hires_size
-from postprocess.overlay import LogoPlacement
-from postprocess.parameters import Fraction, Parameters
-from postprocess.retouch import OPERATIONS
+from postprocess.parameters import OPERATIONS, ExportSpec, Fraction, LogoPlacement, Parameters
 
 from .families import SIZE_MULTIPLE, Family, SchedulerName
 
@@ -55,7 +52,7 @@ Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True)
 
 
 # ---------------------------------------------------------------- files referenced
@@ -440,7 +437,16 @@ class RenderSpec(Strict):
         "memory on CUDA. Out of memory halves the batch and retries.")
     device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    compile: bool = Field(default=False, description="torch.compile the denoiser.")
+    compile: bool = Field(default=False, description="torch.compile the denoiser. LoRA "
+                          "stacks of LoRAs that adapt the denoiser only hot-swap without "
+                          "recompiling.")
+    compile_backend: Literal["inductor", "cudagraphs", "aot_eager", "eager"] = Field(
+        default="inductor", description="torch.compile backend; aot_eager and eager trace "
+        "and guard without generating kernels (for checking graph breaks and recompiles).")
+    first_block_cache: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="Flux only, opt-in, changes pixels: diffusers' First Block "
+        "Cache threshold (e.g. 0.08); a step skips the transformer's other blocks while the "
+        "first block's output changes less than this.")
     channels_last: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
-from .hashing import HashCache, sha256_json
+from .hashing import HashCache, hash_file, sha256_json
 from .inputs import FileIndex, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
 from .records import TrainingRow
@@ -42,7 +42,6 @@ from .training_job import (
     check_job,
 )
 from .training_spec import TrainingSpec
-from .validate import hash_file
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: only once there is work to do
     from .training import Progress, TrainingResult

@@ -18,7 +18,6 @@ expected, what was found and how to fix it. The result is ``renderer.inputs.Camp
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import math
 import os
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .compat import lora_family_problem, safetensors_problem, unet_input_channels
 from .errors import BadFileError, HashMismatchError, MissingFileError, SchemaError, TemplateError
 from .families import SIZE_MULTIPLE
-from .hashing import HashCache, canonical_json, short_hash
+from .hashing import canonical_json, hash_file, short_hash
 from .inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
 from .matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
 from .schema import (
@@ -68,16 +67,6 @@ MAX_IMAGE_PIXELS = 50_000_000
 # extension an output gets (.webp).
 MAX_SEGMENT_BYTES = 255
 _LONGEST_EXTENSION = len(".webp")
-
-
-@functools.cache
-def _hash_cache() -> HashCache:
-    return HashCache()
-
-
-def hash_file(path: Path) -> str:
-    """sha256 of a file or model folder through the shared hash cache."""
-    return _hash_cache().sha256_path(path)
 
 
 def lora_name(path: Path) -> str:
@@ -493,6 +482,8 @@ def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> 
                 SchemaError, "the IP-Adapter has no reference images", ("ip_adapter",),
                 fix=f"list images under ip_adapter.images, or add references to {brand_path}")
     clip = _clip_choice(document, spec.scoring)
+    if spec.render.first_block_cache is not None:
+        _check_first_block_cache(document, recipes)
     if spec.size is not None:
         _check_size_spec(document, spec)
     _check_matrix(document, spec.matrix)
@@ -514,6 +505,15 @@ def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> 
     _check_unique_outputs(document, points)
     return Campaign(spec=spec, source=document.path, document=document, recipes=recipes,
                     brand=brand, clip=clip, points=points)
+
+
+def _check_first_block_cache(document: YamlDocument, recipes: Sequence[Recipe]) -> None:
+    """diffusers caches the blocks of a transformer denoiser (Flux's), not of a UNet."""
+    if others := [recipe.ref for recipe in recipes if recipe.spec.family != "flux"]:
+        raise document.error(SchemaError, "first_block_cache needs a Flux recipe",
+                             ("render", "first_block_cache"),
+                             found=f"{', '.join(others)} (a UNet denoiser)",
+                             fix="drop render.first_block_cache, or render Flux recipes only")
 
 
 def _campaign_recipes(document: YamlDocument, spec: CampaignFile,
@@ -957,7 +957,7 @@ class _PointResolver:
         key = (role, text, font.sha256 if font else None, box[2] - box[0], box[3] - box[1])
         if key in self._checked:
             return
-        from postprocess.text import TextBlock, text_fits
+        from postprocess.text_layout import TextBlock, text_fits
 
         problem = text_fits(TextBlock(text, role, font.path if font else None),
                             box[2] - box[0], box[3] - box[1])

@@ -24,12 +24,12 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_serializer
 
-from postprocess.export import ExportSpec
-from postprocess.overlay import LogoPlacement
-from postprocess.retouch import (
+from postprocess.parameters import (
     BrandGrade,
     Denoise,
+    ExportSpec,
     ExposureNormalisation,
+    LogoPlacement,
     Sharpen,
     SkinSmoothing,
     WhiteBalance,

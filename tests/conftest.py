@@ -15,6 +15,10 @@ import pytest
 import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One torch thread in this process and every `campaign` it starts: `make test` runs the
+# suite in parallel processes (pytest-xdist), one per core, and tiny renders gain nothing
+# from a second thread. Pixels are only ever compared between runs of the same setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 CAMPAIGN_BIN = Path(sys.executable).parent / "campaign"
@@ -31,6 +35,12 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = (f"{item.nodeid} was skipped ({reason}); a skip is a test that did "
                            "not run: install what it needs (`make system-deps`)")
+
+
+def pytest_collection_modifyitems(items):
+    """Files marked ``long`` (minutes of renders: kills and resumes, Ray, the GPU suite's
+    smoke run) first, so the parallel test processes (``make test``) finish together."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA, read_png_metadata
 
 from .conftest import REPO, ledger_rows, pngs, run_cli
 
+# Minutes of renders: scheduled before the other files (tests/conftest.py).
+pytestmark = pytest.mark.long
+
 DEMO = REPO / "campaigns" / "demo.yaml"
 
 

@@ -11,10 +11,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from renderer.atomic import TEMP_PREFIX
 
 from .conftest import CAMPAIGN_BIN, ledger_rows, run_cli
 from .ledger_support import folder_state, small_project
+
+# Minutes of renders: scheduled before the other files (tests/conftest.py).
+pytestmark = pytest.mark.long
 
 TRIALS = 4
 SEED = 20261127

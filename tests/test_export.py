@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from postprocess.export import (
-    ExportSpec,
-    encode_image,
-    export_image,
-    read_export_metadata,
-    smart_crop,
-)
+from postprocess.embedded_metadata import read_export_metadata
+from postprocess.export import encode_image, export_image, smart_crop
+from postprocess.parameters import ExportSpec
 from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA, xmp_packet
 from tests.synthetic import draw_face, shapes
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from postprocess.gate_rules import FACES_NEED_REVIEW, FAIL, PASS, REVIEW, GateRule, decide
 from postprocess.metrics import logo_score
-from postprocess.overlay import LogoPlacement, SafeZone, logo_box, overlay_logo
+from postprocess.overlay import logo_box, overlay_logo
+from postprocess.parameters import LogoPlacement, SafeZone
 from tests.synthetic import shapes
 
 SCORES = {"clip_prompt": 0.31, "clip_brand": 0.123}

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from postprocess.consistency import consistency
 from postprocess.metrics import (
     ciede2000,
-    consistency,
     count_faces,
     logo_score,
     palette_adherence,
     srgb_to_lab,
 )
-from postprocess.overlay import LogoPlacement, SafeZone, logo_box, overlay_logo
+from postprocess.overlay import logo_box, overlay_logo
+from postprocess.parameters import LogoPlacement, SafeZone
 from tests.synthetic import draw_face, shapes, with_noise
 
 KESTREL_PALETTE = ["#F26B1D", "#1D3557", "#F1FAEE", "#2A9D8F"]

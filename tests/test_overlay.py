@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from postprocess.overlay import (
-    ANCHORS,
-    LogoPlacement,
-    SafeZone,
-    logo_box,
-    logo_in_safe_zone,
-    overlay_logo,
-)
+from postprocess.overlay import logo_box, logo_in_safe_zone, overlay_logo
+from postprocess.parameters import ANCHORS, LogoPlacement, SafeZone
 
 BACKGROUND = (40, 90, 160)
 LOGO_COLOUR = (250, 20, 20, 255)

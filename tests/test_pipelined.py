@@ -201,7 +201,7 @@ def test_scoring_is_made_at_start_up_in_its_own_thread_and_its_error_fails_the_r
 
 
 def test_one_hash_cache_serves_several_threads(tmp_path):
-    """``validate.hash_file`` shares one cache: a thread other than the one that opened its
+    """``hashing.hash_file`` shares one cache: a thread other than the one that opened its
     database may hash too."""
     files = []
     for index in range(6):

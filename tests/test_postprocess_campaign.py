@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from postprocess.export import read_export_metadata
+from postprocess.embedded_metadata import read_export_metadata
 from renderer.cli import main
 from renderer.errors import InputError
 from renderer.execute import render_campaign

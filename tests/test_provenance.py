@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from postprocess.export import ExportSpec, encode_image
+from postprocess.export import encode_image
+from postprocess.parameters import ExportSpec
 from renderer.metadata import (
     COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
     SOFTWARE,

@@ -17,6 +17,9 @@ import yaml
 
 from .conftest import CAMPAIGN_BIN, REPO, ledger_rows, pngs, run_cli
 
+# Minutes of renders: scheduled before the other files (tests/conftest.py).
+pytestmark = pytest.mark.long
+
 DEMO = REPO / "campaigns" / "demo.yaml"
 ROW_COLUMNS = ("variant_id, output_path, output_sha256, seed, current.status, "
                "renders.scores_json, batch_json")

@@ -21,6 +21,9 @@ from renderer.validate import load_campaign
 
 from .conftest import REPO, ledger_rows, run_cli
 
+# Minutes of renders: scheduled before the other files (tests/conftest.py).
+pytestmark = pytest.mark.long
+
 CAMPAIGNS = REPO / "campaigns"
 COMPARE = CAMPAIGNS / "compare-families.yaml"
 RECIPES = ("demo-sd15@1", "demo-sdxl@1", "demo-flux@1")

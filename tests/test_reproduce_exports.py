@@ -14,6 +14,9 @@ from PIL import Image
 from .conftest import REPO, ledger_rows, run_cli
 from .shipping_support import render, shipping_project
 
+# Minutes of renders: scheduled before the other files (tests/conftest.py).
+pytestmark = pytest.mark.long
+
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, demo_models, one_thread) -> tuple[Path, dict[str, Path]]:

@@ -8,14 +8,16 @@ import pytest
 
 from postprocess.faces import detect_faces
 from postprocess.metrics import ciede2000, palette_adherence, srgb_to_lab
-from postprocess.retouch import (
+from postprocess.parameters import (
     BrandGrade,
-    BrandReference,
     Denoise,
     ExposureNormalisation,
     Sharpen,
     SkinSmoothing,
     WhiteBalance,
+)
+from postprocess.retouch import (
+    BrandReference,
     apply_retouch,
     denoise,
     grade_to_brand,

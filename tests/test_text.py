@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from postprocess.text import (
-    MIN_CONTRAST,
-    TextBlock,
-    contrast_ratio,
-    overlay_text,
-    relative_luminance,
-)
+from postprocess.text import MIN_CONTRAST, contrast_ratio, overlay_text, relative_luminance
+from postprocess.text_layout import TextBlock
 from tests.synthetic import busy_background
 
 KESTREL_PALETTE = ["#F26B1D", "#1D3557", "#F1FAEE", "#2A9D8F"]

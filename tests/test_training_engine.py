@@ -42,6 +42,9 @@ from renderer.training_data import geometry, image_size, load_pixels
 from renderer.training_job import DEFAULT_TARGETS
 from renderer.training_report import report_data
 
+# Minutes of renders: scheduled before the other files (tests/conftest.py).
+pytestmark = pytest.mark.long
+
 REPO = Path(__file__).resolve().parent.parent
 KESTREL = REPO / "campaigns" / "brands" / "kestrel"
 FAMILIES = ("sd15", "sdxl", "flux")

@@ -1,4 +1,5 @@
-"""Seconds per image of the full-size SD1.5, SDXL and Flux-dev pipelines on one CUDA GPU.
+"""The GPU suite: full-size SD1.5, SDXL and Flux-dev speed, LoRA-stack switching under
+torch.compile, and end-to-end campaign throughput, on one CUDA GPU.
 
 Builds the published architectures (config dicts below, written out from the public model
 configs) with random weights directly on the GPU in bf16 — speed does not depend on weight
@@ -34,12 +35,27 @@ Tokenizers are the tiny offline demo tokenizers in models/demo (CLIP BPE with 10
 T5 with 187 ids); their ids fall inside the full vocabularies and the pipelines pad every
 prompt to the full length (77 CLIP, 512 T5 tokens), so the encoders' work is the real one.
 
-Run on a CUDA machine (never needed by the tests):
-  python bench/gpu_fullsize.py --json results.json
-  python bench/gpu_fullsize.py --families flux --batches 1 --modes eager,compiled
-  python bench/gpu_fullsize.py --families sdxl-refiner,sdxl-hires --batches 1,4
-Check the whole code path on a CPU-only machine (tiny configs, fp32, 2 steps, 64 px):
-  python bench/gpu_fullsize.py --smoke
+LoRA switch rows (compiled, batch 1, each family): two random LoRAs on the attention
+projections (ranks 16 and 32; the wider first), switched back and forth; per switch the
+seconds of the load/swap plus the next call minus a call without a switch, and the graphs
+torch.compile compiled (``renderer.render.compiled_graphs``). With hot-swap: one adapter,
+diffusers' ``enable_lora_hotswap(target_rank=32)`` then ``load_lora_weights(hotswap=True)``
+(what ``render.compile`` does per stack position); without: a second adapter and
+``set_adapters``, as eager runs do.
+
+Campaign rows: ``campaigns/demo.yaml`` (the demo models, post-processing and scoring
+included) at --campaign-size px, rendered by ``render_campaign`` into a fresh folder,
+serial and, when the campaign schema has ``render.pipeline``, pipelined; images per second
+of the whole run, model loading included.
+
+Writes bench/results/gpu-<device>.json (or --json PATH) after every row, with the GPU's
+name; prints one table at the end. Run on a CUDA machine (never needed by the tests; the
+whole suite is sized for under 8 minutes on an H100/H200):
+  python bench/gpu_suite.py
+  python bench/gpu_suite.py --families flux --batches 1 --sections denoise,lora
+Check the whole code path on a CPU-only machine (tiny configs, fp32, 2 steps, 64 px,
+compiled with the ``eager`` backend: dynamo's guards and recompiles, no kernels):
+  python bench/gpu_suite.py --smoke --json /tmp/gpu-smoke.json
 """
 
 import argparse
@@ -47,8 +63,10 @@ import contextlib
 import gc
 import json
 import platform
+import re
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +94,9 @@ from transformers import (
     T5EncoderModel,
 )
 
-DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "models" / "demo"
+sys.path.insert(0, str(ROOT))  # the renderer package, when run as a script
 PROMPT = "a red bicycle leaning on a white wall, studio product photo, soft light"
 
 # --- Published configs --------------------------------------------------------------------
@@ -219,7 +239,7 @@ FAMILIES = {
          "text_encoder_2": (T5EncoderModel, T5_XXL)},
         {"tokenizer": "flux/tokenizer", "tokenizer_2": "flux/tokenizer_2"},
         (FlowMatchEulerDiscreteScheduler, FLUX_FLOW),
-        anchors={"eager": (6.7, "H100"), "compiled": (4.5, "H100")}),
+        anchors={"eager": (6.7, "H100"), "compiled": (4.3, "H100")}),
 }
 
 
@@ -267,6 +287,13 @@ def build_pipeline(name: str, device: str, dtype: torch.dtype, smoke: bool):
                            scheduler=scheduler_cls(**scheduler_config), **family.extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe, {"components": configs, "scheduler": scheduler_config}, params
+
+
+def compiled(module, args):
+    """The suite's one torch.compile call (dynamic=False: a static graph per shape)."""
+    if args.compile_backend != "inductor":  # modes are inductor's
+        return torch.compile(module, backend=args.compile_backend, dynamic=False)
+    return torch.compile(module, mode=args.compile_mode, dynamic=False)
 
 
 def sync(device: str) -> None:
@@ -325,7 +352,7 @@ def run_family(name: str, args, report: dict, device: str, dtype: torch.dtype) -
         if mode == "compiled":
             # dynamic=False: each batch gets its own static graph, compiled in its warm-up.
             setattr(pipe, family.denoiser,
-                    torch.compile(eager, mode=args.compile_mode, dynamic=False))
+                    compiled(eager, args))
         for batch in args.batches:
             anchor = family.anchors.get(mode) if comparable else None
             result = {"family": name, "size": size, "steps": steps, "batch": batch,
@@ -335,10 +362,9 @@ def run_family(name: str, args, report: dict, device: str, dtype: torch.dtype) -
                       **measure(lambda count, pipe=pipe: call(pipe, count, steps, size, device),
                                 batch, args.repeats, device),
                       "anchor": anchor and {"s_per_image": anchor[0], "gpu": anchor[1]}}
-            report["results"].append(result)
+            report["denoise"].append(result)
             print(row(result), flush=True)
-            if args.json:  # rewritten after every row: a run cut off midway keeps its figures
-                args.json.write_text(json.dumps(report, indent=2))
+            save(report, args)
         setattr(pipe, family.denoiser, eager)
     # Free this family before the next: Flux + T5-XXL alone need ~34 GB of bf16 weights.
     del pipe, eager
@@ -417,56 +443,247 @@ def run_refine(name: str, args, report: dict, device: str, dtype: torch.dtype) -
                       name, base, second, count, steps, size, device), batch, args.repeats,
                       device),
                   "anchor": None}
-        report["results"].append(result)
+        report["denoise"].append(result)
         print(row(result), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2))
+        save(report, args)
     del base, second
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
 
 
-HEADER = (f"{'family':12} {'size':>5} {'steps':>5} {'batch':>5} {'mode':8} {'warm-up s':>9} "
-          f"{'s/img mean':>10} {'s/img min':>9} {'peak GiB':>8}  {'anchor s/img':14} device")
+LORA_RANKS = (32, 16)  # the wider first: a hot-swapped LoRA may be narrower, never wider
+_PROJECTION = re.compile(r"\.attn\d?\.(to_q|to_k|to_v|to_out\.0)$")
+
+
+def random_lora(denoiser, prefix: str, rank: int, seed: int) -> dict:
+    """A random LoRA (peft layout) on the denoiser's attention projections."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in denoiser.named_modules():
+        if isinstance(module, torch.nn.Linear) and _PROJECTION.search(name):
+            for part, shape in (("lora_A", (rank, module.in_features)),
+                                ("lora_B", (module.out_features, rank))):
+                state[f"{prefix}.{name}.{part}.weight"] = (
+                    torch.randn(shape, generator=generator) * 0.01).to(module.weight)
+    return state
+
+
+def run_lora(name: str, args, report: dict, device: str, dtype: torch.dtype) -> None:
+    """LoRA-stack switches on the compiled denoiser, with and without hot-swap."""
+    from renderer.render import compiled_graphs
+
+    family = FAMILIES[name]
+    size = 64 if args.smoke else family.size
+    steps = 2 if args.smoke else max(1, round(family.steps * args.steps_scale))
+    # Smoke: hot-swap only (tests/test_compile_hotswap.py shows set_adapters recompiling).
+    for hotswap in (True,) if args.smoke else (True, False):
+        torch._dynamo.reset()
+        pipe, _, _ = build_pipeline(name, device, dtype, args.smoke)
+        denoiser = getattr(pipe, family.denoiser)
+        loras = [random_lora(denoiser, family.denoiser, rank, seed)
+                 for seed, rank in enumerate(LORA_RANKS)]
+        if hotswap:
+            pipe.enable_lora_hotswap(target_rank=max(LORA_RANKS))
+            pipe.load_lora_weights(dict(loras[0]), adapter_name="slot")
+        else:
+            for index, lora in enumerate(loras):
+                pipe.load_lora_weights(dict(lora), adapter_name=f"lora_{index}")
+            pipe.set_adapters("lora_0")
+        setattr(pipe, family.denoiser, compiled(denoiser, args))
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+        def once(pipe=pipe):
+            return call(pipe, 1, steps, size, device)
+
+        warmup = once()
+        plain = min(once() for _ in range(args.repeats))
+        graphs = compiled_graphs()
+        switches = []
+        for index in [1, 0] * args.repeats:
+            switches.append(timed(device, lambda index=index, pipe=pipe, model=denoiser,
+                                  loras=loras, hotswap=hotswap:
+                                  switch_lora(pipe, model, loras, index, hotswap))
+                            + once() - plain)
+        result = {"family": name, "size": size, "steps": steps, "batch": 1,
+                  "mode": "hotswap" if hotswap else "set_adapters", "ranks": list(LORA_RANKS),
+                  "device": device_name(device), "warmup_s": warmup, "call_s": plain,
+                  "switch_s": switches, "switch_s_mean": statistics.mean(switches),
+                  "recompiles": compiled_graphs() - graphs, "peak_gib": peak_gib(device)}
+        report["lora_switch"].append(result)
+        print(lora_row(result), flush=True)
+        save(report, args)
+        del pipe, denoiser, loras
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    torch._dynamo.reset()
+
+
+def switch_lora(pipe, denoiser, loras: list[dict], index: int, hotswap: bool) -> None:
+    if hotswap:
+        pipe.load_lora_weights(dict(loras[index]), adapter_name="slot", hotswap=True)
+    else:  # on the model itself: the pipeline sees the compiled wrapper, not its adapters
+        denoiser.set_adapters(f"lora_{index}")
+
+
+def campaign_file(folder: Path, size: int, smoke: bool) -> Path:
+    """campaigns/demo.yaml at ``size``² (its 1:1 aspect; one product and seed in smoke
+    runs), with absolute paths, in ``folder``."""
+    import yaml
+
+    campaigns = ROOT / "campaigns"
+    data = yaml.safe_load((campaigns / "demo.yaml").read_text())
+    data["brand"] = str(campaigns / data["brand"])
+    data["recipes_dir"] = str(ROOT / "recipes")
+    data["scoring"]["clip_model"] = str((campaigns / data["scoring"]["clip_model"]).resolve())
+    data["size"]["short_side"] = size
+    axes = data["matrix"]["axes"]
+    axes["aspect"] = ["1:1"]
+    if smoke:
+        axes["product"], axes["seed"] = axes["product"][:1], axes["seed"][:1]
+    exports = data["postprocess"]["exports"]
+    data["postprocess"]["exports"] = {"1:1": exports["1:1"]}
+    path = folder / "campaigns" / "demo.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_campaign(args, report: dict, device: str) -> None:
+    """The demo campaign end to end (render, post-process, score, write), serial and
+    pipelined (``render.pipeline``, when the campaign schema has it)."""
+    import yaml
+
+    from renderer.execute import render_campaign
+    from renderer.schema import RenderSpec
+
+    size = 64 if args.smoke else args.campaign_size
+    modes = [False, True] if "pipeline" in RenderSpec.model_fields else [False]
+    if len(modes) == 1:
+        report["campaign_notes"].append(
+            "pipelined: not run, render.pipeline is not in the campaign schema yet "
+            "(it comes with the pipelined executor)")
+        print(f"campaign: {report['campaign_notes'][-1]}", flush=True)
+    for pipelined in modes:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = campaign_file(Path(scratch), size, args.smoke)
+            data = yaml.safe_load(path.read_text())
+            data["render"] = {**data.get("render", {}),
+                              **({"pipeline": True} if pipelined else {})}
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            summary = render_campaign(path, Path(scratch) / "out", log=lambda _: None,
+                                      show_progress=False)
+        result = {"campaign": "demo (sd15 demo models)", "size": size,
+                  "mode": "pipelined" if pipelined else "serial", "images": summary.rendered,
+                  "seconds": summary.seconds, "images_per_s": summary.rendered / summary.seconds,
+                  "device": device_name(device), "peak_gib": peak_gib(device)}
+        report["campaign"].append(result)
+        print(campaign_row(result), flush=True)
+        save(report, args)
+
+
+def peak_gib(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+
+
+def save(report: dict, args) -> None:
+    """Rewritten after every row: a run cut off midway keeps its figures."""
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+
+
+def results_path(device: str, smoke: bool) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    return ROOT / "bench" / "results" / f"gpu-{'smoke-' if smoke else ''}{slug}.json"
+
+
+HEADER = (f"{'section':8} {'what':13} {'size':>5} {'steps':>5} {'batch':>5} {'mode':12} "
+          f"{'warm-up s':>9} {'figure':>18} {'recompiles':>10} {'peak GiB':>8}  anchor")
+
+
+def _line(section, what, size, steps, batch, mode, warmup, figure, recompiles, peak,
+          anchor="-") -> str:
+    peak = "-" if peak is None else f"{peak:.1f}"
+    warmup = "-" if warmup is None else f"{warmup:.2f}"
+    return (f"{section:8} {what:13} {size:>5} {steps:>5} {batch:>5} {mode:12} {warmup:>9} "
+            f"{figure:>18} {recompiles:>10} {peak:>8}  {anchor}")
 
 
 def row(result: dict) -> str:
-    peak = "-" if result["peak_gib"] is None else f"{result['peak_gib']:.1f}"
     anchor = result["anchor"]
-    anchor = f"{anchor['s_per_image']} on {anchor['gpu']}" if anchor else "-"
-    return (f"{result['family']:12} {result['size']:>5} {result['steps']:>5} "
-            f"{result['batch']:>5} {result['mode']:8} {result['warmup_s']:>9.2f} "
-            f"{result['s_per_image_mean']:>10.3f} {result['s_per_image_min']:>9.3f} "
-            f"{peak:>8}  {anchor:14} {result['device']}")
+    return _line("denoise", result["family"], result["size"], result["steps"], result["batch"],
+                 result["mode"], result["warmup_s"],
+                 f"{result['s_per_image_mean']:.3f} s/img", "-", result["peak_gib"],
+                 f"{anchor['s_per_image']} s/img on {anchor['gpu']}" if anchor else "-")
+
+
+def lora_row(result: dict) -> str:
+    return _line("lora", result["family"], result["size"], result["steps"], 1, result["mode"],
+                 result["warmup_s"], f"{result['switch_s_mean']:.3f} s/switch",
+                 result["recompiles"], result["peak_gib"])
+
+
+def campaign_row(result: dict) -> str:
+    return _line("campaign", "demo", result["size"], "-", "-", result["mode"], None,
+                 f"{result['images_per_s']:.2f} img/s", "-", result["peak_gib"])
 
 
 def comma_list(kind):
     return lambda text: [kind(item) for item in text.split(",") if item]
 
 
+SECTIONS = ("denoise", "lora", "campaign")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--families", type=comma_list(str), default=[*FAMILIES, *REFINES],
-                        help="families and refine rows (sdxl-refiner, sdxl-hires)")
-    parser.add_argument("--batches", type=comma_list(int), default=[1, 4])
+    parser.add_argument("--sections", type=comma_list(str), default=list(SECTIONS))
+    parser.add_argument("--families", type=comma_list(str), default=None,
+                        help="families and refine rows (sdxl-refiner, sdxl-hires); "
+                        "default all (--smoke: sd15)")
+    parser.add_argument("--lora-families", type=comma_list(str), default=["sdxl", "flux"])
+    parser.add_argument("--batches", type=comma_list(int), default=None,
+                        help="default 1,4 (--smoke: 1)")
     parser.add_argument("--modes", type=comma_list(str), default=["eager", "compiled"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="multiply the published step counts (quick runs; no anchors)")
     parser.add_argument("--compile-mode", default="default",
                         help='torch.compile mode, e.g. "max-autotune-no-cudagraphs"')
-    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--compile-backend", default=None,
+                        help="torch.compile backend (default inductor; --smoke: eager)")
+    parser.add_argument("--campaign-size", type=int, default=1024)
+    parser.add_argument("--json", type=Path,
+                        help="write the results here (default bench/results/gpu-DEVICE.json)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny configs on CPU in fp32, 2 steps at 64 px: checks the code path")
     args = parser.parse_args()
-    for option, values, allowed in (("--families", args.families, [*FAMILIES, *REFINES]),
+    # A smoke run checks every section's code path in seconds, not every family.
+    args.families = args.families or (["sd15"] if args.smoke else [*FAMILIES, *REFINES])
+    args.batches = args.batches or ([1] if args.smoke else [1, 4])
+    for option, values, allowed in (("--sections", args.sections, SECTIONS),
+                                    ("--families", args.families, [*FAMILIES, *REFINES]),
+                                    ("--lora-families", args.lora_families, FAMILIES),
                                     ("--modes", args.modes, ("eager", "compiled"))):
         unknown = sorted(set(values) - set(allowed))
         if unknown:
             parser.error(f"{option}: unknown {', '.join(unknown)} (choose from "
                          f"{', '.join(allowed)})")
+    if args.compile_backend is None:
+        args.compile_backend = "eager" if args.smoke else "inductor"
+    if args.smoke:
+        args.repeats = 1
     return args
+
+
+ANCHORS = ("Published anchors (measured on OTHER GPUs, printed for reference): SDXL 1024² 30 "
+           "steps ≈ 2.5 s/image compiled on an A100; Flux-dev 1024² 28 steps 6.7 s eager and "
+           "4.3 s compiled on an H100, 3.55 s with LoRA hot-swap, FlashAttention-3 and fp8 on "
+           "an H100 (this suite runs neither FA3 nor fp8).")
 
 
 def main() -> None:
@@ -476,31 +693,41 @@ def main() -> None:
     elif torch.cuda.is_available():
         device, dtype = "cuda", torch.bfloat16
     else:
-        sys.exit("gpu_fullsize: no CUDA device. This benchmark needs a GPU; "
+        sys.exit("gpu_suite: no CUDA device. This benchmark needs a GPU; "
                  "use --smoke to check the code path on CPU.")
+    args.json = args.json or results_path(device, args.smoke)
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
     report = {"device": device_name(device), "torch": torch.__version__,
               "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
               "transformers": transformers.__version__, "dtype": str(dtype).removeprefix("torch."),
-              "compile_mode": args.compile_mode, "smoke": args.smoke,
-              "tokenizers": "models/demo tiny tokenizers", "prompt": PROMPT,
-              "configs": {}, "results": []}
+              "compile_mode": args.compile_mode, "compile_backend": args.compile_backend,
+              "smoke": args.smoke, "tokenizers": "models/demo tiny tokenizers", "prompt": PROMPT,
+              "configs": {}, "denoise": [], "lora_switch": [], "campaign": [],
+              "campaign_notes": []}
     print(f"device: {report['device']} | torch {torch.__version__} (CUDA {torch.version.cuda}) | "
           f"diffusers {diffusers.__version__} | transformers {transformers.__version__} | "
-          f"{report['dtype']} | compile mode {args.compile_mode!r}"
+          f"{report['dtype']} | compile {args.compile_backend} {args.compile_mode!r}"
           + (" | SMOKE: tiny configs, not a measurement" if args.smoke else ""), flush=True)
-    print(HEADER, flush=True)
-    for name in args.families:
-        (run_refine if name in REFINES else run_family)(name, args, report, device, dtype)
+    if "denoise" in args.sections:
+        for name in args.families:
+            (run_refine if name in REFINES else run_family)(name, args, report, device, dtype)
+    if "lora" in args.sections:
+        for name in (["sd15"] if args.smoke else args.lora_families):
+            run_lora(name, args, report, device, dtype)
+    if "campaign" in args.sections:
+        run_campaign(args, report, device)
     print("\n" + HEADER)
-    for result in report["results"]:
+    for result in report["denoise"]:
         print(row(result))
-    print("\nPublished anchors (batch 1, measured on OTHER GPUs, printed beside for reference): "
-          "SDXL 1024² 30 steps ≈ 2.5 s/image compiled on an A100; Flux-dev 1024² 28 steps "
-          "6.7 s eager and 4.5 s compiled on an H100.")
-    if args.json:
-        print(f"wrote {args.json}")
+    for result in report["lora_switch"]:
+        print(lora_row(result))
+    for result in report["campaign"]:
+        print(campaign_row(result))
+    for note in report["campaign_notes"]:
+        print(f"campaign: {note}")
+    print("\n" + ANCHORS)
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""bench/gpu_suite.py --smoke: every section of the GPU suite runs on CPU (tiny configs) and
+lands in its JSON and its one table (README, "Benchmarks")."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+# Minutes of renders: scheduled before the other files (tests/conftest.py).
+pytestmark = pytest.mark.long
+
+
+def test_gpu_suite_smoke_writes_every_section_and_prints_the_table(tmp_path, demo_models):
+    results = tmp_path / "gpu-smoke.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_suite.py"), "--smoke",
+                           "--modes", "eager", "--json", str(results)],
+                          cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(results.read_text())
+    assert report["smoke"] and report["device"].startswith("CPU")
+    assert [(row["family"], row["mode"]) for row in report["denoise"]] == [("sd15", "eager")]
+    (switching,) = report["lora_switch"]  # smoke: hot-swap only
+    assert switching["mode"] == "hotswap" and switching["recompiles"] == 0
+    assert report["campaign"][0]["mode"] == "serial"
+    assert report["campaign"][0]["images"] == 2
+    # Pipelined rows need render.pipeline (the pipelined executor); until then it says so.
+    assert len(report["campaign"]) == 2 or any(
+        "render.pipeline" in note for note in report["campaign_notes"])
+    table = done.stdout[done.stdout.index("section  what"):]
+    for section in ("denoise  sd15", "lora     sd15", "campaign demo"):
+        assert section in table
