@@ -27,6 +27,8 @@ from .conftest import ledger_rows
 from .ledger_support import small_project
 from .test_delivered_files import files_of
 
+pytestmark = pytest.mark.long  # a minute of renders: scheduled first
+
 BATCH = 2
 ROWS = ("SELECT variant_id, output_path, output_sha256, batch_json, scores_json, embedding, "
         "rerender_reason FROM renders ORDER BY id")
