@@ -53,6 +53,8 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/upscale_bench.py
 	$(BIN)/python bench/recipe_axis_bench.py
+	$(BIN)/python bench/overlap_bench.py
+	$(BIN)/python bench/postprocess_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

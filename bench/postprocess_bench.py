@@ -70,7 +70,7 @@ STEPS = [
     Sharpen(),
     SkinSmoothing(),
 ]
-PLACEMENT = LogoPlacement("bottom-right", margin=0.05, scale=0.25)
+PLACEMENT = LogoPlacement(anchor="bottom-right", margin=0.05, scale=0.25)
 SPEC = ExportSpec(name="feed-square", width=SIDE, height=SIDE, format="png")
 METADATA = {
     "parameters": "a kestrel bottle on a beach\nNegative prompt: blurry\nSteps: 30, Seed: 1",

@@ -41,6 +41,15 @@ _MAX_KEY_LENGTH = 79  # the longest PNG text keyword
 _SALIENCY_SIDE = 256  # estimate where the subject is on a copy this many pixels across
 
 
+def crop_size(size: tuple[int, int], target_ratio: float) -> tuple[int, int]:
+    """The largest (width, height) of aspect ``target_ratio`` (width / height) inside
+    ``size``: ``size`` itself when the aspects agree (nothing is cropped)."""
+    if target_ratio <= 0:
+        raise ValueError(f"target ratio {target_ratio!r} must be positive, e.g. 1080 / 1920")
+    width, height = size
+    return min(width, round(height * target_ratio)), min(height, round(width / target_ratio))
+
+
 def smart_crop(image: np.ndarray, target_ratio: float, faces: Sequence[Box] | None = None) -> Box:
     """The largest box of aspect ``target_ratio`` (width / height) that keeps the subject.
 
@@ -49,10 +58,9 @@ def smart_crop(image: np.ndarray, target_ratio: float, faces: Sequence[Box] | No
     subject as far as the frame allows.
     """
     height, width = require_rgb(image).shape[:2]
-    if target_ratio <= 0:
-        raise ValueError(f"target ratio {target_ratio!r} must be positive, e.g. 1080 / 1920")
-    crop_width = min(width, round(height * target_ratio))
-    crop_height = min(height, round(width / target_ratio))
+    crop_width, crop_height = crop_size((width, height), target_ratio)
+    if (crop_width, crop_height) == (width, height):
+        return 0, 0, width, height  # the whole frame: no subject to centre on
     faces = detect_faces(image) if faces is None else faces
     if faces:
         lefts, tops, rights, bottoms = zip(*faces, strict=True)

@@ -29,7 +29,7 @@ from .inputs import Campaign, FileIndex, Recipe, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger, RenderRecord
 from .locking import hold_output_folder, recover_after_crash
 from .plan import Plan, Variant, cut_batches, make_plan, recipe_content
-from .produce import Job, Produced
+from .produce import FailedImage, Job, Produced
 from .progress import Progress
 from .records import ExportRow, RenderRow
 from .terminal import say
@@ -177,10 +177,12 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
                 for result in runner.produce_all(jobs):
                     recorder.commit(result.produced)
                     recorder.check(result.rechecked)
+                    recorder.report(result.failed)
                     if progress:
                         progress.advance(len(result.produced))
                 if progress:
                     progress.close()
+                recorder.raise_failures()
         except BaseException as err:
             ledger.finish_run(run_id, status="error", rendered=recorder.committed,
                               skipped=skipped)
@@ -361,6 +363,7 @@ class RunRecorder:
         self.input_files = {recipe.ref: input_files(campaign, recipe)
                             for recipe in campaign.recipes}
         self.committed = 0
+        self.failed: list[FailedImage] = []
 
     def commit(self, produced: Sequence[Produced]) -> None:
         """One render row per image, with its rerender reason (None, missing, altered,
@@ -383,6 +386,27 @@ class RunRecorder:
                 embedding=item.embedding, exports=item.exports,
                 steps=[{"step": step, "seconds": seconds} for step, seconds in item.steps]))
             self.committed += 1
+
+    def report(self, failed: Sequence[FailedImage]) -> None:
+        """Images that could not be finished: said now, the run fails once the rest is in
+        (a co-member's file is done and stays: only its comparison is lost)."""
+        for item in failed:
+            if item.co_member:
+                self.log(f"co-member {item.describe()}: not compared; its file is left as "
+                         "it is")
+                continue
+            self.log(f"{item.describe()}: not written; the next run renders it again")
+            self.failed.append(item)
+
+    def raise_failures(self) -> None:
+        if not self.failed:
+            return
+        listed = "; ".join(item.describe() for item in self.failed[:3])
+        more = f" and {len(self.failed) - 3} more" if len(self.failed) > 3 else ""
+        raise RenderFailure(
+            f"run {self.run_id}: {len(self.failed)} image(s) failed, the other "
+            f"{self.committed} are committed: {listed}{more}; run the same command to render "
+            "the failed ones again (a fault that repeats is in that step's code or input)")
 
     def check(self, rechecked: Sequence[tuple[Variant, str]]) -> None:
         """Co-members rendered again: their files stay as they are, drift is said."""

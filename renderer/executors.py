@@ -1,19 +1,25 @@
-"""Where jobs are produced: the ``Executor`` protocol and the local executor.
+"""Where jobs are produced: the ``Executor`` protocol and the local executors.
 
-An executor runs ``renderer.produce.Worker.produce`` on jobs (one pipeline call's batch
-each) and yields what each produced; the driver (``renderer.execute``) commits it to the
-ledger. The local executor does this in-process, ``renderer.ray_executor`` on Ray actors;
-both run the same worker.
+An executor runs the worker's stages (``renderer.produce.Worker``: render → finish →
+write) on jobs (one pipeline call's batch each) and yields what each produced; the driver
+(``renderer.execute``) commits it to the ledger. The local executors do this in-process,
+in job order — ``LocalExecutor`` one stage after the other (``render.pipeline: false``),
+``PipelinedExecutor`` (the default) with the denoiser rendering the next batch while this
+one is finished — and ``renderer.ray_executor`` on Ray actors, each overlapping its stages
+as the pipelined executor does; all of them run the same worker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .inputs import Campaign
-from .produce import Job, JobResult
+from .produce import FINISH_THREADS, Job, JobResult, OverlappedStages
+
+if TYPE_CHECKING:
+    from .produce import Worker
 
 Log = Callable[[str], None]
 
@@ -36,11 +42,14 @@ class Executor(Protocol):
 class LocalExecutor:
     """Produces batches in this process, one after the other."""
 
-    def __init__(self, campaign: Campaign, out_dir: Path, log: Log):
+    def __init__(self, campaign: Campaign, out_dir: Path, log: Log,
+                 worker: Worker | None = None):
+        """``worker``: the campaign's own by default (bench/overlap_bench.py gives one with
+        a renderer that only holds the batch, as an accelerator would)."""
         from .produce import Worker
 
         self.campaign = campaign
-        self.worker, self.out_dir = Worker.for_campaign(campaign, log), out_dir
+        self.worker, self.out_dir = worker or Worker.for_campaign(campaign, log), out_dir
 
     def environment(self) -> dict[str, Any]:
         return self.worker.environment()
@@ -56,6 +65,39 @@ class LocalExecutor:
         """Nothing to release: the models go with the process."""
 
 
+class PipelinedExecutor(LocalExecutor):
+    """Produces batches in this process with the stages overlapped
+    (``renderer.produce.OverlappedStages``): the denoiser renders batch N+1 on this thread
+    while a pool post-processes, scores and encodes batch N; batch N is then written and
+    yielded. Results come in job order from the serial path's own stages, so files, rows
+    and decisions are the same; a render that raises or is interrupted first hands over
+    the batch before it, finished, as the serial path would have committed it."""
+
+    def __init__(self, campaign: Campaign, out_dir: Path, log: Log,
+                 worker: Worker | None = None):
+        super().__init__(campaign, out_dir, log, worker)
+        log(f"local executor: pipelined (rendering overlaps post-processing on "
+            f"{FINISH_THREADS} thread(s); render.pipeline: false renders one batch after the "
+            "other)")
+
+    def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
+        stages = OverlappedStages(self.worker, self.out_dir)
+        try:
+            for job in jobs:
+                try:
+                    result = stages.push(job)
+                except BaseException:  # an error or Ctrl-C in the render: keep the batch before
+                    if (finished := stages.drain()) is not None:
+                        yield finished
+                    raise
+                if result is not None:
+                    yield result
+            if (result := stages.drain()) is not None:
+                yield result
+        finally:
+            stages.close()
+
+
 def resolve_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:
     from .render import auto_batch_size
 
@@ -67,7 +109,12 @@ def resolve_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:
 def make_executor(name: str, campaign: Campaign, out_dir: Path, log: Log, *,
                   address: str | None, workers: int | None) -> Executor:
     if name == "local":
-        return LocalExecutor(campaign, out_dir, log)
+        pipelined = campaign.spec.render.pipeline
+        if pipelined == "auto":
+            from .environment import resolve_device
+
+            pipelined = resolve_device(campaign.spec.render.device) != "cpu"
+        return (PipelinedExecutor if pipelined else LocalExecutor)(campaign, out_dir, log)
     import torch
 
     from .ray_executor import RayExecutor

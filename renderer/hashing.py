@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +81,22 @@ class HashCache:
     Stored in SQLite at ``$CAMPAIGN_CACHE_DIR/hashes.sqlite`` (default
     ``$XDG_CACHE_HOME/campaign-renderer`` or ``~/.cache/campaign-renderer``). A cache that
     cannot be opened or written is skipped, never fatal: hashing just costs its full time.
+    One cache may be used from several threads (``hash_file`` shares one): its
+    connection is opened for any thread and used by one at a time; the hashing itself runs
+    outside that lock.
     """
 
     def __init__(self, path: Path | None = None):
         self.path = path or default_cache_dir() / "hashes.sqlite"
         self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection | None:
         if self._db is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+                self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
+                                           check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER,"
@@ -103,15 +109,15 @@ class HashCache:
         path = path.resolve()
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-        db = self._connect()
-        if db is not None:
+        with self._lock:
+            db = self._connect()
             row = db.execute("SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND "
-                             "mtime_ns = ? AND inode = ?", key).fetchone()
-            if row:
-                return row[0]
+                             "mtime_ns = ? AND inode = ?", key).fetchone() if db else None
+        if row:
+            return row[0]
         digest = sha256_file(path)
-        if db is not None:
-            with contextlib.suppress(sqlite3.Error):  # a read-only or busy cache costs time only
+        with self._lock, contextlib.suppress(sqlite3.Error):  # read-only or busy: time only
+            if db is not None:
                 db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)",
                            (*key, digest))
         return digest

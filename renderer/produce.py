@@ -1,27 +1,42 @@
 """The worker path, the one way an image is made: render a batch (halving it on out of
 memory) → post-process → score → encode → write the master and its channel exports.
 
-``Worker.produce(job)`` is used by the local executor, inside Ray actors and by ``campaign
-reproduce``; it never touches the ledger, it returns what the driver commits
-(``Produced``). Everything it does follows the variant's spec alone — what is hashed into
-the id is what is applied — with files found by sha256 (``FileIndex``), so a reproduction
-from a stored spec runs exactly this code, the recipe's refine steps included (they run
-inside the render: its images are the refined masters).
+It runs in three stages, each a ``Worker`` method passing a frozen value to the next:
+``render(job)`` → ``RenderedJob`` (the images; the only stage that uses the denoiser),
+``finish(rendered)`` → ``FinishedJob`` (post-processed, scored and encoded bytes; no file
+is touched) and ``write(finished, out_dir)`` → ``JobResult`` (the files in place).
+``produce(job, out_dir)`` runs the three in a row: the local executor's serial path, the
+Ray actors and ``campaign reproduce`` use it; the pipelined executor
+(``renderer.executors``) runs the same three stages on their own threads, so the denoiser
+renders the next batch while this one is finished. No stage touches the ledger; the
+driver commits what ``write`` returns (``Produced``). Everything follows the variant's
+spec alone — what is hashed into the id is what is applied — with files found by sha256
+(``FileIndex``), so a reproduction from a stored spec runs exactly this code, the recipe's
+refine steps included (they run inside the render: its images are the refined masters).
 
 A job is one pipeline call's batch and the members to write: the others are co-members,
 rendered again only so the written ones come out as they do beside them (an image's bytes
 depend on its batch by float rounding); their fresh bytes are compared with the record,
 never written. Faces are detected once per rendered image and reused by skin smoothing
 and the faces score. Channel exports are made from the master alone (``export_files``),
-so a lost export is rebuilt from its master without rendering. Each image reports its
-share of every step's time (``Produced.steps``: base, refiner, hires, upscale, detail,
-postprocess, score, write).
+so a lost export is rebuilt from its master without rendering. An image whose
+post-processing, scoring or encoding raises is reported (``FailedImage``) and not written;
+the rest of its batch is. Each image reports its share of every step's time
+(``Produced.steps``: base, refiner, hires, upscale, detail, postprocess, score, write).
+
+What the finish stage reads is made at start-up in a thread of its own while the diffusers
+pipeline loads (``prepare_in_background``): open_clip's import, the CLIP load, the brand
+references' embeddings, the post-process library's imports, logos and fonts.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -85,9 +100,67 @@ class Produced:
 
 
 @dataclass(frozen=True)
+class FailedImage:
+    """An image the finish stage could not make: not written, so the next run renders it
+    (a co-member's file stays as it is, only its comparison is lost)."""
+
+    variant: Variant
+    step: str  # postprocess, score or write (the encoding)
+    error: str  # the exception and the line that raised it
+    co_member: bool = False
+
+    @classmethod
+    def of(cls, variant: Variant, step: str, error: Exception, job: Job) -> FailedImage:
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        return cls(variant, step, f"{type(error).__name__}: {error} (at "
+                                  f"{Path(where.filename).name}:{where.lineno})",
+                   co_member=variant.id not in job.write)
+
+    def describe(self) -> str:
+        return f"{self.variant.output_path} ({self.step}: {self.error})"
+
+
+@dataclass(frozen=True)
 class JobResult:
     produced: tuple[Produced, ...]  # written, to commit
     rechecked: tuple[tuple[Variant, str], ...] = ()  # co-members and their fresh sha256
+    failed: tuple[FailedImage, ...] = ()  # not written
+
+
+@dataclass(frozen=True, eq=False)
+class RenderedJob:
+    """The render stage's output: a job's images, in batch order."""
+
+    job: Job
+    images: tuple[tuple[Image.Image, tuple[int, ...]], ...]  # each with the indices (into
+    # the batch) of the pipeline call that rendered it
+    seconds: float  # the stage's wall time, model loading excluded
+    steps: tuple[tuple[str, float], ...]  # the renderer's seconds per step (base, refiner, …)
+    environment: Mapping[str, Any]
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedImage:
+    """A member finished and encoded: written (a written member) or compared (a co-member)."""
+
+    variant: Variant
+    call: tuple[int, ...]  # the indices (into the batch) of the call that rendered it
+    master: bytes  # the PNG, with its metadata
+    exports: tuple[tuple[ExportSpec, bytes], ...] = ()  # written members only
+    scores: Mapping[str, float] | None = None  # written members only
+    embedding: bytes | None = None  # CLIP image embedding, float32 little-endian
+
+
+@dataclass(frozen=True, eq=False)
+class FinishedJob:
+    """The finish stage's output: every member's bytes, ready to write; no file touched."""
+
+    job: Job
+    images: tuple[EncodedImage, ...]  # in batch order, the failed ones left out
+    failed: tuple[FailedImage, ...]
+    seconds: float  # the render and finish stages' wall times, model loading excluded
+    steps: Mapping[str, float]  # every step's seconds so far (write: the encoding)
+    environment: Mapping[str, Any]
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,26 +174,54 @@ class Finished:
 
 class Assets:
     """The images post-processing reads (logo, brand references), found by sha256 and
-    loaded once."""
+    loaded once; safe to share between the threads that finish a batch's images."""
 
     def __init__(self, files: FileIndex):
         self.files = files
         self._loaded: dict[Any, Any] = {}
+        self._loading = threading.Lock()
 
     def logo(self, file: FileId) -> Image.Image:
-        key = ("logo", file.sha256)
-        if key not in self._loaded:
-            self._loaded[key] = open_image(self.files.path(file), "RGBA")
-        return self._loaded[key]
+        return self._once(("logo", file.sha256),
+                          lambda: open_image(self.files.path(file), "RGBA"))
 
     def brand_reference(self, references: Sequence[FileId]) -> Any:
         from postprocess.retouch import BrandReference
 
-        key = ("references", tuple(file.sha256 for file in references))
-        if key not in self._loaded:
-            self._loaded[key] = BrandReference.from_images(
-                [np.asarray(open_image(self.files.path(file), "RGB")) for file in references])
-        return self._loaded[key]
+        return self._once(("references", tuple(file.sha256 for file in references)),
+                          lambda: BrandReference.from_images(
+                              [np.asarray(open_image(self.files.path(file), "RGB"))
+                               for file in references]))
+
+    def prepare(self, campaign: Campaign) -> None:
+        """Import the post-process library and load what the campaign's post-processing
+        reads (its logo, the brand grade's references, each font), before any image needs
+        them."""
+        import importlib
+
+        for module in FINISH_MODULES:
+            importlib.import_module(module)
+        if campaign.spec.logo:
+            self.logo(campaign.brand.logo.identity)
+        post, brand = campaign.spec.postprocess, campaign.brand
+        if any(step.operation()[0] == "brand_grade" for step in post.retouch):
+            self.brand_reference([reference.identity for reference in brand.references])
+        if post.text is not None:
+            from postprocess.text_layout import MIN_FONT_SIZE, load_font
+
+            for font in [None, *(file.path for file in brand.fonts.values())]:
+                load_font(font, MIN_FONT_SIZE)
+
+    def _once(self, key: Any, load: Callable[[], Any]) -> Any:
+        with self._loading:
+            if key not in self._loaded:
+                self._loaded[key] = load()
+            return self._loaded[key]
+
+
+# The post-process library's modules the finish stage runs (imported at start-up).
+FINISH_MODULES = ("postprocess.faces", "postprocess.retouch", "postprocess.overlay",
+                  "postprocess.text", "postprocess.export", "postprocess.metrics")
 
 
 def detect(image: Image.Image) -> tuple[Box, ...]:
@@ -174,10 +275,13 @@ class Scoring:
     def __init__(self, campaign: Campaign):
         from postprocess.scoring import ClipScorer
 
+        from .render import BUILDING_MODELS
+
         clip, scoring = campaign.clip, campaign.spec.scoring
-        self.scorer = ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size) \
-            if clip.folder is not None else ClipScorer.from_pretrained(
-                clip.name, clip.pretrained, batch_size=scoring.batch_size)
+        with BUILDING_MODELS:  # not while diffusers builds one (start-up runs beside it)
+            self.scorer = ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size) \
+                if clip.folder is not None else ClipScorer.from_pretrained(
+                    clip.name, clip.pretrained, batch_size=scoring.batch_size)
         self.brand: BrandKit = campaign.brand
         self.palette_delta_e = scoring.palette_delta_e
         self.logo = open_image(campaign.brand.logo.path, "RGBA")
@@ -228,13 +332,24 @@ class Scoring:
                 "logo_in_safe_zone": float(found.in_safe_zone(size, zone))}
 
 
-class Worker:
-    """The loaded models of one run: renders, finishes, scores and writes batches."""
+# How the finish stage maps a function over a batch's images: ``map`` (one after the
+# other) or a thread pool's ``map`` (OpenCV, Pillow's encoders and torch release the GIL).
+MapImages = Callable[..., Iterator[Any]]
+Scored = tuple[Mapping[str, float], bytes | None]  # an image's scores and CLIP embedding
 
-    def __init__(self, renderer: Any, files: FileIndex, scoring: Scoring | None, *,
-                 keep_pipelines: bool = True):
-        self.renderer, self.files, self.scoring = renderer, files, scoring
-        self.assets = Assets(files)
+
+class Worker:
+    """The loaded models of one run: renders, finishes, scores and writes batches.
+
+    ``scoring`` may still be in the making (a ``Future``, from ``prepare_in_background``):
+    the finish stage waits for it, out of the images' timed seconds."""
+
+    def __init__(self, renderer: Any, files: FileIndex,
+                 scoring: Scoring | Future[Scoring] | None, *, keep_pipelines: bool = True,
+                 assets: Assets | None = None):
+        self.renderer, self.files = renderer, files
+        self._scoring = scoring if isinstance(scoring, Future) else _done(scoring)
+        self.assets = assets or Assets(files)
         self.lora_hashes = LoraHashes(files.path)
         # Without keep_pipelines, a job of another recipe than the last releases the last
         # one's pipelines first (jobs come grouped by recipe: each loads once per run).
@@ -250,8 +365,15 @@ class Worker:
         allow_pickle = any(recipe.spec.allow_pickle for recipe in campaign.recipes)
         renderer = DiffusersRenderer(RenderOptions(**options), allow_pickle=allow_pickle,
                                      log=log, recipes=campaign.recipes)
-        return cls(renderer, campaign.files(), Scoring(campaign),
-                   keep_pipelines=campaign.spec.render.keep_pipelines)
+        files = campaign.files()
+        assets = Assets(files)
+        return cls(renderer, files, prepare_in_background(campaign, assets),
+                   keep_pipelines=campaign.spec.render.keep_pipelines, assets=assets)
+
+    @property
+    def scoring(self) -> Scoring | None:
+        """The campaign's scorer, once start-up has made it (start-up's error raises here)."""
+        return self._scoring.result()
 
     def environment(self) -> dict[str, Any]:
         if self._environment is None:
@@ -259,56 +381,100 @@ class Worker:
         return self._environment
 
     def produce(self, job: Job, out_dir: Path) -> JobResult:
-        """Render (with the refine steps), finish, score and write one job; the files are
-        in place on return."""
+        """Render (with the refine steps), finish, score and write one job, one stage after
+        the other; the files are in place on return."""
+        return self.write(self.finish(self.render(job)), out_dir)
+
+    def render(self, job: Job) -> RenderedJob:
+        """The render stage: the job's batch through the denoiser and the refine steps."""
         started, loading = time.perf_counter(), self.renderer.load_seconds
-        batch = job.batch
-        self.switch_recipe(batch[0].spec.recipe)
+        self.switch_recipe(job.batch[0].spec.recipe)
         # The renderer's breakdown of its time by step; a renderer double may keep none.
         timings = getattr(self.renderer, "timings", {})
         timings.clear()
-        rendered = self.renderer.render_resilient([variant.spec for variant in batch],
-                                                  self.files)
-        steps = dict(timings) or {"render": time.perf_counter() - started}
-        clock = time.perf_counter()
-        finished = [finish_image(image, variant.spec, self.assets, detect(image))
-                    for (image, _), variant in zip(rendered, batch, strict=True)]
+        images = self.renderer.render_resilient([variant.spec for variant in job.batch],
+                                                self.files)
+        elapsed = time.perf_counter() - started
+        steps = dict(timings) or {"render": elapsed}
+        return RenderedJob(job, tuple(images), elapsed - (self.renderer.load_seconds - loading),
+                           tuple(steps.items()), self.environment())
+
+    def finish(self, rendered: RenderedJob, map_images: MapImages = map) -> FinishedJob:
+        """The finish stage: post-process every member, score the ones to write, encode
+        them all (a co-member's master only, to compare it); nothing is written. An image
+        whose step raises is reported and left out, the others go on."""
+        scoring = self.scoring  # waited for before the clock starts: it is start-up's time
+        job, steps = rendered.job, dict(rendered.steps)
+        started = clock = time.perf_counter()
+
+        def post_processed(variant: Variant, image: Image.Image) -> Finished | FailedImage:
+            try:
+                return finish_image(image, variant.spec, self.assets, detect(image))
+            except Exception as err:  # this image's own failure: the batch goes on
+                return FailedImage.of(variant, "postprocess", err, job)
+
+        done = list(map_images(post_processed, job.batch, [image for image, _ in rendered.images]))
+        failed = [item for item in done if isinstance(item, FailedImage)]
+        members = [(variant, call, item) for variant, (_, call), item in
+                   zip(job.batch, rendered.images, done, strict=True) if isinstance(item, Finished)]
         steps["postprocess"], clock = time.perf_counter() - clock, time.perf_counter()
-        written = [index for index, variant in enumerate(batch) if variant.id in job.write]
-        if self.scoring is not None and written:
-            scores, embeddings = self.scoring.score([batch[i] for i in written],
-                                                    [finished[i] for i in written])
-        else:
-            scores, embeddings = [{} for _ in written], [None] * len(written)
+        scored, unscored = score_images(scoring, [(variant, item) for variant, _, item in members
+                                                  if variant.id in job.write], job)
+        failed += unscored
+        members = [member for member in members
+                   if member[0].id in scored or member[0].id not in job.write]
         steps["score"], clock = time.perf_counter() - clock, time.perf_counter()
-        produced, rechecked = [], []
-        for index, (variant, done, (_, call)) in enumerate(zip(batch, finished, rendered,
-                                                                strict=True)):
-            lora_hashes = self.lora_hashes.of(variant.spec)
-            data = encode_png(done.image, variant.spec, lora_hashes)
-            if index not in written:
-                rechecked.append((variant, sha256_bytes(data)))
+        # LoraHashes caches in a plain dict: filled here, in this one thread.
+        lora_hashes = {variant.id: self.lora_hashes.of(variant.spec) for variant, _, _ in members}
+
+        def encoded(variant: Variant, call: tuple[int, ...],
+                    image: Finished) -> EncodedImage | FailedImage:
+            hashes = lora_hashes[variant.id]
+            try:
+                master = encode_png(image.image, variant.spec, hashes)
+                if variant.id not in job.write:  # a co-member: compared, never written
+                    return EncodedImage(variant, call, master)
+                exports = tuple(export_files(image.image, variant.spec, hashes))
+            except Exception as err:  # this image's own failure: the batch goes on
+                return FailedImage.of(variant, "write", err, job)
+            scores, embedding = scored[variant.id]
+            return EncodedImage(variant, call, master, exports, scores, embedding)
+
+        results = list(map_images(encoded, *zip(*members, strict=True))) if members else []
+        failed += [item for item in results if isinstance(item, FailedImage)]
+        steps["write"] = time.perf_counter() - clock
+        return FinishedJob(job, tuple(item for item in results if isinstance(item, EncodedImage)),
+                           tuple(failed), rendered.seconds + time.perf_counter() - started, steps,
+                           rendered.environment)
+
+    def write(self, finished: FinishedJob, out_dir: Path) -> JobResult:
+        """The write stage: each written member's exports, then its master, atomically; a
+        co-member's fresh sha256 is handed back to compare with the record."""
+        clock = time.perf_counter()
+        job, produced, rechecked = finished.job, [], []
+        for image in finished.images:
+            variant = image.variant
+            if variant.id not in job.write:
+                rechecked.append((variant, sha256_bytes(image.master)))
                 continue
-            exports = tuple(self.write_export(variant, export, export_data, out_dir)
-                            for export, export_data in export_files(done.image, variant.spec,
-                                                                    lora_hashes))
-            write_bytes_atomic(out_dir / variant.output_path, data)
-            slot = written.index(index)
-            embedding = embeddings[slot]
+            exports = tuple(self.write_export(variant, export, data, out_dir)
+                            for export, data in image.exports)
+            write_bytes_atomic(out_dir / variant.output_path, image.master)
             produced.append(Produced(
                 variant=variant, output_path=variant.output_path,
-                output_sha256=sha256_bytes(data), output_bytes=len(data), scores=scores[slot],
-                seconds=0.0, batch=tuple(batch[member].id for member in call),
-                environment=self.environment(),
-                embedding=None if embedding is None else embedding.astype("<f4").tobytes(),
-                exports=exports))
-        steps["write"] = time.perf_counter() - clock
-        # Each image's share of the job's time, without the time spent loading models.
-        loaded = self.renderer.load_seconds - loading
-        seconds_each = round((time.perf_counter() - started - loaded) / len(batch), 4)
-        shares = tuple((step, round(seconds / len(batch), 4)) for step, seconds in steps.items())
+                output_sha256=sha256_bytes(image.master), output_bytes=len(image.master),
+                scores=image.scores or {}, seconds=0.0,
+                batch=tuple(job.batch[member].id for member in image.call),
+                environment=finished.environment, embedding=image.embedding, exports=exports))
+        writing = time.perf_counter() - clock
+        steps = {**finished.steps, "write": finished.steps["write"] + writing}
+        # Each image's share of the time its batch spent in the three stages, model loading
+        # left out (README, "The pipelined executor": stages of different batches overlap).
+        size = len(job.batch)
+        seconds_each = round((finished.seconds + writing) / size, 4)
+        shares = tuple((step, round(seconds / size, 4)) for step, seconds in steps.items())
         return JobResult(tuple(replace(item, seconds=seconds_each, steps=shares)
-                               for item in produced), tuple(rechecked))
+                               for item in produced), tuple(rechecked), finished.failed)
 
     def switch_recipe(self, recipe: RecipeUse) -> None:
         if self._recipe not in (None, recipe.ref) and not self.keep_pipelines:
@@ -330,14 +496,100 @@ def export_files(master: Image.Image, spec: VariantSpec,
     """Each channel export of a master image, with the variant's metadata: a function of
     the master's pixels, the spec and its LoRAs' A1111 hashes (``LoraHashes.of``) alone, so
     it is rebuilt from the master file exactly.
-    Faces (the crop keeps them) are detected on the master, once, when a channel crops."""
+    Faces (the crop keeps them) are detected on the master, once, when a channel crops
+    (one of another aspect; one of the same aspect is only resized)."""
     exports = spec.postprocess.exports or []
     if not exports:
         return []
-    from postprocess.export import export_image
+    from postprocess.export import crop_size, export_image
 
     metadata, xmp = file_metadata(spec, lora_hashes)
-    faces = detect(master) if any((export.width, export.height) != master.size
-                                  for export in exports) else ()
+    faces = detect(master) if any(crop_size(master.size, export.width / export.height)
+                                  != master.size for export in exports) else ()
     return [(export, export_image(master, export, metadata, xmp, faces=faces))
             for export in exports]
+
+
+def score_images(scoring: Scoring | None, images: Sequence[tuple[Variant, Finished]],
+                 job: Job) -> tuple[dict[str, Scored], list[FailedImage]]:
+    """Each image's scores and CLIP embedding by variant id, from one scoring call (no
+    scorer: no scores); when that call raises, each of its images has failed."""
+    if scoring is None or not images:
+        return {variant.id: ({}, None) for variant, _ in images}, []
+    try:
+        scores, embeddings = scoring.score([variant for variant, _ in images],
+                                           [image for _, image in images])
+    except Exception as err:
+        return {}, [FailedImage.of(variant, "score", err, job) for variant, _ in images]
+    return {variant.id: (image_scores, embedding.astype("<f4").tobytes())
+            for (variant, _), image_scores, embedding in zip(images, scores, embeddings,
+                                                             strict=True)}, []
+
+
+# Threads finishing one batch's images side by side (post-processing, encoding): OpenCV,
+# Pillow's encoders and torch release the GIL, so threads do and no process (nor the
+# copying of images to it) is needed; bench/overlap_bench.py measures that this keeps up.
+FINISH_THREADS = min(4, os.cpu_count() or 1)
+
+
+class OverlappedStages:
+    """A worker's stages with one job's finish overlapping the next job's render: ``push``
+    renders a job on the calling thread while the job pushed before it is finished on a
+    thread of its own, then writes that one and returns its result; ``drain`` writes the
+    last. At most two jobs' images are held (one rendering, one finishing), so memory stays
+    flat. The denoiser runs on the caller's thread, so Ctrl-C stops it mid-batch as in the
+    serial path; the files of a job are written right before its result is handed back
+    for the driver to commit, so a kill leaves as few files without a row as there.
+
+    The local pipelined executor and each Ray actor run their jobs through one of these:
+    the same stages as ``Worker.produce``, so the same bytes, rows and decisions."""
+
+    def __init__(self, worker: Worker, out_dir: Path, threads: int = FINISH_THREADS):
+        self.worker, self.out_dir = worker, out_dir
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finish")
+        self._images = ThreadPoolExecutor(threads, thread_name_prefix="finish-image")
+        self._finishing: Future[FinishedJob] | None = None
+
+    def push(self, job: Job) -> JobResult | None:
+        """Render ``job``, then write the job pushed before it (None for the first) and
+        start finishing this one. If the render raises, the job before it is still
+        finishing: ``drain`` writes it, as the serial path would have."""
+        rendered = self.worker.render(job)
+        result = self.drain()
+        self._finishing = self._finisher.submit(self.worker.finish, rendered, self._images.map)
+        return result
+
+    def drain(self) -> JobResult | None:
+        """Wait for the job being finished and write it (None when there is none)."""
+        finishing, self._finishing = self._finishing, None
+        return None if finishing is None else self.worker.write(finishing.result(),
+                                                                self.out_dir)
+
+    def close(self) -> None:
+        """Drop a job still finishing (not written: the next run renders it) and end the
+        threads once what runs on them is done."""
+        self._finishing = None
+        self._finisher.shutdown(cancel_futures=True)
+        self._images.shutdown(cancel_futures=True)
+
+
+def prepare_in_background(campaign: Campaign, assets: Assets) -> Future[Scoring]:
+    """Make the campaign's ``Scoring`` (open_clip's import, the CLIP load, the brand
+    references embedded) and prepare its ``assets`` in a thread of their own, so they load
+    while the caller loads the diffusers pipeline and the first image is out sooner. The
+    finish stage waits for the result; an error in it raises there."""
+    def prepared() -> Scoring:
+        assets.prepare(campaign)
+        return Scoring(campaign)
+
+    starter = ThreadPoolExecutor(1, thread_name_prefix="start-up")
+    try:
+        return starter.submit(prepared)
+    finally:
+        starter.shutdown(wait=False)  # its one thread ends with its one task
+
+
+def _done(value: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future

@@ -3,10 +3,12 @@
 Each actor loads the campaign's pipeline once and runs the local executor's worker
 (``renderer.produce.Worker``) on whole batches (the same batches as the local executor:
 same grouping, same size, same per-image generators and the same torch thread count, so
-the same bytes). Actors write their images straight to
-the output folder — which must therefore be a path every node can reach — and return
-paths, hashes, scores and timings; the driver alone writes the ledger. A batch whose
-actor dies is given to a fresh actor; only the driver's ledger commit makes a render
+the same bytes), through the pipelined executor's ``OverlappedStages``: an actor renders
+the batch it is given while it finishes the one before, and hands that one back.
+Actors write their images straight to the output folder — which must therefore be a path
+every node can reach — and return paths, hashes, scores and timings; the driver alone
+writes the ledger. The batches an actor held when it died (the one rendering, the one
+finishing) are given to a fresh actor; only the driver's ledger commit makes a render
 count, so every variant ends with exactly one render row.
 """
 
@@ -38,13 +40,13 @@ def _worker_class() -> Any:
             # Ray pins OMP threads to the actor's CPU share; a different thread count moves
             # pixels by 1/255, so use the driver's to give the local executor's bytes.
             torch.set_num_threads(threads)
-            from .produce import Worker
+            from .produce import OverlappedStages, Worker
             from .validate import load_campaign
 
             self.campaign = load_campaign(Path(campaign_path), verify_hashes=False)
             self.worker = Worker.for_campaign(self.campaign,
                                               log=lambda message: print(message, flush=True))
-            self.out_dir = Path(out_dir)
+            self.stages = OverlappedStages(self.worker, Path(out_dir))
 
         def environment(self) -> dict[str, Any]:
             return self.worker.environment()
@@ -54,8 +56,13 @@ def _worker_class() -> Any:
 
             return resolve_batch_sizes(self.campaign, self.worker.renderer.device)
 
-        def produce(self, job: Job) -> JobResult:
-            return self.worker.produce(job, self.out_dir)
+        def push(self, job: Job) -> JobResult | None:
+            """Render ``job`` and hand back the job given before it, written (None: none)."""
+            return self.stages.push(job)
+
+        def drain(self) -> JobResult | None:
+            """Hand back the job given last, written."""
+            return self.stages.drain()
 
     return RenderWorker
 
@@ -100,38 +107,52 @@ class RayExecutor:
         return ray.get(self.workers[0].batch_sizes.remote())
 
     def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
-        """Yield each job's results as it finishes, in completion order."""
+        """Yield each job's results as it finishes, in completion order. An actor is given
+        a new batch while it finishes its last (``RenderWorker.push``); with none left to
+        give, it hands its last back (``drain``)."""
         import ray
         from ray.exceptions import ActorDiedError, RayActorError
 
         queue = list(enumerate(jobs))
         attempts = dict.fromkeys(range(len(jobs)), 0)
-        running: dict[Any, tuple[int, Any]] = {}
+        # Each call in flight: its actor, the batch it renders (None: a drain) and the
+        # batches lost if the actor dies during it.
+        running: dict[Any, tuple[Any, int | None, tuple[int, ...]]] = {}
+        held: dict[Any, int] = {}  # actor → the batch it is finishing, not handed back yet
         idle = list(self.workers)
-        while queue or running:
-            while queue and idle:
-                index, job = queue.pop(0)
-                worker = idle.pop()
-                attempts[index] += 1
-                running[worker.produce.remote(job)] = (index, worker)
+        while queue or running or held:
+            for worker in [worker for worker in idle if queue or worker in held]:
+                idle.remove(worker)
+                holding = (held[worker],) if worker in held else ()
+                if queue:
+                    index, job = queue.pop(0)
+                    attempts[index] += 1
+                    running[worker.push.remote(job)] = (worker, index, (index, *holding))
+                else:
+                    running[worker.drain.remote()] = (worker, None, holding)
             done, _ = ray.wait(list(running), num_returns=1)
-            index, worker = running.pop(done[0])
+            worker, index, at_stake = running.pop(done[0])
             try:
                 results = ray.get(done[0])
             except (RayActorError, ActorDiedError) as err:
-                if attempts[index] >= MAX_ATTEMPTS:
-                    raise RenderFailure(f"batch {index} failed on {attempts[index]} actors: "
-                                        f"{err}") from err
-                self.log(f"ray: a worker died on batch {index} ({type(err).__name__}); "
-                         "retrying it on a fresh worker")
+                if failed := [lost for lost in at_stake if attempts[lost] >= MAX_ATTEMPTS]:
+                    raise RenderFailure(f"batch {failed[0]} failed on {attempts[failed[0]]} "
+                                        f"actors: {err}") from err
+                self.log(f"ray: a worker died on batch(es) {', '.join(map(str, at_stake))} "
+                         f"({type(err).__name__}); retrying on a fresh worker")
+                held.pop(worker, None)
                 self.workers.remove(worker)
                 worker = self._make()
                 self.workers.append(worker)
-                queue.insert(0, (index, jobs[index]))
+                queue[:0] = [(lost, jobs[lost]) for lost in sorted(at_stake)]
                 idle.append(worker)
                 continue
+            held.pop(worker, None)
+            if index is not None:
+                held[worker] = index
             idle.append(worker)
-            yield results
+            if results is not None:
+                yield results
 
     def close(self) -> None:
         import ray

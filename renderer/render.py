@@ -23,6 +23,7 @@ run, like the base. ``timings`` adds up the seconds of each step.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -47,6 +48,11 @@ from .variant import (
     VariantSpec,
     render_call,
 )
+
+# Held while a model is built: diffusers builds its models under accelerate's
+# init_empty_weights, which patches torch.nn.Module for every thread, so a model built in
+# another thread meanwhile (the CLIP scorer, at start-up) would get empty meta tensors.
+BUILDING_MODELS = threading.Lock()
 
 if TYPE_CHECKING:  # imported where used: a step loads its libraries only when it runs
     import numpy as np
@@ -505,13 +511,15 @@ class DiffusersRenderer:
     @contextmanager
     def _loading(self) -> Iterator[None]:
         """Time spent loading models (``load_seconds``, counted once when loads nest): a
-        run's per-image seconds leave it out, so they measure rendering."""
+        run's per-image seconds leave it out, so they measure rendering. Loads hold
+        ``BUILDING_MODELS``."""
         if self._loading_now:
             yield
             return
         self._loading_now, started = True, time.perf_counter()
         try:
-            yield
+            with BUILDING_MODELS:
+                yield
         finally:
             self._loading_now = False
             self.load_seconds += time.perf_counter() - started

@@ -32,7 +32,7 @@ from typing import Any
 
 from .compare import compare
 from .environment import differences, options_like, pixel_option_differences
-from .errors import InputError
+from .errors import InputError, RenderFailure
 from .hashing import sha256_bytes, sha256_json
 from .inputs import FileIndex, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger
@@ -341,7 +341,11 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
         log(f"rendering {len(batch)} image(s) for {len(members)} target(s)")
         # Only the targets are written; their recorded batch mates render beside them.
         job = Job(tuple(batch), frozenset(target.variant_id for target in members))
-        produced = {item.variant.id: item for item in worker.produce(job, dest).produced}
+        result = worker.produce(job, dest)
+        if failed := [item for item in result.failed if not item.co_member]:
+            raise RenderFailure(f"{len(failed)} reproduction(s) could not be finished: "
+                                + "; ".join(item.describe() for item in failed))
+        produced = {item.variant.id: item for item in result.produced}
         current = worker.environment()
         for target in members:
             outcome = outcomes[target.variant_id]

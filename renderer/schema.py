@@ -454,6 +454,11 @@ class RenderSpec(Strict):
     keep_pipelines: bool = Field(
         default=False, description="With several recipes: keep every recipe's pipeline loaded "
         "for the whole run (memory allowing); by default one is released before the next loads.")
+    pipeline: bool | Literal["auto"] = Field(
+        default="auto", description="Overlap rendering with post-processing: the denoiser "
+        "renders the next batch while threads post-process, score, encode and write this one "
+        "(the same files, ledger rows and decisions); false: one batch after the other; auto: "
+        "overlap on an accelerator (CUDA, MPS), not on CPU, where both share the cores.")
 
 
 class C2paSpec(Strict):
