@@ -39,10 +39,10 @@ from typing import Any
 from .atomic import TEMP_PREFIX, write_bytes_atomic
 from .errors import InputError
 from .hashing import sha256_bytes, sha256_file
-from .ledger import LEDGER_NAME, DeliveryFileRecord, Ledger, new_delivery_id, utc_now
+from .ledger import LEDGER_NAME, Ledger, new_delivery_id, utc_now
 from .matrix import axis_label
 from .provenance import C2paSigner, sign_image
-from .records import DeliveryRow, RenderRow
+from .records import DeliveryFileRow, DeliveryRow, RenderRow
 
 REQUIREMENTS = ("approved", "passed")
 MANIFEST_NAMES = ("manifest.json", "manifest.csv")
@@ -210,7 +210,7 @@ def deliver(out_dir: Path, run_id: str | None, to: Path, *, require: str = "appr
             delivery_id, run_id=plan.run_id, target=str(to.resolve()), require=require,
             masters=masters, signed=signer is not None,
             manifest_sha256=sha256_bytes(names["manifest.json"]), delivered_by=delivered_by,
-            files=[DeliveryFileRecord(
+            files=[DeliveryFileRow(
                 path=shipped.name, render_id=shipped.row.id, channel=shipped.channel,
                 source_path=shipped.source_path, content_sha256=shipped.sha256,
                 sha256=sha256_bytes(data), bytes=len(data),

@@ -78,20 +78,6 @@ class ReviewRecord:
 
 
 @dataclass(frozen=True)
-class DeliveryFileRecord:
-    """One shipped file, as ``record_delivery`` stores it."""
-
-    path: str  # inside the delivery
-    render_id: int
-    channel: str  # an export's name, or 'master'
-    source_path: str  # relative to the ledger's folder
-    content_sha256: str  # the unsigned file as recorded
-    sha256: str  # the file as shipped
-    bytes: int
-    review_id: int | None
-
-
-@dataclass(frozen=True)
 class TrainingStart:
     """What an attempt at a training states before it steps."""
 
@@ -431,7 +417,7 @@ class Ledger:
 
     def record_delivery(self, delivery_id: str, *, run_id: str, target: str, require: str,
                         masters: bool, signed: bool, manifest_sha256: str, delivered_by: str,
-                        files: Sequence[DeliveryFileRecord]) -> DeliveryRow:
+                        files: Sequence[DeliveryFileRow]) -> DeliveryRow:
         """Record one delivery (``new_delivery_id``) and every file it shipped, in one
         transaction."""
         with self.transaction() as db:

@@ -10,12 +10,12 @@ import pytest
 
 from renderer.ledger import (
     DecisionRecord,
-    DeliveryFileRecord,
     Ledger,
     RenderRecord,
     ReviewRecord,
     new_delivery_id,
 )
+from renderer.records import DeliveryFileRow
 
 
 def _sha(number: int) -> str:
@@ -89,7 +89,7 @@ def test_a_delivery_is_recorded_with_every_file(ledger):
     run_id, rows = _run(ledger, variants, ["pass"])
     delivery = ledger.record_delivery(
         new_delivery_id(), run_id=run_id, target="/tmp/d", require="approved", masters=True,
-        signed=True, manifest_sha256="m" * 64, delivered_by="ana", files=[DeliveryFileRecord(
+        signed=True, manifest_sha256="m" * 64, delivered_by="ana", files=[DeliveryFileRow(
             path="feed/0.jpg", render_id=rows[0], channel="feed", source_path="c/0.jpg",
             content_sha256="a" * 64, sha256="b" * 64, bytes=10, review_id=None)])
     assert ledger.deliveries(run_id) == [delivery]
