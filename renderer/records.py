@@ -20,6 +20,11 @@ def _loads(text: str | None, default: Any = None) -> Any:
     return default if text is None else json.loads(text)
 
 
+def _from_columns(cls: type, row: sqlite3.Row) -> Any:
+    """A row type whose fields are its table's columns of the same names."""
+    return cls(**{item.name: row[item.name] for item in fields(cls)})
+
+
 @dataclass(frozen=True)
 class Decision:
     """A render's decision in one decision pass."""
@@ -127,8 +132,7 @@ class ExportRow:
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> ExportRow:
-        return cls(*(row[key] for key in ("name", "path", "sha256", "bytes", "width", "height",
-                                          "format")))
+        return _from_columns(cls, row)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,8 +151,7 @@ class DeliveryFileRow:
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> DeliveryFileRow:
-        return cls(*(row[key] for key in ("path", "render_id", "channel", "source_path",
-                                          "content_sha256", "sha256", "bytes", "review_id")))
+        return _from_columns(cls, row)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
