@@ -4,9 +4,10 @@ An executor runs the worker's stages (``renderer.produce.Worker``: render → fi
 write) on jobs (one pipeline call's batch each) and yields what each produced; the driver
 (``renderer.execute``) commits it to the ledger. The local executors do this in-process,
 in job order — ``LocalExecutor`` one stage after the other (``render.pipeline: false``),
-``PipelinedExecutor`` (the default) with the denoiser rendering the next batch while this
-one is finished — and ``renderer.ray_executor`` on Ray actors, each overlapping its stages
-as the pipelined executor does; all of them run the same worker.
+``PipelinedExecutor`` (``auto``'s choice on an accelerator) with the denoiser rendering
+the next batch while this one is finished — and ``renderer.ray_executor`` on Ray actors,
+each overlapping its stages as the pipelined executor does; all of them run the same
+worker.
 """
 
 from __future__ import annotations
