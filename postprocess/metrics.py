@@ -108,7 +108,7 @@ def palette_adherence(
         raise ValueError("no palette colours given; pass the brand palette as hex strings")
     if max_delta_e <= 0:
         raise ValueError(f"max_delta_e {max_delta_e!r} must be positive, e.g. 10")
-    near = _near_palette_table(tuple(palette_hex), float(max_delta_e))
+    near = near_palette_table(tuple(palette_hex), float(max_delta_e))
     height, width = require_rgb(image).shape[:2]
     stride = math.ceil(max(height, width) / PALETTE_SAMPLE_SIDE)
     levels = image[::stride, ::stride].reshape(-1, 3) >> (8 - PALETTE_BITS)
@@ -121,9 +121,10 @@ def palette_adherence(
 
 
 @functools.lru_cache(maxsize=16)
-def _near_palette_table(palette_hex: tuple[str, ...], max_delta_e: float) -> np.ndarray:
+def near_palette_table(palette_hex: tuple[str, ...], max_delta_e: float) -> np.ndarray:
     """For every colour binned to PALETTE_BITS per channel (at the bin's centre): whether
-    it lies within ``max_delta_e`` of a palette colour. Flat, indexed by (r, g, b) bits."""
+    it lies within ``max_delta_e`` of a palette colour. Flat, indexed by (r, g, b) bits.
+    Made once per palette and threshold (about 0.5 s of numpy, which releases the GIL)."""
     palette_lab = srgb_to_lab(np.array([ImageColor.getrgb(hex_)[:3] for hex_ in palette_hex]))
     step = 1 << (8 - PALETTE_BITS)
     centres = np.arange(step // 2, 256, step)

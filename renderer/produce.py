@@ -195,12 +195,15 @@ class Assets:
 
     def prepare(self, campaign: Campaign) -> None:
         """Import the post-process library and load what the campaign's post-processing
-        reads (its logo, the brand grade's references, each font), before any image needs
-        them."""
+        reads (the face cascade, its logo, the brand grade's references, each font), before
+        any image needs them."""
         import importlib
 
         for module in FINISH_MODULES:
             importlib.import_module(module)
+        from postprocess.faces import load_cascade
+
+        load_cascade()  # every image's faces are detected
         if campaign.spec.logo:
             self.logo(campaign.brand.logo.identity)
         post, brand = campaign.spec.postprocess, campaign.brand
@@ -273,11 +276,15 @@ class Scoring:
     once, its palette and where its brand kit places the logo (README: the metrics table)."""
 
     def __init__(self, campaign: Campaign):
+        clip, scoring = campaign.clip, campaign.spec.scoring
+        if palette := campaign.brand.spec.palette:  # first: it runs beside the caller's imports
+            from postprocess.metrics import near_palette_table
+
+            near_palette_table(tuple(palette), float(scoring.palette_delta_e))
         from postprocess.scoring import ClipScorer
 
         from .render import BUILDING_MODELS
 
-        clip, scoring = campaign.clip, campaign.spec.scoring
         with BUILDING_MODELS:  # not while diffusers builds one (start-up runs beside it)
             self.scorer = ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size) \
                 if clip.folder is not None else ClipScorer.from_pretrained(
