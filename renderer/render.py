@@ -26,7 +26,7 @@ import dataclasses
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +120,20 @@ class LoraSlots:
     rank: int
     first: tuple[FileId, ...]  # per slot
 
+    def record(self) -> dict[str, Any]:
+        """As the environment fingerprint records it (``options.lora_hotswap``, by
+        checkpoint sha256): ``reproduce`` sets the same slots up again from it."""
+        return {"hotswap_rank": self.rank, "slots": len(self.first),
+                "first": [file.model_dump() for file in self.first]}
+
+    @classmethod
+    def recorded(cls, environment: Mapping[str, Any] | None) -> dict[str, LoraSlots]:
+        """The slots a recorded environment's renders hot-swapped into, by checkpoint."""
+        switching = ((environment or {}).get("options") or {}).get("lora_hotswap") or {}
+        return {checkpoint: cls(rank=slots["hotswap_rank"],
+                                first=tuple(FileId(**file) for file in slots["first"]))
+                for checkpoint, slots in switching.items() if "first" in slots}
+
 
 def plan_lora_slots(family: str, stacks: Sequence[Sequence[ResolvedFile]]) -> LoraSlots | str:
     """The slots of a checkpoint's LoRA stacks, or why they cannot hot-swap."""
@@ -189,7 +203,10 @@ class DiffusersRenderer:
     ``from_pipe`` (shared weights, no reload) and renders batches."""
 
     def __init__(self, options: RenderOptions = RenderOptions(), *, allow_pickle: bool = False,
-                 log: Callable[[str], None] = lambda _: None, recipes: Sequence[Recipe] = ()):
+                 log: Callable[[str], None] = lambda _: None, recipes: Sequence[Recipe] = (),
+                 lora_slots: Mapping[str, LoraSlots] | None = None):
+        """``recipes``: what it will render, for ``compile``'s LoRA hot-swap slots;
+        ``lora_slots``: slots already planned instead (``reproduce``: the recorded ones)."""
         import torch
 
         quiet_libraries()
@@ -213,14 +230,22 @@ class DiffusersRenderer:
         self._ip_adapters: dict[int, str] = {}
         self._upscalers: dict[str, Any] = {}
         self.timings: dict[str, float] = {}  # seconds per step (base, refiner, hires, …), summed
-        self._plan_lora_hotswap(recipes)
+        if lora_slots is not None:
+            self._lora_slots.update(lora_slots if options.compile else {})
+        else:
+            self._plan_lora_hotswap(recipes)
+
+    @property
+    def lora_slots(self) -> dict[str, LoraSlots]:
+        """The hot-swap slots of each checkpoint (by sha256) the compiled denoiser uses."""
+        return dict(self._lora_slots)
 
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
     def fingerprint(self) -> dict[str, Any]:
-        switching = {checkpoint: {"hotswap_rank": slots.rank, "slots": len(slots.first)}
+        switching = {checkpoint: slots.record()
                      for checkpoint, slots in sorted(self._lora_slots.items())}
         return fingerprint(self.device, self.dtype_name,
                            {**dataclasses.asdict(self.options), "attention": "sdpa",

@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .compare import compare
 from .environment import differences, options_like, pixel_option_differences
@@ -42,6 +42,9 @@ from .produce import Job, Produced, Worker
 from .records import RenderRow
 from .validate import pickle_weights
 from .variant import VariantSpec, spec_problem
+
+if TYPE_CHECKING:
+    from .render import LoraSlots
 
 Log = Callable[[str], None]
 TOLERANCE_OTHER_ENVIRONMENT = 1  # in 1/255 steps, per channel (README: "Ids, seeds …")
@@ -280,6 +283,8 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
         for key, name, sha256 in spec_files(spec):
             if (found := finder.find(file_role(key), name, sha256)) is not None:
                 located.append(found)
+    # The LoRAs a compiled run's hot-swap slots loaded first (another recipe's, maybe).
+    slots = {target.variant_id: _recorded_slots(target, finder, located) for target in targets}
     # A pickle is refused as soon as it is found, whatever else is missing.
     if not allow_pickle and (pickled := [(file, why) for file in located
                                          if (why := pickle_weights(file.path))]):
@@ -336,7 +341,8 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
         elif len(key) == 1 and not first.batch:
             outcomes[first.variant_id].notes.append(
                 "batch not recorded: rendered alone (may move pixels by 1/255)")
-        renderer = _renderer_for(renderer, first.environment, allow_pickle, log)
+        renderer = _renderer_for(renderer, first.environment, slots[first.variant_id],
+                                 allow_pickle, log)
         worker = Worker(renderer, files, scoring=None)  # it compares pixels, not scores
         log(f"rendering {len(batch)} image(s) for {len(members)} target(s)")
         # Only the targets are written; their recorded batch mates render beside them.
@@ -363,9 +369,27 @@ def _checkpoint_key(spec: Mapping[str, Any]) -> tuple[str, str]:
     return checkpoint["name"], checkpoint["sha256"]
 
 
-def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None, allow_pickle: bool,
-                  log: Log) -> Any:
-    """A renderer set up as the recorded environment was (threads, device, dtype, options)."""
+def _recorded_slots(target: Target, finder: FileFinder,
+                    located: list[ResolvedFile]) -> dict[str, LoraSlots]:
+    """The hot-swap slots the target's run used whose first LoRAs are found (added to
+    ``located``); a checkpoint's slots with one missing are left out: its stacks switch
+    with set_adapters, and the environment difference (``options.lora_hotswap``) says so."""
+    from .render import LoraSlots
+
+    found = {}
+    for checkpoint, slots in LoraSlots.recorded(target.environment).items():
+        files = [finder.find("lora (hot-swap slot)", file.name, file.sha256)
+                 for file in slots.first]
+        if all(files):
+            located.extend(file for file in files if file is not None)
+            found[checkpoint] = slots
+    return found
+
+
+def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None,
+                  lora_slots: Mapping[str, LoraSlots], allow_pickle: bool, log: Log) -> Any:
+    """A renderer set up as the recorded environment was (threads, device, dtype, options,
+    a compiled denoiser's LoRA hot-swap slots)."""
     import torch
 
     from .render import DiffusersRenderer, RenderOptions
@@ -373,8 +397,10 @@ def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None, allow_pi
     if environment and environment.get("threads"):
         torch.set_num_threads(int(environment["threads"]))
     wanted = RenderOptions(**options_like(environment, RenderOptions.known()))
-    if renderer is None or renderer.options != wanted:
-        renderer = DiffusersRenderer(wanted, allow_pickle=allow_pickle, log=log)
+    if renderer is None or renderer.options != wanted or \
+            renderer.lora_slots != (dict(lora_slots) if wanted.compile else {}):
+        renderer = DiffusersRenderer(wanted, allow_pickle=allow_pickle, log=log,
+                                     lora_slots=lora_slots)
     return renderer
 
 

@@ -75,7 +75,10 @@ def test_compiled_stacks_hot_swap_without_recompiling_and_match_eager(two_stacks
     worker = Worker.for_campaign(campaign, lambda _: None)
     compiled = worker.renderer
     (switching,) = worker.environment()["options"]["lora_hotswap"].values()
-    assert switching == {"hotswap_rank": 4, "slots": 2}  # the style LoRA's rank, 2 deep
+    style = specs["wide"].recipe.loras[0]
+    # The style LoRA's rank, 2 deep; the style LoRA (the wider) loads first in both slots.
+    assert switching == {"hotswap_rank": 4, "slots": 2,
+                         "first": [{"name": style.name, "sha256": style.sha256}] * 2}
 
     first_wide = pixels(compiled, specs["wide"], files)
     warm = compiled_graphs()
@@ -101,6 +104,26 @@ def test_without_hot_swap_a_switch_recompiles(two_stacks):
     warm = compiled_graphs()
     pixels(renderer, specs["both"], files)
     assert compiled_graphs() > warm
+    torch._dynamo.reset()
+
+
+def test_reproduce_hot_swaps_into_the_recorded_slots(two_stacks, tmp_path):
+    """A compiled run's render reproduces byte for byte, in the same environment: reproduce
+    sets up the slots the run recorded (the ``both`` stack alone would plan other ones: a
+    rank-2 LoRA first in slot 0), loading the other recipe's LoRA first as the run did."""
+    from renderer.execute import render_campaign
+    from renderer.ledger import Ledger
+    from renderer.reproduction import reproduce
+
+    campaign, _ = two_stacks
+    out = tmp_path / "out"
+    render_campaign(campaign.source, out, show_progress=False)
+    with Ledger(out / "ledger.sqlite") as ledger:
+        (row,) = [row for row in ledger.run_rows(ledger.run(None).id)
+                  if row.spec["recipe"]["name"] == "both"]
+    (outcome,) = reproduce(row.variant_id, out_dir=out)
+    assert outcome.environment_differences == []
+    assert outcome.status == "identical", outcome.describe()
     torch._dynamo.reset()
 
 
