@@ -12,6 +12,7 @@
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,17 @@ def family_campaign(folder: Path, family: str) -> Path:
     return path
 
 
+def step_sums(out_dir: Path) -> list[tuple[str, float]]:
+    """Seconds per step (base: the denoiser; postprocess, score, write: what only the
+    renderer does) summed over a run's images, from the ledger's per-image shares."""
+    sums: dict[str, float] = {}
+    with sqlite3.connect(out_dir / "ledger.sqlite") as db:
+        for (steps,) in db.execute("SELECT steps_json FROM renders"):
+            for step in json.loads(steps):
+                sums[step["step"]] = sums.get(step["step"], 0.0) + step["seconds"]
+    return list(sums.items())
+
+
 def renderer_versus_hand_loop(folder: Path) -> None:
     print(f"renderer vs hand-written diffusers loop (36 demo variants at 64 px, best of "
           f"{REPEATS}, fresh processes, imports and model loading included):")
@@ -64,6 +76,9 @@ def renderer_versus_hand_loop(folder: Path) -> None:
               f"   speed-up {min(hand) / min(renderer):5.2f}x   (runs: hand "
               f"{', '.join(f'{t:.2f}' for t in hand)}; renderer "
               f"{', '.join(f'{t:.2f}' for t in renderer)})")
+        best = folder / f"out-{family}-{renderer.index(min(renderer))}"
+        print("        the renderer's best run, its images' steps summed (ledger): "
+              + ", ".join(f"{step} {seconds:.2f} s" for step, seconds in step_sums(best)))
     resume = timed([str(BIN / "campaign"), "render", str(folder / "sd15.yaml"), "--out",
                     str(folder / "out-sd15-0")])
     print(f"  second render of the finished sd15 campaign (all skipped): {resume:.2f} s")
