@@ -12,7 +12,11 @@
     export) and the real write, through `LocalExecutor` and `PipelinedExecutor`. It prints
     `overlap ratio = end-to-end img/s ÷ render-only img/s` (1.0: post-processing costs the
     accelerator nothing; target for the pipelined executor: at least 0.9). The driver's
-    ledger commit is not in (b); (a) has it.
+    ledger commit is not in (b); (a) has it. It runs once per share in LAUNCH_SHARES: that
+    share of each image's hold is Python work holding the GIL (a fixed number of loop
+    iterations, timed alone first), as a real denoising loop spends launching kernels
+    between the GPU's waits. The finishing threads then compete with it for the GIL, so
+    its hold grows with the Python that they run.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
 HOLD_S = float(os.environ.get("BENCH_HOLD_S", "1.0"))  # per image, as a GPU would render
+# Shares of the hold spent in Python holding the GIL (kernel launches), one run of (b) each.
+LAUNCH_SHARES = [float(share) for share in
+                 os.environ.get("BENCH_LAUNCH_SHARES", "0,0.6").split(",")]
 SIDE = 1024
 BATCH = 4
 TARGET = 0.9
@@ -71,19 +78,24 @@ def whole_process(folder: Path) -> None:
 
 
 class HoldingRenderer:
-    """Stands in for the denoiser on an accelerator: holds each batch HOLD_S per image
-    without the CPU and returns photo-like images of the variants' size."""
+    """Stands in for the denoiser on an accelerator: holds each batch HOLD_S per image,
+    ``launch_share`` of it in Python work holding the GIL and the rest without the CPU,
+    and returns photo-like images of the variants' size."""
 
     load_seconds = 0.0
     device = "simulated"
 
-    def __init__(self) -> None:
+    def __init__(self, launch_share: float = 0.0) -> None:
         import cv2
         from PIL import Image
 
         from tests.synthetic import draw_face, shapes, with_noise
 
         self.timings: dict[str, float] = {}
+        self.launch_share = launch_share
+        # Loop iterations per second on this machine, alone: a launch takes a fixed count.
+        started, count = time.perf_counter(), self._spin(2_000_000)
+        self.iterations_per_s = count / (time.perf_counter() - started)
         self.images = []
         for seed in range(BATCH):  # flat shapes and a face, upscaled smooth, mild noise
             scene = shapes(size=256, seed=seed)
@@ -91,8 +103,17 @@ class HoldingRenderer:
             scene = cv2.resize(scene, (SIDE, SIDE), interpolation=cv2.INTER_CUBIC)
             self.images.append(Image.fromarray(with_noise(scene, sigma=4, seed=seed)))
 
+    @staticmethod
+    def _spin(iterations: int) -> int:
+        total = 0
+        for step in range(iterations):
+            total += step & 1
+        return iterations
+
     def render_resilient(self, specs, files):
-        time.sleep(HOLD_S * len(specs))
+        for _ in specs:
+            self._spin(int(self.launch_share * HOLD_S * self.iterations_per_s))
+            time.sleep((1 - self.launch_share) * HOLD_S)
         indices = tuple(range(len(specs)))
         return [(self.images[index % BATCH].copy(), indices) for index in indices]
 
@@ -103,8 +124,8 @@ class HoldingRenderer:
         """Nothing loaded."""
 
 
-def simulated_accelerator(folder: Path) -> None:
-    """(b): the real finish and write stages behind a renderer that only waits."""
+def simulated_accelerator(folder: Path, launch_share: float) -> None:
+    """(b): the real finish and write stages behind a renderer that mostly waits."""
     from renderer.executors import LocalExecutor, PipelinedExecutor
     from renderer.plan import cut_batches, make_plan
     from renderer.produce import FINISH_THREADS, Assets, Job, Scoring, Worker
@@ -119,7 +140,7 @@ def simulated_accelerator(folder: Path) -> None:
     files = campaign.files()
     assets = Assets(files)
     assets.prepare(campaign)
-    worker = Worker(HoldingRenderer(), files, Scoring(campaign), assets=assets)
+    worker = Worker(HoldingRenderer(launch_share), files, Scoring(campaign), assets=assets)
     worker.finish(worker.render(jobs[0]))  # warm up (first calls of OpenCV, CLIP, fonts)
     started = time.perf_counter()
     for job in jobs:
@@ -127,13 +148,15 @@ def simulated_accelerator(folder: Path) -> None:
     render_only = len(variants) / (time.perf_counter() - started)
     rates = {}
     for label, executor in (("serial", LocalExecutor), ("pipelined", PipelinedExecutor)):
-        run = executor(campaign, folder / f"out-{label}", lambda _: None, worker)
+        run = executor(campaign, folder / f"out-{label}-{launch_share:g}", lambda _: None,
+                       worker)
         started = time.perf_counter()
         produced = sum(len(result.produced) for result in run.produce_all(jobs))
         assert produced == len(variants), (label, produced)
         rates[label] = len(variants) / (time.perf_counter() - started)
     print(f"(b) simulated accelerator: {len(variants)} variants at {SIDE}x{SIDE} in batches of "
-          f"{BATCH}, held {HOLD_S:g} s per image (BENCH_HOLD_S), real finish and write, "
+          f"{BATCH}, held {HOLD_S:g} s per image (BENCH_HOLD_S), {launch_share:.0%} of it in "
+          f"Python holding the GIL (BENCH_LAUNCH_SHARES), real finish and write, "
           f"{os.cpu_count()} CPUs, {FINISH_THREADS} finishing thread(s):")
     print(f"  render only {render_only:6.3f} img/s")
     finish_each = 1 / rates["serial"] - 1 / render_only
@@ -147,7 +170,8 @@ def simulated_accelerator(folder: Path) -> None:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="overlap-bench-") as scratch:
-        simulated_accelerator(Path(scratch))
+        for launch_share in LAUNCH_SHARES:
+            simulated_accelerator(Path(scratch), launch_share)
         whole_process(Path(scratch))
 
 
