@@ -1,5 +1,5 @@
-"""The ``campaign`` console script ends without the interpreter's teardown (README, "Exit
-codes"), and loses nothing for it: ``main``'s status is the exit code, everything printed
+"""The ``campaign`` console script ends without the interpreter's teardown (README,
+"Command line"), and loses nothing for it: ``main``'s status is the exit code, everything printed
 reaches the reader, the threads are joined and every atexit handler registered while
 ``main`` ran has run. Each case runs ``renderer.cli.run`` in a fresh interpreter with a
 stand-in ``main`` that does what a command does at the end of a run.
