@@ -36,9 +36,10 @@ _MAX_RECTS_PER_FEATURE = 3
 class HaarStage:
     threshold: float
     # A feature is a weighted sum of integral-table entries at these offsets from the window
-    # origin: 4 corners per rectangle, 3 rectangles at most (unused ones weigh 0).
-    corner_offsets: np.ndarray  # (weak classifiers, 12, 2): dx, dy
-    integer_weights: np.ndarray  # (weak classifiers, 12); Haar weights are whole numbers
+    # origin: the corners of its rectangles (3 at most), shared ones once, weights summed;
+    # a stage's shorter features are padded with weight-0 corners.
+    corner_offsets: np.ndarray  # (weak classifiers, corners, 2): dx, dy
+    integer_weights: np.ndarray  # (weak classifiers, corners); Haar weights are whole numbers
     node_thresholds: np.ndarray  # (weak classifiers,)
     leaves: np.ndarray  # (weak classifiers, 2): value below the threshold, value at or above
 
@@ -78,7 +79,7 @@ def load_cascade(path: Path = FRONTAL_FACE_CASCADE) -> HaarCascade:
         raise ValueError(f"{path} uses tilted features, which this evaluator does not support")
     stages = []
     for stage in cascade.find("stages"):
-        offsets, weights, node_thresholds, leaves = [], [], [], []
+        forms, node_thresholds, leaves = [], [], []
         for weak in stage.find("weakClassifiers"):
             nodes = weak.findtext("internalNodes").split()
             if len(nodes) != 4:
@@ -86,16 +87,15 @@ def load_cascade(path: Path = FRONTAL_FACE_CASCADE) -> HaarCascade:
                     f"{path} has tree classifiers; use a stump cascade such as "
                     "haarcascade_frontalface_default.xml"
                 )
-            feature_offsets, feature_weights = _corner_form(features[int(nodes[2])], path)
-            offsets.append(feature_offsets)
-            weights.append(feature_weights)
+            forms.append(_corner_form(features[int(nodes[2])], path))
             node_thresholds.append(float(nodes[3]))
             leaves.append([float(value) for value in weak.findtext("leafValues").split()])
+        offsets, weights = _padded(forms)
         stages.append(
             HaarStage(
                 threshold=float(stage.findtext("stageThreshold")),
-                corner_offsets=np.array(offsets, dtype=np.int64),
-                integer_weights=np.array(weights, dtype=np.int32),
+                corner_offsets=offsets,
+                integer_weights=weights,
                 node_thresholds=np.array(node_thresholds, dtype=np.float64),
                 leaves=np.array(leaves, dtype=np.float64),
             )
@@ -104,16 +104,30 @@ def load_cascade(path: Path = FRONTAL_FACE_CASCADE) -> HaarCascade:
     return HaarCascade(window=window, stages=tuple(stages))
 
 
-def _corner_form(rects: list[list[float]], path: Path) -> tuple[list[list[int]], list[int]]:
-    """A feature's rectangles (x, y, w, h, weight) as 12 signed integral-table corners."""
+def _corner_form(rects: list[list[float]], path: Path) -> dict[tuple[int, int], int]:
+    """A feature's rectangles (x, y, w, h, weight) as signed integral-table corners: each
+    corner once, with the weights of the rectangles that share it summed (6 to 9 of the
+    12 corners of the cascade's features remain; the integer sums are the same)."""
     if any(weight != int(weight) for *_, weight in rects):
         raise ValueError(f"{path} has fractional rectangle weights; use an OpenCV Haar cascade")
-    offsets, weights = [], []
-    for x, y, w, h, weight in rects + [[0, 0, 0, 0, 0]] * (_MAX_RECTS_PER_FEATURE - len(rects)):
+    if len(rects) > _MAX_RECTS_PER_FEATURE:
+        raise ValueError(f"{path} has a feature of {len(rects)} rectangles; OpenCV's have at "
+                         f"most {_MAX_RECTS_PER_FEATURE}")
+    corners: dict[tuple[int, int], int] = {}
+    for x, y, w, h, weight in rects:
         for dx, dy, sign in ((x + w, y + h, 1), (x + w, y, -1), (x, y + h, -1), (x, y, 1)):
-            offsets.append([int(dx), int(dy)])
-            weights.append(sign * int(weight))
-    return offsets, weights
+            corner = (int(dx), int(dy))
+            corners[corner] = corners.get(corner, 0) + sign * int(weight)
+    return {corner: weight for corner, weight in corners.items() if weight}
+
+
+def _padded(forms: list[dict[tuple[int, int], int]]) -> tuple[np.ndarray, np.ndarray]:
+    """A stage's features as (weak, corners, 2) offsets and (weak, corners) weights, padded
+    to its largest feature with corner (0, 0) at weight 0."""
+    width = max(len(form) for form in forms)
+    offsets = [list(form) + [(0, 0)] * (width - len(form)) for form in forms]
+    weights = [list(form.values()) + [0] * (width - len(form)) for form in forms]
+    return np.array(offsets, dtype=np.int64), np.array(weights, dtype=np.int32)
 
 
 def detect_faces(image: np.ndarray, detection: FaceDetection = FaceDetection()) -> list[Box]:
@@ -212,7 +226,8 @@ def _windows_passing(cascade: HaarCascade, gray: np.ndarray, step: int) -> np.nd
         if not len(origins):
             break
         offsets = stage.corner_offsets[..., 1] * sums.shape[1] + stage.corner_offsets[..., 0]
-        corner_sums = np.take(sums, origins[:, None, None] + offsets[None])  # (window, weak, 12)
+        # (window, weak, corners)
+        corner_sums = np.take(sums, origins[:, None, None] + offsets[None])
         values = np.einsum("nkc,kc->kn", corner_sums, stage.integer_weights)
         keep = _stage_passes(stage, values * inv_std)
         rows, cols, origins, inv_std = rows[keep], cols[keep], origins[keep], inv_std[keep]
