@@ -23,6 +23,8 @@ from renderer.produce import Worker
 from renderer.render import DiffusersRenderer, RenderOptions, compiled_graphs
 from renderer.validate import load_campaign
 
+pytestmark = pytest.mark.long  # a minute of compiled renders: scheduled first
+
 COMPILED = RenderOptions(compile=True, compile_backend="eager")
 
 
