@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
 HOLD_S = float(os.environ.get("BENCH_HOLD_S", "1.0"))  # per image, as a GPU would render
+CALIBRATION_ITERATIONS = 2_000_000  # loop iterations timed once to size a "launch"
 # Shares of the hold spent in Python holding the GIL (kernel launches), one run of (b) each.
 LAUNCH_SHARES = [float(share) for share in
                  os.environ.get("BENCH_LAUNCH_SHARES", "0,0.6").split(",")]
@@ -94,8 +95,9 @@ class HoldingRenderer:
         self.timings: dict[str, float] = {}
         self.launch_share = launch_share
         # Loop iterations per second on this machine, alone: a launch takes a fixed count.
-        started, count = time.perf_counter(), self._spin(2_000_000)
-        self.iterations_per_s = count / (time.perf_counter() - started)
+        started = time.perf_counter()
+        self._spin(CALIBRATION_ITERATIONS)
+        self.iterations_per_s = CALIBRATION_ITERATIONS / (time.perf_counter() - started)
         self.images = []
         for seed in range(BATCH):  # flat shapes and a face, upscaled smooth, mild noise
             scene = shapes(size=256, seed=seed)
@@ -104,11 +106,11 @@ class HoldingRenderer:
             self.images.append(Image.fromarray(with_noise(scene, sigma=4, seed=seed)))
 
     @staticmethod
-    def _spin(iterations: int) -> int:
+    def _spin(iterations: int) -> None:
+        """Python bytecode only: it holds the GIL except at the interpreter's switches."""
         total = 0
         for step in range(iterations):
             total += step & 1
-        return iterations
 
     def render_resilient(self, specs, files):
         for _ in specs:

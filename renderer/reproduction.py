@@ -397,8 +397,8 @@ def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None,
     if environment and environment.get("threads"):
         torch.set_num_threads(int(environment["threads"]))
     wanted = RenderOptions(**options_like(environment, RenderOptions.known()))
-    if renderer is None or renderer.options != wanted or \
-            renderer.lora_slots != (dict(lora_slots) if wanted.compile else {}):
+    # Slots are recorded for compiled runs only, and their options say compile.
+    if renderer is None or renderer.options != wanted or renderer.lora_slots != lora_slots:
         renderer = DiffusersRenderer(wanted, allow_pickle=allow_pickle, log=log,
                                      lora_slots=lora_slots)
     return renderer
