@@ -97,6 +97,9 @@ class RenderOptions:
     # diffusers' First Block Cache threshold (a Flux transformer skips its other blocks
     # while the first block's residual changes less than this): faster, other pixels.
     first_block_cache: float | None = dataclasses.field(default=None, metadata=_CHANGES_PIXELS)
+    # fp8 weight storage (diffusers' layerwise casting): the denoiser's weights are kept in
+    # this dtype and cast up to ``dtype`` one layer at a time as it runs: less memory.
+    storage_dtype: str | None = dataclasses.field(default=None, metadata=_CHANGES_PIXELS)
 
     @classmethod
     def known(cls) -> set[str]:
@@ -709,6 +712,11 @@ class DiffusersRenderer:
             from diffusers import FirstBlockCacheConfig
 
             denoiser.enable_cache(FirstBlockCacheConfig(threshold=options.first_block_cache))
+        if options.storage_dtype is not None:
+            # diffusers keeps the layers it lists as precision-critical (norms, embeddings)
+            # and the LoRA layers peft adds later in the compute dtype.
+            denoiser.enable_layerwise_casting(storage_dtype=getattr(torch, options.storage_dtype),
+                                              compute_dtype=self.dtype)
         if options.compile:
             denoiser.forward = torch.compile(denoiser.forward, backend=options.compile_backend)
 
@@ -751,7 +759,8 @@ class DiffusersRenderer:
         for lora in recipe.loras:
             name = f"lora_{lora.sha256[:12]}"
             if name not in loaded:
-                pipe.load_lora_weights(str(self._weights(lora, files)), adapter_name=name)
+                with self._layers_in_compute_dtype(denoiser):
+                    pipe.load_lora_weights(str(self._weights(lora, files)), adapter_name=name)
                 loaded.add(name)
             names.append(name)
         if names:
@@ -759,6 +768,28 @@ class DiffusersRenderer:
             pipe.set_adapters(names, adapter_weights=[lora.weight for lora in recipe.loras])
         elif loaded:
             pipe.disable_lora()
+
+    @contextmanager
+    def _layers_in_compute_dtype(self, denoiser: Any) -> Iterator[None]:
+        """With ``storage_dtype``: the denoiser's fp8-stored layers cast up to the compute
+        dtype while a LoRA loads, and back after. peft makes a LoRA's layers in its base
+        layer's dtype, which would store the LoRA in fp8 too. Both casts are exact: every
+        fp8 value is a float32, bfloat16 and float16 one. (A swap into a slot makes no layer.)"""
+        import torch
+
+        if self.options.storage_dtype is None:
+            yield
+            return
+        storage = getattr(torch, self.options.storage_dtype)
+        stored = [module for module in denoiser.modules()
+                  if any(weight.dtype == storage for weight in module.parameters(recurse=False))]
+        for module in stored:
+            module.to(self.dtype)
+        try:
+            yield
+        finally:
+            for module in stored:
+                module.to(storage)
 
     def _hotswap_loras(self, pipe: Any, denoiser: Any, slots: LoraSlots, recipe: RecipeUse,
                        files: FileIndex) -> None:
@@ -771,7 +802,8 @@ class DiffusersRenderer:
             from peft.utils.hotswap import prepare_model_for_compiled_hotswap
 
             for name, lora in zip(names, slots.first, strict=True):
-                pipe.load_lora_weights(str(self._weights(lora, files)), adapter_name=name)
+                with self._layers_in_compute_dtype(denoiser):
+                    pipe.load_lora_weights(str(self._weights(lora, files)), adapter_name=name)
             denoiser.set_adapters(names, [1.0] * len(names))
             # As diffusers' enable_lora_hotswap does for its one adapter, for every slot:
             # ranks padded with zeros to the largest, scales made tensors.

@@ -447,6 +447,11 @@ class RenderSpec(Strict):
         default=None, description="Flux only, opt-in, changes pixels: diffusers' First Block "
         "Cache threshold (e.g. 0.08); a step skips the transformer's other blocks while the "
         "first block's output changes less than this.")
+    storage_dtype: Literal["float8_e4m3fn", "float8_e5m2"] | None = Field(
+        default=None, description="Opt-in, changes pixels: fp8 weight storage. The denoiser's "
+        "weights are kept in this dtype and cast up to dtype one layer at a time as it runs "
+        "(diffusers' layerwise casting): a quarter of their float32 memory, half of "
+        "bfloat16's. Norms, embeddings and LoRA layers stay in dtype.")
     channels_last: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False

@@ -484,6 +484,13 @@ def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> 
     clip = _clip_choice(document, spec.scoring)
     if spec.render.first_block_cache is not None:
         _check_first_block_cache(document, recipes)
+    if spec.render.storage_dtype is not None and spec.render.compile:
+        raise document.error(SchemaError, "storage_dtype cannot be compiled",
+                             ("render", "storage_dtype"),
+                             found=f"{spec.render.storage_dtype} with render.compile: true",
+                             fix="drop render.compile (diffusers' layerwise casting recasts "
+                             "each layer's weights as it runs, and torch.compile breaks its "
+                             "graph at every layer), or drop render.storage_dtype")
     if spec.size is not None:
         _check_size_spec(document, spec)
     _check_matrix(document, spec.matrix)
