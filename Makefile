@@ -55,6 +55,7 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/recipe_axis_bench.py
 	$(BIN)/python bench/overlap_bench.py
 	$(BIN)/python bench/postprocess_bench.py
+	$(BIN)/python bench/storage_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
