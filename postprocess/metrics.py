@@ -1,5 +1,6 @@
-"""Brand scores besides CLIP: palette adherence, logo in place, faces (campaign
-consistency, from the CLIP embeddings alone, is ``postprocess.consistency``).
+"""Brand scores besides CLIP: palette adherence and logo in place (faces are counted by
+``postprocess.faces``; campaign consistency, from the CLIP embeddings alone, is
+``postprocess.consistency``).
 
 Plain numpy and OpenCV, no model: each image-level measure works on a copy at most a few
 hundred pixels across (what it measures does not need more), so a batch of 1080×1080
@@ -17,7 +18,6 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor
 
-from postprocess.faces import count_faces
 from postprocess.geometry import Box
 from postprocess.imaging import require_rgb
 from postprocess.overlay import logo_in_safe_zone
@@ -26,8 +26,8 @@ from postprocess.parameters import SafeZone
 __all__ = [
     "LogoScore",
     "ciede2000",
-    "count_faces",
     "logo_score",
+    "near_palette_table",
     "palette_adherence",
     "srgb_to_lab",
 ]

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from postprocess.consistency import consistency
+from postprocess.faces import count_faces
 from postprocess.metrics import (
     ciede2000,
-    count_faces,
     logo_score,
     palette_adherence,
     srgb_to_lab,
