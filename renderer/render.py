@@ -774,7 +774,8 @@ class DiffusersRenderer:
         """With ``storage_dtype``: the denoiser's fp8-stored layers cast up to the compute
         dtype while a LoRA loads, and back after. peft makes a LoRA's layers in its base
         layer's dtype, which would store the LoRA in fp8 too. Both casts are exact: every
-        fp8 value is a float32, bfloat16 and float16 one. (A swap into a slot makes no layer.)"""
+        fp8 value is a float32, bfloat16 and float16 one. (Validation refuses it with
+        ``compile``, so hot-swapped slots never meet it.)"""
         import torch
 
         if self.options.storage_dtype is None:
@@ -802,8 +803,7 @@ class DiffusersRenderer:
             from peft.utils.hotswap import prepare_model_for_compiled_hotswap
 
             for name, lora in zip(names, slots.first, strict=True):
-                with self._layers_in_compute_dtype(denoiser):
-                    pipe.load_lora_weights(str(self._weights(lora, files)), adapter_name=name)
+                pipe.load_lora_weights(str(self._weights(lora, files)), adapter_name=name)
             denoiser.set_adapters(names, [1.0] * len(names))
             # As diffusers' enable_lora_hotswap does for its one adapter, for every slot:
             # ranks padded with zeros to the largest, scales made tensors.
