@@ -40,14 +40,15 @@ def test_fp8_storage_moves_pixels_a_little(tmp_path, demo_models, family):
         assert image.std() > 5 and 0 < difference.mean() < 30, (name, difference.mean())
 
 
-def test_loras_load_into_an_fp8_denoiser_as_before_casting(tmp_path, demo_models):
+@pytest.mark.parametrize("storage", ["float8_e4m3fn", "float8_e5m2"])
+def test_loras_load_into_an_fp8_denoiser_as_before_casting(tmp_path, demo_models, storage):
     """Each LoRA loads after the denoiser is stored in fp8 (the first, then the second): the
     denoiser ends up exactly as diffusers' own order makes it (LoRAs loaded in float32,
     then layerwise casting): fp8 base layers, float32 LoRA layers with the file's values."""
     scratch = with_loras(Scratch(tmp_path), "sd15")
     plan = make_plan(load_campaign(scratch.write()))
     recipe, files = plan.variants[0].spec.recipe, plan.campaign.files()
-    renderer = DiffusersRenderer(RenderOptions(device="cpu", storage_dtype=FP8))
+    renderer = DiffusersRenderer(RenderOptions(device="cpu", storage_dtype=storage))
     pipe = renderer.load_pipeline(recipe, files)
     renderer.activate_loras(pipe, recipe, files)
 
@@ -55,7 +56,7 @@ def test_loras_load_into_an_fp8_denoiser_as_before_casting(tmp_path, demo_models
                                                                   local_files_only=True)
     for lora in recipe.loras:  # the renderer's adapter names, so that the keys match
         reference.load_lora_weights(str(files.path(lora)), adapter_name=f"lora_{lora.sha256[:12]}")
-    reference.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+    reference.unet.enable_layerwise_casting(storage_dtype=getattr(torch, storage),
                                             compute_dtype=torch.float32)
     rendered, expected = pipe.unet.state_dict(), reference.unet.state_dict()
     assert rendered.keys() == expected.keys()
@@ -64,7 +65,7 @@ def test_loras_load_into_an_fp8_denoiser_as_before_casting(tmp_path, demo_models
         assert torch.equal(rendered[key].float(), tensor.float()), key
     dtypes = {tensor.dtype for key, tensor in rendered.items() if ".lora_" in key}
     assert dtypes == {torch.float32}
-    assert torch.float8_e4m3fn in {tensor.dtype for tensor in rendered.values()}
+    assert getattr(torch, storage) in {tensor.dtype for tensor in rendered.values()}
 
 
 def test_an_fp8_render_records_it_and_reproduces_byte_for_byte(tmp_path, demo_models):
