@@ -32,7 +32,8 @@ UNet / transformer; the default mode is "default" because max-autotune's kernel 
 minutes per family and batch (pass --compile-mode max-autotune-no-cudagraphs to include it).
 fp8-storage mode is eager with the denoiser's weights stored in float8_e4m3fn and cast up to
 bf16 layer by layer (diffusers' layerwise casting, what ``render.storage_dtype`` does); it
-runs last, as casting cannot be undone. Each row also records the denoiser's weight GiB.
+runs last, as casting cannot be undone, and at the first of --batches only (its point is
+memory; the suite stays in its time). Each row also records the denoiser's weight GiB.
 
 Tokenizers are the tiny offline demo tokenizers in models/demo (CLIP BPE with 1000 ids,
 T5 with 187 ids); their ids fall inside the full vocabularies and the pipelines pad every
@@ -362,7 +363,8 @@ def run_family(name: str, args, report: dict, device: str, dtype: torch.dtype) -
                     compiled(eager, args))
         if mode == "fp8-storage":  # what render.storage_dtype does
             eager.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
-        for batch in args.batches:
+        # fp8 storage is a memory option: its first batch size shows it, in little time.
+        for batch in args.batches[:1] if mode == "fp8-storage" else args.batches:
             anchor = family.anchors.get(mode) if comparable else None
             result = {"family": name, "size": size, "steps": steps, "batch": batch,
                       "mode": mode, "device": device_name(device), "build_s": build_s,
