@@ -332,6 +332,13 @@ def measure(run, batch: int, repeats: int, device: str) -> dict:
             "s_per_image_min": min(per_image), "peak_gib": peak}
 
 
+def fp8_stored(denoiser, compute_dtype: torch.dtype):
+    """The denoiser's weights stored in float8_e4m3fn, as ``render.storage_dtype`` does."""
+    denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                      compute_dtype=compute_dtype)
+    return denoiser
+
+
 def weight_gib(module) -> float:
     return sum(weight.numel() * weight.element_size() for weight in module.parameters()) / 2**30
 
@@ -361,8 +368,8 @@ def run_family(name: str, args, report: dict, device: str, dtype: torch.dtype) -
             # dynamic=False: each batch gets its own static graph, compiled in its warm-up.
             setattr(pipe, family.denoiser,
                     compiled(eager, args))
-        if mode == "fp8-storage":  # what render.storage_dtype does
-            eager.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+        if mode == "fp8-storage":
+            fp8_stored(eager, dtype)
         # fp8 storage is a memory option: its first batch size shows it, in little time.
         for batch in args.batches[:1] if mode == "fp8-storage" else args.batches:
             anchor = family.anchors.get(mode) if comparable else None

@@ -20,12 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_suite  # its published configs
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
-FP8 = torch.float8_e4m3fn
-
-
-def stored(model: torch.nn.Module, compute_dtype: torch.dtype) -> torch.nn.Module:
-    model.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute_dtype)
-    return model
 
 
 def weight_sizes() -> None:
@@ -37,14 +31,14 @@ def weight_sizes() -> None:
             model = model_class(**config)
         full = gpu_suite.weight_gib(model)
         print(f"  {family:5} {slot:11} {full:6.2f} GiB -> "
-              f"{gpu_suite.weight_gib(stored(model, torch.bfloat16)):6.2f} GiB")
+              f"{gpu_suite.weight_gib(gpu_suite.fp8_stored(model, torch.bfloat16)):6.2f} GiB")
 
 
 def step_cost() -> None:
     model_class, config = gpu_suite.FAMILIES["sd15"].components["unet"]
     torch.manual_seed(0)
     full = model_class(**config).eval().requires_grad_(False)
-    fp8 = stored(copy.deepcopy(full), torch.float32)
+    fp8 = gpu_suite.fp8_stored(copy.deepcopy(full), torch.float32)
     latents, timestep = torch.randn(2, 4, 64, 64), torch.tensor([500])
     text = torch.randn(2, 77, 768)
     seconds = {"float32": [], "fp8 storage": []}

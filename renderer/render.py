@@ -227,16 +227,15 @@ class DiffusersRenderer:
         self._schedulers: dict[int, tuple[str, Any]] = {}  # base -> its scheduler, pristine config
         self._pipelines: dict[tuple[Any, ...], Any] = {}
         self._loaded_loras: dict[int, set[str]] = {}
-        self._lora_slots: dict[str, LoraSlots] = {}  # checkpoint sha256 -> its hot-swap slots
         # denoiser -> per slot: the sha256 of the LoRA in it, its scale tensors and unit scales
         self._slot_state: dict[int, list[tuple[str, list[tuple[Any, float]]]]] = {}
         self._ip_adapters: dict[int, str] = {}
         self._upscalers: dict[str, Any] = {}
         self.timings: dict[str, float] = {}  # seconds per step (base, refiner, hires, …), summed
-        if lora_slots is not None:
-            self._lora_slots.update(lora_slots if options.compile else {})
-        else:
-            self._plan_lora_hotswap(recipes)
+        self._lora_slots: dict[str, LoraSlots] = {}  # checkpoint sha256 -> its hot-swap slots
+        if options.compile:  # only a compiled denoiser hot-swaps
+            self._lora_slots = dict(lora_slots) if lora_slots is not None \
+                else self._plan_lora_hotswap(recipes)
 
     @property
     def lora_slots(self) -> dict[str, LoraSlots]:
@@ -254,13 +253,12 @@ class DiffusersRenderer:
                            {**dataclasses.asdict(self.options), "attention": "sdpa",
                             **({"lora_hotswap": switching} if switching else {})})
 
-    def _plan_lora_hotswap(self, recipes: Sequence[Recipe]) -> None:
-        """With ``compile``, before the first render, for the recipes it will render: plan
-        the slots (``LoraSlots``) in which each checkpoint's compiled denoiser hot-swaps the
-        recipes' LoRA stacks. Stacks that
-        cannot hot-swap switch with set_adapters, and the denoiser recompiles (logged)."""
-        if not self.options.compile:
-            return
+    def _plan_lora_hotswap(self, recipes: Sequence[Recipe]) -> dict[str, LoraSlots]:
+        """Before the first render, for the recipes it will render: the slots
+        (``LoraSlots``) in which each checkpoint's compiled denoiser hot-swaps the recipes'
+        LoRA stacks. Stacks that cannot hot-swap switch with set_adapters, and the denoiser
+        recompiles (logged)."""
+        planned: dict[str, LoraSlots] = {}
         by_checkpoint: dict[str, list[Recipe]] = {}
         for recipe in recipes:
             by_checkpoint.setdefault(recipe.checkpoint.sha256, []).append(recipe)
@@ -273,7 +271,8 @@ class DiffusersRenderer:
                 self.log(f"LoRA stacks on {group[0].checkpoint.path.name} switch with "
                          f"set_adapters (the compiled denoiser recompiles): {slots}")
             else:
-                self._lora_slots[checkpoint] = slots
+                planned[checkpoint] = slots
+        return planned
 
     def release(self) -> None:
         """Drop every loaded pipeline (the next batch loads its own): a run with several
@@ -714,7 +713,7 @@ class DiffusersRenderer:
             denoiser.enable_cache(FirstBlockCacheConfig(threshold=options.first_block_cache))
         if options.storage_dtype is not None:
             # diffusers keeps the layers it lists as precision-critical (norms, embeddings)
-            # and the LoRA layers peft adds later in the compute dtype.
+            # in the compute dtype; LoRAs load through _layers_in_compute_dtype.
             denoiser.enable_layerwise_casting(storage_dtype=getattr(torch, options.storage_dtype),
                                               compute_dtype=self.dtype)
         if options.compile:
