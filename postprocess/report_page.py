@@ -6,14 +6,15 @@ whole output folder is moved or shared. Every value is HTML-escaped by Jinja's a
 the page's small script sorts (by seed or any score) and filters (failed, review) by moving
 and hiding the rows, never by building markup. Each row shows a person's standing review
 (``campaign review``) beside the gate's decision. ``xy_grid_png`` draws A1111-style X/Y plots
-of any two axes. Both return what to write; the caller writes it (atomically).
+of any two axes, ``pairs_grid_png`` two sides' paired variants (``campaign compare RUN_A
+RUN_B --grid``). They return what to write; the caller writes it (atomically).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
 from urllib.parse import quote
 
@@ -23,6 +24,8 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from postprocess.gate_rules import FAIL, PASS, REVIEW, STATUSES
 
 _TEMPLATE_NAME = "report.html.j2"
+# In every report's head: `campaign report --to` replaces a file only when it carries this.
+REPORT_MARK = '<meta name="generator" content="campaign-renderer report">'
 _ENVIRONMENT = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=True,
@@ -50,6 +53,7 @@ class ReportRun:
     created_at: str  # ISO 8601, as recorded in the ledger
     counts: Mapping[str, int]  # e.g. {"passed": 10, "failed": 2}
     thresholds: Mapping[str, str]  # metric -> readable bounds, e.g. GateRule.describe()
+    recipes: Sequence[str] = ()  # NAME@VERSION of each recipe the run rendered
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ def report_html(
 ) -> str:
     """The report page's HTML; ``comparison`` (two recipes or more) is shown as a table."""
     return _ENVIRONMENT.get_template(_TEMPLATE_NAME).render(
+        mark=REPORT_MARK,
         run=run,
         rows=[_row_view(row) for row in rows],
         score_names=_score_names(rows),
@@ -227,6 +232,35 @@ def xy_grid_png(
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def pairs_grid_png(
+    pairs: Sequence[tuple[str, ReportRow, ReportRow]],
+    left: str,
+    right: str,
+    images: Mapping[str, Image.Image],
+    x_name: str = "run",
+    y_name: str = "variant",
+    cell: int = 256,
+) -> bytes:
+    """``xy_grid_png`` of pairs: one row per (label, left row, right row), two columns
+    titled ``left`` | ``right`` (e.g. "demo-sd15@1" | "demo-sd15@2"). Labels that repeat
+    are numbered; ``images`` maps the rows' variant ids to their images."""
+    if left == right:
+        raise ValueError(f"both columns are titled {left!r}; give the sides distinct titles")
+    rows: list[ReportRow] = []
+    placed: dict[str, Image.Image] = {}  # by cell: both sides may show the same variant
+    seen: dict[str, int] = {}
+    for label, first, second in pairs:
+        seen[label] = seen.get(label, 0) + 1
+        shown = label if seen[label] == 1 else f"{label} #{seen[label]}"
+        for side, row in ((left, first), (right, second)):
+            if row.variant_id not in images:
+                raise ValueError(f"no image given for variant {row.variant_id[:SHORT_ID_LENGTH]}")
+            cell_id = str(len(rows))
+            placed[cell_id] = images[row.variant_id]
+            rows.append(replace(row, variant_id=cell_id, axes={x_name: side, y_name: shown}))
+    return xy_grid_png(rows, x_name, y_name, placed, cell=cell)
 
 
 def _grid_cells(

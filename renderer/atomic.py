@@ -45,6 +45,11 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def fsync_folder(folder: Path) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable, where the platform can."""
+    _fsync_dir(folder)
+
+
 def _fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable; not possible on every platform.
     try:

@@ -102,15 +102,17 @@ _EPILOGS = {
     "train": ("0 trained (or already trained), 2 bad input or a changed spec under a trained "
               "version (nothing written), 3 runtime failure (checkpoints kept)",
               "campaign train recipes/kestrel-style.train.yaml --out outputs"),
-    "compare": ("0 compared, 2 bad input (no ledger, unknown run)",
-                "campaign compare --out outputs --json"),
+    "compare": ("0 compared, 2 bad input (no ledger, unknown run, a version never rendered, "
+                "a --grid file that exists or lies in the output folder)",
+                "campaign compare --recipe demo-sd15@1 demo-sd15@2 --grid v1-v2.png"),
     "gate": ("0 none failed, 1 some failed, 2 bad input",
              "campaign gate --set clip_brand=0.3 --set faces=off"),
     "review": ("0 stopped with Ctrl-C (the reviewed runs' reports rewritten), 2 bad input "
                "(no ledger, unknown run, port in use)",
                "campaign review --out outputs --reviewer ana   # then open the printed URL"),
-    "deliver": ("0 delivered, 1 refused: a review item unreviewed, or a file missing or "
-                "altered since it was rendered (nothing written), 2 bad input (target "
+    "deliver": ("0 delivered, 1 refused: nothing may ship (no variant approved by a "
+                "person; with --require passed, none passed or approved), or a file missing "
+                "or altered since it was rendered (nothing written), 2 bad input (target "
                 "exists, no signer for --sign)",
                 "campaign deliver --to handoff/spring.zip --masters --sign"),
     "schema": ("0 written", "campaign schema --dir schemas"),
@@ -247,8 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=cmd_report)
 
     compare = commands.add_parser(
-        "compare", help="a run's recipes side by side: gates, scores, consistency, speed, cost")
-    compare.add_argument("run", nargs="?", help="run id (default: the latest)")
+        "compare", help="a run's recipes side by side: gates, scores, consistency, speed, "
+        "cost; or two runs (two versions of a recipe) variant by variant")
+    compare.add_argument("run", nargs="?", metavar="RUN",
+                         help="run id (default: the latest)")
+    compare.add_argument("run_b", nargs="?", metavar="RUN_B",
+                         help="a second run: RUN and RUN_B side by side, variant by variant")
+    compare.add_argument("--recipe", nargs=2, metavar=("NAME@V1", "NAME@V2"),
+                         help="two versions of a recipe, each in the latest run that "
+                         "rendered it")
+    compare.add_argument("--grid", type=Path, metavar="FILE.png",
+                         help="with two runs or versions: write an X/Y grid, one row per "
+                         "paired variant, A | B (a new file outside the output folder)")
     compare.add_argument("--out", type=Path, default=DEFAULT_OUT)
     compare.add_argument("--estimates", type=Path, metavar="FILE",
                          help="YAML overriding the GPU time/cost table (see README)")
@@ -278,14 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     review.set_defaults(handler=cmd_review)
 
     deliver = commands.add_parser(
-        "deliver", help="copy what may ship (approved or passed), verified, with a manifest")
+        "deliver", help="copy what a person approved (or what passed), verified, with a "
+        "manifest naming who approved each file")
     deliver.add_argument("run", nargs="?", help="run id (default: the latest)")
     deliver.add_argument("--out", type=Path, default=DEFAULT_OUT)
     deliver.add_argument("--to", type=Path, required=True, metavar="DIR|FILE.zip",
                          help="a new folder, or a new .zip file")
     deliver.add_argument("--require", choices=["approved", "passed"], default="approved",
-                         help="approved (default): every review item approved by a person, "
-                         "else nothing ships; passed: ship what passed or was approved")
+                         help="approved (default): ship only what a person approved; "
+                         "passed: also what passed its gates (automated pipelines). "
+                         "Rejected and failed variants never ship")
     deliver.add_argument("--masters", action="store_true",
                          help="ship the master PNGs too (channel exports always)")
     deliver.add_argument("--sign", action="store_true",
@@ -317,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .inputs import Campaign, Recipe
+    from .output_folder import check_planned
+    from .plan import make_plan
     from .terminal import printable
     from .training_spec import TrainingSpec
     from .validate import load_any
@@ -326,6 +342,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             loaded = load_any(path, verify_hashes=not args.no_hash)
             if isinstance(loaded, Campaign):
+                check_planned(make_plan(loaded).planned_files(), loaded.document)
                 say(f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
                     f"variants, recipe {loaded.recipe_refs})")
             elif isinstance(loaded, TrainingSpec):
@@ -364,10 +381,12 @@ def cmd_pin(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .estimate import estimate, load_estimates
     from .matrix import axis_label
+    from .output_folder import check_planned
     from .plan import make_plan, sample_variants
     from .validate import load_campaign
 
     plan = make_plan(load_campaign(args.campaign))
+    check_planned(plan.planned_files(), plan.campaign.document)
     variants = list(plan.variants)
     if args.sample is not None:
         if args.sample < 1:
@@ -514,12 +533,16 @@ def cmd_history(args: argparse.Namespace) -> int:
         counts = run.counts
         regated = f", re-gated {run.regatings}x (last {run.decided_at[:19]})" \
             if run.regatings else ""
-        say(f"{run.id}  {run.started_at[:19]}  {run.campaign:<16} "
-              f"{' + '.join(run.recipes):<14} {run.status:<8} "
-              f"planned {run.planned}, rendered {run.rendered}, skipped {run.skipped}, "
-              f"passed {counts['passed']}, review {counts['review']}, failed {counts['failed']}"
-              f"{regated}; approved {run.reviews['approved']}, rejected "
-              f"{run.reviews['rejected']}, to review {run.reviews['to_review']}")
+        head = (f"{run.id}  {run.started_at[:19]}  {run.campaign:<16} "
+                f"{' + '.join(run.recipes):<14} {run.status:<11} planned {run.planned}, ")
+        if run.status in ("error", "interrupted"):  # stopped before its gates: what it did
+            say(head + f"rendered {run.rendered} before it stopped, not decided (the run "
+                "stopped before its gates; render again to finish it)")
+            continue
+        say(head + f"rendered {run.rendered}, skipped {run.skipped}, "
+            f"passed {counts['passed']}, review {counts['review']}, failed {counts['failed']}"
+            f"{regated}; approved {run.reviews['approved']}, rejected "
+            f"{run.reviews['rejected']}, to review {run.reviews['to_review']}")
     return 0
 
 
@@ -697,6 +720,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .estimate import load_estimates
     from .lookup import open_ledger
 
+    if args.recipe or args.run_b:
+        return _compare_two(args)
+    if args.grid:
+        raise InputError("--grid draws two runs or two versions side by side",
+                         fix="campaign compare RUN_A RUN_B --grid FILE.png, or --recipe "
+                         "NAME@1 NAME@2 --grid FILE.png")
     table = load_estimates(args.estimates)
     with open_ledger(args.out) as ledger:
         run = ledger.find_run(args.run)
@@ -706,12 +735,54 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           "recipes": [entry.as_json() for entry in comparison]}, indent=2))
         return 0
     say(f"run {run.id} of {run.campaign}: {len(comparison)} recipe(s)")
-    lines = [("", [entry.recipe for entry in comparison]), *comparison_lines(comparison)]
+    _say_table([("", [entry.recipe for entry in comparison]), *comparison_lines(comparison)])
+    return 0
+
+
+def _say_table(lines: list[tuple[str, list[str]]]) -> None:
+    """(measure, cells) lines as columns: the measure left, each cell right-aligned."""
     width = max(len(measure) for measure, _ in lines)
-    columns = [max(len(cells[i]) for _, cells in lines) for i in range(len(comparison))]
+    columns = [max(len(cells[i]) for _, cells in lines) for i in range(len(lines[0][1]))]
     for measure, cells in lines:
         say(f"{measure:<{width}}  " + "  ".join(f"{cell:>{column}}" for cell, column
                                                  in zip(cells, columns, strict=True)))
+
+
+def _compare_two(args: argparse.Namespace) -> int:
+    """``compare RUN_A RUN_B`` or ``compare --recipe NAME@1 NAME@2``."""
+    from .atomic import write_bytes_atomic
+    from .comparison import check_grid_path, compare_runs, pairs_grid, recipe_sides, run_sides
+    from .lookup import open_ledger
+
+    if args.recipe and args.run:
+        raise InputError("compare takes two runs or --recipe with two versions, not both",
+                         found=f"{args.run} {args.run_b or ''}".strip(),
+                         fix="campaign compare RUN_A RUN_B, or campaign compare --recipe "
+                         "NAME@1 NAME@2")
+    if args.estimates:
+        raise InputError("--estimates is for one run's recipes: two runs are compared on "
+                         "what was measured", fix="drop --estimates")
+    if args.grid:
+        check_grid_path(args.grid, args.out)
+    with open_ledger(args.out) as ledger:
+        sides = recipe_sides(ledger, *args.recipe) if args.recipe else \
+            run_sides(ledger, args.run, args.run_b)
+        comparison = compare_runs(*sides)
+    if args.grid:
+        grid = pairs_grid(comparison, args.out)
+        check_grid_path(args.grid, args.out)  # still new: nothing is ever overwritten
+        write_bytes_atomic(args.grid, grid)
+    if args.json:
+        print(json.dumps({**comparison.as_json(),
+                          "grid": str(args.grid) if args.grid else None}, indent=2))
+        return 0
+    left, right = comparison.column_titles()
+    _say_table([("", [left, right]), *comparison.table()])
+    say("")
+    for line in comparison.pair_lines():
+        say(line)
+    if args.grid:
+        say(f"grid: {args.grid}", err=True)
     return 0
 
 
@@ -788,7 +859,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     from .deliver import deliver, describe, signer_for
     from .lookup import open_ledger
 
-    with open_ledger(args.out) as ledger:
+    with open_ledger(args.out, read_only=False) as ledger:  # migrated for the delivery
         run = ledger.find_run(args.run)
     signer = signer_for(run.campaign_file, sign=args.sign, cert_chain=args.cert_chain,
                         private_key=args.private_key)
@@ -799,7 +870,14 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         print(json.dumps(delivered.as_json(), indent=2))
     for line in describe(delivered):
         say(line, err=args.json)
-    return 0 if delivered.record is not None else 1
+    if delivered.record is None:
+        return 1
+    from .ledger import LEDGER_NAME, Ledger
+    from .run_report import write_run_report
+
+    with Ledger(args.out / LEDGER_NAME) as ledger:  # the page render printed says so too
+        say(f"report: {write_run_report(ledger, run.id)}", err=True)
+    return 0
 
 
 def _reviewer(name: str | None) -> str:

@@ -2,12 +2,18 @@
 
 What may ship, from the ledger's current decisions and reviews (one home each):
 
-* ``approved`` (the default): every variant that passed its gates or that a person
-  approved; a failed variant, or one a person rejected, is left out. Nothing ships while a
-  variant the gates sent to review is still unreviewed (or a variant is not rendered or
-  decided yet): the command lists them and exits 1.
-* ``passed``: the same set, except that what is not approved yet is left out instead of
-  holding the delivery back.
+* ``approved`` (the default): only variants a person approved (the standing review of
+  their bytes, ``current_reviews``). A variant that merely passed its gates, or that waits
+  for a review, is left out ("not approved by a person"); when no variant is approved,
+  nothing ships: the command lists what waits and exits 1.
+* ``passed``: what passed its gates, and what a person approved (for automated
+  pipelines); what is not decided or still unreviewed is left out.
+
+Under both, a variant a person rejected never ships (a rejection wins over the gates), nor
+a failed one, nor one with no decision yet. A re-render with other bytes has no standing
+review, so it waits for a person again. Each shipped file names who let it ship
+(``approved_by``: the reviewer, or ``gates``), the decision pass (``gating_id``) and when
+(``approved_at``), in the manifest and in its ``delivery_files`` row.
 
 The files are the channel exports of each shipped variant, and its master PNG with
 ``masters``. Every file's sha256 is checked against the ledger before it is copied (a
@@ -16,38 +22,62 @@ copy. With a signer each copy gets a C2PA manifest (``renderer.provenance``): th
 keeps the unsigned content's hash (``content_sha256``, what ``campaign reproduce``
 compares) beside the signed file's own.
 
-The delivery is written into a temp folder (or temp ``.zip``) beside the target and
-renamed into place only when complete, with ``manifest.json`` and ``manifest.csv`` (variant
-id, axes, channel, file, sha256, bytes, size, format, gate status, reviewer, approved at);
-then its ``deliveries`` and ``delivery_files`` rows are committed.
+Crash-clean (``renderer.locking``, README "Crash safety"): holding the output folder's
+lock, a delivery first recovers any earlier one a kill interrupted, then commits its
+``deliveries`` row as ``writing`` naming a temp folder (or temp ``.zip``) beside the
+target, writes and verifies the temp, marks the row ``pending``, renames the temp into
+place and marks the row ``complete``. A kill at any moment leaves a row whose state says
+whether to roll forward or discard; only complete deliveries are listed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
-import shutil
-import tempfile
+import sys
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import TEMP_PREFIX, write_bytes_atomic
+from .atomic import TEMP_PREFIX, fsync_folder, write_bytes_atomic
 from .errors import InputError
 from .hashing import sha256_bytes, sha256_file
 from .ledger import LEDGER_NAME, Ledger, new_delivery_id, utc_now
+from .locking import (
+    MANIFEST_NAMES,
+    delivery_temp_path,
+    hold_output_folder,
+    move_into_place,
+    recover_deliveries,
+)
 from .matrix import axis_label
+from .output_folder import shipped_name
 from .provenance import C2paSigner, sign_image
 from .records import DeliveryFileRow, DeliveryRow, RenderRow
 
 REQUIREMENTS = ("approved", "passed")
-MANIFEST_NAMES = ("manifest.json", "manifest.csv")
 MASTER_CHANNEL = "master"
+GATES = "gates"  # approved_by of a variant shipped on its gate pass (--require passed)
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: no clock in the archive
+# Tests only (tests/test_deliver.py): seconds to stop at each step, named on stderr, so
+# that a SIGKILL lands between any two steps of a delivery.
+STEP_PAUSE_ENV = "CAMPAIGN_DELIVER_STEP_PAUSE"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """What let a variant ship: a person's approval, or its gate pass under ``passed``."""
+
+    approved_by: str  # the reviewer's name, or 'gates'
+    gating_id: int  # the decision pass whose decision stood (its current decision)
+    approved_at: str  # the review's time, or the decision pass's
+    review_id: int | None  # the approval (None: a gate pass)
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,7 @@ class ShippedFile:
     """One file of a delivery: where it comes from, what the ledger says it is."""
 
     row: RenderRow
+    approval: Approval
     channel: str  # an export's name, or 'master'
     source_path: str  # relative to the output folder
     sha256: str  # as the ledger recorded it (unsigned)
@@ -66,8 +97,8 @@ class ShippedFile:
     @property
     def name(self) -> str:
         """Its path inside the delivery: CHANNEL/OUTPUT-NAME.EXT."""
-        inside = self.source_path.removeprefix(f"{self.row.campaign}/")
-        return f"{self.channel}/{inside.removeprefix(f'exports/{self.channel}/')}"
+        return shipped_name(self.source_path, self.row.campaign, self.row.recipe_ref,
+                            self.channel)
 
 
 @dataclass(frozen=True)
@@ -89,14 +120,15 @@ class Held:
 class DeliveryPlan:
     run_id: str
     campaign: str
+    require: str
     files: tuple[ShippedFile, ...]
-    blocking: tuple[Held, ...]  # what holds the delivery back (exit 1)
+    blocking: tuple[Held, ...]  # nothing may ship: what waits (exit 1)
     left_out: tuple[Held, ...]  # what does not ship, by rule
     problems: tuple[str, ...] = ()  # files missing or altered since the ledger recorded them
 
     @property
     def ready(self) -> bool:
-        return not self.blocking and not self.problems
+        return bool(self.files) and not self.blocking and not self.problems
 
 
 @dataclass(frozen=True)
@@ -104,6 +136,7 @@ class Delivered:
     plan: DeliveryPlan
     record: DeliveryRow | None  # None: refused
     manifest: dict[str, Any] = field(default_factory=dict)
+    recovered: bool = False  # completed now from a run of the command that was killed
 
     def as_json(self) -> dict[str, Any]:
         return {"run_id": self.plan.run_id, "delivered": self.record is not None,
@@ -132,35 +165,50 @@ def plan_delivery(ledger: Ledger, run_id: str | None, *, require: str = "approve
     waiting = [Held(None, variant_id, "not rendered yet") for variant_id in planned
                if variant_id not in rendered]
     left_out: list[Held] = []
-    shipping: list[RenderRow] = []
+    shipping: list[tuple[RenderRow, Approval]] = []
     for row in rows:
-        if row.review_state == "rejected":
-            left_out.append(Held(row, row.variant_id, f"rejected by {row.review.reviewer}"
-                                 + (f": {row.review.note}" if row.review.note else "")))
-        elif row.status == "fail":
-            left_out.append(Held(row, row.variant_id, "failed its gates: "
-                                 + "; ".join(row.decision.reasons)))
-        elif row.status == "pass" or row.review_state == "approved":
-            shipping.append(row)
-        elif row.status == "review":
-            waiting.append(Held(row, row.variant_id, "unreviewed: "
-                                + "; ".join(row.decision.reasons)))
-        else:
+        review, decision = row.review, row.decision
+        if review is not None and row.review_state == "rejected":
+            left_out.append(Held(row, row.variant_id, f"rejected by {review.reviewer}"
+                                 + (f": {review.note}" if review.note else "")))
+        elif decision is None:
             waiting.append(Held(row, row.variant_id, "not decided yet (the run stopped "
                                 "before its gates)"))
-    exports = ledger.exports_of([row.id for row in shipping])
+        elif decision.status == "fail":
+            left_out.append(Held(row, row.variant_id, "failed its gates: "
+                                 + "; ".join(decision.reasons)))
+        elif review is not None and row.review_state == "approved":
+            shipping.append((row, Approval(review.reviewer, decision.gating_id,
+                                           review.reviewed_at, review.review_id)))
+        elif decision.status == "pass" and require == "passed":
+            shipping.append((row, Approval(GATES, decision.gating_id, decision.decided_at,
+                                           None)))
+        elif decision.status == "pass":
+            waiting.append(Held(row, row.variant_id, "not approved by a person (it passed "
+                                "its gates; --require passed ships what passed)"))
+        else:
+            waiting.append(Held(row, row.variant_id, "not approved by a person (unreviewed: "
+                                + "; ".join(decision.reasons) + ")"))
+    exports = ledger.exports_of([row.id for row, _ in shipping])
     files = []
-    for row in shipping:
-        files += [ShippedFile(row, export.name, export.path, export.sha256, export.bytes,
-                              export.width, export.height, export.format)
+    for row, approval in shipping:
+        files += [ShippedFile(row, approval, export.name, export.path, export.sha256,
+                              export.bytes, export.width, export.height, export.format)
                   for export in exports.get(row.id, [])]
         if masters:
-            files.append(ShippedFile(row, MASTER_CHANNEL, row.output_path, row.output_sha256,
-                                     row.output_bytes, row.width, row.height, "png"))
+            files.append(ShippedFile(row, approval, MASTER_CHANNEL, row.output_path,
+                                     row.output_sha256, row.output_bytes, row.width,
+                                     row.height, "png"))
     if shipping and not files:
         raise InputError(f"run {run.id} has nothing to ship: its campaign writes no channel "
                          "exports", fix="pass --masters to ship the master PNGs, or add "
                          "postprocess.exports to the campaign")
+    names: dict[str, ShippedFile] = {}
+    for shipped in files:
+        if (other := names.setdefault(shipped.name, shipped)) is not shipped:
+            raise InputError(f"two files would ship as {shipped.name}: {other.source_path} "
+                             f"and {shipped.source_path}", fix="give the variants distinct "
+                             "output names (the campaign's output template)")
     out_dir = ledger.path.parent
     problems = []
     for shipped in files:
@@ -171,9 +219,9 @@ def plan_delivery(ledger: Ledger, run_id: str | None, *, require: str = "approve
         elif (found := sha256_file(path)) != shipped.sha256:
             problems.append(f"{shipped.source_path} was altered since it was rendered: "
                             f"sha256 {found}, recorded {shipped.sha256}")
-    blocking = tuple(waiting) if require == "approved" else ()
-    return DeliveryPlan(run_id=run.id, campaign=run.campaign, files=tuple(files),
-                        blocking=blocking,
+    blocking = () if shipping else tuple(waiting)
+    return DeliveryPlan(run_id=run.id, campaign=run.campaign, require=require,
+                        files=tuple(files), blocking=blocking,
                         left_out=tuple(left_out) + (tuple(waiting) if not blocking else ()),
                         problems=tuple(problems))
 
@@ -181,42 +229,116 @@ def plan_delivery(ledger: Ledger, run_id: str | None, *, require: str = "approve
 def deliver(out_dir: Path, run_id: str | None, to: Path, *, require: str = "approved",
             masters: bool = False, signer: C2paSigner | None = None, delivered_by: str,
             log: Callable[[str], None] = lambda _: None) -> Delivered:
-    """Ship a run's files to ``to`` (a folder, or a file ending in .zip) if nothing holds
-    it back; returns the plan and, when delivered, its ledger record."""
+    """Ship a run's files to ``to`` (a folder, or a file ending in .zip) if anything may
+    ship; returns the plan and, when delivered, its ledger record. Holds the output
+    folder's lock (waiting behind a render), and first recovers a delivery a kill
+    interrupted: if that one was to ``to`` with this very plan, it is the result."""
     ledger_path = out_dir / LEDGER_NAME
     if not ledger_path.is_file():
         raise InputError("no ledger here", file=ledger_path,
                          fix="pass --out with the folder you rendered into")
-    if to.exists() or to.is_symlink():
-        raise InputError(f"{to} already exists", file=to,
-                         fix="deliver to a new folder or .zip (a delivery never overwrites)")
     if not to.parent.is_dir():
         raise InputError(f"the folder {to.parent} does not exist", file=to,
                          fix="create it first")
-    with Ledger(ledger_path) as ledger:
+    if to.name.startswith(TEMP_PREFIX):
+        raise InputError(f"{to.name} starts with {TEMP_PREFIX!r}, the prefix of temp files "
+                         "that recovery deletes", file=to, fix="pick another name")
+    target = to.parent.resolve() / to.name  # `to` itself may be a link: never followed
+    signed = signer is not None
+    with hold_output_folder(out_dir, holder="campaign deliver", log=log), \
+            Ledger(ledger_path) as ledger:
+        recovered = recover_deliveries(out_dir, ledger, log, beside=[target.parent])
+        _step("recovered")
+        if target.exists() or target.is_symlink():
+            return _already_there(ledger, target, recovered, run_id, require=require,
+                                  masters=masters, signed=signed, log=log)
         plan = plan_delivery(ledger, run_id, require=require, masters=masters)
         if not plan.ready:
             return Delivered(plan, None)
         delivery_id = new_delivery_id()
         contents = _contents(plan, out_dir, signer, log)
-        manifest = _manifest(plan, delivery_id, require, signer is not None, contents)
+        manifest = _manifest(plan, delivery_id, require, signed, contents)
         names = {"manifest.json": (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
                  .encode(), "manifest.csv": _manifest_csv(manifest).encode()}
-        if to.suffix.lower() == ".zip":
-            _write_zip(to, contents, names)
-        else:
-            _write_folder(to, contents, names)
-        record = ledger.record_delivery(
-            delivery_id, run_id=plan.run_id, target=str(to.resolve()), require=require,
-            masters=masters, signed=signer is not None,
+        temp = delivery_temp_path(out_dir, target, delivery_id)
+        _step("planned")
+        # The row comes first, naming the temp: a kill from here on leaves a row that says
+        # what to do with the temp (locking.recover_deliveries).
+        ledger.record_delivery(
+            delivery_id, run_id=plan.run_id, target=str(target), require=require,
+            masters=masters, signed=signed, temp_path=str(temp), state="writing",
             manifest_sha256=sha256_bytes(names["manifest.json"]), delivered_by=delivered_by,
             files=[DeliveryFileRow(
                 path=shipped.name, render_id=shipped.row.id, channel=shipped.channel,
                 source_path=shipped.source_path, content_sha256=shipped.sha256,
-                sha256=sha256_bytes(data), bytes=len(data),
-                review_id=shipped.row.review.review_id if shipped.row.review else None)
-                for shipped, data in zip(plan.files, contents.values(), strict=True)])
+                sha256=sha256_bytes(contents[shipped.name]),
+                bytes=len(contents[shipped.name]), review_id=shipped.approval.review_id,
+                approved_by=shipped.approval.approved_by,
+                gating_id=shipped.approval.gating_id,
+                approved_at=shipped.approval.approved_at) for shipped in plan.files])
+        _step("writing")
+        try:
+            write = _write_zip if target.suffix.lower() == ".zip" else _write_folder
+            write(temp, contents, names)
+            _step("written")
+            ledger.set_delivery_state(delivery_id, "pending", expected=("writing",))
+            _step("pending")
+            move_into_place(temp, target)
+            _step("renamed")
+            ledger.set_delivery_state(delivery_id, "complete", expected=("pending",))
+        except BaseException as err:
+            # Not killed: settle it now as the next run would (forward when the target
+            # holds it, else discard), then say what stopped it.
+            with contextlib.suppress(Exception):
+                recover_deliveries(out_dir, ledger, log)
+            if isinstance(err, FileExistsError):
+                raise InputError(f"{target} already exists", file=target,
+                                 fix="deliver to a new folder or .zip (a delivery never "
+                                 "overwrites)") from None
+            raise
+        record = ledger.deliveries(delivery_id=delivery_id)[0]
+        _step("recorded")
     return Delivered(plan, record, manifest)
+
+
+def _already_there(ledger: Ledger, target: Path, recovered: list[DeliveryRow],
+                   run_id: str | None, *, require: str, masters: bool, signed: bool,
+                   log: Callable[[str], None]) -> Delivered:
+    """The target exists. If the recovery just completed a delivery to it of this plan (the
+    same command, killed after it wrote the delivery), that is this command's result; else
+    it is refused: a delivery never overwrites."""
+    finished = next((record for record in recovered if record.target == str(target)), None)
+    if finished is not None:
+        plan = plan_delivery(ledger, run_id, require=require, masters=masters)
+        same = (finished.run_id, finished.require, finished.masters, finished.signed) == \
+            (plan.run_id, require, masters, signed) and \
+            {(item.path, item.content_sha256) for item in finished.files} == \
+            {(shipped.name, shipped.sha256) for shipped in plan.files}
+        if same and plan.ready:
+            log(f"delivery {finished.id} to {target} was interrupted after it was written; "
+                "it is complete and recorded now")
+            return Delivered(plan, finished, _read_manifest(target), recovered=True)
+    held = ledger.deliveries(target=str(target))
+    raise InputError(f"{target} already exists"
+                     + (f" (delivery {held[0].id} of run {held[0].run_id})" if held else ""),
+                     file=target, fix="deliver to a new folder or .zip (a delivery never "
+                     "overwrites)")
+
+
+def _read_manifest(target: Path) -> dict[str, Any]:
+    if target.is_dir():
+        return json.loads((target / "manifest.json").read_bytes())
+    with zipfile.ZipFile(target) as archive:
+        return json.loads(archive.read("manifest.json"))
+
+
+def _step(name: str) -> None:
+    """A point between two steps of a delivery. With $CAMPAIGN_DELIVER_STEP_PAUSE (tests
+    only) it is named on stderr and the delivery waits there, so a kill can land on it."""
+    if pause := os.environ.get(STEP_PAUSE_ENV):
+        sys.stderr.write(f"deliver step: {name}\n")
+        sys.stderr.flush()
+        time.sleep(float(pause))
 
 
 def _contents(plan: DeliveryPlan, out_dir: Path, signer: C2paSigner | None,
@@ -239,7 +361,7 @@ def _manifest(plan: DeliveryPlan, delivery_id: str, require: str, signed: bool,
               contents: dict[str, bytes]) -> dict[str, Any]:
     files = []
     for shipped in plan.files:
-        row, review = shipped.row, shipped.row.review
+        row, approval = shipped.row, shipped.approval
         data = contents[shipped.name]
         files.append({
             "variant_id": row.variant_id,
@@ -247,9 +369,8 @@ def _manifest(plan: DeliveryPlan, delivery_id: str, require: str, signed: bool,
             "channel": shipped.channel, "file": shipped.name, "sha256": sha256_bytes(data),
             "content_sha256": shipped.sha256, "bytes": len(data),
             "size": [shipped.width, shipped.height], "format": shipped.format,
-            "gate_status": row.status,
-            "reviewer": review.reviewer if review else None,
-            "approved_at": review.reviewed_at if review else None})
+            "gate_status": row.status, "approved_by": approval.approved_by,
+            "gating_id": approval.gating_id, "approved_at": approval.approved_at})
     return {"delivery_id": delivery_id, "run_id": plan.run_id, "campaign": plan.campaign,
             "require": require, "signed": signed, "created_at": utc_now(), "files": files}
 
@@ -259,7 +380,7 @@ def _manifest_csv(manifest: dict[str, Any]) -> str:
     axes = list(dict.fromkeys(axis for item in manifest["files"] for axis in item["axes"]))
     columns = ["variant_id", *(f"axis.{axis}" for axis in axes), "channel", "file", "sha256",
                "content_sha256", "bytes", "width", "height", "format", "gate_status",
-               "reviewer", "approved_at"]
+               "approved_by", "gating_id", "approved_at"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
@@ -267,50 +388,46 @@ def _manifest_csv(manifest: dict[str, Any]) -> str:
         writer.writerow([item["variant_id"], *(item["axes"].get(axis, "") for axis in axes),
                          item["channel"], item["file"], item["sha256"], item["content_sha256"],
                          item["bytes"], item["size"][0], item["size"][1], item["format"],
-                         item["gate_status"], item["reviewer"] or "", item["approved_at"] or ""])
+                         item["gate_status"], item["approved_by"], item["gating_id"],
+                         item["approved_at"]])
     return buffer.getvalue()
 
 
-def _write_folder(to: Path, contents: dict[str, bytes], names: dict[str, bytes]) -> None:
-    temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}delivery-", dir=to.parent))
-    try:
-        for name, data in {**contents, **names}.items():
-            write_bytes_atomic(temp / name, data)
-        for name, data in {**contents, **names}.items():  # read back what was written
-            if sha256_file(temp / name) != sha256_bytes(data):
-                raise InputError(f"{name} reads back with other bytes than were written",
-                                 file=temp / name, fix="check the disk, then deliver again")
-        os.rename(temp, to)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+def _write_folder(temp: Path, contents: dict[str, bytes], names: dict[str, bytes]) -> None:
+    """The delivery as a new folder ``temp``: every folder 0777 and file 0666 less the
+    umask (as any new file of the process), each file read back, everything fsynced."""
+    os.mkdir(temp)  # the mode argument's default (0777) less the umask
+    files = {**contents, **names}
+    for name, data in files.items():
+        write_bytes_atomic(temp / name, data)
+        _step("file")
+    for name, data in files.items():  # read back what was written
+        if sha256_file(temp / name) != sha256_bytes(data):
+            raise InputError(f"{name} reads back with other bytes than were written",
+                             file=temp / name, fix="check the disk, then deliver again")
+    for folder in sorted({(temp / name).parent for name in files}, reverse=True):
+        fsync_folder(folder)  # each channel folder's entry in its parent, then the temp's
 
 
-def _write_zip(to: Path, contents: dict[str, bytes], names: dict[str, bytes]) -> None:
-    fd, temp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}delivery-", suffix=".zip",
-                                     dir=to.parent)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w") as archive:
-                for name, data in {**contents, **names}.items():
-                    # Images are compressed already; the manifests deflate well.
-                    entry = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-                    entry.compress_type = zipfile.ZIP_DEFLATED if name in MANIFEST_NAMES \
-                        else zipfile.ZIP_STORED
-                    archive.writestr(entry, data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        with zipfile.ZipFile(temp) as archive:  # read back what was written
+def _write_zip(temp: Path, contents: dict[str, bytes], names: dict[str, bytes]) -> None:
+    """The delivery as a new file ``temp`` (0666 less the umask), read back and fsynced."""
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as handle:
+        with zipfile.ZipFile(handle, "w") as archive:
             for name, data in {**contents, **names}.items():
-                if sha256_bytes(archive.read(name)) != sha256_bytes(data):
-                    raise InputError(f"{name} reads back from the archive with other bytes",
-                                     file=temp, fix="check the disk, then deliver again")
-        os.link(temp, to)  # fails if the target appeared meanwhile: never overwrite
-        temp.unlink()
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+                # Images are compressed already; the manifests deflate well.
+                entry = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+                entry.compress_type = zipfile.ZIP_DEFLATED if name in MANIFEST_NAMES \
+                    else zipfile.ZIP_STORED
+                archive.writestr(entry, data)
+                _step("file")
+        handle.flush()
+        os.fsync(handle.fileno())
+    with zipfile.ZipFile(temp) as archive:  # read back what was written
+        for name, data in {**contents, **names}.items():
+            if sha256_bytes(archive.read(name)) != sha256_bytes(data):
+                raise InputError(f"{name} reads back from the archive with other bytes",
+                                 file=temp, fix="check the disk, then deliver again")
 
 
 def describe(delivered: Delivered) -> list[str]:
@@ -321,9 +438,22 @@ def describe(delivered: Delivered) -> list[str]:
         record = delivered.record
         lines.append(f"delivered {len(record.files)} file(s) of run {plan.run_id} to "
                      f"{record.target} (delivery {record.id}"
-                     + (", C2PA-signed" if record.signed else "") + ")")
+                     + (", C2PA-signed" if record.signed else "")
+                     + (", completed after an interrupted run" if delivered.recovered
+                        else "") + ")")
+        approvers: dict[str, set[int]] = {}
+        for item in record.files:
+            approvers.setdefault(item.approved_by or "?", set()).add(item.render_id)
+        lines.append("  approved by " + ", ".join(
+            f"{name} ({len(renders)} variant(s))" for name, renders in approvers.items()))
+    elif plan.problems:
+        lines.append(f"nothing delivered: files of run {plan.run_id} are missing or altered")
+    elif plan.require == "approved":
+        lines.append(f"nothing delivered: no variant of run {plan.run_id} is approved by a "
+                     "person (--require passed ships what passed its gates)")
     else:
-        lines.append(f"nothing delivered: run {plan.run_id} is not ready to ship")
+        lines.append(f"nothing delivered: no variant of run {plan.run_id} passed its gates "
+                     "or was approved by a person")
     lines += [f"  altered  {problem}" for problem in plan.problems]
     lines += [f"  waiting  {held.variant_id[:12]}  {held.row.output_path if held.row else ''}"
               f"  {held.why}" for held in plan.blocking]

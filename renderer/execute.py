@@ -28,6 +28,7 @@ from .hashing import hash_file, sha256_file, sha256_json
 from .inputs import Campaign, FileIndex, Recipe, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger, RenderRecord
 from .locking import hold_output_folder, recover_after_crash
+from .output_folder import Holder, OutputFolder, check_planned, report_path
 from .plan import Plan, Variant, cut_batches, make_plan, recipe_content
 from .produce import FailedImage, Job, Produced
 from .progress import Progress
@@ -124,16 +125,19 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
     plan = make_plan(campaign)
     gates = campaign_gates(campaign)
     ledger_path = out_dir / LEDGER_NAME
-    # 3. Refuse a recipe edited in place, or images a lost ledger made, before opening (and
-    #    so creating) the ledger.
-    check_unrecorded_images(ledger_path, plan, out_dir, existing)
+    # 3. Refuse a recipe edited in place, a path no render may write (a reserved or
+    #    over-long name, a file another record holds) or images a lost ledger made, before
+    #    opening (and so creating) the ledger.
     check_recipe_versions(ledger_path, campaign)
+    check_output_paths(plan, out_dir, recorded_paths(ledger_path))
+    check_unrecorded_images(ledger_path, plan, out_dir, existing)
     # One render per output folder: another waits (or refuses, wait=False) while this holds
     # it; holding it, clean up after a killed run (temp files, runs left 'running').
     with hold_output_folder(out_dir, wait=wait, log=log, holder=campaign.spec.name), \
             Ledger(ledger_path) as ledger:
         check_recipe_versions(ledger_path, campaign)  # again: a run we waited for may have
-        recover_after_crash(out_dir, ledger, log)     # recorded these versions first
+        check_output_paths(plan, out_dir, ledger.held_paths())  # recorded these first
+        recover_after_crash(out_dir, ledger, log)
         work = find_work(ledger, plan, out_dir)
         adopted: list[Variant] = []
         if existing == "adopt":
@@ -146,6 +150,16 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
             f"{len(plan.variants) - len(pending)} already done, {len(pending)} to render"
             + (f", {len(work.repairs)} with exports to rebuild" if work.repairs else ""))
         repair_exports(ledger, work.repairs, out_dir, campaign.files(), log)
+        gate_rules = gates.as_json()
+        report_settings = {"grids": [[grid.x, grid.y]] if (grid := campaign.spec.report.grid)
+                           else []}
+        if not pending and not adopted and (completed := ledger.completed_run(
+                campaign.spec.name, [variant.id for variant in plan.variants], gate_rules,
+                report_settings)) is not None:
+            # Nothing new: no run row; the run that completed this set stands for it.
+            log(f"{campaign.spec.name}: nothing new to render; run {completed.id} completed "
+                "this set (no new run recorded)")
+            return completed_summary(ledger, completed, out_dir, started)
         # 4. Record the run, then produce what is pending.
         recipe_hashes = {recipe.ref: ledger.record_recipe_version(
             recipe.spec.name, recipe.spec.version, recipe_content(recipe))
@@ -158,8 +172,8 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
             recipes=[(recipe.spec.name, recipe.spec.version) for recipe in campaign.recipes],
             executor=executor, environment=environment,
             variant_ids=[variant.id for variant in plan.variants],
-            to_render={item.variant.id for item in pending}, rules=gates.as_json(),
-            report={"grids": [[grid.x, grid.y]] if (grid := campaign.spec.report.grid) else []})
+            to_render={item.variant.id for item in pending}, rules=gate_rules,
+            report=report_settings)
         reasons = {item.variant.id: item.rerender_reason for item in work.pending}
         recorder = RunRecorder(campaign, ledger, run_id=run_id, recipe_hashes=recipe_hashes,
                                reasons=reasons, log=log)
@@ -199,12 +213,40 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
         ledger.finish_run(run_id, status="finished", rendered=len(pending), skipped=skipped)
         from .run_report import write_run_report
 
-        report = write_run_report(ledger, run_id, out_dir / campaign.spec.name / "report.html")
+        report = write_run_report(ledger, run_id)
     return RunSummary(run_id=run_id, campaign=campaign.spec.name,
                       status="passed" if counts["failed"] == 0 else "failed",
                       planned=len(plan.variants), rendered=len(pending), skipped=skipped,
                       counts=counts, out_dir=out_dir, ledger=ledger_path, report=report,
                       seconds=time.perf_counter() - started)
+
+
+def completed_summary(ledger: Ledger, run: Any, out_dir: Path, started: float) -> RunSummary:
+    """What a render that found its whole set done says: the run that completed it."""
+    report = out_dir / report_path(run.campaign, run.id)
+    if not report.is_file():
+        from .run_report import write_run_report
+
+        report = write_run_report(ledger, run.id)
+    return RunSummary(run_id=run.id, campaign=run.campaign,
+                      status="passed" if run.counts["failed"] == 0 else "failed",
+                      planned=run.planned, rendered=0, skipped=run.planned, counts=run.counts,
+                      out_dir=out_dir, ledger=ledger.path, report=report,
+                      seconds=time.perf_counter() - started)
+
+
+def recorded_paths(ledger_path: Path) -> dict[str, Holder]:
+    """The paths the ledger's records hold (none before a first render)."""
+    if not ledger_path.is_file() or ledger_path.stat().st_size == 0:
+        return {}
+    with Ledger(ledger_path) as ledger:
+        return ledger.held_paths()
+
+
+def check_output_paths(plan: Plan, out_dir: Path, held: Mapping[str, Holder]) -> None:
+    """Every master and export path of the plan, against each other, the folder's rules
+    and the ledger's records (``renderer.output_folder``): exit 2 before any model loads."""
+    check_planned(plan.planned_files(), plan.campaign.document, OutputFolder(out_dir, held))
 
 
 def check_unrecorded_images(ledger_path: Path, plan: Plan, out_dir: Path,

@@ -21,11 +21,13 @@ from typing import Any
 from .errors import InputError, LedgerError
 from .hashing import canonical_json, sha256_json
 from .migrations import MIGRATIONS
+from .output_folder import LEDGER_FILE, Holder
 from .records import (
     RENDER_COLUMNS,
     RENDER_FROM,
     RUN_COLUMNS,
     RUN_FROM,
+    UNREVIEWED,
     Decision,
     DeliveryFileRow,
     DeliveryRow,
@@ -35,9 +37,10 @@ from .records import (
     Review,
     RunRow,
     TrainingRow,
+    UnfinishedDelivery,
 )
 
-LEDGER_NAME = "ledger.sqlite"
+LEDGER_NAME = LEDGER_FILE
 _IN_CHUNK = 500  # values per IN (...) query
 RUN_STATUSES = ("running", "passed", "failed", "error", "interrupted")
 TRAINING_STATUSES = ("running", "finished", "error", "interrupted")
@@ -75,6 +78,32 @@ class ReviewRecord:
     decision: str  # approve | reject | reset
     reviewer: str
     note: str = ""
+
+
+@dataclass(frozen=True)
+class StaleReview:
+    """A decision made on a stale view: the standing review of the render's bytes is no
+    longer the one the person saw (``add_reviews(..., seen=...)``)."""
+
+    render_id: int
+    variant_id: str
+    seen: int | None  # the review id the person saw standing (None: they saw it unreviewed)
+    standing: Review | None  # the one standing now (None: unreviewed)
+    latest: Review | None  # the newest decision about these bytes (a reset leaves none standing)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"render_id": self.render_id, "variant_id": self.variant_id, "seen": self.seen,
+                "review_state": self.standing.state if self.standing else UNREVIEWED,
+                "review": self.standing.as_json() if self.standing else None,
+                "latest": self.latest.as_json() if self.latest else None}
+
+
+class ReviewConflict(Exception):
+    """``add_reviews`` recorded nothing: some decisions were made on a stale view."""
+
+    def __init__(self, stale: Sequence[StaleReview]):
+        super().__init__(f"{len(stale)} decision(s) made on a stale view")
+        self.stale = list(stale)
 
 
 @dataclass(frozen=True)
@@ -275,6 +304,23 @@ class Ledger:
                  for position, variant_id in enumerate(variant_ids)))
         return run_id
 
+    def completed_run(self, campaign: str, variant_ids: Sequence[str],
+                      rules: Sequence[Mapping[str, Any]],
+                      report: Mapping[str, Any]) -> RunRow | None:
+        """The campaign's latest run, if it finished and decided exactly this deliverable
+        set under these rules and report settings (a render with nothing new reuses it)."""
+        row = self.db.execute(
+            "SELECT id, status, rules_json, report_json FROM runs WHERE campaign = ? "
+            "ORDER BY started_at DESC, id DESC LIMIT 1", (campaign,)).fetchone()
+        if row is None or row["status"] != "finished" \
+                or row["rules_json"] != canonical_json(list(rules)) \
+                or row["report_json"] != canonical_json(report):
+            return None
+        members = [variant_id for (variant_id,) in self.db.execute(
+            "SELECT variant_id FROM run_variants WHERE run_id = ? ORDER BY position",
+            (row["id"],))]
+        return self.run(row["id"]) if members == list(variant_ids) else None
+
     def record_environment(self, environment: Mapping[str, Any]) -> str:
         """Store an environment fingerprint once; returns its hash."""
         environment_hash = sha256_json(environment)
@@ -296,7 +342,9 @@ class Ledger:
         folder's lock: then no live process is running any of them (see locking.py)."""
         with self.transaction() as db:
             ids = [row[0] for row in db.execute("SELECT id FROM runs WHERE status = 'running'")]
-            db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? "
+            # What it really rendered: the rows it committed before it was stopped.
+            db.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, rendered = "
+                       "(SELECT COUNT(*) FROM renders WHERE renders.run_id = runs.id) "
                        "WHERE status = 'running'", (utc_now(),))
         return ids
 
@@ -394,9 +442,28 @@ class Ledger:
 
     # ------------------------------------------------------------ reviews
 
-    def add_reviews(self, records: Sequence[ReviewRecord]) -> list[Review]:
-        """Append a person's decisions in one transaction; returns them as stored."""
+    def add_reviews(self, records: Sequence[ReviewRecord], *,
+                    seen: Sequence[int | None] | None = None) -> list[Review]:
+        """Append a person's decisions in one transaction; returns them as stored.
+
+        ``seen``, one per record: the review id the person saw standing for that render's
+        bytes (None: they saw it unreviewed). Checked in the same transaction as the
+        inserts (``BEGIN IMMEDIATE``: one writer at a time), so two people on stale views
+        cannot both pass; if any record's standing review is no longer the one seen,
+        nothing is stored and ``ReviewConflict`` lists each such render."""
+        if seen is not None and len(seen) != len(records):
+            raise ValueError("seen needs one entry per record")
         with self.transaction() as db:
+            if seen is not None:
+                stale = []
+                for record, expected in zip(records, seen, strict=True):
+                    latest = self.latest_review(record.variant_id, record.sha256)
+                    standing = latest if latest and latest.decision != "reset" else None
+                    if (standing.review_id if standing else None) != expected:
+                        stale.append(StaleReview(record.render_id, record.variant_id,
+                                                 expected, standing, latest))
+                if stale:
+                    raise ReviewConflict(stale)  # rolls the transaction back
             now = utc_now()
             ids = [db.execute(
                 "INSERT INTO reviews (render_id, variant_id, sha256, decision, reviewer, note, "
@@ -406,6 +473,14 @@ class Ledger:
         return [Review(review_id=review_id, render_id=r.render_id, variant_id=r.variant_id,
                        sha256=r.sha256, decision=r.decision, reviewer=r.reviewer, note=r.note,
                        reviewed_at=now) for review_id, r in zip(ids, records, strict=True)]
+
+    def latest_review(self, variant_id: str, sha256: str) -> Review | None:
+        """The newest decision about these bytes of this variant, a reset included (what
+        ``current_reviews`` reads: a reset means none stands)."""
+        row = self.db.execute("SELECT id AS review_id, * FROM reviews WHERE variant_id = ? "
+                              "AND sha256 = ? ORDER BY id DESC LIMIT 1",
+                              (variant_id, sha256)).fetchone()
+        return Review.from_sql(row) if row else None
 
     def reviews_of(self, variant_id: str) -> list[Review]:
         """Every review of a variant's renders, oldest first."""
@@ -417,36 +492,76 @@ class Ledger:
 
     def record_delivery(self, delivery_id: str, *, run_id: str, target: str, require: str,
                         masters: bool, signed: bool, manifest_sha256: str, delivered_by: str,
-                        files: Sequence[DeliveryFileRow]) -> DeliveryRow:
+                        files: Sequence[DeliveryFileRow], state: str = "complete",
+                        temp_path: str | None = None) -> DeliveryRow | None:
         """Record one delivery (``new_delivery_id``) and every file it shipped, in one
-        transaction."""
+        transaction; returns it when ``complete``. ``campaign deliver`` records it as
+        ``writing`` (with its temp path) before it writes anything, then moves it on with
+        ``set_delivery_state`` (README, "Crash safety")."""
         with self.transaction() as db:
-            db.execute("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO deliveries (id, run_id, target, require, masters, signed, "
+                       "manifest_sha256, delivered_by, delivered_at, state, temp_path) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (delivery_id, run_id, target, require, int(masters), int(signed),
-                        manifest_sha256, delivered_by, utc_now()))
+                        manifest_sha256, delivered_by, utc_now(), state, temp_path))
             db.executemany(
-                "INSERT INTO delivery_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO delivery_files (delivery_id, path, render_id, channel, "
+                "source_path, content_sha256, sha256, bytes, review_id, approved_by, "
+                "gating_id, approved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ((delivery_id, f.path, f.render_id, f.channel, f.source_path, f.content_sha256,
-                  f.sha256, f.bytes, f.review_id) for f in files))
-        return self.deliveries(run_id, delivery_id)[0]
+                  f.sha256, f.bytes, f.review_id, f.approved_by, f.gating_id, f.approved_at)
+                 for f in files))
+        return self.deliveries(run_id, delivery_id)[0] if state == "complete" else None
 
-    def deliveries(self, run_id: str | None = None,
-                   delivery_id: str | None = None) -> list[DeliveryRow]:
-        """Deliveries (of one run, or one by id), newest first, with their files."""
-        where, params = [], []
-        if run_id:
-            where.append("run_id = ?")
-            params.append(run_id)
-        if delivery_id:
-            where.append("id = ?")
-            params.append(delivery_id)
+    def set_delivery_state(self, delivery_id: str, state: str, *,
+                           expected: Sequence[str] = ("writing", "pending")) -> None:
+        """Move a delivery on (``pending``, ``complete`` or ``discarded``); a complete one
+        takes the time it completed as ``delivered_at``. Refuses a row not in ``expected``."""
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM deliveries WHERE id = ?",
+                             (delivery_id,)).fetchone()
+            if row is None or row["state"] not in expected:
+                raise LedgerError(f"delivery {delivery_id} is "
+                                  f"{row['state'] if row else 'not recorded'}, not "
+                                  f"{' or '.join(expected)}")
+            db.execute("UPDATE deliveries SET state = ?, delivered_at = CASE WHEN ? = "
+                       "'complete' THEN ? ELSE delivered_at END WHERE id = ?",
+                       (state, state, utc_now(), delivery_id))
+
+    def unfinished_deliveries(self) -> list[UnfinishedDelivery]:
+        """Deliveries still ``writing`` or ``pending`` (their process died, or is running:
+        only ask while holding the output folder's lock), oldest first."""
+        rows = self.db.execute("SELECT * FROM deliveries WHERE state IN ('writing', 'pending') "
+                               "ORDER BY delivered_at, id").fetchall()
+        files = self._delivery_files([row["id"] for row in rows])
+        return [UnfinishedDelivery(DeliveryRow.from_sql(row, files.get(row["id"], [])),
+                                   row["state"], row["temp_path"]) for row in rows]
+
+    def delivery_targets(self) -> list[str]:
+        """Every target a delivery row names, in any state (where temp files may lie)."""
+        return [row[0] for row in self.db.execute("SELECT DISTINCT target FROM deliveries "
+                                                  "ORDER BY target")]
+
+    def deliveries(self, run_id: str | None = None, delivery_id: str | None = None, *,
+                   target: str | None = None) -> list[DeliveryRow]:
+        """Complete deliveries (of one run, one by id, or to one target), newest first, with
+        their files. One being written, or discarded after a crash, is not listed."""
+        where, params = ["state = 'complete'"], []
+        for column, value in (("run_id", run_id), ("id", delivery_id), ("target", target)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
         rows = self.db.execute(f"SELECT * FROM deliveries {_where(where)} "
                                "ORDER BY delivered_at DESC, id DESC", params).fetchall()
+        files = self._delivery_files([row["id"] for row in rows])
+        return [DeliveryRow.from_sql(row, files.get(row["id"], [])) for row in rows]
+
+    def _delivery_files(self, delivery_ids: Sequence[str]) -> dict[str, list[DeliveryFileRow]]:
         files: dict[str, list[DeliveryFileRow]] = {}
         for row in self._rows_in("SELECT * FROM delivery_files WHERE delivery_id IN ({}) "
-                                 "ORDER BY path", [row["id"] for row in rows]):
+                                 "ORDER BY path", delivery_ids):
             files.setdefault(row["delivery_id"], []).append(DeliveryFileRow.from_sql(row))
-        return [DeliveryRow.from_sql(row, files.get(row["id"], [])) for row in rows]
+        return files
 
     # ------------------------------------------------------------ renders
 
@@ -480,6 +595,21 @@ class Ledger:
         with self.transaction() as db:
             db.execute("UPDATE exports SET sha256 = ?, bytes = ? WHERE render_id = ? AND name = ?",
                        (export.sha256, export.bytes, render_id, export.name))
+
+    def held_paths(self) -> dict[str, Holder]:
+        """Each path below the output folder a render row holds (its master or an export),
+        with the newest record holding it (``renderer.output_folder``)."""
+        held = {}
+        for row in self.db.execute(
+                "SELECT output_path AS path, variant_id, id, run_id, recipe_name, "
+                "recipe_version FROM renders UNION ALL "
+                "SELECT exports.path, variant_id, renders.id, run_id, recipe_name, "
+                "recipe_version FROM exports JOIN renders ON renders.id = exports.render_id "
+                "ORDER BY id"):
+            held[row["path"]] = Holder(variant_id=row["variant_id"], render_id=row["id"],
+                                       run_id=row["run_id"],
+                                       recipe=f"{row['recipe_name']}@{row['recipe_version']}")
+        return held
 
     def latest_renders(self, variant_ids: Sequence[str]) -> dict[str, RenderRow]:
         """The newest committed render of each given variant id that has one."""

@@ -393,7 +393,37 @@ def m008_run_recipes(db: sqlite3.Connection) -> None:
     )
 
 
+def m009_delivery_states(db: sqlite3.Connection) -> None:
+    """A delivery is recorded in the step that makes it visible, or discarded (README,
+    "Crash safety"). Each ``deliveries`` row has a ``state``: ``writing`` (committed before
+    its temp folder or .zip beside the target is written: every temp file a delivery writes
+    is named by a row), ``pending`` (the temp is complete and verified; it is renamed into
+    place next), ``complete`` (the target holds it), ``discarded`` (a killed delivery that
+    recovery threw away). ``temp_path`` names the temp. Rows from before m009 were written
+    after their target, so they are complete. Each ``delivery_files`` row names who let it
+    ship: ``approved_by`` (a reviewer, or ``gates`` under ``--require passed``), the
+    decision pass (``gating_id``) and when (``approved_at``); older rows get them from
+    their review, else ``gates`` with no pass."""
+    execute_script(
+        db,
+        """
+        ALTER TABLE deliveries ADD COLUMN state TEXT NOT NULL DEFAULT 'complete'
+            CHECK (state IN ('writing', 'pending', 'complete', 'discarded'));
+        ALTER TABLE deliveries ADD COLUMN temp_path TEXT;  -- absolute, beside the target
+        ALTER TABLE delivery_files ADD COLUMN approved_by TEXT;  -- a reviewer, or 'gates'
+        ALTER TABLE delivery_files ADD COLUMN gating_id INTEGER REFERENCES gatings(id);
+        ALTER TABLE delivery_files ADD COLUMN approved_at TEXT;
+        UPDATE delivery_files SET
+            approved_by = COALESCE((SELECT reviewer FROM reviews
+                                    WHERE reviews.id = delivery_files.review_id), 'gates'),
+            approved_at = (SELECT reviewed_at FROM reviews
+                           WHERE reviews.id = delivery_files.review_id);
+        CREATE INDEX deliveries_by_state ON deliveries(state)
+        """
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     m001_initial, m002_batches_and_lookups, m003_postprocess_and_gates,
     m004_one_current_decision, m005_reviews_and_deliveries, m006_trainings, m007_render_steps,
-    m008_run_recipes)
+    m008_run_recipes, m009_delivery_states)

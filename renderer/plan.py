@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from postprocess.parameters import EXTENSIONS
+
 from .hashing import canonical_json
 from .inputs import Campaign, Point, Recipe, ResolvedFile
+from .output_folder import PlannedFile, export_path, master_path, variant_folder
 from .schema import FileId
 from .validate import delivery_size, text_box_pixels
 from .variant import (
@@ -39,21 +42,21 @@ class Variant:
     id: str
     output_name: str  # relative, without extension
     aspect: str | None  # the value of the campaign's size axis (placement, scoring)
-    folder: str | None = None  # where its files go below the output folder (None: CAMPAIGN)
+    folder: str | None = None  # below the output folder (None: CAMPAIGN/RECIPE@VERSION)
 
     @property
     def output_path(self) -> str:
-        """The master's path below the output folder: ``CAMPAIGN/OUTPUT-NAME.png``."""
-        return f"{self._prefix}{self.output_name}.png"
+        """The master's path below the output folder (``renderer.output_folder``)."""
+        return master_path(self.files_folder, self.output_name)
 
     def export_path(self, channel: str, extension: str) -> str:
-        """A channel export's path: ``CAMPAIGN/exports/CHANNEL/OUTPUT-NAME.EXT``."""
-        return f"{self._prefix}exports/{channel}/{self.output_name}{extension}"
+        """A channel export's path below the output folder."""
+        return export_path(self.files_folder, self.output_name, channel, extension)
 
     @property
-    def _prefix(self) -> str:
-        folder = self.spec.campaign if self.folder is None else self.folder
-        return f"{folder}/" if folder else ""
+    def files_folder(self) -> str:
+        return variant_folder(self.spec.campaign, self.spec.recipe.ref) if self.folder is None \
+            else self.folder
 
     @property
     def seed(self) -> int:
@@ -104,6 +107,17 @@ class Variant:
 class Plan:
     campaign: Campaign
     variants: tuple[Variant, ...]
+
+    def planned_files(self) -> list[PlannedFile]:
+        """Every master and channel export the plan writes, below the output folder."""
+        files = []
+        for variant in self.variants:
+            who = f"variant {variant.id[:12]} (axes {canonical_json(variant.axes)})"
+            files.append(PlannedFile(variant.output_path, variant.id, "master", who))
+            files += [PlannedFile(variant.export_path(export.name, EXTENSIONS[export.format]),
+                                  variant.id, "export", who)
+                      for export in variant.spec.postprocess.exports or ()]
+        return files
 
     def delivery_size(self, variant: Variant) -> tuple[int, int]:
         """The size of the variant's master, after refine (its exports are cut from it)."""

@@ -46,10 +46,10 @@ from PIL import Image
 
 from postprocess.parameters import EXTENSIONS, ExportSpec
 
-from .atomic import write_bytes_atomic
 from .hashing import sha256_bytes
 from .inputs import BrandKit, Campaign, FileIndex
 from .metadata import LoraHashes, encode_png, file_metadata
+from .output_folder import OutputFolder
 from .plan import Variant
 from .schema import FileId
 from .variant import RecipeUse, VariantSpec
@@ -466,7 +466,7 @@ class Worker:
                 continue
             exports = tuple(self.write_export(variant, export, data, out_dir)
                             for export, data in image.exports)
-            write_bytes_atomic(out_dir / variant.output_path, image.master)
+            OutputFolder(out_dir).write(variant.output_path, image.master, "master")
             produced.append(Produced(
                 variant=variant, output_path=variant.output_path,
                 output_sha256=sha256_bytes(image.master), output_bytes=len(image.master),
@@ -492,7 +492,7 @@ class Worker:
     def write_export(variant: Variant, export: ExportSpec, data: bytes,
                      out_dir: Path) -> ExportFile:
         relative = variant.export_path(export.name, EXTENSIONS[export.format])
-        write_bytes_atomic(out_dir / relative, data)
+        OutputFolder(out_dir).write(relative, data, "export")
         return ExportFile(name=export.name, path=relative, sha256=sha256_bytes(data),
                           bytes=len(data), width=export.width, height=export.height,
                           format=export.format)

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from .output_folder import split_master_path
+
 if TYPE_CHECKING:
     from .plan import Variant
 
@@ -148,6 +150,9 @@ class DeliveryFileRow:
     sha256: str  # the file as shipped (differs from content_sha256 once signed)
     bytes: int
     review_id: int | None  # the approval it shipped under (None: a gate pass)
+    approved_by: str | None = None  # the reviewer, or 'gates' (None: not recorded)
+    gating_id: int | None = None  # the decision pass it shipped under (None: not recorded)
+    approved_at: str | None = None  # the review's time, or the decision pass's
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> DeliveryFileRow:
@@ -180,6 +185,16 @@ class DeliveryRow:
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "files": [file.as_json() for file in self.files]}
+
+
+@dataclass(frozen=True)
+class UnfinishedDelivery:
+    """A delivery row not yet complete nor discarded: ``writing`` (its temp may be partial)
+    or ``pending`` (its temp was complete and verified; the rename comes next)."""
+
+    record: DeliveryRow
+    state: str
+    temp_path: str  # absolute, beside the target
 
 
 @dataclass(frozen=True)
@@ -247,9 +262,18 @@ class RenderRow(RenderFacts):
             decision=decision, steps=tuple(_loads(row["steps_json"], [])), review=review)
 
     @property
+    def recipe_ref(self) -> str:
+        return f"{self.recipe_name}@{self.recipe_version}"
+
+    @property
     def output_name(self) -> str:
-        """The output name its file was written under (OUT/CAMPAIGN/OUTPUT-NAME.png)."""
-        return self.output_path.removeprefix(f"{self.campaign}/").removesuffix(".png")
+        """The output name its file was written under (``renderer.output_folder``)."""
+        return split_master_path(self.output_path, self.campaign, self.recipe_ref)[1]
+
+    @property
+    def files_folder(self) -> str:
+        """The folder its files were written in, below the output folder."""
+        return split_master_path(self.output_path, self.campaign, self.recipe_ref)[0]
 
     def variant(self) -> Variant:
         """The variant this row rendered, from its stored spec (a co-member of a batch, or
@@ -260,7 +284,7 @@ class RenderRow(RenderFacts):
         from .variant import VariantSpec
 
         return Variant(spec=VariantSpec.from_json(self.spec), id=self.variant_id,
-                       output_name=self.output_name, aspect=None)
+                       output_name=self.output_name, aspect=None, folder=self.files_folder)
 
     @property
     def status(self) -> str:

@@ -25,6 +25,7 @@ Exit codes: 0 every target matches within tolerance, 1 drift, 2 bad input.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from .hashing import sha256_bytes, sha256_json
 from .inputs import FileIndex, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger
 from .locate import FileFinder, InputProblem, file_role, spec_files
+from .output_folder import REPRODUCE
 from .plan import Variant
 from .produce import Job, Produced, Worker
 from .records import RenderRow
@@ -65,7 +67,7 @@ class Target:
     batch: Sequence[str] = ()       # variant ids rendered with it, in order (empty: unknown)
     source: str = ""
     search: Sequence[Path] = ()    # where its per-variant images may be (the campaign's folder)
-    folder: str | None = None       # None: the campaign's name, as it was rendered
+    folder: str | None = None       # None: the layout's (renderer.output_folder)
     channel: str | None = None      # the export compared (a JPEG/WebP/PNG export); None: master
 
 
@@ -86,7 +88,8 @@ def _target_of(ledger: Ledger, row: RenderRow) -> Target:
     run = ledger.run(row.run_id)
     return Target(
         variant_id=row.variant_id, spec=row.spec, output_name=row.output_name,
-        original=ledger.path.parent / row.output_path, original_sha256=row.output_sha256,
+        folder=row.files_folder, original=ledger.path.parent / row.output_path,
+        original_sha256=row.output_sha256,
         input_files=row.input_files, environment=ledger.environment(row.environment_hash),
         batch=row.batch, source=where,
         # Control images are named relative to the campaign file; the ledger records the
@@ -104,9 +107,8 @@ def target_from_image(path: Path, ledger: Ledger | None) -> Target:
     channel = _channel_of(spec, size, kind, sha256_bytes(data), ledger, path)
     if ledger is not None and ledger.renders_of(variant_id):
         recorded = targets_from_ledger(ledger, [variant_id])[0]
-        return dataclasses.replace(recorded, output_name=path.stem, folder="", original=path,
-                                   original_sha256=sha256_bytes(data), channel=channel,
-                                   source=f"{path} ({recorded.source})")
+        return dataclasses.replace(recorded, original=path, original_sha256=sha256_bytes(data),
+                                   channel=channel, source=f"{path} ({recorded.source})")
     # An image reproduces into the destination itself, under its own file name.
     return Target(variant_id=variant_id, spec=spec, output_name=path.stem, folder="",
                   original=path, original_sha256=sha256_bytes(data), channel=channel,
@@ -227,8 +229,8 @@ def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs")
     """Re-render deliverables and compare them with what was recorded: ``what`` is a variant
     id (or a unique prefix of one) or an image path; ``run`` takes a run's whole set
     instead. The ledger is ``out_dir/ledger.sqlite`` (optional for an image); re-renders go
-    to ``into`` (default ``out_dir/reproduce``). Pickle weights are refused unless
-    ``allow_pickle`` (the caller's word: a spec, above all one read from an image, cannot
+    to ``into`` (``reproduction_folder``). Pickle weights are refused unless ``allow_pickle``
+    (the caller's word: a spec, above all one read from an image, cannot
     grant it)."""
     from .lookup import open_ledger, resolve_variant_id
 
@@ -248,12 +250,30 @@ def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs")
         else:
             targets = targets_from_ledger(ledger, [resolve_variant_id(ledger, str(what))])
         return reproduce_targets(
-            targets, into or out_dir / "reproduce",
+            targets, reproduction_folder(out_dir, into),
             lookup=ledger.latest_renders if ledger else lambda ids: {}, search=search,
             tolerance=tolerance, min_ssim=min_ssim, allow_pickle=allow_pickle, log=log)
     finally:
         if ledger is not None:
             ledger.close()
+
+
+def reproduction_folder(out_dir: Path, into: Path | None) -> Path:
+    """Where re-renders go: ``into``, refused inside the output folder (whose files its
+    records hold) except in ``OUT/reproduce/``, the default, which holds no record."""
+    default = out_dir / REPRODUCE
+    if into is None:
+        return default
+    real = Path(os.path.realpath(into))
+    real_out, real_default = Path(os.path.realpath(out_dir)), Path(os.path.realpath(default))
+    inside_out = real == real_out or real_out in real.parents
+    if inside_out and not (real == real_default or real_default in real.parents):
+        raise InputError(f"--into {into} lies inside the output folder {out_dir}, whose files "
+                         "the ledger's records hold; a reproduction never writes over them",
+                         file=into, found=str(into),
+                         fix=f"pass a folder outside {out_dir}, or leave --into out: "
+                         f"reproductions then go to {default}/ with their recorded paths")
+    return into
 
 
 def reproduce_targets(targets: Sequence[Target], dest: Path, *,
@@ -273,7 +293,7 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
     names = {target.variant_id: (target.output_name, target.folder) for target in targets}
     specs: dict[str, Mapping[str, Any]] = {t.variant_id: t.spec for t in targets}
     for mate, row in lookup([mate for key in units for mate in key if mate not in specs]).items():
-        specs[mate], names[mate] = row.spec, (row.output_name, None)
+        specs[mate], names[mate] = row.spec, (row.output_name, row.files_folder)
     # 2. Locate and check every file of every spec involved, before loading anything.
     hints = [folder for target in targets for folder in target.search]
     finder = FileFinder([entry for target in targets for entry in target.input_files],

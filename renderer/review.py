@@ -15,7 +15,10 @@ Routes (``ReviewApp.routes``):
     GET  /files/SHA256           a master or export the ledger records, full size
     GET  /thumbs/SHA256/SIZE     its thumbnail (``renderer.thumbnails``), or a brand
                                  reference's; cached in OUT/.thumbnails/
-    POST /api/reviews            approve | reject | reset, one render or many
+    POST /api/reviews            approve | reject | reset, one render or many; each names
+                                 the review it saw standing (``seen``), and a batch in which
+                                 one no longer stands is refused whole (409, with the
+                                 current state of each such render)
 
 Security, in the order a request meets it:
 
@@ -58,13 +61,14 @@ from urllib.parse import urlsplit
 
 from .errors import InputError
 from .hashing import sha256_file
-from .ledger import LEDGER_NAME, Ledger, ReviewRecord
+from .ledger import LEDGER_NAME, Ledger, ReviewConflict, ReviewRecord
 from .records import REVIEW_DECISIONS, RenderRow, RunRow
 from .thumbnails import SIZES, cached_thumbnail, make_thumbnail
 
 MAX_BODY = 256 * 1024  # bytes of one POST
 MAX_DECISIONS = 5000  # renders in one selection
 MAX_NOTE = 2000  # characters
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id is no row's
 TOKEN_HEADER = "x-review-token"
 _REREAD_SECONDS = 2.0  # unknown hashes re-read the ledger at most this often
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -301,7 +305,8 @@ class ReviewApp:
     # ------------------------------------------------------------ writing
 
     def record(self, decisions: Sequence[Mapping[str, Any]]) -> tuple[int, dict[str, Any]]:
-        """Store a person's decisions; every one must name a render's current bytes."""
+        """Store a person's decisions; every one must name a render's current bytes and the
+        review it saw standing for them (else 409 and nothing is stored)."""
         with self.open_ledger() as ledger:
             records = []
             for item in decisions:
@@ -317,7 +322,14 @@ class ReviewApp:
                                             sha256=row.output_sha256,
                                             decision=item["decision"], reviewer=self.reviewer,
                                             note=item["note"]))
-            stored = ledger.add_reviews(records)
+            try:
+                stored = ledger.add_reviews(records, seen=[item["seen"] for item in decisions])
+            except ReviewConflict as conflict:
+                run = ledger.run(self.run_id)
+                return 409, {"error": f"{len(conflict.stale)} decision(s) changed by someone "
+                             "else while you were looking: nothing was saved; look again",
+                             "conflicts": [stale.as_json() for stale in conflict.stale],
+                             "run": run.as_json() if run else None}
             run = ledger.run(self.run_id)
             if run is not None:
                 self.reviewed_runs.add(run.id)
@@ -387,10 +399,11 @@ async def _bounded_body(request: Any) -> bytes | None:
 
 
 def _parse_decisions(body: bytes) -> list[dict[str, Any]]:
-    """``{"decisions": [{"render_id", "sha256", "decision", "note"}, …]}``, checked."""
+    """``{"decisions": [{"render_id", "sha256", "decision", "note", "seen"}, …]}``, checked
+    (``seen``: the id of the review the page showed standing for that render, or null)."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise ValueError("the body is not JSON") from None
     items = data.get("decisions") if isinstance(data, dict) else None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_DECISIONS:
@@ -401,17 +414,29 @@ def _parse_decisions(body: bytes) -> list[dict[str, Any]]:
             raise ValueError("each decision is an object")
         render_id, sha256 = item.get("render_id"), item.get("sha256")
         decision, note = item.get("decision"), item.get("note", "")
-        if not isinstance(render_id, int) or isinstance(render_id, bool):
-            raise ValueError("render_id must be an integer")
+        if not _is_id(render_id):
+            raise ValueError(f"render_id must be an integer from 1 to {MAX_ID}")
+        if "seen" not in item or not (item["seen"] is None or _is_id(item["seen"])):
+            raise ValueError("seen must be the id of the review the page showed for this "
+                             f"render (an integer from 1 to {MAX_ID}), or null if none")
         if not isinstance(sha256, str) or not _SHA256.match(sha256):
             raise ValueError("sha256 must be 64 hex digits: the bytes you looked at")
         if decision not in REVIEW_DECISIONS:
             raise ValueError(f"decision must be one of {', '.join(REVIEW_DECISIONS)}")
         if not isinstance(note, str) or len(note) > MAX_NOTE:
             raise ValueError(f"note must be text of at most {MAX_NOTE} characters")
+        try:
+            note.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800"
+            raise ValueError("note must be valid Unicode text (no lone surrogates)") from None
         checked.append({"render_id": render_id, "sha256": sha256, "decision": decision,
-                        "note": note})
+                        "note": note, "seen": item["seen"]})
     return checked
+
+
+def _is_id(value: Any) -> bool:
+    """A row id SQLite can hold: an integer (not a bool) from 1 to 2**63 - 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
 
 
 def _text(status: int, message: str) -> Any:

@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from postprocess.gate_rules import count_statuses
-from postprocess.report_page import UNDECIDED, ReportGrid, ReportRow, ReportRun, report_html
+from postprocess.report_page import (
+    REPORT_MARK,
+    UNDECIDED,
+    ReportGrid,
+    ReportRow,
+    ReportRun,
+    report_html,
+)
 
-from .atomic import write_bytes_atomic, write_text_atomic
+from .atomic import write_bytes_atomic
 from .comparison import compare_run
 from .decisions import run_gates
 from .errors import InputError
 from .estimate import load_estimates
 from .ledger import Ledger
 from .matrix import axis_label
+from .output_folder import OutputFolder, report_path
 from .records import RenderRow
 
 GRID_CELL = 160  # pixels per grid cell (images are fitted, up or down)
@@ -35,10 +43,8 @@ def write_run_report(ledger: Ledger, run_id: str | None, path: Path | None = Non
     ``grids``: (x axis, y axis) pairs; None: those the campaign asked for when it ran."""
     run = ledger.find_run(run_id)
     out_dir = ledger.path.parent
-    path = path or out_dir / run.campaign / f"report-{run.id}.html"
-    if path.is_dir():
-        raise InputError(f"report path {path} is a folder", file=path,
-                         fix=f"pass the file to write, e.g. {path / 'report.html'}")
+    path = path or out_dir / report_path(run.campaign, run.id)
+    write = report_writer(OutputFolder(out_dir, ledger.held_paths()), path)
     stored = ledger.run_rows(run.id)
     rows = [ReportRow(
         variant_id=row.variant_id,
@@ -56,19 +62,65 @@ def write_run_report(ledger: Ledger, run_id: str | None, path: Path | None = Non
               **count_statuses(decided), **{f"{state} by a person": count for state, count in
                                             (("approved", run.reviews["approved"]),
                                              ("rejected", run.reviews["rejected"]))},
-              "review items not yet reviewed": run.reviews["to_review"]}
+              "review items not yet reviewed": run.reviews["to_review"],
+              "deliveries": len(ledger.deliveries(run.id))}
     report_run = ReportRun(run_id=run.id, campaign=run.campaign, created_at=run.started_at,
+                           recipes=run.recipes,
                            counts=counts, thresholds=run_gates(ledger, run).describe())
     if grids is None:
         grids = [tuple(pair) for pair in run.report.get("grids", [])]
-    grid_views = write_grids(path, rows, grids, out_dir, stored)
+    grid_views = write_grids(path, rows, grids, out_dir, stored, write)
     comparison = compare_run(ledger, run, load_estimates()) if len(run.recipes) > 1 else []
-    write_text_atomic(path, report_html(report_run, rows, grid_views, comparison))
+    write(path, report_html(report_run, rows, grid_views, comparison).encode("utf-8"))
     return path
 
 
-def write_grids(report_path: Path, rows: Sequence[ReportRow], grids: Sequence[tuple[str, str]],
-                out_dir: Path, ledger_rows: Sequence[RenderRow]) -> list[ReportGrid]:
+def report_writer(folder: OutputFolder, path: Path) -> Callable[[Path, bytes], None]:
+    """How the report at ``path`` and its grids are written: inside the output folder
+    through its owner (never onto a path a record holds or a reserved name), elsewhere
+    atomically; ``path`` must be an HTML file that is new or a report written before."""
+    if path.is_dir():
+        raise InputError(f"report path {path} is a folder", file=path,
+                         fix=f"pass the file to write, e.g. {path / 'report.html'}")
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"a report is an HTML page; {path.name} does not end in .html",
+                         file=path, fix=f"pass a path ending in .html, e.g. {path}.html")
+    if path.exists() and not _is_report(path):
+        raise InputError(f"{path} exists and is not a report this tool wrote", file=path,
+                         fix="pass a new file (a report never replaces another file)")
+    if (inside := _inside(folder.root, path)) is not None:  # refused before anything is made
+        folder.check(inside, "report")
+        folder.claim(inside, variant_id="")
+
+    def write(target: Path, data: bytes) -> None:
+        inside = _inside(folder.root, target)
+        if inside is None:
+            write_bytes_atomic(target, data)
+            return
+        folder.claim(inside, variant_id="")
+        folder.write(inside, data, "report")
+
+    return write
+
+
+def _inside(root: Path, path: Path) -> str | None:
+    """``path`` relative to ``root`` (links resolved), or None when it lies outside."""
+    real_root, real = Path(os.path.realpath(root)), Path(os.path.realpath(path))
+    if real_root not in real.parents:
+        return None
+    return real.relative_to(real_root).as_posix()
+
+
+def _is_report(path: Path) -> bool:
+    if not path.is_file() or path.is_symlink():
+        return False
+    with open(path, "rb") as handle:
+        return REPORT_MARK.encode() in handle.read(4096)
+
+
+def write_grids(report_file: Path, rows: Sequence[ReportRow], grids: Sequence[tuple[str, str]],
+                out_dir: Path, ledger_rows: Sequence[RenderRow],
+                write: Callable[[Path, bytes], None]) -> list[ReportGrid]:
     """One X/Y grid PNG per (x, y) pair and combination of the other axes' values, in
     ``REPORT-grids/`` beside the report; returns the ReportGrid entries linking them."""
     from PIL import Image
@@ -84,7 +136,7 @@ def write_grids(report_path: Path, rows: Sequence[ReportRow], grids: Sequence[tu
                 raise InputError(f"the run has no axis {axis!r}", expected=", ".join(axes),
                                  found=axis, fix="name two of the campaign's axes")
     files = {row.variant_id: out_dir / row.output_path for row in ledger_rows}
-    folder = report_path.parent / f"{report_path.stem}-grids"
+    folder = report_file.parent / f"{report_file.stem}-grids"
     views = []
     for x_axis, y_axis in grids:
         others = [axis for axis in axes if axis not in (x_axis, y_axis)]
@@ -98,8 +150,7 @@ def write_grids(report_path: Path, rows: Sequence[ReportRow], grids: Sequence[tu
                 with Image.open(files[row.variant_id]) as image:
                     images[row.variant_id] = image.convert("RGB")
             name = f"{_file_part(x_axis)}-{_file_part(y_axis)}-{number}.png"
-            write_bytes_atomic(folder / name, xy_grid_png(members, x_axis, y_axis, images,
-                                                          cell=GRID_CELL))
+            write(folder / name, xy_grid_png(members, x_axis, y_axis, images, cell=GRID_CELL))
             where = ", ".join(f"{axis}={value}" for axis, value in zip(others, fixed,
                                                                        strict=True))
             views.append(ReportGrid(

@@ -13,16 +13,19 @@ import contextlib
 import io
 from pathlib import Path
 
-from .atomic import write_bytes_atomic
-from .locking import THUMBNAIL_FOLDER
+from .output_folder import THUMBNAILS, OutputFolder, PathRefused
 
-FOLDER = THUMBNAIL_FOLDER
+FOLDER = THUMBNAILS
 SIZES = (128, 256, 512, 1024, 2048)  # longest side, pixels
 _QUALITY = 85
 
 
 def thumbnail_path(out_dir: Path, sha256: str, size: int) -> Path:
-    return out_dir / FOLDER / f"{sha256}-{size}.webp"
+    return out_dir / _relative(sha256, size)
+
+
+def _relative(sha256: str, size: int) -> str:
+    return f"{FOLDER}/{sha256}-{size}.webp"
 
 
 def cached_thumbnail(out_dir: Path, sha256: str, size: int) -> Path | None:
@@ -47,7 +50,8 @@ def make_thumbnail(source: Path, sha256: str, size: int, out_dir: Path) -> bytes
     image.save(buffer, format="WEBP", quality=_QUALITY)
     data = buffer.getvalue()
     # A render starting now sweeps temp files (renderer.locking): the cache is only a
-    # saving, so a write it interrupts costs the next request the same work again.
-    with contextlib.suppress(FileNotFoundError):
-        write_bytes_atomic(thumbnail_path(out_dir, sha256, size), data)
+    # saving, so a write it interrupts costs the next request the same work again. A cache
+    # folder the owner refuses (a link out of the output folder) is not written at all.
+    with contextlib.suppress(FileNotFoundError, PathRefused):
+        OutputFolder(out_dir).write(_relative(sha256, size), data, "thumbnail")
     return data

@@ -29,6 +29,7 @@ from .errors import InputError
 from .hashing import HashCache, hash_file, sha256_json
 from .inputs import FileIndex, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
+from .output_folder import CACHE, TRAININGS, OutputFolder
 from .records import TrainingRow
 from .schema import FileId
 from .training_job import (
@@ -46,8 +47,8 @@ from .training_spec import TrainingSpec
 if TYPE_CHECKING:  # the engine imports torch and diffusers: only once there is work to do
     from .training import Progress, TrainingResult
 
-TRAININGS_DIR = "trainings"            # OUT/trainings/NAME@VERSION/
-CACHE_DIR = Path(".cache") / "training"  # OUT/.cache/training: latents and embeddings
+TRAININGS_DIR = TRAININGS              # OUT/trainings/NAME@VERSION/
+CACHE_DIR = f"{CACHE}/training"        # OUT/.cache/training: latents and embeddings
 Log = Callable[[str], None]
 # Why a training is started again, by the status its row had.
 _LAST_ATTEMPT = {"running": "its last attempt stopped without a word (killed?)",
@@ -188,7 +189,10 @@ def train_spec(spec: TrainingSpec, out_dir: Path, *,
     started = time.perf_counter()
     training = resolve(spec)
     ledger_path = out_dir / LEDGER_NAME
-    folder = out_dir / TRAININGS_DIR / spec.ref
+    # The output folder's owner says where, refusing a link out of it or a reserved name.
+    owner = OutputFolder(out_dir)
+    folder = owner.check(f"{TRAININGS_DIR}/{spec.ref}", "training")
+    cache = owner.check(CACHE_DIR, "training")
     if ledger_path.exists():
         with Ledger(ledger_path) as ledger:
             done = finished_training(ledger, training)
@@ -212,7 +216,7 @@ def train_spec(spec: TrainingSpec, out_dir: Path, *,
             log(f"training {training.training_id}: {_LAST_ATTEMPT[before]}; resuming from its "
                 "last checkpoint")
         try:
-            result = train(training.job, folder, out_dir / CACHE_DIR, progress=progress, log=log)
+            result = train(training.job, folder, cache, progress=progress, log=log)
             report = write_report(training.job, result, folder, spec.ref)
         except BaseException as err:
             ledger.stop_training(training.training_id,

@@ -60,17 +60,20 @@ def test_every_png_says_what_made_it(demo_run):
         assert parameters["prompt"] == metadata["variant"]["prompt"]
 
 
-def test_second_render_renders_nothing(demo_run):
-    out, _ = demo_run
+def test_second_render_renders_nothing_and_records_no_new_run(demo_run):
+    out, first = demo_run
     before = pngs(out)
+    runs = ledger_rows(out, "SELECT id, rendered, skipped FROM runs ORDER BY started_at")
     result = run_cli("render", DEMO, "--out", out, "--json")
     assert result.code == 0, result.stderr
     assert result.json()["counts"]["rendered"] == 0
     assert result.json()["counts"]["skipped"] == 36
     assert ledger_rows(out, "SELECT COUNT(*) FROM renders") == [(36,)]
     assert pngs(out) == before
-    runs = ledger_rows(out, "SELECT rendered, skipped FROM runs ORDER BY started_at")
-    assert runs[-1] == (0, 36)
+    # The run that completed the set stands for this one (README, "History that reads true").
+    assert ledger_rows(out, "SELECT id, rendered, skipped FROM runs ORDER BY started_at") == runs
+    assert result.json()["run_id"] == first["run_id"]
+    assert "nothing new to render" in result.stderr
 
 
 def test_missing_or_altered_file_is_rendered_again_and_recorded(demo_run, tmp_path):
@@ -203,5 +206,5 @@ def test_a_regate_is_what_history_show_and_the_report_say(tmp_path, demo_models)
     assert shown["gate"]["status"] == "fail"
     assert shown["gate"]["reasons"][0].startswith("clip_prompt ")
     assert [d["source"] for d in shown["decisions"]] == ["render", "gate"]
-    report = (out / "small" / f"report-{run['id']}.html").read_text()
+    report = (out / "small" / "reports" / f"{run['id']}.html").read_text()
     assert report.count('class="failed"') == 3

@@ -82,8 +82,8 @@ def test_every_json_output_matches_its_schema(rendered, validators, tmp_path):
 
     with Ledger(out / "ledger.sqlite") as ledger:
         rows = ledger.run_rows(ledger.run(None).id)
-        ledger.add_reviews([ReviewRecord(row.id, row.variant_id, row.output_sha256, "approve",
-                                         "ana", "fine") for row in rows])
+        standing = ledger.add_reviews([ReviewRecord(row.id, row.variant_id, row.output_sha256,
+                                                    "approve", "ana", "fine") for row in rows])
     app = ReviewApp(out, None, reviewer="ana", token="t", allowed_hosts=None)
     payload = json.loads(json.dumps(app.run_payload()))  # what the app serves
     check(validators, "run", payload["run"])
@@ -92,6 +92,7 @@ def test_every_json_output_matches_its_schema(rendered, validators, tmp_path):
         for export in variant["exports"]:
             check(validators, "export", export)
     status, written = app.record([{"render_id": rows[0].id, "sha256": rows[0].output_sha256,
+                                   "seen": standing[0].review_id,  # the review the page showed
                                    "decision": "approve", "note": ""}])
     assert status == 200
     for review in json.loads(json.dumps(written))["reviews"]:

@@ -19,7 +19,7 @@ from .conftest import REPO
 # The README's module tour lists them in this order.
 LAYERS = (
     ("foundation", {"version", "errors", "hashing", "atomic", "yamlsource", "templating",
-                    "families", "progress", "ldm_layout", "terminal"}),
+                    "families", "progress", "ldm_layout", "terminal", "output_folder"}),
     ("validate", {"schema", "schema_errors", "inputs", "training_spec", "matrix", "compat",
                   "validate"}),
     ("plan", {"variant", "plan", "estimate"}),

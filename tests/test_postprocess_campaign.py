@@ -151,7 +151,7 @@ def test_exports_have_their_sizes_formats_and_metadata(full):
     assert len(exports) == 3 * len(renders)
     ids = {render_id: variant_id for render_id, variant_id, _ in renders}
     for render_id, name, path, sha256, width, height, fmt in exports:
-        assert path.startswith(f"pp/exports/{name}/")
+        assert path.startswith(f"pp/pp@1/exports/{name}/")
         data = (out / path).read_bytes()
         assert sha256_bytes(data) == sha256
         with Image.open(io.BytesIO(data)) as image:
@@ -199,18 +199,24 @@ def test_campaign_gate_redecides_from_stored_scores_without_rendering(full, tmp_
     assert ledger_rows(out, "SELECT source, passed, failed FROM gatings JOIN decision_counts "
                        "ON gating_id = gatings.id ORDER BY id") == [
         ("render", 0, 2), ("gate", 2, 0), ("gate", 0, 2)]
-    report = (out / "pp" / f"report-{summary.run_id}.html").read_text()
+    report = (out / "pp" / "reports" / f"{summary.run_id}.html").read_text()
     assert report.count('class="failed"') == 2 and "clip_brand" in report
     bad = cli(capsys, "gate", "--out", out, "--set", "beauty=0.5")
     assert bad.code == 2 and "unknown metric" in bad.stderr
 
 
+def _latest_report(out: Path) -> Path:
+    """The page the latest run's render printed (README, "The output folder")."""
+    (run_id,) = ledger_rows(out, "SELECT id FROM runs ORDER BY started_at DESC LIMIT 1")[0]
+    return out / "pp" / "reports" / f"{run_id}.html"
+
+
 def test_report_grid_images_are_linked_relative(full, tmp_path, capsys):
     project, _ = full
-    report = (project.root / "out" / "pp" / "report.html").read_text()
-    grids = re.findall(r'<figure class="grid"><img src="([^"]+)"', report)
-    assert grids == ["report-grids/product-background-1.png"]
-    with Image.open(project.root / "out" / "pp" / grids[0]) as grid:
+    report = _latest_report(project.root / "out")
+    grids = re.findall(r'<figure class="grid"><img src="([^"]+)"', report.read_text())
+    assert grids == [f"{report.stem}-grids/product-background-1.png"]
+    with Image.open(report.parent / grids[0]) as grid:
         assert grid.width > grid.height  # two products across, one background down
     out = shutil.copytree(project.root / "out", tmp_path / "out")
     written = cli(capsys, "report", "--out", out, "--grid", "background", "product")
@@ -229,7 +235,7 @@ def test_reproduce_applies_the_same_post_processing(full, capsys):
 
 def test_the_real_report_in_chromium(full, tmp_path):
     project, _ = full
-    report = project.root / "out" / "pp" / "report.html"
+    report = _latest_report(project.root / "out")
     dom = chromium(tmp_path, "--dump-dom", report.as_uri())
     rows = re.findall(r'<tr data-status="(\w+)"(?: class="(\w+)")?>', dom)
     assert rows == [("fail", "failed"), ("fail", "failed")]  # one row per variant, marked
@@ -260,8 +266,8 @@ def test_a_missing_logo_fails_logo_match_and_the_headline_comes_from_an_axis(tmp
     for _, reasons, scores in decisions(out).values():
         assert scores["logo_match"] < 0.5
         assert reasons[0].startswith("logo_match ") and "logo missing or covered" in reasons[0]
-    images = {name: np.asarray(Image.open(out / "pp" / f"kettle-{name}.png"), dtype=np.int16)
-              for name in ("en", "de")}
+    images = {name: np.asarray(Image.open(out / "pp" / "pp@1" / f"kettle-{name}.png"),
+                               dtype=np.int16) for name in ("en", "de")}
     # Same seed, same prompt: the same picture, except where the headline is set.
     left, top, right, bottom = 4, 3, 60, 19  # the default headline box at 64×64
     inside = np.abs(images["en"] - images["de"])[top:bottom, left:right]

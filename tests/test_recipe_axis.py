@@ -202,9 +202,11 @@ def test_compare_table_adds_up_to_the_run(compared):
 
 def test_report_and_history_know_the_recipes(compared):
     out, _, second, _ = compared
-    report = (out / "compare-families" / "report.html").read_text()
+    (run_id,) = ledger_rows(out, "SELECT id FROM runs ORDER BY started_at DESC LIMIT 1")[0]
+    page = out / "compare-families" / "reports" / f"{run_id}.html"
+    report = page.read_text()
     assert "Recipes compared" in report and all(ref in report for ref in RECIPES)
-    grids = sorted((out / "compare-families" / "report-grids").glob("recipe-product-*.png"))
+    grids = sorted((page.parent / f"{run_id}-grids").glob("recipe-product-*.png"))
     assert len(grids) == 2  # one per aspect ratio
     runs = run_cli("history", "--out", out, "--json").json()
     assert [run["recipes"] for run in runs] == [list(RECIPES), list(RECIPES[:2])]

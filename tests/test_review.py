@@ -11,7 +11,9 @@ import json
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +199,7 @@ def test_a_person_approves_and_rejects_in_the_browser(run_out, tmp_path):
     thumbnails = sorted(path.name for path in (run_out / FOLDER).iterdir())
     assert thumbnails and all(name.endswith(".webp") for name in thumbnails)
     # Stopping the server rewrote the run's report with the reviews.
-    (report,) = (run_out / "ship").glob("report-*.html")
+    (report,) = (run_out / "ship" / "reports").glob("*.html")
     assert "approved by ana" in report.read_text() and "logo too close" in report.read_text()
     # history and show say the same.
     details = json.loads(subprocess.run(
@@ -205,6 +207,57 @@ def test_a_person_approves_and_rejects_in_the_browser(run_out, tmp_path):
         capture_output=True, text=True, check=True).stdout)
     assert details["review_state"] == "rejected"
     assert details["review"]["note"] == "logo too close to the edge"
+
+
+def test_the_page_shows_a_decision_made_elsewhere_while_it_was_open(run_out):
+    """ana's page is open; bo rejects a variant from his own server; ana approves it and
+    another one together on her stale view: nothing is stored, her page shows bo's
+    rejection and says who made it; approving it again (now seen) is stored."""
+    ids = _renders(run_out)
+    first, second = ids[0][0], ids[1][0]
+    with review_server(run_out, "--reviewer", "ana") as server, \
+            review_server(run_out, "--reviewer", "bo") as other, \
+            sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url)
+        page.wait_for_selector(".card img")
+        cards = page.locator("#grid .card")
+        shown = [cards.nth(i).get_attribute("class") for i in range(2)]
+
+        status, body = other.write([{"render_id": first, "sha256": ids[0][2],
+                                     "decision": "reject", "note": "crop",
+                                     "seen": _standing(run_out, first)}])
+        assert status == 200, body
+        (rejection,) = json.loads(body)["reviews"]
+        before = _reviews(run_out)
+
+        cards.nth(0).locator(".select").check()
+        cards.nth(1).locator(".select").check()
+        page.click("#approve-selected")
+        page.wait_for_selector("#message.error")
+        message = page.inner_text("#message")
+        assert f"bo rejected {ids[0][1][:12]} at {rejection['reviewed_at'][:10]}" in message
+        assert "while you were looking" in message and "look again" in message
+        assert message.startswith("not saved")
+        assert "state-rejected" in cards.nth(0).get_attribute("class")
+        assert "crop" in cards.nth(0).inner_text()
+        assert cards.nth(1).get_attribute("class") == shown[1] + " selected"  # as it was
+        assert _reviews(run_out) == before
+        assert ledger_rows(run_out, "SELECT decision, reviewer FROM current_reviews WHERE "
+                           "render_id IN (?, ?) ORDER BY render_id", first, second)[0] == \
+            ("reject", "bo")
+
+        # Now that the page shows bo's rejection, ana's approval overrules it knowingly.
+        cards.nth(0).locator("button.approve").click()
+        page.wait_for_function("() => document.querySelector('#grid .card')"
+                               ".classList.contains('state-approved')")
+        assert ledger_rows(run_out, "SELECT decision, reviewer FROM current_reviews "
+                           "WHERE render_id = ?", first) == [("approve", "ana")]
+        assert errors == []
+        browser.close()
 
 
 # ---------------------------------------------------------------- refusals, over HTTP
@@ -219,8 +272,18 @@ def server(run_out) -> Iterator[Server]:
 
 
 def _decision(out: Path, index: int = 0, decision: str = "reset") -> dict:
+    """A decision as the page sends it, made on a fresh view (``seen``: the review that
+    stands now)."""
     render_id, _, sha256 = _renders(out)[index]
-    return {"render_id": render_id, "sha256": sha256, "decision": decision}
+    return {"render_id": render_id, "sha256": sha256, "decision": decision,
+            "seen": _standing(out, render_id)}
+
+
+def _standing(out: Path, render_id: int) -> int | None:
+    """The id of the review standing for a render's bytes (None: unreviewed)."""
+    found = ledger_rows(out, "SELECT review_id FROM current_reviews WHERE render_id = ?",
+                        render_id)
+    return found[0][0] if found else None
 
 
 def _reviews(out: Path) -> int:
@@ -289,6 +352,130 @@ def test_a_decision_about_bytes_that_are_not_the_renders_is_refused(server):
     stale = {**_decision(server.out), "sha256": "0" * 64}
     assert server.write([stale])[0] == 409
     assert server.write([{**_decision(server.out), "render_id": 10 ** 6}])[0] == 404
+    assert server.write([{**_decision(server.out), "render_id": 2 ** 63 - 1}])[0] == 404
+
+
+def _seen_on_the_page(server: Server) -> dict[int, int | None]:
+    """What a page loaded now shows: the standing review id of each render (None: none)."""
+    status, body = server.request("GET", "/api/run")
+    assert status == 200, body
+    return {variant["render"]["id"]: (variant["render"]["review"] or {}).get("review_id")
+            for variant in json.loads(body)["variants"]}
+
+
+def test_a_decision_made_on_a_stale_view_is_refused_with_the_current_state(server):
+    """Two reviewers load the page; bo rejects a variant; cy, still on the earlier view,
+    approves it: 409 with bo's rejection, and bo's decision stands. A batch holding one
+    such decision stores none of it."""
+    out = server.out
+    with review_server(out, "--reviewer", "cy") as other:
+        first, second = _renders(out)[0][0], _renders(out)[1][0]
+        seen_by_bo, seen_by_cy = _seen_on_the_page(server), _seen_on_the_page(other)
+        assert seen_by_bo == seen_by_cy
+        status, body = server.write([{**_decision(out, 0, "reject"), "note": "colour off",
+                                      "seen": seen_by_bo[first]}])
+        assert status == 200, body
+        (rejection,) = json.loads(body)["reviews"]
+        before = _reviews(out)
+
+        # cy approves both on the stale view: nothing stored, the current state comes back.
+        status, body = other.write([
+            {**_decision(out, 1, "approve"), "seen": seen_by_cy[second]},
+            {**_decision(out, 0, "approve"), "seen": seen_by_cy[first]}])
+        assert status == 409, body
+        answer = json.loads(body)
+        (conflict,) = answer["conflicts"]
+        assert conflict["render_id"] == first and conflict["seen"] == seen_by_cy[first]
+        assert conflict["review_state"] == "rejected"
+        assert {key: conflict["review"][key] for key in
+                ("review_id", "state", "reviewer", "note", "reviewed_at")} == {
+            "review_id": rejection["review_id"], "state": "rejected", "reviewer": "bo",
+            "note": "colour off", "reviewed_at": rejection["reviewed_at"]}
+        assert conflict["latest"]["review_id"] == rejection["review_id"]
+        assert "while you were looking" in answer["error"]
+        assert _reviews(out) == before  # all or nothing: the fresh decision is not stored
+        assert _standing(out, first) == rejection["review_id"]
+        assert ledger_rows(out, "SELECT decision, reviewer FROM current_reviews "
+                           "WHERE render_id = ?", first) == [("reject", "bo")]
+
+        # Having seen the rejection, cy may overrule it; the page says who did.
+        status, body = other.write([{**_decision(out, 0, "approve"),
+                                     "seen": conflict["review"]["review_id"]}])
+        assert status == 200, body
+        assert ledger_rows(out, "SELECT decision, reviewer FROM current_reviews "
+                           "WHERE render_id = ?", first) == [("approve", "cy")]
+
+        # A reset withdraws a decision: a page that still shows it is stale too.
+        shown = _standing(out, first)
+        assert server.write([_decision(out, 0, "reset")])[0] == 200
+        status, body = other.write([{**_decision(out, 0, "reject"), "seen": shown}])
+        assert status == 409, body
+        (conflict,) = json.loads(body)["conflicts"]
+        assert conflict["review"] is None and conflict["review_state"] == "unreviewed"
+        assert (conflict["latest"]["decision"], conflict["latest"]["reviewer"]) == \
+            ("reset", "bo")
+
+
+def test_two_reviewers_deciding_at_once_cannot_both_pass(server):
+    """The same stale view sent by two servers at the same moment: the check and the
+    insert share one ledger transaction, so exactly one is stored and the other is 409."""
+    out = server.out
+    render_id = _renders(out)[2][0]
+    with review_server(out, "--reviewer", "cy") as other:
+        for round_ in range(5):
+            before = _reviews(out)
+            start = threading.Barrier(2)
+            sends = [(server, _decision(out, 2, "approve"), start),
+                     (other, _decision(out, 2, "reject"), start)]
+            with ThreadPoolExecutor(2) as pool:
+                statuses = sorted(pool.map(_send_at_once, sends))
+            assert statuses == [200, 409], round_
+            assert _reviews(out) == before + 1
+            assert _standing(out, render_id) == max(ledger_rows(out, "SELECT id FROM reviews"))[0]
+
+
+def _send_at_once(send: tuple[Server, dict, threading.Barrier]) -> int:
+    target, decision, start = send
+    start.wait()
+    return target.write([decision])[0]
+
+
+@pytest.mark.parametrize("change", [
+    {"seen": True},                      # a bool is not a review id
+    {"seen": 2 ** 63},                   # beyond SQLite's integers
+    {"seen": "1"},
+    {"seen": 1.0},
+    {"seen": 0},
+    {"seen": [1]},
+    {"render_id": 2 ** 63},
+    {"render_id": -(2 ** 70)},
+    {"render_id": True},
+    {"note": "\ud800"},                  # a lone surrogate (sent as a JSON escape)
+])
+def test_malformed_decisions_are_refused_with_400(server, change):
+    before = _reviews(server.out)
+    status, body = server.write([{**_decision(server.out), **change}])
+    assert status == 400, body
+    assert "error" in json.loads(body)
+    assert _reviews(server.out) == before
+
+
+def test_a_decision_must_say_which_review_it_saw(server):
+    decision = _decision(server.out)
+    del decision["seen"]
+    status, body = server.write([decision])
+    assert status == 400 and b"seen" in body
+
+
+def test_a_body_nested_too_deep_is_refused_with_400(server):
+    headers = {"Content-Type": "application/json", "Origin": server.origin,
+               TOKEN_HEADER: server.token}
+    for body in (b"[" * 100_000, b'{"decisions": ' + b"[" * 100_000,
+                 b'{"a":' * 40_000 + b"1" + b"}" * 40_000):
+        assert len(body) < MAX_BODY
+        status, answer = server.request("POST", "/api/reviews", body, headers)
+        assert status == 400, answer
+    assert server.request("GET", "/api/run")[0] == 200
 
 
 def test_only_recorded_files_inside_the_output_folder_are_served(server, tmp_path):

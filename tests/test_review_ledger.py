@@ -4,6 +4,8 @@ standing decision per render (``current_reviews``), counts per run, and deliveri
 from __future__ import annotations
 
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from renderer.ledger import (
     DecisionRecord,
     Ledger,
     RenderRecord,
+    ReviewConflict,
     ReviewRecord,
     new_delivery_id,
 )
@@ -82,6 +85,73 @@ def test_reviews_are_append_only(ledger):
             ledger.db.execute(statement)
     with pytest.raises(sqlite3.IntegrityError):
         ledger.add_reviews([ReviewRecord(rows[0], variants[0], variants[0], "maybe", "ana")])
+
+
+def test_a_decision_on_a_stale_view_stores_nothing_and_says_what_stands(ledger):
+    """``seen``: the review a person saw standing. If it no longer stands, nothing of the
+    batch is stored and each stale render comes back with what stands now."""
+    variants = [_sha(1), _sha(2)]
+    _, rows = _run(ledger, variants, ["review", "review"])
+    (rejected,) = ledger.add_reviews([ReviewRecord(rows[0], variants[0], variants[0],
+                                                   "reject", "bo", "too dark")], seen=[None])
+    with pytest.raises(ReviewConflict) as raised:  # ana still sees both unreviewed
+        ledger.add_reviews([ReviewRecord(rows[1], variants[1], variants[1], "approve", "ana"),
+                            ReviewRecord(rows[0], variants[0], variants[0], "approve", "ana")],
+                           seen=[None, None])
+    (stale,) = raised.value.stale
+    assert (stale.render_id, stale.variant_id, stale.seen) == (rows[0], variants[0], None)
+    assert stale.standing == stale.latest == rejected
+    assert stale.as_json()["review"]["reviewer"] == "bo"
+    assert stale.as_json()["review_state"] == "rejected"
+    assert [r.review_id for r in ledger.reviews_of(variants[0])] == [rejected.review_id]
+    assert ledger.reviews_of(variants[1]) == []  # all or nothing
+    assert not ledger.db.in_transaction
+
+    # On a fresh view it is stored; a reset then leaves none standing, so a view that
+    # still shows the approval is stale, and one that shows none is not.
+    (approved,) = ledger.add_reviews([ReviewRecord(rows[0], variants[0], variants[0],
+                                                   "approve", "ana")],
+                                     seen=[rejected.review_id])
+    (reset,) = ledger.add_reviews([ReviewRecord(rows[0], variants[0], variants[0], "reset",
+                                                "bo")], seen=[approved.review_id])
+    with pytest.raises(ReviewConflict) as raised:
+        ledger.add_reviews([ReviewRecord(rows[0], variants[0], variants[0], "reject", "ana")],
+                           seen=[approved.review_id])
+    (stale,) = raised.value.stale
+    assert stale.standing is None and stale.latest == reset
+    assert stale.as_json()["review_state"] == "unreviewed"
+    ledger.add_reviews([ReviewRecord(rows[0], variants[0], variants[0], "reject", "ana")],
+                       seen=[None])
+    assert ledger.render(rows[0]).review_state == "rejected"
+
+
+def test_two_writers_on_the_same_stale_view_cannot_both_pass(tmp_path):
+    """Two connections, each checking ``seen`` and inserting at the same moment: the check
+    and the insert share one ``BEGIN IMMEDIATE`` transaction, so one stores and one is
+    refused, every time."""
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        variants = [_sha(n) for n in range(1, 21)]
+        _, rows = _run(ledger, variants, ["review"] * len(variants))
+
+    def decide(reviewer: str, decision: str, index: int, start: threading.Barrier) -> str:
+        with Ledger(path) as own:
+            start.wait()
+            try:
+                own.add_reviews([ReviewRecord(rows[index], variants[index], variants[index],
+                                              decision, reviewer)], seen=[None])
+            except ReviewConflict:
+                return "refused"
+            return "stored"
+
+    for index in range(len(variants)):
+        start = threading.Barrier(2)
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = sorted(pool.map(decide, ("ana", "bo"), ("approve", "reject"),
+                                       (index, index), (start, start)))
+        assert outcomes == ["refused", "stored"], index
+    with Ledger(path) as ledger:
+        assert all(len(ledger.reviews_of(variant)) == 1 for variant in variants)
 
 
 def test_a_delivery_is_recorded_with_every_file(ledger):

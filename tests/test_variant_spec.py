@@ -162,7 +162,7 @@ def test_templated_ip_adapter_images_render_the_file_each_variant_names(folder):
         render_campaign(ip_adapter_campaign(folder, batch_size), out, log=lambda _: None,
                         show_progress=False)
         renders[batch_size] = {path.stem: path.read_bytes() for path in
-                               sorted((out / "refs").glob("*.png"))}
+                               sorted((out / "refs" / "ip-adapter@1").glob("*.png"))}
         batches = [json.loads(batch) for (batch,) in ledger_rows(out, "SELECT batch_json FROM "
                                                                       "renders")]
         assert all(len(batch) == 1 for batch in batches)  # three references: three calls

@@ -247,6 +247,9 @@
     $("note").focus();
   }
 
+  // Each decision names the review the page shows standing for that render (seen: its id,
+  // or null when unreviewed). If someone else decided meanwhile, the server stores none of
+  // the batch and answers 409 with the current state of each such render.
   function decide(decision, variants, note) {
     if (!variants.length) { return; }
     fetch("/api/reviews", {
@@ -254,11 +257,15 @@
       headers: {"Content-Type": "application/json", "X-Review-Token": token},
       body: JSON.stringify({decisions: variants.map(function (variant) {
         return {render_id: variant.render.id, sha256: variant.render.output_sha256,
-                decision: decision, note: note || ""};
+                decision: decision, note: note || "",
+                seen: variant.render.review ? variant.render.review.review_id : null};
       })})
     }).then(function (response) {
       return response.text().then(function (text) {
         var body; try { body = JSON.parse(text); } catch (e) { body = {error: text}; }
+        if (response.status === 409 && Array.isArray(body.conflicts)) {
+          throw new Error(conflicted(body));
+        }
         if (!response.ok) { throw new Error(body.error || response.statusText); }
         return body;
       });
@@ -275,10 +282,38 @@
       if (body.run) { counts(body.run); }
       say(variants.length + " " + decision + (decision === "reset" ? "" : "d") +
           (decision === "reset" ? "" : " by " + state.data.reviewer));
-      var keep = state.open;
-      render();
-      if (keep !== null) { openViewer(keep); } else { refocus(); }
+      redraw();
     }).catch(function (error) { say("not saved: " + error.message, true); });
+  }
+
+  // A 409 with the current state of the renders someone else decided on meanwhile: show
+  // that state, and say who did what, when.
+  function conflicted(body) {
+    var byRender = {}, done = {approve: "approved", reject: "rejected", reset: "reset"};
+    body.conflicts.forEach(function (conflict) { byRender[conflict.render_id] = conflict; });
+    var lines = [];
+    state.variants.forEach(function (variant) {
+      var conflict = byRender[variant.render.id];
+      if (!conflict) { return; }
+      variant.render.review = conflict.review;
+      variant.render.review_state = conflict.review_state;
+      var last = conflict.latest, name = variant.render.variant_id.slice(0, 12);
+      lines.push(last ? last.reviewer + " " + (done[last.decision] || last.decision) + " " +
+        name + " at " + last.reviewed_at.slice(0, 19).replace("T", " ") +
+        (last.note ? " (\u201c" + last.note + "\u201d)" : "") + " while you were looking"
+        : "the review of " + name + " changed while you were looking");
+    });
+    if (body.run) { counts(body.run); }
+    redraw();
+    var shown = lines.slice(0, 3).join("; ");
+    if (lines.length > 3) { shown += "; and " + (lines.length - 3) + " more"; }
+    return shown + "; look again";
+  }
+
+  function redraw() {
+    var keep = state.open;
+    render();
+    if (keep !== null) { openViewer(keep); } else { refocus(); }
   }
 
   function refocus() { if (state.open === null) { focusCard(state.focus); } }
