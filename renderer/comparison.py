@@ -39,6 +39,7 @@ from .errors import InputError
 from .estimate import estimate
 from .ledger import Ledger
 from .matrix import axis_label
+from .output_folder import relative_inside
 from .records import RenderRow, RunRow
 
 __all__ = ["GRID_CELL", "Pair", "RunsComparison", "Side", "check_grid_path", "compare_run",
@@ -340,7 +341,7 @@ def check_grid_path(path: Path, out_dir: Path) -> None:
                          fix="pass a new file: --grid never overwrites")
     if path.suffix.lower() != ".png":
         raise InputError("--grid writes a PNG", found=str(path), fix="name a FILE.png")
-    if path.resolve().is_relative_to(out_dir.resolve()):
+    if relative_inside(out_dir, path) is not None:
         raise InputError(f"{path} lies inside the output folder {out_dir}", file=path,
                          fix="write the grid outside it (the output folder's files belong "
                          "to its ledger's records), e.g. --grid compare.png")

@@ -57,7 +57,7 @@ from .locking import (
     recover_deliveries,
 )
 from .matrix import axis_label
-from .output_folder import shipped_name
+from .output_folder import relative_inside, shipped_name
 from .provenance import C2paSigner, sign_image
 from .records import DeliveryFileRow, DeliveryRow, RenderRow
 
@@ -240,6 +240,10 @@ def deliver(out_dir: Path, run_id: str | None, to: Path, *, require: str = "appr
     if not to.parent.is_dir():
         raise InputError(f"the folder {to.parent} does not exist", file=to,
                          fix="create it first")
+    if relative_inside(out_dir, to) is not None:
+        raise InputError(f"{to} lies inside the output folder {out_dir}", file=to,
+                         fix="deliver to a folder or .zip outside it: the output folder's "
+                         "files belong to its ledger's records, a delivery is a hand-off")
     if to.name.startswith(TEMP_PREFIX):
         raise InputError(f"{to.name} starts with {TEMP_PREFIX!r}, the prefix of temp files "
                          "that recovery deletes", file=to, fix="pick another name")

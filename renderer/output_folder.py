@@ -34,8 +34,8 @@ from .errors import InputError
 from .yamlsource import YamlDocument
 
 __all__ = ["RESERVED", "Holder", "OutputFolder", "PathRefused", "PlannedFile", "check_planned",
-           "export_path", "master_path", "path_problem", "report_path", "shipped_name",
-           "split_master_path", "variant_folder"]
+           "export_path", "master_path", "path_problem", "relative_inside", "report_path",
+           "shipped_name", "split_master_path", "variant_folder"]
 
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = ".campaign.lock"
@@ -93,6 +93,15 @@ def shipped_name(source_path: str, campaign: str, recipe_ref: str, channel: str)
     layout's folders dropped; a ledger from before the version folders has no recipe's)."""
     inside = source_path.removeprefix(f"{campaign}/").removeprefix(f"{recipe_ref}/")
     return f"{channel}/{inside.removeprefix(f'{EXPORTS}/{channel}/')}"
+
+
+def relative_inside(root: Path, path: Path) -> str | None:
+    """``path`` relative to ``root`` with links resolved ('.' for the root itself), or None
+    when it lies outside: what decides whether a write goes through the owner."""
+    real_root, real = Path(os.path.realpath(root)), Path(os.path.realpath(path))
+    if real != real_root and real_root not in real.parents:
+        return None
+    return real.relative_to(real_root).as_posix()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ Exit codes: 0 every target matches within tolerance, 1 drift, 2 bad input.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from .hashing import sha256_bytes, sha256_json
 from .inputs import FileIndex, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger
 from .locate import FileFinder, InputProblem, file_role, spec_files
-from .output_folder import REPRODUCE
+from .output_folder import REPRODUCE, relative_inside
 from .plan import Variant
 from .produce import Job, Produced, Worker
 from .records import RenderRow
@@ -264,10 +263,8 @@ def reproduction_folder(out_dir: Path, into: Path | None) -> Path:
     default = out_dir / REPRODUCE
     if into is None:
         return default
-    real = Path(os.path.realpath(into))
-    real_out, real_default = Path(os.path.realpath(out_dir)), Path(os.path.realpath(default))
-    inside_out = real == real_out or real_out in real.parents
-    if inside_out and not (real == real_default or real_default in real.parents):
+    inside = relative_inside(out_dir, into)
+    if inside is not None and inside.split("/")[0] != REPRODUCE:
         raise InputError(f"--into {into} lies inside the output folder {out_dir}, whose files "
                          "the ledger's records hold; a reproduction never writes over them",
                          file=into, found=str(into),

@@ -31,7 +31,7 @@ from .errors import InputError
 from .estimate import load_estimates
 from .ledger import Ledger
 from .matrix import axis_label
-from .output_folder import OutputFolder, report_path
+from .output_folder import OutputFolder, relative_inside, report_path
 from .records import RenderRow
 
 GRID_CELL = 160  # pixels per grid cell (images are fitted, up or down)
@@ -88,12 +88,13 @@ def report_writer(folder: OutputFolder, path: Path) -> Callable[[Path, bytes], N
     if path.exists() and not _is_report(path):
         raise InputError(f"{path} exists and is not a report this tool wrote", file=path,
                          fix="pass a new file (a report never replaces another file)")
-    if (inside := _inside(folder.root, path)) is not None:  # refused before anything is made
+    # Refused before anything is made.
+    if (inside := relative_inside(folder.root, path)) is not None:
         folder.check(inside, "report")
         folder.claim(inside, variant_id="")
 
     def write(target: Path, data: bytes) -> None:
-        inside = _inside(folder.root, target)
+        inside = relative_inside(folder.root, target)
         if inside is None:
             write_bytes_atomic(target, data)
             return
@@ -101,14 +102,6 @@ def report_writer(folder: OutputFolder, path: Path) -> Callable[[Path, bytes], N
         folder.write(inside, data, "report")
 
     return write
-
-
-def _inside(root: Path, path: Path) -> str | None:
-    """``path`` relative to ``root`` (links resolved), or None when it lies outside."""
-    real_root, real = Path(os.path.realpath(root)), Path(os.path.realpath(path))
-    if real_root not in real.parents:
-        return None
-    return real.relative_to(real_root).as_posix()
 
 
 def _is_report(path: Path) -> bool:

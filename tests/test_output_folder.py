@@ -212,3 +212,12 @@ def test_thumbnails_never_go_through_a_link_out_of_the_folder(versions, tmp_path
         assert data[:4] == b"RIFF" and list(elsewhere.iterdir()) == []
     finally:
         cache.unlink()
+
+
+def test_a_delivery_into_the_output_folder_is_refused(versions):
+    out = versions[1]
+    before = _tree(out)
+    for target in (out / "handoff", out / "ship" / "handoff.zip"):
+        refused = run_cli("deliver", "--out", out, "--to", target, "--require", "passed")
+        assert refused.code == 2 and "inside the output folder" in refused.stderr
+    assert _tree(out) == before
