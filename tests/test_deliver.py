@@ -44,6 +44,15 @@ def rendered(tmp_path_factory, demo_models, one_thread) -> tuple[Path, Path]:
     return out, project.campaign_path
 
 
+def _approved_copy(rendered, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the rendered folder with every variant approved, and a hand-off folder."""
+    out = shutil.copytree(rendered[0], tmp_path / "out")
+    _review(out, ["approve"] * 4)
+    handoff = tmp_path / "handoff"
+    handoff.mkdir()
+    return out, handoff
+
+
 def _review(out: Path, decisions: list[str], note: str = "",
             reviewers: list[str] | None = None) -> list[tuple[int, str]]:
     """Each decision (approve | reject | reset) on the run's variants in plan order, by
@@ -413,12 +422,7 @@ def test_sigkill_at_any_step_of_a_delivery_leaves_nothing_half_done(rendered, tm
     hand-off folder without a row; after the next delivery, no temp is left, every
     complete row's target holds exactly what it records, and the delivery succeeded
     (or, when the killed one had finished, is refused as existing)."""
-    source, _ = rendered
-    out = tmp_path / "out"
-    shutil.copytree(source, out)
-    _review(out, ["approve"] * 4)
-    handoff = tmp_path / "handoff"
-    handoff.mkdir()
+    out, handoff = _approved_copy(rendered, tmp_path)
     rng = random.Random(SEED)
     steps = [*rng.sample(STEPS, len(STEPS)), *rng.choices(STEPS, k=TRIALS - len(STEPS))]
     kills = []
@@ -457,12 +461,7 @@ def test_campaign_render_recovers_an_interrupted_delivery(rendered, tmp_path):
     """`recover_after_crash` (what `campaign render` runs holding the lock) settles an
     interrupted delivery too: a pending one is renamed into place and recorded, one killed
     while writing its temp is discarded with it."""
-    source, _ = rendered
-    out = tmp_path / "out"
-    shutil.copytree(source, out)
-    _review(out, ["approve"] * 4)
-    handoff = tmp_path / "handoff"
-    handoff.mkdir()
+    out, handoff = _approved_copy(rendered, tmp_path)
     for name, step, outcome in (("pending", "pending", "1 completed"),
                                 ("writing.zip", "file", "1 discarded")):
         log = tmp_path / f"{name}.log"
