@@ -38,7 +38,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_folder(path.parent)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -47,11 +47,6 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def fsync_folder(folder: Path) -> None:
     """Make the entries of ``folder`` (a rename into it) durable, where the platform can."""
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform.
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

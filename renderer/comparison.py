@@ -22,7 +22,6 @@ and one of B pair when their matrix coordinates are equal (``compare_runs``).
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from postprocess.report_page import RecipeComparison
 from .decisions import embedding_matrix
 from .errors import InputError
 from .estimate import estimate
+from .hashing import canonical_json
 from .ledger import Ledger
 from .matrix import axis_label
 from .output_folder import relative_inside
@@ -72,8 +72,7 @@ def compare_run(ledger: Ledger, run: RunRow, table: Mapping[str, Any]
         comparison.append(RecipeComparison(
             recipe=ref, family=variants[0].spec.recipe.family, variants=len(members),
             counts=counts,
-            scores=_spreads([row.decision.scores if row.decision else row.scores
-                             for row in members]),
+            scores=_spreads([row.decided_scores for row in members]),
             consistency_within=round(float(consistency(embedding_matrix(own)).cosines.mean()),
                                      6) if own else None,
             consistency_across=round(float(statistics.fmean(
@@ -97,7 +96,6 @@ def _spreads(scores: Sequence[Mapping[str, float]]) -> dict[str, tuple[float, fl
 # ---------------------------------------------------------------- two runs, or two versions
 
 GRID_CELL = 160  # pixels per cell of a pairs grid (as a report's X/Y grids)
-_REF = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)@([1-9][0-9]*)$")
 _PLACEHOLDER = "{recipe}"
 
 
@@ -258,14 +256,17 @@ def run_sides(ledger: Ledger, run_a: str, run_b: str) -> tuple[Side, Side]:
 def recipe_sides(ledger: Ledger, first: str, second: str) -> tuple[Side, Side]:
     """Two versions of one recipe: for each, the renders of that version in the latest run
     that rendered it."""
+    # Here, not at the top: the file schema loads pydantic, which the report never needs.
+    from .schema import RECIPE_REF_PATTERN
+
     parsed = []
     for ref in (first, second):
-        match = _REF.match(ref)
-        if not match:
+        if not re.match(RECIPE_REF_PATTERN, ref):
             raise InputError(f"--recipe takes NAME@VERSION twice: {ref!r} is not one",
                              expected="NAME@VERSION, e.g. demo-sd15@2", found=ref,
                              fix="campaign compare --recipe NAME@1 NAME@2")
-        parsed.append((match.group(1), int(match.group(2))))
+        name, version = ref.rsplit("@", 1)
+        parsed.append((name, int(version)))
     (name, version), (other, other_version) = parsed
     if name != other:
         raise InputError(f"--recipe compares two versions of one recipe; {first} and {second} "
@@ -302,13 +303,13 @@ def compare_runs(a: Side, b: Side) -> RunsComparison:
     every = [*a.rows, *b.rows]
     axes = list(dict.fromkeys(name for row in every for name in row.axes))
     ignored = tuple(name for name in axes if name == "recipe" or all(
-        name in row.axes and _neutral(row, name) == json.dumps(_PLACEHOLDER)
+        name in row.axes and _neutral(row, name) == canonical_json(_PLACEHOLDER)
         for row in every))
     matched_on = tuple(name for name in axes if name not in ignored)
 
     def key(row: RenderRow) -> str:
-        return json.dumps({name: _neutral(row, name) for name in row.axes
-                           if name not in ignored}, sort_keys=True)
+        return canonical_json({name: _neutral(row, name) for name in row.axes
+                               if name not in ignored})
 
     waiting: dict[str, list[RenderRow]] = {}
     for row in b.rows:
@@ -385,14 +386,12 @@ def pairs_grid(comparison: RunsComparison, out_dir: Path) -> bytes:
 
 def _neutral(row: RenderRow, axis: str) -> str:
     """An axis value as canonical JSON, the variant's own recipe read as a placeholder."""
-    text = json.dumps(row.axes[axis], sort_keys=True, separators=(",", ":"))
+    text = canonical_json(row.axes[axis])
     return re.sub(re.escape(row.recipe_ref) + r"(?![0-9])", _PLACEHOLDER, text)
 
 
 def _scores(row: RenderRow | None) -> Mapping[str, float]:
-    if row is None:
-        return {}
-    return row.decision.scores if row.decision else row.scores
+    return row.decided_scores if row is not None else {}
 
 
 def _metrics(pair: Pair) -> list[str]:

@@ -22,7 +22,7 @@ copy. With a signer each copy gets a C2PA manifest (``renderer.provenance``): th
 keeps the unsigned content's hash (``content_sha256``, what ``campaign reproduce``
 compares) beside the signed file's own.
 
-Crash-clean (``renderer.locking``, README "Crash safety"): holding the output folder's
+Crash-clean (``renderer.delivery_recovery``, README "Crash safety"): holding the output folder's
 lock, a delivery first recovers any earlier one a kill interrupted, then commits its
 ``deliveries`` row as ``writing`` naming a temp folder (or temp ``.zip``) beside the
 target, writes and verifies the temp, marks the row ``pending``, renames the temp into
@@ -46,16 +46,16 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import TEMP_PREFIX, fsync_folder, write_bytes_atomic
-from .errors import InputError
-from .hashing import sha256_bytes, sha256_file
-from .ledger import LEDGER_NAME, Ledger, new_delivery_id, utc_now
-from .locking import (
+from .delivery_recovery import (
     MANIFEST_NAMES,
     delivery_temp_path,
-    hold_output_folder,
     move_into_place,
     recover_deliveries,
 )
+from .errors import InputError
+from .hashing import sha256_bytes, sha256_file
+from .ledger import LEDGER_NAME, Ledger, new_delivery_id, utc_now
+from .locking import hold_output_folder
 from .matrix import axis_label
 from .output_folder import relative_inside, shipped_name
 from .provenance import C2paSigner, sign_image
@@ -267,7 +267,7 @@ def deliver(out_dir: Path, run_id: str | None, to: Path, *, require: str = "appr
         temp = delivery_temp_path(out_dir, target, delivery_id)
         _step("planned")
         # The row comes first, naming the temp: a kill from here on leaves a row that says
-        # what to do with the temp (locking.recover_deliveries).
+        # what to do with the temp (delivery_recovery.recover_deliveries).
         ledger.record_delivery(
             delivery_id, run_id=plan.run_id, target=str(target), require=require,
             masters=masters, signed=signed, temp_path=str(temp), state="writing",

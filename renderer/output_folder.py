@@ -175,13 +175,15 @@ class OutputFolder:
                               "stay inside it")
         return path
 
-    def claim(self, relative: str, variant_id: str) -> None:
-        """Refuse ``relative`` for ``variant_id`` when a record of another variant holds it."""
+    def claim(self, relative: str, variant_id: str | None) -> None:
+        """Refuse ``relative`` for ``variant_id`` when a record of another variant holds it
+        (for ``None``, a file of no variant such as a report: when any record holds it)."""
         holder = self.holder(relative)
         if holder is not None and holder.variant_id != variant_id:
+            writer = f"variant {variant_id[:12]}" if variant_id else "this"
             raise PathRefused(
-                f"{relative} is held by {holder.describe()}; variant {variant_id[:12]} "
-                "would write over it", file=self.root, found=relative,
+                f"{relative} is held by {holder.describe()}; {writer} would write over it",
+                file=self.root, found=relative,
                 fix="bump the recipe's version (each version has its own folder, so both "
                 "stay), or change the output template so the new variant gets its own name")
 

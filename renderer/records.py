@@ -292,6 +292,12 @@ class RenderRow(RenderFacts):
         return self.decision.status if self.decision else "undecided"
 
     @property
+    def decided_scores(self) -> Mapping[str, float]:
+        """The scores its current decision was made on (a re-gate may add run metrics),
+        else the scores it was rendered with."""
+        return self.decision.scores if self.decision else self.scores
+
+    @property
     def review_state(self) -> str:
         """approved, rejected or unreviewed (its bytes have no standing review)."""
         return self.review.state if self.review else UNREVIEWED

@@ -242,7 +242,7 @@ class ReviewApp:
             "reviewer": self.reviewer,
             "axes": axes,
             "scores": list(dict.fromkeys(name for row in rows for name in
-                                         (row.decision.scores if row.decision else row.scores))),
+                                         row.decided_scores)),
             "thumbnail_sizes": list(SIZES),
             "references": [{"name": Path(entry["path"]).name, "sha256": sha}
                            for sha, entry in references.items()],

@@ -51,7 +51,7 @@ def write_run_report(ledger: Ledger, run_id: str | None, path: Path | None = Non
         image_relpath=Path(os.path.relpath(out_dir / row.output_path, path.parent)).as_posix(),
         axes={name: axis_label(value) for name, value in row.axes.items()},
         prompt=row.prompt, seed=row.seed, width=row.width, height=row.height,
-        scores=row.decision.scores if row.decision else row.scores,
+        scores=row.decided_scores,
         status=row.decision.status if row.decision else UNDECIDED,
         reasons=row.decision.reasons if row.decision else (), review=row.review_state,
         review_by=row.review.reviewer if row.review else "",
@@ -91,14 +91,14 @@ def report_writer(folder: OutputFolder, path: Path) -> Callable[[Path, bytes], N
     # Refused before anything is made.
     if (inside := relative_inside(folder.root, path)) is not None:
         folder.check(inside, "report")
-        folder.claim(inside, variant_id="")
+        folder.claim(inside, variant_id=None)
 
     def write(target: Path, data: bytes) -> None:
         inside = relative_inside(folder.root, target)
         if inside is None:
             write_bytes_atomic(target, data)
             return
-        folder.claim(inside, variant_id="")
+        folder.claim(inside, variant_id=None)
         folder.write(inside, data, "report")
 
     return write

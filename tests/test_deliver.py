@@ -25,9 +25,10 @@ import yaml
 
 from renderer.atomic import write_bytes_atomic
 from renderer.deliver import STEP_PAUSE_ENV
+from renderer.delivery_recovery import delivery_problem
 from renderer.hashing import sha256_bytes, sha256_file
 from renderer.ledger import Ledger, RenderFacts, RenderRecord, ReviewRecord
-from renderer.locking import delivery_problem, hold_output_folder, recover_after_crash
+from renderer.locking import hold_output_folder, recover_after_crash
 from renderer.provenance import read_c2pa
 
 from .conftest import CAMPAIGN_BIN, ledger_rows, run_cli
