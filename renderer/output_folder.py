@@ -35,6 +35,7 @@ from .yamlsource import YamlDocument
 
 __all__ = ["RESERVED", "Holder", "OutputFolder", "PathRefused", "PlannedFile", "check_planned",
            "export_path", "master_path", "path_problem", "relative_inside", "report_path",
+           "reproduction_root",
            "shipped_name", "split_master_path", "variant_folder"]
 
 LEDGER_FILE = "ledger.sqlite"
@@ -102,6 +103,23 @@ def relative_inside(root: Path, path: Path) -> str | None:
     if real != real_root and real_root not in real.parents:
         return None
     return real.relative_to(real_root).as_posix()
+
+
+def reproduction_root(out_dir: Path, into: Path | None) -> Path:
+    """Where reproductions go (re-renders, re-trainings): ``into``, refused inside the output
+    folder (whose files its records hold) except in ``OUT/reproduce/``, the default, which
+    holds no record."""
+    default = out_dir / REPRODUCE
+    if into is None:
+        return default
+    inside = relative_inside(out_dir, into)
+    if inside is not None and inside.split("/")[0] != REPRODUCE:
+        raise PathRefused(f"--into {into} lies inside the output folder {out_dir}, whose files "
+                          "the ledger's records hold; a reproduction never writes over them",
+                          file=into, found=str(into),
+                          fix=f"pass a folder outside {out_dir}, or leave --into out: "
+                          f"reproductions then go to {default}/")
+    return into
 
 
 @dataclass(frozen=True)

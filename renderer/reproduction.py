@@ -37,7 +37,7 @@ from .hashing import sha256_bytes, sha256_json
 from .inputs import FileIndex, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger
 from .locate import FileFinder, InputProblem, file_role, spec_files
-from .output_folder import REPRODUCE, relative_inside
+from .output_folder import reproduction_root
 from .plan import Variant
 from .produce import Job, Produced, Worker
 from .records import RenderRow
@@ -228,8 +228,8 @@ def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs")
     """Re-render deliverables and compare them with what was recorded: ``what`` is a variant
     id (or a unique prefix of one) or an image path; ``run`` takes a run's whole set
     instead. The ledger is ``out_dir/ledger.sqlite`` (optional for an image); re-renders go
-    to ``into`` (``reproduction_folder``). Pickle weights are refused unless ``allow_pickle``
-    (the caller's word: a spec, above all one read from an image, cannot
+    to ``into`` (``output_folder.reproduction_root``). Pickle weights are refused unless
+    ``allow_pickle`` (the caller's word: a spec, above all one read from an image, cannot
     grant it)."""
     from .lookup import open_ledger, resolve_variant_id
 
@@ -249,28 +249,12 @@ def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs")
         else:
             targets = targets_from_ledger(ledger, [resolve_variant_id(ledger, str(what))])
         return reproduce_targets(
-            targets, reproduction_folder(out_dir, into),
+            targets, reproduction_root(out_dir, into),
             lookup=ledger.latest_renders if ledger else lambda ids: {}, search=search,
             tolerance=tolerance, min_ssim=min_ssim, allow_pickle=allow_pickle, log=log)
     finally:
         if ledger is not None:
             ledger.close()
-
-
-def reproduction_folder(out_dir: Path, into: Path | None) -> Path:
-    """Where re-renders go: ``into``, refused inside the output folder (whose files its
-    records hold) except in ``OUT/reproduce/``, the default, which holds no record."""
-    default = out_dir / REPRODUCE
-    if into is None:
-        return default
-    inside = relative_inside(out_dir, into)
-    if inside is not None and inside.split("/")[0] != REPRODUCE:
-        raise InputError(f"--into {into} lies inside the output folder {out_dir}, whose files "
-                         "the ledger's records hold; a reproduction never writes over them",
-                         file=into, found=str(into),
-                         fix=f"pass a folder outside {out_dir}, or leave --into out: "
-                         f"reproductions then go to {default}/ with their recorded paths")
-    return into
 
 
 def reproduce_targets(targets: Sequence[Target], dest: Path, *,

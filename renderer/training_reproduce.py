@@ -31,6 +31,7 @@ from .inputs import FileIndex
 from .ledger import Ledger
 from .locate import FileFinder, spec_files
 from .lookup import file_state, open_ledger
+from .output_folder import reproduction_root
 from .records import TrainingRow
 from .training_run import TRAININGS_DIR, job_of
 
@@ -96,6 +97,7 @@ def resolve_training(ledger: Ledger, text: str) -> TrainingRow:
 def reproduce_training(text: str, *, out_dir: Path, into: Path | None = None,
                        search: Sequence[Path] = (), progress: Callable[[Any], None] | None = None,
                        log: Log = lambda _: None) -> TrainingReproduction:
+    dest = reproduction_root(out_dir, into)  # never over the output folder's records
     with open_ledger(out_dir) as ledger:
         row = resolve_training(ledger, text)
         recorded_environment = ledger.environment(row.environment_hash) \
@@ -121,7 +123,7 @@ def reproduce_training(text: str, *, out_dir: Path, into: Path | None = None,
     # 2. The recorded environment where this machine allows.
     job = _pinned(job, recorded_environment)
     # 3. From nothing: a fresh folder and a fresh feature cache.
-    scratch = (into or out_dir / "reproduce" / TRAININGS_DIR) / row.ref
+    scratch = (dest if into else dest / TRAININGS_DIR) / row.ref
     if scratch.exists():
         log(f"replacing the earlier re-training in {scratch}")
         shutil.rmtree(scratch)

@@ -276,6 +276,16 @@ def test_reproduce_training_retrains_to_the_same_bytes(trained, capsys, tmp_path
     assert "6 latent(s) computed" in result.stderr
 
 
+def test_reproduce_training_never_retrains_into_the_output_folder(trained):
+    out, summary = trained
+    lora = out / "trainings" / "kestrel-style@1" / "kestrel-style-v1.safetensors"
+    for into in (out / "trainings", out):
+        refused = run_cli("reproduce", "--training", "kestrel-style@1", "--out", out,
+                          "--into", into)
+        assert refused.code == 2 and "inside the output folder" in refused.stderr
+    assert sha256_file(lora) == summary["sha256"]
+
+
 def test_reproduce_training_names_a_missing_input_without_training(trained, tmp_path):
     out, _ = trained
     copy = tmp_path / "out"
