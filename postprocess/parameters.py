@@ -43,7 +43,8 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Parameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True,
+                              allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- retouch (``retouch``)

@@ -15,7 +15,7 @@ import os
 import sys
 import textwrap
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -71,6 +71,38 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise _UsageError(self, message)
+
+
+# The largest integer SQLite stores: row counts, ids and versions on the command line.
+_SQLITE_MAX = 2**63 - 1
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high], else a usage error (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {low} to {high:,}")
+        return value
+
+    return parse
+
+
+def _finite(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] (NaN passes no bound: refused)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # false for NaN too
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {low} to {high}")
+        return value
+
+    return parse
 
 
 def _print_json_error(err: CampaignError) -> None:
@@ -140,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="print the expanded variants")
     plan.add_argument("campaign", type=Path)
     plan.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    plan.add_argument("--sample", type=int, metavar="N",
+    plan.add_argument("--sample", type=_whole(1, _SQLITE_MAX), metavar="N",
                       help="show a deterministic preview subset of N variants")
     plan.add_argument("--estimates", type=Path, metavar="FILE",
                       help="YAML overriding the GPU time/cost table (see README)")
@@ -154,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="where batches render: this process, or Ray actors")
     render.add_argument("--address", help="Ray cluster address (default: a local cluster)")
-    render.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, "
+    render.add_argument("--workers", type=_whole(1, 4096), help="Ray actors (default: one per GPU, "
                         "else one per CPU)")
     render.add_argument("--no-wait", action="store_true",
                         help="refuse (exit 3) instead of waiting when another render holds "
@@ -184,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--recipe", metavar="NAME[@V]",
                          help="alone: list the versions of a recipe that rendered; with --runs "
                          "or --renders: only those of this recipe")
-    history.add_argument("--diff", nargs=2, type=int, metavar=("V1", "V2"),
+    history.add_argument("--diff", nargs=2, type=_whole(1, _SQLITE_MAX), metavar=("V1", "V2"),
                          help="with --recipe: diff two versions' resolved recipes")
     history.add_argument("--runs", action="store_true", help="list runs (the default)")
     history.add_argument("--renders", action="store_true",
@@ -198,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "interrupted")
     history.add_argument("--since", metavar="DATE", help="on or after (UTC, YYYY-MM-DD[THH:MM])")
     history.add_argument("--until", metavar="DATE", help="before the end of (UTC, same form)")
-    history.add_argument("--limit", type=int, default=None, help="at most N rows")
+    history.add_argument("--limit", type=_whole(1, _SQLITE_MAX), default=None,
+                         help="at most N rows")
     history.set_defaults(handler=cmd_history)
 
     show = commands.add_parser("show", help="everything the ledger knows about one render")
@@ -226,10 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--search", "--models", action="append", type=Path, default=[],
                            metavar="DIR", help="folders to find files in by name and sha256 "
                            "when not at their recorded paths (repeatable)")
-    reproduce.add_argument("--tolerance", type=int, metavar="N",
+    reproduce.add_argument("--tolerance", type=_whole(0, 255), metavar="N",
                            help="largest per-channel difference accepted, in 1/255 steps "
                            "(default: 0 in the recorded environment, 1 otherwise)")
-    reproduce.add_argument("--min-ssim", type=float, default=None, metavar="S",
+    reproduce.add_argument("--min-ssim", type=_finite(-1.0, 1.0), default=None, metavar="S",
                            help="smallest SSIM accepted (default 0.99)")
     reproduce.add_argument("--allow-pickle", action="store_true",
                            help="load .ckpt/.pt/.bin weights the spec names (they can run code "
@@ -284,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--out", type=Path, default=DEFAULT_OUT)
     review.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
-    review.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    review.add_argument("--port", type=_whole(0, 65535), default=8765,
+                        help="port (0: any free one)")
     review.add_argument("--reviewer", metavar="NAME",
                         help="who decides (default: $USER), recorded with every decision")
     review.set_defaults(handler=cmd_review)

@@ -107,6 +107,9 @@ def lora_family_problem(lora: Path, family: str, checkpoint: Path) -> str | None
     except (OSError, ValueError, KeyError) as err:
         return f"it is not a readable safetensors file ({err})"
     names = list(header.shapes)
+    if not any("lora" in name for name in names):  # diffusers' own test when it loads one
+        return (f"it holds no LoRA weights (none of its {len(names)} tensor names contains "
+                "'lora': a checkpoint, or another kind of adapter?)")
     base = header.metadata.get("ss_base_model_version", "")
     detected = _family_from_names(names) or _family_from_metadata(base)
     if detected == "flux" and family != "flux":
@@ -156,3 +159,46 @@ def unet_input_channels(checkpoint: Path) -> int | None:
         return None
     shape = read_header(checkpoint).shapes.get("model.diffusion_model.input_blocks.0.0.weight")
     return shape[1] if shape else None
+
+
+def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
+    """Why the diffusers folder ``config`` cannot load the single-file ``checkpoint`` of
+    ``family`` (None when it can, as far as headers tell): its pipeline class is another
+    family's, or its UNet's first convolution has another shape than the file's."""
+    from .families import PIPELINES
+
+    try:
+        index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"no readable model_index.json ({err})"
+    pipelines = {name for (of, _), name in PIPELINES.items() if of == family}
+    if (class_name := index.get("_class_name") if isinstance(index, dict) else None) \
+            not in pipelines:
+        return f"its model_index.json names {class_name!r}, not a {family} pipeline"
+    found = None if checkpoint.suffix != ".safetensors" else read_header(checkpoint).shapes.get(
+        "model.diffusion_model.input_blocks.0.0.weight")
+    unet = config / "unet" / "config.json"
+    if found is None or not unet.is_file():
+        return None
+    try:
+        settings = json.loads(unet.read_text(encoding="utf-8"))
+        expected = [settings["block_out_channels"][0], settings["in_channels"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as err:
+        return f"unet/config.json lacks block_out_channels or in_channels ({err})"
+    if found[:2] != expected:
+        return (f"its UNet starts with {expected[0]} channels from {expected[1]} inputs, the "
+                f"checkpoint's with {found[0]} from {found[1]}: another architecture")
+    return None
+
+
+def single_file_problem(checkpoint: Path, family: str) -> str | None:
+    """What a single-file ``family`` checkpoint lacks (None when it has every component's
+    weights): a LoRA, an upscaler or a bare UNet passes a header check but not a load."""
+    from .families import SINGLE_FILE_COMPONENTS
+
+    names = list(read_header(checkpoint).shapes)
+    for component, prefixes in SINGLE_FILE_COMPONENTS[family].items():
+        if not any(name.startswith(prefixes) for name in names):
+            return (f"it holds no {component} weights ({prefixes[0]}…): not a whole {family} "
+                    "checkpoint (a LoRA, an upscaler, a single component?)")
+    return None

@@ -13,6 +13,7 @@ those of its latest pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -177,6 +178,10 @@ def parse_bounds(items: Sequence[str]) -> dict[str, tuple[float | None, float | 
         except ValueError:
             raise InputError(f"--set {item!r}: bounds must be numbers", found=value,
                              expected="e.g. clip_brand=0.25 or clip_brand=0.2:0.9") from None
+        if any(bound is not None and not math.isfinite(bound) for bound in bounds):
+            raise InputError(f"--set {item!r}: bounds must be finite numbers", found=value,
+                             fix="NaN passes every comparison and inf is no bound: give a "
+                             f"number, {metric}=:max for no minimum, or {metric}=off")
         if bounds == (None, None):
             raise InputError(f"--set {item!r} gives no bound", found=value,
                              fix=f"{metric}=0.25, {metric}=:0.9, or {metric}=off")

@@ -56,6 +56,23 @@ def resolve_device(requested: str) -> str:
     return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
+def device_problem(requested: str) -> str | None:
+    """Why this machine cannot render on ``requested`` (None when it can): checked before a
+    local render writes anything."""
+    import torch
+
+    kind = requested.split(":")[0]
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            return "this machine has no CUDA device torch can use"
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if kind == "mps" and not torch.backends.mps.is_available():
+        return "this machine has no MPS device"
+    return None
+
+
 def resolve_dtype(requested: str, device: str) -> str:
     if requested != "auto":
         return requested

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .terminal import printable
+
 
 class CampaignError(Exception):
     """Base of every error this project raises deliberately."""
@@ -54,7 +56,8 @@ class InputError(CampaignError):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        where = self.file or "<input>"
+        # A file name may hold a newline or an escape: printed, it could fake a location.
+        where = printable(self.file) if self.file else "<input>"
         if self.line is not None:
             where += f":{self.line}"
         head = f"{where}: {self.message}"

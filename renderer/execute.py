@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .decisions import campaign_gates, decide_run
+from .environment import device_problem
 from .errors import CampaignError, InputError, RenderFailure
 from .executors import make_executor
 from .hashing import hash_file, sha256_file, sha256_json
@@ -109,6 +110,17 @@ class Work:
     repairs: tuple[Repair, ...]
 
 
+def check_device(campaign: Campaign) -> None:
+    """A campaign that names a device this machine lacks is refused here, not by a torch
+    error after the run is recorded (validate cannot know the machine that renders)."""
+    requested = campaign.spec.render.device
+    if requested != "auto" and (problem := device_problem(requested)):
+        raise campaign.document.error(
+            InputError, f"render.device {requested} is not available", ("render", "device"),
+            found=problem, fix="set render.device: auto (CUDA, then MPS, then CPU), or render "
+            "on a machine with that device (or with --executor ray on a cluster that has it)")
+
+
 def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_to_stderr,
                     show_progress: bool = True, wait: bool = True, executor: str = "local",
                     address: str | None = None, workers: int | None = None,
@@ -131,6 +143,8 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
     check_recipe_versions(ledger_path, campaign)
     check_output_paths(plan, out_dir, recorded_paths(ledger_path))
     check_unrecorded_images(ledger_path, plan, out_dir, existing)
+    if executor == "local":
+        check_device(campaign)
     # One render per output folder: another waits (or refuses, wait=False) while this holds
     # it; holding it, clean up after a killed run (temp files, runs left 'running').
     with hold_output_folder(out_dir, wait=wait, log=log, holder=campaign.spec.name), \

@@ -17,6 +17,24 @@ Mode = Literal["text", "controlnet", "img2img", "inpaint"]
 # Latent grid alignment: SD's VAE downsamples 8x; Flux also packs latents 2x2.
 SIZE_MULTIPLE = {"sd15": 8, "sdxl": 8, "flux": 16}
 
+# Where each family's standard configs live on the Hugging Face Hub: what a single-file
+# checkpoint's checkpoint.config is downloaded from (the weights are not needed).
+BASE_REPOS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+              "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+              "flux": "black-forest-labs/FLUX.1-dev"}
+
+# The weights a single-file checkpoint (A1111/Civitai layout) holds, by key prefix; diffusers'
+# from_single_file loads each component from them. Flux files (BFL layout) hold the
+# transformer alone, under either prefix.
+SINGLE_FILE_COMPONENTS = {
+    "sd15": {"UNet": ("model.diffusion_model.",), "VAE": ("first_stage_model.",),
+             "text encoder": ("cond_stage_model.",)},
+    "sdxl": {"UNet": ("model.diffusion_model.",), "VAE": ("first_stage_model.",),
+             "first text encoder": ("conditioner.embedders.0.",),
+             "second text encoder": ("conditioner.embedders.1.",)},
+    "flux": {"transformer": ("double_blocks.", "model.diffusion_model.double_blocks.")},
+}
+
 # (family, mode) -> diffusers pipeline class
 PIPELINES = {
     ("sd15", "text"): "StableDiffusionPipeline",
@@ -39,6 +57,8 @@ class Scheduler:
     diffusers_class: str
     a1111_name: str  # what A1111's PNG-info shows as ``Sampler``
     options: dict[str, Any] = field(default_factory=dict)
+    # Stable Diffusion predicts noise, Flux a flow: neither family samples with the other's.
+    families: tuple[str, ...] = ("sd15", "sdxl")
 
 
 SCHEDULERS = {
@@ -50,6 +70,6 @@ SCHEDULERS = {
                                  {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
     "ddim": Scheduler("DDIMScheduler", "DDIM"),
     "unipc": Scheduler("UniPCMultistepScheduler", "UniPC"),
-    "flow_euler": Scheduler("FlowMatchEulerDiscreteScheduler", "Euler"),
+    "flow_euler": Scheduler("FlowMatchEulerDiscreteScheduler", "Euler", families=("flux",)),
 }
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]

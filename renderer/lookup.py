@@ -18,6 +18,7 @@ from .errors import InputError
 from .hashing import hash_file, sha256_file, sha256_json
 from .ledger import LEDGER_NAME, Ledger
 from .terminal import printable
+from .yamlsource import read_bounded
 
 MIN_PREFIX = 6
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -61,8 +62,11 @@ def variant_id_of_image(path: Path) -> str:
     (a master PNG, or a channel export in PNG, JPEG or WebP)."""
     from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 
+    from .validate import MAX_IMAGE_BYTES
+
+    data = read_bounded(path, MAX_IMAGE_BYTES, what="image")
     try:
-        text = read_export_metadata(path.read_bytes()).get(VARIANT_KEY)
+        text = read_export_metadata(data).get(VARIANT_KEY)
         spec = None if text is None else json.loads(text)
     except (OSError, ValueError, SyntaxError) as err:
         raise InputError("cannot read this image", file=path, found=str(err),

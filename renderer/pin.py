@@ -19,8 +19,8 @@ from .atomic import write_text_atomic
 from .errors import MissingFileError, SchemaError
 from .hashing import hash_file, short_hash
 from .schema import RECIPE_AXIS
-from .validate import load_any
-from .yamlsource import KeyPath, YamlDocument, load_yaml
+from .validate import validate_any
+from .yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml
 
 _HEX_VALUE = re.compile(r"(\bsha256:\s*)(\"[^\"]*\"|'[^']*'|[^\s,}#]*)")
 
@@ -145,10 +145,6 @@ def _ambiguous(document: YamlDocument, key_path: KeyPath) -> SchemaError:
 
 
 def _check_still_valid(path: Path, text: str) -> None:
-    """Parse the edited text as the loader would, from a temp file beside the original."""
-    probe = path.with_name(f".pin-check-{path.name}")
-    probe.write_text(text, encoding="utf-8")
-    try:
-        load_any(probe, verify_hashes=True)
-    finally:
-        probe.unlink(missing_ok=True)
+    """Validate the edited text as if it were the file (errors name the user's file and the
+    line in the edited text), before it replaces the original."""
+    validate_any(parse_yaml(text, path), verify_hashes=True)

@@ -35,9 +35,9 @@ Security, in the order a request meets it:
   with symlinks followed, lies inside the output folder and whose bytes still hash to it;
   anything else is 404. Brand references (outside the output folder) are only ever
   served as thumbnails made from the recorded file, checked against its recorded sha256.
-* **Sizes**: request bodies over ``MAX_BODY`` bytes are refused (413) before and while
-  reading; a selection holds at most ``MAX_DECISIONS``, a note at most ``MAX_NOTE``
-  characters.
+* **Sizes**: a request target and headers over ``MAX_HEADERS`` bytes are refused (431),
+  request bodies over ``MAX_BODY`` bytes (413) before and while reading; a selection holds
+  at most ``MAX_DECISIONS``, a note at most ``MAX_NOTE`` characters.
 * Every response carries a strict Content-Security-Policy (scripts and images from this
   origin only, no inline script, no framing), ``nosniff`` and ``no-referrer``.
 """
@@ -66,6 +66,7 @@ from .records import REVIEW_DECISIONS, RenderRow, RunRow
 from .thumbnails import SIZES, cached_thumbnail, make_thumbnail
 
 MAX_BODY = 256 * 1024  # bytes of one POST
+MAX_HEADERS = 16 * 1024  # bytes of a request's target and headers together
 MAX_DECISIONS = 5000  # renders in one selection
 MAX_NOTE = 2000  # characters
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id is no row's
@@ -367,6 +368,12 @@ class _Guard:
         await self.app(scope, receive, send_with_headers)
 
     def refusal(self, scope: dict, headers: Mapping[str, str]) -> Any:
+        # h11 bounds only a request head still arriving; one that arrived whole is measured
+        # here: the target and every header line, as sent.
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + sum(
+            len(key) + len(value) + 4 for key, value in scope["headers"])
+        if head > MAX_HEADERS:
+            return _text(431, f"request target and headers over {MAX_HEADERS} bytes")
         host = headers.get("host", "")
         allowed = self.state.allowed_hosts
         if allowed is not None and host not in allowed:
@@ -374,7 +381,8 @@ class _Guard:
         if scope["method"] in ("GET", "HEAD"):
             return None
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        if length is not None and (not (length.isascii() and length.isdigit())
+                                   or int(length) > MAX_BODY):
             return _text(413, f"request body over {MAX_BODY} bytes")
         if not secrets.compare_digest(headers.get(TOKEN_HEADER, "").encode(),
                                       self.state.token.encode()):
@@ -496,7 +504,7 @@ def serve(out_dir: Path, run_id: str | None, *, host: str = "127.0.0.1", port: i
     announce(f"http://{url_host(shown)}:{bound}/#token={token}")
     config = uvicorn.Config(app.asgi(), log_level="warning", access_log=False, http="h11",
                             lifespan="off", server_header=False,
-                            h11_max_incomplete_event_size=16 * 1024)
+                            h11_max_incomplete_event_size=MAX_HEADERS)
     # uvicorn re-raises the Ctrl-C it shut down on: here, that is the way out.
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run(sockets=[sock])

@@ -30,6 +30,11 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 TEXT_ROLES = ("headline", "legal")
 
+# The pixel budget of one planned image (render.max_pixels): 4096x4096 by default, a 201 MB
+# float32 RGB array; the ceiling is 16384x16384.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MAX_PIXELS_CEILING = 16384 * 16384
+
 Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Version = Annotated[int, Field(ge=1)]
@@ -52,7 +57,8 @@ Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True,
+                              allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- files referenced
@@ -452,6 +458,11 @@ class RenderSpec(Strict):
         "weights are kept in this dtype and cast up to dtype one layer at a time as it runs "
         "(diffusers' layerwise casting): a quarter of their float32 memory, half of "
         "bfloat16's. Norms, embeddings and LoRA layers stay in dtype.")
+    max_pixels: Annotated[int, Field(ge=64 * 64, le=MAX_PIXELS_CEILING)] = Field(
+        default=DEFAULT_MAX_PIXELS, description="The largest image any variant may plan, in "
+        "pixels (width x height), checked at validate for the render, each refine step, the "
+        "master and each export: 16,777,216 (4096x4096) by default. Raise it for print sizes "
+        "on a machine with the memory.")
     channels_last: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False

@@ -43,8 +43,11 @@ def schema_error(document: YamlDocument, model: type[BaseModel],
                               fix=f"{hint}remove it or fix its spelling "
                               "(`campaign schema` prints every allowed key)")
     if first["type"] == "missing":
+        fix = f"run `campaign pin {document.path}`: it records the sha256 of every file " \
+            "this file names" if key_path[-1] == "sha256" else \
+            f"add '{key_path[-1]}' (see `campaign schema`)"
         return document.error(SchemaError, f"missing required key '{key_path[-1]}'", key_path,
-                              fix=f"add '{key_path[-1]}' (see `campaign schema`)")
+                              fix=fix)
     more = len(err.errors()) - 1
     return document.error(
         SchemaError, "invalid value" + (f" ({more} more after this one)" if more else ""),

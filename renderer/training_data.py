@@ -1,10 +1,8 @@
 """Training data: aspect buckets, pixel preparation, the content-addressed feature cache and
 the seeded batch order of the LoRA trainer (``renderer/training.py``).
 
-* **Buckets** downscale, never upscale: an image larger than ``resolution²`` pixels is scaled
-  to that area; a smaller one keeps its size. Both sides are then floored to the bucket step
-  (the model's pixel multiple) and the image is resized to cover the bucket (Lanczos) and
-  centre-cropped, so the crop loses at most one step per side.
+* **Buckets** (``renderer.training_buckets``, shared with validation) downscale, never
+  upscale, and cover-crop each image to a multiple of the model's bucket step.
 * **Cache**: VAE latents (mean and std of the latent distribution, already scaled) and text
   embeddings are stored once per content key in a cache folder shared by any number of jobs:
   a latent's key is the image's sha256, its bucket, the VAE's identity and the encoding
@@ -22,10 +20,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +32,8 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from .atomic import write_bytes_atomic
-from .errors import InputError
 from .hashing import HashCache, canonical_json, sha256_json
+from .training_buckets import Geometry, geometry, image_size
 from .training_models import (
     TEXT_ENCODERS,
     Batch,
@@ -63,52 +59,6 @@ def derive_seed(*parts: object) -> int:
 def generator(*parts: object) -> torch.Generator:
     """A CPU generator seeded from parts; CPU so every device draws the same numbers."""
     return torch.Generator("cpu").manual_seed(derive_seed(*parts))
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How one image becomes one bucket (SDXL conditions on all of it)."""
-
-    original: tuple[int, int]   # (width, height) of the file
-    resized: tuple[int, int]    # (width, height) after the cover resize
-    crop: tuple[int, int]       # (left, top) of the crop in the resized image
-    bucket: tuple[int, int]     # (width, height) trained at
-
-    @property
-    def sdxl_time_ids(self) -> tuple[int, int, int, int, int, int]:
-        """original (h, w), crop top-left (y, x), target (h, w): SDXL's micro-conditioning."""
-        (width, height), (left, top), (bw, bh) = self.original, self.crop, self.bucket
-        return (height, width, top, left, bh, bw)
-
-
-def geometry(path: Path, size: tuple[int, int], resolution: int, step: int) -> Geometry:
-    width, height = size
-    area = resolution * resolution
-    # Scaled to the area in integers (the floor of the exact root): no float picks a bucket.
-    scaled = (math.isqrt(area * width // height), math.isqrt(area * height // width)) \
-        if width * height > area else size
-    bucket = (scaled[0] // step * step, scaled[1] // step * step)
-    if min(bucket) == 0:
-        raise InputError(
-            f"image is {width}x{height}, smaller than one bucket step of {step} px on a side",
-            file=path, expected=f"both sides at least {step} px (buckets never upscale)",
-            fix="use a larger image or drop it from the dataset")
-    cover = max(bucket[0] / width, bucket[1] / height)
-    resized = (max(bucket[0], round(width * cover)), max(bucket[1], round(height * cover)))
-    crop = ((resized[0] - bucket[0]) // 2, (resized[1] - bucket[1]) // 2)
-    return Geometry(size, resized, crop, bucket)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """The upright size (EXIF orientation applied) without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except OSError as err:
-        raise InputError(f"cannot read the image: {err}", file=path,
-                         fix="give a PNG, JPEG or WebP file") from None
-    return (height, width) if rotated else (width, height)
 
 
 def load_pixels(path: Path, shape: Geometry) -> torch.Tensor:

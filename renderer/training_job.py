@@ -22,6 +22,7 @@ from .errors import HashMismatchError, InputError, MissingFileError
 from .families import FAMILIES
 from .hashing import HashCache, sha256_json
 from .schema import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, TRAINING_SCHEDULES
+from .training_buckets import DEFAULT_RESOLUTION
 
 # Default LoRA targets, as diffusers' DreamBooth LoRA scripts choose them: the UNet's attention
 # projections (self and cross), Flux's joint-attention projections and feed-forwards of both
@@ -38,10 +39,8 @@ TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # follow the family: the resolution its base models were trained at, the guidance its
 # pipelines sample with.
 FAMILY_DEFAULTS = {
-    "sd15": {"train": {"resolution": 512}, "samples": {"guidance": 7.5}},
-    "sdxl": {"train": {"resolution": 1024}, "samples": {"guidance": 5.0}},
-    "flux": {"train": {"resolution": 1024}, "samples": {"guidance": 3.5}},
-}
+    family: {"train": {"resolution": DEFAULT_RESOLUTION[family]}, "samples": {"guidance": guidance}}
+    for family, guidance in (("sd15", 7.5), ("sdxl", 5.0), ("flux", 3.5))}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from .errors import InputError
 from .hashing import HashCache, sha256_json
+from .training_buckets import bucket_step as family_bucket_step
 
 PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
              "flux": "FluxPipeline"}
@@ -110,7 +111,8 @@ class FamilyModel(abc.ABC):
     @property
     @abc.abstractmethod
     def bucket_step(self) -> int:
-        """The pixel multiple both sides of a training image must be."""
+        """The pixel multiple both sides of a training image must be
+        (``renderer.training_buckets.bucket_step``)."""
 
     @abc.abstractmethod
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -170,8 +172,8 @@ class StableDiffusion(FamilyModel):
 
     @property
     def bucket_step(self) -> int:
-        """Pixels per side must divide by the VAE's factor times the UNet's downsampling."""
-        return self.vae_scale * 2 ** (len(self.denoiser.config.block_out_channels) - 1)
+        return family_bucket_step("sd15", self.vae.config.block_out_channels,
+                                  self.denoiser.config.block_out_channels)
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         embeds, _ = self.pipe.encode_prompt(captions, self.device, 1, False)
@@ -240,7 +242,7 @@ class Flux(FamilyModel):
 
     @property
     def bucket_step(self) -> int:
-        return self.vae_scale * 2  # latents are packed in 2x2 patches
+        return family_bucket_step("flux", self.vae.config.block_out_channels, ())
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         embeds, pooled, _ = self.pipe.encode_prompt(

@@ -22,14 +22,27 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .compat import lora_family_problem, safetensors_problem, unet_input_channels
-from .errors import BadFileError, HashMismatchError, MissingFileError, SchemaError, TemplateError
-from .families import SIZE_MULTIPLE
+from .compat import (
+    lora_family_problem,
+    safetensors_problem,
+    single_file_problem,
+    unet_input_channels,
+)
+from .errors import (
+    BadFileError,
+    HashMismatchError,
+    InputError,
+    MissingFileError,
+    SchemaError,
+    TemplateError,
+)
+from .families import BASE_REPOS, SCHEDULERS, SIZE_MULTIPLE
 from .hashing import canonical_json, hash_file, short_hash
 from .inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
 from .matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
@@ -53,8 +66,9 @@ from .schema import (
 )
 from .schema_errors import parse_document
 from .templating import Templates, compile_template
+from .training_buckets import DEFAULT_RESOLUTION, bucket_of, bucket_step, image_size, trainable
 from .training_spec import DatasetImage, TrainingSpec
-from .yamlsource import KeyPath, YamlDocument, load_yaml
+from .yamlsource import KeyPath, YamlDocument, load_yaml, read_bounded, special_file_problem
 
 if TYPE_CHECKING:  # the upscaler library imports torch: only when a recipe has an upscaler
     from postprocess.upscale import Tiling, UpscalerInfo
@@ -63,6 +77,14 @@ if TYPE_CHECKING:  # the upscaler library imports torch: only when a recipe has 
 _REJECTED_IN_NAMES = re.compile(r'[<>:"\\|?*\x00-\x1f]')
 # An image is decoded whole at validation; beyond this many pixels it is refused.
 MAX_IMAGE_PIXELS = 50_000_000
+# The largest image file read whole to find its metadata (`show IMAGE`, `reproduce IMAGE`).
+MAX_IMAGE_BYTES = 512 * 1024 * 1024
+# The most files a model or dataset folder may hold (each is listed, checked and hashed).
+MAX_FOLDER_FILES = 10_000
+# A caption is a line or a paragraph; a larger .txt beside an image is not one.
+MAX_CAPTION_BYTES = 64 * 1024
+# What a model folder's JSON config may weigh (a T5 tokenizer.json is a few MB).
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
 # The longest name a file system takes for one path segment, in bytes, and the longest
 # extension an output gets (.webp).
 MAX_SEGMENT_BYTES = 255
@@ -77,7 +99,12 @@ def lora_name(path: Path) -> str:
 def load_any(path: Path, *, verify_hashes: bool = True
              ) -> Recipe | Campaign | BrandKit | TrainingSpec:
     """Load and validate a file whose kind is told by its keys (``campaign validate``)."""
-    document = load_yaml(path)
+    return validate_any(load_yaml(path), verify_hashes=verify_hashes)
+
+
+def validate_any(document: YamlDocument, *, verify_hashes: bool = True
+                 ) -> Recipe | Campaign | BrandKit | TrainingSpec:
+    """Validate a loaded file whose kind is told by its keys."""
     keys = set(document.data) if isinstance(document.data, dict) else set()
     if "matrix" in keys:
         return validate_campaign(document, verify_hashes=verify_hashes)
@@ -88,7 +115,7 @@ def load_any(path: Path, *, verify_hashes: bool = True
     if "logo" in keys:
         return validate_brand_kit(document, verify_hashes=verify_hashes)
     raise SchemaError(
-        "cannot tell what kind of file this is", file=path, line=1,
+        "cannot tell what kind of file this is", file=document.path, line=1,
         expected="a campaign (has 'matrix'), a training spec (has 'dataset'), a recipe (has "
         "'family') or a brand kit (has 'logo')",
         found=f"top-level keys: {sorted(map(str, keys)) or 'none'}",
@@ -113,6 +140,23 @@ def load_training(path: Path, *, verify_hashes: bool = True) -> TrainingSpec:
     return validate_training(load_yaml(path), verify_hashes=verify_hashes)
 
 
+def _referenced(document: YamlDocument, key_path: KeyPath, path: Path,
+                load: Callable[..., Any], verify_hashes: bool) -> Any:
+    """The recipe or brand kit a document names, loaded; a problem with the file as a whole
+    (too large, empty of keys, a folder) is reported at the key that names it."""
+    if not _is_regular_file(path):
+        raise document.error(BadFileError, "not a YAML file", key_path, found=str(path),
+                             fix="name the YAML file itself")
+    try:
+        return load(path, verify_hashes=verify_hashes)
+    except InputError as err:
+        if err.line is not None or err.file != str(path):
+            raise
+        raise document.error(type(err), f"{path.name}: {err.message}", key_path,
+                             expected=err.expected, found=err.found or str(path),
+                             fix=err.fix) from None
+
+
 def _referenced_recipe(document: YamlDocument, ref: str, recipes_dir: str, key_path: KeyPath,
                        verify_hashes: bool) -> Recipe:
     """The recipe ``name@version`` a campaign or training spec names, from ``recipes_dir``
@@ -120,12 +164,12 @@ def _referenced_recipe(document: YamlDocument, ref: str, recipes_dir: str, key_p
     recipe_name, recipe_version = ref.split("@")
     folder = Path(os.path.normpath(document.path.parent / recipes_dir))
     recipe_path = folder / f"{recipe_name}.yaml"
-    if not recipe_path.is_file():
-        available = sorted(p.stem for p in folder.glob("*.yaml"))
+    if not _is_regular_file(recipe_path):
+        available = sorted(p.stem for p in folder.glob("*.yaml")) if _mode(folder) else []
         raise document.error(MissingFileError, "recipe file not found", key_path,
                              expected=str(recipe_path), found="no such file",
                              fix=f"recipes in {folder}: {', '.join(available) or 'none'}")
-    recipe = load_recipe(recipe_path, verify_hashes=verify_hashes)
+    recipe = _referenced(document, key_path, recipe_path, load_recipe, verify_hashes)
     if recipe.spec.version != int(recipe_version):
         raise document.error(
             SchemaError, "recipe version not available", key_path,
@@ -157,10 +201,7 @@ def validate_recipe(document: YamlDocument, *, verify_hashes: bool = True) -> Re
                     "its source (loading a pickle can run arbitrary code)")
     checkpoint = _resolve_file(document, spec.checkpoint, ("checkpoint",), verify_hashes,
                                model_problem)
-    config = None
-    if spec.checkpoint.config is not None:
-        config = _existing_path(document, path.parent / spec.checkpoint.config,
-                                ("checkpoint", "config"))
+    config = _checkpoint_config(document, spec, checkpoint.path)
     loras = tuple(
         (_resolve_file(document, lora, ("loras", index), verify_hashes, model_problem),
          lora.weight) for index, lora in enumerate(spec.loras))
@@ -171,6 +212,13 @@ def validate_recipe(document: YamlDocument, *, verify_hashes: bool = True) -> Re
                                  fix=f"use a LoRA trained for {spec.family}, or a recipe of "
                                  "the LoRA's family")
     _check_size_multiple(document, spec.family, spec.size, ("size",))
+    if spec.family not in SCHEDULERS[spec.scheduler].families:
+        raise document.error(SchemaError, f"scheduler {spec.scheduler} is not for {spec.family}",
+                             ("scheduler",), expected=", ".join(
+                                 name for name, scheduler in SCHEDULERS.items()
+                                 if spec.family in scheduler.families), found=spec.scheduler,
+                             fix="flow_euler samples Flux (a flow model); the others sample "
+                             "Stable Diffusion")
     for key in ("prompt", "negative_prompt"):
         compile_template(document, (key,), getattr(spec, key))
     for key, text in image_templates(spec):
@@ -187,6 +235,49 @@ def validate_recipe(document: YamlDocument, *, verify_hashes: bool = True) -> Re
     return Recipe(spec=spec, source=path, document=document, checkpoint=checkpoint,
                   checkpoint_config=config, loras=loras, controlnets=controlnets,
                   ip_adapter=ip_adapter, refine_files=refine_files, upscale_scale=upscale_scale)
+
+
+def _checkpoint_config(document: YamlDocument, spec: RecipeFile, checkpoint: Path
+                       ) -> Path | None:
+    """The local diffusers folder a single-file checkpoint loads with. Without one, diffusers
+    would fetch the architecture's configs from the Hub at render time: offline that fails,
+    and online the configs are not pinned (their scheduler settings change pixels)."""
+    key_path = ("checkpoint", "config")
+    if checkpoint.suffix == ".safetensors" and (problem := single_file_problem(checkpoint,
+                                                                                 spec.family)):
+        raise document.error(BadFileError, f"{checkpoint.name}: {problem}",
+                             ("checkpoint", "path"), found=str(checkpoint),
+                             fix=f"point checkpoint.path at a whole {spec.family} checkpoint "
+                             "(or a diffusers folder)")
+    if spec.checkpoint.config is None:
+        if checkpoint.is_dir():
+            return None
+        raise document.error(
+            SchemaError, "a single-file checkpoint needs checkpoint.config", key_path,
+            expected="a local diffusers folder of the same architecture (model_index.json, "
+            "the component configs and tokenizers; no weights needed)",
+            found=f"{checkpoint.name} and no checkpoint.config",
+            fix=f"download the {spec.family} base model's repo without its weights (e.g. "
+            f"`huggingface-cli download {BASE_REPOS[spec.family]} --exclude '*.safetensors' "
+            "'*.bin' '*.ckpt' '*.pth' --local-dir configs/" + spec.family + "`), then set "
+            f"checkpoint.config: configs/{spec.family} (relative to {document.path.name})")
+    config = _existing_path(document, document.path.parent / spec.checkpoint.config, key_path)
+    if checkpoint.is_dir():
+        raise document.error(SchemaError, "checkpoint.config is for a single-file checkpoint",
+                             key_path, found=f"{checkpoint.name} is a diffusers folder",
+                             fix="remove checkpoint.config (the folder has its own configs)")
+    from .compat import config_problem
+
+    if not config.is_dir():
+        problem = "a file, not a diffusers folder"
+    else:
+        problem = config_problem(config, spec.family, checkpoint)
+    if problem:
+        raise document.error(SchemaError, f"checkpoint.config cannot load {checkpoint.name}",
+                             key_path, found=f"{config}: {problem}",
+                             fix=f"point it at a diffusers folder of this {spec.family} "
+                             "checkpoint's architecture (its base model's repo)")
+    return config
 
 
 def refine_refs(spec: RecipeFile) -> list[tuple[KeyPath, FileRef]]:
@@ -474,7 +565,7 @@ def validate_campaign(document: YamlDocument, *, verify_hashes: bool = True) -> 
     base = document.path.parent
     recipes = _campaign_recipes(document, spec, verify_hashes)
     brand_path = _existing_path(document, base / spec.brand, ("brand",))
-    brand = load_brand_kit(brand_path, verify_hashes=verify_hashes)
+    brand = _referenced(document, ("brand",), brand_path, load_brand_kit, verify_hashes)
     for recipe in recipes:
         ip_adapter = recipe.spec.ip_adapter
         if ip_adapter and not ip_adapter.images and not brand.references:
@@ -852,9 +943,9 @@ class _PointResolver:
             refine_prompts={key: render(key, context) for key in self.refine_keys})
         self._check_delivery(aspect, width, height)
         if spec.logo:
-            self._check_logo_fits(aspect, width, height)
+            self._check_logo_fits(aspect, width, height, axes)
         for role, text in texts.items():
-            self._check_text_fits(role, text, aspect, width, height)
+            self._check_text_fits(role, text, aspect, width, height, axes)
         return point
 
     def _size(self, axes: Mapping[str, Any]) -> tuple[str | None, tuple[int, int]]:
@@ -871,12 +962,12 @@ class _PointResolver:
         resolved = dict(self.brand_style_references)
         for key in self.image_keys:
             relative = self.templates.render(key, context)
-            path = (self.document.path.parent / relative).resolve()
+            path = Path(os.path.realpath(self.document.path.parent / relative))  # loops: no raise
             file = self._files.get(path)
             if file is None:
-                if not path.is_file():
+                if not _is_regular_file(path):
                     raise self.recipe.document.error(
-                        MissingFileError, "control image not found", key,
+                        MissingFileError, "control image not found or not a file", key,
                         found=f"{path} (from {relative!r})",
                         fix="paths from templates are relative to the campaign file's folder")
                 if problem := image_problem(path):
@@ -922,6 +1013,7 @@ class _PointResolver:
         recipe = self.recipe
         if recipe.spec.refine and (hires := recipe.spec.refine.hires):
             _check_hires_size(recipe.document, hires, recipe.spec.family, (width, height))
+        self._check_pixel_budget(aspect, width, height)
         post = self.spec.postprocess
         master = delivery_size(recipe, width, height)
         exports_key = aspect if aspect in post.exports else "default"
@@ -941,7 +1033,39 @@ class _PointResolver:
                     "export")
         self._checked.add(key)
 
-    def _check_logo_fits(self, aspect: str | None, width: int, height: int) -> None:
+    def _check_pixel_budget(self, aspect: str | None, width: int, height: int) -> None:
+        """Every image this size of variant plans (the render, each refine step, the master,
+        each export) is within render.max_pixels: an oversized one would run for minutes
+        and exhaust memory at render time."""
+        budget, recipe = self.spec.render.max_pixels, self.recipe
+        refine = recipe.spec.refine
+        base_key = ("size",) if self.spec.size is not None else None
+        stages = [("render", self.document if base_key else recipe.document,
+                   base_key or ("size",), (width, height))]
+        if refine and refine.hires:
+            stages.append(("refine.hires pass", recipe.document, ("refine", "hires"),
+                           refine.hires.target_size((width, height), recipe.spec.family)))
+        if recipe.upscale_scale:
+            stages.append((f"refine.upscale x{recipe.upscale_scale} master", recipe.document,
+                           ("refine", "upscale"), delivery_size(recipe, width, height)))
+        post = self.spec.postprocess
+        exports_key = aspect if aspect in post.exports else "default"
+        stages += [(f"export {export.name!r}", self.document,
+                    ("postprocess", "exports", exports_key, index), (export.width, export.height))
+                   for index, export in enumerate(post.exports.get(exports_key, []))]
+        for stage, document, key_path, (w, h) in stages:
+            if w * h > budget:
+                raise document.error(
+                    SchemaError, f"the {stage} is over the pixel budget", key_path,
+                    expected=f"at most {budget:,} pixels (render.max_pixels)",
+                    found=f"{w}x{h} = {w * h:,} pixels for the {width}x{height} variants"
+                    f"{f' of aspect {aspect}' if aspect else ''}",
+                    fix="render smaller, lower the refine factor or upscaler, shrink the "
+                    "export, or raise render.max_pixels in "
+                    f"{self.document.path.name} if this machine has the memory")
+
+    def _check_logo_fits(self, aspect: str | None, width: int, height: int,
+                         axes: Mapping[str, Any]) -> None:
         key = ("logo", aspect, width, height)
         if key in self._checked:
             return
@@ -953,12 +1077,13 @@ class _PointResolver:
         except ValueError as err:
             raise self.document.error(
                 SchemaError, f"the logo does not fit a {width}x{height} variant", ("logo",),
-                found=str(err), fix=f"change the placement for {aspect or 'default'} in "
+                found=f"{err}, first for {_variant_words(aspect, axes)}",
+                fix=f"change the placement for {aspect or 'default'} in "
                 f"{self.brand.source}, or set logo: false") from None
         self._checked.add(key)
 
     def _check_text_fits(self, role: str, text: str, aspect: str | None, width: int,
-                         height: int) -> None:
+                         height: int, axes: Mapping[str, Any]) -> None:
         box = text_box_pixels(self.brand.text_box_for(aspect, role).box, width, height)
         font = self.brand.fonts.get(role)
         key = (role, text, font.sha256 if font else None, box[2] - box[0], box[3] - box[1])
@@ -972,9 +1097,16 @@ class _PointResolver:
             raise self.document.error(
                 SchemaError, f"the {'legal line' if role == 'legal' else role} does not fit "
                 "its box", ("postprocess", "text", role),
-                found=problem, fix="shorten the text, or enlarge the brand kit's text box "
-                "for this aspect ratio")
+                found=f"{problem}; first in the {width}x{height} {_variant_words(aspect, axes)}",
+                fix=f"shorten the text, or enlarge the {role} box for "
+                f"{aspect if aspect in self.brand.spec.text else 'default'} in "
+                f"{self.brand.source}")
         self._checked.add(key)
+
+
+def _variant_words(aspect: str | None, axes: Mapping[str, Any]) -> str:
+    """A variant as an error names it: its aspect ratio and its axes."""
+    return f"variant{f' of aspect {aspect}' if aspect else ''} (axes {canonical_json(axes)})"
 
 
 def refine_templates(spec: RecipeFile) -> list[tuple[KeyPath, str]]:
@@ -1027,11 +1159,6 @@ def validate_training(document: YamlDocument, *, verify_hashes: bool = True) -> 
             found=f"{base.ref} ({base.spec.family}) in {base.source}",
             fix=f"name a recipe of family {spec.family} as base, or set family: "
             f"{base.spec.family}")
-    if base.checkpoint.path.is_file() and base.checkpoint_config is None:
-        raise base.document.error(
-            SchemaError, "training from a single-file checkpoint needs its local diffusers "
-            "config folder", ("checkpoint",), found=f"no checkpoint.config in {base.source}",
-            fix="set checkpoint.config to a folder with the model's configs and tokenizers")
     if spec.lora.train_text_encoder and spec.family == "flux":
         raise document.error(SchemaError, "text-encoder training is for sd15 and sdxl",
                              ("lora", "train_text_encoder"), found="true for flux",
@@ -1039,6 +1166,7 @@ def validate_training(document: YamlDocument, *, verify_hashes: bool = True) -> 
     if spec.samples.size is not None:
         _check_size_multiple(document, spec.family, spec.samples.size, ("samples", "size"))
     files = _dataset_files(document, spec, verify_hashes)
+    _check_buckets(document, spec, base, files)
     templates = _training_templates(document, spec)
     caption_key = ("dataset", "caption")
     trigger = {"trigger": spec.dataset.trigger} if spec.dataset.trigger else {}
@@ -1066,7 +1194,7 @@ def _dataset_files(document: YamlDocument, spec: TrainingFile,
     if spec.dataset.folder is not None:
         key_path = ("dataset", "folder")
         folder = _resolve_file(document, spec.dataset.folder, key_path, verify_hashes,
-                               _checked_below).path
+                               _listable).path
         if not folder.is_dir():
             raise document.error(SchemaError, "dataset.folder is not a folder",
                                  (*key_path, "path"), found=str(folder),
@@ -1088,6 +1216,53 @@ def _dataset_files(document: YamlDocument, spec: TrainingFile,
         raise document.error(SchemaError, "the dataset has no images", ("dataset",),
                              fix="list images under dataset.images, or name a dataset.folder")
     return found
+
+
+def _check_buckets(document: YamlDocument, spec: TrainingFile, base: Recipe,
+                   files: Sequence[tuple[ResolvedFile, KeyPath]]) -> None:
+    """Every dataset image fits a bucket of the base model (renderer.training_buckets): the
+    trainer never upscales, so a side under one bucket step could not be trained."""
+    step, per_group = _bucket_rule(base)
+    resolution = spec.train.resolution or DEFAULT_RESOLUTION[spec.family]
+    model = base.checkpoint.path.name
+    if not trainable(bucket_of((resolution, resolution), resolution, step), step, per_group):
+        raise document.error(SchemaError, f"train.resolution is too small for {model}",
+                             ("train", "resolution"), expected=f"a square bucket {model} can "
+                             f"train at (bucket step {step} px)", found=str(resolution),
+                             fix=f"set train.resolution to {2 * step} or more")
+    for file, key_path in files:
+        size = image_size(file.path)
+        bucket = bucket_of(size, resolution, step)
+        if not trainable(bucket, step, per_group):
+            raise document.error(
+                SchemaError, f"{file.path.name} is too small to train on", (*key_path, "path"),
+                expected=f"a bucket of at least {step} px a side that {model} can train at "
+                f"(at resolution {resolution} an image keeps its size or shrinks, never grows)",
+                found=f"{size[0]}x{size[1]}, bucket {bucket[0]}x{bucket[1]} ({file.path})",
+                fix="use a larger image, or drop it from the dataset")
+
+
+def _bucket_rule(base: Recipe) -> tuple[int, int | None]:
+    """The base checkpoint's bucket step and its UNet's fewest channels per norm group
+    (None for Flux's transformer), from its VAE's and denoiser's configs."""
+    folder = base.checkpoint_config or base.checkpoint.path
+    components = ("vae",) if base.spec.family == "flux" else ("vae", "unet")
+    configs = {}
+    for component in components:
+        path = folder / component / "config.json"
+        try:
+            config = json.loads(read_bounded(path, MAX_CONFIG_BYTES))
+            configs[component] = ([int(channels) for channels in config["block_out_channels"]],
+                                  int(config.get("norm_num_groups", 32)))
+        except (InputError, ValueError, KeyError, TypeError) as err:
+            raise base.document.error(
+                SchemaError, f"the checkpoint has no readable {component} config",
+                ("checkpoint",), expected=f"{path} with block_out_channels",
+                found=str(err), fix="point the recipe at a complete diffusers folder (or "
+                "checkpoint.config at one)") from None
+    unet = configs.get("unet")
+    step = bucket_step(base.spec.family, configs["vae"][0], unet[0] if unet else ())
+    return step, (min(unet[0]) // unet[1] if unet else None)
 
 
 def _training_templates(document: YamlDocument, spec: TrainingFile) -> Templates:
@@ -1119,13 +1294,13 @@ def _caption_file(document: YamlDocument, image: Path, key_path: KeyPath) -> str
     """The caption in the .txt file beside an image (what ``{{ text }}`` reads)."""
     path = image.with_suffix(".txt")
     try:
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
+        return read_bounded(path, MAX_CAPTION_BYTES, what="caption file").decode("utf-8").strip()
+    except MissingFileError:
         raise document.error(MissingFileError, f"caption file of {image.name} not found",
                              (*key_path, "path"), expected=str(path), found="no such file",
                              fix="write the caption beside the image, or set dataset.caption "
                              "to a template that does not read text") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except (InputError, UnicodeDecodeError) as err:
         raise document.error(SchemaError, f"cannot read the caption file of {image.name}",
                              (*key_path, "path"), found=f"{path}: {err}",
                              fix="save it as UTF-8 text") from None
@@ -1135,13 +1310,56 @@ def _caption_file(document: YamlDocument, image: Path, key_path: KeyPath) -> str
 
 
 def _existing_path(document: YamlDocument, path: Path, key_path: KeyPath) -> Path:
-    resolved = path.resolve()
-    if not resolved.exists():
+    """``path`` resolved: an existing regular file or folder (a FIFO or device would block or
+    never end when read)."""
+    try:
+        resolved = path.resolve()
+        mode = resolved.stat().st_mode
+    except FileNotFoundError:
         raise document.error(MissingFileError, "referenced file not found", key_path,
-                             expected="an existing file or folder", found=str(resolved),
+                             expected="an existing file or folder", found=str(path),
                              fix="fix the path (relative to this YAML file's folder) or create "
-                             "the file (demo models: `campaign demo-models`)")
+                             "the file (demo models: `campaign demo-models`)") from None
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Path.resolve)
+        raise document.error(BadFileError, "referenced file cannot be read", key_path,
+                             found=f"{path}: {getattr(err, 'strerror', None) or err}",
+                             fix="fix the path or the link it goes through") from None
+    if problem := special_file_problem(mode):
+        raise document.error(BadFileError, f"referenced file is {problem}", key_path,
+                             expected="a regular file or a folder", found=str(resolved),
+                             fix="point at the file itself")
     return resolved
+
+
+def _mode(path: Path) -> int | None:
+    """``path``'s mode (links followed); None for what cannot be looked up: missing, a name
+    too long, a link loop, no permission."""
+    try:
+        return path.stat().st_mode
+    except OSError:
+        return None
+
+
+def _is_regular_file(path: Path) -> bool:
+    return stat.S_ISREG(_mode(path) or 0)
+
+
+def folder_files(path: Path) -> list[Path] | str:
+    """Every file below the folder ``path`` (hidden ones left out, as hashing does), sorted;
+    or what keeps it from being listed: an unreadable entry, or more than
+    ``MAX_FOLDER_FILES`` files (a model folder holds dozens; "/" would take minutes)."""
+    found: list[Path] = []
+    try:
+        for entry in path.rglob("*"):
+            if any(part.startswith(".") for part in entry.relative_to(path).parts) \
+                    or stat.S_ISDIR(_mode(entry) or 0):
+                continue
+            found.append(entry)
+            if len(found) > MAX_FOLDER_FILES:
+                return f"it holds more than {MAX_FOLDER_FILES:,} files: not a model folder"
+    except OSError as err:
+        return f"it cannot be listed ({err.strerror or err})"
+    return sorted(found)
 
 
 def _resolve_file(document: YamlDocument, ref: FileRef, key_path: KeyPath,
@@ -1168,8 +1386,10 @@ def _resolve_file(document: YamlDocument, ref: FileRef, key_path: KeyPath,
     return ResolvedFile(path=path, sha256=found)
 
 
-def _checked_below(path: Path) -> None:
-    """No check here: the caller checks what it needs of the file."""
+def _listable(path: Path) -> str | None:
+    """A dataset folder can be listed and hashed (its images are checked one by one)."""
+    files = folder_files(path) if stat.S_ISDIR(_mode(path) or 0) else []
+    return files if isinstance(files, str) else None
 
 
 def pickle_weights(path: Path) -> str | None:
@@ -1177,9 +1397,9 @@ def pickle_weights(path: Path) -> str | None:
     .ckpt/.pt/.pth/.bin file, or a folder with such a file and no .safetensors beside it."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return f"a {path.suffix} file"
-    if not path.is_dir():
-        return None
-    for file in sorted(path.rglob("*")):
+    if not stat.S_ISDIR(_mode(path) or 0) or isinstance(files := folder_files(path), str):
+        return None  # not a folder, or one model_problem refuses
+    for file in files:
         if file.suffix.lower() in PICKLE_SUFFIXES and not any(file.parent.glob("*.safetensors")):
             return f"{file.relative_to(path)} has no .safetensors beside it"
     return None
@@ -1189,19 +1409,28 @@ def model_problem(path: Path) -> str | None:
     """What is wrong with a model file or diffusers folder, read from headers only: every
     .safetensors file complete, every JSON config readable. Pickle files are refused
     elsewhere (allow_pickle) and cannot be checked without loading them."""
-    files = [path] if path.is_file() else sorted(
-        file for file in path.rglob("*") if file.is_file()
-        and not any(part.startswith(".") for part in file.relative_to(path).parts))
+    is_file = _is_regular_file(path)
+    if is_file and path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
+        return f"a {path.suffix or 'suffix-less'} file is no model file (.safetensors, or a " \
+            "diffusers folder)"
+    files = [path] if is_file else folder_files(path)
+    if isinstance(files, str):
+        return files
     for file in files:
         where = "" if file == path else f"{file.relative_to(path)}: "
+        try:
+            if problem := special_file_problem(file.stat().st_mode):
+                return f"{where}{problem}, not a file"
+        except OSError as err:  # a broken or looping link
+            return f"{where}cannot be read ({err.strerror})"
         if file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
             return where + problem
         if file.suffix == ".json":
             try:
-                json.loads(file.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, ValueError) as err:
+                json.loads(read_bounded(file, MAX_CONFIG_BYTES, what="JSON config"))
+            except (InputError, UnicodeDecodeError, ValueError) as err:
                 return f"{where}not a readable JSON config ({err})"
-    if path.is_dir() and not files:
+    if not is_file and not files:
         return "the folder is empty"
     return None
 

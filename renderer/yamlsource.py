@@ -9,21 +9,33 @@ re-expanded, so a "billion laughs" file costs nothing to load. What the data wou
 every alias were written out is still counted (``MAX_EXPANDED_VALUES``), because the code
 after the loader walks values, and a recursive alias (an anchor used inside itself) is
 refused: both exit 2 naming the line.
+
+Every number is finite (``.nan`` and ``.inf`` are refused where they are written, so no
+range check downstream has to remember that NaN compares false with everything), and a file
+is read only when it is a regular file of at most ``MAX_YAML_BYTES``: a FIFO or a device
+would block or never end.
 """
 
 from __future__ import annotations
 
+import math
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import InputError, MissingFileError, YamlSyntaxError
+from .errors import InputError, MissingFileError, SchemaError, YamlSyntaxError
 
 KeyPath = tuple[str | int, ...]
 # Values a file may describe, aliases written out: a 100k-variant campaign is far below.
 MAX_EXPANDED_VALUES = 1_000_000
+# What an error excerpt shows of one source line.
+EXCERPT_LINE_CHARACTERS = 300
+# The largest recipe, campaign, brand kit or training spec read: 100k-variant campaigns are
+# far below (their matrix is a few axes), and reading stops here.
+MAX_YAML_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,7 @@ class YamlDocument:
 
     def error(self, cls: type[InputError], message: str, key_path: KeyPath,
               **details: Any) -> InputError:
-        line = self.line_of(key_path)
+        line = self.line_of(key_path) or 1  # an empty file has no line of its own
         return cls(
             message,
             file=self.path,
@@ -71,25 +83,63 @@ def numbered_excerpt(text: str, line: int | None, context: int = 2) -> str:
     first, last = max(1, line - context), min(len(source), line + context)
     width = len(str(last))
     return "\n".join(
-        f"  {'>' if number == line else ' '} {number:>{width}} | {source[number - 1]}"
+        f"  {'>' if number == line else ' '} {number:>{width}} | {_shortened(source[number - 1])}"
         for number in range(first, last + 1)
     )
 
 
+def _shortened(text: str) -> str:
+    """A source line as an excerpt shows it: a line of a megabyte is cut, saying so."""
+    if len(text) <= EXCERPT_LINE_CHARACTERS:
+        return text
+    return f"{text[:EXCERPT_LINE_CHARACTERS]}… ({len(text) - EXCERPT_LINE_CHARACTERS:,} more " \
+        "characters)"
+
+
 def load_yaml(path: Path) -> YamlDocument:
-    if not path.is_file():
-        raise MissingFileError(
-            "file not found", file=path, fix="check the path (relative paths are resolved "
-            "from the current folder on the command line, from the YAML file's folder inside it)"
-        )
+    data = read_bounded(path, MAX_YAML_BYTES, what="YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        line = data[: err.start].count(b"\n") + 1
         raise YamlSyntaxError("the file is not UTF-8 text", file=path, line=line,
                               found=f"byte {err.object[err.start]:#04x}",
                               fix="save the file as UTF-8") from None
     return parse_yaml(text, path)
+
+
+def read_bounded(path: Path, limit: int, *, what: str = "file") -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes: what every input file
+    (YAML, captions, configs) is read through. Anything else exits 2 naming the file."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise MissingFileError(
+            f"{what} not found", file=path, fix="check the path (relative paths are resolved "
+            "from the current folder on the command line, from the YAML file's folder inside it)"
+        ) from None
+    except OSError as err:
+        raise InputError(f"cannot read the {what}: {err.strerror}", file=path,
+                         fix="check the path and its permissions") from None
+    if problem := special_file_problem(mode):
+        raise InputError(f"the {what} is {problem}", file=path, expected="a regular file",
+                         fix="point at the file itself")
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"the {what} is larger than {limit:,} bytes", file=path,
+                         expected=f"at most {limit:,} bytes", fix="point at the right file")
+    return data
+
+
+def special_file_problem(mode: int) -> str | None:
+    """What a path that is neither a regular file nor a folder is (None when it is one):
+    reading a FIFO blocks until someone writes, a device may never end."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(
+        mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+    return kind
 
 
 def parse_yaml(text: str, path: Path) -> YamlDocument:
@@ -99,6 +149,14 @@ def parse_yaml(text: str, path: Path) -> YamlDocument:
         node = loader.get_single_node()
         lines: dict[KeyPath, int] = {}
         data = _Builder(loader, lines).build(node, ()) if node is not None else None
+    except _Refused as err:
+        line = err.problem_mark.line + 1
+        if err.key_path is None:
+            raise YamlSyntaxError(f"invalid YAML: {err.problem}", file=path, line=line,
+                                  excerpt=numbered_excerpt(text, line), fix=err.fix) from None
+        raise SchemaError(err.problem, file=path, line=line,
+                          key_path=format_key_path(err.key_path),
+                          excerpt=numbered_excerpt(text, line), fix=err.fix) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else None
@@ -110,8 +168,7 @@ def parse_yaml(text: str, path: Path) -> YamlDocument:
             file=path,
             line=line,
             excerpt=numbered_excerpt(text, line),
-            fix=getattr(err, "fix", "correct the YAML syntax at the marked line (indentation, "
-                        "quotes, colons)"),
+            fix="correct the YAML syntax at the marked line (indentation, quotes, colons)",
         ) from None
     except yaml.YAMLError as err:
         raise YamlSyntaxError(f"invalid YAML: {err}", file=path) from None
@@ -155,7 +212,7 @@ class _Builder:
                 value.append(child)
                 size += child_size
         else:
-            value, size = self.loader.construct_object(node, deep=True), 1
+            value, size = self._scalar(node, key_path), 1
         self.in_progress.discard(id(node))
         self.built[id(node)] = (value, size)
         return value, size
@@ -165,7 +222,7 @@ class _Builder:
         result: dict[Any, Any] = {}
         size = 1
         for key_node, value_node in node.value:
-            key = self.loader.construct_object(key_node, deep=True)
+            key = self._scalar(key_node, key_path)
             if not isinstance(key, (str, int, float, bool)):
                 raise _problem(key_node, f"unsupported mapping key {key!r}",
                                "use a plain text or number as the key")
@@ -177,6 +234,18 @@ class _Builder:
             size += child_size
         return result, size
 
+    def _scalar(self, node: yaml.Node, key_path: KeyPath) -> Any:
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except ValueError as err:  # an integer of more digits than Python converts
+            raise _problem(node, f"not a number Python reads ({err})",
+                           "write a number of a sensible size", key_path) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _problem(node, f"{node.value} is not a finite number",
+                           "write a finite number (NaN and infinity compare false with every "
+                           "bound, so they would pass any check)", key_path)
+        return value
+
     def _count(self, size: int, node: yaml.Node) -> None:
         self.total += size
         if self.total > MAX_EXPANDED_VALUES:
@@ -186,12 +255,14 @@ class _Builder:
 
 
 class _Refused(yaml.constructor.ConstructorError):
-    """Valid YAML this loader will not build, with how to fix it."""
+    """Valid YAML this loader will not build, with how to fix it; with the key path when the
+    problem is a value's (a schema error), without when it is the file's shape."""
 
-    def __init__(self, message: str, mark: yaml.Mark, fix: str):
+    def __init__(self, message: str, mark: yaml.Mark, fix: str, key_path: KeyPath | None):
         super().__init__(None, None, message, mark)
-        self.fix = fix
+        self.fix, self.key_path = fix, key_path
 
 
-def _problem(node: yaml.Node, message: str, fix: str) -> _Refused:
-    return _Refused(message, node.start_mark, fix)
+def _problem(node: yaml.Node, message: str, fix: str,
+             key_path: KeyPath | None = None) -> _Refused:
+    return _Refused(message, node.start_mark, fix, key_path)

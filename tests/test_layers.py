@@ -20,8 +20,8 @@ from .conftest import REPO
 LAYERS = (
     ("foundation", {"version", "errors", "hashing", "atomic", "yamlsource", "templating",
                     "families", "progress", "ldm_layout", "terminal", "output_folder"}),
-    ("validate", {"schema", "schema_errors", "inputs", "training_spec", "matrix", "compat",
-                  "validate"}),
+    ("validate", {"schema", "schema_errors", "inputs", "training_buckets", "training_spec",
+                  "matrix", "compat", "validate"}),
     ("plan", {"variant", "plan", "estimate"}),
     ("render", {"environment", "controls", "render"}),
     ("post-process", {"metadata", "produce"}),

@@ -478,6 +478,21 @@ def test_a_body_nested_too_deep_is_refused_with_400(server):
     assert server.request("GET", "/api/run")[0] == 200
 
 
+def test_oversized_heads_and_odd_lengths_are_refused_with_4xx(server):
+    # A 100 KB header arrives whole in one read (h11 bounds only an unfinished head).
+    status, answer = server.request("GET", "/api/run", headers={"X-Padding": "a" * 100_000})
+    assert status == 431, answer
+    status, _ = server.request("GET", "/api/run?" + "q" * 20_000)
+    assert status == 431
+    headers = {"Content-Type": "application/json", "Origin": server.origin,
+               TOKEN_HEADER: server.token}
+    for length in ("\u00b2", "-1", "1e3"):  # a superscript two is "a digit" to Python
+        status, _ = server.request("POST", "/api/reviews", b"[]",
+                                   {**headers, "Content-Length": length})
+        assert 400 <= status < 500, length
+    assert server.request("GET", "/api/run")[0] == 200
+
+
 def test_only_recorded_files_inside_the_output_folder_are_served(server, tmp_path):
     out = server.out
     _, _, sha256 = _renders(out)[0]

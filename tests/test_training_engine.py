@@ -38,7 +38,8 @@ from renderer.training import (
     evaluation_loss,
     train,
 )
-from renderer.training_data import geometry, image_size, load_pixels
+from renderer.training_buckets import geometry, image_size
+from renderer.training_data import load_pixels
 from renderer.training_job import DEFAULT_TARGETS
 from renderer.training_report import report_data
 

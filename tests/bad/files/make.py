@@ -1,6 +1,7 @@
 """Makes the damaged files the bad-input corpus points at (run once; the outputs are
 committed): a truncated and a garbage .safetensors, a truncated PNG, and a PNG too large
-to decode (20000 x 20000 pixels, 1 bit each, so the file stays small)."""
+to decode (20000 x 20000 pixels, 1 bit each, so the file stays small), and a 1 x 1 PNG
+(smaller than any training bucket)."""
 
 import json
 import struct
@@ -22,6 +23,7 @@ def main() -> None:
     logo = (BRAND / "logo.png").read_bytes()
     (HERE / "truncated-logo.png").write_bytes(logo[: len(logo) // 2])
     Image.new("1", (20000, 20000)).save(HERE / "huge-logo.png", optimize=True)
+    Image.new("RGB", (1, 1), "orange").save(HERE / "one-pixel.png")
 
 
 if __name__ == "__main__":
