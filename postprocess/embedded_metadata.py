@@ -17,6 +17,7 @@ from PIL import ExifTags, Image
 # metadata, ledger"). JPEG and WebP keep PARAMETERS_KEY in EXIF and the others in XMP.
 PARAMETERS_KEY = "parameters"
 VARIANT_KEY = "campaign_variant"
+RENDER_KEY = "campaign_render"  # what decides the bytes besides the spec (its batch, …)
 XMP_PNG_KEY = "XML:com.adobe.xmp"
 # A private namespace: ".invalid" is reserved, so the URI can never clash with a real one.
 CAMPAIGN_XMP_NAMESPACE = "http://ns.campaign-renderer.invalid/export/1.0/"

@@ -28,7 +28,7 @@ from .produce import (
     Scoring,
     Worker,
     detect,
-    export_files,
+    exports_of_master,
     open_image,
 )
 
@@ -78,8 +78,8 @@ def adopt(campaign: Campaign, variants: Sequence[Variant], out_dir: Path,
         finished = Finished(image=image, faces=detect(image), text_contrast=None)
         (scores,), embeddings = scoring.score([variant], [finished])
         exports = tuple(_adopt_export(variant, export, data, out_dir)
-                        for export, data in export_files(image, variant.spec,
-                                                         lora_hashes.of(variant.spec)))
+                        for export, data in exports_of_master(master, variant.spec,
+                                                              lora_hashes.of(variant.spec)))
         adopted.append(Produced(
             variant=variant, output_path=variant.output_path,
             output_sha256=sha256_file(master), output_bytes=master.stat().st_size,

@@ -31,7 +31,7 @@ from .ledger import LEDGER_NAME, Ledger, RenderRecord
 from .locking import hold_output_folder, recover_after_crash
 from .output_folder import Holder, OutputFolder, check_planned, report_path
 from .plan import Plan, Variant, cut_batches, make_plan, recipe_content
-from .produce import FailedImage, Job, Produced
+from .produce import WITHOUT_BATCH, FailedImage, Job, Produced
 from .progress import Progress
 from .records import ExportRow, RenderRow
 from .terminal import say
@@ -334,17 +334,14 @@ def repair_exports(ledger: Ledger, repairs: Sequence[Repair], out_dir: Path,
                    files: FileIndex, log: Log) -> None:
     """Rebuild lost or altered exports from their masters: the same crop, resize, encoder
     and metadata as when they were made; the master is read, never written."""
-    from PIL import Image
-
     from .metadata import LoraHashes
-    from .produce import Worker, export_files
+    from .produce import Worker, exports_of_master
 
     lora_hashes = LoraHashes(files.path)
     for repair in repairs:
         spec = repair.variant.spec
-        with Image.open(out_dir / repair.render.output_path) as master:
-            rebuilt = dict((export.name, data) for export, data in
-                           export_files(master.convert("RGB"), spec, lora_hashes.of(spec)))
+        rebuilt = {export.name: data for export, data in exports_of_master(
+            out_dir / repair.render.output_path, spec, lora_hashes.of(spec))}
         for recorded in repair.exports:
             export = next(e for e in spec.postprocess.exports if e.name == recorded.name)
             made = Worker.write_export(repair.variant, export, rebuilt[recorded.name], out_dir)
@@ -390,7 +387,7 @@ def plan_jobs(ledger: Ledger, plan: Plan, pending: Sequence[PendingVariant],
                                            else None)
             if variant is None or not _files_at_hand(variant, files):
                 log(f"batch mate {member[:12]} of {', '.join(sorted(w[:12] for w in write))} "
-                    "is no longer at hand: rendering without it (may move pixels by 1/255)")
+                    f"is no longer at hand: rendering without it ({WITHOUT_BATCH})")
                 continue
             batch.append(variant)
         jobs.append(Job(tuple(batch), frozenset(write)))

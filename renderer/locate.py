@@ -2,9 +2,11 @@
 
 Reproduce knows files only as a spec names them (``{name, sha256}``) plus the paths the
 ledger recorded; ``FileFinder`` looks at the recorded paths first, then in search folders
-(the folder itself, then anywhere below it), and hashes every candidate through the hash
-cache. What it cannot find, or finds changed, becomes an ``InputProblem`` naming both
-hashes and where it looked.
+by name (the folder itself, then anywhere below it), then, for a name it did not find with
+that hash, by content: every file and folder below the search folders whatever its name
+(a model renamed, a config folder called otherwise). Every candidate is hashed through the
+hash cache, so a folder is read once. What it cannot find, or finds changed, becomes an
+``InputProblem`` naming both hashes and where it looked.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from .hashing import hash_file
 from .inputs import ResolvedFile
+from .schema import FileId
 
 KeyPath = tuple[str | int, ...]
 
@@ -40,13 +43,15 @@ class InputProblem:
 
 class FileFinder:
     """Locate a file by name and sha256: the recorded paths first, then the search folders
-    (the folder itself, then anywhere below it). Hashes go through the hash cache."""
+    (the folder itself, then anywhere below it) by name, then by content. Hashes go
+    through the hash cache."""
 
     def __init__(self, recorded: Iterable[Mapping[str, str]], search: Sequence[Path]):
         self.recorded = list(recorded)
         self.search = [folder for folder in search if folder.is_dir()]
         self.found: dict[tuple[str, str], ResolvedFile] = {}
         self.problems: dict[tuple[str, str], InputProblem] = {}
+        self._contents: dict[str, Path] | None = None  # sha256 -> a path below self.search
 
     def find(self, role: str, name: str, sha256: str) -> ResolvedFile | None:
         key = (name, sha256)
@@ -70,6 +75,9 @@ class FileFinder:
                 self.found[key] = ResolvedFile(path.resolve(), sha256)
                 return self.found[key]
             changed = changed or (path, found)
+        if (path := self.by_content(sha256)) is not None:
+            self.found[key] = ResolvedFile(path.resolve(), sha256)
+            return self.found[key]
         looked = tuple(dict.fromkeys([str(p.parent) for p in candidates if p.name == name]
                                      + [str(folder) for folder in self.search]))
         self.problems[key] = InputProblem(
@@ -77,18 +85,27 @@ class FileFinder:
             found_sha256=changed[1] if changed else None, looked_in=looked or ("(nowhere)",))
         return None
 
-    def checkpoint_config(self, input_files: Sequence[Mapping[str, str]],
-                          checkpoint: ResolvedFile) -> tuple[Path | None, InputProblem | None]:
+    def by_content(self, sha256: str) -> Path | None:
+        """The first file or folder below the search folders (themselves included) whose
+        hash is ``sha256``, whatever its name; all of them are hashed the first time."""
+        if self._contents is None:
+            self._contents = {}
+            for folder in self.search:
+                for path in _every_path(folder):
+                    self._contents.setdefault(hash_file(path), path)
+        return self._contents.get(sha256)
+
+    def checkpoint_config(self, recorded: FileId | None, checkpoint: ResolvedFile
+                          ) -> tuple[Path | None, InputProblem | None]:
         """The local diffusers config folder a single-file checkpoint loads with: the
-        recorded one (hash checked), else a sibling folder named like the checkpoint."""
+        recorded one (``recorded``: by name and hash, wherever it is), else — rendered
+        before its hash was recorded — a sibling folder named like the checkpoint."""
         if checkpoint.path.is_dir():
             return None, None
-        recorded = [entry for entry in input_files if entry["role"] == "checkpoint_config"]
-        if recorded:
-            name = Path(recorded[0]["path"]).name
-            found = self.find("checkpoint config", name, recorded[0]["sha256"])
+        if recorded is not None:
+            found = self.find("checkpoint config", recorded.name, recorded.sha256)
             if found is None:
-                return None, self.problems[(name, recorded[0]["sha256"])]
+                return None, self.problems[(recorded.name, recorded.sha256)]
             return found.path, None
         stem = checkpoint.path.name.removesuffix(".safetensors")
         for folder in [checkpoint.path.parent, *self.search]:
@@ -97,6 +114,16 @@ class FileFinder:
                 return candidate, None
         return None, InputProblem("checkpoint config", stem, "(not recorded)",
                                   looked_in=(str(checkpoint.path.parent), *map(str, self.search)))
+
+
+def _every_path(folder: Path) -> list[Path]:
+    """``folder`` and every file and folder below it, hidden ones skipped, in a fixed order."""
+    found = [folder]
+    for parent, folders, files in os.walk(folder):
+        folders[:] = sorted(entry for entry in folders if not entry.startswith("."))
+        found += [Path(parent) / entry for entry in [*folders, *sorted(files)]
+                  if not entry.startswith(".")]
+    return found
 
 
 def _below(folder: Path, name: str) -> list[Path]:

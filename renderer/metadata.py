@@ -4,6 +4,11 @@
   show prompt, sampler, seed and model hashes (LoRAs by A1111's own "addnet" hash, which
   only the LoRA file can give: ``LoraHashes``, never the spec, so ids do not move);
 * ``campaign_variant`` — the variant's canonical JSON (its id is the sha256 of it);
+* ``campaign_render`` — what decides the file's bytes besides its spec (``RenderContext``):
+  its output name, the batch it was rendered in (each member's id and where its spec
+  differs from this one's, so the batch is formed again from the file alone), the render
+  options that change pixels set away from their defaults, and a single-file checkpoint's
+  config folder by name and hash;
 * ``XML:com.adobe.xmp`` — XMP with IPTC ``Iptc4xmpExt:DigitalSourceType`` declaring
   the image AI-made (trainedAlgorithmicMedia) and, for a refined variant, an
   ``xmpMM:History`` naming the base render and each refine step in order.
@@ -12,7 +17,8 @@ A refined variant's ``parameters`` carry A1111's hires fields (``Denoising stren
 ``Hires upscale`` or ``Hires resize``, ``Hires steps``, ``Hires upscaler``), its refiner's
 (``Refiner``, ``Refiner switch at``) and ADetailer's per detailer, so A1111 readers show them.
 
-Nothing time- or location-dependent goes in, so one variant always gives the same bytes.
+Nothing time- or location-dependent goes in, so one variant rendered in the same batch with
+the same options under the same output name always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -21,22 +27,25 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from pydantic import Field, field_validator
 
-from postprocess.embedded_metadata import PARAMETERS_KEY, VARIANT_KEY
+from postprocess.embedded_metadata import PARAMETERS_KEY, RENDER_KEY, VARIANT_KEY
 from postprocess.embedded_metadata import XMP_PNG_KEY as XMP_KEY
 from postprocess.hires import LATENT_UPSCALERS
 
 from .families import SCHEDULERS
 from .hashing import canonical_json, short_hash
-from .schema import FileId
-from .variant import VariantSpec
+from .output_folder import master_path, path_problem
+from .render import RenderOptions
+from .schema import FileId, RenderSpec, Sha256, Strict
+from .variant import PER_IMAGE_FIELDS, VariantSpec
 from .version import __version__
 
 SOFTWARE = f"campaign-renderer {__version__}"
@@ -262,20 +271,162 @@ def digital_source_type(spec: VariantSpec) -> str:
         else TRAINED_ALGORITHMIC_MEDIA
 
 
-def file_metadata(spec: VariantSpec, lora_hashes: Sequence[str] = ()
-                  ) -> tuple[dict[str, str], str]:
-    """What every file of a variant carries: the text blocks by key, and the XMP packet."""
-    return ({PARAMETERS_KEY: a1111_parameters(spec, lora_hashes),
-             VARIANT_KEY: canonical_json(spec.to_json())},
-            xmp_packet(spec.prompt, digital_source_type(spec), refine_history(spec)))
+# ---------------------------------------------------------------- campaign_render
+
+# The most bytes a file's campaign_render takes: a batch whose members would not fit is left
+# out (``batch_size`` says how many images it had). A JPEG holds its whole XMP packet, the
+# spec and this included, in one 64 KiB segment.
+MAX_RENDER_BYTES = 16 * 1024
+# A member's entry is at least {"id":"<64 hex>"} and a comma.
+_MEMBER_MIN_BYTES = 74
+# The spec keys in which the images of one pipeline call may differ (the rest is their batch
+# key), as the JSON names them.
+MATE_KEYS = tuple(sorted(VariantSpec.model_fields[name].alias or name
+                         for name in PER_IMAGE_FIELDS))
 
 
-def encode_png(image: Image.Image, spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> bytes:
-    """PNG bytes carrying the three metadata blocks; deterministic for equal inputs."""
-    texts, xmp = file_metadata(spec, lora_hashes)
+class BatchMember(Strict):
+    """One image of the pipeline call that rendered a file, in call order: its id, and where
+    its spec differs from the file's (``differs``, read by ``merged``; empty for the file's
+    own variant)."""
+
+    id: Sha256
+    differs: dict[Literal[MATE_KEYS], Any] = Field(default_factory=dict)  # type: ignore[valid-type]
+
+
+class RenderContext(Strict):
+    """What decides a file's bytes besides its spec: the ``campaign_render`` metadata. From
+    an image it is untrusted input, checked here and by ``campaign reproduce`` (each
+    member's rebuilt spec must hash to its id)."""
+
+    output_name: str = Field(min_length=1, description="The variant's output name: its "
+                             "files' path below CAMPAIGN/RECIPE@VERSION/, without extension.")
+    batch: list[BatchMember] | None = Field(
+        default=None, min_length=2, description="The images of the pipeline call that "
+        "rendered it, in order; absent when it was rendered alone.")
+    batch_size: int | None = Field(
+        default=None, ge=2, description="How many images that call had, when their list "
+        f"would take campaign_render over {MAX_RENDER_BYTES} bytes (then absent: batch).")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The render options that change pixels, where "
+        "they were set away from their defaults.")
+    checkpoint_config: FileId | None = Field(
+        default=None, description="A single-file checkpoint's diffusers config folder.")
+
+    @field_validator("output_name")
+    @classmethod
+    def _relative_name(cls, name: str) -> str:
+        if problem := path_problem(master_path("", name), "master"):
+            raise ValueError(f"output name {name!r}: {problem}")
+        return name
+
+    @field_validator("options")
+    @classmethod
+    def _pixel_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if others := sorted(set(options) - RenderOptions.changing_pixels()):
+            raise ValueError(f"{', '.join(others)}: not a render option that changes pixels "
+                             f"(those are {', '.join(sorted(RenderOptions.changing_pixels()))})")
+        RenderSpec.model_validate(options)  # the ranges a campaign file's render block has
+        return options
+
+    @classmethod
+    def read(cls, text: str) -> RenderContext:
+        """The context a file carries. Raises ``ValueError`` (pydantic's ValidationError for
+        a bad value) naming what is wrong."""
+        if len(text.encode("utf-8")) > MAX_RENDER_BYTES:
+            raise ValueError(f"it is {len(text.encode('utf-8'))} bytes; campaign render "
+                             f"writes at most {MAX_RENDER_BYTES}")
+        return cls.model_validate_json(text)
+
+    def text(self) -> str:
+        """The canonical JSON the file carries (empty and unset fields left out)."""
+        return canonical_json(self.model_dump(mode="json", exclude_defaults=True))
+
+    def members(self, spec: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """Each batch member's (id, spec), rebuilt from the file's own ``spec``."""
+        return [(member.id, merged(spec, member.differs)) for member in self.batch or ()]
+
+
+def render_context(output_name: str, spec: Mapping[str, Any],
+                   call: Sequence[tuple[str, Mapping[str, Any]]], options: Mapping[str, Any],
+                   checkpoint_config: FileId | None) -> RenderContext:
+    """The context of a file of the variant with ``spec``: rendered in ``call`` ((id, spec)
+    of each image of its pipeline call, in order) with render ``options`` (a fingerprint's,
+    every option given)."""
+    context = RenderContext(output_name=output_name, options=pixel_options(options),
+                            checkpoint_config=checkpoint_config)
+    if len(call) < 2:
+        return context
+    differs = [_differences(spec, other) for _, other in call]
+    if len(call) * _MEMBER_MIN_BYTES <= MAX_RENDER_BYTES and None not in differs:
+        batched = context.model_copy(update={"batch": [
+            BatchMember(id=member, differs=found)
+            for (member, _), found in zip(call, differs, strict=True)]})
+        if len(batched.text().encode("utf-8")) <= MAX_RENDER_BYTES:
+            return batched
+    return context.model_copy(update={"batch_size": len(call)})
+
+
+def pixel_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Of a fingerprint's render ``options``, those that change pixels set away from their
+    defaults."""
+    defaults = RenderOptions()
+    return {name: options[name] for name in sorted(RenderOptions.changing_pixels())
+            if name in options and options[name] != getattr(defaults, name)}
+
+
+def _differences(own: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Where ``other`` differs from ``own``, as ``merged`` reads it: a mapping in both gives
+    the keys that differ inside it, any other value replaces (compared as JSON: 1, 1.0 and
+    true differ). None when ``other`` lacks a key ``own`` has: a removal it cannot say."""
+    if own.keys() - other.keys():
+        return None
+    found: dict[str, Any] = {}
+    for key, value in other.items():
+        mine = own.get(key)
+        if isinstance(value, Mapping) and isinstance(mine, Mapping):
+            inner = _differences(mine, value)
+            if inner is None:
+                return None
+            if inner:
+                found[key] = inner
+        elif key not in own or canonical_json(value) != canonical_json(mine):
+            found[key] = value
+    return found
+
+
+def merged(own: Mapping[str, Any], differs: Mapping[str, Any]) -> dict[str, Any]:
+    """``own`` with ``differs`` in place (``_differences`` gives it)."""
+    result = dict(own)
+    for key, value in differs.items():
+        mine = own.get(key)
+        result[key] = merged(mine, value) if isinstance(value, Mapping) and \
+            isinstance(mine, Mapping) else value
+    return result
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def file_metadata(spec: VariantSpec, lora_hashes: Sequence[str] = (),
+                  context: RenderContext | None = None) -> tuple[dict[str, str], str]:
+    """What every file of a variant carries: the text blocks by key (``campaign_render``
+    given its ``context``), and the XMP packet."""
+    texts = {PARAMETERS_KEY: a1111_parameters(spec, lora_hashes),
+             VARIANT_KEY: canonical_json(spec.to_json())}
+    if context is not None:
+        texts[RENDER_KEY] = context.text()
+    return texts, xmp_packet(spec.prompt, digital_source_type(spec), refine_history(spec))
+
+
+def encode_png(image: Image.Image, spec: VariantSpec, lora_hashes: Sequence[str] = (),
+               context: RenderContext | None = None) -> bytes:
+    """PNG bytes carrying the metadata blocks; deterministic for equal inputs."""
+    texts, xmp = file_metadata(spec, lora_hashes, context)
     info = PngInfo()
-    info.add_text(PARAMETERS_KEY, texts[PARAMETERS_KEY])
-    info.add_itxt(VARIANT_KEY, texts[VARIANT_KEY])
+    info.add_text(PARAMETERS_KEY, texts.pop(PARAMETERS_KEY))
+    for key, text in texts.items():
+        info.add_itxt(key, text)
     info.add_itxt(XMP_KEY, xmp)
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG", pnginfo=info)

@@ -18,8 +18,11 @@ A job is one pipeline call's batch and the members to write: the others are co-m
 rendered again only so the written ones come out as they do beside them (an image's bytes
 depend on its batch by float rounding); their fresh bytes are compared with the record,
 never written. Faces are detected once per rendered image and reused by skin smoothing
-and the faces score. Channel exports are made from the master alone (``export_files``),
-so a lost export is rebuilt from its master without rendering. An image whose
+and the faces score. Every file carries what decides its bytes besides its spec (its
+call's members, options, config folder: ``campaign_render``, ``render_contexts``), so it is
+reproduced from the file alone. Channel exports are made from the master alone
+(``export_files``: its pixels and metadata), so a lost export is rebuilt from its master
+without rendering. An image whose
 post-processing, scoring or encoding raises is reported (``FailedImage``) and not written;
 the rest of its batch is. Each image reports its share of every step's time
 (``Produced.steps``: base, refiner, hires, upscale, detail, postprocess, score, write).
@@ -46,15 +49,19 @@ from PIL import Image
 
 from postprocess.parameters import EXTENSIONS, ExportSpec
 
-from .hashing import sha256_bytes
+from .hashing import hash_file, sha256_bytes
 from .inputs import BrandKit, Campaign, FileIndex
-from .metadata import LoraHashes, encode_png, file_metadata
+from .metadata import LoraHashes, RenderContext, encode_png, file_metadata, render_context
 from .output_folder import OutputFolder
 from .plan import Variant
 from .schema import FileId
 from .variant import RecipeUse, VariantSpec
 
 Box = tuple[int, int, int, int]
+# What rendering an image without the rest of its batch does (README, "Reproducing a
+# deliverable": the demo campaign on CPU, float32).
+WITHOUT_BATCH = "may move pixels: measured up to 2/255 in a master, 3/255 in a JPEG " \
+    "export, 14/255 in a WebP one"
 
 
 @dataclass(frozen=True)
@@ -353,11 +360,14 @@ class Worker:
 
     def __init__(self, renderer: Any, files: FileIndex,
                  scoring: Scoring | Future[Scoring] | None, *, keep_pipelines: bool = True,
-                 assets: Assets | None = None):
+                 assets: Assets | None = None, configs: Mapping[str, FileId] | None = None):
         self.renderer, self.files = renderer, files
         self._scoring = scoring if isinstance(scoring, Future) else _done(scoring)
         self.assets = assets or Assets(files)
         self.lora_hashes = LoraHashes(files.path)
+        # Checkpoint sha256 -> its config folder as the files name it: given (reproduce: as
+        # recorded, wherever it was found under whatever name), else hashed once.
+        self._configs: dict[str, FileId | None] = dict(configs or {})
         # Without keep_pipelines, a job of another recipe than the last releases the last
         # one's pipelines first (jobs come grouped by recipe: each loads once per run).
         self.keep_pipelines = keep_pipelines
@@ -431,17 +441,20 @@ class Worker:
         members = [member for member in members
                    if member[0].id in scored or member[0].id not in job.write]
         steps["score"], clock = time.perf_counter() - clock, time.perf_counter()
-        # LoraHashes caches in a plain dict: filled here, in this one thread.
+        # LoraHashes and the config hashes cache in plain dicts: filled here, in this one
+        # thread.
         lora_hashes = {variant.id: self.lora_hashes.of(variant.spec) for variant, _, _ in members}
+        contexts = self.render_contexts(job, [(variant, call) for variant, call, _ in members],
+                                        rendered.environment)
 
         def encoded(variant: Variant, call: tuple[int, ...],
                     image: Finished) -> EncodedImage | FailedImage:
-            hashes = lora_hashes[variant.id]
+            hashes, context = lora_hashes[variant.id], contexts[variant.id]
             try:
-                master = encode_png(image.image, variant.spec, hashes)
+                master = encode_png(image.image, variant.spec, hashes, context)
                 if variant.id not in job.write:  # a co-member: compared, never written
                     return EncodedImage(variant, call, master)
-                exports = tuple(export_files(image.image, variant.spec, hashes))
+                exports = tuple(export_files(image.image, variant.spec, hashes, context))
             except Exception as err:  # this image's own failure: the batch goes on
                 return FailedImage.of(variant, "write", err, job)
             scores, embedding = scored[variant.id]
@@ -483,6 +496,25 @@ class Worker:
         return JobResult(tuple(replace(item, seconds=seconds_each, steps=shares)
                                for item in produced), tuple(rechecked), finished.failed)
 
+    def render_contexts(self, job: Job, members: Sequence[tuple[Variant, tuple[int, ...]]],
+                        environment: Mapping[str, Any]) -> dict[str, RenderContext]:
+        """Each member's ``campaign_render``: its output name, the pipeline call that rendered
+        it, the options it ran with and its checkpoint's config folder."""
+        specs = {variant.id: variant.spec.to_json() for variant in job.batch}
+        options = environment.get("options") or {}
+        return {variant.id: render_context(
+            variant.output_name, specs[variant.id],
+            [(job.batch[index].id, specs[job.batch[index].id]) for index in call], options,
+            self.config_file(variant.spec.recipe.checkpoint)) for variant, call in members}
+
+    def config_file(self, checkpoint: FileId) -> FileId | None:
+        """A single-file checkpoint's config folder by name and hash (hashed once)."""
+        if checkpoint.sha256 not in self._configs:
+            folder = self.files.config(checkpoint)
+            self._configs[checkpoint.sha256] = None if folder is None else \
+                FileId(name=folder.name, sha256=hash_file(folder))
+        return self._configs[checkpoint.sha256]
+
     def switch_recipe(self, recipe: RecipeUse) -> None:
         if self._recipe not in (None, recipe.ref) and not self.keep_pipelines:
             self.renderer.release()
@@ -498,11 +530,12 @@ class Worker:
                           format=export.format)
 
 
-def export_files(master: Image.Image, spec: VariantSpec,
-                 lora_hashes: Sequence[str]) -> list[tuple[ExportSpec, bytes]]:
+def export_files(master: Image.Image, spec: VariantSpec, lora_hashes: Sequence[str],
+                 context: RenderContext | None) -> list[tuple[ExportSpec, bytes]]:
     """Each channel export of a master image, with the variant's metadata: a function of
-    the master's pixels, the spec and its LoRAs' A1111 hashes (``LoraHashes.of``) alone, so
-    it is rebuilt from the master file exactly.
+    the master's pixels, the spec, its LoRAs' A1111 hashes (``LoraHashes.of``) and the
+    master's ``campaign_render`` (``context``) alone, so it is rebuilt from the master file
+    exactly.
     Faces (the crop keeps them) are detected on the master, once, when a channel crops
     (one of another aspect; one of the same aspect is only resized)."""
     exports = spec.postprocess.exports or []
@@ -510,11 +543,23 @@ def export_files(master: Image.Image, spec: VariantSpec,
         return []
     from postprocess.export import crop_size, export_image
 
-    metadata, xmp = file_metadata(spec, lora_hashes)
+    metadata, xmp = file_metadata(spec, lora_hashes, context)
     faces = detect(master) if any(crop_size(master.size, export.width / export.height)
                                   != master.size for export in exports) else ()
     return [(export, export_image(master, export, metadata, xmp, faces=faces))
             for export in exports]
+
+
+def exports_of_master(path: Path, spec: VariantSpec,
+                      lora_hashes: Sequence[str]) -> list[tuple[ExportSpec, bytes]]:
+    """The channel exports of a master file, rebuilt from its pixels and its
+    ``campaign_render`` (a master written before it had one gives exports without)."""
+    from postprocess.embedded_metadata import RENDER_KEY
+
+    with Image.open(path) as master:
+        text = master.text.get(RENDER_KEY)
+        image = master.convert("RGB")
+    return export_files(image, spec, lora_hashes, RenderContext.read(text) if text else None)
 
 
 def score_images(scoring: Scoring | None, images: Sequence[tuple[Variant, Finished]],

@@ -2,19 +2,24 @@
 
 The source of truth is the *stored* spec, never today's recipe or campaign file: the render
 row's variant JSON (every pixel-deciding setting, files by name and sha256), its input files
-(paths and sha256), its batch and its environment fingerprint. Without a ledger, the
-``campaign_variant`` JSON inside the image serves — untrusted input, validated by the same
-schema as the files — and files are found by name and sha256 under search folders.
+(paths and sha256), its batch and its environment fingerprint. Without a ledger, the image
+says it itself: its ``campaign_variant`` JSON is the spec and its ``campaign_render``
+(``renderer.metadata.RenderContext``) its batch — each member's spec rebuilt from the
+image's own and checked against its id —, output name, pixel-changing render options and
+config folder; untrusted input, validated by the same schema as the files. Files are found
+by name and sha256 under search folders, else by content.
 
 Order of work:
 1. **Inputs.** Every file the spec names is located (``renderer.locate``: recorded path,
    then the search folders) and its sha256 checked. A missing or changed file stops here:
    nothing is rendered and the report names the file, the recorded and the found hash.
 2. **Environment.** The recorded thread count, device and dtype are pinned where this
-   machine allows; what still differs (a package version, the device, …) is listed.
-3. **Render.** Each target is rendered inside the same batch it was rendered in (alone, an
-   image may move by 1/255) by the worker ``campaign render`` uses
-   (``renderer.produce.Worker``), so it is post-processed and encoded exactly as then.
+   machine allows (from an image alone: its options); what still differs (a package
+   version, the device, …) is listed.
+3. **Render.** Each target is rendered inside the same batch it was rendered in (without
+   it, pixels move: ``WITHOUT_BATCH``) by the worker ``campaign render`` uses
+   (``renderer.produce.Worker``), so it is post-processed and encoded exactly as then, at
+   its recorded path below the destination.
 4. **Compare** (``renderer.compare``). Identical bytes, else the largest per-channel
    difference and SSIM against the tolerance: 0 when the environment is the same, 1/255
    when it differs (override with ``tolerance``/``min_ssim``).
@@ -37,10 +42,12 @@ from .hashing import sha256_bytes, sha256_json
 from .inputs import FileIndex, ResolvedFile
 from .ledger import LEDGER_NAME, Ledger
 from .locate import FileFinder, InputProblem, file_role, spec_files
+from .metadata import MAX_RENDER_BYTES, RenderContext
 from .output_folder import reproduction_root
 from .plan import Variant
-from .produce import Job, Produced, Worker
+from .produce import WITHOUT_BATCH, Job, Produced, Worker
 from .records import RenderRow
+from .schema import FileId
 from .validate import pickle_weights
 from .variant import VariantSpec, spec_problem
 
@@ -67,7 +74,14 @@ class Target:
     source: str = ""
     search: Sequence[Path] = ()    # where its per-variant images may be (the campaign's folder)
     folder: str | None = None       # None: the layout's (renderer.output_folder)
-    channel: str | None = None      # the export compared (a JPEG/WebP/PNG export); None: master
+    # The files it may be, compared with the same file's re-render: a channel export's name,
+    # None for the master (several: a PNG export of the master's size, until bytes tell).
+    channels: tuple[str | None, ...] = (None,)
+    checkpoint_config: FileId | None = None  # a single-file checkpoint's config folder
+    # From the image's campaign_render (the ledger's rows and environment say the same):
+    mates: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # batch mates' specs
+    options: Mapping[str, Any] = field(default_factory=dict)  # render options changing pixels
+    unknown_batch: str = "batch not recorded"  # why, when ``batch`` is empty
 
 
 def targets_from_ledger(ledger: Ledger, variant_ids: Sequence[str]) -> list[Target]:
@@ -85,10 +99,12 @@ def _target_of(ledger: Ledger, row: RenderRow) -> Target:
     where = f"ledger row {row.id} of run {row.run_id}"
     _check_spec(row.spec, row.variant_id, where, ledger.path)
     run = ledger.run(row.run_id)
+    config = next((FileId(name=Path(entry["path"]).name, sha256=entry["sha256"])
+                   for entry in row.input_files if entry["role"] == "checkpoint_config"), None)
     return Target(
         variant_id=row.variant_id, spec=row.spec, output_name=row.output_name,
         folder=row.files_folder, original=ledger.path.parent / row.output_path,
-        original_sha256=row.output_sha256,
+        original_sha256=row.output_sha256, checkpoint_config=config,
         input_files=row.input_files, environment=ledger.environment(row.environment_hash),
         batch=row.batch, source=where,
         # Control images are named relative to the campaign file; the ledger records the
@@ -100,35 +116,45 @@ def target_from_image(path: Path, ledger: Ledger | None) -> Target:
     """A target from an image's own metadata — a master PNG or a channel export in any
     format — and the ledger's record of it when there is one."""
     data = path.read_bytes()
-    spec, size, kind = _embedded_spec(path, data)
+    spec, context, size, kind = _embedded(path, data)
     variant_id = sha256_json(spec)
     _check_spec(spec, variant_id, "the image's campaign_variant metadata", path)
-    channel = _channel_of(spec, size, kind, sha256_bytes(data), ledger, path)
+    channels = _channels_of(spec, size, kind, sha256_bytes(data), ledger, path)
     if ledger is not None and ledger.renders_of(variant_id):
         recorded = targets_from_ledger(ledger, [variant_id])[0]
         return dataclasses.replace(recorded, original=path, original_sha256=sha256_bytes(data),
-                                   channel=channel, source=f"{path} ({recorded.source})")
-    # An image reproduces into the destination itself, under its own file name.
-    return Target(variant_id=variant_id, spec=spec, output_name=path.stem, folder="",
-                  original=path, original_sha256=sha256_bytes(data), channel=channel,
-                  source=f"metadata of {path}")
+                                   channels=channels, source=f"{path} ({recorded.source})")
+    target = Target(variant_id=variant_id, spec=spec, output_name=path.stem, folder="",
+                    original=path, original_sha256=sha256_bytes(data), channels=channels,
+                    source=f"metadata of {path}")
+    if context is None:  # written before campaign_render: into dest itself, by its file name
+        return target
+    batch = _batch_of(spec, variant_id, context, path)
+    return dataclasses.replace(
+        target, output_name=context.output_name, folder=None,
+        batch=() if context.batch_size else tuple(batch) or (variant_id,),
+        mates={mate: mate_spec for mate, mate_spec in batch.items() if mate != variant_id},
+        options=context.options, checkpoint_config=context.checkpoint_config,
+        unknown_batch=f"its batch of {context.batch_size} images is not in the file (their "
+        f"list was over the {MAX_RENDER_BYTES}-byte budget of campaign_render)")
 
 
-def _embedded_spec(path: Path, data: bytes) -> tuple[dict[str, Any], tuple[int, int], str]:
-    """The variant JSON a PNG, JPEG or WebP written by the renderer carries (PNG text, or
-    XMP ``campaign:campaign_variant``), with the image's size and format."""
+def _embedded(path: Path, data: bytes
+              ) -> tuple[dict[str, Any], RenderContext | None, tuple[int, int], str]:
+    """The variant JSON and the render context a PNG, JPEG or WebP written by the renderer
+    carries (PNG text, or XMP ``campaign:KEY``), with the image's size and format."""
     import io
     import json
 
     from PIL import Image
 
-    from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
+    from postprocess.embedded_metadata import RENDER_KEY, VARIANT_KEY, read_export_metadata
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             size, kind = image.size, str(image.format).lower()
-        text = read_export_metadata(data).get(VARIANT_KEY)
-        spec = None if text is None else json.loads(text)
+        metadata = read_export_metadata(data)
+        spec = json.loads(metadata[VARIANT_KEY]) if VARIANT_KEY in metadata else None
     except (OSError, ValueError, SyntaxError) as err:
         raise InputError("cannot read this image's metadata", file=path,
                          found=f"{type(err).__name__}: {err}",
@@ -137,23 +163,58 @@ def _embedded_spec(path: Path, data: bytes) -> tuple[dict[str, Any], tuple[int, 
         raise InputError("the image carries no campaign_variant metadata", file=path,
                          fix="pass an image written by `campaign render` (metadata intact), "
                          "or a render id")
-    return spec, size, kind
+    text = metadata.get(RENDER_KEY)
+    try:
+        return spec, None if text is None else RenderContext.read(text), size, kind
+    except ValueError as err:
+        raise InputError(f"the image's {RENDER_KEY} metadata is not one this renderer "
+                         "writes", file=path, found=_first_error(err),
+                         fix="pass the file as `campaign render` wrote it (metadata intact), "
+                         "or reproduce it by its render id from the ledger") from None
 
 
-def _channel_of(spec: Mapping[str, Any], size: tuple[int, int], kind: str, sha256: str,
-                ledger: Ledger | None, path: Path) -> str | None:
-    """Which file of its variant an image is: the master (None) or a channel export — by
-    the ledger's record of its bytes, else by its format and size among the spec's."""
+def _first_error(err: ValueError) -> str:
+    """A validation error's first problem, where it is (``batch.0.id: …``); else the text."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return str(err)
+    first = err.errors(include_url=False)[0]
+    return f"{'.'.join(str(part) for part in first['loc']) or '(top)'}: {first['msg']}"
+
+
+def _batch_of(spec: Mapping[str, Any], variant_id: str, context: RenderContext,
+              path: Path) -> dict[str, dict[str, Any]]:
+    """The specs of the image's batch by id, in call order, rebuilt from its own ``spec``
+    and each checked against its id; empty when it was rendered alone."""
+    members = context.members(spec)
+    ids = [member for member, _ in members]
+    if members and (variant_id not in ids or len(set(ids)) < len(ids)):
+        raise InputError(f"the image's campaign_render batch must list its own variant "
+                         f"{variant_id[:12]} once among distinct ids", file=path,
+                         found=", ".join(member[:12] for member in ids),
+                         fix="pass the file as `campaign render` wrote it (metadata intact)")
+    for index, (member, member_spec) in enumerate(members):
+        _check_spec(member_spec, member, f"member {index} of the image's campaign_render "
+                    "batch", path)
+    return dict(members)
+
+
+def _channels_of(spec: Mapping[str, Any], size: tuple[int, int], kind: str, sha256: str,
+                 ledger: Ledger | None, path: Path) -> tuple[str | None, ...]:
+    """Which file of its variant an image may be: the master (None) or a channel export — by
+    the ledger's record of its bytes, else by its format and size among the spec's (a PNG
+    export of the master's size may be either: the re-render's bytes tell)."""
     if ledger is not None:
         for row in ledger.renders_of(sha256_json(spec)):
             for export in ledger.exports_of([row.id]).get(row.id, []):
                 if export.sha256 == sha256:
-                    return export.name
-    if kind == "png" and size == (spec["width"], spec["height"]):
-        return None
+                    return (export.name,)
     exports = spec["postprocess"].get("exports") or []
-    matches = [export["name"] for export in exports
-               if export["format"] == kind and (export["width"], export["height"]) == size]
+    master: list[str | None] = [None] if kind == "png" and size == (
+        spec["width"], spec["height"]) else []
+    matches = master + [export["name"] for export in exports if export["format"] == kind
+                        and (export["width"], export["height"]) == size]
     if not matches:
         raise InputError(f"this {kind.upper()} {size[0]}x{size[1]} is neither the variant's "
                          "master nor one of its channel exports", file=path,
@@ -163,14 +224,15 @@ def _channel_of(spec: Mapping[str, Any], size: tuple[int, int], kind: str, sha25
                              for e in exports) or "none"),
                          fix="pass the file as `campaign render` wrote it (not resized or "
                          "converted)")
-    return matches[0]
+    return tuple(matches)
 
 
 def _check_spec(spec: Mapping[str, Any], variant_id: str, where: str, file: Path) -> None:
     if sha256_json(spec) != variant_id:
         raise InputError(f"{where}: the stored variant JSON does not hash to its id",
                          file=file, expected=variant_id, found=sha256_json(spec),
-                         fix="the ledger was edited or is damaged; restore it from a backup")
+                         fix="it was edited or is damaged: restore the ledger or the image "
+                         "from a backup")
     if problem := spec_problem(spec):
         raise InputError(f"{where} is not a variant spec this renderer can render",
                          file=file, found=problem,
@@ -273,6 +335,10 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
         units.setdefault(key, []).append(target)
     names = {target.variant_id: (target.output_name, target.folder) for target in targets}
     specs: dict[str, Mapping[str, Any]] = {t.variant_id: t.spec for t in targets}
+    for target in targets:  # batch mates an image names (co-members: never written)
+        for mate, spec in target.mates.items():
+            specs.setdefault(mate, spec)
+            names.setdefault(mate, (mate, ""))
     for mate, row in lookup([mate for key in units for mate in key if mate not in specs]).items():
         specs[mate], names[mate] = row.spec, (row.output_name, row.files_folder)
     # 2. Locate and check every file of every spec involved, before loading anything.
@@ -295,13 +361,16 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
                          fix="convert the file to .safetensors, or pass --allow-pickle if you "
                          "trust it (loading a pickle can run code; a spec cannot allow it)")
     configs: dict[str, Path] = {}
+    recorded_configs: dict[str, FileId] = {}  # as the files name them (the worker embeds it)
     config_problems: dict[str, InputProblem] = {}
     for target in targets:
         checkpoint = finder.found.get(_checkpoint_key(target.spec))
         if checkpoint is not None:
-            config, problem = finder.checkpoint_config(target.input_files, checkpoint)
+            config, problem = finder.checkpoint_config(target.checkpoint_config, checkpoint)
             if config is not None:
                 configs[checkpoint.sha256] = config
+                if target.checkpoint_config is not None:
+                    recorded_configs[checkpoint.sha256] = target.checkpoint_config
             if problem:
                 config_problems[target.variant_id] = problem
 
@@ -338,13 +407,15 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
             for target in members:
                 outcomes[target.variant_id].notes.append(
                     f"{len(key) - len(mates)} of the {len(key)} images of its batch are not in "
-                    "the ledger: rendered without them (may move pixels by 1/255)")
+                    f"the ledger or the image, or their files are gone: rendered without "
+                    f"them ({WITHOUT_BATCH})")
         elif len(key) == 1 and not first.batch:
             outcomes[first.variant_id].notes.append(
-                "batch not recorded: rendered alone (may move pixels by 1/255)")
-        renderer = _renderer_for(renderer, first.environment, slots[first.variant_id],
-                                 allow_pickle, log)
-        worker = Worker(renderer, files, scoring=None)  # it compares pixels, not scores
+                f"{first.unknown_batch}: rendered alone ({WITHOUT_BATCH})")
+        renderer = _renderer_for(renderer, first.environment, first.options,
+                                 slots[first.variant_id], allow_pickle, log)
+        # It compares pixels, not scores.
+        worker = Worker(renderer, files, scoring=None, configs=recorded_configs)
         log(f"rendering {len(batch)} image(s) for {len(members)} target(s)")
         # Only the targets are written; their recorded batch mates render beside them.
         job = Job(tuple(batch), frozenset(target.variant_id for target in members))
@@ -388,16 +459,18 @@ def _recorded_slots(target: Target, finder: FileFinder,
 
 
 def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None,
-                  lora_slots: Mapping[str, LoraSlots], allow_pickle: bool, log: Log) -> Any:
+                  options: Mapping[str, Any], lora_slots: Mapping[str, LoraSlots],
+                  allow_pickle: bool, log: Log) -> Any:
     """A renderer set up as the recorded environment was (threads, device, dtype, options,
-    a compiled denoiser's LoRA hot-swap slots)."""
+    a compiled denoiser's LoRA hot-swap slots); without one, with the pixel-changing
+    ``options`` an image names."""
     import torch
 
     from .render import DiffusersRenderer, RenderOptions
 
     if environment and environment.get("threads"):
         torch.set_num_threads(int(environment["threads"]))
-    wanted = RenderOptions(**options_like(environment, RenderOptions.known()))
+    wanted = RenderOptions(**{**options, **options_like(environment, RenderOptions.known())})
     # Slots are recorded for compiled runs only, and their options say compile.
     if renderer is None or renderer.options != wanted or renderer.lora_slots != lora_slots:
         renderer = DiffusersRenderer(wanted, allow_pickle=allow_pickle, log=log,
@@ -407,10 +480,11 @@ def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None,
 
 def _judge(outcome: Outcome, target: Target, produced: Produced, dest: Path,
            tolerance: int | None) -> None:
-    path = dest / produced.output_path
-    if target.channel is not None:  # an export: compared with the same channel's re-render
-        path = dest / next(export.path for export in produced.exports
-                           if export.name == target.channel)
+    exports = {export.name: export.path for export in produced.exports}
+    paths = [dest / (produced.output_path if channel is None else exports[channel])
+             for channel in target.channels]  # the same file's re-render
+    path = next((path for path in paths if sha256_bytes(path.read_bytes()) ==
+                 target.original_sha256), paths[0])
     outcome.reproduced = str(path)
     outcome.tolerance = tolerance if tolerance is not None else (
         0 if not outcome.environment_differences else TOLERANCE_OTHER_ENVIRONMENT)

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from renderer.execute import RunSummary, render_campaign
+from renderer.ledger import Ledger, ReviewRecord
 from renderer.provenance import C2paSigner
 
 from .conftest import Project
@@ -38,6 +39,13 @@ def shipping_project(root: Path, *, seeds: tuple[int, ...] = (1, 2, 3, 4),
 
 def render(project: Project, out: Path) -> RunSummary:
     return render_campaign(project.campaign_path, out, log=lambda _: None, show_progress=False)
+
+
+def approve_all(out: Path, reviewer: str = "ana") -> None:
+    """A person approves every variant of the latest run, so ``campaign deliver`` ships it."""
+    with Ledger(out / "ledger.sqlite") as ledger:
+        ledger.add_reviews([ReviewRecord(row.id, row.variant_id, row.output_sha256, "approve",
+                                         reviewer) for row in ledger.run_rows(ledger.run(None).id)])
 
 
 SIGNER_EXTENSIONS = """

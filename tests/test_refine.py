@@ -27,7 +27,7 @@ from renderer.cli import main
 from renderer.hashing import canonical_json, sha256_path
 from renderer.metadata import LoraHashes, a1111_parameters, read_png_metadata
 from renderer.plan import make_plan
-from renderer.produce import export_files
+from renderer.produce import exports_of_master
 from renderer.render import DiffusersRenderer
 from renderer.validate import load_campaign
 from renderer.variant import VariantSpec, batch_key, render_call, spec_problem, variant_id
@@ -335,9 +335,8 @@ def test_exports_are_cut_from_the_refined_master(refined):
              for spec in specs}
     for output_path, variant_json, name, export_path, width, height in rows:
         spec = VariantSpec.from_json(variant_json)
-        with Image.open(out / output_path) as master:
-            again = {export.name: data
-                     for export, data in export_files(master, spec, lora_hashes.of(spec))}
+        again = {export.name: data for export, data in
+                 exports_of_master(out / output_path, spec, lora_hashes.of(spec))}
         assert again[name] == (out / export_path).read_bytes()
         assert (width, height) == (specs[name]["width"], specs[name]["height"])
 

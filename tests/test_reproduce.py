@@ -5,16 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from renderer.cli import main
 from renderer.compare import ssim
 from renderer.environment import differences as environment_differences
+from renderer.hashing import sha256_folder
 from renderer.locate import FileFinder, spec_files
+from renderer.metadata import MAX_RENDER_BYTES, RenderContext, render_context
+from renderer.schema import FileId
 
 from .conftest import REPO, CliResult, ledger_rows, run_cli
 from .ledger_support import small_project
@@ -116,22 +121,63 @@ def test_a_missing_input_file_is_named(rendered, tmp_path):
     assert "lora lora-brand.safetensors is missing" in outcome["input_problems"][0]
 
 
-def test_reproduce_from_an_image_without_a_ledger(rendered, tmp_path, capsys):
-    """Only the PNG's metadata: files found by name and sha256 under --search folders;
-    no batch or environment on record, so the 1/255 tolerance applies."""
+def test_reproduce_from_an_image_without_a_ledger_re_forms_its_batch(rendered, tmp_path,
+                                                                     capsys):
+    """Only the PNG: its campaign_render names its batch of three, so it renders beside the
+    other two again (the first of the batch: on the reference machine, rendered alone it
+    moves by 1/255) and gives the same bytes, at its recorded path; files are found by name
+    and sha256 under --search folders."""
     root, out, _ = rendered
-    _, output_path, _, _ = _rows(out)[2]
+    _, output_path, _, _ = _rows(out)[0]
     image = shutil.copy(out / output_path, tmp_path / "deliverable.png")
-    result = run_in_process(capsys, "reproduce", image, "--out", tmp_path / "elsewhere", "--json",
-                     "--search", REPO / "models" / "demo", "--search", root / "models",
-                     "--search", REPO / "campaigns" / "brands")
+    result = run_in_process(capsys, "reproduce", image, "--out", tmp_path / "elsewhere",
+                            "--json", "--search", REPO / "models" / "demo", "--search",
+                            root / "models", "--search", REPO / "campaigns" / "brands")
     assert result.code == 0, result.stdout + result.stderr
     (outcome,) = result.json()["targets"]
-    assert outcome["status"] in ("identical", "within tolerance")
-    assert outcome["max_pixel_difference"] <= 1
-    assert outcome["tolerance"] == 1
-    assert any("batch not recorded" in note for note in outcome["notes"])
-    assert Path(outcome["reproduced"]).parent == tmp_path / "elsewhere" / "reproduce"
+    assert outcome["status"] == "identical", outcome
+    assert "rendering 3 image(s) for 1 target(s)" in result.stderr
+    assert outcome["environment_differences"] == [
+        "environment not recorded (reproducing from image metadata)"]
+    assert Path(outcome["reproduced"]) == tmp_path / "elsewhere" / "reproduce" / output_path
+
+
+def _with_render_context(image: Path, edit: Callable[[dict], None], dest: Path) -> Path:
+    """``image`` with its campaign_render metadata edited by ``edit``."""
+    with Image.open(image) as source:
+        texts, pixels = dict(source.text), source.convert("RGB")
+    context = json.loads(texts["campaign_render"])
+    edit(context)
+    texts["campaign_render"] = json.dumps(context)
+    info = PngInfo()
+    for key, text in texts.items():
+        info.add_itxt(key, text)
+    pixels.save(dest, format="PNG", pnginfo=info)
+    return dest
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda context: context.update(output_name="../../outside"),
+     "output_name: Value error, output name '../../outside': it is not a plain relative path"),
+    (lambda context: context["batch"][1].update(differs={"seed": 7}),
+     "member 1 of the image's campaign_render batch: the stored variant JSON does not hash"),
+    (lambda context: context.update(options={"compile": True}),
+     "options: Value error, compile: not a render option that changes pixels"),
+    (lambda context: context.update(options={"storage_dtype": "int4"}),
+     "options.storage_dtype: Input should be 'float8_e4m3fn' or 'float8_e5m2'"),
+    (lambda context: context.update(batch=context["batch"][1:]),
+     "the image's campaign_render batch must list its own variant"),
+])
+def test_an_edited_render_context_is_bad_input(rendered, tmp_path, edit, message):
+    """campaign_render is untrusted input, checked by its schema and each member's id: an
+    edit exits 2 naming the bad value, before anything loads."""
+    _, out, _ = rendered
+    _, output_path, _, _ = _rows(out)[0]
+    crafted = _with_render_context(out / output_path, edit, tmp_path / "crafted.png")
+    result = run_cli("reproduce", crafted, "--out", tmp_path / "elsewhere")
+    assert result.code == 2, result.stdout + result.stderr
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "elsewhere").exists()
 
 
 def test_bad_input_exits_2(rendered, tmp_path):
@@ -186,6 +232,48 @@ def test_spec_files_finds_every_named_file_and_finder_checks_hashes(tmp_path):
     assert problem.found_sha256 == pose_sha and "changed" in problem.describe()
     assert finder.find("lora", "b.safetensors", "2" * 64) is None
     assert "missing" in finder.problems[("b.safetensors", "2" * 64)].describe()
+
+
+def test_a_render_context_rebuilds_each_member_and_stays_bounded():
+    own = {"seed": 1, "prompt": "a shoe", "axes": {"product": {"name": "shoe", "on": True}}}
+    mates = [("a" * 64, own),
+             ("b" * 64, {"seed": 2, "prompt": "a shoe", "axes": {"product": {"name": "shoe",
+                                                                              "on": 1}}}),
+             ("c" * 64, {"seed": 3, "prompt": "a coat", "axes": {"product": {"name": "coat",
+                                                                              "on": True}}})]
+    context = render_context("KR-101/studio-s1", own, mates, {"storage_dtype": None,
+                                                              "dtype": "float16"}, None)
+    assert context.options == {"dtype": "float16"}  # the others are at their defaults
+    read = RenderContext.read(context.text())
+    assert read.members(own) == [(member, spec) for member, spec in mates]  # 1 is not True
+    assert read.batch[0].differs == {} and read.batch[2].differs == {
+        "seed": 3, "prompt": "a coat", "axes": {"product": {"name": "coat"}}}
+    many = [(f"{index:064x}", {**own, "seed": index, "prompt": "x" * 200})
+            for index in range(100)]
+    bounded = render_context("KR-101/studio-s1", own, many, {}, None)
+    assert bounded.batch is None and bounded.batch_size == 100
+    assert len(bounded.text()) <= MAX_RENDER_BYTES
+    with pytest.raises(ValueError, match="campaign render writes at most"):
+        RenderContext.read(" " * (MAX_RENDER_BYTES + 1))
+
+
+def test_finder_finds_files_and_folders_by_content_whatever_their_names(tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "renamed.safetensors").write_bytes(b"weights")
+    config = tmp_path / "configs" / "another-name"
+    (config / "unet").mkdir(parents=True)
+    (config / "model_index.json").write_text("{}")
+    (config / "unet" / "config.json").write_text('{"layers": 2}')
+    finder = FileFinder([], [tmp_path])
+    weights = hashlib.sha256(b"weights").hexdigest()
+    assert finder.find("lora", "style.safetensors", weights).path == \
+        tmp_path / "weights" / "renamed.safetensors"
+    checkpoint = finder.found[("style.safetensors", weights)]
+    recorded = FileId(name="sd15", sha256=sha256_folder(config))
+    assert finder.checkpoint_config(recorded, checkpoint) == (config, None)
+    missing = FileId(name="sd15", sha256="5" * 64)
+    found, problem = finder.checkpoint_config(missing, checkpoint)
+    assert found is None and "checkpoint config sd15 is missing" in problem.describe()
 
 
 def test_controls_and_their_per_variant_images_reproduce(tmp_path, demo_models, capsys):
