@@ -17,7 +17,7 @@ import textwrap
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .errors import CampaignError, InputError
 from .terminal import say
@@ -77,13 +77,15 @@ class _Parser(argparse.ArgumentParser):
 _SQLITE_MAX = 2**63 - 1
 
 
-def _whole(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: a whole number in [low, high], else a usage error (exit 2)."""
-    def parse(text: str) -> int:
+def _ranged(convert: Callable[[str], Any], what: str, low: Any, high: Any
+            ) -> Callable[[str], Any]:
+    """An argparse type: ``convert``'s value in [low, high], else a usage error (exit 2).
+    NaN is in no range (every comparison with it is false), so a float type refuses it."""
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{text} is out of range: {low} to {high:,}")
         return value
@@ -91,18 +93,12 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _finite(low: float, high: float) -> Callable[[str], float]:
-    """An argparse type: a finite number in [low, high] (NaN passes no bound: refused)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not low <= value <= high:  # false for NaN too
-            raise argparse.ArgumentTypeError(f"{text} is out of range: {low} to {high}")
-        return value
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    return _ranged(int, "a whole number", low, high)
 
-    return parse
+
+def _finite(low: float, high: float) -> Callable[[str], float]:
+    return _ranged(float, "a number", low, high)
 
 
 def _print_json_error(err: CampaignError) -> None:

@@ -36,6 +36,7 @@ import contextlib
 import fcntl
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -342,6 +343,13 @@ class _Trainer:
                     loss = self.model.loss(batch, draw)
                 self.scaler.scale(loss / accumulation).backward()
                 losses.append(loss.item())
+            if not all(map(math.isfinite, losses)):
+                # Stepping on would write NaN weights into every later checkpoint.
+                raise RenderFailure(
+                    f"training diverged: the loss is {losses} at step {self.step + 1} (the "
+                    "checkpoints before it are kept); lower train.learning_rate (now "
+                    f"{settings.learning_rate:g}) or train.max_grad_norm, then train a new "
+                    "version")
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), settings.max_grad_norm)
             self.scaler.step(self.optimizer)

@@ -201,6 +201,23 @@ def test_a_changed_spec_under_a_trained_version_is_refused(trained, tmp_path):
     assert "fix: set version: 2" in result.stderr
 
 
+def test_a_diverging_training_stops_before_it_saves_nan_weights(capsys, tmp_path):
+    data = yaml.safe_load(SPEC.read_text())
+    for image in data["dataset"]["images"]:
+        image["path"] = str((SPEC.parent / image["path"]).resolve())
+    data["recipes_dir"] = str(SPEC.parent)
+    data["train"].update(steps=3, learning_rate=1e30, save_every=0)
+    data["samples"]["prompts"] = []
+    spec = tmp_path / "diverging.train.yaml"
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "out"
+    result = run_in_process(capsys, "train", spec, "--out", out)
+    assert result.code == 3, result.stderr
+    assert "training diverged: the loss is [nan" in result.stderr
+    assert "lower train.learning_rate (now 1e+30)" in result.stderr
+    assert not list((out / "trainings").rglob("*.safetensors"))  # no LoRA, no checkpoint
+
+
 @pytest.fixture(scope="module")
 def styled(trained, tmp_path_factory) -> tuple[Path, str]:
     """A campaign whose recipe names the trained LoRA, pinned by `campaign pin` and rendered
