@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 DEMO_MODELS := models/demo/MANIFEST.json
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench lint clean system-deps
+.PHONY: demo test fuzz bench lint clean system-deps
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,10 @@ demo: $(DEMO_MODELS)
 	$(BIN)/campaign render campaigns/demo.yaml --out outputs
 
 # What the tests need from Debian: headless Chromium (browser tests), exiftool (metadata),
-# the DejaVu fonts (brand font tests), openssl (C2PA test certificates) and unshare (a
-# read-only output folder). A test never skips for lack of one: this fails instead.
-SYSTEM_TOOLS := chromium exiftool openssl unshare
+# the DejaVu fonts (brand font tests), openssl (C2PA test certificates), unshare (a
+# read-only output folder) and prlimit (the fuzz test's memory bound on what it runs), both
+# util-linux. A test never skips for lack of one: this fails instead.
+SYSTEM_TOOLS := chromium exiftool openssl unshare prlimit
 SYSTEM_PACKAGES := chromium chromium-driver libimage-exiftool-perl fonts-dejavu-core openssl util-linux
 DEJAVU := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 system-deps:
@@ -41,6 +42,16 @@ TEST_WORKERS ?= $(shell nproc)
 test: $(DEMO_MODELS) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# `make test` fuzzes the inputs with 40 fixed cases (tests/test_fuzz_inputs.py); this runs
+# FUZZ_EXAMPLES new ones from a random seed (printed; FUZZ_SEED=N replays a run), renders up
+# to FUZZ_RENDERS of those that validate, and saves each new failure in tests/fuzz_corpus/.
+FUZZ_EXAMPLES ?= 500
+FUZZ_RENDERS ?= 60
+FUZZ_SEED ?= random
+fuzz: $(DEMO_MODELS)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RENDERS=$(FUZZ_RENDERS) FUZZ_SEED=$(FUZZ_SEED) \
+	  FUZZ_SAVE=1 $(BIN)/python -m pytest -q -s tests/test_fuzz_inputs.py::test_fuzz_inputs
 
 bench: $(DEMO_MODELS)
 	$(BIN)/python bench/run.py
