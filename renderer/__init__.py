@@ -14,17 +14,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .version import __version__
+from renderer.version import __version__
 
 if TYPE_CHECKING:
-    from .errors import CampaignError, InputError, RenderFailure
-    from .execute import RunSummary, render_campaign
-    from .inputs import Campaign
-    from .ledger import Ledger
-    from .plan import Plan, Variant, make_plan
-    from .reproduction import Outcome, reproduce
-    from .validate import load_campaign
-    from .variant import VariantSpec
+    from renderer.errors import CampaignError, InputError, RenderFailure
+    from renderer.execute import RunSummary, render_campaign
+    from renderer.inputs import Campaign
+    from renderer.ledger import Ledger
+    from renderer.plan import Plan, Variant, make_plan
+    from renderer.reproduction import Outcome, reproduce
+    from renderer.validate import load_campaign
+    from renderer.variant import VariantSpec
 
 _NAMES = {
     "CampaignError": "errors", "InputError": "errors", "RenderFailure": "errors",

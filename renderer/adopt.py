@@ -15,13 +15,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from postprocess.parameters import ExportSpec
-
-from .errors import InputError
-from .hashing import sha256_file, sha256_json
-from .inputs import Campaign
-from .metadata import LoraHashes
-from .plan import Variant
-from .produce import (
+from renderer.errors import InputError
+from renderer.hashing import sha256_file, sha256_json
+from renderer.inputs import Campaign
+from renderer.metadata import LoraHashes
+from renderer.plan import Variant
+from renderer.produce import (
     ExportFile,
     Finished,
     Produced,
@@ -39,7 +38,7 @@ UNKNOWN_ENVIRONMENT = {"device": "unknown (adopted from a file already in the fo
 
 def adoptable(variants: Sequence[Variant], out_dir: Path) -> list[Variant]:
     """The variants whose master is already in ``out_dir``, each checked against its id."""
-    from .metadata import read_png_metadata
+    from renderer.metadata import read_png_metadata
 
     found = []
     for variant in variants:

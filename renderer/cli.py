@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import CampaignError, InputError
-from .terminal import say
-from .version import __version__
+from renderer.errors import CampaignError, InputError
+from renderer.terminal import say
+from renderer.version import __version__
 
 DEFAULT_OUT = Path("outputs")
 
@@ -360,12 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .inputs import Campaign, Recipe
-    from .output_folder import check_planned
-    from .plan import make_plan
-    from .terminal import printable
-    from .training_spec import TrainingSpec
-    from .validate import load_any
+    from renderer.inputs import Campaign, Recipe
+    from renderer.output_folder import check_planned
+    from renderer.plan import make_plan
+    from renderer.terminal import printable
+    from renderer.training_spec import TrainingSpec
+    from renderer.validate import load_any
 
     failures = 0
     for path in args.files:
@@ -376,7 +376,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 say(f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
                     f"variants, recipe {loaded.recipe_refs})")
             elif isinstance(loaded, TrainingSpec):
-                from .training_run import resolve  # the ledger's modules: training specs only
+                from renderer.training_run import (
+                    resolve,  # the ledger's modules: training specs only
+                )
 
                 training = resolve(loaded)  # the engine's own checks, at their lines
                 print(f"ok  {printable(path)}: training {printable(loaded.ref)} "
@@ -394,7 +396,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    from .pin import pin
+    from renderer.pin import pin
 
     for path in args.files:
         changes = pin(path)
@@ -409,11 +411,11 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .estimate import estimate, load_estimates
-    from .matrix import axis_label
-    from .output_folder import check_planned
-    from .plan import make_plan, sample_variants
-    from .validate import load_campaign
+    from renderer.estimate import estimate, load_estimates
+    from renderer.matrix import axis_label
+    from renderer.output_folder import check_planned
+    from renderer.plan import make_plan, sample_variants
+    from renderer.validate import load_campaign
 
     plan = make_plan(load_campaign(args.campaign))
     check_planned(plan.planned_files(), plan.campaign.document)
@@ -475,7 +477,7 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .execute import render_campaign
+    from renderer.execute import render_campaign
 
     if (args.address or args.workers) and args.executor != "ray":
         raise InputError("--address and --workers are for --executor ray",
@@ -509,7 +511,7 @@ class _StepLines:
         self.drawn = self.interactive
 
     def log(self, message: str) -> None:
-        from .terminal import printable
+        from renderer.terminal import printable
 
         print(("\r\x1b[K" if self.drawn else "") + printable(message, multiline=True),
               file=sys.stderr, flush=True)
@@ -517,8 +519,8 @@ class _StepLines:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training_run import train_spec
-    from .validate import load_training
+    from renderer.training_run import train_spec
+    from renderer.validate import load_training
 
     lines = _StepLines()
     outcome = train_spec(load_training(args.spec), args.out, progress=lines.progress,
@@ -538,7 +540,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from .lookup import open_ledger
+    from renderer.lookup import open_ledger
 
     if args.diff and not args.recipe:
         raise InputError("--diff needs --recipe NAME", fix="campaign history --recipe NAME "
@@ -577,7 +579,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _history_filters(args: argparse.Namespace) -> dict[str, str | None]:
-    from .ledger import RUN_STATUSES, TRAINING_STATUSES
+    from renderer.ledger import RUN_STATUSES, TRAINING_STATUSES
 
     statuses = ("pass", "review", "fail", "undecided") if args.renders else \
         TRAINING_STATUSES if args.trainings else RUN_STATUSES
@@ -616,7 +618,7 @@ def _history_time(text: str | None, option: str, *, end: bool) -> str | None:
 
 
 def _training_history(ledger, args: argparse.Namespace, filters: dict) -> int:
-    from .terminal import printable
+    from renderer.terminal import printable
 
     rows = ledger.trainings(**({"limit": args.limit} if args.limit else {}),
                             status=filters["status"], since=filters["since"],
@@ -647,7 +649,7 @@ def _render_history(rows: list, args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .lookup import format_details, open_ledger, render_details, resolve_variant_id
+    from renderer.lookup import format_details, open_ledger, render_details, resolve_variant_id
 
     with open_ledger(args.out) as ledger:
         details = render_details(ledger, resolve_variant_id(ledger, args.id))
@@ -659,7 +661,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduction import DEFAULT_MIN_SSIM, reproduce
+    from renderer.reproduction import DEFAULT_MIN_SSIM, reproduce
 
     if args.training:
         return _reproduce_training(args)
@@ -684,8 +686,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce_training(args: argparse.Namespace) -> int:
-    from .terminal import printable
-    from .training_reproduce import reproduce_training
+    from renderer.terminal import printable
+    from renderer.training_reproduce import reproduce_training
 
     if args.id or args.run or args.tolerance is not None or args.min_ssim is not None:
         raise InputError("--training re-trains one training and compares the LoRA's bytes",
@@ -733,8 +735,8 @@ def _recipe_history(versions: list[dict], args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .lookup import open_ledger
-    from .run_report import write_run_report
+    from renderer.lookup import open_ledger
+    from renderer.run_report import write_run_report
 
     # Written elsewhere (--to), the output folder is only read: it may be read-only.
     with open_ledger(args.out, read_only=args.to is not None) as ledger:
@@ -745,10 +747,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from postprocess.report_page import comparison_lines
-
-    from .comparison import compare_run
-    from .estimate import load_estimates
-    from .lookup import open_ledger
+    from renderer.comparison import compare_run
+    from renderer.estimate import load_estimates
+    from renderer.lookup import open_ledger
 
     if args.recipe or args.run_b:
         return _compare_two(args)
@@ -780,9 +781,15 @@ def _say_table(lines: list[tuple[str, list[str]]]) -> None:
 
 def _compare_two(args: argparse.Namespace) -> int:
     """``compare RUN_A RUN_B`` or ``compare --recipe NAME@1 NAME@2``."""
-    from .atomic import write_bytes_atomic
-    from .comparison import check_grid_path, compare_runs, pairs_grid, recipe_sides, run_sides
-    from .lookup import open_ledger
+    from renderer.atomic import write_bytes_atomic
+    from renderer.comparison import (
+        check_grid_path,
+        compare_runs,
+        pairs_grid,
+        recipe_sides,
+        run_sides,
+    )
+    from renderer.lookup import open_ledger
 
     if args.recipe and args.run:
         raise InputError("compare takes two runs or --recipe with two versions, not both",
@@ -817,9 +824,9 @@ def _compare_two(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from .decisions import decide_run, parse_bounds, run_gates
-    from .lookup import open_ledger
-    from .run_report import write_run_report
+    from renderer.decisions import decide_run, parse_bounds, run_gates
+    from renderer.lookup import open_ledger
+    from renderer.run_report import write_run_report
 
     changes = parse_bounds(args.set)
     with open_ledger(args.out, read_only=False) as ledger:
@@ -862,7 +869,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from .review import serve
+    from renderer.review import serve
 
     if not 0 <= args.port <= 65535:
         raise InputError("--port is a TCP port", expected="0..65535 (0: any free one)",
@@ -876,8 +883,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     app = serve(args.out, args.run, host=args.host, port=args.port, reviewer=reviewer,
                 announce=announce)
     if app.reviewed_runs:
-        from .ledger import LEDGER_NAME, Ledger
-        from .run_report import write_run_report
+        from renderer.ledger import LEDGER_NAME, Ledger
+        from renderer.run_report import write_run_report
 
         with Ledger(args.out / LEDGER_NAME) as ledger:
             for run_id in sorted(app.reviewed_runs):
@@ -886,8 +893,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    from .deliver import deliver, describe, signer_for
-    from .lookup import open_ledger
+    from renderer.deliver import deliver, describe, signer_for
+    from renderer.lookup import open_ledger
 
     with open_ledger(args.out, read_only=False) as ledger:  # migrated for the delivery
         run = ledger.find_run(args.run)
@@ -902,8 +909,8 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         say(line, err=args.json)
     if delivered.record is None:
         return 1
-    from .ledger import LEDGER_NAME, Ledger
-    from .run_report import write_run_report
+    from renderer.ledger import LEDGER_NAME, Ledger
+    from renderer.run_report import write_run_report
 
     with Ledger(args.out / LEDGER_NAME) as ledger:  # the page render printed says so too
         say(f"report: {write_run_report(ledger, run.id)}", err=True)
@@ -922,8 +929,8 @@ def _reviewer(name: str | None) -> str:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .atomic import write_text_atomic
-    from .schema import FILE_MODELS
+    from renderer.atomic import write_text_atomic
+    from renderer.schema import FILE_MODELS
 
     for kind, model in FILE_MODELS.items():
         path = args.dir / f"{kind}.schema.json"
@@ -933,7 +940,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_models(args: argparse.Namespace) -> int:
-    from .demo_models import build_demo_models
+    from renderer.demo_models import build_demo_models
 
     built = build_demo_models(args.dir, force=args.force,
                               log=lambda message: say(message, err=True))

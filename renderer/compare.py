@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .hashing import sha256_bytes
+from renderer.hashing import sha256_bytes
 
 
 @dataclass

@@ -32,15 +32,14 @@ from typing import Any
 
 from postprocess.gate_rules import count_statuses
 from postprocess.report_page import RecipeComparison
-
-from .decisions import embedding_matrix
-from .errors import InputError
-from .estimate import estimate
-from .hashing import canonical_json
-from .ledger import Ledger
-from .matrix import axis_label
-from .output_folder import relative_inside
-from .records import RenderRow, RunRow
+from renderer.decisions import embedding_matrix
+from renderer.errors import InputError
+from renderer.estimate import estimate
+from renderer.hashing import canonical_json
+from renderer.ledger import Ledger
+from renderer.matrix import axis_label
+from renderer.output_folder import relative_inside
+from renderer.records import RenderRow, RunRow
 
 __all__ = ["GRID_CELL", "Pair", "RunsComparison", "Side", "check_grid_path", "compare_run",
            "compare_runs", "pairs_grid", "recipe_sides", "run_sides"]
@@ -257,7 +256,7 @@ def recipe_sides(ledger: Ledger, first: str, second: str) -> tuple[Side, Side]:
     """Two versions of one recipe: for each, the renders of that version in the latest run
     that rendered it."""
     # Here, not at the top: the file schema loads pydantic, which the report never needs.
-    from .schema import RECIPE_REF_PATTERN
+    from renderer.schema import RECIPE_REF_PATTERN
 
     parsed = []
     for ref in (first, second):

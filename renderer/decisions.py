@@ -28,15 +28,14 @@ from postprocess.gate_rules import (
     decide,
     worst,
 )
-
-from .errors import InputError
-from .ledger import DecisionRecord, Ledger
-from .records import RenderRow, RunRow
+from renderer.errors import InputError
+from renderer.ledger import DecisionRecord, Ledger
+from renderer.records import RenderRow, RunRow
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .inputs import Campaign
+    from renderer.inputs import Campaign
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .atomic import TEMP_PREFIX, fsync_folder
-from .hashing import sha256_bytes, sha256_file, sha256_stream
-from .records import DeliveryRow
+from renderer.atomic import TEMP_PREFIX, fsync_folder
+from renderer.hashing import sha256_bytes, sha256_file, sha256_stream
+from renderer.records import DeliveryRow
 
 DELIVERY_TEMP_PREFIX = f"{TEMP_PREFIX}delivery-"
 MANIFEST_NAMES = ("manifest.json", "manifest.csv")

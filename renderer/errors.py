@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .terminal import printable
+from renderer.terminal import printable
 
 
 class CampaignError(Exception):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:  # plan imports validation; the ledger's readers estimate from stored specs
-    from .plan import Variant
+    from renderer.plan import Variant
 
 DEFAULTS = Path(__file__).parent / "data" / "estimates.yaml"
 
@@ -31,7 +31,7 @@ class GpuEstimate:
 def load_estimates(override: Path | None = None) -> dict[str, Any]:
     table = yaml.safe_load(DEFAULTS.read_text())
     if override is not None:
-        from .yamlsource import load_yaml
+        from renderer.yamlsource import load_yaml
 
         for key, value in (load_yaml(override).data or {}).items():
             table[key] = {**table[key], **value} if isinstance(value, dict) and isinstance(

@@ -21,21 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .decisions import campaign_gates, decide_run
-from .environment import device_problem
-from .errors import CampaignError, InputError, RenderFailure
-from .executors import make_executor
-from .hashing import hash_file, sha256_file, sha256_json
-from .inputs import Campaign, FileIndex, Recipe, ResolvedFile
-from .ledger import LEDGER_NAME, Ledger, RenderRecord
-from .locking import hold_output_folder, recover_after_crash
-from .output_folder import Holder, OutputFolder, check_planned, report_path
-from .plan import Plan, Variant, cut_batches, make_plan, recipe_content
-from .produce import WITHOUT_BATCH, FailedImage, Job, Produced
-from .progress import Progress
-from .records import ExportRow, RenderRow
-from .terminal import say
-from .validate import load_campaign
+from renderer.decisions import campaign_gates, decide_run
+from renderer.environment import device_problem
+from renderer.errors import CampaignError, InputError, RenderFailure
+from renderer.executors import make_executor
+from renderer.hashing import hash_file, sha256_file, sha256_json
+from renderer.inputs import Campaign, FileIndex, Recipe, ResolvedFile
+from renderer.ledger import LEDGER_NAME, Ledger, RenderRecord
+from renderer.locking import hold_output_folder, recover_after_crash
+from renderer.output_folder import Holder, OutputFolder, check_planned, report_path
+from renderer.plan import Plan, Variant, cut_batches, make_plan, recipe_content
+from renderer.produce import WITHOUT_BATCH, FailedImage, Job, Produced
+from renderer.progress import Progress
+from renderer.records import ExportRow, RenderRow
+from renderer.terminal import say
+from renderer.validate import load_campaign
 
 Log = Callable[[str], None]
 
@@ -155,7 +155,7 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
         work = find_work(ledger, plan, out_dir)
         adopted: list[Variant] = []
         if existing == "adopt":
-            from .adopt import adoptable
+            from renderer.adopt import adoptable
 
             adopted = adoptable([item.variant for item in work.pending], out_dir)
         adopted_ids = {variant.id for variant in adopted}
@@ -193,7 +193,7 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
                                reasons=reasons, log=log)
         skipped = len(plan.variants) - len(pending)
         if adopted:
-            from .adopt import ADOPTED, adopt
+            from renderer.adopt import ADOPTED, adopt
 
             reasons.update(dict.fromkeys(adopted_ids, ADOPTED))
             recorder.commit(adopt(campaign, adopted, out_dir, log))
@@ -225,7 +225,7 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
         # 5. Decide the whole deliverable set (with the run metrics), write the report.
         counts = decide_run(ledger, run_id, gates, source="render").counts
         ledger.finish_run(run_id, status="finished", rendered=len(pending), skipped=skipped)
-        from .run_report import write_run_report
+        from renderer.run_report import write_run_report
 
         report = write_run_report(ledger, run_id)
     return RunSummary(run_id=run_id, campaign=campaign.spec.name,
@@ -239,7 +239,7 @@ def completed_summary(ledger: Ledger, run: Any, out_dir: Path, started: float) -
     """What a render that found its whole set done says: the run that completed it."""
     report = out_dir / report_path(run.campaign, run.id)
     if not report.is_file():
-        from .run_report import write_run_report
+        from renderer.run_report import write_run_report
 
         report = write_run_report(ledger, run.id)
     return RunSummary(run_id=run.id, campaign=run.campaign,
@@ -334,8 +334,8 @@ def repair_exports(ledger: Ledger, repairs: Sequence[Repair], out_dir: Path,
                    files: FileIndex, log: Log) -> None:
     """Rebuild lost or altered exports from their masters: the same crop, resize, encoder
     and metadata as when they were made; the master is read, never written."""
-    from .metadata import LoraHashes
-    from .produce import Worker, exports_of_master
+    from renderer.metadata import LoraHashes
+    from renderer.produce import Worker, exports_of_master
 
     lora_hashes = LoraHashes(files.path)
     for repair in repairs:
@@ -400,7 +400,7 @@ def plan_jobs(ledger: Ledger, plan: Plan, pending: Sequence[PendingVariant],
 
 
 def _files_at_hand(variant: Variant, files: FileIndex) -> bool:
-    from .locate import spec_files
+    from renderer.locate import spec_files
 
     return all(sha256 in files.paths for _, _, sha256 in spec_files(variant.spec.to_json()))
 

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .inputs import Campaign
-from .produce import FINISH_THREADS, Job, JobResult, OverlappedStages
+from renderer.inputs import Campaign
+from renderer.produce import FINISH_THREADS, Job, JobResult, OverlappedStages
 
 if TYPE_CHECKING:
-    from .produce import Worker
+    from renderer.produce import Worker
 
 Log = Callable[[str], None]
 
@@ -47,7 +47,7 @@ class LocalExecutor:
                  worker: Worker | None = None):
         """``worker``: the campaign's own by default (bench/overlap_bench.py gives one with
         a renderer that only holds the batch, as an accelerator would)."""
-        from .produce import Worker
+        from renderer.produce import Worker
 
         self.campaign = campaign
         self.worker, self.out_dir = worker or Worker.for_campaign(campaign, log), out_dir
@@ -100,7 +100,7 @@ class PipelinedExecutor(LocalExecutor):
 
 
 def resolve_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:
-    from .render import auto_batch_size
+    from renderer.render import auto_batch_size
 
     requested = campaign.spec.render.batch_size
     return {family: requested if isinstance(requested, int) else auto_batch_size(device, family)
@@ -112,13 +112,13 @@ def make_executor(name: str, campaign: Campaign, out_dir: Path, log: Log, *,
     if name == "local":
         pipelined = campaign.spec.render.pipeline
         if pipelined == "auto":
-            from .environment import resolve_device
+            from renderer.environment import resolve_device
 
             pipelined = resolve_device(campaign.spec.render.device) != "cpu"
         return (PipelinedExecutor if pipelined else LocalExecutor)(campaign, out_dir, log)
     import torch
 
-    from .ray_executor import RayExecutor
+    from renderer.ray_executor import RayExecutor
 
     return RayExecutor(campaign.source, out_dir, address=address, workers=workers,
                        gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0,

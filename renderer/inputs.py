@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingFileError
-from .schema import (
+from renderer.errors import MissingFileError
+from renderer.schema import (
     DEFAULT_TEXT_BOXES,
     BrandKitFile,
     CampaignFile,
@@ -24,7 +24,7 @@ from .schema import (
     RecipeFile,
     TextBoxSpec,
 )
-from .yamlsource import KeyPath, YamlDocument
+from renderer.yamlsource import KeyPath, YamlDocument
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, LedgerError
-from .hashing import canonical_json, sha256_json
-from .migrations import MIGRATIONS
-from .output_folder import LEDGER_FILE, Holder
-from .records import (
+from renderer.errors import InputError, LedgerError
+from renderer.hashing import canonical_json, sha256_json
+from renderer.migrations import MIGRATIONS
+from renderer.output_folder import LEDGER_FILE, Holder
+from renderer.records import (
     RENDER_COLUMNS,
     RENDER_FROM,
     RUN_COLUMNS,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .hashing import hash_file
-from .inputs import ResolvedFile
-from .schema import FileId
+from renderer.hashing import hash_file
+from renderer.inputs import ResolvedFile
+from renderer.schema import FileId
 
 KeyPath = tuple[str | int, ...]
 

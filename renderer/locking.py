@@ -30,10 +30,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .atomic import TEMP_PREFIX
-from .delivery_recovery import recover_deliveries
-from .errors import RenderFailure
-from .output_folder import LOCK_FILE, REPRODUCE, THUMBNAILS
+from renderer.atomic import TEMP_PREFIX
+from renderer.delivery_recovery import recover_deliveries
+from renderer.errors import RenderFailure
+from renderer.output_folder import LOCK_FILE, REPRODUCE, THUMBNAILS
 
 LOCK_NAME = LOCK_FILE
 # Output sub-folders that render runs do not own (written without the folder lock): the

@@ -14,11 +14,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .hashing import hash_file, sha256_file, sha256_json
-from .ledger import LEDGER_NAME, Ledger
-from .terminal import printable
-from .yamlsource import read_bounded
+from renderer.errors import InputError
+from renderer.hashing import hash_file, sha256_file, sha256_json
+from renderer.ledger import LEDGER_NAME, Ledger
+from renderer.terminal import printable
+from renderer.yamlsource import read_bounded
 
 MIN_PREFIX = 6
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -61,8 +61,7 @@ def variant_id_of_image(path: Path) -> str:
     """The variant id an image states: the hash of the ``campaign_variant`` JSON it carries
     (a master PNG, or a channel export in PNG, JPEG or WebP)."""
     from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
-
-    from .validate import MAX_IMAGE_BYTES
+    from renderer.validate import MAX_IMAGE_BYTES
 
     data = read_bounded(path, MAX_IMAGE_BYTES, what="image")
     try:

@@ -32,12 +32,12 @@ import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save as save_tensors
 
-from .hashing import canonical_json, sha256_bytes, sha256_json
-from .ldm_layout import UNET_PREFIX, clip_text_original_name, unet_to_ldm
-from .training_job import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS
+from renderer.hashing import canonical_json, sha256_bytes, sha256_json
+from renderer.ldm_layout import UNET_PREFIX, clip_text_original_name, unet_to_ldm
+from renderer.training_job import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS
 
 if TYPE_CHECKING:
-    from .training_job import TrainingJob
+    from renderer.training_job import TrainingJob
 
 ADAPTER = "default"  # the one peft adapter the trainer injects
 KOHYA_PREFIX = {

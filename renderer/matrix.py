@@ -15,9 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from postprocess.geometry import snap
-
-from .hashing import canonical_json
-from .schema import MatrixSpec, OverrideRule, OverrideSet
+from renderer.hashing import canonical_json
+from renderer.schema import MatrixSpec, OverrideRule, OverrideSet
 
 
 def expand_matrix(matrix: MatrixSpec) -> Iterator[dict[str, Any]]:

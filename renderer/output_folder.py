@@ -29,9 +29,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import TEMP_PREFIX, write_bytes_atomic
-from .errors import InputError
-from .yamlsource import YamlDocument
+from renderer.atomic import TEMP_PREFIX, write_bytes_atomic
+from renderer.errors import InputError
+from renderer.yamlsource import YamlDocument
 
 __all__ = ["RESERVED", "Holder", "OutputFolder", "PathRefused", "PlannedFile", "check_planned",
            "export_path", "master_path", "path_problem", "relative_inside", "report_path",

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import write_text_atomic
-from .errors import MissingFileError, SchemaError
-from .hashing import hash_file, short_hash
-from .schema import RECIPE_AXIS
-from .validate import validate_any
-from .yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml
+from renderer.atomic import write_text_atomic
+from renderer.errors import MissingFileError, SchemaError
+from renderer.hashing import hash_file, short_hash
+from renderer.schema import RECIPE_AXIS
+from renderer.validate import validate_any
+from renderer.yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml
 
 _HEX_VALUE = re.compile(r"(\bsha256:\s*)(\"[^\"]*\"|'[^']*'|[^\s,}#]*)")
 

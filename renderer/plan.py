@@ -15,13 +15,12 @@ from functools import cached_property
 from typing import Any
 
 from postprocess.parameters import EXTENSIONS
-
-from .hashing import canonical_json
-from .inputs import Campaign, Point, Recipe, ResolvedFile
-from .output_folder import PlannedFile, export_path, master_path, variant_folder
-from .schema import FileId
-from .validate import delivery_size, text_box_pixels
-from .variant import (
+from renderer.hashing import canonical_json
+from renderer.inputs import Campaign, Point, Recipe, ResolvedFile
+from renderer.output_folder import PlannedFile, export_path, master_path, variant_folder
+from renderer.schema import FileId
+from renderer.validate import delivery_size, text_box_pixels
+from renderer.variant import (
     STEP_CLASSES,
     VARIANT_SCHEMA,
     LogoUse,

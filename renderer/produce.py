@@ -48,14 +48,13 @@ import numpy as np
 from PIL import Image
 
 from postprocess.parameters import EXTENSIONS, ExportSpec
-
-from .hashing import hash_file, sha256_bytes
-from .inputs import BrandKit, Campaign, FileIndex
-from .metadata import LoraHashes, RenderContext, encode_png, file_metadata, render_context
-from .output_folder import OutputFolder
-from .plan import Variant
-from .schema import FileId
-from .variant import RecipeUse, VariantSpec
+from renderer.hashing import hash_file, sha256_bytes
+from renderer.inputs import BrandKit, Campaign, FileIndex
+from renderer.metadata import LoraHashes, RenderContext, encode_png, file_metadata, render_context
+from renderer.output_folder import OutputFolder
+from renderer.plan import Variant
+from renderer.schema import FileId
+from renderer.variant import RecipeUse, VariantSpec
 
 Box = tuple[int, int, int, int]
 # What rendering an image without the rest of its batch does (README, "Reproducing a
@@ -289,8 +288,7 @@ class Scoring:
 
             near_palette_table(tuple(palette), float(scoring.palette_delta_e))
         from postprocess.scoring import ClipScorer
-
-        from .render import BUILDING_MODELS
+        from renderer.render import BUILDING_MODELS
 
         with BUILDING_MODELS:  # not while diffusers builds one (start-up runs beside it)
             self.scorer = ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size) \
@@ -376,7 +374,7 @@ class Worker:
 
     @classmethod
     def for_campaign(cls, campaign: Campaign, log: Callable[[str], None]) -> Worker:
-        from .render import DiffusersRenderer, RenderOptions
+        from renderer.render import DiffusersRenderer, RenderOptions
 
         options = campaign.spec.render.model_dump(include=RenderOptions.known())
         allow_pickle = any(recipe.spec.allow_pickle for recipe in campaign.recipes)

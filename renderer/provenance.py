@@ -30,10 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .metadata import COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA, SOFTWARE, digital_source_type
-from .variant import VariantSpec
-from .version import __version__
+from renderer.errors import InputError
+from renderer.metadata import (
+    COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
+    SOFTWARE,
+    digital_source_type,
+)
+from renderer.variant import VariantSpec
+from renderer.version import __version__
 
 MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _AGENT = {"name": "campaign-renderer", "version": __version__}

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, RenderFailure
-from .produce import Job, JobResult
+from renderer.errors import InputError, RenderFailure
+from renderer.produce import Job, JobResult
 
 MAX_ATTEMPTS = 3
 
@@ -40,8 +40,8 @@ def _worker_class() -> Any:
             # Ray pins OMP threads to the actor's CPU share; a different thread count moves
             # pixels by 1/255, so use the driver's to give the local executor's bytes.
             torch.set_num_threads(threads)
-            from .produce import OverlappedStages, Worker
-            from .validate import load_campaign
+            from renderer.produce import OverlappedStages, Worker
+            from renderer.validate import load_campaign
 
             self.campaign = load_campaign(Path(campaign_path), verify_hashes=False)
             self.worker = Worker.for_campaign(self.campaign,
@@ -52,7 +52,7 @@ def _worker_class() -> Any:
             return self.worker.environment()
 
         def batch_sizes(self) -> dict[str, int]:
-            from .executors import resolve_batch_sizes
+            from renderer.executors import resolve_batch_sizes
 
             return resolve_batch_sizes(self.campaign, self.worker.renderer.device)
 

@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from .output_folder import split_master_path
+from renderer.output_folder import split_master_path
 
 if TYPE_CHECKING:
-    from .plan import Variant
+    from renderer.plan import Variant
 
 
 def _loads(text: str | None, default: Any = None) -> Any:
@@ -280,8 +280,8 @@ class RenderRow(RenderFacts):
         a reproduction's target, may no longer be in any plan)."""
         # Imported here: the spec's models load pydantic and the file schema, which listing
         # and showing rows (history, show) never need.
-        from .plan import Variant
-        from .variant import VariantSpec
+        from renderer.plan import Variant
+        from renderer.variant import VariantSpec
 
         return Variant(spec=VariantSpec.from_json(self.spec), id=self.variant_id,
                        output_name=self.output_name, aspect=None, folder=self.files_folder)

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .environment import fingerprint, resolve_device, resolve_dtype
-from .errors import InputError, RenderFailure
-from .families import PIPELINES, SCHEDULERS, SIZE_MULTIPLE
-from .inputs import FileIndex, Recipe, ResolvedFile
-from .schema import PICKLE_SUFFIXES, FileId
-from .variant import (
+from renderer.environment import fingerprint, resolve_device, resolve_dtype
+from renderer.errors import InputError, RenderFailure
+from renderer.families import PIPELINES, SCHEDULERS, SIZE_MULTIPLE
+from renderer.inputs import FileIndex, Recipe, ResolvedFile
+from renderer.schema import PICKLE_SUFFIXES, FileId
+from renderer.variant import (
     DetailCall,
     DetailUse,
     HiresUse,
@@ -322,7 +322,7 @@ class DiffusersRenderer:
                   hand_to: str | None = None) -> Any:
         """The base render of a call: PIL images, or ``Latents`` for the step that takes them
         over (``hand_to``: the refiner, from its ``switch_at``, or a latent hires upscaler)."""
-        from .controls import keeps_source, paste_source_outside_mask
+        from renderer.controls import keeps_source, paste_source_outside_mask
 
         recipe = call.recipe
         arguments = pipeline_arguments(call, files)
@@ -365,8 +365,7 @@ class DiffusersRenderer:
         from PIL import Image
 
         from postprocess.hires import LATENT_UPSCALERS, upscale_latents
-
-        from .controls import keeps_source
+        from renderer.controls import keeps_source
 
         recipe = call.recipe
         target = hires.target_size(call.size, recipe.family)
@@ -436,8 +435,7 @@ class DiffusersRenderer:
         from PIL import Image
 
         from postprocess.detail import Detail, detail_crop, paste_details
-
-        from .controls import keeps_source
+        from renderer.controls import keeps_source
 
         recipe, detail = call.recipe, detail_call.detail
         steps = detail.steps or recipe.steps
@@ -496,7 +494,7 @@ class DiffusersRenderer:
                       files: FileIndex) -> Any:
         """The image whose white pixels are a detailer's regions: its own mask, or (detect:
         product) the recipe's inpaint mask or region, else its first ControlNet image."""
-        from .controls import load_rgb, region_mask
+        from renderer.controls import load_rgb, region_mask
 
         recipe = call.recipe
         if detail_call.detail.detect == "mask":
@@ -900,7 +898,7 @@ def _white(image: Any, size: tuple[int, int]) -> Any:
 def pipeline_arguments(call: RenderCall, files: FileIndex) -> dict[str, Any]:
     """The diffusers keyword arguments of one pipeline call."""
 
-    from .controls import PREPROCESSORS, batch_array, load_rgb, region_mask
+    from renderer.controls import PREPROCESSORS, batch_array, load_rgb, region_mask
 
     recipe = call.recipe
     arguments = _prompt_arguments(recipe, call.prompts, call.negative_prompts, call.seeds)

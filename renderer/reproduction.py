@@ -35,24 +35,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .compare import compare
-from .environment import differences, options_like, pixel_option_differences
-from .errors import InputError, RenderFailure
-from .hashing import sha256_bytes, sha256_json
-from .inputs import FileIndex, ResolvedFile
-from .ledger import LEDGER_NAME, Ledger
-from .locate import FileFinder, InputProblem, file_role, spec_files
-from .metadata import MAX_RENDER_BYTES, RenderContext
-from .output_folder import reproduction_root
-from .plan import Variant
-from .produce import WITHOUT_BATCH, Job, Produced, Worker
-from .records import RenderRow
-from .schema import FileId
-from .validate import pickle_weights
-from .variant import VariantSpec, spec_problem
+from renderer.compare import compare
+from renderer.environment import differences, options_like, pixel_option_differences
+from renderer.errors import InputError, RenderFailure
+from renderer.hashing import sha256_bytes, sha256_json
+from renderer.inputs import FileIndex, ResolvedFile
+from renderer.ledger import LEDGER_NAME, Ledger
+from renderer.locate import FileFinder, InputProblem, file_role, spec_files
+from renderer.metadata import MAX_RENDER_BYTES, RenderContext
+from renderer.output_folder import reproduction_root
+from renderer.plan import Variant
+from renderer.produce import WITHOUT_BATCH, Job, Produced, Worker
+from renderer.records import RenderRow
+from renderer.schema import FileId
+from renderer.validate import pickle_weights
+from renderer.variant import VariantSpec, spec_problem
 
 if TYPE_CHECKING:
-    from .render import LoraSlots
+    from renderer.render import LoraSlots
 
 Log = Callable[[str], None]
 TOLERANCE_OTHER_ENVIRONMENT = 1  # in 1/255 steps, per channel (README: "Ids, seeds …")
@@ -293,7 +293,7 @@ def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs")
     to ``into`` (``output_folder.reproduction_root``). Pickle weights are refused unless
     ``allow_pickle`` (the caller's word: a spec, above all one read from an image, cannot
     grant it)."""
-    from .lookup import open_ledger, resolve_variant_id
+    from renderer.lookup import open_ledger, resolve_variant_id
 
     if (what is None) == (run is None):
         raise InputError("give one render id, image or --run RUN", fix="campaign reproduce "
@@ -446,7 +446,7 @@ def _recorded_slots(target: Target, finder: FileFinder,
     """The hot-swap slots the target's run used whose first LoRAs are found (added to
     ``located``); a checkpoint's slots with one missing are left out: its stacks switch
     with set_adapters, and the environment difference (``options.lora_hotswap``) says so."""
-    from .render import LoraSlots
+    from renderer.render import LoraSlots
 
     found = {}
     for checkpoint, slots in LoraSlots.recorded(target.environment).items():
@@ -466,7 +466,7 @@ def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None,
     ``options`` an image names."""
     import torch
 
-    from .render import DiffusersRenderer, RenderOptions
+    from renderer.render import DiffusersRenderer, RenderOptions
 
     if environment and environment.get("threads"):
         torch.set_num_threads(int(environment["threads"]))

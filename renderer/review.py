@@ -59,11 +59,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import InputError
-from .hashing import sha256_file
-from .ledger import LEDGER_NAME, Ledger, ReviewConflict, ReviewRecord
-from .records import REVIEW_DECISIONS, RenderRow, RunRow
-from .thumbnails import SIZES, cached_thumbnail, make_thumbnail
+from renderer.errors import InputError
+from renderer.hashing import sha256_file
+from renderer.ledger import LEDGER_NAME, Ledger, ReviewConflict, ReviewRecord
+from renderer.records import REVIEW_DECISIONS, RenderRow, RunRow
+from renderer.thumbnails import SIZES, cached_thumbnail, make_thumbnail
 
 MAX_BODY = 256 * 1024  # bytes of one POST
 MAX_HEADERS = 16 * 1024  # bytes of a request's target and headers together
@@ -219,8 +219,8 @@ class ReviewApp:
 
     def run_payload(self) -> dict[str, Any]:
         """Everything the page shows, from the ledger as it is now."""
-        from .decisions import run_gates
-        from .matrix import axis_label
+        from renderer.decisions import run_gates
+        from renderer.matrix import axis_label
 
         with self.open_ledger() as ledger:
             run = self.current_run(ledger)

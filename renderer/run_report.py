@@ -23,16 +23,15 @@ from postprocess.report_page import (
     ReportRun,
     report_html,
 )
-
-from .atomic import write_bytes_atomic
-from .comparison import compare_run
-from .decisions import run_gates
-from .errors import InputError
-from .estimate import load_estimates
-from .ledger import Ledger
-from .matrix import axis_label
-from .output_folder import OutputFolder, relative_inside, report_path
-from .records import RenderRow
+from renderer.atomic import write_bytes_atomic
+from renderer.comparison import compare_run
+from renderer.decisions import run_gates
+from renderer.errors import InputError
+from renderer.estimate import load_estimates
+from renderer.ledger import Ledger
+from renderer.matrix import axis_label
+from renderer.output_folder import OutputFolder, relative_inside, report_path
+from renderer.records import RenderRow
 
 GRID_CELL = 160  # pixels per grid cell (images are fitted, up or down)
 

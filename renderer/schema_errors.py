@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import InputError, SchemaError
-from .yamlsource import KeyPath, YamlDocument, format_key_path
+from renderer.errors import InputError, SchemaError
+from renderer.yamlsource import KeyPath, YamlDocument, format_key_path
 
 
 def parse_document(document: YamlDocument, model: type[BaseModel]) -> Any:

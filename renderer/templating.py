@@ -39,8 +39,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
-from .errors import InputError, TemplateError
-from .yamlsource import KeyPath, YamlDocument
+from renderer.errors import InputError, TemplateError
+from renderer.yamlsource import KeyPath, YamlDocument
 
 
 class Limits:

@@ -50,14 +50,14 @@ import torch
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig, inject_adapter_in_model
 
-from .atomic import TEMP_PREFIX, write_bytes_atomic
-from .environment import PACKAGES, fingerprint, resolve_device
-from .errors import CampaignError, InputError, RenderFailure
-from .hashing import HashCache, sha256_bytes
-from .lora_files import ADAPTER, lora_file_bytes, lora_state_dict, training_metadata
-from .schema import MIXED_PRECISIONS, SAVE_PRECISIONS, TRAINING_SCHEDULES
-from .training_data import BatchOrder, DatasetFeatures, derive_seed, generator
-from .training_job import (
+from renderer.atomic import TEMP_PREFIX, write_bytes_atomic
+from renderer.environment import PACKAGES, fingerprint, resolve_device
+from renderer.errors import CampaignError, InputError, RenderFailure
+from renderer.hashing import HashCache, sha256_bytes
+from renderer.lora_files import ADAPTER, lora_file_bytes, lora_state_dict, training_metadata
+from renderer.schema import MIXED_PRECISIONS, SAVE_PRECISIONS, TRAINING_SCHEDULES
+from renderer.training_data import BatchOrder, DatasetFeatures, derive_seed, generator
+from renderer.training_job import (
     DEFAULT_TARGETS,
     TEXT_ENCODER_TARGETS,
     LoraSettings,
@@ -67,7 +67,7 @@ from .training_job import (
     TrainSettings,
     check_job,
 )
-from .training_models import TEXT_ENCODERS
+from renderer.training_models import TEXT_ENCODERS
 
 __all__ = ["CheckpointRecord", "LoraSettings", "Progress", "SampleSettings", "TrainSettings",
            "TrainingItem", "TrainingJob", "TrainingResult", "evaluation_loss", "train"]

@@ -31,10 +31,10 @@ from PIL import Image, ImageOps
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from .atomic import write_bytes_atomic
-from .hashing import HashCache, canonical_json, sha256_json
-from .training_buckets import Geometry, geometry, image_size
-from .training_models import (
+from renderer.atomic import write_bytes_atomic
+from renderer.hashing import HashCache, canonical_json, sha256_json
+from renderer.training_buckets import Geometry, geometry, image_size
+from renderer.training_models import (
     TEXT_ENCODERS,
     Batch,
     FamilyModel,
@@ -44,7 +44,7 @@ from .training_models import (
 )
 
 if TYPE_CHECKING:
-    from .training_job import TrainingJob
+    from renderer.training_job import TrainingJob
 
 # Part of every latent key: change it when the pixel preparation changes.
 PREPARATION = "lanczos-cover-centre-crop-v1"

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import HashMismatchError, InputError, MissingFileError
-from .families import FAMILIES
-from .hashing import HashCache, sha256_json
-from .schema import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, TRAINING_SCHEDULES
-from .training_buckets import DEFAULT_RESOLUTION
+from renderer.errors import HashMismatchError, InputError, MissingFileError
+from renderer.families import FAMILIES
+from renderer.hashing import HashCache, sha256_json
+from renderer.schema import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, TRAINING_SCHEDULES
+from renderer.training_buckets import DEFAULT_RESOLUTION
 
 # Default LoRA targets, as diffusers' DreamBooth LoRA scripts choose them: the UNet's attention
 # projections (self and cross), Flux's joint-attention projections and feed-forwards of both

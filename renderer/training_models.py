@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
-from .errors import InputError
-from .hashing import HashCache, sha256_json
-from .training_buckets import bucket_step as family_bucket_step
+from renderer.errors import InputError
+from renderer.hashing import HashCache, sha256_json
+from renderer.training_buckets import bucket_step as family_bucket_step
 
 PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
              "flux": "FluxPipeline"}

@@ -25,15 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .environment import differences
-from .errors import InputError
-from .inputs import FileIndex
-from .ledger import Ledger
-from .locate import FileFinder, spec_files
-from .lookup import file_state, open_ledger
-from .output_folder import reproduction_root
-from .records import TrainingRow
-from .training_run import TRAININGS_DIR, job_of
+from renderer.environment import differences
+from renderer.errors import InputError
+from renderer.inputs import FileIndex
+from renderer.ledger import Ledger
+from renderer.locate import FileFinder, spec_files
+from renderer.lookup import file_state, open_ledger
+from renderer.output_folder import reproduction_root
+from renderer.records import TrainingRow
+from renderer.training_run import TRAININGS_DIR, job_of
 
 Log = Callable[[str], None]
 MIN_PREFIX = 6
@@ -127,8 +127,8 @@ def reproduce_training(text: str, *, out_dir: Path, into: Path | None = None,
     if scratch.exists():
         log(f"replacing the earlier re-training in {scratch}")
         shutil.rmtree(scratch)
-    from .render import quiet_libraries
-    from .training import train
+    from renderer.render import quiet_libraries
+    from renderer.training import train
 
     quiet_libraries()
     result = train(job, scratch, scratch / ".cache", progress=progress, log=log)

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError
-from .hashing import HashCache, hash_file, sha256_json
-from .inputs import FileIndex, ResolvedFile
-from .ledger import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
-from .output_folder import CACHE, TRAININGS, OutputFolder
-from .records import TrainingRow
-from .schema import FileId
-from .training_job import (
+from renderer.errors import InputError
+from renderer.hashing import HashCache, hash_file, sha256_json
+from renderer.inputs import FileIndex, ResolvedFile
+from renderer.ledger import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
+from renderer.output_folder import CACHE, TRAININGS, OutputFolder
+from renderer.records import TrainingRow
+from renderer.schema import FileId
+from renderer.training_job import (
     DEFAULT_TARGETS,
     FAMILY_DEFAULTS,
     TEXT_ENCODER_TARGETS,
@@ -42,10 +42,10 @@ from .training_job import (
     TrainSettings,
     check_job,
 )
-from .training_spec import TrainingSpec
+from renderer.training_spec import TrainingSpec
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: only once there is work to do
-    from .training import Progress, TrainingResult
+    from renderer.training import Progress, TrainingResult
 
 TRAININGS_DIR = TRAININGS              # OUT/trainings/NAME@VERSION/
 CACHE_DIR = f"{CACHE}/training"        # OUT/.cache/training: latents and embeddings
@@ -198,9 +198,9 @@ def train_spec(spec: TrainingSpec, out_dir: Path, *,
             done = finished_training(ledger, training)
         if done is not None:
             return _already(done, out_dir, started)
-    from .render import quiet_libraries
-    from .training import hold_training_folder, train  # torch and diffusers: only for work
-    from .training_report import write_report
+    from renderer.render import quiet_libraries
+    from renderer.training import hold_training_folder, train  # torch and diffusers: only for work
+    from renderer.training_report import write_report
 
     quiet_libraries()
     with hold_training_folder(folder), Ledger(ledger_path) as ledger:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .inputs import Recipe, ResolvedFile
-from .schema import TrainingFile
-from .yamlsource import KeyPath, YamlDocument
+from renderer.inputs import Recipe, ResolvedFile
+from renderer.schema import TrainingFile
+from renderer.yamlsource import KeyPath, YamlDocument
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .compat import (
+from renderer.compat import (
     lora_family_problem,
     safetensors_problem,
     single_file_problem,
     unet_input_channels,
 )
-from .errors import (
+from renderer.errors import (
     BadFileError,
     HashMismatchError,
     InputError,
@@ -42,11 +42,11 @@ from .errors import (
     SchemaError,
     TemplateError,
 )
-from .families import BASE_REPOS, SCHEDULERS, SIZE_MULTIPLE
-from .hashing import canonical_json, hash_file, short_hash
-from .inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
-from .matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
-from .schema import (
+from renderer.families import BASE_REPOS, SCHEDULERS, SIZE_MULTIPLE
+from renderer.hashing import canonical_json, hash_file, short_hash
+from renderer.inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
+from renderer.matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
+from renderer.schema import (
     ASPECT_PATTERN,
     CAPTION_NAMES,
     IMAGE_SUFFIXES,
@@ -64,11 +64,17 @@ from .schema import (
     ScoringSpec,
     TrainingFile,
 )
-from .schema_errors import parse_document
-from .templating import Templates, compile_template
-from .training_buckets import DEFAULT_RESOLUTION, bucket_of, bucket_step, image_size, trainable
-from .training_spec import DatasetImage, TrainingSpec
-from .yamlsource import KeyPath, YamlDocument, load_yaml, read_bounded, special_file_problem
+from renderer.schema_errors import parse_document
+from renderer.templating import Templates, compile_template
+from renderer.training_buckets import (
+    DEFAULT_RESOLUTION,
+    bucket_of,
+    bucket_step,
+    image_size,
+    trainable,
+)
+from renderer.training_spec import DatasetImage, TrainingSpec
+from renderer.yamlsource import KeyPath, YamlDocument, load_yaml, read_bounded, special_file_problem
 
 if TYPE_CHECKING:  # the upscaler library imports torch: only when a recipe has an upscaler
     from postprocess.upscale import Tiling, UpscalerInfo
@@ -266,7 +272,7 @@ def _checkpoint_config(document: YamlDocument, spec: RecipeFile, checkpoint: Pat
         raise document.error(SchemaError, "checkpoint.config is for a single-file checkpoint",
                              key_path, found=f"{checkpoint.name} is a diffusers folder",
                              fix="remove checkpoint.config (the folder has its own configs)")
-    from .compat import config_problem
+    from renderer.compat import config_problem
 
     if not config.is_dir():
         problem = "a file, not a diffusers folder"

@@ -34,9 +34,8 @@ from postprocess.parameters import (
     SkinSmoothing,
     WhiteBalance,
 )
-
-from .hashing import canonical_json, sha256_json
-from .schema import (
+from renderer.hashing import canonical_json, sha256_json
+from renderer.schema import (
     AxisValue,
     ControlNetSettings,
     DetailSettings,
