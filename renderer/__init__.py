@@ -26,12 +26,21 @@ if TYPE_CHECKING:
     from renderer.validate import load_campaign
     from renderer.variant import VariantSpec
 
-_NAMES = {
-    "CampaignError": "errors", "InputError": "errors", "RenderFailure": "errors",
-    "render_campaign": "execute", "RunSummary": "execute", "Campaign": "inputs",
-    "Ledger": "ledger", "make_plan": "plan", "Plan": "plan", "Variant": "plan",
-    "reproduce": "reproduction", "Outcome": "reproduction", "load_campaign": "validate",
-    "VariantSpec": "variant",
+_NAMES = {  # public name -> the module that defines it
+    "CampaignError": "renderer.errors",
+    "InputError": "renderer.errors",
+    "RenderFailure": "renderer.errors",
+    "render_campaign": "renderer.execute",
+    "RunSummary": "renderer.execute",
+    "Campaign": "renderer.inputs",
+    "Ledger": "renderer.ledger",
+    "make_plan": "renderer.plan",
+    "Plan": "renderer.plan",
+    "Variant": "renderer.plan",
+    "reproduce": "renderer.reproduction",
+    "Outcome": "renderer.reproduction",
+    "load_campaign": "renderer.validate",
+    "VariantSpec": "renderer.variant",
 }
 __all__ = [
     "Campaign",
@@ -54,5 +63,5 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _NAMES:
-        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+        return getattr(importlib.import_module(_NAMES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ import yaml
 if TYPE_CHECKING:  # plan imports validation; the ledger's readers estimate from stored specs
     from renderer.plan import Variant
 
-DEFAULTS = Path(__file__).parent / "data" / "estimates.yaml"
+DEFAULTS = resources.files("renderer").joinpath("data", "estimates.yaml")
 
 
 @dataclass(frozen=True)
