@@ -38,7 +38,7 @@ import itertools
 
 import gpu_suite
 
-from renderer.hashing import sha256_file
+from renderer.core.hashing import sha256_file
 from renderer.training import (
     LoraSettings,
     Progress,

@@ -113,7 +113,7 @@ def rerun(campaign: Path, out: Path) -> tuple[float, dict]:
 
 
 def ledger_write_rate(rows: int, folder: Path) -> float:
-    from renderer.hashing import sha256_bytes
+    from renderer.core.hashing import sha256_bytes
     from renderer.ledger import Ledger, RenderRecord
     from renderer.plan import make_plan
     from renderer.validate import load_campaign

@@ -37,7 +37,7 @@ from diffusers.training_utils import (
 from peft import LoraConfig
 from PIL import Image
 
-from renderer.hashing import sha256_file
+from renderer.core.hashing import sha256_file
 from renderer.training import (
     LoraSettings,
     TrainingItem,

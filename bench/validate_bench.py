@@ -58,7 +58,7 @@ def special_files(folder: Path) -> list[Path]:
 
 
 def in_process_seconds(path: Path, runs: int) -> float:
-    from renderer.errors import CampaignError
+    from renderer.core.errors import CampaignError
     from renderer.training_run import resolve
     from renderer.training_spec import TrainingSpec
     from renderer.validate import load_any

@@ -14,10 +14,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from renderer.version import __version__
+from renderer.core.version import __version__
 
 if TYPE_CHECKING:
-    from renderer.errors import CampaignError, InputError, RenderFailure
+    from renderer.core.errors import CampaignError, InputError, RenderFailure
     from renderer.execute import RunSummary, render_campaign
     from renderer.inputs import Campaign
     from renderer.ledger import Ledger
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from renderer.variant import VariantSpec
 
 _NAMES = {  # public name -> the module that defines it
-    "CampaignError": "renderer.errors",
-    "InputError": "renderer.errors",
-    "RenderFailure": "renderer.errors",
+    "CampaignError": "renderer.core.errors",
+    "InputError": "renderer.core.errors",
+    "RenderFailure": "renderer.core.errors",
     "render_campaign": "renderer.execute",
     "RunSummary": "renderer.execute",
     "Campaign": "renderer.inputs",

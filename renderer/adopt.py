@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from postprocess.parameters import ExportSpec
-from renderer.errors import InputError
-from renderer.hashing import sha256_file, sha256_json
+from renderer.core.errors import InputError
+from renderer.core.hashing import sha256_file, sha256_json
 from renderer.inputs import Campaign
 from renderer.metadata import LoraHashes
 from renderer.plan import Variant

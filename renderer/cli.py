@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from renderer.errors import CampaignError, InputError
-from renderer.terminal import say
-from renderer.version import __version__
+from renderer.core.errors import CampaignError, InputError
+from renderer.core.terminal import say
+from renderer.core.version import __version__
 
 DEFAULT_OUT = Path("outputs")
 
@@ -360,10 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from renderer.core.terminal import printable
     from renderer.inputs import Campaign, Recipe
     from renderer.output_folder import check_planned
     from renderer.plan import make_plan
-    from renderer.terminal import printable
     from renderer.training_spec import TrainingSpec
     from renderer.validate import load_any
 
@@ -511,7 +511,7 @@ class _StepLines:
         self.drawn = self.interactive
 
     def log(self, message: str) -> None:
-        from renderer.terminal import printable
+        from renderer.core.terminal import printable
 
         print(("\r\x1b[K" if self.drawn else "") + printable(message, multiline=True),
               file=sys.stderr, flush=True)
@@ -618,7 +618,7 @@ def _history_time(text: str | None, option: str, *, end: bool) -> str | None:
 
 
 def _training_history(ledger, args: argparse.Namespace, filters: dict) -> int:
-    from renderer.terminal import printable
+    from renderer.core.terminal import printable
 
     rows = ledger.trainings(**({"limit": args.limit} if args.limit else {}),
                             status=filters["status"], since=filters["since"],
@@ -686,7 +686,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce_training(args: argparse.Namespace) -> int:
-    from renderer.terminal import printable
+    from renderer.core.terminal import printable
     from renderer.training_reproduce import reproduce_training
 
     if args.id or args.run or args.tolerance is not None or args.min_ssim is not None:
@@ -781,7 +781,6 @@ def _say_table(lines: list[tuple[str, list[str]]]) -> None:
 
 def _compare_two(args: argparse.Namespace) -> int:
     """``compare RUN_A RUN_B`` or ``compare --recipe NAME@1 NAME@2``."""
-    from renderer.atomic import write_bytes_atomic
     from renderer.comparison import (
         check_grid_path,
         compare_runs,
@@ -789,6 +788,7 @@ def _compare_two(args: argparse.Namespace) -> int:
         recipe_sides,
         run_sides,
     )
+    from renderer.core.atomic import write_bytes_atomic
     from renderer.lookup import open_ledger
 
     if args.recipe and args.run:
@@ -929,7 +929,7 @@ def _reviewer(name: str | None) -> str:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from renderer.atomic import write_text_atomic
+    from renderer.core.atomic import write_text_atomic
     from renderer.schema import FILE_MODELS
 
     for kind, model in FILE_MODELS.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from renderer.hashing import sha256_bytes
+from renderer.core.hashing import sha256_bytes
 
 
 @dataclass

@@ -32,10 +32,10 @@ from typing import Any
 
 from postprocess.gate_rules import count_statuses
 from postprocess.report_page import RecipeComparison
+from renderer.core.errors import InputError
+from renderer.core.hashing import canonical_json
 from renderer.decisions import embedding_matrix
-from renderer.errors import InputError
 from renderer.estimate import estimate
-from renderer.hashing import canonical_json
 from renderer.ledger import Ledger
 from renderer.matrix import axis_label
 from renderer.output_folder import relative_inside

@@ -165,7 +165,7 @@ def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
     """Why the diffusers folder ``config`` cannot load the single-file ``checkpoint`` of
     ``family`` (None when it can, as far as headers tell): its pipeline class is another
     family's, or its UNet's first convolution has another shape than the file's."""
-    from renderer.families import PIPELINES
+    from renderer.core.families import PIPELINES
 
     try:
         index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
@@ -194,7 +194,7 @@ def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
 def single_file_problem(checkpoint: Path, family: str) -> str | None:
     """What a single-file ``family`` checkpoint lacks (None when it has every component's
     weights): a LoRA, an upscaler or a bare UNet passes a header check but not a load."""
-    from renderer.families import SINGLE_FILE_COMPONENTS
+    from renderer.core.families import SINGLE_FILE_COMPONENTS
 
     names = list(read_header(checkpoint).shapes)
     for component, prefixes in SINGLE_FILE_COMPONENTS[family].items():

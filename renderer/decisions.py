@@ -28,7 +28,7 @@ from postprocess.gate_rules import (
     decide,
     worst,
 )
-from renderer.errors import InputError
+from renderer.core.errors import InputError
 from renderer.ledger import DecisionRecord, Ledger
 from renderer.records import RenderRow, RunRow
 

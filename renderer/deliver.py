@@ -45,15 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from renderer.atomic import TEMP_PREFIX, fsync_folder, write_bytes_atomic
+from renderer.core.atomic import TEMP_PREFIX, fsync_folder, write_bytes_atomic
+from renderer.core.errors import InputError
+from renderer.core.hashing import sha256_bytes, sha256_file
 from renderer.delivery_recovery import (
     MANIFEST_NAMES,
     delivery_temp_path,
     move_into_place,
     recover_deliveries,
 )
-from renderer.errors import InputError
-from renderer.hashing import sha256_bytes, sha256_file
 from renderer.ledger import LEDGER_NAME, Ledger, new_delivery_id, utc_now
 from renderer.locking import hold_output_folder
 from renderer.matrix import axis_label

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from renderer.atomic import TEMP_PREFIX, fsync_folder
-from renderer.hashing import sha256_bytes, sha256_file, sha256_stream
+from renderer.core.atomic import TEMP_PREFIX, fsync_folder
+from renderer.core.hashing import sha256_bytes, sha256_file, sha256_stream
 from renderer.records import DeliveryRow
 
 DELIVERY_TEMP_PREFIX = f"{TEMP_PREFIX}delivery-"

@@ -62,8 +62,8 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from renderer.atomic import TEMP_PREFIX, write_bytes_atomic, write_text_atomic
-from renderer.hashing import sha256_path
+from renderer.core.atomic import TEMP_PREFIX, write_bytes_atomic, write_text_atomic
+from renderer.core.hashing import sha256_path
 from renderer.ldm_layout import (
     clip_text_original_name,
     diffusers_to_ldm,

@@ -21,20 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from renderer.core.errors import CampaignError, InputError, RenderFailure
+from renderer.core.hashing import hash_file, sha256_file, sha256_json
+from renderer.core.progress import Progress
+from renderer.core.terminal import say
 from renderer.decisions import campaign_gates, decide_run
 from renderer.environment import device_problem
-from renderer.errors import CampaignError, InputError, RenderFailure
 from renderer.executors import make_executor
-from renderer.hashing import hash_file, sha256_file, sha256_json
 from renderer.inputs import Campaign, FileIndex, Recipe, ResolvedFile
 from renderer.ledger import LEDGER_NAME, Ledger, RenderRecord
 from renderer.locking import hold_output_folder, recover_after_crash
 from renderer.output_folder import Holder, OutputFolder, check_planned, report_path
 from renderer.plan import Plan, Variant, cut_batches, make_plan, recipe_content
 from renderer.produce import WITHOUT_BATCH, FailedImage, Job, Produced
-from renderer.progress import Progress
 from renderer.records import ExportRow, RenderRow
-from renderer.terminal import say
 from renderer.validate import load_campaign
 
 Log = Callable[[str], None]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from renderer.errors import MissingFileError
+from renderer.core.errors import MissingFileError
 from renderer.schema import (
     DEFAULT_TEXT_BOXES,
     BrandKitFile,

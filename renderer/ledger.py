@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from renderer.errors import InputError, LedgerError
-from renderer.hashing import canonical_json, sha256_json
+from renderer.core.errors import InputError, LedgerError
+from renderer.core.hashing import canonical_json, sha256_json
 from renderer.migrations import MIGRATIONS
 from renderer.output_folder import LEDGER_FILE, Holder
 from renderer.records import (

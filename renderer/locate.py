@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from renderer.hashing import hash_file
+from renderer.core.hashing import hash_file
 from renderer.inputs import ResolvedFile
 from renderer.schema import FileId
 

@@ -30,9 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from renderer.atomic import TEMP_PREFIX
+from renderer.core.atomic import TEMP_PREFIX
+from renderer.core.errors import RenderFailure
 from renderer.delivery_recovery import recover_deliveries
-from renderer.errors import RenderFailure
 from renderer.output_folder import LOCK_FILE, REPRODUCE, THUMBNAILS
 
 LOCK_NAME = LOCK_FILE

@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from renderer.errors import InputError
-from renderer.hashing import hash_file, sha256_file, sha256_json
+from renderer.core.errors import InputError
+from renderer.core.hashing import hash_file, sha256_file, sha256_json
+from renderer.core.terminal import printable
 from renderer.ledger import LEDGER_NAME, Ledger
-from renderer.terminal import printable
 from renderer.yamlsource import read_bounded
 
 MIN_PREFIX = 6

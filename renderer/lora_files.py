@@ -32,7 +32,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save as save_tensors
 
-from renderer.hashing import canonical_json, sha256_bytes, sha256_json
+from renderer.core.hashing import canonical_json, sha256_bytes, sha256_json
 from renderer.ldm_layout import UNET_PREFIX, clip_text_original_name, unet_to_ldm
 from renderer.training_job import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from postprocess.geometry import snap
-from renderer.hashing import canonical_json
+from renderer.core.hashing import canonical_json
 from renderer.schema import MatrixSpec, OverrideRule, OverrideSet
 
 

@@ -39,13 +39,13 @@ from pydantic import Field, field_validator
 from postprocess.embedded_metadata import PARAMETERS_KEY, RENDER_KEY, VARIANT_KEY
 from postprocess.embedded_metadata import XMP_PNG_KEY as XMP_KEY
 from postprocess.hires import LATENT_UPSCALERS
-from renderer.families import SCHEDULERS
-from renderer.hashing import canonical_json, short_hash
+from renderer.core.families import SCHEDULERS
+from renderer.core.hashing import canonical_json, short_hash
+from renderer.core.version import __version__
 from renderer.output_folder import master_path, path_problem
 from renderer.render import RenderOptions
 from renderer.schema import FileId, RenderSpec, Sha256, Strict
 from renderer.variant import PER_IMAGE_FIELDS, VariantSpec
-from renderer.version import __version__
 
 SOFTWARE = f"campaign-renderer {__version__}"
 IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"

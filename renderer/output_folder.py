@@ -19,7 +19,7 @@ and refuses, before anything is written:
 * a segment over the file system's name limit or a path over its path limit;
 * a path through a symbolic link that leaves the output folder, or onto a link.
 
-Files it writes are atomic and get the process's umask (``renderer.atomic``).
+Files it writes are atomic and get the process's umask (``renderer.core.atomic``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from renderer.atomic import TEMP_PREFIX, write_bytes_atomic
-from renderer.errors import InputError
+from renderer.core.atomic import TEMP_PREFIX, write_bytes_atomic
+from renderer.core.errors import InputError
 from renderer.yamlsource import YamlDocument
 
 __all__ = ["RESERVED", "Holder", "OutputFolder", "PathRefused", "PlannedFile", "check_planned",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from renderer.atomic import write_text_atomic
-from renderer.errors import MissingFileError, SchemaError
-from renderer.hashing import hash_file, short_hash
+from renderer.core.atomic import write_text_atomic
+from renderer.core.errors import MissingFileError, SchemaError
+from renderer.core.hashing import hash_file, short_hash
 from renderer.schema import RECIPE_AXIS
 from renderer.validate import validate_any
 from renderer.yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any
 
 from postprocess.parameters import EXTENSIONS
-from renderer.hashing import canonical_json
+from renderer.core.hashing import canonical_json
 from renderer.inputs import Campaign, Point, Recipe, ResolvedFile
 from renderer.output_folder import PlannedFile, export_path, master_path, variant_folder
 from renderer.schema import FileId

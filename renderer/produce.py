@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from postprocess.parameters import EXTENSIONS, ExportSpec
-from renderer.hashing import hash_file, sha256_bytes
+from renderer.core.hashing import hash_file, sha256_bytes
 from renderer.inputs import BrandKit, Campaign, FileIndex
 from renderer.metadata import LoraHashes, RenderContext, encode_png, file_metadata, render_context
 from renderer.output_folder import OutputFolder

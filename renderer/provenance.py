@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from renderer.errors import InputError
+from renderer.core.errors import InputError
+from renderer.core.version import __version__
 from renderer.metadata import (
     COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
     SOFTWARE,
     digital_source_type,
 )
 from renderer.variant import VariantSpec
-from renderer.version import __version__
 
 MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _AGENT = {"name": "campaign-renderer", "version": __version__}

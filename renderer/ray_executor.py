@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from renderer.errors import InputError, RenderFailure
+from renderer.core.errors import InputError, RenderFailure
 from renderer.produce import Job, JobResult
 
 MAX_ATTEMPTS = 3

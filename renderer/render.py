@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from renderer.core.errors import InputError, RenderFailure
+from renderer.core.families import PIPELINES, SCHEDULERS, SIZE_MULTIPLE
 from renderer.environment import fingerprint, resolve_device, resolve_dtype
-from renderer.errors import InputError, RenderFailure
-from renderer.families import PIPELINES, SCHEDULERS, SIZE_MULTIPLE
 from renderer.inputs import FileIndex, Recipe, ResolvedFile
 from renderer.schema import PICKLE_SUFFIXES, FileId
 from renderer.variant import (

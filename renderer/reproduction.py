@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderer.compare import compare
+from renderer.core.errors import InputError, RenderFailure
+from renderer.core.hashing import sha256_bytes, sha256_json
 from renderer.environment import differences, options_like, pixel_option_differences
-from renderer.errors import InputError, RenderFailure
-from renderer.hashing import sha256_bytes, sha256_json
 from renderer.inputs import FileIndex, ResolvedFile
 from renderer.ledger import LEDGER_NAME, Ledger
 from renderer.locate import FileFinder, InputProblem, file_role, spec_files

@@ -59,8 +59,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from renderer.errors import InputError
-from renderer.hashing import sha256_file
+from renderer.core.errors import InputError
+from renderer.core.hashing import sha256_file
 from renderer.ledger import LEDGER_NAME, Ledger, ReviewConflict, ReviewRecord
 from renderer.records import REVIEW_DECISIONS, RenderRow, RunRow
 from renderer.thumbnails import SIZES, cached_thumbnail, make_thumbnail

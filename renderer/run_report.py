@@ -23,10 +23,10 @@ from postprocess.report_page import (
     ReportRun,
     report_html,
 )
-from renderer.atomic import write_bytes_atomic
 from renderer.comparison import compare_run
+from renderer.core.atomic import write_bytes_atomic
+from renderer.core.errors import InputError
 from renderer.decisions import run_gates
-from renderer.errors import InputError
 from renderer.estimate import load_estimates
 from renderer.ledger import Ledger
 from renderer.matrix import axis_label

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from postprocess.gate_rules import METRICS
 from postprocess.hires import LATENT_UPSCALERS, hires_size
 from postprocess.parameters import OPERATIONS, ExportSpec, Fraction, LogoPlacement, Parameters
-from renderer.families import SIZE_MULTIPLE, Family, SchedulerName
+from renderer.core.families import SIZE_MULTIPLE, Family, SchedulerName
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 ASPECT_PATTERN = r"^[1-9][0-9]*:[1-9][0-9]*$"

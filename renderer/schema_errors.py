@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from renderer.errors import InputError, SchemaError
+from renderer.core.errors import InputError, SchemaError
 from renderer.yamlsource import KeyPath, YamlDocument, format_key_path
 
 

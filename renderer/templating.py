@@ -39,7 +39,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
-from renderer.errors import InputError, TemplateError
+from renderer.core.errors import InputError, TemplateError
 from renderer.yamlsource import KeyPath, YamlDocument
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from renderer.errors import InputError
+from renderer.core.errors import InputError
 
 # The bucket area's side when a training spec sets no train.resolution: the resolution each
 # family's base models were trained at.

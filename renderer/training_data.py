@@ -31,8 +31,8 @@ from PIL import Image, ImageOps
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from renderer.atomic import write_bytes_atomic
-from renderer.hashing import HashCache, canonical_json, sha256_json
+from renderer.core.atomic import write_bytes_atomic
+from renderer.core.hashing import HashCache, canonical_json, sha256_json
 from renderer.training_buckets import Geometry, geometry, image_size
 from renderer.training_models import (
     TEXT_ENCODERS,

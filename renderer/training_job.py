@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from renderer.errors import HashMismatchError, InputError, MissingFileError
-from renderer.families import FAMILIES
-from renderer.hashing import HashCache, sha256_json
+from renderer.core.errors import HashMismatchError, InputError, MissingFileError
+from renderer.core.families import FAMILIES
+from renderer.core.hashing import HashCache, sha256_json
 from renderer.schema import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, TRAINING_SCHEDULES
 from renderer.training_buckets import DEFAULT_RESOLUTION
 

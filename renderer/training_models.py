@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
-from renderer.errors import InputError
-from renderer.hashing import HashCache, sha256_json
+from renderer.core.errors import InputError
+from renderer.core.hashing import HashCache, sha256_json
 from renderer.training_buckets import bucket_step as family_bucket_step
 
 PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from jinja2 import Environment, StrictUndefined
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from renderer.atomic import write_text_atomic
+from renderer.core.atomic import write_text_atomic
 from renderer.training import TrainingJob, TrainingResult, write_png
 
 THUMBNAIL_SIDE = 128

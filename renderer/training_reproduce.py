@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from renderer.core.errors import InputError
 from renderer.environment import differences
-from renderer.errors import InputError
 from renderer.inputs import FileIndex
 from renderer.ledger import Ledger
 from renderer.locate import FileFinder, spec_files

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from renderer.errors import InputError
-from renderer.hashing import HashCache, hash_file, sha256_json
+from renderer.core.errors import InputError
+from renderer.core.hashing import HashCache, hash_file, sha256_json
 from renderer.inputs import FileIndex, ResolvedFile
 from renderer.ledger import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
 from renderer.output_folder import CACHE, TRAININGS, OutputFolder

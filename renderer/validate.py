@@ -34,7 +34,7 @@ from renderer.compat import (
     single_file_problem,
     unet_input_channels,
 )
-from renderer.errors import (
+from renderer.core.errors import (
     BadFileError,
     HashMismatchError,
     InputError,
@@ -42,8 +42,8 @@ from renderer.errors import (
     SchemaError,
     TemplateError,
 )
-from renderer.families import BASE_REPOS, SCHEDULERS, SIZE_MULTIPLE
-from renderer.hashing import canonical_json, hash_file, short_hash
+from renderer.core.families import BASE_REPOS, SCHEDULERS, SIZE_MULTIPLE
+from renderer.core.hashing import canonical_json, hash_file, short_hash
 from renderer.inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
 from renderer.matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
 from renderer.schema import (

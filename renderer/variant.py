@@ -34,7 +34,7 @@ from postprocess.parameters import (
     SkinSmoothing,
     WhiteBalance,
 )
-from renderer.hashing import canonical_json, sha256_json
+from renderer.core.hashing import canonical_json, sha256_json
 from renderer.schema import (
     AxisValue,
     ControlNetSettings,

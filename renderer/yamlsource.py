@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from renderer.errors import InputError, MissingFileError, SchemaError, YamlSyntaxError
+from renderer.core.errors import InputError, MissingFileError, SchemaError, YamlSyntaxError
 
 KeyPath = tuple[str | int, ...]
 # Values a file may describe, aliases written out: a 100k-variant campaign is far below.

@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from renderer.hashing import sha256_path
+from renderer.core.hashing import sha256_path
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models" / "demo"

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from renderer.hashing import sha256_bytes
+from renderer.core.hashing import sha256_bytes
 
 from .conftest import REPO, Project
 

@@ -9,8 +9,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from renderer.core.hashing import sha256_path
 from renderer.execute import render_campaign
-from renderer.hashing import sha256_path
 
 from .conftest import REPO
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from renderer.hashing import sha256_bytes, sha256_json
+from renderer.core.hashing import sha256_bytes, sha256_json
 from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA, read_png_metadata
 
 from .conftest import REPO, ledger_rows, pngs, run_cli

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from renderer.atomic import TEMP_PREFIX
+from renderer.core.atomic import TEMP_PREFIX
 
 from .conftest import CAMPAIGN_BIN, ledger_rows, run_cli
 from .ledger_support import folder_state, small_project

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renderer.atomic import write_bytes_atomic
+from renderer.core.atomic import write_bytes_atomic
+from renderer.core.hashing import sha256_bytes, sha256_file
 from renderer.deliver import STEP_PAUSE_ENV
 from renderer.delivery_recovery import delivery_problem
-from renderer.hashing import sha256_bytes, sha256_file
 from renderer.ledger import Ledger, RenderFacts, RenderRecord, ReviewRecord
 from renderer.locking import hold_output_folder, recover_after_crash
 from renderer.provenance import read_c2pa

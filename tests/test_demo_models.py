@@ -30,8 +30,8 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import CLIPTextModelWithProjection
 
+from renderer.core.hashing import sha256_path
 from renderer.demo_models import MANIFEST_NAME, build_demo_models
-from renderer.hashing import sha256_path
 from renderer.ldm_layout import (
     SGM_OPEN_CLIP_TEXT_PREFIX,
     UNET_PREFIX,

@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from renderer.hashing import sha256_path
+from renderer.core.hashing import sha256_path
 
 from .fuzz_support import (
     KESTREL,

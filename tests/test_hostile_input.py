@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from renderer.hashing import sha256_bytes
+from renderer.core.hashing import sha256_bytes
 
 from .conftest import CAMPAIGN_BIN, ledger_rows, run_cli
 from .ledger_support import small_project

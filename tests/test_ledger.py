@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from renderer.hashing import sha256_bytes, sha256_json
+from renderer.core.hashing import sha256_bytes, sha256_json
 from renderer.ledger import DecisionRecord, Ledger, RenderRecord
 from renderer.metadata import encode_png
 from renderer.migrations import MIGRATIONS, m001_initial
@@ -217,7 +217,7 @@ def test_show_refuses_short_unknown_or_ambiguous_ids(populated, tmp_path):
 
 
 def test_an_ambiguous_prefix_lists_the_candidates(populated):
-    from renderer.errors import InputError
+    from renderer.core.errors import InputError
     from renderer.lookup import resolve_variant_id
 
     out, _ = populated
@@ -238,7 +238,7 @@ def test_an_ambiguous_prefix_lists_the_candidates(populated):
 
 
 def test_a_folder_given_as_report_path_points_to_the_file_to_use(populated):
-    from renderer.errors import InputError
+    from renderer.core.errors import InputError
     from renderer.run_report import write_run_report
 
     out, _ = populated

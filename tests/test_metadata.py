@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from renderer import __version__
-from renderer.hashing import sha256_json
+from renderer.core.hashing import sha256_json
 from renderer.metadata import (
     COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
     TRAINED_ALGORITHMIC_MEDIA,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from renderer.errors import RenderFailure
+from renderer.core.errors import RenderFailure
+from renderer.core.hashing import HashCache, sha256_file
 from renderer.execute import render_campaign
-from renderer.hashing import HashCache, sha256_file
 from renderer.plan import cut_batches, make_plan
 from renderer.validate import load_campaign
 

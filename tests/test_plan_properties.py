@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from renderer.errors import InputError
+from renderer.core.errors import InputError
 from renderer.matrix import matches
 from renderer.plan import make_plan
 from renderer.validate import load_any, validate_campaign

@@ -17,9 +17,9 @@ from PIL import Image
 
 from postprocess.embedded_metadata import read_export_metadata
 from renderer.cli import main
-from renderer.errors import InputError
+from renderer.core.errors import InputError
+from renderer.core.hashing import sha256_bytes, sha256_json, sha256_path
 from renderer.execute import render_campaign
-from renderer.hashing import sha256_bytes, sha256_json, sha256_path
 from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA
 from renderer.plan import make_plan
 from renderer.render import DiffusersRenderer

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renderer.families import SIZE_MULTIPLE
+from renderer.core.families import SIZE_MULTIPLE
 from renderer.plan import cut_batches, make_plan
 from renderer.produce import Worker
 from renderer.validate import load_campaign

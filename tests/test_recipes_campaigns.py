@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from renderer.hashing import HashCache, sha256_path
+from renderer.core.hashing import HashCache, sha256_path
 from renderer.matrix import size_for_aspect
 
 from .conftest import REPO, run_cli

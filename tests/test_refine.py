@@ -24,7 +24,7 @@ from PIL import Image
 from postprocess.faces import detect_faces
 from postprocess.upscale import Tiling
 from renderer.cli import main
-from renderer.hashing import canonical_json, sha256_path
+from renderer.core.hashing import canonical_json, sha256_path
 from renderer.metadata import LoraHashes, a1111_parameters, read_png_metadata
 from renderer.plan import make_plan
 from renderer.produce import exports_of_master

@@ -15,8 +15,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from renderer.cli import main
 from renderer.compare import ssim
+from renderer.core.hashing import sha256_folder
 from renderer.environment import differences as environment_differences
-from renderer.hashing import sha256_folder
 from renderer.locate import FileFinder, spec_files
 from renderer.metadata import MAX_RENDER_BYTES, RenderContext, render_context
 from renderer.schema import FileId

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from renderer.core.hashing import sha256_bytes
 from renderer.decisions import campaign_gates, decide_run
-from renderer.hashing import sha256_bytes
 from renderer.ledger import Ledger, RenderRecord
 from renderer.plan import make_plan
 from renderer.validate import load_campaign

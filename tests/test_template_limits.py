@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from renderer.errors import TemplateError
+from renderer.core.errors import TemplateError
 from renderer.templating import Limits, Templates
 from renderer.yamlsource import parse_yaml
 

@@ -24,8 +24,8 @@ import yaml
 from safetensors import safe_open
 
 from renderer.cli import main
+from renderer.core.hashing import sha256_file, sha256_json
 from renderer.execute import render_campaign
-from renderer.hashing import sha256_file, sha256_json
 from renderer.training_job import DEFAULT_TARGETS
 from renderer.training_reproduce import lora_differences
 from renderer.training_run import resolve, train_spec

@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 
 from renderer.compat import lora_family_problem, read_header
-from renderer.errors import HashMismatchError, InputError
-from renderer.hashing import sha256_file
+from renderer.core.errors import HashMismatchError, InputError
+from renderer.core.hashing import sha256_file
 from renderer.training import (
     LoraSettings,
     SampleSettings,

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from renderer.core.hashing import canonical_json, sha256_path
 from renderer.execute import render_campaign
-from renderer.hashing import canonical_json, sha256_path
 from renderer.metadata import a1111_parameters, read_png_metadata
 from renderer.plan import make_plan
 from renderer.validate import validate_campaign

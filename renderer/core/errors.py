@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from renderer.terminal import printable
+from renderer.core.terminal import printable
 
 
 class CampaignError(Exception):
