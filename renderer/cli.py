@@ -930,7 +930,7 @@ def _reviewer(name: str | None) -> str:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from renderer.core.atomic import write_text_atomic
-    from renderer.schema import FILE_MODELS
+    from renderer.load.schema import FILE_MODELS
 
     for kind, model in FILE_MODELS.items():
         path = args.dir / f"{kind}.schema.json"

@@ -256,7 +256,7 @@ def recipe_sides(ledger: Ledger, first: str, second: str) -> tuple[Side, Side]:
     """Two versions of one recipe: for each, the renders of that version in the latest run
     that rendered it."""
     # Here, not at the top: the file schema loads pydantic, which the report never needs.
-    from renderer.schema import RECIPE_REF_PATTERN
+    from renderer.load.schema import RECIPE_REF_PATTERN
 
     parsed = []
     for ref in (first, second):

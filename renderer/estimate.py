@@ -32,7 +32,7 @@ class GpuEstimate:
 def load_estimates(override: Path | None = None) -> dict[str, Any]:
     table = yaml.safe_load(DEFAULTS.read_text())
     if override is not None:
-        from renderer.yamlsource import load_yaml
+        from renderer.load.yamlsource import load_yaml
 
         for key, value in (load_yaml(override).data or {}).items():
             table[key] = {**table[key], **value} if isinstance(value, dict) and isinstance(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from renderer.core.errors import MissingFileError
-from renderer.schema import (
+from renderer.load.schema import (
     DEFAULT_TEXT_BOXES,
     BrandKitFile,
     CampaignFile,
@@ -24,7 +24,7 @@ from renderer.schema import (
     RecipeFile,
     TextBoxSpec,
 )
-from renderer.yamlsource import KeyPath, YamlDocument
+from renderer.load.yamlsource import KeyPath, YamlDocument
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from renderer.core.hashing import hash_file
 from renderer.inputs import ResolvedFile
-from renderer.schema import FileId
+from renderer.load.schema import FileId
 
 KeyPath = tuple[str | int, ...]
 

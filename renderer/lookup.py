@@ -18,7 +18,7 @@ from renderer.core.errors import InputError
 from renderer.core.hashing import hash_file, sha256_file, sha256_json
 from renderer.core.terminal import printable
 from renderer.ledger import LEDGER_NAME, Ledger
-from renderer.yamlsource import read_bounded
+from renderer.load.yamlsource import read_bounded
 
 MIN_PREFIX = 6
 _HEX = re.compile(r"^[0-9a-f]+$")

@@ -42,9 +42,9 @@ from postprocess.hires import LATENT_UPSCALERS
 from renderer.core.families import SCHEDULERS
 from renderer.core.hashing import canonical_json, short_hash
 from renderer.core.version import __version__
+from renderer.load.schema import FileId, RenderSpec, Sha256, Strict
 from renderer.output_folder import master_path, path_problem
 from renderer.render import RenderOptions
-from renderer.schema import FileId, RenderSpec, Sha256, Strict
 from renderer.variant import PER_IMAGE_FIELDS, VariantSpec
 
 SOFTWARE = f"campaign-renderer {__version__}"

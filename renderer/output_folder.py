@@ -31,7 +31,7 @@ from pathlib import Path
 
 from renderer.core.atomic import TEMP_PREFIX, write_bytes_atomic
 from renderer.core.errors import InputError
-from renderer.yamlsource import YamlDocument
+from renderer.load.yamlsource import YamlDocument
 
 __all__ = ["RESERVED", "Holder", "OutputFolder", "PathRefused", "PlannedFile", "check_planned",
            "export_path", "master_path", "path_problem", "relative_inside", "report_path",

@@ -18,9 +18,9 @@ import yaml
 from renderer.core.atomic import write_text_atomic
 from renderer.core.errors import MissingFileError, SchemaError
 from renderer.core.hashing import hash_file, short_hash
-from renderer.schema import RECIPE_AXIS
+from renderer.load.schema import RECIPE_AXIS
+from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml
 from renderer.validate import validate_any
-from renderer.yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml
 
 _HEX_VALUE = re.compile(r"(\bsha256:\s*)(\"[^\"]*\"|'[^']*'|[^\s,}#]*)")
 

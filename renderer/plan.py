@@ -17,8 +17,8 @@ from typing import Any
 from postprocess.parameters import EXTENSIONS
 from renderer.core.hashing import canonical_json
 from renderer.inputs import Campaign, Point, Recipe, ResolvedFile
+from renderer.load.schema import FileId
 from renderer.output_folder import PlannedFile, export_path, master_path, variant_folder
-from renderer.schema import FileId
 from renderer.validate import delivery_size, text_box_pixels
 from renderer.variant import (
     STEP_CLASSES,

@@ -41,13 +41,13 @@ from renderer.core.hashing import sha256_bytes, sha256_json
 from renderer.environment import differences, options_like, pixel_option_differences
 from renderer.inputs import FileIndex, ResolvedFile
 from renderer.ledger import LEDGER_NAME, Ledger
+from renderer.load.schema import FileId
 from renderer.locate import FileFinder, InputProblem, file_role, spec_files
 from renderer.metadata import MAX_RENDER_BYTES, RenderContext
 from renderer.output_folder import reproduction_root
 from renderer.plan import Variant
 from renderer.produce import WITHOUT_BATCH, Job, Produced, Worker
 from renderer.records import RenderRow
-from renderer.schema import FileId
 from renderer.validate import pickle_weights
 from renderer.variant import VariantSpec, spec_problem
 

@@ -21,7 +21,7 @@ from typing import Any
 from renderer.core.errors import HashMismatchError, InputError, MissingFileError
 from renderer.core.families import FAMILIES
 from renderer.core.hashing import HashCache, sha256_json
-from renderer.schema import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, TRAINING_SCHEDULES
+from renderer.load.schema import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, TRAINING_SCHEDULES
 from renderer.training_buckets import DEFAULT_RESOLUTION
 
 # Default LoRA targets, as diffusers' DreamBooth LoRA scripts choose them: the UNet's attention

@@ -29,9 +29,9 @@ from renderer.core.errors import InputError
 from renderer.core.hashing import HashCache, hash_file, sha256_json
 from renderer.inputs import FileIndex, ResolvedFile
 from renderer.ledger import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
+from renderer.load.schema import FileId
 from renderer.output_folder import CACHE, TRAININGS, OutputFolder
 from renderer.records import TrainingRow
-from renderer.schema import FileId
 from renderer.training_job import (
     DEFAULT_TARGETS,
     FAMILY_DEFAULTS,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from renderer.inputs import Recipe, ResolvedFile
-from renderer.schema import TrainingFile
-from renderer.yamlsource import KeyPath, YamlDocument
+from renderer.load.schema import TrainingFile
+from renderer.load.yamlsource import KeyPath, YamlDocument
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """Validate recipes, campaigns, brand kits and training specs: the one layer where input is
 checked.
 
-load (``renderer.yamlsource``: YAML with the line of every key) → **validate** (this
+load (``renderer.load.yamlsource``: YAML with the line of every key) → **validate** (this
 module: the schema, every rule between keys, every referenced file, and every variant of
 the matrix with its templates rendered) → plan (``renderer.plan``, which cannot fail).
 
 Everything that can be wrong with the input is found here, before any model loads or any
-file is written: unknown keys, types and ranges (``renderer.schema``), pinned hashes,
+file is written: unknown keys, types and ranges (``renderer.load.schema``), pinned hashes,
 pickle files, LoRAs of another family, control combinations, matrix rules, overrides,
 aspect ratios, every variant's output name (safe, unique), control images, and whether
 its logo and text fit; for a training spec its base recipe and family, every dataset image
@@ -45,8 +45,7 @@ from renderer.core.errors import (
 from renderer.core.families import BASE_REPOS, SCHEDULERS, SIZE_MULTIPLE
 from renderer.core.hashing import canonical_json, hash_file, short_hash
 from renderer.inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
-from renderer.matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
-from renderer.schema import (
+from renderer.load.schema import (
     ASPECT_PATTERN,
     CAPTION_NAMES,
     IMAGE_SUFFIXES,
@@ -64,8 +63,16 @@ from renderer.schema import (
     ScoringSpec,
     TrainingFile,
 )
-from renderer.schema_errors import parse_document
-from renderer.templating import Templates, compile_template
+from renderer.load.schema_errors import parse_document
+from renderer.load.templating import Templates, compile_template
+from renderer.load.yamlsource import (
+    KeyPath,
+    YamlDocument,
+    load_yaml,
+    read_bounded,
+    special_file_problem,
+)
+from renderer.matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
 from renderer.training_buckets import (
     DEFAULT_RESOLUTION,
     bucket_of,
@@ -74,7 +81,6 @@ from renderer.training_buckets import (
     trainable,
 )
 from renderer.training_spec import DatasetImage, TrainingSpec
-from renderer.yamlsource import KeyPath, YamlDocument, load_yaml, read_bounded, special_file_problem
 
 if TYPE_CHECKING:  # the upscaler library imports torch: only when a recipe has an upscaler
     from postprocess.upscale import Tiling, UpscalerInfo

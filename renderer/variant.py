@@ -35,7 +35,7 @@ from postprocess.parameters import (
     WhiteBalance,
 )
 from renderer.core.hashing import canonical_json, sha256_json
-from renderer.schema import (
+from renderer.load.schema import (
     AxisValue,
     ControlNetSettings,
     DetailSettings,

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from renderer.core.errors import TemplateError
-from renderer.templating import Limits, Templates
-from renderer.yamlsource import parse_yaml
+from renderer.load.templating import Limits, Templates
+from renderer.load.yamlsource import parse_yaml
 
 from .conftest import run_cli
 from .ledger_support import small_project

@@ -17,11 +17,11 @@ from PIL import Image
 
 from renderer.core.hashing import canonical_json, sha256_path
 from renderer.execute import render_campaign
+from renderer.load.yamlsource import YamlDocument
 from renderer.metadata import a1111_parameters, read_png_metadata
 from renderer.plan import make_plan
 from renderer.validate import validate_campaign
 from renderer.variant import VariantSpec, batch_key, render_call, spec_problem, variant_id
-from renderer.yamlsource import YamlDocument
 
 from .conftest import REPO, ledger_rows
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from renderer.core.errors import InputError, SchemaError
-from renderer.yamlsource import KeyPath, YamlDocument, format_key_path
+from renderer.load.yamlsource import KeyPath, YamlDocument, format_key_path
 
 
 def parse_document(document: YamlDocument, model: type[BaseModel]) -> Any:

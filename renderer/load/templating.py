@@ -40,7 +40,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
 from renderer.core.errors import InputError, TemplateError
-from renderer.yamlsource import KeyPath, YamlDocument
+from renderer.load.yamlsource import KeyPath, YamlDocument
 
 
 class Limits:
