@@ -64,7 +64,7 @@ from transformers import (
 
 from renderer.core.atomic import TEMP_PREFIX, write_bytes_atomic, write_text_atomic
 from renderer.core.hashing import sha256_path
-from renderer.ldm_layout import (
+from renderer.weights.ldm_layout import (
     clip_text_original_name,
     diffusers_to_ldm,
     diffusers_to_sgm,

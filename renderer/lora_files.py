@@ -33,8 +33,8 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import save as save_tensors
 
 from renderer.core.hashing import canonical_json, sha256_bytes, sha256_json
-from renderer.ldm_layout import UNET_PREFIX, clip_text_original_name, unet_to_ldm
 from renderer.training_job import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS
+from renderer.weights.ldm_layout import UNET_PREFIX, clip_text_original_name, unet_to_ldm
 
 if TYPE_CHECKING:
     from renderer.training_job import TrainingJob

@@ -28,12 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from renderer.compat import (
-    lora_family_problem,
-    safetensors_problem,
-    single_file_problem,
-    unet_input_channels,
-)
 from renderer.core.errors import (
     BadFileError,
     HashMismatchError,
@@ -81,6 +75,12 @@ from renderer.training_buckets import (
     trainable,
 )
 from renderer.training_spec import DatasetImage, TrainingSpec
+from renderer.weights.compat import (
+    lora_family_problem,
+    safetensors_problem,
+    single_file_problem,
+    unet_input_channels,
+)
 
 if TYPE_CHECKING:  # the upscaler library imports torch: only when a recipe has an upscaler
     from postprocess.upscale import Tiling, UpscalerInfo
@@ -278,7 +278,7 @@ def _checkpoint_config(document: YamlDocument, spec: RecipeFile, checkpoint: Pat
         raise document.error(SchemaError, "checkpoint.config is for a single-file checkpoint",
                              key_path, found=f"{checkpoint.name} is a diffusers folder",
                              fix="remove checkpoint.config (the folder has its own configs)")
-    from renderer.compat import config_problem
+    from renderer.weights.compat import config_problem
 
     if not config.is_dir():
         problem = "a file, not a diffusers folder"

@@ -32,7 +32,7 @@ from transformers import CLIPTextModelWithProjection
 
 from renderer.core.hashing import sha256_path
 from renderer.demo_models import MANIFEST_NAME, build_demo_models
-from renderer.ldm_layout import (
+from renderer.weights.ldm_layout import (
     SGM_OPEN_CLIP_TEXT_PREFIX,
     UNET_PREFIX,
     VAE_PREFIX,

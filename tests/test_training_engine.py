@@ -26,7 +26,6 @@ import pytest
 import torch
 from PIL import Image
 
-from renderer.compat import lora_family_problem, read_header
 from renderer.core.errors import HashMismatchError, InputError
 from renderer.core.hashing import sha256_file
 from renderer.training import (
@@ -42,6 +41,7 @@ from renderer.training_buckets import geometry, image_size
 from renderer.training_data import load_pixels
 from renderer.training_job import DEFAULT_TARGETS
 from renderer.training_report import report_data
+from renderer.weights.compat import lora_family_problem, read_header
 
 # Minutes of renders: scheduled before the other files (tests/conftest.py).
 pytestmark = pytest.mark.long
