@@ -131,7 +131,7 @@ def simulated_accelerator(folder: Path, launch_share: float) -> None:
     from renderer.executors import LocalExecutor, PipelinedExecutor
     from renderer.plan import cut_batches, make_plan
     from renderer.produce import FINISH_THREADS, Assets, Job, Scoring, Worker
-    from renderer.validate import load_campaign
+    from renderer.validate.checks import load_campaign
 
     campaign = load_campaign(demo_campaign(
         folder, pipeline=True, side=SIDE,

@@ -24,7 +24,7 @@ def main() -> None:
     from renderer.plan import cut_batches, make_plan
     from renderer.produce import Job
     from renderer.ray_executor import RayExecutor
-    from renderer.validate import load_campaign
+    from renderer.validate.checks import load_campaign
 
     campaign_path = REPO / "campaigns" / "demo.yaml"
     campaign = load_campaign(campaign_path)

@@ -98,7 +98,7 @@ def render_paths(folder: Path) -> None:
 
     from renderer.plan import cut_batches, make_plan
     from renderer.render import DiffusersRenderer
-    from renderer.validate import load_campaign
+    from renderer.validate.checks import load_campaign
 
     print("render path only, in process (model load included, 36 variants):")
     for family in ("sd15", "sdxl", "flux"):
@@ -122,7 +122,7 @@ def render_paths(folder: Path) -> None:
 def three_stacks(folder: Path) -> None:
     from renderer.plan import cut_batches, make_plan
     from renderer.render import DiffusersRenderer
-    from renderer.validate import load_campaign
+    from renderer.validate.checks import load_campaign
 
     campaign = yaml.safe_load(family_campaign(folder, "sd15").read_text())
     campaign["name"] = "bench-stacks"

@@ -60,8 +60,8 @@ def special_files(folder: Path) -> list[Path]:
 def in_process_seconds(path: Path, runs: int) -> float:
     from renderer.core.errors import CampaignError
     from renderer.training_run import resolve
-    from renderer.training_spec import TrainingSpec
-    from renderer.validate import load_any
+    from renderer.validate.checks import load_any
+    from renderer.validate.training_spec import TrainingSpec
 
     best = float("inf")
     for _ in range(runs):

@@ -19,11 +19,11 @@ from renderer.core.version import __version__
 if TYPE_CHECKING:
     from renderer.core.errors import CampaignError, InputError, RenderFailure
     from renderer.execute import RunSummary, render_campaign
-    from renderer.inputs import Campaign
     from renderer.ledger import Ledger
     from renderer.plan import Plan, Variant, make_plan
     from renderer.reproduction import Outcome, reproduce
-    from renderer.validate import load_campaign
+    from renderer.validate.checks import load_campaign
+    from renderer.validate.inputs import Campaign
     from renderer.variant import VariantSpec
 
 _NAMES = {  # public name -> the module that defines it
@@ -32,14 +32,14 @@ _NAMES = {  # public name -> the module that defines it
     "RenderFailure": "renderer.core.errors",
     "render_campaign": "renderer.execute",
     "RunSummary": "renderer.execute",
-    "Campaign": "renderer.inputs",
+    "Campaign": "renderer.validate.inputs",
     "Ledger": "renderer.ledger",
     "make_plan": "renderer.plan",
     "Plan": "renderer.plan",
     "Variant": "renderer.plan",
     "reproduce": "renderer.reproduction",
     "Outcome": "renderer.reproduction",
-    "load_campaign": "renderer.validate",
+    "load_campaign": "renderer.validate.checks",
     "VariantSpec": "renderer.variant",
 }
 __all__ = [

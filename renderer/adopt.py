@@ -17,7 +17,6 @@ from pathlib import Path
 from postprocess.parameters import ExportSpec
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file, sha256_json
-from renderer.inputs import Campaign
 from renderer.metadata import LoraHashes
 from renderer.plan import Variant
 from renderer.produce import (
@@ -30,6 +29,7 @@ from renderer.produce import (
     exports_of_master,
     open_image,
 )
+from renderer.validate.inputs import Campaign
 
 Log = Callable[[str], None]
 ADOPTED = "adopted"

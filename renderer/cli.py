@@ -361,11 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from renderer.core.terminal import printable
-    from renderer.inputs import Campaign, Recipe
     from renderer.output_folder import check_planned
     from renderer.plan import make_plan
-    from renderer.training_spec import TrainingSpec
-    from renderer.validate import load_any
+    from renderer.validate.checks import load_any
+    from renderer.validate.inputs import Campaign, Recipe
+    from renderer.validate.training_spec import TrainingSpec
 
     failures = 0
     for path in args.files:
@@ -412,10 +412,10 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from renderer.estimate import estimate, load_estimates
-    from renderer.matrix import axis_label
     from renderer.output_folder import check_planned
     from renderer.plan import make_plan, sample_variants
-    from renderer.validate import load_campaign
+    from renderer.validate.checks import load_campaign
+    from renderer.validate.matrix import axis_label
 
     plan = make_plan(load_campaign(args.campaign))
     check_planned(plan.planned_files(), plan.campaign.document)
@@ -520,7 +520,7 @@ class _StepLines:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from renderer.training_run import train_spec
-    from renderer.validate import load_training
+    from renderer.validate.checks import load_training
 
     lines = _StepLines()
     outcome = train_spec(load_training(args.spec), args.out, progress=lines.progress,

@@ -37,9 +37,9 @@ from renderer.core.hashing import canonical_json
 from renderer.decisions import embedding_matrix
 from renderer.estimate import estimate
 from renderer.ledger import Ledger
-from renderer.matrix import axis_label
 from renderer.output_folder import relative_inside
 from renderer.records import RenderRow, RunRow
+from renderer.validate.matrix import axis_label
 
 __all__ = ["GRID_CELL", "Pair", "RunsComparison", "Side", "check_grid_path", "compare_run",
            "compare_runs", "pairs_grid", "recipe_sides", "run_sides"]

@@ -35,7 +35,7 @@ from renderer.records import RenderRow, RunRow
 if TYPE_CHECKING:
     import numpy as np
 
-    from renderer.inputs import Campaign
+    from renderer.validate.inputs import Campaign
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,10 @@ from renderer.delivery_recovery import (
 )
 from renderer.ledger import LEDGER_NAME, Ledger, new_delivery_id, utc_now
 from renderer.locking import hold_output_folder
-from renderer.matrix import axis_label
 from renderer.output_folder import relative_inside, shipped_name
 from renderer.provenance import C2paSigner, sign_image
 from renderer.records import DeliveryFileRow, DeliveryRow, RenderRow
+from renderer.validate.matrix import axis_label
 
 REQUIREMENTS = ("approved", "passed")
 MASTER_CHANNEL = "master"
@@ -470,7 +470,7 @@ def signer_for(run_campaign_file: str, *, sign: bool, cert_chain: Path | None,
                private_key: Path | None) -> C2paSigner | None:
     """Who signs: --cert-chain/--private-key, else the campaign's ``delivery.c2pa`` (which
     signs every delivery of its runs), else nobody; ``sign`` demands one."""
-    from renderer.validate import load_delivery
+    from renderer.validate.checks import load_delivery
 
     if (cert_chain is None) != (private_key is None):
         raise InputError("--cert-chain and --private-key go together",

@@ -28,14 +28,14 @@ from renderer.core.terminal import say
 from renderer.decisions import campaign_gates, decide_run
 from renderer.environment import device_problem
 from renderer.executors import make_executor
-from renderer.inputs import Campaign, FileIndex, Recipe, ResolvedFile
 from renderer.ledger import LEDGER_NAME, Ledger, RenderRecord
 from renderer.locking import hold_output_folder, recover_after_crash
 from renderer.output_folder import Holder, OutputFolder, check_planned, report_path
 from renderer.plan import Plan, Variant, cut_batches, make_plan, recipe_content
 from renderer.produce import WITHOUT_BATCH, FailedImage, Job, Produced
 from renderer.records import ExportRow, RenderRow
-from renderer.validate import load_campaign
+from renderer.validate.checks import load_campaign
+from renderer.validate.inputs import Campaign, FileIndex, Recipe, ResolvedFile
 
 Log = Callable[[str], None]
 
@@ -400,7 +400,7 @@ def plan_jobs(ledger: Ledger, plan: Plan, pending: Sequence[PendingVariant],
 
 
 def _files_at_hand(variant: Variant, files: FileIndex) -> bool:
-    from renderer.locate import spec_files
+    from renderer.validate.file_finder import spec_files
 
     return all(sha256 in files.paths for _, _, sha256 in spec_files(variant.spec.to_json()))
 

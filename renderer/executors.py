@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from renderer.inputs import Campaign
 from renderer.produce import FINISH_THREADS, Job, JobResult, OverlappedStages
+from renderer.validate.inputs import Campaign
 
 if TYPE_CHECKING:
     from renderer.produce import Worker

@@ -61,7 +61,7 @@ def variant_id_of_image(path: Path) -> str:
     """The variant id an image states: the hash of the ``campaign_variant`` JSON it carries
     (a master PNG, or a channel export in PNG, JPEG or WebP)."""
     from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
-    from renderer.validate import MAX_IMAGE_BYTES
+    from renderer.validate.checks import MAX_IMAGE_BYTES
 
     data = read_bounded(path, MAX_IMAGE_BYTES, what="image")
     try:

@@ -20,7 +20,7 @@ from renderer.core.errors import MissingFileError, SchemaError
 from renderer.core.hashing import hash_file, short_hash
 from renderer.load.schema import RECIPE_AXIS
 from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml
-from renderer.validate import validate_any
+from renderer.validate.checks import validate_any
 
 _HEX_VALUE = re.compile(r"(\bsha256:\s*)(\"[^\"]*\"|'[^']*'|[^\s,}#]*)")
 

@@ -1,6 +1,6 @@
 """Turn a validated campaign into variants with their specs and ids (the *plan* layer).
 
-Validation (``renderer.validate``) has already resolved and checked every variant
+Validation (``renderer.validate.checks``) has already resolved and checked every variant
 (``Point``); the plan states each one as a ``VariantSpec`` (``renderer.variant``), whose
 canonical JSON hash is its id, and cuts the deliverable set into batches. Nothing here
 can fail on user input.
@@ -16,10 +16,10 @@ from typing import Any
 
 from postprocess.parameters import EXTENSIONS
 from renderer.core.hashing import canonical_json
-from renderer.inputs import Campaign, Point, Recipe, ResolvedFile
 from renderer.load.schema import FileId
 from renderer.output_folder import PlannedFile, export_path, master_path, variant_folder
-from renderer.validate import delivery_size, text_box_pixels
+from renderer.validate.checks import delivery_size, text_box_pixels
+from renderer.validate.inputs import Campaign, Point, Recipe, ResolvedFile
 from renderer.variant import (
     STEP_CLASSES,
     VARIANT_SCHEMA,

@@ -49,11 +49,11 @@ from PIL import Image
 
 from postprocess.parameters import EXTENSIONS, ExportSpec
 from renderer.core.hashing import hash_file, sha256_bytes
-from renderer.inputs import BrandKit, Campaign, FileIndex
 from renderer.load.schema import FileId
 from renderer.metadata import LoraHashes, RenderContext, encode_png, file_metadata, render_context
 from renderer.output_folder import OutputFolder
 from renderer.plan import Variant
+from renderer.validate.inputs import BrandKit, Campaign, FileIndex
 from renderer.variant import RecipeUse, VariantSpec
 
 Box = tuple[int, int, int, int]

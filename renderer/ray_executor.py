@@ -41,7 +41,7 @@ def _worker_class() -> Any:
             # pixels by 1/255, so use the driver's to give the local executor's bytes.
             torch.set_num_threads(threads)
             from renderer.produce import OverlappedStages, Worker
-            from renderer.validate import load_campaign
+            from renderer.validate.checks import load_campaign
 
             self.campaign = load_campaign(Path(campaign_path), verify_hashes=False)
             self.worker = Worker.for_campaign(self.campaign,

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.families import PIPELINES, SCHEDULERS, SIZE_MULTIPLE
 from renderer.environment import fingerprint, resolve_device, resolve_dtype
-from renderer.inputs import FileIndex, Recipe, ResolvedFile
 from renderer.load.schema import PICKLE_SUFFIXES, FileId
+from renderer.validate.inputs import FileIndex, Recipe, ResolvedFile
 from renderer.variant import (
     DetailCall,
     DetailUse,

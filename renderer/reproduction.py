@@ -10,9 +10,10 @@ config folder; untrusted input, validated by the same schema as the files. Files
 by name and sha256 under search folders, else by content.
 
 Order of work:
-1. **Inputs.** Every file the spec names is located (``renderer.locate``: recorded path,
-   then the search folders) and its sha256 checked. A missing or changed file stops here:
-   nothing is rendered and the report names the file, the recorded and the found hash.
+1. **Inputs.** Every file the spec names is located (``renderer.validate.file_finder``:
+   recorded path, then the search folders) and its sha256 checked. A missing or changed
+   file stops here: nothing is rendered and the report names the file, the recorded and the
+   found hash.
 2. **Environment.** The recorded thread count, device and dtype are pinned where this
    machine allows (from an image alone: its options); what still differs (a package
    version, the device, …) is listed.
@@ -39,16 +40,16 @@ from renderer.compare import compare
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.hashing import sha256_bytes, sha256_json
 from renderer.environment import differences, options_like, pixel_option_differences
-from renderer.inputs import FileIndex, ResolvedFile
 from renderer.ledger import LEDGER_NAME, Ledger
 from renderer.load.schema import FileId
-from renderer.locate import FileFinder, InputProblem, file_role, spec_files
 from renderer.metadata import MAX_RENDER_BYTES, RenderContext
 from renderer.output_folder import reproduction_root
 from renderer.plan import Variant
 from renderer.produce import WITHOUT_BATCH, Job, Produced, Worker
 from renderer.records import RenderRow
-from renderer.validate import pickle_weights
+from renderer.validate.checks import pickle_weights
+from renderer.validate.file_finder import FileFinder, InputProblem, file_role, spec_files
+from renderer.validate.inputs import FileIndex, ResolvedFile
 from renderer.variant import VariantSpec, spec_problem
 
 if TYPE_CHECKING:

@@ -220,7 +220,7 @@ class ReviewApp:
     def run_payload(self) -> dict[str, Any]:
         """Everything the page shows, from the ledger as it is now."""
         from renderer.decisions import run_gates
-        from renderer.matrix import axis_label
+        from renderer.validate.matrix import axis_label
 
         with self.open_ledger() as ledger:
             run = self.current_run(ledger)

@@ -29,9 +29,9 @@ from renderer.core.errors import InputError
 from renderer.decisions import run_gates
 from renderer.estimate import load_estimates
 from renderer.ledger import Ledger
-from renderer.matrix import axis_label
 from renderer.output_folder import OutputFolder, relative_inside, report_path
 from renderer.records import RenderRow
+from renderer.validate.matrix import axis_label
 
 GRID_CELL = 160  # pixels per grid cell (images are fitted, up or down)
 

@@ -1,7 +1,7 @@
 """Training data: aspect buckets, pixel preparation, the content-addressed feature cache and
 the seeded batch order of the LoRA trainer (``renderer/training.py``).
 
-* **Buckets** (``renderer.training_buckets``, shared with validation) downscale, never
+* **Buckets** (``renderer.validate.training_buckets``, shared with validation) downscale, never
   upscale, and cover-crop each image to a multiple of the model's bucket step.
 * **Cache**: VAE latents (mean and std of the latent distribution, already scaled) and text
   embeddings are stored once per content key in a cache folder shared by any number of jobs:
@@ -33,7 +33,6 @@ from safetensors.torch import save as save_tensors
 
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.hashing import HashCache, canonical_json, sha256_json
-from renderer.training_buckets import Geometry, geometry, image_size
 from renderer.training_models import (
     TEXT_ENCODERS,
     Batch,
@@ -42,6 +41,7 @@ from renderer.training_models import (
     family_model,
     load_pipeline,
 )
+from renderer.validate.training_buckets import Geometry, geometry, image_size
 
 if TYPE_CHECKING:
     from renderer.training_job import TrainingJob

@@ -22,7 +22,7 @@ from renderer.core.errors import HashMismatchError, InputError, MissingFileError
 from renderer.core.families import FAMILIES
 from renderer.core.hashing import HashCache, sha256_json
 from renderer.load.schema import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, TRAINING_SCHEDULES
-from renderer.training_buckets import DEFAULT_RESOLUTION
+from renderer.validate.training_buckets import DEFAULT_RESOLUTION
 
 # Default LoRA targets, as diffusers' DreamBooth LoRA scripts choose them: the UNet's attention
 # projections (self and cross), Flux's joint-attention projections and feed-forwards of both

@@ -32,7 +32,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from renderer.core.errors import InputError
 from renderer.core.hashing import HashCache, sha256_json
-from renderer.training_buckets import bucket_step as family_bucket_step
+from renderer.validate.training_buckets import bucket_step as family_bucket_step
 
 PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
              "flux": "FluxPipeline"}
@@ -112,7 +112,7 @@ class FamilyModel(abc.ABC):
     @abc.abstractmethod
     def bucket_step(self) -> int:
         """The pixel multiple both sides of a training image must be
-        (``renderer.training_buckets.bucket_step``)."""
+        (``renderer.validate.training_buckets.bucket_step``)."""
 
     @abc.abstractmethod
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ The source of truth is the ledger's copy of the resolved spec, never today's spe
 every setting, the base checkpoint (and its config folder) and each image with its caption,
 files by name and sha256. Then, as for renders:
 
-1. **Inputs.** Each file is located (``renderer.locate``: the recorded path, then the
+1. **Inputs.** Each file is located (``renderer.validate.file_finder``: the recorded path, then the
    ``--search`` folders) and its sha256 checked; a missing or changed one stops here.
 2. **Environment.** The recorded thread count (and CPU, when the training ran there) is
    pinned; what still differs is listed.
@@ -27,13 +27,13 @@ from typing import Any
 
 from renderer.core.errors import InputError
 from renderer.environment import differences
-from renderer.inputs import FileIndex
 from renderer.ledger import Ledger
-from renderer.locate import FileFinder, spec_files
 from renderer.lookup import file_state, open_ledger
 from renderer.output_folder import reproduction_root
 from renderer.records import TrainingRow
 from renderer.training_run import TRAININGS_DIR, job_of
+from renderer.validate.file_finder import FileFinder, spec_files
+from renderer.validate.inputs import FileIndex
 
 Log = Callable[[str], None]
 MIN_PREFIX = 6

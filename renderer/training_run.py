@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from renderer.core.errors import InputError
 from renderer.core.hashing import HashCache, hash_file, sha256_json
-from renderer.inputs import FileIndex, ResolvedFile
 from renderer.ledger import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
 from renderer.load.schema import FileId
 from renderer.output_folder import CACHE, TRAININGS, OutputFolder
@@ -42,7 +41,8 @@ from renderer.training_job import (
     TrainSettings,
     check_job,
 )
-from renderer.training_spec import TrainingSpec
+from renderer.validate.inputs import FileIndex, ResolvedFile
+from renderer.validate.training_spec import TrainingSpec
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: only once there is work to do
     from renderer.training import Progress, TrainingResult

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from renderer.plan import make_plan
 from renderer.produce import Worker
 from renderer.render import DiffusersRenderer, RenderOptions, compiled_graphs
-from renderer.validate import load_campaign
+from renderer.validate.checks import load_campaign
 
 pytestmark = pytest.mark.long  # a minute of compiled renders: scheduled first
 

@@ -19,7 +19,7 @@ from renderer.metadata import (
 )
 from renderer.plan import make_plan
 from renderer.render import DiffusersRenderer
-from renderer.validate import load_campaign
+from renderer.validate.checks import load_campaign
 
 from .conftest import ledger_rows, pngs, run_cli
 from .scratch import BRAND, MODELS, Scratch

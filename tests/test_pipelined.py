@@ -21,7 +21,7 @@ from renderer.core.errors import RenderFailure
 from renderer.core.hashing import HashCache, sha256_file
 from renderer.execute import render_campaign
 from renderer.plan import cut_batches, make_plan
-from renderer.validate import load_campaign
+from renderer.validate.checks import load_campaign
 
 from .conftest import ledger_rows
 from .ledger_support import small_project

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from renderer.core.errors import InputError
 from renderer.load.yamlsource import YamlDocument, load_yaml
-from renderer.matrix import matches
 from renderer.plan import make_plan
-from renderer.validate import load_any, validate_campaign
+from renderer.validate.checks import load_any, validate_campaign
+from renderer.validate.matrix import matches
 
 from .conftest import REPO, run_cli
 

@@ -23,7 +23,7 @@ from renderer.execute import render_campaign
 from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA
 from renderer.plan import make_plan
 from renderer.render import DiffusersRenderer
-from renderer.validate import load_campaign
+from renderer.validate.checks import load_campaign
 
 from .conftest import REPO, CliResult, ledger_rows
 from .synthetic import draw_face

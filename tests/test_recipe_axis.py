@@ -17,7 +17,7 @@ import yaml
 from renderer.core.families import SIZE_MULTIPLE
 from renderer.plan import cut_batches, make_plan
 from renderer.produce import Worker
-from renderer.validate import load_campaign
+from renderer.validate.checks import load_campaign
 
 from .conftest import REPO, ledger_rows, run_cli
 
@@ -120,7 +120,7 @@ class CountingRenderer:
 
 @pytest.mark.parametrize(("keep", "released"), [(False, 2), (True, 0)])
 def test_a_worker_releases_a_recipe_before_the_next_loads(keep, released, demo_models):
-    from renderer.inputs import FileIndex
+    from renderer.validate.inputs import FileIndex
 
     variants = make_plan(load_campaign(COMPARE)).variants
     first = {v.spec.recipe.ref: v.spec.recipe for v in variants}

@@ -29,7 +29,7 @@ from renderer.metadata import LoraHashes, a1111_parameters, read_png_metadata
 from renderer.plan import make_plan
 from renderer.produce import exports_of_master
 from renderer.render import DiffusersRenderer
-from renderer.validate import load_campaign
+from renderer.validate.checks import load_campaign
 from renderer.variant import VariantSpec, batch_key, render_call, spec_problem, variant_id
 
 from .conftest import REPO, CliResult, ledger_rows

@@ -18,8 +18,8 @@ from renderer.compare import ssim
 from renderer.core.hashing import sha256_folder
 from renderer.environment import differences as environment_differences
 from renderer.load.schema import FileId
-from renderer.locate import FileFinder, spec_files
 from renderer.metadata import MAX_RENDER_BYTES, RenderContext, render_context
+from renderer.validate.file_finder import FileFinder, spec_files
 
 from .conftest import REPO, CliResult, ledger_rows, run_cli
 from .ledger_support import small_project

@@ -22,7 +22,7 @@ from renderer.core.hashing import sha256_bytes
 from renderer.decisions import campaign_gates, decide_run
 from renderer.ledger import Ledger, RenderRecord
 from renderer.plan import make_plan
-from renderer.validate import load_campaign
+from renderer.validate.checks import load_campaign
 
 from .conftest import CAMPAIGN_BIN, REPO
 

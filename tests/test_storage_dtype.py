@@ -13,7 +13,7 @@ import torch
 from renderer.environment import pixel_option_differences
 from renderer.plan import make_plan
 from renderer.render import DiffusersRenderer, RenderOptions
-from renderer.validate import load_campaign
+from renderer.validate.checks import load_campaign
 
 from .conftest import ledger_rows, run_cli
 from .scratch import MODELS, Scratch

@@ -29,7 +29,7 @@ from renderer.execute import render_campaign
 from renderer.training_job import DEFAULT_TARGETS
 from renderer.training_reproduce import lora_differences
 from renderer.training_run import resolve, train_spec
-from renderer.validate import load_training
+from renderer.validate.checks import load_training
 
 from .conftest import CAMPAIGN_BIN, REPO, CliResult, run_cli
 from .scratch import Scratch

@@ -37,10 +37,10 @@ from renderer.training import (
     evaluation_loss,
     train,
 )
-from renderer.training_buckets import geometry, image_size
 from renderer.training_data import load_pixels
 from renderer.training_job import DEFAULT_TARGETS
 from renderer.training_report import report_data
+from renderer.validate.training_buckets import geometry, image_size
 from renderer.weights.compat import lora_family_problem, read_header
 
 # Minutes of renders: scheduled before the other files (tests/conftest.py).

@@ -6,7 +6,7 @@ sizes) are also the types of a variant's spec (``renderer.variant``), and the re
 steps, logo placement and exports are the post-process library's own parameter models.
 So a file, a stored spec and an image's embedded spec are checked by the same ranges.
 
-Declarations only: ``renderer.validate`` applies them (with every other check) and turns
+Declarations only: ``renderer.validate.checks`` applies them (with every other check) and turns
 their errors into ``file:line`` messages. ``campaign schema`` writes JSON Schema from them.
 """
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from renderer.core.hashing import hash_file
-from renderer.inputs import ResolvedFile
 from renderer.load.schema import FileId
+from renderer.validate.inputs import ResolvedFile
 
 KeyPath = tuple[str | int, ...]
 

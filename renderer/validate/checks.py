@@ -11,8 +11,8 @@ pickle files, LoRAs of another family, control combinations, matrix rules, overr
 aspect ratios, every variant's output name (safe, unique), control images, and whether
 its logo and text fit; for a training spec its base recipe and family, every dataset image
 (pinned, readable) and every caption. Each error names ``file:line``, the key path, what was
-expected, what was found and how to fix it. The result is ``renderer.inputs.Campaign`` (or
-``renderer.training_spec.TrainingSpec``).
+expected, what was found and how to fix it. The result is ``renderer.validate.inputs.Campaign`` (or
+``renderer.validate.training_spec.TrainingSpec``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from renderer.core.errors import (
 )
 from renderer.core.families import BASE_REPOS, SCHEDULERS, SIZE_MULTIPLE
 from renderer.core.hashing import canonical_json, hash_file, short_hash
-from renderer.inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
 from renderer.load.schema import (
     ASPECT_PATTERN,
     CAPTION_NAMES,
@@ -66,15 +65,16 @@ from renderer.load.yamlsource import (
     read_bounded,
     special_file_problem,
 )
-from renderer.matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
-from renderer.training_buckets import (
+from renderer.validate.inputs import BrandKit, Campaign, ClipChoice, Point, Recipe, ResolvedFile
+from renderer.validate.matrix import derive_seed, expand_matrix, overrides_for, size_for_aspect
+from renderer.validate.training_buckets import (
     DEFAULT_RESOLUTION,
     bucket_of,
     bucket_step,
     image_size,
     trainable,
 )
-from renderer.training_spec import DatasetImage, TrainingSpec
+from renderer.validate.training_spec import DatasetImage, TrainingSpec
 from renderer.weights.compat import (
     lora_family_problem,
     safetensors_problem,
@@ -1232,7 +1232,7 @@ def _dataset_files(document: YamlDocument, spec: TrainingFile,
 
 def _check_buckets(document: YamlDocument, spec: TrainingFile, base: Recipe,
                    files: Sequence[tuple[ResolvedFile, KeyPath]]) -> None:
-    """Every dataset image fits a bucket of the base model (renderer.training_buckets): the
+    """Every dataset image fits a bucket of the base model (renderer.validate.training_buckets): the
     trainer never upscales, so a side under one bucket step could not be trained."""
     step, per_group = _bucket_rule(base)
     resolution = spec.train.resolution or DEFAULT_RESOLUTION[spec.family]

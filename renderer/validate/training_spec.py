@@ -1,6 +1,6 @@
-"""A validated training spec: what ``renderer.validate`` hands to ``campaign train``.
+"""A validated training spec: what ``renderer.validate.checks`` hands to ``campaign train``.
 
-Frozen values with every path resolved and every file hashed, like ``renderer.inputs`` for
+Frozen values with every path resolved and every file hashed, like ``renderer.validate.inputs`` for
 campaigns: the parsed file, its base recipe, and each dataset image with its caption
 already rendered. Settings the file leaves unset stay unset here; the trainer's defaults
 fill them when the job is built (``renderer.training_run``).
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from renderer.inputs import Recipe, ResolvedFile
 from renderer.load.schema import TrainingFile
 from renderer.load.yamlsource import KeyPath, YamlDocument
+from renderer.validate.inputs import Recipe, ResolvedFile
 
 
 @dataclass(frozen=True)
