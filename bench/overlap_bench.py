@@ -129,7 +129,7 @@ class HoldingRenderer:
 def simulated_accelerator(folder: Path, launch_share: float) -> None:
     """(b): the real finish and write stages behind a renderer that mostly waits."""
     from renderer.executors import LocalExecutor, PipelinedExecutor
-    from renderer.plan import cut_batches, make_plan
+    from renderer.plan.variants import cut_batches, make_plan
     from renderer.produce import FINISH_THREADS, Assets, Job, Scoring, Worker
     from renderer.validate.checks import load_campaign
 

@@ -24,7 +24,7 @@ import json, resource, sys, time
 from pathlib import Path
 started = time.perf_counter()
 from renderer.validate.checks import load_campaign
-from renderer.plan import make_plan
+from renderer.plan.variants import make_plan
 imported = time.perf_counter()
 plan = make_plan(load_campaign(Path(sys.argv[1])))
 done = time.perf_counter()

@@ -21,7 +21,7 @@ def main() -> None:
     import torch
 
     from renderer.executors import LocalExecutor
-    from renderer.plan import cut_batches, make_plan
+    from renderer.plan.variants import cut_batches, make_plan
     from renderer.produce import Job
     from renderer.ray_executor import RayExecutor
     from renderer.validate.checks import load_campaign

@@ -96,7 +96,7 @@ def render_paths(folder: Path) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     import hand_loop
 
-    from renderer.plan import cut_batches, make_plan
+    from renderer.plan.variants import cut_batches, make_plan
     from renderer.render import DiffusersRenderer
     from renderer.validate.checks import load_campaign
 
@@ -120,7 +120,7 @@ def render_paths(folder: Path) -> None:
 
 
 def three_stacks(folder: Path) -> None:
-    from renderer.plan import cut_batches, make_plan
+    from renderer.plan.variants import cut_batches, make_plan
     from renderer.render import DiffusersRenderer
     from renderer.validate.checks import load_campaign
 

@@ -20,11 +20,11 @@ if TYPE_CHECKING:
     from renderer.core.errors import CampaignError, InputError, RenderFailure
     from renderer.execute import RunSummary, render_campaign
     from renderer.ledger import Ledger
-    from renderer.plan import Plan, Variant, make_plan
+    from renderer.plan.variant_spec import VariantSpec
+    from renderer.plan.variants import Plan, Variant, make_plan
     from renderer.reproduction import Outcome, reproduce
     from renderer.validate.checks import load_campaign
     from renderer.validate.inputs import Campaign
-    from renderer.variant import VariantSpec
 
 _NAMES = {  # public name -> the module that defines it
     "CampaignError": "renderer.core.errors",
@@ -34,13 +34,13 @@ _NAMES = {  # public name -> the module that defines it
     "RunSummary": "renderer.execute",
     "Campaign": "renderer.validate.inputs",
     "Ledger": "renderer.ledger",
-    "make_plan": "renderer.plan",
-    "Plan": "renderer.plan",
-    "Variant": "renderer.plan",
+    "make_plan": "renderer.plan.variants",
+    "Plan": "renderer.plan.variants",
+    "Variant": "renderer.plan.variants",
     "reproduce": "renderer.reproduction",
     "Outcome": "renderer.reproduction",
     "load_campaign": "renderer.validate.checks",
-    "VariantSpec": "renderer.variant",
+    "VariantSpec": "renderer.plan.variant_spec",
 }
 __all__ = [
     "Campaign",

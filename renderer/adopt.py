@@ -18,7 +18,7 @@ from postprocess.parameters import ExportSpec
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file, sha256_json
 from renderer.metadata import LoraHashes
-from renderer.plan import Variant
+from renderer.plan.variants import Variant
 from renderer.produce import (
     ExportFile,
     Finished,

@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from renderer.core.terminal import printable
-    from renderer.output_folder import check_planned
-    from renderer.plan import make_plan
+    from renderer.plan.output_folder import check_planned
+    from renderer.plan.variants import make_plan
     from renderer.validate.checks import load_any
     from renderer.validate.inputs import Campaign, Recipe
     from renderer.validate.training_spec import TrainingSpec
@@ -411,9 +411,9 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from renderer.estimate import estimate, load_estimates
-    from renderer.output_folder import check_planned
-    from renderer.plan import make_plan, sample_variants
+    from renderer.plan.estimate import estimate, load_estimates
+    from renderer.plan.output_folder import check_planned
+    from renderer.plan.variants import make_plan, sample_variants
     from renderer.validate.checks import load_campaign
     from renderer.validate.matrix import axis_label
 
@@ -748,8 +748,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from postprocess.report_page import comparison_lines
     from renderer.comparison import compare_run
-    from renderer.estimate import load_estimates
     from renderer.lookup import open_ledger
+    from renderer.plan.estimate import load_estimates
 
     if args.recipe or args.run_b:
         return _compare_two(args)

@@ -11,7 +11,7 @@ render — and the estimates table:
   families look unlike each other);
 - seconds per image: each render's share of its batch's measured wall time (adopted
   images, which were not rendered, are left out);
-- dollars per 1,000 images: ``renderer.estimate`` for the recipe's variants, scaled to
+- dollars per 1,000 images: ``renderer.plan.estimate`` for the recipe's variants, scaled to
   1,000 — a model, not a measurement (README, "Estimates").
 
 Two runs, or the latest runs of two versions of a recipe (``campaign compare RUN_A RUN_B``,
@@ -35,9 +35,9 @@ from postprocess.report_page import RecipeComparison
 from renderer.core.errors import InputError
 from renderer.core.hashing import canonical_json
 from renderer.decisions import embedding_matrix
-from renderer.estimate import estimate
 from renderer.ledger import Ledger
-from renderer.output_folder import relative_inside
+from renderer.plan.estimate import estimate
+from renderer.plan.output_folder import relative_inside
 from renderer.records import RenderRow, RunRow
 from renderer.validate.matrix import axis_label
 

@@ -56,7 +56,7 @@ from renderer.delivery_recovery import (
 )
 from renderer.ledger import LEDGER_NAME, Ledger, new_delivery_id, utc_now
 from renderer.locking import hold_output_folder
-from renderer.output_folder import relative_inside, shipped_name
+from renderer.plan.output_folder import relative_inside, shipped_name
 from renderer.provenance import C2paSigner, sign_image
 from renderer.records import DeliveryFileRow, DeliveryRow, RenderRow
 from renderer.validate.matrix import axis_label

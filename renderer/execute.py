@@ -30,8 +30,8 @@ from renderer.environment import device_problem
 from renderer.executors import make_executor
 from renderer.ledger import LEDGER_NAME, Ledger, RenderRecord
 from renderer.locking import hold_output_folder, recover_after_crash
-from renderer.output_folder import Holder, OutputFolder, check_planned, report_path
-from renderer.plan import Plan, Variant, cut_batches, make_plan, recipe_content
+from renderer.plan.output_folder import Holder, OutputFolder, check_planned, report_path
+from renderer.plan.variants import Plan, Variant, cut_batches, make_plan, recipe_content
 from renderer.produce import WITHOUT_BATCH, FailedImage, Job, Produced
 from renderer.records import ExportRow, RenderRow
 from renderer.validate.checks import load_campaign
@@ -259,7 +259,7 @@ def recorded_paths(ledger_path: Path) -> dict[str, Holder]:
 
 def check_output_paths(plan: Plan, out_dir: Path, held: Mapping[str, Holder]) -> None:
     """Every master and export path of the plan, against each other, the folder's rules
-    and the ledger's records (``renderer.output_folder``): exit 2 before any model loads."""
+    and the ledger's records (``renderer.plan.output_folder``): exit 2 before any model loads."""
     check_planned(plan.planned_files(), plan.campaign.document, OutputFolder(out_dir, held))
 
 

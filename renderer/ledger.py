@@ -21,7 +21,7 @@ from typing import Any
 from renderer.core.errors import InputError, LedgerError
 from renderer.core.hashing import canonical_json, sha256_json
 from renderer.migrations import MIGRATIONS
-from renderer.output_folder import LEDGER_FILE, Holder
+from renderer.plan.output_folder import LEDGER_FILE, Holder
 from renderer.records import (
     RENDER_COLUMNS,
     RENDER_FROM,
@@ -598,7 +598,7 @@ class Ledger:
 
     def held_paths(self) -> dict[str, Holder]:
         """Each path below the output folder a render row holds (its master or an export),
-        with the newest record holding it (``renderer.output_folder``)."""
+        with the newest record holding it (``renderer.plan.output_folder``)."""
         held = {}
         for row in self.db.execute(
                 "SELECT output_path AS path, variant_id, id, run_id, recipe_name, "

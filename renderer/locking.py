@@ -33,7 +33,7 @@ from typing import Any
 from renderer.core.atomic import TEMP_PREFIX
 from renderer.core.errors import RenderFailure
 from renderer.delivery_recovery import recover_deliveries
-from renderer.output_folder import LOCK_FILE, REPRODUCE, THUMBNAILS
+from renderer.plan.output_folder import LOCK_FILE, REPRODUCE, THUMBNAILS
 
 LOCK_NAME = LOCK_FILE
 # Output sub-folders that render runs do not own (written without the folder lock): the

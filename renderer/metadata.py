@@ -43,9 +43,9 @@ from renderer.core.families import SCHEDULERS
 from renderer.core.hashing import canonical_json, short_hash
 from renderer.core.version import __version__
 from renderer.load.schema import FileId, RenderSpec, Sha256, Strict
-from renderer.output_folder import master_path, path_problem
+from renderer.plan.output_folder import master_path, path_problem
+from renderer.plan.variant_spec import PER_IMAGE_FIELDS, VariantSpec
 from renderer.render import RenderOptions
-from renderer.variant import PER_IMAGE_FIELDS, VariantSpec
 
 SOFTWARE = f"campaign-renderer {__version__}"
 IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"

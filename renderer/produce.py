@@ -51,10 +51,10 @@ from postprocess.parameters import EXTENSIONS, ExportSpec
 from renderer.core.hashing import hash_file, sha256_bytes
 from renderer.load.schema import FileId
 from renderer.metadata import LoraHashes, RenderContext, encode_png, file_metadata, render_context
-from renderer.output_folder import OutputFolder
-from renderer.plan import Variant
+from renderer.plan.output_folder import OutputFolder
+from renderer.plan.variant_spec import RecipeUse, VariantSpec
+from renderer.plan.variants import Variant
 from renderer.validate.inputs import BrandKit, Campaign, FileIndex
-from renderer.variant import RecipeUse, VariantSpec
 
 Box = tuple[int, int, int, int]
 # What rendering an image without the rest of its batch does (README, "Reproducing a

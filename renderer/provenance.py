@@ -37,7 +37,7 @@ from renderer.metadata import (
     SOFTWARE,
     digital_source_type,
 )
-from renderer.variant import VariantSpec
+from renderer.plan.variant_spec import VariantSpec
 
 MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _AGENT = {"name": "campaign-renderer", "version": __version__}

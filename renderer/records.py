@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from renderer.output_folder import split_master_path
+from renderer.plan.output_folder import split_master_path
 
 if TYPE_CHECKING:
-    from renderer.plan import Variant
+    from renderer.plan.variants import Variant
 
 
 def _loads(text: str | None, default: Any = None) -> Any:
@@ -267,7 +267,7 @@ class RenderRow(RenderFacts):
 
     @property
     def output_name(self) -> str:
-        """The output name its file was written under (``renderer.output_folder``)."""
+        """The output name its file was written under (``renderer.plan.output_folder``)."""
         return split_master_path(self.output_path, self.campaign, self.recipe_ref)[1]
 
     @property
@@ -280,8 +280,8 @@ class RenderRow(RenderFacts):
         a reproduction's target, may no longer be in any plan)."""
         # Imported here: the spec's models load pydantic and the file schema, which listing
         # and showing rows (history, show) never need.
-        from renderer.plan import Variant
-        from renderer.variant import VariantSpec
+        from renderer.plan.variant_spec import VariantSpec
+        from renderer.plan.variants import Variant
 
         return Variant(spec=VariantSpec.from_json(self.spec), id=self.variant_id,
                        output_name=self.output_name, aspect=None, folder=self.files_folder)

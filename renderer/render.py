@@ -1,8 +1,8 @@
 """Turn variant specs into pixels with diffusers (the *render* stage).
 
 The seam is one method: ``DiffusersRenderer.render_batch(specs, files)`` returns one PIL
-image per spec, for specs that share a batch key (``renderer.variant.batch_key``); the
-pipeline call itself is ``renderer.variant.render_call``, derived from the specs alone,
+image per spec, for specs that share a batch key (``renderer.plan.variant_spec.batch_key``); the
+pipeline call itself is ``renderer.plan.variant_spec.render_call``, derived from the specs alone,
 and files are found by sha256 in a ``FileIndex``. Base pipelines are loaded once per
 (family, checkpoint) and kept; LoRAs are loaded once per pipeline and switched with
 ``set_adapters``. Noise comes from one CPU ``torch.Generator`` per image, seeded with the
@@ -36,8 +36,7 @@ from renderer.core.errors import InputError, RenderFailure
 from renderer.core.families import PIPELINES, SCHEDULERS, SIZE_MULTIPLE
 from renderer.environment import fingerprint, resolve_device, resolve_dtype
 from renderer.load.schema import PICKLE_SUFFIXES, FileId
-from renderer.validate.inputs import FileIndex, Recipe, ResolvedFile
-from renderer.variant import (
+from renderer.plan.variant_spec import (
     DetailCall,
     DetailUse,
     HiresUse,
@@ -48,6 +47,7 @@ from renderer.variant import (
     VariantSpec,
     render_call,
 )
+from renderer.validate.inputs import FileIndex, Recipe, ResolvedFile
 
 # Held while a model is built: diffusers builds its models under accelerate's
 # init_empty_weights, which patches torch.nn.Module for every thread, so a model built in

@@ -43,14 +43,14 @@ from renderer.environment import differences, options_like, pixel_option_differe
 from renderer.ledger import LEDGER_NAME, Ledger
 from renderer.load.schema import FileId
 from renderer.metadata import MAX_RENDER_BYTES, RenderContext
-from renderer.output_folder import reproduction_root
-from renderer.plan import Variant
+from renderer.plan.output_folder import reproduction_root
+from renderer.plan.variant_spec import VariantSpec, spec_problem
+from renderer.plan.variants import Variant
 from renderer.produce import WITHOUT_BATCH, Job, Produced, Worker
 from renderer.records import RenderRow
 from renderer.validate.checks import pickle_weights
 from renderer.validate.file_finder import FileFinder, InputProblem, file_role, spec_files
 from renderer.validate.inputs import FileIndex, ResolvedFile
-from renderer.variant import VariantSpec, spec_problem
 
 if TYPE_CHECKING:
     from renderer.render import LoraSlots
@@ -74,7 +74,7 @@ class Target:
     batch: Sequence[str] = ()       # variant ids rendered with it, in order (empty: unknown)
     source: str = ""
     search: Sequence[Path] = ()    # where its per-variant images may be (the campaign's folder)
-    folder: str | None = None       # None: the layout's (renderer.output_folder)
+    folder: str | None = None       # None: the layout's (renderer.plan.output_folder)
     # The files it may be, compared with the same file's re-render: a channel export's name,
     # None for the master (several: a PNG export of the master's size, until bytes tell).
     channels: tuple[str | None, ...] = (None,)

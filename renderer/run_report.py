@@ -27,9 +27,9 @@ from renderer.comparison import compare_run
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.errors import InputError
 from renderer.decisions import run_gates
-from renderer.estimate import load_estimates
 from renderer.ledger import Ledger
-from renderer.output_folder import OutputFolder, relative_inside, report_path
+from renderer.plan.estimate import load_estimates
+from renderer.plan.output_folder import OutputFolder, relative_inside, report_path
 from renderer.records import RenderRow
 from renderer.validate.matrix import axis_label
 

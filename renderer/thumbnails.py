@@ -13,7 +13,7 @@ import contextlib
 import io
 from pathlib import Path
 
-from renderer.output_folder import THUMBNAILS, OutputFolder, PathRefused
+from renderer.plan.output_folder import THUMBNAILS, OutputFolder, PathRefused
 
 FOLDER = THUMBNAILS
 SIZES = (128, 256, 512, 1024, 2048)  # longest side, pixels

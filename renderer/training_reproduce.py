@@ -29,7 +29,7 @@ from renderer.core.errors import InputError
 from renderer.environment import differences
 from renderer.ledger import Ledger
 from renderer.lookup import file_state, open_ledger
-from renderer.output_folder import reproduction_root
+from renderer.plan.output_folder import reproduction_root
 from renderer.records import TrainingRow
 from renderer.training_run import TRAININGS_DIR, job_of
 from renderer.validate.file_finder import FileFinder, spec_files

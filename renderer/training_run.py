@@ -29,7 +29,7 @@ from renderer.core.errors import InputError
 from renderer.core.hashing import HashCache, hash_file, sha256_json
 from renderer.ledger import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
 from renderer.load.schema import FileId
-from renderer.output_folder import CACHE, TRAININGS, OutputFolder
+from renderer.plan.output_folder import CACHE, TRAININGS, OutputFolder
 from renderer.records import TrainingRow
 from renderer.training_job import (
     DEFAULT_TARGETS,

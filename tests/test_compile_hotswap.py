@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from renderer.plan import make_plan
+from renderer.plan.variants import make_plan
 from renderer.produce import Worker
 from renderer.render import DiffusersRenderer, RenderOptions, compiled_graphs
 from renderer.validate.checks import load_campaign

@@ -17,7 +17,7 @@ from renderer.metadata import (
     encode_png,
     read_png_metadata,
 )
-from renderer.plan import make_plan
+from renderer.plan.variants import make_plan
 from renderer.render import DiffusersRenderer
 from renderer.validate.checks import load_campaign
 

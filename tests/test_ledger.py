@@ -15,7 +15,7 @@ from renderer.core.hashing import sha256_bytes, sha256_json
 from renderer.ledger import DecisionRecord, Ledger, RenderRecord
 from renderer.metadata import encode_png
 from renderer.migrations import MIGRATIONS, m001_initial
-from renderer.variant import VariantSpec
+from renderer.plan.variant_spec import VariantSpec
 
 from .conftest import run_cli
 

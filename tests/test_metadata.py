@@ -21,7 +21,7 @@ from renderer.metadata import (
     parse_a1111_parameters,
     read_png_metadata,
 )
-from renderer.variant import VariantSpec
+from renderer.plan.variant_spec import VariantSpec
 
 CHECKPOINT_SHA = "93204beabe07a502a057472bbb7ef254beb58874e7bf72abdd307d3a975a752c"
 STYLE_SHA = "46e3cf0c0fc50b8e410792f4a892ffce177124aa05947ba2f36ca06a732a312f"

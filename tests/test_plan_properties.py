@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from renderer.core.errors import InputError
 from renderer.load.yamlsource import YamlDocument, load_yaml
-from renderer.plan import make_plan
+from renderer.plan.variants import make_plan
 from renderer.validate.checks import load_any, validate_campaign
 from renderer.validate.matrix import matches
 

@@ -21,7 +21,7 @@ from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_bytes, sha256_json, sha256_path
 from renderer.execute import render_campaign
 from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA
-from renderer.plan import make_plan
+from renderer.plan.variants import make_plan
 from renderer.render import DiffusersRenderer
 from renderer.validate.checks import load_campaign
 

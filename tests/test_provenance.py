@@ -20,8 +20,8 @@ from renderer.metadata import (
     file_metadata,
     read_png_metadata,
 )
+from renderer.plan.variant_spec import VariantSpec
 from renderer.provenance import C2paSigner, read_c2pa, sign_image, sign_png
-from renderer.variant import VariantSpec
 
 from .shipping_support import make_ca
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from renderer.core.families import SIZE_MULTIPLE
-from renderer.plan import cut_batches, make_plan
+from renderer.plan.variants import cut_batches, make_plan
 from renderer.produce import Worker
 from renderer.validate.checks import load_campaign
 

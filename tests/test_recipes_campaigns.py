@@ -112,7 +112,7 @@ def test_lora_weight_override_reaches_the_variant_metadata(project):
     variants = plan_json(project)
     result = run_cli("plan", project.campaign_path, "--json")
     assert result.code == 0
-    from renderer.plan import make_plan
+    from renderer.plan.variants import make_plan
     from renderer.validate.checks import load_campaign
 
     plan = make_plan(load_campaign(project.campaign_path))

@@ -26,11 +26,11 @@ from postprocess.upscale import Tiling
 from renderer.cli import main
 from renderer.core.hashing import canonical_json, sha256_path
 from renderer.metadata import LoraHashes, a1111_parameters, read_png_metadata
-from renderer.plan import make_plan
+from renderer.plan.variant_spec import VariantSpec, batch_key, render_call, spec_problem, variant_id
+from renderer.plan.variants import make_plan
 from renderer.produce import exports_of_master
 from renderer.render import DiffusersRenderer
 from renderer.validate.checks import load_campaign
-from renderer.variant import VariantSpec, batch_key, render_call, spec_problem, variant_id
 
 from .conftest import REPO, CliResult, ledger_rows
 from .scratch import SIZE, Scratch

@@ -21,7 +21,7 @@ import pytest
 from renderer.core.hashing import sha256_bytes
 from renderer.decisions import campaign_gates, decide_run
 from renderer.ledger import Ledger, RenderRecord
-from renderer.plan import make_plan
+from renderer.plan.variants import make_plan
 from renderer.validate.checks import load_campaign
 
 from .conftest import CAMPAIGN_BIN, REPO

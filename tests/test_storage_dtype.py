@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from renderer.environment import pixel_option_differences
-from renderer.plan import make_plan
+from renderer.plan.variants import make_plan
 from renderer.render import DiffusersRenderer, RenderOptions
 from renderer.validate.checks import load_campaign
 

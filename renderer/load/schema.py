@@ -2,7 +2,7 @@
 
 Unknown keys are errors and types are strict (``"5"`` is not an int). Every ranged
 setting is declared once: the shared field types below (steps, cfg, seeds, LoRA weights,
-sizes) are also the types of a variant's spec (``renderer.variant``), and the retouch
+sizes) are also the types of a variant's spec (``renderer.plan.variant_spec``), and the retouch
 steps, logo placement and exports are the post-process library's own parameter models.
 So a file, a stored spec and an image's embedded spec are checked by the same ranges.
 

@@ -3,7 +3,7 @@ checked.
 
 load (``renderer.load.yamlsource``: YAML with the line of every key) → **validate** (this
 module: the schema, every rule between keys, every referenced file, and every variant of
-the matrix with its templates rendered) → plan (``renderer.plan``, which cannot fail).
+the matrix with its templates rendered) → plan (``renderer.plan.variants``, which cannot fail).
 
 Everything that can be wrong with the input is found here, before any model loads or any
 file is written: unknown keys, types and ranges (``renderer.load.schema``), pinned hashes,

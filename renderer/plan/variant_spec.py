@@ -336,7 +336,7 @@ def render_call(specs: Sequence[VariantSpec]) -> RenderCall:
     first = specs[0]
     if len({batch_key(spec) for spec in specs}) != 1:
         raise ValueError("a batch mixes variants that cannot share one pipeline call; cut "
-                         "batches with renderer.plan.cut_batches")
+                         "batches with renderer.plan.variants.cut_batches")
     recipe = first.recipe
     block = "inpaint" if recipe.inpaint else "img2img" if recipe.img2img else None
     return RenderCall(

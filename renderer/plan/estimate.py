@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:  # plan imports validation; the ledger's readers estimate from stored specs
-    from renderer.plan import Variant
+    from renderer.plan.variants import Variant
 
 DEFAULTS = resources.files("renderer").joinpath("data", "estimates.yaml")
 

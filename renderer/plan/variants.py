@@ -1,7 +1,7 @@
 """Turn a validated campaign into variants with their specs and ids (the *plan* layer).
 
 Validation (``renderer.validate.checks``) has already resolved and checked every variant
-(``Point``); the plan states each one as a ``VariantSpec`` (``renderer.variant``), whose
+(``Point``); the plan states each one as a ``VariantSpec`` (``renderer.plan.variant_spec``), whose
 canonical JSON hash is its id, and cuts the deliverable set into batches. Nothing here
 can fail on user input.
 """
@@ -17,10 +17,8 @@ from typing import Any
 from postprocess.parameters import EXTENSIONS
 from renderer.core.hashing import canonical_json
 from renderer.load.schema import FileId
-from renderer.output_folder import PlannedFile, export_path, master_path, variant_folder
-from renderer.validate.checks import delivery_size, text_box_pixels
-from renderer.validate.inputs import Campaign, Point, Recipe, ResolvedFile
-from renderer.variant import (
+from renderer.plan.output_folder import PlannedFile, export_path, master_path, variant_folder
+from renderer.plan.variant_spec import (
     STEP_CLASSES,
     VARIANT_SCHEMA,
     LogoUse,
@@ -31,6 +29,8 @@ from renderer.variant import (
     VariantSpec,
     batch_key,
 )
+from renderer.validate.checks import delivery_size, text_box_pixels
+from renderer.validate.inputs import Campaign, Point, Recipe, ResolvedFile
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Variant:
 
     @property
     def output_path(self) -> str:
-        """The master's path below the output folder (``renderer.output_folder``)."""
+        """The master's path below the output folder (``renderer.plan.output_folder``)."""
         return master_path(self.files_folder, self.output_name)
 
     def export_path(self, channel: str, extension: str) -> str:

@@ -1,0 +1,3 @@
+"""Validated points become variants: the spec and its id, batches, the output folder's layout,
+estimates.
+"""
