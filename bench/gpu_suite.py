@@ -42,8 +42,9 @@ prompt to the full length (77 CLIP, 512 T5 tokens), so the encoders' work is the
 LoRA switch rows (compiled, batch 1, each family): two random LoRAs on the attention
 projections (ranks 16 and 32; the wider first), switched back and forth; per switch the
 seconds of the load/swap plus the next call minus a call without a switch, and the graphs
-torch.compile compiled (``renderer.render.compiled_graphs``). With hot-swap: one adapter,
-diffusers' ``enable_lora_hotswap(target_rank=32)`` then ``load_lora_weights(hotswap=True)``
+torch.compile compiled (``renderer.render.diffusers_renderer.compiled_graphs``). With
+hot-swap: one adapter, diffusers' ``enable_lora_hotswap(target_rank=32)`` then
+``load_lora_weights(hotswap=True)``
 (what ``render.compile`` does per stack position); without: a second adapter and
 ``set_adapters``, as eager runs do.
 
@@ -489,7 +490,7 @@ def random_lora(denoiser, prefix: str, rank: int, seed: int) -> dict:
 
 def run_lora(name: str, args, report: dict, device: str, dtype: torch.dtype) -> None:
     """LoRA-stack switches on the compiled denoiser, with and without hot-swap."""
-    from renderer.render import compiled_graphs
+    from renderer.render.diffusers_renderer import compiled_graphs
 
     family = FAMILIES[name]
     size = 64 if args.smoke else family.size

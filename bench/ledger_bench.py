@@ -63,7 +63,7 @@ def populate_with_stubs(campaign: Path, out: Path, variants: int = 1000) -> floa
     from PIL import Image
 
     import postprocess.scoring as scoring
-    import renderer.render as render
+    import renderer.render.diffusers_renderer as render
     from renderer.execute import render_campaign
 
     class FlatRenderer:

@@ -100,7 +100,7 @@ class PipelinedExecutor(LocalExecutor):
 
 
 def resolve_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:
-    from renderer.render import auto_batch_size
+    from renderer.render.diffusers_renderer import auto_batch_size
 
     requested = campaign.spec.render.batch_size
     return {family: requested if isinstance(requested, int) else auto_batch_size(device, family)
@@ -112,7 +112,7 @@ def make_executor(name: str, campaign: Campaign, out_dir: Path, log: Log, *,
     if name == "local":
         pipelined = campaign.spec.render.pipeline
         if pipelined == "auto":
-            from renderer.environment import resolve_device
+            from renderer.render.environment import resolve_device
 
             pipelined = resolve_device(campaign.spec.render.device) != "cpu"
         return (PipelinedExecutor if pipelined else LocalExecutor)(campaign, out_dir, log)

@@ -45,7 +45,7 @@ from renderer.core.version import __version__
 from renderer.load.schema import FileId, RenderSpec, Sha256, Strict
 from renderer.plan.output_folder import master_path, path_problem
 from renderer.plan.variant_spec import PER_IMAGE_FIELDS, VariantSpec
-from renderer.render import RenderOptions
+from renderer.render.diffusers_renderer import RenderOptions
 
 SOFTWARE = f"campaign-renderer {__version__}"
 IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"

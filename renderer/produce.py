@@ -288,7 +288,7 @@ class Scoring:
 
             near_palette_table(tuple(palette), float(scoring.palette_delta_e))
         from postprocess.scoring import ClipScorer
-        from renderer.render import BUILDING_MODELS
+        from renderer.render.diffusers_renderer import BUILDING_MODELS
 
         with BUILDING_MODELS:  # not while diffusers builds one (start-up runs beside it)
             self.scorer = ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size) \
@@ -374,7 +374,7 @@ class Worker:
 
     @classmethod
     def for_campaign(cls, campaign: Campaign, log: Callable[[str], None]) -> Worker:
-        from renderer.render import DiffusersRenderer, RenderOptions
+        from renderer.render.diffusers_renderer import DiffusersRenderer, RenderOptions
 
         options = campaign.spec.render.model_dump(include=RenderOptions.known())
         allow_pickle = any(recipe.spec.allow_pickle for recipe in campaign.recipes)

@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 from renderer.compare import compare
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.hashing import sha256_bytes, sha256_json
-from renderer.environment import differences, options_like, pixel_option_differences
 from renderer.ledger import LEDGER_NAME, Ledger
 from renderer.load.schema import FileId
 from renderer.metadata import MAX_RENDER_BYTES, RenderContext
@@ -48,12 +47,13 @@ from renderer.plan.variant_spec import VariantSpec, spec_problem
 from renderer.plan.variants import Variant
 from renderer.produce import WITHOUT_BATCH, Job, Produced, Worker
 from renderer.records import RenderRow
+from renderer.render.environment import differences, options_like, pixel_option_differences
 from renderer.validate.checks import pickle_weights
 from renderer.validate.file_finder import FileFinder, InputProblem, file_role, spec_files
 from renderer.validate.inputs import FileIndex, ResolvedFile
 
 if TYPE_CHECKING:
-    from renderer.render import LoraSlots
+    from renderer.render.diffusers_renderer import LoraSlots
 
 Log = Callable[[str], None]
 TOLERANCE_OTHER_ENVIRONMENT = 1  # in 1/255 steps, per channel (README: "Ids, seeds …")
@@ -447,7 +447,7 @@ def _recorded_slots(target: Target, finder: FileFinder,
     """The hot-swap slots the target's run used whose first LoRAs are found (added to
     ``located``); a checkpoint's slots with one missing are left out: its stacks switch
     with set_adapters, and the environment difference (``options.lora_hotswap``) says so."""
-    from renderer.render import LoraSlots
+    from renderer.render.diffusers_renderer import LoraSlots
 
     found = {}
     for checkpoint, slots in LoraSlots.recorded(target.environment).items():
@@ -467,7 +467,7 @@ def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None,
     ``options`` an image names."""
     import torch
 
-    from renderer.render import DiffusersRenderer, RenderOptions
+    from renderer.render.diffusers_renderer import DiffusersRenderer, RenderOptions
 
     if environment and environment.get("threads"):
         torch.set_num_threads(int(environment["threads"]))

@@ -53,9 +53,9 @@ from peft import LoraConfig, inject_adapter_in_model
 from renderer.core.atomic import TEMP_PREFIX, write_bytes_atomic
 from renderer.core.errors import CampaignError, InputError, RenderFailure
 from renderer.core.hashing import HashCache, sha256_bytes
-from renderer.environment import PACKAGES, fingerprint, resolve_device
 from renderer.load.schema import MIXED_PRECISIONS, SAVE_PRECISIONS, TRAINING_SCHEDULES
 from renderer.lora_files import ADAPTER, lora_file_bytes, lora_state_dict, training_metadata
+from renderer.render.environment import PACKAGES, fingerprint, resolve_device
 from renderer.training_data import BatchOrder, DatasetFeatures, derive_seed, generator
 from renderer.training_job import (
     DEFAULT_TARGETS,

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from renderer.core.errors import InputError
-from renderer.environment import differences
 from renderer.ledger import Ledger
 from renderer.lookup import file_state, open_ledger
 from renderer.plan.output_folder import reproduction_root
 from renderer.records import TrainingRow
+from renderer.render.environment import differences
 from renderer.training_run import TRAININGS_DIR, job_of
 from renderer.validate.file_finder import FileFinder, spec_files
 from renderer.validate.inputs import FileIndex
@@ -127,7 +127,7 @@ def reproduce_training(text: str, *, out_dir: Path, into: Path | None = None,
     if scratch.exists():
         log(f"replacing the earlier re-training in {scratch}")
         shutil.rmtree(scratch)
-    from renderer.render import quiet_libraries
+    from renderer.render.diffusers_renderer import quiet_libraries
     from renderer.training import train
 
     quiet_libraries()

@@ -198,7 +198,7 @@ def train_spec(spec: TrainingSpec, out_dir: Path, *,
             done = finished_training(ledger, training)
         if done is not None:
             return _already(done, out_dir, started)
-    from renderer.render import quiet_libraries
+    from renderer.render.diffusers_renderer import quiet_libraries
     from renderer.training import hold_training_folder, train  # torch and diffusers: only for work
     from renderer.training_report import write_report
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from renderer.plan.variants import make_plan
 from renderer.produce import Worker
-from renderer.render import DiffusersRenderer, RenderOptions, compiled_graphs
+from renderer.render.diffusers_renderer import DiffusersRenderer, RenderOptions, compiled_graphs
 from renderer.validate.checks import load_campaign
 
 pytestmark = pytest.mark.long  # a minute of compiled renders: scheduled first
@@ -132,7 +132,7 @@ def test_reproduce_hot_swaps_into_the_recorded_slots(two_stacks, tmp_path):
 def test_reproduce_names_the_pixel_changing_options_that_differ():
     """What reproduce notes when a recorded render used an opt-in option this one does not
     (fingerprints as the renderer records them; no model loads)."""
-    from renderer.environment import pixel_option_differences
+    from renderer.render.environment import pixel_option_differences
 
     recorded = DiffusersRenderer(RenderOptions(first_block_cache=0.08)).fingerprint()
     now = DiffusersRenderer(RenderOptions(compile=True)).fingerprint()

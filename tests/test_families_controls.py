@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from renderer.controls import PREPROCESSORS, load_rgb, region_mask
 from renderer.execute import render_campaign
 from renderer.metadata import (
     A1111_SAMPLER_NAMES,
@@ -18,7 +17,8 @@ from renderer.metadata import (
     read_png_metadata,
 )
 from renderer.plan.variants import make_plan
-from renderer.render import DiffusersRenderer
+from renderer.render.controls import PREPROCESSORS, load_rgb, region_mask
+from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.validate.checks import load_campaign
 
 from .conftest import ledger_rows, pngs, run_cli

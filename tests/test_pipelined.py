@@ -155,7 +155,7 @@ def test_a_render_that_raises_stops_after_the_batches_before_it(fault, serial, t
     """The second batch's pipeline call raises, or Ctrl-C lands in it: the first batch
     (finishing meanwhile) is committed, as the serial path would have it, the third is
     neither rendered, written nor committed, and the run is recorded as stopped."""
-    from renderer.render import DiffusersRenderer
+    from renderer.render.diffusers_renderer import DiffusersRenderer
 
     project = project_at(tmp_path, pipeline=True)
     real_call, calls = DiffusersRenderer._call, []

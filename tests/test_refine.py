@@ -29,7 +29,7 @@ from renderer.metadata import LoraHashes, a1111_parameters, read_png_metadata
 from renderer.plan.variant_spec import VariantSpec, batch_key, render_call, spec_problem, variant_id
 from renderer.plan.variants import make_plan
 from renderer.produce import exports_of_master
-from renderer.render import DiffusersRenderer
+from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.validate.checks import load_campaign
 
 from .conftest import REPO, CliResult, ledger_rows

@@ -16,9 +16,9 @@ from PIL.PngImagePlugin import PngInfo
 from renderer.cli import main
 from renderer.compare import ssim
 from renderer.core.hashing import sha256_folder
-from renderer.environment import differences as environment_differences
 from renderer.load.schema import FileId
 from renderer.metadata import MAX_RENDER_BYTES, RenderContext, render_context
+from renderer.render.environment import differences as environment_differences
 from renderer.validate.file_finder import FileFinder, spec_files
 
 from .conftest import REPO, CliResult, ledger_rows, run_cli

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from renderer.environment import pixel_option_differences
 from renderer.plan.variants import make_plan
-from renderer.render import DiffusersRenderer, RenderOptions
+from renderer.render.diffusers_renderer import DiffusersRenderer, RenderOptions
+from renderer.render.environment import pixel_option_differences
 from renderer.validate.checks import load_campaign
 
 from .conftest import ledger_rows, run_cli

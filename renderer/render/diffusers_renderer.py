@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.families import PIPELINES, SCHEDULERS, SIZE_MULTIPLE
-from renderer.environment import fingerprint, resolve_device, resolve_dtype
 from renderer.load.schema import PICKLE_SUFFIXES, FileId
 from renderer.plan.variant_spec import (
     DetailCall,
@@ -47,6 +46,7 @@ from renderer.plan.variant_spec import (
     VariantSpec,
     render_call,
 )
+from renderer.render.environment import fingerprint, resolve_device, resolve_dtype
 from renderer.validate.inputs import FileIndex, Recipe, ResolvedFile
 
 # Held while a model is built: diffusers builds its models under accelerate's
@@ -322,7 +322,7 @@ class DiffusersRenderer:
                   hand_to: str | None = None) -> Any:
         """The base render of a call: PIL images, or ``Latents`` for the step that takes them
         over (``hand_to``: the refiner, from its ``switch_at``, or a latent hires upscaler)."""
-        from renderer.controls import keeps_source, paste_source_outside_mask
+        from renderer.render.controls import keeps_source, paste_source_outside_mask
 
         recipe = call.recipe
         arguments = pipeline_arguments(call, files)
@@ -365,7 +365,7 @@ class DiffusersRenderer:
         from PIL import Image
 
         from postprocess.hires import LATENT_UPSCALERS, upscale_latents
-        from renderer.controls import keeps_source
+        from renderer.render.controls import keeps_source
 
         recipe = call.recipe
         target = hires.target_size(call.size, recipe.family)
@@ -435,7 +435,7 @@ class DiffusersRenderer:
         from PIL import Image
 
         from postprocess.detail import Detail, detail_crop, paste_details
-        from renderer.controls import keeps_source
+        from renderer.render.controls import keeps_source
 
         recipe, detail = call.recipe, detail_call.detail
         steps = detail.steps or recipe.steps
@@ -494,7 +494,7 @@ class DiffusersRenderer:
                       files: FileIndex) -> Any:
         """The image whose white pixels are a detailer's regions: its own mask, or (detect:
         product) the recipe's inpaint mask or region, else its first ControlNet image."""
-        from renderer.controls import load_rgb, region_mask
+        from renderer.render.controls import load_rgb, region_mask
 
         recipe = call.recipe
         if detail_call.detail.detect == "mask":
@@ -898,7 +898,7 @@ def _white(image: Any, size: tuple[int, int]) -> Any:
 def pipeline_arguments(call: RenderCall, files: FileIndex) -> dict[str, Any]:
     """The diffusers keyword arguments of one pipeline call."""
 
-    from renderer.controls import PREPROCESSORS, batch_array, load_rgb, region_mask
+    from renderer.render.controls import PREPROCESSORS, batch_array, load_rgb, region_mask
 
     recipe = call.recipe
     arguments = _prompt_arguments(recipe, call.prompts, call.negative_prompts, call.seeds)
