@@ -52,7 +52,7 @@ from postprocess.scoring import ClipScorer
 from postprocess.text import overlay_text
 from postprocess.text_layout import TextBlock
 from renderer.demo_models import build_tiny_clip
-from renderer.metadata import xmp_packet
+from renderer.produce.metadata import xmp_packet
 from tests.synthetic import draw_face, shapes, with_noise
 
 SIDE = 1080

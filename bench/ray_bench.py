@@ -22,7 +22,7 @@ def main() -> None:
 
     from renderer.executors import LocalExecutor
     from renderer.plan.variants import cut_batches, make_plan
-    from renderer.produce import Job
+    from renderer.produce.worker import Job
     from renderer.ray_executor import RayExecutor
     from renderer.validate.checks import load_campaign
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from postprocess.parameters import ExportSpec
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file, sha256_json
-from renderer.metadata import LoraHashes
 from renderer.plan.variants import Variant
-from renderer.produce import (
+from renderer.produce.metadata import LoraHashes
+from renderer.produce.worker import (
     ExportFile,
     Finished,
     Produced,
@@ -38,7 +38,7 @@ UNKNOWN_ENVIRONMENT = {"device": "unknown (adopted from a file already in the fo
 
 def adoptable(variants: Sequence[Variant], out_dir: Path) -> list[Variant]:
     """The variants whose master is already in ``out_dir``, each checked against its id."""
-    from renderer.metadata import read_png_metadata
+    from renderer.produce.metadata import read_png_metadata
 
     found = []
     for variant in variants:

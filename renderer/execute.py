@@ -31,7 +31,7 @@ from renderer.ledger import LEDGER_NAME, Ledger, RenderRecord
 from renderer.locking import hold_output_folder, recover_after_crash
 from renderer.plan.output_folder import Holder, OutputFolder, check_planned, report_path
 from renderer.plan.variants import Plan, Variant, cut_batches, make_plan, recipe_content
-from renderer.produce import WITHOUT_BATCH, FailedImage, Job, Produced
+from renderer.produce.worker import WITHOUT_BATCH, FailedImage, Job, Produced
 from renderer.records import ExportRow, RenderRow
 from renderer.render.environment import device_problem
 from renderer.validate.checks import load_campaign
@@ -334,8 +334,8 @@ def repair_exports(ledger: Ledger, repairs: Sequence[Repair], out_dir: Path,
                    files: FileIndex, log: Log) -> None:
     """Rebuild lost or altered exports from their masters: the same crop, resize, encoder
     and metadata as when they were made; the master is read, never written."""
-    from renderer.metadata import LoraHashes
-    from renderer.produce import Worker, exports_of_master
+    from renderer.produce.metadata import LoraHashes
+    from renderer.produce.worker import Worker, exports_of_master
 
     lora_hashes = LoraHashes(files.path)
     for repair in repairs:

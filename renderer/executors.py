@@ -1,6 +1,6 @@
 """Where jobs are produced: the ``Executor`` protocol and the local executors.
 
-An executor runs the worker's stages (``renderer.produce.Worker``: render → finish →
+An executor runs the worker's stages (``renderer.produce.worker.Worker``: render → finish →
 write) on jobs (one pipeline call's batch each) and yields what each produced; the driver
 (``renderer.execute``) commits it to the ledger. The local executors do this in-process,
 in job order — ``LocalExecutor`` one stage after the other (``render.pipeline: false``),
@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from renderer.produce import FINISH_THREADS, Job, JobResult, OverlappedStages
+from renderer.produce.worker import FINISH_THREADS, Job, JobResult, OverlappedStages
 from renderer.validate.inputs import Campaign
 
 if TYPE_CHECKING:
-    from renderer.produce import Worker
+    from renderer.produce.worker import Worker
 
 Log = Callable[[str], None]
 
@@ -47,7 +47,7 @@ class LocalExecutor:
                  worker: Worker | None = None):
         """``worker``: the campaign's own by default (bench/overlap_bench.py gives one with
         a renderer that only holds the batch, as an accelerator would)."""
-        from renderer.produce import Worker
+        from renderer.produce.worker import Worker
 
         self.campaign = campaign
         self.worker, self.out_dir = worker or Worker.for_campaign(campaign, log), out_dir
@@ -68,7 +68,7 @@ class LocalExecutor:
 
 class PipelinedExecutor(LocalExecutor):
     """Produces batches in this process with the stages overlapped
-    (``renderer.produce.OverlappedStages``): the denoiser renders batch N+1 on this thread
+    (``renderer.produce.worker.OverlappedStages``): the denoiser renders batch N+1 on this thread
     while a pool post-processes, scores and encodes batch N; batch N is then written and
     yielded. Results come in job order from the serial path's own stages, so files, rows
     and decisions are the same; a render that raises or is interrupted first hands over

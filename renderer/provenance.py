@@ -32,12 +32,12 @@ from typing import Any
 
 from renderer.core.errors import InputError
 from renderer.core.version import __version__
-from renderer.metadata import (
+from renderer.plan.variant_spec import VariantSpec
+from renderer.produce.metadata import (
     COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
     SOFTWARE,
     digital_source_type,
 )
-from renderer.plan.variant_spec import VariantSpec
 
 MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _AGENT = {"name": "campaign-renderer", "version": __version__}

@@ -1,7 +1,7 @@
 """Render on a Ray cluster: one actor per GPU (or per configured CPU share).
 
 Each actor loads the campaign's pipeline once and runs the local executor's worker
-(``renderer.produce.Worker``) on whole batches (the same batches as the local executor:
+(``renderer.produce.worker.Worker``) on whole batches (the same batches as the local executor:
 same grouping, same size, same per-image generators and the same torch thread count, so
 the same bytes), through the pipelined executor's ``OverlappedStages``: an actor renders
 the batch it is given while it finishes the one before, and hands that one back.
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from renderer.core.errors import InputError, RenderFailure
-from renderer.produce import Job, JobResult
+from renderer.produce.worker import Job, JobResult
 
 MAX_ATTEMPTS = 3
 
@@ -40,7 +40,7 @@ def _worker_class() -> Any:
             # Ray pins OMP threads to the actor's CPU share; a different thread count moves
             # pixels by 1/255, so use the driver's to give the local executor's bytes.
             torch.set_num_threads(threads)
-            from renderer.produce import OverlappedStages, Worker
+            from renderer.produce.worker import OverlappedStages, Worker
             from renderer.validate.checks import load_campaign
 
             self.campaign = load_campaign(Path(campaign_path), verify_hashes=False)

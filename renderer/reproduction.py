@@ -4,7 +4,7 @@ The source of truth is the *stored* spec, never today's recipe or campaign file:
 row's variant JSON (every pixel-deciding setting, files by name and sha256), its input files
 (paths and sha256), its batch and its environment fingerprint. Without a ledger, the image
 says it itself: its ``campaign_variant`` JSON is the spec and its ``campaign_render``
-(``renderer.metadata.RenderContext``) its batch — each member's spec rebuilt from the
+(``renderer.produce.metadata.RenderContext``) its batch — each member's spec rebuilt from the
 image's own and checked against its id —, output name, pixel-changing render options and
 config folder; untrusted input, validated by the same schema as the files. Files are found
 by name and sha256 under search folders, else by content.
@@ -19,7 +19,7 @@ Order of work:
    version, the device, …) is listed.
 3. **Render.** Each target is rendered inside the same batch it was rendered in (without
    it, pixels move: ``WITHOUT_BATCH``) by the worker ``campaign render`` uses
-   (``renderer.produce.Worker``), so it is post-processed and encoded exactly as then, at
+   (``renderer.produce.worker.Worker``), so it is post-processed and encoded exactly as then, at
    its recorded path below the destination.
 4. **Compare** (``renderer.compare``). Identical bytes, else the largest per-channel
    difference and SSIM against the tolerance: 0 when the environment is the same, 1/255
@@ -41,11 +41,11 @@ from renderer.core.errors import InputError, RenderFailure
 from renderer.core.hashing import sha256_bytes, sha256_json
 from renderer.ledger import LEDGER_NAME, Ledger
 from renderer.load.schema import FileId
-from renderer.metadata import MAX_RENDER_BYTES, RenderContext
 from renderer.plan.output_folder import reproduction_root
 from renderer.plan.variant_spec import VariantSpec, spec_problem
 from renderer.plan.variants import Variant
-from renderer.produce import WITHOUT_BATCH, Job, Produced, Worker
+from renderer.produce.metadata import MAX_RENDER_BYTES, RenderContext
+from renderer.produce.worker import WITHOUT_BATCH, Job, Produced, Worker
 from renderer.records import RenderRow
 from renderer.render.environment import differences, options_like, pixel_option_differences
 from renderer.validate.checks import pickle_weights

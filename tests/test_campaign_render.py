@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from renderer.core.hashing import sha256_bytes, sha256_json
-from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA, read_png_metadata
+from renderer.produce.metadata import TRAINED_ALGORITHMIC_MEDIA, read_png_metadata
 
 from .conftest import REPO, ledger_rows, pngs, run_cli
 

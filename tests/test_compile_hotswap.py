@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from renderer.plan.variants import make_plan
-from renderer.produce import Worker
+from renderer.produce.worker import Worker
 from renderer.render.diffusers_renderer import DiffusersRenderer, RenderOptions, compiled_graphs
 from renderer.validate.checks import load_campaign
 

@@ -13,7 +13,7 @@ from PIL import Image
 from postprocess.embedded_metadata import read_export_metadata
 from postprocess.export import encode_image, export_image, smart_crop
 from postprocess.parameters import ExportSpec
-from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA, xmp_packet
+from renderer.produce.metadata import TRAINED_ALGORITHMIC_MEDIA, xmp_packet
 from tests.synthetic import draw_face, shapes
 
 PROMPT = 'a kestrel bottle on <b>"sand"</b>, ünïcödé'

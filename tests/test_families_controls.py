@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from renderer.execute import render_campaign
-from renderer.metadata import (
+from renderer.plan.variants import make_plan
+from renderer.produce.metadata import (
     A1111_SAMPLER_NAMES,
     COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
     TRAINED_ALGORITHMIC_MEDIA,
     encode_png,
     read_png_metadata,
 )
-from renderer.plan.variants import make_plan
 from renderer.render.controls import PREPROCESSORS, load_rgb, region_mask
 from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.validate.checks import load_campaign

@@ -13,9 +13,9 @@ from PIL import Image
 
 from renderer.core.hashing import sha256_bytes, sha256_json
 from renderer.ledger import DecisionRecord, Ledger, RenderRecord
-from renderer.metadata import encode_png
 from renderer.migrations import MIGRATIONS, m001_initial
 from renderer.plan.variant_spec import VariantSpec
+from renderer.produce.metadata import encode_png
 
 from .conftest import run_cli
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from renderer import __version__
 from renderer.core.hashing import sha256_json
-from renderer.metadata import (
+from renderer.plan.variant_spec import VariantSpec
+from renderer.produce.metadata import (
     COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
     TRAINED_ALGORITHMIC_MEDIA,
     a1111_parameters,
@@ -21,12 +22,11 @@ from renderer.metadata import (
     parse_a1111_parameters,
     read_png_metadata,
 )
-from renderer.plan.variant_spec import VariantSpec
 
 CHECKPOINT_SHA = "93204beabe07a502a057472bbb7ef254beb58874e7bf72abdd307d3a975a752c"
 STYLE_SHA = "46e3cf0c0fc50b8e410792f4a892ffce177124aa05947ba2f36ca06a732a312f"
 BRAND_SHA = "921015bf54f0ad75a52e480e6ffc981b9780078a1b7e73acaed9c8b644440749"
-# The LoRAs' A1111 ("addnet") hashes come from their files (renderer.metadata.LoraHashes);
+# The LoRAs' A1111 ("addnet") hashes come from their files (renderer.produce.metadata.LoraHashes);
 # these tests have no files, so they pass the values the text must show.
 LORA_HASHES = (STYLE_SHA, BRAND_SHA)
 

@@ -97,7 +97,7 @@ def test_an_image_whose_postprocessing_raises_fails_alone(pipeline, serial, tmp_
     is committed once, the failed one has no file; the same command then renders it alone
     (beside its batch mate, re-rendered as a co-member) and the folder equals the serial
     run's."""
-    import renderer.produce as produce
+    import renderer.produce.worker as produce
 
     project = project_at(tmp_path, pipeline=pipeline)
     doomed, out = doomed_variant(project), tmp_path / "out"
@@ -186,7 +186,7 @@ def test_scoring_is_made_at_start_up_in_its_own_thread_and_its_error_fails_the_r
         tmp_path, monkeypatch, demo_models, one_thread):
     """The CLIP load runs off the calling thread; when it raises, the run stops with that
     error (exit 3) and writes no image."""
-    import renderer.produce as produce
+    import renderer.produce.worker as produce
 
     threads = []
 

@@ -20,8 +20,8 @@ from renderer.cli import main
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_bytes, sha256_json, sha256_path
 from renderer.execute import render_campaign
-from renderer.metadata import TRAINED_ALGORITHMIC_MEDIA
 from renderer.plan.variants import make_plan
+from renderer.produce.metadata import TRAINED_ALGORITHMIC_MEDIA
 from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.validate.checks import load_campaign
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from postprocess.export import encode_image
 from postprocess.parameters import ExportSpec
-from renderer.metadata import (
+from renderer.plan.variant_spec import VariantSpec
+from renderer.produce.metadata import (
     COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
     SOFTWARE,
     TRAINED_ALGORITHMIC_MEDIA,
@@ -20,7 +21,6 @@ from renderer.metadata import (
     file_metadata,
     read_png_metadata,
 )
-from renderer.plan.variant_spec import VariantSpec
 from renderer.provenance import C2paSigner, read_c2pa, sign_image, sign_png
 
 from .shipping_support import make_ca

@@ -235,7 +235,7 @@ def test_clip_model_by_folder_or_by_open_clip_name(project):
 
     from PIL import Image
 
-    from renderer.produce import Scoring
+    from renderer.produce.worker import Scoring
     from renderer.validate.checks import load_campaign
 
     by_name = Scoring(load_campaign(project.campaign_path)).scorer

@@ -25,10 +25,10 @@ from postprocess.faces import detect_faces
 from postprocess.upscale import Tiling
 from renderer.cli import main
 from renderer.core.hashing import canonical_json, sha256_path
-from renderer.metadata import LoraHashes, a1111_parameters, read_png_metadata
 from renderer.plan.variant_spec import VariantSpec, batch_key, render_call, spec_problem, variant_id
 from renderer.plan.variants import make_plan
-from renderer.produce import exports_of_master
+from renderer.produce.metadata import LoraHashes, a1111_parameters, read_png_metadata
+from renderer.produce.worker import exports_of_master
 from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.validate.checks import load_campaign
 

@@ -17,7 +17,7 @@ from renderer.cli import main
 from renderer.compare import ssim
 from renderer.core.hashing import sha256_folder
 from renderer.load.schema import FileId
-from renderer.metadata import MAX_RENDER_BYTES, RenderContext, render_context
+from renderer.produce.metadata import MAX_RENDER_BYTES, RenderContext, render_context
 from renderer.render.environment import differences as environment_differences
 from renderer.validate.file_finder import FileFinder, spec_files
 

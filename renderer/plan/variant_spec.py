@@ -9,7 +9,7 @@ beside it:
   variant uses it, the size and the IP-Adapter references; prompts, seeds and per-image
   control images vary inside one call;
 * the **render call** of a batch (``render_call``): what the renderer hands diffusers;
-* the PNG **metadata** (``renderer.metadata``) and, for reproduce, the spec back from its
+* the PNG **metadata** (``renderer.produce.metadata``) and, for reproduce, the spec back from its
   JSON (``VariantSpec.from_json``), validated by the same field types as the files.
 
 Optional blocks are absent from the JSON when unused (``_omitted_when_none``), so a

@@ -50,10 +50,16 @@ from PIL import Image
 from postprocess.parameters import EXTENSIONS, ExportSpec
 from renderer.core.hashing import hash_file, sha256_bytes
 from renderer.load.schema import FileId
-from renderer.metadata import LoraHashes, RenderContext, encode_png, file_metadata, render_context
 from renderer.plan.output_folder import OutputFolder
 from renderer.plan.variant_spec import RecipeUse, VariantSpec
 from renderer.plan.variants import Variant
+from renderer.produce.metadata import (
+    LoraHashes,
+    RenderContext,
+    encode_png,
+    file_metadata,
+    render_context,
+)
 from renderer.validate.inputs import BrandKit, Campaign, FileIndex
 
 Box = tuple[int, int, int, int]
