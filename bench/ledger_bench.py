@@ -114,7 +114,7 @@ def rerun(campaign: Path, out: Path) -> tuple[float, dict]:
 
 def ledger_write_rate(rows: int, folder: Path) -> float:
     from renderer.core.hashing import sha256_bytes
-    from renderer.ledger import Ledger, RenderRecord
+    from renderer.ledger.store import Ledger, RenderRecord
     from renderer.plan.variants import make_plan
     from renderer.validate.checks import load_campaign
 

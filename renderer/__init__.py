@@ -19,7 +19,7 @@ from renderer.core.version import __version__
 if TYPE_CHECKING:
     from renderer.core.errors import CampaignError, InputError, RenderFailure
     from renderer.execute import RunSummary, render_campaign
-    from renderer.ledger import Ledger
+    from renderer.ledger.store import Ledger
     from renderer.plan.variant_spec import VariantSpec
     from renderer.plan.variants import Plan, Variant, make_plan
     from renderer.reproduction import Outcome, reproduce
@@ -33,7 +33,7 @@ _NAMES = {  # public name -> the module that defines it
     "render_campaign": "renderer.execute",
     "RunSummary": "renderer.execute",
     "Campaign": "renderer.validate.inputs",
-    "Ledger": "renderer.ledger",
+    "Ledger": "renderer.ledger.store",
     "make_plan": "renderer.plan.variants",
     "Plan": "renderer.plan.variants",
     "Variant": "renderer.plan.variants",

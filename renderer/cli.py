@@ -579,7 +579,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _history_filters(args: argparse.Namespace) -> dict[str, str | None]:
-    from renderer.ledger import RUN_STATUSES, TRAINING_STATUSES
+    from renderer.ledger.store import RUN_STATUSES, TRAINING_STATUSES
 
     statuses = ("pass", "review", "fail", "undecided") if args.renders else \
         TRAINING_STATUSES if args.trainings else RUN_STATUSES
@@ -824,7 +824,7 @@ def _compare_two(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from renderer.decisions import decide_run, parse_bounds, run_gates
+    from renderer.ledger.decisions import decide_run, parse_bounds, run_gates
     from renderer.lookup import open_ledger
     from renderer.run_report import write_run_report
 
@@ -883,7 +883,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     app = serve(args.out, args.run, host=args.host, port=args.port, reviewer=reviewer,
                 announce=announce)
     if app.reviewed_runs:
-        from renderer.ledger import LEDGER_NAME, Ledger
+        from renderer.ledger.store import LEDGER_NAME, Ledger
         from renderer.run_report import write_run_report
 
         with Ledger(args.out / LEDGER_NAME) as ledger:
@@ -909,7 +909,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         say(line, err=args.json)
     if delivered.record is None:
         return 1
-    from renderer.ledger import LEDGER_NAME, Ledger
+    from renderer.ledger.store import LEDGER_NAME, Ledger
     from renderer.run_report import write_run_report
 
     with Ledger(args.out / LEDGER_NAME) as ledger:  # the page render printed says so too

@@ -34,11 +34,11 @@ from postprocess.gate_rules import count_statuses
 from postprocess.report_page import RecipeComparison
 from renderer.core.errors import InputError
 from renderer.core.hashing import canonical_json
-from renderer.decisions import embedding_matrix
-from renderer.ledger import Ledger
+from renderer.ledger.decisions import embedding_matrix
+from renderer.ledger.records import RenderRow, RunRow
+from renderer.ledger.store import Ledger
 from renderer.plan.estimate import estimate
 from renderer.plan.output_folder import relative_inside
-from renderer.records import RenderRow, RunRow
 from renderer.validate.matrix import axis_label
 
 __all__ = ["GRID_CELL", "Pair", "RunsComparison", "Side", "check_grid_path", "compare_run",

@@ -22,8 +22,8 @@ copy. With a signer each copy gets a C2PA manifest (``renderer.provenance``): th
 keeps the unsigned content's hash (``content_sha256``, what ``campaign reproduce``
 compares) beside the signed file's own.
 
-Crash-clean (``renderer.delivery_recovery``, README "Crash safety"): holding the output folder's
-lock, a delivery first recovers any earlier one a kill interrupted, then commits its
+Crash-clean (``renderer.ledger.delivery_recovery``, README "Crash safety"): holding the
+output folder's lock, a delivery first recovers any earlier one a kill interrupted, then commits its
 ``deliveries`` row as ``writing`` naming a temp folder (or temp ``.zip``) beside the
 target, writes and verifies the temp, marks the row ``pending``, renames the temp into
 place and marks the row ``complete``. A kill at any moment leaves a row whose state says
@@ -48,17 +48,17 @@ from typing import Any
 from renderer.core.atomic import TEMP_PREFIX, fsync_folder, write_bytes_atomic
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_bytes, sha256_file
-from renderer.delivery_recovery import (
+from renderer.ledger.delivery_recovery import (
     MANIFEST_NAMES,
     delivery_temp_path,
     move_into_place,
     recover_deliveries,
 )
-from renderer.ledger import LEDGER_NAME, Ledger, new_delivery_id, utc_now
-from renderer.locking import hold_output_folder
+from renderer.ledger.locking import hold_output_folder
+from renderer.ledger.records import DeliveryFileRow, DeliveryRow, RenderRow
+from renderer.ledger.store import LEDGER_NAME, Ledger, new_delivery_id, utc_now
 from renderer.plan.output_folder import relative_inside, shipped_name
 from renderer.provenance import C2paSigner, sign_image
-from renderer.records import DeliveryFileRow, DeliveryRow, RenderRow
 from renderer.validate.matrix import axis_label
 
 REQUIREMENTS = ("approved", "passed")

@@ -25,14 +25,14 @@ from renderer.core.errors import CampaignError, InputError, RenderFailure
 from renderer.core.hashing import hash_file, sha256_file, sha256_json
 from renderer.core.progress import Progress
 from renderer.core.terminal import say
-from renderer.decisions import campaign_gates, decide_run
 from renderer.executors import make_executor
-from renderer.ledger import LEDGER_NAME, Ledger, RenderRecord
-from renderer.locking import hold_output_folder, recover_after_crash
+from renderer.ledger.decisions import campaign_gates, decide_run
+from renderer.ledger.locking import hold_output_folder, recover_after_crash
+from renderer.ledger.records import ExportRow, RenderRow
+from renderer.ledger.store import LEDGER_NAME, Ledger, RenderRecord
 from renderer.plan.output_folder import Holder, OutputFolder, check_planned, report_path
 from renderer.plan.variants import Plan, Variant, cut_batches, make_plan, recipe_content
 from renderer.produce.worker import WITHOUT_BATCH, FailedImage, Job, Produced
-from renderer.records import ExportRow, RenderRow
 from renderer.render.environment import device_problem
 from renderer.validate.checks import load_campaign
 from renderer.validate.inputs import Campaign, FileIndex, Recipe, ResolvedFile

@@ -17,7 +17,7 @@ from typing import Any
 from renderer.core.errors import InputError
 from renderer.core.hashing import hash_file, sha256_file, sha256_json
 from renderer.core.terminal import printable
-from renderer.ledger import LEDGER_NAME, Ledger
+from renderer.ledger.store import LEDGER_NAME, Ledger
 from renderer.load.yamlsource import read_bounded
 
 MIN_PREFIX = 6

@@ -39,14 +39,14 @@ from typing import TYPE_CHECKING, Any
 from renderer.compare import compare
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.hashing import sha256_bytes, sha256_json
-from renderer.ledger import LEDGER_NAME, Ledger
+from renderer.ledger.records import RenderRow
+from renderer.ledger.store import LEDGER_NAME, Ledger
 from renderer.load.schema import FileId
 from renderer.plan.output_folder import reproduction_root
 from renderer.plan.variant_spec import VariantSpec, spec_problem
 from renderer.plan.variants import Variant
 from renderer.produce.metadata import MAX_RENDER_BYTES, RenderContext
 from renderer.produce.worker import WITHOUT_BATCH, Job, Produced, Worker
-from renderer.records import RenderRow
 from renderer.render.environment import differences, options_like, pixel_option_differences
 from renderer.validate.checks import pickle_weights
 from renderer.validate.file_finder import FileFinder, InputProblem, file_role, spec_files

@@ -61,8 +61,8 @@ from urllib.parse import urlsplit
 
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file
-from renderer.ledger import LEDGER_NAME, Ledger, ReviewConflict, ReviewRecord
-from renderer.records import REVIEW_DECISIONS, RenderRow, RunRow
+from renderer.ledger.records import REVIEW_DECISIONS, RenderRow, RunRow
+from renderer.ledger.store import LEDGER_NAME, Ledger, ReviewConflict, ReviewRecord
 from renderer.thumbnails import SIZES, cached_thumbnail, make_thumbnail
 
 MAX_BODY = 256 * 1024  # bytes of one POST
@@ -219,7 +219,7 @@ class ReviewApp:
 
     def run_payload(self) -> dict[str, Any]:
         """Everything the page shows, from the ledger as it is now."""
-        from renderer.decisions import run_gates
+        from renderer.ledger.decisions import run_gates
         from renderer.validate.matrix import axis_label
 
         with self.open_ledger() as ledger:

@@ -1,7 +1,7 @@
 """A run's HTML report, from the ledger: what the ledger says is what the page shows.
 
 Each row shows its render's current decision (status, reasons and the scores decided on;
-``renderer.decisions``) and a person's standing review of its bytes (``campaign
+``renderer.ledger.decisions``) and a person's standing review of its bytes (``campaign
 review``); the header counts those rows and names the rules of the run's latest decision
 pass. X/Y grid images of two axes are written beside the report, one per
 combination of the other axes' values, and linked with relative paths.
@@ -26,11 +26,11 @@ from postprocess.report_page import (
 from renderer.comparison import compare_run
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.errors import InputError
-from renderer.decisions import run_gates
-from renderer.ledger import Ledger
+from renderer.ledger.decisions import run_gates
+from renderer.ledger.records import RenderRow
+from renderer.ledger.store import Ledger
 from renderer.plan.estimate import load_estimates
 from renderer.plan.output_folder import OutputFolder, relative_inside, report_path
-from renderer.records import RenderRow
 from renderer.validate.matrix import axis_label
 
 GRID_CELL = 160  # pixels per grid cell (images are fitted, up or down)

@@ -49,7 +49,7 @@ def make_thumbnail(source: Path, sha256: str, size: int, out_dir: Path) -> bytes
     buffer = io.BytesIO()
     image.save(buffer, format="WEBP", quality=_QUALITY)
     data = buffer.getvalue()
-    # A render starting now sweeps temp files (renderer.locking): the cache is only a
+    # A render starting now sweeps temp files (renderer.ledger.locking): the cache is only a
     # saving, so a write it interrupts costs the next request the same work again. A cache
     # folder the owner refuses (a link out of the output folder) is not written at all.
     with contextlib.suppress(FileNotFoundError, PathRefused):

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from renderer.core.errors import InputError
-from renderer.ledger import Ledger
+from renderer.ledger.records import TrainingRow
+from renderer.ledger.store import Ledger
 from renderer.lookup import file_state, open_ledger
 from renderer.plan.output_folder import reproduction_root
-from renderer.records import TrainingRow
 from renderer.render.environment import differences
 from renderer.training_run import TRAININGS_DIR, job_of
 from renderer.validate.file_finder import FileFinder, spec_files

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from renderer.core.errors import InputError
 from renderer.core.hashing import HashCache, hash_file, sha256_json
-from renderer.ledger import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
+from renderer.ledger.records import TrainingRow
+from renderer.ledger.store import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
 from renderer.load.schema import FileId
 from renderer.plan.output_folder import CACHE, TRAININGS, OutputFolder
-from renderer.records import TrainingRow
 from renderer.training_job import (
     DEFAULT_TARGETS,
     FAMILY_DEFAULTS,

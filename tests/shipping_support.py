@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from renderer.execute import RunSummary, render_campaign
-from renderer.ledger import Ledger, ReviewRecord
+from renderer.ledger.store import Ledger, ReviewRecord
 from renderer.provenance import C2paSigner
 
 from .conftest import Project

@@ -17,7 +17,7 @@ from PIL import Image
 from referencing import Registry, Resource
 
 from renderer.comparison import GRID_CELL, Side, compare_runs
-from renderer.ledger import Ledger, ReviewRecord
+from renderer.ledger.store import Ledger, ReviewRecord
 
 from .conftest import REPO, ledger_rows, run_cli
 from .ledger_support import small_project

@@ -114,7 +114,7 @@ def test_reproduce_hot_swaps_into_the_recorded_slots(two_stacks, tmp_path):
     sets up the slots the run recorded (the ``both`` stack alone would plan other ones: a
     rank-2 LoRA first in slot 0), loading the other recipe's LoRA first as the run did."""
     from renderer.execute import render_campaign
-    from renderer.ledger import Ledger
+    from renderer.ledger.store import Ledger
     from renderer.reproduction import reproduce
 
     campaign, _ = two_stacks

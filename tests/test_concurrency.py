@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 
-from renderer.locking import hold_output_folder
+from renderer.ledger.locking import hold_output_folder
 
 from .conftest import CAMPAIGN_BIN, run_cli
 from .ledger_support import folder_state, small_project
@@ -53,7 +53,7 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path):
     """flock belongs to the process: a killed holder leaves no stale lock behind."""
     out = tmp_path / "out"
     code = ("import sys, os; from pathlib import Path; "
-            "from renderer.locking import hold_output_folder\n"
+            "from renderer.ledger.locking import hold_output_folder\n"
             "with hold_output_folder(Path(sys.argv[1]), holder='doomed'):\n"
             "    print('held', flush=True); os.kill(os.getpid(), 9)")
     done = subprocess.run([str(CAMPAIGN_BIN.parent / "python"), "-c", code, str(out)],

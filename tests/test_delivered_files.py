@@ -27,12 +27,12 @@ SEED = 20261201
 WRAPPER = """
 import errno, os, signal, sys
 sys.path.insert(0, {repo!r})
-import renderer.ledger
+import renderer.ledger.store
 from renderer.cli import main
 
 mode, limit, count = os.environ["FAIL_MODE"], int(os.environ["FAIL_AT"]), [0]
 if mode in ("kill-before-commit", "kill-after-commit"):
-    real = renderer.ledger.Ledger.add_render
+    real = renderer.ledger.store.Ledger.add_render
 
     def add_render(self, record):
         count[0] += 1
@@ -43,7 +43,7 @@ if mode in ("kill-before-commit", "kill-after-commit"):
             os.kill(os.getpid(), signal.SIGKILL)
         return row
 
-    renderer.ledger.Ledger.add_render = add_render
+    renderer.ledger.store.Ledger.add_render = add_render
 else:
     real_fsync = os.fsync
 

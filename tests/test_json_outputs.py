@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from renderer.cli import _EPILOGS
-from renderer.ledger import Ledger, ReviewRecord
+from renderer.ledger.store import Ledger, ReviewRecord
 from renderer.review import ReviewApp
 
 from .conftest import REPO, run_cli

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from renderer.core.hashing import sha256_bytes, sha256_json
-from renderer.ledger import DecisionRecord, Ledger, RenderRecord
-from renderer.migrations import MIGRATIONS, m001_initial
+from renderer.ledger.migrations import MIGRATIONS, m001_initial
+from renderer.ledger.store import DecisionRecord, Ledger, RenderRecord
 from renderer.plan.variant_spec import VariantSpec
 from renderer.produce.metadata import encode_png
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renderer.ledger import Ledger, ReviewRecord
+from renderer.ledger.store import Ledger, ReviewRecord
 from renderer.thumbnails import make_thumbnail
 
 from .conftest import REPO, ledger_rows, run_cli

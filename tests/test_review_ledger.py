@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from renderer.ledger import (
+from renderer.ledger.records import DeliveryFileRow
+from renderer.ledger.store import (
     DecisionRecord,
     Ledger,
     RenderRecord,
@@ -18,7 +19,6 @@ from renderer.ledger import (
     ReviewRecord,
     new_delivery_id,
 )
-from renderer.records import DeliveryFileRow
 
 
 def _sha(number: int) -> str:

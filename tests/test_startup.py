@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from renderer.core.hashing import sha256_bytes
-from renderer.decisions import campaign_gates, decide_run
-from renderer.ledger import Ledger, RenderRecord
+from renderer.ledger.decisions import campaign_gates, decide_run
+from renderer.ledger.store import Ledger, RenderRecord
 from renderer.plan.variants import make_plan
 from renderer.validate.checks import load_campaign
 

@@ -2,7 +2,7 @@
 
 Writes commit in transactions; each render row is committed after its image file is in
 place, so a row never points at a missing or partial file. Reads return the typed
-records of ``renderer.records``. The schema is ``renderer.migrations``.
+records of ``renderer.ledger.records``. The schema is ``renderer.ledger.migrations``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from typing import Any
 
 from renderer.core.errors import InputError, LedgerError
 from renderer.core.hashing import canonical_json, sha256_json
-from renderer.migrations import MIGRATIONS
-from renderer.plan.output_folder import LEDGER_FILE, Holder
-from renderer.records import (
+from renderer.ledger.migrations import MIGRATIONS
+from renderer.ledger.records import (
     RENDER_COLUMNS,
     RENDER_FROM,
     RUN_COLUMNS,
@@ -39,6 +38,7 @@ from renderer.records import (
     TrainingRow,
     UnfinishedDelivery,
 )
+from renderer.plan.output_folder import LEDGER_FILE, Holder
 
 LEDGER_NAME = LEDGER_FILE
 _IN_CHUNK = 500  # values per IN (...) query

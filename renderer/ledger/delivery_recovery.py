@@ -4,7 +4,7 @@
 (naming the temp folder or .zip it is about to write beside the target), ``pending`` (the
 temp is complete and verified), ``complete`` (renamed into place). So every temp a delivery
 writes is named by a row, and each state says what to do with it after a crash.
-``recover_deliveries`` does that, holding the output folder's lock (``renderer.locking``):
+``recover_deliveries`` does that, holding the output folder's lock (``renderer.ledger.locking``):
 ``campaign deliver`` runs it first, and so does ``campaign render``'s crash recovery.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from renderer.core.atomic import TEMP_PREFIX, fsync_folder
 from renderer.core.hashing import sha256_bytes, sha256_file, sha256_stream
-from renderer.records import DeliveryRow
+from renderer.ledger.records import DeliveryRow
 
 DELIVERY_TEMP_PREFIX = f"{TEMP_PREFIX}delivery-"
 MANIFEST_NAMES = ("manifest.json", "manifest.csv")

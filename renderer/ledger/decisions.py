@@ -29,8 +29,8 @@ from postprocess.gate_rules import (
     worst,
 )
 from renderer.core.errors import InputError
-from renderer.ledger import DecisionRecord, Ledger
-from renderer.records import RenderRow, RunRow
+from renderer.ledger.records import RenderRow, RunRow
+from renderer.ledger.store import DecisionRecord, Ledger
 
 if TYPE_CHECKING:
     import numpy as np

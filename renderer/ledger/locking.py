@@ -10,7 +10,7 @@ Holding the lock also means that nothing else is writing into the folder, so it 
 moment to recover from a crash (``recover_after_crash``): temp files (``.tmp-*``) that a
 killed writer left are deleted, and runs still marked ``running`` become ``interrupted``.
 ``campaign deliver`` holds the lock too, and a delivery a kill interrupted is rolled
-forward or discarded first (``renderer.delivery_recovery``).
+forward or discarded first (``renderer.ledger.delivery_recovery``).
 A killed run can leave one more thing behind: an image whose ledger row was not yet
 committed. It has no row, so the next run renders that variant again and replaces the
 file (see README, "Crash safety").
@@ -32,7 +32,7 @@ from typing import Any
 
 from renderer.core.atomic import TEMP_PREFIX
 from renderer.core.errors import RenderFailure
-from renderer.delivery_recovery import recover_deliveries
+from renderer.ledger.delivery_recovery import recover_deliveries
 from renderer.plan.output_folder import LOCK_FILE, REPRODUCE, THUMBNAILS
 
 LOCK_NAME = LOCK_FILE

@@ -1,0 +1,3 @@
+"""The SQLite ledger: migrations, typed records, the store, gate decisions, locking and
+recovery.
+"""
