@@ -736,7 +736,7 @@ def _recipe_history(versions: list[dict], args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from renderer.lookup import open_ledger
-    from renderer.run_report import write_run_report
+    from renderer.report.run_report import write_run_report
 
     # Written elsewhere (--to), the output folder is only read: it may be read-only.
     with open_ledger(args.out, read_only=args.to is not None) as ledger:
@@ -747,9 +747,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from postprocess.report_page import comparison_lines
-    from renderer.comparison import compare_run
     from renderer.lookup import open_ledger
     from renderer.plan.estimate import load_estimates
+    from renderer.report.comparison import compare_run
 
     if args.recipe or args.run_b:
         return _compare_two(args)
@@ -781,15 +781,15 @@ def _say_table(lines: list[tuple[str, list[str]]]) -> None:
 
 def _compare_two(args: argparse.Namespace) -> int:
     """``compare RUN_A RUN_B`` or ``compare --recipe NAME@1 NAME@2``."""
-    from renderer.comparison import (
+    from renderer.core.atomic import write_bytes_atomic
+    from renderer.lookup import open_ledger
+    from renderer.report.comparison import (
         check_grid_path,
         compare_runs,
         pairs_grid,
         recipe_sides,
         run_sides,
     )
-    from renderer.core.atomic import write_bytes_atomic
-    from renderer.lookup import open_ledger
 
     if args.recipe and args.run:
         raise InputError("compare takes two runs or --recipe with two versions, not both",
@@ -826,7 +826,7 @@ def _compare_two(args: argparse.Namespace) -> int:
 def cmd_gate(args: argparse.Namespace) -> int:
     from renderer.ledger.decisions import decide_run, parse_bounds, run_gates
     from renderer.lookup import open_ledger
-    from renderer.run_report import write_run_report
+    from renderer.report.run_report import write_run_report
 
     changes = parse_bounds(args.set)
     with open_ledger(args.out, read_only=False) as ledger:
@@ -884,7 +884,7 @@ def cmd_review(args: argparse.Namespace) -> int:
                 announce=announce)
     if app.reviewed_runs:
         from renderer.ledger.store import LEDGER_NAME, Ledger
-        from renderer.run_report import write_run_report
+        from renderer.report.run_report import write_run_report
 
         with Ledger(args.out / LEDGER_NAME) as ledger:
             for run_id in sorted(app.reviewed_runs):
@@ -910,7 +910,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     if delivered.record is None:
         return 1
     from renderer.ledger.store import LEDGER_NAME, Ledger
-    from renderer.run_report import write_run_report
+    from renderer.report.run_report import write_run_report
 
     with Ledger(args.out / LEDGER_NAME) as ledger:  # the page render printed says so too
         say(f"report: {write_run_report(ledger, run.id)}", err=True)

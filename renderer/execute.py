@@ -225,7 +225,7 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
         # 5. Decide the whole deliverable set (with the run metrics), write the report.
         counts = decide_run(ledger, run_id, gates, source="render").counts
         ledger.finish_run(run_id, status="finished", rendered=len(pending), skipped=skipped)
-        from renderer.run_report import write_run_report
+        from renderer.report.run_report import write_run_report
 
         report = write_run_report(ledger, run_id)
     return RunSummary(run_id=run_id, campaign=campaign.spec.name,
@@ -239,7 +239,7 @@ def completed_summary(ledger: Ledger, run: Any, out_dir: Path, started: float) -
     """What a render that found its whole set done says: the run that completed it."""
     report = out_dir / report_path(run.campaign, run.id)
     if not report.is_file():
-        from renderer.run_report import write_run_report
+        from renderer.report.run_report import write_run_report
 
         report = write_run_report(ledger, run.id)
     return RunSummary(run_id=run.id, campaign=run.campaign,

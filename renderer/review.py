@@ -13,7 +13,7 @@ Routes (``ReviewApp.routes``):
                                  variant's render (``RenderRow.as_json``), exports, earlier
                                  renders, the brand references
     GET  /files/SHA256           a master or export the ledger records, full size
-    GET  /thumbs/SHA256/SIZE     its thumbnail (``renderer.thumbnails``), or a brand
+    GET  /thumbs/SHA256/SIZE     its thumbnail (``renderer.report.thumbnails``), or a brand
                                  reference's; cached in OUT/.thumbnails/
     POST /api/reviews            approve | reject | reset, one render or many; each names
                                  the review it saw standing (``seen``), and a batch in which
@@ -63,7 +63,7 @@ from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file
 from renderer.ledger.records import REVIEW_DECISIONS, RenderRow, RunRow
 from renderer.ledger.store import LEDGER_NAME, Ledger, ReviewConflict, ReviewRecord
-from renderer.thumbnails import SIZES, cached_thumbnail, make_thumbnail
+from renderer.report.thumbnails import SIZES, cached_thumbnail, make_thumbnail
 
 MAX_BODY = 256 * 1024  # bytes of one POST
 MAX_HEADERS = 16 * 1024  # bytes of a request's target and headers together

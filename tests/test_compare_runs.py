@@ -16,8 +16,8 @@ from jsonschema import Draft202012Validator
 from PIL import Image
 from referencing import Registry, Resource
 
-from renderer.comparison import GRID_CELL, Side, compare_runs
 from renderer.ledger.store import Ledger, ReviewRecord
+from renderer.report.comparison import GRID_CELL, Side, compare_runs
 
 from .conftest import REPO, ledger_rows, run_cli
 from .ledger_support import small_project

@@ -239,7 +239,7 @@ def test_an_ambiguous_prefix_lists_the_candidates(populated):
 
 def test_a_folder_given_as_report_path_points_to_the_file_to_use(populated):
     from renderer.core.errors import InputError
-    from renderer.run_report import write_run_report
+    from renderer.report.run_report import write_run_report
 
     out, _ = populated
     with Ledger(out / "ledger.sqlite") as ledger, pytest.raises(InputError, match=r"report\.html"):

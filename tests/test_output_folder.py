@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from renderer.ledger.store import Ledger, ReviewRecord
-from renderer.thumbnails import make_thumbnail
+from renderer.report.thumbnails import make_thumbnail
 
 from .conftest import REPO, ledger_rows, run_cli
 from .ledger_support import small_project

@@ -37,7 +37,7 @@ from renderer.plan.output_folder import LOCK_FILE, REPRODUCE, THUMBNAILS
 
 LOCK_NAME = LOCK_FILE
 # Output sub-folders that render runs do not own (written without the folder lock): the
-# reproductions, and the review page's thumbnail cache (renderer.thumbnails).
+# reproductions, and the review page's thumbnail cache (renderer.report.thumbnails).
 THUMBNAIL_FOLDER = THUMBNAILS
 UNSWEPT_FOLDERS = (REPRODUCE, THUMBNAIL_FOLDER)
 

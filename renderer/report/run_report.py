@@ -23,7 +23,6 @@ from postprocess.report_page import (
     ReportRun,
     report_html,
 )
-from renderer.comparison import compare_run
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.errors import InputError
 from renderer.ledger.decisions import run_gates
@@ -31,6 +30,7 @@ from renderer.ledger.records import RenderRow
 from renderer.ledger.store import Ledger
 from renderer.plan.estimate import load_estimates
 from renderer.plan.output_folder import OutputFolder, relative_inside, report_path
+from renderer.report.comparison import compare_run
 from renderer.validate.matrix import axis_label
 
 GRID_CELL = 160  # pixels per grid cell (images are fitted, up or down)

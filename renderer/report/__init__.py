@@ -1,0 +1,2 @@
+"""What a run shows a person: its HTML report and grids, comparisons, thumbnails.
+"""
