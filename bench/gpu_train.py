@@ -1,4 +1,4 @@
-"""Seconds per LoRA training step and peak GPU memory of the engine (renderer/training.py) on
+"""Seconds per LoRA training step and peak GPU memory of the engine (renderer/train/engine.py) on
 full-size SDXL and Flux-dev, one CUDA GPU.
 
 The architectures are the published ones with random weights, built straight on the GPU in
@@ -39,7 +39,7 @@ import itertools
 import gpu_suite
 
 from renderer.core.hashing import sha256_file
-from renderer.training import (
+from renderer.train.engine import (
     LoraSettings,
     Progress,
     TrainingItem,

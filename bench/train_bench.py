@@ -1,4 +1,4 @@
-"""Training steps per second: the engine (renderer/training.py) versus a hand-written peft +
+"""Training steps per second: the engine (renderer/train/engine.py) versus a hand-written peft +
 diffusers loop in the shape of diffusers' DreamBooth LoRA scripts, per family, in one run.
 
 Both train the same tiny demo model on the same three Kestrel references (64 px, batch 1,
@@ -38,15 +38,15 @@ from peft import LoraConfig
 from PIL import Image
 
 from renderer.core.hashing import sha256_file
-from renderer.training import (
+from renderer.train.engine import (
     LoraSettings,
     TrainingItem,
     TrainingJob,
     TrainSettings,
     train,
 )
-from renderer.training_job import DEFAULT_TARGETS
-from renderer.training_models import PIPELINES
+from renderer.train.job import DEFAULT_TARGETS
+from renderer.train.models import PIPELINES
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models" / "demo"

@@ -376,7 +376,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 say(f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
                     f"variants, recipe {loaded.recipe_refs})")
             elif isinstance(loaded, TrainingSpec):
-                from renderer.training_run import (
+                from renderer.train.command import (
                     resolve,  # the ledger's modules: training specs only
                 )
 
@@ -519,7 +519,7 @@ class _StepLines:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from renderer.training_run import train_spec
+    from renderer.train.command import train_spec
     from renderer.validate.checks import load_training
 
     lines = _StepLines()

@@ -31,7 +31,7 @@ from renderer.ledger.store import Ledger
 from renderer.lookup import file_state, open_ledger
 from renderer.plan.output_folder import reproduction_root
 from renderer.render.environment import differences
-from renderer.training_run import TRAININGS_DIR, job_of
+from renderer.train.command import TRAININGS_DIR, job_of
 from renderer.validate.file_finder import FileFinder, spec_files
 from renderer.validate.inputs import FileIndex
 
@@ -128,7 +128,7 @@ def reproduce_training(text: str, *, out_dir: Path, into: Path | None = None,
         log(f"replacing the earlier re-training in {scratch}")
         shutil.rmtree(scratch)
     from renderer.render.diffusers_renderer import quiet_libraries
-    from renderer.training import train
+    from renderer.train.engine import train
 
     quiet_libraries()
     result = train(job, scratch, scratch / ".cache", progress=progress, log=log)

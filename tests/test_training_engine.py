@@ -1,4 +1,4 @@
-"""The LoRA training engine (renderer/training.py) on the tiny demo models, every family.
+"""The LoRA training engine (renderer/train/engine.py) on the tiny demo models, every family.
 
 Every margin is measured in the test from the spread over evaluation seeds, never assumed.
 Torch runs on one thread here: the engine's bytes are compared across processes, which must
@@ -28,7 +28,8 @@ from PIL import Image
 
 from renderer.core.errors import HashMismatchError, InputError
 from renderer.core.hashing import sha256_file
-from renderer.training import (
+from renderer.train.data import load_pixels
+from renderer.train.engine import (
     LoraSettings,
     SampleSettings,
     TrainingItem,
@@ -37,9 +38,8 @@ from renderer.training import (
     evaluation_loss,
     train,
 )
-from renderer.training_data import load_pixels
-from renderer.training_job import DEFAULT_TARGETS
-from renderer.training_report import report_data
+from renderer.train.job import DEFAULT_TARGETS
+from renderer.train.report import report_data
 from renderer.validate.training_buckets import geometry, image_size
 from renderer.weights.compat import lora_family_problem, read_header
 

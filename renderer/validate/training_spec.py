@@ -3,7 +3,7 @@
 Frozen values with every path resolved and every file hashed, like ``renderer.validate.inputs`` for
 campaigns: the parsed file, its base recipe, and each dataset image with its caption
 already rendered. Settings the file leaves unset stay unset here; the trainer's defaults
-fill them when the job is built (``renderer.training_run``).
+fill them when the job is built (``renderer.train.command``).
 """
 
 from __future__ import annotations

@@ -33,11 +33,11 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import save as save_tensors
 
 from renderer.core.hashing import canonical_json, sha256_bytes, sha256_json
-from renderer.training_job import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS
+from renderer.train.job import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS
 from renderer.weights.ldm_layout import UNET_PREFIX, clip_text_original_name, unet_to_ldm
 
 if TYPE_CHECKING:
-    from renderer.training_job import TrainingJob
+    from renderer.train.job import TrainingJob
 
 ADAPTER = "default"  # the one peft adapter the trainer injects
 KOHYA_PREFIX = {

@@ -1,17 +1,17 @@
 """LoRA training for sd15, sdxl and flux on diffusers models (issue 13), usable on its own.
 
 ``train(job, output_dir, cache_dir)`` turns one frozen ``TrainingJob`` (plain values) into an
-ordinary LoRA ``.safetensors`` file (formats in ``renderer/lora_files.py``) and returns a
+ordinary LoRA ``.safetensors`` file (formats in ``renderer/train/lora_files.py``) and returns a
 frozen ``TrainingResult``. The stages:
 
 1. check the job (ranges, files, every image's sha256);
 2. features: latents and text embeddings from the shared cache, computing only the missing
-   ones (``renderer/training_data.py``); the text encoders are not even loaded when every
+   ones (``renderer/train/data.py``); the text encoders are not even loaded when every
    embedding is cached and they are not trained, and the VAE waits on the CPU between
    checkpoints (it only decodes samples);
 3. peft ``LoraConfig`` adapters on the denoiser (and the text encoders when trained), AdamW
    (bitsandbytes' 8-bit AdamW when asked for, importable and on CUDA), diffusers' LR schedule;
-4. the step loop, the loss of ``renderer/training_models.py``; every ``save_every`` steps and
+4. the step loop, the loss of ``renderer/train/models.py``; every ``save_every`` steps and
    at the end a checkpoint: the LoRA file, the sample images, then the resumable state.
 
 **Reproducible bytes.** Nothing random is carried from step to step: the batch order is a
@@ -54,10 +54,9 @@ from renderer.core.atomic import TEMP_PREFIX, write_bytes_atomic
 from renderer.core.errors import CampaignError, InputError, RenderFailure
 from renderer.core.hashing import HashCache, sha256_bytes
 from renderer.load.schema import MIXED_PRECISIONS, SAVE_PRECISIONS, TRAINING_SCHEDULES
-from renderer.lora_files import ADAPTER, lora_file_bytes, lora_state_dict, training_metadata
 from renderer.render.environment import PACKAGES, fingerprint, resolve_device
-from renderer.training_data import BatchOrder, DatasetFeatures, derive_seed, generator
-from renderer.training_job import (
+from renderer.train.data import BatchOrder, DatasetFeatures, derive_seed, generator
+from renderer.train.job import (
     DEFAULT_TARGETS,
     TEXT_ENCODER_TARGETS,
     LoraSettings,
@@ -67,7 +66,8 @@ from renderer.training_job import (
     TrainSettings,
     check_job,
 )
-from renderer.training_models import TEXT_ENCODERS
+from renderer.train.lora_files import ADAPTER, lora_file_bytes, lora_state_dict, training_metadata
+from renderer.train.models import TEXT_ENCODERS
 
 __all__ = ["CheckpointRecord", "LoraSettings", "Progress", "SampleSettings", "TrainSettings",
            "TrainingItem", "TrainingJob", "TrainingResult", "evaluation_loss", "train"]
@@ -499,8 +499,8 @@ def evaluation_loss(job: TrainingJob, cache_dir: Path, seeds: Sequence[int],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m renderer.training JOB.json --out DIR --cache DIR``: progress on stdout."""
-    parser = argparse.ArgumentParser(prog="python -m renderer.training",
+    """``python -m renderer.train.engine JOB.json --out DIR --cache DIR``: progress on stdout."""
+    parser = argparse.ArgumentParser(prog="python -m renderer.train.engine",
                                      description="Train a LoRA from a TrainingJob JSON file.")
     parser.add_argument("job", type=Path, help="JSON of TrainingJob.to_dict()")
     parser.add_argument("--out", type=Path, required=True, help="output (and resume) folder")

@@ -17,7 +17,7 @@ from jinja2 import Environment, StrictUndefined
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from renderer.core.atomic import write_text_atomic
-from renderer.training import TrainingJob, TrainingResult, write_png
+from renderer.train.engine import TrainingJob, TrainingResult, write_png
 
 THUMBNAIL_SIDE = 128
 INK, PAPER, GRID, CURVE, MARK = (30, 30, 30), (255, 255, 255), (225, 225, 225), \

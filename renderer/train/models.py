@@ -1,6 +1,6 @@
 """The three families as the LoRA trainer sees them: loading, encoding, the loss, sampling.
 
-One class per family behind the same few methods, so ``renderer/training.py`` never asks
+One class per family behind the same few methods, so ``renderer/train/engine.py`` never asks
 which family it trains. The losses follow diffusers' DreamBooth LoRA scripts
 (``examples/dreambooth/train_dreambooth_lora{,_sdxl,_flux}.py``):
 

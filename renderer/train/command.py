@@ -31,7 +31,7 @@ from renderer.ledger.records import TrainingRow
 from renderer.ledger.store import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
 from renderer.load.schema import FileId
 from renderer.plan.output_folder import CACHE, TRAININGS, OutputFolder
-from renderer.training_job import (
+from renderer.train.job import (
     DEFAULT_TARGETS,
     FAMILY_DEFAULTS,
     TEXT_ENCODER_TARGETS,
@@ -45,7 +45,7 @@ from renderer.validate.inputs import FileIndex, ResolvedFile
 from renderer.validate.training_spec import TrainingSpec
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: only once there is work to do
-    from renderer.training import Progress, TrainingResult
+    from renderer.train.engine import Progress, TrainingResult
 
 TRAININGS_DIR = TRAININGS              # OUT/trainings/NAME@VERSION/
 CACHE_DIR = f"{CACHE}/training"        # OUT/.cache/training: latents and embeddings
@@ -199,8 +199,11 @@ def train_spec(spec: TrainingSpec, out_dir: Path, *,
         if done is not None:
             return _already(done, out_dir, started)
     from renderer.render.diffusers_renderer import quiet_libraries
-    from renderer.training import hold_training_folder, train  # torch and diffusers: only for work
-    from renderer.training_report import write_report
+    from renderer.train.engine import (  # torch and diffusers: only for work
+        hold_training_folder,
+        train,
+    )
+    from renderer.train.report import write_report
 
     quiet_libraries()
     with hold_training_folder(folder), Ledger(ledger_path) as ledger:

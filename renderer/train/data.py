@@ -1,5 +1,5 @@
 """Training data: aspect buckets, pixel preparation, the content-addressed feature cache and
-the seeded batch order of the LoRA trainer (``renderer/training.py``).
+the seeded batch order of the LoRA trainer (``renderer/train/engine.py``).
 
 * **Buckets** (``renderer.validate.training_buckets``, shared with validation) downscale, never
   upscale, and cover-crop each image to a multiple of the model's bucket step.
@@ -33,7 +33,7 @@ from safetensors.torch import save as save_tensors
 
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.hashing import HashCache, canonical_json, sha256_json
-from renderer.training_models import (
+from renderer.train.models import (
     TEXT_ENCODERS,
     Batch,
     FamilyModel,
@@ -44,7 +44,7 @@ from renderer.training_models import (
 from renderer.validate.training_buckets import Geometry, geometry, image_size
 
 if TYPE_CHECKING:
-    from renderer.training_job import TrainingJob
+    from renderer.train.job import TrainingJob
 
 # Part of every latent key: change it when the pixel preparation changes.
 PREPARATION = "lanczos-cover-centre-crop-v1"
