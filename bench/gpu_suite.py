@@ -575,7 +575,7 @@ def run_campaign(args, report: dict, device: str) -> None:
     pipelined (``render.pipeline`` false and true)."""
     import yaml
 
-    from renderer.execute import render_campaign
+    from renderer.run.execute import render_campaign
     size = 64 if args.smoke else args.campaign_size
     for pipelined in (False, True):
         with tempfile.TemporaryDirectory() as scratch:

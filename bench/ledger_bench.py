@@ -64,7 +64,7 @@ def populate_with_stubs(campaign: Path, out: Path, variants: int = 1000) -> floa
 
     import postprocess.scoring as scoring
     import renderer.render.diffusers_renderer as render
-    from renderer.execute import render_campaign
+    from renderer.run.execute import render_campaign
 
     class FlatRenderer:
         def __init__(self, options=None, *, allow_pickle=False, log=None, recipes=()):

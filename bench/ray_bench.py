@@ -20,10 +20,10 @@ def main() -> None:
     import ray
     import torch
 
-    from renderer.executors import LocalExecutor
     from renderer.plan.variants import cut_batches, make_plan
     from renderer.produce.worker import Job
-    from renderer.ray_executor import RayExecutor
+    from renderer.run.executors import LocalExecutor
+    from renderer.run.ray_executor import RayExecutor
     from renderer.validate.checks import load_campaign
 
     campaign_path = REPO / "campaigns" / "demo.yaml"

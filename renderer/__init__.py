@@ -18,11 +18,11 @@ from renderer.core.version import __version__
 
 if TYPE_CHECKING:
     from renderer.core.errors import CampaignError, InputError, RenderFailure
-    from renderer.execute import RunSummary, render_campaign
     from renderer.ledger.store import Ledger
     from renderer.plan.variant_spec import VariantSpec
     from renderer.plan.variants import Plan, Variant, make_plan
     from renderer.reproduction import Outcome, reproduce
+    from renderer.run.execute import RunSummary, render_campaign
     from renderer.validate.checks import load_campaign
     from renderer.validate.inputs import Campaign
 
@@ -30,8 +30,8 @@ _NAMES = {  # public name -> the module that defines it
     "CampaignError": "renderer.core.errors",
     "InputError": "renderer.core.errors",
     "RenderFailure": "renderer.core.errors",
-    "render_campaign": "renderer.execute",
-    "RunSummary": "renderer.execute",
+    "render_campaign": "renderer.run.execute",
+    "RunSummary": "renderer.run.execute",
     "Campaign": "renderer.validate.inputs",
     "Ledger": "renderer.ledger.store",
     "make_plan": "renderer.plan.variants",

@@ -477,7 +477,7 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from renderer.execute import render_campaign
+    from renderer.run.execute import render_campaign
 
     if (args.address or args.workers) and args.executor != "ray":
         raise InputError("--address and --workers are for --executor ray",

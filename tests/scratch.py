@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from renderer.core.hashing import sha256_path
-from renderer.execute import render_campaign
+from renderer.run.execute import render_campaign
 
 from .conftest import REPO
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from renderer.execute import RunSummary, render_campaign
 from renderer.ledger.store import Ledger, ReviewRecord
 from renderer.provenance import C2paSigner
+from renderer.run.execute import RunSummary, render_campaign
 
 from .conftest import Project
 from .ledger_support import small_project

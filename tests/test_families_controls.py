@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from renderer.execute import render_campaign
 from renderer.plan.variants import make_plan
 from renderer.produce.metadata import (
     A1111_SAMPLER_NAMES,
@@ -19,6 +18,7 @@ from renderer.produce.metadata import (
 )
 from renderer.render.controls import PREPROCESSORS, load_rgb, region_mask
 from renderer.render.diffusers_renderer import DiffusersRenderer
+from renderer.run.execute import render_campaign
 from renderer.validate.checks import load_campaign
 
 from .conftest import ledger_rows, pngs, run_cli

@@ -19,8 +19,8 @@ import pytest
 
 from renderer.core.errors import RenderFailure
 from renderer.core.hashing import HashCache, sha256_file
-from renderer.execute import render_campaign
 from renderer.plan.variants import cut_batches, make_plan
+from renderer.run.execute import render_campaign
 from renderer.validate.checks import load_campaign
 
 from .conftest import ledger_rows

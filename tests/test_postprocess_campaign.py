@@ -19,10 +19,10 @@ from postprocess.embedded_metadata import read_export_metadata
 from renderer.cli import main
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_bytes, sha256_json, sha256_path
-from renderer.execute import render_campaign
 from renderer.plan.variants import make_plan
 from renderer.produce.metadata import TRAINED_ALGORITHMIC_MEDIA
 from renderer.render.diffusers_renderer import DiffusersRenderer
+from renderer.run.execute import render_campaign
 from renderer.validate.checks import load_campaign
 
 from .conftest import REPO, CliResult, ledger_rows

@@ -25,7 +25,7 @@ from safetensors import safe_open
 
 from renderer.cli import main
 from renderer.core.hashing import sha256_file, sha256_json
-from renderer.execute import render_campaign
+from renderer.run.execute import render_campaign
 from renderer.train.command import resolve, train_spec
 from renderer.train.job import DEFAULT_TARGETS
 from renderer.training_reproduce import lora_differences

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from renderer.core.hashing import canonical_json, sha256_path
-from renderer.execute import render_campaign
 from renderer.load.yamlsource import YamlDocument
 from renderer.plan.variant_spec import VariantSpec, batch_key, render_call, spec_problem, variant_id
 from renderer.plan.variants import make_plan
 from renderer.produce.metadata import a1111_parameters, read_png_metadata
+from renderer.run.execute import render_campaign
 from renderer.validate.checks import validate_campaign
 
 from .conftest import REPO, ledger_rows

@@ -7,7 +7,7 @@ It runs in three stages, each a ``Worker`` method passing a frozen value to the 
 is touched) and ``write(finished, out_dir)`` → ``JobResult`` (the files in place).
 ``produce(job, out_dir)`` runs the three in a row: the local executor's serial path, the
 Ray actors and ``campaign reproduce`` use it; the pipelined executor
-(``renderer.executors``) runs the same three stages on their own threads, so the denoiser
+(``renderer.run.executors``) runs the same three stages on their own threads, so the denoiser
 renders the next batch while this one is finished. No stage touches the ledger; the
 driver commits what ``write`` returns (``Produced``). Everything follows the variant's
 spec alone — what is hashed into the id is what is applied — with files found by sha256

@@ -52,7 +52,7 @@ def _worker_class() -> Any:
             return self.worker.environment()
 
         def batch_sizes(self) -> dict[str, int]:
-            from renderer.executors import resolve_batch_sizes
+            from renderer.run.executors import resolve_batch_sizes
 
             return resolve_batch_sizes(self.campaign, self.worker.renderer.device)
 

@@ -25,7 +25,6 @@ from renderer.core.errors import CampaignError, InputError, RenderFailure
 from renderer.core.hashing import hash_file, sha256_file, sha256_json
 from renderer.core.progress import Progress
 from renderer.core.terminal import say
-from renderer.executors import make_executor
 from renderer.ledger.decisions import campaign_gates, decide_run
 from renderer.ledger.locking import hold_output_folder, recover_after_crash
 from renderer.ledger.records import ExportRow, RenderRow
@@ -34,6 +33,7 @@ from renderer.plan.output_folder import Holder, OutputFolder, check_planned, rep
 from renderer.plan.variants import Plan, Variant, cut_batches, make_plan, recipe_content
 from renderer.produce.worker import WITHOUT_BATCH, FailedImage, Job, Produced
 from renderer.render.environment import device_problem
+from renderer.run.executors import make_executor
 from renderer.validate.checks import load_campaign
 from renderer.validate.inputs import Campaign, FileIndex, Recipe, ResolvedFile
 
@@ -155,7 +155,7 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
         work = find_work(ledger, plan, out_dir)
         adopted: list[Variant] = []
         if existing == "adopt":
-            from renderer.adopt import adoptable
+            from renderer.run.adopt import adoptable
 
             adopted = adoptable([item.variant for item in work.pending], out_dir)
         adopted_ids = {variant.id for variant in adopted}
@@ -193,7 +193,7 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
                                reasons=reasons, log=log)
         skipped = len(plan.variants) - len(pending)
         if adopted:
-            from renderer.adopt import ADOPTED, adopt
+            from renderer.run.adopt import ADOPTED, adopt
 
             reasons.update(dict.fromkeys(adopted_ids, ADOPTED))
             recorder.commit(adopt(campaign, adopted, out_dir, log))

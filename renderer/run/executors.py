@@ -2,10 +2,10 @@
 
 An executor runs the worker's stages (``renderer.produce.worker.Worker``: render → finish →
 write) on jobs (one pipeline call's batch each) and yields what each produced; the driver
-(``renderer.execute``) commits it to the ledger. The local executors do this in-process,
+(``renderer.run.execute``) commits it to the ledger. The local executors do this in-process,
 in job order — ``LocalExecutor`` one stage after the other (``render.pipeline: false``),
 ``PipelinedExecutor`` (``auto``'s choice on an accelerator) with the denoiser rendering
-the next batch while this one is finished — and ``renderer.ray_executor`` on Ray actors,
+the next batch while this one is finished — and ``renderer.run.ray_executor`` on Ray actors,
 each overlapping its stages as the pipelined executor does; all of them run the same
 worker.
 """
@@ -118,7 +118,7 @@ def make_executor(name: str, campaign: Campaign, out_dir: Path, log: Log, *,
         return (PipelinedExecutor if pipelined else LocalExecutor)(campaign, out_dir, log)
     import torch
 
-    from renderer.ray_executor import RayExecutor
+    from renderer.run.ray_executor import RayExecutor
 
     return RayExecutor(campaign.source, out_dir, address=address, workers=workers,
                        gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0,
