@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from renderer.core.version import __version__
 
 if TYPE_CHECKING:
+    from renderer.commands.reproduce import Outcome, reproduce
     from renderer.core.errors import CampaignError, InputError, RenderFailure
     from renderer.ledger.store import Ledger
     from renderer.plan.variant_spec import VariantSpec
     from renderer.plan.variants import Plan, Variant, make_plan
-    from renderer.reproduction import Outcome, reproduce
     from renderer.run.execute import RunSummary, render_campaign
     from renderer.validate.checks import load_campaign
     from renderer.validate.inputs import Campaign
@@ -37,8 +37,8 @@ _NAMES = {  # public name -> the module that defines it
     "make_plan": "renderer.plan.variants",
     "Plan": "renderer.plan.variants",
     "Variant": "renderer.plan.variants",
-    "reproduce": "renderer.reproduction",
-    "Outcome": "renderer.reproduction",
+    "reproduce": "renderer.commands.reproduce",
+    "Outcome": "renderer.commands.reproduce",
     "load_campaign": "renderer.validate.checks",
     "VariantSpec": "renderer.plan.variant_spec",
 }

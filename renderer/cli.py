@@ -396,7 +396,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    from renderer.pin import pin
+    from renderer.commands.pin import pin
 
     for path in args.files:
         changes = pin(path)
@@ -540,7 +540,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from renderer.lookup import open_ledger
+    from renderer.commands.lookup import open_ledger
 
     if args.diff and not args.recipe:
         raise InputError("--diff needs --recipe NAME", fix="campaign history --recipe NAME "
@@ -649,7 +649,12 @@ def _render_history(rows: list, args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from renderer.lookup import format_details, open_ledger, render_details, resolve_variant_id
+    from renderer.commands.lookup import (
+        format_details,
+        open_ledger,
+        render_details,
+        resolve_variant_id,
+    )
 
     with open_ledger(args.out) as ledger:
         details = render_details(ledger, resolve_variant_id(ledger, args.id))
@@ -661,7 +666,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from renderer.reproduction import DEFAULT_MIN_SSIM, reproduce
+    from renderer.commands.reproduce import DEFAULT_MIN_SSIM, reproduce
 
     if args.training:
         return _reproduce_training(args)
@@ -686,8 +691,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce_training(args: argparse.Namespace) -> int:
+    from renderer.commands.reproduce_training import reproduce_training
     from renderer.core.terminal import printable
-    from renderer.training_reproduce import reproduce_training
 
     if args.id or args.run or args.tolerance is not None or args.min_ssim is not None:
         raise InputError("--training re-trains one training and compares the LoRA's bytes",
@@ -735,7 +740,7 @@ def _recipe_history(versions: list[dict], args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from renderer.lookup import open_ledger
+    from renderer.commands.lookup import open_ledger
     from renderer.report.run_report import write_run_report
 
     # Written elsewhere (--to), the output folder is only read: it may be read-only.
@@ -747,7 +752,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from postprocess.report_page import comparison_lines
-    from renderer.lookup import open_ledger
+    from renderer.commands.lookup import open_ledger
     from renderer.plan.estimate import load_estimates
     from renderer.report.comparison import compare_run
 
@@ -781,8 +786,8 @@ def _say_table(lines: list[tuple[str, list[str]]]) -> None:
 
 def _compare_two(args: argparse.Namespace) -> int:
     """``compare RUN_A RUN_B`` or ``compare --recipe NAME@1 NAME@2``."""
+    from renderer.commands.lookup import open_ledger
     from renderer.core.atomic import write_bytes_atomic
-    from renderer.lookup import open_ledger
     from renderer.report.comparison import (
         check_grid_path,
         compare_runs,
@@ -824,8 +829,8 @@ def _compare_two(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    from renderer.commands.lookup import open_ledger
     from renderer.ledger.decisions import decide_run, parse_bounds, run_gates
-    from renderer.lookup import open_ledger
     from renderer.report.run_report import write_run_report
 
     changes = parse_bounds(args.set)
@@ -869,7 +874,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from renderer.review import serve
+    from renderer.commands.review import serve
 
     if not 0 <= args.port <= 65535:
         raise InputError("--port is a TCP port", expected="0..65535 (0: any free one)",
@@ -893,8 +898,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    from renderer.deliver import deliver, describe, signer_for
-    from renderer.lookup import open_ledger
+    from renderer.commands.deliver import deliver, describe, signer_for
+    from renderer.commands.lookup import open_ledger
 
     with open_ledger(args.out, read_only=False) as ledger:  # migrated for the delivery
         run = ledger.find_run(args.run)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from renderer.commands.provenance import C2paSigner
 from renderer.ledger.store import Ledger, ReviewRecord
-from renderer.provenance import C2paSigner
 from renderer.run.execute import RunSummary, render_campaign
 
 from .conftest import Project

@@ -113,8 +113,8 @@ def test_reproduce_hot_swaps_into_the_recorded_slots(two_stacks, tmp_path):
     """A compiled run's render reproduces byte for byte, in the same environment: reproduce
     sets up the slots the run recorded (the ``both`` stack alone would plan other ones: a
     rank-2 LoRA first in slot 0), loading the other recipe's LoRA first as the run did."""
+    from renderer.commands.reproduce import reproduce
     from renderer.ledger.store import Ledger
-    from renderer.reproduction import reproduce
     from renderer.run.execute import render_campaign
 
     campaign, _ = two_stacks

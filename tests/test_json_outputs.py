@@ -13,8 +13,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from renderer.cli import _EPILOGS
+from renderer.commands.review import ReviewApp
 from renderer.ledger.store import Ledger, ReviewRecord
-from renderer.review import ReviewApp
 
 from .conftest import REPO, run_cli
 from .shipping_support import shipping_project

@@ -217,8 +217,8 @@ def test_show_refuses_short_unknown_or_ambiguous_ids(populated, tmp_path):
 
 
 def test_an_ambiguous_prefix_lists_the_candidates(populated):
+    from renderer.commands.lookup import resolve_variant_id
     from renderer.core.errors import InputError
-    from renderer.lookup import resolve_variant_id
 
     out, _ = populated
     with Ledger(out / "ledger.sqlite") as ledger:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from postprocess.export import encode_image
 from postprocess.parameters import ExportSpec
+from renderer.commands.provenance import C2paSigner, read_c2pa, sign_image, sign_png
 from renderer.plan.variant_spec import VariantSpec
 from renderer.produce.metadata import (
     COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
@@ -21,7 +22,6 @@ from renderer.produce.metadata import (
     file_metadata,
     read_png_metadata,
 )
-from renderer.provenance import C2paSigner, read_c2pa, sign_image, sign_png
 
 from .shipping_support import make_ca
 

@@ -14,7 +14,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from renderer.cli import main
-from renderer.compare import ssim
+from renderer.commands.image_diff import ssim
 from renderer.core.hashing import sha256_folder
 from renderer.load.schema import FileId
 from renderer.produce.metadata import MAX_RENDER_BYTES, RenderContext, render_context

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import sync_playwright
 
+from renderer.commands.review import MAX_BODY, TOKEN_HEADER
 from renderer.report.thumbnails import FOLDER
-from renderer.review import MAX_BODY, TOKEN_HEADER
 
 from .conftest import CAMPAIGN_BIN, REPO, ledger_rows
 from .shipping_support import HOSTILE_NAME, render, shipping_project

@@ -24,11 +24,11 @@ import yaml
 from safetensors import safe_open
 
 from renderer.cli import main
+from renderer.commands.reproduce_training import lora_differences
 from renderer.core.hashing import sha256_file, sha256_json
 from renderer.run.execute import render_campaign
 from renderer.train.command import resolve, train_spec
 from renderer.train.job import DEFAULT_TARGETS
-from renderer.training_reproduce import lora_differences
 from renderer.validate.checks import load_training
 
 from .conftest import CAMPAIGN_BIN, REPO, CliResult, run_cli

@@ -18,7 +18,7 @@ review, so it waits for a person again. Each shipped file names who let it ship
 The files are the channel exports of each shipped variant, and its master PNG with
 ``masters``. Every file's sha256 is checked against the ledger before it is copied (a
 missing or altered file stops the delivery: exit 1, nothing written) and again in the
-copy. With a signer each copy gets a C2PA manifest (``renderer.provenance``): the ledger
+copy. With a signer each copy gets a C2PA manifest (``renderer.commands.provenance``): the ledger
 keeps the unsigned content's hash (``content_sha256``, what ``campaign reproduce``
 compares) beside the signed file's own.
 
@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from renderer.commands.provenance import C2paSigner, sign_image
 from renderer.core.atomic import TEMP_PREFIX, fsync_folder, write_bytes_atomic
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_bytes, sha256_file
@@ -58,7 +59,6 @@ from renderer.ledger.locking import hold_output_folder
 from renderer.ledger.records import DeliveryFileRow, DeliveryRow, RenderRow
 from renderer.ledger.store import LEDGER_NAME, Ledger, new_delivery_id, utc_now
 from renderer.plan.output_folder import relative_inside, shipped_name
-from renderer.provenance import C2paSigner, sign_image
 from renderer.validate.matrix import axis_label
 
 REQUIREMENTS = ("approved", "passed")

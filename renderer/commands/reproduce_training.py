@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from renderer.commands.lookup import file_state, open_ledger
 from renderer.core.errors import InputError
 from renderer.ledger.records import TrainingRow
 from renderer.ledger.store import Ledger
-from renderer.lookup import file_state, open_ledger
 from renderer.plan.output_folder import reproduction_root
 from renderer.render.environment import differences
 from renderer.train.command import TRAININGS_DIR, job_of

@@ -21,7 +21,7 @@ Order of work:
    it, pixels move: ``WITHOUT_BATCH``) by the worker ``campaign render`` uses
    (``renderer.produce.worker.Worker``), so it is post-processed and encoded exactly as then, at
    its recorded path below the destination.
-4. **Compare** (``renderer.compare``). Identical bytes, else the largest per-channel
+4. **Compare** (``renderer.commands.image_diff``). Identical bytes, else the largest per-channel
    difference and SSIM against the tolerance: 0 when the environment is the same, 1/255
    when it differs (override with ``tolerance``/``min_ssim``).
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from renderer.compare import compare
+from renderer.commands.image_diff import compare
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.hashing import sha256_bytes, sha256_json
 from renderer.ledger.records import RenderRow
@@ -294,7 +294,7 @@ def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs")
     to ``into`` (``output_folder.reproduction_root``). Pickle weights are refused unless
     ``allow_pickle`` (the caller's word: a spec, above all one read from an image, cannot
     grant it)."""
-    from renderer.lookup import open_ledger, resolve_variant_id
+    from renderer.commands.lookup import open_ledger, resolve_variant_id
 
     if (what is None) == (run is None):
         raise InputError("give one render id, image or --run RUN", fix="campaign reproduce "

@@ -1,0 +1,2 @@
+"""The other commands' tasks: reproduce, show, review, deliver, pin, provenance.
+"""
