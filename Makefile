@@ -15,7 +15,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 # Rebuilt (same seed, same bytes) when the code that builds them changes.
-$(DEMO_MODELS): $(INSTALLED) renderer/demo_models.py renderer/weights/ldm_layout.py
+$(DEMO_MODELS): $(INSTALLED) renderer/demo/models.py renderer/weights/ldm_layout.py
 	$(BIN)/campaign demo-models --dir models/demo --force
 
 demo: $(DEMO_MODELS)

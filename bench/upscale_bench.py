@@ -69,7 +69,7 @@ def main() -> None:
         model = arguments.model
         if not model.is_file():  # built on the fly, as `campaign demo-models` would
             sys.path.insert(0, str(REPO))
-            from renderer.demo_models import BUILDERS
+            from renderer.demo.models import BUILDERS
 
             model = Path(scratch) / "upscaler-x2.safetensors"
             BUILDERS[model.name](model)

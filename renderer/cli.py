@@ -945,7 +945,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_models(args: argparse.Namespace) -> int:
-    from renderer.demo_models import build_demo_models
+    from renderer.demo.models import build_demo_models
 
     built = build_demo_models(args.dir, force=args.force,
                               log=lambda message: say(message, err=True))

@@ -66,7 +66,7 @@ def demo_models() -> Path:
     """The demo models `make test` builds; built here when a test runs on its own."""
     folder = REPO / "models" / "demo"
     if not (folder / "MANIFEST.json").is_file():
-        from renderer.demo_models import build_demo_models
+        from renderer.demo.models import build_demo_models
 
         build_demo_models(folder)
     return folder

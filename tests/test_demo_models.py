@@ -31,7 +31,7 @@ from safetensors import safe_open
 from transformers import CLIPTextModelWithProjection
 
 from renderer.core.hashing import sha256_path
-from renderer.demo_models import MANIFEST_NAME, build_demo_models
+from renderer.demo.models import MANIFEST_NAME, build_demo_models
 from renderer.weights.ldm_layout import (
     SGM_OPEN_CLIP_TEXT_PREFIX,
     UNET_PREFIX,

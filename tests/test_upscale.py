@@ -14,7 +14,7 @@ import torch
 
 from postprocess.hires import LATENT_MODES, hires_size, upscale_latents
 from postprocess.upscale import BLENDS, Tiling, load_upscaler, upscale_images
-from renderer.demo_models import BUILDERS
+from renderer.demo.models import BUILDERS
 from tests.synthetic import shapes
 
 SCALES = {"upscaler-x2.safetensors": 2, "upscaler-x4.safetensors": 4}

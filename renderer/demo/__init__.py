@@ -1,0 +1,2 @@
+"""The tiny deterministic demo models.
+"""
