@@ -65,7 +65,7 @@ def whole_process(folder: Path) -> None:
     for attempt in range(REPEATS):
         for pipeline in (False, True):
             out = folder / f"out-{pipeline}-{attempt}"
-            command = [sys.executable, "-m", "renderer.cli", "render",
+            command = [sys.executable, "-m", "renderer.cli.main", "render",
                        str(demo_campaign(folder, pipeline=pipeline)), "--out", str(out)]
             started = time.perf_counter()
             subprocess.run(command, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL,

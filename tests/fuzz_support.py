@@ -82,7 +82,7 @@ VALIDATE_MEMORY = 4 << 30
 RENDER_MEMORY = 10 << 30
 WRITE_LIMIT = 1 << 30
 
-# What the CLI prints for an exception it did not expect (renderer/cli.py, main): a bug.
+# What the CLI prints for an exception it did not expect (renderer/cli/main.py, main): a bug.
 RAW_EXCEPTION = re.compile(r"^error: [A-Za-z_][\w.]*(Error|Exception|Warning|Interrupt|Exit)"
                            r"\b[^:]*: |CAMPAIGN_DEBUG", re.MULTILINE)
 # A render or training that finished an image or a step: a timeout then is slowness.

@@ -28,7 +28,7 @@ WRAPPER = """
 import errno, os, signal, sys
 sys.path.insert(0, {repo!r})
 import renderer.ledger.store
-from renderer.cli import main
+from renderer.cli.main import main
 
 mode, limit, count = os.environ["FAIL_MODE"], int(os.environ["FAIL_AT"]), [0]
 if mode in ("kill-before-commit", "kill-after-commit"):

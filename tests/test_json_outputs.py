@@ -12,7 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from renderer.cli import _EPILOGS
+from renderer.cli.main import _EPILOGS
 from renderer.commands.review import ReviewApp
 from renderer.ledger.store import Ledger, ReviewRecord
 

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from postprocess.embedded_metadata import read_export_metadata
-from renderer.cli import main
+from renderer.cli.main import main
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_bytes, sha256_json, sha256_path
 from renderer.plan.variants import make_plan

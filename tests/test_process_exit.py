@@ -1,7 +1,7 @@
 """The ``campaign`` console script ends without the interpreter's teardown (README,
 "Command line"), and loses nothing for it: ``main``'s status is the exit code, everything printed
 reaches the reader, the threads are joined and every atexit handler registered while
-``main`` ran has run. Each case runs ``renderer.cli.run`` in a fresh interpreter with a
+``main`` ran has run. Each case runs ``renderer.cli.main.run`` in a fresh interpreter with a
 stand-in ``main`` that does what a command does at the end of a run.
 """
 
@@ -19,7 +19,7 @@ from .conftest import CAMPAIGN_BIN, REPO
 
 
 def run_entry_point(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
-    """``renderer.cli.run()`` with ``main`` replaced by a function of ``body``."""
+    """``renderer.cli.main.run()`` with ``main`` replaced by a function of ``body``."""
     script = textwrap.dedent("""
         import atexit, sys, threading, time
         from pathlib import Path
@@ -75,4 +75,4 @@ def test_an_exception_out_of_main_exits_as_python_does(tmp_path):
 
 
 def test_the_installed_script_is_this_entry_point():
-    assert "from renderer.cli import run" in CAMPAIGN_BIN.read_text()
+    assert "from renderer.cli.main import run" in CAMPAIGN_BIN.read_text()

@@ -23,7 +23,7 @@ from PIL import Image
 
 from postprocess.faces import detect_faces
 from postprocess.upscale import Tiling
-from renderer.cli import main
+from renderer.cli.main import main
 from renderer.core.hashing import canonical_json, sha256_path
 from renderer.plan.variant_spec import VariantSpec, batch_key, render_call, spec_problem, variant_id
 from renderer.plan.variants import make_plan

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from renderer.cli import main
+from renderer.cli.main import main
 from renderer.commands.image_diff import ssim
 from renderer.core.hashing import sha256_folder
 from renderer.load.schema import FileId

@@ -23,7 +23,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from renderer.cli import main
+from renderer.cli.main import main
 from renderer.commands.reproduce_training import lora_differences
 from renderer.core.hashing import sha256_file, sha256_json
 from renderer.run.execute import render_campaign
