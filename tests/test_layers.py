@@ -1,8 +1,9 @@
 """The code's shape: the data path reads one way, and the README's API example runs.
 
-load → validate → plan → render → post-process → ledger → report, then the commands that
-drive them: no module imports one from a later layer (function-level imports count), and
-the post-process library imports nothing from the renderer.
+Each renderer module's stage is the subpackage it lives in, and ``renderer.STAGES`` orders
+them (the README's tour lists them in that order): no module imports one from a later stage
+(function-level and type-checking imports count), and the post-process library imports
+nothing from the renderer.
 """
 
 from __future__ import annotations
@@ -14,61 +15,65 @@ import subprocess
 import sys
 from pathlib import Path
 
+from renderer import STAGES
+
 from .conftest import REPO
 
-# The README's module tour lists them in this order.
-LAYERS = (
-    ("foundation", {"version", "errors", "hashing", "atomic", "yamlsource", "templating",
-                    "families", "progress", "ldm_layout", "terminal", "output_folder"}),
-    ("validate", {"schema", "schema_errors", "inputs", "training_buckets", "training_spec",
-                  "matrix", "compat", "validate"}),
-    ("plan", {"variant", "plan", "estimate"}),
-    ("render", {"environment", "controls", "render"}),
-    ("post-process", {"metadata", "produce"}),
-    ("ledger", {"migrations", "records", "ledger", "decisions", "delivery_recovery",
-                "locking"}),
-    ("report", {"comparison", "run_report", "thumbnails"}),
-    ("train", {"training_job", "training_models", "training_data", "lora_files", "training",
-               "training_report", "training_run"}),
-    ("commands", {"executors", "ray_executor", "adopt", "execute", "locate", "compare",
-                  "reproduction", "training_reproduce", "lookup", "pin", "provenance", "review",
-                  "deliver", "cli", "demo_models", "__init__"}),
-)
-LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
+
+def stage_of(path: Path) -> str:
+    """A renderer module's stage: the subpackage it lives in."""
+    return path.relative_to(REPO / "renderer").parts[0]
 
 
-def imported_modules(path: Path, package: str) -> set[str]:
-    """The modules of ``package`` that ``path`` imports anywhere (module or function level)."""
+def imported_stages(path: Path) -> set[str]:
+    """The stages whose modules ``path`` imports anywhere (module or function level, type
+    checking too): ``renderer.STAGE…`` absolutely, or relatively from its own package."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
+            if node.level == 1:
+                found.add(stage_of(path))
+            elif node.level == 2 and node.module:
                 found.add(node.module.split(".")[0])
-            elif node.level == 1:  # `from . import x`: a module, or a name of the package
-                found.update(alias.name if alias.name in LAYER_OF else "__init__"
-                             for alias in node.names)
-            elif node.module and node.module.split(".")[0] == package:
-                parts = node.module.split(".")
-                found.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
+            elif node.level == 0 and node.module and node.module.startswith("renderer."):
+                found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
             found.update(alias.name.split(".")[1] for alias in node.names
-                         if alias.name.startswith(f"{package}."))
+                         if alias.name.startswith("renderer."))
     return found
 
 
-def test_every_renderer_module_has_a_layer():
-    modules = {path.stem for path in (REPO / "renderer").glob("*.py")}
-    assert modules == set(LAYER_OF), (modules ^ set(LAYER_OF))
+def test_every_renderer_module_lives_in_a_stage():
+    packages = {path.name for path in (REPO / "renderer").iterdir()
+                if (path / "__init__.py").is_file()}
+    assert packages == set(STAGES), packages ^ set(STAGES)
+    assert [path.name for path in (REPO / "renderer").glob("*.py")] == ["__init__.py"]
 
 
 def test_no_module_imports_a_later_stage():
     backwards = []
-    for path in sorted((REPO / "renderer").glob("*.py")):
-        for module in imported_modules(path, "renderer"):
-            if LAYER_OF[module] > LAYER_OF[path.stem]:
-                backwards.append(f"{path.stem} ({LAYERS[LAYER_OF[path.stem]][0]}) imports "
-                                 f"{module} ({LAYERS[LAYER_OF[module]][0]})")
+    for path in sorted((REPO / "renderer").glob("*/*.py")):
+        stage = stage_of(path)
+        backwards += [f"{path.relative_to(REPO)} ({stage}) imports from {later}"
+                      for later in sorted(imported_stages(path))
+                      if STAGES.index(later) > STAGES.index(stage)]
     assert backwards == []
+
+
+def test_the_layer_check_sees_a_backward_import(tmp_path):
+    module = REPO / "renderer" / "core" / "errors.py"
+    backward = tmp_path / "renderer" / "core" / "errors.py"
+    backward.parent.mkdir(parents=True)
+    backward.write_text(module.read_text() + "\n\ndef late():\n"
+                        "    from renderer.run.execute import render_campaign\n")
+    assert "run" in imported_stages(backward)
+
+
+def test_the_readme_tour_lists_the_stages_in_order():
+    readme = (REPO / "README.md").read_text()
+    tour = readme[readme.index("## A tour of the files"):readme.index("## Python API")]
+    listed = re.findall(r"^  (\w+)/ +", tour, re.M)
+    assert listed == list(STAGES), listed
 
 
 def test_the_postprocess_library_does_not_import_the_renderer():

@@ -23,7 +23,7 @@ def run_entry_point(tmp_path: Path, body: str) -> subprocess.CompletedProcess[st
     script = textwrap.dedent("""
         import atexit, sys, threading, time
         from pathlib import Path
-        from renderer import cli
+        from renderer.cli import main as cli
 
         MARKS = Path(sys.argv[1])
 
