@@ -3,7 +3,7 @@
 Every format keeps what the PNG the renderer writes says about itself:
 
 * PNG — one text chunk per metadata key (``parameters``, ``campaign_variant``, …) and the
-  XMP packet in an ``XML:com.adobe.xmp`` iTXt chunk, as ``renderer.metadata`` does;
+  XMP packet in an ``XML:com.adobe.xmp`` iTXt chunk, as ``renderer.produce.metadata`` does;
 * JPEG and WebP — ``parameters`` in EXIF ``UserComment``, written by piexif exactly as
   A1111 writes it (``UserComment.dump(text, encoding="unicode")``: ``UNICODE`` + UTF-16BE,
   type UNDEFINED, in a big-endian TIFF block), so its PNG-info tab and Civitai read it; the
@@ -206,7 +206,7 @@ def _xmp_with_properties(xmp: str, properties: Mapping[str, str]) -> str:
     if "</rdf:RDF>" not in xmp:
         raise ValueError(
             "the XMP packet has no </rdf:RDF> to add the metadata to; pass a packet such as "
-            "renderer.metadata.xmp_packet(prompt)"
+            "renderer.produce.metadata.xmp_packet(prompt)"
         )
     elements = "".join(
         f"\n   <campaign:{key}>{escape(value)}</campaign:{key}>"
