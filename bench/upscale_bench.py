@@ -27,7 +27,8 @@ TILING = {"tile": 256, "overlap": 32, "batch": 4}
 ONE_CASE = """
 import json, re, sys, time
 import numpy as np
-from postprocess.upscale import Tiling, load_upscaler, upscale_images
+from postprocess.tiling import Tiling
+from postprocess.upscale import load_upscaler, upscale_images
 
 def status_mb(key):
     with open("/proc/self/status") as status:

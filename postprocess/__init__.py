@@ -67,7 +67,8 @@ if TYPE_CHECKING:
     from postprocess.scoring import BrandEmbeddings, ClipScorer, Scores
     from postprocess.text import contrast_ratio, overlay_text
     from postprocess.text_layout import TextBlock
-    from postprocess.upscale import Tiling, load_upscaler, upscale_images
+    from postprocess.tiling import Tiling
+    from postprocess.upscale import load_upscaler, upscale_images
 
 _LAZY_MODULES = {
     "postprocess.consistency": ("consistency",),
@@ -110,7 +111,8 @@ _LAZY_MODULES = {
     "postprocess.scoring": ("BrandEmbeddings", "ClipScorer", "Scores"),
     "postprocess.text": ("contrast_ratio", "overlay_text"),
     "postprocess.text_layout": ("TextBlock",),
-    "postprocess.upscale": ("Tiling", "load_upscaler", "upscale_images"),
+    "postprocess.tiling": ("Tiling",),
+    "postprocess.upscale": ("load_upscaler", "upscale_images"),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -36,35 +35,9 @@ from spandrel import (
 )
 
 from postprocess.imaging import require_rgb
+from postprocess.tiling import Tiling, UpscalerInfo
 
-__all__ = ["Tiling", "UpscalerInfo", "describe_upscaler", "load_upscaler", "upscale_images"]
-
-BLENDS = ("linear", "cosine")
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """How ``upscale_images`` cuts images: sizes in input pixels."""
-
-    tile: int = 512  # side of a square tile
-    overlap: int = 32  # pixels neighbouring tiles share: a quarter context each, half blended
-    blend: Literal["linear", "cosine"] = "cosine"  # the weight ramp across an overlap
-    batch: int = 4  # tiles per model call
-
-    def __post_init__(self) -> None:
-        if self.tile < 32:
-            raise ValueError(f"tile {self.tile!r} is too small; use at least 32 pixels, e.g. 512")
-        if not 0 <= 2 * self.overlap < self.tile:
-            raise ValueError(
-                f"overlap {self.overlap!r} does not fit tile {self.tile}; use 0 to "
-                f"{(self.tile - 1) // 2} pixels (less than half a tile), e.g. "
-                f"{min(32, (self.tile - 1) // 2)}"
-            )
-        if self.blend not in BLENDS:
-            raise ValueError(f"blend {self.blend!r} is not known; use linear or cosine")
-        if self.batch < 1:
-            raise ValueError(f"batch {self.batch!r} must be at least 1 tile per model call")
-
+__all__ = ["describe_upscaler", "load_upscaler", "upscale_images"]
 
 def load_upscaler(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
@@ -80,17 +53,6 @@ def load_upscaler(
             "use torch.float32"
         ) from error
     return model.eval()
-
-
-@dataclass(frozen=True)
-class UpscalerInfo:
-    """What an upscaler file is, as validation needs it before any weight loads."""
-
-    architecture: str
-    scale: int
-    tiles: bool  # False: the architecture tiles internally, so it runs untiled
-    multiple_of: int  # tiles and overlaps must be multiples of this
-    minimum: int  # the smallest input side it takes
 
 
 def describe_upscaler(path: str | Path) -> UpscalerInfo:

@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from postprocess.faces import detect_faces
-from postprocess.upscale import Tiling
+from postprocess.tiling import Tiling
 from renderer.cli.main import main
 from renderer.core.hashing import canonical_json, sha256_path
 from renderer.plan.variant_spec import VariantSpec, batch_key, render_call, spec_problem, variant_id

@@ -13,7 +13,8 @@ import spandrel
 import torch
 
 from postprocess.hires import LATENT_MODES, hires_size, upscale_latents
-from postprocess.upscale import BLENDS, Tiling, load_upscaler, upscale_images
+from postprocess.tiling import BLENDS, Tiling
+from postprocess.upscale import load_upscaler, upscale_images
 from renderer.demo.models import BUILDERS
 from tests.synthetic import shapes
 

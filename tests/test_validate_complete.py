@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
 
-from .conftest import REPO, run_cli
+from renderer.core.hashing import sha256_file
+
+from .conftest import CAMPAIGN_BIN, REPO, run_cli
 
 
 def _brand_with_logo(project, logo: str):
@@ -153,3 +157,21 @@ def test_a_device_this_machine_lacks_stops_render_before_it_writes(project):
     _refused(result, "demo.yaml", "render.device", "render.device cuda:7 is not available",
              "render.device: auto")
     assert not out.exists()
+
+
+def test_an_upscaler_is_described_once_then_validate_imports_no_torch(project, tmp_path):
+    upscaler = REPO / "models" / "demo" / "upscaler-x2.safetensors"
+    project.recipe["refine"] = {"upscale": {"model": {"path": str(upscaler),
+                                                      "sha256": sha256_file(upscaler)}}}
+    campaign = project.write()
+    environment = {**os.environ, "CAMPAIGN_CACHE_DIR": str(tmp_path / "cache")}
+
+    def imports_torch() -> bool:
+        done = subprocess.run([sys.executable, "-X", "importtime", str(CAMPAIGN_BIN),
+                               "validate", str(campaign)], env=environment,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return bool(re.search(r"\|\s+torch$", done.stderr, re.M))
+
+    assert imports_torch()  # the first validation asks spandrel what the upscaler is
+    assert not imports_torch()  # then its sha256 says (HashCache.facts)

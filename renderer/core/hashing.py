@@ -8,6 +8,9 @@
   ``{relative/posix/path: file sha256}`` over every file in it, hidden files excluded.
 * The A1111/Civitai short hash of a model is the first 10 hex digits of its hash.
 
+``HashCache`` also remembers facts derived from a file's content alone (an upscaler's
+architecture and scale), keyed by its sha256 and the kind of fact.
+
 ``hash_file`` hashes through one ``HashCache`` shared by the whole process (validation,
 pins, ``show``'s file states, reproduction's file search).
 """
@@ -106,6 +109,9 @@ class HashCache:
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER,"
                     " mtime_ns INTEGER, inode INTEGER, sha256 TEXT NOT NULL)")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS file_facts (sha256 TEXT, kind TEXT, facts TEXT "
+                    "NOT NULL, PRIMARY KEY (sha256, kind))")
             except sqlite3.Error:
                 return None
         return self._db
@@ -127,6 +133,23 @@ class HashCache:
                            (*key, digest))
         return digest
 
+    def facts(self, sha256: str, kind: str) -> dict[str, Any] | None:
+        """What ``remember`` stored of the file with this content, for this kind of fact."""
+        with self._lock:
+            db = self._connect()
+            row = db and db.execute(
+                "SELECT facts FROM file_facts WHERE sha256 = ? AND kind = ?", (sha256, kind)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def remember(self, sha256: str, kind: str, facts: dict[str, Any]) -> None:
+        """Store facts derived from a file's content alone (so its sha256 keys them), which
+        cost a heavy import or a long read to derive again."""
+        with self._lock, contextlib.suppress(sqlite3.Error):  # read-only or busy: time only
+            if (db := self._connect()) is not None:
+                db.execute("INSERT OR REPLACE INTO file_facts VALUES (?, ?, ?)",
+                           (sha256, kind, canonical_json(facts)))
+
     def sha256_path(self, path: Path) -> str:
         """``sha256_path`` with every file's hash taken from the cache when unchanged."""
         if not path.is_dir():
@@ -145,6 +168,11 @@ def default_cache_dir() -> Path:
 @functools.cache
 def _shared_cache() -> HashCache:
     return HashCache()
+
+
+def shared_cache() -> HashCache:
+    """The process's one hash cache (``hash_file`` hashes through it)."""
+    return _shared_cache()
 
 
 def hash_file(path: Path) -> str:

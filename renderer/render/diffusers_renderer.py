@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # imported where used: a step loads its libraries only when i
     import numpy as np
 
     from postprocess.detail import Detail, DetailPlan
-    from postprocess.upscale import Tiling
+    from postprocess.tiling import Tiling
 
 # A rendered image, with the indices (into its batch) of the pipeline call that made it.
 Rendered = tuple[Any, tuple[int, ...]]
@@ -379,7 +379,7 @@ class DiffusersRenderer:
             image = enlarged.tensor
         else:
             if hires.upscaler == "model":
-                from postprocess.upscale import Tiling
+                from postprocess.tiling import Tiling
 
                 enlarged = self._model_upscale(base, hires.model, files, Tiling(), until=target)
             else:
@@ -401,7 +401,7 @@ class DiffusersRenderer:
 
     def _upscale_pass(self, images: list[Any], upscale: UpscaleUse,
                       files: FileIndex) -> list[Any]:
-        from postprocess.upscale import Tiling
+        from postprocess.tiling import Tiling
 
         tiling = None if upscale.tile is None else Tiling(tile=upscale.tile,
                                                           overlap=upscale.overlap)

@@ -17,7 +17,9 @@ expected, what was found and how to fix it. The result is ``renderer.validate.in
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib.metadata
 import json
 import math
 import os
@@ -37,7 +39,7 @@ from renderer.core.errors import (
     TemplateError,
 )
 from renderer.core.families import BASE_REPOS, SCHEDULERS, SIZE_MULTIPLE
-from renderer.core.hashing import canonical_json, hash_file, short_hash
+from renderer.core.hashing import canonical_json, hash_file, shared_cache, short_hash
 from renderer.load.schema import (
     ASPECT_PATTERN,
     CAPTION_NAMES,
@@ -83,7 +85,7 @@ from renderer.weights.compat import (
 )
 
 if TYPE_CHECKING:  # the upscaler library imports torch: only when a recipe has an upscaler
-    from postprocess.upscale import Tiling, UpscalerInfo
+    from postprocess.tiling import Tiling, UpscalerInfo
 
 # Characters Windows, macOS or Linux reject in file names, plus control characters.
 _REJECTED_IN_NAMES = re.compile(r'[<>:"\\|?*\x00-\x1f]')
@@ -344,7 +346,7 @@ def _check_refine(document: YamlDocument, spec: RecipeFile,
                                  fix="upscaler: model with model: {path: …, sha256: …}, or "
                                  "drop model")
         if hires.model is not None:
-            from postprocess.upscale import Tiling
+            from postprocess.tiling import Tiling
 
             _check_upscaler(document, files[(*where, "model")], (*where, "model"), Tiling())
         _check_hires_size(document, hires, spec.family, (spec.size[0], spec.size[1]))
@@ -364,7 +366,7 @@ def _check_refine(document: YamlDocument, spec: RecipeFile,
     if upscale := refine.upscale:
         tiling = None
         if upscale.tile is not None:
-            from postprocess.upscale import Tiling
+            from postprocess.tiling import Tiling
 
             try:
                 tiling = Tiling(tile=upscale.tile, overlap=upscale.overlap)
@@ -421,17 +423,15 @@ def _check_hires_size(document: YamlDocument, hires: HiresSettings, family: str,
 
 def _check_upscaler(document: YamlDocument, file: ResolvedFile, key_path: KeyPath,
                     tiling: Tiling | None) -> UpscalerInfo:
-    """What the upscaler is (postprocess.upscale.describe_upscaler: from its header) and
-    whether it runs with this tiling (None: untiled)."""
-    from postprocess.upscale import describe_upscaler
-
+    """What the upscaler is (``_upscaler_info``) and whether it runs with this tiling
+    (None: untiled)."""
     if file.path.suffix.lower() != ".safetensors":
         raise document.error(SchemaError, "an upscaler must be a .safetensors file",
                              (*key_path, "path"), found=file.path.name,
                              fix="convert it to .safetensors (chaiNNer, or safetensors' "
                              "save_file on its state dict): pickles can run code when loaded")
     try:
-        info = describe_upscaler(file.path)
+        info = _upscaler_info(file)
     except (ValueError, OSError) as err:  # OSError: not a safetensors header
         raise document.error(SchemaError, "not an upscaler spandrel knows", (*key_path, "path"),
                              found=str(err), fix="use an ESRGAN, SwinIR, SPAN, Compact or "
@@ -449,6 +449,22 @@ def _check_upscaler(document: YamlDocument, file: ResolvedFile, key_path: KeyPat
             raise document.error(SchemaError, "the upscaler cannot run with this tiling",
                                  key_path, found=problem, fix="set tile: null (untiled), or a "
                                  f"tile and overlap that are multiples of {info.multiple_of}")
+    return info
+
+
+def _upscaler_info(file: ResolvedFile) -> UpscalerInfo:
+    """``postprocess.upscale.describe_upscaler``'s answer, remembered by the file's sha256 and
+    spandrel's version: deriving it imports torch and spandrel (about 2 s), which would make
+    every later refusal of a recipe with an upscaler slower than validation may be."""
+    from postprocess.tiling import UpscalerInfo
+
+    kind = f"upscaler (spandrel {importlib.metadata.version('spandrel')})"
+    if (known := shared_cache().facts(file.sha256, kind)) is not None:
+        return UpscalerInfo(**known)
+    from postprocess.upscale import describe_upscaler
+
+    info = describe_upscaler(file.path)
+    shared_cache().remember(file.sha256, kind, dataclasses.asdict(info))
     return info
 
 
