@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 DEMO_MODELS := models/demo/MANIFEST.json
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test fuzz bench lint clean system-deps
+.PHONY: demo test check fuzz bench lint format clean system-deps
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,18 @@ system-deps:
 TEST_WORKERS ?= $(shell nproc)
 test: $(DEMO_MODELS) system-deps
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# The inner loop (under 2 minutes): lint, format and the tests that render nothing (the
+# input checks, the layering, the output folder, the ledger and the variant spec).
+CHECK_TESTS := tests/test_validate_complete.py tests/test_bad_corpus.py tests/test_bad_input.py \
+	tests/test_hostile_input.py tests/test_template_limits.py tests/test_output_folder.py \
+	tests/test_variant_spec.py tests/test_plan_properties.py tests/test_ledger.py
+check: $(DEMO_MODELS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(CHECK_TESTS)
 
 # `make test` fuzzes the inputs with 40 fixed cases (tests/test_fuzz_inputs.py); this runs
 # FUZZ_EXAMPLES new ones from a random seed (printed; FUZZ_SEED=N replays a run), renders up
@@ -70,6 +81,9 @@ bench: $(DEMO_MODELS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
+
+format: $(INSTALLED)
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -57,8 +57,9 @@ def draw_images(folder: Path, size: int, count: int = 4) -> tuple[TrainingItem, 
         image = Image.new("RGB", (size, size), (241, 250, 238))
         pen = ImageDraw.Draw(image)
         step = size // 8
-        pen.rectangle((step * (1 + index), step * 3, step * (4 + index), step * 7),
-                      fill=(29, 53, 87))
+        pen.rectangle(
+            (step * (1 + index), step * 3, step * (4 + index), step * 7), fill=(29, 53, 87)
+        )
         pen.ellipse((step * 4, step, step * 7, step * 4), fill=(242, 107, 29))
         path = folder / f"image-{index}.png"
         image.save(path)
@@ -73,8 +74,7 @@ def describe(pipe, folder: Path) -> None:
     for name, component in pipe.components.items():
         if hasattr(component, "save_config"):
             component.save_config(folder / name)
-        elif hasattr(component, "save_pretrained") and not isinstance(component,
-                                                                     torch.nn.Module):
+        elif hasattr(component, "save_pretrained") and not isinstance(component, torch.nn.Module):
             component.save_pretrained(folder / name)  # tokenizers
         elif component is not None:
             component.config.save_pretrained(folder / name)
@@ -91,12 +91,21 @@ def run_family(family: str, args, device: str) -> dict:
         root = Path(scratch)
         describe(pipe, root / "model")
         job = TrainingJob(
-            family=family, checkpoint=root / "model", items=draw_images(root, size),
-            spec_hash="gpu-train-bench", training_id=f"gpu-train-{family}",
+            family=family,
+            checkpoint=root / "model",
+            items=draw_images(root, size),
+            spec_hash="gpu-train-bench",
+            training_id=f"gpu-train-{family}",
             lora=LoraSettings(rank=RANK, alpha=RANK),
-            train=TrainSettings(steps=args.steps, learning_rate=1e-4, resolution=size,
-                                mixed_precision="bf16", gradient_checkpointing=True,
-                                device=device))
+            train=TrainSettings(
+                steps=args.steps,
+                learning_rate=1e-4,
+                resolution=size,
+                mixed_precision="bf16",
+                gradient_checkpointing=True,
+                device=device,
+            ),
+        )
         stamps: list[float] = []
 
         def progress(update: Progress) -> None:
@@ -112,12 +121,20 @@ def run_family(family: str, args, device: str) -> dict:
         steps_peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     step_times = [later - earlier for earlier, later in itertools.pairwise(stamps)]
     report = {
-        "family": family, "size": size, "rank": RANK, "batch": 1, "dtype": "bf16",
-        "gradient_checkpointing": True, "steps": args.steps, "device": gpu_suite.device_name(
-            device), "params": params, "build_s": build_s,
+        "family": family,
+        "size": size,
+        "rank": RANK,
+        "batch": 1,
+        "dtype": "bf16",
+        "gradient_checkpointing": True,
+        "steps": args.steps,
+        "device": gpu_suite.device_name(device),
+        "params": params,
+        "build_s": build_s,
         "first_step_s": result.timings["steps"] - sum(step_times),
         "s_per_step": statistics.median(step_times[1:] or step_times),
-        "peak_gib_steps": steps_peak, "features_s": result.timings["features"],
+        "peak_gib_steps": steps_peak,
+        "features_s": result.timings["features"],
         "lora_mib": result.lora.stat().st_size / 2**20 if result.lora.exists() else None,
     }
     del pipe
@@ -132,30 +149,40 @@ def main() -> None:
     parser.add_argument("--families", default="sdxl,flux")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny configs on the CPU, 64 px: checks the code path only")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny configs on the CPU, 64 px: checks the code path only",
+    )
     args = parser.parse_args()
     if args.smoke:
         device, args.steps = "cpu", min(args.steps, 4)
     elif torch.cuda.is_available():
         device = "cuda"
     else:
-        sys.exit("gpu_train: no CUDA device. This benchmark needs a GPU; "
-                 "use --smoke to check the code path on CPU.")
+        sys.exit(
+            "gpu_train: no CUDA device. This benchmark needs a GPU; "
+            "use --smoke to check the code path on CPU."
+        )
     gpu_suite.diffusers.utils.logging.set_verbosity_error()
     gpu_suite.transformers.utils.logging.set_verbosity_error()
-    print(f"device: {gpu_suite.device_name(device)} | torch {torch.__version__} | "
-          + ("SMOKE: tiny configs, not a measurement" if args.smoke else "full-size, bf16"),
-          flush=True)
+    print(
+        f"device: {gpu_suite.device_name(device)} | torch {torch.__version__} | "
+        + ("SMOKE: tiny configs, not a measurement" if args.smoke else "full-size, bf16"),
+        flush=True,
+    )
     results = []
     for family in args.families.split(","):
         report = run_family(family, args, device)
         results.append(report)
         peak = "-" if report["peak_gib_steps"] is None else f"{report['peak_gib_steps']:.1f} GiB"
-        print(f"{family:5} {report['size']}² rank {RANK} batch 1 bf16 + checkpointing: "
-              f"{report['s_per_step']:.3f} s/step (first step {report['first_step_s']:.2f} s), "
-              f"peak {peak}, features {report['features_s']:.1f} s, build "
-              f"{report['build_s']:.1f} s", flush=True)
+        print(
+            f"{family:5} {report['size']}² rank {RANK} batch 1 bf16 + checkpointing: "
+            f"{report['s_per_step']:.3f} s/step (first step {report['first_step_s']:.2f} s), "
+            f"peak {peak}, features {report['features_s']:.1f} s, build "
+            f"{report['build_s']:.1f} s",
+            flush=True,
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
 

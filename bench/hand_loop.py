@@ -18,14 +18,20 @@ import diffusers  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-PIPELINES = {"sd15": diffusers.StableDiffusionPipeline,
-             "sdxl": diffusers.StableDiffusionXLPipeline, "flux": diffusers.FluxPipeline}
-SCHEDULERS = {"euler_a": diffusers.EulerAncestralDiscreteScheduler,
-              "euler": diffusers.EulerDiscreteScheduler,
-              "flow_euler": diffusers.FlowMatchEulerDiscreteScheduler,
-              "dpmpp_2m_karras": diffusers.DPMSolverMultistepScheduler}
-SCHEDULER_OPTIONS = {"dpmpp_2m_karras": {"algorithm_type": "dpmsolver++",
-                                         "use_karras_sigmas": True}}
+PIPELINES = {
+    "sd15": diffusers.StableDiffusionPipeline,
+    "sdxl": diffusers.StableDiffusionXLPipeline,
+    "flux": diffusers.FluxPipeline,
+}
+SCHEDULERS = {
+    "euler_a": diffusers.EulerAncestralDiscreteScheduler,
+    "euler": diffusers.EulerDiscreteScheduler,
+    "flow_euler": diffusers.FlowMatchEulerDiscreteScheduler,
+    "dpmpp_2m_karras": diffusers.DPMSolverMultistepScheduler,
+}
+SCHEDULER_OPTIONS = {
+    "dpmpp_2m_karras": {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}
+}
 
 
 def load(recipe_path: Path) -> tuple[object, dict]:
@@ -39,10 +45,13 @@ def load(recipe_path: Path) -> tuple[object, dict]:
         pipe = pipeline_class.from_pretrained(checkpoint, local_files_only=True)
     else:
         pipe = pipeline_class.from_single_file(
-            str(checkpoint), config=str(base / recipe["checkpoint"]["config"]),
-            local_files_only=True)
+            str(checkpoint),
+            config=str(base / recipe["checkpoint"]["config"]),
+            local_files_only=True,
+        )
     pipe.scheduler = SCHEDULERS[recipe["scheduler"]].from_config(
-        pipe.scheduler.config, **SCHEDULER_OPTIONS.get(recipe["scheduler"], {}))
+        pipe.scheduler.config, **SCHEDULER_OPTIONS.get(recipe["scheduler"], {})
+    )
     pipe.set_progress_bar_config(disable=True)
     names = []
     for index, lora in enumerate(recipe.get("loras", [])):
@@ -57,13 +66,20 @@ def render_all(pipe: object, recipe: dict, variants: list[dict]) -> None:
     """One pipeline call per variant, each with its own seeded generator."""
     with torch.inference_mode():
         for variant in variants:
-            extra = {} if recipe["family"] == "flux" else {
-                "negative_prompt": variant["negative_prompt"]}
-            pipe(prompt=variant["prompt"], num_inference_steps=recipe["steps"],
-                 guidance_scale=recipe["cfg"], width=variant["width"],
-                 height=variant["height"],
-                 generator=torch.Generator("cpu").manual_seed(variant["seed"]),
-                 **extra).images[0]
+            extra = (
+                {}
+                if recipe["family"] == "flux"
+                else {"negative_prompt": variant["negative_prompt"]}
+            )
+            pipe(
+                prompt=variant["prompt"],
+                num_inference_steps=recipe["steps"],
+                guidance_scale=recipe["cfg"],
+                width=variant["width"],
+                height=variant["height"],
+                generator=torch.Generator("cpu").manual_seed(variant["seed"]),
+                **extra,
+            ).images[0]
 
 
 def main(recipe_path: Path, plan_path: Path) -> None:

@@ -43,11 +43,14 @@ def thousand_variant_campaign(folder: Path) -> Path:
     campaign["name"] = "thousand"
     campaign["recipes_dir"] = str(REPO / "recipes")
     campaign["brand"] = str(REPO / "campaigns" / campaign["brand"])
-    campaign["scoring"]["clip_model"] = str((REPO / "campaigns" /
-                                             campaign["scoring"]["clip_model"]).resolve())
+    campaign["scoring"]["clip_model"] = str(
+        (REPO / "campaigns" / campaign["scoring"]["clip_model"]).resolve()
+    )
     axes = campaign["matrix"]["axes"]
-    axes["product"] += [{"name": "tent", "sku": "KR-404", "colour": "green"},
-                        {"name": "head lamp", "sku": "KR-505", "colour": "red"}]
+    axes["product"] += [
+        {"name": "tent", "sku": "KR-404", "colour": "green"},
+        {"name": "head lamp", "sku": "KR-505", "colour": "red"},
+    ]
     axes["background"] = ["studio", "mountain", "beach", "forest"]
     axes["aspect"] = ["1:1", "9:16", "16:9", "4:5", "3:2"]
     axes["seed"] = list(range(1, 11))
@@ -75,8 +78,10 @@ def populate_with_stubs(campaign: Path, out: Path, variants: int = 1000) -> floa
             return {"device": "stub (ledger benchmark)", "threads": os.cpu_count()}
 
         def render_batch(self, specs, files):
-            return [Image.new("RGB", (spec.width, spec.height), (spec.seed % 256, 90, 120))
-                    for spec in specs]
+            return [
+                Image.new("RGB", (spec.width, spec.height), (spec.seed % 256, 90, 120))
+                for spec in specs
+            ]
 
         def render_resilient(self, specs, files):
             call = tuple(range(len(specs)))
@@ -89,7 +94,7 @@ def populate_with_stubs(campaign: Path, out: Path, variants: int = 1000) -> floa
             pass
 
         def embed_images(self, images):
-            return np.full((len(images), 32), 32 ** -0.5, dtype=np.float32)
+            return np.full((len(images), 32), 32**-0.5, dtype=np.float32)
 
         embed_texts = embed_images
 
@@ -104,8 +109,13 @@ def populate_with_stubs(campaign: Path, out: Path, variants: int = 1000) -> floa
 def rerun(campaign: Path, out: Path) -> tuple[float, dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    done = subprocess.run([str(CAMPAIGN_BIN), "render", str(campaign), "--out", str(out),
-                           "--json"], capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run(
+        [str(CAMPAIGN_BIN), "render", str(campaign), "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"re-run failed ({done.returncode}): {done.stderr}")
@@ -120,24 +130,48 @@ def ledger_write_rate(rows: int, folder: Path) -> float:
 
     plan = make_plan(load_campaign(thousand_variant_campaign(folder)))
     variants = list(plan.variants)
-    inputs = [{"role": "checkpoint", "path": "/models/sd15.safetensors", "sha256": "a" * 64},
-              {"role": "lora", "path": "/models/lora-style.safetensors", "sha256": "b" * 64},
-              {"role": "logo", "path": "/brand/logo.png", "sha256": "c" * 64}]
+    inputs = [
+        {"role": "checkpoint", "path": "/models/sd15.safetensors", "sha256": "a" * 64},
+        {"role": "lora", "path": "/models/lora-style.safetensors", "sha256": "b" * 64},
+        {"role": "logo", "path": "/brand/logo.png", "sha256": "c" * 64},
+    ]
     with Ledger(folder / "rate.sqlite") as ledger:
         run_id = ledger.start_run(
-            campaign="thousand", campaign_file="thousand.yaml", recipes=[("demo-sd15", 1)],
-            executor="local", environment={"device": "cpu"},
-            variant_ids=[v.id for v in variants], to_render={v.id for v in variants})
+            campaign="thousand",
+            campaign_file="thousand.yaml",
+            recipes=[("demo-sd15", 1)],
+            executor="local",
+            environment={"device": "cpu"},
+            variant_ids=[v.id for v in variants],
+            to_render={v.id for v in variants},
+        )
         environment_hash = ledger.record_environment({"device": "cpu"})
-        records = [RenderRecord(
-            run_id=run_id, variant_id=v.id, campaign="thousand", recipe_name="demo-sd15",
-            recipe_version=1, recipe_hash="d" * 64, variant_json=v.spec_json, seed=v.seed,
-            axes=v.axes, prompt=v.prompt, width=v.width, height=v.height, input_files=inputs,
-            output_path=f"thousand/{v.output_name}.png", output_sha256=sha256_bytes(v.id.encode()),
-            output_bytes=12345, environment_hash=environment_hash,
-            scores={"clip_prompt": 0.2, "clip_brand": 0.95}, render_seconds=0.1,
-            rerender_reason=None,
-            batch=[v.id]) for v in (variants * (rows // len(variants) + 1))[:rows]]
+        records = [
+            RenderRecord(
+                run_id=run_id,
+                variant_id=v.id,
+                campaign="thousand",
+                recipe_name="demo-sd15",
+                recipe_version=1,
+                recipe_hash="d" * 64,
+                variant_json=v.spec_json,
+                seed=v.seed,
+                axes=v.axes,
+                prompt=v.prompt,
+                width=v.width,
+                height=v.height,
+                input_files=inputs,
+                output_path=f"thousand/{v.output_name}.png",
+                output_sha256=sha256_bytes(v.id.encode()),
+                output_bytes=12345,
+                environment_hash=environment_hash,
+                scores={"clip_prompt": 0.2, "clip_brand": 0.95},
+                render_seconds=0.1,
+                rerender_reason=None,
+                batch=[v.id],
+            )
+            for v in (variants * (rows // len(variants) + 1))[:rows]
+        ]
         started = time.perf_counter()
         for record in records:
             ledger.add_render(record)
@@ -161,30 +195,43 @@ def main() -> None:
             assert summary["counts"]["rendered"] == 1000, summary
             populated = f"rendered for real in {seconds:.1f} s"
         else:
-            populated = (f"populated through the execute path with stub models in "
-                         f"{populate_with_stubs(campaign, out):.1f} s")
+            populated = (
+                f"populated through the execute path with stub models in "
+                f"{populate_with_stubs(campaign, out):.1f} s"
+            )
         walls, summary = [], {}
         for _ in range(args.repeats):
             wall, summary = rerun(campaign, out)
-            assert summary["counts"] == {"planned": 1000, "rendered": 0, "skipped": 1000,
-                                         "passed": 1000, "review": 0, "failed": 0}, \
-                summary["counts"]
+            assert summary["counts"] == {
+                "planned": 1000,
+                "rendered": 0,
+                "skipped": 1000,
+                "passed": 1000,
+                "review": 0,
+                "failed": 0,
+            }, summary["counts"]
             walls.append(wall)
         rate = ledger_write_rate(args.rows, folder)
     result = {
-        "rerun_1000": {"populated": populated, "rendered": summary["counts"]["rendered"],
-                       "wall_s": [round(w, 3) for w in walls],
-                       "median_wall_s": round(statistics.median(walls), 3),
-                       "under_3_s": statistics.median(walls) < 3.0},
+        "rerun_1000": {
+            "populated": populated,
+            "rendered": summary["counts"]["rendered"],
+            "wall_s": [round(w, 3) for w in walls],
+            "median_wall_s": round(statistics.median(walls), 3),
+            "under_3_s": statistics.median(walls) < 3.0,
+        },
         "ledger_write_rows_per_s": round(rate, 1),
         "ledger_rows": args.rows,
         "cpus": os.cpu_count(),
     }
     print(json.dumps(result, indent=2))
-    print(f"re-run of a finished 1,000-variant campaign: {summary['counts']['rendered']} "
-          f"rendered, median {statistics.median(walls):.2f} s wall over {len(walls)} runs "
-          f"({', '.join(f'{w:.2f}' for w in walls)}); ledger writes: {rate:,.0f} rows/s "
-          f"(one transaction per row, synchronous=FULL, WAL)", file=sys.stderr)
+    print(
+        f"re-run of a finished 1,000-variant campaign: {summary['counts']['rendered']} "
+        f"rendered, median {statistics.median(walls):.2f} s wall over {len(walls)} runs "
+        f"({', '.join(f'{w:.2f}' for w in walls)}); ledger writes: {rate:,.0f} rows/s "
+        f"(one transaction per row, synchronous=FULL, WAL)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -37,18 +37,21 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
 HOLD_S = float(os.environ.get("BENCH_HOLD_S", "1.0"))  # per image, as a GPU would render
 CALIBRATION_ITERATIONS = 2_000_000  # loop iterations timed once to size a "launch"
 # Shares of the hold spent in Python holding the GIL (kernel launches), one run of (b) each.
-LAUNCH_SHARES = [float(share) for share in
-                 os.environ.get("BENCH_LAUNCH_SHARES", "0,0.6").split(",")]
+LAUNCH_SHARES = [
+    float(share) for share in os.environ.get("BENCH_LAUNCH_SHARES", "0,0.6").split(",")
+]
 SIDE = 1024
 BATCH = 4
 TARGET = 0.9
 
 
-def demo_campaign(folder: Path, *, pipeline: bool, side: int = 64,
-                  variants: dict | None = None) -> Path:
+def demo_campaign(
+    folder: Path, *, pipeline: bool, side: int = 64, variants: dict | None = None
+) -> Path:
     campaign = yaml.safe_load((REPO / "campaigns" / "demo.yaml").read_text())
-    campaign.update(recipes_dir=str(REPO / "recipes"),
-                    brand=str(REPO / "campaigns" / campaign["brand"]))
+    campaign.update(
+        recipes_dir=str(REPO / "recipes"), brand=str(REPO / "campaigns" / campaign["brand"])
+    )
     campaign["scoring"]["clip_model"] = str(REPO / "models" / "demo" / "clip")
     campaign["size"]["short_side"] = side
     campaign["render"]["pipeline"] = pipeline
@@ -65,14 +68,29 @@ def whole_process(folder: Path) -> None:
     for attempt in range(REPEATS):
         for pipeline in (False, True):
             out = folder / f"out-{pipeline}-{attempt}"
-            command = [sys.executable, "-m", "renderer.cli.main", "render",
-                       str(demo_campaign(folder, pipeline=pipeline)), "--out", str(out)]
+            command = [
+                sys.executable,
+                "-m",
+                "renderer.cli.main",
+                "render",
+                str(demo_campaign(folder, pipeline=pipeline)),
+                "--out",
+                str(out),
+            ]
             started = time.perf_counter()
-            subprocess.run(command, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(
+                command,
+                check=True,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             best[pipeline] = min(best[pipeline], time.perf_counter() - started)
-    print(f"(a) demo campaign, 36 variants at 64 px, real tiny sd15 models, {os.cpu_count()} "
-          f"CPUs, best of {REPEATS}, fresh processes:")
+    print(
+        f"(a) demo campaign, 36 variants at 64 px, real tiny sd15 models, {os.cpu_count()} "
+        f"CPUs, best of {REPEATS}, fresh processes:"
+    )
     for pipeline, label in ((False, "serial"), (True, "pipelined")):
         print(f"  {label:10} {best[pipeline]:7.2f} s  {36 / best[pipeline]:6.2f} img/s")
     print(f"  pipelined vs serial: {best[False] / best[True]:.2f}x")
@@ -133,10 +151,18 @@ def simulated_accelerator(folder: Path, launch_share: float) -> None:
     from renderer.run.executors import LocalExecutor, PipelinedExecutor
     from renderer.validate.checks import load_campaign
 
-    campaign = load_campaign(demo_campaign(
-        folder, pipeline=True, side=SIDE,
-        variants={"aspect": ["1:1"], "background": ["studio", "mountain"],
-                  "seed": [1, 2, 3, 4, 5, 6, 7, 8]}))
+    campaign = load_campaign(
+        demo_campaign(
+            folder,
+            pipeline=True,
+            side=SIDE,
+            variants={
+                "aspect": ["1:1"],
+                "background": ["studio", "mountain"],
+                "seed": [1, 2, 3, 4, 5, 6, 7, 8],
+            },
+        )
+    )
     variants = make_plan(campaign).variants
     jobs = [Job.all_of(batch) for batch in cut_batches(variants, {"sd15": BATCH})]
     files = campaign.files()
@@ -150,23 +176,27 @@ def simulated_accelerator(folder: Path, launch_share: float) -> None:
     render_only = len(variants) / (time.perf_counter() - started)
     rates = {}
     for label, executor in (("serial", LocalExecutor), ("pipelined", PipelinedExecutor)):
-        run = executor(campaign, folder / f"out-{label}-{launch_share:g}", lambda _: None,
-                       worker)
+        run = executor(campaign, folder / f"out-{label}-{launch_share:g}", lambda _: None, worker)
         started = time.perf_counter()
         produced = sum(len(result.produced) for result in run.produce_all(jobs))
         assert produced == len(variants), (label, produced)
         rates[label] = len(variants) / (time.perf_counter() - started)
-    print(f"(b) simulated accelerator: {len(variants)} variants at {SIDE}x{SIDE} in batches of "
-          f"{BATCH}, held {HOLD_S:g} s per image (BENCH_HOLD_S), {launch_share:.0%} of it in "
-          f"Python holding the GIL (BENCH_LAUNCH_SHARES), real finish and write, "
-          f"{os.cpu_count()} CPUs, {FINISH_THREADS} finishing thread(s):")
+    print(
+        f"(b) simulated accelerator: {len(variants)} variants at {SIDE}x{SIDE} in batches of "
+        f"{BATCH}, held {HOLD_S:g} s per image (BENCH_HOLD_S), {launch_share:.0%} of it in "
+        f"Python holding the GIL (BENCH_LAUNCH_SHARES), real finish and write, "
+        f"{os.cpu_count()} CPUs, {FINISH_THREADS} finishing thread(s):"
+    )
     print(f"  render only {render_only:6.3f} img/s")
     finish_each = 1 / rates["serial"] - 1 / render_only
     print(f"  finish + write, serial: {finish_each:.3f} s per image")
     for label, rate in rates.items():
         ratio = rate / render_only
-        verdict = "" if label == "serial" else \
-            f"  (target >= {TARGET}: {'met' if ratio >= TARGET else 'MISSED'})"
+        verdict = (
+            ""
+            if label == "serial"
+            else f"  (target >= {TARGET}: {'met' if ratio >= TARGET else 'MISSED'})"
+        )
         print(f"  {label:10} {rate:6.3f} img/s  overlap ratio = {ratio:.2f}{verdict}")
 
 

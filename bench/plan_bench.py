@@ -38,8 +38,9 @@ def grown_campaign(folder: Path, takes: int) -> Path:
     campaign = yaml.safe_load((REPO / "campaigns" / "demo.yaml").read_text())
     campaign["recipes_dir"] = str(REPO / "recipes")
     campaign["brand"] = str(REPO / "campaigns" / campaign["brand"])
-    campaign["scoring"]["clip_model"] = str((REPO / "campaigns" / campaign["scoring"]
-                                             ["clip_model"]).resolve())
+    campaign["scoring"]["clip_model"] = str(
+        (REPO / "campaigns" / campaign["scoring"]["clip_model"]).resolve()
+    )
     campaign["matrix"]["axes"]["take"] = list(range(takes))
     campaign["output"] += "-t{{ take }}"
     path = folder / f"grown-{takes}.yaml"
@@ -52,28 +53,43 @@ def plan_scaling(folder: Path) -> None:
     rows = []
     for takes in (28, 278, 2778):  # × 36 = 1,008 / 10,008 / 100,008 variants
         campaign = grown_campaign(folder, takes)
-        result = subprocess.run([sys.executable, "-c", PLAN_ONE, str(campaign)],
-                                check=True, capture_output=True, text=True, cwd=REPO)
+        result = subprocess.run(
+            [sys.executable, "-c", PLAN_ONE, str(campaign)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
         rows.append(json.loads(result.stdout))
     for row in rows:
-        print(f"  {row['variants']:>7,} variants  plan {row['plan_s']:6.2f} s  "
-              f"({row['plan_s'] / row['variants'] * 1e6:5.1f} µs/variant)  "
-              f"process {row['total_s']:6.2f} s  peak RSS {row['peak_rss_mb']:6.0f} MB")
+        print(
+            f"  {row['variants']:>7,} variants  plan {row['plan_s']:6.2f} s  "
+            f"({row['plan_s'] / row['variants'] * 1e6:5.1f} µs/variant)  "
+            f"process {row['total_s']:6.2f} s  peak RSS {row['peak_rss_mb']:6.0f} MB"
+        )
     largest = rows[-1]
-    print(f"  100k target: plan < 10 s -> {largest['plan_s']:.2f} s; RSS < 1024 MB -> "
-          f"{largest['peak_rss_mb']:.0f} MB")
+    print(
+        f"  100k target: plan < 10 s -> {largest['plan_s']:.2f} s; RSS < 1024 MB -> "
+        f"{largest['peak_rss_mb']:.0f} MB"
+    )
 
 
 def write_big_checkpoint(path: Path, size: int) -> None:
     """A sparse single-file SDXL checkpoint of ``size`` bytes that validation accepts: a
     safetensors header naming each component's weights (validate reads headers only)."""
-    small = {name: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]}
-             for i, name in enumerate(("first_stage_model.w", "conditioner.embedders.0.w",
-                                       "conditioner.embedders.1.w"))}
+    small = {
+        name: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]}
+        for i, name in enumerate(
+            ("first_stage_model.w", "conditioner.embedders.0.w", "conditioner.embedders.1.w")
+        )
+    }
     header = json.dumps(small).encode()
     body = (size - 64 - len(header)) // 4 * 4
-    small["model.diffusion_model.w"] = {"dtype": "F32", "shape": [(body - 12) // 4],
-                                        "data_offsets": [12, body]}
+    small["model.diffusion_model.w"] = {
+        "dtype": "F32",
+        "shape": [(body - 12) // 4],
+        "data_offsets": [12, body],
+    }
     header = json.dumps(small).encode().ljust(len(header) + 64)
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(header)) + header)
@@ -84,8 +100,11 @@ def revalidate(folder: Path) -> None:
     checkpoint = folder / "big-checkpoint.safetensors"
     write_big_checkpoint(checkpoint, 2 * 1024**3)
     recipe = yaml.safe_load((REPO / "recipes" / "demo-sdxl.yaml").read_text())
-    recipe["checkpoint"] = {"path": str(checkpoint), "sha256": "0" * 63 + "1",
-                            "config": str(REPO / "models" / "demo" / "sdxl")}
+    recipe["checkpoint"] = {
+        "path": str(checkpoint),
+        "sha256": "0" * 63 + "1",
+        "config": str(REPO / "models" / "demo" / "sdxl"),
+    }
     path = folder / "big.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "CAMPAIGN_CACHE_DIR": str(folder / "cache")}
@@ -103,8 +122,10 @@ def revalidate(folder: Path) -> None:
         timings.append(time.perf_counter() - started)
     print("re-validating a recipe with a 2 GB checkpoint:")
     print(f"  first pin (hashes 2 GB, whole CLI process): {cold:6.2f} s")
-    print(f"  validate again, unchanged (in process, best of 3): {min(timings) * 1000:6.1f} ms "
-          "(target < 100 ms)")
+    print(
+        f"  validate again, unchanged (in process, best of 3): {min(timings) * 1000:6.1f} ms "
+        "(target < 100 ms)"
+    )
 
 
 def main() -> None:

@@ -35,8 +35,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.ledger_bench import CAMPAIGN_BIN, populate_with_stubs, thousand_variant_campaign  # noqa: E402
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 FIRST_SCREEN = """() => {
   const cards = Array.from(document.querySelectorAll('#grid .card img'));
   const inView = cards.filter(img => img.getBoundingClientRect().top < innerHeight);
@@ -60,8 +66,14 @@ def first_paint(driver, url: str) -> tuple[float, int, list[str]]:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         page = context.new_page()
         thumbs: list[str] = []
-        page.on("request", lambda request: thumbs.append(request.url)
-                if "/thumbs/" in request.url or "/files/" in request.url else None)
+        page.on(
+            "request",
+            lambda request: (
+                thumbs.append(request.url)
+                if "/thumbs/" in request.url or "/files/" in request.url
+                else None
+            ),
+        )
         started = time.perf_counter()
         page.goto(url)
         shown = page.wait_for_function(FIRST_SCREEN, timeout=300_000).json_value()
@@ -82,9 +94,12 @@ def main() -> None:
         folder = Path(temp)
         out = folder / "out"
         populated = populate_with_stubs(campaign_at(folder, args.short_side), out)
-        server = subprocess.Popen([str(CAMPAIGN_BIN), "review", "--out", str(out), "--port",
-                                   "0", "--reviewer", "bench"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True)
+        server = subprocess.Popen(
+            [str(CAMPAIGN_BIN), "review", "--out", str(out), "--port", "0", "--reviewer", "bench"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         try:
             url = server.stdout.readline().strip()
             base = url.split("/#", 1)[0]
@@ -103,17 +118,25 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=60)
     result = {
-        "variants": variants, "short_side": args.short_side,
+        "variants": variants,
+        "short_side": args.short_side,
         "populated_s": round(populated, 1),
-        "api_run_s": [round(s, 3) for s in api], "api_run_bytes": len(body),
-        "first_paint_cold_s": round(cold, 3), "first_paint_cached_s": round(warm, 3),
-        "first_screen_images": shown, "image_requests_cold": len(requested),
-        "thumbnails_cached_after_first_load": cached, "cpus": os.cpu_count(),
+        "api_run_s": [round(s, 3) for s in api],
+        "api_run_bytes": len(body),
+        "first_paint_cold_s": round(cold, 3),
+        "first_paint_cached_s": round(warm, 3),
+        "first_screen_images": shown,
+        "image_requests_cold": len(requested),
+        "thumbnails_cached_after_first_load": cached,
+        "cpus": os.cpu_count(),
     }
     print(json.dumps(result, indent=2))
-    print(f"review page of a {variants}-variant run: /api/run {statistics.median(api):.2f} s "
-          f"({len(body) / 1e6:.1f} MB); first paint with {shown} thumbnails {cold:.2f} s cold "
-          f"(made {cached} thumbnails), {warm:.2f} s cached", file=sys.stderr)
+    print(
+        f"review page of a {variants}-variant run: /api/run {statistics.median(api):.2f} s "
+        f"({len(body) / 1e6:.1f} MB); first paint with {shown} thumbnails {cold:.2f} s cold "
+        f"(made {cached} thumbnails), {warm:.2f} s cached",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

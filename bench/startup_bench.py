@@ -55,12 +55,13 @@ def code_of(tree: Path) -> dict[str, str]:
 def wall(command: list[str], tree: Path, code: int = 0) -> float:
     """The wall time of ``command`` run with ``tree``'s code; it must exit with ``code``."""
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=code_of(tree), capture_output=True,
-                          check=False)
+    done = subprocess.run(command, cwd=REPO, env=code_of(tree), capture_output=True, check=False)
     elapsed = time.perf_counter() - started
     if done.returncode != code:
-        raise SystemExit(f"{' '.join(command)} ({tree}) exited {done.returncode}, not {code}: "
-                         f"{done.stderr.decode(errors='replace')}")
+        raise SystemExit(
+            f"{' '.join(command)} ({tree}) exited {done.returncode}, not {code}: "
+            f"{done.stderr.decode(errors='replace')}"
+        )
     return elapsed
 
 
@@ -76,8 +77,9 @@ def best_walls(command: list[str], trees: list[Path], runs: int) -> list[float]:
 
 def a_variant_id(out: Path) -> str:
     with sqlite3.connect(f"file:{out / 'ledger.sqlite'}?mode=ro", uri=True) as ledger:
-        (variant_id,) = ledger.execute("SELECT variant_id FROM renders ORDER BY id LIMIT 1"
-                                       ).fetchone()
+        (variant_id,) = ledger.execute(
+            "SELECT variant_id FROM renders ORDER BY id LIMIT 1"
+        ).fetchone()
     return variant_id
 
 
@@ -96,10 +98,15 @@ def commands(out: Path) -> dict[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="tries per command (best kept)")
-    parser.add_argument("--out", type=Path, help="an output folder with a ledger (default: "
-                        "the demo, populated with stub models in a temporary folder)")
-    parser.add_argument("--baseline", type=Path, help="another checkout to time beside this "
-                        "one, e.g. /work/main")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="an output folder with a ledger (default: "
+        "the demo, populated with stub models in a temporary folder)",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout to time beside this one, e.g. /work/main"
+    )
     args = parser.parse_args()
     trees = [REPO] if args.baseline is None else [args.baseline.resolve(), REPO]
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as temp:
@@ -107,8 +114,9 @@ def main() -> None:
         if out is None:
             out = Path(temp) / "out"
             populate_with_stubs(DEMO, out, DEMO_VARIANTS)
-        timed = {name: best_walls(command, trees, args.runs)
-                 for name, command in commands(out).items()}
+        timed = {
+            name: best_walls(command, trees, args.runs) for name, command in commands(out).items()
+        }
     interpreter = timed["python -c pass"][-1]
     width = max(map(len, timed))
     print(f"best of {args.runs}; wall s (× python -c pass)")

@@ -30,8 +30,10 @@ def weight_sizes() -> None:
         with gpu_suite.allocating("meta", torch.bfloat16):
             model = model_class(**config)
         full = gpu_suite.weight_gib(model)
-        print(f"  {family:5} {slot:11} {full:6.2f} GiB -> "
-              f"{gpu_suite.weight_gib(gpu_suite.fp8_stored(model, torch.bfloat16)):6.2f} GiB")
+        print(
+            f"  {family:5} {slot:11} {full:6.2f} GiB -> "
+            f"{gpu_suite.weight_gib(gpu_suite.fp8_stored(model, torch.bfloat16)):6.2f} GiB"
+        )
 
 
 def step_cost() -> None:
@@ -49,13 +51,18 @@ def step_cost() -> None:
                 unet(latents, timestep, text)
                 if repeat:
                     seconds[name].append(time.perf_counter() - started)
-    print(f"SD1.5 UNet, one 512² step, CFG batch 2, float32 compute, CPU "
-          f"({torch.get_num_threads()} threads), best of {REPEATS}:")
+    print(
+        f"SD1.5 UNet, one 512² step, CFG batch 2, float32 compute, CPU "
+        f"({torch.get_num_threads()} threads), best of {REPEATS}:"
+    )
     for name, unet in (("float32", full), ("fp8 storage", fp8)):
-        print(f"  {name:11} weights {gpu_suite.weight_gib(unet):.2f} GiB, "
-              f"{min(seconds[name]):.2f} s")
-    print(f"  fp8 storage / float32 step time: "
-          f"{min(seconds['fp8 storage']) / min(seconds['float32']):.3f}")
+        print(
+            f"  {name:11} weights {gpu_suite.weight_gib(unet):.2f} GiB, {min(seconds[name]):.2f} s"
+        )
+    print(
+        f"  fp8 storage / float32 step time: "
+        f"{min(seconds['fp8 storage']) / min(seconds['float32']):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,10 @@ def run_case(model: Path, output: tuple[int, int], tiled: bool) -> dict:
     tiling = json.dumps(TILING) if tiled else "none"
     done = subprocess.run(
         [sys.executable, "-c", ONE_CASE, str(model), str(width), str(height), tiling],
-        check=True, capture_output=True, text=True, cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     row = json.loads(done.stdout)
     return row | {"added_mb": row["peak_mb"] - row["before_mb"]}
@@ -63,8 +66,9 @@ def run_case(model: Path, output: tuple[int, int], tiled: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path,
-                        default=REPO / "models" / "demo" / "upscaler-x2.safetensors")
+    parser.add_argument(
+        "--model", type=Path, default=REPO / "models" / "demo" / "upscaler-x2.safetensors"
+    )
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         model = arguments.model
@@ -79,23 +83,32 @@ def main() -> None:
             for name, output in OUTPUTS.items()
             for tiled in (True, False)
         }
-    print(f"x2 upscale on CPU, float32, {model.name}; tiled = {TILING}; "
-          "memory = peak RSS added by the call (fresh process per case)")
-    print(f"  {'output':<16} {'tiled MB':>9} {'untiled MB':>11} {'ratio':>7} "
-          f"{'tiled s':>8} {'untiled s':>10}")
+    print(
+        f"x2 upscale on CPU, float32, {model.name}; tiled = {TILING}; "
+        "memory = peak RSS added by the call (fresh process per case)"
+    )
+    print(
+        f"  {'output':<16} {'tiled MB':>9} {'untiled MB':>11} {'ratio':>7} "
+        f"{'tiled s':>8} {'untiled s':>10}"
+    )
     for name, (width, height) in OUTPUTS.items():
         tiled, untiled = rows[name, True], rows[name, False]
-        print(f"  {name} {width}x{height:<8} {tiled['added_mb']:9.0f} {untiled['added_mb']:11.0f} "
-              f"{untiled['added_mb'] / tiled['added_mb']:6.1f}x {tiled['seconds']:8.2f} "
-              f"{untiled['seconds']:10.2f}")
+        print(
+            f"  {name} {width}x{height:<8} {tiled['added_mb']:9.0f} {untiled['added_mb']:11.0f} "
+            f"{untiled['added_mb'] / tiled['added_mb']:6.1f}x {tiled['seconds']:8.2f} "
+            f"{untiled['seconds']:10.2f}"
+        )
     small, large = (OUTPUTS[name][0] * OUTPUTS[name][1] for name in ("1K", "4K"))
     growth = rows["4K", True]["added_mb"] - rows["1K", True]["added_mb"]
     output_growth = (large - small) * 3 / 2**20  # uint8 RGB
     # One row of tiles blends in float32: tile × 2 output rows across the output's width.
     band_growth = TILING["tile"] * 2 * (OUTPUTS["4K"][0] - OUTPUTS["1K"][0]) * 3 * 4 / 2**20
-    print(f"  tiled 1K → 4K: {large / small:.1f}x the pixels, memory +{growth:.0f} MB, of which "
-          f"the uint8 output is {output_growth:.0f} MB and the float32 row of tiles "
-          f"{band_growth:.0f} MB")
+    print(
+        f"  tiled 1K → 4K: {large / small:.1f}x the pixels, memory +{growth:.0f} MB, of which "
+        f"the uint8 output is {output_growth:.0f} MB and the float32 row of tiles "
+        f"{band_growth:.0f} MB"
+    )
+
 
 if __name__ == "__main__":
     main()

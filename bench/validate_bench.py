@@ -36,8 +36,7 @@ TARGET_S = 1.0
 
 
 def corpus() -> list[Path]:
-    return sorted(path for path in BAD.rglob("*.yaml")
-                  if path.read_text().startswith("# expect:"))
+    return sorted(path for path in BAD.rglob("*.yaml") if path.read_text().startswith("# expect:"))
 
 
 def special_files(folder: Path) -> list[Path]:
@@ -48,8 +47,11 @@ def special_files(folder: Path) -> list[Path]:
     (folder / "loop-back.png").symlink_to(loop)
     os.mkfifo(folder / "fifo.png")
     cases = []
-    for name, logo in (("logo-fifo", folder / "fifo.png"), ("logo-dev-zero", Path("/dev/zero")),
-                       ("logo-link-loop", loop)):
+    for name, logo in (
+        ("logo-fifo", folder / "fifo.png"),
+        ("logo-dev-zero", Path("/dev/zero")),
+        ("logo-link-loop", loop),
+    ):
         path = folder / f"{name}.yaml"
         path.write_text(brand.replace("path: logo.png", f"path: {logo}"))
         cases.append(path)
@@ -81,8 +83,11 @@ def in_process_seconds(path: Path, runs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="in-process tries per file")
-    parser.add_argument("--baseline", type=Path, help="another checkout whose command to "
-                        "time beside this one's, e.g. /work/main")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout whose command to time beside this one's, e.g. /work/main",
+    )
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="validate-bench-"))
     files = corpus() + special_files(scratch)
@@ -102,23 +107,33 @@ def main() -> None:
     width = max(len(row[0]) for row in rows)
     print(f"{'file':<{width}}  in-process ms  command s" + ("  baseline s" * bool(args.baseline)))
     for name, inside, seconds, before in sorted(rows, key=lambda row: -row[2]):
-        print(f"{name:<{width}}  {inside * 1000:13.1f}  {seconds:9.2f}"
-              + (f"  {before:10.2f}" if before is not None else ""))
+        print(
+            f"{name:<{width}}  {inside * 1000:13.1f}  {seconds:9.2f}"
+            + (f"  {before:10.2f}" if before is not None else "")
+        )
     walls = [row[2] for row in rows]
     insides = [row[1] for row in rows]
     print(f"\n{len(rows)} files; python -c pass {interpreter:.2f} s")
-    print(f"in-process: median {statistics.median(insides) * 1000:.1f} ms, "
-          f"max {max(insides) * 1000:.1f} ms")
-    print(f"command:    median {statistics.median(walls):.2f} s, max {max(walls):.2f} s "
-          f"({max(walls) / interpreter:.1f}× python start-up)")
+    print(
+        f"in-process: median {statistics.median(insides) * 1000:.1f} ms, "
+        f"max {max(insides) * 1000:.1f} ms"
+    )
+    print(
+        f"command:    median {statistics.median(walls):.2f} s, max {max(walls):.2f} s "
+        f"({max(walls) / interpreter:.1f}× python start-up)"
+    )
     if args.baseline:
         befores = [row[3] for row in rows]
-        print(f"baseline:   median {statistics.median(befores):.2f} s, max {max(befores):.2f} s "
-              f"({args.baseline}; median baseline / this "
-              f"{statistics.median(before / seconds for _, _, seconds, before in rows):.2f}×)")
+        print(
+            f"baseline:   median {statistics.median(befores):.2f} s, max {max(befores):.2f} s "
+            f"({args.baseline}; median baseline / this "
+            f"{statistics.median(before / seconds for _, _, seconds, before in rows):.2f}×)"
+        )
     slow = [name for name, _, seconds, _ in rows if seconds >= TARGET_S]
-    print(f"under {TARGET_S:.0f} s: {len(rows) - len(slow)}/{len(rows)}"
-          + (f" — slow: {', '.join(slow)}" if slow else ""))
+    print(
+        f"under {TARGET_S:.0f} s: {len(rows) - len(slow)}/{len(rows)}"
+        + (f" — slow: {', '.join(slow)}" if slow else "")
+    )
 
 
 if __name__ == "__main__":

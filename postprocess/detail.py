@@ -45,8 +45,11 @@ class Detail:
         if self.multiple < 1:
             raise ValueError(f"multiple {self.multiple!r} must be at least 1, e.g. 8")
         width, height = self.size
-        if width < self.multiple or height < self.multiple or width % self.multiple or (
-            height % self.multiple
+        if (
+            width < self.multiple
+            or height < self.multiple
+            or width % self.multiple
+            or (height % self.multiple)
         ):
             raise ValueError(
                 f"detail size {self.size!r} must be positive multiples of {self.multiple}, "
@@ -110,8 +113,10 @@ def plan_detail(
             f"box {box!r} is not a non-empty (left, top, right, bottom) box inside the "
             f"{width}x{height} image; clip it to the image first"
         )
-    reach = detail.feather + detail.padding + math.ceil(
-        detail.padding_fraction * max(right - left, bottom - top)
+    reach = (
+        detail.feather
+        + detail.padding
+        + math.ceil(detail.padding_fraction * max(right - left, bottom - top))
     )
     crop_width, crop_height = _at_aspect(
         right - left + 2 * reach, bottom - top + 2 * reach, detail.size

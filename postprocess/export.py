@@ -156,17 +156,21 @@ def _user_comment_exif(text: str, size: tuple[int, int]) -> bytes:
     laid out here because ``piexif.dump`` places the Exif IFD's values 4 bytes into it
     (exiftool: "Value for ExifIFD tag 0x9286 UserComment overlaps IFD")."""
     user_comment = piexif.helper.UserComment.dump(text, encoding="unicode")
-    exif_ifd = [(0x9000, _UNDEFINED, b"0232"),  # ExifVersion
-                (0x9101, _UNDEFINED, b"\x01\x02\x03\x00"),  # ComponentsConfiguration: YCbCr
-                (0x9286, _UNDEFINED, user_comment),  # UserComment
-                (0xA000, _UNDEFINED, b"0100"),  # FlashpixVersion
-                (0xA001, _SHORT, 1),  # ColorSpace: sRGB
-                (0xA002, _LONG, size[0]),  # PixelXDimension
-                (0xA003, _LONG, size[1])]  # PixelYDimension
-    zeroth = [(0x011A, _RATIONAL, (72, 1)),  # XResolution
-              (0x011B, _RATIONAL, (72, 1)),  # YResolution
-              (0x0128, _SHORT, 2),  # ResolutionUnit: inches
-              (0x0213, _SHORT, 1)]  # YCbCrPositioning: centred
+    exif_ifd = [
+        (0x9000, _UNDEFINED, b"0232"),  # ExifVersion
+        (0x9101, _UNDEFINED, b"\x01\x02\x03\x00"),  # ComponentsConfiguration: YCbCr
+        (0x9286, _UNDEFINED, user_comment),  # UserComment
+        (0xA000, _UNDEFINED, b"0100"),  # FlashpixVersion
+        (0xA001, _SHORT, 1),  # ColorSpace: sRGB
+        (0xA002, _LONG, size[0]),  # PixelXDimension
+        (0xA003, _LONG, size[1]),
+    ]  # PixelYDimension
+    zeroth = [
+        (0x011A, _RATIONAL, (72, 1)),  # XResolution
+        (0x011B, _RATIONAL, (72, 1)),  # YResolution
+        (0x0128, _SHORT, 2),  # ResolutionUnit: inches
+        (0x0213, _SHORT, 1),
+    ]  # YCbCrPositioning: centred
     first = _TIFF_HEADER_LENGTH
     zeroth_length = len(_ifd([*zeroth, (0x8769, _LONG, 0)], first))
     exif_block = _ifd(exif_ifd, first + zeroth_length)

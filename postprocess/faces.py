@@ -111,8 +111,10 @@ def _corner_form(rects: list[list[float]], path: Path) -> dict[tuple[int, int], 
     if any(weight != int(weight) for *_, weight in rects):
         raise ValueError(f"{path} has fractional rectangle weights; use an OpenCV Haar cascade")
     if len(rects) > _MAX_RECTS_PER_FEATURE:
-        raise ValueError(f"{path} has a feature of {len(rects)} rectangles; OpenCV's have at "
-                         f"most {_MAX_RECTS_PER_FEATURE}")
+        raise ValueError(
+            f"{path} has a feature of {len(rects)} rectangles; OpenCV's have at "
+            f"most {_MAX_RECTS_PER_FEATURE}"
+        )
     corners: dict[tuple[int, int], int] = {}
     for x, y, w, h, weight in rects:
         for dx, dy, sign in ((x + w, y + h, 1), (x + w, y, -1), (x, y + h, -1), (x, y, 1)):

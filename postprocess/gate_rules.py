@@ -100,8 +100,9 @@ DEFAULT_RULES = {
     "logo_match": GateRule("logo_match", min=0.5, note=NOTES["logo_match"]),
     "logo_in_safe_zone": GateRule("logo_in_safe_zone", min=1, note=NOTES["logo_in_safe_zone"]),
     "text_contrast": GateRule("text_contrast", min=4.5, note=NOTES["text_contrast"]),
-    "consistency_z": GateRule("consistency_z", min=-3.0, severity=REVIEW,
-                              note=NOTES["consistency_z"]),
+    "consistency_z": GateRule(
+        "consistency_z", min=-3.0, severity=REVIEW, note=NOTES["consistency_z"]
+    ),
 }
 # Faces in a generated image may resemble real people: a person checks consent.
 FACES_NEED_REVIEW = DEFAULT_RULES["faces"]

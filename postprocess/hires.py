@@ -20,8 +20,7 @@ from postprocess.geometry import snap
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LATENT_MODES", "LATENT_UPSCALERS", "LatentUpscaler", "hires_size",
-           "upscale_latents"]
+__all__ = ["LATENT_MODES", "LATENT_UPSCALERS", "LatentUpscaler", "hires_size", "upscale_latents"]
 
 LATENT_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic")
 
@@ -38,8 +37,7 @@ LATENT_UPSCALERS = {
     "latent": LatentUpscaler("bilinear", False, "Latent"),
     "latent-antialiased": LatentUpscaler("bilinear", True, "Latent (antialiased)"),
     "latent-bicubic": LatentUpscaler("bicubic", False, "Latent (bicubic)"),
-    "latent-bicubic-antialiased": LatentUpscaler("bicubic", True,
-                                                 "Latent (bicubic antialiased)"),
+    "latent-bicubic-antialiased": LatentUpscaler("bicubic", True, "Latent (bicubic antialiased)"),
     "latent-nearest": LatentUpscaler("nearest", False, "Latent (nearest)"),
     "latent-nearest-exact": LatentUpscaler("nearest-exact", False, "Latent (nearest-exact)"),
 }

@@ -43,8 +43,9 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Parameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True,
-                              allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, defer_build=True, allow_inf_nan=False
+    )
 
 
 # ---------------------------------------------------------------- retouch (``retouch``)
@@ -53,25 +54,29 @@ class Parameters(BaseModel):
 class WhiteBalance(Parameters):
     """Gray-world: scale the channels so the image's mean colour becomes neutral."""
 
-    strength: Fraction = Field(default=1.0, description="0 leaves the image alone, 1 makes "
-                               "the mean exactly gray.")
+    strength: Fraction = Field(
+        default=1.0, description="0 leaves the image alone, 1 makes the mean exactly gray."
+    )
 
 
 class ExposureNormalisation(Parameters):
     """A gamma curve that moves the mean luminance to ``target`` (highlights never clip);
     the gamma is bounded to [1/4, 4], so a near-black or near-white frame gets only close."""
 
-    target: float = Field(default=0.45, ge=0.05, le=0.95,
-                          description="Mean Rec. 709 luma as a fraction of white.")
-    strength: Fraction = Field(default=1.0, description="0 leaves the image alone, 1 reaches "
-                               "the target.")
+    target: float = Field(
+        default=0.45, ge=0.05, le=0.95, description="Mean Rec. 709 luma as a fraction of white."
+    )
+    strength: Fraction = Field(
+        default=1.0, description="0 leaves the image alone, 1 reaches the target."
+    )
 
 
 class BrandGrade(Parameters):
     """Match each CIELAB channel's histogram to the brand references', blended by strength."""
 
-    strength: Fraction = Field(default=0.5, description="0 leaves the image alone, 1 matches "
-                               "the histograms fully.")
+    strength: Fraction = Field(
+        default=0.5, description="0 leaves the image alone, 1 matches the histograms fully."
+    )
 
 
 class Denoise(Parameters):
@@ -79,10 +84,18 @@ class Denoise(Parameters):
     stronger, about 1 s at 1080×1080)."""
 
     method: Literal["bilateral", "nlmeans"] = "bilateral"
-    strength: float = Field(default=8.0, gt=0.0, le=50.0, description="bilateral: colour "
-                            "sigma of 4 × strength levels; nlmeans: its h.")
-    radius: int = Field(default=2, ge=1, le=10, description="bilateral: neighbourhood radius "
-                        "in pixels (nlmeans: fixed 7/21 windows).")
+    strength: float = Field(
+        default=8.0,
+        gt=0.0,
+        le=50.0,
+        description="bilateral: colour sigma of 4 × strength levels; nlmeans: its h.",
+    )
+    radius: int = Field(
+        default=2,
+        ge=1,
+        le=10,
+        description="bilateral: neighbourhood radius in pixels (nlmeans: fixed 7/21 windows).",
+    )
 
 
 class Sharpen(Parameters):
@@ -90,19 +103,29 @@ class Sharpen(Parameters):
     ``threshold`` levels (so flat areas and their noise are left alone)."""
 
     amount: float = Field(default=0.8, ge=0.0, le=5.0)
-    radius: float = Field(default=1.5, ge=0.3, le=20.0,
-                          description="Gaussian sigma of the blur, in pixels.")
-    threshold: int = Field(default=3, ge=0, le=255, description="Minimum |image − blur| in "
-                           "8-bit levels to sharpen a pixel.")
+    radius: float = Field(
+        default=1.5, ge=0.3, le=20.0, description="Gaussian sigma of the blur, in pixels."
+    )
+    threshold: int = Field(
+        default=3,
+        ge=0,
+        le=255,
+        description="Minimum |image − blur| in 8-bit levels to sharpen a pixel.",
+    )
 
 
 class SkinSmoothing(Parameters):
     """Bilateral smoothing inside detected faces, faded out at an elliptical edge."""
 
-    strength: Fraction = Field(default=0.7, description="Blend of the smoothed face over the "
-                               "original.")
-    feather: float = Field(default=0.15, gt=0.0, le=0.5, description="Width of the fade, as a "
-                           "fraction of the face size.")
+    strength: Fraction = Field(
+        default=0.7, description="Blend of the smoothed face over the original."
+    )
+    feather: float = Field(
+        default=0.15,
+        gt=0.0,
+        le=0.5,
+        description="Width of the fade, as a fraction of the face size.",
+    )
 
 
 RetouchStep = WhiteBalance | ExposureNormalisation | BrandGrade | Denoise | Sharpen | SkinSmoothing
@@ -127,10 +150,15 @@ class LogoPlacement(Parameters):
     """Where a logo goes: sizes are fractions of the image's short side."""
 
     anchor: Anchor = "bottom-right"
-    margin: float = Field(default=0.05, ge=0.0, lt=0.5,
-                          description="Gap to the image edges, a fraction of the short side.")
-    scale: float = Field(default=0.2, gt=0.0, le=1.0,
-                         description="Logo width, a fraction of the short side.")
+    margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=0.5,
+        description="Gap to the image edges, a fraction of the short side.",
+    )
+    scale: float = Field(
+        default=0.2, gt=0.0, le=1.0, description="Logo width, a fraction of the short side."
+    )
 
 
 class SafeZone(Parameters):
@@ -178,16 +206,24 @@ MAX_SIDE = 16383  # WebP's largest side; PNG and JPEG allow more
 class ExportSpec(Parameters):
     """One channel's file: its size, format and encoder settings."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="The channel, e.g. "
-                      "feed-square; exports go to OUT/CAMPAIGN/exports/NAME/.")
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+        description="The channel, e.g. feed-square; exports go to OUT/CAMPAIGN/exports/NAME/.",
+    )
     width: int = Field(ge=8, le=MAX_SIDE)
     height: int = Field(ge=8, le=MAX_SIDE)
     format: Literal["png", "jpeg", "webp"] = "png"
-    quality: int = Field(default=90, ge=1, le=100, description="JPEG and WebP: 1 (smallest) "
-                         "to 100 (best).")
-    png_compression: int = Field(default=1, ge=0, le=9, description="PNG, lossless: zlib "
-                                 "level 0-9 (with run-length coding, higher levels cost more "
-                                 "time for a few per cent).")
+    quality: int = Field(
+        default=90, ge=1, le=100, description="JPEG and WebP: 1 (smallest) to 100 (best)."
+    )
+    png_compression: int = Field(
+        default=1,
+        ge=0,
+        le=9,
+        description="PNG, lossless: zlib "
+        "level 0-9 (with run-length coding, higher levels cost more "
+        "time for a few per cent).",
+    )
 
     @property
     def extension(self) -> str:

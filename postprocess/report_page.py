@@ -101,14 +101,19 @@ class RecipeComparison:
     usd_per_1000: Mapping[str, float]  # GPU -> estimated cost of 1,000 such images
 
     def as_json(self) -> dict[str, object]:
-        return {"recipe": self.recipe, "family": self.family, "variants": self.variants,
-                "counts": dict(self.counts),
-                "scores": {name: {"mean": mean, "std": std}
-                           for name, (mean, std) in self.scores.items()},
-                "consistency_within": self.consistency_within,
-                "consistency_across": self.consistency_across,
-                "seconds_per_image": self.seconds_per_image,
-                "usd_per_1000": dict(self.usd_per_1000)}
+        return {
+            "recipe": self.recipe,
+            "family": self.family,
+            "variants": self.variants,
+            "counts": dict(self.counts),
+            "scores": {
+                name: {"mean": mean, "std": std} for name, (mean, std) in self.scores.items()
+            },
+            "consistency_within": self.consistency_within,
+            "consistency_across": self.consistency_across,
+            "seconds_per_image": self.seconds_per_image,
+            "usd_per_1000": dict(self.usd_per_1000),
+        }
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,9 @@ class ReportGrid:
 
 
 def report_html(
-    run: ReportRun, rows: Sequence[ReportRow], grids: Sequence[ReportGrid] = (),
+    run: ReportRun,
+    rows: Sequence[ReportRow],
+    grids: Sequence[ReportGrid] = (),
     comparison: Sequence[RecipeComparison] = (),
 ) -> str:
     """The report page's HTML; ``comparison`` (two recipes or more) is shown as a table."""
@@ -139,27 +146,50 @@ def report_html(
 def comparison_lines(comparison: Sequence[RecipeComparison]) -> list[tuple[str, list[str]]]:
     """The comparison as a table with one column per recipe: (measure, cells) lines, as the
     report and ``campaign compare`` print it."""
+
     def number(value: float | None, digits: int = 3) -> str:
         return "–" if value is None else f"{value:.{digits}f}"
 
-    lines = [("family", [entry.family for entry in comparison]),
-             ("variants", [str(entry.variants) for entry in comparison])]
+    lines = [
+        ("family", [entry.family for entry in comparison]),
+        ("variants", [str(entry.variants) for entry in comparison]),
+    ]
     for status in dict.fromkeys(name for entry in comparison for name in entry.counts):
         lines.append((status, [str(entry.counts.get(status, 0)) for entry in comparison]))
     for metric in dict.fromkeys(name for entry in comparison for name in entry.scores):
-        lines.append((f"{metric} mean ± sd", [
-            f"{entry.scores[metric][0]:.3f} ± {entry.scores[metric][1]:.3f}"
-            if metric in entry.scores else "–" for entry in comparison]))
-    lines.append(("consistency within recipe",
-                  [number(entry.consistency_within) for entry in comparison]))
-    lines.append(("consistency across recipes",
-                  [number(entry.consistency_across) for entry in comparison]))
-    lines.append(("seconds per image (measured)",
-                  [number(entry.seconds_per_image, 4) for entry in comparison]))
+        lines.append(
+            (
+                f"{metric} mean ± sd",
+                [
+                    f"{entry.scores[metric][0]:.3f} ± {entry.scores[metric][1]:.3f}"
+                    if metric in entry.scores
+                    else "–"
+                    for entry in comparison
+                ],
+            )
+        )
+    lines.append(
+        ("consistency within recipe", [number(entry.consistency_within) for entry in comparison])
+    )
+    lines.append(
+        ("consistency across recipes", [number(entry.consistency_across) for entry in comparison])
+    )
+    lines.append(
+        (
+            "seconds per image (measured)",
+            [number(entry.seconds_per_image, 4) for entry in comparison],
+        )
+    )
     for gpu in dict.fromkeys(name for entry in comparison for name in entry.usd_per_1000):
-        lines.append((f"$ per 1,000 images on {gpu} (estimated)", [
-            f"{entry.usd_per_1000[gpu]:,.4f}" if gpu in entry.usd_per_1000 else "–"
-            for entry in comparison]))
+        lines.append(
+            (
+                f"$ per 1,000 images on {gpu} (estimated)",
+                [
+                    f"{entry.usd_per_1000[gpu]:,.4f}" if gpu in entry.usd_per_1000 else "–"
+                    for entry in comparison
+                ],
+            )
+        )
     return lines
 
 

@@ -168,8 +168,9 @@ class ClipScorer:
         best = np.clip((image_embeddings @ brand.references.T).max(axis=1), -1, 1)
         return [
             Scores(float(prompt), float(brand_cosine), float(best_cosine))
-            for prompt, brand_cosine, best_cosine in zip(prompt_cosines, centroid, best,
-                                                         strict=True)
+            for prompt, brand_cosine, best_cosine in zip(
+                prompt_cosines, centroid, best, strict=True
+            )
         ]
 
     def _reduced(self, image: Image.Image) -> Image.Image:

@@ -39,6 +39,7 @@ from postprocess.tiling import Tiling, UpscalerInfo
 
 __all__ = ["describe_upscaler", "load_upscaler", "upscale_images"]
 
+
 def load_upscaler(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> ImageModelDescriptor:
@@ -66,7 +67,8 @@ def describe_upscaler(path: str | Path) -> UpscalerInfo:
         slices = {key: header.get_slice(key) for key in header.keys()}  # noqa: SIM118
         meta = {
             key: torch.empty(
-                part.get_shape(), dtype=_SAFETENSORS_DTYPES.get(part.get_dtype(), torch.float32),
+                part.get_shape(),
+                dtype=_SAFETENSORS_DTYPES.get(part.get_dtype(), torch.float32),
                 device="meta",
             )
             for key, part in slices.items()
@@ -77,13 +79,21 @@ def describe_upscaler(path: str | Path) -> UpscalerInfo:
     except (RuntimeError, NotImplementedError):  # a value was read: meta tensors have none
         model = _descriptor(path, load_file(path), torch.device("cpu"))
     requirements = model.size_requirements
-    return UpscalerInfo(model.architecture.name, model.scale,
-                        model.tiling is not ModelTiling.INTERNAL, requirements.multiple_of,
-                        requirements.minimum)
+    return UpscalerInfo(
+        model.architecture.name,
+        model.scale,
+        model.tiling is not ModelTiling.INTERNAL,
+        requirements.multiple_of,
+        requirements.minimum,
+    )
 
 
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "F64": torch.float64}
+_SAFETENSORS_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+}
 
 
 def _safetensors_path(path: str | Path) -> Path:
@@ -183,8 +193,9 @@ class _Axis:
         # The last tile ends at the border, overlapping its neighbour by overlap or more.
         origins = (*range(0, length - size, stride), length - size)
         profiles = [
-            _profile(size * scale, tiling.overlap * scale, tiling.blend, start > 0,
-                     start + size < length)
+            _profile(
+                size * scale, tiling.overlap * scale, tiling.blend, start > 0, start + size < length
+            )
             for start in origins
         ]
         total = np.zeros(length * scale, np.float64)
@@ -223,8 +234,9 @@ class _Canvas:
         height, width = self.padded.shape[:2]
         self.rows = _Axis.plan(height, tiling, self.scale)
         self.columns = _Axis.plan(width, tiling, self.scale)
-        self.result = np.empty((image.shape[0] * self.scale, image.shape[1] * self.scale, 3),
-                               np.uint8)
+        self.result = np.empty(
+            (image.shape[0] * self.scale, image.shape[1] * self.scale, 3), np.uint8
+        )
         self.band = np.zeros((self.rows.size * self.scale, width * self.scale, 3), np.float32)
         self.added_in_row = 0
 
@@ -238,9 +250,10 @@ class _Canvas:
 
     def add(self, tile: _Tile, output: np.ndarray) -> None:
         """Blend one upscaled tile in; tiles arrive in row-major order."""
-        weight = self.rows.weights[tile.row][:, None, None] * self.columns.weights[tile.column][
-            None, :, None
-        ]
+        weight = (
+            self.rows.weights[tile.row][:, None, None]
+            * self.columns.weights[tile.column][None, :, None]
+        )
         left = tile.left * self.scale
         self.band[:, left : left + output.shape[1]] += output * weight
         self.added_in_row += 1

@@ -28,8 +28,22 @@ if TYPE_CHECKING:
 
 # The stage subpackages in data-path order: a module imports from its own stage and earlier
 # ones, never a later one (tests/test_layers.py; README, "A tour of the files").
-STAGES = ("core", "load", "weights", "validate", "plan", "render", "produce", "ledger",
-          "report", "train", "run", "commands", "demo", "cli")
+STAGES = (
+    "core",
+    "load",
+    "weights",
+    "validate",
+    "plan",
+    "render",
+    "produce",
+    "ledger",
+    "report",
+    "train",
+    "run",
+    "commands",
+    "demo",
+    "cli",
+)
 
 _NAMES = {  # public name -> the module that defines it
     "CampaignError": "renderer.core.errors",

@@ -33,8 +33,10 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
-        report.longrepr = (f"{item.nodeid} was skipped ({reason}); a skip is a test that did "
-                           "not run: install what it needs (`make system-deps`)")
+        report.longrepr = (
+            f"{item.nodeid} was skipped ({reason}); a skip is a test that did "
+            "not run: install what it needs (`make system-deps`)"
+        )
 
 
 def pytest_collection_modifyitems(items):
@@ -56,8 +58,14 @@ class CliResult:
 def run_cli(*args: str | Path, cwd: Path = REPO) -> CliResult:
     """Run the installed console script, as a user would."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([str(CAMPAIGN_BIN), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(CAMPAIGN_BIN), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return CliResult(done.returncode, done.stdout, done.stderr)
 
 
@@ -116,11 +124,13 @@ def project(tmp_path: Path, demo_models: Path) -> Project:
         ref["path"] = str((REPO / "recipes" / ref["path"]).resolve())
     if recipe["checkpoint"].get("config"):
         recipe["checkpoint"]["config"] = str(
-            (REPO / "recipes" / recipe["checkpoint"]["config"]).resolve())
+            (REPO / "recipes" / recipe["checkpoint"]["config"]).resolve()
+        )
     campaign = yaml.safe_load((REPO / "campaigns" / "demo.yaml").read_text())
     campaign["brand"] = str(REPO / "campaigns" / campaign["brand"])
-    campaign["scoring"]["clip_model"] = str((REPO / "campaigns" /
-                                             campaign["scoring"]["clip_model"]).resolve())
+    campaign["scoring"]["clip_model"] = str(
+        (REPO / "campaigns" / campaign["scoring"]["clip_model"]).resolve()
+    )
     return Project(tmp_path, recipe, campaign)
 
 
@@ -130,8 +140,7 @@ def ledger_rows(out: Path, query: str, *params) -> list[tuple]:
 
 
 def pngs(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*.png"))}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
 
 
 def copy_tree(source: Path, dest: Path) -> Path:

@@ -83,8 +83,11 @@ RENDER_MEMORY = 10 << 30
 WRITE_LIMIT = 1 << 30
 
 # What the CLI prints for an exception it did not expect (renderer/cli/main.py, main): a bug.
-RAW_EXCEPTION = re.compile(r"^error: [A-Za-z_][\w.]*(Error|Exception|Warning|Interrupt|Exit)"
-                           r"\b[^:]*: |CAMPAIGN_DEBUG", re.MULTILINE)
+RAW_EXCEPTION = re.compile(
+    r"^error: [A-Za-z_][\w.]*(Error|Exception|Warning|Interrupt|Exit)"
+    r"\b[^:]*: |CAMPAIGN_DEBUG",
+    re.MULTILINE,
+)
 # A render or training that finished an image or a step: a timeout then is slowness.
 PROGRESS = re.compile(r"render \[[^\]]*\] [1-9]\d*/|^step [1-9]\d*/", re.MULTILINE)
 LOCATED = re.compile(r"^error: .+?:\d+: ", re.MULTILINE)
@@ -102,8 +105,9 @@ def base_documents() -> dict[str, dict]:
     recipe = yaml.safe_load((REPO / "recipes" / "demo-sd15.yaml").read_text())
     for ref in [recipe["checkpoint"], *recipe["loras"]]:
         ref["path"] = str((REPO / "recipes" / ref["path"]).resolve())
-    recipe["checkpoint"]["config"] = str((REPO / "recipes" / recipe["checkpoint"]["config"])
-                                         .resolve())
+    recipe["checkpoint"]["config"] = str(
+        (REPO / "recipes" / recipe["checkpoint"]["config"]).resolve()
+    )
     recipe["steps"] = 4
 
     campaign = yaml.safe_load((REPO / "campaigns" / "demo.yaml").read_text())
@@ -112,8 +116,9 @@ def base_documents() -> dict[str, dict]:
     campaign["scoring"]["clip_model"] = str(MODELS / "clip")
     campaign["scoring"]["batch_size"] = 2
     axes = campaign["matrix"]["axes"]
-    axes.update(product=axes["product"][:1], background=["studio"], aspect=["1:1", "9:16"],
-                seed=[1])
+    axes.update(
+        product=axes["product"][:1], background=["studio"], aspect=["1:1", "9:16"], seed=[1]
+    )
     exports = campaign["postprocess"]["exports"]
     exports.pop("16:9")
     campaign["render"] = {"batch_size": 1}
@@ -260,19 +265,29 @@ def _image(name: str, make) -> Any:
         options = {"save_all": True, "append_images": frames[1:]} if len(frames) > 1 else {}
         frames[0].save(path, **options)
         return path
+
     return build
 
 
 def _bomb_header(folder: Path) -> Path:
     """A PNG whose header says 100000 x 100000 and whose data is a few bytes."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + \
-            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     path = folder / "bomb.png"
     header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
-                     chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -280,6 +295,7 @@ def _renamed(name: str, source: Path):
     def build(folder: Path) -> Path:
         shutil.copy(source, folder / name)
         return folder / name
+
     return build
 
 
@@ -295,8 +311,10 @@ PINNED_FILES = {
     "image_palette": _image("palette.png", lambda Image: Image.new("P", (64, 64), 3)),
     "image_1bit": _image("bits.png", lambda Image: Image.new("1", (64, 64), 1)),
     "image_cmyk_jpeg": _image("cmyk.jpg", lambda Image: Image.new("CMYK", (64, 64), "red")),
-    "image_animated_gif": _image("anim.gif", lambda Image: [
-        Image.new("RGB", (64, 64), colour) for colour in ("red", "blue", "green")]),
+    "image_animated_gif": _image(
+        "anim.gif",
+        lambda Image: [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue", "green")],
+    ),
     "image_float": _image("float.tif", lambda Image: Image.new("F", (64, 64), 1e30)),
     "image_bomb_header": _bomb_header,
     "image_png_named_jpg": _renamed("png.jpg", KESTREL / "logo.png"),
@@ -433,8 +451,9 @@ def apply_case(root: Path, mutations: list[dict]) -> dict[str, Path]:
             continue
         data = path.read_bytes()
         for index, text in enumerate(raw[role]):
-            data = data.replace(f"{RAW_MARK}{index}".encode(), text.encode("utf-8",
-                                                                           "surrogateescape"))
+            data = data.replace(
+                f"{RAW_MARK}{index}".encode(), text.encode("utf-8", "surrogateescape")
+            )
         for mutation in edits[role]:
             if mutation["op"] == "append":
                 data += mutation["text"].encode("utf-8", "surrogateescape")
@@ -445,13 +464,17 @@ def apply_case(root: Path, mutations: list[dict]) -> dict[str, Path]:
 
 
 def describe(mutation: dict) -> str:
-    where = "".join(f"[{key}]" if isinstance(key, int) else f".{key}"
-                    for key in mutation.get("path", []))
-    what = {"set": lambda: f"= {mutation['value']!r}", "delete": lambda: "deleted",
-            "raw": lambda: f"= raw {mutation['text']!r}",
-            "pin": lambda: f"= pinned file {mutation['special']}",
-            "append": lambda: f"+= {mutation['text']!r}",
-            "truncate": lambda: f"cut to {mutation['keep']:.0%}"}[mutation["op"]]()
+    where = "".join(
+        f"[{key}]" if isinstance(key, int) else f".{key}" for key in mutation.get("path", [])
+    )
+    what = {
+        "set": lambda: f"= {mutation['value']!r}",
+        "delete": lambda: "deleted",
+        "raw": lambda: f"= raw {mutation['text']!r}",
+        "pin": lambda: f"= pinned file {mutation['special']}",
+        "append": lambda: f"+= {mutation['text']!r}",
+        "truncate": lambda: f"cut to {mutation['keep']:.0%}",
+    }[mutation["op"]]()
     text = f"{mutation['file']}{where} {what}"
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -472,8 +495,9 @@ class Command:
         code = "TIMEOUT" if self.code is None else self.code
         tail = (self.stderr.strip() or self.stdout.strip()).replace(str(root), "$CASE")
         tail = tail if len(tail) <= 1500 else "..." + tail[-1500:]
-        return f"$ campaign {args}\n  exit {code} in {self.seconds:.2f} s\n  " + \
-            tail.replace("\n", "\n  ")
+        return f"$ campaign {args}\n  exit {code} in {self.seconds:.2f} s\n  " + tail.replace(
+            "\n", "\n  "
+        )
 
 
 @dataclass
@@ -482,10 +506,10 @@ class Outcome:
     root: Path
     commands: list[Command] = field(default_factory=list)
     failure: str | None = None  # what broke the contract (None: it held)
-    kind: str | None = None     # a short name for the failure, for grouping
-    stage: str = "validate"     # the last stage run: validate | render | train
+    kind: str | None = None  # a short name for the failure, for grouping
+    stage: str = "validate"  # the last stage run: validate | render | train
     rendered: bool = False
-    note: str | None = None     # why it stopped short of a finished render, if it did
+    note: str | None = None  # why it stopped short of a finished render, if it did
 
     @property
     def validate_code(self) -> int | None:
@@ -506,9 +530,15 @@ def campaign(args: list[str], *, cwd: Path, timeout: float, memory: int) -> Comm
     env.pop("CAMPAIGN_DEBUG", None)
     limits = ["prlimit", f"--as={memory}", f"--fsize={WRITE_LIMIT}", "--"]
     started = time.monotonic()
-    process = subprocess.Popen([*limits, str(CAMPAIGN_BIN), *args], cwd=cwd, env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        [*limits, str(CAMPAIGN_BIN), *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = process.communicate(timeout=timeout)
         code = process.returncode
@@ -518,8 +548,9 @@ def campaign(args: list[str], *, cwd: Path, timeout: float, memory: int) -> Comm
         out, err = process.communicate()
         code = None
     seconds = time.monotonic() - started
-    return Command(args, code, seconds, out.decode("utf-8", "replace"),
-                   err.decode("utf-8", "replace"))
+    return Command(
+        args, code, seconds, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    )
 
 
 def _broken_output(command: Command) -> str | None:
@@ -543,22 +574,36 @@ def _check_validate(outcome: Outcome, file: Path, root: Path) -> bool:
             command = again
     outcome.commands.append(command)
     if command.code is None:
-        return _fail(outcome, "validate-hang", f"validate still running after "
-                     f"{VALIDATE_TIMEOUT:.0f} s (a hang)")
+        return _fail(
+            outcome,
+            "validate-hang",
+            f"validate still running after {VALIDATE_TIMEOUT:.0f} s (a hang)",
+        )
     if broken := _broken_output(command):
-        return _fail(outcome, f"validate-{broken.split(':')[0].replace(' ', '-')}",
-                     f"validate printed a {broken} (exit {command.code})")
+        return _fail(
+            outcome,
+            f"validate-{broken.split(':')[0].replace(' ', '-')}",
+            f"validate printed a {broken} (exit {command.code})",
+        )
     if command.code not in (0, 2):
-        return _fail(outcome, f"validate-exit-{command.code}",
-                     f"validate exited {command.code} (the contract: 0 or 2)")
+        return _fail(
+            outcome,
+            f"validate-exit-{command.code}",
+            f"validate exited {command.code} (the contract: 0 or 2)",
+        )
     if command.code == 2:
         if command.seconds > EXIT2_SECONDS:
-            return _fail(outcome, "validate-slow-2",
-                         f"validate took {command.seconds:.2f} s to exit 2 (at most "
-                         f"{EXIT2_SECONDS:.0f} s)")
+            return _fail(
+                outcome,
+                "validate-slow-2",
+                f"validate took {command.seconds:.2f} s to exit 2 (at most {EXIT2_SECONDS:.0f} s)",
+            )
         if not LOCATED.search(command.stderr):
-            return _fail(outcome, "validate-2-unlocated",
-                         "validate exited 2 without an `error: FILE:LINE:` message")
+            return _fail(
+                outcome,
+                "validate-2-unlocated",
+                "validate exited 2 without an `error: FILE:LINE:` message",
+            )
         return False
     return True
 
@@ -568,8 +613,9 @@ def _fail(outcome: Outcome, kind: str, message: str) -> bool:
     return False
 
 
-def run_case(mutations: list[dict], root: Path, *, render: bool = True,
-             max_variants: int = 4) -> Outcome:
+def run_case(
+    mutations: list[dict], root: Path, *, render: bool = True, max_variants: int = 4
+) -> Outcome:
     """Apply ``mutations`` to a fresh project under ``root`` and check the contract.
     ``render=False`` stops after validate (``Outcome.stage`` says where it stopped), as does
     a campaign that validates with more than ``max_variants`` variants (``Outcome.note``)."""
@@ -604,17 +650,29 @@ def run_case(mutations: list[dict], root: Path, *, render: bool = True,
     outcome.rendered = True
     stage = outcome.stage
     if command.code is None and PROGRESS.search(command.stderr):
-        outcome.note = (f"{stage} still running after {RENDER_TIMEOUT:.0f} s, making progress "
-                        "(a valid but slow request)")
+        outcome.note = (
+            f"{stage} still running after {RENDER_TIMEOUT:.0f} s, making progress "
+            "(a valid but slow request)"
+        )
     elif command.code is None:
-        _fail(outcome, f"{stage}-hang", f"validate exited 0, then {stage} was still "
-              f"running after {RENDER_TIMEOUT:.0f} s with no image or step done")
+        _fail(
+            outcome,
+            f"{stage}-hang",
+            f"validate exited 0, then {stage} was still "
+            f"running after {RENDER_TIMEOUT:.0f} s with no image or step done",
+        )
     elif broken := _broken_output(command):
-        _fail(outcome, f"{stage}-{broken.split(':')[0].replace(' ', '-')}",
-              f"validate exited 0, then {stage} printed a {broken} (exit {command.code})")
+        _fail(
+            outcome,
+            f"{stage}-{broken.split(':')[0].replace(' ', '-')}",
+            f"validate exited 0, then {stage} printed a {broken} (exit {command.code})",
+        )
     elif command.code not in (0, 1):
-        _fail(outcome, f"validate-0-{stage}-{command.code}",
-              f"validate exited 0, then {stage} exited {command.code} (expected 0 or 1)")
+        _fail(
+            outcome,
+            f"validate-0-{stage}-{command.code}",
+            f"validate exited 0, then {stage} exited {command.code} (expected 0 or 1)",
+        )
     return outcome
 
 
@@ -626,10 +684,10 @@ def signature(outcome: Outcome) -> str:
     key path (list positions as *) and kind of value."""
     parts = [outcome.kind or "ok"]
     for mutation in outcome.mutations:
-        path = ".".join("*" if isinstance(key, int) else str(key)
-                        for key in mutation.get("path", []))
-        parts.append(f"{mutation['file']}:{path}:{mutation['op']}:"
-                     f"{value_class(mutation)}")
+        path = ".".join(
+            "*" if isinstance(key, int) else str(key) for key in mutation.get("path", [])
+        )
+        parts.append(f"{mutation['file']}:{path}:{mutation['op']}:{value_class(mutation)}")
     return "|".join(parts)
 
 
@@ -667,8 +725,9 @@ def save_case(outcome: Outcome, found_by: str) -> Path | None:
         if load_corpus_case(existing).get("signature") == sig:
             return None
     CORPUS.mkdir(exist_ok=True)
-    digest = hashlib.sha256(json.dumps(outcome.mutations, sort_keys=True, default=repr)
-                            .encode()).hexdigest()[:8]
+    digest = hashlib.sha256(
+        json.dumps(outcome.mutations, sort_keys=True, default=repr).encode()
+    ).hexdigest()[:8]
     first = outcome.mutations[0]
     key = "-".join(str(k) for k in first.get("path", [])[-2:]) or first["op"]
     name = re.sub(r"[^a-z0-9]+", "-", f"{outcome.kind}-{first['file']}-{key}".lower())
@@ -678,12 +737,18 @@ def save_case(outcome: Outcome, found_by: str) -> Path | None:
         "found_by": found_by,
         "signature": sig,
         "failure": outcome.failure,
-        "observed": {"command": " ".join(last.args).replace(str(outcome.root), "$CASE"),
-                     "exit": last.code, "seconds": round(last.seconds, 2),
-                     "output": (last.stderr.strip() or last.stdout.strip())
-                     .replace(str(outcome.root), "$CASE")[-600:]},
+        "observed": {
+            "command": " ".join(last.args).replace(str(outcome.root), "$CASE"),
+            "exit": last.code,
+            "seconds": round(last.seconds, 2),
+            "output": (last.stderr.strip() or last.stdout.strip()).replace(
+                str(outcome.root), "$CASE"
+            )[-600:],
+        },
         "mutations": outcome.mutations,
     }
-    path.write_text("# A case the fuzzer found (tests/test_fuzz_inputs.py); replayed by "
-                    "test_corpus_case.\n" + dump(record))
+    path.write_text(
+        "# A case the fuzzer found (tests/test_fuzz_inputs.py); replayed by "
+        "test_corpus_case.\n" + dump(record)
+    )
     return path

@@ -17,10 +17,16 @@ from renderer.core.hashing import sha256_bytes
 from .conftest import REPO, Project
 
 
-def small_project(root: Path, *, seeds: tuple[int, ...] = (1, 2, 3),
-                  backgrounds: tuple[str, ...] = ("studio",), batch_size: int = 3,
-                  copy_loras: bool = False, name: str = "small",
-                  postprocess: bool = False) -> Project:
+def small_project(
+    root: Path,
+    *,
+    seeds: tuple[int, ...] = (1, 2, 3),
+    backgrounds: tuple[str, ...] = ("studio",),
+    batch_size: int = 3,
+    copy_loras: bool = False,
+    name: str = "small",
+    postprocess: bool = False,
+) -> Project:
     """The demo recipe and campaign cut down to len(seeds) x len(backgrounds) 64x64 variants
     that share one batch key, written under ``root`` with absolute paths. ``copy_loras``
     points the recipe at copies of the LoRAs in ``root/models`` (tests may alter them);
@@ -28,8 +34,9 @@ def small_project(root: Path, *, seeds: tuple[int, ...] = (1, 2, 3),
     recipe = yaml.safe_load((REPO / "recipes" / "demo-sd15.yaml").read_text())
     for ref in [recipe["checkpoint"], *recipe["loras"]]:
         ref["path"] = str((REPO / "recipes" / ref["path"]).resolve())
-    recipe["checkpoint"]["config"] = str((REPO / "recipes" / recipe["checkpoint"]["config"])
-                                         .resolve())
+    recipe["checkpoint"]["config"] = str(
+        (REPO / "recipes" / recipe["checkpoint"]["config"]).resolve()
+    )
     if copy_loras:
         (root / "models").mkdir(parents=True, exist_ok=True)
         for lora in recipe["loras"]:
@@ -39,8 +46,9 @@ def small_project(root: Path, *, seeds: tuple[int, ...] = (1, 2, 3),
     campaign = yaml.safe_load((REPO / "campaigns" / "demo.yaml").read_text())
     campaign["name"] = name
     campaign["brand"] = str(REPO / "campaigns" / campaign["brand"])
-    campaign["scoring"]["clip_model"] = str((REPO / "campaigns" /
-                                             campaign["scoring"]["clip_model"]).resolve())
+    campaign["scoring"]["clip_model"] = str(
+        (REPO / "campaigns" / campaign["scoring"]["clip_model"]).resolve()
+    )
     axes = campaign["matrix"]["axes"]
     axes["product"] = axes["product"][:1]
     axes["background"] = list(backgrounds)
@@ -72,8 +80,11 @@ class FolderState:
 def folder_state(out: Path) -> FolderState:
     state = FolderState()
     state.temp_files = sorted(p.relative_to(out).as_posix() for p in out.rglob(".tmp-*"))
-    files = {p.relative_to(out).as_posix(): p for p in out.rglob("*.png")
-             if not p.name.startswith(".") and "reproduce" not in p.relative_to(out).parts}
+    files = {
+        p.relative_to(out).as_posix(): p
+        for p in out.rglob("*.png")
+        if not p.name.startswith(".") and "reproduce" not in p.relative_to(out).parts
+    }
     for name, path in files.items():
         data = path.read_bytes()
         try:
@@ -89,8 +100,9 @@ def folder_state(out: Path) -> FolderState:
         return state
     with sqlite3.connect(ledger) as db:
         state.integrity = "; ".join(row[0] for row in db.execute("PRAGMA integrity_check"))
-        rows = db.execute("SELECT id, variant_id, output_path, output_sha256 FROM renders "
-                          "ORDER BY id").fetchall()
+        rows = db.execute(
+            "SELECT id, variant_id, output_path, output_sha256 FROM renders ORDER BY id"
+        ).fetchall()
     latest: dict[str, str] = {}
     for row_id, variant_id, output_path, output_sha256 in rows:
         state.rows_per_variant[variant_id] = state.rows_per_variant.get(variant_id, 0) + 1
@@ -106,5 +118,7 @@ def folder_state(out: Path) -> FolderState:
 
 def ledger_json(out: Path, query: str, *params) -> list:
     with sqlite3.connect(out / "ledger.sqlite") as db:
-        return [json.loads(row[0]) if isinstance(row[0], str) else row[0]
-                for row in db.execute(query, params)]
+        return [
+            json.loads(row[0]) if isinstance(row[0], str) else row[0]
+            for row in db.execute(query, params)
+        ]

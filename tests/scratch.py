@@ -24,8 +24,14 @@ class Scratch:
     background, 64×64, 4 steps; the references are copied beside it, and a 96×72 copy of
     each (``wide-…``) serves as a source of another size and aspect."""
 
-    def __init__(self, root: Path, family: str = "sd15", checkpoint: str | None = None, *,
-                 output: str = "{{ product }}-{{ background }}"):
+    def __init__(
+        self,
+        root: Path,
+        family: str = "sd15",
+        checkpoint: str | None = None,
+        *,
+        output: str = "{{ product }}-{{ background }}",
+    ):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         for image in BRAND.glob("reference-*.png"):
@@ -33,18 +39,27 @@ class Scratch:
             with Image.open(image) as reference:
                 reference.resize((96, 72)).save(root / f"wide-{image.name}")
         self.recipe = {
-            "name": "r", "version": 1, "family": family,
+            "name": "r",
+            "version": 1,
+            "family": family,
             "checkpoint": self.model(checkpoint or family),
             "scheduler": "flow_euler" if family == "flux" else "euler",
-            "steps": 4, "cfg": 5.0, "size": [SIZE, SIZE], "seed": 11,
+            "steps": 4,
+            "cfg": 5.0,
+            "size": [SIZE, SIZE],
+            "seed": 11,
             "prompt": "a {{ product }} on {{ background }}",
         }
         self.campaign = {
-            "name": "c", "recipe": "r@1", "recipes_dir": "recipes",
+            "name": "c",
+            "recipe": "r@1",
+            "recipes_dir": "recipes",
             "brand": str(BRAND / "brand.yaml"),
-            "matrix": {"axes": {"product": ["reference-1", "reference-2"],
-                                "background": ["studio"]}},
-            "output": output, "logo": False,
+            "matrix": {
+                "axes": {"product": ["reference-1", "reference-2"], "background": ["studio"]}
+            },
+            "output": output,
+            "logo": False,
             "scoring": {"clip_model": str(MODELS / "clip")},
         }
 
@@ -65,18 +80,25 @@ class Scratch:
     def render(self, out: str, log: list[str] | None = None) -> dict[str, np.ndarray]:
         """Render in this process (the code the CLI runs, without its imports); the PNGs by
         file name without extension."""
-        summary = render_campaign(self.write(), self.root / out,
-                                  log=(log if log is not None else []).append,
-                                  show_progress=False)
+        summary = render_campaign(
+            self.write(),
+            self.root / out,
+            log=(log if log is not None else []).append,
+            show_progress=False,
+        )
         assert summary.failed == 0
-        return {path.stem: pixels(path) for path in sorted((self.root / out).rglob("*.png"))
-                if "exports" not in path.parts}
+        return {
+            path.stem: pixels(path)
+            for path in sorted((self.root / out).rglob("*.png"))
+            if "exports" not in path.parts
+        }
 
     def source(self, product: str) -> np.ndarray:
         """The wide source as the renderer sizes it: RGB, LANCZOS to the variant's size."""
         with Image.open(self.root / f"wide-{product}.png") as image:
-            return np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.LANCZOS),
-                              dtype=np.int16)
+            return np.asarray(
+                image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.LANCZOS), dtype=np.int16
+            )
 
 
 def pixels(path: Path) -> np.ndarray:

@@ -14,23 +14,30 @@ from renderer.run.execute import RunSummary, render_campaign
 from .conftest import Project
 from .ledger_support import small_project
 
-HOSTILE_NAME = ("<script>window.__pwned=1;document.documentElement.setAttribute('data-pwned',"
-                "'1')</script> runner")
-EXPORTS = [{"name": "web", "width": 64, "height": 64, "format": "png"},
-           {"name": "feed", "width": 48, "height": 48, "format": "jpeg", "quality": 90},
-           {"name": "story", "width": 36, "height": 64, "format": "webp", "quality": 85}]
+HOSTILE_NAME = (
+    "<script>window.__pwned=1;document.documentElement.setAttribute('data-pwned',"
+    "'1')</script> runner"
+)
+EXPORTS = [
+    {"name": "web", "width": 64, "height": 64, "format": "png"},
+    {"name": "feed", "width": 48, "height": 48, "format": "jpeg", "quality": 90},
+    {"name": "story", "width": 36, "height": 64, "format": "webp", "quality": 85},
+]
 
 
-def shipping_project(root: Path, *, seeds: tuple[int, ...] = (1, 2, 3, 4),
-                     hostile: bool = False) -> Project:
+def shipping_project(
+    root: Path, *, seeds: tuple[int, ...] = (1, 2, 3, 4), hostile: bool = False
+) -> Project:
     """The small demo campaign (LoRAs stacked, 64×64) with three channel exports (PNG,
     JPEG, WebP) and a review gate every variant breaks (a person must look at each:
     ``palette_adherence`` above 2 cannot happen), so delivery waits for approvals."""
     project = small_project(root, seeds=seeds, name="ship", batch_size=len(seeds))
     campaign = project.campaign
     campaign["postprocess"] = {"exports": {"default": EXPORTS}}
-    campaign["gates"] = {**campaign.get("gates", {}),
-                         "palette_adherence": {"min": 2.0, "severity": "review"}}
+    campaign["gates"] = {
+        **campaign.get("gates", {}),
+        "palette_adherence": {"min": 2.0, "severity": "review"},
+    }
     if hostile:
         campaign["matrix"]["axes"]["product"][0]["name"] = HOSTILE_NAME
     project.write()
@@ -44,8 +51,12 @@ def render(project: Project, out: Path) -> RunSummary:
 def approve_all(out: Path, reviewer: str = "ana") -> None:
     """A person approves every variant of the latest run, so ``campaign deliver`` ships it."""
     with Ledger(out / "ledger.sqlite") as ledger:
-        ledger.add_reviews([ReviewRecord(row.id, row.variant_id, row.output_sha256, "approve",
-                                         reviewer) for row in ledger.run_rows(ledger.run(None).id)])
+        ledger.add_reviews(
+            [
+                ReviewRecord(row.id, row.variant_id, row.output_sha256, "approve", reviewer)
+                for row in ledger.run_rows(ledger.run(None).id)
+            ]
+        )
 
 
 SIGNER_EXTENSIONS = """
@@ -58,29 +69,75 @@ authorityKeyIdentifier = keyid, issuer
 
 
 def _openssl(*args: str | Path, cwd: Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True,
-                   timeout=60)
+    subprocess.run(
+        ["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True, timeout=60
+    )
 
 
 def make_ca(folder: Path) -> tuple[C2paSigner, bytes]:
     """A root CA and an ES256 signer certificate it issued (C2PA refuses self-signed
     signers): the signer, and the CA certificate (PEM) to trust."""
     folder.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", "ca.key", "-out", "ca.pem", "-days", "3650", "-subj",
-             "/O=Test Studio/CN=Test Root CA", "-addext",
-             "basicConstraints=critical,CA:TRUE", "-addext",
-             "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", "signer.key", "-out", "signer.csr", "-subj",
-             "/O=Test Studio/CN=Campaign Renderer Signer", cwd=folder)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "3650",
+        "-subj",
+        "/O=Test Studio/CN=Test Root CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=folder,
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "signer.key",
+        "-out",
+        "signer.csr",
+        "-subj",
+        "/O=Test Studio/CN=Campaign Renderer Signer",
+        cwd=folder,
+    )
     (folder / "signer.ext").write_text(SIGNER_EXTENSIONS)
-    _openssl("x509", "-req", "-in", "signer.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "signer.pem", "-days", "365", "-sha256",
-             "-extfile", "signer.ext", cwd=folder)
-    _openssl("pkcs8", "-topk8", "-nocrypt", "-in", "signer.key", "-out", "signer.pk8",
-             cwd=folder)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "signer.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "signer.pem",
+        "-days",
+        "365",
+        "-sha256",
+        "-extfile",
+        "signer.ext",
+        cwd=folder,
+    )
+    _openssl("pkcs8", "-topk8", "-nocrypt", "-in", "signer.key", "-out", "signer.pk8", cwd=folder)
     chain = folder / "chain.pem"
     chain.write_bytes((folder / "signer.pem").read_bytes() + (folder / "ca.pem").read_bytes())
-    return C2paSigner(cert_chain=chain, private_key=folder / "signer.pk8"), \
-        (folder / "ca.pem").read_bytes()
+    return C2paSigner(cert_chain=chain, private_key=folder / "signer.pk8"), (
+        folder / "ca.pem"
+    ).read_bytes()

@@ -30,9 +30,11 @@ def _wrong_pinned_sha(project):
     return project.write(), project.recipe_path, "loras[1].sha256"
 
 
-@pytest.mark.parametrize("breakage", [_break_campaign_yaml, _unknown_recipe_key,
-                                      _missing_checkpoint, _wrong_pinned_sha],
-                         ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "breakage",
+    [_break_campaign_yaml, _unknown_recipe_key, _missing_checkpoint, _wrong_pinned_sha],
+    ids=lambda f: f.__name__.strip("_"),
+)
 @pytest.mark.parametrize("command", ["render", "validate"])
 def test_bad_input_exits_2_with_location_and_writes_nothing(project, breakage, command):
     campaign, bad_file, key_path = breakage(project)

@@ -32,8 +32,14 @@ def demo_run(tmp_path_factory, demo_models) -> tuple[Path, dict]:
 
 def test_demo_renders_36_images_report_and_ledger_rows(demo_run):
     out, summary = demo_run
-    assert summary["counts"] == {"planned": 36, "rendered": 36, "skipped": 0,
-                                 "passed": 36, "review": 0, "failed": 0}
+    assert summary["counts"] == {
+        "planned": 36,
+        "rendered": 36,
+        "skipped": 0,
+        "passed": 36,
+        "review": 0,
+        "failed": 0,
+    }
     assert len(pngs(out / "demo")) == 36  # the demo's exports are JPEG and WebP
     exports = ledger_rows(out, "SELECT name, width, height, format FROM exports")
     assert len(exports) == 36  # one channel per aspect ratio in the demo
@@ -87,8 +93,11 @@ def test_missing_or_altered_file_is_rendered_again_and_recorded(demo_run, tmp_pa
     assert result.code == 0, result.stderr
     assert result.json()["counts"]["rendered"] == 2
     assert missing.read_bytes() == original
-    reasons = ledger_rows(out, "SELECT rerender_reason FROM renders WHERE rerender_reason "
-                          "IS NOT NULL ORDER BY rerender_reason")
+    reasons = ledger_rows(
+        out,
+        "SELECT rerender_reason FROM renders WHERE rerender_reason "
+        "IS NOT NULL ORDER BY rerender_reason",
+    )
     assert reasons == [("altered",), ("missing",)]
 
 
@@ -105,8 +114,9 @@ def test_growing_an_axis_keeps_existing_ids_seeds_and_pixels(demo_run, project):
     grown = project.write()
     plan = run_cli("plan", grown, "--json")
     assert plan.code == 0, plan.stderr
-    original = {row[0]: row for row in
-                ledger_rows(out, "SELECT variant_id, seed, output_path FROM renders")}
+    original = {
+        row[0]: row for row in ledger_rows(out, "SELECT variant_id, seed, output_path FROM renders")
+    }
     grown_variants = {v["id"]: v for v in plan.json()["variants"]}
     assert len(grown_variants) == 54
     assert set(original) <= set(grown_variants)
@@ -126,10 +136,12 @@ def test_growing_an_axis_keeps_existing_ids_seeds_and_pixels(demo_run, project):
 
 def _render_single(project, out_name: str) -> np.ndarray:
     """Render one variant of the project and return its raw pixels (logo off)."""
-    project.campaign["matrix"]["axes"] = {"product": [project.campaign["matrix"]["axes"]
-                                                      ["product"][0]],
-                                          "background": ["studio"], "aspect": ["1:1"],
-                                          "seed": [1]}
+    project.campaign["matrix"]["axes"] = {
+        "product": [project.campaign["matrix"]["axes"]["product"][0]],
+        "background": ["studio"],
+        "aspect": ["1:1"],
+        "seed": [1],
+    }
     project.campaign["logo"] = False
     path = project.write()
     out = project.root / out_name
@@ -161,8 +173,10 @@ def test_a_failed_gate_exits_1_and_is_recorded(project, demo_run):
     assert result.code == 1, result.stderr
     counts = result.json()["counts"]
     assert counts["failed"] > 0 and counts["passed"] > 0
-    failed = ledger_rows(project.root / "out", "SELECT scores_json, reasons_json FROM "
-                         "current_decisions WHERE status = 'fail'")
+    failed = ledger_rows(
+        project.root / "out",
+        "SELECT scores_json, reasons_json FROM current_decisions WHERE status = 'fail'",
+    )
     for scores, reasons in failed:
         assert json.loads(scores)["clip_brand"] < 0.96
         assert "clip_brand" in json.loads(reasons)[0]
@@ -195,13 +209,11 @@ def test_a_regate_is_what_history_show_and_the_report_say(tmp_path, demo_models)
     assert gate.json()["counts"] == {"passed": 0, "review": 0, "failed": 3}
     failed = run_cli("history", "--out", out, "--renders", "--status", "fail", "--json").json()
     assert len(failed) == 3 and {row["status"] for row in failed} == {"fail"}
-    assert run_cli("history", "--out", out, "--renders", "--status", "pass", "--json").json() \
-        == []
+    assert run_cli("history", "--out", out, "--renders", "--status", "pass", "--json").json() == []
     (run,) = run_cli("history", "--out", out, "--runs", "--json").json()
     assert run["status"] == "failed" and run["decided_by"] == "gate" and run["regatings"] == 1
     assert run["counts"] == {"passed": 0, "review": 0, "failed": 3}
-    assert "passed 0, review 0, failed 3, re-gated 1x" in run_cli("history", "--out",
-                                                                  out).stdout
+    assert "passed 0, review 0, failed 3, re-gated 1x" in run_cli("history", "--out", out).stdout
     shown = run_cli("show", failed[0]["variant_id"], "--out", out, "--json").json()
     assert shown["gate"]["status"] == "fail"
     assert shown["gate"]["reasons"][0].startswith("clip_prompt ")

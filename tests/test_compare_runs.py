@@ -27,10 +27,12 @@ V1, V2 = "demo-sd15@1", "demo-sd15@2"
 
 @pytest.fixture(scope="module")
 def validators() -> dict[str, Draft202012Validator]:
-    documents = [json.loads(path.read_text())
-                 for path in (REPO / "schemas").glob("*.json.schema.json")]
+    documents = [
+        json.loads(path.read_text()) for path in (REPO / "schemas").glob("*.json.schema.json")
+    ]
     registry = Registry().with_resources(
-        (document["$id"], Resource.from_contents(document)) for document in documents)
+        (document["$id"], Resource.from_contents(document)) for document in documents
+    )
     found = {}
     for document in documents:
         Draft202012Validator.check_schema(document)
@@ -49,15 +51,19 @@ def versions(tmp_path_factory, demo_models):
     """(out, run of v1, run of v2, the later run of v1) in one output folder."""
     root = tmp_path_factory.mktemp("compare-runs")
     out = root / "out"
-    first = small_project(root / "v1", seeds=(1, 2), backgrounds=("studio", "mountain"),
-                          name="cmp", batch_size=4)
-    second = small_project(root / "v2", seeds=(1, 2), backgrounds=("studio", "mountain"),
-                           name="cmp", batch_size=4)
+    first = small_project(
+        root / "v1", seeds=(1, 2), backgrounds=("studio", "mountain"), name="cmp", batch_size=4
+    )
+    second = small_project(
+        root / "v2", seeds=(1, 2), backgrounds=("studio", "mountain"), name="cmp", batch_size=4
+    )
     second.recipe["version"] = 2
     second.recipe["prompt"] = second.recipe["prompt"].replace("soft light", "hard light")
     second.campaign["recipe"] = V2
-    second.campaign["gates"] = {**second.campaign.get("gates", {}),
-                                "palette_adherence": {"min": 2.0, "severity": "review"}}
+    second.campaign["gates"] = {
+        **second.campaign.get("gates", {}),
+        "palette_adherence": {"min": 2.0, "severity": "review"},
+    }
     second.write()
     runs = []
     for project in (first, second, first):
@@ -67,19 +73,27 @@ def versions(tmp_path_factory, demo_models):
     assert len(set(runs)) == 3
     with Ledger(out / "ledger.sqlite") as ledger:
         row = ledger.run_rows(runs[1])[0]
-        ledger.add_reviews([ReviewRecord(row.id, row.variant_id, row.output_sha256, "approve",
-                                         "ana", "fine")])
+        ledger.add_reviews(
+            [ReviewRecord(row.id, row.variant_id, row.output_sha256, "approve", "ana", "fine")]
+        )
     return out, *runs
 
 
 def run_variants(out: Path, run_id: str) -> set[str]:
-    return {variant for (variant,) in ledger_rows(
-        out, "SELECT variant_id FROM run_variants WHERE run_id = ?", run_id)}
+    return {
+        variant
+        for (variant,) in ledger_rows(
+            out, "SELECT variant_id FROM run_variants WHERE run_id = ?", run_id
+        )
+    }
 
 
 def output_files(out: Path) -> dict[str, int]:
-    return {path.relative_to(out).as_posix(): path.stat().st_mtime_ns
-            for path in out.rglob("*") if path.is_file() and "ledger.sqlite" not in path.name}
+    return {
+        path.relative_to(out).as_posix(): path.stat().st_mtime_ns
+        for path in out.rglob("*")
+        if path.is_file() and "ledger.sqlite" not in path.name
+    }
 
 
 def test_two_runs_pair_every_variant(versions, validators):
@@ -109,10 +123,16 @@ def test_two_runs_pair_every_variant(versions, validators):
         assert (pair["a"]["status"], pair["b"]["status"]) == ("pass", "review")
         assert pair["a"]["seed"] == pair["b"]["seed"]  # one coordinate, one seed
         assert set(pair["scores"]) == set(a["scores"])
-        assert all(isinstance(score["a"], float) and isinstance(score["b"], float)
-                   for score in pair["scores"].values())
-    assert sorted(pair["b"]["review_state"] for pair in pairs) == \
-        ["approved", "unreviewed", "unreviewed", "unreviewed"]
+        assert all(
+            isinstance(score["a"], float) and isinstance(score["b"], float)
+            for score in pair["scores"].values()
+        )
+    assert sorted(pair["b"]["review_state"] for pair in pairs) == [
+        "approved",
+        "unreviewed",
+        "unreviewed",
+        "unreviewed",
+    ]
 
 
 def test_two_versions_pair_as_their_latest_runs_do(versions, validators):
@@ -127,12 +147,14 @@ def test_two_versions_pair_as_their_latest_runs_do(versions, validators):
     assert (data["a"]["only_recipe"], data["b"]["only_recipe"]) == (V1, V2)
     assert data["pairs"] == by_runs["pairs"]
     first = run_cli("compare", run_a, run_b, "--out", out, "--json").json()
-    assert [(p["a"]["variant_id"], p["b"]["variant_id"]) for p in first["pairs"]] == \
-        [(p["a"]["variant_id"], p["b"]["variant_id"]) for p in data["pairs"]]
+    assert [(p["a"]["variant_id"], p["b"]["variant_id"]) for p in first["pairs"]] == [
+        (p["a"]["variant_id"], p["b"]["variant_id"]) for p in data["pairs"]
+    ]
     # and the other way round: B's variants on the left
     swapped = run_cli("compare", "--recipe", V2, V1, "--out", out, "--json").json()
-    assert {(p["b"]["variant_id"], p["a"]["variant_id"]) for p in swapped["pairs"]} == \
-        {(p["a"]["variant_id"], p["b"]["variant_id"]) for p in data["pairs"]}
+    assert {(p["b"]["variant_id"], p["a"]["variant_id"]) for p in swapped["pairs"]} == {
+        (p["a"]["variant_id"], p["b"]["variant_id"]) for p in data["pairs"]
+    }
 
 
 def test_the_text_shows_both_sides_and_each_pair(versions):
@@ -141,8 +163,16 @@ def test_the_text_shows_both_sides_and_each_pair(versions):
     assert result.code == 0, result.stderr
     text = result.stdout
     assert V1 in text and V2 in text and run_a in text and run_b in text
-    for measure in ("variants", "passed", "review", "approved", "to review",
-                    "clip_brand mean ± sd", "seconds per image (measured)", "4 pair(s) on"):
+    for measure in (
+        "variants",
+        "passed",
+        "review",
+        "approved",
+        "to review",
+        "clip_brand mean ± sd",
+        "seconds per image (measured)",
+        "4 pair(s) on",
+    ):
         assert measure in text, measure
     assert text.count(" → ") >= 4 and "background=studio" in text and "seed=2" in text
 
@@ -175,8 +205,10 @@ def test_grid_draws_one_row_per_pair_and_never_overwrites(versions, tmp_path):
     assert 2 * GRID_CELL < width <= 5 * GRID_CELL
     for row in range(rows):
         for column in range(2):
-            centre = (width - (2 - column) * GRID_CELL + GRID_CELL // 2,
-                      height - (rows - row) * GRID_CELL + GRID_CELL // 2)
+            centre = (
+                width - (2 - column) * GRID_CELL + GRID_CELL // 2,
+                height - (rows - row) * GRID_CELL + GRID_CELL // 2,
+            )
             assert picture.getpixel(centre) not in ((255, 255, 255), (238, 238, 240))
     written = grid.read_bytes()
 
@@ -189,13 +221,16 @@ def test_grid_draws_one_row_per_pair_and_never_overwrites(versions, tmp_path):
     assert not inside.exists() and output_files(out) == before
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["--recipe", V1, "demo-sd15@3"], "never rendered"),
-    (["--recipe", V1, "demo-sdxl@1"], "different recipes"),
-    (["--recipe", V1, V1], "twice"),
-    (["--recipe", V1, "demo-sd15"], "NAME@VERSION"),
-    (["--grid", "grid.png"], "two runs or two versions"),
-])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--recipe", V1, "demo-sd15@3"], "never rendered"),
+        (["--recipe", V1, "demo-sdxl@1"], "different recipes"),
+        (["--recipe", V1, V1], "twice"),
+        (["--recipe", V1, "demo-sd15"], "NAME@VERSION"),
+        (["--grid", "grid.png"], "two runs or two versions"),
+    ],
+)
 def test_refusals_say_how_to_fix_them(versions, validators, tmp_path, args, says):
     out, _, _, _ = versions
     args = [str(tmp_path / arg) if arg.endswith(".png") else arg for arg in args]
@@ -224,27 +259,28 @@ def test_unpaired_variants_and_recipe_axes(versions):
         rows_a, rows_b = ledger.run_rows(run_a), ledger.run_rows(run_b)
 
     def with_recipe(row, ref):
-        return replace(row, axes={**row.axes, "recipe": ref, "model": ref,
-                                  "look": f"{ref}-warm"})
+        return replace(row, axes={**row.axes, "recipe": ref, "model": ref, "look": f"{ref}-warm"})
 
     side_a = [with_recipe(row, V1) for row in rows_a]
-    sdxl = replace(with_recipe(rows_a[0], "demo-sdxl@1"), recipe_name="demo-sdxl",
-                   variant_id="f" * 64)
+    sdxl = replace(
+        with_recipe(rows_a[0], "demo-sdxl@1"), recipe_name="demo-sdxl", variant_id="f" * 64
+    )
     side_b = [with_recipe(row, V2) for row in rows_b[1:]]  # B lacks its first variant
     compared = compare_runs(Side(run, (sdxl, *side_a)), Side(other, tuple(side_b)))
     assert set(compared.ignored) == {"recipe", "model"}
     assert "look" in compared.matched_on
-    assert [(pair.a.variant_id, pair.b.variant_id) for pair in compared.pairs] == \
-        [(a.variant_id, b.variant_id) for a, b in zip(rows_a[1:], rows_b[1:], strict=True)]
+    assert [(pair.a.variant_id, pair.b.variant_id) for pair in compared.pairs] == [
+        (a.variant_id, b.variant_id) for a, b in zip(rows_a[1:], rows_b[1:], strict=True)
+    ]
     # rows_a[0]'s coordinates have no partner in B; the sdxl variant at them neither
     assert [row.variant_id for row in compared.only_a] == ["f" * 64, rows_a[0].variant_id]
     assert compared.only_b == ()
     shown = compared.as_json()
-    assert [entry["variant_id"] for entry in shown["only_a"]] == ["f" * 64,
-                                                                  rows_a[0].variant_id]
+    assert [entry["variant_id"] for entry in shown["only_a"]] == ["f" * 64, rows_a[0].variant_id]
     assert all("recipe" not in pair["axes"] for pair in shown["pairs"])
     # a B variant at those coordinates pairs with the sd15 one, not the sdxl one
-    full = compare_runs(Side(run, (sdxl, *side_a)),
-                        Side(other, tuple(with_recipe(row, V2) for row in rows_b)))
+    full = compare_runs(
+        Side(run, (sdxl, *side_a)), Side(other, tuple(with_recipe(row, V2) for row in rows_b))
+    )
     assert [row.variant_id for row in full.only_a] == ["f" * 64]
     assert full.pairs[0].a.variant_id == rows_a[0].variant_id

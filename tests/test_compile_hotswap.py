@@ -48,19 +48,30 @@ def two_stacks(project, tmp_path, one_thread):
     ``both`` stacks the narrow LoRA then the style LoRA, on the same checkpoint."""
     style = next(lora for lora in project.recipe["loras"] if "style" in lora["path"])
     narrow = narrow_lora(Path(style["path"]), tmp_path / "lora-narrow.safetensors")
-    recipes = {"wide": [{**style, "weight": 0.7}],
-               "both": [{**narrow, "weight": 0.9}, {**style, "weight": 0.5}]}
+    recipes = {
+        "wide": [{**style, "weight": 0.7}],
+        "both": [{**narrow, "weight": 0.9}, {**style, "weight": 0.5}],
+    }
     for name, loras in recipes.items():
         recipe = {**project.recipe, "name": name, "loras": loras, "steps": 3}
         (project.root / "recipes").mkdir(exist_ok=True)
         (project.root / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
     campaign = {key: value for key, value in project.campaign.items() if key != "recipe"}
     axes = campaign["matrix"]["axes"]
-    campaign.update(recipes_dir=str(project.root / "recipes"),
-                    output="{{ recipe.name }}-{{ seed }}",
-                    render={"compile": True, "compile_backend": "eager"},
-                    matrix={"axes": {"recipe": ["wide@1", "both@1"], "product": axes["product"][:1],
-                                     "background": ["studio"], "aspect": ["1:1"], "seed": [1]}})
+    campaign.update(
+        recipes_dir=str(project.root / "recipes"),
+        output="{{ recipe.name }}-{{ seed }}",
+        render={"compile": True, "compile_backend": "eager"},
+        matrix={
+            "axes": {
+                "recipe": ["wide@1", "both@1"],
+                "product": axes["product"][:1],
+                "background": ["studio"],
+                "aspect": ["1:1"],
+                "seed": [1],
+            }
+        },
+    )
     project.campaign = campaign
     loaded = load_campaign(project.write())
     specs = {variant.spec.recipe.name: variant.spec for variant in make_plan(loaded).variants}
@@ -79,8 +90,11 @@ def test_compiled_stacks_hot_swap_without_recompiling_and_match_eager(two_stacks
     (switching,) = worker.environment()["options"]["lora_hotswap"].values()
     style = specs["wide"].recipe.loras[0]
     # The style LoRA's rank, 2 deep; the style LoRA (the wider) loads first in both slots.
-    assert switching == {"hotswap_rank": 4, "slots": 2,
-                         "first": [{"name": style.name, "sha256": style.sha256}] * 2}
+    assert switching == {
+        "hotswap_rank": 4,
+        "slots": 2,
+        "first": [{"name": style.name, "sha256": style.sha256}] * 2,
+    }
 
     first_wide = pixels(compiled, specs["wide"], files)
     warm = compiled_graphs()
@@ -121,8 +135,11 @@ def test_reproduce_hot_swaps_into_the_recorded_slots(two_stacks, tmp_path):
     out = tmp_path / "out"
     render_campaign(campaign.source, out, show_progress=False)
     with Ledger(out / "ledger.sqlite") as ledger:
-        (row,) = [row for row in ledger.run_rows(ledger.run(None).id)
-                  if row.spec["recipe"]["name"] == "both"]
+        (row,) = [
+            row
+            for row in ledger.run_rows(ledger.run(None).id)
+            if row.spec["recipe"]["name"] == "both"
+        ]
     (outcome,) = reproduce(row.variant_id, out_dir=out)
     assert outcome.environment_differences == []
     assert outcome.status == "identical", outcome.describe()
@@ -138,5 +155,6 @@ def test_reproduce_names_the_pixel_changing_options_that_differ():
     now = DiffusersRenderer(RenderOptions(compile=True)).fingerprint()
     changing = RenderOptions.changing_pixels()
     assert pixel_option_differences(recorded, now, changing) == [
-        "first_block_cache (0.08 recorded, None now)"]  # compile is not among them
+        "first_block_cache (0.08 recorded, None now)"
+    ]  # compile is not among them
     assert pixel_option_differences(now, now, changing) == []

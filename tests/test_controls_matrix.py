@@ -23,8 +23,11 @@ STEPS = 4
 CHECKPOINT = {"sd15": "sd15", "sdxl": "sdxl", "flux": "flux"}
 # Flux inpaints by blending latents with its ordinary transformer; SD needs a 9-channel UNet.
 INPAINT_CHECKPOINT = {"sd15": "sd15-inpaint", "sdxl": "sdxl-inpaint", "flux": "flux"}
-LORA = {"sd15": "lora-brand.safetensors", "sdxl": "lora-sdxl.safetensors",
-        "flux": "lora-flux.safetensors"}
+LORA = {
+    "sd15": "lora-brand.safetensors",
+    "sdxl": "lora-sdxl.safetensors",
+    "flux": "lora-flux.safetensors",
+}
 REGION = [0.25, 0.25, 0.75, 0.75]
 # Below one denoising step (STEPS x strength < 1): the renderer returns the source.
 TINY_STRENGTH = 0.1
@@ -97,8 +100,9 @@ def test_each_lora_is_accepted_by_its_family_and_refused_by_the_others(tmp_path,
             paths.append(scratch.write().parent / "recipes" / "r.yaml")
     result = run_cli("validate", *paths)
     assert result.code == 2
-    accepted = [line.split()[1].rstrip(":") for line in result.stdout.splitlines()
-                if line.startswith("ok")]
+    accepted = [
+        line.split()[1].rstrip(":") for line in result.stdout.splitlines() if line.startswith("ok")
+    ]
     assert accepted == [str(tmp_path / f"{f}-{f}" / "recipes" / "r.yaml") for f in FAMILIES]
     refusals = [line for line in result.stderr.splitlines() if "does not fit" in line]
     assert len(refusals) == 6, result.stderr
@@ -111,8 +115,11 @@ def test_each_lora_is_accepted_by_its_family_and_refused_by_the_others(tmp_path,
 @pytest.mark.parametrize("family", FAMILIES)
 def test_controlnet_changes_pixels_and_scale_zero_equals_none(cell, plain, family):
     scratch = cell(family)
-    control = {"model": scratch.model(f"controlnet-{family}"), "image": "{{ product }}.png",
-               "preprocessor": "canny"}
+    control = {
+        "model": scratch.model(f"controlnet-{family}"),
+        "image": "{{ product }}.png",
+        "preprocessor": "canny",
+    }
     scratch.recipe["controlnets"] = [{**control, "scale": 0.0}]
     zero = scratch.render("zero")
     if family == "flux":
@@ -126,8 +133,10 @@ def test_controlnet_changes_pixels_and_scale_zero_equals_none(cell, plain, famil
     scratch.recipe["controlnets"] = [control]
     single = scratch.render("controlled")
     assert mean_difference(zero, single) > VISIBLE
-    scratch.recipe["controlnets"] = [control, {**control, "preprocessor": "depth", "scale": 0.7,
-                                               "start": 0.0, "end": 0.5}]
+    scratch.recipe["controlnets"] = [
+        control,
+        {**control, "preprocessor": "depth", "scale": 0.7, "start": 0.0, "end": 0.5},
+    ]
     two = scratch.render("two")
     assert mean_difference(single, two) > 0
     # Each variant gets its own maps whatever the batch: rendered one by one, the same pixels.
@@ -138,8 +147,10 @@ def test_controlnet_changes_pixels_and_scale_zero_equals_none(cell, plain, famil
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ip_adapter_changes_pixels_and_scale_zero_equals_none(cell, plain, family):
     scratch = cell(family)
-    scratch.recipe["ip_adapter"] = {"model": scratch.model(f"ip-adapter-{family}"),
-                                    "scale": 1.0}  # references: the brand kit's
+    scratch.recipe["ip_adapter"] = {
+        "model": scratch.model(f"ip-adapter-{family}"),
+        "scale": 1.0,
+    }  # references: the brand kit's
     styled = scratch.render("styled")
     assert mean_difference(plain(family), styled) > VISIBLE
     scratch.recipe["ip_adapter"]["scale"] = 0.0
@@ -164,8 +175,11 @@ def test_img2img_follows_its_source_and_below_one_step_returns_it(cell, plain, f
 @pytest.mark.parametrize("family", FAMILIES)
 def test_inpaint_repaints_the_mask_keeps_the_rest_and_below_one_step_returns_it(cell, family):
     scratch = cell(family, INPAINT_CHECKPOINT[family])
-    scratch.recipe["inpaint"] = {"image": "wide-{{ product }}.png", "strength": 0.9,
-                                 "region": REGION}
+    scratch.recipe["inpaint"] = {
+        "image": "wide-{{ product }}.png",
+        "strength": 0.9,
+        "region": REGION,
+    }
     inpainted = scratch.render("inpainted")
     x0, y0, x1, y1 = (round(value * SIZE) for value in REGION)
     inside = np.zeros((SIZE, SIZE), dtype=bool)

@@ -31,8 +31,12 @@ ANCHORS = ("to render", "loaded sd15 pipeline", "] 1/", "] 1/")
 def _start_render(campaign: Path, out: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log, "wb") as stderr:
-        return subprocess.Popen([str(CAMPAIGN_BIN), "render", str(campaign), "--out", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        return subprocess.Popen(
+            [str(CAMPAIGN_BIN), "render", str(campaign), "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+        )
 
 
 def _wait_for(process: subprocess.Popen, log: Path, text: str, timeout: float = 120) -> bool:
@@ -50,8 +54,9 @@ def _wait_for(process: subprocess.Popen, log: Path, text: str, timeout: float = 
 def test_sigkill_at_random_moments_loses_nothing(tmp_path, demo_models):
     """Kill a render of 8 variants (batch size 1: many commit points) at seeded random
     moments, checking the folder after each kill; then let a last run finish."""
-    project = small_project(tmp_path, seeds=(1, 2, 3, 4), backgrounds=("studio", "mountain"),
-                            batch_size=1)
+    project = small_project(
+        tmp_path, seeds=(1, 2, 3, 4), backgrounds=("studio", "mountain"), batch_size=1
+    )
     out, rng = tmp_path / "out", random.Random(SEED)
     committed: dict[str, list[int]] = {}  # variant id -> its row ids, as of the last check
     kills = []
@@ -69,8 +74,14 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, demo_models):
         process.send_signal(signal.SIGKILL)
         process.wait()
         state = folder_state(out)
-        kills.append((trial, round(delay, 2), "finished first" if finished or not started
-                      else "killed", f"{len(state.row_ids)} committed"))
+        kills.append(
+            (
+                trial,
+                round(delay, 2),
+                "finished first" if finished or not started else "killed",
+                f"{len(state.row_ids)} committed",
+            )
+        )
         assert state.integrity == "ok"
         assert state.broken_pngs == [], f"trial {trial}: truncated files {state.broken_pngs}"
         assert state.rows_without_file == [], f"trial {trial}: rows without their file"
@@ -111,8 +122,9 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, demo_models):
     assert result.json()["counts"]["rendered"] == 8 - len(committed)
     # The uncommitted image was rendered again (batch of 1 then and now: the same bytes).
     assert (out / orphan_path).read_bytes() == orphan_bytes
-    statuses = [row[0] for row in ledger_rows(out, "SELECT outcome FROM run_summaries ORDER BY "
-                                              "started_at")]
+    statuses = [
+        row[0] for row in ledger_rows(out, "SELECT outcome FROM run_summaries ORDER BY started_at")
+    ]
     assert statuses[-1] == "passed"
     assert "running" not in statuses and "interrupted" in statuses
 

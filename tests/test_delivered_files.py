@@ -61,19 +61,27 @@ sys.exit(main(sys.argv[1:]))
 
 def files_of(out: Path) -> dict[str, bytes]:
     """Every deliverable in a folder (masters and exports), by path."""
-    return {path.relative_to(out).as_posix(): path.read_bytes()
-            for path in sorted(out.rglob("*")) if path.suffix in (".png", ".jpg", ".webp")
-            and not path.name.startswith(".") and "reproduce" not in path.parts
-            and "report-" not in path.parent.name}
+    return {
+        path.relative_to(out).as_posix(): path.read_bytes()
+        for path in sorted(out.rglob("*"))
+        if path.suffix in (".png", ".jpg", ".webp")
+        and not path.name.startswith(".")
+        and "reproduce" not in path.parts
+        and "report-" not in path.parent.name
+    }
 
 
 def run_failing(project, out: Path, mode: str, at: int, tmp_path: Path) -> int:
     script = tmp_path / "failing_campaign.py"
     script.write_text(WRAPPER.format(repo=str(REPO)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FAIL_MODE": mode, "FAIL_AT": str(at)}
-    done = subprocess.run([sys.executable, str(script), "render", str(project.campaign_path),
-                           "--out", str(out)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), "render", str(project.campaign_path), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return done.returncode
 
 
@@ -82,8 +90,9 @@ def clean(tmp_path_factory, demo_models):
     """One uninterrupted run of 3 × 3 variants in batches of 3, with the demo's retouch,
     headline and channel export: the folder every other run must end up equal to."""
     root = tmp_path_factory.mktemp("clean")
-    project = small_project(root, seeds=(1, 2, 3), backgrounds=("studio", "mountain", "beach"),
-                            postprocess=True)
+    project = small_project(
+        root, seeds=(1, 2, 3), backgrounds=("studio", "mountain", "beach"), postprocess=True
+    )
     result = run_cli("render", project.campaign_path, "--out", root / "out")
     assert result.code == 0, result.stderr
     return project, files_of(root / "out")
@@ -113,8 +122,11 @@ def test_a_deleted_master_renders_again_in_its_recorded_batch(clean, tmp_path):
     batch = ledger_rows(out, "SELECT batch_json FROM renders WHERE id = 2")
     (middle,) = ledger_rows(out, "SELECT output_path FROM renders WHERE id = 2")[0]
     (out / middle).unlink()  # the middle of a batch of three: it renders beside the other two
-    others = {name: (out / name).stat().st_mtime_ns for name in expected
-              if name != middle and "/exports/" not in name}
+    others = {
+        name: (out / name).stat().st_mtime_ns
+        for name in expected
+        if name != middle and "/exports/" not in name
+    }
     result = run_cli("render", project.campaign_path, "--out", out, "--json")
     assert result.code == 0, result.stderr
     assert result.json()["counts"]["rendered"] == 1
@@ -169,11 +181,16 @@ def test_every_file_respects_the_umask(clean, tmp_path):
         assert run_cli("report", "--out", out, "--grid", "seed", "background").code == 0
     finally:
         os.umask(umask)
-    written = [path for path in out.rglob("*") if path.is_file()
-               and path.name not in ("ledger.sqlite", ".campaign.lock")
-               and not path.name.startswith("ledger.sqlite-")]
+    written = [
+        path
+        for path in out.rglob("*")
+        if path.is_file()
+        and path.name not in ("ledger.sqlite", ".campaign.lock")
+        and not path.name.startswith("ledger.sqlite-")
+    ]
     assert any(path.suffix == ".html" for path in written)
     assert any("grids" in path.parent.name for path in written)
-    modes = {path.relative_to(out).as_posix(): stat.S_IMODE(path.stat().st_mode)
-             for path in written}
+    modes = {
+        path.relative_to(out).as_posix(): stat.S_IMODE(path.stat().st_mode) for path in written
+    }
     assert set(modes.values()) == {0o644}, modes

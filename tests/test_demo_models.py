@@ -68,8 +68,14 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 def render(pipe, **kwargs) -> np.ndarray:
     pipe.set_progress_bar_config(disable=True)
-    arguments = {"prompt": PROMPT, "num_inference_steps": STEPS, "height": SIZE, "width": SIZE,
-                 "output_type": "np", "generator": torch.Generator("cpu").manual_seed(7)}
+    arguments = {
+        "prompt": PROMPT,
+        "num_inference_steps": STEPS,
+        "height": SIZE,
+        "width": SIZE,
+        "output_type": "np",
+        "generator": torch.Generator("cpu").manual_seed(7),
+    }
     image = pipe(**(arguments | kwargs)).images[0]
     return (image * 255).round().astype(np.uint8)
 
@@ -192,8 +198,10 @@ def test_open_clip_layout_round_trips_through_the_diffusers_converter(demo):
     # OpenCLIP's own conventions: one fused q|k|v projection, and text_projection used as x @ P.
     attention = encoder.text_model.encoder.layers[0].self_attn
     in_proj = checkpoint[SGM_OPEN_CLIP_TEXT_PREFIX + "transformer.resblocks.0.attn.in_proj_weight"]
-    assert torch.equal(in_proj, torch.cat([attention.q_proj.weight, attention.k_proj.weight,
-                                           attention.v_proj.weight]))
+    assert torch.equal(
+        in_proj,
+        torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]),
+    )
     projection = checkpoint[SGM_OPEN_CLIP_TEXT_PREFIX + "text_projection"]
     assert torch.equal(projection, encoder.text_projection.weight.T)
 
@@ -246,9 +254,9 @@ def test_inpaint_pipeline_shares_the_sd15_components(demo):
         assert sha256_path(demo / "sd15-inpaint" / component) == sha256_path(
             demo / "sd15" / component
         )
-    assert json.loads((demo / "sd15-inpaint" / "unet" / "config.json").read_text())[
-        "in_channels"
-    ] == 9
+    assert (
+        json.loads((demo / "sd15-inpaint" / "unet" / "config.json").read_text())["in_channels"] == 9
+    )
 
 
 def test_style_lora_changes_pixels_and_weight_zero_is_a_no_op(demo, sd15_image):
@@ -284,8 +292,12 @@ def test_controlnet_control_image_changes_pixels(demo, sd15_image):
 
 def test_ip_adapter_loads_and_changes_pixels(demo, sd15_image):
     pipe = load_sd15(demo)
-    pipe.load_ip_adapter(str(demo / "ip-adapter-sd15"), subfolder="",
-                         weight_name="ip-adapter.safetensors", image_encoder_folder="image_encoder")
+    pipe.load_ip_adapter(
+        str(demo / "ip-adapter-sd15"),
+        subfolder="",
+        weight_name="ip-adapter.safetensors",
+        image_encoder_folder="image_encoder",
+    )
     pipe.set_ip_adapter_scale(1.0)
 
     styled = render(pipe, ip_adapter_image=noise_image(3))

@@ -44,12 +44,12 @@ def test_paste_back_changes_only_the_region_and_its_feather(falloff, feather):
     # The feather reaches its full width: pixels change up to its outer edge.
     assert changed_box(image, result) == (left, top, right, bottom)
     # Inside the region the paste is the inpainted crop alone, not a blend.
-    inside = result[box[1]:box[3], box[0]:box[2]].astype(np.int16)
-    original = image[box[1]:box[3], box[0]:box[2]]
+    inside = result[box[1] : box[3], box[0] : box[2]].astype(np.int16)
+    original = image[box[1] : box[3], box[0] : box[2]]
     assert np.abs(inside - (255 - original)).mean() < 8  # resampled there and back
     if feather:  # in the feather, a blend: between the original and the inverted values
-        ring = result[box[1] - 1, box[0]:box[2]].astype(np.int16)
-        assert np.all(np.abs(ring - image[box[1] - 1, box[0]:box[2]]) > 0)
+        ring = result[box[1] - 1, box[0] : box[2]].astype(np.int16)
+        assert np.all(np.abs(ring - image[box[1] - 1, box[0] : box[2]]) > 0)
 
 
 def test_region_mask_limits_the_paste_to_its_pixels():
@@ -106,15 +106,19 @@ def test_every_crop_is_inside_the_image_and_holds_the_padded_region(
     width, height = image_size
     x0, x1 = sorted(round(value * width) for value in corners[:2])
     y0, y1 = sorted(round(value * height) for value in corners[2:])
-    box = (min(x0, width - 1), min(y0, height - 1), max(x1, min(x0, width - 1) + 1),
-           max(y1, min(y0, height - 1) + 1))
-    detail = Detail(size=size, padding=padding, padding_fraction=padding_fraction,
-                    feather=feather)
+    box = (
+        min(x0, width - 1),
+        min(y0, height - 1),
+        max(x1, min(x0, width - 1) + 1),
+        max(y1, min(y0, height - 1) + 1),
+    )
+    detail = Detail(size=size, padding=padding, padding_fraction=padding_fraction, feather=feather)
     plan = plan_detail(np.zeros((height, width, 3), np.uint8), box, detail)
     left, top, right, bottom = plan.crop
     assert 0 <= left < right <= width and 0 <= top < bottom <= height
-    reach = padding + feather + int(np.ceil(padding_fraction * max(box[2] - box[0],
-                                                                   box[3] - box[1])))
+    reach = (
+        padding + feather + int(np.ceil(padding_fraction * max(box[2] - box[0], box[3] - box[1])))
+    )
     want = grown(box, reach, width, height)
     assert left <= want[0] and top <= want[1] and right >= want[2] and bottom >= want[3]
     assert plan.alpha.shape == (bottom - top, right - left)
@@ -163,14 +167,24 @@ def test_mask_boxes_finds_each_blob_largest_first():
         (lambda image: plan_detail(image, (10, 10, 10, 20)), "non-empty"),
         (lambda image: plan_detail(image, (0.5, 0, 10, 10)), "4 whole pixels"),
         (lambda image: plan_detail(image, (0, 0, 10, 10), region=np.ones((5, 5))), "shape"),
-        (lambda image: plan_detail(image, (0, 0, 10, 10), region=np.zeros((128, 128))),
-         r"no pixel inside box \(0, 0, 10, 10\)"),
-        (lambda image: paste_details(image, [plan_detail(image, (0, 0, 9, 9))], []),
-         "1 plans but 0 inpainted crops"),
-        (lambda image: paste_details(image, [plan_detail(image, (0, 0, 9, 9))],
-                                     [np.zeros((8, 8, 3), np.uint8)]), "inpaints at 512x512"),
-        (lambda image: detail_crop(image[:64], plan_detail(image, (0, 0, 9, 9))),
-         "made for 128x128"),
+        (
+            lambda image: plan_detail(image, (0, 0, 10, 10), region=np.zeros((128, 128))),
+            r"no pixel inside box \(0, 0, 10, 10\)",
+        ),
+        (
+            lambda image: paste_details(image, [plan_detail(image, (0, 0, 9, 9))], []),
+            "1 plans but 0 inpainted crops",
+        ),
+        (
+            lambda image: paste_details(
+                image, [plan_detail(image, (0, 0, 9, 9))], [np.zeros((8, 8, 3), np.uint8)]
+            ),
+            "inpaints at 512x512",
+        ),
+        (
+            lambda image: detail_crop(image[:64], plan_detail(image, (0, 0, 9, 9))),
+            "made for 128x128",
+        ),
         (lambda image: mask_boxes(np.zeros((4, 4, 3))), "2-D bool or integer"),
         (lambda image: Detail(size=(500, 512)), "multiples of 8"),
         (lambda image: Detail(falloff="box"), "gaussian or linear"),

@@ -90,8 +90,10 @@ def test_exports_are_deterministic(spec):
 
 def test_jpeg_user_comment_is_written_as_a1111_writes_it():
     data = encode_image(
-        Image.new("RGB", (16, 16)), ExportSpec(name="x", width=16, height=16, format="jpeg"),
-        METADATA, xmp_packet("p")
+        Image.new("RGB", (16, 16)),
+        ExportSpec(name="x", width=16, height=16, format="jpeg"),
+        METADATA,
+        xmp_packet("p"),
     )
     exif = Image.open(io.BytesIO(data)).getexif().get_ifd(0x8769)
     # piexif.helper.UserComment.dump(text, encoding="unicode") in a big-endian TIFF block
@@ -124,14 +126,22 @@ def test_exiftool_reads_the_metadata_of_every_format(tmp_path):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: ExportSpec(name="feed square", width=10, height=10),
-         r"name\n.*should match pattern .*='feed square'"),
-        (lambda: ExportSpec(name="x", width=0, height=10),
-         r"width\n.* greater than or equal to 8 .*=0,"),
-        (lambda: ExportSpec(name="x", width=10, height=10, format="gif"),
-         r"format\n.*'png', 'jpeg' or 'webp' .*='gif'"),
-        (lambda: ExportSpec(name="x", width=10, height=10, format="jpeg", quality=0),
-         r"quality\n.* greater than or equal to 1 .*=0,"),
+        (
+            lambda: ExportSpec(name="feed square", width=10, height=10),
+            r"name\n.*should match pattern .*='feed square'",
+        ),
+        (
+            lambda: ExportSpec(name="x", width=0, height=10),
+            r"width\n.* greater than or equal to 8 .*=0,",
+        ),
+        (
+            lambda: ExportSpec(name="x", width=10, height=10, format="gif"),
+            r"format\n.*'png', 'jpeg' or 'webp' .*='gif'",
+        ),
+        (
+            lambda: ExportSpec(name="x", width=10, height=10, format="jpeg", quality=0),
+            r"quality\n.* greater than or equal to 1 .*=0,",
+        ),
     ],
 )
 def test_bad_specs_echo_the_value(make, message):

@@ -35,10 +35,16 @@ def max_difference(a: dict, b: dict) -> int:
     return max(int(np.abs(a[key] - b[key]).max()) for key in a)
 
 
-@pytest.mark.parametrize(("family", "checkpoint"), [("sd15", "sd15"),
-                                                    ("sd15", "sd15.safetensors"),
-                                                    ("sdxl", "sdxl"), ("sdxl", "sdxl.safetensors"),
-                                                    ("flux", "flux")])
+@pytest.mark.parametrize(
+    ("family", "checkpoint"),
+    [
+        ("sd15", "sd15"),
+        ("sd15", "sd15.safetensors"),
+        ("sdxl", "sdxl"),
+        ("sdxl", "sdxl.safetensors"),
+        ("flux", "flux"),
+    ],
+)
 def test_each_family_renders_from_its_checkpoint(tmp_path, demo_models, family, checkpoint):
     scratch = Scratch(tmp_path, family, checkpoint)
     if checkpoint.endswith(".safetensors"):
@@ -65,8 +71,13 @@ def test_schedulers_by_name_and_their_a1111_names(scratch):
 
 def test_controlnet_changes_pixels_and_scale_zero_equals_none(scratch):
     plain = scratch.render("plain")
-    scratch.recipe["controlnets"] = [{"model": scratch.model("controlnet-sd15"),
-                                      "image": "{{ product }}.png", "preprocessor": "canny"}]
+    scratch.recipe["controlnets"] = [
+        {
+            "model": scratch.model("controlnet-sd15"),
+            "image": "{{ product }}.png",
+            "preprocessor": "canny",
+        }
+    ]
     controlled = scratch.render("controlled")
     assert max_difference(plain, controlled) > 10
     scratch.recipe["controlnets"][0]["scale"] = 0.0
@@ -74,12 +85,17 @@ def test_controlnet_changes_pixels_and_scale_zero_equals_none(scratch):
 
 
 def test_two_controlnets_at_once_with_guidance_window(scratch):
-    one = {"model": scratch.model("controlnet-sd15"), "image": "{{ product }}.png",
-           "preprocessor": "depth"}
+    one = {
+        "model": scratch.model("controlnet-sd15"),
+        "image": "{{ product }}.png",
+        "preprocessor": "depth",
+    }
     scratch.recipe["controlnets"] = [one]
     single = scratch.render("single")
-    scratch.recipe["controlnets"] = [one, {**one, "preprocessor": "lineart", "scale": 0.7,
-                                           "start": 0.0, "end": 0.5}]
+    scratch.recipe["controlnets"] = [
+        one,
+        {**one, "preprocessor": "lineart", "scale": 0.7, "start": 0.0, "end": 0.5},
+    ]
     assert max_difference(single, scratch.render("double")) > 0
 
 
@@ -101,31 +117,41 @@ def test_img2img_follows_its_source_and_declares_a_photo_composite(scratch):
     assert max_difference(plain, light) > 10
     scratch.recipe["img2img"] = {"image": "reference-3.png", "strength": 0.5}
     assert max_difference(light, scratch.render("other-source")) > 10
-    scratch.recipe["img2img"] = {"image": "{{ product }}.png", "strength": 0.5,
-                                 "source_is_photo": True}
+    scratch.recipe["img2img"] = {
+        "image": "{{ product }}.png",
+        "strength": 0.5,
+        "source_is_photo": True,
+    }
     photo = scratch.render("photo")
     assert max_difference(light, photo) == 0  # provenance is metadata, never pixels
     for data in pngs(scratch.root / "light").values():
         assert read_png_metadata(data)["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
     for data in pngs(scratch.root / "photo").values():
-        assert read_png_metadata(data)["digital_source_type"] == \
-            COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA
+        assert (
+            read_png_metadata(data)["digital_source_type"]
+            == COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA
+        )
 
 
 def test_inpaint_with_a_region_or_a_mask_file(scratch):
     scratch.recipe["checkpoint"] = scratch.model("sd15-inpaint")
-    scratch.recipe["inpaint"] = {"image": "{{ product }}.png", "strength": 0.9,
-                                 "region": [0.25, 0.25, 0.75, 0.75]}
+    scratch.recipe["inpaint"] = {
+        "image": "{{ product }}.png",
+        "strength": 0.9,
+        "region": [0.25, 0.25, 0.75, 0.75],
+    }
     by_region = scratch.render("region")
     region_mask((64, 64), [0.25, 0.25, 0.75, 0.75]).save(scratch.root / "mask.png")
-    scratch.recipe["inpaint"] = {"image": "{{ product }}.png", "strength": 0.9,
-                                 "mask": "mask.png"}
+    scratch.recipe["inpaint"] = {"image": "{{ product }}.png", "strength": 0.9, "mask": "mask.png"}
     assert max_difference(by_region, scratch.render("mask")) == 0
 
 
 def test_inpaint_on_a_plain_checkpoint_is_refused(scratch):
-    scratch.recipe["inpaint"] = {"image": "{{ product }}.png", "strength": 0.9,
-                                 "region": [0, 0, 1, 1]}
+    scratch.recipe["inpaint"] = {
+        "image": "{{ product }}.png",
+        "strength": 0.9,
+        "region": [0, 0, 1, 1],
+    }
     result = run_cli("validate", scratch.write())
     assert result.code == 2
     assert "inpaint needs an inpainting checkpoint" in result.stderr
@@ -139,7 +165,7 @@ def test_preprocessors_make_distinct_maps():
         assert control.shape == (64, 64, 3) and control.std() > 10, name
     names = list(maps)
     for index, first in enumerate(names):
-        for second in names[index + 1:]:
+        for second in names[index + 1 :]:
             assert not np.array_equal(maps[first], maps[second]), (first, second)
     edges = maps["canny"][..., 0]
     assert set(np.unique(edges)) <= {0, 255}
@@ -151,14 +177,16 @@ def test_preprocessors_make_distinct_maps():
 def three_stacks(scratch: Scratch) -> Scratch:
     scratch.recipe["loras"] = [
         {**scratch.model("lora-style.safetensors"), "weight": 0.7},
-        {**scratch.model("lora-brand.safetensors"), "weight": 0.9}]
+        {**scratch.model("lora-brand.safetensors"), "weight": 0.9},
+    ]
     axes = scratch.campaign["matrix"]["axes"]
     axes["look"] = ["both", "style", "brand"]
     axes["background"] = ["studio", "beach"]
     scratch.campaign["output"] = "{{ look }}-{{ product }}-{{ background }}"
     scratch.campaign["overrides"] = [
         {"when": {"look": "style"}, "set": {"lora_weights": {"lora-brand": 0.0}}},
-        {"when": {"look": "brand"}, "set": {"lora_weights": {"lora-style": 0.0}}}]
+        {"when": {"look": "brand"}, "set": {"lora_weights": {"lora-style": 0.0}}},
+    ]
     return scratch
 
 
@@ -166,14 +194,18 @@ def test_three_interleaved_lora_stacks_load_the_base_once_with_the_right_pixels(
     three_stacks(scratch)
     # The look axis is innermost, so the file's order interleaves the three stacks.
     axes = scratch.campaign["matrix"]["axes"]
-    scratch.campaign["matrix"]["axes"] = {"product": axes["product"],
-                                          "background": axes["background"],
-                                          "look": axes["look"]}
+    scratch.campaign["matrix"]["axes"] = {
+        "product": axes["product"],
+        "background": axes["background"],
+        "look": axes["look"],
+    }
     log: list[str] = []
     mixed = scratch.render("mixed", log)
     assert sum("loaded sd15 pipeline" in line for line in log) == 1
-    looks = [variant["axes"]["look"] for variant in
-             run_cli("plan", scratch.campaign_path(), "--json").json()["variants"]]
+    looks = [
+        variant["axes"]["look"]
+        for variant in run_cli("plan", scratch.campaign_path(), "--json").json()["variants"]
+    ]
     assert looks[:4] == ["both", "style", "brand", "both"]
     for look in ("both", "style", "brand"):
         scratch.campaign["matrix"]["axes"]["look"] = [look]
@@ -227,19 +259,18 @@ def test_out_of_memory_halves_the_batch_and_renders_each_variant_once(scratch, m
     rows = ledger_rows(out, "SELECT variant_id, COUNT(*) FROM renders GROUP BY variant_id")
     assert len(rows) == 8 and all(count == 1 for _, count in rows)
     # Each row records the call that really rendered it (a half of a half), for reproduce.
-    batches = [json.loads(batch) for (batch,) in ledger_rows(out, "SELECT batch_json FROM "
-                                                                 "renders")]
+    batches = [json.loads(batch) for (batch,) in ledger_rows(out, "SELECT batch_json FROM renders")]
     assert all(len(batch) == 2 for batch in batches)
     assert sorted(id_ for batch in batches for id_ in batch) == sorted(
-        variant_id for variant_id, _ in rows for _ in range(2))
+        variant_id for variant_id, _ in rows for _ in range(2)
+    )
     assert any("out of memory with a batch of 8" in line for line in logs)
 
 
 def test_render_options_are_recorded_in_the_environment(scratch):
     scratch.campaign["render"] = {"batch_size": 2, "vae_slicing": True, "channels_last": True}
     scratch.render("out")
-    (environment,) = ledger_rows(scratch.root / "out", "SELECT environment_json FROM "
-                                 "environments")
+    (environment,) = ledger_rows(scratch.root / "out", "SELECT environment_json FROM environments")
     recorded = json.loads(environment[0])
     assert recorded["options"]["vae_slicing"] is True
     assert recorded["options"]["channels_last"] is True

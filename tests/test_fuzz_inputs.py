@@ -68,8 +68,9 @@ VERBOSE = os.environ.get("FUZZ_VERBOSE") == "1"  # a line per case
 MAX_VARIANTS = 4
 
 BASE = base_documents()
-SCHEMAS = {role: json.loads((REPO / "schemas" / f"{role}.schema.json").read_text())
-           for role in ROLES}
+SCHEMAS = {
+    role: json.loads((REPO / "schemas" / f"{role}.schema.json").read_text()) for role in ROLES
+}
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 
 
@@ -91,8 +92,9 @@ def existing_paths(data, prefix: tuple = ()) -> list[tuple]:
 def _resolve(schema: dict, root: dict) -> dict:
     while "$ref" in schema:
         schema = root["$defs"][schema["$ref"].rsplit("/", 1)[1]]
-    options = [_resolve(option, root) for option in schema.get("anyOf", [])
-               if option.get("type") != "null"]
+    options = [
+        _resolve(option, root) for option in schema.get("anyOf", []) if option.get("type") != "null"
+    ]
     return options[0] if options else schema
 
 
@@ -118,8 +120,13 @@ def schema_paths(schema: dict, root: dict, prefix: tuple = (), depth: int = 0) -
 
 
 EXISTING = {role: existing_paths(BASE[role]) for role in ROLES}
-ADDABLE = {role: sorted({path for path in schema_paths(SCHEMAS[role], SCHEMAS[role])
-                         if path not in EXISTING[role]}, key=str) for role in ROLES}
+ADDABLE = {
+    role: sorted(
+        {path for path in schema_paths(SCHEMAS[role], SCHEMAS[role]) if path not in EXISTING[role]},
+        key=str,
+    )
+    for role in ROLES
+}
 
 
 def schema_at(role: str, path: tuple) -> dict | None:
@@ -174,18 +181,58 @@ def value_at(data, path: tuple):
 
 
 # Pinned file references ({path, sha256}): where ``op: pin`` points.
-FILE_REFS = {role: [path for path in EXISTING[role]
-                    if isinstance(value_at(BASE[role], path), dict)
-                    and "sha256" in value_at(BASE[role], path)] for role in ROLES}
+FILE_REFS = {
+    role: [
+        path
+        for path in EXISTING[role]
+        if isinstance(value_at(BASE[role], path), dict) and "sha256" in value_at(BASE[role], path)
+    ]
+    for role in ROLES
+}
 
 
 # ---------------------------------------------------------------- what to put there
 
 
 SPECIAL_NUMBERS = [
-    math.nan, math.inf, -math.inf, 1e308, -1e308, 5e-324, -0.0, 0, -1, 1, 2, 3, 7, 8, 63, 64,
-    65, 255, 256, 4096, 8192, 8193, 65536, 2**31, 2**32, 2**53 + 1, 2**63, 2**64, 10**20,
-    10**400, -(2**63), 0.5, 1.5, 0.999999, 1e-9, 1.0000001, 100.0, 1e6,
+    math.nan,
+    math.inf,
+    -math.inf,
+    1e308,
+    -1e308,
+    5e-324,
+    -0.0,
+    0,
+    -1,
+    1,
+    2,
+    3,
+    7,
+    8,
+    63,
+    64,
+    65,
+    255,
+    256,
+    4096,
+    8192,
+    8193,
+    65536,
+    2**31,
+    2**32,
+    2**53 + 1,
+    2**63,
+    2**64,
+    10**20,
+    10**400,
+    -(2**63),
+    0.5,
+    1.5,
+    0.999999,
+    1e-9,
+    1.0000001,
+    100.0,
+    1e6,
 ]
 numbers = st.one_of(
     st.sampled_from(SPECIAL_NUMBERS),
@@ -194,56 +241,160 @@ numbers = st.one_of(
 )
 safe_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 STRINGS = [
-    "", " ", "\t", "x" * 5000, "\u202egnp.exe", "\x1b[2J\x1b]0;owned\x07", "a\x00b", "\ufeff",
-    "..", "../..", "/", "~", "CON", "nul", "a/b", "a\\b", "%s%n%x", "${HOME}",
-    "$(touch /tmp/fuzz-owned)", "null", "true", "1:1", "0:0", "1:0", "99999999:1", "-1:1",
-    "16:9", "9:16", "#GGGGGG", "#fff", "#F26B1D", "demo-sd15@1", "demo-sd15@0",
-    "demo-sd15@99999999999999999999", "@", "x@y@z", "default", "auto", "cpu", "cuda:99",
-    "latent", "model", "faces", "mask", "product", "euler", "NaN", "inf", "1e999",
+    "",
+    " ",
+    "\t",
+    "x" * 5000,
+    "\u202egnp.exe",
+    "\x1b[2J\x1b]0;owned\x07",
+    "a\x00b",
+    "\ufeff",
+    "..",
+    "../..",
+    "/",
+    "~",
+    "CON",
+    "nul",
+    "a/b",
+    "a\\b",
+    "%s%n%x",
+    "${HOME}",
+    "$(touch /tmp/fuzz-owned)",
+    "null",
+    "true",
+    "1:1",
+    "0:0",
+    "1:0",
+    "99999999:1",
+    "-1:1",
+    "16:9",
+    "9:16",
+    "#GGGGGG",
+    "#fff",
+    "#F26B1D",
+    "demo-sd15@1",
+    "demo-sd15@0",
+    "demo-sd15@99999999999999999999",
+    "@",
+    "x@y@z",
+    "default",
+    "auto",
+    "cpu",
+    "cuda:99",
+    "latent",
+    "model",
+    "faces",
+    "mask",
+    "product",
+    "euler",
+    "NaN",
+    "inf",
+    "1e999",
 ]
 strings = st.one_of(st.sampled_from(STRINGS), safe_text)
 TEMPLATES = [
-    "{{ product.name }}", "{{ nope }}", "{{ product.nope.deeper }}", "{{ 1/0 }}",
-    "{{ 9**9**9 }}", "{{ 10**10**10 }}", "{{ 'x' * 100000000 }}", "{{ [1] * 100000000 }}",
+    "{{ product.name }}",
+    "{{ nope }}",
+    "{{ product.nope.deeper }}",
+    "{{ 1/0 }}",
+    "{{ 9**9**9 }}",
+    "{{ 10**10**10 }}",
+    "{{ 'x' * 100000000 }}",
+    "{{ [1] * 100000000 }}",
     "{% for i in range(100000000) %}x{% endfor %}",
     "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
     "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{{ cycler.__init__.__globals__.os.popen('id').read() }}", "{{ self.__init__ }}",
-    "{{ lipsum(1000000) }}", "{{ range(10**10) | list }}", "{{ product | tojson }}",
-    "{{", "{% if %}", "{{ product.name | nosuchfilter }}", "{% include 'x' %}",
-    "{% extends '/etc/passwd' %}", "{% import 'x' as y %}", "{{ product.name * 10**9 }}",
-    "{{ '%s' % product }}", "{{ product.name.format }}", "{{ range(1, 2, 0) }}",
-    "{{ product.name | truncate(-1) }}", "{{ product.name | wordwrap(0) }}",
-    "{{ product.name | indent(10**9) }}", "{{ product.name | center(10**9) }}",
-    "{{ {}.__class__ }}", "{{ namespace() }}", "{{ '\u202e' }}{{ seed }}", "{{ aspect }}",
-    "{{ brand.name }}", "{{ product.sku }}/../../escape", "/{{ seed }}", "{{ '' }}",
-    "{{ 'a' * 300 }}", "{{ product.sku }}/{{ seed }}", "{{ seed }}\n{{ seed }}",
-    "{{ trigger }}, {{ text }}", "{{ text }}{{ name }}{{ index }}", "{# #}", "{% raw %}{{",
-    "{{ product.name | replace('', 'xx') * 1000 }}", "{{ 'x' | list | join * 2**40 }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "{{ self.__init__ }}",
+    "{{ lipsum(1000000) }}",
+    "{{ range(10**10) | list }}",
+    "{{ product | tojson }}",
+    "{{",
+    "{% if %}",
+    "{{ product.name | nosuchfilter }}",
+    "{% include 'x' %}",
+    "{% extends '/etc/passwd' %}",
+    "{% import 'x' as y %}",
+    "{{ product.name * 10**9 }}",
+    "{{ '%s' % product }}",
+    "{{ product.name.format }}",
+    "{{ range(1, 2, 0) }}",
+    "{{ product.name | truncate(-1) }}",
+    "{{ product.name | wordwrap(0) }}",
+    "{{ product.name | indent(10**9) }}",
+    "{{ product.name | center(10**9) }}",
+    "{{ {}.__class__ }}",
+    "{{ namespace() }}",
+    "{{ '\u202e' }}{{ seed }}",
+    "{{ aspect }}",
+    "{{ brand.name }}",
+    "{{ product.sku }}/../../escape",
+    "/{{ seed }}",
+    "{{ '' }}",
+    "{{ 'a' * 300 }}",
+    "{{ product.sku }}/{{ seed }}",
+    "{{ seed }}\n{{ seed }}",
+    "{{ trigger }}, {{ text }}",
+    "{{ text }}{{ name }}{{ index }}",
+    "{# #}",
+    "{% raw %}{{",
+    "{{ product.name | replace('', 'xx') * 1000 }}",
+    "{{ 'x' | list | join * 2**40 }}",
     # filters given arguments they refuse (each raised its own exception type once)
-    "{{ product.name | truncate(1) }}", "{{ product.name | truncate(5, leeway=-1) }}",
-    "{{ product.name | dictsort }}", "{{ product | dictsort(by='x') }}",
+    "{{ product.name | truncate(1) }}",
+    "{{ product.name | truncate(5, leeway=-1) }}",
+    "{{ product.name | dictsort }}",
+    "{{ product | dictsort(by='x') }}",
     "{{ product.name | map('nosuchfilter') | list }}",
-    "{{ product.name | select('nosuch') | list }}", "{{ '1e999' | float | int }}",
-    "{{ product.name[::0] }}", "{{ 1 // 0 }}", "{{ 1 % 0 }}", "{{ product.name | int(base=99) }}",
-    "{{ [1, 'a'] | sort }}", "{{ product | tojson(indent='x') }}",
-    "{{ lipsum(n=1, min=0) }}", "{{ product.name | batch(0) | list }}", "{{ (1e308 * 10) | int }}",
+    "{{ product.name | select('nosuch') | list }}",
+    "{{ '1e999' | float | int }}",
+    "{{ product.name[::0] }}",
+    "{{ 1 // 0 }}",
+    "{{ 1 % 0 }}",
+    "{{ product.name | int(base=99) }}",
+    "{{ [1, 'a'] | sort }}",
+    "{{ product | tojson(indent='x') }}",
+    "{{ lipsum(n=1, min=0) }}",
+    "{{ product.name | batch(0) | list }}",
+    "{{ (1e308 * 10) | int }}",
 ]
 templates = st.sampled_from(TEMPLATES)
 special_paths = st.sampled_from(sorted(SPECIAL_PATHS)).map(lambda name: {"$path": name})
 scalars = st.one_of(numbers, strings, st.sampled_from([None, True, False]))
 wrong_types = st.one_of(
-    st.sampled_from([None, [], {}, [[[[[]]]]], {"a": {"b": {}}}, [None], True, "1", 1.5,
-                     {"path": "x"}, [1, 2, 3], {"min": math.nan}]),
+    st.sampled_from(
+        [
+            None,
+            [],
+            {},
+            [[[[[]]]]],
+            {"a": {"b": {}}},
+            [None],
+            True,
+            "1",
+            1.5,
+            {"path": "x"},
+            [1, 2, 3],
+            {"min": math.nan},
+        ]
+    ),
     st.lists(scalars, max_size=5),
     st.dictionaries(safe_text, scalars, max_size=3),
 )
 any_value = st.one_of(scalars, wrong_types, templates, special_paths)
 
 PATH_KEYS = {"path", "config", "brand", "clip_model", "folder", "mask", "image", "recipes_dir"}
-TEMPLATE_KEYS = {"prompt", "negative_prompt", "output", "headline", "legal", "caption",
-                 "prompts", "mask"}
+TEMPLATE_KEYS = {
+    "prompt",
+    "negative_prompt",
+    "output",
+    "headline",
+    "legal",
+    "caption",
+    "prompts",
+    "mask",
+}
 
 
 def values_for(path: tuple, current, edges: list | None = None) -> st.SearchStrategy:
@@ -269,18 +420,56 @@ def values_for(path: tuple, current, edges: list | None = None) -> st.SearchStra
 
 
 RAW_VALUES = [
-    ".NaN", ".nan", "-.inf", ".Inf", "1.0e999", "-1.0e999", "!!float nan", "!!float '1e999'",
-    "0x7fffffffffffffffffffffff", "1_000_000", "0o777", "0b101", "~", "!!binary aGVsbG8=",
-    "!!python/name:os.system", "!!python/object/apply:os.system ['touch /tmp/fuzz-owned']",
-    "!!set {a, b}", "2001-12-14", "2001-12-14t21:59:43.10-05:00", "12:30:45", "yes", "off",
-    "=", "<<", "&a [*a]", "!!str", "!!int '12'", "!!omap [a: 1]", "!custom 3", "[[[[[[",
-    "'unterminated", "{a: 1, a: 2}", "|\n  block\n  text", ">-\n  folded", "\"\\x00\"",
-    "\"\\ud800\"",
+    ".NaN",
+    ".nan",
+    "-.inf",
+    ".Inf",
+    "1.0e999",
+    "-1.0e999",
+    "!!float nan",
+    "!!float '1e999'",
+    "0x7fffffffffffffffffffffff",
+    "1_000_000",
+    "0o777",
+    "0b101",
+    "~",
+    "!!binary aGVsbG8=",
+    "!!python/name:os.system",
+    "!!python/object/apply:os.system ['touch /tmp/fuzz-owned']",
+    "!!set {a, b}",
+    "2001-12-14",
+    "2001-12-14t21:59:43.10-05:00",
+    "12:30:45",
+    "yes",
+    "off",
+    "=",
+    "<<",
+    "&a [*a]",
+    "!!str",
+    "!!int '12'",
+    "!!omap [a: 1]",
+    "!custom 3",
+    "[[[[[[",
+    "'unterminated",
+    "{a: 1, a: 2}",
+    "|\n  block\n  text",
+    ">-\n  folded",
+    '"\\x00"',
+    '"\\ud800"',
 ]
 APPEND_TEXTS = [
-    "\nname: duplicated\n", "\n\t- tabbed\n", "\n---\nsecond: document\n", "\n...\n",
-    "\nx: &a [*a, *a]\n", "\n" + "[" * 10000 + "]" * 10000 + "\n", "\n\x00\n", "\n\udcff\n",
-    "\n" + "k: v\n" * 20000, "\n? complex\n: key\n", "\nunknown_key: 1\n", "\n" + "#" * 100000,
+    "\nname: duplicated\n",
+    "\n\t- tabbed\n",
+    "\n---\nsecond: document\n",
+    "\n...\n",
+    "\nx: &a [*a, *a]\n",
+    "\n" + "[" * 10000 + "]" * 10000 + "\n",
+    "\n\x00\n",
+    "\n\udcff\n",
+    "\n" + "k: v\n" * 20000,
+    "\n? complex\n: key\n",
+    "\nunknown_key: 1\n",
+    "\n" + "#" * 100000,
     "\nb: &b ['lol','lol','lol','lol','lol','lol','lol','lol','lol']\nc: &c [*b,*b,*b,*b,*b,"
     "*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",
 ]
@@ -288,10 +477,14 @@ APPEND_TEXTS = [
 
 # Keys naming a file or folder, and keys whose schema has edges: the mutations that found
 # most failures get their own share of the cases.
-PATH_SLOTS = {role: [path for path in EXISTING[role][1:] + ADDABLE[role]
-                     if path and path[-1] in PATH_KEYS] for role in ROLES}
-EDGE_SLOTS = {role: [path for path in EXISTING[role][1:] + ADDABLE[role]
-                     if boundaries(schema_at(role, path))] for role in ROLES}
+PATH_SLOTS = {
+    role: [path for path in EXISTING[role][1:] + ADDABLE[role] if path and path[-1] in PATH_KEYS]
+    for role in ROLES
+}
+EDGE_SLOTS = {
+    role: [path for path in EXISTING[role][1:] + ADDABLE[role] if boundaries(schema_at(role, path))]
+    for role in ROLES
+}
 
 
 def _font() -> dict | None:
@@ -311,12 +504,20 @@ def model(name: str) -> dict:
 SNIPPETS = {
     "recipe": {
         ("refine", "hires"): {"factor": 2, "upscaler": "latent", "denoise": 0.5, "steps": 2},
-        ("refine", "upscale"): {"model": model("upscaler-x2.safetensors"), "tile": 32,
-                                "overlap": 4},
+        ("refine", "upscale"): {
+            "model": model("upscaler-x2.safetensors"),
+            "tile": 32,
+            "overlap": 4,
+        },
         ("refine", "detail"): [{"detect": "faces", "strength": 0.4, "steps": 2}],
         ("img2img",): {"image": "../brand/reference-1.png", "strength": 0.5},
-        ("controlnets",): [{"image": "../brand/reference-1.png", "preprocessor": "canny",
-                            "model": model("controlnet-sd15")}],
+        ("controlnets",): [
+            {
+                "image": "../brand/reference-1.png",
+                "preprocessor": "canny",
+                "model": model("controlnet-sd15"),
+            }
+        ],
         ("ip_adapter",): {"model": model("ip-adapter-sd15"), "scale": 0.5},
     },
     "campaign": {
@@ -328,8 +529,10 @@ SNIPPETS = {
     },
     "brand": {("fonts", "headline"): _font()} if _font() else {},
     "training": {
-        ("dataset", "folder"): {"path": "../brand/training",
-                                "sha256": sha256_path(KESTREL / "training")},
+        ("dataset", "folder"): {
+            "path": "../brand/training",
+            "sha256": sha256_path(KESTREL / "training"),
+        },
         ("samples", "size"): [64, 64],
         ("train", "gradient_accumulation"): 2,
         ("lora", "train_text_encoder"): True,
@@ -340,9 +543,19 @@ SNIPPETS = {
 @st.composite
 def mutations_of(draw, role: str) -> list[dict]:
     """One mutation of ``role``'s file (two when a snippet is set and then fuzzed)."""
-    kind = draw(st.sampled_from(["set"] * 6 + ["delete"] * 2 + ["add"] * 2 + ["raw"] * 2 +
-                                ["pin"] * 2 + ["path"] * 2 + ["edge"] * 2 +
-                                ["snippet"] * 2 + ["append", "truncate", "unknown", "document"]))
+    kind = draw(
+        st.sampled_from(
+            ["set"] * 6
+            + ["delete"] * 2
+            + ["add"] * 2
+            + ["raw"] * 2
+            + ["pin"] * 2
+            + ["path"] * 2
+            + ["edge"] * 2
+            + ["snippet"] * 2
+            + ["append", "truncate", "unknown", "document"]
+        )
+    )
     if kind == "document":  # the whole file one value: a list, a number, a string
         return [{"file": role, "op": "set", "path": [], "value": draw(any_value)}]
     if kind == "snippet" and SNIPPETS[role]:
@@ -352,8 +565,13 @@ def mutations_of(draw, role: str) -> list[dict]:
         if not inner or draw(st.booleans()):
             return [first]
         leaf = draw(st.sampled_from(inner))
-        value = draw(values_for(leaf, value_at(SNIPPETS[role][path], leaf[len(path):]),
-                                boundaries(schema_at(role, leaf))))
+        value = draw(
+            values_for(
+                leaf,
+                value_at(SNIPPETS[role][path], leaf[len(path) :]),
+                boundaries(schema_at(role, leaf)),
+            )
+        )
         return [first, {"file": role, "op": "set", "path": list(leaf), "value": value}]
     if kind == "path" and PATH_SLOTS[role]:
         path = draw(st.sampled_from(PATH_SLOTS[role]))
@@ -364,19 +582,37 @@ def mutations_of(draw, role: str) -> list[dict]:
         return [{"file": role, "op": "set", "path": list(path), "value": edge}]
     if kind == "pin" and FILE_REFS[role]:
         path = draw(st.sampled_from(FILE_REFS[role]))
-        return [{"file": role, "op": "pin", "path": list(path),
-                 "special": draw(st.sampled_from(sorted(PINNED_FILES)))}]
+        return [
+            {
+                "file": role,
+                "op": "pin",
+                "path": list(path),
+                "special": draw(st.sampled_from(sorted(PINNED_FILES))),
+            }
+        ]
     if kind == "delete":
         path = draw(st.sampled_from(EXISTING[role][1:]))
         return [{"file": role, "op": "delete", "path": list(path)}]
     if kind == "add" and ADDABLE[role]:
         path = draw(st.sampled_from(ADDABLE[role]))
-        return [{"file": role, "op": "set", "path": list(path),
-                 "value": draw(values_for(path, None, boundaries(schema_at(role, path))))}]
+        return [
+            {
+                "file": role,
+                "op": "set",
+                "path": list(path),
+                "value": draw(values_for(path, None, boundaries(schema_at(role, path)))),
+            }
+        ]
     if kind == "raw":
         path = draw(st.sampled_from(EXISTING[role][1:]))
-        return [{"file": role, "op": "raw", "path": list(path),
-                 "text": draw(st.sampled_from(RAW_VALUES))}]
+        return [
+            {
+                "file": role,
+                "op": "raw",
+                "path": list(path),
+                "text": draw(st.sampled_from(RAW_VALUES)),
+            }
+        ]
     if kind == "append":
         return [{"file": role, "op": "append", "text": draw(st.sampled_from(APPEND_TEXTS))}]
     if kind == "truncate":
@@ -386,18 +622,25 @@ def mutations_of(draw, role: str) -> list[dict]:
         containers = [p for p in EXISTING[role] if isinstance(value_at(BASE[role], p), dict)]
         path = draw(st.sampled_from(containers))
         name = draw(st.sampled_from(["colour", "stepz", "Name", "", " ", "\u202e", "<<", "1"]))
-        return [{"file": role, "op": "set", "path": [*path, name],
-                 "value": draw(any_value)}]
+        return [{"file": role, "op": "set", "path": [*path, name], "value": draw(any_value)}]
     path = draw(st.sampled_from(EXISTING[role][1:]))
-    return [{"file": role, "op": "set", "path": list(path),
-             "value": draw(values_for(path, value_at(BASE[role], path),
-                                      boundaries(schema_at(role, path))))}]
+    return [
+        {
+            "file": role,
+            "op": "set",
+            "path": list(path),
+            "value": draw(
+                values_for(path, value_at(BASE[role], path), boundaries(schema_at(role, path)))
+            ),
+        }
+    ]
 
 
 @st.composite
 def cases(draw) -> list[dict]:
-    role = draw(st.sampled_from(["campaign"] * 7 + ["recipe"] * 5 + ["brand"] * 4 +
-                                ["training"] * 4))
+    role = draw(
+        st.sampled_from(["campaign"] * 7 + ["recipe"] * 5 + ["brand"] * 4 + ["training"] * 4)
+    )
     mutations = draw(mutations_of(role))
     if len(mutations) == 1 and draw(st.integers(0, 4)) == 4:  # sometimes a second edit
         other = draw(st.sampled_from(ROLES)) if role != "training" else "training"
@@ -423,8 +666,7 @@ class Fuzzing:
     def run(self, mutations: list[dict]) -> Outcome:
         self.count += 1
         root = self.folder / f"case-{self.count}"
-        outcome = run_case(mutations, root, render=self.renders_left > 0,
-                           max_variants=MAX_VARIANTS)
+        outcome = run_case(mutations, root, render=self.renders_left > 0, max_variants=MAX_VARIANTS)
         if outcome.rendered:
             self.renders_left -= 1
         return outcome
@@ -447,8 +689,11 @@ class Fuzzing:
         self.stats[self.label(outcome)] += 1
         if VERBOSE:
             codes = ",".join(str(c.code) for c in outcome.commands)
-            print(f"case {self.count}: [{codes}] {self.label(outcome)}: "
-                  + "; ".join(describe(m) for m in outcome.mutations), flush=True)
+            print(
+                f"case {self.count}: [{codes}] {self.label(outcome)}: "
+                + "; ".join(describe(m) for m in outcome.mutations),
+                flush=True,
+            )
         if outcome.failure is not None:
             key = signature(outcome)
             if key not in self.failures:
@@ -474,13 +719,16 @@ class Fuzzing:
         return f"validate 0, {outcome.stage} {codes[-1]}"
 
     def summary(self) -> str:
-        retries = self.count - sum(count for label, count in self.stats.items()
-                                   if not label.startswith("duplicate"))
+        retries = self.count - sum(
+            count for label, count in self.stats.items() if not label.startswith("duplicate")
+        )
         origin = "derandomized" if SEED is None else f"FUZZ_SEED={SEED}"
-        lines = [f"fuzz ({origin}): {self.count} cases run ({retries} of them single "
-                 "mutations of a failing two-mutation case), "
-                 f"{RENDERS - self.renders_left} rendered or trained; "
-                 f"{len(self.failures)} distinct failures"]
+        lines = [
+            f"fuzz ({origin}): {self.count} cases run ({retries} of them single "
+            "mutations of a failing two-mutation case), "
+            f"{RENDERS - self.renders_left} rendered or trained; "
+            f"{len(self.failures)} distinct failures"
+        ]
         lines += [f"  {count:4d}  {label}" for label, count in sorted(self.stats.items())]
         lines += [f"  saved: {path.relative_to(REPO)}" for path in self.saved]
         return "\n".join(lines)
@@ -490,8 +738,14 @@ def test_fuzz_inputs(tmp_path, demo_models):
     fuzzing = Fuzzing(tmp_path / "cases")
     fuzzing.folder.mkdir()
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=SEED is None, database=None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=SEED is None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(mutations=cases())
     def explore(mutations):
         fuzzing.check(mutations)
@@ -525,8 +779,9 @@ def test_corpus_case(path: Path, tmp_path, demo_models):
 def test_the_base_project_validates_and_renders(tmp_path, demo_models):
     """The unmutated project keeps the contract (a fuzzed case differs from it in one
     place), and each special path the fuzzer uses can be made."""
-    outcome = run_case([{"file": "campaign", "op": "set", "path": ["name"], "value": "fuzz"}],
-                       tmp_path / "case")
+    outcome = run_case(
+        [{"file": "campaign", "op": "set", "path": ["name"], "value": "fuzz"}], tmp_path / "case"
+    )
     assert outcome.failure is None and outcome.commands[-1].code in (0, 1), outcome.report()
     assert outcome.stage == "render" and outcome.rendered
     made: dict[str, Path] = {}
@@ -539,5 +794,7 @@ def test_the_base_project_validates_and_renders(tmp_path, demo_models):
 
 
 def test_mutations_are_described():
-    assert describe({"file": "recipe", "op": "set", "path": ["steps"], "value": math.nan}) == \
-        "recipe.steps = nan"
+    assert (
+        describe({"file": "recipe", "op": "set", "path": ["steps"], "value": math.nan})
+        == "recipe.steps = nan"
+    )

@@ -76,10 +76,13 @@ def test_reproduce_from_an_image_naming_a_pickle_refuses_before_loading(rendered
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"steps": 1000000}, "recipe.steps: Input should be less than or equal to 200"),
-    ({"width": 65536}, "width: Input should be less than or equal to 8192"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"steps": 1000000}, "recipe.steps: Input should be less than or equal to 200"),
+        ({"width": 65536}, "width: Input should be less than or equal to 8192"),
+    ],
+)
 def test_an_image_spec_is_checked_by_the_file_schema(rendered, tmp_path, change, message):
     _, out = rendered
     image = next((out / "small").rglob("*.png"))
@@ -119,8 +122,7 @@ def test_a_lost_ledger_beside_images_is_refused_then_adopted(rendered, tmp_path)
     assert refused.code == 2, refused.stderr
     assert "ledger is empty" in refused.stderr and "--adopt-existing" in refused.stderr
     assert (copy / "ledger.sqlite").stat().st_size == 0  # nothing written
-    adopted = run_cli("render", project.campaign_path, "--out", copy, "--adopt-existing",
-                      "--json")
+    adopted = run_cli("render", project.campaign_path, "--out", copy, "--adopt-existing", "--json")
     assert adopted.code == 0, adopted.stderr
     assert adopted.json()["counts"]["rendered"] == 0
     assert ledger_rows(copy, "SELECT DISTINCT rerender_reason FROM renders") == [("adopted",)]
@@ -140,8 +142,13 @@ def run_read_only(out: Path, *args: str | Path) -> subprocess.CompletedProcess:
     command = [str(CAMPAIGN_BIN), *map(str, args)]
     script = f'mount --bind "{out}" "{out}" && mount -o remount,ro,bind "{out}" && exec "$@"'
     unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "-rm"]
-    return subprocess.run([*unshare, "sh", "-c", script, "sh", *command], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [*unshare, "sh", "-c", script, "sh", *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def test_a_read_only_output_folder_can_be_read(rendered, tmp_path):

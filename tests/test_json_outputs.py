@@ -24,14 +24,19 @@ SCHEMAS = REPO / "schemas"
 
 @pytest.fixture(scope="module")
 def validators() -> dict[str, Draft202012Validator]:
-    documents = {path.name.removesuffix(".json.schema.json"): json.loads(path.read_text())
-                 for path in SCHEMAS.glob("*.json.schema.json")}
+    documents = {
+        path.name.removesuffix(".json.schema.json"): json.loads(path.read_text())
+        for path in SCHEMAS.glob("*.json.schema.json")
+    }
     registry = Registry().with_resources(
-        (document["$id"], Resource.from_contents(document)) for document in documents.values())
+        (document["$id"], Resource.from_contents(document)) for document in documents.values()
+    )
     for document in documents.values():
         Draft202012Validator.check_schema(document)
-    return {name: Draft202012Validator(document, registry=registry)
-            for name, document in documents.items()}
+    return {
+        name: Draft202012Validator(document, registry=registry)
+        for name, document in documents.items()
+    }
 
 
 def check(validators, kind: str, data) -> None:
@@ -82,8 +87,12 @@ def test_every_json_output_matches_its_schema(rendered, validators, tmp_path):
 
     with Ledger(out / "ledger.sqlite") as ledger:
         rows = ledger.run_rows(ledger.run(None).id)
-        standing = ledger.add_reviews([ReviewRecord(row.id, row.variant_id, row.output_sha256,
-                                                    "approve", "ana", "fine") for row in rows])
+        standing = ledger.add_reviews(
+            [
+                ReviewRecord(row.id, row.variant_id, row.output_sha256, "approve", "ana", "fine")
+                for row in rows
+            ]
+        )
     app = ReviewApp(out, None, reviewer="ana", token="t", allowed_hosts=None)
     payload = json.loads(json.dumps(app.run_payload()))  # what the app serves
     check(validators, "run", payload["run"])
@@ -91,14 +100,23 @@ def test_every_json_output_matches_its_schema(rendered, validators, tmp_path):
         check(validators, "render", variant["render"])
         for export in variant["exports"]:
             check(validators, "export", export)
-    status, written = app.record([{"render_id": rows[0].id, "sha256": rows[0].output_sha256,
-                                   "seen": standing[0].review_id,  # the review the page showed
-                                   "decision": "approve", "note": ""}])
+    status, written = app.record(
+        [
+            {
+                "render_id": rows[0].id,
+                "sha256": rows[0].output_sha256,
+                "seen": standing[0].review_id,  # the review the page showed
+                "decision": "approve",
+                "note": "",
+            }
+        ]
+    )
     assert status == 200
     for review in json.loads(json.dumps(written))["reviews"]:
         check(validators, "review", review)
-    check(validators, "show", run_cli("show", renders[0]["variant_id"], "--out", out,
-                                      "--json").json())
+    check(
+        validators, "show", run_cli("show", renders[0]["variant_id"], "--out", out, "--json").json()
+    )
 
     delivered = run_cli("deliver", "--out", out, "--to", tmp_path / "d", "--json")
     assert delivered.code == 0, delivered.stderr

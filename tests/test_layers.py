@@ -38,14 +38,18 @@ def imported_stages(path: Path) -> set[str]:
             elif node.level == 0 and node.module and node.module.startswith("renderer."):
                 found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[1] for alias in node.names
-                         if alias.name.startswith("renderer."))
+            found.update(
+                alias.name.split(".")[1]
+                for alias in node.names
+                if alias.name.startswith("renderer.")
+            )
     return found
 
 
 def test_every_renderer_module_lives_in_a_stage():
-    packages = {path.name for path in (REPO / "renderer").iterdir()
-                if (path / "__init__.py").is_file()}
+    packages = {
+        path.name for path in (REPO / "renderer").iterdir() if (path / "__init__.py").is_file()
+    }
     assert packages == set(STAGES), packages ^ set(STAGES)
     assert [path.name for path in (REPO / "renderer").glob("*.py")] == ["__init__.py"]
 
@@ -54,9 +58,11 @@ def test_no_module_imports_a_later_stage():
     backwards = []
     for path in sorted((REPO / "renderer").glob("*/*.py")):
         stage = stage_of(path)
-        backwards += [f"{path.relative_to(REPO)} ({stage}) imports from {later}"
-                      for later in sorted(imported_stages(path))
-                      if STAGES.index(later) > STAGES.index(stage)]
+        backwards += [
+            f"{path.relative_to(REPO)} ({stage}) imports from {later}"
+            for later in sorted(imported_stages(path))
+            if STAGES.index(later) > STAGES.index(stage)
+        ]
     assert backwards == []
 
 
@@ -64,14 +70,16 @@ def test_the_layer_check_sees_a_backward_import(tmp_path):
     module = REPO / "renderer" / "core" / "errors.py"
     backward = tmp_path / "renderer" / "core" / "errors.py"
     backward.parent.mkdir(parents=True)
-    backward.write_text(module.read_text() + "\n\ndef late():\n"
-                        "    from renderer.run.execute import render_campaign\n")
+    backward.write_text(
+        module.read_text() + "\n\ndef late():\n"
+        "    from renderer.run.execute import render_campaign\n"
+    )
     assert "run" in imported_stages(backward)
 
 
 def test_the_readme_tour_lists_the_stages_in_order():
     readme = (REPO / "README.md").read_text()
-    tour = readme[readme.index("## A tour of the files"):readme.index("## Python API")]
+    tour = readme[readme.index("## A tour of the files") : readme.index("## Python API")]
     listed = re.findall(r"^  (\w+)/ +", tour, re.M)
     assert listed == list(STAGES), listed
 
@@ -79,22 +87,34 @@ def test_the_readme_tour_lists_the_stages_in_order():
 def test_the_postprocess_library_does_not_import_the_renderer():
     for path in sorted((REPO / "postprocess").glob("*.py")):
         tree = ast.parse(path.read_text())
-        names = [node.module for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module] + \
-            [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for alias in node.names]
+        names = [
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        ] + [
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        ]
         assert not [name for name in names if name.split(".")[0] == "renderer"], path.name
 
 
 def test_the_readme_api_example_runs(tmp_path, demo_models):
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Python API"):]
+    section = readme[readme.index("## Python API") :]
     example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     script = tmp_path / "example.py"
     script.write_text(example)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": str(tmp_path / "out")}
-    done = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert "36 variants" in done.stdout and "identical" in done.stdout
     assert (tmp_path / "out" / "ledger.sqlite").is_file()

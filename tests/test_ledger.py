@@ -21,17 +21,36 @@ from .conftest import run_cli
 
 
 def _spec(campaign: str, seed: int) -> dict:
-    return {"schema": 1, "campaign": campaign, "seed": seed, "axes": {"seed": seed},
-            "prompt": f"a shoe, seed {seed}", "negative_prompt": "", "width": 8, "height": 8,
-            "recipe": {"name": "look", "version": 1, "family": "sd15", "steps": 4, "cfg": 5.0,
-                       "scheduler": "euler", "loras": [], "size": [8, 8], "seed": 0,
-                       "prompt": "a shoe", "negative_prompt": "",
-                       "checkpoint": {"name": "model.safetensors", "sha256": "a" * 64}},
-            "postprocess": {"logo": None}}
+    return {
+        "schema": 1,
+        "campaign": campaign,
+        "seed": seed,
+        "axes": {"seed": seed},
+        "prompt": f"a shoe, seed {seed}",
+        "negative_prompt": "",
+        "width": 8,
+        "height": 8,
+        "recipe": {
+            "name": "look",
+            "version": 1,
+            "family": "sd15",
+            "steps": 4,
+            "cfg": 5.0,
+            "scheduler": "euler",
+            "loras": [],
+            "size": [8, 8],
+            "seed": 0,
+            "prompt": "a shoe",
+            "negative_prompt": "",
+            "checkpoint": {"name": "model.safetensors", "sha256": "a" * 64},
+        },
+        "postprocess": {"logo": None},
+    }
 
 
-def add_render(ledger: Ledger, out: Path, run_id: str, spec: dict, *,
-               batch: tuple[str, ...] = ()) -> int:
+def add_render(
+    ledger: Ledger, out: Path, run_id: str, spec: dict, *, batch: tuple[str, ...] = ()
+) -> int:
     """A render row and its file, as the renderer writes them (file first, then the row)."""
     variant_id = sha256_json(spec)
     pixels = np.full((8, 8, 3), spec["seed"] % 256, dtype=np.uint8)
@@ -39,16 +58,33 @@ def add_render(ledger: Ledger, out: Path, run_id: str, spec: dict, *,
     relative = f"{spec['campaign']}/seed-{spec['seed']}.png"
     (out / relative).parent.mkdir(parents=True, exist_ok=True)
     (out / relative).write_bytes(data)
-    return ledger.add_render(RenderRecord(
-        run_id=run_id, variant_id=variant_id, campaign=spec["campaign"], recipe_name="look",
-        recipe_version=spec["recipe"]["version"], recipe_hash="c" * 64,
-        variant_json=json.dumps(spec, sort_keys=True, separators=(",", ":")),
-        seed=spec["seed"], axes=spec["axes"], prompt=spec["prompt"], width=8, height=8,
-        input_files=[{"role": "checkpoint", "path": str(out / "model.safetensors"),
-                      "sha256": "a" * 64}],
-        output_path=relative, output_sha256=sha256_bytes(data), output_bytes=len(data),
-        environment_hash=ledger.record_environment(ENVIRONMENT), scores={"clip_prompt": 0.3},
-        render_seconds=0.1, rerender_reason=None, batch=batch or (variant_id,)))
+    return ledger.add_render(
+        RenderRecord(
+            run_id=run_id,
+            variant_id=variant_id,
+            campaign=spec["campaign"],
+            recipe_name="look",
+            recipe_version=spec["recipe"]["version"],
+            recipe_hash="c" * 64,
+            variant_json=json.dumps(spec, sort_keys=True, separators=(",", ":")),
+            seed=spec["seed"],
+            axes=spec["axes"],
+            prompt=spec["prompt"],
+            width=8,
+            height=8,
+            input_files=[
+                {"role": "checkpoint", "path": str(out / "model.safetensors"), "sha256": "a" * 64}
+            ],
+            output_path=relative,
+            output_sha256=sha256_bytes(data),
+            output_bytes=len(data),
+            environment_hash=ledger.record_environment(ENVIRONMENT),
+            scores={"clip_prompt": 0.3},
+            render_seconds=0.1,
+            rerender_reason=None,
+            batch=batch or (variant_id,),
+        )
+    )
 
 
 ENVIRONMENT = {"device": "cpu", "threads": 2}
@@ -56,9 +92,14 @@ ENVIRONMENT = {"device": "cpu", "threads": 2}
 
 def start(ledger: Ledger, campaign: str, ids: list[str]) -> str:
     return ledger.start_run(
-        campaign=campaign, campaign_file=f"{campaign}.yaml", recipes=[("look", 1)],
-        executor="local", environment=ENVIRONMENT, variant_ids=ids,
-        to_render=set(ids))
+        campaign=campaign,
+        campaign_file=f"{campaign}.yaml",
+        recipes=[("look", 1)],
+        executor="local",
+        environment=ENVIRONMENT,
+        variant_ids=ids,
+        to_render=set(ids),
+    )
 
 
 @pytest.fixture
@@ -76,11 +117,15 @@ def populated(tmp_path) -> tuple[Path, dict[str, list[str]]]:
             for spec in specs:
                 render_id = add_render(ledger, out, run_id, spec, batch=tuple(ids[campaign]))
                 failed = spec["seed"] == 2
-                decisions.append(DecisionRecord(
-                    render_id=render_id, variant_id=sha256_json(spec),
-                    status="fail" if failed else "pass",
-                    reasons=["clip_prompt below 0.5"] if failed else [],
-                    scores={"clip_prompt": 0.3}))
+                decisions.append(
+                    DecisionRecord(
+                        render_id=render_id,
+                        variant_id=sha256_json(spec),
+                        status="fail" if failed else "pass",
+                        reasons=["clip_prompt below 0.5"] if failed else [],
+                        scores={"clip_prompt": 0.3},
+                    )
+                )
             ledger.record_gating(run_id, source="render", rules=[], decisions=decisions)
             ledger.finish_run(run_id, status="finished", rendered=len(specs), skipped=0)
     return out, ids
@@ -103,16 +148,20 @@ def test_migrations_are_numbered_and_upgrade_an_m001_ledger(tmp_path):
     m001_initial(db)
     db.execute("INSERT INTO migrations VALUES ('m001_initial', 'then')")
     db.execute("INSERT INTO environments VALUES ('e', '{}')")
-    db.execute("INSERT INTO runs (id, campaign, campaign_file, recipe_name, recipe_version, "
-               "executor, environment_hash, started_at, status, planned, thresholds_json) "
-               "VALUES ('r1', 'old', 'old.yaml', 'look', 1, 'local', 'e', '2026-01-01', "
-               "'passed', 1, '{}')")
-    db.execute("INSERT INTO renders (run_id, variant_id, campaign, recipe_name, recipe_version,"
-               " recipe_hash, variant_json, seed, axes_json, prompt, width, height, "
-               "input_files_json, output_path, output_sha256, output_bytes, environment_hash, "
-               "scores_json, gate_status, gate_reasons_json, render_seconds, created_at) "
-               "VALUES ('r1', 'abc', 'old', 'look', 1, 'h', '{}', 1, '{}', 'p', 8, 8, '[]', "
-               "'old/a.png', 's', 1, 'e', '{}', 'pass', '[]', 0.1, '2026-01-01')")
+    db.execute(
+        "INSERT INTO runs (id, campaign, campaign_file, recipe_name, recipe_version, "
+        "executor, environment_hash, started_at, status, planned, thresholds_json) "
+        "VALUES ('r1', 'old', 'old.yaml', 'look', 1, 'local', 'e', '2026-01-01', "
+        "'passed', 1, '{}')"
+    )
+    db.execute(
+        "INSERT INTO renders (run_id, variant_id, campaign, recipe_name, recipe_version,"
+        " recipe_hash, variant_json, seed, axes_json, prompt, width, height, "
+        "input_files_json, output_path, output_sha256, output_bytes, environment_hash, "
+        "scores_json, gate_status, gate_reasons_json, render_seconds, created_at) "
+        "VALUES ('r1', 'abc', 'old', 'look', 1, 'h', '{}', 1, '{}', 'p', 8, 8, '[]', "
+        "'old/a.png', 's', 1, 'e', '{}', 'pass', '[]', 0.1, '2026-01-01')"
+    )
     db.close()
     with Ledger(path) as ledger:
         applied = [row[0] for row in ledger.db.execute("SELECT name FROM migrations")]
@@ -145,7 +194,9 @@ def test_queries(populated):
         assert list(ledger.renders_of(first)[0].batch) == ids["spring"]
         assert set(ledger.variant_specs(ids["spring"])) == set(ids["spring"])
         assert ledger.environment(ledger.runs()[0].environment_hash) == {
-            "device": "cpu", "threads": 2}
+            "device": "cpu",
+            "threads": 2,
+        }
 
 
 def test_runs_left_running_are_marked_interrupted(populated):
@@ -169,15 +220,20 @@ def test_history_filters(populated):
     assert run_cli("history", "--out", out, "--since", "2999-01-01").stdout == ""
     today = run_cli("history", "--out", out, "--json").json()[0]["started_at"][:10]
     assert len(run_cli("history", "--out", out, "--until", today, "--json").json()) == 2
-    renders = run_cli("history", "--out", out, "--renders", "--recipe", "look@1",
-                      "--status", "fail", "--json")
+    renders = run_cli(
+        "history", "--out", out, "--renders", "--recipe", "look@1", "--status", "fail", "--json"
+    )
     assert renders.code == 0, renders.stderr
     assert [row["seed"] for row in renders.json()] == [2]
     assert "variant_json" not in renders.json()[0]
     listing = run_cli("history", "--out", out, "--renders", "--campaign", "autumn")
     assert listing.stdout.count("\n") == 1 and "autumn/seed-4.png" in listing.stdout
-    for bad in (["--status", "exploded"], ["--since", "last tuesday"],
-                ["--renders", "--status", "passed"], ["--recipe", "look@x", "--runs"]):
+    for bad in (
+        ["--status", "exploded"],
+        ["--since", "last tuesday"],
+        ["--renders", "--status", "passed"],
+        ["--recipe", "look@x", "--runs"],
+    ):
         result = run_cli("history", "--out", out, *bad)
         assert result.code == 2, bad
         assert "Traceback" not in result.stderr
@@ -188,8 +244,16 @@ def test_show_tells_everything_about_one_render(populated):
     variant_id = ids["spring"][1]
     text = run_cli("show", variant_id[:8], "--out", out)
     assert text.code == 0, text.stderr
-    for expected in (variant_id, "spring/seed-2.png", "look@1", "fail (clip_prompt below 0.5)",
-                     "model.safetensors", "[missing]", "threads", "batch        3 image(s)"):
+    for expected in (
+        variant_id,
+        "spring/seed-2.png",
+        "look@1",
+        "fail (clip_prompt below 0.5)",
+        "model.safetensors",
+        "[missing]",
+        "threads",
+        "batch        3 image(s)",
+    ):
         assert expected in text.stdout, expected
     details = run_cli("show", variant_id, "--out", out, "--json").json()
     assert details["variant"] == _spec("spring", 2)
@@ -208,9 +272,11 @@ def test_show_tells_everything_about_one_render(populated):
 
 def test_show_refuses_short_unknown_or_ambiguous_ids(populated, tmp_path):
     out, _ = populated
-    for bad, message in (("abc", "neither a render id nor an image"),
-                         ("ffffffffff", "no render with id"),
-                         ("0123456789", "no render with id")):
+    for bad, message in (
+        ("abc", "neither a render id nor an image"),
+        ("ffffffffff", "no render with id"),
+        ("0123456789", "no render with id"),
+    ):
         result = run_cli("show", bad, "--out", out)
         assert result.code == 2 and message in result.stderr, result.stderr
     assert run_cli("show", "abcdef", "--out", tmp_path / "nowhere").code == 2
@@ -230,7 +296,8 @@ def test_an_ambiguous_prefix_lists_the_candidates(populated):
                 "height, input_files_json, output_path, output_sha256, output_bytes, "
                 "environment_hash, scores_json, render_seconds, rerender_reason, created_at, "
                 "batch_json, embedding, steps_json FROM renders WHERE id = ?",
-                ("abcdef" + suffix * 58, row.id))
+                ("abcdef" + suffix * 58, row.id),
+            )
         with pytest.raises(InputError, match="ambiguous") as caught:
             resolve_variant_id(ledger, "ABCDEF")
         assert "abcdef1111111111…" in str(caught.value)

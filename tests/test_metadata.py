@@ -33,18 +33,31 @@ LORA_HASHES = (STYLE_SHA, BRAND_SHA)
 
 def _spec(**changes) -> dict:
     spec = {
-        "schema": 1, "campaign": "spring",
-        "recipe": {"name": "look", "version": 3, "family": "sd15",
-                   "checkpoint": {"name": "sd15.safetensors", "sha256": CHECKPOINT_SHA},
-                   "loras": [{"name": "lora-style.safetensors", "sha256": STYLE_SHA,
-                              "weight": 0.6},
-                             {"name": "lora-brand.safetensors", "sha256": BRAND_SHA,
-                              "weight": 0.8}],
-                   "scheduler": "dpmpp_2m_karras", "steps": 28, "cfg": 5.5, "size": [64, 64],
-                   "seed": 7, "prompt": "{{ product }}", "negative_prompt": "blurry"},
+        "schema": 1,
+        "campaign": "spring",
+        "recipe": {
+            "name": "look",
+            "version": 3,
+            "family": "sd15",
+            "checkpoint": {"name": "sd15.safetensors", "sha256": CHECKPOINT_SHA},
+            "loras": [
+                {"name": "lora-style.safetensors", "sha256": STYLE_SHA, "weight": 0.6},
+                {"name": "lora-brand.safetensors", "sha256": BRAND_SHA, "weight": 0.8},
+            ],
+            "scheduler": "dpmpp_2m_karras",
+            "steps": 28,
+            "cfg": 5.5,
+            "size": [64, 64],
+            "seed": 7,
+            "prompt": "{{ product }}",
+            "negative_prompt": "blurry",
+        },
         "axes": {"product": "trail runner, orange", "seed": 1},
-        "seed": 3272684508, "prompt": "a trail runner, orange, on a studio background",
-        "negative_prompt": "blurry, low quality", "width": 112, "height": 64,
+        "seed": 3272684508,
+        "prompt": "a trail runner, orange, on a studio background",
+        "negative_prompt": "blurry, low quality",
+        "width": 112,
+        "height": 64,
         "postprocess": {"logo": None},
     }
     spec.update(changes)
@@ -57,7 +70,7 @@ def typed(spec: dict) -> VariantSpec:
 
 def _png(spec: dict) -> bytes:
     pixels = np.random.default_rng(0).integers(0, 256, (spec["height"], spec["width"], 3))
-    hashes = LORA_HASHES[:len(spec["recipe"]["loras"])]
+    hashes = LORA_HASHES[: len(spec["recipe"]["loras"])]
     return encode_png(Image.fromarray(pixels.astype(np.uint8)), typed(spec), hashes)
 
 
@@ -69,7 +82,8 @@ def test_parameters_text_is_a1111s_exact_layout():
         "Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 5.5, Seed: 3272684508, Size: 112x64, "
         "Model hash: 93204beabe, Model: sd15, "
         'Lora hashes: "lora-style: 46e3cf0c0fc5, lora-brand: 921015bf54f0", '
-        f"Version: campaign-renderer {__version__}")
+        f"Version: campaign-renderer {__version__}"
+    )
 
 
 def test_parameters_without_negative_prompt_or_loras():
@@ -134,7 +148,11 @@ def test_a1111s_own_parser_reads_every_field():
     assert parsed["Prompt"].startswith(spec["prompt"] + " <lora:lora-style:0.6>")
     assert parsed["Negative prompt"] == spec["negative_prompt"]
     assert (parsed["Steps"], parsed["Sampler"], parsed["CFG scale"], parsed["Seed"]) == (
-        "28", "DPM++ 2M Karras", "5.5", "3272684508")
+        "28",
+        "DPM++ 2M Karras",
+        "5.5",
+        "3272684508",
+    )
     assert (parsed["Size-1"], parsed["Size-2"]) == ("112", "64")
     assert parsed["Model hash"] == "93204beabe" and parsed["Model"] == "sd15"
     assert parsed["Lora hashes"] == "lora-style: 46e3cf0c0fc5, lora-brand: 921015bf54f0"
@@ -149,8 +167,10 @@ def test_variant_json_hashes_to_its_id_and_source_type_is_declared():
     assert metadata["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
     photo = _spec()
     photo["recipe"]["img2img"] = {"image": "shoe.jpg", "strength": 0.5, "source_is_photo": True}
-    assert read_png_metadata(_png(photo))["digital_source_type"] == \
-        COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA
+    assert (
+        read_png_metadata(_png(photo))["digital_source_type"]
+        == COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA
+    )
 
 
 def test_same_spec_same_bytes_and_nothing_time_dependent():
@@ -166,8 +186,13 @@ def test_exiftool_reads_the_iptc_source_type_and_the_parameters(tmp_path):
     spec = _spec()
     path = tmp_path / "image.png"
     path.write_bytes(_png(spec))
-    done = subprocess.run(["exiftool", "-json", "-G1", str(path)], capture_output=True,
-                          text=True, timeout=60, check=True)
+    done = subprocess.run(
+        ["exiftool", "-json", "-G1", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     (tags,) = json.loads(done.stdout)
     assert tags["XMP-iptcExt:DigitalSourceType"] == TRAINED_ALGORITHMIC_MEDIA
     assert tags["XMP-dc:Description"] == spec["prompt"]

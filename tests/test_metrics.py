@@ -122,8 +122,9 @@ def test_missing_or_misplaced_logo_is_told_apart(scene):
     placement = LogoPlacement(anchor="bottom-right", margin=0.05, scale=0.25)
     expected = logo_box((320, 320), logo.size, placement)
     elsewhere = np.asarray(
-        overlay_logo(Image.fromarray(scene), logo,
-                     LogoPlacement(anchor="top-left", margin=0.05, scale=0.25))
+        overlay_logo(
+            Image.fromarray(scene), logo, LogoPlacement(anchor="top-left", margin=0.05, scale=0.25)
+        )
     )
 
     missing = logo_score(scene, logo, expected)

@@ -25,26 +25,49 @@ UMASK = 0o027
 
 def _render(campaign: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     """The real entry point under umask 027, as a studio's shared box might set it."""
-    command = [str(Path(sys.executable).parent / "campaign"), "render", str(campaign), "--out",
-               str(out), *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                          preexec_fn=lambda: os.umask(UMASK))
+    command = [
+        str(Path(sys.executable).parent / "campaign"),
+        "render",
+        str(campaign),
+        "--out",
+        str(out),
+        *extra,
+    ]
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        preexec_fn=lambda: os.umask(UMASK),
+    )
 
 
 def _recorded_files(out: Path) -> dict[str, tuple[str, int]]:
     """Every master and export the ledger records: sha256 and mtime of the file now."""
-    paths = [path for (path,) in ledger_rows(out, "SELECT output_path FROM renders UNION "
-                                                  "SELECT path FROM exports")]
-    return {path: (hashlib.sha256((out / path).read_bytes()).hexdigest(),
-                   (out / path).stat().st_mtime_ns) for path in paths}
+    paths = [
+        path
+        for (path,) in ledger_rows(
+            out, "SELECT output_path FROM renders UNION SELECT path FROM exports"
+        )
+    ]
+    return {
+        path: (
+            hashlib.sha256((out / path).read_bytes()).hexdigest(),
+            (out / path).stat().st_mtime_ns,
+        )
+        for path in paths
+    }
 
 
 def _tree(out: Path) -> dict[str, bytes]:
     """Every file but the ledger's (a reader checkpoints its WAL: same rows, other bytes)."""
-    return {path.relative_to(out).as_posix(): path.read_bytes()
-            for path in sorted(out.rglob("*"))
-            if path.is_file() and not path.name.startswith("ledger.sqlite")}
+    return {
+        path.relative_to(out).as_posix(): path.read_bytes()
+        for path in sorted(out.rglob("*"))
+        if path.is_file() and not path.name.startswith("ledger.sqlite")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +91,17 @@ def versions(tmp_path_factory, demo_models):
     return project, out, v1_files, v1_run, yaml.safe_load(second.stdout)
 
 
-def test_a_version_bump_renders_beside_the_old_version_and_v1_still_delivers(versions,
-                                                                             tmp_path):
+def test_a_version_bump_renders_beside_the_old_version_and_v1_still_delivers(versions, tmp_path):
     _, out, v1_files, v1_run, v2 = versions
     assert v2["counts"]["rendered"] == 2 and len(v1_files) == 4  # 2 masters, 2 exports
     # Every v1 master and export keeps its bytes and mtime; v2's sit beside them.
     assert {path: _recorded_files(out)[path] for path in v1_files} == v1_files
-    v2_paths = [path for (path,) in ledger_rows(
-        out, "SELECT output_path FROM renders WHERE run_id = ?", v2["run_id"])]
+    v2_paths = [
+        path
+        for (path,) in ledger_rows(
+            out, "SELECT output_path FROM renders WHERE run_id = ?", v2["run_id"]
+        )
+    ]
     assert all(path.startswith("ship/demo-sd15@2/") for path in v2_paths)
     assert all(path.startswith("ship/demo-sd15@1/") for path in v1_files)
     # v1 is still showable (its files intact) and deliverable once a person approves it.
@@ -83,8 +109,12 @@ def test_a_version_bump_renders_beside_the_old_version_and_v1_still_delivers(ver
     shown = run_cli("show", variant, "--out", out)
     assert shown.code == 0 and "altered" not in shown.stdout and "demo-sd15@1" in shown.stdout
     with Ledger(out / "ledger.sqlite") as ledger:
-        ledger.add_reviews([ReviewRecord(row.id, row.variant_id, row.output_sha256, "approve",
-                                         "ana", "") for row in ledger.run_rows(v1_run)])
+        ledger.add_reviews(
+            [
+                ReviewRecord(row.id, row.variant_id, row.output_sha256, "approve", "ana", "")
+                for row in ledger.run_rows(v1_run)
+            ]
+        )
     delivered = run_cli("deliver", v1_run, "--out", out, "--to", tmp_path / "v1", "--json")
     assert delivered.code == 0, delivered.stderr
     assert len(delivered.json()["delivery"]["files"]) == 2
@@ -137,8 +167,12 @@ def test_report_to_a_recorded_file_or_the_ledger_is_refused(versions, tmp_path):
     project, out, v1_files, *_ = versions
     before = _tree(out)
     master = next(path for path in v1_files if path.endswith(".png"))
-    for target in (out / "ledger.sqlite", out / master, project.campaign_path,
-                   out / "ledger.sqlite-wal"):
+    for target in (
+        out / "ledger.sqlite",
+        out / master,
+        project.campaign_path,
+        out / "ledger.sqlite-wal",
+    ):
         kept = target.read_bytes() if target.exists() else None
         refused = run_cli("report", "--out", out, "--to", target)
         assert refused.code == 2, (target, refused.stderr)
@@ -164,30 +198,40 @@ def test_reproduce_into_the_output_folder_is_refused_and_touches_nothing(version
 def test_reproduce_keeps_the_recorded_relative_path(versions, tmp_path):
     _, out, v1_files, *_ = versions
     master = next(path for path in v1_files if path.endswith(".png"))
-    variant = ledger_rows(out, "SELECT variant_id FROM renders WHERE output_path = ?",
-                          master)[0][0]
+    variant = ledger_rows(out, "SELECT variant_id FROM renders WHERE output_path = ?", master)[0][0]
     done = run_cli("reproduce", variant, "--out", out, "--into", tmp_path, "--json")
     assert done.code == 0, done.stderr
     assert done.json()["targets"][0]["reproduced"] == str(tmp_path / master)
 
 
-@pytest.mark.parametrize(("change", "said"), [
-    # Seed 1's master is exports/web/s2.png: seed 2's web export.
-    ({"output": "{{ 'exports/web/' if seed == 1 else '' }}s2"}, "two planned files share one path"),
-    ({"output": ".tmp-{{ product.sku }}-s{{ seed }}"}, "the prefix of temp files"),
-    ({"name": "trainings"}, "kept for trainings"),
-    ({"name": "reproduce"}, "kept for reproductions"),
-    ({"output": "/".join(["d" * 200] * 21) + "-{{ seed }}"}, "paths on this system take"),
-])
-def test_paths_no_render_could_write_are_refused_at_validate_and_plan(tmp_path, demo_models,
-                                                                      change, said):
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        # Seed 1's master is exports/web/s2.png: seed 2's web export.
+        (
+            {"output": "{{ 'exports/web/' if seed == 1 else '' }}s2"},
+            "two planned files share one path",
+        ),
+        ({"output": ".tmp-{{ product.sku }}-s{{ seed }}"}, "the prefix of temp files"),
+        ({"name": "trainings"}, "kept for trainings"),
+        ({"name": "reproduce"}, "kept for reproductions"),
+        ({"output": "/".join(["d" * 200] * 21) + "-{{ seed }}"}, "paths on this system take"),
+    ],
+)
+def test_paths_no_render_could_write_are_refused_at_validate_and_plan(
+    tmp_path, demo_models, change, said
+):
     project = small_project(tmp_path / "project", seeds=(1, 2), postprocess=True, name="ship")
-    project.campaign["postprocess"]["exports"] = {"default": [
-        {"name": "web", "width": 64, "height": 64, "format": "png"}]}
+    project.campaign["postprocess"]["exports"] = {
+        "default": [{"name": "web", "width": 64, "height": 64, "format": "png"}]
+    }
     project.campaign.update(change)
     path = project.write()
-    for command in (("validate", path), ("plan", path),
-                    ("render", path, "--out", tmp_path / "out")):
+    for command in (
+        ("validate", path),
+        ("plan", path),
+        ("render", path, "--out", tmp_path / "out"),
+    ):
         refused = run_cli(*command)
         assert refused.code == 2, (command, refused.stderr)
         assert said in refused.stderr and "Traceback" not in refused.stderr

@@ -106,8 +106,9 @@ def test_placement_flush_with_the_edge_leaves_a_story_safe_zone():
     assert not logo_in_safe_zone(inside, story, zone)  # the top 14 % is the app's
     assert not logo_in_safe_zone(outside, story, zone)
     assert logo_in_safe_zone(
-        logo_box(story, (40, 20), LogoPlacement(anchor="center", margin=0.0, scale=0.3)), story,
-        zone
+        logo_box(story, (40, 20), LogoPlacement(anchor="center", margin=0.0, scale=0.3)),
+        story,
+        zone,
     )
 
 

@@ -30,27 +30,39 @@ from .test_delivered_files import files_of
 pytestmark = pytest.mark.long  # a minute of renders: scheduled first
 
 BATCH = 2
-ROWS = ("SELECT variant_id, output_path, output_sha256, batch_json, scores_json, embedding, "
-        "rerender_reason FROM renders ORDER BY id")
-EXPORTS = ("SELECT renders.variant_id, name, path, sha256, bytes FROM exports "
-           "JOIN renders ON renders.id = exports.render_id ORDER BY renders.id, name")
-DECISIONS = ("SELECT renders.variant_id, current.status, current.reasons_json, "
-             "current.scores_json FROM current_decisions current "
-             "JOIN renders ON renders.id = current.render_id ORDER BY renders.variant_id")
+ROWS = (
+    "SELECT variant_id, output_path, output_sha256, batch_json, scores_json, embedding, "
+    "rerender_reason FROM renders ORDER BY id"
+)
+EXPORTS = (
+    "SELECT renders.variant_id, name, path, sha256, bytes FROM exports "
+    "JOIN renders ON renders.id = exports.render_id ORDER BY renders.id, name"
+)
+DECISIONS = (
+    "SELECT renders.variant_id, current.status, current.reasons_json, "
+    "current.scores_json FROM current_decisions current "
+    "JOIN renders ON renders.id = current.render_id ORDER BY renders.variant_id"
+)
 STEPS = "SELECT steps_json, render_seconds FROM renders ORDER BY id"
 
 
 def project_at(root: Path, *, pipeline: bool):
-    project = small_project(root, seeds=(1, 2, 3), backgrounds=("studio", "mountain"),
-                            batch_size=BATCH, postprocess=True)
+    project = small_project(
+        root,
+        seeds=(1, 2, 3),
+        backgrounds=("studio", "mountain"),
+        batch_size=BATCH,
+        postprocess=True,
+    )
     project.campaign["render"]["pipeline"] = pipeline
     project.write()
     return project
 
 
 def render(project, out: Path, log: list[str] | None = None):
-    return render_campaign(project.campaign_path, out, show_progress=False,
-                           log=(log if log is not None else []).append)
+    return render_campaign(
+        project.campaign_path, out, show_progress=False, log=(log if log is not None else []).append
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +87,9 @@ def test_pipelined_output_equals_the_serial_path(serial, tmp_path, one_thread):
     for query in (ROWS, EXPORTS, DECISIONS):
         assert ledger_rows(out, query) == ledger_rows(serial, query), query
     # Each image's seconds and step shares are there, step by step as in the serial path.
-    assert [step_names(row) for row in ledger_rows(out, STEPS)] == \
-        [step_names(row) for row in ledger_rows(serial, STEPS)]
+    assert [step_names(row) for row in ledger_rows(out, STEPS)] == [
+        step_names(row) for row in ledger_rows(serial, STEPS)
+    ]
     assert all(seconds > 0 for _, seconds in ledger_rows(out, STEPS))
 
 
@@ -91,8 +104,9 @@ def doomed_variant(project):
 
 
 @pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "serial"])
-def test_an_image_whose_postprocessing_raises_fails_alone(pipeline, serial, tmp_path,
-                                                         monkeypatch, one_thread):
+def test_an_image_whose_postprocessing_raises_fails_alone(
+    pipeline, serial, tmp_path, monkeypatch, one_thread
+):
     """One image's retouch raises: the run says which and fails (exit 3), every other image
     is committed once, the failed one has no file; the same command then renders it alone
     (beside its batch mate, re-rendered as a co-member) and the folder equals the serial
@@ -124,8 +138,13 @@ def test_an_image_whose_postprocessing_raises_fails_alone(pipeline, serial, tmp_
 
     # Resumed, it renders beside its batch mate (a co-member, done): the mate's finish
     # raising now loses only its comparison, the run passes and its file stays.
-    mate = next(variant for variant in cut_batches(make_plan(load_campaign(
-        project.campaign_path)).variants, {"sd15": BATCH})[1] if variant.id != doomed.id)
+    mate = next(
+        variant
+        for variant in cut_batches(
+            make_plan(load_campaign(project.campaign_path)).variants, {"sd15": BATCH}
+        )[1]
+        if variant.id != doomed.id
+    )
     mate_file = (out / mate.output_path).read_bytes()
 
     def mate_fails(image, spec, assets, faces):
@@ -138,8 +157,9 @@ def test_an_image_whose_postprocessing_raises_fails_alone(pipeline, serial, tmp_
     resumed = render(project, out, log)
     assert resumed.rendered == 1 and resumed.failed == 0
     assert any("co-members: 1 done image(s) render again" in line for line in log), log
-    assert any(line.startswith(f"co-member {mate.output_path}") and "not compared" in line
-               for line in log), log
+    assert any(
+        line.startswith(f"co-member {mate.output_path}") and "not compared" in line for line in log
+    ), log
     assert (out / mate.output_path).read_bytes() == mate_file
     rows = ledger_rows(out, "SELECT variant_id, COUNT(*) FROM renders GROUP BY variant_id")
     assert len(rows) == 6 and {count for _, count in rows} == {1}
@@ -148,10 +168,12 @@ def test_an_image_whose_postprocessing_raises_fails_alone(pipeline, serial, tmp_
     assert ledger_rows(out, by_variant) == ledger_rows(serial, by_variant)
 
 
-@pytest.mark.parametrize("fault", [RuntimeError("injected device fault"), KeyboardInterrupt()],
-                         ids=["error", "ctrl-c"])
-def test_a_render_that_raises_stops_after_the_batches_before_it(fault, serial, tmp_path,
-                                                               monkeypatch, one_thread):
+@pytest.mark.parametrize(
+    "fault", [RuntimeError("injected device fault"), KeyboardInterrupt()], ids=["error", "ctrl-c"]
+)
+def test_a_render_that_raises_stops_after_the_batches_before_it(
+    fault, serial, tmp_path, monkeypatch, one_thread
+):
     """The second batch's pipeline call raises, or Ctrl-C lands in it: the first batch
     (finishing meanwhile) is committed, as the serial path would have it, the third is
     neither rendered, written nor committed, and the run is recorded as stopped."""
@@ -167,8 +189,10 @@ def test_a_render_that_raises_stops_after_the_batches_before_it(fault, serial, t
         return real_call(self, pipe, arguments)
 
     monkeypatch.setattr(DiffusersRenderer, "_call", call)
-    with pytest.raises(KeyboardInterrupt if isinstance(fault, KeyboardInterrupt)
-                       else RenderFailure, match=str(fault) or None):
+    with pytest.raises(
+        KeyboardInterrupt if isinstance(fault, KeyboardInterrupt) else RenderFailure,
+        match=str(fault) or None,
+    ):
         render(project, tmp_path / "out")
     out = tmp_path / "out"
     assert len(calls) == 2
@@ -177,13 +201,15 @@ def test_a_render_that_raises_stops_after_the_batches_before_it(fault, serial, t
     first = [row[:3] for row in ledger_rows(serial, ROWS)][:BATCH]
     assert [row[:3] for row in ledger_rows(out, ROWS)] == first
     written = {path for _, path, _ in first} | {row[2] for row in ledger_rows(out, EXPORTS)}
-    assert files_of(out) == {path: data for path, data in files_of(serial).items()
-                             if path in written}
+    assert files_of(out) == {
+        path: data for path, data in files_of(serial).items() if path in written
+    }
     assert len(written) == 2 * BATCH  # a master and its export each
 
 
 def test_scoring_is_made_at_start_up_in_its_own_thread_and_its_error_fails_the_run(
-        tmp_path, monkeypatch, demo_models, one_thread):
+    tmp_path, monkeypatch, demo_models, one_thread
+):
     """The CLIP load runs off the calling thread; when it raises, the run stops with that
     error (exit 3) and writes no image."""
     import renderer.produce.worker as produce

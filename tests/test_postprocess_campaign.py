@@ -32,8 +32,9 @@ from .test_report_browser import chromium
 MODELS = REPO / "models" / "demo"
 BRAND = REPO / "campaigns" / "brands" / "kestrel"
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-HOSTILE = ("<script>window.__pwned=1;document.documentElement.setAttribute('data-pwned','1')"
-           "</script>")
+HOSTILE = (
+    "<script>window.__pwned=1;document.documentElement.setAttribute('data-pwned','1')</script>"
+)
 
 
 class Project:
@@ -43,9 +44,15 @@ class Project:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.recipe = {
-            "name": "pp", "version": 1, "family": "sd15",
+            "name": "pp",
+            "version": 1,
+            "family": "sd15",
             "checkpoint": {"path": str(MODELS / "sd15"), "sha256": sha256_path(MODELS / "sd15")},
-            "scheduler": "euler", "steps": 3, "cfg": 5.0, "size": [64, 64], "seed": 5,
+            "scheduler": "euler",
+            "steps": 3,
+            "cfg": 5.0,
+            "size": [64, 64],
+            "seed": 5,
             "prompt": "a {{ product }} on {{ background }}",
         }
         self.brand = yaml.safe_load((BRAND / "brand.yaml").read_text())
@@ -53,9 +60,13 @@ class Project:
         for ref in self.brand["references"]:
             ref["path"] = str(BRAND / ref["path"])
         self.campaign = {
-            "name": "pp", "recipe": "pp@1", "recipes_dir": "recipes", "brand": "brand.yaml",
+            "name": "pp",
+            "recipe": "pp@1",
+            "recipes_dir": "recipes",
+            "brand": "brand.yaml",
             "matrix": {"axes": {"product": ["kettle", "lamp"], "background": ["studio"]}},
-            "output": "{{ product }}-{{ background }}", "logo": True,
+            "output": "{{ product }}-{{ background }}",
+            "logo": True,
             "scoring": {"clip_model": str(MODELS / "clip")},
             "render": {"batch_size": 4},
         }
@@ -69,8 +80,9 @@ class Project:
         return path
 
     def render(self, out: str = "out"):
-        return render_campaign(self.write(), self.root / out, log=lambda _: None,
-                               show_progress=False)
+        return render_campaign(
+            self.write(), self.root / out, log=lambda _: None, show_progress=False
+        )
 
 
 def cli(capsys, *args) -> CliResult:
@@ -82,8 +94,11 @@ def cli(capsys, *args) -> CliResult:
 
 def decisions(out: Path) -> dict[str, tuple[str, list[str], dict]]:
     """The latest gate decision of each variant: status, reasons, scores."""
-    rows = ledger_rows(out, "SELECT variant_id, status, reasons_json, scores_json FROM "
-                       "gate_decisions WHERE gating_id = (SELECT MAX(id) FROM gatings)")
+    rows = ledger_rows(
+        out,
+        "SELECT variant_id, status, reasons_json, scores_json FROM "
+        "gate_decisions WHERE gating_id = (SELECT MAX(id) FROM gatings)",
+    )
     return {row[0]: (row[1], json.loads(row[2]), json.loads(row[3])) for row in rows}
 
 
@@ -94,22 +109,42 @@ def full(tmp_path_factory, demo_models):
     a prompt that tries to run a script in the report."""
     project = Project(tmp_path_factory.mktemp("full"))
     shutil.copy(FONT, project.root / "Brand.ttf")  # fonts-dejavu-core: make system-deps
-    project.brand["fonts"] = {"headline": {"path": str(project.root / "Brand.ttf")},
-                              "legal": {"path": str(project.root / "Brand.ttf")}}
-    project.brand["placement"] = {"default": {"anchor": "top-right", "margin": 0.05,
-                                              "scale": 0.25, "safe_zone": [0, 0.3, 1, 1]}}
-    project.brand["text"] = {"default": {"headline": {"box": [0.05, 0.35, 0.95, 0.6]},
-                                         "legal": {"box": [0.05, 0.78, 0.95, 0.98]}}}
+    project.brand["fonts"] = {
+        "headline": {"path": str(project.root / "Brand.ttf")},
+        "legal": {"path": str(project.root / "Brand.ttf")},
+    }
+    project.brand["placement"] = {
+        "default": {
+            "anchor": "top-right",
+            "margin": 0.05,
+            "scale": 0.25,
+            "safe_zone": [0, 0.3, 1, 1],
+        }
+    }
+    project.brand["text"] = {
+        "default": {
+            "headline": {"box": [0.05, 0.35, 0.95, 0.6]},
+            "legal": {"box": [0.05, 0.78, 0.95, 0.98]},
+        }
+    }
     project.recipe["prompt"] = HOSTILE + " a {{ product }}"
     project.campaign["postprocess"] = {
-        "retouch": [{"white_balance": {"strength": 0.8}}, {"exposure": {"target": 0.5}},
-                    {"brand_grade": {"strength": 0.4}}, {"denoise": {"strength": 4.0}},
-                    {"sharpen": {"amount": 0.6}}, {"skin_smoothing": {}}],
+        "retouch": [
+            {"white_balance": {"strength": 0.8}},
+            {"exposure": {"target": 0.5}},
+            {"brand_grade": {"strength": 0.4}},
+            {"denoise": {"strength": 4.0}},
+            {"sharpen": {"amount": 0.6}},
+            {"skin_smoothing": {}},
+        ],
         "text": {"headline": "{{ product | title }}", "legal": "Terms apply"},
-        "exports": {"default": [
-            {"name": "square", "width": 96, "height": 96, "format": "png"},
-            {"name": "story", "width": 54, "height": 96, "format": "jpeg", "quality": 80},
-            {"name": "banner", "width": 96, "height": 54, "format": "webp", "quality": 70}]},
+        "exports": {
+            "default": [
+                {"name": "square", "width": 96, "height": 96, "format": "png"},
+                {"name": "story", "width": 54, "height": 96, "format": "jpeg", "quality": 80},
+                {"name": "banner", "width": 96, "height": 54, "format": "webp", "quality": 70},
+            ]
+        },
         "upscale_exports": True,  # 96 px channels from the 64 px masters
     }
     project.campaign["report"] = {"grid": {"x": "product", "y": "background"}}
@@ -126,18 +161,28 @@ def test_a_logo_outside_its_safe_zone_fails_the_gate(full):
         assert scores["logo_in_safe_zone"] == 0.0 and scores["logo_match"] > 0.9
         assert any(reason.startswith("logo_in_safe_zone 0.000 < min 1.000") for reason in reasons)
     # Each render's current decision and the run's counts say the same.
-    assert {row[0] for row in ledger_rows(out, "SELECT status FROM current_decisions")} == \
-        {"fail"}
+    assert {row[0] for row in ledger_rows(out, "SELECT status FROM current_decisions")} == {"fail"}
     assert ledger_rows(out, "SELECT outcome, failed, review FROM run_summaries") == [
-        ("failed", 2, 0)]
+        ("failed", 2, 0)
+    ]
 
 
 def test_every_metric_is_scored_and_text_reads_at_wcag_contrast(full):
     project, _ = full
     for _, _, scores in decisions(project.root / "out").values():
-        assert {"clip_prompt", "clip_brand", "clip_brand_best", "palette_adherence",
-                "logo_match", "logo_in_place", "logo_in_safe_zone", "faces", "text_contrast",
-                "consistency", "consistency_z"} <= set(scores)
+        assert {
+            "clip_prompt",
+            "clip_brand",
+            "clip_brand_best",
+            "palette_adherence",
+            "logo_match",
+            "logo_in_place",
+            "logo_in_safe_zone",
+            "faces",
+            "text_contrast",
+            "consistency",
+            "consistency_z",
+        } <= set(scores)
         assert scores["clip_brand_best"] >= scores["clip_brand"] - 1e-6
         assert scores["text_contrast"] >= 4.5
 
@@ -146,8 +191,11 @@ def test_exports_have_their_sizes_formats_and_metadata(full):
     project, _ = full
     out = project.root / "out"
     renders = ledger_rows(out, "SELECT id, variant_id, output_path FROM renders")
-    exports = ledger_rows(out, "SELECT render_id, name, path, sha256, width, height, format "
-                          "FROM exports ORDER BY render_id, name")
+    exports = ledger_rows(
+        out,
+        "SELECT render_id, name, path, sha256, width, height, format "
+        "FROM exports ORDER BY render_id, name",
+    )
     assert len(exports) == 3 * len(renders)
     ids = {render_id: variant_id for render_id, variant_id, _ in renders}
     for render_id, name, path, sha256, width, height, fmt in exports:
@@ -167,16 +215,19 @@ def test_a_missing_export_is_rebuilt_from_its_master(full, tmp_path):
     project, _ = full
     out = shutil.copytree(project.root / "out", tmp_path / "out")
     (path, master) = ledger_rows(
-        out, "SELECT exports.path, renders.output_path FROM exports JOIN renders "
-        "ON renders.id = exports.render_id WHERE name = 'banner' LIMIT 1")[0]
+        out,
+        "SELECT exports.path, renders.output_path FROM exports JOIN renders "
+        "ON renders.id = exports.render_id WHERE name = 'banner' LIMIT 1",
+    )[0]
     export_bytes, master_bytes = (out / path).read_bytes(), (out / master).read_bytes()
     (out / path).unlink()
     summary = render_campaign(project.write(), out, log=lambda _: None, show_progress=False)
     assert (summary.rendered, summary.skipped) == (0, 2)  # nothing renders again
     assert (out / path).read_bytes() == export_bytes
     assert (out / master).read_bytes() == master_bytes
-    assert ledger_rows(out, "SELECT COUNT(*) FROM renders WHERE rerender_reason IS NOT NULL") \
-        == [(0,)]
+    assert ledger_rows(out, "SELECT COUNT(*) FROM renders WHERE rerender_reason IS NOT NULL") == [
+        (0,)
+    ]
 
 
 def test_campaign_gate_redecides_from_stored_scores_without_rendering(full, tmp_path, capsys):
@@ -184,21 +235,25 @@ def test_campaign_gate_redecides_from_stored_scores_without_rendering(full, tmp_
     out = shutil.copytree(project.root / "out", tmp_path / "out")
     renders = ledger_rows(out, "SELECT COUNT(*) FROM renders")
     # The logo rule dropped: everything passes; then a brand minimum nothing reaches.
-    relaxed = cli(capsys, "gate", summary.run_id, "--out", out, "--set", "logo_in_safe_zone=off",
-                  "--json")
+    relaxed = cli(
+        capsys, "gate", summary.run_id, "--out", out, "--set", "logo_in_safe_zone=off", "--json"
+    )
     assert relaxed.code == 0, relaxed.stderr
     assert relaxed.json()["counts"] == {"passed": 2, "review": 0, "failed": 0}
-    strict = cli(capsys, "gate", "--out", out, "--set", "logo_in_safe_zone=off",
-                 "--set", "clip_brand=0.99")
+    strict = cli(
+        capsys, "gate", "--out", out, "--set", "logo_in_safe_zone=off", "--set", "clip_brand=0.99"
+    )
     assert strict.code == 1, strict.stderr
     assert "0 passed, 0 to review, 2 failed" in strict.stderr
     for status, reasons, _ in decisions(out).values():
         assert status == "fail" and reasons[0].startswith("clip_brand ")
         assert not any("logo_in_safe_zone" in reason for reason in reasons)
     assert ledger_rows(out, "SELECT COUNT(*) FROM renders") == renders  # nothing rendered
-    assert ledger_rows(out, "SELECT source, passed, failed FROM gatings JOIN decision_counts "
-                       "ON gating_id = gatings.id ORDER BY id") == [
-        ("render", 0, 2), ("gate", 2, 0), ("gate", 0, 2)]
+    assert ledger_rows(
+        out,
+        "SELECT source, passed, failed FROM gatings JOIN decision_counts "
+        "ON gating_id = gatings.id ORDER BY id",
+    ) == [("render", 0, 2), ("gate", 2, 0), ("gate", 0, 2)]
     report = (out / "pp" / "reports" / f"{summary.run_id}.html").read_text()
     assert report.count('class="failed"') == 2 and "clip_brand" in report
     bad = cli(capsys, "gate", "--out", out, "--set", "beauty=0.5")
@@ -249,15 +304,21 @@ def test_the_real_report_in_chromium(full, tmp_path):
     assert fail_badge.sum() > 50
 
 
-def test_a_missing_logo_fails_logo_match_and_the_headline_comes_from_an_axis(tmp_path,
-                                                                            demo_models):
+def test_a_missing_logo_fails_logo_match_and_the_headline_comes_from_an_axis(tmp_path, demo_models):
     project = Project(tmp_path)
     project.campaign["logo"] = False  # the brand needs its logo: the gate says so
     project.campaign["gates"] = {"logo_match": {"min": 0.5}}
     project.campaign["matrix"] = {
-        "axes": {"product": ["kettle"], "background": ["studio"], "seed": [7],
-                 "language": ["en", "de"], "headline": ["Go further", "Weiter gehen"]},
-        "zip": [["language", "headline"]], "seed_axis": "seed"}
+        "axes": {
+            "product": ["kettle"],
+            "background": ["studio"],
+            "seed": [7],
+            "language": ["en", "de"],
+            "headline": ["Go further", "Weiter gehen"],
+        },
+        "zip": [["language", "headline"]],
+        "seed_axis": "seed",
+    }
     project.campaign["output"] = "{{ product }}-{{ language }}"
     project.campaign["postprocess"] = {"text": {"headline": "{{ headline }}"}}
     summary = project.render()
@@ -266,8 +327,10 @@ def test_a_missing_logo_fails_logo_match_and_the_headline_comes_from_an_axis(tmp
     for _, reasons, scores in decisions(out).values():
         assert scores["logo_match"] < 0.5
         assert reasons[0].startswith("logo_match ") and "logo missing or covered" in reasons[0]
-    images = {name: np.asarray(Image.open(out / "pp" / "pp@1" / f"kettle-{name}.png"),
-                               dtype=np.int16) for name in ("en", "de")}
+    images = {
+        name: np.asarray(Image.open(out / "pp" / "pp@1" / f"kettle-{name}.png"), dtype=np.int16)
+        for name in ("en", "de")
+    }
     # Same seed, same prompt: the same picture, except where the headline is set.
     left, top, right, bottom = 4, 3, 60, 19  # the default headline box at 64×64
     inside = np.abs(images["en"] - images["de"])[top:bottom, left:right]
@@ -323,28 +386,52 @@ def load_error(project: Project) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    ({"postprocess": {"retouch": [{"sharpn": {}}]}},
-     ("campaign.yaml:", "at postprocess.retouch[0].sharpn", "did you mean 'sharpen'")),
-    ({"postprocess": {"retouch": [{"sharpen": {"amount": 9}}]}},
-     ("at postprocess.retouch[0].sharpen.amount", "less than or equal to 5")),
-    ({"postprocess": {"retouch": [{"sharpen": {}, "denoise": {}}]}},
-     ("at postprocess.retouch[0]", "exactly one operation")),
-    ({"postprocess": {"text": {"headline": "{{ slogan }}"}}},
-     ("at postprocess.text.headline", "undefined name in template")),
-    ({"postprocess": {"text": {"headline": "a headline far too long to fit a box of sixty "
-                                           "four pixels in two lines"}}},
-     ("at postprocess.text.headline", "does not fit its box")),
-    ({"postprocess": {"exports": {"4:3x": [{"name": "a", "width": 8, "height": 8}]}}},
-     ("at postprocess.exports.4:3x", "not an aspect ratio")),
-    ({"gates": {"clip_brand": {"min": 0.9, "max": 0.5}}},
-     ("at gates.clip_brand.min", "min is above its max")),
-    ({"gates": {"text_contrast": {"min": 4.5}}}, ("at gates.text_contrast", "only with text")),
-    ({"report": {"grid": {"x": "product", "y": "colour"}}},
-     ("at report.grid.y", "'colour' is not an axis")),
-])
-def test_bad_post_process_settings_name_file_line_and_key(tmp_path, demo_models, change,
-                                                         expected):
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"postprocess": {"retouch": [{"sharpn": {}}]}},
+            ("campaign.yaml:", "at postprocess.retouch[0].sharpn", "did you mean 'sharpen'"),
+        ),
+        (
+            {"postprocess": {"retouch": [{"sharpen": {"amount": 9}}]}},
+            ("at postprocess.retouch[0].sharpen.amount", "less than or equal to 5"),
+        ),
+        (
+            {"postprocess": {"retouch": [{"sharpen": {}, "denoise": {}}]}},
+            ("at postprocess.retouch[0]", "exactly one operation"),
+        ),
+        (
+            {"postprocess": {"text": {"headline": "{{ slogan }}"}}},
+            ("at postprocess.text.headline", "undefined name in template"),
+        ),
+        (
+            {
+                "postprocess": {
+                    "text": {
+                        "headline": "a headline far too long to fit a box of sixty "
+                        "four pixels in two lines"
+                    }
+                }
+            },
+            ("at postprocess.text.headline", "does not fit its box"),
+        ),
+        (
+            {"postprocess": {"exports": {"4:3x": [{"name": "a", "width": 8, "height": 8}]}}},
+            ("at postprocess.exports.4:3x", "not an aspect ratio"),
+        ),
+        (
+            {"gates": {"clip_brand": {"min": 0.9, "max": 0.5}}},
+            ("at gates.clip_brand.min", "min is above its max"),
+        ),
+        ({"gates": {"text_contrast": {"min": 4.5}}}, ("at gates.text_contrast", "only with text")),
+        (
+            {"report": {"grid": {"x": "product", "y": "colour"}}},
+            ("at report.grid.y", "'colour' is not an axis"),
+        ),
+    ],
+)
+def test_bad_post_process_settings_name_file_line_and_key(tmp_path, demo_models, change, expected):
     project = Project(tmp_path)
     project.campaign.update(change)
     message = load_error(project)
@@ -363,17 +450,18 @@ def test_bad_brand_kit_boxes_name_their_key(tmp_path, demo_models):
     assert "not a font FreeType can read" in load_error(project)
 
 
-def test_unused_features_keep_ids_and_their_keys_enter_the_spec_when_used(tmp_path,
-                                                                        demo_models):
+def test_unused_features_keep_ids_and_their_keys_enter_the_spec_when_used(tmp_path, demo_models):
     project = Project(tmp_path)
     plain = make_plan(load_campaign(project.write())).variants
     assert set(plain[0].spec.to_json()["postprocess"]) == {"logo"}
     project.campaign["gates"] = {"faces": None, "logo_match": {"min": 0.9}}
     project.campaign["report"] = {"grid": {"x": "product", "y": "background"}}
-    assert [v.id for v in make_plan(load_campaign(project.write())).variants] == \
-        [v.id for v in plain]  # gates and report do not touch pixels
+    assert [v.id for v in make_plan(load_campaign(project.write())).variants] == [
+        v.id for v in plain
+    ]  # gates and report do not touch pixels
     project.campaign["postprocess"] = {"retouch": [{"sharpen": {}}]}
     sharpened = make_plan(load_campaign(project.write())).variants
     assert sharpened[0].spec.to_json()["postprocess"]["retouch"] == [
-        {"op": "sharpen", "amount": 0.8, "radius": 1.5, "threshold": 3}]
+        {"op": "sharpen", "amount": 0.8, "radius": 1.5, "threshold": 3}
+    ]
     assert {v.id for v in sharpened}.isdisjoint(v.id for v in plain)

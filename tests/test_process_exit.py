@@ -33,27 +33,38 @@ def run_entry_point(tmp_path: Path, body: str) -> subprocess.CompletedProcess[st
         cli.main = main
         cli.run()
         """).replace("{body}", textwrap.indent(textwrap.dedent(body), "    "))
-    environment = {name: value for name, value in os.environ.items()
-                   if name != "PYTHONUNBUFFERED"}  # buffered, as a user's shell has it
-    return subprocess.run([sys.executable, "-c", script, str(tmp_path / "marks")], cwd=REPO,
-                          capture_output=True, text=True, timeout=120,
-                          env={**environment, "PYTHONPATH": str(REPO)})
+    environment = {
+        name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"
+    }  # buffered, as a user's shell has it
+    return subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "marks")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**environment, "PYTHONPATH": str(REPO)},
+    )
 
 
 @pytest.mark.parametrize("status", [0, 1, 3])
 def test_the_exit_status_is_mains_and_all_output_is_flushed(tmp_path, status):
-    done = run_entry_point(tmp_path, f"""
+    done = run_entry_point(
+        tmp_path,
+        f"""
         sys.stdout.write("x" * 200_000)  # more than a pipe holds: flushed at the very end
         sys.stderr.write("last words")
         return {status}
-        """)
+        """,
+    )
     assert done.returncode == status
     assert done.stdout == "x" * 200_000
     assert done.stderr == "last words"
 
 
 def test_threads_are_joined_and_atexit_handlers_run_before_the_process_ends(tmp_path):
-    done = run_entry_point(tmp_path, """
+    done = run_entry_point(
+        tmp_path,
+        """
         def late():
             time.sleep(0.5)
             with MARKS.open("a") as marks:
@@ -62,7 +73,8 @@ def test_threads_are_joined_and_atexit_handlers_run_before_the_process_ends(tmp_
         atexit.register(lambda: MARKS.open("a").write("atexit\\n"))
         threading.Thread(target=late).start()
         return 0
-        """)
+        """,
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "marks").read_text().splitlines() == ["thread", "atexit"]
 

@@ -34,18 +34,37 @@ def ca_chain(tmp_path_factory) -> tuple[C2paSigner, bytes]:
 
 
 def _spec(**postprocess) -> VariantSpec:
-    return VariantSpec.from_json({
-        "schema": 1, "campaign": "c", "axes": {}, "postprocess": {"logo": None, **postprocess},
-        "recipe": {"name": "r", "version": 1, "family": "sd15",
-                   "checkpoint": {"name": "m.safetensors", "sha256": "a" * 64}, "loras": [],
-                   "steps": 4, "scheduler": "euler", "cfg": 5.0, "size": [16, 16], "seed": 1,
-                   "prompt": "a shoe", "negative_prompt": ""},
-        "seed": 1, "width": 16, "height": 16, "prompt": "a shoe", "negative_prompt": ""})
+    return VariantSpec.from_json(
+        {
+            "schema": 1,
+            "campaign": "c",
+            "axes": {},
+            "postprocess": {"logo": None, **postprocess},
+            "recipe": {
+                "name": "r",
+                "version": 1,
+                "family": "sd15",
+                "checkpoint": {"name": "m.safetensors", "sha256": "a" * 64},
+                "loras": [],
+                "steps": 4,
+                "scheduler": "euler",
+                "cfg": 5.0,
+                "size": [16, 16],
+                "seed": 1,
+                "prompt": "a shoe",
+                "negative_prompt": "",
+            },
+            "seed": 1,
+            "width": 16,
+            "height": 16,
+            "prompt": "a shoe",
+            "negative_prompt": "",
+        }
+    )
 
 
 def _pixels() -> Image.Image:
-    return Image.fromarray(np.random.default_rng(1).integers(0, 256, (16, 16, 3))
-                           .astype(np.uint8))
+    return Image.fromarray(np.random.default_rng(1).integers(0, 256, (16, 16, 3)).astype(np.uint8))
 
 
 def _png() -> bytes:
@@ -68,8 +87,9 @@ def test_signed_manifest_declares_ai_made_and_validates_offline(ca_chain):
     # Without the CA as an anchor it is still valid, but not trusted.
     untrusted = read_c2pa(signed)
     assert untrusted["validation_state"] != "Trusted"
-    assert any(status["code"] == "signingCredential.untrusted"
-               for status in untrusted["validation_status"])
+    assert any(
+        status["code"] == "signingCredential.untrusted" for status in untrusted["validation_status"]
+    )
 
 
 def test_tampered_pixels_fail_validation(ca_chain):
@@ -84,12 +104,18 @@ def test_tampered_pixels_fail_validation(ca_chain):
 @pytest.mark.parametrize("image_format", ["png", "jpeg", "webp"])
 def test_every_format_is_signed_with_the_actions_its_spec_took(ca_chain, image_format):
     signer, ca = ca_chain
-    spec_json = _spec(retouch=[{"op": "sharpen", "amount": 0.5, "radius": 1.0,
-                                "threshold": 0}]).to_json()
-    spec_json["recipe"]["loras"] = [{"name": "style.safetensors", "sha256": LORA_SHA,
-                                     "weight": 0.6}]
-    spec_json["recipe"]["inpaint"] = {"image": "shot.jpg", "strength": 0.9,
-                                      "source_is_photo": True, "region": [0, 0.5, 1, 1]}
+    spec_json = _spec(
+        retouch=[{"op": "sharpen", "amount": 0.5, "radius": 1.0, "threshold": 0}]
+    ).to_json()
+    spec_json["recipe"]["loras"] = [
+        {"name": "style.safetensors", "sha256": LORA_SHA, "weight": 0.6}
+    ]
+    spec_json["recipe"]["inpaint"] = {
+        "image": "shot.jpg",
+        "strength": 0.9,
+        "source_is_photo": True,
+        "region": [0, 0.5, 1, 1],
+    }
     spec = VariantSpec.from_json(spec_json)
     metadata, xmp = file_metadata(spec, ["c" * 64])
     export = ExportSpec(name="feed", width=12, height=16, format=image_format)
@@ -103,8 +129,9 @@ def test_every_format_is_signed_with_the_actions_its_spec_took(ca_chain, image_f
     assert created["digitalSourceType"] == COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA
     assert created["softwareAgent"] == SOFTWARE
     assert created["parameters"]["checkpoint"] == {"name": "m.safetensors", "sha256": "a" * 64}
-    assert created["parameters"]["loras"] == [{"name": "style.safetensors", "sha256": LORA_SHA,
-                                               "weight": 0.6}]
+    assert created["parameters"]["loras"] == [
+        {"name": "style.safetensors", "sha256": LORA_SHA, "weight": 0.6}
+    ]
     assert inpaint["description"].startswith("inpainting")
     assert retouch["description"] == "retouch: sharpen"
     assert "16x16 to 12x16" in resized["description"]

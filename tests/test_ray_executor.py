@@ -21,8 +21,9 @@ from .conftest import CAMPAIGN_BIN, REPO, ledger_rows, pngs, run_cli
 pytestmark = pytest.mark.long
 
 DEMO = REPO / "campaigns" / "demo.yaml"
-ROW_COLUMNS = ("variant_id, output_path, output_sha256, seed, current.status, "
-               "renders.scores_json, batch_json")
+ROW_COLUMNS = (
+    "variant_id, output_path, output_sha256, seed, current.status, renders.scores_json, batch_json"
+)
 
 
 @pytest.fixture
@@ -38,34 +39,38 @@ def ray_env(monkeypatch):
 def test_ray_output_equals_the_local_executor_byte_for_byte(tmp_path, demo_models, ray_env):
     local = run_cli("render", DEMO, "--out", tmp_path / "local")
     assert local.code == 0, local.stderr
-    distributed = run_cli("render", DEMO, "--out", tmp_path / "ray", "--executor", "ray",
-                          "--json")
+    distributed = run_cli("render", DEMO, "--out", tmp_path / "ray", "--executor", "ray", "--json")
     assert distributed.code == 0, distributed.stderr
     assert "ray: 2 worker(s)" in distributed.stderr
     assert distributed.json()["counts"]["rendered"] == 36
     local_pngs, ray_pngs = pngs(tmp_path / "local" / "demo"), pngs(tmp_path / "ray" / "demo")
     assert len(ray_pngs) == 36 and ray_pngs == local_pngs
-    query = (f"SELECT {ROW_COLUMNS} FROM renders JOIN current_decisions current "
-             "ON current.render_id = renders.id ORDER BY variant_id")
+    query = (
+        f"SELECT {ROW_COLUMNS} FROM renders JOIN current_decisions current "
+        "ON current.render_id = renders.id ORDER BY variant_id"
+    )
     assert ledger_rows(tmp_path / "ray", query) == ledger_rows(tmp_path / "local", query)
     (executor,) = ledger_rows(tmp_path / "ray", "SELECT executor FROM runs")[0]
     assert executor == "ray"
 
 
-def test_a_killed_actor_is_replaced_and_every_variant_renders_once(tmp_path, demo_models,
-                                                                  ray_env):
+def test_a_killed_actor_is_replaced_and_every_variant_renders_once(tmp_path, demo_models, ray_env):
     campaign = yaml.safe_load(DEMO.read_text())
-    campaign.update(recipes_dir=str(REPO / "recipes"),
-                    brand=str(REPO / "campaigns" / campaign["brand"]))
+    campaign.update(
+        recipes_dir=str(REPO / "recipes"), brand=str(REPO / "campaigns" / campaign["brand"])
+    )
     campaign["scoring"]["clip_model"] = str(demo_models / "clip")
     campaign["render"]["batch_size"] = 2  # 18 batches: time to kill a worker mid-run
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(campaign, sort_keys=False))
     out = tmp_path / "out"
-    process = subprocess.Popen([str(CAMPAIGN_BIN), "render", str(path), "--out", str(out),
-                                "--executor", "ray"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process = subprocess.Popen(
+        [str(CAMPAIGN_BIN), "render", str(path), "--out", str(out), "--executor", "ray"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         killed = kill_a_worker_after_first_commit(out / "ledger.sqlite", process)
         _, stderr = process.communicate(timeout=300)
@@ -83,8 +88,11 @@ def kill_a_worker_after_first_commit(ledger: Path, process: subprocess.Popen) ->
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         if ledger.exists() and _committed(ledger) >= 2:
-            workers = [p for p in psutil.process_iter(["cmdline"])
-                       if any("ray::RenderWorker" in part for part in p.info["cmdline"] or [])]
+            workers = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if any("ray::RenderWorker" in part for part in p.info["cmdline"] or [])
+            ]
             busy = [p for p in workers if any(".produce" in part for part in p.info["cmdline"])]
             for worker in (busy or workers)[:1]:
                 worker.send_signal(signal.SIGKILL)

@@ -67,29 +67,30 @@ def test_the_recipe_axis_combines_like_any_axis(demo_models):
     # One coordinate, one seed, whatever the recipe (same base seed in the three recipes).
     seeds = {}
     for variant in variants:
-        key = json.dumps({k: v for k, v in variant.axes.items() if k != "recipe"},
-                         sort_keys=True)
+        key = json.dumps({k: v for k, v in variant.axes.items() if k != "recipe"}, sort_keys=True)
         seeds.setdefault(key, set()).add(variant.seed)
     assert all(len(found) == 1 for found in seeds.values())
 
 
 def test_sizes_follow_each_family_multiple(tmp_path, demo_models):
-    path = compare_variant(tmp_path, **{"size": {"axis": "aspect", "short_side": 72},
-                                        "matrix.axes.aspect": ["9:16"]})
+    path = compare_variant(
+        tmp_path, **{"size": {"axis": "aspect", "short_side": 72}, "matrix.axes.aspect": ["9:16"]}
+    )
     widths = {v.spec.recipe.family: v.width for v in make_plan(load_campaign(path)).variants}
     assert widths["sd15"] == 72 and widths["flux"] % SIZE_MULTIPLE["flux"] == 0
     assert widths["flux"] != 72  # 72 is no multiple of 16: Flux snaps to its own grid
 
 
 def test_adding_a_recipe_keeps_every_id_and_batch(tmp_path, demo_models):
-    two = make_plan(load_campaign(compare_variant(tmp_path, **{
-        "matrix.axes.recipe": list(RECIPES[:2])}))).variants
+    two = make_plan(
+        load_campaign(compare_variant(tmp_path, **{"matrix.axes.recipe": list(RECIPES[:2])}))
+    ).variants
     three = make_plan(load_campaign(COMPARE)).variants
     assert {v.id for v in two} < {v.id for v in three}
     sizes = {"sd15": 4, "sdxl": 4, "flux": 4}
     old = [tuple(v.id for v in batch) for batch in cut_batches(two, sizes)]
     new = [tuple(v.id for v in batch) for batch in cut_batches(three, sizes)]
-    assert old == new[:len(old)]  # the added recipe's batches come after, apart
+    assert old == new[: len(old)]  # the added recipe's batches come after, apart
 
 
 def test_plan_estimates_each_recipe(demo_models):
@@ -99,8 +100,10 @@ def test_plan_estimates_each_recipe(demo_models):
     assert [entry["recipe"] for entry in data["recipes"]] == list(RECIPES)
     assert sum(entry["variants"] for entry in data["recipes"]) == data["total"] == 18
     for gpu, total in ((e["gpu"], e["hours"]) for e in data["estimates"]):
-        parts = [next(e["hours"] for e in entry["estimates"] if e["gpu"] == gpu)
-                 for entry in data["recipes"]]
+        parts = [
+            next(e["hours"] for e in entry["estimates"] if e["gpu"] == gpu)
+            for entry in data["recipes"]
+        ]
         assert sum(parts) == pytest.approx(total)
     text = run_cli("plan", COMPARE.relative_to(REPO)).stdout
     assert "demo-sd15@1 (6)" in text and "demo-flux@1 (6)" in text and "all" in text
@@ -139,11 +142,19 @@ def compared(tmp_path_factory, demo_models):
     """compare-families rendered without Flux, then as shipped, into one folder."""
     root = tmp_path_factory.mktemp("compare")
     out = root / "out"
-    first = run_cli("render", compare_variant(root, **{"matrix.axes.recipe": list(RECIPES[:2])}),
-                    "--out", out, "--json")
+    first = run_cli(
+        "render",
+        compare_variant(root, **{"matrix.axes.recipe": list(RECIPES[:2])}),
+        "--out",
+        out,
+        "--json",
+    )
     assert first.code == 0, first.stderr
-    before = {path: path.read_bytes() for path in sorted(out.rglob("*"))
-              if path.suffix in (".png", ".jpg") and "report" not in path.parent.name}
+    before = {
+        path: path.read_bytes()
+        for path in sorted(out.rglob("*"))
+        if path.suffix in (".png", ".jpg") and "report" not in path.parent.name
+    }
     second = run_cli("render", COMPARE.relative_to(REPO), "--out", out, "--json")
     assert second.code == 0, second.stderr
     return out, first, second, before
@@ -153,12 +164,18 @@ def test_each_recipe_loads_once_and_renders_together(compared):
     out, first, second, _ = compared
     loads = [line for line in first.stderr.splitlines() if line.startswith("loaded ")]
     assert [line.split()[1] for line in loads] == ["sd15", "sdxl"]
-    assert [line.split()[1] for line in second.stderr.splitlines()
-            if line.startswith("loaded ")] == ["flux"]
+    assert [
+        line.split()[1] for line in second.stderr.splitlines() if line.startswith("loaded ")
+    ] == ["flux"]
     # A recipe's renders are all committed before the next recipe's first one.
-    order = [name for (name,) in ledger_rows(
-        out, "SELECT recipe_name FROM renders WHERE run_id = ? ORDER BY id",
-        first.json()["run_id"])]
+    order = [
+        name
+        for (name,) in ledger_rows(
+            out,
+            "SELECT recipe_name FROM renders WHERE run_id = ? ORDER BY id",
+            first.json()["run_id"],
+        )
+    ]
     assert order == sorted(order, key=["demo-sd15", "demo-sdxl"].index)
 
 
@@ -168,10 +185,18 @@ def test_adding_a_recipe_leaves_what_was_rendered(compared):
     counts = second.json()["counts"]
     assert (counts["rendered"], counts["skipped"]) == (6, 12)
     assert {path: path.read_bytes() for path in before} == before
-    first_ids = {row[0] for row in ledger_rows(
-        out, "SELECT variant_id FROM run_variants WHERE run_id = ?", first.json()["run_id"])}
-    second_ids = {row[0] for row in ledger_rows(
-        out, "SELECT variant_id FROM run_variants WHERE run_id = ?", second.json()["run_id"])}
+    first_ids = {
+        row[0]
+        for row in ledger_rows(
+            out, "SELECT variant_id FROM run_variants WHERE run_id = ?", first.json()["run_id"]
+        )
+    }
+    second_ids = {
+        row[0]
+        for row in ledger_rows(
+            out, "SELECT variant_id FROM run_variants WHERE run_id = ?", second.json()["run_id"]
+        )
+    }
     assert first_ids < second_ids and len(second_ids - first_ids) == 6
 
 
@@ -210,17 +235,21 @@ def test_report_and_history_know_the_recipes(compared):
     assert len(grids) == 2  # one per aspect ratio
     runs = run_cli("history", "--out", out, "--json").json()
     assert [run["recipes"] for run in runs] == [list(RECIPES), list(RECIPES[:2])]
-    flux_runs = run_cli("history", "--out", out, "--runs", "--recipe", "demo-flux@1",
-                        "--json").json()
+    flux_runs = run_cli(
+        "history", "--out", out, "--runs", "--recipe", "demo-flux@1", "--json"
+    ).json()
     assert [run["id"] for run in flux_runs] == [second.json()["run_id"]]
-    assert len(run_cli("history", "--out", out, "--runs", "--recipe", "demo-sd15",
-                       "--json").json()) == 2
+    assert (
+        len(run_cli("history", "--out", out, "--runs", "--recipe", "demo-sd15", "--json").json())
+        == 2
+    )
 
 
 def test_a_variant_of_any_recipe_reproduces(compared, tmp_path):
     out, _, _, _ = compared
-    (variant,) = ledger_rows(out, "SELECT variant_id FROM renders WHERE recipe_name = "
-                             "'demo-sdxl' ORDER BY id LIMIT 1")[0]
+    (variant,) = ledger_rows(
+        out, "SELECT variant_id FROM renders WHERE recipe_name = 'demo-sdxl' ORDER BY id LIMIT 1"
+    )[0]
     result = run_cli("reproduce", variant, "--out", out, "--into", tmp_path, "--json")
     assert result.code == 0, result.stdout + result.stderr
     (outcome,) = result.json()["targets"]

@@ -88,8 +88,12 @@ def test_zip_include_exclude_and_overrides(project):
     matrix["axes"]["seed"] = [1, 2, 3]
     matrix["zip"] = [["background", "seed"]]
     matrix["exclude"] = [{"product": {"sku": "KR-202"}}]
-    extra = {"product": {"name": "tent", "sku": "KR-404", "colour": "green"},
-             "background": "forest", "aspect": "1:1", "seed": 9}
+    extra = {
+        "product": {"name": "tent", "sku": "KR-404", "colour": "green"},
+        "background": "forest",
+        "aspect": "1:1",
+        "seed": 9,
+    }
     matrix["include"] = [extra]
     project.campaign["overrides"] = [
         {"when": {"aspect": "16:9"}, "set": {"steps": 5, "cfg": 3.0}},
@@ -108,7 +112,8 @@ def test_zip_include_exclude_and_overrides(project):
 
 def test_lora_weight_override_reaches_the_variant_metadata(project):
     project.campaign["overrides"] = [
-        {"when": {"product": {"sku": "KR-101"}}, "set": {"lora_weights": {"lora-style": 1.5}}}]
+        {"when": {"product": {"sku": "KR-101"}}, "set": {"lora_weights": {"lora-style": 1.5}}}
+    ]
     variants = plan_json(project)
     result = run_cli("plan", project.campaign_path, "--json")
     assert result.code == 0
@@ -145,14 +150,17 @@ def test_sample_is_deterministic_and_stable_as_the_matrix_grows(project):
     assert sorted(grown)[:1] <= sorted(first)[:1]
 
 
-@pytest.mark.parametrize(("aspect", "short", "pixels", "multiple", "expected"), [
-    ("1:1", 64, None, 8, (64, 64)),
-    ("9:16", 64, None, 8, (64, 112)),
-    ("16:9", 64, None, 8, (112, 64)),
-    ("9:16", None, 1024 * 1024, 8, (768, 1368)),
-    ("16:9", None, 1024 * 1024, 16, (1360, 768)),
-    ("4:5", None, 512 * 512, 16, (464, 576)),
-])
+@pytest.mark.parametrize(
+    ("aspect", "short", "pixels", "multiple", "expected"),
+    [
+        ("1:1", 64, None, 8, (64, 64)),
+        ("9:16", 64, None, 8, (64, 112)),
+        ("16:9", 64, None, 8, (112, 64)),
+        ("9:16", None, 1024 * 1024, 8, (768, 1368)),
+        ("16:9", None, 1024 * 1024, 16, (1360, 768)),
+        ("4:5", None, 512 * 512, 16, (464, 576)),
+    ],
+)
 def test_sizes_from_aspect_ratio(aspect, short, pixels, multiple, expected):
     size = size_for_aspect(aspect, short_side=short, pixels=pixels, multiple=multiple)
     assert size == expected
@@ -164,8 +172,9 @@ def test_plan_prints_a_table_and_an_estimate(project):
     assert result.code == 0
     assert "36 variants, recipe demo-sd15@1 (sd15); estimated GPU time and cost:" in result.stdout
     assert "A100-80GB" in result.stdout and "$" in result.stdout
-    estimates = {e["gpu"]: e for e in run_cli("plan", project.campaign_path, "--json")
-                 .json()["estimates"]}
+    estimates = {
+        e["gpu"]: e for e in run_cli("plan", project.campaign_path, "--json").json()["estimates"]
+    }
     # 12 images at 64×64 and 24 at 64×112 against 512², 8 of 30 steps, 1.0 s on an A100.
     pixels = (12 * 64 * 64 + 24 * 64 * 112) / (512 * 512)
     assert estimates["A100-80GB"]["hours"] * 3600 == pytest.approx(pixels * 8 / 30)
@@ -177,14 +186,21 @@ def test_plan_prints_a_table_and_an_estimate(project):
 
 def test_an_sdxl_lora_on_an_sd15_recipe_is_refused_before_loading(project, tmp_path):
     lora = tmp_path / "sdxl-lora.safetensors"
-    save_file({"lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight":
-               torch.zeros(4, 64)}, lora)
-    project.recipe["loras"].append({"path": str(lora), "sha256": sha256_path(lora),
-                                    "weight": 1.0})
+    save_file(
+        {
+            "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(
+                4, 64
+            )
+        },
+        lora,
+    )
+    project.recipe["loras"].append({"path": str(lora), "sha256": sha256_path(lora), "weight": 1.0})
     result = run_cli("validate", project.write())
     assert result.code == 2
-    assert "at loras[2].path: LoRA sdxl-lora.safetensors does not fit this sd15 recipe: " \
-           "it is an SDXL LoRA" in result.stderr
+    assert (
+        "at loras[2].path: LoRA sdxl-lora.safetensors does not fit this sd15 recipe: "
+        "it is an SDXL LoRA" in result.stderr
+    )
 
 
 # ---------------------------------------------------------------- versions
@@ -207,8 +223,9 @@ def test_history_lists_recipe_versions_and_diffs_them(project):
     diff = run_cli("history", "--out", out, "--recipe", "demo-sd15", "--diff", "1", "2")
     assert '-  "cfg": 6.0,' in diff.stdout and '+  "cfg": 4.5,' in diff.stdout
     assert '-  "version": 1' in diff.stdout
-    versions = json.loads(run_cli("history", "--out", out, "--recipe", "demo-sd15",
-                                  "--json").stdout)
+    versions = json.loads(
+        run_cli("history", "--out", out, "--recipe", "demo-sd15", "--json").stdout
+    )
     assert [v["version"] for v in versions] == [1, 2]
     assert Path(out / "ledger.sqlite").is_file()
 
@@ -228,8 +245,10 @@ def test_clip_model_by_folder_or_by_open_clip_name(project):
     assert pickle.code == 2 and "CLIP weights must be a .safetensors file" in pickle.stderr
     scoring["clip_pretrained"] = "weights/clip.safetensors"
     missing = run_cli("validate", project.write())
-    assert missing.code == 2 and "at scoring.clip_pretrained: referenced file not found" \
-        in missing.stderr
+    assert (
+        missing.code == 2
+        and "at scoring.clip_pretrained: referenced file not found" in missing.stderr
+    )
     del scoring["clip_pretrained"]  # architecture only: random weights, nothing downloaded
     assert run_cli("validate", project.write()).code == 0
 

@@ -61,8 +61,9 @@ def renderer(demo_models) -> DiffusersRenderer:
 def render(renderer: DiffusersRenderer, scratch: Scratch) -> list[np.ndarray]:
     """The scratch campaign's variants through the renderer seam, as one batch."""
     plan = make_plan(load_campaign(scratch.write()))
-    images = renderer.render_batch([variant.spec for variant in plan.variants],
-                                   plan.campaign.files())
+    images = renderer.render_batch(
+        [variant.spec for variant in plan.variants], plan.campaign.files()
+    )
     return [np.asarray(image.convert("RGB"), dtype=np.int16) for image in images]
 
 
@@ -99,28 +100,34 @@ def test_a_refined_spec_reads_back_to_the_same_id_call_and_metadata():
         assert render_call([again]) == render_call([variant.spec])
         assert batch_key(again) == batch_key(variant.spec)
         lora_hashes = ["0123456789ab"] * len(again.recipe.loras)  # from files: not the spec
-        assert a1111_parameters(again, lora_hashes) == a1111_parameters(variant.spec,
-                                                                        lora_hashes)
+        assert a1111_parameters(again, lora_hashes) == a1111_parameters(variant.spec, lora_hashes)
     refine = json.loads(plan.variants[0].spec_json)["recipe"]["refine"]
-    assert refine["hires"] == {"factor": 2.0, "upscaler": "latent", "denoise": 0.5, "steps": 8,
-                               "seed_offset": 0}
+    assert refine["hires"] == {
+        "factor": 2.0,
+        "upscaler": "latent",
+        "denoise": 0.5,
+        "steps": 8,
+        "seed_offset": 0,
+    }
     assert json.loads(plan.variants[0].spec_json)["refine_prompts"] == {
-        "refine.detail.0.prompt": "a detailed face, Kestrel campaign"}
+        "refine.detail.0.prompt": "a detailed face, Kestrel campaign"
+    }
 
 
 # ---------------------------------------------------------------- hires
 
 
-def test_hires_enlarges_to_its_size_and_denoise_0_keeps_the_upscaled_image(renderer,
-                                                                            tmp_path):
+def test_hires_enlarges_to_its_size_and_denoise_0_keeps_the_upscaled_image(renderer, tmp_path):
     scratch = Scratch(tmp_path)
     plain = render(renderer, scratch)
-    scratch.recipe["refine"] = {"hires": {"size": [2 * SIZE, 0], "upscaler": "lanczos",
-                                          "denoise": 0.0}}
+    scratch.recipe["refine"] = {
+        "hires": {"size": [2 * SIZE, 0], "upscaler": "lanczos", "denoise": 0.0}
+    }
     kept = render(renderer, scratch)
     for image, base in zip(kept, plain, strict=True):
-        enlarged = Image.fromarray(base.astype(np.uint8)).resize((2 * SIZE, 2 * SIZE),
-                                                                  Image.Resampling.LANCZOS)
+        enlarged = Image.fromarray(base.astype(np.uint8)).resize(
+            (2 * SIZE, 2 * SIZE), Image.Resampling.LANCZOS
+        )
         assert np.array_equal(image, np.asarray(enlarged, dtype=np.int16))
     scratch.recipe["refine"]["hires"]["denoise"] = 0.5
     denoised = render(renderer, scratch)
@@ -145,10 +152,10 @@ def test_latent_hires_denoises_the_enlarged_latents(renderer, tmp_path):
 def test_a_refiner_switching_in_at_1_is_no_refiner(renderer, tmp_path):
     scratch = Scratch(tmp_path, "sdxl")
     plain = render(renderer, scratch)
-    scratch.recipe["refine"] = {"refiner": {"checkpoint": Scratch.model("sdxl-refiner"),
-                                            "switch_at": 1.0}}
-    assert all(np.array_equal(a, b) for a, b in zip(render(renderer, scratch), plain,
-                                                    strict=True))
+    scratch.recipe["refine"] = {
+        "refiner": {"checkpoint": Scratch.model("sdxl-refiner"), "switch_at": 1.0}
+    }
+    assert all(np.array_equal(a, b) for a, b in zip(render(renderer, scratch), plain, strict=True))
     loads = renderer.loads
     scratch.recipe["refine"]["refiner"]["switch_at"] = 0.25  # 3 of the 4 steps
     refined = render(renderer, scratch)
@@ -160,8 +167,7 @@ def test_a_refiner_switching_in_at_1_is_no_refiner(renderer, tmp_path):
 # ---------------------------------------------------------------- upscale
 
 
-def test_the_tiled_upscaler_equals_the_untiled_one_away_from_the_overlaps(renderer,
-                                                                           tmp_path):
+def test_the_tiled_upscaler_equals_the_untiled_one_away_from_the_overlaps(renderer, tmp_path):
     scratch = Scratch(tmp_path)
     scratch.recipe["size"] = [112, 80]
     upscaler = Scratch.model("upscaler-x2.safetensors")
@@ -192,8 +198,7 @@ def draw_faces(self, call, files, *, hand_to=None):
     return [Image.fromarray(FACE) for _ in call.seeds]
 
 
-def test_a_detailer_repaints_inside_its_feathered_region_only(renderer, tmp_path,
-                                                              monkeypatch):
+def test_a_detailer_repaints_inside_its_feathered_region_only(renderer, tmp_path, monkeypatch):
     monkeypatch.setattr(DiffusersRenderer, "base_pass", draw_faces)
     calls = []  # images per pipeline call: with the base pass drawn, only the detailer's
     original = DiffusersRenderer._call
@@ -206,15 +211,16 @@ def test_a_detailer_repaints_inside_its_feathered_region_only(renderer, tmp_path
     scratch = Scratch(tmp_path)
     scratch.recipe["size"] = [2 * SIZE, 2 * SIZE]
     feather = 4
-    scratch.recipe["refine"] = {"detail": [{"detect": "faces", "strength": 0.6, "padding": 8,
-                                            "feather": feather}]}
+    scratch.recipe["refine"] = {
+        "detail": [{"detect": "faces", "strength": 0.6, "padding": 8, "feather": feather}]
+    }
     detailed = render(renderer, scratch)
     assert calls == [2]  # the two variants' crops in one inpaint call
-    (left, top, right, bottom), = detect_faces(FACE)
+    ((left, top, right, bottom),) = detect_faces(FACE)
     inside = np.zeros(FACE.shape[:2], bool)
     inside[top:bottom, left:right] = True
     reach = np.zeros(FACE.shape[:2], bool)
-    reach[max(0, top - feather):bottom + feather, max(0, left - feather):right + feather] = True
+    reach[max(0, top - feather) : bottom + feather, max(0, left - feather) : right + feather] = True
     assert not reach.all()
     for image in detailed:
         change = np.abs(image - FACE.astype(np.int16))
@@ -227,8 +233,7 @@ def test_a_detailer_without_a_face_changes_nothing(renderer, tmp_path):
     plain = render(renderer, scratch)
     assert not any(detect_faces(image.astype(np.uint8)) for image in plain)
     scratch.recipe["refine"] = {"detail": [{"detect": "faces", "strength": 0.6}]}
-    assert all(np.array_equal(a, b) for a, b in zip(render(renderer, scratch), plain,
-                                                    strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(render(renderer, scratch), plain, strict=True))
 
 
 def test_a_mask_detailer_repaints_the_blobs_of_its_mask(renderer, tmp_path):
@@ -237,9 +242,18 @@ def test_a_mask_detailer_repaints_the_blobs_of_its_mask(renderer, tmp_path):
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[8:24, 36:56] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    scratch.recipe["refine"] = {"detail": [{"detect": "mask", "mask": "mask.png",
-                                            "prompt": "a {{ product }} label", "feather": 2,
-                                            "padding": 4, "strength": 0.8}]}
+    scratch.recipe["refine"] = {
+        "detail": [
+            {
+                "detect": "mask",
+                "mask": "mask.png",
+                "prompt": "a {{ product }} label",
+                "feather": 2,
+                "padding": 4,
+                "strength": 0.8,
+            }
+        ]
+    }
     detailed = render(renderer, scratch)
     reach = np.zeros((SIZE, SIZE), bool)
     reach[6:26, 34:58] = True
@@ -258,8 +272,9 @@ def test_latent_hires_then_a_mask_detailer_on_every_family(renderer, tmp_path, f
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[8:24, 36:56] = 255  # at the render size; the detailer scales it to the image's
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    scratch.recipe["refine"]["detail"] = [{"detect": "mask", "mask": "mask.png", "feather": 2,
-                                           "padding": 8, "strength": 0.8}]
+    scratch.recipe["refine"]["detail"] = [
+        {"detect": "mask", "mask": "mask.png", "feather": 2, "padding": 8, "strength": 0.8}
+    ]
     detailed = render(renderer, scratch)
     reach = np.zeros((2 * SIZE, 2 * SIZE), bool)
     reach[14:50, 70:114] = True
@@ -280,15 +295,18 @@ def refined(tmp_path_factory, demo_models) -> tuple[Path, Path, dict]:
     recipe = yaml.safe_load((REPO / "recipes" / "demo-sd15-refine.yaml").read_text())
     for ref in [recipe["checkpoint"], *recipe["loras"]]:
         ref["path"] = str((REPO / "recipes" / ref["path"]).resolve())
-    recipe["checkpoint"]["config"] = str((REPO / "recipes" / recipe["checkpoint"]["config"])
-                                         .resolve())
+    recipe["checkpoint"]["config"] = str(
+        (REPO / "recipes" / recipe["checkpoint"]["config"]).resolve()
+    )
     campaign = yaml.safe_load((REPO / "campaigns" / "demo-refine.yaml").read_text())
     campaign["brand"] = str(REPO / "campaigns" / campaign["brand"])
-    campaign["scoring"]["clip_model"] = str((REPO / "campaigns" / campaign["scoring"]
-                                             ["clip_model"]).resolve())
+    campaign["scoring"]["clip_model"] = str(
+        (REPO / "campaigns" / campaign["scoring"]["clip_model"]).resolve()
+    )
     axes = campaign["matrix"]["axes"]
-    axes.update(product=axes["product"][:2], background=["studio"], aspect=["1:1", "9:16"],
-                seed=[1])
+    axes.update(
+        product=axes["product"][:2], background=["studio"], aspect=["1:1", "9:16"], seed=[1]
+    )
     (root / "recipes").mkdir()
     (root / "recipes" / "demo-sd15-refine.yaml").write_text(yaml.safe_dump(recipe))
     path = root / "campaign.yaml"
@@ -312,31 +330,51 @@ def test_the_refined_masters_have_the_delivery_size_and_say_how_they_were_made(r
         assert size == ((128, 128) if "1x1" in output_path else (128, 224))
         fields = read_png_metadata(data)["parameters"]
         assert fields["Size"] in ("64x64", "64x112")  # A1111's Size is the first pass's
-        assert (fields["Denoising strength"], fields["Hires upscale"], fields["Hires steps"],
-                fields["Hires upscaler"]) == ("0.5", "2", "8", "Latent")
-        assert (fields["ADetailer model"], fields["ADetailer prompt"],
-                fields["ADetailer denoising strength"]) == (
-            "faces", "a detailed face, Kestrel campaign", "0.4")
+        assert (
+            fields["Denoising strength"],
+            fields["Hires upscale"],
+            fields["Hires steps"],
+            fields["Hires upscaler"],
+        ) == ("0.5", "2", "8", "Latent")
+        assert (
+            fields["ADetailer model"],
+            fields["ADetailer prompt"],
+            fields["ADetailer denoising strength"],
+        ) == ("faces", "a detailed face, Kestrel campaign", "0.4")
         history = read_png_metadata(data)["history"]
         assert [event.split(":")[0] for event in history] == ["base", "hires", "detail"]
         assert history[1] == f"hires: Latent to {size[0]}x{size[1]}, denoise 0.5"
         assert [step["step"] for step in json.loads(steps)] == [
-            "base", "hires", "detail", "postprocess", "score", "write"]
+            "base",
+            "hires",
+            "detail",
+            "postprocess",
+            "score",
+            "write",
+        ]
         assert all(step["seconds"] >= 0 for step in json.loads(steps))
 
 
 def test_exports_are_cut_from_the_refined_master(refined):
     path, out, campaign = refined
     lora_hashes = LoraHashes(load_campaign(path).files().path)
-    rows = ledger_rows(out, "SELECT r.output_path, r.variant_json, e.name, e.path, e.width, "
-                       "e.height FROM exports e JOIN renders r ON r.id = e.render_id")
+    rows = ledger_rows(
+        out,
+        "SELECT r.output_path, r.variant_json, e.name, e.path, e.width, "
+        "e.height FROM exports e JOIN renders r ON r.id = e.render_id",
+    )
     assert len(rows) == 4
-    specs = {spec["name"]: spec for specs in campaign["postprocess"]["exports"].values()
-             for spec in specs}
+    specs = {
+        spec["name"]: spec
+        for specs in campaign["postprocess"]["exports"].values()
+        for spec in specs
+    }
     for output_path, variant_json, name, export_path, width, height in rows:
         spec = VariantSpec.from_json(variant_json)
-        again = {export.name: data for export, data in
-                 exports_of_master(out / output_path, spec, lora_hashes.of(spec))}
+        again = {
+            export.name: data
+            for export, data in exports_of_master(out / output_path, spec, lora_hashes.of(spec))
+        }
         assert again[name] == (out / export_path).read_bytes()
         assert (width, height) == (specs[name]["width"], specs[name]["height"])
 
@@ -373,25 +411,39 @@ def test_adding_refine_without_a_version_bump_is_refused(tmp_path, capsys, demo_
 # ---------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize(("refine", "expected"), [
-    ({"refiner": {"checkpoint": "sdxl-refiner"}}, ("at refine.refiner", "an SDXL model")),
-    ({"hires": {"factor": 2, "size": [128, 0]}}, ("at refine.hires", "exactly one of")),
-    ({"hires": {"size": [128, 96]}}, ("at refine.hires.size", "base aspect")),
-    ({"hires": {"factor": 2, "upscaler": "model"}}, ("at refine.hires.upscaler",
-                                                     "goes with a model file")),
-    ({"upscale": {"model": "lora-style.safetensors"}}, ("at refine.upscale.model.path",
-                                                        "not an upscaler spandrel knows")),
-    ({"upscale": {"model": "upscaler-x2.safetensors", "tile": 50, "overlap": 8}},
-     ("at refine.upscale.model", "multiples of 4")),
-    ({"upscale": {"model": "upscaler-x2.safetensors", "tile": 48, "overlap": 24}},
-     ("at refine.upscale.overlap", "0 to 23 pixels")),
-    ({"detail": [{"detect": "mask"}]}, ("at refine.detail[0].detect", "mask template")),
-    ({"detail": [{"detect": "product"}]}, ("at refine.detail[0].detect", "inpaint mask")),
-    ({"detail": [{"checkpoint": "sd15"}]}, ("at refine.detail[0].checkpoint.path",
-                                            "an inpainting one")),
-])
-def test_bad_refine_blocks_are_refused_before_any_model_loads(tmp_path, capsys, demo_models,
-                                                              refine, expected):
+@pytest.mark.parametrize(
+    ("refine", "expected"),
+    [
+        ({"refiner": {"checkpoint": "sdxl-refiner"}}, ("at refine.refiner", "an SDXL model")),
+        ({"hires": {"factor": 2, "size": [128, 0]}}, ("at refine.hires", "exactly one of")),
+        ({"hires": {"size": [128, 96]}}, ("at refine.hires.size", "base aspect")),
+        (
+            {"hires": {"factor": 2, "upscaler": "model"}},
+            ("at refine.hires.upscaler", "goes with a model file"),
+        ),
+        (
+            {"upscale": {"model": "lora-style.safetensors"}},
+            ("at refine.upscale.model.path", "not an upscaler spandrel knows"),
+        ),
+        (
+            {"upscale": {"model": "upscaler-x2.safetensors", "tile": 50, "overlap": 8}},
+            ("at refine.upscale.model", "multiples of 4"),
+        ),
+        (
+            {"upscale": {"model": "upscaler-x2.safetensors", "tile": 48, "overlap": 24}},
+            ("at refine.upscale.overlap", "0 to 23 pixels"),
+        ),
+        ({"detail": [{"detect": "mask"}]}, ("at refine.detail[0].detect", "mask template")),
+        ({"detail": [{"detect": "product"}]}, ("at refine.detail[0].detect", "inpaint mask")),
+        (
+            {"detail": [{"checkpoint": "sd15"}]},
+            ("at refine.detail[0].checkpoint.path", "an inpainting one"),
+        ),
+    ],
+)
+def test_bad_refine_blocks_are_refused_before_any_model_loads(
+    tmp_path, capsys, demo_models, refine, expected
+):
     for block in [refine.get("refiner"), refine.get("upscale"), *refine.get("detail", [])]:
         for key in ("checkpoint", "model"):
             if block and key in block:
@@ -410,16 +462,18 @@ def test_a_pickle_upscaler_is_refused(tmp_path, capsys, demo_models):
     shutil.copyfile(REPO / "models" / "demo" / "upscaler-x2.safetensors", pickle)
     scratch = Scratch(tmp_path)
     scratch.recipe["allow_pickle"] = True  # still: the upscaler loader reads .safetensors only
-    scratch.recipe["refine"] = {"upscale": {"model": {"path": str(pickle),
-                                                      "sha256": sha256_path(pickle)}}}
+    scratch.recipe["refine"] = {
+        "upscale": {"model": {"path": str(pickle), "sha256": sha256_path(pickle)}}
+    }
     result = in_process(capsys, "validate", scratch.write())
     assert result.code == 2 and "must be a .safetensors file" in result.stderr
 
 
 def test_an_export_larger_than_the_master_needs_upscale_exports(tmp_path, capsys, demo_models):
     scratch = Scratch(tmp_path)
-    scratch.campaign["postprocess"] = {"exports": {"default": [
-        {"name": "web", "width": 96, "height": 96}]}}
+    scratch.campaign["postprocess"] = {
+        "exports": {"default": [{"name": "web", "width": 96, "height": 96}]}
+    }
     result = in_process(capsys, "validate", scratch.write())
     assert result.code == 2
     assert "at postprocess.exports.default[0]" in result.stderr

@@ -46,8 +46,9 @@ def run_in_process(capsys, *args) -> CliResult:
 
 
 def _rows(out: Path) -> list[tuple]:
-    return ledger_rows(out, "SELECT variant_id, output_path, output_sha256, batch_json "
-                       "FROM renders ORDER BY id")
+    return ledger_rows(
+        out, "SELECT variant_id, output_path, output_sha256, batch_json FROM renders ORDER BY id"
+    )
 
 
 def test_every_row_records_its_batch(rendered):
@@ -75,13 +76,13 @@ def test_reproduce_one_render_gives_identical_bytes(rendered):
 
 def test_reproduce_a_whole_run(rendered, tmp_path, capsys):
     _, out, summary = rendered
-    result = run_in_process(capsys, "reproduce", "--run", summary["run_id"], "--out", out,
-                     "--into", tmp_path / "again")
+    result = run_in_process(
+        capsys, "reproduce", "--run", summary["run_id"], "--out", out, "--into", tmp_path / "again"
+    )
     assert result.code == 0, result.stdout + result.stderr
     assert result.stdout.count("IDENTICAL: identical bytes") == 3
     for _, output_path, _, _ in _rows(out):
-        assert (tmp_path / "again" / output_path).read_bytes() == \
-            (out / output_path).read_bytes()
+        assert (tmp_path / "again" / output_path).read_bytes() == (out / output_path).read_bytes()
 
 
 def test_an_altered_lora_is_named_with_both_hashes_and_nothing_renders(rendered, tmp_path):
@@ -90,8 +91,9 @@ def test_an_altered_lora_is_named_with_both_hashes_and_nothing_renders(rendered,
     lora = root / "models" / "lora-style.safetensors"
     original = lora.read_bytes()
     recorded = ledger_rows(out, "SELECT input_files_json FROM renders LIMIT 1")[0][0]
-    (recorded_sha,) = [entry["sha256"] for entry in json.loads(recorded)
-                       if entry["path"] == str(lora)]
+    (recorded_sha,) = [
+        entry["sha256"] for entry in json.loads(recorded) if entry["path"] == str(lora)
+    ]
     try:
         lora.write_bytes(original + b"\0")
         altered_sha = hashlib.sha256(original + b"\0").hexdigest()
@@ -111,8 +113,7 @@ def test_a_missing_input_file_is_named(rendered, tmp_path):
     hidden = lora.with_suffix(".away")
     lora.rename(hidden)
     try:
-        result = run_cli("reproduce", variant_id, "--out", out, "--json",
-                         "--into", tmp_path / "r")
+        result = run_cli("reproduce", variant_id, "--out", out, "--json", "--into", tmp_path / "r")
     finally:
         hidden.rename(lora)
     assert result.code == 1
@@ -121,8 +122,7 @@ def test_a_missing_input_file_is_named(rendered, tmp_path):
     assert "lora lora-brand.safetensors is missing" in outcome["input_problems"][0]
 
 
-def test_reproduce_from_an_image_without_a_ledger_re_forms_its_batch(rendered, tmp_path,
-                                                                     capsys):
+def test_reproduce_from_an_image_without_a_ledger_re_forms_its_batch(rendered, tmp_path, capsys):
     """Only the PNG: its campaign_render names its batch of three, so it renders beside the
     other two again (the first of the batch: on the reference machine, rendered alone it
     moves by 1/255) and gives the same bytes, at its recorded path; files are found by name
@@ -130,15 +130,27 @@ def test_reproduce_from_an_image_without_a_ledger_re_forms_its_batch(rendered, t
     root, out, _ = rendered
     _, output_path, _, _ = _rows(out)[0]
     image = shutil.copy(out / output_path, tmp_path / "deliverable.png")
-    result = run_in_process(capsys, "reproduce", image, "--out", tmp_path / "elsewhere",
-                            "--json", "--search", REPO / "models" / "demo", "--search",
-                            root / "models", "--search", REPO / "campaigns" / "brands")
+    result = run_in_process(
+        capsys,
+        "reproduce",
+        image,
+        "--out",
+        tmp_path / "elsewhere",
+        "--json",
+        "--search",
+        REPO / "models" / "demo",
+        "--search",
+        root / "models",
+        "--search",
+        REPO / "campaigns" / "brands",
+    )
     assert result.code == 0, result.stdout + result.stderr
     (outcome,) = result.json()["targets"]
     assert outcome["status"] == "identical", outcome
     assert "rendering 3 image(s) for 1 target(s)" in result.stderr
     assert outcome["environment_differences"] == [
-        "environment not recorded (reproducing from image metadata)"]
+        "environment not recorded (reproducing from image metadata)"
+    ]
     assert Path(outcome["reproduced"]) == tmp_path / "elsewhere" / "reproduce" / output_path
 
 
@@ -156,18 +168,32 @@ def _with_render_context(image: Path, edit: Callable[[dict], None], dest: Path) 
     return dest
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda context: context.update(output_name="../../outside"),
-     "output_name: Value error, output name '../../outside': it is not a plain relative path"),
-    (lambda context: context["batch"][1].update(differs={"seed": 7}),
-     "member 1 of the image's campaign_render batch: the stored variant JSON does not hash"),
-    (lambda context: context.update(options={"compile": True}),
-     "options: Value error, compile: not a render option that changes pixels"),
-    (lambda context: context.update(options={"storage_dtype": "int4"}),
-     "options.storage_dtype: Input should be 'float8_e4m3fn' or 'float8_e5m2'"),
-    (lambda context: context.update(batch=context["batch"][1:]),
-     "the image's campaign_render batch must list its own variant"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda context: context.update(output_name="../../outside"),
+            "output_name: Value error, output name '../../outside': it is not a plain "
+            "relative path",
+        ),
+        (
+            lambda context: context["batch"][1].update(differs={"seed": 7}),
+            "member 1 of the image's campaign_render batch: the stored variant JSON does not hash",
+        ),
+        (
+            lambda context: context.update(options={"compile": True}),
+            "options: Value error, compile: not a render option that changes pixels",
+        ),
+        (
+            lambda context: context.update(options={"storage_dtype": "int4"}),
+            "options.storage_dtype: Input should be 'float8_e4m3fn' or 'float8_e5m2'",
+        ),
+        (
+            lambda context: context.update(batch=context["batch"][1:]),
+            "the image's campaign_render batch must list its own variant",
+        ),
+    ],
+)
 def test_an_edited_render_context_is_bad_input(rendered, tmp_path, edit, message):
     """campaign_render is untrusted input, checked by its schema and each member's id: an
     edit exits 2 naming the bad value, before anything loads."""
@@ -205,23 +231,40 @@ def test_ssim_is_one_for_equal_images_and_drops_with_noise():
 
 
 def test_environment_differences_name_the_input():
-    recorded = {"packages": {"torch": "2.14.1"}, "threads": 2, "device": "cpu",
-                "options": {"device": "auto"}}
-    current = {"packages": {"torch": "2.15.0"}, "threads": 2, "device": "cpu",
-               "options": {"device": "cpu"}}
+    recorded = {
+        "packages": {"torch": "2.14.1"},
+        "threads": 2,
+        "device": "cpu",
+        "options": {"device": "auto"},
+    }
+    current = {
+        "packages": {"torch": "2.15.0"},
+        "threads": 2,
+        "device": "cpu",
+        "options": {"device": "cpu"},
+    }
     assert environment_differences(recorded, current) == [
-        "packages.torch: 2.14.1 (recorded) -> 2.15.0 (now)"]
+        "packages.torch: 2.14.1 (recorded) -> 2.15.0 (now)"
+    ]
     assert environment_differences(recorded, recorded) == []
 
 
 def test_spec_files_finds_every_named_file_and_finder_checks_hashes(tmp_path):
-    spec = {"recipe": {"name": "r", "checkpoint": {"name": "a.safetensors", "sha256": "1" * 64},
-                       "loras": [{"name": "b.safetensors", "sha256": "2" * 64, "weight": 1}]},
-            "images": {"controlnets.0.image": {"name": "pose.png", "sha256": "3" * 64}},
-            "postprocess": {"logo": {"name": "logo.png", "sha256": "4" * 64, "scale": 0.2}}}
+    spec = {
+        "recipe": {
+            "name": "r",
+            "checkpoint": {"name": "a.safetensors", "sha256": "1" * 64},
+            "loras": [{"name": "b.safetensors", "sha256": "2" * 64, "weight": 1}],
+        },
+        "images": {"controlnets.0.image": {"name": "pose.png", "sha256": "3" * 64}},
+        "postprocess": {"logo": {"name": "logo.png", "sha256": "4" * 64, "scale": 0.2}},
+    }
     assert [key for key, _, _ in spec_files(spec)] == [
-        ("recipe", "checkpoint"), ("recipe", "loras", 0), ("images", "controlnets.0.image"),
-        ("postprocess", "logo")]
+        ("recipe", "checkpoint"),
+        ("recipe", "loras", 0),
+        ("images", "controlnets.0.image"),
+        ("postprocess", "logo"),
+    ]
     (tmp_path / "deep").mkdir()
     (tmp_path / "deep" / "pose.png").write_bytes(b"pose")
     finder = FileFinder([], [tmp_path])
@@ -236,20 +279,26 @@ def test_spec_files_finds_every_named_file_and_finder_checks_hashes(tmp_path):
 
 def test_a_render_context_rebuilds_each_member_and_stays_bounded():
     own = {"seed": 1, "prompt": "a shoe", "axes": {"product": {"name": "shoe", "on": True}}}
-    mates = [("a" * 64, own),
-             ("b" * 64, {"seed": 2, "prompt": "a shoe", "axes": {"product": {"name": "shoe",
-                                                                              "on": 1}}}),
-             ("c" * 64, {"seed": 3, "prompt": "a coat", "axes": {"product": {"name": "coat",
-                                                                              "on": True}}})]
-    context = render_context("KR-101/studio-s1", own, mates, {"storage_dtype": None,
-                                                              "dtype": "float16"}, None)
+    mates = [
+        ("a" * 64, own),
+        ("b" * 64, {"seed": 2, "prompt": "a shoe", "axes": {"product": {"name": "shoe", "on": 1}}}),
+        (
+            "c" * 64,
+            {"seed": 3, "prompt": "a coat", "axes": {"product": {"name": "coat", "on": True}}},
+        ),
+    ]
+    context = render_context(
+        "KR-101/studio-s1", own, mates, {"storage_dtype": None, "dtype": "float16"}, None
+    )
     assert context.options == {"dtype": "float16"}  # the others are at their defaults
     read = RenderContext.read(context.text())
     assert read.members(own) == [(member, spec) for member, spec in mates]  # 1 is not True
     assert read.batch[0].differs == {} and read.batch[2].differs == {
-        "seed": 3, "prompt": "a coat", "axes": {"product": {"name": "coat"}}}
-    many = [(f"{index:064x}", {**own, "seed": index, "prompt": "x" * 200})
-            for index in range(100)]
+        "seed": 3,
+        "prompt": "a coat",
+        "axes": {"product": {"name": "coat"}},
+    }
+    many = [(f"{index:064x}", {**own, "seed": index, "prompt": "x" * 200}) for index in range(100)]
     bounded = render_context("KR-101/studio-s1", own, many, {}, None)
     assert bounded.batch is None and bounded.batch_size == 100
     assert len(bounded.text()) <= MAX_RENDER_BYTES
@@ -266,8 +315,10 @@ def test_finder_finds_files_and_folders_by_content_whatever_their_names(tmp_path
     (config / "unet" / "config.json").write_text('{"layers": 2}')
     finder = FileFinder([], [tmp_path])
     weights = hashlib.sha256(b"weights").hexdigest()
-    assert finder.find("lora", "style.safetensors", weights).path == \
-        tmp_path / "weights" / "renamed.safetensors"
+    assert (
+        finder.find("lora", "style.safetensors", weights).path
+        == tmp_path / "weights" / "renamed.safetensors"
+    )
     checkpoint = finder.found[("style.safetensors", weights)]
     recorded = FileId(name="sd15", sha256=sha256_folder(config))
     assert finder.checkpoint_config(recorded, checkpoint) == (config, None)
@@ -285,10 +336,15 @@ def test_controls_and_their_per_variant_images_reproduce(tmp_path, demo_models, 
     rng = np.random.default_rng(5)
     for product in ("reference-1", "reference-2"):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)).save(
-            tmp_path / f"pose-{product}.png")
-    scratch.recipe["controlnets"] = [{"model": scratch.model("controlnet-sd15"),
-                                      "image": "pose-{{ product }}.png",
-                                      "preprocessor": "canny"}]
+            tmp_path / f"pose-{product}.png"
+        )
+    scratch.recipe["controlnets"] = [
+        {
+            "model": scratch.model("controlnet-sd15"),
+            "image": "pose-{{ product }}.png",
+            "preprocessor": "canny",
+        }
+    ]
     scratch.recipe["ip_adapter"] = {"model": scratch.model("ip-adapter-sd15"), "scale": 0.8}
     scratch.render("out")
     variant_id = ledger_rows(tmp_path / "out", "SELECT variant_id FROM renders")[1][0]

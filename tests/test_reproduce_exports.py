@@ -27,9 +27,14 @@ def exports(tmp_path_factory, demo_models, one_thread) -> tuple[Path, dict[str, 
     root = tmp_path_factory.mktemp("reproduce-exports")
     out = root / "out"
     render(shipping_project(root / "project", seeds=(1, 2, 3)), out)
-    return out, {fmt: out / path for fmt, path in ledger_rows(
-        out, "SELECT e.format, e.path FROM exports e JOIN renders r ON r.id = e.render_id "
-        "WHERE r.seed = (SELECT seed FROM renders ORDER BY id LIMIT 1 OFFSET 1)")}
+    return out, {
+        fmt: out / path
+        for fmt, path in ledger_rows(
+            out,
+            "SELECT e.format, e.path FROM exports e JOIN renders r ON r.id = e.render_id "
+            "WHERE r.seed = (SELECT seed FROM renders ORDER BY id LIMIT 1 OFFSET 1)",
+        )
+    }
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +42,18 @@ def renamed(tmp_path_factory, demo_models) -> Path:
     """Every file the renders read under another name: the checkpoint, the LoRAs, the
     checkpoint's config folder and the logo."""
     folder = tmp_path_factory.mktemp("renamed")
-    for source, name in [("sd15.safetensors", "weights/base-v1.safetensors"),
-                         ("lora-style.safetensors", "weights/look.safetensors"),
-                         ("lora-brand.safetensors", "weights/kestrel.safetensors")]:
+    for source, name in [
+        ("sd15.safetensors", "weights/base-v1.safetensors"),
+        ("lora-style.safetensors", "weights/look.safetensors"),
+        ("lora-brand.safetensors", "weights/kestrel.safetensors"),
+    ]:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(demo_models / source, folder / name)
     shutil.copytree(demo_models / "sd15", folder / "configs" / "base-v1-layout")
     (folder / "brand").mkdir()
-    shutil.copyfile(REPO / "campaigns" / "brands" / "kestrel" / "logo.png",
-                    folder / "brand" / "mark.png")
+    shutil.copyfile(
+        REPO / "campaigns" / "brands" / "kestrel" / "logo.png", folder / "brand" / "mark.png"
+    )
     return folder
 
 
@@ -71,8 +79,11 @@ def test_a_delivered_file_alone_reproduces_byte_identical(exports, renamed, tmp_
     approve_all(out)
     delivery = tmp_path / "delivery"
     assert run_cli("deliver", "--out", out, "--to", delivery).code == 0
-    (shipped,) = [path for path in delivery.rglob(files[fmt].name)
-                  if path.read_bytes() == files[fmt].read_bytes()]
+    (shipped,) = [
+        path
+        for path in delivery.rglob(files[fmt].name)
+        if path.read_bytes() == files[fmt].read_bytes()
+    ]
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copyfile(shipped, alone / shipped.name)

@@ -173,8 +173,10 @@ def test_retouch_says_what_is_missing_or_unknown():
     ("make", "message"),
     [
         (lambda: WhiteBalance(strength=1.5), r"strength\n.* less than or equal to 1 .*=1\.5"),
-        (lambda: ExposureNormalisation(target=0.0),
-         r"target\n.* greater than or equal to 0\.05 .*=0\.0"),
+        (
+            lambda: ExposureNormalisation(target=0.0),
+            r"target\n.* greater than or equal to 0\.05 .*=0\.0",
+        ),
         (lambda: Denoise(method="median"), r"method\n.*'bilateral' or 'nlmeans' .*='median'"),
         (lambda: Sharpen(radius=0), r"radius\n.* greater than or equal to 0\.3 .*=0,"),
         (lambda: SkinSmoothing(feather=0), r"feather\n.* greater than 0 .*=0,"),

@@ -19,8 +19,11 @@ from .conftest import ledger_rows, run_cli
 from .scratch import MODELS, Scratch
 
 FP8 = "float8_e4m3fn"
-LORAS = {"sd15": ["lora-style.safetensors", "lora-brand.safetensors"],
-         "sdxl": ["lora-sdxl.safetensors"], "flux": ["lora-flux.safetensors"]}
+LORAS = {
+    "sd15": ["lora-style.safetensors", "lora-brand.safetensors"],
+    "sdxl": ["lora-sdxl.safetensors"],
+    "flux": ["lora-flux.safetensors"],
+}
 
 
 def with_loras(scratch: Scratch, family: str) -> Scratch:
@@ -52,12 +55,14 @@ def test_loras_load_into_an_fp8_denoiser_as_before_casting(tmp_path, demo_models
     pipe = renderer.load_pipeline(recipe, files)
     renderer.activate_loras(pipe, recipe, files)
 
-    reference = diffusers.StableDiffusionPipeline.from_pretrained(MODELS / "sd15",
-                                                                  local_files_only=True)
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(
+        MODELS / "sd15", local_files_only=True
+    )
     for lora in recipe.loras:  # the renderer's adapter names, so that the keys match
         reference.load_lora_weights(str(files.path(lora)), adapter_name=f"lora_{lora.sha256[:12]}")
-    reference.unet.enable_layerwise_casting(storage_dtype=getattr(torch, storage),
-                                            compute_dtype=torch.float32)
+    reference.unet.enable_layerwise_casting(
+        storage_dtype=getattr(torch, storage), compute_dtype=torch.float32
+    )
     rendered, expected = pipe.unet.state_dict(), reference.unet.state_dict()
     assert rendered.keys() == expected.keys()
     for key, tensor in expected.items():
@@ -74,13 +79,16 @@ def test_an_fp8_render_records_it_and_reproduces_byte_for_byte(tmp_path, demo_mo
     out = tmp_path / "out"
     assert run_cli("render", scratch.write(), "--out", out).code == 0
     (variant_id, environment), *_ = ledger_rows(
-        out, "SELECT r.variant_id, e.environment_json FROM renders r "
-        "JOIN environments e ON e.hash = r.environment_hash ORDER BY r.id")
+        out,
+        "SELECT r.variant_id, e.environment_json FROM renders r "
+        "JOIN environments e ON e.hash = r.environment_hash ORDER BY r.id",
+    )
     recorded = json.loads(environment)
     assert recorded["options"]["storage_dtype"] == FP8
     now = DiffusersRenderer(RenderOptions()).fingerprint()
     assert pixel_option_differences(recorded, now, RenderOptions.changing_pixels()) == [
-        f"storage_dtype ({FP8} recorded, None now)"]
+        f"storage_dtype ({FP8} recorded, None now)"
+    ]
 
     result = run_cli("reproduce", variant_id, "--out", out, "--json")
     assert result.code == 0, result.stderr

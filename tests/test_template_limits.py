@@ -28,23 +28,38 @@ SIZE = f"over the size limit of {Limits.VALUE:,} items and characters"
 WORK = f"more than the work limit of {Limits.WORK:,}"
 DOUBLED = "{% set l = [1] %}" + "{% set l = [l, l] %}" * 26
 # The doubled list printed every way the issue lists.
-PRINTS = {"print": "{{ l }}", "string": "{{ l|string }}", "tojson": "{{ l|tojson }}",
-          "pprint": "{{ l|pprint }}", "join": "{{ l|join(',') }}", "concat": "{{ 'x' ~ l }}",
-          "printf": "{{ '%s' % (l,) }}"}
+PRINTS = {
+    "print": "{{ l }}",
+    "string": "{{ l|string }}",
+    "tojson": "{{ l|tojson }}",
+    "pprint": "{{ l|pprint }}",
+    "join": "{{ l|join(',') }}",
+    "concat": "{{ 'x' ~ l }}",
+    "printf": "{{ '%s' % (l,) }}",
+}
 HOSTILE = {
     **{f"doubled-{name}": (DOUBLED + tail, SIZE) for name, tail in PRINTS.items()},
-    "extend-in-place": ("{% set l = [1] %}{% for i in 'x' * 26 %}{{ l.extend(l) }}{% endfor %}"
-                        "{{ l }}", "access to attribute 'extend' of 'list' object is unsafe"),
-    "dict-doubled": ("{% set d = {'a': 1} %}" + "{% set d = {'a': d, 'b': d} %}" * 26
-                     + "{{ d }}", SIZE),
+    "extend-in-place": (
+        "{% set l = [1] %}{% for i in 'x' * 26 %}{{ l.extend(l) }}{% endfor %}{{ l }}",
+        "access to attribute 'extend' of 'list' object is unsafe",
+    ),
+    "dict-doubled": (
+        "{% set d = {'a': 1} %}" + "{% set d = {'a': d, 'b': d} %}" * 26 + "{{ d }}",
+        SIZE,
+    ),
     "join-separator": ("{{ ('x' * 100000)|join('y' * 100000) }}", WORK),
-    "macro-text": ("{% macro m() %}{% for c in 'x' * 100000 %}" + "y" * 100
-                   + "{% endfor %}{% endmacro %}{{ m()|length }}",
-                   f"more than {Limits.WORK:,} items and characters in all"),
+    "macro-text": (
+        "{% macro m() %}{% for c in 'x' * 100000 %}"
+        + "y" * 100
+        + "{% endfor %}{% endmacro %}{{ m()|length }}",
+        f"more than {Limits.WORK:,} items and characters in all",
+    ),
     # Small and slow: comparing two 45,000-item lists 100,000 times is 4.5e9 steps.
-    "slow": ("{% set a = ('x' * 45000)|list %}{% set b = ('x' * 45000)|list %}"
-             "{% for c in 'x' * 100000 %}{% if a == b %}{% endif %}{% endfor %}",
-             f"time limit of {Limits.SECONDS:g} s"),
+    "slow": (
+        "{% set a = ('x' * 45000)|list %}{% set b = ('x' * 45000)|list %}"
+        "{% for c in 'x' * 100000 %}{% if a == b %}{% endif %}{% endfor %}",
+        f"time limit of {Limits.SECONDS:g} s",
+    ),
 }
 
 
@@ -65,13 +80,14 @@ def hostile_campaign(root: Path, output: str, product: dict | None = None) -> Pa
 
 def error_line(stderr: str, campaign: Path) -> str:
     text = campaign.read_text()
-    line = text[:text.index("\noutput:")].count("\n") + 2
+    line = text[: text.index("\noutput:")].count("\n") + 2
     return next(row for row in stderr.splitlines() if f"{campaign}:{line}: at output: " in row)
 
 
 def test_hostile_templates_exit_2_naming_the_template_and_the_limit(tmp_path, demo_models):
-    campaigns = {name: hostile_campaign(tmp_path / name, template)
-                 for name, (template, _) in HOSTILE.items()}
+    campaigns = {
+        name: hostile_campaign(tmp_path / name, template) for name, (template, _) in HOSTILE.items()
+    }
     started = time.monotonic()
     result = run_cli("validate", *campaigns.values())
     # One process for all: before, each of the doubled ones alone took 15 s or more.
@@ -86,9 +102,10 @@ def test_a_shared_value_from_yaml_is_refused_where_it_is_printed(tmp_path, demo_
     """A YAML alias is shared too: 17 doublings (131,072 leaves) load, as they are under the
     file's own limit, but every way of printing them is refused before it starts."""
     product = {"big": doubled(17)}
-    campaigns = {name: hostile_campaign(tmp_path / name,
-                                        re.sub(r"\bl\b", "product.big", tail), product)
-                 for name, tail in PRINTS.items()}
+    campaigns = {
+        name: hostile_campaign(tmp_path / name, re.sub(r"\bl\b", "product.big", tail), product)
+        for name, tail in PRINTS.items()
+    }
     assert "&id001" in campaigns["print"].read_text()  # written with anchors, not expanded
     result = run_cli("validate", *campaigns.values())
     assert result.code == 2
@@ -124,7 +141,8 @@ def test_a_template_too_long_or_too_deep_to_compile_is_refused(tmp_path, demo_mo
     campaigns = {
         f"template of {len(long):,} characters": hostile_campaign(tmp_path / "long", long),
         "nested too deeply to compile": hostile_campaign(
-            tmp_path / "deep", "{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}"),
+            tmp_path / "deep", "{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}"
+        ),
     }
     result = run_cli("validate", *campaigns.values())
     assert result.code == 2
@@ -142,11 +160,13 @@ def test_a_legitimate_template_still_renders(tmp_path, demo_models):
         "{{ '%s-%03d' % (product.sku, 7) }}, {{ {'brand': brand.name}|tojson }}, "
         "{% for letter in 'abc' if false %}{{ letter }}{% endfor %}"
         "{% for part in ('a fine ' * 20).split() %}{{ part[:1] }}{% endfor %}, "
-        "{{ (product.name ~ ' ') * 3 }}{{ [[1, 2], [3]]|sum(start=[])|join }}")
+        "{{ (product.name ~ ' ') * 3 }}{{ [[1, 2], [3]]|sum(start=[])|join }}"
+    )
     plan = run_cli("plan", project.write(), "--json")
     assert plan.code == 0, plan.stderr
     prompt = plan.json()["variants"][0]["prompt"]
     assert prompt == (
         "product photo of a orange trail runner TRAIL RUNNER, soft light, studio, studio, "
         'KR-101-007, {"brand": "Kestrel"}, ' + "af" * 20 + ", "
-        "trail runner trail runner trail runner 123")
+        "trail runner trail runner trail runner 123"
+    )

@@ -73,8 +73,9 @@ def trained(tmp_path_factory, demo_models) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("train") / "out"
     result = run_cli("train", SPEC.relative_to(REPO), "--out", out, "--json")
     assert result.code == 0, result.stderr
-    assert re.search(rf"step {STEPS}/{STEPS} loss [0-9.]+ [0-9.]+ it/s ETA 0:00:00",
-                     result.stderr), result.stderr
+    assert re.search(
+        rf"step {STEPS}/{STEPS} loss [0-9.]+ [0-9.]+ it/s ETA 0:00:00", result.stderr
+    ), result.stderr
     assert "Loading pipeline components" not in result.stderr  # libraries kept quiet
     return out, result.json()
 
@@ -82,8 +83,13 @@ def trained(tmp_path_factory, demo_models) -> tuple[Path, dict]:
 def test_the_example_spec_resolves_every_setting(demo_models):
     spec = load_training(SPEC)
     assert [image.file.path.name for image in spec.images] == [
-        "reference-1.png", "reference-2.png", "reference-3.png", "dusk-landscape.png",
-        "dusk-portrait.png", "dusk-small.png"]
+        "reference-1.png",
+        "reference-2.png",
+        "reference-3.png",
+        "dusk-landscape.png",
+        "dusk-portrait.png",
+        "dusk-small.png",
+    ]
     caption = (KESTREL / "reference-1.txt").read_text().strip()
     assert spec.images[0].caption == f"kestrelstyle, {caption}"
     training = resolve(spec)
@@ -101,8 +107,10 @@ def test_the_example_spec_resolves_every_setting(demo_models):
     assert resolved["base"]["checkpoint"]["name"] == "sd15.safetensors"
     result = run_cli("validate", SPEC.relative_to(REPO))
     assert result.code == 0, result.stderr
-    assert f"training kestrel-style@1 (sd15 on demo-sd15@1, 6 images, id " \
-           f"{training.training_id})" in result.stdout
+    assert (
+        f"training kestrel-style@1 (sd15 on demo-sd15@1, 6 images, id "
+        f"{training.training_id})" in result.stdout
+    )
 
 
 def test_campaign_train_writes_the_lora_its_report_and_a_ledger_row(trained):
@@ -115,24 +123,33 @@ def test_campaign_train_writes_the_lora_its_report_and_a_ledger_row(trained):
         assert handle.metadata()["campaign_training_id"] == summary["training_id"]
     row = training_row(out)
     assert (row["id"], row["status"], row["attempts"]) == (summary["training_id"], "finished", 1)
-    assert row["lora_sha256"] == summary["sha256"] and row["lora_path"] == \
-        "trainings/kestrel-style@1/kestrel-style-v1.safetensors"
+    assert (
+        row["lora_sha256"] == summary["sha256"]
+        and row["lora_path"] == "trainings/kestrel-style@1/kestrel-style-v1.safetensors"
+    )
     spec = json.loads(row["spec_json"])
     assert row["spec_hash"] == sha256_json(spec)
-    assert [item["caption"] for item in spec["dataset"]][3] == \
-        "kestrelstyle, navy to teal dusk sky over an orange sun and a cream block"
+    assert [item["caption"] for item in spec["dataset"]][
+        3
+    ] == "kestrelstyle, navy to teal dusk sky over an orange sun and a cream block"
     checkpoints = json.loads(row["checkpoints_json"])
     assert [c["step"] for c in checkpoints] == [EVERY, STEPS]
     assert checkpoints[-1]["sha256"] == summary["sha256"]  # the final LoRA is the last one
     prompt = "kestrelstyle, a trail runner at dusk"
     for checkpoint in checkpoints:
-        assert [(s["prompt"], s["seed"]) for s in checkpoint["samples"]] == \
-            [(prompt, 1), (prompt, 2)]
+        assert [(s["prompt"], s["seed"]) for s in checkpoint["samples"]] == [
+            (prompt, 1),
+            (prompt, 2),
+        ]
         assert all(sha256_file(out / s["path"]) == s["sha256"] for s in checkpoint["samples"])
     assert len(json.loads(row["step_losses_json"])) == STEPS
     with sqlite3.connect(out / "ledger.sqlite") as db:
-        environment = json.loads(db.execute("SELECT environment_json FROM environments WHERE "
-                                            "hash = ?", (row["environment_hash"],)).fetchone()[0])
+        environment = json.loads(
+            db.execute(
+                "SELECT environment_json FROM environments WHERE hash = ?",
+                (row["environment_hash"],),
+            ).fetchone()[0]
+        )
     assert environment["threads"] == 1 and environment["options"]["deterministic"] is True
     # The report beside the LoRA: relative links only, each to a file in the folder.
     page = (folder / "report.html").read_text()
@@ -159,11 +176,16 @@ def test_running_a_finished_training_again_is_a_no_op(trained):
 
 
 def test_sigkill_during_campaign_train_then_the_same_command_gives_the_same_lora(
-        trained, tmp_path, capsys):
+    trained, tmp_path, capsys
+):
     _, uninterrupted = trained
     out = tmp_path / "out"
-    child = subprocess.Popen([str(CAMPAIGN_BIN), "train", str(SPEC), "--out", str(out)],
-                             cwd=REPO, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [str(CAMPAIGN_BIN), "train", str(SPEC), "--out", str(out)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in child.stderr:  # killed two steps after the first checkpoint is saved
             if line.startswith(f"step {EVERY + 2}/"):
@@ -196,8 +218,10 @@ def test_a_changed_spec_under_a_trained_version_is_refused(trained, tmp_path):
     changed.write_text(yaml.safe_dump(data, sort_keys=False))
     result = run_cli("train", changed, "--out", out)
     assert result.code == 2 and "Traceback" not in result.stderr
-    assert f"{changed}:2: at version: training kestrel-style@1 changed since it was first " \
-           "trained" in result.stderr
+    assert (
+        f"{changed}:2: at version: training kestrel-style@1 changed since it was first "
+        "trained" in result.stderr
+    )
     assert "fix: set version: 2" in result.stderr
 
 
@@ -224,15 +248,21 @@ def styled(trained, tmp_path_factory) -> tuple[Path, str]:
     into the training's output folder: (out, a variant id)."""
     out, summary = trained
     scratch = Scratch(tmp_path_factory.mktemp("styled"))
-    scratch.recipe["loras"] = [{"path": str(out / "trainings" / "kestrel-style@1" /
-                                            "kestrel-style-v1.safetensors"), "weight": 0.8}]
+    scratch.recipe["loras"] = [
+        {
+            "path": str(out / "trainings" / "kestrel-style@1" / "kestrel-style-v1.safetensors"),
+            "weight": 0.8,
+        }
+    ]
     scratch.recipe["prompt"] = "kestrelstyle, a {{ product }} on {{ background }}"
     scratch.write()
     recipe = scratch.root / "recipes" / "r.yaml"
     pinned = run_cli("pin", recipe)
     assert pinned.code == 0, pinned.stderr
-    assert "loras[0] kestrel-style-v1.safetensors: unpinned -> " \
-           f"{summary['sha256'][:10]}" in pinned.stdout
+    assert (
+        "loras[0] kestrel-style-v1.safetensors: unpinned -> "
+        f"{summary['sha256'][:10]}" in pinned.stdout
+    )
     assert yaml.safe_load(recipe.read_text())["loras"][0]["sha256"] == summary["sha256"]
     render_campaign(scratch.campaign_path(), out, log=lambda _: None, show_progress=False)
     with sqlite3.connect(out / "ledger.sqlite") as db:
@@ -246,17 +276,24 @@ def test_campaign_show_traces_a_render_to_the_training_and_its_dataset(trained, 
     result = run_cli("show", variant_id[:10], "--out", out)
     assert result.code == 0, result.stderr
     text = result.stdout
-    assert f"trained LoRA kestrel-style-v1.safetensors (weight 0.8) sha256 " \
-           f"{summary['sha256'][:12]}: its final LoRA" in text
+    assert (
+        f"trained LoRA kestrel-style-v1.safetensors (weight 0.8) sha256 "
+        f"{summary['sha256'][:12]}: its final LoRA" in text
+    )
     assert f"training   {summary['training_id']}  finished" in text
     assert "base       demo-sd15@1: sd15.safetensors" in text
     assert "report     trainings/kestrel-style@1/report.html" in text
     assert "dataset    6 images" in text
     for name in ("reference-1.png", "dusk-small.png"):
-        caption = (KESTREL / ("training" if "dusk" in name else "") / name).with_suffix(
-            ".txt").read_text().strip()
-        assert re.search(rf"{name}  \"kestrelstyle, {re.escape(caption)}\"  .*{name}  \[ok\]",
-                         text), text
+        caption = (
+            (KESTREL / ("training" if "dusk" in name else "") / name)
+            .with_suffix(".txt")
+            .read_text()
+            .strip()
+        )
+        assert re.search(
+            rf"{name}  \"kestrelstyle, {re.escape(caption)}\"  .*{name}  \[ok\]", text
+        ), text
     details = run_cli("show", variant_id, "--out", out, "--json").json()
     (lora,) = details["trained_loras"]
     assert lora["training"] == summary["training_id"] and lora["step"] == STEPS
@@ -281,8 +318,17 @@ def test_history_lists_trainings(trained):
 
 def test_reproduce_training_retrains_to_the_same_bytes(trained, capsys, tmp_path):
     out, summary = trained
-    result = run_in_process(capsys, "reproduce", "--training", "kestrel-style@1", "--out", out,
-                            "--into", tmp_path, "--json")
+    result = run_in_process(
+        capsys,
+        "reproduce",
+        "--training",
+        "kestrel-style@1",
+        "--out",
+        out,
+        "--into",
+        tmp_path,
+        "--json",
+    )
     assert result.code == 0, result.stderr
     outcome = result.json()
     assert outcome["status"] == "identical" and outcome["matches"]
@@ -297,8 +343,9 @@ def test_reproduce_training_never_retrains_into_the_output_folder(trained):
     out, summary = trained
     lora = out / "trainings" / "kestrel-style@1" / "kestrel-style-v1.safetensors"
     for into in (out / "trainings", out):
-        refused = run_cli("reproduce", "--training", "kestrel-style@1", "--out", out,
-                          "--into", into)
+        refused = run_cli(
+            "reproduce", "--training", "kestrel-style@1", "--out", out, "--into", into
+        )
         assert refused.code == 2 and "inside the output folder" in refused.stderr
     assert sha256_file(lora) == summary["sha256"]
 
@@ -329,11 +376,12 @@ def test_lora_differences_name_the_tensors_and_header_keys(trained, tmp_path):
     tensors = load_file(str(lora))
     name = sorted(tensors)[0]
     tensors[name] = tensors[name] + 0.5
-    save_file(tensors, str(tmp_path / "moved.safetensors"),
-              metadata={**metadata, "ss_seed": "8"})
+    save_file(tensors, str(tmp_path / "moved.safetensors"), metadata={**metadata, "ss_seed": "8"})
     found = lora_differences(lora, tmp_path / "moved.safetensors")
-    assert found == [f"1 of {len(tensors)} tensors, most {name} (max |difference| 0.5)",
-                     "header keys: ss_seed"]
+    assert found == [
+        f"1 of {len(tensors)} tensors, most {name} (max |difference| 0.5)",
+        "header keys: ss_seed",
+    ]
 
 
 def test_a_folder_dataset_pins_captions_and_escapes_them_in_the_report(demo_models, tmp_path):
@@ -345,11 +393,21 @@ def test_a_folder_dataset_pins_captions_and_escapes_them_in_the_report(demo_mode
         shutil.copy(KESTREL / name, images / name)
         (images / name).with_suffix(".txt").write_text("<script>alert(1)</script> & co\n")
     spec = tmp_path / "folder.train.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "folder-style", "version": 1, "family": "sd15", "base": "demo-sd15@1",
-        "recipes_dir": str(REPO / "recipes"), "dataset": {"folder": {"path": "images"}},
-        "lora": {"rank": 2}, "train": {"steps": 2, "resolution": 64, "save_every": 0}},
-        sort_keys=False))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "folder-style",
+                "version": 1,
+                "family": "sd15",
+                "base": "demo-sd15@1",
+                "recipes_dir": str(REPO / "recipes"),
+                "dataset": {"folder": {"path": "images"}},
+                "lora": {"rank": 2},
+                "train": {"steps": 2, "resolution": 64, "save_every": 0},
+            },
+            sort_keys=False,
+        )
+    )
     assert run_cli("pin", spec).code == 0
     loaded = load_training(spec)
     assert [image.caption for image in loaded.images] == ["<script>alert(1)</script> & co"] * 2
@@ -367,5 +425,7 @@ def test_a_folder_dataset_pins_captions_and_escapes_them_in_the_report(demo_mode
     shutil.copy(KESTREL / "reference-1.png", images / "reference-1.png")
     result = run_cli("validate", spec)
     assert result.code == 2
-    assert f"{spec}:9: at dataset.folder.sha256: sha256 of images does not match its pin" \
+    assert (
+        f"{spec}:9: at dataset.folder.sha256: sha256 of images does not match its pin"
         in result.stderr
+    )

@@ -67,43 +67,72 @@ def dataset() -> tuple[TrainingItem, ...]:
     other shapes: a landscape that buckets down (96x64 -> 64x48), a portrait and a small
     square that keep their size (buckets never upscale)."""
     paths = sorted(KESTREL.glob("reference-*.png"))
-    paths += [KESTREL / "training" / f"dusk-{name}.png"
-              for name in ("landscape", "portrait", "small")]
-    return tuple(TrainingItem(path, sha256_file(path), f"kestrel brand picture number {index}")
-                 for index, path in enumerate(paths))
+    paths += [
+        KESTREL / "training" / f"dusk-{name}.png" for name in ("landscape", "portrait", "small")
+    ]
+    return tuple(
+        TrainingItem(path, sha256_file(path), f"kestrel brand picture number {index}")
+        for index, path in enumerate(paths)
+    )
 
 
 def checkpoint_of(family: str, models: Path) -> tuple[Path, Path | None]:
     # SD1.5 as the A1111 single file (the demo recipe's), SDXL and Flux as folders.
-    return (models / "sd15.safetensors", models / "sd15") if family == "sd15" \
+    return (
+        (models / "sd15.safetensors", models / "sd15")
+        if family == "sd15"
         else (models / family, None)
+    )
 
 
 def make_job(family: str, models: Path, items: tuple[TrainingItem, ...], **train) -> TrainingJob:
     checkpoint, config = checkpoint_of(family, models)
     # The SD UNets also adapt their ResNet convolutions: kohya names those too.
     targets = DEFAULT_TARGETS[family] + (("conv1", "conv2") if family != "flux" else ())
-    settings = {"steps": 60, "learning_rate": 1e-2, "schedule": "cosine", "warmup_steps": 3,
-                "batch_size": 2, "resolution": 64, "seed": 7, "save_every": 30} | train
+    settings = {
+        "steps": 60,
+        "learning_rate": 1e-2,
+        "schedule": "cosine",
+        "warmup_steps": 3,
+        "batch_size": 2,
+        "resolution": 64,
+        "seed": 7,
+        "save_every": 30,
+    } | train
     return TrainingJob(
-        family=family, checkpoint=checkpoint, checkpoint_config=config, items=items,
-        spec_hash="5" * 64, training_id=f"test-{family}",
+        family=family,
+        checkpoint=checkpoint,
+        checkpoint_config=config,
+        items=items,
+        spec_hash="5" * 64,
+        training_id=f"test-{family}",
         lora=LoraSettings(rank=8, alpha=8.0, target_modules=targets),
         train=TrainSettings(**settings),
         samples=SampleSettings(prompts=(items[0].caption,), seeds=(1, 2), steps=4),
-        name=f"kestrel-{family}", comment="test_training_engine")
+        name=f"kestrel-{family}",
+        comment="test_training_engine",
+    )
 
 
 def load_pipeline(family: str, models: Path):
     import diffusers
 
     checkpoint, config = checkpoint_of(family, models)
-    pipeline_class = getattr(diffusers, {"sd15": "StableDiffusionPipeline",
-                                         "sdxl": "StableDiffusionXLPipeline",
-                                         "flux": "FluxPipeline"}[family])
-    pipe = pipeline_class.from_pretrained(checkpoint, local_files_only=True) if config is None \
-        else pipeline_class.from_single_file(str(checkpoint), config=str(config),
-                                             local_files_only=True)
+    pipeline_class = getattr(
+        diffusers,
+        {
+            "sd15": "StableDiffusionPipeline",
+            "sdxl": "StableDiffusionXLPipeline",
+            "flux": "FluxPipeline",
+        }[family],
+    )
+    pipe = (
+        pipeline_class.from_pretrained(checkpoint, local_files_only=True)
+        if config is None
+        else pipeline_class.from_single_file(
+            str(checkpoint), config=str(config), local_files_only=True
+        )
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -137,9 +166,11 @@ def test_training_lowers_the_loss_on_its_images(family, trained):
     drops = [b - t for b, t in zip(base, tuned, strict=True)]
     # How much the figure moves with the evaluation seed alone, for either model.
     spread = max(statistics.stdev(base), statistics.stdev(tuned))
-    summary = (f"{family}: loss base {statistics.mean(base):.4f} -> trained "
-               f"{statistics.mean(tuned):.4f}; drop {min(drops):.4f}..{max(drops):.4f}, "
-               f"seed spread {spread:.4f}")
+    summary = (
+        f"{family}: loss base {statistics.mean(base):.4f} -> trained "
+        f"{statistics.mean(tuned):.4f}; drop {min(drops):.4f}..{max(drops):.4f}, "
+        f"seed spread {spread:.4f}"
+    )
     print(summary)
     assert min(drops) > 2 * spread, summary
     assert len(result.step_losses) == job.train.steps
@@ -148,8 +179,9 @@ def test_training_lowers_the_loss_on_its_images(family, trained):
 
 def small_job(family: str, models: Path, items) -> TrainingJob:
     """Few steps, a checkpoint every 5 and gradient accumulation: the resume scenarios."""
-    return make_job(family, models, items, steps=12, save_every=5, gradient_accumulation=2,
-                    learning_rate=5e-3)
+    return make_job(
+        family, models, items, steps=12, save_every=5, gradient_accumulation=2, learning_rate=5e-3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +247,7 @@ def _kill_at(job: TrainingJob, out: Path, cache: Path, step: int, delay: float) 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sigkill_then_resume_gives_the_bytes_of_an_uninterrupted_run(family, reference,
-                                                                      tmp_path):
+def test_sigkill_then_resume_gives_the_bytes_of_an_uninterrupted_run(family, reference, tmp_path):
     job, uninterrupted, _, cache = reference(family)
     out, every = tmp_path / "out", job.train.save_every
     states = lambda: sorted((out / "checkpoints").glob("state-*.pt"))  # noqa: E731
@@ -243,10 +274,21 @@ def test_trained_lora_loads_in_diffusers_and_changes_pixels(family, trained, dem
     other = "sd15" if family == "flux" else "flux"
     assert lora_family_problem(result.lora, other, checkpoint_of(other, demo_models)[0])
     header = read_header(result.lora)
-    for key in ("ss_base_model_version", "ss_network_module", "ss_network_dim",
-                "ss_network_alpha", "ss_steps", "ss_max_train_steps", "ss_resolution",
-                "ss_num_train_images", "ss_seed", "ss_learning_rate", "ss_training_comment",
-                "sshs_model_hash", "campaign_dataset_sha256"):
+    for key in (
+        "ss_base_model_version",
+        "ss_network_module",
+        "ss_network_dim",
+        "ss_network_alpha",
+        "ss_steps",
+        "ss_max_train_steps",
+        "ss_resolution",
+        "ss_num_train_images",
+        "ss_seed",
+        "ss_learning_rate",
+        "ss_training_comment",
+        "sshs_model_hash",
+        "campaign_dataset_sha256",
+    ):
         assert header.metadata.get(key), key
     assert header.metadata["campaign_spec_sha256"] == job.spec_hash
     assert header.metadata["campaign_training_id"] == job.training_id
@@ -257,8 +299,13 @@ def test_trained_lora_loads_in_diffusers_and_changes_pixels(family, trained, dem
     assert modules and all(name.startswith(prefix) for name in modules)
 
     pipe = load_pipeline(family, demo_models)
-    arguments = {"prompt": job.items[0].caption, "num_inference_steps": 4, "width": 64,
-                 "height": 64, "output_type": "np"}
+    arguments = {
+        "prompt": job.items[0].caption,
+        "num_inference_steps": 4,
+        "width": 64,
+        "height": 64,
+        "output_type": "np",
+    }
 
     def render():
         return pipe(**arguments, generator=torch.Generator().manual_seed(3)).images[0]
@@ -288,15 +335,22 @@ def test_renders_move_toward_the_training_images(family, trained, demo_models):
             shape = geometry(item.image, image_size(item.image), 64, step)
             width, height = shape.bucket
             with torch.no_grad():
-                target = (pipe.vae.encode(load_pixels(item.image, shape)[None]).latent_dist.mean
-                          - shift) * config.scaling_factor
+                target = (
+                    pipe.vae.encode(load_pixels(item.image, shape)[None]).latent_dist.mean - shift
+                ) * config.scaling_factor
             for seed in RENDER_SEEDS:
-                latents = pipe(prompt=item.caption, num_inference_steps=6, width=width,
-                               height=height, output_type="latent",
-                               generator=torch.Generator().manual_seed(seed)).images
+                latents = pipe(
+                    prompt=item.caption,
+                    num_inference_steps=6,
+                    width=width,
+                    height=height,
+                    output_type="latent",
+                    generator=torch.Generator().manual_seed(seed),
+                ).images
                 if family == "flux":
-                    latents = FluxPipeline._unpack_latents(latents, height, width,
-                                                           pipe.vae_scale_factor)
+                    latents = FluxPipeline._unpack_latents(
+                        latents, height, width, pipe.vae_scale_factor
+                    )
                 distances.append(float(((latents - target) ** 2).mean()))
         return distances
 
@@ -305,23 +359,27 @@ def test_renders_move_toward_the_training_images(family, trained, demo_models):
     tuned = render_all()
     gains = [b - t for b, t in zip(base, tuned, strict=True)]
     spread = statistics.stdev(base)
-    summary = (f"{family}: latent distance to the training image {statistics.mean(base):.4f}"
-               f" -> {statistics.mean(tuned):.4f} with the LoRA; gain {min(gains):.4f}.."
-               f"{max(gains):.4f} (mean {statistics.mean(gains):.4f}), seed spread {spread:.4f}")
+    summary = (
+        f"{family}: latent distance to the training image {statistics.mean(base):.4f}"
+        f" -> {statistics.mean(tuned):.4f} with the LoRA; gain {min(gains):.4f}.."
+        f"{max(gains):.4f} (mean {statistics.mean(gains):.4f}), seed spread {spread:.4f}"
+    )
     print(summary)
     assert min(gains) > 0 and statistics.mean(gains) > spread, summary
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
-def test_text_encoder_training_writes_kohya_te_keys_that_load(family, demo_models, dataset,
-                                                              tmp_path):
+def test_text_encoder_training_writes_kohya_te_keys_that_load(
+    family, demo_models, dataset, tmp_path
+):
     job = make_job(family, demo_models, dataset[:2], steps=3, save_every=0, warmup_steps=0)
-    job = replace(job, lora=replace(job.lora, train_text_encoder=True),
-                  samples=SampleSettings())
+    job = replace(job, lora=replace(job.lora, train_text_encoder=True), samples=SampleSettings())
     result = train(job, tmp_path / "out", tmp_path / "cache")
     names = read_header(result.lora).shapes
-    encoders = {"sd15": {"text_encoder": "lora_te_"},
-                "sdxl": {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}}[family]
+    encoders = {
+        "sd15": {"text_encoder": "lora_te_"},
+        "sdxl": {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
+    }[family]
     pipe = load_pipeline(family, demo_models)
     pipe.load_lora_weights(str(result.lora), adapter_name="trained")
     for component, prefix in encoders.items():
@@ -339,27 +397,34 @@ def test_v_prediction_checkpoints_train_on_the_velocity(demo_models, dataset, tm
     config_path = folder / "scheduler" / "scheduler_config.json"
     config_path.write_text(config_path.read_text().replace('"epsilon"', '"v_prediction"'))
     job = make_job("sd15", demo_models, dataset[:2], steps=2, save_every=0, warmup_steps=0)
-    epsilon = train(replace(job, checkpoint=demo_models / "sd15", checkpoint_config=None),
-                    tmp_path / "epsilon", tmp_path / "cache")
-    velocity = train(replace(job, checkpoint=folder, checkpoint_config=None), tmp_path / "v",
-                     tmp_path / "cache")
+    epsilon = train(
+        replace(job, checkpoint=demo_models / "sd15", checkpoint_config=None),
+        tmp_path / "epsilon",
+        tmp_path / "cache",
+    )
+    velocity = train(
+        replace(job, checkpoint=folder, checkpoint_config=None), tmp_path / "v", tmp_path / "cache"
+    )
     assert read_header(velocity.lora).metadata["modelspec.prediction_type"] == "v"
     assert read_header(epsilon.lora).metadata["modelspec.prediction_type"] == "epsilon"
     assert velocity.step_losses[0] != epsilon.step_losses[0]
 
 
-@pytest.mark.parametrize(("size", "resolution", "step", "bucket"), [
-    ((96, 64), 64, 16, (64, 48)),      # larger than 64²: scaled to that area, floored
-    ((48, 80), 64, 16, (48, 80)),      # smaller: kept, never upscaled
-    ((1000, 1000), 512, 64, (512, 512)),
-    ((1920, 1080), 1024, 64, (1344, 768)),
-    ((500, 300), 1024, 64, (448, 256)),
-])
+@pytest.mark.parametrize(
+    ("size", "resolution", "step", "bucket"),
+    [
+        ((96, 64), 64, 16, (64, 48)),  # larger than 64²: scaled to that area, floored
+        ((48, 80), 64, 16, (48, 80)),  # smaller: kept, never upscaled
+        ((1000, 1000), 512, 64, (512, 512)),
+        ((1920, 1080), 1024, 64, (1344, 768)),
+        ((500, 300), 1024, 64, (448, 256)),
+    ],
+)
 def test_buckets_downscale_and_never_upscale(size, resolution, step, bucket):
     shape = geometry(Path("x.png"), size, resolution, step)
     assert shape.bucket == bucket
     width, height = shape.bucket
-    assert width <= size[0] and height <= size[1] and width * height <= resolution ** 2
+    assert width <= size[0] and height <= size[1] and width * height <= resolution**2
     assert shape.resized[0] >= width and shape.resized[1] >= height
 
 
@@ -370,15 +435,20 @@ def test_bad_input_names_the_file_or_key(demo_models, dataset, tmp_path):
         train(tampered, tmp_path / "a", tmp_path / "cache")
     assert str(job.items[0].image) in str(err.value)
     with pytest.raises(InputError, match=r"train\.warmup_steps"):
-        train(replace(job, train=replace(job.train, warmup_steps=5)), tmp_path / "a",
-              tmp_path / "cache")
+        train(
+            replace(job, train=replace(job.train, warmup_steps=5)),
+            tmp_path / "a",
+            tmp_path / "cache",
+        )
     with pytest.raises(InputError, match=r"lora\.target_modules"):
-        train(replace(job, lora=replace(job.lora, target_modules=("no_such_layer",))),
-              tmp_path / "a", tmp_path / "cache")
+        train(
+            replace(job, lora=replace(job.lora, target_modules=("no_such_layer",))),
+            tmp_path / "a",
+            tmp_path / "cache",
+        )
     train(job, tmp_path / "b", tmp_path / "cache")
     with pytest.raises(InputError, match="another training job"):
-        train(replace(job, train=replace(job.train, seed=8)), tmp_path / "b",
-              tmp_path / "cache")
+        train(replace(job, train=replace(job.train, seed=8)), tmp_path / "b", tmp_path / "cache")
 
 
 def test_report_data(trained, tmp_path):

@@ -66,9 +66,10 @@ def test_spandrel_detects_the_demo_upscalers_architecture_and_scale(model_files,
 def test_demo_upscaler_builds_are_byte_identical(model_files, tmp_path):
     for name, path in model_files.items():
         BUILDERS[name](tmp_path / name)
-        assert hashlib.sha256((tmp_path / name).read_bytes()).digest() == hashlib.sha256(
-            path.read_bytes()
-        ).digest(), name
+        assert (
+            hashlib.sha256((tmp_path / name).read_bytes()).digest()
+            == hashlib.sha256(path.read_bytes()).digest()
+        ), name
 
 
 @pytest.mark.parametrize("name", SCALES)
@@ -78,8 +79,8 @@ def test_tiled_equals_untiled_away_from_the_overlaps(models, name, blend, size):
     model, scale = models[name], SCALES[name]
     image = cv2.resize(shapes(128), size, interpolation=cv2.INTER_CUBIC)
     tiling = Tiling(tile=48, overlap=12, blend=blend)  # 3 x 2 tiles
-    tiled, = upscale_images([image], model, tiling)
-    whole, = upscale_images([image], model, tiling=None)
+    (tiled,) = upscale_images([image], model, tiling)
+    (whole,) = upscale_images([image], model, tiling=None)
     padded = [length + -length % model.size_requirements.multiple_of for length in size]
     away = np.ones(tiled.shape[:2], bool)
     for start, end in overlap_bands(padded[0], tiling, scale):
@@ -90,7 +91,7 @@ def test_tiled_equals_untiled_away_from_the_overlaps(models, name, blend, size):
     difference = np.abs(tiled.astype(np.int16) - whole)
     assert difference[away].max() <= 1
     # The model does depend on context: without overlap the tiles' borders differ.
-    untouched, = upscale_images([image], model, Tiling(tile=48, overlap=0))
+    (untouched,) = upscale_images([image], model, Tiling(tile=48, overlap=0))
     assert np.abs(untouched.astype(np.int16) - whole).max() > 16
 
 
@@ -99,8 +100,9 @@ def seam_excess(image: np.ndarray, axis: int) -> np.ndarray:
     its neighbours' 3-8 lines away (the image's own slow changes)."""
     gradient = np.abs(np.diff(image.astype(np.float64), axis=axis)).mean(axis=(1 - axis, 2))
     padded = np.pad(gradient, 8, mode="edge")
-    local = [np.median(np.r_[padded[i : i + 6], padded[i + 11 : i + 17]])
-             for i in range(len(gradient))]
+    local = [
+        np.median(np.r_[padded[i : i + 6], padded[i + 11 : i + 17]]) for i in range(len(gradient))
+    ]
     return gradient - np.array(local)
 
 
@@ -109,14 +111,17 @@ def test_no_visible_seam_across_tile_borders(models):
     image = smooth_field(176, 240)
 
     def seams_and_thresholds(tiling: Tiling) -> list[tuple[float, float]]:
-        result, = upscale_images([image], model, tiling)
+        (result,) = upscale_images([image], model, tiling)
         found = []
         for axis, length in ((1, image.shape[1]), (0, image.shape[0])):
             excess = seam_excess(result, axis)
             bands = overlap_bands(length, tiling, scale)
             # Gradients across a tile's last pixel, the overlap's middle, the next tile's first.
-            lines = [line for start, end in bands for line in (start - 1, (start + end) // 2 - 1,
-                                                                end - 1)]
+            lines = [
+                line
+                for start, end in bands
+                for line in (start - 1, (start + end) // 2 - 1, end - 1)
+            ]
             near = {line for start, end in bands for line in range(start - 8, end + 8)}
             elsewhere = excess[[line for line in range(16, len(excess) - 16) if line not in near]]
             # The margin comes from the spread the image itself shows away from the seams.
@@ -137,7 +142,7 @@ def test_no_visible_seam_across_tile_borders(models):
 def test_output_is_scale_times_input(models, name, size):
     image = cv2.resize(shapes(128), size)
     for tiling in (TILING, None):
-        result, = upscale_images([image], models[name], tiling)
+        (result,) = upscale_images([image], models[name], tiling)
         assert result.shape == (size[1] * SCALES[name], size[0] * SCALES[name], 3)
         assert result.dtype == np.uint8
 
@@ -169,17 +174,17 @@ def test_tiles_of_several_images_share_model_calls(models):
         hook.remove()
     assert batch_sizes == [8, 4]
     for image, result in zip(images, together, strict=True):
-        alone, = upscale_images([image], model, Tiling(tile=64, overlap=16, batch=1))
+        (alone,) = upscale_images([image], model, Tiling(tile=64, overlap=16, batch=1))
         # Batched convolutions may round differently in the last bit, never by more.
         assert np.abs(result.astype(np.int16) - alone).max() <= 1
 
 
 def test_the_model_runs_in_the_dtype_it_was_loaded_in(model_files):
     image = shapes(64)
-    full, = upscale_images([image], load_upscaler(model_files["upscaler-x2.safetensors"]), None)
+    (full,) = upscale_images([image], load_upscaler(model_files["upscaler-x2.safetensors"]), None)
     model = load_upscaler(model_files["upscaler-x2.safetensors"], dtype=torch.bfloat16)
     assert next(model.model.parameters()).dtype == torch.bfloat16
-    half, = upscale_images([image], model, None)
+    (half,) = upscale_images([image], model, None)
     difference = np.abs(half.astype(np.int16) - full)
     assert 0 < difference.mean() < 1 and difference.max() <= 4  # bfloat16: 8 bits of mantissa
 
@@ -206,8 +211,9 @@ def test_bad_tiling_is_refused(arguments, message):
 
 def test_non_rgb_input_is_refused(models):
     with pytest.raises(ValueError, match="image 1 has dtype float32"):
-        upscale_images([shapes(64), np.zeros((64, 64, 3), np.float32)],
-                       models["upscaler-x2.safetensors"])
+        upscale_images(
+            [shapes(64), np.zeros((64, 64, 3), np.float32)], models["upscaler-x2.safetensors"]
+        )
 
 
 # --- hires fix ----------------------------------------------------------------------------------

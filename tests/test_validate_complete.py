@@ -35,8 +35,9 @@ def _brand_with_logo(project, logo: str):
 def _refused(result, file_name: str, key: str, *words: str) -> None:
     assert result.code == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-    assert re.search(rf"{re.escape(file_name)}:\d+: at {re.escape(key)}:", result.stderr), \
+    assert re.search(rf"{re.escape(file_name)}:\d+: at {re.escape(key)}:", result.stderr), (
         result.stderr
+    )
     for word in words:
         assert word in result.stderr, result.stderr
 
@@ -56,8 +57,12 @@ def test_a_logo_that_is_no_regular_file_is_refused_without_reading_it(project, k
     out = project.root / "out"
     for command in (["validate"], ["render", "--out", out]):
         result = run_cli(command[0], project.write(), *command[1:])
-        _refused(result, "brand.yaml", "logo.path",
-                 {"fifo": "a FIFO", "device": "a device", "link loop": "cannot be read"}[kind])
+        _refused(
+            result,
+            "brand.yaml",
+            "logo.path",
+            {"fifo": "a FIFO", "device": "a device", "link loop": "cannot be read"}[kind],
+        )
     assert not out.exists()
 
 
@@ -80,8 +85,9 @@ def test_a_training_image_under_one_bucket_stops_train_before_it_writes(tmp_path
     spec = REPO / "tests" / "bad" / "trainings" / "image-under-one-bucket.yaml"
     out = tmp_path / "out"
     result = run_cli("train", spec, "--out", out)
-    _refused(result, "image-under-one-bucket.yaml", "dataset.images[1].path",
-             "1x1", "at least 16 px")
+    _refused(
+        result, "image-under-one-bucket.yaml", "dataset.images[1].path", "1x1", "at least 16 px"
+    )
     assert not out.exists()
 
 
@@ -89,8 +95,12 @@ def test_a_single_file_checkpoint_without_config_stops_render_before_it_writes(p
     del project.recipe["checkpoint"]["config"]
     out = project.root / "out"
     result = run_cli("render", project.write(), "--out", out)
-    _refused(result, "demo-sd15.yaml", "checkpoint.config", "huggingface-cli download "
-             "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    _refused(
+        result,
+        "demo-sd15.yaml",
+        "checkpoint.config",
+        "huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5",
+    )
     assert not out.exists()
 
 
@@ -98,8 +108,13 @@ def test_the_pixel_budget_names_the_refine_step_and_is_set_per_campaign(project)
     project.recipe["refine"] = {"hires": {"factor": 8, "upscaler": "lanczos", "denoise": 0.5}}
     project.campaign["size"]["short_side"] = 1024
     result = run_cli("validate", project.write())
-    _refused(result, "demo-sd15.yaml", "refine.hires", "8192x8192 = 67,108,864 pixels",
-             "render.max_pixels")
+    _refused(
+        result,
+        "demo-sd15.yaml",
+        "refine.hires",
+        "8192x8192 = 67,108,864 pixels",
+        "render.max_pixels",
+    )
     project.campaign["render"]["max_pixels"] = 14592 * 8192  # the 9:16 and 16:9 hires passes
     result = run_cli("validate", project.write())
     assert result.code == 0, result.stderr
@@ -108,23 +123,32 @@ def test_the_pixel_budget_names_the_refine_step_and_is_set_per_campaign(project)
 def test_a_text_that_does_not_fit_names_the_aspect_ratio_and_the_variant(project):
     project.campaign["postprocess"]["text"]["headline"] = "{{ product.name }} " + "word " * 40
     result = run_cli("validate", project.write())
-    _refused(result, "demo.yaml", "postprocess.text.headline", "of aspect 1:1",
-             '"sku":"KR-101"', "headline box for default")
+    _refused(
+        result,
+        "demo.yaml",
+        "postprocess.text.headline",
+        "of aspect 1:1",
+        '"sku":"KR-101"',
+        "headline box for default",
+    )
 
 
-@pytest.mark.parametrize(("arguments", "words"), [
-    (["history", "--limit", "1e20"], "not a whole number"),
-    (["history", "--limit", str(10**20)], "out of range"),
-    (["history", "--limit", "0"], "out of range"),
-    (["history", "--recipe", "r", "--diff", "1", "nan"], "not a whole number"),
-    (["reproduce", "abcdef", "--tolerance", "256"], "out of range"),
-    (["reproduce", "abcdef", "--min-ssim", "nan"], "out of range"),
-    (["reproduce", "abcdef", "--min-ssim", "inf"], "out of range"),
-    (["plan", "campaigns/demo.yaml", "--sample", "-1"], "out of range"),
-    (["review", "--port", "70000"], "out of range"),
-    (["gate", "--set", "clip_brand=nan"], "bounds must be finite numbers"),
-    (["gate", "--set", "clip_brand=0.2:inf"], "bounds must be finite numbers"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "words"),
+    [
+        (["history", "--limit", "1e20"], "not a whole number"),
+        (["history", "--limit", str(10**20)], "out of range"),
+        (["history", "--limit", "0"], "out of range"),
+        (["history", "--recipe", "r", "--diff", "1", "nan"], "not a whole number"),
+        (["reproduce", "abcdef", "--tolerance", "256"], "out of range"),
+        (["reproduce", "abcdef", "--min-ssim", "nan"], "out of range"),
+        (["reproduce", "abcdef", "--min-ssim", "inf"], "out of range"),
+        (["plan", "campaigns/demo.yaml", "--sample", "-1"], "out of range"),
+        (["review", "--port", "70000"], "out of range"),
+        (["gate", "--set", "clip_brand=nan"], "bounds must be finite numbers"),
+        (["gate", "--set", "clip_brand=0.2:inf"], "bounds must be finite numbers"),
+    ],
+)
 def test_command_line_numbers_are_finite_and_in_range(tmp_path, arguments, words):
     result = run_cli(*arguments, "--out", tmp_path)
     assert result.code == 2, result.stdout + result.stderr
@@ -154,22 +178,32 @@ def test_a_device_this_machine_lacks_stops_render_before_it_writes(project):
     project.campaign["render"]["device"] = "cuda:7"
     out = project.root / "out"
     result = run_cli("render", project.write(), "--out", out)
-    _refused(result, "demo.yaml", "render.device", "render.device cuda:7 is not available",
-             "render.device: auto")
+    _refused(
+        result,
+        "demo.yaml",
+        "render.device",
+        "render.device cuda:7 is not available",
+        "render.device: auto",
+    )
     assert not out.exists()
 
 
 def test_an_upscaler_is_described_once_then_validate_imports_no_torch(project, tmp_path):
     upscaler = REPO / "models" / "demo" / "upscaler-x2.safetensors"
-    project.recipe["refine"] = {"upscale": {"model": {"path": str(upscaler),
-                                                      "sha256": sha256_file(upscaler)}}}
+    project.recipe["refine"] = {
+        "upscale": {"model": {"path": str(upscaler), "sha256": sha256_file(upscaler)}}
+    }
     campaign = project.write()
     environment = {**os.environ, "CAMPAIGN_CACHE_DIR": str(tmp_path / "cache")}
 
     def imports_torch() -> bool:
-        done = subprocess.run([sys.executable, "-X", "importtime", str(CAMPAIGN_BIN),
-                               "validate", str(campaign)], env=environment,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", str(CAMPAIGN_BIN), "validate", str(campaign)],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         return bool(re.search(r"\|\s+torch$", done.stderr, re.M))
 

@@ -1,2 +1,1 @@
-"""The `campaign` command line.
-"""
+"""The `campaign` command line."""

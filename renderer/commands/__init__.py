@@ -1,2 +1,1 @@
-"""The other commands' tasks: reproduce, show, review, deliver, pin, provenance.
-"""
+"""The other commands' tasks: reproduce, show, review, deliver, pin, provenance."""

@@ -97,8 +97,7 @@ class ShippedFile:
     @property
     def name(self) -> str:
         """Its path inside the delivery: CHANNEL/OUTPUT-NAME.EXT."""
-        return shipped_name(self.source_path, self.row.campaign, self.row.recipe_ref,
-                            self.channel)
+        return shipped_name(self.source_path, self.row.campaign, self.row.recipe_ref, self.channel)
 
 
 @dataclass(frozen=True)
@@ -110,10 +109,13 @@ class Held:
     why: str
 
     def as_json(self) -> dict[str, Any]:
-        return {"variant_id": self.variant_id, "why": self.why,
-                "output": self.row.output_path if self.row else None,
-                "status": self.row.status if self.row else "not rendered",
-                "review_state": self.row.review_state if self.row else None}
+        return {
+            "variant_id": self.variant_id,
+            "why": self.why,
+            "output": self.row.output_path if self.row else None,
+            "status": self.row.status if self.row else "not rendered",
+            "review_state": self.row.review_state if self.row else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -139,147 +141,258 @@ class Delivered:
     recovered: bool = False  # completed now from a run of the command that was killed
 
     def as_json(self) -> dict[str, Any]:
-        return {"run_id": self.plan.run_id, "delivered": self.record is not None,
-                "delivery": self.record.as_json() if self.record else None,
-                "blocking": [held.as_json() for held in self.plan.blocking],
-                "left_out": [held.as_json() for held in self.plan.left_out],
-                "problems": list(self.plan.problems)}
+        return {
+            "run_id": self.plan.run_id,
+            "delivered": self.record is not None,
+            "delivery": self.record.as_json() if self.record else None,
+            "blocking": [held.as_json() for held in self.plan.blocking],
+            "left_out": [held.as_json() for held in self.plan.left_out],
+            "problems": list(self.plan.problems),
+        }
 
 
-def plan_delivery(ledger: Ledger, run_id: str | None, *, require: str = "approved",
-                  masters: bool = False) -> DeliveryPlan:
+def plan_delivery(
+    ledger: Ledger, run_id: str | None, *, require: str = "approved", masters: bool = False
+) -> DeliveryPlan:
     """Which files of a run's deliverable set may ship (the rules in the module docstring),
     and each file checked against its recorded sha256."""
     if require not in REQUIREMENTS:
-        raise InputError(f"--require {require!r} is not a rule", expected=" | ".join(
-            REQUIREMENTS), found=require)
+        raise InputError(
+            f"--require {require!r} is not a rule", expected=" | ".join(REQUIREMENTS), found=require
+        )
     run = ledger.run(run_id)
     if run is None:
-        raise InputError(f"no run {run_id!r} in the ledger" if run_id else
-                         "the ledger has no runs", file=ledger.path,
-                         fix="list runs with `campaign history`")
+        raise InputError(
+            f"no run {run_id!r} in the ledger" if run_id else "the ledger has no runs",
+            file=ledger.path,
+            fix="list runs with `campaign history`",
+        )
     rows = ledger.run_rows(run.id)
     rendered = {row.variant_id for row in rows}
-    planned = [row[0] for row in ledger.db.execute(
-        "SELECT variant_id FROM run_variants WHERE run_id = ? ORDER BY position", (run.id,))]
-    waiting = [Held(None, variant_id, "not rendered yet") for variant_id in planned
-               if variant_id not in rendered]
+    planned = [
+        row[0]
+        for row in ledger.db.execute(
+            "SELECT variant_id FROM run_variants WHERE run_id = ? ORDER BY position", (run.id,)
+        )
+    ]
+    waiting = [
+        Held(None, variant_id, "not rendered yet")
+        for variant_id in planned
+        if variant_id not in rendered
+    ]
     left_out: list[Held] = []
     shipping: list[tuple[RenderRow, Approval]] = []
     for row in rows:
         review, decision = row.review, row.decision
         if review is not None and row.review_state == "rejected":
-            left_out.append(Held(row, row.variant_id, f"rejected by {review.reviewer}"
-                                 + (f": {review.note}" if review.note else "")))
+            left_out.append(
+                Held(
+                    row,
+                    row.variant_id,
+                    f"rejected by {review.reviewer}" + (f": {review.note}" if review.note else ""),
+                )
+            )
         elif decision is None:
-            waiting.append(Held(row, row.variant_id, "not decided yet (the run stopped "
-                                "before its gates)"))
+            waiting.append(
+                Held(row, row.variant_id, "not decided yet (the run stopped before its gates)")
+            )
         elif decision.status == "fail":
-            left_out.append(Held(row, row.variant_id, "failed its gates: "
-                                 + "; ".join(decision.reasons)))
+            left_out.append(
+                Held(row, row.variant_id, "failed its gates: " + "; ".join(decision.reasons))
+            )
         elif review is not None and row.review_state == "approved":
-            shipping.append((row, Approval(review.reviewer, decision.gating_id,
-                                           review.reviewed_at, review.review_id)))
+            shipping.append(
+                (
+                    row,
+                    Approval(
+                        review.reviewer, decision.gating_id, review.reviewed_at, review.review_id
+                    ),
+                )
+            )
         elif decision.status == "pass" and require == "passed":
-            shipping.append((row, Approval(GATES, decision.gating_id, decision.decided_at,
-                                           None)))
+            shipping.append((row, Approval(GATES, decision.gating_id, decision.decided_at, None)))
         elif decision.status == "pass":
-            waiting.append(Held(row, row.variant_id, "not approved by a person (it passed "
-                                "its gates; --require passed ships what passed)"))
+            waiting.append(
+                Held(
+                    row,
+                    row.variant_id,
+                    "not approved by a person (it passed "
+                    "its gates; --require passed ships what passed)",
+                )
+            )
         else:
-            waiting.append(Held(row, row.variant_id, "not approved by a person (unreviewed: "
-                                + "; ".join(decision.reasons) + ")"))
+            waiting.append(
+                Held(
+                    row,
+                    row.variant_id,
+                    "not approved by a person (unreviewed: " + "; ".join(decision.reasons) + ")",
+                )
+            )
     exports = ledger.exports_of([row.id for row, _ in shipping])
     files = []
     for row, approval in shipping:
-        files += [ShippedFile(row, approval, export.name, export.path, export.sha256,
-                              export.bytes, export.width, export.height, export.format)
-                  for export in exports.get(row.id, [])]
+        files += [
+            ShippedFile(
+                row,
+                approval,
+                export.name,
+                export.path,
+                export.sha256,
+                export.bytes,
+                export.width,
+                export.height,
+                export.format,
+            )
+            for export in exports.get(row.id, [])
+        ]
         if masters:
-            files.append(ShippedFile(row, approval, MASTER_CHANNEL, row.output_path,
-                                     row.output_sha256, row.output_bytes, row.width,
-                                     row.height, "png"))
+            files.append(
+                ShippedFile(
+                    row,
+                    approval,
+                    MASTER_CHANNEL,
+                    row.output_path,
+                    row.output_sha256,
+                    row.output_bytes,
+                    row.width,
+                    row.height,
+                    "png",
+                )
+            )
     if shipping and not files:
-        raise InputError(f"run {run.id} has nothing to ship: its campaign writes no channel "
-                         "exports", fix="pass --masters to ship the master PNGs, or add "
-                         "postprocess.exports to the campaign")
+        raise InputError(
+            f"run {run.id} has nothing to ship: its campaign writes no channel exports",
+            fix="pass --masters to ship the master PNGs, or add "
+            "postprocess.exports to the campaign",
+        )
     names: dict[str, ShippedFile] = {}
     for shipped in files:
         if (other := names.setdefault(shipped.name, shipped)) is not shipped:
-            raise InputError(f"two files would ship as {shipped.name}: {other.source_path} "
-                             f"and {shipped.source_path}", fix="give the variants distinct "
-                             "output names (the campaign's output template)")
+            raise InputError(
+                f"two files would ship as {shipped.name}: {other.source_path} "
+                f"and {shipped.source_path}",
+                fix="give the variants distinct output names (the campaign's output template)",
+            )
     out_dir = ledger.path.parent
     problems = []
     for shipped in files:
         path = out_dir / shipped.source_path
         if not path.is_file():
-            problems.append(f"{shipped.source_path} is missing (recorded sha256 "
-                            f"{shipped.sha256})")
+            problems.append(f"{shipped.source_path} is missing (recorded sha256 {shipped.sha256})")
         elif (found := sha256_file(path)) != shipped.sha256:
-            problems.append(f"{shipped.source_path} was altered since it was rendered: "
-                            f"sha256 {found}, recorded {shipped.sha256}")
+            problems.append(
+                f"{shipped.source_path} was altered since it was rendered: "
+                f"sha256 {found}, recorded {shipped.sha256}"
+            )
     blocking = () if shipping else tuple(waiting)
-    return DeliveryPlan(run_id=run.id, campaign=run.campaign, require=require,
-                        files=tuple(files), blocking=blocking,
-                        left_out=tuple(left_out) + (tuple(waiting) if not blocking else ()),
-                        problems=tuple(problems))
+    return DeliveryPlan(
+        run_id=run.id,
+        campaign=run.campaign,
+        require=require,
+        files=tuple(files),
+        blocking=blocking,
+        left_out=tuple(left_out) + (tuple(waiting) if not blocking else ()),
+        problems=tuple(problems),
+    )
 
 
-def deliver(out_dir: Path, run_id: str | None, to: Path, *, require: str = "approved",
-            masters: bool = False, signer: C2paSigner | None = None, delivered_by: str,
-            log: Callable[[str], None] = lambda _: None) -> Delivered:
+def deliver(
+    out_dir: Path,
+    run_id: str | None,
+    to: Path,
+    *,
+    require: str = "approved",
+    masters: bool = False,
+    signer: C2paSigner | None = None,
+    delivered_by: str,
+    log: Callable[[str], None] = lambda _: None,
+) -> Delivered:
     """Ship a run's files to ``to`` (a folder, or a file ending in .zip) if anything may
     ship; returns the plan and, when delivered, its ledger record. Holds the output
     folder's lock (waiting behind a render), and first recovers a delivery a kill
     interrupted: if that one was to ``to`` with this very plan, it is the result."""
     ledger_path = out_dir / LEDGER_NAME
     if not ledger_path.is_file():
-        raise InputError("no ledger here", file=ledger_path,
-                         fix="pass --out with the folder you rendered into")
+        raise InputError(
+            "no ledger here", file=ledger_path, fix="pass --out with the folder you rendered into"
+        )
     if not to.parent.is_dir():
-        raise InputError(f"the folder {to.parent} does not exist", file=to,
-                         fix="create it first")
+        raise InputError(f"the folder {to.parent} does not exist", file=to, fix="create it first")
     if relative_inside(out_dir, to) is not None:
-        raise InputError(f"{to} lies inside the output folder {out_dir}", file=to,
-                         fix="deliver to a folder or .zip outside it: the output folder's "
-                         "files belong to its ledger's records, a delivery is a hand-off")
+        raise InputError(
+            f"{to} lies inside the output folder {out_dir}",
+            file=to,
+            fix="deliver to a folder or .zip outside it: the output folder's "
+            "files belong to its ledger's records, a delivery is a hand-off",
+        )
     if to.name.startswith(TEMP_PREFIX):
-        raise InputError(f"{to.name} starts with {TEMP_PREFIX!r}, the prefix of temp files "
-                         "that recovery deletes", file=to, fix="pick another name")
+        raise InputError(
+            f"{to.name} starts with {TEMP_PREFIX!r}, the prefix of temp files "
+            "that recovery deletes",
+            file=to,
+            fix="pick another name",
+        )
     target = to.parent.resolve() / to.name  # `to` itself may be a link: never followed
     signed = signer is not None
-    with hold_output_folder(out_dir, holder="campaign deliver", log=log), \
-            Ledger(ledger_path) as ledger:
+    with (
+        hold_output_folder(out_dir, holder="campaign deliver", log=log),
+        Ledger(ledger_path) as ledger,
+    ):
         recovered = recover_deliveries(out_dir, ledger, log, beside=[target.parent])
         _step("recovered")
         if target.exists() or target.is_symlink():
-            return _already_there(ledger, target, recovered, run_id, require=require,
-                                  masters=masters, signed=signed, log=log)
+            return _already_there(
+                ledger,
+                target,
+                recovered,
+                run_id,
+                require=require,
+                masters=masters,
+                signed=signed,
+                log=log,
+            )
         plan = plan_delivery(ledger, run_id, require=require, masters=masters)
         if not plan.ready:
             return Delivered(plan, None)
         delivery_id = new_delivery_id()
         contents = _contents(plan, out_dir, signer, log)
         manifest = _manifest(plan, delivery_id, require, signed, contents)
-        names = {"manifest.json": (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-                 .encode(), "manifest.csv": _manifest_csv(manifest).encode()}
+        names = {
+            "manifest.json": (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode(),
+            "manifest.csv": _manifest_csv(manifest).encode(),
+        }
         temp = delivery_temp_path(out_dir, target, delivery_id)
         _step("planned")
         # The row comes first, naming the temp: a kill from here on leaves a row that says
         # what to do with the temp (delivery_recovery.recover_deliveries).
         ledger.record_delivery(
-            delivery_id, run_id=plan.run_id, target=str(target), require=require,
-            masters=masters, signed=signed, temp_path=str(temp), state="writing",
-            manifest_sha256=sha256_bytes(names["manifest.json"]), delivered_by=delivered_by,
-            files=[DeliveryFileRow(
-                path=shipped.name, render_id=shipped.row.id, channel=shipped.channel,
-                source_path=shipped.source_path, content_sha256=shipped.sha256,
-                sha256=sha256_bytes(contents[shipped.name]),
-                bytes=len(contents[shipped.name]), review_id=shipped.approval.review_id,
-                approved_by=shipped.approval.approved_by,
-                gating_id=shipped.approval.gating_id,
-                approved_at=shipped.approval.approved_at) for shipped in plan.files])
+            delivery_id,
+            run_id=plan.run_id,
+            target=str(target),
+            require=require,
+            masters=masters,
+            signed=signed,
+            temp_path=str(temp),
+            state="writing",
+            manifest_sha256=sha256_bytes(names["manifest.json"]),
+            delivered_by=delivered_by,
+            files=[
+                DeliveryFileRow(
+                    path=shipped.name,
+                    render_id=shipped.row.id,
+                    channel=shipped.channel,
+                    source_path=shipped.source_path,
+                    content_sha256=shipped.sha256,
+                    sha256=sha256_bytes(contents[shipped.name]),
+                    bytes=len(contents[shipped.name]),
+                    review_id=shipped.approval.review_id,
+                    approved_by=shipped.approval.approved_by,
+                    gating_id=shipped.approval.gating_id,
+                    approved_at=shipped.approval.approved_at,
+                )
+                for shipped in plan.files
+            ],
+        )
         _step("writing")
         try:
             write = _write_zip if target.suffix.lower() == ".zip" else _write_folder
@@ -296,37 +409,55 @@ def deliver(out_dir: Path, run_id: str | None, to: Path, *, require: str = "appr
             with contextlib.suppress(Exception):
                 recover_deliveries(out_dir, ledger, log)
             if isinstance(err, FileExistsError):
-                raise InputError(f"{target} already exists", file=target,
-                                 fix="deliver to a new folder or .zip (a delivery never "
-                                 "overwrites)") from None
+                raise InputError(
+                    f"{target} already exists",
+                    file=target,
+                    fix="deliver to a new folder or .zip (a delivery never overwrites)",
+                ) from None
             raise
         record = ledger.deliveries(delivery_id=delivery_id)[0]
         _step("recorded")
     return Delivered(plan, record, manifest)
 
 
-def _already_there(ledger: Ledger, target: Path, recovered: list[DeliveryRow],
-                   run_id: str | None, *, require: str, masters: bool, signed: bool,
-                   log: Callable[[str], None]) -> Delivered:
+def _already_there(
+    ledger: Ledger,
+    target: Path,
+    recovered: list[DeliveryRow],
+    run_id: str | None,
+    *,
+    require: str,
+    masters: bool,
+    signed: bool,
+    log: Callable[[str], None],
+) -> Delivered:
     """The target exists. If the recovery just completed a delivery to it of this plan (the
     same command, killed after it wrote the delivery), that is this command's result; else
     it is refused: a delivery never overwrites."""
     finished = next((record for record in recovered if record.target == str(target)), None)
     if finished is not None:
         plan = plan_delivery(ledger, run_id, require=require, masters=masters)
-        same = (finished.run_id, finished.require, finished.masters, finished.signed) == \
-            (plan.run_id, require, masters, signed) and \
-            {(item.path, item.content_sha256) for item in finished.files} == \
-            {(shipped.name, shipped.sha256) for shipped in plan.files}
+        same = (finished.run_id, finished.require, finished.masters, finished.signed) == (
+            plan.run_id,
+            require,
+            masters,
+            signed,
+        ) and {(item.path, item.content_sha256) for item in finished.files} == {
+            (shipped.name, shipped.sha256) for shipped in plan.files
+        }
         if same and plan.ready:
-            log(f"delivery {finished.id} to {target} was interrupted after it was written; "
-                "it is complete and recorded now")
+            log(
+                f"delivery {finished.id} to {target} was interrupted after it was written; "
+                "it is complete and recorded now"
+            )
             return Delivered(plan, finished, _read_manifest(target), recovered=True)
     held = ledger.deliveries(target=str(target))
-    raise InputError(f"{target} already exists"
-                     + (f" (delivery {held[0].id} of run {held[0].run_id})" if held else ""),
-                     file=target, fix="deliver to a new folder or .zip (a delivery never "
-                     "overwrites)")
+    raise InputError(
+        f"{target} already exists"
+        + (f" (delivery {held[0].id} of run {held[0].run_id})" if held else ""),
+        file=target,
+        fix="deliver to a new folder or .zip (a delivery never overwrites)",
+    )
 
 
 def _read_manifest(target: Path) -> dict[str, Any]:
@@ -345,55 +476,102 @@ def _step(name: str) -> None:
         time.sleep(float(pause))
 
 
-def _contents(plan: DeliveryPlan, out_dir: Path, signer: C2paSigner | None,
-              log: Callable[[str], None]) -> dict[str, bytes]:
+def _contents(
+    plan: DeliveryPlan, out_dir: Path, signer: C2paSigner | None, log: Callable[[str], None]
+) -> dict[str, bytes]:
     """Each file's bytes as shipped (signed when there is a signer), checked again."""
     contents = {}
     for shipped in plan.files:
         data = (out_dir / shipped.source_path).read_bytes()
         if sha256_bytes(data) != shipped.sha256:  # changed since it was planned
-            raise InputError(f"{shipped.source_path} changed while it was being delivered",
-                             fix="run campaign deliver again")
-        contents[shipped.name] = sign_image(data, signer, title=Path(shipped.name).name) \
-            if signer is not None else data
+            raise InputError(
+                f"{shipped.source_path} changed while it was being delivered",
+                fix="run campaign deliver again",
+            )
+        contents[shipped.name] = (
+            sign_image(data, signer, title=Path(shipped.name).name) if signer is not None else data
+        )
     if signer is not None:
         log(f"signed {len(contents)} file(s) with a C2PA manifest ({signer.cert_chain.name})")
     return contents
 
 
-def _manifest(plan: DeliveryPlan, delivery_id: str, require: str, signed: bool,
-              contents: dict[str, bytes]) -> dict[str, Any]:
+def _manifest(
+    plan: DeliveryPlan, delivery_id: str, require: str, signed: bool, contents: dict[str, bytes]
+) -> dict[str, Any]:
     files = []
     for shipped in plan.files:
         row, approval = shipped.row, shipped.approval
         data = contents[shipped.name]
-        files.append({
-            "variant_id": row.variant_id,
-            "axes": {axis: axis_label(value) for axis, value in row.axes.items()},
-            "channel": shipped.channel, "file": shipped.name, "sha256": sha256_bytes(data),
-            "content_sha256": shipped.sha256, "bytes": len(data),
-            "size": [shipped.width, shipped.height], "format": shipped.format,
-            "gate_status": row.status, "approved_by": approval.approved_by,
-            "gating_id": approval.gating_id, "approved_at": approval.approved_at})
-    return {"delivery_id": delivery_id, "run_id": plan.run_id, "campaign": plan.campaign,
-            "require": require, "signed": signed, "created_at": utc_now(), "files": files}
+        files.append(
+            {
+                "variant_id": row.variant_id,
+                "axes": {axis: axis_label(value) for axis, value in row.axes.items()},
+                "channel": shipped.channel,
+                "file": shipped.name,
+                "sha256": sha256_bytes(data),
+                "content_sha256": shipped.sha256,
+                "bytes": len(data),
+                "size": [shipped.width, shipped.height],
+                "format": shipped.format,
+                "gate_status": row.status,
+                "approved_by": approval.approved_by,
+                "gating_id": approval.gating_id,
+                "approved_at": approval.approved_at,
+            }
+        )
+    return {
+        "delivery_id": delivery_id,
+        "run_id": plan.run_id,
+        "campaign": plan.campaign,
+        "require": require,
+        "signed": signed,
+        "created_at": utc_now(),
+        "files": files,
+    }
 
 
 def _manifest_csv(manifest: dict[str, Any]) -> str:
     """One row per file; axes as one ``axis.NAME`` column each (a spreadsheet's shape)."""
     axes = list(dict.fromkeys(axis for item in manifest["files"] for axis in item["axes"]))
-    columns = ["variant_id", *(f"axis.{axis}" for axis in axes), "channel", "file", "sha256",
-               "content_sha256", "bytes", "width", "height", "format", "gate_status",
-               "approved_by", "gating_id", "approved_at"]
+    columns = [
+        "variant_id",
+        *(f"axis.{axis}" for axis in axes),
+        "channel",
+        "file",
+        "sha256",
+        "content_sha256",
+        "bytes",
+        "width",
+        "height",
+        "format",
+        "gate_status",
+        "approved_by",
+        "gating_id",
+        "approved_at",
+    ]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for item in manifest["files"]:
-        writer.writerow([item["variant_id"], *(item["axes"].get(axis, "") for axis in axes),
-                         item["channel"], item["file"], item["sha256"], item["content_sha256"],
-                         item["bytes"], item["size"][0], item["size"][1], item["format"],
-                         item["gate_status"], item["approved_by"], item["gating_id"],
-                         item["approved_at"]])
+        writer.writerow(
+            [
+                item["variant_id"],
+                *(item["axes"].get(axis, "") for axis in axes),
+                item["channel"],
+                item["file"],
+                item["sha256"],
+                item["content_sha256"],
+                item["bytes"],
+                item["size"][0],
+                item["size"][1],
+                item["format"],
+                item["gate_status"],
+                item["approved_by"],
+                item["gating_id"],
+                item["approved_at"],
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -407,8 +585,11 @@ def _write_folder(temp: Path, contents: dict[str, bytes], names: dict[str, bytes
         _step("file")
     for name, data in files.items():  # read back what was written
         if sha256_file(temp / name) != sha256_bytes(data):
-            raise InputError(f"{name} reads back with other bytes than were written",
-                             file=temp / name, fix="check the disk, then deliver again")
+            raise InputError(
+                f"{name} reads back with other bytes than were written",
+                file=temp / name,
+                fix="check the disk, then deliver again",
+            )
     for folder in sorted({(temp / name).parent for name in files}, reverse=True):
         fsync_folder(folder)  # each channel folder's entry in its parent, then the temp's
 
@@ -421,8 +602,9 @@ def _write_zip(temp: Path, contents: dict[str, bytes], names: dict[str, bytes]) 
             for name, data in {**contents, **names}.items():
                 # Images are compressed already; the manifests deflate well.
                 entry = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-                entry.compress_type = zipfile.ZIP_DEFLATED if name in MANIFEST_NAMES \
-                    else zipfile.ZIP_STORED
+                entry.compress_type = (
+                    zipfile.ZIP_DEFLATED if name in MANIFEST_NAMES else zipfile.ZIP_STORED
+                )
                 archive.writestr(entry, data)
                 _step("file")
         handle.flush()
@@ -430,8 +612,11 @@ def _write_zip(temp: Path, contents: dict[str, bytes], names: dict[str, bytes]) 
     with zipfile.ZipFile(temp) as archive:  # read back what was written
         for name, data in {**contents, **names}.items():
             if sha256_bytes(archive.read(name)) != sha256_bytes(data):
-                raise InputError(f"{name} reads back from the archive with other bytes",
-                                 file=temp, fix="check the disk, then deliver again")
+                raise InputError(
+                    f"{name} reads back from the archive with other bytes",
+                    file=temp,
+                    fix="check the disk, then deliver again",
+                )
 
 
 def describe(delivered: Delivered) -> list[str]:
@@ -440,41 +625,58 @@ def describe(delivered: Delivered) -> list[str]:
     lines = []
     if delivered.record is not None:
         record = delivered.record
-        lines.append(f"delivered {len(record.files)} file(s) of run {plan.run_id} to "
-                     f"{record.target} (delivery {record.id}"
-                     + (", C2PA-signed" if record.signed else "")
-                     + (", completed after an interrupted run" if delivered.recovered
-                        else "") + ")")
+        lines.append(
+            f"delivered {len(record.files)} file(s) of run {plan.run_id} to "
+            f"{record.target} (delivery {record.id}"
+            + (", C2PA-signed" if record.signed else "")
+            + (", completed after an interrupted run" if delivered.recovered else "")
+            + ")"
+        )
         approvers: dict[str, set[int]] = {}
         for item in record.files:
             approvers.setdefault(item.approved_by or "?", set()).add(item.render_id)
-        lines.append("  approved by " + ", ".join(
-            f"{name} ({len(renders)} variant(s))" for name, renders in approvers.items()))
+        lines.append(
+            "  approved by "
+            + ", ".join(
+                f"{name} ({len(renders)} variant(s))" for name, renders in approvers.items()
+            )
+        )
     elif plan.problems:
         lines.append(f"nothing delivered: files of run {plan.run_id} are missing or altered")
     elif plan.require == "approved":
-        lines.append(f"nothing delivered: no variant of run {plan.run_id} is approved by a "
-                     "person (--require passed ships what passed its gates)")
+        lines.append(
+            f"nothing delivered: no variant of run {plan.run_id} is approved by a "
+            "person (--require passed ships what passed its gates)"
+        )
     else:
-        lines.append(f"nothing delivered: no variant of run {plan.run_id} passed its gates "
-                     "or was approved by a person")
+        lines.append(
+            f"nothing delivered: no variant of run {plan.run_id} passed its gates "
+            "or was approved by a person"
+        )
     lines += [f"  altered  {problem}" for problem in plan.problems]
-    lines += [f"  waiting  {held.variant_id[:12]}  {held.row.output_path if held.row else ''}"
-              f"  {held.why}" for held in plan.blocking]
-    lines += [f"  left out {held.variant_id[:12]}  {held.row.output_path if held.row else ''}"
-              f"  {held.why}" for held in plan.left_out]
+    lines += [
+        f"  waiting  {held.variant_id[:12]}  {held.row.output_path if held.row else ''}  {held.why}"
+        for held in plan.blocking
+    ]
+    lines += [
+        f"  left out {held.variant_id[:12]}  {held.row.output_path if held.row else ''}  {held.why}"
+        for held in plan.left_out
+    ]
     return lines
 
 
-def signer_for(run_campaign_file: str, *, sign: bool, cert_chain: Path | None,
-               private_key: Path | None) -> C2paSigner | None:
+def signer_for(
+    run_campaign_file: str, *, sign: bool, cert_chain: Path | None, private_key: Path | None
+) -> C2paSigner | None:
     """Who signs: --cert-chain/--private-key, else the campaign's ``delivery.c2pa`` (which
     signs every delivery of its runs), else nobody; ``sign`` demands one."""
     from renderer.validate.checks import load_delivery
 
     if (cert_chain is None) != (private_key is None):
-        raise InputError("--cert-chain and --private-key go together",
-                         fix="pass both, or neither to use the campaign's delivery.c2pa")
+        raise InputError(
+            "--cert-chain and --private-key go together",
+            fix="pass both, or neither to use the campaign's delivery.c2pa",
+        )
     if cert_chain is not None and private_key is not None:
         for path in (cert_chain, private_key):
             if not path.is_file():
@@ -483,12 +685,15 @@ def signer_for(run_campaign_file: str, *, sign: bool, cert_chain: Path | None,
     campaign_file = Path(run_campaign_file)
     files = load_delivery(campaign_file) if campaign_file.is_file() else None
     if files is not None:
-        return C2paSigner(files.cert_chain, files.private_key, alg=files.spec.alg,
-                          ta_url=files.spec.ta_url)
+        return C2paSigner(
+            files.cert_chain, files.private_key, alg=files.spec.alg, ta_url=files.spec.ta_url
+        )
     if sign:
-        raise InputError("--sign needs a certificate chain and key", file=campaign_file,
-                         key_path="delivery.c2pa",
-                         fix="add delivery: {c2pa: {cert_chain: chain.pem, private_key: "
-                         "key.pem}} to the campaign, or pass --cert-chain and --private-key")
+        raise InputError(
+            "--sign needs a certificate chain and key",
+            file=campaign_file,
+            key_path="delivery.c2pa",
+            fix="add delivery: {c2pa: {cert_chain: chain.pem, private_key: "
+            "key.pem}} to the campaign, or pass --cert-chain and --private-key",
+        )
     return None
-

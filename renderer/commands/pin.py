@@ -35,8 +35,9 @@ class PinChange:
 
     def describe(self) -> str:
         before = short_hash(str(self.old)) if self.old is not None else "unpinned"
-        return (f"{self.file}: {self.key_path} {self.target.name}: {before} -> "
-                f"{short_hash(self.new)}")
+        return (
+            f"{self.file}: {self.key_path} {self.target.name}: {before} -> {short_hash(self.new)}"
+        )
 
 
 def pin(path: Path) -> list[PinChange]:
@@ -45,15 +46,23 @@ def pin(path: Path) -> list[PinChange]:
     data = load_yaml(path).data
     if isinstance(data, dict) and "matrix" in data and "brand" in data:
         matrix = data["matrix"] if isinstance(data["matrix"], dict) else {}
-        refs = [data["recipe"]] if "recipe" in data else [
-            *(matrix.get("axes") or {}).get(RECIPE_AXIS, []),
-            *(entry[RECIPE_AXIS] for entry in matrix.get("include") or []
-              if isinstance(entry, dict) and RECIPE_AXIS in entry)]
+        refs = (
+            [data["recipe"]]
+            if "recipe" in data
+            else [
+                *(matrix.get("axes") or {}).get(RECIPE_AXIS, []),
+                *(
+                    entry[RECIPE_AXIS]
+                    for entry in matrix.get("include") or []
+                    if isinstance(entry, dict) and RECIPE_AXIS in entry
+                ),
+            ]
+        )
         recipes_dir = path.parent / str(data.get("recipes_dir", "../recipes"))
         recipes = dict.fromkeys(str(ref).split("@")[0] for ref in refs)
-        return ([change for name in recipes
-                 for change in pin_references(recipes_dir / f"{name}.yaml")]
-                + pin_references(path.parent / str(data["brand"])))
+        return [
+            change for name in recipes for change in pin_references(recipes_dir / f"{name}.yaml")
+        ] + pin_references(path.parent / str(data["brand"]))
     return pin_references(path)
 
 
@@ -66,8 +75,9 @@ def pin_references(path: Path) -> list[PinChange]:
     try:
         if "dataset" in data:  # a training spec (it names a family too)
             dataset = data["dataset"]
-            references = [("dataset", "images", index)
-                          for index in range(len(dataset.get("images") or []))]
+            references = [
+                ("dataset", "images", index) for index in range(len(dataset.get("images") or []))
+            ]
             references += [("dataset", "folder")] if dataset.get("folder") else []
         elif "family" in data:
             references: list[KeyPath] = [("checkpoint",)]
@@ -78,18 +88,26 @@ def pin_references(path: Path) -> list[PinChange]:
         nodes = [_node(data, key_path) for key_path in references]
         targets = [path.parent / str(node["path"]) for node in nodes]
     except (KeyError, TypeError, AttributeError):
-        raise SchemaError("cannot find the file references to pin", file=path,
-                          fix=f"run `campaign validate {path}` and fix what it reports"
-                          ) from None
+        raise SchemaError(
+            "cannot find the file references to pin",
+            file=path,
+            fix=f"run `campaign validate {path}` and fix what it reports",
+        ) from None
     lines = document.text.splitlines(keepends=True)
     changes = []
     # Bottom-up, so inserting a line never shifts a line still to be edited.
-    for key_path, node, target in sorted(zip(references, nodes, targets, strict=True),
-                                         key=lambda item: -(document.line_of(item[0]) or 0)):
+    for key_path, node, target in sorted(
+        zip(references, nodes, targets, strict=True),
+        key=lambda item: -(document.line_of(item[0]) or 0),
+    ):
         if not target.exists():
-            raise document.error(MissingFileError, "referenced file not found",
-                                 (*key_path, "path"), found=str(target),
-                                 fix="fix the path (relative to this YAML file's folder)")
+            raise document.error(
+                MissingFileError,
+                "referenced file not found",
+                (*key_path, "path"),
+                found=str(target),
+                fix="fix the path (relative to this YAML file's folder)",
+            )
         digest = hash_file(target)
         old = node.get("sha256")
         if old == digest:
@@ -118,8 +136,9 @@ def _yaml_scalar(digest: str) -> str:
     return digest if isinstance(yaml.safe_load(digest), str) else f'"{digest}"'
 
 
-def _set_pin(document: YamlDocument, lines: list[str], key_path: KeyPath, old: object,
-             digest: str) -> None:
+def _set_pin(
+    document: YamlDocument, lines: list[str], key_path: KeyPath, old: object, digest: str
+) -> None:
     value = _yaml_scalar(digest)
     if old is not None:
         index = document.line_of((*key_path, "sha256")) - 1
@@ -140,8 +159,12 @@ def _set_pin(document: YamlDocument, lines: list[str], key_path: KeyPath, old: o
 
 
 def _ambiguous(document: YamlDocument, key_path: KeyPath) -> SchemaError:
-    return document.error(SchemaError, "cannot pin: several file references share this line",
-                          key_path, fix="put each file reference on its own line, then pin")
+    return document.error(
+        SchemaError,
+        "cannot pin: several file references share this line",
+        key_path,
+        fix="put each file reference on its own line, then pin",
+    )
 
 
 def _check_still_valid(path: Path, text: str) -> None:

@@ -49,16 +49,18 @@ class C2paSigner:
 
     cert_chain: Path
     private_key: Path
-    alg: str = "es256"          # es256 | es384 | es512 | ps256 | ps384 | ps512 | ed25519
-    ta_url: str | None = None   # RFC 3161 time-stamp authority; None: no time stamp
+    alg: str = "es256"  # es256 | es384 | es512 | ps256 | ps384 | ps512 | ed25519
+    ta_url: str | None = None  # RFC 3161 time-stamp authority; None: no time stamp
 
 
 def _c2pa() -> Any:
     try:
         import c2pa
     except ImportError:
-        raise InputError("signing C2PA manifests needs the c2pa-python package",
-                         fix="pip install '.[c2pa]', or turn C2PA signing off") from None
+        raise InputError(
+            "signing C2PA manifests needs the c2pa-python package",
+            fix="pip install '.[c2pa]', or turn C2PA signing off",
+        ) from None
     return c2pa
 
 
@@ -73,45 +75,78 @@ def image_facts(data: bytes) -> tuple[str, tuple[int, int], VariantSpec]:
             kind, size = image.format, image.size
         spec = VariantSpec.from_json(read_export_metadata(data)[VARIANT_KEY])
     except (OSError, KeyError, ValueError, SyntaxError) as err:
-        raise InputError("the file carries no readable campaign_variant metadata to sign",
-                         found=f"{type(err).__name__}: {err}",
-                         fix="sign files written by `campaign render`") from None
+        raise InputError(
+            "the file carries no readable campaign_variant metadata to sign",
+            found=f"{type(err).__name__}: {err}",
+            fix="sign files written by `campaign render`",
+        ) from None
     if kind not in MIME_TYPES:
-        raise InputError(f"cannot sign a {kind} file", expected=", ".join(MIME_TYPES),
-                         found=str(kind))
+        raise InputError(
+            f"cannot sign a {kind} file", expected=", ".join(MIME_TYPES), found=str(kind)
+        )
     return kind, size, spec
 
 
 def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, Any]]:
     """The actions that made a file of ``size`` from ``spec``, in the order they happened."""
     recipe = spec.recipe
-    models = {"family": recipe.family,
-              "checkpoint": {"name": recipe.checkpoint.name, "sha256": recipe.checkpoint.sha256},
-              "loras": [{"name": lora.name, "sha256": lora.sha256, "weight": lora.weight}
-                        for lora in recipe.loras]}
-    actions = [{"action": "c2pa.created", "digitalSourceType": digital_source_type(spec),
-                "softwareAgent": SOFTWARE, "description": f"{recipe.mode} render",
-                "parameters": models}]
+    models = {
+        "family": recipe.family,
+        "checkpoint": {"name": recipe.checkpoint.name, "sha256": recipe.checkpoint.sha256},
+        "loras": [
+            {"name": lora.name, "sha256": lora.sha256, "weight": lora.weight}
+            for lora in recipe.loras
+        ],
+    }
+    actions = [
+        {
+            "action": "c2pa.created",
+            "digitalSourceType": digital_source_type(spec),
+            "softwareAgent": SOFTWARE,
+            "description": f"{recipe.mode} render",
+            "parameters": models,
+        }
+    ]
     post = spec.postprocess
     edits = []
     if recipe.inpaint:
-        edits.append(("inpainting: the masked region repainted by the model, the rest kept "
-                      "from the source", COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA))
+        edits.append(
+            (
+                "inpainting: the masked region repainted by the model, the rest kept "
+                "from the source",
+                COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
+            )
+        )
     if post.retouch:
         edits.append(("retouch: " + ", ".join(step.op for step in post.retouch), None))
     if post.logo is not None:
         edits.append((f"brand logo overlaid ({post.logo.name})", None))
     if post.text is not None and (post.text.headline or post.text.legal):
-        edits.append(("text set: " + ", ".join(role for role in ("headline", "legal")
-                                                if getattr(post.text, role)), None))
+        edits.append(
+            (
+                "text set: "
+                + ", ".join(role for role in ("headline", "legal") if getattr(post.text, role)),
+                None,
+            )
+        )
     for description, source_type in edits:
-        actions.append({"action": "c2pa.edited", "softwareAgent": SOFTWARE,
-                        "description": description,
-                        **({"digitalSourceType": source_type} if source_type else {})})
+        actions.append(
+            {
+                "action": "c2pa.edited",
+                "softwareAgent": SOFTWARE,
+                "description": description,
+                **({"digitalSourceType": source_type} if source_type else {}),
+            }
+        )
     if size != (spec.width, spec.height):
-        actions.append({"action": "c2pa.resized", "softwareAgent": SOFTWARE,
-                        "description": f"channel export: cropped and resized from "
-                        f"{spec.width}x{spec.height} to {size[0]}x{size[1]}"})
+        actions.append(
+            {
+                "action": "c2pa.resized",
+                "softwareAgent": SOFTWARE,
+                "description": f"channel export: cropped and resized from "
+                f"{spec.width}x{spec.height} to {size[0]}x{size[1]}",
+            }
+        )
     return actions
 
 
@@ -126,21 +161,27 @@ def sign_image(data: bytes, signer: C2paSigner, *, title: str = "image") -> byte
         "assertions": [{"label": "c2pa.actions", "data": {"actions": c2pa_actions(spec, size)}}],
     }
     try:
-        info = c2pa.C2paSignerInfo(alg=signer.alg.encode(),
-                                   sign_cert=signer.cert_chain.read_bytes(),
-                                   private_key=signer.private_key.read_bytes(),
-                                   ta_url=signer.ta_url.encode() if signer.ta_url else None)
-        with c2pa.Signer.from_info(info) as c2pa_signer, \
-                c2pa.Builder(json.dumps(manifest)) as builder:
+        info = c2pa.C2paSignerInfo(
+            alg=signer.alg.encode(),
+            sign_cert=signer.cert_chain.read_bytes(),
+            private_key=signer.private_key.read_bytes(),
+            ta_url=signer.ta_url.encode() if signer.ta_url else None,
+        )
+        with (
+            c2pa.Signer.from_info(info) as c2pa_signer,
+            c2pa.Builder(json.dumps(manifest)) as builder,
+        ):
             signed = io.BytesIO()
             builder.sign(c2pa_signer, MIME_TYPES[kind], io.BytesIO(data), signed)
     except OSError as err:
         raise InputError("cannot read the C2PA certificate or key", found=str(err)) from None
     except c2pa.C2paError as err:
-        raise InputError("C2PA signing failed", found=str(err),
-                         fix="use a PEM chain whose first certificate matches the key, "
-                         "issued by a CA (self-signed signer certificates are refused)"
-                         ) from None
+        raise InputError(
+            "C2PA signing failed",
+            found=str(err),
+            fix="use a PEM chain whose first certificate matches the key, "
+            "issued by a CA (self-signed signer certificates are refused)",
+        ) from None
     return signed.getvalue()
 
 
@@ -155,20 +196,26 @@ def read_c2pa(data: bytes, trust_anchors: bytes | None = None) -> dict[str, Any]
     ``digitalSourceType`` values and parameters)."""
     c2pa = _c2pa()
     settings = {"trust": {"trust_anchors": trust_anchors.decode()}} if trust_anchors else {}
-    with c2pa.Context(c2pa.Settings.from_dict(settings)) as context, \
-            c2pa.Reader(None, io.BytesIO(data), context=context) as reader:
+    with (
+        c2pa.Context(c2pa.Settings.from_dict(settings)) as context,
+        c2pa.Reader(None, io.BytesIO(data), context=context) as reader,
+    ):
         store = json.loads(reader.json())
     manifest = store["manifests"][store["active_manifest"]]
-    actions = [action for assertion in manifest["assertions"]
-               if assertion["label"].startswith("c2pa.actions")
-               for action in assertion["data"]["actions"]]
+    actions = [
+        action
+        for assertion in manifest["assertions"]
+        if assertion["label"].startswith("c2pa.actions")
+        for action in assertion["data"]["actions"]
+    ]
     return {
         "validation_state": store.get("validation_state"),
         "validation_status": store.get("validation_status") or [],
         "signer": manifest.get("signature_info", {}),
         "claim_generator": manifest.get("claim_generator_info", []),
-        "digital_source_types": [action.get("digitalSourceType") for action in actions
-                                 if action.get("digitalSourceType")],
+        "digital_source_types": [
+            action.get("digitalSourceType") for action in actions if action.get("digitalSourceType")
+        ],
         "actions": [action["action"] for action in actions],
         "action_details": actions,
     }

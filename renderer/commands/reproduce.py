@@ -66,15 +66,15 @@ class Target:
 
     variant_id: str
     spec: Mapping[str, Any]  # the stored JSON (what the id hashes)
-    output_name: str                # the re-render goes to FOLDER/OUTPUT-NAME.png below dest
-    original: Path | None           # the recorded image (to compare pixels with)
-    original_sha256: str | None     # the recorded bytes' hash
+    output_name: str  # the re-render goes to FOLDER/OUTPUT-NAME.png below dest
+    original: Path | None  # the recorded image (to compare pixels with)
+    original_sha256: str | None  # the recorded bytes' hash
     input_files: Sequence[Mapping[str, str]] = ()
     environment: Mapping[str, Any] | None = None
-    batch: Sequence[str] = ()       # variant ids rendered with it, in order (empty: unknown)
+    batch: Sequence[str] = ()  # variant ids rendered with it, in order (empty: unknown)
     source: str = ""
-    search: Sequence[Path] = ()    # where its per-variant images may be (the campaign's folder)
-    folder: str | None = None       # None: the layout's (renderer.plan.output_folder)
+    search: Sequence[Path] = ()  # where its per-variant images may be (the campaign's folder)
+    folder: str | None = None  # None: the layout's (renderer.plan.output_folder)
     # The files it may be, compared with the same file's re-render: a channel export's name,
     # None for the master (several: a PNG export of the master's size, until bytes tell).
     channels: tuple[str | None, ...] = (None,)
@@ -100,17 +100,30 @@ def _target_of(ledger: Ledger, row: RenderRow) -> Target:
     where = f"ledger row {row.id} of run {row.run_id}"
     _check_spec(row.spec, row.variant_id, where, ledger.path)
     run = ledger.run(row.run_id)
-    config = next((FileId(name=Path(entry["path"]).name, sha256=entry["sha256"])
-                   for entry in row.input_files if entry["role"] == "checkpoint_config"), None)
+    config = next(
+        (
+            FileId(name=Path(entry["path"]).name, sha256=entry["sha256"])
+            for entry in row.input_files
+            if entry["role"] == "checkpoint_config"
+        ),
+        None,
+    )
     return Target(
-        variant_id=row.variant_id, spec=row.spec, output_name=row.output_name,
-        folder=row.files_folder, original=ledger.path.parent / row.output_path,
-        original_sha256=row.output_sha256, checkpoint_config=config,
-        input_files=row.input_files, environment=ledger.environment(row.environment_hash),
-        batch=row.batch, source=where,
+        variant_id=row.variant_id,
+        spec=row.spec,
+        output_name=row.output_name,
+        folder=row.files_folder,
+        original=ledger.path.parent / row.output_path,
+        original_sha256=row.output_sha256,
+        checkpoint_config=config,
+        input_files=row.input_files,
+        environment=ledger.environment(row.environment_hash),
+        batch=row.batch,
+        source=where,
         # Control images are named relative to the campaign file; the ledger records the
         # files a recipe names by path, a variant's images by name and sha256 only.
-        search=(Path(run.campaign_file).parent,) if run else ())
+        search=(Path(run.campaign_file).parent,) if run else (),
+    )
 
 
 def target_from_image(path: Path, ledger: Ledger | None) -> Target:
@@ -123,25 +136,42 @@ def target_from_image(path: Path, ledger: Ledger | None) -> Target:
     channels = _channels_of(spec, size, kind, sha256_bytes(data), ledger, path)
     if ledger is not None and ledger.renders_of(variant_id):
         recorded = targets_from_ledger(ledger, [variant_id])[0]
-        return dataclasses.replace(recorded, original=path, original_sha256=sha256_bytes(data),
-                                   channels=channels, source=f"{path} ({recorded.source})")
-    target = Target(variant_id=variant_id, spec=spec, output_name=path.stem, folder="",
-                    original=path, original_sha256=sha256_bytes(data), channels=channels,
-                    source=f"metadata of {path}")
+        return dataclasses.replace(
+            recorded,
+            original=path,
+            original_sha256=sha256_bytes(data),
+            channels=channels,
+            source=f"{path} ({recorded.source})",
+        )
+    target = Target(
+        variant_id=variant_id,
+        spec=spec,
+        output_name=path.stem,
+        folder="",
+        original=path,
+        original_sha256=sha256_bytes(data),
+        channels=channels,
+        source=f"metadata of {path}",
+    )
     if context is None:  # written before campaign_render: into dest itself, by its file name
         return target
     batch = _batch_of(spec, variant_id, context, path)
     return dataclasses.replace(
-        target, output_name=context.output_name, folder=None,
+        target,
+        output_name=context.output_name,
+        folder=None,
         batch=() if context.batch_size else tuple(batch) or (variant_id,),
         mates={mate: mate_spec for mate, mate_spec in batch.items() if mate != variant_id},
-        options=context.options, checkpoint_config=context.checkpoint_config,
+        options=context.options,
+        checkpoint_config=context.checkpoint_config,
         unknown_batch=f"its batch of {context.batch_size} images is not in the file (their "
-        f"list was over the {MAX_RENDER_BYTES}-byte budget of campaign_render)")
+        f"list was over the {MAX_RENDER_BYTES}-byte budget of campaign_render)",
+    )
 
 
-def _embedded(path: Path, data: bytes
-              ) -> tuple[dict[str, Any], RenderContext | None, tuple[int, int], str]:
+def _embedded(
+    path: Path, data: bytes
+) -> tuple[dict[str, Any], RenderContext | None, tuple[int, int], str]:
     """The variant JSON and the render context a PNG, JPEG or WebP written by the renderer
     carries (PNG text, or XMP ``campaign:KEY``), with the image's size and format."""
     import io
@@ -157,21 +187,29 @@ def _embedded(path: Path, data: bytes
         metadata = read_export_metadata(data)
         spec = json.loads(metadata[VARIANT_KEY]) if VARIANT_KEY in metadata else None
     except (OSError, ValueError, SyntaxError) as err:
-        raise InputError("cannot read this image's metadata", file=path,
-                         found=f"{type(err).__name__}: {err}",
-                         fix="pass a PNG, JPEG or WebP written by `campaign render`") from None
+        raise InputError(
+            "cannot read this image's metadata",
+            file=path,
+            found=f"{type(err).__name__}: {err}",
+            fix="pass a PNG, JPEG or WebP written by `campaign render`",
+        ) from None
     if not isinstance(spec, dict):
-        raise InputError("the image carries no campaign_variant metadata", file=path,
-                         fix="pass an image written by `campaign render` (metadata intact), "
-                         "or a render id")
+        raise InputError(
+            "the image carries no campaign_variant metadata",
+            file=path,
+            fix="pass an image written by `campaign render` (metadata intact), or a render id",
+        )
     text = metadata.get(RENDER_KEY)
     try:
         return spec, None if text is None else RenderContext.read(text), size, kind
     except ValueError as err:
-        raise InputError(f"the image's {RENDER_KEY} metadata is not one this renderer "
-                         "writes", file=path, found=_first_error(err),
-                         fix="pass the file as `campaign render` wrote it (metadata intact), "
-                         "or reproduce it by its render id from the ledger") from None
+        raise InputError(
+            f"the image's {RENDER_KEY} metadata is not one this renderer writes",
+            file=path,
+            found=_first_error(err),
+            fix="pass the file as `campaign render` wrote it (metadata intact), "
+            "or reproduce it by its render id from the ledger",
+        ) from None
 
 
 def _first_error(err: ValueError) -> str:
@@ -184,25 +222,36 @@ def _first_error(err: ValueError) -> str:
     return f"{'.'.join(str(part) for part in first['loc']) or '(top)'}: {first['msg']}"
 
 
-def _batch_of(spec: Mapping[str, Any], variant_id: str, context: RenderContext,
-              path: Path) -> dict[str, dict[str, Any]]:
+def _batch_of(
+    spec: Mapping[str, Any], variant_id: str, context: RenderContext, path: Path
+) -> dict[str, dict[str, Any]]:
     """The specs of the image's batch by id, in call order, rebuilt from its own ``spec``
     and each checked against its id; empty when it was rendered alone."""
     members = context.members(spec)
     ids = [member for member, _ in members]
     if members and (variant_id not in ids or len(set(ids)) < len(ids)):
-        raise InputError(f"the image's campaign_render batch must list its own variant "
-                         f"{variant_id[:12]} once among distinct ids", file=path,
-                         found=", ".join(member[:12] for member in ids),
-                         fix="pass the file as `campaign render` wrote it (metadata intact)")
+        raise InputError(
+            f"the image's campaign_render batch must list its own variant "
+            f"{variant_id[:12]} once among distinct ids",
+            file=path,
+            found=", ".join(member[:12] for member in ids),
+            fix="pass the file as `campaign render` wrote it (metadata intact)",
+        )
     for index, (member, member_spec) in enumerate(members):
-        _check_spec(member_spec, member, f"member {index} of the image's campaign_render "
-                    "batch", path)
+        _check_spec(
+            member_spec, member, f"member {index} of the image's campaign_render batch", path
+        )
     return dict(members)
 
 
-def _channels_of(spec: Mapping[str, Any], size: tuple[int, int], kind: str, sha256: str,
-                 ledger: Ledger | None, path: Path) -> tuple[str | None, ...]:
+def _channels_of(
+    spec: Mapping[str, Any],
+    size: tuple[int, int],
+    kind: str,
+    sha256: str,
+    ledger: Ledger | None,
+    path: Path,
+) -> tuple[str | None, ...]:
     """Which file of its variant an image may be: the master (None) or a channel export — by
     the ledger's record of its bytes, else by its format and size among the spec's (a PNG
     export of the master's size may be either: the re-render's bytes tell)."""
@@ -212,33 +261,47 @@ def _channels_of(spec: Mapping[str, Any], size: tuple[int, int], kind: str, sha2
                 if export.sha256 == sha256:
                     return (export.name,)
     exports = spec["postprocess"].get("exports") or []
-    master: list[str | None] = [None] if kind == "png" and size == (
-        spec["width"], spec["height"]) else []
-    matches = master + [export["name"] for export in exports if export["format"] == kind
-                        and (export["width"], export["height"]) == size]
+    master: list[str | None] = (
+        [None] if kind == "png" and size == (spec["width"], spec["height"]) else []
+    )
+    matches = master + [
+        export["name"]
+        for export in exports
+        if export["format"] == kind and (export["width"], export["height"]) == size
+    ]
     if not matches:
-        raise InputError(f"this {kind.upper()} {size[0]}x{size[1]} is neither the variant's "
-                         "master nor one of its channel exports", file=path,
-                         expected="the master PNG "
-                         f"{spec['width']}x{spec['height']} or an export: " + (", ".join(
-                             f"{e['name']} {e['format']} {e['width']}x{e['height']}"
-                             for e in exports) or "none"),
-                         fix="pass the file as `campaign render` wrote it (not resized or "
-                         "converted)")
+        raise InputError(
+            f"this {kind.upper()} {size[0]}x{size[1]} is neither the variant's "
+            "master nor one of its channel exports",
+            file=path,
+            expected="the master PNG "
+            f"{spec['width']}x{spec['height']} or an export: "
+            + (
+                ", ".join(f"{e['name']} {e['format']} {e['width']}x{e['height']}" for e in exports)
+                or "none"
+            ),
+            fix="pass the file as `campaign render` wrote it (not resized or converted)",
+        )
     return tuple(matches)
 
 
 def _check_spec(spec: Mapping[str, Any], variant_id: str, where: str, file: Path) -> None:
     if sha256_json(spec) != variant_id:
-        raise InputError(f"{where}: the stored variant JSON does not hash to its id",
-                         file=file, expected=variant_id, found=sha256_json(spec),
-                         fix="it was edited or is damaged: restore the ledger or the image "
-                         "from a backup")
+        raise InputError(
+            f"{where}: the stored variant JSON does not hash to its id",
+            file=file,
+            expected=variant_id,
+            found=sha256_json(spec),
+            fix="it was edited or is damaged: restore the ledger or the image from a backup",
+        )
     if problem := spec_problem(spec):
-        raise InputError(f"{where} is not a variant spec this renderer can render",
-                         file=file, found=problem,
-                         fix="pass an image written by `campaign render` with its metadata "
-                         "intact, or a render id from the ledger")
+        raise InputError(
+            f"{where} is not a variant spec this renderer can render",
+            file=file,
+            found=problem,
+            fix="pass an image written by `campaign render` with its metadata "
+            "intact, or a render id from the ledger",
+        )
 
 
 @dataclass
@@ -266,14 +329,15 @@ class Outcome:
         if self.identical_bytes is not None:
             figures.append("identical bytes" if self.identical_bytes else "bytes differ")
         if self.max_pixel_difference is not None:
-            figures.append(f"max pixel difference {self.max_pixel_difference}/255 "
-                           f"(tolerance {self.tolerance}/255)")
+            figures.append(
+                f"max pixel difference {self.max_pixel_difference}/255 "
+                f"(tolerance {self.tolerance}/255)"
+            )
         if self.ssim is not None:
             figures.append(f"SSIM {self.ssim:.6f} (min {self.min_ssim})")
         lines = [head + (f": {', '.join(figures)}" if figures else "")]
         lines += [f"    input: {problem}" for problem in self.input_problems]
-        lines += [f"    environment: {difference}" for difference in
-                  self.environment_differences]
+        lines += [f"    environment: {difference}" for difference in self.environment_differences]
         lines += [f"    note: {note}" for note in self.notes]
         if self.reproduced:
             lines.append(f"    re-rendered: {self.reproduced}")
@@ -284,10 +348,18 @@ class Outcome:
         return {**dataclasses.asdict(self), "matches": self.matches}
 
 
-def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs"),
-              run: str | None = None, into: Path | None = None, search: Sequence[Path] = (),
-              tolerance: int | None = None, min_ssim: float = DEFAULT_MIN_SSIM,
-              allow_pickle: bool = False, log: Log = lambda _: None) -> list[Outcome]:
+def reproduce(
+    what: str | Path | None = None,
+    *,
+    out_dir: Path = Path("outputs"),
+    run: str | None = None,
+    into: Path | None = None,
+    search: Sequence[Path] = (),
+    tolerance: int | None = None,
+    min_ssim: float = DEFAULT_MIN_SSIM,
+    allow_pickle: bool = False,
+    log: Log = lambda _: None,
+) -> list[Outcome]:
     """Re-render deliverables and compare them with what was recorded: ``what`` is a variant
     id (or a unique prefix of one) or an image path; ``run`` takes a run's whole set
     instead. The ledger is ``out_dir/ledger.sqlite`` (optional for an image); re-renders go
@@ -297,8 +369,11 @@ def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs")
     from renderer.commands.lookup import open_ledger, resolve_variant_id
 
     if (what is None) == (run is None):
-        raise InputError("give one render id, image or --run RUN", fix="campaign reproduce "
-                         "ID, campaign reproduce IMAGE.png, or campaign reproduce --run RUN")
+        raise InputError(
+            "give one render id, image or --run RUN",
+            fix="campaign reproduce "
+            "ID, campaign reproduce IMAGE.png, or campaign reproduce --run RUN",
+        )
     image = Path(what) if what is not None and Path(what).is_file() else None
     has_ledger = (out_dir / LEDGER_NAME).is_file()
     ledger = open_ledger(out_dir) if image is None or has_ledger else None
@@ -307,28 +382,43 @@ def reproduce(what: str | Path | None = None, *, out_dir: Path = Path("outputs")
             targets = [target_from_image(image, ledger)]
         elif run is not None:
             recorded = ledger.find_run(run)
-            targets = targets_from_ledger(ledger, [row.variant_id
-                                                   for row in ledger.run_rows(recorded.id)])
+            targets = targets_from_ledger(
+                ledger, [row.variant_id for row in ledger.run_rows(recorded.id)]
+            )
         else:
             targets = targets_from_ledger(ledger, [resolve_variant_id(ledger, str(what))])
         return reproduce_targets(
-            targets, reproduction_root(out_dir, into),
-            lookup=ledger.latest_renders if ledger else lambda ids: {}, search=search,
-            tolerance=tolerance, min_ssim=min_ssim, allow_pickle=allow_pickle, log=log)
+            targets,
+            reproduction_root(out_dir, into),
+            lookup=ledger.latest_renders if ledger else lambda ids: {},
+            search=search,
+            tolerance=tolerance,
+            min_ssim=min_ssim,
+            allow_pickle=allow_pickle,
+            log=log,
+        )
     finally:
         if ledger is not None:
             ledger.close()
 
 
-def reproduce_targets(targets: Sequence[Target], dest: Path, *,
-                      lookup: Callable[[Sequence[str]], Mapping[str, RenderRow]] = lambda ids: {},
-                      search: Sequence[Path] = (), tolerance: int | None = None,
-                      min_ssim: float = DEFAULT_MIN_SSIM, allow_pickle: bool = False,
-                      log: Log = lambda _: None) -> list[Outcome]:
+def reproduce_targets(
+    targets: Sequence[Target],
+    dest: Path,
+    *,
+    lookup: Callable[[Sequence[str]], Mapping[str, RenderRow]] = lambda ids: {},
+    search: Sequence[Path] = (),
+    tolerance: int | None = None,
+    min_ssim: float = DEFAULT_MIN_SSIM,
+    allow_pickle: bool = False,
+    log: Log = lambda _: None,
+) -> list[Outcome]:
     """Re-render ``targets`` into ``dest`` and compare; ``lookup`` gives the stored render
     rows of batch mates by variant id."""
-    outcomes = {target.variant_id: Outcome(target.variant_id, target.source, min_ssim=min_ssim)
-                for target in targets}
+    outcomes = {
+        target.variant_id: Outcome(target.variant_id, target.source, min_ssim=min_ssim)
+        for target in targets
+    }
     # 1. Every batch to render again: the recorded one, else the target alone.
     units: dict[tuple[str, ...], list[Target]] = {}
     for target in targets:
@@ -344,8 +434,10 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
         specs[mate], names[mate] = row.spec, (row.output_name, row.files_folder)
     # 2. Locate and check every file of every spec involved, before loading anything.
     hints = [folder for target in targets for folder in target.search]
-    finder = FileFinder([entry for target in targets for entry in target.input_files],
-                        [*search, *dict.fromkeys(hints)])
+    finder = FileFinder(
+        [entry for target in targets for entry in target.input_files],
+        [*search, *dict.fromkeys(hints)],
+    )
     located: list[ResolvedFile] = []
     for spec in specs.values():
         for key, name, sha256 in spec_files(spec):
@@ -354,13 +446,17 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
     # The LoRAs a compiled run's hot-swap slots loaded first (another recipe's, maybe).
     slots = {target.variant_id: _recorded_slots(target, finder, located) for target in targets}
     # A pickle is refused as soon as it is found, whatever else is missing.
-    if not allow_pickle and (pickled := [(file, why) for file in located
-                                         if (why := pickle_weights(file.path))]):
+    if not allow_pickle and (
+        pickled := [(file, why) for file in located if (why := pickle_weights(file.path))]
+    ):
         file, why = pickled[0]
-        raise InputError(f"{file.path.name} holds pickle weights ({why}); they are not loaded",
-                         file=file.path, expected=".safetensors weights",
-                         fix="convert the file to .safetensors, or pass --allow-pickle if you "
-                         "trust it (loading a pickle can run code; a spec cannot allow it)")
+        raise InputError(
+            f"{file.path.name} holds pickle weights ({why}); they are not loaded",
+            file=file.path,
+            expected=".safetensors weights",
+            fix="convert the file to .safetensors, or pass --allow-pickle if you "
+            "trust it (loading a pickle can run code; a spec cannot allow it)",
+        )
     configs: dict[str, Path] = {}
     recorded_configs: dict[str, FileId] = {}  # as the files name them (the worker embeds it)
     config_problems: dict[str, InputProblem] = {}
@@ -376,16 +472,20 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
                 config_problems[target.variant_id] = problem
 
     def problems_of(spec: Mapping[str, Any]) -> list[InputProblem]:
-        return [finder.problems[(name, sha)] for _, name, sha in spec_files(spec)
-                if (name, sha) in finder.problems]
+        return [
+            finder.problems[(name, sha)]
+            for _, name, sha in spec_files(spec)
+            if (name, sha) in finder.problems
+        ]
 
     for mate in [mate for mate in specs if mate not in outcomes]:
         if problems_of(specs[mate]):  # a batch mate whose own files are gone: leave it out
             del specs[mate]
     for target in targets:
         outcome = outcomes[target.variant_id]
-        problems = problems_of(target.spec) + ([config_problems[target.variant_id]]
-                                               if target.variant_id in config_problems else [])
+        problems = problems_of(target.spec) + (
+            [config_problems[target.variant_id]] if target.variant_id in config_problems else []
+        )
         if problems:
             outcome.status = "inputs changed"
             outcome.input_problems = list(dict.fromkeys(p.describe() for p in problems))
@@ -401,20 +501,30 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
     for key, members in units.items():
         first = members[0]
         mates = [mate for mate in key if mate in specs]
-        batch = [Variant(spec=VariantSpec.from_json(specs[mate]), id=mate,
-                         output_name=names[mate][0], aspect=None, folder=names[mate][1])
-                 for mate in mates]
+        batch = [
+            Variant(
+                spec=VariantSpec.from_json(specs[mate]),
+                id=mate,
+                output_name=names[mate][0],
+                aspect=None,
+                folder=names[mate][1],
+            )
+            for mate in mates
+        ]
         if len(mates) < len(key):
             for target in members:
                 outcomes[target.variant_id].notes.append(
                     f"{len(key) - len(mates)} of the {len(key)} images of its batch are not in "
                     f"the ledger or the image, or their files are gone: rendered without "
-                    f"them ({WITHOUT_BATCH})")
+                    f"them ({WITHOUT_BATCH})"
+                )
         elif len(key) == 1 and not first.batch:
             outcomes[first.variant_id].notes.append(
-                f"{first.unknown_batch}: rendered alone ({WITHOUT_BATCH})")
-        renderer = _renderer_for(renderer, first.environment, first.options,
-                                 slots[first.variant_id], allow_pickle, log)
+                f"{first.unknown_batch}: rendered alone ({WITHOUT_BATCH})"
+            )
+        renderer = _renderer_for(
+            renderer, first.environment, first.options, slots[first.variant_id], allow_pickle, log
+        )
         # It compares pixels, not scores.
         worker = Worker(renderer, files, scoring=None, configs=recorded_configs)
         log(f"rendering {len(batch)} image(s) for {len(members)} target(s)")
@@ -422,17 +532,21 @@ def reproduce_targets(targets: Sequence[Target], dest: Path, *,
         job = Job(tuple(batch), frozenset(target.variant_id for target in members))
         result = worker.produce(job, dest)
         if failed := [item for item in result.failed if not item.co_member]:
-            raise RenderFailure(f"{len(failed)} reproduction(s) could not be finished: "
-                                + "; ".join(item.describe() for item in failed))
+            raise RenderFailure(
+                f"{len(failed)} reproduction(s) could not be finished: "
+                + "; ".join(item.describe() for item in failed)
+            )
         produced = {item.variant.id: item for item in result.produced}
         current = worker.environment()
         for target in members:
             outcome = outcomes[target.variant_id]
             outcome.environment_differences = differences(target.environment, current)
-            if changed := pixel_option_differences(target.environment, current,
-                                                   type(renderer.options).changing_pixels()):
-                outcome.notes.append("render options that change pixels differ: "
-                                     + "; ".join(changed))
+            if changed := pixel_option_differences(
+                target.environment, current, type(renderer.options).changing_pixels()
+            ):
+                outcome.notes.append(
+                    "render options that change pixels differ: " + "; ".join(changed)
+                )
             _judge(outcome, target, produced[target.variant_id], dest, tolerance)
     return list(outcomes.values())
 
@@ -442,8 +556,9 @@ def _checkpoint_key(spec: Mapping[str, Any]) -> tuple[str, str]:
     return checkpoint["name"], checkpoint["sha256"]
 
 
-def _recorded_slots(target: Target, finder: FileFinder,
-                    located: list[ResolvedFile]) -> dict[str, LoraSlots]:
+def _recorded_slots(
+    target: Target, finder: FileFinder, located: list[ResolvedFile]
+) -> dict[str, LoraSlots]:
     """The hot-swap slots the target's run used whose first LoRAs are found (added to
     ``located``); a checkpoint's slots with one missing are left out: its stacks switch
     with set_adapters, and the environment difference (``options.lora_hotswap``) says so."""
@@ -451,17 +566,23 @@ def _recorded_slots(target: Target, finder: FileFinder,
 
     found = {}
     for checkpoint, slots in LoraSlots.recorded(target.environment).items():
-        files = [finder.find("lora (hot-swap slot)", file.name, file.sha256)
-                 for file in slots.first]
+        files = [
+            finder.find("lora (hot-swap slot)", file.name, file.sha256) for file in slots.first
+        ]
         if all(files):
             located.extend(file for file in files if file is not None)
             found[checkpoint] = slots
     return found
 
 
-def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None,
-                  options: Mapping[str, Any], lora_slots: Mapping[str, LoraSlots],
-                  allow_pickle: bool, log: Log) -> Any:
+def _renderer_for(
+    renderer: Any,
+    environment: Mapping[str, Any] | None,
+    options: Mapping[str, Any],
+    lora_slots: Mapping[str, LoraSlots],
+    allow_pickle: bool,
+    log: Log,
+) -> Any:
     """A renderer set up as the recorded environment was (threads, device, dtype, options,
     a compiled denoiser's LoRA hot-swap slots); without one, with the pixel-changing
     ``options`` an image names."""
@@ -474,21 +595,30 @@ def _renderer_for(renderer: Any, environment: Mapping[str, Any] | None,
     wanted = RenderOptions(**{**options, **options_like(environment, RenderOptions.known())})
     # Slots are recorded for compiled runs only, and their options say compile.
     if renderer is None or renderer.options != wanted or renderer.lora_slots != lora_slots:
-        renderer = DiffusersRenderer(wanted, allow_pickle=allow_pickle, log=log,
-                                     lora_slots=lora_slots)
+        renderer = DiffusersRenderer(
+            wanted, allow_pickle=allow_pickle, log=log, lora_slots=lora_slots
+        )
     return renderer
 
 
-def _judge(outcome: Outcome, target: Target, produced: Produced, dest: Path,
-           tolerance: int | None) -> None:
+def _judge(
+    outcome: Outcome, target: Target, produced: Produced, dest: Path, tolerance: int | None
+) -> None:
     exports = {export.name: export.path for export in produced.exports}
-    paths = [dest / (produced.output_path if channel is None else exports[channel])
-             for channel in target.channels]  # the same file's re-render
-    path = next((path for path in paths if sha256_bytes(path.read_bytes()) ==
-                 target.original_sha256), paths[0])
+    paths = [
+        dest / (produced.output_path if channel is None else exports[channel])
+        for channel in target.channels
+    ]  # the same file's re-render
+    path = next(
+        (path for path in paths if sha256_bytes(path.read_bytes()) == target.original_sha256),
+        paths[0],
+    )
     outcome.reproduced = str(path)
-    outcome.tolerance = tolerance if tolerance is not None else (
-        0 if not outcome.environment_differences else TOLERANCE_OTHER_ENVIRONMENT)
+    outcome.tolerance = (
+        tolerance
+        if tolerance is not None
+        else (0 if not outcome.environment_differences else TOLERANCE_OTHER_ENVIRONMENT)
+    )
     result = compare(target.original, target.original_sha256, path.read_bytes(), path)
     outcome.identical_bytes = result.identical_bytes
     outcome.max_pixel_difference, outcome.ssim = result.max_pixel_difference, result.ssim
@@ -499,9 +629,10 @@ def _judge(outcome: Outcome, target: Target, produced: Produced, dest: Path,
     if not result.comparable:
         outcome.status = "drift"
         return
-    within = (result.max_pixel_difference <= outcome.tolerance
-              and result.ssim >= outcome.min_ssim)
+    within = result.max_pixel_difference <= outcome.tolerance and result.ssim >= outcome.min_ssim
     outcome.status = "within tolerance" if within else "drift"
     if not within and not outcome.environment_differences:
-        outcome.notes.append("same environment, yet the pixels moved: check the files' hashes "
-                             "and the batch notes above")
+        outcome.notes.append(
+            "same environment, yet the pixels moved: check the files' hashes "
+            "and the batch notes above"
+        )

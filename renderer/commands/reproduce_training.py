@@ -56,13 +56,14 @@ class TrainingReproduction:
         return self.status == "identical"
 
     def describe(self) -> str:
-        lines = [f"{self.training_id}  {self.status.upper()}"
-                 + (f": LoRA sha256 {self.reproduced_sha256}" if self.reproduced_sha256 else "")]
+        lines = [
+            f"{self.training_id}  {self.status.upper()}"
+            + (f": LoRA sha256 {self.reproduced_sha256}" if self.reproduced_sha256 else "")
+        ]
         if self.status == "drift":
             lines.append(f"    recorded sha256 {self.recorded_sha256}")
         lines += [f"    input: {problem}" for problem in self.input_problems]
-        lines += [f"    environment: {difference}" for difference in
-                  self.environment_differences]
+        lines += [f"    environment: {difference}" for difference in self.environment_differences]
         lines += [f"    differs: {difference}" for difference in self.differences]
         lines += [f"    note: {note}" for note in self.notes]
         if self.reproduced:
@@ -81,44 +82,69 @@ def resolve_training(ledger: Ledger, text: str) -> TrainingRow:
     if at and version.isdigit() and (row := ledger.training_named(name, int(version))):
         return row
     wanted = text.strip().lower()
-    matches = ledger.trainings_with_spec_hash_prefix(wanted) \
-        if len(wanted) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in wanted) else []
+    matches = (
+        ledger.trainings_with_spec_hash_prefix(wanted)
+        if len(wanted) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in wanted)
+        else []
+    )
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise InputError(f"spec hash prefix {wanted} is ambiguous", file=ledger.path,
-                         found=", ".join(row.id for row in matches), fix="give more hex digits")
-    raise InputError(f"no training {text!r} in the ledger", file=ledger.path,
-                     expected=f"a training id, NAME@VERSION or a spec hash prefix of at least "
-                     f"{MIN_PREFIX} hex digits", fix="list trainings with "
-                     "`campaign history --trainings`")
+        raise InputError(
+            f"spec hash prefix {wanted} is ambiguous",
+            file=ledger.path,
+            found=", ".join(row.id for row in matches),
+            fix="give more hex digits",
+        )
+    raise InputError(
+        f"no training {text!r} in the ledger",
+        file=ledger.path,
+        expected=f"a training id, NAME@VERSION or a spec hash prefix of at least "
+        f"{MIN_PREFIX} hex digits",
+        fix="list trainings with `campaign history --trainings`",
+    )
 
 
-def reproduce_training(text: str, *, out_dir: Path, into: Path | None = None,
-                       search: Sequence[Path] = (), progress: Callable[[Any], None] | None = None,
-                       log: Log = lambda _: None) -> TrainingReproduction:
+def reproduce_training(
+    text: str,
+    *,
+    out_dir: Path,
+    into: Path | None = None,
+    search: Sequence[Path] = (),
+    progress: Callable[[Any], None] | None = None,
+    log: Log = lambda _: None,
+) -> TrainingReproduction:
     dest = reproduction_root(out_dir, into)  # never over the output folder's records
     with open_ledger(out_dir) as ledger:
         row = resolve_training(ledger, text)
-        recorded_environment = ledger.environment(row.environment_hash) \
-            if row.environment_hash else None
+        recorded_environment = (
+            ledger.environment(row.environment_hash) if row.environment_hash else None
+        )
     if row.status != "finished":
-        raise InputError(f"training {row.id} is {row.status}, not finished: there is no LoRA "
-                         "to compare with", file=ledger.path,
-                         fix=f"finish it first: campaign train {row.spec_file}")
+        raise InputError(
+            f"training {row.id} is {row.status}, not finished: there is no LoRA to compare with",
+            file=ledger.path,
+            fix=f"finish it first: campaign train {row.spec_file}",
+        )
     outcome = TrainingReproduction(row.id, recorded_sha256=row.lora_sha256)
     # 1. Every file the stored spec names, by name and sha256, before anything loads.
     finder = FileFinder(row.input_files, search)
-    located = [found for key, name, sha256 in spec_files(row.spec)
-               if (found := finder.find(_role(key), name, sha256)) is not None]
+    located = [
+        found
+        for key, name, sha256 in spec_files(row.spec)
+        if (found := finder.find(_role(key), name, sha256)) is not None
+    ]
     if finder.problems:
         outcome.status = "inputs changed"
         outcome.input_problems = [problem.describe() for problem in finder.problems.values()]
         return outcome
     base = row.spec["base"]
     by_sha = {file.sha256: file for file in located}
-    configs = {base["checkpoint"]["sha256"]: by_sha[base["config"]["sha256"]].path} \
-        if base["config"] else {}
+    configs = (
+        {base["checkpoint"]["sha256"]: by_sha[base["config"]["sha256"]].path}
+        if base["config"]
+        else {}
+    )
     job = job_of(row.spec, FileIndex.of(located, configs), row.spec_hash, row.id)
     # 2. The recorded environment where this machine allows.
     job = _pinned(job, recorded_environment)
@@ -145,11 +171,14 @@ def reproduce_training(text: str, *, out_dir: Path, into: Path | None = None,
     if state == "ok":
         outcome.differences += lora_differences(recorded, result.lora)
     else:
-        outcome.notes.append(f"the recorded LoRA {recorded} is {state}: only its sha256 "
-                             "could be compared")
+        outcome.notes.append(
+            f"the recorded LoRA {recorded} is {state}: only its sha256 could be compared"
+        )
     if not outcome.environment_differences:
-        outcome.notes.append("same environment, yet the bytes moved: check the files' hashes "
-                             "and the differences above")
+        outcome.notes.append(
+            "same environment, yet the bytes moved: check the files' hashes "
+            "and the differences above"
+        )
     return outcome
 
 
@@ -190,26 +219,35 @@ def lora_differences(recorded: Path, reproduced: Path) -> list[str]:
     found = []
     with safe_open(str(recorded), "pt") as old, safe_open(str(reproduced), "pt") as new:
         old_keys, new_keys = set(old.keys()), set(new.keys())
-        for name, keys in (("only in the recorded file", old_keys - new_keys),
-                           ("only in the re-trained file", new_keys - old_keys)):
+        for name, keys in (
+            ("only in the recorded file", old_keys - new_keys),
+            ("only in the re-trained file", new_keys - old_keys),
+        ):
             if keys:
-                found.append(f"tensors {name}: {', '.join(sorted(keys)[:5])}"
-                             + (f" and {len(keys) - 5} more" if len(keys) > 5 else ""))
+                found.append(
+                    f"tensors {name}: {', '.join(sorted(keys)[:5])}"
+                    + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+                )
         moved = []
         for key in sorted(old_keys & new_keys):
             a, b = old.get_tensor(key), new.get_tensor(key)
             if a.shape != b.shape or not bool((a == b).all()):
-                delta = float((a.float() - b.float()).abs().max()) if a.shape == b.shape \
+                delta = (
+                    float((a.float() - b.float()).abs().max())
+                    if a.shape == b.shape
                     else float("inf")
+                )
                 moved.append((delta, key))
         if moved:
             delta, key = max(moved)
-            found.append(f"{len(moved)} of {len(old_keys & new_keys)} tensors, most {key} "
-                         f"(max |difference| {delta:.3g})")
+            found.append(
+                f"{len(moved)} of {len(old_keys & new_keys)} tensors, most {key} "
+                f"(max |difference| {delta:.3g})"
+            )
         old_meta, new_meta = old.metadata() or {}, new.metadata() or {}
-        keys = sorted(key for key in set(old_meta) | set(new_meta)
-                      if old_meta.get(key) != new_meta.get(key))
+        keys = sorted(
+            key for key in set(old_meta) | set(new_meta) if old_meta.get(key) != new_meta.get(key)
+        )
         if keys:
             found.append(f"header keys: {', '.join(keys)}")
     return found
-

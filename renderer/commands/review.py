@@ -74,8 +74,7 @@ TOKEN_HEADER = "x-review-token"
 _REREAD_SECONDS = 2.0  # unknown hashes re-read the ledger at most this often
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-_STATIC = {"review.js": "text/javascript; charset=utf-8",
-           "review.css": "text/css; charset=utf-8"}
+_STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8"}
 _SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
     "img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
@@ -109,8 +108,15 @@ class ReviewApp:
     """The review page of one output folder (``run_id`` None: the latest run, read anew
     on every page load)."""
 
-    def __init__(self, out_dir: Path, run_id: str | None, *, reviewer: str, token: str,
-                 allowed_hosts: Sequence[str] | None):
+    def __init__(
+        self,
+        out_dir: Path,
+        run_id: str | None,
+        *,
+        reviewer: str,
+        token: str,
+        allowed_hosts: Sequence[str] | None,
+    ):
         self.out_dir = out_dir
         self.out_root = out_dir.resolve()
         self.ledger_path = out_dir / LEDGER_NAME
@@ -183,8 +189,11 @@ class ReviewApp:
         recorded = self.verified(request.path_params["sha256"])
         if recorded is None or not recorded.inside:
             return _text(404, "not a file of this run")
-        return Response(recorded.path.read_bytes(), media_type=_media_type(recorded.path),
-                        headers={"cache-control": "private, max-age=86400, immutable"})
+        return Response(
+            recorded.path.read_bytes(),
+            media_type=_media_type(recorded.path),
+            headers={"cache-control": "private, max-age=86400, immutable"},
+        )
 
     def thumb(self, request: Any) -> Any:
         from starlette.responses import Response
@@ -200,8 +209,11 @@ class ReviewApp:
             if recorded is None:
                 return _text(404, "no file with these bytes is kept")
             data = make_thumbnail(recorded.path, sha256, int(size), self.out_dir)
-        return Response(data, media_type="image/webp",
-                        headers={"cache-control": "private, max-age=86400, immutable"})
+        return Response(
+            data,
+            media_type="image/webp",
+            headers={"cache-control": "private, max-age=86400, immutable"},
+        )
 
     # ------------------------------------------------------------ reading
 
@@ -213,8 +225,12 @@ class ReviewApp:
     def current_run(self, ledger: Ledger) -> RunRow:
         run = ledger.run(self.run_id)
         if run is None:
-            raise InputError(f"no run {self.run_id!r} in the ledger" if self.run_id
-                             else "the ledger has no runs yet", file=self.ledger_path)
+            raise InputError(
+                f"no run {self.run_id!r} in the ledger"
+                if self.run_id
+                else "the ledger has no runs yet",
+                file=self.ledger_path,
+            )
         return run
 
     def run_payload(self) -> dict[str, Any]:
@@ -234,40 +250,61 @@ class ReviewApp:
                 values = axes.setdefault(axis, [])
                 if (label := axis_label(value)) not in values:
                     values.append(label)
-        references = {entry["sha256"]: entry for row in rows[:1]
-                      for entry in row.input_files if entry["role"] == "reference"}
+        references = {
+            entry["sha256"]: entry
+            for row in rows[:1]
+            for entry in row.input_files
+            if entry["role"] == "reference"
+        }
         self.index_files(rows, exports, references.values())
         return {
             "run": run.as_json(),
             "thresholds": thresholds,
             "reviewer": self.reviewer,
             "axes": axes,
-            "scores": list(dict.fromkeys(name for row in rows for name in
-                                         row.decided_scores)),
+            "scores": list(dict.fromkeys(name for row in rows for name in row.decided_scores)),
             "thumbnail_sizes": list(SIZES),
-            "references": [{"name": Path(entry["path"]).name, "sha256": sha}
-                           for sha, entry in references.items()],
-            "variants": [{
-                "render": row.as_json(),
-                "labels": {axis: axis_label(value) for axis, value in row.axes.items()},
-                "exports": [export.as_json() for export in exports.get(row.id, [])],
-                "earlier": [{"id": old.id, "run_id": old.run_id, "created_at": old.created_at,
-                             "output_sha256": old.output_sha256,
-                             "rerender_reason": old.rerender_reason,
-                             "review_state": old.review_state}
-                            for old in history.get(row.variant_id, [])],
-            } for row in rows],
+            "references": [
+                {"name": Path(entry["path"]).name, "sha256": sha}
+                for sha, entry in references.items()
+            ],
+            "variants": [
+                {
+                    "render": row.as_json(),
+                    "labels": {axis: axis_label(value) for axis, value in row.axes.items()},
+                    "exports": [export.as_json() for export in exports.get(row.id, [])],
+                    "earlier": [
+                        {
+                            "id": old.id,
+                            "run_id": old.run_id,
+                            "created_at": old.created_at,
+                            "output_sha256": old.output_sha256,
+                            "rerender_reason": old.rerender_reason,
+                            "review_state": old.review_state,
+                        }
+                        for old in history.get(row.variant_id, [])
+                    ],
+                }
+                for row in rows
+            ],
         }
 
-    def index_files(self, rows: Sequence[RenderRow], exports: Mapping[int, Sequence[Any]],
-                    references: Any) -> None:
-        files = {row.output_sha256: RecordedFile(self.out_dir / row.output_path, True)
-                 for row in rows}
+    def index_files(
+        self, rows: Sequence[RenderRow], exports: Mapping[int, Sequence[Any]], references: Any
+    ) -> None:
+        files = {
+            row.output_sha256: RecordedFile(self.out_dir / row.output_path, True) for row in rows
+        }
         for row in rows:
-            files.update({export.sha256: RecordedFile(self.out_dir / export.path, True)
-                          for export in exports.get(row.id, [])})
-        files.update({entry["sha256"]: RecordedFile(Path(entry["path"]), False)
-                      for entry in references})
+            files.update(
+                {
+                    export.sha256: RecordedFile(self.out_dir / export.path, True)
+                    for export in exports.get(row.id, [])
+                }
+            )
+        files.update(
+            {entry["sha256"]: RecordedFile(Path(entry["path"]), False) for entry in references}
+        )
         self.index.files = files
 
     def verified(self, sha256: str) -> RecordedFile | None:
@@ -316,26 +353,38 @@ class ReviewApp:
                     return 404, {"error": f"no render {item['render_id']}"}
                 newest = ledger.renders_of(row.variant_id)[-1]
                 if newest.id != row.id or row.output_sha256 != item["sha256"]:
-                    return 409, {"error": f"{row.variant_id[:12]} was rendered again since "
-                                 "the page loaded: reload it and look again",
-                                 "variant_id": row.variant_id}
-                records.append(ReviewRecord(render_id=row.id, variant_id=row.variant_id,
-                                            sha256=row.output_sha256,
-                                            decision=item["decision"], reviewer=self.reviewer,
-                                            note=item["note"]))
+                    return 409, {
+                        "error": f"{row.variant_id[:12]} was rendered again since "
+                        "the page loaded: reload it and look again",
+                        "variant_id": row.variant_id,
+                    }
+                records.append(
+                    ReviewRecord(
+                        render_id=row.id,
+                        variant_id=row.variant_id,
+                        sha256=row.output_sha256,
+                        decision=item["decision"],
+                        reviewer=self.reviewer,
+                        note=item["note"],
+                    )
+                )
             try:
                 stored = ledger.add_reviews(records, seen=[item["seen"] for item in decisions])
             except ReviewConflict as conflict:
                 run = ledger.run(self.run_id)
-                return 409, {"error": f"{len(conflict.stale)} decision(s) changed by someone "
-                             "else while you were looking: nothing was saved; look again",
-                             "conflicts": [stale.as_json() for stale in conflict.stale],
-                             "run": run.as_json() if run else None}
+                return 409, {
+                    "error": f"{len(conflict.stale)} decision(s) changed by someone "
+                    "else while you were looking: nothing was saved; look again",
+                    "conflicts": [stale.as_json() for stale in conflict.stale],
+                    "run": run.as_json() if run else None,
+                }
             run = ledger.run(self.run_id)
             if run is not None:
                 self.reviewed_runs.add(run.id)
-        return 200, {"reviews": [review.as_json() for review in stored],
-                     "run": run.as_json() if run else None}
+        return 200, {
+            "reviews": [review.as_json() for review in stored],
+            "run": run.as_json() if run else None,
+        }
 
 
 class _Guard:
@@ -349,17 +398,21 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1")
-                   for key, value in scope["headers"]}
+        headers = {
+            key.decode("latin-1").lower(): value.decode("latin-1")
+            for key, value in scope["headers"]
+        }
         refusal = self.refusal(scope, headers)
 
         async def send_with_headers(message: dict) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 present = {key.lower() for key, _ in message["headers"]}
-                message["headers"] += [(key.encode(), value.encode())
-                                       for key, value in _SECURITY_HEADERS.items()
-                                       if key.encode() not in present]
+                message["headers"] += [
+                    (key.encode(), value.encode())
+                    for key, value in _SECURITY_HEADERS.items()
+                    if key.encode() not in present
+                ]
             await send(message)
 
         if refusal is not None:
@@ -370,8 +423,11 @@ class _Guard:
     def refusal(self, scope: dict, headers: Mapping[str, str]) -> Any:
         # h11 bounds only a request head still arriving; one that arrived whole is measured
         # here: the target and every header line, as sent.
-        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + sum(
-            len(key) + len(value) + 4 for key, value in scope["headers"])
+        head = (
+            len(scope.get("raw_path") or b"")
+            + len(scope.get("query_string", b""))
+            + sum(len(key) + len(value) + 4 for key, value in scope["headers"])
+        )
         if head > MAX_HEADERS:
             return _text(431, f"request target and headers over {MAX_HEADERS} bytes")
         host = headers.get("host", "")
@@ -381,13 +437,14 @@ class _Guard:
         if scope["method"] in ("GET", "HEAD"):
             return None
         length = headers.get("content-length")
-        if length is not None and (not (length.isascii() and length.isdigit())
-                                   or int(length) > MAX_BODY):
+        if length is not None and (
+            not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY
+        ):
             return _text(413, f"request body over {MAX_BODY} bytes")
-        if not secrets.compare_digest(headers.get(TOKEN_HEADER, "").encode(),
-                                      self.state.token.encode()):
-            return _text(403, "this write needs the token from the URL campaign review "
-                         "printed")
+        if not secrets.compare_digest(
+            headers.get(TOKEN_HEADER, "").encode(), self.state.token.encode()
+        ):
+            return _text(403, "this write needs the token from the URL campaign review printed")
         origin = headers.get("origin") or headers.get("referer")
         if origin is None or origin == "null":
             return _text(403, "a write must come from the review page (no Origin)")
@@ -415,7 +472,7 @@ def _parse_decisions(body: bytes) -> list[dict[str, Any]]:
         raise ValueError("the body is not JSON") from None
     items = data.get("decisions") if isinstance(data, dict) else None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_DECISIONS:
-        raise ValueError(f"send {{\"decisions\": [...]}} with 1 to {MAX_DECISIONS} items")
+        raise ValueError(f'send {{"decisions": [...]}} with 1 to {MAX_DECISIONS} items')
     checked = []
     for item in items:
         if not isinstance(item, dict):
@@ -425,8 +482,10 @@ def _parse_decisions(body: bytes) -> list[dict[str, Any]]:
         if not _is_id(render_id):
             raise ValueError(f"render_id must be an integer from 1 to {MAX_ID}")
         if "seen" not in item or not (item["seen"] is None or _is_id(item["seen"])):
-            raise ValueError("seen must be the id of the review the page showed for this "
-                             f"render (an integer from 1 to {MAX_ID}), or null if none")
+            raise ValueError(
+                "seen must be the id of the review the page showed for this "
+                f"render (an integer from 1 to {MAX_ID}), or null if none"
+            )
         if not isinstance(sha256, str) or not _SHA256.match(sha256):
             raise ValueError("sha256 must be 64 hex digits: the bytes you looked at")
         if decision not in REVIEW_DECISIONS:
@@ -437,8 +496,15 @@ def _parse_decisions(body: bytes) -> list[dict[str, Any]]:
             note.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800"
             raise ValueError("note must be valid Unicode text (no lone surrogates)") from None
-        checked.append({"render_id": render_id, "sha256": sha256, "decision": decision,
-                        "note": note, "seen": item["seen"]})
+        checked.append(
+            {
+                "render_id": render_id,
+                "sha256": sha256,
+                "decision": decision,
+                "note": note,
+                "seen": item["seen"],
+            }
+        )
     return checked
 
 
@@ -458,8 +524,12 @@ def _asset(name: str) -> bytes:
 
 
 def _media_type(path: Path) -> str:
-    return {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-            ".webp": "image/webp"}.get(path.suffix.lower(), "application/octet-stream")
+    return {
+        ".png": "image/png",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".webp": "image/webp",
+    }.get(path.suffix.lower(), "application/octet-stream")
 
 
 # ---------------------------------------------------------------- launching
@@ -469,42 +539,70 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve(out_dir: Path, run_id: str | None, *, host: str = "127.0.0.1", port: int = 0,
-          reviewer: str, announce: Callable[[str], None],
-          log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)
-          ) -> ReviewApp:
+def serve(
+    out_dir: Path,
+    run_id: str | None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    reviewer: str,
+    announce: Callable[[str], None],
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> ReviewApp:
     """Serve the review page until interrupted; ``announce`` gets the URL (with the token)
     once the port is bound. Returns the app (which runs had reviews written)."""
     import uvicorn
 
     if not (out_dir / LEDGER_NAME).is_file():
-        raise InputError("no ledger here", file=out_dir / LEDGER_NAME,
-                         fix="pass --out with the folder you rendered into")
+        raise InputError(
+            "no ledger here",
+            file=out_dir / LEDGER_NAME,
+            fix="pass --out with the folder you rendered into",
+        )
     with Ledger(out_dir / LEDGER_NAME) as ledger:
         if run_id is not None and ledger.run(run_id) is None:
-            raise InputError(f"no run {run_id!r} in the ledger", file=ledger.path,
-                             fix="list runs with `campaign history`")
+            raise InputError(
+                f"no run {run_id!r} in the ledger",
+                file=ledger.path,
+                fix="list runs with `campaign history`",
+            )
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family)
     except OSError as err:
-        raise InputError(f"cannot listen on {host}:{port}", found=str(err),
-                         fix="pick another --port (0 picks a free one)") from None
+        raise InputError(
+            f"cannot listen on {host}:{port}",
+            found=str(err),
+            fix="pick another --port (0 picks a free one)",
+        ) from None
     bound = sock.getsockname()[1]
     loopback = host in _LOOPBACK
     if not loopback:
-        log(f"warning: --host {host} makes the review page reachable from other machines; "
-            "anyone who has the printed URL can approve images")
-    allowed = [f"{url_host(name)}:{bound}" for name in
-               ({host, "localhost", "127.0.0.1"} if loopback else {host})] \
-        if host not in ("0.0.0.0", "::") else None
+        log(
+            f"warning: --host {host} makes the review page reachable from other machines; "
+            "anyone who has the printed URL can approve images"
+        )
+    allowed = (
+        [
+            f"{url_host(name)}:{bound}"
+            for name in ({host, "localhost", "127.0.0.1"} if loopback else {host})
+        ]
+        if host not in ("0.0.0.0", "::")
+        else None
+    )
     token = secrets.token_urlsafe(24)
     app = ReviewApp(out_dir, run_id, reviewer=reviewer, token=token, allowed_hosts=allowed)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     announce(f"http://{url_host(shown)}:{bound}/#token={token}")
-    config = uvicorn.Config(app.asgi(), log_level="warning", access_log=False, http="h11",
-                            lifespan="off", server_header=False,
-                            h11_max_incomplete_event_size=MAX_HEADERS)
+    config = uvicorn.Config(
+        app.asgi(),
+        log_level="warning",
+        access_log=False,
+        http="h11",
+        lifespan="off",
+        server_header=False,
+        h11_max_incomplete_event_size=MAX_HEADERS,
+    )
     # uvicorn re-raises the Ctrl-C it shut down on: here, that is the way out.
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run(sockets=[sock])

@@ -19,19 +19,27 @@ SIZE_MULTIPLE = {"sd15": 8, "sdxl": 8, "flux": 16}
 
 # Where each family's standard configs live on the Hugging Face Hub: what a single-file
 # checkpoint's checkpoint.config is downloaded from (the weights are not needed).
-BASE_REPOS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-              "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-              "flux": "black-forest-labs/FLUX.1-dev"}
+BASE_REPOS = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "flux": "black-forest-labs/FLUX.1-dev",
+}
 
 # The weights a single-file checkpoint (A1111/Civitai layout) holds, by key prefix; diffusers'
 # from_single_file loads each component from them. Flux files (BFL layout) hold the
 # transformer alone, under either prefix.
 SINGLE_FILE_COMPONENTS = {
-    "sd15": {"UNet": ("model.diffusion_model.",), "VAE": ("first_stage_model.",),
-             "text encoder": ("cond_stage_model.",)},
-    "sdxl": {"UNet": ("model.diffusion_model.",), "VAE": ("first_stage_model.",),
-             "first text encoder": ("conditioner.embedders.0.",),
-             "second text encoder": ("conditioner.embedders.1.",)},
+    "sd15": {
+        "UNet": ("model.diffusion_model.",),
+        "VAE": ("first_stage_model.",),
+        "text encoder": ("cond_stage_model.",),
+    },
+    "sdxl": {
+        "UNet": ("model.diffusion_model.",),
+        "VAE": ("first_stage_model.",),
+        "first text encoder": ("conditioner.embedders.0.",),
+        "second text encoder": ("conditioner.embedders.1.",),
+    },
     "flux": {"transformer": ("double_blocks.", "model.diffusion_model.double_blocks.")},
 }
 
@@ -64,10 +72,14 @@ class Scheduler:
 SCHEDULERS = {
     "euler": Scheduler("EulerDiscreteScheduler", "Euler"),
     "euler_a": Scheduler("EulerAncestralDiscreteScheduler", "Euler a"),
-    "dpmpp_2m": Scheduler("DPMSolverMultistepScheduler", "DPM++ 2M",
-                          {"algorithm_type": "dpmsolver++"}),
-    "dpmpp_2m_karras": Scheduler("DPMSolverMultistepScheduler", "DPM++ 2M Karras",
-                                 {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpmpp_2m": Scheduler(
+        "DPMSolverMultistepScheduler", "DPM++ 2M", {"algorithm_type": "dpmsolver++"}
+    ),
+    "dpmpp_2m_karras": Scheduler(
+        "DPMSolverMultistepScheduler",
+        "DPM++ 2M Karras",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
     "ddim": Scheduler("DDIMScheduler", "DDIM"),
     "unipc": Scheduler("UniPCMultistepScheduler", "UniPC"),
     "flow_euler": Scheduler("FlowMatchEulerDiscreteScheduler", "Euler", families=("flux",)),

@@ -103,15 +103,18 @@ class HashCache:
         if self._db is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
-                                           check_same_thread=False)
+                self._db = sqlite3.connect(
+                    self.path, timeout=10, isolation_level=None, check_same_thread=False
+                )
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER,"
-                    " mtime_ns INTEGER, inode INTEGER, sha256 TEXT NOT NULL)")
+                    " mtime_ns INTEGER, inode INTEGER, sha256 TEXT NOT NULL)"
+                )
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS file_facts (sha256 TEXT, kind TEXT, facts TEXT "
-                    "NOT NULL, PRIMARY KEY (sha256, kind))")
+                    "NOT NULL, PRIMARY KEY (sha256, kind))"
+                )
             except sqlite3.Error:
                 return None
         return self._db
@@ -122,24 +125,35 @@ class HashCache:
         key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
         with self._lock:
             db = self._connect()
-            row = db.execute("SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND "
-                             "mtime_ns = ? AND inode = ?", key).fetchone() if db else None
+            row = (
+                db.execute(
+                    "SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND "
+                    "mtime_ns = ? AND inode = ?",
+                    key,
+                ).fetchone()
+                if db
+                else None
+            )
         if row:
             return row[0]
         digest = sha256_file(path)
         with self._lock, contextlib.suppress(sqlite3.Error):  # read-only or busy: time only
             if db is not None:
-                db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)",
-                           (*key, digest))
+                db.execute(
+                    "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?)", (*key, digest)
+                )
         return digest
 
     def facts(self, sha256: str, kind: str) -> dict[str, Any] | None:
         """What ``remember`` stored of the file with this content, for this kind of fact."""
         with self._lock:
             db = self._connect()
-            row = db and db.execute(
-                "SELECT facts FROM file_facts WHERE sha256 = ? AND kind = ?", (sha256, kind)
-            ).fetchone()
+            row = (
+                db
+                and db.execute(
+                    "SELECT facts FROM file_facts WHERE sha256 = ? AND kind = ?", (sha256, kind)
+                ).fetchone()
+            )
         return json.loads(row[0]) if row else None
 
     def remember(self, sha256: str, kind: str, facts: dict[str, Any]) -> None:
@@ -147,15 +161,18 @@ class HashCache:
         cost a heavy import or a long read to derive again."""
         with self._lock, contextlib.suppress(sqlite3.Error):  # read-only or busy: time only
             if (db := self._connect()) is not None:
-                db.execute("INSERT OR REPLACE INTO file_facts VALUES (?, ?, ?)",
-                           (sha256, kind, canonical_json(facts)))
+                db.execute(
+                    "INSERT OR REPLACE INTO file_facts VALUES (?, ?, ?)",
+                    (sha256, kind, canonical_json(facts)),
+                )
 
     def sha256_path(self, path: Path) -> str:
         """``sha256_path`` with every file's hash taken from the cache when unchanged."""
         if not path.is_dir():
             return self.sha256_file(path)
-        return sha256_json({relative: self.sha256_file(file)
-                            for relative, file in _folder_files(path)})
+        return sha256_json(
+            {relative: self.sha256_file(file) for relative, file in _folder_files(path)}
+        )
 
 
 def default_cache_dir() -> Path:

@@ -21,8 +21,9 @@ class Progress:
 
     def advance(self, count: int) -> None:
         self.done += count
-        self.stream.write(("\r" if self.interactive else "") + self.line()
-                          + ("" if self.interactive else "\n"))
+        self.stream.write(
+            ("\r" if self.interactive else "") + self.line() + ("" if self.interactive else "\n")
+        )
         self.stream.flush()
 
     def line(self) -> str:
@@ -32,8 +33,10 @@ class Progress:
         width = 24
         filled = int(width * self.done / self.total) if self.total else width
         eta = f"{remaining:.0f}s" if remaining != float("inf") else "?"
-        return (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                f"{self.done}/{self.total} {rate:.1f} img/s ETA {eta}")
+        return (
+            f"{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{self.done}/{self.total} {rate:.1f} img/s ETA {eta}"
+        )
 
     def close(self) -> None:
         if self.interactive:

@@ -36,5 +36,8 @@ def _escaped(match: re.Match[str]) -> str:
 
 def say(*parts: object, err: bool = False) -> None:
     """``print`` for a person: what came from user files cannot drive the terminal."""
-    print(printable(" ".join(map(str, parts)), multiline=True),
-          file=sys.stderr if err else sys.stdout, flush=err)
+    print(
+        printable(" ".join(map(str, parts)), multiline=True),
+        file=sys.stderr if err else sys.stdout,
+        flush=err,
+    )

@@ -1,2 +1,1 @@
-"""The tiny deterministic demo models.
-"""
+"""The tiny deterministic demo models."""

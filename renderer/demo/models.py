@@ -264,7 +264,9 @@ def _build_sdxl(out: Path) -> None:
 def _build_sdxl_single_file(out: Path) -> None:
     components = _sdxl_components()
     checkpoint = diffusers_to_sgm(
-        components["unet"], components["vae"], components["text_encoder"],
+        components["unet"],
+        components["vae"],
+        components["text_encoder"],
         components["text_encoder_2"],
     )
     _save_single_file(checkpoint, out)
@@ -283,11 +285,17 @@ def _build_sdxl_refiner(out: Path) -> None:
     base = _sdxl_components()
     unet = _seeded("sdxl-refiner.unet", lambda: UNet2DConditionModel(**SDXL_REFINER_UNET_CONFIG))
     refiner = StableDiffusionXLImg2ImgPipeline(
-        vae=base["vae"], text_encoder=None, text_encoder_2=base["text_encoder_2"],
-        tokenizer=None, tokenizer_2=base["tokenizer_2"], unet=unet,
+        vae=base["vae"],
+        text_encoder=None,
+        text_encoder_2=base["text_encoder_2"],
+        tokenizer=None,
+        tokenizer_2=base["tokenizer_2"],
+        unet=unet,
         scheduler=EulerDiscreteScheduler(**SD_SCHEDULER_CONFIG),
-        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
-        add_watermarker=False)
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
     _save_pipeline(refiner, out)
 
 
@@ -327,26 +335,35 @@ def _build_flux_controlnet(out: Path) -> None:
         # No input_hint_block: the pipeline VAE-encodes the control image and packs it into
         # tokens, which controlnet_x_embedder adds to the image tokens.
         model = FluxControlNetModel.from_transformer(
-            transformer, num_layers=config["num_layers"],
+            transformer,
+            num_layers=config["num_layers"],
             num_single_layers=config["num_single_layers"],
             attention_head_dim=config["attention_head_dim"],
             num_attention_heads=config["num_attention_heads"],
         )
-        _wake_zero_outputs([model.controlnet_x_embedder, *model.controlnet_blocks,
-                            *model.controlnet_single_blocks])
+        _wake_zero_outputs(
+            [model.controlnet_x_embedder, *model.controlnet_blocks, *model.controlnet_single_blocks]
+        )
         return model
 
     _seeded("controlnet-flux", controlnet).save_pretrained(out, safe_serialization=True)
 
 
 def _build_ip_adapter(
-    name: str, base: Callable[[], torch.nn.Module],
-    weights: Callable[[torch.nn.Module, int], dict[str, torch.Tensor]], out: Path,
+    name: str,
+    base: Callable[[], torch.nn.Module],
+    weights: Callable[[torch.nn.Module, int], dict[str, torch.Tensor]],
+    out: Path,
 ) -> None:
     """``ip-adapter.safetensors`` for the denoiser ``base`` makes, and its ``image_encoder/``."""
     vision_config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
-        num_attention_heads=4, image_size=IMAGE_ENCODER_SIZE, patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        projection_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE_ENCODER_SIZE,
+        patch_size=8,
     )
     image_encoder = _seeded(
         f"{name}.image_encoder", lambda: CLIPVisionModelWithProjection(vision_config)
@@ -382,8 +399,10 @@ def _build_sdxl_lora(out: Path) -> None:
     components = _sdxl_components()
     unet = components["unet"]
     layers = {
-        **{f"lora_unet_{unet_module_to_ldm(name, unet.config)}": layer
-           for name, layer in _attention_linears(unet).items()},
+        **{
+            f"lora_unet_{unet_module_to_ldm(name, unet.config)}": layer
+            for name, layer in _attention_linears(unet).items()
+        },
         **_kohya_text_encoder_layers("lora_te1_", components["text_encoder"]),
         **_kohya_text_encoder_layers("lora_te2_", components["text_encoder_2"]),
     }
@@ -407,6 +426,7 @@ def _build_upscaler(scale: int) -> Callable[[Path], None]:
         save_file(weights, out, metadata={"format": "pt"})
 
     return build
+
 
 # Small enough to build and run in milliseconds on a CPU; the full 49408-token vocabulary
 # keeps open_clip's bundled BPE tokenizer usable offline.
@@ -433,8 +453,12 @@ def build_tiny_clip(dest_dir: Path, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.model.CLIP(**TINY_CLIP_CONFIG)
-    preprocess = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
-                  "interpolation": "bicubic", "resize_mode": "shortest"}
+    preprocess = {
+        "mean": list(OPENAI_DATASET_MEAN),
+        "std": list(OPENAI_DATASET_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
     config = {"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": preprocess}
     write_text_atomic(dest_dir / HF_CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
     write_bytes_atomic(dest_dir / HF_SAFE_WEIGHTS_NAME, safetensors_bytes(model.state_dict()))
@@ -447,8 +471,11 @@ def _build_clip(out: Path) -> None:
 
 # --- shared components ------------------------------------------------------------------------
 
-_NO_SAFETY_CHECKER = {"safety_checker": None, "feature_extractor": None,
-                      "requires_safety_checker": False}
+_NO_SAFETY_CHECKER = {
+    "safety_checker": None,
+    "feature_extractor": None,
+    "requires_safety_checker": False,
+}
 
 
 def _seeded(name: str, build: Callable[[], Model]) -> Model:
@@ -480,8 +507,11 @@ def _sdxl_components() -> dict[str, object]:
         # Its hidden size must differ from the first encoder's: diffusers' single-file loader
         # gives each encoder the CLIP or OpenCLIP weights whose position embedding is as wide.
         "text_encoder_2": _clip_text_encoder(
-            "sdxl.text_encoder_2", CLIPTextModelWithProjection, SDXL_TEXT_2_HIDDEN,
-            projection_dim=SDXL_POOLED_DIM, hidden_act="gelu",  # OpenCLIP bigG's activation
+            "sdxl.text_encoder_2",
+            CLIPTextModelWithProjection,
+            SDXL_TEXT_2_HIDDEN,
+            projection_dim=SDXL_POOLED_DIM,
+            hidden_act="gelu",  # OpenCLIP bigG's activation
         ),
         "tokenizer": _clip_tokenizer(),
         "tokenizer_2": _clip_tokenizer(pad_token="!"),  # as SDXL's second tokenizer pads
@@ -509,10 +539,18 @@ def _sdxl_unet(
 def _flux_components() -> dict[str, object]:
     t5_tokenizer = _t5_tokenizer()
     t5_config = T5Config(
-        vocab_size=len(t5_tokenizer), d_model=FLUX_T5_DIM, d_kv=8, d_ff=64, num_layers=2,
-        num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-        is_encoder_decoder=False, pad_token_id=t5_tokenizer.pad_token_id,
-        eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=t5_tokenizer.pad_token_id,
+        vocab_size=len(t5_tokenizer),
+        d_model=FLUX_T5_DIM,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+        pad_token_id=t5_tokenizer.pad_token_id,
+        eos_token_id=t5_tokenizer.eos_token_id,
+        decoder_start_token_id=t5_tokenizer.pad_token_id,
     )
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
@@ -534,25 +572,44 @@ def _sd15_text_encoder() -> CLIPTextModel:
 
 
 def _vae(
-    seed_name: str, *, scaling_factor: float, shift_factor: float | None = None,
+    seed_name: str,
+    *,
+    scaling_factor: float,
+    shift_factor: float | None = None,
     quant_convs: bool = True,
 ) -> AutoencoderKL:
-    return _seeded(seed_name, lambda: AutoencoderKL(
-        **VAE_CONFIG, scaling_factor=scaling_factor, shift_factor=shift_factor,
-        use_quant_conv=quant_convs, use_post_quant_conv=quant_convs,
-    ))
+    return _seeded(
+        seed_name,
+        lambda: AutoencoderKL(
+            **VAE_CONFIG,
+            scaling_factor=scaling_factor,
+            shift_factor=shift_factor,
+            use_quant_conv=quant_convs,
+            use_post_quant_conv=quant_convs,
+        ),
+    )
 
 
 def _clip_text_encoder(
-    seed_name: str, model_class: type[Model], hidden_size: int, *,
-    projection_dim: int = 32, hidden_act: str = "quick_gelu",
+    seed_name: str,
+    model_class: type[Model],
+    hidden_size: int,
+    *,
+    projection_dim: int = 32,
+    hidden_act: str = "quick_gelu",
 ) -> Model:
     config = CLIPTextConfig(
-        vocab_size=CLIP_VOCAB_SIZE, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH,
-        projection_dim=projection_dim, hidden_act=hidden_act,
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        projection_dim=projection_dim,
+        hidden_act=hidden_act,
         # The pooled output is read at the first end-of-text token, so the ids must be right.
-        bos_token_id=CLIP_VOCAB_SIZE - 2, eos_token_id=CLIP_VOCAB_SIZE - 1,
+        bos_token_id=CLIP_VOCAB_SIZE - 2,
+        eos_token_id=CLIP_VOCAB_SIZE - 1,
         pad_token_id=CLIP_VOCAB_SIZE - 1,
     )
     return _seeded(seed_name, lambda: model_class(config))
@@ -581,7 +638,9 @@ def _clip_vocab() -> dict[str, int]:
 
 def _clip_tokenizer(pad_token: str = CLIP_EOS) -> CLIPTokenizer:
     return CLIPTokenizer(
-        vocab=_clip_vocab(), merges=list(_clip_merges()), pad_token=pad_token,
+        vocab=_clip_vocab(),
+        merges=list(_clip_merges()),
+        pad_token=pad_token,
         model_max_length=CLIP_MAX_LENGTH,
     )
 
@@ -604,7 +663,7 @@ def _t5_tokenizer() -> T5TokenizerFast:
     trainee.train_from_iterator(T5_CORPUS.splitlines(), trainer)
     pieces = [
         (piece, score)
-        for piece, score in json.loads(trainee.to_str())["model"]["vocab"][len(specials):]
+        for piece, score in json.loads(trainee.to_str())["model"]["vocab"][len(specials) :]
     ]
     vocab = [(piece, 0.0) for piece in specials] + _canonical_unigram_vocab(pieces)
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=T5_MAX_LENGTH)
@@ -768,8 +827,14 @@ def _rrdb_weights(unshuffle: int) -> dict[str, torch.Tensor]:
     smooth = torch.outer(binomial, binomial) / 16
     tensors = {}
 
-    def add(name: str, out_channels: int, in_channels: int, std: float,
-            rgb_kernel: torch.Tensor | None = None, rgb_phases: int = 1) -> None:
+    def add(
+        name: str,
+        out_channels: int,
+        in_channels: int,
+        std: float,
+        rgb_kernel: torch.Tensor | None = None,
+        rgb_phases: int = 1,
+    ) -> None:
         weight = torch.randn(out_channels, in_channels, 3, 3) * std / (9 * in_channels) ** 0.5
         if rgb_kernel is not None:  # output channel c reads only colour c, through the kernel
             weight[:3] = 0
@@ -784,8 +849,12 @@ def _rrdb_weights(unshuffle: int) -> dict[str, torch.Tensor]:
     for block in range(UPSCALER_BLOCKS):
         for rdb in (1, 2, 3):
             for index in range(1, 6):
-                add(f"body.{block}.rdb{rdb}.conv{index}", features if index == 5 else growth,
-                    features + (index - 1) * growth, 1.0)
+                add(
+                    f"body.{block}.rdb{rdb}.conv{index}",
+                    features if index == 5 else growth,
+                    features + (index - 1) * growth,
+                    1.0,
+                )
     add("conv_body", features, features, 0.1)
     add("conv_up1", features, features, 0.05, smooth)
     add("conv_up2", features, features, 0.05, smooth)
@@ -824,11 +893,14 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "controlnet-sdxl": functools.partial(_build_controlnet, "controlnet-sdxl", _sdxl_unet),
     "controlnet-flux": _build_flux_controlnet,
     "ip-adapter-sd15": functools.partial(
-        _build_ip_adapter, "ip-adapter-sd15", _sd15_unet, _unet_ip_adapter_weights),
+        _build_ip_adapter, "ip-adapter-sd15", _sd15_unet, _unet_ip_adapter_weights
+    ),
     "ip-adapter-sdxl": functools.partial(
-        _build_ip_adapter, "ip-adapter-sdxl", _sdxl_unet, _unet_ip_adapter_weights),
+        _build_ip_adapter, "ip-adapter-sdxl", _sdxl_unet, _unet_ip_adapter_weights
+    ),
     "ip-adapter-flux": functools.partial(
-        _build_ip_adapter, "ip-adapter-flux", _flux_transformer, _flux_ip_adapter_weights),
+        _build_ip_adapter, "ip-adapter-flux", _flux_transformer, _flux_ip_adapter_weights
+    ),
     "lora-style.safetensors": _build_style_lora,
     "lora-brand.safetensors": _build_brand_lora,
     "lora-sdxl.safetensors": _build_sdxl_lora,

@@ -50,30 +50,47 @@ class GateSet:
     def decide(self, scores: Mapping[str, float]) -> GateDecision:
         present = [rule for rule in self.rules if rule.metric in scores]
         decision = decide(scores, present)
-        missing = [rule for rule in self.rules
-                   if rule.metric not in scores and rule.metric not in self.defaults]
+        missing = [
+            rule
+            for rule in self.rules
+            if rule.metric not in scores and rule.metric not in self.defaults
+        ]
         if not missing:
             return decision
-        return GateDecision(worst([decision.status, *(rule.severity for rule in missing)]),
-                            decision.reasons + tuple(f"{rule.metric} was not scored"
-                                                     for rule in missing))
+        return GateDecision(
+            worst([decision.status, *(rule.severity for rule in missing)]),
+            decision.reasons + tuple(f"{rule.metric} was not scored" for rule in missing),
+        )
 
     def describe(self) -> dict[str, str]:
         return {rule.metric: rule.describe() for rule in self.rules}
 
     def as_json(self) -> list[dict[str, Any]]:
-        return [{"metric": rule.metric, "min": rule.min, "max": rule.max,
-                 "severity": rule.severity, "note": rule.note,
-                 "default": rule.metric in self.defaults} for rule in self.rules]
+        return [
+            {
+                "metric": rule.metric,
+                "min": rule.min,
+                "max": rule.max,
+                "severity": rule.severity,
+                "note": rule.note,
+                "default": rule.metric in self.defaults,
+            }
+            for rule in self.rules
+        ]
 
     @classmethod
     def from_json(cls, items: Sequence[Mapping[str, Any]]) -> GateSet:
-        rules = tuple(GateRule(item["metric"], item["min"], item["max"], item["severity"],
-                               item.get("note", "")) for item in items)
+        rules = tuple(
+            GateRule(
+                item["metric"], item["min"], item["max"], item["severity"], item.get("note", "")
+            )
+            for item in items
+        )
         return cls(rules, frozenset(item["metric"] for item in items if item.get("default")))
 
-    def with_bounds(self, changes: Mapping[str, tuple[float | None, float | None] | None]
-                    ) -> GateSet:
+    def with_bounds(
+        self, changes: Mapping[str, tuple[float | None, float | None] | None]
+    ) -> GateSet:
         """These metrics' bounds replaced (None: the rule dropped); a changed rule keeps its
         severity and note and is no longer a default."""
         rules = {rule.metric: rule for rule in self.rules}
@@ -89,13 +106,22 @@ class GateSet:
 def campaign_gates(campaign: Campaign) -> GateSet:
     """The campaign's own rules, then the default table's for metrics it does not set."""
     spec = campaign.spec
-    rules = [GateRule(metric, gate.min, gate.max, gate.severity, NOTES.get(metric, ""))
-             for metric, gate in spec.gates.items() if gate is not None]
+    rules = [
+        GateRule(metric, gate.min, gate.max, gate.severity, NOTES.get(metric, ""))
+        for metric, gate in spec.gates.items()
+        if gate is not None
+    ]
     text = spec.postprocess.text
-    applies = {"logo_match": spec.logo, "logo_in_safe_zone": spec.logo,
-               "text_contrast": text is not None and bool(text.headline or text.legal)}
-    defaults = [rule for metric, rule in DEFAULT_RULES.items()
-                if metric not in spec.gates and applies.get(metric, True)]
+    applies = {
+        "logo_match": spec.logo,
+        "logo_in_safe_zone": spec.logo,
+        "text_contrast": text is not None and bool(text.headline or text.legal),
+    }
+    defaults = [
+        rule
+        for metric, rule in DEFAULT_RULES.items()
+        if metric not in spec.gates and applies.get(metric, True)
+    ]
     return GateSet(tuple(rules + defaults), frozenset(rule.metric for rule in defaults))
 
 
@@ -121,13 +147,22 @@ def decide_run(ledger: Ledger, run_id: str, gates: GateSet, *, source: str) -> R
     for row in rows:
         scores = {**row.scores, **run_scores.get(row.variant_id, {})}
         decision = gates.decide(scores)
-        decided.append((row, DecisionRecord(render_id=row.id, variant_id=row.variant_id,
-                                            status=decision.status, reasons=decision.reasons,
-                                            scores=scores)))
-    gating_id = ledger.record_gating(run_id, source=source, rules=gates.as_json(),
-                                     decisions=[record for _, record in decided])
-    return RunDecisions(gating_id, count_statuses(record.status for _, record in decided),
-                        decided)
+        decided.append(
+            (
+                row,
+                DecisionRecord(
+                    render_id=row.id,
+                    variant_id=row.variant_id,
+                    status=decision.status,
+                    reasons=decision.reasons,
+                    scores=scores,
+                ),
+            )
+        )
+    gating_id = ledger.record_gating(
+        run_id, source=source, rules=gates.as_json(), decisions=[record for _, record in decided]
+    )
+    return RunDecisions(gating_id, count_statuses(record.status for _, record in decided), decided)
 
 
 def consistency_scores(rows: Sequence[RenderRow]) -> dict[str, dict[str, float]]:
@@ -144,10 +179,15 @@ def consistency_scores(rows: Sequence[RenderRow]) -> dict[str, dict[str, float]]
     scores = {}
     for embedded in by_recipe.values():
         result = consistency(embedding_matrix(embedded))
-        scores.update({row.variant_id: {"consistency": round(float(cosine), 6),
-                                        "consistency_z": round(float(z), 4)}
-                       for row, cosine, z in zip(embedded, result.cosines, result.z_scores,
-                                                 strict=True)})
+        scores.update(
+            {
+                row.variant_id: {
+                    "consistency": round(float(cosine), 6),
+                    "consistency_z": round(float(z), 4),
+                }
+                for row, cosine, z in zip(embedded, result.cosines, result.z_scores, strict=True)
+            }
+        )
     return scores
 
 
@@ -164,10 +204,12 @@ def parse_bounds(items: Sequence[str]) -> dict[str, tuple[float | None, float | 
     for item in items:
         metric, sep, value = item.partition("=")
         if not sep or metric not in METRICS:
-            raise InputError(f"--set {item!r}: unknown metric" if sep else
-                             f"--set {item!r} is not metric=value",
-                             expected=f"metric=min, metric=min:max, metric=:max or metric=off; "
-                             f"metrics: {', '.join(METRICS)}", found=item)
+            raise InputError(
+                f"--set {item!r}: unknown metric" if sep else f"--set {item!r} is not metric=value",
+                expected=f"metric=min, metric=min:max, metric=:max or metric=off; "
+                f"metrics: {', '.join(METRICS)}",
+                found=item,
+            )
         if value == "off":
             changes[metric] = None
             continue
@@ -175,15 +217,24 @@ def parse_bounds(items: Sequence[str]) -> dict[str, tuple[float | None, float | 
         try:
             bounds = (float(low) if low else None, float(high) if colon and high else None)
         except ValueError:
-            raise InputError(f"--set {item!r}: bounds must be numbers", found=value,
-                             expected="e.g. clip_brand=0.25 or clip_brand=0.2:0.9") from None
+            raise InputError(
+                f"--set {item!r}: bounds must be numbers",
+                found=value,
+                expected="e.g. clip_brand=0.25 or clip_brand=0.2:0.9",
+            ) from None
         if any(bound is not None and not math.isfinite(bound) for bound in bounds):
-            raise InputError(f"--set {item!r}: bounds must be finite numbers", found=value,
-                             fix="NaN passes every comparison and inf is no bound: give a "
-                             f"number, {metric}=:max for no minimum, or {metric}=off")
+            raise InputError(
+                f"--set {item!r}: bounds must be finite numbers",
+                found=value,
+                fix="NaN passes every comparison and inf is no bound: give a "
+                f"number, {metric}=:max for no minimum, or {metric}=off",
+            )
         if bounds == (None, None):
-            raise InputError(f"--set {item!r} gives no bound", found=value,
-                             fix=f"{metric}=0.25, {metric}=:0.9, or {metric}=off")
+            raise InputError(
+                f"--set {item!r} gives no bound",
+                found=value,
+                fix=f"{metric}=0.25, {metric}=:0.9, or {metric}=off",
+            )
         if None not in bounds and bounds[0] > bounds[1]:
             raise InputError(f"--set {item!r}: min above max", found=value, fix="swap them")
         changes[metric] = bounds

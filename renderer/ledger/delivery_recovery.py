@@ -49,8 +49,11 @@ def delivery_problem(path: Path, record: DeliveryRow) -> str | None:
     names = set(expected) | set(MANIFEST_NAMES)
     try:
         if path.is_dir() and not path.is_symlink():
-            found = {item.relative_to(path).as_posix(): item for item in path.rglob("*")
-                     if not item.is_dir() or item.is_symlink()}
+            found = {
+                item.relative_to(path).as_posix(): item
+                for item in path.rglob("*")
+                if not item.is_dir() or item.is_symlink()
+            }
             if set(found) != names:
                 return f"{path} holds other files than were recorded"
             if any(item.is_symlink() for item in found.values()):
@@ -58,8 +61,7 @@ def delivery_problem(path: Path, record: DeliveryRow) -> str | None:
             hashes = {name: sha256_file(found[name]) for name in [*expected, "manifest.json"]}
         elif path.is_file() and not path.is_symlink():
             with zipfile.ZipFile(path) as archive:
-                if set(archive.namelist()) != names or \
-                        len(archive.namelist()) != len(names):
+                if set(archive.namelist()) != names or len(archive.namelist()) != len(names):
                     return f"{path} holds other entries than were recorded"
                 hashes = {}
                 for name in [*expected, "manifest.json"]:
@@ -101,8 +103,9 @@ def move_into_place(temp: Path, target: Path) -> None:
     fsync_folder(target.parent)
 
 
-def recover_deliveries(out_dir: Path, ledger: Any, log: Callable[[str], None],
-                       beside: Iterable[Path] = ()) -> list[DeliveryRow]:
+def recover_deliveries(
+    out_dir: Path, ledger: Any, log: Callable[[str], None], beside: Iterable[Path] = ()
+) -> list[DeliveryRow]:
     """Roll each delivery a kill interrupted forward, or discard it (call only while
     holding the lock); returns the ones completed now.
 
@@ -126,8 +129,10 @@ def recover_deliveries(out_dir: Path, ledger: Any, log: Callable[[str], None],
             if delivery_problem(target, record) is None:
                 remove_path(temp)
                 done = True
-            elif not (target.exists() or target.is_symlink()) and \
-                    delivery_problem(temp, record) is None:
+            elif (
+                not (target.exists() or target.is_symlink())
+                and delivery_problem(temp, record) is None
+            ):
                 try:
                     move_into_place(temp, target)
                     done = True
@@ -153,8 +158,11 @@ def recover_deliveries(out_dir: Path, ledger: Any, log: Callable[[str], None],
                 remove_path(entry)
                 swept.append(entry)
     if completed or discarded or swept:
-        log(f"recovered from an interrupted delivery: {len(completed)} completed "
+        log(
+            f"recovered from an interrupted delivery: {len(completed)} completed "
             f"({', '.join(completed) or '-'}), {len(discarded)} discarded "
-            f"({', '.join(discarded) or '-'}), {len(swept)} temp file(s) deleted")
-    return [record for delivery_id in completed
-            for record in ledger.deliveries(delivery_id=delivery_id)]
+            f"({', '.join(discarded) or '-'}), {len(swept)} temp file(s) deleted"
+        )
+    return [
+        record for delivery_id in completed for record in ledger.deliveries(delivery_id=delivery_id)
+    ]

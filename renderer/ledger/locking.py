@@ -47,9 +47,14 @@ class FolderBusy(RenderFailure):
 
 
 @contextmanager
-def hold_output_folder(out_dir: Path, *, wait: bool = True, holder: str = "",
-                       log: Callable[[str], None] = lambda _: None,
-                       poll_seconds: float = 0.2) -> Iterator[Path]:
+def hold_output_folder(
+    out_dir: Path,
+    *,
+    wait: bool = True,
+    holder: str = "",
+    log: Callable[[str], None] = lambda _: None,
+    poll_seconds: float = 0.2,
+) -> Iterator[Path]:
     """Hold the output folder's lock for the duration of the block."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOCK_NAME
@@ -61,16 +66,26 @@ def hold_output_folder(out_dir: Path, *, wait: bool = True, holder: str = "",
                 raise FolderBusy(
                     f"output folder {out_dir} is in use by another campaign render ({owner}); "
                     "nothing was rendered. Wait for it to finish, use another --out, or drop "
-                    "--no-wait to queue behind it")
-            log(f"output folder {out_dir} is in use by another campaign render ({owner}); "
-                "waiting for it to finish (Ctrl-C to stop)")
+                    "--no-wait to queue behind it"
+                )
+            log(
+                f"output folder {out_dir} is in use by another campaign render ({owner}); "
+                "waiting for it to finish (Ctrl-C to stop)"
+            )
             while not _try_lock(handle):
                 time.sleep(poll_seconds)
             log("output folder free; resuming from what the other run finished")
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "holder": holder,
-                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        handle.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "holder": holder,
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+            )
+        )
         handle.flush()
         yield path
     finally:
@@ -118,5 +133,7 @@ def recover_after_crash(out_dir: Path, ledger: Any, log: Callable[[str], None]) 
     swept = sweep_temp_files(out_dir)
     interrupted = ledger.close_interrupted_runs()
     if swept or interrupted:
-        log(f"recovered from an interrupted run: {len(swept)} temp file(s) deleted, "
-            f"{len(interrupted)} run(s) marked interrupted ({', '.join(interrupted) or '-'})")
+        log(
+            f"recovered from an interrupted run: {len(swept)} temp file(s) deleted, "
+            f"{len(interrupted)} run(s) marked interrupted ({', '.join(interrupted) or '-'})"
+        )

@@ -91,7 +91,7 @@ def m001_initial(db: sqlite3.Connection) -> None:
         );
         CREATE INDEX renders_by_variant ON renders(variant_id, id);
         CREATE INDEX renders_by_run ON renders(run_id);
-        """
+        """,
     )
 
 
@@ -104,7 +104,7 @@ def m002_batches_and_lookups(db: sqlite3.Connection) -> None:
         ALTER TABLE renders ADD COLUMN batch_json TEXT;  -- variant ids of the pipeline call
         CREATE INDEX runs_by_started ON runs(started_at);
         CREATE INDEX renders_by_output ON renders(output_path)
-        """
+        """,
     )
 
 
@@ -151,7 +151,7 @@ def m003_postprocess_and_gates(db: sqlite3.Connection) -> None:
         );
         CREATE INDEX gatings_by_run ON gatings(run_id, id);
         CREATE INDEX gate_decisions_by_render ON gate_decisions(render_id)
-        """
+        """,
     )
 
 
@@ -176,9 +176,12 @@ def m004_one_current_decision(db: sqlite3.Connection) -> None:
             passes[run_id] = db.execute(
                 "INSERT INTO gatings (run_id, source, rules_json, passed, review, failed, "
                 "decided_at) VALUES (?, 'render', ?, 0, 0, 0, ?)",
-                (run_id, rules[0] or "[]", created_at)).lastrowid
-        db.execute("INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?)",
-                   (passes[run_id], render_id, variant_id, status, reasons, scores))
+                (run_id, rules[0] or "[]", created_at),
+            ).lastrowid
+        db.execute(
+            "INSERT INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?)",
+            (passes[run_id], render_id, variant_id, status, reasons, scores),
+        )
     # A finished run's passed or failed is its latest decision pass's, not a stored copy.
     db.execute("UPDATE runs SET status = 'finished' WHERE status IN ('passed', 'failed')")
     execute_script(
@@ -216,7 +219,7 @@ def m004_one_current_decision(db: sqlite3.Connection) -> None:
             FROM runs
             LEFT JOIN gatings g ON g.id = (SELECT MAX(id) FROM gatings WHERE run_id = runs.id)
             LEFT JOIN decision_counts c ON c.gating_id = g.id
-        """
+        """,
     )
 
 
@@ -228,10 +231,16 @@ def _rules_from_thresholds(db: sqlite3.Connection) -> None:
         rules = []
         for metric, text in json.loads(thresholds or "{}").items():
             bounds = dict(re.findall(r"(min|max) (-?[0-9.]+)", text))
-            rules.append({"metric": metric, "min": float(bounds["min"]) if "min" in bounds
-                          else None, "max": float(bounds["max"]) if "max" in bounds else None,
-                          "severity": REVIEW if "(review)" in text else "fail",
-                          "note": NOTES.get(metric, ""), "default": False})
+            rules.append(
+                {
+                    "metric": metric,
+                    "min": float(bounds["min"]) if "min" in bounds else None,
+                    "max": float(bounds["max"]) if "max" in bounds else None,
+                    "severity": REVIEW if "(review)" in text else "fail",
+                    "note": NOTES.get(metric, ""),
+                    "default": False,
+                }
+            )
         db.execute("UPDATE runs SET rules_json = ? WHERE id = ?", (json.dumps(rules), run_id))
 
 
@@ -304,13 +313,17 @@ def m005_reviews_and_deliveries(db: sqlite3.Connection) -> None:
             PRIMARY KEY (delivery_id, path)
         );
         CREATE INDEX deliveries_by_run ON deliveries(run_id)
-        """
+        """,
     )
     # A trigger's body holds semicolons, so each is one statement of its own.
     for event in ("UPDATE", "DELETE"):
-        db.execute(f"CREATE TRIGGER reviews_no_{event.lower()} BEFORE {event} ON reviews "
-                   "BEGIN SELECT RAISE(ABORT, 'reviews are append-only: add a reset "
-                   "instead'); END")
+        db.execute(
+            f"CREATE TRIGGER reviews_no_{event.lower()} BEFORE {event} ON reviews "
+            "BEGIN SELECT RAISE(ABORT, 'reviews are append-only: add a reset "
+            "instead'); END"
+        )
+
+
 def m006_trainings(db: sqlite3.Connection) -> None:
     """LoRA trainings (``campaign train``): one row per training id, updated by each attempt
     (a killed one resumes into the same row). It reads only ``environments`` (m001), so it
@@ -349,13 +362,17 @@ def m006_trainings(db: sqlite3.Connection) -> None:
             UNIQUE (name, version)
         );
         CREATE INDEX trainings_by_started ON trainings(started_at)
-        """
+        """,
     )
+
+
 def m007_render_steps(db: sqlite3.Connection) -> None:
     """The seconds of each step that made a render (base, refiner, hires, upscale, detail,
     postprocess, score, write), its share of its batch's, in the order they ran. NULL on
     rows from before m007."""
     db.execute("ALTER TABLE renders ADD COLUMN steps_json TEXT")  # [{"step", "seconds"}]
+
+
 def m008_run_recipes(db: sqlite3.Connection) -> None:
     """A run can render several recipes (a campaign's ``recipe`` axis): its recipes move
     from two columns of ``runs`` to ``run_recipes``, one row each in the campaign's order;
@@ -389,7 +406,7 @@ def m008_run_recipes(db: sqlite3.Connection) -> None:
             FROM runs
             LEFT JOIN gatings g ON g.id = (SELECT MAX(id) FROM gatings WHERE run_id = runs.id)
             LEFT JOIN decision_counts c ON c.gating_id = g.id
-        """
+        """,
     )
 
 
@@ -419,11 +436,18 @@ def m009_delivery_states(db: sqlite3.Connection) -> None:
             approved_at = (SELECT reviewed_at FROM reviews
                            WHERE reviews.id = delivery_files.review_id);
         CREATE INDEX deliveries_by_state ON deliveries(state)
-        """
+        """,
     )
 
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    m001_initial, m002_batches_and_lookups, m003_postprocess_and_gates,
-    m004_one_current_decision, m005_reviews_and_deliveries, m006_trainings, m007_render_steps,
-    m008_run_recipes, m009_delivery_states)
+    m001_initial,
+    m002_batches_and_lookups,
+    m003_postprocess_and_gates,
+    m004_one_current_decision,
+    m005_reviews_and_deliveries,
+    m006_trainings,
+    m007_render_steps,
+    m008_run_recipes,
+    m009_delivery_states,
+)

@@ -41,8 +41,11 @@ class Decision:
 
     def as_json(self) -> dict[str, Any]:
         # Field by field, not asdict: it deep-copies, and a review page holds 1,000 of these.
-        return {**{item.name: getattr(self, item.name) for item in fields(self)},
-                "reasons": list(self.reasons), "scores": dict(self.scores)}
+        return {
+            **{item.name: getattr(self, item.name) for item in fields(self)},
+            "reasons": list(self.reasons),
+            "scores": dict(self.scores),
+        }
 
 
 REVIEW_DECISIONS = ("approve", "reject", "reset")
@@ -66,10 +69,16 @@ class Review:
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row, prefix: str = "") -> Review:
-        return cls(review_id=row[f"{prefix}review_id"], render_id=row[f"{prefix}render_id"],
-                   variant_id=row[f"{prefix}variant_id"], sha256=row[f"{prefix}sha256"],
-                   decision=row[f"{prefix}decision"], reviewer=row[f"{prefix}reviewer"],
-                   note=row[f"{prefix}note"], reviewed_at=row[f"{prefix}reviewed_at"])
+        return cls(
+            review_id=row[f"{prefix}review_id"],
+            render_id=row[f"{prefix}render_id"],
+            variant_id=row[f"{prefix}variant_id"],
+            sha256=row[f"{prefix}sha256"],
+            decision=row[f"{prefix}decision"],
+            reviewer=row[f"{prefix}reviewer"],
+            note=row[f"{prefix}note"],
+            reviewed_at=row[f"{prefix}reviewed_at"],
+        )
 
     @property
     def state(self) -> str:
@@ -104,19 +113,30 @@ class RunRow:
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> RunRow:
         return cls(
-            id=row["id"], campaign=row["campaign"], campaign_file=row["campaign_file"],
-            recipes=tuple(f"{name}@{version}" for _, name, version
-                          in sorted(_loads(row["recipes_json"], []))),
-            executor=row["executor"], environment_hash=row["environment_hash"],
-            started_at=row["started_at"], finished_at=row["finished_at"],
-            status=row["outcome"], planned=row["planned"], rendered=row["rendered"],
-            skipped=row["skipped"], rules=_loads(row["rules_json"], []),
+            id=row["id"],
+            campaign=row["campaign"],
+            campaign_file=row["campaign_file"],
+            recipes=tuple(
+                f"{name}@{version}" for _, name, version in sorted(_loads(row["recipes_json"], []))
+            ),
+            executor=row["executor"],
+            environment_hash=row["environment_hash"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            status=row["outcome"],
+            planned=row["planned"],
+            rendered=row["rendered"],
+            skipped=row["skipped"],
+            rules=_loads(row["rules_json"], []),
             report=_loads(row["report_json"], {}),
             counts={"passed": row["passed"], "review": row["review"], "failed": row["failed"]},
-            decided_by=row["decided_by"], decided_at=row["decided_at"],
+            decided_by=row["decided_by"],
+            decided_at=row["decided_at"],
             regatings=row["regatings"],
-            reviews={key: row[f"reviews_{key}"] or 0
-                     for key in ("approved", "rejected", "to_review")})
+            reviews={
+                key: row[f"reviews_{key}"] or 0 for key in ("approved", "rejected", "to_review")
+            },
+        )
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,11 +197,18 @@ class DeliveryRow:
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row, files: Sequence[DeliveryFileRow]) -> DeliveryRow:
-        return cls(id=row["id"], run_id=row["run_id"], target=row["target"],
-                   require=row["require"], masters=bool(row["masters"]),
-                   signed=bool(row["signed"]), manifest_sha256=row["manifest_sha256"],
-                   delivered_by=row["delivered_by"], delivered_at=row["delivered_at"],
-                   files=tuple(files))
+        return cls(
+            id=row["id"],
+            run_id=row["run_id"],
+            target=row["target"],
+            require=row["require"],
+            masters=bool(row["masters"]),
+            signed=bool(row["signed"]),
+            manifest_sha256=row["manifest_sha256"],
+            delivered_by=row["delivered_by"],
+            delivered_at=row["delivered_at"],
+            files=tuple(files),
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "files": [file.as_json() for file in self.files]}
@@ -238,28 +265,52 @@ class RenderRow(RenderFacts):
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> RenderRow:
         keys = row.keys()
-        review = Review.from_sql(row, "current_review_") \
-            if "current_review_review_id" in keys and row["current_review_review_id"] else None
+        review = (
+            Review.from_sql(row, "current_review_")
+            if "current_review_review_id" in keys and row["current_review_review_id"]
+            else None
+        )
         decision = None
         if "decision_status" in keys and row["decision_status"] is not None:
             decision = Decision(
-                status=row["decision_status"], reasons=tuple(_loads(row["decision_reasons"])),
-                scores=_loads(row["decision_scores"]), gating_id=row["decision_gating"],
-                run_id=row["decided_in_run"], source=row["decision_source"],
-                decided_at=row["decision_at"])
+                status=row["decision_status"],
+                reasons=tuple(_loads(row["decision_reasons"])),
+                scores=_loads(row["decision_scores"]),
+                gating_id=row["decision_gating"],
+                run_id=row["decided_in_run"],
+                source=row["decision_source"],
+                decided_at=row["decision_at"],
+            )
         return cls(
-            id=row["id"], run_id=row["run_id"], variant_id=row["variant_id"],
-            campaign=row["campaign"], recipe_name=row["recipe_name"],
-            recipe_version=row["recipe_version"], recipe_hash=row["recipe_hash"],
-            spec=_loads(row["variant_json"]), spec_json=row["variant_json"], seed=row["seed"],
-            axes=_loads(row["axes_json"]), prompt=row["prompt"], width=row["width"],
-            height=row["height"], input_files=_loads(row["input_files_json"]),
-            output_path=row["output_path"], output_sha256=row["output_sha256"],
-            output_bytes=row["output_bytes"], environment_hash=row["environment_hash"],
-            scores=_loads(row["scores_json"]), render_seconds=row["render_seconds"],
-            rerender_reason=row["rerender_reason"], created_at=row["created_at"],
-            batch=tuple(_loads(row["batch_json"], [])), embedding=row["embedding"],
-            decision=decision, steps=tuple(_loads(row["steps_json"], [])), review=review)
+            id=row["id"],
+            run_id=row["run_id"],
+            variant_id=row["variant_id"],
+            campaign=row["campaign"],
+            recipe_name=row["recipe_name"],
+            recipe_version=row["recipe_version"],
+            recipe_hash=row["recipe_hash"],
+            spec=_loads(row["variant_json"]),
+            spec_json=row["variant_json"],
+            seed=row["seed"],
+            axes=_loads(row["axes_json"]),
+            prompt=row["prompt"],
+            width=row["width"],
+            height=row["height"],
+            input_files=_loads(row["input_files_json"]),
+            output_path=row["output_path"],
+            output_sha256=row["output_sha256"],
+            output_bytes=row["output_bytes"],
+            environment_hash=row["environment_hash"],
+            scores=_loads(row["scores_json"]),
+            render_seconds=row["render_seconds"],
+            rerender_reason=row["rerender_reason"],
+            created_at=row["created_at"],
+            batch=tuple(_loads(row["batch_json"], [])),
+            embedding=row["embedding"],
+            decision=decision,
+            steps=tuple(_loads(row["steps_json"], [])),
+            review=review,
+        )
 
     @property
     def recipe_ref(self) -> str:
@@ -283,8 +334,13 @@ class RenderRow(RenderFacts):
         from renderer.plan.variant_spec import VariantSpec
         from renderer.plan.variants import Variant
 
-        return Variant(spec=VariantSpec.from_json(self.spec), id=self.variant_id,
-                       output_name=self.output_name, aspect=None, folder=self.files_folder)
+        return Variant(
+            spec=VariantSpec.from_json(self.spec),
+            id=self.variant_id,
+            output_name=self.output_name,
+            aspect=None,
+            folder=self.files_folder,
+        )
 
     @property
     def status(self) -> str:
@@ -306,13 +362,20 @@ class RenderRow(RenderFacts):
         """Everything but the spec and the embedding (``campaign show`` has those). Built
         field by field: ``asdict`` would deep-copy the spec and embedding it then drops
         (most of the time of a 1,000-variant review page)."""
-        data = {item.name: getattr(self, item.name) for item in fields(self)
-                if item.name not in ("spec", "spec_json", "embedding", "decision", "review")}
-        return {**data, "batch": list(self.batch), "steps": list(self.steps),
-                "status": self.status,
-                "decision": self.decision.as_json() if self.decision else None,
-                "review_state": self.review_state,
-                "review": self.review.as_json() if self.review else None}
+        data = {
+            item.name: getattr(self, item.name)
+            for item in fields(self)
+            if item.name not in ("spec", "spec_json", "embedding", "decision", "review")
+        }
+        return {
+            **data,
+            "batch": list(self.batch),
+            "steps": list(self.steps),
+            "status": self.status,
+            "decision": self.decision.as_json() if self.decision else None,
+            "review_state": self.review_state,
+            "review": self.review.as_json() if self.review else None,
+        }
 
 
 # The columns of a render row with its current decision (see RenderRow.from_sql).
@@ -321,16 +384,30 @@ RENDER_COLUMNS = (
     "current.scores_json AS decision_scores, current.gating_id AS decision_gating, "
     "current.decided_in_run, current.source AS decision_source, "
     "current.decided_at AS decision_at, "
-    + ", ".join(f"review.{column} AS current_review_{column}" for column in (
-        "review_id", "variant_id", "sha256", "decision", "reviewer", "note", "reviewed_at"))
-    + ", review.reviewed_render AS current_review_render_id")
-RENDER_FROM = ("renders LEFT JOIN current_decisions current ON current.render_id = renders.id "
-               "LEFT JOIN current_reviews review ON review.render_id = renders.id")
+    + ", ".join(
+        f"review.{column} AS current_review_{column}"
+        for column in (
+            "review_id",
+            "variant_id",
+            "sha256",
+            "decision",
+            "reviewer",
+            "note",
+            "reviewed_at",
+        )
+    )
+    + ", review.reviewed_render AS current_review_render_id"
+)
+RENDER_FROM = (
+    "renders LEFT JOIN current_decisions current ON current.render_id = renders.id "
+    "LEFT JOIN current_reviews review ON review.render_id = renders.id"
+)
 # A run with the counts of its latest decision pass and of its reviews (see RunRow.from_sql).
-RUN_COLUMNS = ("run_summaries.*, reviews.approved AS reviews_approved, "
-               "reviews.rejected AS reviews_rejected, reviews.to_review AS reviews_to_review")
-RUN_FROM = ("run_summaries LEFT JOIN run_review_counts reviews "
-            "ON reviews.run_id = run_summaries.id")
+RUN_COLUMNS = (
+    "run_summaries.*, reviews.approved AS reviews_approved, "
+    "reviews.rejected AS reviews_rejected, reviews.to_review AS reviews_to_review"
+)
+RUN_FROM = "run_summaries LEFT JOIN run_review_counts reviews ON reviews.run_id = run_summaries.id"
 
 
 @dataclass(frozen=True)
@@ -363,17 +440,29 @@ class TrainingRow:
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> TrainingRow:
         return cls(
-            id=row["id"], name=row["name"], version=row["version"], family=row["family"],
-            spec_file=row["spec_file"], spec_hash=row["spec_hash"],
-            spec=_loads(row["spec_json"]), input_files=_loads(row["input_files_json"]),
-            output_dir=row["output_dir"], status=row["status"], attempts=row["attempts"],
+            id=row["id"],
+            name=row["name"],
+            version=row["version"],
+            family=row["family"],
+            spec_file=row["spec_file"],
+            spec_hash=row["spec_hash"],
+            spec=_loads(row["spec_json"]),
+            input_files=_loads(row["input_files_json"]),
+            output_dir=row["output_dir"],
+            status=row["status"],
+            attempts=row["attempts"],
             resumed_from=row["resumed_from"],
             step_losses=tuple(_loads(row["step_losses_json"], [])),
-            checkpoints=_loads(row["checkpoints_json"], []), lora_path=row["lora_path"],
-            lora_sha256=row["lora_sha256"], lora_bytes=row["lora_bytes"],
-            report_path=row["report_path"], environment_hash=row["environment_hash"],
-            timings=_loads(row["timings_json"], {}), started_at=row["started_at"],
-            finished_at=row["finished_at"])
+            checkpoints=_loads(row["checkpoints_json"], []),
+            lora_path=row["lora_path"],
+            lora_sha256=row["lora_sha256"],
+            lora_bytes=row["lora_bytes"],
+            report_path=row["report_path"],
+            environment_hash=row["environment_hash"],
+            timings=_loads(row["timings_json"], {}),
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+        )
 
     @property
     def ref(self) -> str:
@@ -384,9 +473,14 @@ class TrainingRow:
         """Each training image: name, sha256 and caption (the spec's) with its path (where it
         was read), in training order."""
         paths = [entry["path"] for entry in self.input_files if entry["role"] == "image"]
-        return [{**item, "path": path}
-                for item, path in zip(self.spec["dataset"], paths, strict=True)]
+        return [
+            {**item, "path": path} for item, path in zip(self.spec["dataset"], paths, strict=True)
+        ]
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ref": self.ref, "dataset": self.dataset,
-                "step_losses": list(self.step_losses)}
+        return {
+            **asdict(self),
+            "ref": self.ref,
+            "dataset": self.dataset,
+            "step_losses": list(self.step_losses),
+        }

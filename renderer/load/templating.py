@@ -44,18 +44,18 @@ from renderer.load.yamlsource import KeyPath, YamlDocument
 
 
 class Limits:
-    SOURCE = 20_000         # characters of one template: compiling costs time and memory per
-                            # character (20,000 take about 0.2 s and 10 MB)
-    OUTPUT = 100_000        # characters one template may render
-    VALUE = 100_000         # items and characters in one value, a shared part counted each time
-                            # it appears; and what one string/list operation may make
-    WORK = 500_000          # items and characters one rendering may build and write in all;
-                            # an operation whose inputs' sizes multiply past it is refused
-    SECONDS = 1.0           # wall time of one rendering
-    INTEGER_BITS = 4_096    # bits of an integer a power or product may make
-    ITERATIONS = 100_000    # loop iterations in one rendering, all loops together
-    WIDTH = 1_000           # a printf or padding width or precision, a batch or slice count, an
-                            # indent
+    SOURCE = 20_000  # characters of one template: compiling costs time and memory per
+    # character (20,000 take about 0.2 s and 10 MB)
+    OUTPUT = 100_000  # characters one template may render
+    VALUE = 100_000  # items and characters in one value, a shared part counted each time
+    # it appears; and what one string/list operation may make
+    WORK = 500_000  # items and characters one rendering may build and write in all;
+    # an operation whose inputs' sizes multiply past it is refused
+    SECONDS = 1.0  # wall time of one rendering
+    INTEGER_BITS = 4_096  # bits of an integer a power or product may make
+    ITERATIONS = 100_000  # loop iterations in one rendering, all loops together
+    WIDTH = 1_000  # a printf or padding width or precision, a batch or slice count, an
+    # indent
 
 
 @dataclass(slots=True)
@@ -73,12 +73,25 @@ _PRINTF_WIDTHS = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d+))?")
 _PADDING_METHODS = {"center", "ljust", "rjust", "zfill"}
 # A filter's parameter that sets a size (always its first after the value) and filters that
 # indent every level of their value: both multiply what the filter can write.
-_SIZE_PARAMETERS = {"batch": "linecount", "center": "width", "indent": "width",
-                    "slice": "slices", "tojson": "indent"}
+_SIZE_PARAMETERS = {
+    "batch": "linecount",
+    "center": "width",
+    "indent": "width",
+    "slice": "slices",
+    "tojson": "indent",
+}
 _INDENTING_FILTERS = frozenset({"pprint", "tojson"})
 # What a value can hold, as concrete types (an isinstance against an ABC costs more, per item).
-_CONTAINERS = (list, tuple, dict, set, frozenset, type({}.keys()), type({}.values()),
-               type({}.items()))
+_CONTAINERS = (
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
+    type({}.keys()),
+    type({}.values()),
+    type({}.items()),
+)
 # Errors quote a value this short, however large or deeply shared it is.
 _EXCERPT = reprlib.Repr()
 _EXCERPT.maxlevel, _EXCERPT.maxstring, _EXCERPT.maxother = 3, 40, 40
@@ -95,11 +108,14 @@ def _spend(work: int = 0, iterations: int = 0) -> None:
     if budget.iterations < 0:
         raise SecurityError(f"loops ran past {Limits.ITERATIONS:,} iterations")
     if budget.work < 0:
-        raise SecurityError(f"the template built and wrote more than {Limits.WORK:,} items and "
-                            "characters in all (the work limit of one rendering)")
+        raise SecurityError(
+            f"the template built and wrote more than {Limits.WORK:,} items and "
+            "characters in all (the work limit of one rendering)"
+        )
     if time.monotonic() > budget.deadline:
-        raise SecurityError(f"the template ran past the time limit of {Limits.SECONDS:g} s per "
-                            "rendering")
+        raise SecurityError(
+            f"the template ran past the time limit of {Limits.SECONDS:g} s per rendering"
+        )
 
 
 def _stop_the_clock_for_gc(phase: str, info: dict[str, int]) -> None:
@@ -142,9 +158,11 @@ def _measure(what: str, value: Any) -> tuple[int, int]:
                     below += item.values()
             level = below
     if size > Limits.VALUE:
-        raise SecurityError(f"a value over the size limit of {Limits.VALUE:,} items and characters "
-                            f"(a shared part counts each time it appears) in {what}: "
-                            f"{_EXCERPT.repr(value)}")
+        raise SecurityError(
+            f"a value over the size limit of {Limits.VALUE:,} items and characters "
+            f"(a shared part counts each time it appears) in {what}: "
+            f"{_EXCERPT.repr(value)}"
+        )
     return size, depth
 
 
@@ -170,8 +188,9 @@ def _printed(value: Any) -> Any:
     return _built("{{ … }}", value)
 
 
-def _check_inputs(what: str, value: Any, arguments: Iterable[Any], width: int = 0,
-                  indenting: bool = False) -> None:
+def _check_inputs(
+    what: str, value: Any, arguments: Iterable[Any], width: int = 0, indenting: bool = False
+) -> None:
     """Refuse ``what`` before it runs when an input is over the size limit or its result could
     pass the work limit: an operation can make its value's size times its arguments' (``join``
     writes its separator per item, ``%`` an argument per field, ``indent`` its width per line),
@@ -184,46 +203,62 @@ def _check_inputs(what: str, value: Any, arguments: Iterable[Any], width: int = 
         details = [f"{depth} levels deep"] if indenting else []
         if extent > 1:
             details.append(f"given {extent - 1:,} more")
-        raise SecurityError(f"{what} on a value of {size:,} items and characters"
-                            f"{' (' + ', '.join(details) + ')' if details else ''} could make "
-                            f"more than the work limit of {Limits.WORK:,}")
+        raise SecurityError(
+            f"{what} on a value of {size:,} items and characters"
+            f"{' (' + ', '.join(details) + ')' if details else ''} could make "
+            f"more than the work limit of {Limits.WORK:,}"
+        )
 
 
 class BoundedEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
-    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any,
-                   right: Any) -> Any:
-        if operator == "**" and _whole(left) and _whole(right) and right > 0 \
-                and abs(left) > 1 and right * math.log2(abs(left)) > Limits.INTEGER_BITS:
-            raise SecurityError(f"{left} ** {right} is an integer of more than "
-                                f"{Limits.INTEGER_BITS} bits")
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+    ) -> Any:
+        if (
+            operator == "**"
+            and _whole(left)
+            and _whole(right)
+            and right > 0
+            and abs(left) > 1
+            and right * math.log2(abs(left)) > Limits.INTEGER_BITS
+        ):
+            raise SecurityError(
+                f"{left} ** {right} is an integer of more than {Limits.INTEGER_BITS} bits"
+            )
         if operator == "*":
             _check_repeat(left, right)
             _check_repeat(right, left)
-            if _whole(left) and _whole(right) and \
-                    abs(left).bit_length() + abs(right).bit_length() > Limits.INTEGER_BITS:
+            if (
+                _whole(left)
+                and _whole(right)
+                and abs(left).bit_length() + abs(right).bit_length() > Limits.INTEGER_BITS
+            ):
                 raise SecurityError(f"a product of more than {Limits.INTEGER_BITS} bits")
-        if operator == "+" and isinstance(left, str | list | tuple) and \
-                isinstance(right, str | list | tuple) and len(left) + len(right) > Limits.VALUE:
+        if (
+            operator == "+"
+            and isinstance(left, str | list | tuple)
+            and isinstance(right, str | list | tuple)
+            and len(left) + len(right) > Limits.VALUE
+        ):
             raise SecurityError(f"a + makes more than {Limits.VALUE:,} items or characters")
         if operator == "%" and isinstance(left, str):
             _check_printf(left)
             _check_inputs("%", left, [right])
         return _built(operator, super().call_binop(context, operator, left, right))
 
-    def call(__self, __context: jinja2.runtime.Context, __obj: Any,
-             *args: Any, **kwargs: Any) -> Any:
+    def call(
+        __self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any
+    ) -> Any:
         _spend()  # before the call too: a macro calling itself returns only at the bottom
         name = f"{getattr(__obj, '__name__', type(__obj).__name__)}()"
         owner = getattr(__obj, "__self__", None)  # a method's object: ''.join's separator
         _check_inputs(name, owner, [*args, *kwargs.values()])
         if isinstance(owner, str):
             method = __obj.__name__
-            if method in _PADDING_METHODS and args and _whole(args[0]) \
-                    and args[0] > Limits.VALUE:
-                raise SecurityError(f"{method}({args[0]}) pads past {Limits.VALUE:,} "
-                                    "characters")
+            if method in _PADDING_METHODS and args and _whole(args[0]) and args[0] > Limits.VALUE:
+                raise SecurityError(f"{method}({args[0]}) pads past {Limits.VALUE:,} characters")
             if method == "expandtabs":
                 raise SecurityError("str.expandtabs is not available in templates")
             if method == "replace":
@@ -236,8 +271,10 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             return None
 
         def refused(*args: Any, **kwargs: Any) -> str:
-            raise SecurityError(f"str.{value.__name__} is not available in templates; use the "
-                                "~ operator and the format filter")
+            raise SecurityError(
+                f"str.{value.__name__} is not available in templates; use the "
+                "~ operator and the format filter"
+            )
 
         return refused
 
@@ -247,18 +284,23 @@ def _whole(value: Any) -> bool:
 
 
 def _check_repeat(sequence: Any, times: Any) -> None:
-    if isinstance(sequence, str | list | tuple) and _whole(times) \
-            and len(sequence) * times > Limits.VALUE:
-        raise SecurityError(f"repeating {len(sequence)} items {times} times makes more than "
-                            f"{Limits.VALUE:,}")
+    if (
+        isinstance(sequence, str | list | tuple)
+        and _whole(times)
+        and len(sequence) * times > Limits.VALUE
+    ):
+        raise SecurityError(
+            f"repeating {len(sequence)} items {times} times makes more than {Limits.VALUE:,}"
+        )
 
 
 def _check_printf(text: str) -> None:
     for width, precision in _PRINTF_WIDTHS.findall(text):
         for value in (width, precision):
             if value == "*" or (value and int(value) > Limits.WIDTH):
-                raise SecurityError(f"a printf width or precision of {value} (at most "
-                                    f"{Limits.WIDTH})")
+                raise SecurityError(
+                    f"a printf width or precision of {value} (at most {Limits.WIDTH})"
+                )
 
 
 def _check_replace(text: str, old: Any = "", new: Any = "", count: Any = -1) -> None:
@@ -307,7 +349,7 @@ def _bounded_filter(name: str, original: Callable[..., Any]) -> Callable[..., An
 
     @functools.wraps(original)
     def bounded(*args: Any, **kwargs: Any) -> Any:
-        value, rest = args[leading], args[leading + 1:]
+        value, rest = args[leading], args[leading + 1 :]
         width = _width(name, rest[0] if rest else kwargs.get(parameter)) if parameter else 0
         _check_inputs(what, value, (*rest, *kwargs.values()), width, indenting)
         return _built(what, original(*args, **kwargs))
@@ -330,52 +372,66 @@ def _format_filter(value: str, *args: Any, **kwargs: Any) -> str:
 
 
 @jinja2.pass_eval_context
-def _replace_filter(eval_ctx: Any, value: str, old: str, new: str, count: int | None = None
-                    ) -> str:
+def _replace_filter(eval_ctx: Any, value: str, old: str, new: str, count: int | None = None) -> str:
     _check_replace(str(value), old, new, -1 if count is None else count)
     return jinja2.filters.FILTERS["replace"](eval_ctx, value, old, new, count)
 
 
 @jinja2.pass_environment
-def _sum_filter(environment: jinja2.Environment, iterable: Iterable[Any],
-                attribute: Any = None, start: Any = 0) -> Any:
+def _sum_filter(
+    environment: jinja2.Environment, iterable: Iterable[Any], attribute: Any = None, start: Any = 0
+) -> Any:
     """Adding lists copies them: n lists cost n² steps in one call, so the items count as loop
     iterations (and check the clock)."""
-    return jinja2.filters.FILTERS["sum"](environment, _bounded_iteration(iterable), attribute,
-                                         start)
+    return jinja2.filters.FILTERS["sum"](
+        environment, _bounded_iteration(iterable), attribute, start
+    )
 
 
 @functools.cache
 def template_environment() -> BoundedEnvironment:
-    environment = BoundedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                     finalize=_printed)
+    environment = BoundedEnvironment(
+        undefined=jinja2.StrictUndefined, autoescape=False, finalize=_printed
+    )
     del environment.filters["random"]
-    environment.filters.update({"format": _format_filter, "replace": _replace_filter,
-                                "sum": _sum_filter})
-    environment.filters = {name: _bounded_filter(name, original)
-                           for name, original in environment.filters.items()}
-    environment.filters.update({
-        "_bounded_iteration": _bounded_iteration, "_bounded_concat": _bounded_concat,
-        "_built": _built_literal, "_written": _written,
-    })
+    environment.filters.update(
+        {"format": _format_filter, "replace": _replace_filter, "sum": _sum_filter}
+    )
+    environment.filters = {
+        name: _bounded_filter(name, original) for name, original in environment.filters.items()
+    }
+    environment.filters.update(
+        {
+            "_bounded_iteration": _bounded_iteration,
+            "_bounded_concat": _bounded_concat,
+            "_built": _built_literal,
+            "_written": _written,
+        }
+    )
     return environment
 
 
 def compile_template(document: YamlDocument, key_path: KeyPath, text: str) -> jinja2.Template:
     """Compile ``text`` found at ``key_path`` of ``document``; syntax errors name the line."""
     if len(text) > Limits.SOURCE:
-        raise document.error(TemplateError, f"a template of {len(text):,} characters (the limit "
-                             f"is {Limits.SOURCE:,})", key_path,
-                             fix="shorten it: compiling costs time and memory per character")
+        raise document.error(
+            TemplateError,
+            f"a template of {len(text):,} characters (the limit is {Limits.SOURCE:,})",
+            key_path,
+            fix="shorten it: compiling costs time and memory per character",
+        )
     environment = template_environment()
     try:
         return environment.from_string(_Bounded().visit(environment.parse(text)))
     except jinja2.TemplateSyntaxError as err:
         raise _syntax_error(document, key_path, text, err) from None
     except RecursionError:
-        raise document.error(TemplateError, "template nested too deeply to compile", key_path,
-                             fix="nest fewer brackets, blocks and expressions inside each "
-                                 "other") from None
+        raise document.error(
+            TemplateError,
+            "template nested too deeply to compile",
+            key_path,
+            fix="nest fewer brackets, blocks and expressions inside each other",
+        ) from None
 
 
 def _hook(node: nodes.Expr, hook: str) -> nodes.Filter:
@@ -389,11 +445,15 @@ class _Bounded(NodeTransformer):
     def visit_For(self, loop: nodes.For) -> nodes.For:
         self.generic_visit(loop)
         loop.iter = _hook(loop.iter, "_bounded_iteration")
-        text = sum(len(data.data) for statement in loop.body
-                   for data in statement.find_all(nodes.TemplateData))
+        text = sum(
+            len(data.data)
+            for statement in loop.body
+            for data in statement.find_all(nodes.TemplateData)
+        )
         if text:
-            loop.body.insert(0, nodes.ExprStmt(_hook(nodes.Const(text), "_written"),
-                                               lineno=loop.lineno))
+            loop.body.insert(
+                0, nodes.ExprStmt(_hook(nodes.Const(text), "_written"), lineno=loop.lineno)
+            )
         return loop
 
     def visit_Concat(self, concat: nodes.Concat) -> nodes.Concat:
@@ -416,11 +476,16 @@ class _Bounded(NodeTransformer):
         return self.visit_List(literal) if literal.ctx == "load" else literal
 
 
-def _syntax_error(document: YamlDocument, key_path: KeyPath, text: str,
-                  err: jinja2.TemplateSyntaxError) -> InputError:
-    return document.error(TemplateError, f"template syntax error: {err.message}", key_path,
-                          found=repr(text),
-                          fix="fix the Jinja syntax ({{ name }}, {% if %}…{% endif %})")
+def _syntax_error(
+    document: YamlDocument, key_path: KeyPath, text: str, err: jinja2.TemplateSyntaxError
+) -> InputError:
+    return document.error(
+        TemplateError,
+        f"template syntax error: {err.message}",
+        key_path,
+        found=repr(text),
+        fix="fix the Jinja syntax ({{ name }}, {% if %}…{% endif %})",
+    )
 
 
 class Templates:
@@ -430,13 +495,19 @@ class Templates:
     remembering their renderings would never pay.
     """
 
-    def __init__(self, sources: Mapping[KeyPath, tuple[str, YamlDocument]],
-                 unique: frozenset[KeyPath] = frozenset()):
+    def __init__(
+        self,
+        sources: Mapping[KeyPath, tuple[str, YamlDocument]],
+        unique: frozenset[KeyPath] = frozenset(),
+    ):
         self.documents = {key: document for key, (_, document) in sources.items()}
-        self.compiled = {key: compile_template(document, key, text)
-                         for key, (text, document) in sources.items()}
-        self.names = {key: sorted(jinja2.meta.find_undeclared_variables(
-            template_environment().parse(text))) for key, (text, _) in sources.items()}
+        self.compiled = {
+            key: compile_template(document, key, text) for key, (text, document) in sources.items()
+        }
+        self.names = {
+            key: sorted(jinja2.meta.find_undeclared_variables(template_environment().parse(text)))
+            for key, (text, _) in sources.items()
+        }
         self.globals = dict(template_environment().globals)
         self.unique = unique
         # Most variants share their prompts (a prompt rarely reads every axis), so a render
@@ -458,31 +529,44 @@ class Templates:
         try:
             # Template.render() walks a ChainMap of the globals on every call; this is the same
             # rendering with the globals as a plain dict (it dominated 100k-variant plans).
-            frame = jinja2.runtime.new_context(template.environment, template.name,
-                                               template.blocks, dict(context), shared=True,
-                                               globals=self.globals)
+            frame = jinja2.runtime.new_context(
+                template.environment,
+                template.name,
+                template.blocks,
+                dict(context),
+                shared=True,
+                globals=self.globals,
+            )
             parts, length = [], 0
             for part in template.root_render_func(frame):
                 length += len(part)
                 if length > Limits.OUTPUT:
-                    raise SecurityError(f"the template renders more than {Limits.OUTPUT:,} "
-                                        "characters")
+                    raise SecurityError(
+                        f"the template renders more than {Limits.OUTPUT:,} characters"
+                    )
                 parts.append(part)
             return "".join(parts).strip()
         except jinja2.UndefinedError as err:
-            problem, fix = f"undefined name in template: {err.message}", (
-                f"use one of the names templates can read: {', '.join(sorted(context))}")
+            problem, fix = (
+                f"undefined name in template: {err.message}",
+                (f"use one of the names templates can read: {', '.join(sorted(context))}"),
+            )
         except SecurityError as err:
-            problem, fix = f"template blocked by the sandbox: {err}", (
-                "templates may only read values and make short text; remove the attribute, "
-                "call or oversized operation")
+            problem, fix = (
+                f"template blocked by the sandbox: {err}",
+                (
+                    "templates may only read values and make short text; remove the attribute, "
+                    "call or oversized operation"
+                ),
+            )
         except RecursionError:
-            problem, fix = "template recursion too deep", "a macro must not call itself " \
-                "without end"
+            problem, fix = "template recursion too deep", "a macro must not call itself without end"
         except Exception as err:  # untrusted code: whatever it raises is its own fault
             # (a filter given bad arguments, an unknown filter in map, 1e999 | int).
-            problem, fix = f"template failed: {type(err).__name__}: {err}", (
-                "check the expression's types and the filters' arguments")
+            problem, fix = (
+                f"template failed: {type(err).__name__}: {err}",
+                ("check the expression's types and the filters' arguments"),
+            )
         finally:
             _budget.reset(budget)
         raise self.documents[key].error(TemplateError, problem, key, fix=fix)

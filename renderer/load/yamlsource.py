@@ -56,8 +56,9 @@ class YamlDocument:
     def excerpt(self, line: int | None, context: int = 2) -> str:
         return numbered_excerpt(self.text, line, context)
 
-    def error(self, cls: type[InputError], message: str, key_path: KeyPath,
-              **details: Any) -> InputError:
+    def error(
+        self, cls: type[InputError], message: str, key_path: KeyPath, **details: Any
+    ) -> InputError:
         line = self.line_of(key_path) or 1  # an empty file has no line of its own
         return cls(
             message,
@@ -92,8 +93,10 @@ def _shortened(text: str) -> str:
     """A source line as an excerpt shows it: a line of a megabyte is cut, saying so."""
     if len(text) <= EXCERPT_LINE_CHARACTERS:
         return text
-    return f"{text[:EXCERPT_LINE_CHARACTERS]}… ({len(text) - EXCERPT_LINE_CHARACTERS:,} more " \
+    return (
+        f"{text[:EXCERPT_LINE_CHARACTERS]}… ({len(text) - EXCERPT_LINE_CHARACTERS:,} more "
         "characters)"
+    )
 
 
 def load_yaml(path: Path) -> YamlDocument:
@@ -102,9 +105,13 @@ def load_yaml(path: Path) -> YamlDocument:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise YamlSyntaxError("the file is not UTF-8 text", file=path, line=line,
-                              found=f"byte {err.object[err.start]:#04x}",
-                              fix="save the file as UTF-8") from None
+        raise YamlSyntaxError(
+            "the file is not UTF-8 text",
+            file=path,
+            line=line,
+            found=f"byte {err.object[err.start]:#04x}",
+            fix="save the file as UTF-8",
+        ) from None
     return parse_yaml(text, path)
 
 
@@ -115,20 +122,33 @@ def read_bounded(path: Path, limit: int, *, what: str = "file") -> bytes:
         mode = path.stat().st_mode
     except FileNotFoundError:
         raise MissingFileError(
-            f"{what} not found", file=path, fix="check the path (relative paths are resolved "
-            "from the current folder on the command line, from the YAML file's folder inside it)"
+            f"{what} not found",
+            file=path,
+            fix="check the path (relative paths are resolved "
+            "from the current folder on the command line, from the YAML file's folder inside it)",
         ) from None
     except OSError as err:
-        raise InputError(f"cannot read the {what}: {err.strerror}", file=path,
-                         fix="check the path and its permissions") from None
+        raise InputError(
+            f"cannot read the {what}: {err.strerror}",
+            file=path,
+            fix="check the path and its permissions",
+        ) from None
     if problem := special_file_problem(mode):
-        raise InputError(f"the {what} is {problem}", file=path, expected="a regular file",
-                         fix="point at the file itself")
+        raise InputError(
+            f"the {what} is {problem}",
+            file=path,
+            expected="a regular file",
+            fix="point at the file itself",
+        )
     with open(path, "rb") as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise InputError(f"the {what} is larger than {limit:,} bytes", file=path,
-                         expected=f"at most {limit:,} bytes", fix="point at the right file")
+        raise InputError(
+            f"the {what} is larger than {limit:,} bytes",
+            file=path,
+            expected=f"at most {limit:,} bytes",
+            fix="point at the right file",
+        )
     return data
 
 
@@ -137,8 +157,15 @@ def special_file_problem(mode: int) -> str | None:
     reading a FIFO blocks until someone writes, a device may never end."""
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
-    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(
-        mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+    kind = (
+        "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a file"
+    )
     return kind
 
 
@@ -152,11 +179,21 @@ def parse_yaml(text: str, path: Path) -> YamlDocument:
     except _Refused as err:
         line = err.problem_mark.line + 1
         if err.key_path is None:
-            raise YamlSyntaxError(f"invalid YAML: {err.problem}", file=path, line=line,
-                                  excerpt=numbered_excerpt(text, line), fix=err.fix) from None
-        raise SchemaError(err.problem, file=path, line=line,
-                          key_path=format_key_path(err.key_path),
-                          excerpt=numbered_excerpt(text, line), fix=err.fix) from None
+            raise YamlSyntaxError(
+                f"invalid YAML: {err.problem}",
+                file=path,
+                line=line,
+                excerpt=numbered_excerpt(text, line),
+                fix=err.fix,
+            ) from None
+        raise SchemaError(
+            err.problem,
+            file=path,
+            line=line,
+            key_path=format_key_path(err.key_path),
+            excerpt=numbered_excerpt(text, line),
+            fix=err.fix,
+        ) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else None
@@ -199,8 +236,11 @@ class _Builder:
             self._count(size, node)
             return value, size
         if id(node) in self.in_progress:
-            raise _problem(node, "a recursive alias: this anchor is used inside itself",
-                           "point the alias at another anchor, or write the value out")
+            raise _problem(
+                node,
+                "a recursive alias: this anchor is used inside itself",
+                "point the alias at another anchor, or write the value out",
+            )
         self.in_progress.add(id(node))
         self._count(1, node)
         if isinstance(node, yaml.MappingNode):
@@ -224,8 +264,11 @@ class _Builder:
         for key_node, value_node in node.value:
             key = self._scalar(key_node, key_path)
             if not isinstance(key, (str, int, float, bool)):
-                raise _problem(key_node, f"unsupported mapping key {key!r}",
-                               "use a plain text or number as the key")
+                raise _problem(
+                    key_node,
+                    f"unsupported mapping key {key!r}",
+                    "use a plain text or number as the key",
+                )
             if key in result:
                 raise _problem(key_node, f"duplicate key {key!r}", "keep one of the two")
             child = (*key_path, str(key))
@@ -238,20 +281,31 @@ class _Builder:
         try:
             value = self.loader.construct_object(node, deep=True)
         except ValueError as err:  # an integer of more digits than Python converts
-            raise _problem(node, f"not a number Python reads ({err})",
-                           "write a number of a sensible size", key_path) from None
+            raise _problem(
+                node,
+                f"not a number Python reads ({err})",
+                "write a number of a sensible size",
+                key_path,
+            ) from None
         if isinstance(value, float) and not math.isfinite(value):
-            raise _problem(node, f"{node.value} is not a finite number",
-                           "write a finite number (NaN and infinity compare false with every "
-                           "bound, so they would pass any check)", key_path)
+            raise _problem(
+                node,
+                f"{node.value} is not a finite number",
+                "write a finite number (NaN and infinity compare false with every "
+                "bound, so they would pass any check)",
+                key_path,
+            )
         return value
 
     def _count(self, size: int, node: yaml.Node) -> None:
         self.total += size
         if self.total > MAX_EXPANDED_VALUES:
-            raise _problem(node, f"the aliases here expand the file past {MAX_EXPANDED_VALUES:,} "
-                           "values (a YAML alias bomb?)",
-                           "use fewer nested aliases; a campaign needs far fewer values")
+            raise _problem(
+                node,
+                f"the aliases here expand the file past {MAX_EXPANDED_VALUES:,} "
+                "values (a YAML alias bomb?)",
+                "use fewer nested aliases; a campaign needs far fewer values",
+            )
 
 
 class _Refused(yaml.constructor.ConstructorError):
@@ -263,6 +317,5 @@ class _Refused(yaml.constructor.ConstructorError):
         self.fix, self.key_path = fix, key_path
 
 
-def _problem(node: yaml.Node, message: str, fix: str,
-             key_path: KeyPath | None = None) -> _Refused:
+def _problem(node: yaml.Node, message: str, fix: str, key_path: KeyPath | None = None) -> _Refused:
     return _Refused(message, node.start_mark, fix, key_path)

@@ -35,8 +35,11 @@ def load_estimates(override: Path | None = None) -> dict[str, Any]:
         from renderer.load.yamlsource import load_yaml
 
         for key, value in (load_yaml(override).data or {}).items():
-            table[key] = {**table[key], **value} if isinstance(value, dict) and isinstance(
-                table.get(key), dict) else value
+            table[key] = (
+                {**table[key], **value}
+                if isinstance(value, dict) and isinstance(table.get(key), dict)
+                else value
+            )
     return table
 
 
@@ -46,8 +49,11 @@ def reference_seconds(variants: Sequence[Variant], table: dict[str, Any]) -> flo
     for v in variants:
         reference = table["families"][v.spec.recipe.family]
         ref_pixels = reference["size"][0] * reference["size"][1]
-        total += (reference["seconds_per_image"] * (v.width * v.height / ref_pixels)
-                  * (v.steps / reference["steps"]))
+        total += (
+            reference["seconds_per_image"]
+            * (v.width * v.height / ref_pixels)
+            * (v.steps / reference["steps"])
+        )
     return total
 
 

@@ -33,10 +33,23 @@ from renderer.core.atomic import TEMP_PREFIX, write_bytes_atomic
 from renderer.core.errors import InputError
 from renderer.load.yamlsource import YamlDocument
 
-__all__ = ["RESERVED", "Holder", "OutputFolder", "PathRefused", "PlannedFile", "check_planned",
-           "export_path", "master_path", "path_problem", "relative_inside", "report_path",
-           "reproduction_root",
-           "shipped_name", "split_master_path", "variant_folder"]
+__all__ = [
+    "RESERVED",
+    "Holder",
+    "OutputFolder",
+    "PathRefused",
+    "PlannedFile",
+    "check_planned",
+    "export_path",
+    "master_path",
+    "path_problem",
+    "relative_inside",
+    "report_path",
+    "reproduction_root",
+    "shipped_name",
+    "split_master_path",
+    "variant_folder",
+]
 
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = ".campaign.lock"
@@ -48,10 +61,16 @@ REPORTS = "reports"
 EXPORTS = "exports"
 # Top-level names and the one writer each is kept for (None: never written through here).
 RESERVED: Mapping[str, str | None] = {
-    LEDGER_FILE: None, f"{LEDGER_FILE}-wal": None, f"{LEDGER_FILE}-shm": None,
-    f"{LEDGER_FILE}-journal": None, LOCK_FILE: None,
-    THUMBNAILS: "thumbnail", REPRODUCE: "reproduction", TRAININGS: "training",
-    CACHE: "training"}
+    LEDGER_FILE: None,
+    f"{LEDGER_FILE}-wal": None,
+    f"{LEDGER_FILE}-shm": None,
+    f"{LEDGER_FILE}-journal": None,
+    LOCK_FILE: None,
+    THUMBNAILS: "thumbnail",
+    REPRODUCE: "reproduction",
+    TRAININGS: "training",
+    CACHE: "training",
+}
 WRITERS = ("master", "export", "report", "thumbnail", "reproduction", "training")
 NAME_MAX = 255  # bytes in one path segment (ext4, APFS, NTFS)
 PATH_MAX = 4096  # bytes in a whole path (Linux)
@@ -114,11 +133,14 @@ def reproduction_root(out_dir: Path, into: Path | None) -> Path:
         return default
     inside = relative_inside(out_dir, into)
     if inside is not None and inside.split("/")[0] != REPRODUCE:
-        raise PathRefused(f"--into {into} lies inside the output folder {out_dir}, whose files "
-                          "the ledger's records hold; a reproduction never writes over them",
-                          file=into, found=str(into),
-                          fix=f"pass a folder outside {out_dir}, or leave --into out: "
-                          f"reproductions then go to {default}/")
+        raise PathRefused(
+            f"--into {into} lies inside the output folder {out_dir}, whose files "
+            "the ledger's records hold; a reproduction never writes over them",
+            file=into,
+            found=str(into),
+            fix=f"pass a folder outside {out_dir}, or leave --into out: "
+            f"reproductions then go to {default}/",
+        )
     return into
 
 
@@ -132,8 +154,10 @@ class Holder:
     recipe: str  # NAME@VERSION
 
     def describe(self) -> str:
-        return (f"variant {self.variant_id[:12]} (render {self.render_id} of run "
-                f"{self.run_id}, recipe {self.recipe})")
+        return (
+            f"variant {self.variant_id[:12]} (render {self.render_id} of run "
+            f"{self.run_id}, recipe {self.recipe})"
+        )
 
 
 def path_problem(relative: str, writer: str) -> str | None:
@@ -143,18 +167,20 @@ def path_problem(relative: str, writer: str) -> str | None:
     if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
         return "it is not a plain relative path (an empty, '.' or '..' segment)"
     if temp := [part for part in parts if part.startswith(TEMP_PREFIX)]:
-        return (f"the segment {temp[0]!r} starts with {TEMP_PREFIX!r}, the prefix of temp "
-                "files that every render deletes as crash debris")
+        return (
+            f"the segment {temp[0]!r} starts with {TEMP_PREFIX!r}, the prefix of temp "
+            "files that every render deletes as crash debris"
+        )
     if parts[0] in RESERVED and RESERVED[parts[0]] != writer:
         owner = RESERVED[parts[0]]
         kept = f"kept for {owner}s" if owner else "kept for the ledger and its lock"
         return f"{parts[0]!r} at the top of the output folder is {kept}"
     if len(relative.encode("utf-8")) >= PATH_MAX:
-        return (f"it is {len(relative.encode('utf-8'))} bytes; paths on this system take "
-                f"{PATH_MAX - 1}")
+        return (
+            f"it is {len(relative.encode('utf-8'))} bytes; paths on this system take {PATH_MAX - 1}"
+        )
     if long := [part for part in parts if len(part.encode("utf-8")) > NAME_MAX]:
-        return (f"a segment is {len(long[0].encode('utf-8'))} bytes; file systems take "
-                f"{NAME_MAX}")
+        return f"a segment is {len(long[0].encode('utf-8'))} bytes; file systems take {NAME_MAX}"
     return None
 
 
@@ -177,20 +203,28 @@ class OutputFolder:
         if writer not in WRITERS:
             raise ValueError(f"unknown writer {writer!r}")
         if problem := path_problem(relative, writer):
-            raise PathRefused(f"cannot write {relative!r} in the output folder: {problem}",
-                              file=self.root, found=relative,
-                              fix="change the output template or campaign name, or pick "
-                              "another path")
+            raise PathRefused(
+                f"cannot write {relative!r} in the output folder: {problem}",
+                file=self.root,
+                found=relative,
+                fix="change the output template or campaign name, or pick another path",
+            )
         path = self.root / relative
         if len(os.fsencode(self._real_root / relative)) >= PATH_MAX:
             raise PathRefused(
                 f"the path is {len(os.fsencode(self._real_root / relative))} bytes; this "
-                f"system takes {PATH_MAX - 1}", file=self.root, found=relative,
-                fix="shorten the output template, or render into a folder with a shorter path")
+                f"system takes {PATH_MAX - 1}",
+                file=self.root,
+                found=relative,
+                fix="shorten the output template, or render into a folder with a shorter path",
+            )
         if escape := self._link_out(path):
-            raise PathRefused(f"cannot write {relative!r}: {escape}", file=self.root,
-                              found=relative, fix="remove the link; the output folder's files "
-                              "stay inside it")
+            raise PathRefused(
+                f"cannot write {relative!r}: {escape}",
+                file=self.root,
+                found=relative,
+                fix="remove the link; the output folder's files stay inside it",
+            )
         return path
 
     def claim(self, relative: str, variant_id: str | None) -> None:
@@ -201,9 +235,11 @@ class OutputFolder:
             writer = f"variant {variant_id[:12]}" if variant_id else "this"
             raise PathRefused(
                 f"{relative} is held by {holder.describe()}; {writer} would write over it",
-                file=self.root, found=relative,
+                file=self.root,
+                found=relative,
                 fix="bump the recipe's version (each version has its own folder, so both "
-                "stay), or change the output template so the new variant gets its own name")
+                "stay), or change the output template so the new variant gets its own name",
+            )
 
     def write(self, relative: str, data: bytes, writer: str) -> Path:
         """Write ``data`` atomically at ``relative`` once ``check`` allows it."""
@@ -221,8 +257,10 @@ class OutputFolder:
             if current.is_symlink():
                 target = Path(os.path.realpath(current))
                 if target != self._real_root and self._real_root not in target.parents:
-                    return (f"{current.relative_to(self.root)} is a symbolic link to "
-                            f"{target}, outside the output folder")
+                    return (
+                        f"{current.relative_to(self.root)} is a symbolic link to "
+                        f"{target}, outside the output folder"
+                    )
         return None
 
 
@@ -236,8 +274,9 @@ class PlannedFile:
     who: str  # the variant as a person reads it (its axes)
 
 
-def check_planned(files: Iterable[PlannedFile], document: YamlDocument,
-                  folder: OutputFolder | None = None) -> None:
+def check_planned(
+    files: Iterable[PlannedFile], document: YamlDocument, folder: OutputFolder | None = None
+) -> None:
     """Every file of a plan, before anything renders: no reserved or over-long name, no two
     files on one path (a master on another variant's export, two spellings of one name on a
     case-insensitive disk), and, given the folder, no path a record of another variant holds
@@ -245,23 +284,34 @@ def check_planned(files: Iterable[PlannedFile], document: YamlDocument,
     seen: dict[str, PlannedFile] = {}
     for file in files:
         if problem := path_problem(file.relative, file.writer):
-            raise document.error(PathRefused, f"the {file.writer} of {file.who} cannot be "
-                                 f"written: {problem}", ("output",), found=file.relative,
-                                 fix="change the output template or the campaign's name")
+            raise document.error(
+                PathRefused,
+                f"the {file.writer} of {file.who} cannot be written: {problem}",
+                ("output",),
+                found=file.relative,
+                fix="change the output template or the campaign's name",
+            )
         other = seen.setdefault(file.relative.lower(), file)
         if other is not file:
             raise document.error(
-                PathRefused, "two planned files share one path", ("output",),
+                PathRefused,
+                "two planned files share one path",
+                ("output",),
                 found=f"the {other.writer} of {other.who} ({other.relative}) and the "
                 f"{file.writer} of {file.who} ({file.relative})",
                 fix="change the output template so that no output name starts with "
-                f"'{EXPORTS}/CHANNEL/' and every variant has its own name")
+                f"'{EXPORTS}/CHANNEL/' and every variant has its own name",
+            )
         if folder is None:
             continue
         try:
             folder.check(file.relative, file.writer)
             folder.claim(file.relative, file.variant_id)
         except PathRefused as err:
-            raise document.error(PathRefused, f"the {file.writer} of {file.who}: "
-                                 f"{err.message}", ("output",), found=err.found,
-                                 fix=err.fix) from None
+            raise document.error(
+                PathRefused,
+                f"the {file.writer} of {file.who}: {err.message}",
+                ("output",),
+                found=err.found,
+                fix=err.fix,
+            ) from None

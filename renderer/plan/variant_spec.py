@@ -55,8 +55,19 @@ from renderer.load.schema import (
 
 VARIANT_SCHEMA = 1
 # Spec fields that differ image by image inside one pipeline call; the rest is shared.
-PER_IMAGE_FIELDS = frozenset({"schema_", "campaign", "axes", "seed", "prompt",
-                              "negative_prompt", "postprocess", "images", "refine_prompts"})
+PER_IMAGE_FIELDS = frozenset(
+    {
+        "schema_",
+        "campaign",
+        "axes",
+        "seed",
+        "prompt",
+        "negative_prompt",
+        "postprocess",
+        "images",
+        "refine_prompts",
+    }
+)
 # Images one pipeline call shares (diffusers takes one IP-Adapter input for the call).
 SHARED_IMAGE_PREFIX = "ip_adapter."
 
@@ -106,8 +117,9 @@ class DetailUse(DetailSettings, _Spec):
     """A detailer as the recipe states it: its templates unrendered (each variant's renderings
     are the spec's ``refine_prompts`` and ``images``)."""
 
-    _omitted_when_none = frozenset({"mask", "prompt", "negative_prompt", "steps", "size",
-                                    "checkpoint"})
+    _omitted_when_none = frozenset(
+        {"mask", "prompt", "negative_prompt", "steps", "size", "checkpoint"}
+    )
 
     checkpoint: FileId | None = None
 
@@ -126,8 +138,11 @@ class RefineUse(_Spec):
         """(name, settings) of each step, in the order they run: the refiner takes the base's
         latents over, hires enlarges and denoises again, the upscaler enlarges the pixels and
         each detailer repaints its regions on the result."""
-        found: list[tuple[str, Any]] = [(name, block) for name in ("refiner", "hires", "upscale")
-                                        if (block := getattr(self, name)) is not None]
+        found: list[tuple[str, Any]] = [
+            (name, block)
+            for name in ("refiner", "hires", "upscale")
+            if (block := getattr(self, name)) is not None
+        ]
         return found + [("detail", block) for block in self.detail or ()]
 
 
@@ -135,8 +150,7 @@ class RecipeUse(RecipeSettings, _Spec):
     """The recipe as this variant uses it: files by name and sha256, and the steps, cfg and
     LoRA weights after the campaign's overrides."""
 
-    _omitted_when_none = frozenset({"controlnets", "ip_adapter", "img2img", "inpaint",
-                                    "refine"})
+    _omitted_when_none = frozenset({"controlnets", "ip_adapter", "img2img", "inpaint", "refine"})
 
     name: Name
     version: Version
@@ -197,17 +211,30 @@ class SkinSmoothingStep(SkinSmoothing):
     op: Literal["skin_smoothing"]
 
 
-RetouchUse = Annotated[WhiteBalanceStep | ExposureStep | BrandGradeStep | DenoiseStep
-                       | SharpenStep | SkinSmoothingStep, Field(discriminator="op")]
-STEP_CLASSES = {"white_balance": WhiteBalanceStep, "exposure": ExposureStep,
-                "brand_grade": BrandGradeStep, "denoise": DenoiseStep, "sharpen": SharpenStep,
-                "skin_smoothing": SkinSmoothingStep}
+RetouchUse = Annotated[
+    WhiteBalanceStep
+    | ExposureStep
+    | BrandGradeStep
+    | DenoiseStep
+    | SharpenStep
+    | SkinSmoothingStep,
+    Field(discriminator="op"),
+]
+STEP_CLASSES = {
+    "white_balance": WhiteBalanceStep,
+    "exposure": ExposureStep,
+    "brand_grade": BrandGradeStep,
+    "denoise": DenoiseStep,
+    "sharpen": SharpenStep,
+    "skin_smoothing": SkinSmoothingStep,
+}
 
 
 class TextBlockUse(Strict):
     text: str = Field(min_length=1)
-    box: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=4, max_length=4)] = \
-        Field(description="[left, top, right, bottom] in pixels.")
+    box: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=4, max_length=4)] = Field(
+        description="[left, top, right, bottom] in pixels."
+    )
     align: Literal["left", "center", "right"]
     font: FileId | None
 
@@ -246,14 +273,19 @@ class VariantSpec(_Spec):
     height: Side
     postprocess: PostprocessUse
     images: dict[str, FileId] | None = Field(
-        default=None, description="Per-variant control images, by the dotted recipe key "
-        "that names them (controlnets.0.image, ip_adapter.images.0, img2img.image, …).")
+        default=None,
+        description="Per-variant control images, by the dotted recipe key "
+        "that names them (controlnets.0.image, ip_adapter.images.0, img2img.image, …).",
+    )
     refine_prompts: dict[str, str] | None = Field(
-        default=None, description="The detailers' own prompt templates as rendered for this "
-        "variant, by their dotted recipe key (refine.detail.0.prompt, …).")
+        default=None,
+        description="The detailers' own prompt templates as rendered for this "
+        "variant, by their dotted recipe key (refine.detail.0.prompt, …).",
+    )
 
-    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True,
-                              serialize_by_alias=True)
+    model_config = ConfigDict(
+        validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
 
     def to_json(self) -> dict[str, Any]:
         """The spec as plain JSON data (what is hashed, embedded and stored)."""
@@ -295,8 +327,11 @@ def spec_problem(data: Mapping[str, Any]) -> str | None:
 def batch_key(spec: VariantSpec) -> str:
     """What variants must share to go through one pipeline call, as canonical JSON."""
     shared = spec.model_dump(mode="json", exclude=set(PER_IMAGE_FIELDS))
-    shared["images"] = {key: file for key, file in (spec.to_json().get("images") or {}).items()
-                        if key.startswith(SHARED_IMAGE_PREFIX)}
+    shared["images"] = {
+        key: file
+        for key, file in (spec.to_json().get("images") or {}).items()
+        if key.startswith(SHARED_IMAGE_PREFIX)
+    }
     return canonical_json(shared)
 
 
@@ -335,24 +370,37 @@ def render_call(specs: Sequence[VariantSpec]) -> RenderCall:
     """The pipeline call for a batch; every spec must have the same batch key."""
     first = specs[0]
     if len({batch_key(spec) for spec in specs}) != 1:
-        raise ValueError("a batch mixes variants that cannot share one pipeline call; cut "
-                         "batches with renderer.plan.variants.cut_batches")
+        raise ValueError(
+            "a batch mixes variants that cannot share one pipeline call; cut "
+            "batches with renderer.plan.variants.cut_batches"
+        )
     recipe = first.recipe
     block = "inpaint" if recipe.inpaint else "img2img" if recipe.img2img else None
     return RenderCall(
-        recipe=recipe, width=first.width, height=first.height,
+        recipe=recipe,
+        width=first.width,
+        height=first.height,
         prompts=tuple(spec.prompt for spec in specs),
         negative_prompts=tuple(spec.negative_prompt for spec in specs),
         seeds=tuple(spec.seed for spec in specs),
-        control_images=tuple(tuple(spec.image(f"controlnets.{index}.image") for spec in specs)
-                             for index in range(len(recipe.controlnets or ()))),
-        style_images=tuple(file for key, file in (first.images or {}).items()
-                           if key.startswith(SHARED_IMAGE_PREFIX)),
+        control_images=tuple(
+            tuple(spec.image(f"controlnets.{index}.image") for spec in specs)
+            for index in range(len(recipe.controlnets or ()))
+        ),
+        style_images=tuple(
+            file
+            for key, file in (first.images or {}).items()
+            if key.startswith(SHARED_IMAGE_PREFIX)
+        ),
         sources=tuple(spec.image(f"{block}.image") for spec in specs) if block else (),
         masks=tuple(spec.image("inpaint.mask") for spec in specs)
-        if recipe.inpaint and recipe.inpaint.mask else (),
-        details=tuple(_detail_call(index, detail, specs) for index, detail in
-                      enumerate(recipe.refine.detail or () if recipe.refine else ())))
+        if recipe.inpaint and recipe.inpaint.mask
+        else (),
+        details=tuple(
+            _detail_call(index, detail, specs)
+            for index, detail in enumerate(recipe.refine.detail or () if recipe.refine else ())
+        ),
+    )
 
 
 def _detail_call(index: int, detail: DetailUse, specs: Sequence[VariantSpec]) -> DetailCall:
@@ -360,10 +408,14 @@ def _detail_call(index: int, detail: DetailUse, specs: Sequence[VariantSpec]) ->
 
     def texts(name: str, default: str) -> tuple[str, ...]:
         # A detailer without a template of its own takes the variant's.
-        return tuple((spec.refine_prompts or {}).get(f"{key}.{name}", getattr(spec, default))
-                     for spec in specs)
+        return tuple(
+            (spec.refine_prompts or {}).get(f"{key}.{name}", getattr(spec, default))
+            for spec in specs
+        )
 
-    return DetailCall(detail=detail, prompts=texts("prompt", "prompt"),
-                      negative_prompts=texts("negative_prompt", "negative_prompt"),
-                      masks=tuple(spec.image(f"{key}.mask") for spec in specs)
-                      if detail.detect == "mask" else ())
+    return DetailCall(
+        detail=detail,
+        prompts=texts("prompt", "prompt"),
+        negative_prompts=texts("negative_prompt", "negative_prompt"),
+        masks=tuple(spec.image(f"{key}.mask") for spec in specs) if detail.detect == "mask" else (),
+    )

@@ -54,8 +54,11 @@ class Variant:
 
     @property
     def files_folder(self) -> str:
-        return variant_folder(self.spec.campaign, self.spec.recipe.ref) if self.folder is None \
+        return (
+            variant_folder(self.spec.campaign, self.spec.recipe.ref)
+            if self.folder is None
             else self.folder
+        )
 
     @property
     def seed(self) -> int:
@@ -113,15 +116,22 @@ class Plan:
         for variant in self.variants:
             who = f"variant {variant.id[:12]} (axes {canonical_json(variant.axes)})"
             files.append(PlannedFile(variant.output_path, variant.id, "master", who))
-            files += [PlannedFile(variant.export_path(export.name, EXTENSIONS[export.format]),
-                                  variant.id, "export", who)
-                      for export in variant.spec.postprocess.exports or ()]
+            files += [
+                PlannedFile(
+                    variant.export_path(export.name, EXTENSIONS[export.format]),
+                    variant.id,
+                    "export",
+                    who,
+                )
+                for export in variant.spec.postprocess.exports or ()
+            ]
         return files
 
     def delivery_size(self, variant: Variant) -> tuple[int, int]:
         """The size of the variant's master, after refine (its exports are cut from it)."""
-        return delivery_size(self.campaign.recipe(variant.spec.recipe.ref), variant.width,
-                             variant.height)
+        return delivery_size(
+            self.campaign.recipe(variant.spec.recipe.ref), variant.width, variant.height
+        )
 
 
 def make_plan(campaign: Campaign) -> Plan:
@@ -136,8 +146,9 @@ def sample_variants(variants: Sequence[Variant], count: int) -> list[Variant]:
     return [variant for variant in variants if variant.id in chosen]
 
 
-def cut_batches(variants: Sequence[Variant], batch_size: int | Mapping[str, int]
-                ) -> list[tuple[Variant, ...]]:
+def cut_batches(
+    variants: Sequence[Variant], batch_size: int | Mapping[str, int]
+) -> list[tuple[Variant, ...]]:
     """Group variants by what a pipeline call must share, then cut groups into batches of
     ``batch_size`` (one size, or a size per family: a recipe axis can mix families).
 
@@ -149,9 +160,10 @@ def cut_batches(variants: Sequence[Variant], batch_size: int | Mapping[str, int]
         groups.setdefault(variant.batch_key, []).append(variant)
     batches = []
     for members in groups.values():
-        size = batch_size if isinstance(batch_size, int) \
-            else batch_size[members[0].spec.recipe.family]
-        batches += [tuple(members[start:start + size]) for start in range(0, len(members), size)]
+        size = (
+            batch_size if isinstance(batch_size, int) else batch_size[members[0].spec.recipe.family]
+        )
+        batches += [tuple(members[start : start + size]) for start in range(0, len(members), size)]
     return batches
 
 
@@ -170,35 +182,65 @@ class _SpecBuilder:
     def __call__(self, point: Point) -> Variant:
         recipe, recipe_json = self._block(
             ("recipe", point.recipe.ref, point.steps, point.cfg, point.lora_weights),
-            lambda: recipe_use(point.recipe, steps=point.steps, cfg=point.cfg,
-                               lora_weights=point.lora_weights))
+            lambda: recipe_use(
+                point.recipe, steps=point.steps, cfg=point.cfg, lora_weights=point.lora_weights
+            ),
+        )
         post, post_json = self._block(
             ("postprocess", point.aspect, point.width, point.height, tuple(point.texts.items())),
-            lambda: self._postprocess(point))
-        images = {".".join(map(str, key)): self._file_id(file)
-                  for key, file in point.images.items()} or None
-        refine_prompts = {".".join(map(str, key)): text
-                          for key, text in point.refine_prompts.items()} or None
+            lambda: self._postprocess(point),
+        )
+        images = {
+            ".".join(map(str, key)): self._file_id(file) for key, file in point.images.items()
+        } or None
+        refine_prompts = {
+            ".".join(map(str, key)): text for key, text in point.refine_prompts.items()
+        } or None
         spec = VariantSpec.model_construct(
-            schema_=VARIANT_SCHEMA, campaign=self.campaign.spec.name, recipe=recipe,
-            axes=point.axes, seed=point.seed, prompt=point.prompt,
-            negative_prompt=point.negative_prompt, width=point.width, height=point.height,
-            postprocess=post, images=images, refine_prompts=refine_prompts)
+            schema_=VARIANT_SCHEMA,
+            campaign=self.campaign.spec.name,
+            recipe=recipe,
+            axes=point.axes,
+            seed=point.seed,
+            prompt=point.prompt,
+            negative_prompt=point.negative_prompt,
+            width=point.width,
+            height=point.height,
+            postprocess=post,
+            images=images,
+            refine_prompts=refine_prompts,
+        )
         # canonical_json(spec.to_json()), with the shared blocks encoded once.
-        parts = {"schema": canonical_json(VARIANT_SCHEMA), "recipe": recipe_json,
-                 "postprocess": post_json, **{key: canonical_json(value) for key, value in (
-                     ("campaign", spec.campaign), ("axes", point.axes), ("seed", point.seed),
-                     ("prompt", point.prompt), ("negative_prompt", point.negative_prompt),
-                     ("width", point.width), ("height", point.height))}}
+        parts = {
+            "schema": canonical_json(VARIANT_SCHEMA),
+            "recipe": recipe_json,
+            "postprocess": post_json,
+            **{
+                key: canonical_json(value)
+                for key, value in (
+                    ("campaign", spec.campaign),
+                    ("axes", point.axes),
+                    ("seed", point.seed),
+                    ("prompt", point.prompt),
+                    ("negative_prompt", point.negative_prompt),
+                    ("width", point.width),
+                    ("height", point.height),
+                )
+            },
+        }
         if images:
-            parts["images"] = canonical_json({key: file.model_dump()
-                                              for key, file in images.items()})
+            parts["images"] = canonical_json(
+                {key: file.model_dump() for key, file in images.items()}
+            )
         if refine_prompts:
             parts["refine_prompts"] = canonical_json(refine_prompts)
-        spec_json = "{" + ",".join(f'"{key}":{value}' for key, value in sorted(parts.items())) \
-            + "}"
-        variant = Variant(spec=spec, id=hashlib.sha256(spec_json.encode("utf-8")).hexdigest(),
-                          output_name=point.output_name, aspect=point.aspect)
+        spec_json = "{" + ",".join(f'"{key}":{value}' for key, value in sorted(parts.items())) + "}"
+        variant = Variant(
+            spec=spec,
+            id=hashlib.sha256(spec_json.encode("utf-8")).hexdigest(),
+            output_name=point.output_name,
+            aspect=point.aspect,
+        )
         variant.__dict__["spec_json"] = spec_json  # what its cached_property would compute
         return variant
 
@@ -220,9 +262,13 @@ class _SpecBuilder:
         if self.logo is not None:
             # The safe zone decides a score, not a pixel: it stays out of the id.
             placement = brand.placement_for(point.aspect)
-            logo = LogoUse(name=self.logo.name, sha256=self.logo.sha256,
-                           anchor=placement.anchor, margin=placement.margin,
-                           scale=placement.scale)
+            logo = LogoUse(
+                name=self.logo.name,
+                sha256=self.logo.sha256,
+                anchor=placement.anchor,
+                margin=placement.margin,
+                scale=placement.scale,
+            )
         text = None
         if point.texts:
             blocks = {}
@@ -230,36 +276,54 @@ class _SpecBuilder:
                 box = brand.text_box_for(point.aspect, role)
                 font = brand.fonts.get(role)
                 blocks[role] = TextBlockUse(
-                    text=words, box=text_box_pixels(box.box, point.width, point.height),
-                    align=box.align, font=font.identity if font else None)
+                    text=words,
+                    box=text_box_pixels(box.box, point.width, point.height),
+                    align=box.align,
+                    font=font.identity if font else None,
+                )
             text = TextUse(palette=list(brand.spec.palette), **blocks)
         exports = self.campaign.spec.postprocess.exports
         chosen = exports.get(point.aspect or "", exports.get("default", []))
-        return PostprocessUse(logo=logo, retouch=self.retouch or None, text=text,
-                              exports=list(chosen) or None)
+        return PostprocessUse(
+            logo=logo, retouch=self.retouch or None, text=text, exports=list(chosen) or None
+        )
 
 
-def recipe_use(recipe: Recipe, *, steps: int, cfg: float,
-               lora_weights: Sequence[float]) -> RecipeUse:
+def recipe_use(
+    recipe: Recipe, *, steps: int, cfg: float, lora_weights: Sequence[float]
+) -> RecipeUse:
     """The recipe as a variant uses it: everything about it that decides pixels, with files
     by name and sha256 (never by path) and the variant's steps, cfg and LoRA weights."""
     spec = recipe.spec
     data: dict[str, Any] = {
-        "name": spec.name, "version": spec.version, "family": spec.family,
+        "name": spec.name,
+        "version": spec.version,
+        "family": spec.family,
         "checkpoint": recipe.checkpoint.identity,
-        "loras": [{**lora.identity.model_dump(), "weight": weight}
-                  for (lora, _), weight in zip(recipe.loras, lora_weights, strict=True)],
-        "scheduler": spec.scheduler, "steps": steps, "cfg": cfg, "size": list(spec.size),
-        "seed": spec.seed, "prompt": spec.prompt, "negative_prompt": spec.negative_prompt,
-        "img2img": spec.img2img, "inpaint": spec.inpaint,
+        "loras": [
+            {**lora.identity.model_dump(), "weight": weight}
+            for (lora, _), weight in zip(recipe.loras, lora_weights, strict=True)
+        ],
+        "scheduler": spec.scheduler,
+        "steps": steps,
+        "cfg": cfg,
+        "size": list(spec.size),
+        "seed": spec.seed,
+        "prompt": spec.prompt,
+        "negative_prompt": spec.negative_prompt,
+        "img2img": spec.img2img,
+        "inpaint": spec.inpaint,
     }
     if spec.controlnets:
         data["controlnets"] = [
             {**control.model_dump(exclude={"model"}), "model": model.identity}
-            for control, model in zip(spec.controlnets, recipe.controlnets, strict=True)]
+            for control, model in zip(spec.controlnets, recipe.controlnets, strict=True)
+        ]
     if spec.ip_adapter:
-        data["ip_adapter"] = {**spec.ip_adapter.model_dump(exclude={"model"}),
-                              "model": recipe.ip_adapter.identity}
+        data["ip_adapter"] = {
+            **spec.ip_adapter.model_dump(exclude={"model"}),
+            "model": recipe.ip_adapter.identity,
+        }
     if spec.refine:
         data["refine"] = _refine_use(recipe)
     return RecipeUse.model_validate(data)
@@ -277,19 +341,27 @@ def _refine_use(recipe: Recipe) -> dict[str, Any]:
                 data[name] = files[("refine", *key, name)]
         return data
 
-    data: dict[str, Any] = {name: block(settings, name) for name in ("hires", "refiner", "upscale")
-                            if (settings := getattr(refine, name)) is not None}
+    data: dict[str, Any] = {
+        name: block(settings, name)
+        for name in ("hires", "refiner", "upscale")
+        if (settings := getattr(refine, name)) is not None
+    }
     if refine.detail:
-        data["detail"] = [block(detail, "detail", index)
-                          for index, detail in enumerate(refine.detail)]
+        data["detail"] = [
+            block(detail, "detail", index) for index, detail in enumerate(refine.detail)
+        ]
     return data
 
 
 def recipe_content(recipe: Recipe) -> dict[str, Any]:
     """A recipe version's content, as its content hash is taken over (README, "Versions"):
     the recipe as used with its own steps, cfg and weights."""
-    return recipe_use(recipe, steps=recipe.spec.steps, cfg=recipe.spec.cfg,
-                      lora_weights=[weight for _, weight in recipe.loras]).model_dump(mode="json")
+    return recipe_use(
+        recipe,
+        steps=recipe.spec.steps,
+        cfg=recipe.spec.cfg,
+        lora_weights=[weight for _, weight in recipe.loras],
+    ).model_dump(mode="json")
 
 
 def _retouch_steps(campaign: Campaign) -> list[Any]:
@@ -298,7 +370,10 @@ def _retouch_steps(campaign: Campaign) -> list[Any]:
     steps = []
     for item in campaign.spec.postprocess.retouch:
         name, params = item.operation()
-        extra = {"references": [ref.identity for ref in campaign.brand.references]} \
-            if name == "brand_grade" else {}
+        extra = (
+            {"references": [ref.identity for ref in campaign.brand.references]}
+            if name == "brand_grade"
+            else {}
+        )
         steps.append(STEP_CLASSES[name](op=name, **params.model_dump(), **extra))
     return steps

@@ -51,7 +51,8 @@ SOFTWARE = f"campaign-renderer {__version__}"
 IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 TRAINED_ALGORITHMIC_MEDIA = IPTC_SOURCE_TYPES + "trainedAlgorithmicMedia"
 COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA = (
-    IPTC_SOURCE_TYPES + "compositeWithTrainedAlgorithmicMedia")
+    IPTC_SOURCE_TYPES + "compositeWithTrainedAlgorithmicMedia"
+)
 
 A1111_SAMPLER_NAMES = {name: scheduler.a1111_name for name, scheduler in SCHEDULERS.items()}
 # A1111 shows LoRA hashes as the first 12 hex digits ("shorthash"), models as 10.
@@ -99,11 +100,15 @@ def a1111_parameters(spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> str:
     of each of its LoRAs (``LoraHashes.of``), in the recipe's order."""
     recipe = spec.recipe
     if len(lora_hashes) != len(recipe.loras):
-        raise ValueError(f"{len(recipe.loras)} LoRA(s) but {len(lora_hashes)} hash(es); pass "
-                         "LoraHashes(files.path).of(spec)")
+        raise ValueError(
+            f"{len(recipe.loras)} LoRA(s) but {len(lora_hashes)} hash(es); pass "
+            "LoraHashes(files.path).of(spec)"
+        )
     lora_names = [_stem(lora.name) for lora in recipe.loras]
-    lora_tags = "".join(f" <lora:{name}:{_number(lora.weight)}>"
-                        for name, lora in zip(lora_names, recipe.loras, strict=True))
+    lora_tags = "".join(
+        f" <lora:{name}:{_number(lora.weight)}>"
+        for name, lora in zip(lora_names, recipe.loras, strict=True)
+    )
     fields = [
         ("Steps", recipe.steps),
         ("Sampler", A1111_SAMPLER_NAMES[recipe.scheduler]),
@@ -115,8 +120,10 @@ def a1111_parameters(spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> str:
     ]
     fields += _refine_fields(spec)
     if recipe.loras:
-        hashes = ", ".join(f"{name}: {lora_hash[:_LORA_SHORT_HASH]}"
-                           for name, lora_hash in zip(lora_names, lora_hashes, strict=True))
+        hashes = ", ".join(
+            f"{name}: {lora_hash[:_LORA_SHORT_HASH]}"
+            for name, lora_hash in zip(lora_names, lora_hashes, strict=True)
+        )
         fields.append(("Lora hashes", f'"{hashes}"'))
     fields.append(("Version", SOFTWARE))
     lines = [spec.prompt + lora_tags]
@@ -135,29 +142,41 @@ def _refine_fields(spec: VariantSpec) -> list[tuple[str, Any]]:
     fields: list[tuple[str, Any]] = []
     if hires := refine.hires:
         fields.append(("Denoising strength", _number(hires.denoise)))
-        fields.append(("Hires upscale", _number(hires.factor)) if hires.factor is not None
-                      else ("Hires resize", f"{hires.size[0]}x{hires.size[1]}"))
+        fields.append(
+            ("Hires upscale", _number(hires.factor))
+            if hires.factor is not None
+            else ("Hires resize", f"{hires.size[0]}x{hires.size[1]}")
+        )
         if hires.steps is not None:
             fields.append(("Hires steps", hires.steps))
         fields.append(("Hires upscaler", _hires_upscaler(hires)))
         if hires.scheduler is not None:
             fields.append(("Hires sampler", A1111_SAMPLER_NAMES[hires.scheduler]))
     if refiner := refine.refiner:
-        fields += [("Refiner", f"{_stem(refiner.checkpoint.name)} "
-                    f"[{short_hash(refiner.checkpoint.sha256)}]"),
-                   ("Refiner switch at", _number(refiner.switch_at))]
+        fields += [
+            (
+                "Refiner",
+                f"{_stem(refiner.checkpoint.name)} [{short_hash(refiner.checkpoint.sha256)}]",
+            ),
+            ("Refiner switch at", _number(refiner.switch_at)),
+        ]
     for index, detail in enumerate(refine.detail or ()):
         suffix = "" if index == 0 else f" {_ordinal(index + 1)}"
-        own = {key: text for key in ("prompt", "negative_prompt") if (text := (
-            spec.refine_prompts or {}).get(f"refine.detail.{index}.{key}")) is not None}
+        own = {
+            key: text
+            for key in ("prompt", "negative_prompt")
+            if (text := (spec.refine_prompts or {}).get(f"refine.detail.{index}.{key}")) is not None
+        }
         fields.append((f"ADetailer model{suffix}", detail.detect))
         if "prompt" in own:
             fields.append((f"ADetailer prompt{suffix}", _quote(own["prompt"])))
         if "negative_prompt" in own:
             fields.append((f"ADetailer negative prompt{suffix}", _quote(own["negative_prompt"])))
-        fields += [(f"ADetailer denoising strength{suffix}", _number(detail.strength)),
-                   (f"ADetailer mask blur{suffix}", detail.feather),
-                   (f"ADetailer inpaint padding{suffix}", detail.padding)]
+        fields += [
+            (f"ADetailer denoising strength{suffix}", _number(detail.strength)),
+            (f"ADetailer mask blur{suffix}", detail.feather),
+            (f"ADetailer inpaint padding{suffix}", detail.padding),
+        ]
         if detail.steps is not None:
             fields.append((f"ADetailer steps{suffix}", detail.steps))
     if upscale := refine.upscale:
@@ -171,21 +190,35 @@ def refine_history(spec: VariantSpec) -> list[tuple[str, str]]:
     recipe = spec.recipe
     if recipe.refine is None:
         return []
-    events = [("created", f"base: {recipe.family} {_stem(recipe.checkpoint.name)} "
-               f"{spec.width}x{spec.height}, {recipe.steps} steps")]
+    events = [
+        (
+            "created",
+            f"base: {recipe.family} {_stem(recipe.checkpoint.name)} "
+            f"{spec.width}x{spec.height}, {recipe.steps} steps",
+        )
+    ]
     for name, step in recipe.refine.steps():
         if name == "refiner":
-            events.append(("edited", f"refiner: {_stem(step.checkpoint.name)} from "
-                           f"{_number(step.switch_at)} of the steps"))
+            events.append(
+                (
+                    "edited",
+                    f"refiner: {_stem(step.checkpoint.name)} from "
+                    f"{_number(step.switch_at)} of the steps",
+                )
+            )
         elif name == "hires":
             width, height = step.target_size((spec.width, spec.height), recipe.family)
-            events.append(("resized", f"hires: {_hires_upscaler(step)} to {width}x{height}, "
-                           f"denoise {_number(step.denoise)}"))
+            events.append(
+                (
+                    "resized",
+                    f"hires: {_hires_upscaler(step)} to {width}x{height}, "
+                    f"denoise {_number(step.denoise)}",
+                )
+            )
         elif name == "upscale":
             events.append(("resized", f"upscale: {_stem(step.model.name)}"))
         else:
-            events.append(("edited", f"detail: {step.detect}, strength "
-                           f"{_number(step.strength)}"))
+            events.append(("edited", f"detail: {step.detect}, strength {_number(step.strength)}"))
     return events
 
 
@@ -197,8 +230,9 @@ def _hires_upscaler(hires: Any) -> str:
 
 def _ordinal(number: int) -> str:
     """2nd, 3rd, 11th: how ADetailer names the keys of its second and later detailers."""
-    ending = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10,
-                                                                                    "th")
+    ending = (
+        "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    )
     return f"{number}{ending}"
 
 
@@ -214,7 +248,7 @@ def parse_a1111_parameters(text: str) -> dict[str, Any]:
     for line in head:
         if line.startswith("Negative prompt:"):
             target = negative_lines
-            line = line[len("Negative prompt:"):].strip()
+            line = line[len("Negative prompt:") :].strip()
         (target if target is not None else prompt_lines).append(line)
     prompt = "\n".join(prompt_lines)
     loras = re.findall(r"<lora:([^:>]+):([^>]+)>", prompt)
@@ -228,20 +262,30 @@ def parse_a1111_parameters(text: str) -> dict[str, Any]:
     return result
 
 
-def xmp_packet(prompt: str, source_type: str = TRAINED_ALGORITHMIC_MEDIA,
-               history: Sequence[tuple[str, str]] = ()) -> str:
+def xmp_packet(
+    prompt: str,
+    source_type: str = TRAINED_ALGORITHMIC_MEDIA,
+    history: Sequence[tuple[str, str]] = (),
+) -> str:
     """The XMP packet; ``history`` (action, parameters) becomes ``xmpMM:History``, without
     the events' ``when`` (files stay deterministic). Without it the packet is as before
     refine existed, byte for byte."""
     namespaces, events = "", ""
     if history:
-        namespaces = ('    xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/"\n'
-                      '    xmlns:stEvt="http://ns.adobe.com/xap/1.0/sType/ResourceEvent#"\n')
-        events = "   <xmpMM:History><rdf:Seq>\n" + "".join(
-            f'    <rdf:li rdf:parseType="Resource"><stEvt:action>{escape(action)}'
-            f"</stEvt:action><stEvt:softwareAgent>{escape(SOFTWARE)}</stEvt:softwareAgent>"
-            f"<stEvt:parameters>{escape(parameters)}</stEvt:parameters></rdf:li>\n"
-            for action, parameters in history) + "   </rdf:Seq></xmpMM:History>\n"
+        namespaces = (
+            '    xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/"\n'
+            '    xmlns:stEvt="http://ns.adobe.com/xap/1.0/sType/ResourceEvent#"\n'
+        )
+        events = (
+            "   <xmpMM:History><rdf:Seq>\n"
+            + "".join(
+                f'    <rdf:li rdf:parseType="Resource"><stEvt:action>{escape(action)}'
+                f"</stEvt:action><stEvt:softwareAgent>{escape(SOFTWARE)}</stEvt:softwareAgent>"
+                f"<stEvt:parameters>{escape(parameters)}</stEvt:parameters></rdf:li>\n"
+                for action, parameters in history
+            )
+            + "   </rdf:Seq></xmpMM:History>\n"
+        )
     return (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
         '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
@@ -253,7 +297,7 @@ def xmp_packet(prompt: str, source_type: str = TRAINED_ALGORITHMIC_MEDIA,
         f"{namespaces}"
         f"    Iptc4xmpExt:DigitalSourceType={quoteattr(source_type)}\n"
         f"    xmp:CreatorTool={quoteattr(SOFTWARE)}>\n"
-        "   <dc:description><rdf:Alt><rdf:li xml:lang=\"x-default\">"
+        '   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">'
         f"{escape(prompt)}</rdf:li></rdf:Alt></dc:description>\n"
         f"{events}"
         "  </rdf:Description>\n"
@@ -266,8 +310,11 @@ def xmp_packet(prompt: str, source_type: str = TRAINED_ALGORITHMIC_MEDIA,
 def digital_source_type(spec: VariantSpec) -> str:
     """AI-made, or a real photo partly repainted by AI (img2img/inpaint of a photograph)."""
     source = spec.recipe.img2img or spec.recipe.inpaint
-    return COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA if source and source.source_is_photo \
+    return (
+        COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA
+        if source and source.source_is_photo
         else TRAINED_ALGORITHMIC_MEDIA
+    )
 
 
 # ---------------------------------------------------------------- campaign_render
@@ -280,8 +327,7 @@ MAX_RENDER_BYTES = 16 * 1024
 _MEMBER_MIN_BYTES = 74
 # The spec keys in which the images of one pipeline call may differ (the rest is their batch
 # key), as the JSON names them.
-MATE_KEYS = tuple(sorted(VariantSpec.model_fields[name].alias or name
-                         for name in PER_IMAGE_FIELDS))
+MATE_KEYS = tuple(sorted(VariantSpec.model_fields[name].alias or name for name in PER_IMAGE_FIELDS))
 
 
 class BatchMember(Strict):
@@ -298,19 +344,31 @@ class RenderContext(Strict):
     an image it is untrusted input, checked here and by ``campaign reproduce`` (each
     member's rebuilt spec must hash to its id)."""
 
-    output_name: str = Field(min_length=1, description="The variant's output name: its "
-                             "files' path below CAMPAIGN/RECIPE@VERSION/, without extension.")
+    output_name: str = Field(
+        min_length=1,
+        description="The variant's output name: its "
+        "files' path below CAMPAIGN/RECIPE@VERSION/, without extension.",
+    )
     batch: list[BatchMember] | None = Field(
-        default=None, min_length=2, description="The images of the pipeline call that "
-        "rendered it, in order; absent when it was rendered alone.")
+        default=None,
+        min_length=2,
+        description="The images of the pipeline call that "
+        "rendered it, in order; absent when it was rendered alone.",
+    )
     batch_size: int | None = Field(
-        default=None, ge=2, description="How many images that call had, when their list "
-        f"would take campaign_render over {MAX_RENDER_BYTES} bytes (then absent: batch).")
+        default=None,
+        ge=2,
+        description="How many images that call had, when their list "
+        f"would take campaign_render over {MAX_RENDER_BYTES} bytes (then absent: batch).",
+    )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="The render options that change pixels, where "
-        "they were set away from their defaults.")
+        default_factory=dict,
+        description="The render options that change pixels, where "
+        "they were set away from their defaults.",
+    )
     checkpoint_config: FileId | None = Field(
-        default=None, description="A single-file checkpoint's diffusers config folder.")
+        default=None, description="A single-file checkpoint's diffusers config folder."
+    )
 
     @field_validator("output_name")
     @classmethod
@@ -323,8 +381,10 @@ class RenderContext(Strict):
     @classmethod
     def _pixel_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         if others := sorted(set(options) - RenderOptions.changing_pixels()):
-            raise ValueError(f"{', '.join(others)}: not a render option that changes pixels "
-                             f"(those are {', '.join(sorted(RenderOptions.changing_pixels()))})")
+            raise ValueError(
+                f"{', '.join(others)}: not a render option that changes pixels "
+                f"(those are {', '.join(sorted(RenderOptions.changing_pixels()))})"
+            )
         RenderSpec.model_validate(options)  # the ranges a campaign file's render block has
         return options
 
@@ -333,8 +393,10 @@ class RenderContext(Strict):
         """The context a file carries. Raises ``ValueError`` (pydantic's ValidationError for
         a bad value) naming what is wrong."""
         if len(text.encode("utf-8")) > MAX_RENDER_BYTES:
-            raise ValueError(f"it is {len(text.encode('utf-8'))} bytes; campaign render "
-                             f"writes at most {MAX_RENDER_BYTES}")
+            raise ValueError(
+                f"it is {len(text.encode('utf-8'))} bytes; campaign render "
+                f"writes at most {MAX_RENDER_BYTES}"
+            )
         return cls.model_validate_json(text)
 
     def text(self) -> str:
@@ -346,21 +408,31 @@ class RenderContext(Strict):
         return [(member.id, merged(spec, member.differs)) for member in self.batch or ()]
 
 
-def render_context(output_name: str, spec: Mapping[str, Any],
-                   call: Sequence[tuple[str, Mapping[str, Any]]], options: Mapping[str, Any],
-                   checkpoint_config: FileId | None) -> RenderContext:
+def render_context(
+    output_name: str,
+    spec: Mapping[str, Any],
+    call: Sequence[tuple[str, Mapping[str, Any]]],
+    options: Mapping[str, Any],
+    checkpoint_config: FileId | None,
+) -> RenderContext:
     """The context of a file of the variant with ``spec``: rendered in ``call`` ((id, spec)
     of each image of its pipeline call, in order) with render ``options`` (a fingerprint's,
     every option given)."""
-    context = RenderContext(output_name=output_name, options=pixel_options(options),
-                            checkpoint_config=checkpoint_config)
+    context = RenderContext(
+        output_name=output_name, options=pixel_options(options), checkpoint_config=checkpoint_config
+    )
     if len(call) < 2:
         return context
     differs = [_differences(spec, other) for _, other in call]
     if len(call) * _MEMBER_MIN_BYTES <= MAX_RENDER_BYTES and None not in differs:
-        batched = context.model_copy(update={"batch": [
-            BatchMember(id=member, differs=found)
-            for (member, _), found in zip(call, differs, strict=True)]})
+        batched = context.model_copy(
+            update={
+                "batch": [
+                    BatchMember(id=member, differs=found)
+                    for (member, _), found in zip(call, differs, strict=True)
+                ]
+            }
+        )
         if len(batched.text().encode("utf-8")) <= MAX_RENDER_BYTES:
             return batched
     return context.model_copy(update={"batch_size": len(call)})
@@ -370,8 +442,11 @@ def pixel_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Of a fingerprint's render ``options``, those that change pixels set away from their
     defaults."""
     defaults = RenderOptions()
-    return {name: options[name] for name in sorted(RenderOptions.changing_pixels())
-            if name in options and options[name] != getattr(defaults, name)}
+    return {
+        name: options[name]
+        for name in sorted(RenderOptions.changing_pixels())
+        if name in options and options[name] != getattr(defaults, name)
+    }
 
 
 def _differences(own: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -399,27 +474,37 @@ def merged(own: Mapping[str, Any], differs: Mapping[str, Any]) -> dict[str, Any]
     result = dict(own)
     for key, value in differs.items():
         mine = own.get(key)
-        result[key] = merged(mine, value) if isinstance(value, Mapping) and \
-            isinstance(mine, Mapping) else value
+        result[key] = (
+            merged(mine, value)
+            if isinstance(value, Mapping) and isinstance(mine, Mapping)
+            else value
+        )
     return result
 
 
 # ---------------------------------------------------------------- encoding
 
 
-def file_metadata(spec: VariantSpec, lora_hashes: Sequence[str] = (),
-                  context: RenderContext | None = None) -> tuple[dict[str, str], str]:
+def file_metadata(
+    spec: VariantSpec, lora_hashes: Sequence[str] = (), context: RenderContext | None = None
+) -> tuple[dict[str, str], str]:
     """What every file of a variant carries: the text blocks by key (``campaign_render``
     given its ``context``), and the XMP packet."""
-    texts = {PARAMETERS_KEY: a1111_parameters(spec, lora_hashes),
-             VARIANT_KEY: canonical_json(spec.to_json())}
+    texts = {
+        PARAMETERS_KEY: a1111_parameters(spec, lora_hashes),
+        VARIANT_KEY: canonical_json(spec.to_json()),
+    }
     if context is not None:
         texts[RENDER_KEY] = context.text()
     return texts, xmp_packet(spec.prompt, digital_source_type(spec), refine_history(spec))
 
 
-def encode_png(image: Image.Image, spec: VariantSpec, lora_hashes: Sequence[str] = (),
-               context: RenderContext | None = None) -> bytes:
+def encode_png(
+    image: Image.Image,
+    spec: VariantSpec,
+    lora_hashes: Sequence[str] = (),
+    context: RenderContext | None = None,
+) -> bytes:
     """PNG bytes carrying the metadata blocks; deterministic for equal inputs."""
     texts, xmp = file_metadata(spec, lora_hashes, context)
     info = PngInfo()
@@ -444,8 +529,9 @@ def read_png_metadata(data: bytes) -> dict[str, Any]:
     if XMP_KEY in text:
         match = re.search(r'Iptc4xmpExt:DigitalSourceType="([^"]+)"', text[XMP_KEY])
         result["digital_source_type"] = match.group(1) if match else None
-        result["history"] = re.findall(r"<stEvt:parameters>([^<]*)</stEvt:parameters>",
-                                       text[XMP_KEY])
+        result["history"] = re.findall(
+            r"<stEvt:parameters>([^<]*)</stEvt:parameters>", text[XMP_KEY]
+        )
     return result
 
 

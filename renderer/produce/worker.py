@@ -65,8 +65,10 @@ from renderer.validate.inputs import BrandKit, Campaign, FileIndex
 Box = tuple[int, int, int, int]
 # What rendering an image without the rest of its batch does (README, "Reproducing a
 # deliverable": the demo campaign on CPU, float32).
-WITHOUT_BATCH = "may move pixels: measured up to 2/255 in a master, 3/255 in a JPEG " \
+WITHOUT_BATCH = (
+    "may move pixels: measured up to 2/255 in a master, 3/255 in a JPEG "
     "export, 14/255 in a WebP one"
+)
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,12 @@ class FailedImage:
     @classmethod
     def of(cls, variant: Variant, step: str, error: Exception, job: Job) -> FailedImage:
         where = traceback.extract_tb(error.__traceback__)[-1]
-        return cls(variant, step, f"{type(error).__name__}: {error} (at "
-                                  f"{Path(where.filename).name}:{where.lineno})",
-                   co_member=variant.id not in job.write)
+        return cls(
+            variant,
+            step,
+            f"{type(error).__name__}: {error} (at {Path(where.filename).name}:{where.lineno})",
+            co_member=variant.id not in job.write,
+        )
 
     def describe(self) -> str:
         return f"{self.variant.output_path} ({self.step}: {self.error})"
@@ -194,16 +199,17 @@ class Assets:
         self._loading = threading.Lock()
 
     def logo(self, file: FileId) -> Image.Image:
-        return self._once(("logo", file.sha256),
-                          lambda: open_image(self.files.path(file), "RGBA"))
+        return self._once(("logo", file.sha256), lambda: open_image(self.files.path(file), "RGBA"))
 
     def brand_reference(self, references: Sequence[FileId]) -> Any:
         from postprocess.retouch import BrandReference
 
-        return self._once(("references", tuple(file.sha256 for file in references)),
-                          lambda: BrandReference.from_images(
-                              [np.asarray(open_image(self.files.path(file), "RGB"))
-                               for file in references]))
+        return self._once(
+            ("references", tuple(file.sha256 for file in references)),
+            lambda: BrandReference.from_images(
+                [np.asarray(open_image(self.files.path(file), "RGB")) for file in references]
+            ),
+        )
 
     def prepare(self, campaign: Campaign) -> None:
         """Import the post-process library and load what the campaign's post-processing
@@ -235,8 +241,14 @@ class Assets:
 
 
 # The post-process library's modules the finish stage runs (imported at start-up).
-FINISH_MODULES = ("postprocess.faces", "postprocess.retouch", "postprocess.overlay",
-                  "postprocess.text", "postprocess.export", "postprocess.metrics")
+FINISH_MODULES = (
+    "postprocess.faces",
+    "postprocess.retouch",
+    "postprocess.overlay",
+    "postprocess.text",
+    "postprocess.export",
+    "postprocess.metrics",
+)
 
 
 def detect(image: Image.Image) -> tuple[Box, ...]:
@@ -245,8 +257,9 @@ def detect(image: Image.Image) -> tuple[Box, ...]:
     return tuple(detect_faces(np.asarray(image.convert("RGB"))))
 
 
-def finish_image(image: Image.Image, spec: VariantSpec, assets: Assets,
-                 faces: Sequence[Box]) -> Finished:
+def finish_image(
+    image: Image.Image, spec: VariantSpec, assets: Assets, faces: Sequence[Box]
+) -> Finished:
     """Post-process as the spec says (what is hashed is what is applied): retouch, then the
     logo, then the text. ``faces`` were detected on ``image``."""
     post = spec.postprocess
@@ -256,8 +269,9 @@ def finish_image(image: Image.Image, spec: VariantSpec, assets: Assets,
 
         grades = [step for step in post.retouch if isinstance(step, BrandGrade)]
         references = assets.brand_reference(grades[0].references) if grades else None
-        image = Image.fromarray(apply_retouch(np.asarray(image.convert("RGB")), post.retouch,
-                                              references, faces))
+        image = Image.fromarray(
+            apply_retouch(np.asarray(image.convert("RGB")), post.retouch, references, faces)
+        )
     if post.logo is not None:
         from postprocess.overlay import overlay_logo
 
@@ -271,8 +285,12 @@ def finish_image(image: Image.Image, spec: VariantSpec, assets: Assets,
             if (block := getattr(post.text, role)) is None:
                 continue
             font = assets.files.path(block.font) if block.font else None
-            placed = overlay_text(image, TextBlock(block.text, role, font, block.align),
-                                  tuple(block.box), post.text.palette)
+            placed = overlay_text(
+                image,
+                TextBlock(block.text, role, font, block.align),
+                tuple(block.box),
+                post.text.palette,
+            )
             image = placed.image
             contrast = placed.contrast if contrast is None else min(contrast, placed.contrast)
     return Finished(image=image, faces=tuple(faces), text_contrast=contrast)
@@ -297,32 +315,39 @@ class Scoring:
         from renderer.render.diffusers_renderer import BUILDING_MODELS
 
         with BUILDING_MODELS:  # not while diffusers builds one (start-up runs beside it)
-            self.scorer = ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size) \
-                if clip.folder is not None else ClipScorer.from_pretrained(
-                    clip.name, clip.pretrained, batch_size=scoring.batch_size)
+            self.scorer = (
+                ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size)
+                if clip.folder is not None
+                else ClipScorer.from_pretrained(
+                    clip.name, clip.pretrained, batch_size=scoring.batch_size
+                )
+            )
         self.brand: BrandKit = campaign.brand
         self.palette_delta_e = scoring.palette_delta_e
         self.logo = open_image(campaign.brand.logo.path, "RGBA")
         references = [open_image(ref.path, "RGB") for ref in campaign.brand.references]
         self.brand_embeddings = self.scorer.embed_brand(references) if references else None
 
-    def score(self, batch: Sequence[Variant], finished: Sequence[Finished]
-              ) -> tuple[list[dict[str, float]], np.ndarray]:
+    def score(
+        self, batch: Sequence[Variant], finished: Sequence[Finished]
+    ) -> tuple[list[dict[str, float]], np.ndarray]:
         """Every per-image metric, and the CLIP image embeddings (the run's consistency is
         computed from them on the driver)."""
         from postprocess.metrics import palette_adherence
 
         embeddings = self.scorer.embed_images([done.image for done in finished])
-        clip = self.scorer.score_embedded(embeddings, [variant.prompt for variant in batch],
-                                          self.brand_embeddings)
+        clip = self.scorer.score_embedded(
+            embeddings, [variant.prompt for variant in batch], self.brand_embeddings
+        )
         palette = self.brand.spec.palette
         results = []
         for variant, done, clip_scores in zip(batch, finished, clip, strict=True):
             pixels = np.asarray(done.image.convert("RGB"))
             scores = clip_scores.as_dict()
             if palette:
-                scores["palette_adherence"] = palette_adherence(pixels, palette,
-                                                                self.palette_delta_e)
+                scores["palette_adherence"] = palette_adherence(
+                    pixels, palette, self.palette_delta_e
+                )
             scores.update(self.logo_scores(variant, pixels))
             scores["faces"] = float(len(done.faces))
             if done.text_contrast is not None:
@@ -346,8 +371,11 @@ class Scoring:
             return {}
         found = logo_score(pixels, self.logo, expected)
         zone = SafeZone.from_box(placement.safe_zone) if placement.safe_zone else SafeZone()
-        return {"logo_match": round(found.match, 4), "logo_in_place": float(found.in_place),
-                "logo_in_safe_zone": float(found.in_safe_zone(size, zone))}
+        return {
+            "logo_match": round(found.match, 4),
+            "logo_in_place": float(found.in_place),
+            "logo_in_safe_zone": float(found.in_safe_zone(size, zone)),
+        }
 
 
 # How the finish stage maps a function over a batch's images: ``map`` (one after the
@@ -362,9 +390,16 @@ class Worker:
     ``scoring`` may still be in the making (a ``Future``, from ``prepare_in_background``):
     the finish stage waits for it, out of the images' timed seconds."""
 
-    def __init__(self, renderer: Any, files: FileIndex,
-                 scoring: Scoring | Future[Scoring] | None, *, keep_pipelines: bool = True,
-                 assets: Assets | None = None, configs: Mapping[str, FileId] | None = None):
+    def __init__(
+        self,
+        renderer: Any,
+        files: FileIndex,
+        scoring: Scoring | Future[Scoring] | None,
+        *,
+        keep_pipelines: bool = True,
+        assets: Assets | None = None,
+        configs: Mapping[str, FileId] | None = None,
+    ):
         self.renderer, self.files = renderer, files
         self._scoring = scoring if isinstance(scoring, Future) else _done(scoring)
         self.assets = assets or Assets(files)
@@ -384,12 +419,18 @@ class Worker:
 
         options = campaign.spec.render.model_dump(include=RenderOptions.known())
         allow_pickle = any(recipe.spec.allow_pickle for recipe in campaign.recipes)
-        renderer = DiffusersRenderer(RenderOptions(**options), allow_pickle=allow_pickle,
-                                     log=log, recipes=campaign.recipes)
+        renderer = DiffusersRenderer(
+            RenderOptions(**options), allow_pickle=allow_pickle, log=log, recipes=campaign.recipes
+        )
         files = campaign.files()
         assets = Assets(files)
-        return cls(renderer, files, prepare_in_background(campaign, assets),
-                   keep_pipelines=campaign.spec.render.keep_pipelines, assets=assets)
+        return cls(
+            renderer,
+            files,
+            prepare_in_background(campaign, assets),
+            keep_pipelines=campaign.spec.render.keep_pipelines,
+            assets=assets,
+        )
 
     @property
     def scoring(self) -> Scoring | None:
@@ -413,12 +454,16 @@ class Worker:
         # The renderer's breakdown of its time by step; a renderer double may keep none.
         timings = getattr(self.renderer, "timings", {})
         timings.clear()
-        images = self.renderer.render_resilient([variant.spec for variant in job.batch],
-                                                self.files)
+        images = self.renderer.render_resilient([variant.spec for variant in job.batch], self.files)
         elapsed = time.perf_counter() - started
         steps = dict(timings) or {"render": elapsed}
-        return RenderedJob(job, tuple(images), elapsed - (self.renderer.load_seconds - loading),
-                           tuple(steps.items()), self.environment())
+        return RenderedJob(
+            job,
+            tuple(images),
+            elapsed - (self.renderer.load_seconds - loading),
+            tuple(steps.items()),
+            self.environment(),
+        )
 
     def finish(self, rendered: RenderedJob, map_images: MapImages = map) -> FinishedJob:
         """The finish stage: post-process every member, score the ones to write, encode
@@ -436,23 +481,32 @@ class Worker:
 
         done = list(map_images(post_processed, job.batch, [image for image, _ in rendered.images]))
         failed = [item for item in done if isinstance(item, FailedImage)]
-        members = [(variant, call, item) for variant, (_, call), item in
-                   zip(job.batch, rendered.images, done, strict=True) if isinstance(item, Finished)]
+        members = [
+            (variant, call, item)
+            for variant, (_, call), item in zip(job.batch, rendered.images, done, strict=True)
+            if isinstance(item, Finished)
+        ]
         steps["postprocess"], clock = time.perf_counter() - clock, time.perf_counter()
-        scored, unscored = score_images(scoring, [(variant, item) for variant, _, item in members
-                                                  if variant.id in job.write], job)
+        scored, unscored = score_images(
+            scoring,
+            [(variant, item) for variant, _, item in members if variant.id in job.write],
+            job,
+        )
         failed += unscored
-        members = [member for member in members
-                   if member[0].id in scored or member[0].id not in job.write]
+        members = [
+            member for member in members if member[0].id in scored or member[0].id not in job.write
+        ]
         steps["score"], clock = time.perf_counter() - clock, time.perf_counter()
         # LoraHashes and the config hashes cache in plain dicts: filled here, in this one
         # thread.
         lora_hashes = {variant.id: self.lora_hashes.of(variant.spec) for variant, _, _ in members}
-        contexts = self.render_contexts(job, [(variant, call) for variant, call, _ in members],
-                                        rendered.environment)
+        contexts = self.render_contexts(
+            job, [(variant, call) for variant, call, _ in members], rendered.environment
+        )
 
-        def encoded(variant: Variant, call: tuple[int, ...],
-                    image: Finished) -> EncodedImage | FailedImage:
+        def encoded(
+            variant: Variant, call: tuple[int, ...], image: Finished
+        ) -> EncodedImage | FailedImage:
             hashes, context = lora_hashes[variant.id], contexts[variant.id]
             try:
                 master = encode_png(image.image, variant.spec, hashes, context)
@@ -467,9 +521,14 @@ class Worker:
         results = list(map_images(encoded, *zip(*members, strict=True))) if members else []
         failed += [item for item in results if isinstance(item, FailedImage)]
         steps["write"] = time.perf_counter() - clock
-        return FinishedJob(job, tuple(item for item in results if isinstance(item, EncodedImage)),
-                           tuple(failed), rendered.seconds + time.perf_counter() - started, steps,
-                           rendered.environment)
+        return FinishedJob(
+            job,
+            tuple(item for item in results if isinstance(item, EncodedImage)),
+            tuple(failed),
+            rendered.seconds + time.perf_counter() - started,
+            steps,
+            rendered.environment,
+        )
 
     def write(self, finished: FinishedJob, out_dir: Path) -> JobResult:
         """The write stage: each written member's exports, then its master, atomically; a
@@ -481,15 +540,24 @@ class Worker:
             if variant.id not in job.write:
                 rechecked.append((variant, sha256_bytes(image.master)))
                 continue
-            exports = tuple(self.write_export(variant, export, data, out_dir)
-                            for export, data in image.exports)
+            exports = tuple(
+                self.write_export(variant, export, data, out_dir) for export, data in image.exports
+            )
             OutputFolder(out_dir).write(variant.output_path, image.master, "master")
-            produced.append(Produced(
-                variant=variant, output_path=variant.output_path,
-                output_sha256=sha256_bytes(image.master), output_bytes=len(image.master),
-                scores=image.scores or {}, seconds=0.0,
-                batch=tuple(job.batch[member].id for member in image.call),
-                environment=finished.environment, embedding=image.embedding, exports=exports))
+            produced.append(
+                Produced(
+                    variant=variant,
+                    output_path=variant.output_path,
+                    output_sha256=sha256_bytes(image.master),
+                    output_bytes=len(image.master),
+                    scores=image.scores or {},
+                    seconds=0.0,
+                    batch=tuple(job.batch[member].id for member in image.call),
+                    environment=finished.environment,
+                    embedding=image.embedding,
+                    exports=exports,
+                )
+            )
         writing = time.perf_counter() - clock
         steps = {**finished.steps, "write": finished.steps["write"] + writing}
         # Each image's share of the time its batch spent in the three stages, model loading
@@ -497,26 +565,40 @@ class Worker:
         size = len(job.batch)
         seconds_each = round((finished.seconds + writing) / size, 4)
         shares = tuple((step, round(seconds / size, 4)) for step, seconds in steps.items())
-        return JobResult(tuple(replace(item, seconds=seconds_each, steps=shares)
-                               for item in produced), tuple(rechecked), finished.failed)
+        return JobResult(
+            tuple(replace(item, seconds=seconds_each, steps=shares) for item in produced),
+            tuple(rechecked),
+            finished.failed,
+        )
 
-    def render_contexts(self, job: Job, members: Sequence[tuple[Variant, tuple[int, ...]]],
-                        environment: Mapping[str, Any]) -> dict[str, RenderContext]:
+    def render_contexts(
+        self,
+        job: Job,
+        members: Sequence[tuple[Variant, tuple[int, ...]]],
+        environment: Mapping[str, Any],
+    ) -> dict[str, RenderContext]:
         """Each member's ``campaign_render``: its output name, the pipeline call that rendered
         it, the options it ran with and its checkpoint's config folder."""
         specs = {variant.id: variant.spec.to_json() for variant in job.batch}
         options = environment.get("options") or {}
-        return {variant.id: render_context(
-            variant.output_name, specs[variant.id],
-            [(job.batch[index].id, specs[job.batch[index].id]) for index in call], options,
-            self.config_file(variant.spec.recipe.checkpoint)) for variant, call in members}
+        return {
+            variant.id: render_context(
+                variant.output_name,
+                specs[variant.id],
+                [(job.batch[index].id, specs[job.batch[index].id]) for index in call],
+                options,
+                self.config_file(variant.spec.recipe.checkpoint),
+            )
+            for variant, call in members
+        }
 
     def config_file(self, checkpoint: FileId) -> FileId | None:
         """A single-file checkpoint's config folder by name and hash (hashed once)."""
         if checkpoint.sha256 not in self._configs:
             folder = self.files.config(checkpoint)
-            self._configs[checkpoint.sha256] = None if folder is None else \
-                FileId(name=folder.name, sha256=hash_file(folder))
+            self._configs[checkpoint.sha256] = (
+                None if folder is None else FileId(name=folder.name, sha256=hash_file(folder))
+            )
         return self._configs[checkpoint.sha256]
 
     def switch_recipe(self, recipe: RecipeUse) -> None:
@@ -525,17 +607,28 @@ class Worker:
         self._recipe = recipe.ref
 
     @staticmethod
-    def write_export(variant: Variant, export: ExportSpec, data: bytes,
-                     out_dir: Path) -> ExportFile:
+    def write_export(
+        variant: Variant, export: ExportSpec, data: bytes, out_dir: Path
+    ) -> ExportFile:
         relative = variant.export_path(export.name, EXTENSIONS[export.format])
         OutputFolder(out_dir).write(relative, data, "export")
-        return ExportFile(name=export.name, path=relative, sha256=sha256_bytes(data),
-                          bytes=len(data), width=export.width, height=export.height,
-                          format=export.format)
+        return ExportFile(
+            name=export.name,
+            path=relative,
+            sha256=sha256_bytes(data),
+            bytes=len(data),
+            width=export.width,
+            height=export.height,
+            format=export.format,
+        )
 
 
-def export_files(master: Image.Image, spec: VariantSpec, lora_hashes: Sequence[str],
-                 context: RenderContext | None) -> list[tuple[ExportSpec, bytes]]:
+def export_files(
+    master: Image.Image,
+    spec: VariantSpec,
+    lora_hashes: Sequence[str],
+    context: RenderContext | None,
+) -> list[tuple[ExportSpec, bytes]]:
     """Each channel export of a master image, with the variant's metadata: a function of
     the master's pixels, the spec, its LoRAs' A1111 hashes (``LoraHashes.of``) and the
     master's ``campaign_render`` (``context``) alone, so it is rebuilt from the master file
@@ -548,14 +641,22 @@ def export_files(master: Image.Image, spec: VariantSpec, lora_hashes: Sequence[s
     from postprocess.export import crop_size, export_image
 
     metadata, xmp = file_metadata(spec, lora_hashes, context)
-    faces = detect(master) if any(crop_size(master.size, export.width / export.height)
-                                  != master.size for export in exports) else ()
-    return [(export, export_image(master, export, metadata, xmp, faces=faces))
-            for export in exports]
+    faces = (
+        detect(master)
+        if any(
+            crop_size(master.size, export.width / export.height) != master.size
+            for export in exports
+        )
+        else ()
+    )
+    return [
+        (export, export_image(master, export, metadata, xmp, faces=faces)) for export in exports
+    ]
 
 
-def exports_of_master(path: Path, spec: VariantSpec,
-                      lora_hashes: Sequence[str]) -> list[tuple[ExportSpec, bytes]]:
+def exports_of_master(
+    path: Path, spec: VariantSpec, lora_hashes: Sequence[str]
+) -> list[tuple[ExportSpec, bytes]]:
     """The channel exports of a master file, rebuilt from its pixels and its
     ``campaign_render`` (a master written before it had one gives exports without)."""
     from postprocess.embedded_metadata import RENDER_KEY
@@ -566,20 +667,23 @@ def exports_of_master(path: Path, spec: VariantSpec,
     return export_files(image, spec, lora_hashes, RenderContext.read(text) if text else None)
 
 
-def score_images(scoring: Scoring | None, images: Sequence[tuple[Variant, Finished]],
-                 job: Job) -> tuple[dict[str, Scored], list[FailedImage]]:
+def score_images(
+    scoring: Scoring | None, images: Sequence[tuple[Variant, Finished]], job: Job
+) -> tuple[dict[str, Scored], list[FailedImage]]:
     """Each image's scores and CLIP embedding by variant id, from one scoring call (no
     scorer: no scores); when that call raises, each of its images has failed."""
     if scoring is None or not images:
         return {variant.id: ({}, None) for variant, _ in images}, []
     try:
-        scores, embeddings = scoring.score([variant for variant, _ in images],
-                                           [image for _, image in images])
+        scores, embeddings = scoring.score(
+            [variant for variant, _ in images], [image for _, image in images]
+        )
     except Exception as err:
         return {}, [FailedImage.of(variant, "score", err, job) for variant, _ in images]
-    return {variant.id: (image_scores, embedding.astype("<f4").tobytes())
-            for (variant, _), image_scores, embedding in zip(images, scores, embeddings,
-                                                             strict=True)}, []
+    return {
+        variant.id: (image_scores, embedding.astype("<f4").tobytes())
+        for (variant, _), image_scores, embedding in zip(images, scores, embeddings, strict=True)
+    }, []
 
 
 # Threads finishing one batch's images side by side (post-processing, encoding): OpenCV,
@@ -618,8 +722,7 @@ class OverlappedStages:
     def drain(self) -> JobResult | None:
         """Wait for the job being finished and write it (None when there is none)."""
         finishing, self._finishing = self._finishing, None
-        return None if finishing is None else self.worker.write(finishing.result(),
-                                                                self.out_dir)
+        return None if finishing is None else self.worker.write(finishing.result(), self.out_dir)
 
     def close(self) -> None:
         """Drop a job still finishing (not written: the next run renders it) and end the
@@ -634,6 +737,7 @@ def prepare_in_background(campaign: Campaign, assets: Assets) -> Future[Scoring]
     references embedded) and prepare its ``assets`` in a thread of their own, so they load
     while the caller loads the diffusers pipeline and the first image is out sooner. The
     finish stage waits for the result; an error in it raises there."""
+
     def prepared() -> Scoring:
         assets.prepare(campaign)
         return Scoring(campaign)

@@ -36,8 +36,9 @@ def softedge(image: Image.Image) -> Image.Image:
 def lineart(image: Image.Image) -> Image.Image:
     """White lines on black: an adaptive threshold of the grayscale image."""
     gray = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
-    lines = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV,
-                                  blockSize=11, C=4)
+    lines = cv2.adaptiveThreshold(
+        gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV, blockSize=11, C=4
+    )
     return _gray_to_rgb(lines)
 
 
@@ -71,8 +72,10 @@ def region_mask(size: tuple[int, int], region: Sequence[float]) -> Image.Image:
     """A white box (the part to repaint) on black; region = fractions [x0, y0, x1, y1]."""
     width, height = size
     mask = np.zeros((height, width), dtype=np.uint8)
-    x0, y0, x1, y1 = (round(value * side) for value, side in
-                      zip(region, (width, height, width, height), strict=True))
+    x0, y0, x1, y1 = (
+        round(value * side)
+        for value, side in zip(region, (width, height, width, height), strict=True)
+    )
     mask[y0:y1, x0:x1] = 255
     return Image.fromarray(mask).convert("RGB")
 
@@ -85,8 +88,9 @@ def keeps_source(strength: float, steps: int) -> bool:
     return steps * strength < 1
 
 
-def paste_source_outside_mask(source: Image.Image, generated: Image.Image,
-                              mask: Image.Image) -> Image.Image:
+def paste_source_outside_mask(
+    source: Image.Image, generated: Image.Image, mask: Image.Image
+) -> Image.Image:
     """The generated image where the mask is white, the source where it is black, blended
     in between (A1111's inpaint overlay). The pipeline only keeps the unmasked latents, and
     the VAE round trip changes those pixels; this puts the source's own pixels back.

@@ -85,15 +85,15 @@ _CHANGES_PIXELS = {"changes_pixels": True}
 class RenderOptions:
     """How to run the models; none of it changes what a variant is, all of it is recorded."""
 
-    device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     # auto (cuda: bfloat16, mps: float16, cpu: float32) | …; reduced precision moves pixels
     dtype: str = dataclasses.field(default="auto", metadata=_CHANGES_PIXELS)
-    compile: bool = False       # torch.compile the UNet/transformer (slow first batch)
+    compile: bool = False  # torch.compile the UNet/transformer (slow first batch)
     compile_backend: str = "inductor"  # eager / aot_eager: dynamo's guards without kernels
     channels_last: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False
-    cpu_offload: bool = False   # diffusers model CPU offload (CUDA only)
+    cpu_offload: bool = False  # diffusers model CPU offload (CUDA only)
     # diffusers' First Block Cache threshold (a Flux transformer skips its other blocks
     # while the first block's residual changes less than this): faster, other pixels.
     first_block_cache: float | None = dataclasses.field(default=None, metadata=_CHANGES_PIXELS)
@@ -108,8 +108,9 @@ class RenderOptions:
     @classmethod
     def changing_pixels(cls) -> set[str]:
         """Options that are opt-in because they change pixels (reproduce names them)."""
-        return {item.name for item in dataclasses.fields(cls)
-                if item.metadata.get("changes_pixels")}
+        return {
+            item.name for item in dataclasses.fields(cls) if item.metadata.get("changes_pixels")
+        }
 
 
 @dataclass(frozen=True)
@@ -126,16 +127,23 @@ class LoraSlots:
     def record(self) -> dict[str, Any]:
         """As the environment fingerprint records it (``options.lora_hotswap``, by
         checkpoint sha256): ``reproduce`` sets the same slots up again from it."""
-        return {"hotswap_rank": self.rank, "slots": len(self.first),
-                "first": [file.model_dump() for file in self.first]}
+        return {
+            "hotswap_rank": self.rank,
+            "slots": len(self.first),
+            "first": [file.model_dump() for file in self.first],
+        }
 
     @classmethod
     def recorded(cls, environment: Mapping[str, Any] | None) -> dict[str, LoraSlots]:
         """The slots a recorded environment's renders hot-swapped into, by checkpoint."""
         switching = ((environment or {}).get("options") or {}).get("lora_hotswap") or {}
-        return {checkpoint: cls(rank=slots["hotswap_rank"],
-                                first=tuple(FileId(**file) for file in slots["first"]))
-                for checkpoint, slots in switching.items() if "first" in slots}
+        return {
+            checkpoint: cls(
+                rank=slots["hotswap_rank"], first=tuple(FileId(**file) for file in slots["first"])
+            )
+            for checkpoint, slots in switching.items()
+            if "first" in slots
+        }
 
 
 def plan_lora_slots(family: str, stacks: Sequence[Sequence[ResolvedFile]]) -> LoraSlots | str:
@@ -148,13 +156,18 @@ def plan_lora_slots(family: str, stacks: Sequence[Sequence[ResolvedFile]]) -> Lo
         layers[file.sha256] = found
     first = []
     for position in range(max(len(stack) for stack in stacks)):
-        candidates = list({stack[position].sha256: stack[position] for stack in stacks
-                           if len(stack) > position}.values())
+        candidates = list(
+            {
+                stack[position].sha256: stack[position] for stack in stacks if len(stack) > position
+            }.values()
+        )
         widest = max(candidates, key=lambda file: len(layers[file.sha256][1]))
         for file in candidates:
             if other := layers[file.sha256][1] - layers[widest.sha256][1]:
-                return (f"{file.path.name} adapts {len(other)} layer(s) that {widest.path.name}, "
-                        f"at the same stack position, does not (e.g. {min(other)})")
+                return (
+                    f"{file.path.name} adapts {len(other)} layer(s) that {widest.path.name}, "
+                    f"at the same stack position, does not (e.g. {min(other)})"
+                )
         first.append(widest.identity)
     return LoraSlots(rank=max(rank for rank, _ in layers.values()), first=tuple(first))
 
@@ -168,13 +181,18 @@ def _adapted_layers(family: str, path: Path) -> tuple[int, frozenset[str]] | str
     state = loaded[0] if isinstance(loaded, tuple) else loaded
     prefix = "transformer." if family == "flux" else "unet."
     if others := sorted({key.split(".")[0] for key in state if not key.startswith(prefix)}):
-        return (f"{path.name} also adapts {', '.join(others)} (diffusers hot-swaps the "
-                "denoiser's LoRA layers only)")
+        return (
+            f"{path.name} also adapts {', '.join(others)} (diffusers hot-swaps the "
+            "denoiser's LoRA layers only)"
+        )
     denoiser = {key.removeprefix(prefix): value for key, value in state.items()}
     if not any(".lora_A." in key for key in denoiser):  # the older diffusers layout
         denoiser = convert_unet_state_dict_to_peft(denoiser)
-    downs = {key.split(".lora_A.")[0]: value for key, value in denoiser.items()
-             if ".lora_A." in key and value.ndim > 1}
+    downs = {
+        key.split(".lora_A.")[0]: value
+        for key, value in denoiser.items()
+        if ".lora_A." in key and value.ndim > 1
+    }
     return max(value.shape[0] for value in downs.values()), frozenset(downs)
 
 
@@ -205,9 +223,15 @@ class DiffusersRenderer:
     """Loads each base pipeline once, derives the control pipelines from it with
     ``from_pipe`` (shared weights, no reload) and renders batches."""
 
-    def __init__(self, options: RenderOptions = RenderOptions(), *, allow_pickle: bool = False,
-                 log: Callable[[str], None] = lambda _: None, recipes: Sequence[Recipe] = (),
-                 lora_slots: Mapping[str, LoraSlots] | None = None):
+    def __init__(
+        self,
+        options: RenderOptions = RenderOptions(),
+        *,
+        allow_pickle: bool = False,
+        log: Callable[[str], None] = lambda _: None,
+        recipes: Sequence[Recipe] = (),
+        lora_slots: Mapping[str, LoraSlots] | None = None,
+    ):
         """``recipes``: what it will render, for ``compile``'s LoRA hot-swap slots;
         ``lora_slots``: slots already planned instead (``reproduce``: the recorded ones)."""
         import torch
@@ -234,8 +258,9 @@ class DiffusersRenderer:
         self.timings: dict[str, float] = {}  # seconds per step (base, refiner, hires, …), summed
         self._lora_slots: dict[str, LoraSlots] = {}  # checkpoint sha256 -> its hot-swap slots
         if options.compile:  # only a compiled denoiser hot-swaps
-            self._lora_slots = dict(lora_slots) if lora_slots is not None \
-                else self._plan_lora_hotswap(recipes)
+            self._lora_slots = (
+                dict(lora_slots) if lora_slots is not None else self._plan_lora_hotswap(recipes)
+            )
 
     @property
     def lora_slots(self) -> dict[str, LoraSlots]:
@@ -247,11 +272,18 @@ class DiffusersRenderer:
         return str(self.dtype).removeprefix("torch.")
 
     def fingerprint(self) -> dict[str, Any]:
-        switching = {checkpoint: slots.record()
-                     for checkpoint, slots in sorted(self._lora_slots.items())}
-        return fingerprint(self.device, self.dtype_name,
-                           {**dataclasses.asdict(self.options), "attention": "sdpa",
-                            **({"lora_hotswap": switching} if switching else {})})
+        switching = {
+            checkpoint: slots.record() for checkpoint, slots in sorted(self._lora_slots.items())
+        }
+        return fingerprint(
+            self.device,
+            self.dtype_name,
+            {
+                **dataclasses.asdict(self.options),
+                "attention": "sdpa",
+                **({"lora_hotswap": switching} if switching else {}),
+            },
+        )
 
     def _plan_lora_hotswap(self, recipes: Sequence[Recipe]) -> dict[str, LoraSlots]:
         """Before the first render, for the recipes it will render: the slots
@@ -268,8 +300,10 @@ class DiffusersRenderer:
                 continue
             slots = plan_lora_slots(group[0].spec.family, stacks)
             if isinstance(slots, str):
-                self.log(f"LoRA stacks on {group[0].checkpoint.path.name} switch with "
-                         f"set_adapters (the compiled denoiser recompiles): {slots}")
+                self.log(
+                    f"LoRA stacks on {group[0].checkpoint.path.name} switch with "
+                    f"set_adapters (the compiled denoiser recompiles): {slots}"
+                )
             else:
                 planned[checkpoint] = slots
         return planned
@@ -296,10 +330,12 @@ class DiffusersRenderer:
         """Render specs that share a batch key, base pass then refine steps; returns PIL
         images in the same order, at the size the refine steps give."""
         call = render_call(specs)
-        steps = [(name, settings) for name, settings in
-                 (call.recipe.refine.steps() if call.recipe.refine else [])
-                 # A refiner switching in at 1.0 never takes over (A1111's semantics).
-                 if not (name == "refiner" and settings.switch_at >= 1)]
+        steps = [
+            (name, settings)
+            for name, settings in (call.recipe.refine.steps() if call.recipe.refine else [])
+            # A refiner switching in at 1.0 never takes over (A1111's semantics).
+            if not (name == "refiner" and settings.switch_at >= 1)
+        ]
         # Each pass hands the next its latents when the next one takes latents over.
         takers = [name if _takes_latents(name, settings) else None for name, settings in steps]
         with self._timed("base"):
@@ -318,8 +354,7 @@ class DiffusersRenderer:
                     result = self._detail_pass(call, result, next(details), files)
         return result
 
-    def base_pass(self, call: RenderCall, files: FileIndex, *,
-                  hand_to: str | None = None) -> Any:
+    def base_pass(self, call: RenderCall, files: FileIndex, *, hand_to: str | None = None) -> Any:
         """The base render of a call: PIL images, or ``Latents`` for the step that takes them
         over (``hand_to``: the refiner, from its ``switch_at``, or a latent hires upscaler)."""
         from renderer.render.controls import keeps_source, paste_source_outside_mask
@@ -340,26 +375,34 @@ class DiffusersRenderer:
         if hand_to is not None:
             return Latents.of(pipe, images, call.size, recipe.family)
         if recipe.inpaint:
-            images = [paste_source_outside_mask(kept, image, mask) for kept, image, mask in
-                      zip(arguments["image"], images, arguments["mask_image"], strict=True)]
+            images = [
+                paste_source_outside_mask(kept, image, mask)
+                for kept, image, mask in zip(
+                    arguments["image"], images, arguments["mask_image"], strict=True
+                )
+            ]
         return images
 
-    def _refiner_pass(self, call: RenderCall, base: Latents, refiner: RefinerUse,
-                      files: FileIndex, hand_on: bool) -> Any:
+    def _refiner_pass(
+        self, call: RenderCall, base: Latents, refiner: RefinerUse, files: FileIndex, hand_on: bool
+    ) -> Any:
         """The refiner finishes the base's latents from ``switch_at`` of the steps on."""
         recipe = call.recipe
         with self._loading():
-            pipe = self._load(recipe.family, refiner.checkpoint, "img2img", recipe.scheduler,
-                              files)
+            pipe = self._load(recipe.family, refiner.checkpoint, "img2img", recipe.scheduler, files)
         arguments = _prompt_arguments(recipe, call.prompts, call.negative_prompts, call.seeds)
-        arguments.update(image=base.tensor, num_inference_steps=recipe.steps,
-                         denoising_start=refiner.switch_at,
-                         output_type="latent" if hand_on else "pil")
+        arguments.update(
+            image=base.tensor,
+            num_inference_steps=recipe.steps,
+            denoising_start=refiner.switch_at,
+            output_type="latent" if hand_on else "pil",
+        )
         images = self._run(pipe, arguments, call, "refining")
         return Latents.of(pipe, images, call.size, recipe.family) if hand_on else images
 
-    def _hires_pass(self, call: RenderCall, base: Any, hires: HiresUse,
-                    files: FileIndex) -> list[Any]:
+    def _hires_pass(
+        self, call: RenderCall, base: Any, hires: HiresUse, files: FileIndex
+    ) -> list[Any]:
         """A1111's Hires. fix: enlarge, then img2img at ``denoise`` with its own steps,
         scheduler and seeds (an enlargement under one denoising step is kept as it is)."""
         from PIL import Image
@@ -372,8 +415,13 @@ class DiffusersRenderer:
         steps = hires.steps or recipe.steps
         if hires.upscaler in LATENT_UPSCALERS:
             upscaler = LATENT_UPSCALERS[hires.upscaler]
-            enlarged: Any = dataclasses.replace(base, size=target, tensor=upscale_latents(
-                base.tensor, target, mode=upscaler.mode, antialias=upscaler.antialias))
+            enlarged: Any = dataclasses.replace(
+                base,
+                size=target,
+                tensor=upscale_latents(
+                    base.tensor, target, mode=upscaler.mode, antialias=upscaler.antialias
+                ),
+            )
             if keeps_source(hires.denoise, steps):
                 return enlarged.decode()
             image = enlarged.tensor
@@ -384,31 +432,44 @@ class DiffusersRenderer:
                 enlarged = self._model_upscale(base, hires.model, files, Tiling(), until=target)
             else:
                 enlarged = base
-            enlarged = [image.resize(target, Image.Resampling.LANCZOS)
-                        if image.size != target else image for image in enlarged]
+            enlarged = [
+                image.resize(target, Image.Resampling.LANCZOS) if image.size != target else image
+                for image in enlarged
+            ]
             if keeps_source(hires.denoise, steps):
                 return enlarged
             image = enlarged
-        pipe = self._derived(self._base(recipe, files), recipe.family, "img2img",
-                             hires.scheduler or recipe.scheduler)
+        pipe = self._derived(
+            self._base(recipe, files), recipe.family, "img2img", hires.scheduler or recipe.scheduler
+        )
         self.activate_loras(pipe, recipe, files)
-        arguments = _prompt_arguments(recipe, call.prompts, call.negative_prompts,
-                                      [seed + hires.seed_offset for seed in call.seeds])
+        arguments = _prompt_arguments(
+            recipe,
+            call.prompts,
+            call.negative_prompts,
+            [seed + hires.seed_offset for seed in call.seeds],
+        )
         arguments.update(image=image, strength=hires.denoise, num_inference_steps=steps)
         if recipe.family == "flux":  # SD's img2img takes the source's size
             arguments.update(width=target[0], height=target[1])
         return self._run(pipe, arguments, call, "the hires pass of")
 
-    def _upscale_pass(self, images: list[Any], upscale: UpscaleUse,
-                      files: FileIndex) -> list[Any]:
+    def _upscale_pass(self, images: list[Any], upscale: UpscaleUse, files: FileIndex) -> list[Any]:
         from postprocess.tiling import Tiling
 
-        tiling = None if upscale.tile is None else Tiling(tile=upscale.tile,
-                                                          overlap=upscale.overlap)
+        tiling = (
+            None if upscale.tile is None else Tiling(tile=upscale.tile, overlap=upscale.overlap)
+        )
         return self._model_upscale(images, upscale.model, files, tiling)
 
-    def _model_upscale(self, images: list[Any], model_file: FileId, files: FileIndex,
-                       tiling: Tiling | None, until: tuple[int, int] | None = None) -> list[Any]:
+    def _model_upscale(
+        self,
+        images: list[Any],
+        model_file: FileId,
+        files: FileIndex,
+        tiling: Tiling | None,
+        until: tuple[int, int] | None = None,
+    ) -> list[Any]:
         """The images through the upscaler model once, or (``until``) as A1111 does it up to
         3 times until both sides reach that size. The tiles of every image share calls."""
         import numpy as np
@@ -420,14 +481,16 @@ class DiffusersRenderer:
             model = self._upscaler(model_file, files)
         arrays = [np.asarray(image.convert("RGB")) for image in images]
         for _ in range(1 if until is None else 3):
-            if until is not None and all(array.shape[1] >= until[0] and array.shape[0] >= until[1]
-                                         for array in arrays):
+            if until is not None and all(
+                array.shape[1] >= until[0] and array.shape[0] >= until[1] for array in arrays
+            ):
                 break
             arrays = upscale_images(arrays, model, tiling)
         return [Image.fromarray(array) for array in arrays]
 
-    def _detail_pass(self, call: RenderCall, images: list[Any], detail_call: DetailCall,
-                     files: FileIndex) -> list[Any]:
+    def _detail_pass(
+        self, call: RenderCall, images: list[Any], detail_call: DetailCall, files: FileIndex
+    ) -> list[Any]:
         """One detailer (ADetailer): its regions of every image of the batch, each crop
         inpainted at the model's native size, in one call per crop size (a call takes at
         most as many crops as the batch has images), pasted back feathered."""
@@ -442,13 +505,22 @@ class DiffusersRenderer:
         if keeps_source(detail.strength, steps):
             return images
         size = detail.size or recipe.size
-        geometry = Detail(size=(size[0], size[1]), padding=detail.padding,
-                          feather=detail.feather, multiple=SIZE_MULTIPLE[recipe.family])
+        geometry = Detail(
+            size=(size[0], size[1]),
+            padding=detail.padding,
+            feather=detail.feather,
+            multiple=SIZE_MULTIPLE[recipe.family],
+        )
         arrays = [np.asarray(image.convert("RGB")) for image in images]
-        plans = [self._detail_plans(call, detail_call, index, array, geometry, files)
-                 for index, array in enumerate(arrays)]
-        jobs = [(index, region, plan) for index, found in enumerate(plans)
-                for region, plan in enumerate(found)]
+        plans = [
+            self._detail_plans(call, detail_call, index, array, geometry, files)
+            for index, array in enumerate(arrays)
+        ]
+        jobs = [
+            (index, region, plan)
+            for index, found in enumerate(plans)
+            for region, plan in enumerate(found)
+        ]
         if not jobs:
             return images  # no region found: nothing loads, nothing changes
         pipe = self._detail_pipeline(recipe, detail, files)
@@ -458,27 +530,45 @@ class DiffusersRenderer:
         inpainted: dict[tuple[int, int], Any] = {}
         for (width, height), group in by_size.items():
             for start in range(0, len(group), len(images)):
-                chunk = group[start:start + len(images)]
+                chunk = group[start : start + len(images)]
                 arguments = _prompt_arguments(
-                    recipe, [detail_call.prompts[index] for index, _, _ in chunk],
+                    recipe,
+                    [detail_call.prompts[index] for index, _, _ in chunk],
                     [detail_call.negative_prompts[index] for index, _, _ in chunk],
-                    [call.seeds[index] + detail.seed_offset + region
-                     for index, region, _ in chunk])
+                    [call.seeds[index] + detail.seed_offset + region for index, region, _ in chunk],
+                )
                 arguments.update(
-                    image=[Image.fromarray(detail_crop(arrays[index], plan))
-                           for index, _, plan in chunk],
+                    image=[
+                        Image.fromarray(detail_crop(arrays[index], plan))
+                        for index, _, plan in chunk
+                    ],
                     mask_image=[Image.fromarray(plan.mask) for _, _, plan in chunk],
-                    width=width, height=height, strength=detail.strength,
-                    num_inference_steps=steps)
+                    width=width,
+                    height=height,
+                    strength=detail.strength,
+                    num_inference_steps=steps,
+                )
                 outputs = self._run(pipe, arguments, call, "the detail pass of")
                 for (index, region, _), output in zip(chunk, outputs, strict=True):
                     inpainted[index, region] = np.asarray(output.convert("RGB"))
-        return [Image.fromarray(paste_details(array, found, [inpainted[index, region]
-                                                             for region in range(len(found))]))
-                for index, (array, found) in enumerate(zip(arrays, plans, strict=True))]
+        return [
+            Image.fromarray(
+                paste_details(
+                    array, found, [inpainted[index, region] for region in range(len(found))]
+                )
+            )
+            for index, (array, found) in enumerate(zip(arrays, plans, strict=True))
+        ]
 
-    def _detail_plans(self, call: RenderCall, detail_call: DetailCall, index: int,
-                      image: np.ndarray, geometry: Detail, files: FileIndex) -> list[DetailPlan]:
+    def _detail_plans(
+        self,
+        call: RenderCall,
+        detail_call: DetailCall,
+        index: int,
+        image: np.ndarray,
+        geometry: Detail,
+        files: FileIndex,
+    ) -> list[DetailPlan]:
         """Where a detailer repaints one image: a crop plan per face or mask blob."""
         from postprocess.detail import mask_boxes, plan_detail
 
@@ -486,12 +576,14 @@ class DiffusersRenderer:
             from postprocess.faces import detect_faces
 
             return [plan_detail(image, box, geometry) for box in detect_faces(image)]
-        region = _white(self._region_image(call, detail_call, index, files),
-                        (image.shape[1], image.shape[0]))
+        region = _white(
+            self._region_image(call, detail_call, index, files), (image.shape[1], image.shape[0])
+        )
         return [plan_detail(image, box, geometry, region) for box in mask_boxes(region)]
 
-    def _region_image(self, call: RenderCall, detail_call: DetailCall, index: int,
-                      files: FileIndex) -> Any:
+    def _region_image(
+        self, call: RenderCall, detail_call: DetailCall, index: int, files: FileIndex
+    ) -> Any:
         """The image whose white pixels are a detailer's regions: its own mask, or (detect:
         product) the recipe's inpaint mask or region, else its first ControlNet image."""
         from renderer.render.controls import load_rgb, region_mask
@@ -509,11 +601,13 @@ class DiffusersRenderer:
         a 4-channel UNet inpaints by blending latents), with the recipe's LoRA stack."""
         with self._loading():
             if detail.checkpoint is not None:
-                pipe = self._load(recipe.family, detail.checkpoint, "inpaint",
-                                  recipe.scheduler, files)
+                pipe = self._load(
+                    recipe.family, detail.checkpoint, "inpaint", recipe.scheduler, files
+                )
             else:
-                pipe = self._derived(self._base(recipe, files), recipe.family, "inpaint",
-                                     recipe.scheduler)
+                pipe = self._derived(
+                    self._base(recipe, files), recipe.family, "inpaint", recipe.scheduler
+                )
             self.activate_loras(pipe, recipe, files)
         return pipe
 
@@ -528,9 +622,11 @@ class DiffusersRenderer:
             raise
         except (RuntimeError, ValueError) as err:
             recipe = call.recipe
-            raise RenderFailure(f"{doing} {len(call.seeds)} variant(s) of {recipe.name}@"
-                                f"{recipe.version} at {call.width}x{call.height} failed: "
-                                f"{err}") from err
+            raise RenderFailure(
+                f"{doing} {len(call.seeds)} variant(s) of {recipe.name}@"
+                f"{recipe.version} at {call.width}x{call.height} failed: "
+                f"{err}"
+            ) from err
         return output if arguments.get("output_type") == "latent" else list(output)
 
     @contextmanager
@@ -565,8 +661,9 @@ class DiffusersRenderer:
         """The one place a pipeline runs (tests inject failures here)."""
         return pipe(**arguments)
 
-    def render_resilient(self, specs: Sequence[VariantSpec], files: FileIndex,
-                         indices: tuple[int, ...] | None = None) -> list[Rendered]:
+    def render_resilient(
+        self, specs: Sequence[VariantSpec], files: FileIndex, indices: tuple[int, ...] | None = None
+    ) -> list[Rendered]:
         """``render_batch``, halving the batch on out-of-memory until it fits; each spec is
         rendered exactly once. Each image comes with the indices (into ``specs``) of the
         pipeline call that rendered it: after a split those are the half's, and reproduce
@@ -578,16 +675,21 @@ class DiffusersRenderer:
             return [(image, indices) for image in self.render_batch(specs, files)]
         except torch.OutOfMemoryError:
             if len(specs) == 1:
-                raise RenderFailure(f"out of memory rendering one {specs[0].width}x"
-                                    f"{specs[0].height} image; lower the size or enable "
-                                    "render.vae_tiling / cpu_offload") from None
+                raise RenderFailure(
+                    f"out of memory rendering one {specs[0].width}x"
+                    f"{specs[0].height} image; lower the size or enable "
+                    "render.vae_tiling / cpu_offload"
+                ) from None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             half = len(specs) // 2
-            self.log(f"out of memory with a batch of {len(specs)}: retrying as "
-                     f"{half} + {len(specs) - half}")
-            return (self.render_resilient(specs[:half], files, indices[:half])
-                    + self.render_resilient(specs[half:], files, indices[half:]))
+            self.log(
+                f"out of memory with a batch of {len(specs)}: retrying as "
+                f"{half} + {len(specs) - half}"
+            )
+            return self.render_resilient(
+                specs[:half], files, indices[:half]
+            ) + self.render_resilient(specs[half:], files, indices[half:])
 
     def load_pipeline(self, recipe: RecipeUse, files: FileIndex) -> Any:
         """The pipeline for the recipe's family and mode, built on a cached base."""
@@ -595,8 +697,13 @@ class DiffusersRenderer:
 
         family, mode = recipe.family, recipe.mode
         controlnets = [control.model for control in recipe.controlnets or ()]
-        key = (family, recipe.checkpoint.sha256, mode, tuple(m.sha256 for m in controlnets),
-               recipe.ip_adapter.model.sha256 if recipe.ip_adapter else None)
+        key = (
+            family,
+            recipe.checkpoint.sha256,
+            mode,
+            tuple(m.sha256 for m in controlnets),
+            recipe.ip_adapter.model.sha256 if recipe.ip_adapter else None,
+        )
         if key in self._pipelines:
             return self._pipelines[key]
         base = self._base(recipe, files)
@@ -615,12 +722,17 @@ class DiffusersRenderer:
 
     def _base(self, recipe: RecipeUse, files: FileIndex) -> Any:
         """The recipe checkpoint's base pipeline: the inpaint one for an inpaint recipe."""
-        return self._load(recipe.family, recipe.checkpoint,
-                          "inpaint" if recipe.mode == "inpaint" else "text", recipe.scheduler,
-                          files)
+        return self._load(
+            recipe.family,
+            recipe.checkpoint,
+            "inpaint" if recipe.mode == "inpaint" else "text",
+            recipe.scheduler,
+            files,
+        )
 
-    def _load(self, family: str, checkpoint: FileId, mode: str, scheduler_name: str,
-              files: FileIndex) -> Any:
+    def _load(
+        self, family: str, checkpoint: FileId, mode: str, scheduler_name: str, files: FileIndex
+    ) -> Any:
         """A checkpoint's pipeline of ``mode`` loaded from disk, once per run."""
         import diffusers
 
@@ -631,12 +743,19 @@ class DiffusersRenderer:
         pipeline_class = getattr(diffusers, PIPELINES[family, mode])
         path = self._weights(checkpoint, files)
         if path.is_dir():
-            pipe = pipeline_class.from_pretrained(path, dtype=self.dtype, local_files_only=True,
-                                                  use_safetensors=not self.allow_pickle or None)
+            pipe = pipeline_class.from_pretrained(
+                path,
+                dtype=self.dtype,
+                local_files_only=True,
+                use_safetensors=not self.allow_pickle or None,
+            )
         else:
             pipe = pipeline_class.from_single_file(
-                str(path), config=str(files.config(checkpoint)), dtype=self.dtype,
-                local_files_only=True)
+                str(path),
+                config=str(files.config(checkpoint)),
+                dtype=self.dtype,
+                local_files_only=True,
+            )
         pipe.set_progress_bar_config(disable=True)
         # The checkpoint's own scheduler config: other passes derive theirs from it too.
         self._schedulers[id(pipe)] = (scheduler_name, pipe.scheduler.config)
@@ -644,16 +763,18 @@ class DiffusersRenderer:
         self._apply_options(pipe)
         self._bases[key] = pipe
         self.loads += 1
-        self.log(f"loaded {family} pipeline {path.name} in "
-                 f"{time.perf_counter() - started:.2f} s")
+        self.log(f"loaded {family} pipeline {path.name} in {time.perf_counter() - started:.2f} s")
         return pipe
 
     def _weights(self, file: FileId, files: FileIndex) -> Path:
         path = files.path(file)
         if not self.allow_pickle and path.suffix.lower() in PICKLE_SUFFIXES:
-            raise InputError(f"{path.name} is a pickle file; it is not loaded", file=path,
-                             fix="convert it to .safetensors, or allow pickles (recipe "
-                             "allow_pickle, or reproduce --allow-pickle) if you trust it")
+            raise InputError(
+                f"{path.name} is a pickle file; it is not loaded",
+                file=path,
+                fix="convert it to .safetensors, or allow pickles (recipe "
+                "allow_pickle, or reproduce --allow-pickle) if you trust it",
+            )
         return path
 
     def _derived(self, base: Any, family: str, mode: str, scheduler_name: str) -> Any:
@@ -686,8 +807,10 @@ class DiffusersRenderer:
             if half.get(self.dtype_name):
                 upscaler.to(self.dtype)
             self._upscalers[model.sha256] = upscaler
-            self.log(f"loaded upscaler {model.name} ({upscaler.architecture.name} "
-                     f"x{upscaler.scale}) in {time.perf_counter() - started:.2f} s")
+            self.log(
+                f"loaded upscaler {model.name} ({upscaler.architecture.name} "
+                f"x{upscaler.scale}) in {time.perf_counter() - started:.2f} s"
+            )
         return self._upscalers[model.sha256]
 
     def _apply_options(self, pipe: Any) -> None:
@@ -712,21 +835,27 @@ class DiffusersRenderer:
         if options.storage_dtype is not None:
             # diffusers keeps the layers it lists as precision-critical (norms, embeddings)
             # in the compute dtype; LoRAs load through _layers_in_compute_dtype.
-            denoiser.enable_layerwise_casting(storage_dtype=getattr(torch, options.storage_dtype),
-                                              compute_dtype=self.dtype)
+            denoiser.enable_layerwise_casting(
+                storage_dtype=getattr(torch, options.storage_dtype), compute_dtype=self.dtype
+            )
         if options.compile:
             denoiser.forward = torch.compile(denoiser.forward, backend=options.compile_backend)
 
     def _controlnets(self, recipe: RecipeUse, files: FileIndex) -> Any:
         import diffusers
 
-        model_class = diffusers.FluxControlNetModel if recipe.family == "flux" \
-            else diffusers.ControlNetModel
-        models = [model_class.from_pretrained(self._weights(control.model, files),
-                                              dtype=self.dtype, local_files_only=True,
-                                              use_safetensors=not self.allow_pickle or None
-                                              ).to(self.device)
-                  for control in recipe.controlnets or ()]
+        model_class = (
+            diffusers.FluxControlNetModel if recipe.family == "flux" else diffusers.ControlNetModel
+        )
+        models = [
+            model_class.from_pretrained(
+                self._weights(control.model, files),
+                dtype=self.dtype,
+                local_files_only=True,
+                use_safetensors=not self.allow_pickle or None,
+            ).to(self.device)
+            for control in recipe.controlnets or ()
+        ]
         return models[0] if len(models) == 1 else models
 
     def _load_ip_adapter(self, pipe: Any, recipe: RecipeUse, files: FileIndex) -> None:
@@ -736,11 +865,21 @@ class DiffusersRenderer:
             folder = files.path(adapter.model)
             # FluxIPAdapterMixin takes the encoder's own path, and loads it in float16 unless
             # told otherwise.
-            encoder = {"image_encoder_folder": "image_encoder"} if recipe.family != "flux" else {
-                "image_encoder_pretrained_model_name_or_path": str(folder / "image_encoder"),
-                "image_encoder_dtype": self.dtype}
-            pipe.load_ip_adapter(str(folder), subfolder="", weight_name="ip-adapter.safetensors",
-                                 local_files_only=True, **encoder)
+            encoder = (
+                {"image_encoder_folder": "image_encoder"}
+                if recipe.family != "flux"
+                else {
+                    "image_encoder_pretrained_model_name_or_path": str(folder / "image_encoder"),
+                    "image_encoder_dtype": self.dtype,
+                }
+            )
+            pipe.load_ip_adapter(
+                str(folder),
+                subfolder="",
+                weight_name="ip-adapter.safetensors",
+                local_files_only=True,
+                **encoder,
+            )
             self._ip_adapters[id(denoiser)] = adapter.model.sha256
         pipe.set_ip_adapter_scale(adapter.scale)
 
@@ -779,8 +918,11 @@ class DiffusersRenderer:
             yield
             return
         storage = getattr(torch, self.options.storage_dtype)
-        stored = [module for module in denoiser.modules()
-                  if any(weight.dtype == storage for weight in module.parameters(recurse=False))]
+        stored = [
+            module
+            for module in denoiser.modules()
+            if any(weight.dtype == storage for weight in module.parameters(recurse=False))
+        ]
         for module in stored:
             module.to(self.dtype)
         try:
@@ -789,8 +931,9 @@ class DiffusersRenderer:
             for module in stored:
                 module.to(storage)
 
-    def _hotswap_loras(self, pipe: Any, denoiser: Any, slots: LoraSlots, recipe: RecipeUse,
-                       files: FileIndex) -> None:
+    def _hotswap_loras(
+        self, pipe: Any, denoiser: Any, slots: LoraSlots, recipe: RecipeUse, files: FileIndex
+    ) -> None:
         """Put the recipe's stack into the slots: swap the weights of a slot whose LoRA
         changes, fill every slot's scales in place (weight x alpha / rank, 0 past the stack):
         the compiled graph and its guards stay as they are."""
@@ -804,16 +947,19 @@ class DiffusersRenderer:
             denoiser.set_adapters(names, [1.0] * len(names))
             # As diffusers' enable_lora_hotswap does for its one adapter, for every slot:
             # ranks padded with zeros to the largest, scales made tensors.
-            prepare_model_for_compiled_hotswap(denoiser, target_rank=slots.rank,
-                                               config=denoiser.peft_config)
+            prepare_model_for_compiled_hotswap(
+                denoiser, target_rank=slots.rank, config=denoiser.peft_config
+            )
             state = self._slot_state[id(denoiser)] = [
                 (lora.sha256, _unit_scales(denoiser, name))
-                for name, lora in zip(names, slots.first, strict=True)]
+                for name, lora in zip(names, slots.first, strict=True)
+            ]
         for index, name in enumerate(names):
             lora = recipe.loras[index] if index < len(recipe.loras) else None
             if lora is not None and state[index][0] != lora.sha256:
-                pipe.load_lora_weights(str(self._weights(lora, files)), adapter_name=name,
-                                       hotswap=True)
+                pipe.load_lora_weights(
+                    str(self._weights(lora, files)), adapter_name=name, hotswap=True
+                )
                 state[index] = (lora.sha256, _unit_scales(denoiser, name))
             for scale, unit in state[index][1]:
                 scale.fill_(unit * (lora.weight if lora is not None else 0.0))
@@ -853,9 +999,11 @@ class Latents:
 def _unit_scales(denoiser: Any, adapter: str) -> list[tuple[Any, float]]:
     """Each LoRA layer's scale tensor of ``adapter`` with its value at weight 1 (alpha /
     rank of the LoRA in it; hot-swapping sets it)."""
-    return [(module.scaling[adapter], float(module.scaling[adapter]))
-            for module in denoiser.modules()
-            if isinstance(getattr(module, "scaling", None), dict) and adapter in module.scaling]
+    return [
+        (module.scaling[adapter], float(module.scaling[adapter]))
+        for module in denoiser.modules()
+        if isinstance(getattr(module, "scaling", None), dict) and adapter in module.scaling
+    ]
 
 
 def _takes_latents(name: str, settings: Any) -> bool:
@@ -872,15 +1020,19 @@ def _scheduler(name: str, config: Any) -> Any:
     return getattr(diffusers, scheduler.diffusers_class).from_config(config, **scheduler.options)
 
 
-def _prompt_arguments(recipe: RecipeUse, prompts: Sequence[str], negative_prompts: Sequence[str],
-                      seeds: Sequence[int]) -> dict[str, Any]:
+def _prompt_arguments(
+    recipe: RecipeUse, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int]
+) -> dict[str, Any]:
     """What every pipeline call of a recipe takes: prompts, guidance, one CPU generator per
     image (seeds wrap at 2^32, as seeds are 32-bit) and PIL output."""
     import torch
 
     arguments: dict[str, Any] = {
-        "prompt": list(prompts), "guidance_scale": recipe.cfg, "output_type": "pil",
-        "generator": [torch.Generator("cpu").manual_seed(seed % 2**32) for seed in seeds]}
+        "prompt": list(prompts),
+        "guidance_scale": recipe.cfg,
+        "output_type": "pil",
+        "generator": [torch.Generator("cpu").manual_seed(seed % 2**32) for seed in seeds],
+    }
     if recipe.family != "flux":  # Flux-dev has no negative prompt (embedded guidance)
         arguments["negative_prompt"] = list(negative_prompts)
     return arguments
@@ -904,9 +1056,13 @@ def pipeline_arguments(call: RenderCall, files: FileIndex) -> dict[str, Any]:
     arguments = _prompt_arguments(recipe, call.prompts, call.negative_prompts, call.seeds)
     arguments.update(num_inference_steps=recipe.steps, width=call.width, height=call.height)
     if recipe.controlnets:
-        maps = [[PREPROCESSORS[control.preprocessor](load_rgb(files.path(image), call.size))
-                 for image in images]
-                for control, images in zip(recipe.controlnets, call.control_images, strict=True)]
+        maps = [
+            [
+                PREPROCESSORS[control.preprocessor](load_rgb(files.path(image), call.size))
+                for image in images
+            ]
+            for control, images in zip(recipe.controlnets, call.control_images, strict=True)
+        ]
         single = len(recipe.controlnets) == 1
 
         def each(name: str) -> Any:
@@ -915,21 +1071,31 @@ def pipeline_arguments(call: RenderCall, files: FileIndex) -> dict[str, Any]:
 
         # Several ControlNets: one batch array each (diffusers' SD pipeline reads nested lists
         # batch-first, the SDXL one refuses them). Flux calls the input control_image.
-        arguments.update({"control_image" if recipe.family == "flux" else "image":
-                          maps[0] if single else [batch_array(images) for images in maps]},
-                         controlnet_conditioning_scale=each("scale"),
-                         control_guidance_start=each("start"), control_guidance_end=each("end"))
+        arguments.update(
+            {
+                "control_image" if recipe.family == "flux" else "image": maps[0]
+                if single
+                else [batch_array(images) for images in maps]
+            },
+            controlnet_conditioning_scale=each("scale"),
+            control_guidance_start=each("start"),
+            control_guidance_end=each("end"),
+        )
     if recipe.ip_adapter:
         # One adapter, its references shared by the call (the batch key guarantees it).
-        arguments["ip_adapter_image"] = [[load_rgb(files.path(image), (224, 224))
-                                          for image in call.style_images]]
+        arguments["ip_adapter_image"] = [
+            [load_rgb(files.path(image), (224, 224)) for image in call.style_images]
+        ]
     source = recipe.img2img or recipe.inpaint
     if source:
         arguments["image"] = [load_rgb(files.path(image), call.size) for image in call.sources]
         arguments["strength"] = source.strength
     if recipe.inpaint:
-        arguments["mask_image"] = [load_rgb(files.path(mask), call.size) for mask in call.masks] \
-            if call.masks else [region_mask(call.size, recipe.inpaint.region)] * len(call.seeds)
+        arguments["mask_image"] = (
+            [load_rgb(files.path(mask), call.size) for mask in call.masks]
+            if call.masks
+            else [region_mask(call.size, recipe.inpaint.region)] * len(call.seeds)
+        )
     if recipe.mode == "img2img" and recipe.family != "flux":
         del arguments["width"], arguments["height"]  # SD img2img takes the source's size
     return arguments

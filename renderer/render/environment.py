@@ -12,15 +12,24 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-PACKAGES = ("torch", "diffusers", "transformers", "peft", "safetensors", "open_clip_torch",
-            "pillow", "numpy")
+PACKAGES = (
+    "torch",
+    "diffusers",
+    "transformers",
+    "peft",
+    "safetensors",
+    "open_clip_torch",
+    "pillow",
+    "numpy",
+)
 # What was asked for (options.device 'auto') matters less than what it resolved to (device,
 # dtype), which are compared themselves.
 _REQUESTED = {"options.device", "options.dtype"}
 
 
-def fingerprint(device: str, dtype: str, options: Mapping[str, Any],
-                packages: Sequence[str] = PACKAGES) -> dict[str, Any]:
+def fingerprint(
+    device: str, dtype: str, options: Mapping[str, Any], packages: Sequence[str] = PACKAGES
+) -> dict[str, Any]:
     """What an output's bytes may depend on besides its spec (renders and trainings)."""
     import torch
 
@@ -30,7 +39,8 @@ def fingerprint(device: str, dtype: str, options: Mapping[str, Any],
         "platform": f"{platform.system()}-{platform.machine()}",
         "packages": {name: _version(name) for name in packages},
         "device": device,
-        "device_name": torch.cuda.get_device_name(device) if cuda
+        "device_name": torch.cuda.get_device_name(device)
+        if cuda
         else platform.processor() or platform.machine(),
         "cuda": torch.version.cuda if cuda else None,
         "dtype": dtype,
@@ -86,20 +96,27 @@ def differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) 
     if recorded is None:
         return ["environment not recorded (reproducing from image metadata)"]
     old, new = _flatten(recorded), _flatten(current)
-    return [f"{key}: {old.get(key)} (recorded) -> {new.get(key)} (now)"
-            for key in sorted((set(old) | set(new)) - _REQUESTED) if old.get(key) != new.get(key)]
+    return [
+        f"{key}: {old.get(key)} (recorded) -> {new.get(key)} (now)"
+        for key in sorted((set(old) | set(new)) - _REQUESTED)
+        if old.get(key) != new.get(key)
+    ]
 
 
-def pixel_option_differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any],
-                             changing_pixels: set[str]) -> list[str]:
+def pixel_option_differences(
+    recorded: Mapping[str, Any] | None, current: Mapping[str, Any], changing_pixels: set[str]
+) -> list[str]:
     """The render options among ``changing_pixels`` (opt-in because they change pixels)
     whose recorded setting differs from this one's, by name; dtype is the resolved one."""
     if recorded is None:
         return []
     old, new = _flatten(recorded), _flatten(current)
     keys = {name: "dtype" if name == "dtype" else f"options.{name}" for name in changing_pixels}
-    return sorted(f"{name} ({old.get(key)} recorded, {new.get(key)} now)"
-                  for name, key in keys.items() if old.get(key) != new.get(key))
+    return sorted(
+        f"{name} ({old.get(key)} recorded, {new.get(key)} now)"
+        for name, key in keys.items()
+        if old.get(key) != new.get(key)
+    )
 
 
 def options_like(recorded: Mapping[str, Any] | None, known: set[str]) -> dict[str, Any]:
@@ -109,16 +126,23 @@ def options_like(recorded: Mapping[str, Any] | None, known: set[str]) -> dict[st
     import torch
 
     recorded = recorded or {}
-    options = {key: value for key, value in (recorded.get("options") or {}).items()
-               if key in known}
+    options = {key: value for key, value in (recorded.get("options") or {}).items() if key in known}
     device, dtype = recorded.get("device"), recorded.get("dtype")
     if device and resolve_device(options.get("device", "auto")) != device:
-        usable = device == "cpu" or (device.startswith("cuda") and torch.cuda.is_available()) \
+        usable = (
+            device == "cpu"
+            or (device.startswith("cuda") and torch.cuda.is_available())
             or (device == "mps" and torch.backends.mps.is_available())
+        )
         if usable:
             options["device"] = device
-    if dtype and resolve_dtype(options.get("dtype", "auto"),
-                               resolve_device(options.get("device", "auto"))) != dtype:
+    if (
+        dtype
+        and resolve_dtype(
+            options.get("dtype", "auto"), resolve_device(options.get("device", "auto"))
+        )
+        != dtype
+    ):
         options["dtype"] = dtype
     return options
 

@@ -1,2 +1,1 @@
-"""What a run shows a person: its HTML report and grids, comparisons, thumbnails.
-"""
+"""What a run shows a person: its HTML report and grids, comparisons, thumbnails."""

@@ -36,8 +36,12 @@ from renderer.validate.matrix import axis_label
 GRID_CELL = 160  # pixels per grid cell (images are fitted, up or down)
 
 
-def write_run_report(ledger: Ledger, run_id: str | None, path: Path | None = None,
-                     grids: Sequence[tuple[str, str]] | None = None) -> Path:
+def write_run_report(
+    ledger: Ledger,
+    run_id: str | None,
+    path: Path | None = None,
+    grids: Sequence[tuple[str, str]] | None = None,
+) -> Path:
     """Write the report of a run (the latest when run_id is None); returns its path.
     ``grids``: (x axis, y axis) pairs; None: those the campaign asked for when it ran."""
     run = ledger.find_run(run_id)
@@ -45,27 +49,49 @@ def write_run_report(ledger: Ledger, run_id: str | None, path: Path | None = Non
     path = path or out_dir / report_path(run.campaign, run.id)
     write = report_writer(OutputFolder(out_dir, ledger.held_paths()), path)
     stored = ledger.run_rows(run.id)
-    rows = [ReportRow(
-        variant_id=row.variant_id,
-        image_relpath=Path(os.path.relpath(out_dir / row.output_path, path.parent)).as_posix(),
-        axes={name: axis_label(value) for name, value in row.axes.items()},
-        prompt=row.prompt, seed=row.seed, width=row.width, height=row.height,
-        scores=row.decided_scores,
-        status=row.decision.status if row.decision else UNDECIDED,
-        reasons=row.decision.reasons if row.decision else (), review=row.review_state,
-        review_by=row.review.reviewer if row.review else "",
-        review_at=row.review.reviewed_at if row.review else "",
-        review_note=row.review.note if row.review else "") for row in stored]
+    rows = [
+        ReportRow(
+            variant_id=row.variant_id,
+            image_relpath=Path(os.path.relpath(out_dir / row.output_path, path.parent)).as_posix(),
+            axes={name: axis_label(value) for name, value in row.axes.items()},
+            prompt=row.prompt,
+            seed=row.seed,
+            width=row.width,
+            height=row.height,
+            scores=row.decided_scores,
+            status=row.decision.status if row.decision else UNDECIDED,
+            reasons=row.decision.reasons if row.decision else (),
+            review=row.review_state,
+            review_by=row.review.reviewer if row.review else "",
+            review_at=row.review.reviewed_at if row.review else "",
+            review_note=row.review.note if row.review else "",
+        )
+        for row in stored
+    ]
     decided = [row.status for row in rows if row.status != UNDECIDED]
-    counts = {"planned": run.planned, "rendered": run.rendered, "skipped": run.skipped,
-              **count_statuses(decided), **{f"{state} by a person": count for state, count in
-                                            (("approved", run.reviews["approved"]),
-                                             ("rejected", run.reviews["rejected"]))},
-              "review items not yet reviewed": run.reviews["to_review"],
-              "deliveries": len(ledger.deliveries(run.id))}
-    report_run = ReportRun(run_id=run.id, campaign=run.campaign, created_at=run.started_at,
-                           recipes=run.recipes,
-                           counts=counts, thresholds=run_gates(ledger, run).describe())
+    counts = {
+        "planned": run.planned,
+        "rendered": run.rendered,
+        "skipped": run.skipped,
+        **count_statuses(decided),
+        **{
+            f"{state} by a person": count
+            for state, count in (
+                ("approved", run.reviews["approved"]),
+                ("rejected", run.reviews["rejected"]),
+            )
+        },
+        "review items not yet reviewed": run.reviews["to_review"],
+        "deliveries": len(ledger.deliveries(run.id)),
+    }
+    report_run = ReportRun(
+        run_id=run.id,
+        campaign=run.campaign,
+        created_at=run.started_at,
+        recipes=run.recipes,
+        counts=counts,
+        thresholds=run_gates(ledger, run).describe(),
+    )
     if grids is None:
         grids = [tuple(pair) for pair in run.report.get("grids", [])]
     grid_views = write_grids(path, rows, grids, out_dir, stored, write)
@@ -79,14 +105,23 @@ def report_writer(folder: OutputFolder, path: Path) -> Callable[[Path, bytes], N
     through its owner (never onto a path a record holds or a reserved name), elsewhere
     atomically; ``path`` must be an HTML file that is new or a report written before."""
     if path.is_dir():
-        raise InputError(f"report path {path} is a folder", file=path,
-                         fix=f"pass the file to write, e.g. {path / 'report.html'}")
+        raise InputError(
+            f"report path {path} is a folder",
+            file=path,
+            fix=f"pass the file to write, e.g. {path / 'report.html'}",
+        )
     if path.suffix.lower() not in (".html", ".htm"):
-        raise InputError(f"a report is an HTML page; {path.name} does not end in .html",
-                         file=path, fix=f"pass a path ending in .html, e.g. {path}.html")
+        raise InputError(
+            f"a report is an HTML page; {path.name} does not end in .html",
+            file=path,
+            fix=f"pass a path ending in .html, e.g. {path}.html",
+        )
     if path.exists() and not _is_report(path):
-        raise InputError(f"{path} exists and is not a report this tool wrote", file=path,
-                         fix="pass a new file (a report never replaces another file)")
+        raise InputError(
+            f"{path} exists and is not a report this tool wrote",
+            file=path,
+            fix="pass a new file (a report never replaces another file)",
+        )
     # Refused before anything is made.
     if (inside := relative_inside(folder.root, path)) is not None:
         folder.check(inside, "report")
@@ -110,9 +145,14 @@ def _is_report(path: Path) -> bool:
         return REPORT_MARK.encode() in handle.read(4096)
 
 
-def write_grids(report_file: Path, rows: Sequence[ReportRow], grids: Sequence[tuple[str, str]],
-                out_dir: Path, ledger_rows: Sequence[RenderRow],
-                write: Callable[[Path, bytes], None]) -> list[ReportGrid]:
+def write_grids(
+    report_file: Path,
+    rows: Sequence[ReportRow],
+    grids: Sequence[tuple[str, str]],
+    out_dir: Path,
+    ledger_rows: Sequence[RenderRow],
+    write: Callable[[Path, bytes], None],
+) -> list[ReportGrid]:
     """One X/Y grid PNG per (x, y) pair and combination of the other axes' values, in
     ``REPORT-grids/`` beside the report; returns the ReportGrid entries linking them."""
     from PIL import Image
@@ -125,8 +165,12 @@ def write_grids(report_file: Path, rows: Sequence[ReportRow], grids: Sequence[tu
     for x_axis, y_axis in grids:
         for axis in (x_axis, y_axis):
             if axis not in axes:
-                raise InputError(f"the run has no axis {axis!r}", expected=", ".join(axes),
-                                 found=axis, fix="name two of the campaign's axes")
+                raise InputError(
+                    f"the run has no axis {axis!r}",
+                    expected=", ".join(axes),
+                    found=axis,
+                    fix="name two of the campaign's axes",
+                )
     files = {row.variant_id: out_dir / row.output_path for row in ledger_rows}
     folder = report_file.parent / f"{report_file.stem}-grids"
     views = []
@@ -143,11 +187,13 @@ def write_grids(report_file: Path, rows: Sequence[ReportRow], grids: Sequence[tu
                     images[row.variant_id] = image.convert("RGB")
             name = f"{_file_part(x_axis)}-{_file_part(y_axis)}-{number}.png"
             write(folder / name, xy_grid_png(members, x_axis, y_axis, images, cell=GRID_CELL))
-            where = ", ".join(f"{axis}={value}" for axis, value in zip(others, fixed,
-                                                                       strict=True))
-            views.append(ReportGrid(
-                image_relpath=f"{folder.name}/{name}",
-                caption=f"{x_axis} × {y_axis}" + (f" ({where})" if where else "")))
+            where = ", ".join(f"{axis}={value}" for axis, value in zip(others, fixed, strict=True))
+            views.append(
+                ReportGrid(
+                    image_relpath=f"{folder.name}/{name}",
+                    caption=f"{x_axis} × {y_axis}" + (f" ({where})" if where else ""),
+                )
+            )
     return views
 
 

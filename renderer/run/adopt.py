@@ -49,21 +49,28 @@ def adoptable(variants: Sequence[Variant], out_dir: Path) -> list[Variant]:
             spec = read_png_metadata(path.read_bytes()).get("variant")
             open_image(path, "RGB")
         except (OSError, ValueError, SyntaxError) as err:
-            raise InputError(f"{path} cannot be adopted: it does not decode ({err})",
-                             file=path, fix="move it away, or pass --rerender to render over "
-                             "it") from None
+            raise InputError(
+                f"{path} cannot be adopted: it does not decode ({err})",
+                file=path,
+                fix="move it away, or pass --rerender to render over it",
+            ) from None
         if spec is None or sha256_json(spec) != variant.id:
-            raise InputError(f"{path} holds another image than variant {variant.id[:12]}",
-                             file=path, expected=f"an embedded spec hashing to {variant.id}",
-                             found="no campaign_variant metadata" if spec is None else
-                             f"one hashing to {sha256_json(spec)}",
-                             fix="move it away, or pass --rerender to render over it")
+            raise InputError(
+                f"{path} holds another image than variant {variant.id[:12]}",
+                file=path,
+                expected=f"an embedded spec hashing to {variant.id}",
+                found="no campaign_variant metadata"
+                if spec is None
+                else f"one hashing to {sha256_json(spec)}",
+                fix="move it away, or pass --rerender to render over it",
+            )
         found.append(variant)
     return found
 
 
-def adopt(campaign: Campaign, variants: Sequence[Variant], out_dir: Path,
-          log: Log) -> list[Produced]:
+def adopt(
+    campaign: Campaign, variants: Sequence[Variant], out_dir: Path, log: Log
+) -> list[Produced]:
     """``variants`` (checked by ``adoptable``) as produced from their files, for the run to
     record with rerender reason ``adopted``."""
     if not variants:
@@ -76,21 +83,34 @@ def adopt(campaign: Campaign, variants: Sequence[Variant], out_dir: Path,
         image = open_image(master, "RGB")
         finished = Finished(image=image, faces=detect(image), text_contrast=None)
         (scores,), embeddings = scoring.score([variant], [finished])
-        exports = tuple(_adopt_export(variant, export, data, out_dir)
-                        for export, data in exports_of_master(master, variant.spec,
-                                                              lora_hashes.of(variant.spec)))
-        adopted.append(Produced(
-            variant=variant, output_path=variant.output_path,
-            output_sha256=sha256_file(master), output_bytes=master.stat().st_size,
-            scores=scores, seconds=0.0, batch=(), environment=UNKNOWN_ENVIRONMENT,
-            embedding=embeddings[0].astype("<f4").tobytes(), exports=exports))
-    log(f"adopted {len(variants)} image(s) already in {out_dir}: checked against their "
-        "embedded specs and scored from their pixels")
+        exports = tuple(
+            _adopt_export(variant, export, data, out_dir)
+            for export, data in exports_of_master(
+                master, variant.spec, lora_hashes.of(variant.spec)
+            )
+        )
+        adopted.append(
+            Produced(
+                variant=variant,
+                output_path=variant.output_path,
+                output_sha256=sha256_file(master),
+                output_bytes=master.stat().st_size,
+                scores=scores,
+                seconds=0.0,
+                batch=(),
+                environment=UNKNOWN_ENVIRONMENT,
+                embedding=embeddings[0].astype("<f4").tobytes(),
+                exports=exports,
+            )
+        )
+    log(
+        f"adopted {len(variants)} image(s) already in {out_dir}: checked against their "
+        "embedded specs and scored from their pixels"
+    )
     return adopted
 
 
-def _adopt_export(variant: Variant, export: ExportSpec, data: bytes,
-                  out_dir: Path) -> ExportFile:
+def _adopt_export(variant: Variant, export: ExportSpec, data: bytes, out_dir: Path) -> ExportFile:
     """An export already there with this variant's spec is kept; else it is rebuilt."""
     from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
     from postprocess.parameters import EXTENSIONS
@@ -102,7 +122,13 @@ def _adopt_export(variant: Variant, export: ExportSpec, data: bytes,
         except (OSError, ValueError, SyntaxError):
             embedded = None
         if embedded is not None and embedded == variant.spec_json:
-            return ExportFile(name=export.name, path=str(path.relative_to(out_dir)),
-                              sha256=sha256_file(path), bytes=path.stat().st_size,
-                              width=export.width, height=export.height, format=export.format)
+            return ExportFile(
+                name=export.name,
+                path=str(path.relative_to(out_dir)),
+                sha256=sha256_file(path),
+                bytes=path.stat().st_size,
+                width=export.width,
+                height=export.height,
+                format=export.format,
+            )
     return Worker.write_export(variant, export, data, out_dir)

@@ -80,8 +80,12 @@ class RunSummary:
             "run_id": self.run_id,
             "campaign": self.campaign,
             "status": self.status,
-            "counts": {"planned": self.planned, "rendered": self.rendered,
-                       "skipped": self.skipped, **self.counts},
+            "counts": {
+                "planned": self.planned,
+                "rendered": self.rendered,
+                "skipped": self.skipped,
+                **self.counts,
+            },
             "out_dir": str(self.out_dir),
             "ledger": str(self.ledger),
             "report": str(self.report),
@@ -116,15 +120,27 @@ def check_device(campaign: Campaign) -> None:
     requested = campaign.spec.render.device
     if requested != "auto" and (problem := device_problem(requested)):
         raise campaign.document.error(
-            InputError, f"render.device {requested} is not available", ("render", "device"),
-            found=problem, fix="set render.device: auto (CUDA, then MPS, then CPU), or render "
-            "on a machine with that device (or with --executor ray on a cluster that has it)")
+            InputError,
+            f"render.device {requested} is not available",
+            ("render", "device"),
+            found=problem,
+            fix="set render.device: auto (CUDA, then MPS, then CPU), or render "
+            "on a machine with that device (or with --executor ray on a cluster that has it)",
+        )
 
 
-def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_to_stderr,
-                    show_progress: bool = True, wait: bool = True, executor: str = "local",
-                    address: str | None = None, workers: int | None = None,
-                    existing: str | None = None) -> RunSummary:
+def render_campaign(
+    campaign: Path | Campaign,
+    out_dir: Path,
+    *,
+    log: Log = log_to_stderr,
+    show_progress: bool = True,
+    wait: bool = True,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    existing: str | None = None,
+) -> RunSummary:
     """Render a campaign (a file, or one loaded with ``load_campaign``) into ``out_dir``.
     ``existing`` says what to do with this campaign's images already in a folder whose
     ledger is missing or empty: ``adopt`` (check and record them) or ``rerender``; without
@@ -147,8 +163,10 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
         check_device(campaign)
     # One render per output folder: another waits (or refuses, wait=False) while this holds
     # it; holding it, clean up after a killed run (temp files, runs left 'running').
-    with hold_output_folder(out_dir, wait=wait, log=log, holder=campaign.spec.name), \
-            Ledger(ledger_path) as ledger:
+    with (
+        hold_output_folder(out_dir, wait=wait, log=log, holder=campaign.spec.name),
+        Ledger(ledger_path) as ledger,
+    ):
         check_recipe_versions(ledger_path, campaign)  # again: a run we waited for may have
         check_output_paths(plan, out_dir, ledger.held_paths())  # recorded these first
         recover_after_crash(out_dir, ledger, log)
@@ -160,37 +178,63 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
             adopted = adoptable([item.variant for item in work.pending], out_dir)
         adopted_ids = {variant.id for variant in adopted}
         pending = tuple(item for item in work.pending if item.variant.id not in adopted_ids)
-        log(f"{campaign.spec.name}: {len(plan.variants)} variants planned, "
+        log(
+            f"{campaign.spec.name}: {len(plan.variants)} variants planned, "
             f"{len(plan.variants) - len(pending)} already done, {len(pending)} to render"
-            + (f", {len(work.repairs)} with exports to rebuild" if work.repairs else ""))
+            + (f", {len(work.repairs)} with exports to rebuild" if work.repairs else "")
+        )
         repair_exports(ledger, work.repairs, out_dir, campaign.files(), log)
         gate_rules = gates.as_json()
-        report_settings = {"grids": [[grid.x, grid.y]] if (grid := campaign.spec.report.grid)
-                           else []}
-        if not pending and not adopted and (completed := ledger.completed_run(
-                campaign.spec.name, [variant.id for variant in plan.variants], gate_rules,
-                report_settings)) is not None:
+        report_settings = {
+            "grids": [[grid.x, grid.y]] if (grid := campaign.spec.report.grid) else []
+        }
+        if (
+            not pending
+            and not adopted
+            and (
+                completed := ledger.completed_run(
+                    campaign.spec.name,
+                    [variant.id for variant in plan.variants],
+                    gate_rules,
+                    report_settings,
+                )
+            )
+            is not None
+        ):
             # Nothing new: no run row; the run that completed this set stands for it.
-            log(f"{campaign.spec.name}: nothing new to render; run {completed.id} completed "
-                "this set (no new run recorded)")
+            log(
+                f"{campaign.spec.name}: nothing new to render; run {completed.id} completed "
+                "this set (no new run recorded)"
+            )
             return completed_summary(ledger, completed, out_dir, started)
         # 4. Record the run, then produce what is pending.
-        recipe_hashes = {recipe.ref: ledger.record_recipe_version(
-            recipe.spec.name, recipe.spec.version, recipe_content(recipe))
-            for recipe in campaign.recipes}
-        runner = make_executor(executor, campaign, out_dir, log, address=address,
-                               workers=workers) if pending else None
+        recipe_hashes = {
+            recipe.ref: ledger.record_recipe_version(
+                recipe.spec.name, recipe.spec.version, recipe_content(recipe)
+            )
+            for recipe in campaign.recipes
+        }
+        runner = (
+            make_executor(executor, campaign, out_dir, log, address=address, workers=workers)
+            if pending
+            else None
+        )
         environment = runner.environment() if runner else {"device": "none (nothing to render)"}
         run_id = ledger.start_run(
-            campaign=campaign.spec.name, campaign_file=str(campaign.source),
+            campaign=campaign.spec.name,
+            campaign_file=str(campaign.source),
             recipes=[(recipe.spec.name, recipe.spec.version) for recipe in campaign.recipes],
-            executor=executor, environment=environment,
+            executor=executor,
+            environment=environment,
             variant_ids=[variant.id for variant in plan.variants],
-            to_render={item.variant.id for item in pending}, rules=gate_rules,
-            report=report_settings)
+            to_render={item.variant.id for item in pending},
+            rules=gate_rules,
+            report=report_settings,
+        )
         reasons = {item.variant.id: item.rerender_reason for item in work.pending}
-        recorder = RunRecorder(campaign, ledger, run_id=run_id, recipe_hashes=recipe_hashes,
-                               reasons=reasons, log=log)
+        recorder = RunRecorder(
+            campaign, ledger, run_id=run_id, recipe_hashes=recipe_hashes, reasons=reasons, log=log
+        )
         skipped = len(plan.variants) - len(pending)
         if adopted:
             from renderer.run.adopt import ADOPTED, adopt
@@ -200,8 +244,7 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
         try:
             if runner:
                 progress = Progress(len(pending)) if show_progress else None
-                jobs = plan_jobs(ledger, plan, pending, runner.batch_sizes(),
-                                 campaign.files(), log)
+                jobs = plan_jobs(ledger, plan, pending, runner.batch_sizes(), campaign.files(), log)
                 for result in runner.produce_all(jobs):
                     recorder.commit(result.produced)
                     recorder.check(result.rechecked)
@@ -212,13 +255,13 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
                     progress.close()
                 recorder.raise_failures()
         except BaseException as err:
-            ledger.finish_run(run_id, status="error", rendered=recorder.committed,
-                              skipped=skipped)
+            ledger.finish_run(run_id, status="error", rendered=recorder.committed, skipped=skipped)
             if isinstance(err, CampaignError) or not isinstance(err, Exception):
                 raise
-            raise RenderFailure(f"run {run_id} stopped: {type(err).__name__}: {err}; "
-                                "finished images are kept, run the same command to resume"
-                                ) from err
+            raise RenderFailure(
+                f"run {run_id} stopped: {type(err).__name__}: {err}; "
+                "finished images are kept, run the same command to resume"
+            ) from err
         finally:
             if runner:
                 runner.close()
@@ -228,11 +271,19 @@ def render_campaign(campaign: Path | Campaign, out_dir: Path, *, log: Log = log_
         from renderer.report.run_report import write_run_report
 
         report = write_run_report(ledger, run_id)
-    return RunSummary(run_id=run_id, campaign=campaign.spec.name,
-                      status="passed" if counts["failed"] == 0 else "failed",
-                      planned=len(plan.variants), rendered=len(pending), skipped=skipped,
-                      counts=counts, out_dir=out_dir, ledger=ledger_path, report=report,
-                      seconds=time.perf_counter() - started)
+    return RunSummary(
+        run_id=run_id,
+        campaign=campaign.spec.name,
+        status="passed" if counts["failed"] == 0 else "failed",
+        planned=len(plan.variants),
+        rendered=len(pending),
+        skipped=skipped,
+        counts=counts,
+        out_dir=out_dir,
+        ledger=ledger_path,
+        report=report,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def completed_summary(ledger: Ledger, run: Any, out_dir: Path, started: float) -> RunSummary:
@@ -242,11 +293,19 @@ def completed_summary(ledger: Ledger, run: Any, out_dir: Path, started: float) -
         from renderer.report.run_report import write_run_report
 
         report = write_run_report(ledger, run.id)
-    return RunSummary(run_id=run.id, campaign=run.campaign,
-                      status="passed" if run.counts["failed"] == 0 else "failed",
-                      planned=run.planned, rendered=0, skipped=run.planned, counts=run.counts,
-                      out_dir=out_dir, ledger=ledger.path, report=report,
-                      seconds=time.perf_counter() - started)
+    return RunSummary(
+        run_id=run.id,
+        campaign=run.campaign,
+        status="passed" if run.counts["failed"] == 0 else "failed",
+        planned=run.planned,
+        rendered=0,
+        skipped=run.planned,
+        counts=run.counts,
+        out_dir=out_dir,
+        ledger=ledger.path,
+        report=report,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def recorded_paths(ledger_path: Path) -> dict[str, Holder]:
@@ -263,24 +322,30 @@ def check_output_paths(plan: Plan, out_dir: Path, held: Mapping[str, Holder]) ->
     check_planned(plan.planned_files(), plan.campaign.document, OutputFolder(out_dir, held))
 
 
-def check_unrecorded_images(ledger_path: Path, plan: Plan, out_dir: Path,
-                            existing: str | None) -> None:
+def check_unrecorded_images(
+    ledger_path: Path, plan: Plan, out_dir: Path, existing: str | None
+) -> None:
     """A missing or empty ledger beside this campaign's images: refused unless told what
     to do with them (they are deliverables nothing records)."""
     fresh = not ledger_path.is_file() or ledger_path.stat().st_size == 0
     if not fresh or existing is not None:
         return
-    found = [variant.output_path for variant in plan.variants
-             if (out_dir / variant.output_path).is_file()]
+    found = [
+        variant.output_path
+        for variant in plan.variants
+        if (out_dir / variant.output_path).is_file()
+    ]
     if found:
         raise InputError(
             f"{len(found)} image(s) of this campaign are in {out_dir} but its ledger is "
             f"{'empty' if ledger_path.is_file() else 'missing'}, so nothing records how they "
-            "were made", file=ledger_path,
+            "were made",
+            file=ledger_path,
             found=found[0] + (f" and {len(found) - 1} more" if len(found) > 1 else ""),
             fix="put the ledger back if you moved it; else pass --adopt-existing to check the "
             "images against their embedded specs and record them, or --rerender to render "
-            "over them")
+            "over them",
+        )
 
 
 def check_recipe_versions(ledger_path: Path, campaign: Campaign) -> None:
@@ -290,18 +355,19 @@ def check_recipe_versions(ledger_path: Path, campaign: Campaign) -> None:
     with Ledger(ledger_path) as ledger:
         for recipe in campaign.recipes:
             content_hash = sha256_json(recipe_content(recipe))
-            conflict = ledger.recipe_conflict(recipe.spec.name, recipe.spec.version,
-                                              content_hash)
+            conflict = ledger.recipe_conflict(recipe.spec.name, recipe.spec.version, content_hash)
             if conflict is None:
                 continue
             raise InputError(
                 f"recipe {recipe.ref} changed since it produced {conflict.deliverables} "
                 f"deliverables (first on {conflict.first_rendered_at[:10]}): bump its version",
-                file=recipe.source, key_path="version",
+                file=recipe.source,
+                key_path="version",
                 expected=f"content hash {conflict.stored_hash[:12]}… as first rendered",
                 found=f"content hash {content_hash[:12]}…",
                 fix=f"set version: {recipe.spec.version + 1} (and update the campaign's "
-                "recipe reference), or restore the file")
+                "recipe reference), or restore the file",
+            )
 
 
 def find_work(ledger: Ledger, plan: Plan, out_dir: Path) -> Work:
@@ -317,8 +383,11 @@ def find_work(ledger: Ledger, plan: Plan, out_dir: Path) -> Work:
             pending.append(PendingVariant(variant, None))
         elif state := _file_state(out_dir / previous.output_path, previous.output_sha256):
             pending.append(PendingVariant(variant, state))
-        elif broken := tuple(export for export in exports.get(previous.id, [])
-                             if _file_state(out_dir / export.path, export.sha256)):
+        elif broken := tuple(
+            export
+            for export in exports.get(previous.id, [])
+            if _file_state(out_dir / export.path, export.sha256)
+        ):
             repairs.append(Repair(variant, previous, broken))
     return Work(tuple(pending), tuple(repairs))
 
@@ -330,8 +399,9 @@ def _file_state(path: Path, sha256: str) -> str | None:
     return None if sha256_file(path) == sha256 else "altered"
 
 
-def repair_exports(ledger: Ledger, repairs: Sequence[Repair], out_dir: Path,
-                   files: FileIndex, log: Log) -> None:
+def repair_exports(
+    ledger: Ledger, repairs: Sequence[Repair], out_dir: Path, files: FileIndex, log: Log
+) -> None:
     """Rebuild lost or altered exports from their masters: the same crop, resize, encoder
     and metadata as when they were made; the master is read, never written."""
     from renderer.produce.metadata import LoraHashes
@@ -340,32 +410,48 @@ def repair_exports(ledger: Ledger, repairs: Sequence[Repair], out_dir: Path,
     lora_hashes = LoraHashes(files.path)
     for repair in repairs:
         spec = repair.variant.spec
-        rebuilt = {export.name: data for export, data in exports_of_master(
-            out_dir / repair.render.output_path, spec, lora_hashes.of(spec))}
+        rebuilt = {
+            export.name: data
+            for export, data in exports_of_master(
+                out_dir / repair.render.output_path, spec, lora_hashes.of(spec)
+            )
+        }
         for recorded in repair.exports:
             export = next(e for e in spec.postprocess.exports if e.name == recorded.name)
             made = Worker.write_export(repair.variant, export, rebuilt[recorded.name], out_dir)
             if made.sha256 != recorded.sha256:
-                log(f"export {made.path} rebuilt from its master with other bytes than "
+                log(
+                    f"export {made.path} rebuilt from its master with other bytes than "
                     f"recorded (sha256 {recorded.sha256[:12]}… then, {made.sha256[:12]}… now: "
-                    "another stack?); the ledger now records the rebuilt file")
+                    "another stack?); the ledger now records the rebuilt file"
+                )
                 ledger.replace_export(repair.render.id, made)
-        log(f"rebuilt {len(repair.exports)} export(s) of {repair.render.output_path} from "
-            "its master")
+        log(
+            f"rebuilt {len(repair.exports)} export(s) of {repair.render.output_path} from "
+            "its master"
+        )
 
 
-def plan_jobs(ledger: Ledger, plan: Plan, pending: Sequence[PendingVariant],
-              batch_sizes: Mapping[str, int], files: FileIndex, log: Log) -> list[Job]:
+def plan_jobs(
+    ledger: Ledger,
+    plan: Plan,
+    pending: Sequence[PendingVariant],
+    batch_sizes: Mapping[str, int],
+    files: FileIndex,
+    log: Log,
+) -> list[Job]:
     """The pipeline calls that render ``pending``: for a variant never rendered, its batch
     in the whole deliverable set cut in plan order; for one rendered before, the batch the
     ledger recorded for it. Members not pending are co-members (rendered, not written);
     a recorded member whose files are no longer at hand is left out, and said so. Jobs
     come grouped by recipe, in the campaign's order, so each recipe's pipeline loads once."""
     by_id = {variant.id: variant for variant in plan.variants}
-    batch_of = {variant.id: batch for batch in cut_batches(plan.variants, batch_sizes)
-                for variant in batch}
-    rerendered = ledger.latest_renders([item.variant.id for item in pending
-                                        if item.rerender_reason])
+    batch_of = {
+        variant.id: batch for batch in cut_batches(plan.variants, batch_sizes) for variant in batch
+    }
+    rerendered = ledger.latest_renders(
+        [item.variant.id for item in pending if item.rerender_reason]
+    )
     calls: dict[tuple[str, ...], set[str]] = {}
     for item in pending:
         recorded = rerendered.get(item.variant.id)
@@ -374,28 +460,34 @@ def plan_jobs(ledger: Ledger, plan: Plan, pending: Sequence[PendingVariant],
         else:
             members = tuple(variant.id for variant in batch_of[item.variant.id])
         calls.setdefault(tuple(members), set()).add(item.variant.id)
-    stored = ledger.latest_renders([member for members in calls for member in members
-                                    if member not in by_id])
+    stored = ledger.latest_renders(
+        [member for members in calls for member in members if member not in by_id]
+    )
     recipe_order = {recipe.ref: index for index, recipe in enumerate(plan.campaign.recipes)}
-    order = {variant.id: (recipe_order[variant.spec.recipe.ref], position)
-             for position, variant in enumerate(plan.variants)}
+    order = {
+        variant.id: (recipe_order[variant.spec.recipe.ref], position)
+        for position, variant in enumerate(plan.variants)
+    }
     jobs = []
     for members, write in sorted(calls.items(), key=lambda item: min(order[i] for i in item[1])):
         batch = []
         for member in members:
-            variant = by_id.get(member) or (stored[member].variant() if member in stored
-                                           else None)
+            variant = by_id.get(member) or (stored[member].variant() if member in stored else None)
             if variant is None or not _files_at_hand(variant, files):
-                log(f"batch mate {member[:12]} of {', '.join(sorted(w[:12] for w in write))} "
-                    f"is no longer at hand: rendering without it ({WITHOUT_BATCH})")
+                log(
+                    f"batch mate {member[:12]} of {', '.join(sorted(w[:12] for w in write))} "
+                    f"is no longer at hand: rendering without it ({WITHOUT_BATCH})"
+                )
                 continue
             batch.append(variant)
         jobs.append(Job(tuple(batch), frozenset(write)))
     if extra := sum(len(job.batch) - len(job.write) for job in jobs):
-        log(f"co-members: {extra} done image(s) render again in "
+        log(
+            f"co-members: {extra} done image(s) render again in "
             f"{sum(len(job.write) < len(job.batch) for job in jobs)} batch(es), compared with "
             "their files and never written, so the re-rendered ones come out as before "
-            f"({extra} extra image render(s) for {len(pending)} to write)")
+            f"({extra} extra image render(s) for {len(pending)} to write)"
+        )
     return jobs
 
 
@@ -408,13 +500,21 @@ def _files_at_hand(variant: Variant, files: FileIndex) -> bool:
 class RunRecorder:
     """The driver side: commits one ledger row per produced image."""
 
-    def __init__(self, campaign: Campaign, ledger: Ledger, *, run_id: str,
-                 recipe_hashes: Mapping[str, str], reasons: Mapping[str, str | None],
-                 log: Log):
+    def __init__(
+        self,
+        campaign: Campaign,
+        ledger: Ledger,
+        *,
+        run_id: str,
+        recipe_hashes: Mapping[str, str],
+        reasons: Mapping[str, str | None],
+        log: Log,
+    ):
         self.campaign, self.ledger, self.log = campaign, ledger, log
         self.run_id, self.recipe_hashes, self.reasons = run_id, recipe_hashes, reasons
-        self.input_files = {recipe.ref: input_files(campaign, recipe)
-                            for recipe in campaign.recipes}
+        self.input_files = {
+            recipe.ref: input_files(campaign, recipe) for recipe in campaign.recipes
+        }
         self.committed = 0
         self.failed: list[FailedImage] = []
 
@@ -424,20 +524,34 @@ class RunRecorder:
         for item in produced:
             variant = item.variant
             recipe = variant.spec.recipe
-            self.ledger.add_render(RenderRecord(
-                run_id=self.run_id, variant_id=variant.id, campaign=self.campaign.spec.name,
-                recipe_name=recipe.name, recipe_version=recipe.version,
-                recipe_hash=self.recipe_hashes[recipe.ref], variant_json=variant.spec_json,
-                seed=variant.seed, axes=variant.axes, prompt=variant.prompt,
-                width=variant.width, height=variant.height,
-                input_files=self.input_files[recipe.ref],
-                output_path=item.output_path, output_sha256=item.output_sha256,
-                output_bytes=item.output_bytes,
-                environment_hash=self.ledger.record_environment(item.environment),
-                scores=item.scores, render_seconds=item.seconds,
-                rerender_reason=self.reasons[variant.id], batch=list(item.batch),
-                embedding=item.embedding, exports=item.exports,
-                steps=[{"step": step, "seconds": seconds} for step, seconds in item.steps]))
+            self.ledger.add_render(
+                RenderRecord(
+                    run_id=self.run_id,
+                    variant_id=variant.id,
+                    campaign=self.campaign.spec.name,
+                    recipe_name=recipe.name,
+                    recipe_version=recipe.version,
+                    recipe_hash=self.recipe_hashes[recipe.ref],
+                    variant_json=variant.spec_json,
+                    seed=variant.seed,
+                    axes=variant.axes,
+                    prompt=variant.prompt,
+                    width=variant.width,
+                    height=variant.height,
+                    input_files=self.input_files[recipe.ref],
+                    output_path=item.output_path,
+                    output_sha256=item.output_sha256,
+                    output_bytes=item.output_bytes,
+                    environment_hash=self.ledger.record_environment(item.environment),
+                    scores=item.scores,
+                    render_seconds=item.seconds,
+                    rerender_reason=self.reasons[variant.id],
+                    batch=list(item.batch),
+                    embedding=item.embedding,
+                    exports=item.exports,
+                    steps=[{"step": step, "seconds": seconds} for step, seconds in item.steps],
+                )
+            )
             self.committed += 1
 
     def report(self, failed: Sequence[FailedImage]) -> None:
@@ -445,8 +559,7 @@ class RunRecorder:
         (a co-member's file is done and stays: only its comparison is lost)."""
         for item in failed:
             if item.co_member:
-                self.log(f"co-member {item.describe()}: not compared; its file is left as "
-                         "it is")
+                self.log(f"co-member {item.describe()}: not compared; its file is left as it is")
                 continue
             self.log(f"{item.describe()}: not written; the next run renders it again")
             self.failed.append(item)
@@ -459,7 +572,8 @@ class RunRecorder:
         raise RenderFailure(
             f"run {self.run_id}: {len(self.failed)} image(s) failed, the other "
             f"{self.committed} are committed: {listed}{more}; run the same command to render "
-            "the failed ones again (a fault that repeats is in that step's code or input)")
+            "the failed ones again (a fault that repeats is in that step's code or input)"
+        )
 
     def check(self, rechecked: Sequence[tuple[Variant, str]]) -> None:
         """Co-members rendered again: their files stay as they are, drift is said."""
@@ -467,9 +581,11 @@ class RunRecorder:
         for variant, sha256 in rechecked:
             row = recorded.get(variant.id)
             if row is not None and row.output_sha256 != sha256:
-                self.log(f"co-member {variant.id[:12]} rendered again with other bytes than "
-                         f"{row.output_path} holds ({row.output_sha256[:12]}… recorded, "
-                         f"{sha256[:12]}… now); its file is left as it is")
+                self.log(
+                    f"co-member {variant.id[:12]} rendered again with other bytes than "
+                    f"{row.output_path} holds ({row.output_sha256[:12]}… recorded, "
+                    f"{sha256[:12]}… now); its file is left as it is"
+                )
 
 
 def input_files(campaign: Campaign, recipe: Recipe) -> list[Mapping[str, str]]:
@@ -481,8 +597,10 @@ def input_files(campaign: Campaign, recipe: Recipe) -> list[Mapping[str, str]]:
     files += [("lora", lora) for lora, _ in recipe.loras]
     files += [("controlnet", model) for model in recipe.controlnets]
     files += [("ip_adapter", model) for model in [recipe.ip_adapter] if model]
-    files += [(".".join(str(part) for part in key[1:] if not isinstance(part, int)), model)
-              for key, model in recipe.refine_files.items()]  # e.g. "refiner.checkpoint"
+    files += [
+        (".".join(str(part) for part in key[1:] if not isinstance(part, int)), model)
+        for key, model in recipe.refine_files.items()
+    ]  # e.g. "refiner.checkpoint"
     files += [("logo", campaign.brand.logo)]
     files += [("reference", ref) for ref in campaign.brand.references]
     files += [(f"font {role}", font) for role, font in campaign.brand.fonts.items()]

@@ -43,8 +43,7 @@ class Executor(Protocol):
 class LocalExecutor:
     """Produces batches in this process, one after the other."""
 
-    def __init__(self, campaign: Campaign, out_dir: Path, log: Log,
-                 worker: Worker | None = None):
+    def __init__(self, campaign: Campaign, out_dir: Path, log: Log, worker: Worker | None = None):
         """``worker``: the campaign's own by default (bench/overlap_bench.py gives one with
         a renderer that only holds the batch, as an accelerator would)."""
         from renderer.produce.worker import Worker
@@ -74,12 +73,13 @@ class PipelinedExecutor(LocalExecutor):
     and decisions are the same; a render that raises or is interrupted first hands over
     the batch before it, finished, as the serial path would have committed it."""
 
-    def __init__(self, campaign: Campaign, out_dir: Path, log: Log,
-                 worker: Worker | None = None):
+    def __init__(self, campaign: Campaign, out_dir: Path, log: Log, worker: Worker | None = None):
         super().__init__(campaign, out_dir, log, worker)
-        log(f"local executor: pipelined (rendering overlaps post-processing on "
+        log(
+            f"local executor: pipelined (rendering overlaps post-processing on "
             f"{FINISH_THREADS} thread(s); render.pipeline: false renders one batch after the "
-            "other)")
+            "other)"
+        )
 
     def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
         stages = OverlappedStages(self.worker, self.out_dir)
@@ -103,12 +103,21 @@ def resolve_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:
     from renderer.render.diffusers_renderer import auto_batch_size
 
     requested = campaign.spec.render.batch_size
-    return {family: requested if isinstance(requested, int) else auto_batch_size(device, family)
-            for family in dict.fromkeys(recipe.spec.family for recipe in campaign.recipes)}
+    return {
+        family: requested if isinstance(requested, int) else auto_batch_size(device, family)
+        for family in dict.fromkeys(recipe.spec.family for recipe in campaign.recipes)
+    }
 
 
-def make_executor(name: str, campaign: Campaign, out_dir: Path, log: Log, *,
-                  address: str | None, workers: int | None) -> Executor:
+def make_executor(
+    name: str,
+    campaign: Campaign,
+    out_dir: Path,
+    log: Log,
+    *,
+    address: str | None,
+    workers: int | None,
+) -> Executor:
     if name == "local":
         pipelined = campaign.spec.render.pipeline
         if pipelined == "auto":
@@ -120,6 +129,12 @@ def make_executor(name: str, campaign: Campaign, out_dir: Path, log: Log, *,
 
     from renderer.run.ray_executor import RayExecutor
 
-    return RayExecutor(campaign.source, out_dir, address=address, workers=workers,
-                       gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0,
-                       threads=torch.get_num_threads(), log=log)
+    return RayExecutor(
+        campaign.source,
+        out_dir,
+        address=address,
+        workers=workers,
+        gpus_per_worker=1.0 if torch.cuda.is_available() else 0.0,
+        threads=torch.get_num_threads(),
+        log=log,
+    )

@@ -44,8 +44,9 @@ def _worker_class() -> Any:
             from renderer.validate.checks import load_campaign
 
             self.campaign = load_campaign(Path(campaign_path), verify_hashes=False)
-            self.worker = Worker.for_campaign(self.campaign,
-                                              log=lambda message: print(message, flush=True))
+            self.worker = Worker.for_campaign(
+                self.campaign, log=lambda message: print(message, flush=True)
+            )
             self.stages = OverlappedStages(self.worker, Path(out_dir))
 
         def environment(self) -> dict[str, Any]:
@@ -68,9 +69,17 @@ def _worker_class() -> Any:
 
 
 class RayExecutor:
-    def __init__(self, campaign_path: Path, out_dir: Path, *, address: str | None,
-                 workers: int | None, gpus_per_worker: float, threads: int,
-                 log: Callable[[str], None]):
+    def __init__(
+        self,
+        campaign_path: Path,
+        out_dir: Path,
+        *,
+        address: str | None,
+        workers: int | None,
+        gpus_per_worker: float,
+        threads: int,
+        log: Callable[[str], None],
+    ):
         import ray
 
         self.log = log
@@ -79,21 +88,32 @@ class RayExecutor:
             try:
                 ray.init(**_init_arguments(address))
             except (ConnectionError, ValueError, RuntimeError) as err:
-                raise InputError(f"cannot reach the Ray cluster: {err}", found=address,
-                                 fix="start one with `ray start --head` and pass --address "
-                                 "HOST:6379, or omit --address for a local cluster") from None
+                raise InputError(
+                    f"cannot reach the Ray cluster: {err}",
+                    found=address,
+                    fix="start one with `ray start --head` and pass --address "
+                    "HOST:6379, or omit --address for a local cluster",
+                ) from None
         self.started_ray = time.perf_counter() - started
         resources = ray.cluster_resources()
         if workers is None:
             gpus = int(resources.get("GPU", 0))
             workers = gpus if gpus else max(1, int(resources.get("CPU", 1)))
-        options: dict[str, Any] = {"num_gpus": gpus_per_worker} if gpus_per_worker else \
-            {"num_cpus": max(resources.get("CPU", 1) / workers, 0.01)}
-        self._make = lambda: _worker_class().options(**options).remote(
-            str(campaign_path.resolve()), str(out_dir.resolve()), threads)
+        options: dict[str, Any] = (
+            {"num_gpus": gpus_per_worker}
+            if gpus_per_worker
+            else {"num_cpus": max(resources.get("CPU", 1) / workers, 0.01)}
+        )
+        self._make = lambda: (
+            _worker_class()
+            .options(**options)
+            .remote(str(campaign_path.resolve()), str(out_dir.resolve()), threads)
+        )
         self.workers = [self._make() for _ in range(workers)]
-        log(f"ray: {workers} worker(s) on {resources.get('CPU', 0):g} CPU / "
-            f"{resources.get('GPU', 0):g} GPU, cluster ready in {self.started_ray:.1f} s")
+        log(
+            f"ray: {workers} worker(s) on {resources.get('CPU', 0):g} CPU / "
+            f"{resources.get('GPU', 0):g} GPU, cluster ready in {self.started_ray:.1f} s"
+        )
 
     def environment(self) -> dict[str, Any]:
         import ray
@@ -136,10 +156,13 @@ class RayExecutor:
                 results = ray.get(done[0])
             except (RayActorError, ActorDiedError) as err:
                 if failed := [lost for lost in at_stake if attempts[lost] >= MAX_ATTEMPTS]:
-                    raise RenderFailure(f"batch {failed[0]} failed on {attempts[failed[0]]} "
-                                        f"actors: {err}") from err
-                self.log(f"ray: a worker died on batch(es) {', '.join(map(str, at_stake))} "
-                         f"({type(err).__name__}); retrying on a fresh worker")
+                    raise RenderFailure(
+                        f"batch {failed[0]} failed on {attempts[failed[0]]} actors: {err}"
+                    ) from err
+                self.log(
+                    f"ray: a worker died on batch(es) {', '.join(map(str, at_stake))} "
+                    f"({type(err).__name__}); retrying on a fresh worker"
+                )
                 held.pop(worker, None)
                 self.workers.remove(worker)
                 worker = self._make()
@@ -167,5 +190,9 @@ def _init_arguments(address: str | None) -> dict[str, Any]:
         return {"address": address, "log_to_driver": False}
     # A private local cluster: its own temp folder (Ray's socket paths must stay short).
     temp_dir = os.environ.get("CAMPAIGN_RAY_TMPDIR") or tempfile.mkdtemp(prefix="ray-")
-    return {"num_cpus": os.cpu_count(), "include_dashboard": False, "_temp_dir": temp_dir,
-            "log_to_driver": False}
+    return {
+        "num_cpus": os.cpu_count(),
+        "include_dashboard": False,
+        "_temp_dir": temp_dir,
+        "log_to_driver": False,
+    }

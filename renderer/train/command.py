@@ -47,24 +47,26 @@ from renderer.validate.training_spec import TrainingSpec
 if TYPE_CHECKING:  # the engine imports torch and diffusers: only once there is work to do
     from renderer.train.engine import Progress, TrainingResult
 
-TRAININGS_DIR = TRAININGS              # OUT/trainings/NAME@VERSION/
-CACHE_DIR = f"{CACHE}/training"        # OUT/.cache/training: latents and embeddings
+TRAININGS_DIR = TRAININGS  # OUT/trainings/NAME@VERSION/
+CACHE_DIR = f"{CACHE}/training"  # OUT/.cache/training: latents and embeddings
 Log = Callable[[str], None]
 # Why a training is started again, by the status its row had.
-_LAST_ATTEMPT = {"running": "its last attempt stopped without a word (killed?)",
-                 "error": "its last attempt failed", "interrupted": "its last attempt was "
-                 "interrupted", "finished": "it finished, but its LoRA or report is gone or "
-                 "altered"}
+_LAST_ATTEMPT = {
+    "running": "its last attempt stopped without a word (killed?)",
+    "error": "its last attempt failed",
+    "interrupted": "its last attempt was interrupted",
+    "finished": "it finished, but its LoRA or report is gone or altered",
+}
 
 
 @dataclass(frozen=True)
 class ResolvedTraining:
     spec: TrainingSpec
-    resolved: dict[str, Any]               # what the spec hash is taken over
+    resolved: dict[str, Any]  # what the spec hash is taken over
     spec_hash: str
     training_id: str
     job: TrainingJob
-    input_files: list[dict[str, str]]      # role, path, sha256: what the training reads
+    input_files: list[dict[str, str]]  # role, path, sha256: what the training reads
 
 
 def resolve(spec: TrainingSpec) -> ResolvedTraining:
@@ -74,8 +76,7 @@ def resolve(spec: TrainingSpec) -> ResolvedTraining:
     spec_hash = sha256_json(resolved)
     training_id = f"{spec.ref}-{spec_hash[:12]}"
     base = spec.base
-    configs = {base.checkpoint.sha256: base.checkpoint_config} if base.checkpoint_config \
-        else {}
+    configs = {base.checkpoint.sha256: base.checkpoint_config} if base.checkpoint_config else {}
     job = job_of(resolved, FileIndex.of(spec.files(), configs), spec_hash, training_id)
     try:
         check_job(job, HashCache())
@@ -83,12 +84,21 @@ def resolve(spec: TrainingSpec) -> ResolvedTraining:
         raise in_spec(spec, err) from None
     files = [("checkpoint", base.checkpoint)]
     if base.checkpoint_config is not None:
-        files.append(("checkpoint_config", ResolvedFile(base.checkpoint_config,
-                                                        resolved["base"]["config"]["sha256"])))
+        files.append(
+            (
+                "checkpoint_config",
+                ResolvedFile(base.checkpoint_config, resolved["base"]["config"]["sha256"]),
+            )
+        )
     files += [("image", image.file) for image in spec.images]
-    return ResolvedTraining(spec, resolved, spec_hash, training_id, job,
-                            [{"role": role, "path": str(file.path), "sha256": file.sha256}
-                             for role, file in files])
+    return ResolvedTraining(
+        spec,
+        resolved,
+        spec_hash,
+        training_id,
+        job,
+        [{"role": role, "path": str(file.path), "sha256": file.sha256} for role, file in files],
+    )
 
 
 def resolved_spec(spec: TrainingSpec) -> dict[str, Any]:
@@ -100,20 +110,29 @@ def resolved_spec(spec: TrainingSpec) -> dict[str, Any]:
     lora["alpha"] = lora["alpha"] if file.lora.alpha is not None else float(lora["rank"])
     lora["target_modules"] = lora["target_modules"] or list(DEFAULT_TARGETS[family])
     if lora["train_text_encoder"]:
-        lora["text_encoder_target_modules"] = lora["text_encoder_target_modules"] \
-            or list(TEXT_ENCODER_TARGETS)
-    samples = _settings(SampleSettings, {**file.samples.model_dump(),
-                                         "prompts": list(spec.sample_prompts)},
-                        defaults["samples"])
+        lora["text_encoder_target_modules"] = lora["text_encoder_target_modules"] or list(
+            TEXT_ENCODER_TARGETS
+        )
+    samples = _settings(
+        SampleSettings,
+        {**file.samples.model_dump(), "prompts": list(spec.sample_prompts)},
+        defaults["samples"],
+    )
     config = spec.base.checkpoint_config
     return {
-        "name": file.name, "version": file.version, "family": family,
-        "base": {"recipe": spec.base.ref,
-                 "checkpoint": spec.base.checkpoint.identity.model_dump(),
-                 "config": None if config is None else
-                 FileId(name=config.name, sha256=hash_file(config)).model_dump()},
-        "dataset": [{**image.file.identity.model_dump(), "caption": image.caption}
-                    for image in spec.images],
+        "name": file.name,
+        "version": file.version,
+        "family": family,
+        "base": {
+            "recipe": spec.base.ref,
+            "checkpoint": spec.base.checkpoint.identity.model_dump(),
+            "config": None
+            if config is None
+            else FileId(name=config.name, sha256=hash_file(config)).model_dump(),
+        },
+        "dataset": [
+            {**image.file.identity.model_dump(), "caption": image.caption} for image in spec.images
+        ],
         "lora": lora,
         "train": _settings(TrainSettings, file.train.model_dump(), defaults["train"]),
         "samples": samples,
@@ -121,15 +140,18 @@ def resolved_spec(spec: TrainingSpec) -> dict[str, Any]:
     }
 
 
-def _settings(kind: type, given: Mapping[str, Any], defaults: Mapping[str, Any]
-              ) -> dict[str, Any]:
+def _settings(kind: type, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The engine dataclass ``kind``'s defaults, the family's, then what the spec sets (its
     keys are the dataclass's own: an unknown one fails here, loudly)."""
-    values = {**dataclasses.asdict(kind()), **defaults,
-              **{key: value for key, value in given.items() if value is not None}}
+    values = {
+        **dataclasses.asdict(kind()),
+        **defaults,
+        **{key: value for key, value in given.items() if value is not None},
+    }
     kind(**values)
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in values.items()}
+    return {
+        key: list(value) if isinstance(value, tuple) else value for key, value in values.items()
+    }
 
 
 def lora_file_stem(resolved: Mapping[str, Any]) -> str:
@@ -137,22 +159,35 @@ def lora_file_stem(resolved: Mapping[str, Any]) -> str:
     return f"{resolved['name']}-v{resolved['version']}"
 
 
-def job_of(resolved: Mapping[str, Any], files: FileIndex, spec_hash: str,
-           training_id: str) -> TrainingJob:
+def job_of(
+    resolved: Mapping[str, Any], files: FileIndex, spec_hash: str, training_id: str
+) -> TrainingJob:
     """The engine's job: the resolved spec with each file's path on this machine."""
     base = resolved["base"]
     checkpoint = FileId(**base["checkpoint"])
     config = files.config(checkpoint) if base["config"] else None
-    return TrainingJob.from_dict({
-        "family": resolved["family"], "checkpoint": str(files.path(checkpoint)),
-        "checkpoint_config": None if config is None else str(config),
-        "items": [{"image": str(files.path(FileId(name=item["name"], sha256=item["sha256"]))),
-                   "sha256": item["sha256"], "caption": item["caption"]}
-                  for item in resolved["dataset"]],
-        "spec_hash": spec_hash, "training_id": training_id,
-        "lora": resolved["lora"], "train": resolved["train"], "samples": resolved["samples"],
-        "name": lora_file_stem(resolved), "comment": resolved["comment"],
-    })
+    return TrainingJob.from_dict(
+        {
+            "family": resolved["family"],
+            "checkpoint": str(files.path(checkpoint)),
+            "checkpoint_config": None if config is None else str(config),
+            "items": [
+                {
+                    "image": str(files.path(FileId(name=item["name"], sha256=item["sha256"]))),
+                    "sha256": item["sha256"],
+                    "caption": item["caption"],
+                }
+                for item in resolved["dataset"]
+            ],
+            "spec_hash": spec_hash,
+            "training_id": training_id,
+            "lora": resolved["lora"],
+            "train": resolved["train"],
+            "samples": resolved["samples"],
+            "name": lora_file_stem(resolved),
+            "comment": resolved["comment"],
+        }
+    )
 
 
 def in_spec(spec: TrainingSpec, err: InputError) -> InputError:
@@ -161,30 +196,33 @@ def in_spec(spec: TrainingSpec, err: InputError) -> InputError:
     if err.file is not None or not err.key_path:
         return err
     key_path = tuple(err.key_path.split("."))
-    return spec.document.error(type(err), err.message, key_path, expected=err.expected,
-                               found=err.found, fix=err.fix)
+    return spec.document.error(
+        type(err), err.message, key_path, expected=err.expected, found=err.found, fix=err.fix
+    )
 
 
 # --- the command --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TrainingOutcome:
     training_id: str
     ref: str
-    status: str          # trained | already trained
+    status: str  # trained | already trained
     lora: Path
     sha256: str
     report: Path
     steps: int
-    resumed_from: int    # 0: started fresh (or nothing to do)
+    resumed_from: int  # 0: started fresh (or nothing to do)
     seconds: float
 
     def as_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "lora": str(self.lora), "report": str(self.report)}
 
 
-def train_spec(spec: TrainingSpec, out_dir: Path, *,
-               progress: Callable[[Progress], None] | None, log: Log) -> TrainingOutcome:
+def train_spec(
+    spec: TrainingSpec, out_dir: Path, *, progress: Callable[[Progress], None] | None, log: Log
+) -> TrainingOutcome:
     """Train ``spec`` into ``out_dir/trainings/NAME@VERSION/`` (or say it is done)."""
     started = time.perf_counter()
     training = resolve(spec)
@@ -209,34 +247,59 @@ def train_spec(spec: TrainingSpec, out_dir: Path, *,
     with hold_training_folder(folder), Ledger(ledger_path) as ledger:
         if (done := finished_training(ledger, training)) is not None:  # while we waited
             return _already(done, out_dir, started)
-        before = ledger.start_training(TrainingStart(
-            id=training.training_id, name=spec.spec.name, version=spec.spec.version,
-            family=spec.spec.family, spec_file=str(spec.source.resolve()),
-            spec_hash=training.spec_hash,
-            spec=training.resolved, input_files=training.input_files,
-            output_dir=_relative(folder, out_dir)))
+        before = ledger.start_training(
+            TrainingStart(
+                id=training.training_id,
+                name=spec.spec.name,
+                version=spec.spec.version,
+                family=spec.spec.family,
+                spec_file=str(spec.source.resolve()),
+                spec_hash=training.spec_hash,
+                spec=training.resolved,
+                input_files=training.input_files,
+                output_dir=_relative(folder, out_dir),
+            )
+        )
         if before is not None:
-            log(f"training {training.training_id}: {_LAST_ATTEMPT[before]}; resuming from its "
-                "last checkpoint")
+            log(
+                f"training {training.training_id}: {_LAST_ATTEMPT[before]}; resuming from its "
+                "last checkpoint"
+            )
         try:
             result = train(training.job, folder, cache, progress=progress, log=log)
             report = write_report(training.job, result, folder, spec.ref)
         except BaseException as err:
-            ledger.stop_training(training.training_id,
-                                 "error" if isinstance(err, Exception) else "interrupted")
+            ledger.stop_training(
+                training.training_id, "error" if isinstance(err, Exception) else "interrupted"
+            )
             if isinstance(err, InputError):
                 raise in_spec(spec, err) from None
             raise
-        ledger.finish_training(training.training_id, TrainingFinish(
-            lora_path=_relative(result.lora, out_dir), lora_sha256=result.sha256,
-            lora_bytes=result.lora.stat().st_size, report_path=_relative(report, out_dir),
-            step_losses=result.step_losses,
-            checkpoints=checkpoint_records(training.job, result, out_dir),
-            environment=result.environment, timings=result.timings,
-            resumed_from=result.resumed_from))
-    return TrainingOutcome(training.training_id, spec.ref, "trained", result.lora,
-                           result.sha256, report, result.steps, result.resumed_from,
-                           time.perf_counter() - started)
+        ledger.finish_training(
+            training.training_id,
+            TrainingFinish(
+                lora_path=_relative(result.lora, out_dir),
+                lora_sha256=result.sha256,
+                lora_bytes=result.lora.stat().st_size,
+                report_path=_relative(report, out_dir),
+                step_losses=result.step_losses,
+                checkpoints=checkpoint_records(training.job, result, out_dir),
+                environment=result.environment,
+                timings=result.timings,
+                resumed_from=result.resumed_from,
+            ),
+        )
+    return TrainingOutcome(
+        training.training_id,
+        spec.ref,
+        "trained",
+        result.lora,
+        result.sha256,
+        report,
+        result.steps,
+        result.resumed_from,
+        time.perf_counter() - started,
+    )
 
 
 def finished_training(ledger: Ledger, training: ResolvedTraining) -> TrainingRow | None:
@@ -248,12 +311,15 @@ def finished_training(ledger: Ledger, training: ResolvedTraining) -> TrainingRow
         return None
     if row.spec_hash != training.spec_hash:
         raise spec.document.error(
-            InputError, f"training {spec.ref} changed since it was first trained (on "
-            f"{row.started_at[:10]}, {row.status}): bump its version", ("version",),
+            InputError,
+            f"training {spec.ref} changed since it was first trained (on "
+            f"{row.started_at[:10]}, {row.status}): bump its version",
+            ("version",),
             expected=f"spec hash {row.spec_hash[:12]}… as first trained",
             found=f"spec hash {training.spec_hash[:12]}…",
             fix=f"set version: {spec.spec.version + 1}, or restore the spec "
-            "(`campaign history --trainings --json` shows the stored one)")
+            "(`campaign history --trainings --json` shows the stored one)",
+        )
     out_dir = ledger.path.parent
     if row.status != "finished" or not (out_dir / row.report_path).is_file():
         return None
@@ -262,22 +328,42 @@ def finished_training(ledger: Ledger, training: ResolvedTraining) -> TrainingRow
 
 
 def _already(row: TrainingRow, out_dir: Path, started: float) -> TrainingOutcome:
-    return TrainingOutcome(row.id, row.ref, "already trained", out_dir / row.lora_path,
-                           row.lora_sha256, out_dir / row.report_path, len(row.step_losses),
-                           0, time.perf_counter() - started)
+    return TrainingOutcome(
+        row.id,
+        row.ref,
+        "already trained",
+        out_dir / row.lora_path,
+        row.lora_sha256,
+        out_dir / row.report_path,
+        len(row.step_losses),
+        0,
+        time.perf_counter() - started,
+    )
 
 
-def checkpoint_records(job: TrainingJob, result: TrainingResult, out_dir: Path
-                       ) -> list[dict[str, Any]]:
+def checkpoint_records(
+    job: TrainingJob, result: TrainingResult, out_dir: Path
+) -> list[dict[str, Any]]:
     """Each checkpoint as the ledger keeps it: loss, LoRA and sample files with sha256."""
     draws = [(prompt, seed) for prompt in job.samples.prompts for seed in job.samples.seeds]
-    return [{"step": checkpoint.step, "loss": checkpoint.loss,
-             "lora": _relative(checkpoint.lora, out_dir), "sha256": hash_file(checkpoint.lora),
-             "samples": [{"path": _relative(path, out_dir), "sha256": hash_file(path),
-                          "prompt": prompt, "seed": seed}
-                         for path, (prompt, seed) in zip(checkpoint.samples, draws,
-                                                         strict=True)]}
-            for checkpoint in result.checkpoints]
+    return [
+        {
+            "step": checkpoint.step,
+            "loss": checkpoint.loss,
+            "lora": _relative(checkpoint.lora, out_dir),
+            "sha256": hash_file(checkpoint.lora),
+            "samples": [
+                {
+                    "path": _relative(path, out_dir),
+                    "sha256": hash_file(path),
+                    "prompt": prompt,
+                    "seed": seed,
+                }
+                for path, (prompt, seed) in zip(checkpoint.samples, draws, strict=True)
+            ],
+        }
+        for checkpoint in result.checkpoints
+    ]
 
 
 def _relative(path: Path, out_dir: Path) -> str:

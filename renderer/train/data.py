@@ -106,14 +106,18 @@ class BatchOrder:
 
     def epoch(self, epoch: int) -> list[tuple[int, ...]]:
         if epoch != self._epoch:
-            order = torch.randperm(len(self.buckets),
-                                   generator=generator(self.seed, "epoch", epoch)).tolist()
+            order = torch.randperm(
+                len(self.buckets), generator=generator(self.seed, "epoch", epoch)
+            ).tolist()
             groups: dict[tuple[int, int], list[int]] = {}
             for index in order:
                 groups.setdefault(self.buckets[index], []).append(index)
             size = self.batch_size
-            batches = [tuple(members[start:start + size])
-                       for members in groups.values() for start in range(0, len(members), size)]
+            batches = [
+                tuple(members[start : start + size])
+                for members in groups.values()
+                for start in range(0, len(members), size)
+            ]
             rank = {index: position for position, index in enumerate(order)}
             self._epoch, self._batches = epoch, sorted(batches, key=lambda b: rank[b[0]])
         return self._batches
@@ -132,36 +136,64 @@ class DatasetFeatures:
     are dropped once it is complete.
     """
 
-    def __init__(self, job: TrainingJob, cache_dir: Path, device: str,
-                 weight_dtype: torch.dtype, hashes: HashCache, live_text: bool,
-                 log: Callable[[str], None], pipeline: Any = None):
+    def __init__(
+        self,
+        job: TrainingJob,
+        cache_dir: Path,
+        device: str,
+        weight_dtype: torch.dtype,
+        hashes: HashCache,
+        live_text: bool,
+        log: Callable[[str], None],
+        pipeline: Any = None,
+    ):
         started = time.perf_counter()
         self.job, self.device, self.live_text = job, device, live_text
         self.weight_dtype = weight_dtype
         cache = FeatureCache(cache_dir)
         names = TEXT_ENCODERS[job.family]
-        text_id = component_identity(job.checkpoint, job.checkpoint_config,
-                                     names + tuple(n.replace("text_encoder", "tokenizer")
-                                                   for n in names), hashes)
-        texts = sorted({item.caption for item in job.items} | set(job.samples.prompts)
-                       | {job.samples.negative_prompt})
-        keys = {text: FeatureCache.key(kind="text", family=job.family, caption=text,
-                                       encoders=text_id, dtype=str(self.weight_dtype),
-                                       device=torch.device(device).type) for text in texts}
-        self.text = {} if live_text else {text: cache.get("text", key)
-                                          for text, key in keys.items()}
+        text_id = component_identity(
+            job.checkpoint,
+            job.checkpoint_config,
+            names + tuple(n.replace("text_encoder", "tokenizer") for n in names),
+            hashes,
+        )
+        texts = sorted(
+            {item.caption for item in job.items}
+            | set(job.samples.prompts)
+            | {job.samples.negative_prompt}
+        )
+        keys = {
+            text: FeatureCache.key(
+                kind="text",
+                family=job.family,
+                caption=text,
+                encoders=text_id,
+                dtype=str(self.weight_dtype),
+                device=torch.device(device).type,
+            )
+            for text in texts
+        }
+        self.text = (
+            {} if live_text else {text: cache.get("text", key) for text, key in keys.items()}
+        )
         missing = [text for text, features in self.text.items() if features is None]
         pipe = pipeline or load_pipeline(
-            job.family, job.checkpoint, job.checkpoint_config, self.weight_dtype,
-            text_encoders=live_text or bool(missing))
+            job.family,
+            job.checkpoint,
+            job.checkpoint_config,
+            self.weight_dtype,
+            text_encoders=live_text or bool(missing),
+        )
         pipe.to(device)
-        self.model: FamilyModel = family_model(job.family, pipe, job.checkpoint, device,
-                                                   self.weight_dtype, job.train.guidance)
+        self.model: FamilyModel = family_model(
+            job.family, pipe, job.checkpoint, device, self.weight_dtype, job.train.guidance
+        )
         self.load_s = time.perf_counter() - started
         started = time.perf_counter()
         with torch.no_grad():
             for start in range(0, len(missing), 8):
-                chunk = missing[start:start + 8]
+                chunk = missing[start : start + 8]
                 encoded = self.model.encode_text(chunk)
                 for row, text in enumerate(chunk):
                     self.text[text] = {name: value[row] for name, value in encoded.items()}
@@ -171,21 +203,29 @@ class DatasetFeatures:
             pipe.register_modules(**dict.fromkeys(names))
             gc.collect()
         self.features_s = time.perf_counter() - started
-        log(f"features: {len(missing)} embedding(s) and {computed} latent(s) computed, "
-            f"the rest from {cache_dir} ({self.features_s:.2f} s)")
+        log(
+            f"features: {len(missing)} embedding(s) and {computed} latent(s) computed, "
+            f"the rest from {cache_dir} ({self.features_s:.2f} s)"
+        )
 
-    def _latents(self, cache: FeatureCache, hashes: HashCache
-                 ) -> tuple[list[Geometry], list[dict[str, torch.Tensor]], int]:
+    def _latents(
+        self, cache: FeatureCache, hashes: HashCache
+    ) -> tuple[list[Geometry], list[dict[str, torch.Tensor]], int]:
         """Each item's bucket geometry and latent distribution; and how many were computed."""
         job, step = self.job, self.model.bucket_step
         vae_id = component_identity(job.checkpoint, job.checkpoint_config, ("vae",), hashes)
         shapes, latents, computed = [], [], 0
         for item in job.items:
             shape = geometry(item.image, image_size(item.image), job.train.resolution, step)
-            key = FeatureCache.key(kind="latents", image=item.sha256,
-                                   geometry=dataclasses.asdict(shape), vae=vae_id,
-                                   preparation=PREPARATION, dtype=str(self.model.vae.dtype),
-                                   device=torch.device(self.device).type)
+            key = FeatureCache.key(
+                kind="latents",
+                image=item.sha256,
+                geometry=dataclasses.asdict(shape),
+                vae=vae_id,
+                preparation=PREPARATION,
+                dtype=str(self.model.vae.dtype),
+                device=torch.device(self.device).type,
+            )
             entry = cache.get("latents", key)
             if entry is None:
                 mean, std = self.model.encode_latents(load_pixels(item.image, shape)[None])
@@ -199,14 +239,25 @@ class DatasetFeatures:
     def text_features(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if self.live_text:
             return self.model.encode_text(list(texts))
-        return {name: torch.stack([self.text[text][name] for text in texts]).to(self.device)
-                for name in self.text[texts[0]]}
+        return {
+            name: torch.stack([self.text[text][name] for text in texts]).to(self.device)
+            for name in self.text[texts[0]]
+        }
 
     def batch(self, indices: Sequence[int]) -> Batch:
         stack = lambda name: torch.stack(  # noqa: E731
-            [self.latents[index][name] for index in indices]).to(self.device)
-        time_ids = torch.tensor([self.shapes[index].sdxl_time_ids for index in indices],
-                                device=self.device) if self.job.family == "sdxl" else None
-        return Batch(stack("mean"), stack("std"),
-                     self.text_features([self.job.items[index].caption for index in indices]),
-                     time_ids)
+            [self.latents[index][name] for index in indices]
+        ).to(self.device)
+        time_ids = (
+            torch.tensor(
+                [self.shapes[index].sdxl_time_ids for index in indices], device=self.device
+            )
+            if self.job.family == "sdxl"
+            else None
+        )
+        return Batch(
+            stack("mean"),
+            stack("std"),
+            self.text_features([self.job.items[index].caption for index in indices]),
+            time_ids,
+        )

@@ -69,14 +69,25 @@ from renderer.train.job import (
 from renderer.train.lora_files import ADAPTER, lora_file_bytes, lora_state_dict, training_metadata
 from renderer.train.models import TEXT_ENCODERS
 
-__all__ = ["CheckpointRecord", "LoraSettings", "Progress", "SampleSettings", "TrainSettings",
-           "TrainingItem", "TrainingJob", "TrainingResult", "evaluation_loss", "train"]
+__all__ = [
+    "CheckpointRecord",
+    "LoraSettings",
+    "Progress",
+    "SampleSettings",
+    "TrainSettings",
+    "TrainingItem",
+    "TrainingJob",
+    "TrainingResult",
+    "evaluation_loss",
+    "train",
+]
 
 STATE_PREFIX = "state-"
 Log = Callable[[str], None]
 
 
 # --- progress and result ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -88,16 +99,18 @@ class Progress:
 
     def line(self) -> str:
         minutes, seconds = divmod(round(self.eta_s), 60)
-        return (f"step {self.step}/{self.total} loss {self.loss:.5f} "
-                f"{self.it_per_s:.2f} it/s ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}")
+        return (
+            f"step {self.step}/{self.total} loss {self.loss:.5f} "
+            f"{self.it_per_s:.2f} it/s ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+        )
 
 
 @dataclass(frozen=True)
 class CheckpointRecord:
     step: int
-    loss: float                               # mean step loss since the previous checkpoint
+    loss: float  # mean step loss since the previous checkpoint
     lora: Path
-    samples: tuple[Path, ...]                 # prompt-major, then seed
+    samples: tuple[Path, ...]  # prompt-major, then seed
 
 
 @dataclass(frozen=True)
@@ -107,15 +120,18 @@ class TrainingResult:
     steps: int
     step_losses: tuple[float, ...]
     checkpoints: tuple[CheckpointRecord, ...]
-    resumed_from: int                         # 0: started fresh
-    timings: Mapping[str, float]              # seconds: load, features, steps, checkpoints, total
+    resumed_from: int  # 0: started fresh
+    timings: Mapping[str, float]  # seconds: load, features, steps, checkpoints, total
     environment: Mapping[str, Any]
 
 
 def environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
-    return fingerprint(device, str(dtype).removeprefix("torch."),
-                       {"deterministic": torch.are_deterministic_algorithms_enabled()},
-                       packages=(*PACKAGES, "bitsandbytes"))
+    return fingerprint(
+        device,
+        str(dtype).removeprefix("torch."),
+        {"deterministic": torch.are_deterministic_algorithms_enabled()},
+        packages=(*PACKAGES, "bitsandbytes"),
+    )
 
 
 @contextlib.contextmanager
@@ -123,9 +139,12 @@ def deterministic(device: str) -> Iterator[None]:
     """Deterministic kernels while training (previous settings restored afterwards)."""
     if device.startswith("cuda"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    previous = (torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled(),
-                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     try:
@@ -153,8 +172,10 @@ def hold_training_folder(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RenderFailure(f"{folder}: another training is running in this folder; wait "
-                                "for it or give another output folder") from None
+            raise RenderFailure(
+                f"{folder}: another training is running in this folder; wait "
+                "for it or give another output folder"
+            ) from None
         # Temp files of a killed run: safe to sweep while we hold the folder.
         for leftover in folder.rglob(f"{TEMP_PREFIX}*"):
             leftover.unlink(missing_ok=True)
@@ -175,8 +196,9 @@ def write_png(path: Path, image: Any) -> None:
 def _autocast(device: str, mixed_precision: str) -> contextlib.AbstractContextManager:
     if mixed_precision == "none":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type,
-                          dtype=_dtype(MIXED_PRECISIONS[mixed_precision]))
+    return torch.autocast(
+        torch.device(device).type, dtype=_dtype(MIXED_PRECISIONS[mixed_precision])
+    )
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -186,28 +208,42 @@ def _dtype(name: str) -> torch.dtype:
 
 # --- the trainer --------------------------------------------------------------------------
 
+
 class _Trainer:
     """Adapters, optimizer and state of one job; ``run`` steps to the end, checkpointing."""
 
-    def __init__(self, job: TrainingJob, output_dir: Path, features: DatasetFeatures,
-                 hashes: HashCache, log: Log):
+    def __init__(
+        self,
+        job: TrainingJob,
+        output_dir: Path,
+        features: DatasetFeatures,
+        hashes: HashCache,
+        log: Log,
+    ):
         self.job, self.out, self.features, self.log = job, output_dir, features, log
         self.model = features.model
         self.device = features.device
         settings = job.train
-        self.order = BatchOrder([shape.bucket for shape in features.shapes],
-                                settings.batch_size, settings.seed)
+        self.order = BatchOrder(
+            [shape.bucket for shape in features.shapes], settings.batch_size, settings.seed
+        )
         self.components = self._adapt()
-        self.parameters = {f"{component}:{name}": parameter
-                           for component, module in self.components.items()
-                           for name, parameter in module.named_parameters()
-                           if parameter.requires_grad}
+        self.parameters = {
+            f"{component}:{name}": parameter
+            for component, module in self.components.items()
+            for name, parameter in module.named_parameters()
+            if parameter.requires_grad
+        }
         self.optimizer = self._optimizer()
         self.lr_scheduler = get_scheduler(
-            TRAINING_SCHEDULES[settings.schedule], self.optimizer,
-            num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps)
-        self.scaler = torch.amp.GradScaler(torch.device(self.device).type,
-                                           enabled=settings.mixed_precision == "fp16")
+            TRAINING_SCHEDULES[settings.schedule],
+            self.optimizer,
+            num_warmup_steps=settings.warmup_steps,
+            num_training_steps=settings.steps,
+        )
+        self.scaler = torch.amp.GradScaler(
+            torch.device(self.device).type, enabled=settings.mixed_precision == "fp16"
+        )
         self.step, self.step_losses, self.records = 0, [], []
         self.checkpoint_sha256 = hashes.sha256_path(job.checkpoint)
         self.timings = {"steps": 0.0, "checkpoints": 0.0}
@@ -219,25 +255,37 @@ class _Trainer:
         job, lora = self.job, self.job.lora
         components = {self.model.denoiser_name: self.model.denoiser}
         if lora.train_text_encoder:
-            components |= {name: getattr(self.model.pipe, name)
-                           for name in TEXT_ENCODERS[job.family]}
+            components |= {
+                name: getattr(self.model.pipe, name) for name in TEXT_ENCODERS[job.family]
+            }
         for name, module in components.items():
             is_denoiser = name == self.model.denoiser_name
-            targets = (lora.target_modules or DEFAULT_TARGETS[job.family]) if is_denoiser \
+            targets = (
+                (lora.target_modules or DEFAULT_TARGETS[job.family])
+                if is_denoiser
                 else (lora.text_encoder_target_modules or TEXT_ENCODER_TARGETS)
-            config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                init_lora_weights="gaussian", target_modules=list(targets))
+            )
+            config = LoraConfig(
+                r=lora.rank,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                init_lora_weights="gaussian",
+                target_modules=list(targets),
+            )
             module.requires_grad_(False)
             with torch.random.fork_rng(devices=[]):  # peft initialises on the CPU
                 torch.random.default_generator.manual_seed(
-                    derive_seed(job.train.seed, "lora-init", name))
+                    derive_seed(job.train.seed, "lora-init", name)
+                )
                 try:
                     inject_adapter_in_model(config, module, adapter_name=ADAPTER)
                 except ValueError as err:
-                    key = "lora.target_modules" if is_denoiser \
-                        else "lora.text_encoder_target_modules"
-                    raise InputError(f"no {name} module matches: {err}", key_path=key,
-                                     found=repr(list(targets))) from None
+                    key = (
+                        "lora.target_modules" if is_denoiser else "lora.text_encoder_target_modules"
+                    )
+                    raise InputError(
+                        f"no {name} module matches: {err}", key_path=key, found=repr(list(targets))
+                    ) from None
             for parameter in module.parameters():
                 if parameter.requires_grad:
                     parameter.data = parameter.data.float()
@@ -254,8 +302,11 @@ class _Trainer:
         groups: dict[float, list[torch.nn.Parameter]] = {}
         for key, parameter in self.parameters.items():
             is_denoiser = key.startswith(f"{self.model.denoiser_name}:")
-            rate = settings.learning_rate if is_denoiser \
+            rate = (
+                settings.learning_rate
+                if is_denoiser
                 else settings.text_encoder_learning_rate or settings.learning_rate
+            )
             groups.setdefault(rate, []).append(parameter)
         param_groups = [{"params": params, "lr": rate} for rate, params in groups.items()]
         options = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": settings.weight_decay}
@@ -285,12 +336,17 @@ class _Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # atomic writes make this a foreign or damaged file
-            raise RenderFailure(f"{path}: unreadable training state ({err}); delete it to "
-                                "resume from an earlier one or to start over") from err
+            raise RenderFailure(
+                f"{path}: unreadable training state ({err}); delete it to "
+                "resume from an earlier one or to start over"
+            ) from err
         if state["fingerprint"] != self.job.fingerprint:
-            raise InputError("the output folder holds a checkpoint of another training job",
-                             file=path, fix="give this job a new output folder, or delete the "
-                                            "checkpoints/ folder to start it over")
+            raise InputError(
+                "the output folder holds a checkpoint of another training job",
+                file=path,
+                fix="give this job a new output folder, or delete the "
+                "checkpoints/ folder to start it over",
+            )
         with torch.no_grad():
             for key, parameter in self.parameters.items():
                 parameter.copy_(state["lora"][key])
@@ -301,28 +357,35 @@ class _Trainer:
         self.records = list(state["checkpoints"])
         now = environment(self.device, self.features.weight_dtype)
         changed = sorted(key for key in now if now[key] != state["environment"].get(key))
-        self.log(f"resumed at step {self.step} from {path.name}"
-                 + (f"; environment differs ({', '.join(changed)}): bytes may differ"
-                    if changed else ""))
+        self.log(
+            f"resumed at step {self.step} from {path.name}"
+            + (f"; environment differs ({', '.join(changed)}): bytes may differ" if changed else "")
+        )
         return self.step
 
     def _save_state(self) -> None:
         buffer = io.BytesIO()
-        torch.save({
-            "fingerprint": self.job.fingerprint,
-            "step": self.step,
-            "position": self.step * self.job.train.gradient_accumulation,  # micro-batches used
-            "lora": {key: parameter.detach().cpu() for key, parameter in self.parameters.items()},
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step_losses": self.step_losses,
-            "checkpoints": self.records,
-            "environment": environment(self.device, self.features.weight_dtype),
-        }, buffer)
+        torch.save(
+            {
+                "fingerprint": self.job.fingerprint,
+                "step": self.step,
+                "position": self.step * self.job.train.gradient_accumulation,  # micro-batches used
+                "lora": {
+                    key: parameter.detach().cpu() for key, parameter in self.parameters.items()
+                },
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "step_losses": self.step_losses,
+                "checkpoints": self.records,
+                "environment": environment(self.device, self.features.weight_dtype),
+            },
+            buffer,
+        )
         older = self._states
-        write_bytes_atomic(self.out / "checkpoints" / f"{STATE_PREFIX}{self.step:06d}.pt",
-                           buffer.getvalue())
+        write_bytes_atomic(
+            self.out / "checkpoints" / f"{STATE_PREFIX}{self.step:06d}.pt", buffer.getvalue()
+        )
         for path in older:
             path.unlink(missing_ok=True)
 
@@ -349,7 +412,8 @@ class _Trainer:
                     f"training diverged: the loss is {losses} at step {self.step + 1} (the "
                     "checkpoints before it are kept); lower train.learning_rate (now "
                     f"{settings.learning_rate:g}) or train.max_grad_norm, then train a new "
-                    "version")
+                    "version"
+                )
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), settings.max_grad_norm)
             self.scaler.step(self.optimizer)
@@ -361,10 +425,18 @@ class _Trainer:
             self.timings["steps"] += time.perf_counter() - step_started
             if progress is not None:
                 rate = (self.step - first) / (time.perf_counter() - started)
-                progress(Progress(self.step, settings.steps, self.step_losses[-1], rate,
-                                  (settings.steps - self.step) / rate))
-            if self.step == settings.steps or (settings.save_every
-                                               and self.step % settings.save_every == 0):
+                progress(
+                    Progress(
+                        self.step,
+                        settings.steps,
+                        self.step_losses[-1],
+                        rate,
+                        (settings.steps - self.step) / rate,
+                    )
+                )
+            if self.step == settings.steps or (
+                settings.save_every and self.step % settings.save_every == 0
+            ):
                 self._checkpoint()
 
     def _seed_dropout(self, seed: int) -> None:
@@ -381,16 +453,24 @@ class _Trainer:
         """LoRA file, then samples, then the state: a state on disk implies the other two."""
         started = time.perf_counter()
         lora_path = self.out / "checkpoints" / f"{self.job.name}-step{self.step:06d}.safetensors"
-        tensors = lora_state_dict(self.job.family, self.components, self.job.lora.alpha,
-                                  _dtype(SAVE_PRECISIONS[self.job.lora.save_precision]))
+        tensors = lora_state_dict(
+            self.job.family,
+            self.components,
+            self.job.lora.alpha,
+            _dtype(SAVE_PRECISIONS[self.job.lora.save_precision]),
+        )
         write_bytes_atomic(lora_path, lora_file_bytes(tensors, self._metadata()))
         samples = self._render_samples()
         previous = self.records[-1]["step"] if self.records else 0
         since = self.step_losses[previous:]
-        self.records.append({
-            "step": self.step, "loss": sum(since) / len(since),
-            "lora": lora_path.relative_to(self.out).as_posix(),
-            "samples": [path.relative_to(self.out).as_posix() for path in samples]})
+        self.records.append(
+            {
+                "step": self.step,
+                "loss": sum(since) / len(since),
+                "lora": lora_path.relative_to(self.out).as_posix(),
+                "samples": [path.relative_to(self.out).as_posix() for path in samples],
+            }
+        )
         self._save_state()
         self.timings["checkpoints"] += time.perf_counter() - started
         self.log(f"checkpoint at step {self.step}: {lora_path.name}, {len(samples)} sample(s)")
@@ -414,8 +494,12 @@ class _Trainer:
                     text = features.text_features([prompt])
                     for seed in settings.seeds:
                         paths.append(folder / f"prompt{index:02d}-seed{seed}.png")
-                        write_png(paths[-1], self.model.sample(
-                            text, negative, seed, settings.steps, settings.guidance, size))
+                        write_png(
+                            paths[-1],
+                            self.model.sample(
+                                text, negative, seed, settings.steps, settings.guidance, size
+                            ),
+                        )
         finally:
             if self.device != "cpu":
                 self.model.vae.to("cpu")
@@ -426,29 +510,56 @@ class _Trainer:
     def _metadata(self) -> dict[str, str]:
         buckets = Counter(shape.bucket for shape in self.features.shapes)
         return training_metadata(
-            self.job, step=self.step, batches_per_epoch=self.order.per_epoch,
-            buckets=dict(sorted(buckets.items())), optimizer=type(self.optimizer),
+            self.job,
+            step=self.step,
+            batches_per_epoch=self.order.per_epoch,
+            buckets=dict(sorted(buckets.items())),
+            optimizer=type(self.optimizer),
             checkpoint_sha256=self.checkpoint_sha256,
             prediction_type=self.model.prediction_type,
-            guidance_embeds=bool(getattr(self.model.denoiser.config, "guidance_embeds", False)))
+            guidance_embeds=bool(getattr(self.model.denoiser.config, "guidance_embeds", False)),
+        )
 
     def result(self, resumed_from: int, started: float) -> TrainingResult:
         final = self.out / f"{self.job.name}.safetensors"
         data = (self.out / self.records[-1]["lora"]).read_bytes()  # the last checkpoint's file
         write_bytes_atomic(final, data)
-        records = tuple(CheckpointRecord(record["step"], record["loss"], self.out / record["lora"],
-                                         tuple(self.out / path for path in record["samples"]))
-                        for record in self.records)
-        timings = {"load": self.features.load_s, "features": self.features.features_s,
-                   **self.timings, "total": time.perf_counter() - started}
-        return TrainingResult(final, sha256_bytes(data), self.step, tuple(self.step_losses),
-                              records, resumed_from, timings,
-                              environment(self.device, self.features.weight_dtype))
+        records = tuple(
+            CheckpointRecord(
+                record["step"],
+                record["loss"],
+                self.out / record["lora"],
+                tuple(self.out / path for path in record["samples"]),
+            )
+            for record in self.records
+        )
+        timings = {
+            "load": self.features.load_s,
+            "features": self.features.features_s,
+            **self.timings,
+            "total": time.perf_counter() - started,
+        }
+        return TrainingResult(
+            final,
+            sha256_bytes(data),
+            self.step,
+            tuple(self.step_losses),
+            records,
+            resumed_from,
+            timings,
+            environment(self.device, self.features.weight_dtype),
+        )
 
 
-def train(job: TrainingJob, output_dir: Path, cache_dir: Path, *,
-          progress: Callable[[Progress], None] | None = None,
-          log: Log = lambda _: None, pipeline: Any = None) -> TrainingResult:
+def train(
+    job: TrainingJob,
+    output_dir: Path,
+    cache_dir: Path,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    log: Log = lambda _: None,
+    pipeline: Any = None,
+) -> TrainingResult:
     """Train ``job`` into ``output_dir`` (resuming its last checkpoint there), with latents
     and embeddings from ``cache_dir``; ``output_dir/NAME.safetensors`` is the LoRA.
 
@@ -463,17 +574,25 @@ def train(job: TrainingJob, output_dir: Path, cache_dir: Path, *,
     device = resolve_device(job.train.device)
     with hold_training_folder(output_dir), deterministic(device):
         weight_dtype = _dtype(MIXED_PRECISIONS[job.train.mixed_precision])
-        features = DatasetFeatures(job, cache_dir, device, weight_dtype, hashes,
-                                   live_text=job.lora.train_text_encoder, log=log,
-                                   pipeline=pipeline)
+        features = DatasetFeatures(
+            job,
+            cache_dir,
+            device,
+            weight_dtype,
+            hashes,
+            live_text=job.lora.train_text_encoder,
+            log=log,
+            pipeline=pipeline,
+        )
         trainer = _Trainer(job, output_dir, features, hashes, log)
         resumed_from = trainer.resume()
         trainer.run(progress)
         return trainer.result(resumed_from, started)
 
 
-def evaluation_loss(job: TrainingJob, cache_dir: Path, seeds: Sequence[int],
-                    lora: Path | None = None) -> tuple[float, ...]:
+def evaluation_loss(
+    job: TrainingJob, cache_dir: Path, seeds: Sequence[int], lora: Path | None = None
+) -> tuple[float, ...]:
     """The job's loss on its own images, one mean per seed, with the base model or with a
     LoRA file loaded by diffusers' ``load_lora_weights``. Noise and timesteps are fixed by
     (seed, image), so the base model and any LoRA are judged on the same draws."""
@@ -482,8 +601,9 @@ def evaluation_loss(job: TrainingJob, cache_dir: Path, seeds: Sequence[int],
     device = resolve_device(job.train.device)
     with deterministic(device), torch.no_grad():
         weight_dtype = _dtype(MIXED_PRECISIONS[job.train.mixed_precision])
-        features = DatasetFeatures(job, cache_dir, device, weight_dtype, hashes,
-                                   live_text=True, log=lambda _: None)
+        features = DatasetFeatures(
+            job, cache_dir, device, weight_dtype, hashes, live_text=True, log=lambda _: None
+        )
         if lora is not None:
             features.model.pipe.load_lora_weights(str(lora), adapter_name="evaluated")
         means = []
@@ -491,8 +611,9 @@ def evaluation_loss(job: TrainingJob, cache_dir: Path, seeds: Sequence[int],
             losses = []
             for index in range(len(job.items)):
                 with _autocast(device, job.train.mixed_precision):
-                    loss = features.model.loss(features.batch([index]),
-                                               generator(seed, "evaluation", index))
+                    loss = features.model.loss(
+                        features.batch([index]), generator(seed, "evaluation", index)
+                    )
                 losses.append(loss.item())
             means.append(sum(losses) / len(losses))
     return tuple(means)
@@ -500,24 +621,39 @@ def evaluation_loss(job: TrainingJob, cache_dir: Path, seeds: Sequence[int],
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m renderer.train.engine JOB.json --out DIR --cache DIR``: progress on stdout."""
-    parser = argparse.ArgumentParser(prog="python -m renderer.train.engine",
-                                     description="Train a LoRA from a TrainingJob JSON file.")
+    parser = argparse.ArgumentParser(
+        prog="python -m renderer.train.engine",
+        description="Train a LoRA from a TrainingJob JSON file.",
+    )
     parser.add_argument("job", type=Path, help="JSON of TrainingJob.to_dict()")
     parser.add_argument("--out", type=Path, required=True, help="output (and resume) folder")
     parser.add_argument("--cache", type=Path, required=True, help="latent/embedding cache")
     args = parser.parse_args(argv)
     try:
         job = TrainingJob.from_dict(json.loads(args.job.read_text()))
-        result = train(job, args.out, args.cache,
-                       progress=lambda update: print(update.line(), flush=True),
-                       log=lambda line: print(line, file=sys.stderr, flush=True))
+        result = train(
+            job,
+            args.out,
+            args.cache,
+            progress=lambda update: print(update.line(), flush=True),
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
     except CampaignError as err:
         if isinstance(err, InputError) and err.file is None:
             err.file = str(args.job)  # settings errors: the key path inside this file
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    print(json.dumps({"lora": str(result.lora), "sha256": result.sha256, "steps": result.steps,
-                      "resumed_from": result.resumed_from}), flush=True)
+    print(
+        json.dumps(
+            {
+                "lora": str(result.lora),
+                "sha256": result.sha256,
+                "steps": result.steps,
+                "resumed_from": result.resumed_from,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -30,9 +30,20 @@ from renderer.validate.training_buckets import DEFAULT_RESOLUTION
 DEFAULT_TARGETS = {
     "sd15": ("to_q", "to_k", "to_v", "to_out.0"),
     "sdxl": ("to_q", "to_k", "to_v", "to_out.0"),
-    "flux": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj",
-             "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj",
-             "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+    "flux": (
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
+    ),
 }
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # A training spec's unset settings take the dataclasses' defaults below, except these, which
@@ -40,7 +51,8 @@ TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # pipelines sample with.
 FAMILY_DEFAULTS = {
     family: {"train": {"resolution": DEFAULT_RESOLUTION[family]}, "samples": {"guidance": guidance}}
-    for family, guidance in (("sd15", 7.5), ("sdxl", 5.0), ("flux", 3.5))}
+    for family, guidance in (("sd15", 7.5), ("sdxl", 5.0), ("flux", 3.5))
+}
 
 
 @dataclass(frozen=True)
@@ -53,58 +65,58 @@ class TrainingItem:
 @dataclass(frozen=True)
 class LoraSettings:
     rank: int = 16
-    alpha: float = 16.0                       # update scale alpha / rank, as kohya and peft
+    alpha: float = 16.0  # update scale alpha / rank, as kohya and peft
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ()      # empty: DEFAULT_TARGETS[family]
-    train_text_encoder: bool = False          # SD1.5 / SDXL (both encoders)
+    target_modules: tuple[str, ...] = ()  # empty: DEFAULT_TARGETS[family]
+    train_text_encoder: bool = False  # SD1.5 / SDXL (both encoders)
     text_encoder_target_modules: tuple[str, ...] = ()  # empty: TEXT_ENCODER_TARGETS
-    save_precision: str = "fp32"              # fp32 | fp16 | bf16
+    save_precision: str = "fp32"  # fp32 | fp16 | bf16
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    steps: int = 1000                         # optimizer steps
+    steps: int = 1000  # optimizer steps
     learning_rate: float = 1e-4
     text_encoder_learning_rate: float | None = None  # None: learning_rate
-    schedule: str = "constant"                # constant | cosine | linear, after the warm-up
+    schedule: str = "constant"  # constant | cosine | linear, after the warm-up
     warmup_steps: int = 0
     batch_size: int = 1
     gradient_accumulation: int = 1
-    resolution: int = 512                     # bucket area resolution²; never upscales
+    resolution: int = 512  # bucket area resolution²; never upscales
     seed: int = 0
-    mixed_precision: str = "none"             # none | bf16 | fp16 (frozen weights; LoRA fp32)
+    mixed_precision: str = "none"  # none | bf16 | fp16 (frozen weights; LoRA fp32)
     gradient_checkpointing: bool = False
-    save_every: int = 0                       # 0: one checkpoint, at the end
+    save_every: int = 0  # 0: one checkpoint, at the end
     max_grad_norm: float = 1.0
     weight_decay: float = 1e-4
-    optimizer: str = "adamw"                  # adamw | adamw8bit (CUDA + bitsandbytes)
-    guidance: float = 3.5                     # Flux: the guidance embedding while training
-    device: str = "auto"                      # auto | cpu | cuda | cuda:N | mps
+    optimizer: str = "adamw"  # adamw | adamw8bit (CUDA + bitsandbytes)
+    guidance: float = 3.5  # Flux: the guidance embedding while training
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
 
 
 @dataclass(frozen=True)
 class SampleSettings:
-    prompts: tuple[str, ...] = ()             # rendered at every checkpoint, each with
-    seeds: tuple[int, ...] = (0,)             # every seed
+    prompts: tuple[str, ...] = ()  # rendered at every checkpoint, each with
+    seeds: tuple[int, ...] = (0,)  # every seed
     steps: int = 20
-    guidance: float = 5.0                     # CFG for SD/SDXL, embedded guidance for Flux
+    guidance: float = 5.0  # CFG for SD/SDXL, embedded guidance for Flux
     negative_prompt: str = ""
-    size: tuple[int, int] | None = None       # (width, height); None: the resolution
+    size: tuple[int, int] | None = None  # (width, height); None: the resolution
 
 
 @dataclass(frozen=True)
 class TrainingJob:
-    family: str                               # sd15 | sdxl | flux
-    checkpoint: Path                          # diffusers folder or single-file .safetensors
+    family: str  # sd15 | sdxl | flux
+    checkpoint: Path  # diffusers folder or single-file .safetensors
     items: tuple[TrainingItem, ...]
-    spec_hash: str                            # embedded in the file: what asked for it
+    spec_hash: str  # embedded in the file: what asked for it
     training_id: str
-    checkpoint_config: Path | None = None     # single files: the local diffusers config folder
+    checkpoint_config: Path | None = None  # single files: the local diffusers config folder
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     samples: SampleSettings = field(default_factory=SampleSettings)
-    name: str = "lora"                        # output file name without .safetensors
-    comment: str = ""                         # ss_training_comment
+    name: str = "lora"  # output file name without .safetensors
+    comment: str = ""  # ss_training_comment
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
@@ -114,8 +126,9 @@ class TrainingJob:
         try:
             return _from_plain(cls, data)
         except (TypeError, KeyError, ValueError) as err:
-            raise InputError(f"not a training job: {err}", expected="TrainingJob.to_dict() "
-                             "output") from None
+            raise InputError(
+                f"not a training job: {err}", expected="TrainingJob.to_dict() output"
+            ) from None
 
     @property
     def fingerprint(self) -> str:
@@ -154,45 +167,70 @@ def check_job(job: TrainingJob, hashes: HashCache) -> None:
         ("lora.alpha", lora.alpha > 0, "a positive number"),
         ("lora.dropout", 0 <= lora.dropout < 1, "0 <= dropout < 1"),
         ("lora.save_precision", lora.save_precision in SAVE_PRECISIONS, "fp32, fp16 or bf16"),
-        ("lora.train_text_encoder", not (lora.train_text_encoder and job.family == "flux"),
-         "false for flux (text-encoder training is for sd15/sdxl)"),
+        (
+            "lora.train_text_encoder",
+            not (lora.train_text_encoder and job.family == "flux"),
+            "false for flux (text-encoder training is for sd15/sdxl)",
+        ),
         ("train.steps", settings.steps >= 1, "an integer >= 1"),
         ("train.learning_rate", settings.learning_rate > 0, "a positive number"),
         ("train.schedule", settings.schedule in TRAINING_SCHEDULES, "constant, cosine or linear"),
-        ("train.warmup_steps", 0 <= settings.warmup_steps < settings.steps,
-         "0 <= warmup_steps < steps"),
+        (
+            "train.warmup_steps",
+            0 <= settings.warmup_steps < settings.steps,
+            "0 <= warmup_steps < steps",
+        ),
         ("train.batch_size", settings.batch_size >= 1, "an integer >= 1"),
         ("train.gradient_accumulation", settings.gradient_accumulation >= 1, "an integer >= 1"),
         ("train.resolution", settings.resolution >= 16, "at least 16 px"),
-        ("train.mixed_precision", settings.mixed_precision in MIXED_PRECISIONS,
-         "none, bf16 or fp16"),
+        (
+            "train.mixed_precision",
+            settings.mixed_precision in MIXED_PRECISIONS,
+            "none, bf16 or fp16",
+        ),
         ("train.save_every", settings.save_every >= 0, "0 (end only) or a step interval"),
         ("train.optimizer", settings.optimizer in OPTIMIZERS, "adamw or adamw8bit"),
         ("samples.steps", job.samples.steps >= 1, "an integer >= 1"),
-        ("samples.size", job.samples.size is None or all(
-            side > 0 and side % (16 if job.family == "flux" else 8) == 0
-            for side in job.samples.size), "[width, height], multiples of 8 (flux: 16)"),
+        (
+            "samples.size",
+            job.samples.size is None
+            or all(
+                side > 0 and side % (16 if job.family == "flux" else 8) == 0
+                for side in job.samples.size
+            ),
+            "[width, height], multiples of 8 (flux: 16)",
+        ),
         ("items", len(job.items) >= 1, "at least one image"),
     ]
     for key, ok, expected in rules:
         if not ok:
-            raise InputError("invalid training setting", key_path=key, expected=expected,
-                             found=repr(_lookup(job, key)))
+            raise InputError(
+                "invalid training setting",
+                key_path=key,
+                expected=expected,
+                found=repr(_lookup(job, key)),
+            )
     if not job.checkpoint.exists():
         raise MissingFileError("the checkpoint does not exist", file=job.checkpoint)
-    if job.checkpoint.is_file() and not (job.checkpoint_config and
-                                         job.checkpoint_config.is_dir()):
-        raise InputError("a single-file checkpoint needs its local diffusers config folder",
-                         file=job.checkpoint, key_path="checkpoint_config",
-                         fix="set checkpoint_config to a folder with the model's configs")
+    if job.checkpoint.is_file() and not (job.checkpoint_config and job.checkpoint_config.is_dir()):
+        raise InputError(
+            "a single-file checkpoint needs its local diffusers config folder",
+            file=job.checkpoint,
+            key_path="checkpoint_config",
+            fix="set checkpoint_config to a folder with the model's configs",
+        )
     for item in job.items:
         if not item.image.is_file():
             raise MissingFileError("a training image does not exist", file=item.image)
         found = hashes.sha256_file(item.image)
         if found != item.sha256:
-            raise HashMismatchError("the training image changed", file=item.image,
-                                    expected=item.sha256, found=found,
-                                    fix="restore the image or update its sha256 in the job")
+            raise HashMismatchError(
+                "the training image changed",
+                file=item.image,
+                expected=item.sha256,
+                found=found,
+                fix="restore the image or update its sha256 in the job",
+            )
 
 
 def _lookup(job: TrainingJob, key: str) -> Any:

@@ -50,8 +50,11 @@ KOHYA_PREFIX = {
 # sd-scripts' ss_base_model_version / ss_network_module values and SAI model-spec names.
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
 NETWORK_MODULE = {"sd15": "networks.lora", "sdxl": "networks.lora", "flux": "networks.lora_flux"}
-MODELSPEC_ARCHITECTURE = {"sd15": "stable-diffusion-v1/lora",
-                          "sdxl": "stable-diffusion-xl-v1-base/lora", "flux": "flux-1-dev/lora"}
+MODELSPEC_ARCHITECTURE = {
+    "sd15": "stable-diffusion-v1/lora",
+    "sdxl": "stable-diffusion-xl-v1-base/lora",
+    "flux": "flux-1-dev/lora",
+}
 KOHYA_PRECISION = {"none": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
@@ -62,14 +65,16 @@ def lora_layers(model: torch.nn.Module) -> Iterator[tuple[str, LoraLayer]]:
             yield name, module
 
 
-def lora_state_dict(family: str, models: Mapping[str, torch.nn.Module], alpha: float,
-                    dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def lora_state_dict(
+    family: str, models: Mapping[str, torch.nn.Module], alpha: float, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """The file's tensors from the adapted components (``unet``/``transformer``, text encoders)."""
     tensors: dict[str, torch.Tensor] = {}
     for component, model in models.items():
         layers = dict(lora_layers(model))
-        for name, layer in zip(_file_names(family, component, model, list(layers)),
-                               layers.values(), strict=True):
+        for name, layer in zip(
+            _file_names(family, component, model, list(layers)), layers.values(), strict=True
+        ):
             down = layer.lora_A[ADAPTER].weight.detach().cpu()
             up = layer.lora_B[ADAPTER].weight.detach().cpu()
             if family == "flux":
@@ -82,15 +87,17 @@ def lora_state_dict(family: str, models: Mapping[str, torch.nn.Module], alpha: f
     return tensors
 
 
-def _file_names(family: str, component: str, model: torch.nn.Module,
-                modules: list[str]) -> list[str]:
+def _file_names(
+    family: str, component: str, model: torch.nn.Module, modules: list[str]
+) -> list[str]:
     if family == "flux":
         return [f"transformer.{module}" for module in modules]
     prefix = KOHYA_PREFIX[family, component]
     if component == "unet" and family == "sdxl":
         # Rename through the single-file layout: the mapping follows the UNet's own config.
-        renamed = unet_to_ldm({f"{module}.weight": torch.empty(0) for module in modules},
-                              model.config)
+        renamed = unet_to_ldm(
+            {f"{module}.weight": torch.empty(0) for module in modules}, model.config
+        )
         modules = [key.removeprefix(UNET_PREFIX).removesuffix(".weight") for key in renamed]
     elif component.startswith("text_encoder"):
         modules = [clip_text_original_name(module) for module in modules]
@@ -102,17 +109,24 @@ def lora_file_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, 
     ``sshs_model_hash`` added to the metadata."""
     raw = save_tensors({name: tensor.contiguous() for name, tensor in tensors.items()})
     (length,) = struct.unpack("<Q", raw[:8])
-    header, data = json.loads(raw[8:8 + length]), raw[8 + length:]
+    header, data = json.loads(raw[8 : 8 + length]), raw[8 + length :]
     header["__metadata__"] = {**metadata, "sshs_model_hash": sha256_bytes(data)}
     text = canonical_json(header).encode("utf-8")
     text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned, as safetensors does
     return struct.pack("<Q", len(text)) + text + data
 
 
-def training_metadata(job: TrainingJob, *, step: int, batches_per_epoch: int,
-                      buckets: Mapping[tuple[int, int], int], optimizer: type,
-                      checkpoint_sha256: str, prediction_type: str,
-                      guidance_embeds: bool) -> dict[str, str]:
+def training_metadata(
+    job: TrainingJob,
+    *,
+    step: int,
+    batches_per_epoch: int,
+    buckets: Mapping[tuple[int, int], int],
+    optimizer: type,
+    checkpoint_sha256: str,
+    prediction_type: str,
+    guidance_embeds: bool,
+) -> dict[str, str]:
     """The header: kohya's ``ss_*`` keys, the SAI model spec and what asked for the training
     (``campaign_*``); no timestamps and no paths, so moving files changes no byte."""
     lora, settings = job.lora, job.train
@@ -128,11 +142,16 @@ def training_metadata(job: TrainingJob, *, step: int, batches_per_epoch: int,
         "ss_network_dim": str(lora.rank),
         "ss_network_alpha": str(float(lora.alpha)),
         "ss_network_dropout": str(lora.dropout),
-        "ss_network_args": canonical_json({
-            "target_modules": list(lora.target_modules or DEFAULT_TARGETS[job.family]),
-            "text_encoder_target_modules": list(
-                lora.text_encoder_target_modules or TEXT_ENCODER_TARGETS)
-            if lora.train_text_encoder else None}),
+        "ss_network_args": canonical_json(
+            {
+                "target_modules": list(lora.target_modules or DEFAULT_TARGETS[job.family]),
+                "text_encoder_target_modules": list(
+                    lora.text_encoder_target_modules or TEXT_ENCODER_TARGETS
+                )
+                if lora.train_text_encoder
+                else None,
+            }
+        ),
         "ss_steps": str(step),
         "ss_max_train_steps": str(settings.steps),
         "ss_epoch": str(-(-micro_batches // batches_per_epoch)),
@@ -145,16 +164,21 @@ def training_metadata(job: TrainingJob, *, step: int, batches_per_epoch: int,
         "ss_lr_scheduler": settings.schedule,
         "ss_lr_warmup_steps": str(settings.warmup_steps),
         "ss_optimizer": f"{optimizer.__module__}.{optimizer.__name__}"
-                        f"(weight_decay={settings.weight_decay})",
+        f"(weight_decay={settings.weight_decay})",
         "ss_max_grad_norm": str(settings.max_grad_norm),
         "ss_mixed_precision": KOHYA_PRECISION[settings.mixed_precision],
         "ss_seed": str(settings.seed),
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_enable_bucket": "True",
         "ss_bucket_no_upscale": "True",
-        "ss_bucket_info": canonical_json({"buckets": {
-            str(index): {"resolution": list(bucket), "count": count}
-            for index, (bucket, count) in enumerate(buckets.items())}}),
+        "ss_bucket_info": canonical_json(
+            {
+                "buckets": {
+                    str(index): {"resolution": list(bucket), "count": count}
+                    for index, (bucket, count) in enumerate(buckets.items())
+                }
+            }
+        ),
         "ss_num_train_images": str(len(job.items)),
         "ss_cache_latents": "True",
         "ss_output_name": job.name,
@@ -169,15 +193,17 @@ def training_metadata(job: TrainingJob, *, step: int, batches_per_epoch: int,
         "campaign_spec_sha256": job.spec_hash,
         "campaign_training_id": job.training_id,
         # The dataset by content: each image's sha256 with its caption, in job order.
-        "campaign_dataset": canonical_json([{"sha256": item.sha256, "caption": item.caption}
-                                            for item in job.items]),
-        "campaign_dataset_sha256": sha256_json([[item.sha256, item.caption]
-                                                for item in job.items]),
+        "campaign_dataset": canonical_json(
+            [{"sha256": item.sha256, "caption": item.caption} for item in job.items]
+        ),
+        "campaign_dataset_sha256": sha256_json([[item.sha256, item.caption] for item in job.items]),
     }
     if job.family != "flux":
-        metadata["modelspec.prediction_type"] = \
+        metadata["modelspec.prediction_type"] = (
             "v" if prediction_type == "v_prediction" else "epsilon"
+        )
     if lora.train_text_encoder:
-        metadata["ss_text_encoder_lr"] = str(settings.text_encoder_learning_rate
-                                             or settings.learning_rate)
+        metadata["ss_text_encoder_lr"] = str(
+            settings.text_encoder_learning_rate or settings.learning_rate
+        )
     return metadata

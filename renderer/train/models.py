@@ -34,10 +34,16 @@ from renderer.core.errors import InputError
 from renderer.core.hashing import HashCache, sha256_json
 from renderer.validate.training_buckets import bucket_step as family_bucket_step
 
-PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
-             "flux": "FluxPipeline"}
-TEXT_ENCODERS = {"sd15": ("text_encoder",), "sdxl": ("text_encoder", "text_encoder_2"),
-                 "flux": ("text_encoder", "text_encoder_2")}
+PIPELINES = {
+    "sd15": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "flux": "FluxPipeline",
+}
+TEXT_ENCODERS = {
+    "sd15": ("text_encoder",),
+    "sdxl": ("text_encoder", "text_encoder_2"),
+    "flux": ("text_encoder", "text_encoder_2"),
+}
 FLUX_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default, so training sees what inference sees
 
 
@@ -45,25 +51,32 @@ FLUX_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default, so training sees what 
 class Batch:
     """One micro-batch on the device: the scaled latent distribution and the text features."""
 
-    mean: torch.Tensor                 # (B, C, h, w)
+    mean: torch.Tensor  # (B, C, h, w)
     std: torch.Tensor
-    text: dict[str, torch.Tensor]      # prompt_embeds (B, S, D), pooled (B, D) for SDXL/Flux
-    time_ids: torch.Tensor | None      # SDXL (B, 6)
+    text: dict[str, torch.Tensor]  # prompt_embeds (B, S, D), pooled (B, D) for SDXL/Flux
+    time_ids: torch.Tensor | None  # SDXL (B, 6)
 
 
-def component_identity(checkpoint: Path, config: Path | None, components: tuple[str, ...],
-                       hashes: HashCache) -> str:
+def component_identity(
+    checkpoint: Path, config: Path | None, components: tuple[str, ...], hashes: HashCache
+) -> str:
     """Content identity of some components: their folders' hashes (single file: the file and
     the config folders, which hold the configs and tokenizers)."""
     root = checkpoint if checkpoint.is_dir() else config
-    folders = {name: hashes.sha256_path(root / name)
-               for name in components if (root / name).is_dir()}
+    folders = {
+        name: hashes.sha256_path(root / name) for name in components if (root / name).is_dir()
+    }
     weights = None if checkpoint.is_dir() else hashes.sha256_file(checkpoint)
     return sha256_json({"weights": weights, "folders": folders})
 
 
-def load_pipeline(family: str, checkpoint: Path, config: Path | None, weight_dtype: torch.dtype,
-                  text_encoders: bool) -> Any:
+def load_pipeline(
+    family: str,
+    checkpoint: Path,
+    config: Path | None,
+    weight_dtype: torch.dtype,
+    text_encoders: bool,
+) -> Any:
     """The family's pipeline on the CPU: VAE in float32, the rest in ``weight_dtype``; without
     text encoders when the caller has every embedding it needs."""
     pipeline_class = getattr(diffusers, PIPELINES[family])
@@ -71,19 +84,29 @@ def load_pipeline(family: str, checkpoint: Path, config: Path | None, weight_dty
     try:
         if checkpoint.is_dir():
             pipe = pipeline_class.from_pretrained(
-                checkpoint, dtype={"default": weight_dtype, "vae": torch.float32},
-                local_files_only=True, **skip)
+                checkpoint,
+                dtype={"default": weight_dtype, "vae": torch.float32},
+                local_files_only=True,
+                **skip,
+            )
         else:  # from_single_file takes one dtype: load float32, then cast all but the VAE
             pipe = pipeline_class.from_single_file(
-                str(checkpoint), config=str(config), dtype=torch.float32,
-                local_files_only=True, **skip)
+                str(checkpoint),
+                config=str(config),
+                dtype=torch.float32,
+                local_files_only=True,
+                **skip,
+            )
             for name, module in pipe.components.items():
                 if isinstance(module, torch.nn.Module) and name != "vae":
                     module.to(weight_dtype)
     except (OSError, ValueError, KeyError) as err:
-        raise InputError(f"cannot load the {family} checkpoint: {err}", file=checkpoint,
-                         fix="give a diffusers folder, or a single .safetensors file with a "
-                             "local diffusers config folder") from err
+        raise InputError(
+            f"cannot load the {family} checkpoint: {err}",
+            file=checkpoint,
+            fix="give a diffusers folder, or a single .safetensors file with a "
+            "local diffusers config folder",
+        ) from err
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -126,21 +149,36 @@ class FamilyModel(abc.ABC):
         distribution = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         config = self.vae.config
         shift = getattr(config, "shift_factor", None) or 0.0
-        return ((distribution.mean.float() - shift) * config.scaling_factor,
-                distribution.std.float() * config.scaling_factor)
+        return (
+            (distribution.mean.float() - shift) * config.scaling_factor,
+            distribution.std.float() * config.scaling_factor,
+        )
 
     def _sample_latents(self, batch: Batch, draw: torch.Generator) -> torch.Tensor:
         return batch.mean + batch.std * torch.randn(batch.mean.shape, generator=draw).to(
-            self.device)
+            self.device
+        )
 
-    def sample(self, text: dict[str, torch.Tensor], negative: dict[str, torch.Tensor],
-               seed: int, steps: int, guidance: float, size: tuple[int, int]) -> Any:
+    def sample(
+        self,
+        text: dict[str, torch.Tensor],
+        negative: dict[str, torch.Tensor],
+        seed: int,
+        steps: int,
+        guidance: float,
+        size: tuple[int, int],
+    ) -> Any:
         """One image from the live model: denoise in the pipeline, decode in the VAE's
         dtype (float32 as loaded: the pipelines would decode in the denoiser's)."""
         latents = self.pipe(
-            **self._sample_text(text, negative), num_inference_steps=steps,
-            guidance_scale=guidance, width=size[0], height=size[1],
-            generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
+            **self._sample_text(text, negative),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            width=size[0],
+            height=size[1],
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="latent",
+        ).images
         config = self.vae.config
         latents = self._unpack(latents, size).float() / config.scaling_factor
         latents = latents + (getattr(config, "shift_factor", None) or 0.0)
@@ -148,8 +186,9 @@ class FamilyModel(abc.ABC):
         return self.pipe.image_processor.postprocess(image, output_type="pil")[0]
 
     @abc.abstractmethod
-    def _sample_text(self, text: dict[str, torch.Tensor],
-                     negative: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _sample_text(
+        self, text: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """The pipeline's text arguments for one prompt and the negative prompt."""
 
     def _unpack(self, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -164,16 +203,20 @@ class StableDiffusion(FamilyModel):
     def _noise_scheduler(self, config: dict[str, Any]) -> Any:
         prediction = config.get("prediction_type", "epsilon")
         if prediction not in ("epsilon", "v_prediction"):
-            raise InputError(f"its scheduler's prediction_type is {prediction!r}",
-                             file=self.checkpoint, expected="epsilon or v_prediction",
-                             fix="train from an epsilon or v-prediction checkpoint")
+            raise InputError(
+                f"its scheduler's prediction_type is {prediction!r}",
+                file=self.checkpoint,
+                expected="epsilon or v_prediction",
+                fix="train from an epsilon or v-prediction checkpoint",
+            )
         self.prediction_type = prediction
         return DDPMScheduler.from_config(config)
 
     @property
     def bucket_step(self) -> int:
-        return family_bucket_step("sd15", self.vae.config.block_out_channels,
-                                  self.denoiser.config.block_out_channels)
+        return family_bucket_step(
+            "sd15", self.vae.config.block_out_channels, self.denoiser.config.block_out_channels
+        )
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         embeds, _ = self.pipe.encode_prompt(captions, self.device, 1, False)
@@ -185,20 +228,29 @@ class StableDiffusion(FamilyModel):
         steps = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (latents.shape[0],), generator=draw).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        target = noise if self.prediction_type == "epsilon" \
+        target = (
+            noise
+            if self.prediction_type == "epsilon"
             else self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        prediction = self.denoiser(noisy.to(self.weight_dtype), timesteps,
-                                   batch.text["prompt_embeds"].to(self.weight_dtype),
-                                   **self._conditions(batch)).sample
+        )
+        prediction = self.denoiser(
+            noisy.to(self.weight_dtype),
+            timesteps,
+            batch.text["prompt_embeds"].to(self.weight_dtype),
+            **self._conditions(batch),
+        ).sample
         return F.mse_loss(prediction.float(), target.float())
 
     def _conditions(self, batch: Batch) -> dict[str, Any]:
         return {}
 
-    def _sample_text(self, text: dict[str, torch.Tensor],
-                     negative: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"prompt_embeds": text["prompt_embeds"],
-                "negative_prompt_embeds": negative["prompt_embeds"]}
+    def _sample_text(
+        self, text: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return {
+            "prompt_embeds": text["prompt_embeds"],
+            "negative_prompt_embeds": negative["prompt_embeds"],
+        }
 
 
 class StableDiffusionXL(StableDiffusion):
@@ -209,20 +261,29 @@ class StableDiffusionXL(StableDiffusion):
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         embeds, _, pooled, _ = self.pipe.encode_prompt(
-            prompt=captions, device=self.device, num_images_per_prompt=1,
-            do_classifier_free_guidance=False)
+            prompt=captions,
+            device=self.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+        )
         return {"prompt_embeds": embeds, "pooled": pooled}
 
     def _conditions(self, batch: Batch) -> dict[str, Any]:
-        return {"added_cond_kwargs": {
-            "text_embeds": batch.text["pooled"].to(self.weight_dtype),
-            "time_ids": batch.time_ids.to(self.weight_dtype)}}
+        return {
+            "added_cond_kwargs": {
+                "text_embeds": batch.text["pooled"].to(self.weight_dtype),
+                "time_ids": batch.time_ids.to(self.weight_dtype),
+            }
+        }
 
-    def _sample_text(self, text: dict[str, torch.Tensor],
-                     negative: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {**super()._sample_text(text, negative),
-                "pooled_prompt_embeds": text["pooled"],
-                "negative_pooled_prompt_embeds": negative["pooled"]}
+    def _sample_text(
+        self, text: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return {
+            **super()._sample_text(text, negative),
+            "pooled_prompt_embeds": text["pooled"],
+            "negative_pooled_prompt_embeds": negative["pooled"],
+        }
 
 
 class Flux(FamilyModel):
@@ -232,8 +293,9 @@ class Flux(FamilyModel):
     denoiser_name = "transformer"
     prediction_type = "flow"
 
-    def __init__(self, pipe: Any, checkpoint: Path, device: str, weight_dtype: torch.dtype,
-                 guidance: float):
+    def __init__(
+        self, pipe: Any, checkpoint: Path, device: str, weight_dtype: torch.dtype, guidance: float
+    ):
         super().__init__(pipe, checkpoint, device, weight_dtype)
         self.guidance = guidance
 
@@ -246,8 +308,11 @@ class Flux(FamilyModel):
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         embeds, pooled, _ = self.pipe.encode_prompt(
-            prompt=captions, prompt_2=None, device=self.device,
-            max_sequence_length=FLUX_MAX_SEQUENCE_LENGTH)
+            prompt=captions,
+            prompt_2=None,
+            device=self.device,
+            max_sequence_length=FLUX_MAX_SEQUENCE_LENGTH,
+        )
         return {"prompt_embeds": embeds, "pooled": pooled}
 
     def loss(self, batch: Batch, draw: torch.Generator) -> torch.Tensor:
@@ -264,31 +329,44 @@ class Flux(FamilyModel):
             return FluxPipeline._pack_latents(tensor, size, channels, height, width)
 
         embeds = batch.text["prompt_embeds"].to(self.weight_dtype)
-        guidance = torch.full((size,), self.guidance, device=self.device) \
-            if self.denoiser.config.guidance_embeds else None
+        guidance = (
+            torch.full((size,), self.guidance, device=self.device)
+            if self.denoiser.config.guidance_embeds
+            else None
+        )
         prediction = self.denoiser(
-            hidden_states=pack(noisy).to(self.weight_dtype), timestep=timesteps / 1000,
-            guidance=guidance, pooled_projections=batch.text["pooled"].to(self.weight_dtype),
+            hidden_states=pack(noisy).to(self.weight_dtype),
+            timestep=timesteps / 1000,
+            guidance=guidance,
+            pooled_projections=batch.text["pooled"].to(self.weight_dtype),
             encoder_hidden_states=embeds,
             txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device),
             img_ids=FluxPipeline._prepare_latent_image_ids(
-                size, height // 2, width // 2, self.device, self.weight_dtype),
-            return_dict=False)[0]
+                size, height // 2, width // 2, self.device, self.weight_dtype
+            ),
+            return_dict=False,
+        )[0]
         # The mean squared error is the same packed or not: compare in the packed layout.
         return F.mse_loss(prediction.float(), pack(noise - latents).float())
 
-    def _sample_text(self, text: dict[str, torch.Tensor],
-                     negative: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _sample_text(
+        self, text: dict[str, torch.Tensor], negative: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         return {"prompt_embeds": text["prompt_embeds"], "pooled_prompt_embeds": text["pooled"]}
 
     def _unpack(self, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return FluxPipeline._unpack_latents(latents, size[1], size[0], self.vae_scale)
 
 
-def family_model(family: str, pipe: Any, checkpoint: Path, device: str,
-                 weight_dtype: torch.dtype, guidance: float) -> FamilyModel:
+def family_model(
+    family: str,
+    pipe: Any,
+    checkpoint: Path,
+    device: str,
+    weight_dtype: torch.dtype,
+    guidance: float,
+) -> FamilyModel:
     if family == "flux":
         return Flux(pipe, checkpoint, device, weight_dtype, guidance)
     model_class = StableDiffusionXL if family == "sdxl" else StableDiffusion
     return model_class(pipe, checkpoint, device, weight_dtype)
-

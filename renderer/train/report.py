@@ -20,14 +20,19 @@ from renderer.core.atomic import write_text_atomic
 from renderer.train.engine import TrainingJob, TrainingResult, write_png
 
 THUMBNAIL_SIDE = 128
-INK, PAPER, GRID, CURVE, MARK = (30, 30, 30), (255, 255, 255), (225, 225, 225), \
-    (29, 53, 87), (242, 107, 29)
+INK, PAPER, GRID, CURVE, MARK = (
+    (30, 30, 30),
+    (255, 255, 255),
+    (225, 225, 225),
+    (29, 53, 87),
+    (242, 107, 29),
+)
 
 
 @dataclass(frozen=True)
 class Thumbnail:
-    image: Path       # the thumbnail PNG
-    source: Path      # the training image
+    image: Path  # the thumbnail PNG
+    source: Path  # the training image
     caption: str
 
 
@@ -47,8 +52,10 @@ def report_data(job: TrainingJob, result: TrainingResult, folder: Path) -> Train
     for checkpoint in result.checkpoints:
         if checkpoint.samples:
             path = folder / f"samples-step-{checkpoint.step:06d}.png"
-            write_png(path, sample_grid(checkpoint.samples, len(job.samples.seeds),
-                                         f"step {checkpoint.step}"))
+            write_png(
+                path,
+                sample_grid(checkpoint.samples, len(job.samples.seeds), f"step {checkpoint.step}"),
+            )
             grids.append((checkpoint.step, path))
     thumbnails = []
     for index, item in enumerate(job.items):
@@ -59,18 +66,25 @@ def report_data(job: TrainingJob, result: TrainingResult, folder: Path) -> Train
         write_png(path, thumbnail)
         thumbnails.append(Thumbnail(path, item.image, item.caption))
     summary = {
-        "family": job.family, "training_id": job.training_id, "spec_hash": job.spec_hash,
-        "lora": str(result.lora), "sha256": result.sha256, "steps": result.steps,
-        "images": len(job.items), "final_loss": result.checkpoints[-1].loss,
+        "family": job.family,
+        "training_id": job.training_id,
+        "spec_hash": job.spec_hash,
+        "lora": str(result.lora),
+        "sha256": result.sha256,
+        "steps": result.steps,
+        "images": len(job.items),
+        "final_loss": result.checkpoints[-1].loss,
         "checkpoint_losses": {c.step: c.loss for c in result.checkpoints},
-        "resumed_from": result.resumed_from, "timings": dict(result.timings),
+        "resumed_from": result.resumed_from,
+        "timings": dict(result.timings),
         "environment": dict(result.environment),
     }
     return TrainingReportData(curve, tuple(grids), tuple(thumbnails), summary)
 
 
-def loss_curve(step_losses: Sequence[float], marks: Sequence[int],
-               size: tuple[int, int] = (640, 320)) -> Image.Image:
+def loss_curve(
+    step_losses: Sequence[float], marks: Sequence[int], size: tuple[int, int] = (640, 320)
+) -> Image.Image:
     """Per-step loss (thin) and its running mean over 10 % of the steps (thick); orange
     ticks mark checkpoints."""
     width, height = size
@@ -93,8 +107,10 @@ def loss_curve(step_losses: Sequence[float], marks: Sequence[int],
         x = point(step, low)[0]
         pen.line([(x, bottom), (x, bottom + 6)], fill=MARK, width=2)
     window = max(1, len(step_losses) // 10)
-    smooth = [sum(step_losses[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))
-              for i in range(len(step_losses))]
+    smooth = [
+        sum(step_losses[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1))
+        for i in range(len(step_losses))
+    ]
     for values, line_width in ((step_losses, 1), (smooth, 3)):
         points = [point(step, loss) for step, loss in enumerate(values, 1)]
         if len(points) > 1:
@@ -121,8 +137,9 @@ def sample_grid(paths: Sequence[Path], columns: int, title: str) -> Image.Image:
 
 
 # Inline rather than a package file: the wheel's package data is renderer/data/*.yaml only.
-_PAGE = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True,
-                    lstrip_blocks=True).from_string("""<!DOCTYPE html>
+_PAGE = Environment(
+    autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+).from_string("""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -209,20 +226,49 @@ def write_report(job: TrainingJob, result: TrainingResult, folder: Path, title: 
         # A URL, not a file path: relative, forward slashes, '@', '#' and spaces encoded.
         return quote(path.relative_to(folder).as_posix())
 
-    checkpoints = [{
-        "step": checkpoint.step, "loss": checkpoint.loss, "lora": link(checkpoint.lora),
-        "grid": link(grids[checkpoint.step]) if checkpoint.step in grids else None,
-        "rows": [(prompt, [link(path) for path in
-                           checkpoint.samples[row * len(seeds):(row + 1) * len(seeds)]])
-                 for row, prompt in enumerate(job.samples.prompts)] if checkpoint.samples
-        else [],
-    } for checkpoint in result.checkpoints]
-    dataset = [{"thumbnail": link(thumb.image), "name": item.image.name,
-                "sha256": item.sha256, "caption": item.caption}
-               for thumb, item in zip(data.thumbnails, job.items, strict=True)]
+    checkpoints = [
+        {
+            "step": checkpoint.step,
+            "loss": checkpoint.loss,
+            "lora": link(checkpoint.lora),
+            "grid": link(grids[checkpoint.step]) if checkpoint.step in grids else None,
+            "rows": [
+                (
+                    prompt,
+                    [
+                        link(path)
+                        for path in checkpoint.samples[row * len(seeds) : (row + 1) * len(seeds)]
+                    ],
+                )
+                for row, prompt in enumerate(job.samples.prompts)
+            ]
+            if checkpoint.samples
+            else [],
+        }
+        for checkpoint in result.checkpoints
+    ]
+    dataset = [
+        {
+            "thumbnail": link(thumb.image),
+            "name": item.image.name,
+            "sha256": item.sha256,
+            "caption": item.caption,
+        }
+        for thumb, item in zip(data.thumbnails, job.items, strict=True)
+    ]
     page = folder / "report.html"
-    write_text_atomic(page, _PAGE.render(
-        title=title, summary=data.summary, lora=link(result.lora), lora_name=result.lora.name,
-        checkpoint=job.checkpoint.name, loss_curve=link(data.loss_curve),
-        checkpoints=checkpoints, seeds=seeds, dataset=dataset))
+    write_text_atomic(
+        page,
+        _PAGE.render(
+            title=title,
+            summary=data.summary,
+            lora=link(result.lora),
+            lora_name=result.lora.name,
+            checkpoint=job.checkpoint.name,
+            loss_curve=link(data.loss_curve),
+            checkpoints=checkpoints,
+            seeds=seeds,
+            dataset=dataset,
+        ),
+    )
     return page

@@ -29,16 +29,20 @@ class InputProblem:
     role: str
     name: str
     recorded_sha256: str
-    path: str | None = None         # where a file of that name was found
+    path: str | None = None  # where a file of that name was found
     found_sha256: str | None = None  # None: missing
     looked_in: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.found_sha256 is None:
-            return (f"{self.role} {self.name} is missing (recorded sha256 "
-                    f"{self.recorded_sha256}); looked in: {', '.join(self.looked_in)}")
-        return (f"{self.role} {self.name} changed: {self.path} has sha256 {self.found_sha256}, "
-                f"the render used sha256 {self.recorded_sha256}")
+            return (
+                f"{self.role} {self.name} is missing (recorded sha256 "
+                f"{self.recorded_sha256}); looked in: {', '.join(self.looked_in)}"
+            )
+        return (
+            f"{self.role} {self.name} changed: {self.path} has sha256 {self.found_sha256}, "
+            f"the render used sha256 {self.recorded_sha256}"
+        )
 
 
 class FileFinder:
@@ -59,8 +63,11 @@ class FileFinder:
             return self.found[key]
         if key in self.problems:
             return None
-        candidates = [Path(entry["path"]) for entry in self.recorded
-                      if entry.get("sha256") == sha256 or Path(entry["path"]).name == name]
+        candidates = [
+            Path(entry["path"])
+            for entry in self.recorded
+            if entry.get("sha256") == sha256 or Path(entry["path"]).name == name
+        ]
         for folder in self.search:
             candidates.append(folder / name)
             candidates.extend(_below(folder, name))
@@ -78,11 +85,20 @@ class FileFinder:
         if (path := self.by_content(sha256)) is not None:
             self.found[key] = ResolvedFile(path.resolve(), sha256)
             return self.found[key]
-        looked = tuple(dict.fromkeys([str(p.parent) for p in candidates if p.name == name]
-                                     + [str(folder) for folder in self.search]))
+        looked = tuple(
+            dict.fromkeys(
+                [str(p.parent) for p in candidates if p.name == name]
+                + [str(folder) for folder in self.search]
+            )
+        )
         self.problems[key] = InputProblem(
-            role, name, sha256, path=str(changed[0]) if changed else None,
-            found_sha256=changed[1] if changed else None, looked_in=looked or ("(nowhere)",))
+            role,
+            name,
+            sha256,
+            path=str(changed[0]) if changed else None,
+            found_sha256=changed[1] if changed else None,
+            looked_in=looked or ("(nowhere)",),
+        )
         return None
 
     def by_content(self, sha256: str) -> Path | None:
@@ -95,8 +111,9 @@ class FileFinder:
                     self._contents.setdefault(hash_file(path), path)
         return self._contents.get(sha256)
 
-    def checkpoint_config(self, recorded: FileId | None, checkpoint: ResolvedFile
-                          ) -> tuple[Path | None, InputProblem | None]:
+    def checkpoint_config(
+        self, recorded: FileId | None, checkpoint: ResolvedFile
+    ) -> tuple[Path | None, InputProblem | None]:
         """The local diffusers config folder a single-file checkpoint loads with: the
         recorded one (``recorded``: by name and hash, wherever it is), else — rendered
         before its hash was recorded — a sibling folder named like the checkpoint."""
@@ -112,8 +129,12 @@ class FileFinder:
             candidate = folder / stem
             if (candidate / "model_index.json").is_file():
                 return candidate, None
-        return None, InputProblem("checkpoint config", stem, "(not recorded)",
-                                  looked_in=(str(checkpoint.path.parent), *map(str, self.search)))
+        return None, InputProblem(
+            "checkpoint config",
+            stem,
+            "(not recorded)",
+            looked_in=(str(checkpoint.path.parent), *map(str, self.search)),
+        )
 
 
 def _every_path(folder: Path) -> list[Path]:
@@ -121,8 +142,11 @@ def _every_path(folder: Path) -> list[Path]:
     found = [folder]
     for parent, folders, files in os.walk(folder):
         folders[:] = sorted(entry for entry in folders if not entry.startswith("."))
-        found += [Path(parent) / entry for entry in [*folders, *sorted(files)]
-                  if not entry.startswith(".")]
+        found += [
+            Path(parent) / entry
+            for entry in [*folders, *sorted(files)]
+            if not entry.startswith(".")
+        ]
     return found
 
 
@@ -158,9 +182,13 @@ def spec_files(spec: Mapping[str, Any]) -> list[tuple[KeyPath, str, str]]:
 
 def file_role(key: KeyPath) -> str:
     """How a report names a file by where the spec holds it."""
-    named = {("recipe", "checkpoint"): "checkpoint", ("recipe", "loras"): "lora",
-             ("recipe", "controlnets"): "controlnet", ("recipe", "ip_adapter"): "ip_adapter",
-             ("postprocess", "logo"): "logo"}
+    named = {
+        ("recipe", "checkpoint"): "checkpoint",
+        ("recipe", "loras"): "lora",
+        ("recipe", "controlnets"): "controlnet",
+        ("recipe", "ip_adapter"): "ip_adapter",
+        ("postprocess", "logo"): "logo",
+    }
     if key[:2] in named:
         return named[key[:2]]
     if key[:1] == ("images",):

@@ -59,8 +59,13 @@ class Recipe:
         return f"{self.spec.name}@{self.spec.version}"
 
     def files(self) -> list[ResolvedFile]:
-        return [self.checkpoint, *(lora for lora, _ in self.loras), *self.controlnets,
-                *([self.ip_adapter] if self.ip_adapter else []), *self.refine_files.values()]
+        return [
+            self.checkpoint,
+            *(lora for lora, _ in self.loras),
+            *self.controlnets,
+            *([self.ip_adapter] if self.ip_adapter else []),
+            *self.refine_files.values(),
+        ]
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,11 @@ class Campaign:
     def files(self) -> FileIndex:
         """Every file a render of this campaign reads, by sha256."""
         images = (file for point in self.points for file in point.images.values())
-        configs = {recipe.checkpoint.sha256: recipe.checkpoint_config
-                   for recipe in self.recipes if recipe.checkpoint_config}
+        configs = {
+            recipe.checkpoint.sha256: recipe.checkpoint_config
+            for recipe in self.recipes
+            if recipe.checkpoint_config
+        }
         recipes = [file for recipe in self.recipes for file in recipe.files()]
         return FileIndex.of([*recipes, *self.brand.files(), *images], configs)
 
@@ -156,16 +164,19 @@ class FileIndex:
     configs: Mapping[str, Path] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, files: Iterable[ResolvedFile],
-           configs: Mapping[str, Path] | None = None) -> FileIndex:
+    def of(
+        cls, files: Iterable[ResolvedFile], configs: Mapping[str, Path] | None = None
+    ) -> FileIndex:
         return cls({file.sha256: file.path for file in files}, dict(configs or {}))
 
     def path(self, file: FileId) -> Path:
         """Where the file a spec names is on this machine."""
         path = self.paths.get(file.sha256)
         if path is None:
-            raise MissingFileError(f"{file.name} (sha256 {file.sha256}) was not found",
-                                   fix="restore the file, or pass its folder with --search")
+            raise MissingFileError(
+                f"{file.name} (sha256 {file.sha256}) was not found",
+                fix="restore the file, or pass its folder with --search",
+            )
         return path
 
     def config(self, checkpoint: FileId) -> Path | None:

@@ -32,8 +32,11 @@ def expand_matrix(matrix: MatrixSpec) -> Iterator[dict[str, Any]]:
     choices = [list(zip(*(axes[name] for name in factor), strict=True)) for factor in factors]
     produced: set[str] | None = set() if matrix.include else None
     for combination in itertools.product(*choices):
-        values = {name: value for factor, chosen in zip(factors, combination, strict=True)
-                  for name, value in zip(factor, chosen, strict=True)}
+        values = {
+            name: value
+            for factor, chosen in zip(factors, combination, strict=True)
+            for name, value in zip(factor, chosen, strict=True)
+        }
         coords = {name: values[name] for name in axes}
         if any(matches(rule, coords) for rule in matrix.exclude):
             continue
@@ -68,8 +71,9 @@ def derive_seed(base_seed: int, axes: Mapping[str, Any]) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def size_for_aspect(aspect: str, *, short_side: int | None, pixels: int | None,
-                    multiple: int) -> tuple[int, int]:
+def size_for_aspect(
+    aspect: str, *, short_side: int | None, pixels: int | None, multiple: int
+) -> tuple[int, int]:
     """Width and height for 'W:H', from a short side or a pixel budget, snapped to multiple."""
     ratio_w, ratio_h = (int(part) for part in aspect.split(":"))
     if short_side is not None:
@@ -86,8 +90,7 @@ def overrides_for(rules: Sequence[OverrideRule], axes: Mapping[str, Any]) -> Ove
     for rule in rules:
         if matches(rule.when, axes):
             for key, value in rule.set.model_dump(exclude_none=True).items():
-                merged[key] = {**merged.get(key, {}), **value} if key == "lora_weights" \
-                    else value
+                merged[key] = {**merged.get(key, {}), **value} if key == "lora_weights" else value
     return OverrideSet.model_validate(merged)
 
 

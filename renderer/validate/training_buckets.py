@@ -26,8 +26,7 @@ from renderer.core.errors import InputError
 DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024}
 
 
-def bucket_step(family: str, vae_blocks: Sequence[int], denoiser_blocks: Sequence[int]
-                ) -> int:
+def bucket_step(family: str, vae_blocks: Sequence[int], denoiser_blocks: Sequence[int]) -> int:
     """The bucket step from the VAE's and the denoiser's ``block_out_channels``."""
     vae_scale = 2 ** (len(vae_blocks) - 1)
     if family == "flux":
@@ -47,10 +46,10 @@ def trainable(bucket: tuple[int, int], step: int, channels_per_group: int | None
 class Geometry:
     """How one image becomes one bucket (SDXL conditions on all of it)."""
 
-    original: tuple[int, int]   # (width, height) of the file
-    resized: tuple[int, int]    # (width, height) after the cover resize
-    crop: tuple[int, int]       # (left, top) of the crop in the resized image
-    bucket: tuple[int, int]     # (width, height) trained at
+    original: tuple[int, int]  # (width, height) of the file
+    resized: tuple[int, int]  # (width, height) after the cover resize
+    crop: tuple[int, int]  # (left, top) of the crop in the resized image
+    bucket: tuple[int, int]  # (width, height) trained at
 
     @property
     def sdxl_time_ids(self) -> tuple[int, int, int, int, int, int]:
@@ -64,8 +63,11 @@ def bucket_of(size: tuple[int, int], resolution: int, step: int) -> tuple[int, i
     width, height = size
     area = resolution * resolution
     # Scaled to the area in integers (the floor of the exact root): no float picks a bucket.
-    scaled = (math.isqrt(area * width // height), math.isqrt(area * height // width)) \
-        if width * height > area else size
+    scaled = (
+        (math.isqrt(area * width // height), math.isqrt(area * height // width))
+        if width * height > area
+        else size
+    )
     return (scaled[0] // step * step, scaled[1] // step * step)
 
 
@@ -75,8 +77,10 @@ def geometry(path: Path, size: tuple[int, int], resolution: int, step: int) -> G
     if min(bucket) == 0:
         raise InputError(
             f"image is {width}x{height}, smaller than one bucket step of {step} px on a side",
-            file=path, expected=f"both sides at least {step} px (buckets never upscale)",
-            fix="use a larger image or drop it from the dataset")
+            file=path,
+            expected=f"both sides at least {step} px (buckets never upscale)",
+            fix="use a larger image or drop it from the dataset",
+        )
     cover = max(bucket[0] / width, bucket[1] / height)
     resized = (max(bucket[0], round(width * cover)), max(bucket[1], round(height * cover)))
     crop = ((resized[0] - bucket[0]) // 2, (resized[1] - bucket[1]) // 2)
@@ -90,6 +94,7 @@ def image_size(path: Path) -> tuple[int, int]:
             width, height = image.size
             rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     except OSError as err:
-        raise InputError(f"cannot read the image: {err}", file=path,
-                         fix="give a PNG, JPEG or WebP file") from None
+        raise InputError(
+            f"cannot read the image: {err}", file=path, fix="give a PNG, JPEG or WebP file"
+        ) from None
     return (height, width) if rotated else (width, height)

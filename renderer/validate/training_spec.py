@@ -18,9 +18,9 @@ from renderer.validate.inputs import Recipe, ResolvedFile
 
 @dataclass(frozen=True)
 class DatasetImage:
-    file: ResolvedFile   # the image, its sha256 checked against its pin (or its folder's)
-    caption: str         # as rendered from the caption template
-    key_path: KeyPath    # where the spec names it (its entry, or the folder)
+    file: ResolvedFile  # the image, its sha256 checked against its pin (or its folder's)
+    caption: str  # as rendered from the caption template
+    key_path: KeyPath  # where the spec names it (its entry, or the folder)
 
 
 @dataclass(frozen=True)

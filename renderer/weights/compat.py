@@ -20,8 +20,23 @@ _SD_MARKERS = ("unet.", "lora_unet_", "lora_te_", "lora_te1_", "text_encoder.")
 _CROSS_ATTENTION_KEY = re.compile(r"attn2[._]to_k[._]")
 
 
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
-                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 
 
 @dataclass(frozen=True)
@@ -75,12 +90,16 @@ def safetensors_problem(path: Path) -> str | None:
         for side in info["shape"]:
             count *= side
         if width is not None and end - start != count * width:
-            return (f"tensor {name} declares {end - start} bytes for {info['dtype']} "
-                    f"{info['shape']} ({count * width} expected)")
+            return (
+                f"tensor {name} declares {end - start} bytes for {info['dtype']} "
+                f"{info['shape']} ({count * width} expected)"
+            )
     size = path.stat().st_size
     if size < header.header_bytes + header.data_bytes:
-        return (f"it is truncated: {size:,} bytes, the header declares "
-                f"{header.header_bytes + header.data_bytes:,}")
+        return (
+            f"it is truncated: {size:,} bytes, the header declares "
+            f"{header.header_bytes + header.data_bytes:,}"
+        )
     return None
 
 
@@ -108,8 +127,10 @@ def lora_family_problem(lora: Path, family: str, checkpoint: Path) -> str | None
         return f"it is not a readable safetensors file ({err})"
     names = list(header.shapes)
     if not any("lora" in name for name in names):  # diffusers' own test when it loads one
-        return (f"it holds no LoRA weights (none of its {len(names)} tensor names contains "
-                "'lora': a checkpoint, or another kind of adapter?)")
+        return (
+            f"it holds no LoRA weights (none of its {len(names)} tensor names contains "
+            "'lora': a checkpoint, or another kind of adapter?)"
+        )
     base = header.metadata.get("ss_base_model_version", "")
     detected = _family_from_names(names) or _family_from_metadata(base)
     if detected == "flux" and family != "flux":
@@ -122,16 +143,25 @@ def lora_family_problem(lora: Path, family: str, checkpoint: Path) -> str | None
         expected = checkpoint_cross_attention_dim(checkpoint)
         for name, shape in header.shapes.items():
             is_down = "lora_A" in name or "lora_down" in name
-            if expected and is_down and _CROSS_ATTENTION_KEY.search(name) and len(shape) == 2 \
-                    and shape[1] != expected:
-                return (f"its cross-attention input width is {shape[1]} ({name}) but the "
-                        f"checkpoint's is {expected}: it was trained for another model")
+            if (
+                expected
+                and is_down
+                and _CROSS_ATTENTION_KEY.search(name)
+                and len(shape) == 2
+                and shape[1] != expected
+            ):
+                return (
+                    f"its cross-attention input width is {shape[1]} ({name}) but the "
+                    f"checkpoint's is {expected}: it was trained for another model"
+                )
     return None
 
 
 def _family_from_names(names: list[str]) -> str | None:
-    if any(name.startswith(_FLUX_MARKERS) or any(m in name for m in _FLUX_MARKERS[2:])
-           for name in names):
+    if any(
+        name.startswith(_FLUX_MARKERS) or any(m in name for m in _FLUX_MARKERS[2:])
+        for name in names
+    ):
         return "flux"
     if any(name.startswith(_SDXL_MARKERS) for name in names):
         return "sdxl"
@@ -153,8 +183,7 @@ def unet_input_channels(checkpoint: Path) -> int | None:
     """4 for a plain SD UNet, 9 for an inpainting one; None when it cannot be told."""
     if checkpoint.is_dir():
         config_path = checkpoint / "unet" / "config.json"
-        return json.loads(config_path.read_text())["in_channels"] if config_path.is_file() \
-            else None
+        return json.loads(config_path.read_text())["in_channels"] if config_path.is_file() else None
     if checkpoint.suffix != ".safetensors":
         return None
     shape = read_header(checkpoint).shapes.get("model.diffusion_model.input_blocks.0.0.weight")
@@ -172,11 +201,15 @@ def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError) as err:
         return f"no readable model_index.json ({err})"
     pipelines = {name for (of, _), name in PIPELINES.items() if of == family}
-    if (class_name := index.get("_class_name") if isinstance(index, dict) else None) \
-            not in pipelines:
+    if (
+        class_name := index.get("_class_name") if isinstance(index, dict) else None
+    ) not in pipelines:
         return f"its model_index.json names {class_name!r}, not a {family} pipeline"
-    found = None if checkpoint.suffix != ".safetensors" else read_header(checkpoint).shapes.get(
-        "model.diffusion_model.input_blocks.0.0.weight")
+    found = (
+        None
+        if checkpoint.suffix != ".safetensors"
+        else read_header(checkpoint).shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+    )
     unet = config / "unet" / "config.json"
     if found is None or not unet.is_file():
         return None
@@ -186,8 +219,10 @@ def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as err:
         return f"unet/config.json lacks block_out_channels or in_channels ({err})"
     if found[:2] != expected:
-        return (f"its UNet starts with {expected[0]} channels from {expected[1]} inputs, the "
-                f"checkpoint's with {found[0]} from {found[1]}: another architecture")
+        return (
+            f"its UNet starts with {expected[0]} channels from {expected[1]} inputs, the "
+            f"checkpoint's with {found[0]} from {found[1]}: another architecture"
+        )
     return None
 
 
@@ -199,6 +234,8 @@ def single_file_problem(checkpoint: Path, family: str) -> str | None:
     names = list(read_header(checkpoint).shapes)
     for component, prefixes in SINGLE_FILE_COMPONENTS[family].items():
         if not any(name.startswith(prefixes) for name in names):
-            return (f"it holds no {component} weights ({prefixes[0]}…): not a whole {family} "
-                    "checkpoint (a LoRA, an upscaler, a single component?)")
+            return (
+                f"it holds no {component} weights ({prefixes[0]}…): not a whole {family} "
+                "checkpoint (a LoRA, an upscaler, a single component?)"
+            )
     return None

@@ -46,17 +46,27 @@ _UNET_RESNET_PARTS = {
 _VAE_TOP_LEVEL = {
     "quant_conv": "quant_conv",
     "post_quant_conv": "post_quant_conv",
-    **{f"{side}.{name}": f"{side}.{name}" for side in ("encoder", "decoder")
-       for name in ("conv_in", "conv_out")},
+    **{
+        f"{side}.{name}": f"{side}.{name}"
+        for side in ("encoder", "decoder")
+        for name in ("conv_in", "conv_out")
+    },
     "encoder.conv_norm_out": "encoder.norm_out",
     "decoder.conv_norm_out": "decoder.norm_out",
 }
 _VAE_RESNET_PARTS = {
-    "norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2",
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "norm2": "norm2",
+    "conv2": "conv2",
     "conv_shortcut": "nin_shortcut",
 }
 _VAE_ATTENTION_PARTS = {
-    "group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
 }
 # transformers CLIP → OpenCLIP names, as diffusers' ``convert_open_clip_checkpoint`` reverses them.
 _OPEN_CLIP_TOP_LEVEL = {
@@ -87,7 +97,9 @@ def diffusers_to_ldm(
 
 
 def diffusers_to_sgm(
-    unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module,
+    unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    text_encoder: torch.nn.Module,
     text_encoder_2: torch.nn.Module,
 ) -> StateDict:
     """One SDXL single-file state dict: the LDM UNet and VAE, CLIP and OpenCLIP text encoders."""
@@ -178,9 +190,7 @@ def clip_text_original_name(name: str) -> str:
 def _unet_module_map(config: Mapping[str, Any]) -> dict[str, str]:
     layers = config["layers_per_block"]
     if not isinstance(layers, int):
-        raise ValueError(
-            f"layers_per_block must be one integer for the LDM layout, got {layers!r}"
-        )
+        raise ValueError(f"layers_per_block must be one integer for the LDM layout, got {layers!r}")
     modules = dict(_UNET_TOP_LEVEL)
     # LDM numbers the UNet's layers flat: input_blocks.0 is conv_in, then each down block
     # contributes `layers` (resnet, attention) pairs and one downsampler slot.
@@ -233,7 +243,9 @@ def _vae_module_map(config: Mapping[str, Any]) -> tuple[dict[str, str], set[str]
     for side in ("encoder", "decoder"):
         for index in range(2):
             _add_resnet(
-                modules, f"{side}.mid_block.resnets.{index}", f"{side}.mid.block_{index + 1}",
+                modules,
+                f"{side}.mid_block.resnets.{index}",
+                f"{side}.mid.block_{index + 1}",
                 _VAE_RESNET_PARTS,
             )
         for part, ldm_part in _VAE_ATTENTION_PARTS.items():

@@ -19,10 +19,14 @@ def draw_logo(size: int = 96) -> Image.Image:
     pen = ImageDraw.Draw(logo)
     pen.ellipse((2, 2, size - 3, size - 3), fill=(*NAVY, 255), outline=(*CREAM, 255), width=4)
     # A stylised kestrel wing: two orange triangles.
-    pen.polygon([(size * 0.22, size * 0.62), (size * 0.5, size * 0.25), (size * 0.56, size * 0.6)],
-                fill=(*ORANGE, 255))
-    pen.polygon([(size * 0.5, size * 0.6), (size * 0.8, size * 0.32), (size * 0.7, size * 0.7)],
-                fill=(*TEAL, 255))
+    pen.polygon(
+        [(size * 0.22, size * 0.62), (size * 0.5, size * 0.25), (size * 0.56, size * 0.6)],
+        fill=(*ORANGE, 255),
+    )
+    pen.polygon(
+        [(size * 0.5, size * 0.6), (size * 0.8, size * 0.32), (size * 0.7, size * 0.7)],
+        fill=(*TEAL, 255),
+    )
     return logo
 
 
@@ -61,10 +65,10 @@ def draw_scene(index: int, width: int, height: int) -> Image.Image:
     pen = ImageDraw.Draw(image)
     for y in range(height):
         t = y / max(1, height - 1)
-        pen.line([(0, y), (width, y)], fill=tuple(int(NAVY[c] * (1 - t) + TEAL[c] * t)
-                                                   for c in range(3)))
-    pen.ellipse((width * 0.2, height * 0.2, width * (0.5 + 0.1 * index), height * 0.7),
-                fill=ORANGE)
+        pen.line(
+            [(0, y), (width, y)], fill=tuple(int(NAVY[c] * (1 - t) + TEAL[c] * t) for c in range(3))
+        )
+    pen.ellipse((width * 0.2, height * 0.2, width * (0.5 + 0.1 * index), height * 0.7), fill=ORANGE)
     pen.rectangle((width * 0.6, height * 0.55, width * 0.9, height * 0.9), fill=CREAM)
     return image
 

@@ -15,10 +15,18 @@ BRAND = HERE.parent.parent.parent / "campaigns" / "brands" / "kestrel"
 
 def main() -> None:
     # A LoRA-shaped header declaring 4 KiB of float32 weights, with only 100 bytes of them.
-    header = json.dumps({"lora_unet_x.lora_down.weight": {
-        "dtype": "F32", "shape": [4, 256], "data_offsets": [0, 4096]}}).encode()
+    header = json.dumps(
+        {
+            "lora_unet_x.lora_down.weight": {
+                "dtype": "F32",
+                "shape": [4, 256],
+                "data_offsets": [0, 4096],
+            }
+        }
+    ).encode()
     (HERE / "truncated.safetensors").write_bytes(
-        struct.pack("<Q", len(header)) + header + bytes(100))
+        struct.pack("<Q", len(header)) + header + bytes(100)
+    )
     (HERE / "garbage.safetensors").write_bytes(b"this was never a safetensors file\n" * 8)
     logo = (BRAND / "logo.png").read_bytes()
     (HERE / "truncated-logo.png").write_bytes(logo[: len(logo) // 2])
