@@ -40,7 +40,6 @@ import os
 import sys
 import time
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from renderer.commands.provenance import C2paSigner, sign_image
 from renderer.core.atomic import TEMP_PREFIX, fsync_folder, write_bytes_atomic
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_bytes, sha256_file
+from renderer.core.terminal import Log
 from renderer.ledger.delivery_recovery import (
     MANIFEST_NAMES,
     delivery_temp_path,
@@ -305,7 +305,7 @@ def deliver(
     masters: bool = False,
     signer: C2paSigner | None = None,
     delivered_by: str,
-    log: Callable[[str], None] = lambda _: None,
+    log: Log = lambda _: None,
 ) -> Delivered:
     """Ship a run's files to ``to`` (a folder, or a file ending in .zip) if anything may
     ship; returns the plan and, when delivered, its ledger record. Holds the output
@@ -429,7 +429,7 @@ def _already_there(
     require: str,
     masters: bool,
     signed: bool,
-    log: Callable[[str], None],
+    log: Log,
 ) -> Delivered:
     """The target exists. If the recovery just completed a delivery to it of this plan (the
     same command, killed after it wrote the delivery), that is this command's result; else
@@ -477,7 +477,7 @@ def _step(name: str) -> None:
 
 
 def _contents(
-    plan: DeliveryPlan, out_dir: Path, signer: C2paSigner | None, log: Callable[[str], None]
+    plan: DeliveryPlan, out_dir: Path, signer: C2paSigner | None, log: Log
 ) -> dict[str, bytes]:
     """Each file's bytes as shipped (signed when there is a signer), checked again."""
     contents = {}

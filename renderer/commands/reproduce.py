@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from renderer.commands.image_diff import compare
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.hashing import sha256_bytes, sha256_json
+from renderer.core.terminal import Log
 from renderer.ledger.records import RenderRow
 from renderer.ledger.store import LEDGER_NAME, Ledger
 from renderer.load.schema import FileId
@@ -55,7 +56,6 @@ from renderer.validate.inputs import FileIndex, ResolvedFile
 if TYPE_CHECKING:
     from renderer.render.diffusers_renderer import LoraSlots
 
-Log = Callable[[str], None]
 TOLERANCE_OTHER_ENVIRONMENT = 1  # in 1/255 steps, per channel (README: "Ids, seeds …")
 DEFAULT_MIN_SSIM = 0.99
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from renderer.commands.lookup import file_state, open_ledger
 from renderer.core.errors import InputError
+from renderer.core.terminal import Log
 from renderer.ledger.records import TrainingRow
 from renderer.ledger.store import Ledger
 from renderer.plan.output_folder import reproduction_root
@@ -35,7 +36,6 @@ from renderer.train.command import TRAININGS_DIR, job_of
 from renderer.validate.file_finder import FileFinder, spec_files
 from renderer.validate.inputs import FileIndex
 
-Log = Callable[[str], None]
 MIN_PREFIX = 6
 
 

@@ -52,7 +52,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -61,6 +61,7 @@ from urllib.parse import urlsplit
 
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file
+from renderer.core.terminal import Log
 from renderer.ledger.records import REVIEW_DECISIONS, RenderRow, RunRow
 from renderer.ledger.store import LEDGER_NAME, Ledger, ReviewConflict, ReviewRecord
 from renderer.report.thumbnails import SIZES, cached_thumbnail, make_thumbnail
@@ -546,8 +547,8 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     reviewer: str,
-    announce: Callable[[str], None],
-    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    announce: Log,
+    log: Log = lambda message: print(message, file=sys.stderr),
 ) -> ReviewApp:
     """Serve the review page until interrupted; ``announce`` gets the URL (with the token)
     once the port is bound. Returns the app (which runs had reviews written)."""

@@ -13,6 +13,11 @@ from __future__ import annotations
 import re
 import sys
 import unicodedata
+from collections.abc import Callable
+
+# Where a command's progress lines go: a person's terminal (``say``), a test's list, a
+# server's log. One line per call.
+Log = Callable[[str], None]
 
 # Candidates; _escaped keeps the printable ones (letters, accents, emoji) as they are.
 _CONTROL = re.compile(r"[^\x20-\x7e\n\t]")

@@ -64,6 +64,7 @@ from transformers import (
 
 from renderer.core.atomic import TEMP_PREFIX, write_bytes_atomic, write_text_atomic
 from renderer.core.hashing import sha256_path
+from renderer.core.terminal import Log
 from renderer.weights.ldm_layout import (
     clip_text_original_name,
     diffusers_to_ldm,
@@ -193,9 +194,7 @@ UPSCALER_FEATURES, UPSCALER_GROWTH, UPSCALER_BLOCKS = 8, 32, 1
 # --- public entry point -----------------------------------------------------------------------
 
 
-def build_demo_models(
-    dest: Path, *, force: bool = False, log: Callable[[str], None] = print
-) -> dict[str, Path]:
+def build_demo_models(dest: Path, *, force: bool = False, log: Log = print) -> dict[str, Path]:
     """Build every demo model under dest (skip those already present unless force).
 
     Returns name -> path; names are the artifacts' file or folder names under ``dest``. Each

@@ -14,12 +14,13 @@ import os
 import re
 import shutil
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from renderer.core.atomic import TEMP_PREFIX, fsync_folder
 from renderer.core.hashing import sha256_bytes, sha256_file, sha256_stream
+from renderer.core.terminal import Log
 from renderer.ledger.records import DeliveryRow
 
 DELIVERY_TEMP_PREFIX = f"{TEMP_PREFIX}delivery-"
@@ -104,7 +105,7 @@ def move_into_place(temp: Path, target: Path) -> None:
 
 
 def recover_deliveries(
-    out_dir: Path, ledger: Any, log: Callable[[str], None], beside: Iterable[Path] = ()
+    out_dir: Path, ledger: Any, log: Log, beside: Iterable[Path] = ()
 ) -> list[DeliveryRow]:
     """Roll each delivery a kill interrupted forward, or discard it (call only while
     holding the lock); returns the ones completed now.

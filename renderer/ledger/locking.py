@@ -25,13 +25,14 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from renderer.core.atomic import TEMP_PREFIX
 from renderer.core.errors import RenderFailure
+from renderer.core.terminal import Log
 from renderer.ledger.delivery_recovery import recover_deliveries
 from renderer.plan.output_folder import LOCK_FILE, REPRODUCE, THUMBNAILS
 
@@ -52,7 +53,7 @@ def hold_output_folder(
     *,
     wait: bool = True,
     holder: str = "",
-    log: Callable[[str], None] = lambda _: None,
+    log: Log = lambda _: None,
     poll_seconds: float = 0.2,
 ) -> Iterator[Path]:
     """Hold the output folder's lock for the duration of the block."""
@@ -126,7 +127,7 @@ def sweep_temp_files(out_dir: Path) -> list[Path]:
     return swept
 
 
-def recover_after_crash(out_dir: Path, ledger: Any, log: Callable[[str], None]) -> None:
+def recover_after_crash(out_dir: Path, ledger: Any, log: Log) -> None:
     """Clean up after a run or delivery that was killed (call only while holding the lock).
     Deliveries first: a delivery's temp .zip may lie inside the output folder."""
     recover_deliveries(out_dir, ledger, log)

@@ -49,6 +49,7 @@ from PIL import Image
 
 from postprocess.parameters import EXTENSIONS, ExportSpec
 from renderer.core.hashing import hash_file, sha256_bytes
+from renderer.core.terminal import Log
 from renderer.load.schema import FileId
 from renderer.plan.output_folder import OutputFolder
 from renderer.plan.variant_spec import RecipeUse, VariantSpec
@@ -414,7 +415,7 @@ class Worker:
         self._environment: dict[str, Any] | None = None
 
     @classmethod
-    def for_campaign(cls, campaign: Campaign, log: Callable[[str], None]) -> Worker:
+    def for_campaign(cls, campaign: Campaign, log: Log) -> Worker:
         from renderer.render.diffusers_renderer import DiffusersRenderer, RenderOptions
 
         options = campaign.spec.render.model_dump(include=RenderOptions.known())

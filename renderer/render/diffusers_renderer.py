@@ -26,7 +26,7 @@ import dataclasses
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.families import PIPELINES, SCHEDULERS, SIZE_MULTIPLE
+from renderer.core.terminal import Log
 from renderer.load.schema import PICKLE_SUFFIXES, FileId
 from renderer.plan.variant_spec import (
     DetailCall,
@@ -228,7 +229,7 @@ class DiffusersRenderer:
         options: RenderOptions = RenderOptions(),
         *,
         allow_pickle: bool = False,
-        log: Callable[[str], None] = lambda _: None,
+        log: Log = lambda _: None,
         recipes: Sequence[Recipe] = (),
         lora_slots: Mapping[str, LoraSlots] | None = None,
     ):

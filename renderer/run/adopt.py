@@ -11,12 +11,13 @@ another variant's image is refused: nothing is written over it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from postprocess.parameters import ExportSpec
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file, sha256_json
+from renderer.core.terminal import Log
 from renderer.plan.variants import Variant
 from renderer.produce.metadata import LoraHashes
 from renderer.produce.worker import (
@@ -31,7 +32,6 @@ from renderer.produce.worker import (
 )
 from renderer.validate.inputs import Campaign
 
-Log = Callable[[str], None]
 ADOPTED = "adopted"
 UNKNOWN_ENVIRONMENT = {"device": "unknown (adopted from a file already in the folder)"}
 

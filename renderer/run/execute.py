@@ -16,7 +16,7 @@ gone or altered is rebuilt from its intact master, without rendering.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 from renderer.core.errors import CampaignError, InputError, RenderFailure
 from renderer.core.hashing import hash_file, sha256_file, sha256_json
 from renderer.core.progress import Progress
-from renderer.core.terminal import say
+from renderer.core.terminal import Log, say
 from renderer.ledger.decisions import campaign_gates, decide_run
 from renderer.ledger.locking import hold_output_folder, recover_after_crash
 from renderer.ledger.records import ExportRow, RenderRow
@@ -36,8 +36,6 @@ from renderer.render.environment import device_problem
 from renderer.run.executors import make_executor
 from renderer.validate.checks import load_campaign
 from renderer.validate.inputs import Campaign, FileIndex, Recipe, ResolvedFile
-
-Log = Callable[[str], None]
 
 
 def log_to_stderr(message: str) -> None:

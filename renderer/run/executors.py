@@ -12,17 +12,16 @@ worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from renderer.core.terminal import Log
 from renderer.produce.worker import FINISH_THREADS, Job, JobResult, OverlappedStages
 from renderer.validate.inputs import Campaign
 
 if TYPE_CHECKING:
     from renderer.produce.worker import Worker
-
-Log = Callable[[str], None]
 
 
 class Executor(Protocol):

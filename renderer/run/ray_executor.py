@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from renderer.core.errors import InputError, RenderFailure
+from renderer.core.terminal import Log
 from renderer.produce.worker import Job, JobResult
 
 MAX_ATTEMPTS = 3
@@ -78,7 +79,7 @@ class RayExecutor:
         workers: int | None,
         gpus_per_worker: float,
         threads: int,
-        log: Callable[[str], None],
+        log: Log,
     ):
         import ray
 

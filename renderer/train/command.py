@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from renderer.core.errors import InputError
 from renderer.core.hashing import HashCache, hash_file, sha256_json
+from renderer.core.terminal import Log
 from renderer.ledger.records import TrainingRow
 from renderer.ledger.store import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
 from renderer.load.schema import FileId
@@ -49,7 +50,6 @@ if TYPE_CHECKING:  # the engine imports torch and diffusers: only once there is 
 
 TRAININGS_DIR = TRAININGS  # OUT/trainings/NAME@VERSION/
 CACHE_DIR = f"{CACHE}/training"  # OUT/.cache/training: latents and embeddings
-Log = Callable[[str], None]
 # Why a training is started again, by the status its row had.
 _LAST_ATTEMPT = {
     "running": "its last attempt stopped without a word (killed?)",

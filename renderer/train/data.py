@@ -21,7 +21,7 @@ import dataclasses
 import gc
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from safetensors.torch import save as save_tensors
 
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.hashing import HashCache, canonical_json, sha256_json
+from renderer.core.terminal import Log
 from renderer.train.models import (
     TEXT_ENCODERS,
     Batch,
@@ -144,7 +145,7 @@ class DatasetFeatures:
         weight_dtype: torch.dtype,
         hashes: HashCache,
         live_text: bool,
-        log: Callable[[str], None],
+        log: Log,
         pipeline: Any = None,
     ):
         started = time.perf_counter()

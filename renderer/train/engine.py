@@ -53,6 +53,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from renderer.core.atomic import TEMP_PREFIX, write_bytes_atomic
 from renderer.core.errors import CampaignError, InputError, RenderFailure
 from renderer.core.hashing import HashCache, sha256_bytes
+from renderer.core.terminal import Log
 from renderer.load.schema import MIXED_PRECISIONS, SAVE_PRECISIONS, TRAINING_SCHEDULES
 from renderer.render.environment import PACKAGES, fingerprint, resolve_device
 from renderer.train.data import BatchOrder, DatasetFeatures, derive_seed, generator
@@ -83,7 +84,6 @@ __all__ = [
 ]
 
 STATE_PREFIX = "state-"
-Log = Callable[[str], None]
 
 
 # --- progress and result ---------------------------------------------------------------------
