@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from postprocess.gate_rules import COUNT_NAMES, FAIL, PASS, REVIEW, STATUSES
 from renderer.core.errors import CampaignError, InputError
 from renderer.core.terminal import say
 from renderer.core.version import __version__
@@ -832,7 +833,7 @@ def _history_filters(args: argparse.Namespace) -> dict[str, str | None]:
     from renderer.ledger.store import RUN_STATUSES, TRAINING_STATUSES
 
     statuses = (
-        ("pass", "review", "fail", "undecided")
+        (*STATUSES, "undecided")
         if args.renders
         else TRAINING_STATUSES
         if args.trainings
@@ -1209,18 +1210,19 @@ def cmd_gate(args: argparse.Namespace) -> int:
         for metric, bounds in gates.describe().items():
             say(f"  {metric:<18} {bounds}")
         for row, decision in decided.decided:
-            if decision.status != "pass":
+            if decision.status != PASS:
                 say(
                     f"{decision.status:<6} {row.variant_id[:12]}  {row.output_path}  "
                     + "; ".join(decision.reasons)
                 )
     say(
-        f"run {run.id}: {counts['passed']} passed, {counts['review']} to review, "
-        f"{counts['failed']} failed (decision {decided.gating_id}, nothing rendered)\n"
+        f"run {run.id}: {counts[COUNT_NAMES[PASS]]} passed, {counts[COUNT_NAMES[REVIEW]]} to "
+        f"review, {counts[COUNT_NAMES[FAIL]]} failed (decision {decided.gating_id}, nothing "
+        f"rendered)\n"
         f"report: {report}",
         err=True,
     )
-    return 1 if counts["failed"] else 0
+    return 1 if counts[COUNT_NAMES[FAIL]] else 0
 
 
 def cmd_review(args: argparse.Namespace) -> int:

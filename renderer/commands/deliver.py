@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from postprocess.gate_rules import FAIL, PASS
 from renderer.commands.provenance import C2paSigner, sign_image
 from renderer.core.atomic import TEMP_PREFIX, fsync_folder, write_bytes_atomic
 from renderer.core.errors import InputError
@@ -196,7 +197,7 @@ def plan_delivery(
             waiting.append(
                 Held(row, row.variant_id, "not decided yet (the run stopped before its gates)")
             )
-        elif decision.status == "fail":
+        elif decision.status == FAIL:
             left_out.append(
                 Held(row, row.variant_id, "failed its gates: " + "; ".join(decision.reasons))
             )
@@ -209,9 +210,9 @@ def plan_delivery(
                     ),
                 )
             )
-        elif decision.status == "pass" and require == "passed":
+        elif decision.status == PASS and require == "passed":
             shipping.append((row, Approval(GATES, decision.gating_id, decision.decided_at, None)))
-        elif decision.status == "pass":
+        elif decision.status == PASS:
             waiting.append(
                 Held(
                     row,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from renderer.core.errors import HashMismatchError, InputError, MissingFileError
-from renderer.core.families import FAMILIES
+from renderer.core.families import FAMILIES, SIZE_MULTIPLE
 from renderer.core.hashing import HashCache, sha256_json
 from renderer.load.schema import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, TRAINING_SCHEDULES
 from renderer.validate.training_buckets import DEFAULT_RESOLUTION
@@ -194,10 +194,7 @@ def check_job(job: TrainingJob, hashes: HashCache) -> None:
         (
             "samples.size",
             job.samples.size is None
-            or all(
-                side > 0 and side % (16 if job.family == "flux" else 8) == 0
-                for side in job.samples.size
-            ),
+            or all(side > 0 and side % SIZE_MULTIPLE[job.family] == 0 for side in job.samples.size),
             "[width, height], multiples of 8 (flux: 16)",
         ),
         ("items", len(job.items) >= 1, "at least one image"),

@@ -31,14 +31,10 @@ from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from renderer.core.errors import InputError
+from renderer.core.families import PIPELINES
 from renderer.core.hashing import HashCache, sha256_json
 from renderer.validate.training_buckets import bucket_step as family_bucket_step
 
-PIPELINES = {
-    "sd15": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-    "flux": "FluxPipeline",
-}
 TEXT_ENCODERS = {
     "sd15": ("text_encoder",),
     "sdxl": ("text_encoder", "text_encoder_2"),
@@ -79,7 +75,7 @@ def load_pipeline(
 ) -> Any:
     """The family's pipeline on the CPU: VAE in float32, the rest in ``weight_dtype``; without
     text encoders when the caller has every embedding it needs."""
-    pipeline_class = getattr(diffusers, PIPELINES[family])
+    pipeline_class = getattr(diffusers, PIPELINES[family, "text"])
     skip = {} if text_encoders else dict.fromkeys(TEXT_ENCODERS[family])
     try:
         if checkpoint.is_dir():
