@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from renderer.core.errors import HashMismatchError, InputError, MissingFileError
 from renderer.core.families import FAMILIES, SIZE_MULTIPLE
 from renderer.core.hashing import HashCache, sha256_json
-from renderer.load.schema import MIXED_PRECISIONS, OPTIMIZERS, SAVE_PRECISIONS, TRAINING_SCHEDULES
+from renderer.load.schema import LoraTrainingSpec, TrainingSamplesSpec, TrainingSettingsSpec
 from renderer.validate.training_buckets import DEFAULT_RESOLUTION
 
 # Default LoRA targets, as diffusers' DreamBooth LoRA scripts choose them: the UNet's attention
@@ -159,43 +161,49 @@ def _from_plain(kind: Any, value: Any) -> Any:
 
 
 def check_job(job: TrainingJob, hashes: HashCache) -> None:
-    """Bad input stops here, before any model loads; each error names the key or file."""
+    """Bad input stops here, before any model loads; each error names the key or file. The
+    ranges are the training spec's own (``load/schema.py``), checked on the job's values; the
+    rules between settings are the job's."""
+    for group, model in (
+        ("lora", LoraTrainingSpec),
+        ("train", TrainingSettingsSpec),
+        ("samples", TrainingSamplesSpec),
+    ):
+        # An empty tuple is the job's "the default" (target modules), as unset is the spec's.
+        values = {
+            key: value
+            for key, value in dataclasses.asdict(getattr(job, group)).items()
+            if value != ()
+        }
+        try:
+            model.model_validate(values, strict=False)
+        except ValidationError as err:
+            first = err.errors(include_url=False)[0]
+            key = ".".join([group, *map(str, first["loc"])])
+            raise InputError(
+                "invalid training setting",
+                key_path=key,
+                expected=first["msg"],
+                found=repr(first.get("input")),
+            ) from None
     lora, settings = job.lora, job.train
     rules = [
         ("family", job.family in FAMILIES, "sd15, sdxl or flux"),
-        ("lora.rank", lora.rank >= 1, "an integer >= 1"),
-        ("lora.alpha", lora.alpha > 0, "a positive number"),
-        ("lora.dropout", 0 <= lora.dropout < 1, "0 <= dropout < 1"),
-        ("lora.save_precision", lora.save_precision in SAVE_PRECISIONS, "fp32, fp16 or bf16"),
         (
             "lora.train_text_encoder",
             not (lora.train_text_encoder and job.family == "flux"),
             "false for flux (text-encoder training is for sd15/sdxl)",
         ),
-        ("train.steps", settings.steps >= 1, "an integer >= 1"),
-        ("train.learning_rate", settings.learning_rate > 0, "a positive number"),
-        ("train.schedule", settings.schedule in TRAINING_SCHEDULES, "constant, cosine or linear"),
         (
             "train.warmup_steps",
-            0 <= settings.warmup_steps < settings.steps,
+            settings.warmup_steps < settings.steps,
             "0 <= warmup_steps < steps",
         ),
-        ("train.batch_size", settings.batch_size >= 1, "an integer >= 1"),
-        ("train.gradient_accumulation", settings.gradient_accumulation >= 1, "an integer >= 1"),
-        ("train.resolution", settings.resolution >= 16, "at least 16 px"),
-        (
-            "train.mixed_precision",
-            settings.mixed_precision in MIXED_PRECISIONS,
-            "none, bf16 or fp16",
-        ),
-        ("train.save_every", settings.save_every >= 0, "0 (end only) or a step interval"),
-        ("train.optimizer", settings.optimizer in OPTIMIZERS, "adamw or adamw8bit"),
-        ("samples.steps", job.samples.steps >= 1, "an integer >= 1"),
         (
             "samples.size",
             job.samples.size is None
-            or all(side > 0 and side % SIZE_MULTIPLE[job.family] == 0 for side in job.samples.size),
-            "[width, height], multiples of 8 (flux: 16)",
+            or all(side % SIZE_MULTIPLE.get(job.family, 8) == 0 for side in job.samples.size),
+            f"[width, height], multiples of {SIZE_MULTIPLE.get(job.family, 8)}",
         ),
         ("items", len(job.items) >= 1, "at least one image"),
     ]
