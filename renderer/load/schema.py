@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, Field, create_model
 
 from postprocess.gate_rules import METRICS
 from postprocess.hires import LATENT_UPSCALERS, hires_size
@@ -61,10 +61,9 @@ RECIPE_AXIS = "recipe"
 Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, defer_build=True, allow_inf_nan=False
-    )
+class Strict(Parameters):
+    """The base of every file format: the post-process library's own model settings (unknown
+    keys refused, strict types, finite numbers, frozen), declared once in ``Parameters``."""
 
 
 # ---------------------------------------------------------------- files referenced

@@ -28,8 +28,9 @@ import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from postprocess.tiling import Tiling, UpscalerInfo
 from renderer.core.errors import (
     BadFileError,
     HashMismatchError,
@@ -78,14 +79,12 @@ from renderer.validate.training_buckets import (
 )
 from renderer.validate.training_spec import DatasetImage, TrainingSpec
 from renderer.weights.compat import (
+    config_problem,
     lora_family_problem,
     safetensors_problem,
     single_file_problem,
     unet_input_channels,
 )
-
-if TYPE_CHECKING:  # the upscaler library imports torch: only when a recipe has an upscaler
-    from postprocess.tiling import Tiling, UpscalerInfo
 
 # Characters Windows, macOS or Linux reject in file names, plus control characters.
 _REJECTED_IN_NAMES = re.compile(r'[<>:"\\|?*\x00-\x1f]')
@@ -351,8 +350,6 @@ def _checkpoint_config(document: YamlDocument, spec: RecipeFile, checkpoint: Pat
             found=f"{checkpoint.name} is a diffusers folder",
             fix="remove checkpoint.config (the folder has its own configs)",
         )
-    from renderer.weights.compat import config_problem
-
     if not config.is_dir():
         problem = "a file, not a diffusers folder"
     else:
@@ -449,8 +446,6 @@ def _check_refine(
                 fix="upscaler: model with model: {path: …, sha256: …}, or drop model",
             )
         if hires.model is not None:
-            from postprocess.tiling import Tiling
-
             _check_upscaler(document, files[(*where, "model")], (*where, "model"), Tiling())
         _check_hires_size(document, hires, spec.family, (spec.size[0], spec.size[1]))
     if refine.refiner is not None:
@@ -481,8 +476,6 @@ def _check_refine(
     if upscale := refine.upscale:
         tiling = None
         if upscale.tile is not None:
-            from postprocess.tiling import Tiling
-
             try:
                 tiling = Tiling(tile=upscale.tile, overlap=upscale.overlap)
             except ValueError as err:
@@ -605,8 +598,6 @@ def _upscaler_info(file: ResolvedFile) -> UpscalerInfo:
     """``postprocess.upscale.describe_upscaler``'s answer, remembered by the file's sha256 and
     spandrel's version: deriving it imports torch and spandrel (about 2 s), which would make
     every later refusal of a recipe with an upscaler slower than validation may be."""
-    from postprocess.tiling import UpscalerInfo
-
     kind = f"upscaler (spandrel {importlib.metadata.version('spandrel')})"
     if (known := shared_cache().facts(file.sha256, kind)) is not None:
         return UpscalerInfo(**known)
