@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 DEMO_MODELS := models/demo/MANIFEST.json
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test check fuzz bench lint format clean system-deps
+.PHONY: demo test check fuzz bench lint format types clean system-deps
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 # Rebuilt (same seed, same bytes) when the code that builds them changes.
-$(DEMO_MODELS): $(INSTALLED) renderer/demo/models.py renderer/weights/ldm_layout.py
+$(DEMO_MODELS): $(INSTALLED) $(wildcard renderer/demo/*.py) renderer/weights/ldm_layout.py
 	$(BIN)/campaign demo-models --dir models/demo --force
 
 demo: $(DEMO_MODELS)
@@ -42,9 +42,10 @@ TEST_WORKERS ?= $(shell nproc)
 test: $(DEMO_MODELS) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-# The inner loop (under 2 minutes): lint, format and the tests that render nothing (the
+# The inner loop (under 2 minutes): lint, format, types and the tests that render nothing (the
 # input checks, the layering, the output folder, the ledger and the variant spec).
 CHECK_TESTS := tests/test_validate_complete.py tests/test_bad_corpus.py tests/test_bad_input.py \
 	tests/test_hostile_input.py tests/test_template_limits.py tests/test_output_folder.py \
@@ -52,6 +53,7 @@ CHECK_TESTS := tests/test_validate_complete.py tests/test_bad_corpus.py tests/te
 check: $(DEMO_MODELS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(CHECK_TESTS)
 
 # `make test` fuzzes the inputs with 40 fixed cases (tests/test_fuzz_inputs.py); this runs
@@ -85,5 +87,9 @@ lint: $(INSTALLED)
 format: $(INSTALLED)
 	$(BIN)/ruff format .
 
+# The type checker at the strictness pyproject.toml's [tool.mypy] sets (README, "Type checking").
+types: $(INSTALLED)
+	$(BIN)/mypy
+
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache .mypy_cache

@@ -124,9 +124,10 @@ def rerun(campaign: Path, out: Path) -> tuple[float, dict]:
 
 def ledger_write_rate(rows: int, folder: Path) -> float:
     from renderer.core.hashing import sha256_bytes
-    from renderer.ledger.store import Ledger, RenderRecord
+    from renderer.ledger.records import RenderRecord
+    from renderer.ledger.store import Ledger
     from renderer.plan.variants import make_plan
-    from renderer.validate.checks import load_campaign
+    from renderer.validate.campaign import load_campaign
 
     plan = make_plan(load_campaign(thousand_variant_campaign(folder)))
     variants = list(plan.variants)

@@ -147,9 +147,12 @@ class HoldingRenderer:
 def simulated_accelerator(folder: Path, launch_share: float) -> None:
     """(b): the real finish and write stages behind a renderer that mostly waits."""
     from renderer.plan.variants import cut_batches, make_plan
-    from renderer.produce.worker import FINISH_THREADS, Assets, Job, Scoring, Worker
+    from renderer.produce.finishing import Assets
+    from renderer.produce.job import Job
+    from renderer.produce.scoring import Scoring
+    from renderer.produce.worker import FINISH_THREADS, Worker
     from renderer.run.executors import LocalExecutor, PipelinedExecutor
-    from renderer.validate.checks import load_campaign
+    from renderer.validate.campaign import load_campaign
 
     campaign = load_campaign(
         demo_campaign(

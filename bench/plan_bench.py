@@ -23,7 +23,7 @@ PLAN_ONE = """
 import json, resource, sys, time
 from pathlib import Path
 started = time.perf_counter()
-from renderer.validate.checks import load_campaign
+from renderer.validate.campaign import load_campaign
 from renderer.plan.variants import make_plan
 imported = time.perf_counter()
 plan = make_plan(load_campaign(Path(sys.argv[1])))
@@ -112,7 +112,7 @@ def revalidate(folder: Path) -> None:
     started = time.perf_counter()
     subprocess.run([campaign, "pin", str(path)], check=True, env=env, capture_output=True)
     cold = time.perf_counter() - started
-    from renderer.validate.checks import load_recipe
+    from renderer.validate.recipe import load_recipe
 
     os.environ["CAMPAIGN_CACHE_DIR"] = env["CAMPAIGN_CACHE_DIR"]
     timings = []

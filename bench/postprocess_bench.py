@@ -51,7 +51,7 @@ from postprocess.retouch import (
 from postprocess.scoring import ClipScorer
 from postprocess.text import overlay_text
 from postprocess.text_layout import TextBlock
-from renderer.demo.models import build_tiny_clip
+from renderer.demo.scoring_clip import build_tiny_clip
 from renderer.produce.metadata import xmp_packet
 from tests.synthetic import draw_face, shapes, with_noise
 

@@ -21,10 +21,10 @@ def main() -> None:
     import torch
 
     from renderer.plan.variants import cut_batches, make_plan
-    from renderer.produce.worker import Job
+    from renderer.produce.job import Job
     from renderer.run.executors import LocalExecutor
     from renderer.run.ray_executor import RayExecutor
-    from renderer.validate.checks import load_campaign
+    from renderer.validate.campaign import load_campaign
 
     campaign_path = REPO / "campaigns" / "demo.yaml"
     campaign = load_campaign(campaign_path)

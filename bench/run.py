@@ -136,7 +136,7 @@ def render_paths(folder: Path) -> None:
 
     from renderer.plan.variants import cut_batches, make_plan
     from renderer.render.diffusers_renderer import DiffusersRenderer
-    from renderer.validate.checks import load_campaign
+    from renderer.validate.campaign import load_campaign
 
     print("render path only, in process (model load included, 36 variants):")
     for family in ("sd15", "sdxl", "flux"):
@@ -170,7 +170,7 @@ def render_paths(folder: Path) -> None:
 def three_stacks(folder: Path) -> None:
     from renderer.plan.variants import cut_batches, make_plan
     from renderer.render.diffusers_renderer import DiffusersRenderer
-    from renderer.validate.checks import load_campaign
+    from renderer.validate.campaign import load_campaign
 
     campaign = yaml.safe_load(family_campaign(folder, "sd15").read_text())
     campaign["name"] = "bench-stacks"

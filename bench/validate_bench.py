@@ -62,7 +62,7 @@ def special_files(folder: Path) -> list[Path]:
 def in_process_seconds(path: Path, runs: int) -> float:
     from renderer.core.errors import CampaignError
     from renderer.train.command import resolve
-    from renderer.validate.checks import load_any
+    from renderer.validate.any_kind import load_any
     from renderer.validate.training_spec import TrainingSpec
 
     best = float("inf")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import xml.etree.ElementTree as ElementTree
 
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, PngImagePlugin
 
 # The metadata every file carries, by key (the PNG text chunk names; README: "Outputs,
 # metadata, ledger"). JPEG and WebP keep PARAMETERS_KEY in EXIF and the others in XMP.
@@ -28,7 +28,7 @@ _RDF_NAMESPACE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 def read_export_metadata(data: bytes) -> dict[str, str]:
     """The metadata keys of a file ``encode_image`` wrote, plus ``xmp`` (the packet)."""
     with Image.open(io.BytesIO(data)) as image:
-        if image.format == "PNG":
+        if isinstance(image, PngImagePlugin.PngImageFile):
             text = dict(image.text)
             xmp = text.pop(XMP_PNG_KEY, None)
             return {**text, **({"xmp": xmp} if xmp else {})}

@@ -156,7 +156,7 @@ def _user_comment_exif(text: str, size: tuple[int, int]) -> bytes:
     laid out here because ``piexif.dump`` places the Exif IFD's values 4 bytes into it
     (exiftool: "Value for ExifIFD tag 0x9286 UserComment overlaps IFD")."""
     user_comment = piexif.helper.UserComment.dump(text, encoding="unicode")
-    exif_ifd = [
+    exif_ifd: list[_IfdEntry] = [
         (0x9000, _UNDEFINED, b"0232"),  # ExifVersion
         (0x9101, _UNDEFINED, b"\x01\x02\x03\x00"),  # ComponentsConfiguration: YCbCr
         (0x9286, _UNDEFINED, user_comment),  # UserComment
@@ -165,7 +165,7 @@ def _user_comment_exif(text: str, size: tuple[int, int]) -> bytes:
         (0xA002, _LONG, size[0]),  # PixelXDimension
         (0xA003, _LONG, size[1]),
     ]  # PixelYDimension
-    zeroth = [
+    zeroth: list[_IfdEntry] = [
         (0x011A, _RATIONAL, (72, 1)),  # XResolution
         (0x011B, _RATIONAL, (72, 1)),  # YResolution
         (0x0128, _SHORT, 2),  # ResolutionUnit: inches
@@ -180,17 +180,19 @@ def _user_comment_exif(text: str, size: tuple[int, int]) -> bytes:
 
 _TIFF_HEADER_LENGTH = 8
 _SHORT, _LONG, _RATIONAL, _UNDEFINED = 3, 4, 5, 7
+# (tag, type, value): bytes for _UNDEFINED, (numerator, denominator) for _RATIONAL, else int.
+_IfdEntry = tuple[int, int, bytes | tuple[int, int] | int]
 
 
-def _ifd(entries: Sequence[tuple[int, int, object]], offset: int) -> bytes:
+def _ifd(entries: Sequence[_IfdEntry], offset: int) -> bytes:
     """A big-endian TIFF IFD at ``offset`` (from the TIFF header): its entries, a zero
     next-IFD link, then the values longer than 4 bytes, each at an even offset."""
     values_at = offset + 2 + 12 * len(entries) + 4
     table, values = [], b""
     for tag, kind, value in sorted(entries, key=lambda entry: entry[0]):
-        if kind == _UNDEFINED:
+        if isinstance(value, bytes):  # _UNDEFINED
             data, count = value, len(value)
-        elif kind == _RATIONAL:
+        elif isinstance(value, tuple):  # _RATIONAL
             data, count = struct.pack(">II", *value), 1
         else:
             data, count = struct.pack(">H" if kind == _SHORT else ">I", value), 1

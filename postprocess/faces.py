@@ -72,16 +72,22 @@ def load_cascade(path: Path = FRONTAL_FACE_CASCADE) -> HaarCascade:
     if cascade is None or cascade.findtext("featureType", "").strip() != "HAAR":
         raise ValueError(f"{path} is not an OpenCV HAAR cascade; pass a haarcascade_*.xml file")
     features = [
-        [[float(value) for value in rect.text.split()] for rect in feature.find("rects")]
-        for feature in cascade.find("features")
+        [
+            [float(value) for value in _text(rect, path).split()]
+            for rect in _child(feature, "rects", path)
+        ]
+        for feature in _child(cascade, "features", path)
     ]
-    if any(feature.findtext("tilted", "0").strip() != "0" for feature in cascade.find("features")):
+    if any(
+        feature.findtext("tilted", "0").strip() != "0"
+        for feature in _child(cascade, "features", path)
+    ):
         raise ValueError(f"{path} uses tilted features, which this evaluator does not support")
     stages = []
-    for stage in cascade.find("stages"):
+    for stage in _child(cascade, "stages", path):
         forms, node_thresholds, leaves = [], [], []
-        for weak in stage.find("weakClassifiers"):
-            nodes = weak.findtext("internalNodes").split()
+        for weak in _child(stage, "weakClassifiers", path):
+            nodes = _child_text(weak, "internalNodes", path).split()
             if len(nodes) != 4:
                 raise ValueError(
                     f"{path} has tree classifiers; use a stump cascade such as "
@@ -89,19 +95,42 @@ def load_cascade(path: Path = FRONTAL_FACE_CASCADE) -> HaarCascade:
                 )
             forms.append(_corner_form(features[int(nodes[2])], path))
             node_thresholds.append(float(nodes[3]))
-            leaves.append([float(value) for value in weak.findtext("leafValues").split()])
+            leaves.append([float(value) for value in _child_text(weak, "leafValues", path).split()])
         offsets, weights = _padded(forms)
         stages.append(
             HaarStage(
-                threshold=float(stage.findtext("stageThreshold")),
+                threshold=float(_child_text(stage, "stageThreshold", path)),
                 corner_offsets=offsets,
                 integer_weights=weights,
                 node_thresholds=np.array(node_thresholds, dtype=np.float64),
                 leaves=np.array(leaves, dtype=np.float64),
             )
         )
-    window = (int(cascade.findtext("width")), int(cascade.findtext("height")))
+    window = (
+        int(_child_text(cascade, "width", path)),
+        int(_child_text(cascade, "height", path)),
+    )
     return HaarCascade(window=window, stages=tuple(stages))
+
+
+def _child(element: ElementTree.Element, tag: str, path: Path) -> ElementTree.Element:
+    """``element``'s first ``tag`` child, which an OpenCV cascade always has."""
+    child = element.find(tag)
+    if child is None:
+        raise ValueError(f"{path} is not an OpenCV HAAR cascade: <{element.tag}> lacks <{tag}>")
+    return child
+
+
+def _child_text(element: ElementTree.Element, tag: str, path: Path) -> str:
+    """The text of ``element``'s first ``tag`` child ("" when the child is empty)."""
+    return _child(element, tag, path).text or ""
+
+
+def _text(element: ElementTree.Element, path: Path) -> str:
+    """``element``'s own text, which a cascade's rectangle always has."""
+    if element.text is None:
+        raise ValueError(f"{path} is not an OpenCV HAAR cascade: <{element.tag}> is empty")
+    return element.text
 
 
 def _corner_form(rects: list[list[float]], path: Path) -> dict[tuple[int, int], int]:
@@ -158,7 +187,7 @@ def _pyramid(
     gray: np.ndarray, window: tuple[int, int], scale_factor: float
 ) -> list[tuple[float, np.ndarray]]:
     """(scale, image shrunk by scale) down to the window's size, as OpenCV builds them."""
-    levels = []
+    levels: list[tuple[float, np.ndarray]] = []
     factor = 1.0
     while True:
         # OpenCV keeps each level's scale as a float32; matching it keeps the same windows.

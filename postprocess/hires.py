@@ -67,6 +67,7 @@ def hires_size(
         if not 1 <= factor <= 8:
             raise ValueError(f"hires factor {factor!r} is out of range; use 1 to 8, e.g. 2")
         return snap(width * factor, multiple), snap(height * factor, multiple)
+    assert size is not None  # exactly one of factor and size, checked above
     target_width, target_height = size
     if target_width < 0 or target_height < 0 or target_width == target_height == 0:
         raise ValueError(

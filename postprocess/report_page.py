@@ -19,9 +19,10 @@ from pathlib import Path, PurePath
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from postprocess.gate_rules import FAIL, PASS, REVIEW, STATUSES
+from postprocess.text_layout import Font, bundled_font
 
 _TEMPLATE_NAME = "report.html.j2"
 # In every report's head: `campaign report --to` replaces a file only when it carries this.
@@ -235,7 +236,7 @@ def xy_grid_png(
     cells = _grid_cells(rows, x_axis, y_axis)
     x_values = list(dict.fromkeys(x for x, _ in cells))
     y_values = list(dict.fromkeys(y for _, y in cells))
-    font = ImageFont.load_default(size=max(10, cell // 12))
+    font = bundled_font(max(10, cell // 12))
     pad = cell // 16
     line = round(font.size * 1.3)
     corner = f"{y_axis} \\ {x_axis}"
@@ -325,7 +326,7 @@ def _draw_cell(
     box: tuple[int, int, int, int],
     row: ReportRow | None,
     images: Mapping[str, Image.Image],
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    font: Font,
     pad: int,
 ) -> None:
     left, top, right, bottom = box
@@ -366,7 +367,7 @@ def _draw_cell(
         draw.text((inner[0] + pad, inner[1] + pad), tag, fill=(255, 255, 255), font=font)
 
 
-def _fit_label(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
+def _fit_label(text: str, font: Font, width: int) -> str:
     """``text``, cut with "..." to fit ``width`` pixels."""
     if font.getlength(text) <= width:
         return text
@@ -375,5 +376,5 @@ def _fit_label(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, wi
     return text + "..."
 
 
-def _grow(box: tuple[int, int, int, int], pad: int) -> tuple[int, int, int, int]:
+def _grow(box: tuple[float, float, float, float], pad: int) -> tuple[float, float, float, float]:
     return box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad

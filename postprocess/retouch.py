@@ -51,13 +51,13 @@ class BrandReference:
     def from_images(cls, references: Sequence[np.ndarray]) -> BrandReference:
         if not references:
             raise ValueError("no brand reference images given; add some to the brand kit")
-        histograms = sum(
+        histograms = [
             _lab_histograms(
                 cv2.cvtColor(require_rgb(reference, f"brand reference {index}"), cv2.COLOR_RGB2Lab)
             )
             for index, reference in enumerate(references)
-        )
-        return cls(cdf=_cumulative(histograms))
+        ]
+        return cls(cdf=_cumulative(sum(histograms[1:], start=histograms[0])))
 
 
 def white_balance(image: np.ndarray, params: WhiteBalance) -> np.ndarray:
@@ -137,7 +137,7 @@ def smooth_skin(
         scale = small.shape[1] / region.shape[1]
         diameter = max(3, round(min(small.shape[:2]) / 20) | 1)  # a fixed share of the face
         smoothed = cv2.bilateralFilter(small, diameter, 30, diameter / 2)
-        mask = np.zeros(small.shape[:2], dtype=np.float32)
+        mask: np.ndarray = np.zeros(small.shape[:2], dtype=np.float32)
         center = (
             round(((left + right) / 2 - x0) * scale),
             round(((top + bottom) / 2 - y0) * scale),

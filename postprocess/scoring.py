@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, Self, TypeVar
 
 import numpy as np
 import open_clip
@@ -19,6 +20,7 @@ from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
 from PIL import Image
 
 REDUCING_GAP = 3
+_Input = TypeVar("_Input", Image.Image, str)
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,27 @@ class BrandEmbeddings:
         return cls(references=references, centroid=centroid / np.linalg.norm(centroid))
 
 
+class ClipModel(Protocol):
+    """What the scorer uses of an open_clip model (``open_clip.CLIP`` and its kin: torch
+    modules with image and text towers)."""
+
+    def to(self, device: str | torch.device) -> Self: ...
+
+    def float(self) -> Self: ...
+
+    def eval(self) -> Self: ...
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+
 class ClipScorer:
     """Embeds images and texts with one open_clip model (float32, eval mode, no gradients)."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: ClipModel,
         preprocess: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         *,
@@ -83,12 +100,13 @@ class ClipScorer:
     def from_pretrained(
         cls,
         model_name: str,
-        pretrained: str,
+        pretrained: str | None,
         *,
         batch_size: int = 32,
         device: str | torch.device = "cpu",
     ) -> ClipScorer:
-        """Load a named open_clip model with a pretrained tag, e.g. ``ViT-B-32``, ``openai``."""
+        """Load a named open_clip model with a pretrained tag, e.g. ``ViT-B-32``, ``openai``
+        (None: randomly initialised weights)."""
         return cls._load(model_name, pretrained, batch_size, device)
 
     @classmethod
@@ -185,7 +203,9 @@ class ClipScorer:
         factor = min(image.size) // (REDUCING_GAP * self._input_side)
         return image.reduce(factor) if factor >= 2 else image
 
-    def _embed(self, inputs: Sequence, encode: Callable[[Sequence], torch.Tensor]) -> np.ndarray:
+    def _embed(
+        self, inputs: Sequence[_Input], encode: Callable[[Sequence[_Input]], torch.Tensor]
+    ) -> np.ndarray:
         if not inputs:
             raise ValueError("nothing to embed; pass at least one image or text")
         chunks = []
@@ -196,7 +216,7 @@ class ClipScorer:
         return np.concatenate(chunks)
 
 
-def _input_side(model: torch.nn.Module) -> int | None:
+def _input_side(model: ClipModel) -> int | None:
     """The short side of the images the model's vision tower takes, when it says."""
     size = getattr(getattr(model, "visual", None), "image_size", None)
     if isinstance(size, int):

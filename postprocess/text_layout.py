@@ -20,7 +20,7 @@ MIN_FONT_SIZE = 8
 MAX_LINES = {"headline": 2, "legal": 3}
 LINE_SPACING = 1.15  # line advance as a multiple of the font size
 
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+Font = ImageFont.FreeTypeFont
 
 
 @dataclass(frozen=True)
@@ -53,24 +53,35 @@ def text_fits(block: TextBlock, width: int, height: int) -> str | None:
 
 def load_font(font_path: Path | None, size: int) -> Font:
     if font_path is None:
-        return ImageFont.load_default(size=size)
+        return bundled_font(size)
     return ImageFont.truetype(str(font_path), size=size)
+
+
+def bundled_font(size: int) -> Font:
+    """Pillow's bundled scalable font at ``size`` pixels."""
+    font = ImageFont.load_default(size=size)
+    # Pillow falls back to a fixed-size bitmap font only when built without FreeType.
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        raise RuntimeError(
+            "this Pillow was built without FreeType, which setting text needs; "
+            "install Pillow's wheel from PyPI"
+        )
+    return font
 
 
 def fit(block: TextBlock, width: int, height: int) -> tuple[Font, list[str]]:
     """The largest font (binary search on size) whose wrapped lines fit width × height."""
-    fitted = None
+    fitted: tuple[Font, list[str]] | None = None
     low, high = MIN_FONT_SIZE, max(MIN_FONT_SIZE, int(height / LINE_SPACING))
     while low <= high:
         size = (low + high) // 2
         font = load_font(block.font_path, size)
         lines = wrap(block.text, font, width)
-        fits = (
+        if (
             lines is not None
             and len(lines) <= MAX_LINES[block.role]
             and block_height(font, len(lines)) <= height
-        )
-        if fits:
+        ):
             fitted, low = (font, lines), size + 1
         else:
             high = size - 1

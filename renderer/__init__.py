@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from renderer.plan.variant_spec import VariantSpec
     from renderer.plan.variants import Plan, Variant, make_plan
     from renderer.run.execute import RunSummary, render_campaign
-    from renderer.validate.checks import load_campaign
+    from renderer.validate.campaign import load_campaign
     from renderer.validate.inputs import Campaign
 
 # The stage subpackages in data-path order: a module imports from its own stage and earlier
@@ -58,7 +58,7 @@ _NAMES = {  # public name -> the module that defines it
     "Variant": "renderer.plan.variants",
     "reproduce": "renderer.commands.reproduce",
     "Outcome": "renderer.commands.reproduce",
-    "load_campaign": "renderer.validate.checks",
+    "load_campaign": "renderer.validate.campaign",
     "VariantSpec": "renderer.plan.variant_spec",
 }
 __all__ = [

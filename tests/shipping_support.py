@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 from renderer.commands.provenance import C2paSigner
-from renderer.ledger.store import Ledger, ReviewRecord
+from renderer.ledger.reviews import ReviewRecord
+from renderer.ledger.store import Ledger
 from renderer.run.execute import RunSummary, render_campaign
 
 from .conftest import Project

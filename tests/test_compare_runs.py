@@ -16,7 +16,8 @@ from jsonschema import Draft202012Validator
 from PIL import Image
 from referencing import Registry, Resource
 
-from renderer.ledger.store import Ledger, ReviewRecord
+from renderer.ledger.reviews import ReviewRecord
+from renderer.ledger.store import Ledger
 from renderer.report.comparison import GRID_CELL, Side, compare_runs
 
 from .conftest import REPO, ledger_rows, run_cli

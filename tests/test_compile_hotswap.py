@@ -20,8 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from renderer.plan.variants import make_plan
 from renderer.produce.worker import Worker
-from renderer.render.diffusers_renderer import DiffusersRenderer, RenderOptions, compiled_graphs
-from renderer.validate.checks import load_campaign
+from renderer.render.diffusers_renderer import DiffusersRenderer, compiled_graphs
+from renderer.render.options import RenderOptions
+from renderer.validate.campaign import load_campaign
 
 pytestmark = pytest.mark.long  # a minute of compiled renders: scheduled first
 

@@ -23,13 +23,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renderer.commands.deliver import STEP_PAUSE_ENV
+from renderer.commands.deliver_files import STEP_PAUSE_ENV
 from renderer.commands.provenance import read_c2pa
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.hashing import sha256_bytes, sha256_file
 from renderer.ledger.delivery_recovery import delivery_problem
 from renderer.ledger.locking import hold_output_folder, recover_after_crash
-from renderer.ledger.store import Ledger, RenderFacts, RenderRecord, ReviewRecord
+from renderer.ledger.records import RenderFacts, RenderRecord
+from renderer.ledger.reviews import ReviewRecord
+from renderer.ledger.store import Ledger
 
 from .conftest import CAMPAIGN_BIN, ledger_rows, run_cli
 from .shipping_support import EXPORTS, make_ca, render, shipping_project

@@ -19,7 +19,7 @@ from renderer.produce.metadata import (
 from renderer.render.controls import PREPROCESSORS, load_rgb, region_mask
 from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.run.execute import render_campaign
-from renderer.validate.checks import load_campaign
+from renderer.validate.campaign import load_campaign
 
 from .conftest import ledger_rows, pngs, run_cli
 from .scratch import BRAND, MODELS, Scratch

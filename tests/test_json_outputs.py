@@ -12,9 +12,10 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from renderer.cli.main import _EPILOGS
+from renderer.cli.parser import _EPILOGS
 from renderer.commands.review import ReviewApp
-from renderer.ledger.store import Ledger, ReviewRecord
+from renderer.ledger.reviews import ReviewRecord
+from renderer.ledger.store import Ledger
 
 from .conftest import REPO, run_cli
 from .shipping_support import shipping_project

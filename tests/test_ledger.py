@@ -12,8 +12,11 @@ import pytest
 from PIL import Image
 
 from renderer.core.hashing import sha256_bytes, sha256_json
+from renderer.ledger.columns import stored_fields
+from renderer.ledger.gatings import DecisionRecord
 from renderer.ledger.migrations import MIGRATIONS, m001_initial
-from renderer.ledger.store import DecisionRecord, Ledger, RenderRecord
+from renderer.ledger.records import RenderColumns, RenderRecord, RenderRow
+from renderer.ledger.store import Ledger
 from renderer.plan.variant_spec import VariantSpec
 from renderer.produce.metadata import encode_png
 
@@ -178,6 +181,18 @@ def test_migrations_are_numbered_and_upgrade_an_m001_ledger(tmp_path):
         assert ledger.trainings() == []  # m006: the table, empty
     with Ledger(path) as ledger:  # opening again applies nothing twice
         assert ledger.db.execute("SELECT COUNT(*) FROM migrations").fetchone()[0] == len(names)
+
+
+def test_the_declared_render_row_is_the_migrated_renders_table(tmp_path):
+    """A render row is declared once (``RenderColumns``, ``RenderRow``); its INSERT and
+    reader derive from it. A migration that adds, drops or renames a column fails here
+    until the declaration follows."""
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        table = [row["name"] for row in ledger.db.execute("PRAGMA table_info(renders)")]
+    read = [item.column for item in stored_fields(RenderRow)]
+    assert sorted(read) == sorted(table) and len(set(read)) == len(read)
+    written = {item.column for item in stored_fields(RenderColumns)}
+    assert set(table) - written == {"id", "created_at"}  # the ledger assigns these
 
 
 def test_queries(populated):

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renderer.ledger.store import Ledger, ReviewRecord
+from renderer.ledger.reviews import ReviewRecord
+from renderer.ledger.store import Ledger
 from renderer.report.thumbnails import make_thumbnail
 
 from .conftest import REPO, ledger_rows, run_cli

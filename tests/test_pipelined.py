@@ -21,7 +21,7 @@ from renderer.core.errors import RenderFailure
 from renderer.core.hashing import HashCache, sha256_file
 from renderer.plan.variants import cut_batches, make_plan
 from renderer.run.execute import render_campaign
-from renderer.validate.checks import load_campaign
+from renderer.validate.campaign import load_campaign
 
 from .conftest import ledger_rows
 from .ledger_support import small_project

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from renderer.core.errors import InputError
 from renderer.load.yamlsource import YamlDocument, load_yaml
 from renderer.plan.variants import make_plan
-from renderer.validate.checks import load_any, validate_campaign
+from renderer.validate.any_kind import load_any
+from renderer.validate.campaign import validate_campaign
 from renderer.validate.matrix import matches
 
 from .conftest import REPO, run_cli

@@ -23,7 +23,7 @@ from renderer.plan.variants import make_plan
 from renderer.produce.metadata import TRAINED_ALGORITHMIC_MEDIA
 from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.run.execute import render_campaign
-from renderer.validate.checks import load_campaign
+from renderer.validate.campaign import load_campaign
 
 from .conftest import REPO, CliResult, ledger_rows
 from .synthetic import draw_face

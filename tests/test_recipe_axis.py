@@ -17,7 +17,7 @@ import yaml
 from renderer.core.families import SIZE_MULTIPLE
 from renderer.plan.variants import cut_batches, make_plan
 from renderer.produce.worker import Worker
-from renderer.validate.checks import load_campaign
+from renderer.validate.campaign import load_campaign
 
 from .conftest import REPO, ledger_rows, run_cli
 

@@ -118,7 +118,7 @@ def test_lora_weight_override_reaches_the_variant_metadata(project):
     result = run_cli("plan", project.campaign_path, "--json")
     assert result.code == 0
     from renderer.plan.variants import make_plan
-    from renderer.validate.checks import load_campaign
+    from renderer.validate.campaign import load_campaign
 
     plan = make_plan(load_campaign(project.campaign_path))
     for variant in plan.variants:
@@ -254,8 +254,8 @@ def test_clip_model_by_folder_or_by_open_clip_name(project):
 
     from PIL import Image
 
-    from renderer.produce.worker import Scoring
-    from renderer.validate.checks import load_campaign
+    from renderer.produce.scoring import Scoring
+    from renderer.validate.campaign import load_campaign
 
     by_name = Scoring(load_campaign(project.campaign_path)).scorer
     assert by_name.embed_texts(["a red shoe"]).shape == (1, 512)  # ViT-B-32's width

@@ -27,10 +27,10 @@ from renderer.cli.main import main
 from renderer.core.hashing import canonical_json, sha256_path
 from renderer.plan.variant_spec import VariantSpec, batch_key, render_call, spec_problem, variant_id
 from renderer.plan.variants import make_plan
+from renderer.produce.exports import exports_of_master
 from renderer.produce.metadata import LoraHashes, a1111_parameters, read_png_metadata
-from renderer.produce.worker import exports_of_master
 from renderer.render.diffusers_renderer import DiffusersRenderer
-from renderer.validate.checks import load_campaign
+from renderer.validate.campaign import load_campaign
 
 from .conftest import REPO, CliResult, ledger_rows
 from .scratch import SIZE, Scratch
@@ -176,7 +176,7 @@ def test_the_tiled_upscaler_equals_the_untiled_one_away_from_the_overlaps(render
     scratch.recipe["refine"]["upscale"].update(tile=48, overlap=12)
     tiled = render(renderer, scratch)
     assert tiled[0].shape == whole[0].shape == (160, 224, 3)
-    assert len(renderer._upscalers) == 1  # loaded once for both renders
+    assert len(renderer.pipelines.upscalers) == 1  # loaded once for both renders
     away = np.ones(tiled[0].shape[:2], bool)
     for start, end in overlap_bands(112, Tiling(tile=48, overlap=12), 2):
         away[:, start:end] = False
@@ -484,3 +484,17 @@ def test_an_export_larger_than_the_master_needs_upscale_exports(tmp_path, capsys
     del scratch.campaign["postprocess"]["upscale_exports"]
     scratch.recipe["refine"] = {"hires": {"factor": 2, "denoise": 0.5}}  # a 128 px master
     assert in_process(capsys, "validate", scratch.write()).code == 0
+
+
+def test_validation_checks_every_refine_step_and_no_other():
+    from renderer.load.refine_steps import REFINE_STEP_NAMES
+    from renderer.validate.refine import REFINE_CHECKS
+
+    assert sorted(REFINE_CHECKS) == sorted(REFINE_STEP_NAMES)
+
+
+def test_the_renderer_has_one_pass_per_refine_step():
+    from renderer.load.refine_steps import REFINE_STEP_NAMES
+    from renderer.render.passes import REFINE_PASSES
+
+    assert sorted(REFINE_PASSES) == sorted(REFINE_STEP_NAMES)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import sync_playwright
 
-from renderer.commands.review import MAX_BODY, TOKEN_HEADER
+from renderer.commands.review_guard import MAX_BODY, TOKEN_HEADER
 from renderer.report.thumbnails import FOLDER
 
 from .conftest import CAMPAIGN_BIN, REPO, ledger_rows

@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from renderer.ledger.records import DeliveryFileRow
-from renderer.ledger.store import (
-    DecisionRecord,
-    Ledger,
-    RenderRecord,
-    ReviewConflict,
-    ReviewRecord,
-    new_delivery_id,
-)
+from renderer.ledger.deliveries import new_delivery_id
+from renderer.ledger.gatings import DecisionRecord
+from renderer.ledger.records import DeliveryFileRow, RenderRecord
+from renderer.ledger.reviews import ReviewConflict, ReviewRecord
+from renderer.ledger.store import Ledger
 
 
 def _sha(number: int) -> str:

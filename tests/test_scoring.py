@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from postprocess.scoring import ClipScorer, Scores
-from renderer.demo.models import build_tiny_clip
+from renderer.demo.scoring_clip import build_tiny_clip
 
 
 def sha256_of_folder_files(folder):

@@ -20,9 +20,10 @@ import pytest
 
 from renderer.core.hashing import sha256_bytes
 from renderer.ledger.decisions import campaign_gates, decide_run
-from renderer.ledger.store import Ledger, RenderRecord
+from renderer.ledger.records import RenderRecord
+from renderer.ledger.store import Ledger
 from renderer.plan.variants import make_plan
-from renderer.validate.checks import load_campaign
+from renderer.validate.campaign import load_campaign
 
 from .conftest import CAMPAIGN_BIN, REPO
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from renderer.plan.variants import make_plan
-from renderer.render.diffusers_renderer import DiffusersRenderer, RenderOptions
+from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.render.environment import pixel_option_differences
-from renderer.validate.checks import load_campaign
+from renderer.render.options import RenderOptions
+from renderer.validate.campaign import load_campaign
 
 from .conftest import ledger_rows, run_cli
 from .scratch import MODELS, Scratch

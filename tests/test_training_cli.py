@@ -29,7 +29,7 @@ from renderer.core.hashing import sha256_file, sha256_json
 from renderer.run.execute import render_campaign
 from renderer.train.command import resolve, train_spec
 from renderer.train.job import DEFAULT_TARGETS
-from renderer.validate.checks import load_training
+from renderer.validate.training import load_training
 
 from .conftest import CAMPAIGN_BIN, REPO, CliResult, run_cli
 from .scratch import Scratch

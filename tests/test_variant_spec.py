@@ -21,7 +21,7 @@ from renderer.plan.variant_spec import VariantSpec, batch_key, render_call, spec
 from renderer.plan.variants import make_plan
 from renderer.produce.metadata import a1111_parameters, read_png_metadata
 from renderer.run.execute import render_campaign
-from renderer.validate.checks import validate_campaign
+from renderer.validate.campaign import validate_campaign
 
 from .conftest import REPO, ledger_rows
 

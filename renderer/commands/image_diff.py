@@ -16,9 +16,9 @@ from renderer.core.hashing import sha256_bytes
 @dataclass
 class Comparison:
     identical_bytes: bool
+    # Both None: not comparable (the recorded file is gone, altered or another size).
     max_pixel_difference: int | None = None  # in 1/255 steps, per channel
     ssim: float | None = None
-    comparable: bool = True  # False: the recorded file is gone, altered or another size
     notes: list[str] = field(default_factory=list)
 
 
@@ -48,7 +48,6 @@ def compare(
         state = "missing" if original is None or not original.is_file() else "altered"
         return Comparison(
             identical_bytes=False,
-            comparable=False,
             notes=[
                 f"the recorded file is {state}, so only its recorded sha256 {original_sha256} can "
                 f"be compared: the re-render's is {sha256_bytes(data)}"
@@ -59,7 +58,6 @@ def compare(
     if old.shape != new.shape:
         return Comparison(
             identical_bytes=False,
-            comparable=False,
             notes=[
                 f"size differs: recorded {old.shape[1]}x{old.shape[0]}, re-rendered "
                 f"{new.shape[1]}x{new.shape[0]}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def variant_id_of_image(path: Path) -> str:
     """The variant id an image states: the hash of the ``campaign_variant`` JSON it carries
     (a master PNG, or a channel export in PNG, JPEG or WebP)."""
     from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
-    from renderer.validate.checks import MAX_IMAGE_BYTES
+    from renderer.validate.file_probes import MAX_IMAGE_BYTES
 
     data = read_bounded(path, MAX_IMAGE_BYTES, what="image")
     try:
@@ -182,7 +183,7 @@ def render_details(ledger: Ledger, variant_id: str) -> dict[str, Any]:
     }
 
 
-def trained_loras(ledger: Ledger, spec: dict[str, Any]) -> list[dict[str, Any]]:
+def trained_loras(ledger: Ledger, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each LoRA of the render's recipe that a training recorded here made: the training,
     which of its checkpoints the file is, and its dataset with each file's state now."""
     loras = spec["recipe"]["loras"]

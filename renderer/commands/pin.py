@@ -16,11 +16,11 @@ from pathlib import Path
 import yaml
 
 from renderer.core.atomic import write_text_atomic
-from renderer.core.errors import MissingFileError, SchemaError
+from renderer.core.errors import InputError, MissingFileError, SchemaError
 from renderer.core.hashing import hash_file, short_hash
 from renderer.load.schema import RECIPE_AXIS
 from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml
-from renderer.validate.checks import validate_any
+from renderer.validate.any_kind import validate_any
 
 _HEX_VALUE = re.compile(r"(\bsha256:\s*)(\"[^\"]*\"|'[^']*'|[^\s,}#]*)")
 
@@ -72,6 +72,7 @@ def pin_references(path: Path) -> list[PinChange]:
     validated."""
     document = load_yaml(path)
     data = document.data
+    references: list[KeyPath]
     try:
         if "dataset" in data:  # a training spec (it names a family too)
             dataset = data["dataset"]
@@ -80,7 +81,7 @@ def pin_references(path: Path) -> list[PinChange]:
             ]
             references += [("dataset", "folder")] if dataset.get("folder") else []
         elif "family" in data:
-            references: list[KeyPath] = [("checkpoint",)]
+            references = [("checkpoint",)]
             references += [("loras", index) for index in range(len(data.get("loras") or []))]
         else:
             references = [("logo",)]
@@ -141,12 +142,12 @@ def _set_pin(
 ) -> None:
     value = _yaml_scalar(digest)
     if old is not None:
-        index = document.line_of((*key_path, "sha256")) - 1
+        index = _line_index(document, (*key_path, "sha256"))
         if len(_HEX_VALUE.findall(lines[index])) != 1:
             raise _ambiguous(document, key_path)
         lines[index] = _HEX_VALUE.sub(lambda m: f"{m[1]}{value}", lines[index])
         return
-    index = document.line_of((*key_path, "path")) - 1
+    index = _line_index(document, (*key_path, "path"))
     line = lines[index]
     if "{" in line:  # flow mapping: {path: x, weight: 1}
         if line.count("path:") != 1:
@@ -158,7 +159,14 @@ def _set_pin(
     lines.insert(index + 1, f"{indent}sha256: {value}\n")
 
 
-def _ambiguous(document: YamlDocument, key_path: KeyPath) -> SchemaError:
+def _line_index(document: YamlDocument, key_path: KeyPath) -> int:
+    """The 0-based line of a key the document holds (its node was read from it)."""
+    line = document.line_of(key_path)
+    assert line is not None  # the document has lines: a file reference was read from it
+    return line - 1
+
+
+def _ambiguous(document: YamlDocument, key_path: KeyPath) -> InputError:
     return document.error(
         SchemaError,
         "cannot pin: several file references share this line",

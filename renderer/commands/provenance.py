@@ -108,7 +108,7 @@ def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, Any
         }
     ]
     post = spec.postprocess
-    edits = []
+    edits: list[tuple[str, str | None]] = []  # (description, digital source type)
     if recipe.inpaint:
         edits.append(
             (

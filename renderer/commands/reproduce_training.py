@@ -120,7 +120,8 @@ def reproduce_training(
         recorded_environment = (
             ledger.environment(row.environment_hash) if row.environment_hash else None
         )
-    if row.status != "finished":
+    lora_path, lora_sha256 = row.lora_path, row.lora_sha256
+    if row.status != "finished" or lora_path is None or lora_sha256 is None:
         raise InputError(
             f"training {row.id} is {row.status}, not finished: there is no LoRA to compare with",
             file=ledger.path,
@@ -166,8 +167,8 @@ def reproduce_training(
         return outcome
     outcome.status = "drift"
     outcome.differences = _loss_drift(row.step_losses, result.step_losses)
-    recorded = out_dir / row.lora_path
-    state = file_state(recorded, row.lora_sha256)
+    recorded = out_dir / lora_path
+    state = file_state(recorded, lora_sha256)
     if state == "ok":
         outcome.differences += lora_differences(recorded, result.lora)
     else:
@@ -245,9 +246,9 @@ def lora_differences(recorded: Path, reproduced: Path) -> list[str]:
                 f"(max |difference| {delta:.3g})"
             )
         old_meta, new_meta = old.metadata() or {}, new.metadata() or {}
-        keys = sorted(
+        header_keys = sorted(
             key for key in set(old_meta) | set(new_meta) if old_meta.get(key) != new_meta.get(key)
         )
-        if keys:
-            found.append(f"header keys: {', '.join(keys)}")
+        if header_keys:
+            found.append(f"header keys: {', '.join(header_keys)}")
     return found

@@ -20,71 +20,61 @@ Routes (``ReviewApp.routes``):
                                  one no longer stands is refused whole (409, with the
                                  current state of each such render)
 
-Security, in the order a request meets it:
+Every request first meets the guard (``renderer.commands.review_guard``: the Host, the
+write token and same origin, size bounds, the security headers). Then:
 
-* **Host**: bound to 127.0.0.1 by default; a request whose Host header names another host
-  is refused (400), so a web page cannot reach the server through DNS rebinding.
-* **Writes** need the per-launch token (``secrets.token_urlsafe``), printed in the URL's
-  fragment (``#token=…``: a fragment is never sent in a request or a Referer) and sent
-  back by the page in the ``X-Review-Token`` header, and a same-origin request: its Origin
-  (or, without one, its Referer) must be this server's own. Either missing or wrong is 403.
-  A custom header and a JSON body also mean a browser preflights any cross-site attempt,
-  which this server never answers with CORS headers.
 * **Files**: URLs name content by sha256, never a path. A sha256 is served only when the
   ledger records a file of that hash (a run's master or export) whose path, resolved
   with symlinks followed, lies inside the output folder and whose bytes still hash to it;
   anything else is 404. Brand references (outside the output folder) are only ever
   served as thumbnails made from the recorded file, checked against its recorded sha256.
-* **Sizes**: a request target and headers over ``MAX_HEADERS`` bytes are refused (431),
-  request bodies over ``MAX_BODY`` bytes (413) before and while reading; a selection holds
-  at most ``MAX_DECISIONS``, a note at most ``MAX_NOTE`` characters.
-* Every response carries a strict Content-Security-Policy (scripts and images from this
-  origin only, no inline script, no framing), ``nosniff`` and ``no-referrer``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import secrets
 import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from renderer.commands.review_guard import (
+    MAX_BODY,
+    MAX_HEADERS,
+    SHA256_HEX,
+    Decision,
+    RequestGuard,
+    bounded_body,
+    parse_decisions,
+    text_response,
+)
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file
 from renderer.core.terminal import Log
-from renderer.ledger.records import REVIEW_DECISIONS, RenderRow, RunRow
-from renderer.ledger.store import LEDGER_NAME, Ledger, ReviewConflict, ReviewRecord
+from renderer.ledger.decisions import run_gates
+from renderer.ledger.records import ExportRow, RenderRow, RunRow
+from renderer.ledger.reviews import ReviewConflict, ReviewRecord
+from renderer.ledger.store import LEDGER_NAME, Ledger
 from renderer.report.thumbnails import SIZES, cached_thumbnail, make_thumbnail
+from renderer.validate.matrix import axis_label
 
-MAX_BODY = 256 * 1024  # bytes of one POST
-MAX_HEADERS = 16 * 1024  # bytes of a request's target and headers together
-MAX_DECISIONS = 5000  # renders in one selection
-MAX_NOTE = 2000  # characters
-MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id is no row's
-TOKEN_HEADER = "x-review-token"
 _REREAD_SECONDS = 2.0  # unknown hashes re-read the ledger at most this often
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 _STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8"}
-_SECURITY_HEADERS = {
-    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'",
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "x-frame-options": "DENY",
-    "cache-control": "no-store",
-}
 
 
 @dataclass(frozen=True)
@@ -130,85 +120,68 @@ class ReviewApp:
 
     # ------------------------------------------------------------ the ASGI app
 
-    def asgi(self) -> Any:
-        from starlette.applications import Starlette
-        from starlette.middleware import Middleware
-        from starlette.routing import Route
-
+    def asgi(self) -> Starlette:
         routes = [
             Route("/", self.page, methods=["GET"]),
-            Route("/favicon.ico", lambda request: _text(204, ""), methods=["GET"]),
+            Route("/favicon.ico", lambda request: text_response(204, ""), methods=["GET"]),
             Route("/static/{name}", self.static, methods=["GET"]),
             Route("/api/run", self.api_run, methods=["GET"]),
             Route("/api/reviews", self.api_reviews, methods=["POST"]),
             Route("/files/{sha256}", self.file, methods=["GET"]),
             Route("/thumbs/{sha256}/{size}", self.thumb, methods=["GET"]),
         ]
-        return Starlette(routes=routes, middleware=[Middleware(_Guard, app_state=self)])
+        return Starlette(routes=routes, middleware=[Middleware(RequestGuard, app_state=self)])
 
-    def page(self, request: Any) -> Any:
-        from starlette.responses import Response
-
+    def page(self, request: Request) -> Response:
         return Response(_asset("index.html"), media_type="text/html; charset=utf-8")
 
-    def static(self, request: Any) -> Any:
-        from starlette.responses import Response
-
+    def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in _STATIC:
-            return _text(404, "not found")
+            return text_response(404, "not found")
         return Response(_asset(name), media_type=_STATIC[name])
 
-    def api_run(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
-
+    def api_run(self, request: Request) -> Response:
         try:
             payload = self.run_payload()
         except InputError as err:
             return JSONResponse({"error": err.message}, status_code=404)
         return JSONResponse(payload)
 
-    async def api_reviews(self, request: Any) -> Any:
-        from starlette.concurrency import run_in_threadpool
-        from starlette.responses import JSONResponse
-
+    async def api_reviews(self, request: Request) -> Response:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return _text(415, "send application/json")
-        body = await _bounded_body(request)
+            return text_response(415, "send application/json")
+        body = await bounded_body(request)
         if body is None:
-            return _text(413, f"request body over {MAX_BODY} bytes")
+            return text_response(413, f"request body over {MAX_BODY} bytes")
         try:
-            decisions = _parse_decisions(body)
+            decisions = parse_decisions(body)
         except ValueError as err:
             return JSONResponse({"error": str(err)}, status_code=400)
         status, payload = await run_in_threadpool(self.record, decisions)
         return JSONResponse(payload, status_code=status)
 
-    def file(self, request: Any) -> Any:
-        from starlette.responses import Response
-
+    def file(self, request: Request) -> Response:
         recorded = self.verified(request.path_params["sha256"])
         if recorded is None or not recorded.inside:
-            return _text(404, "not a file of this run")
+            return text_response(404, "not a file of this run")
         return Response(
             recorded.path.read_bytes(),
             media_type=_media_type(recorded.path),
             headers={"cache-control": "private, max-age=86400, immutable"},
         )
 
-    def thumb(self, request: Any) -> Any:
-        from starlette.responses import Response
-
+    def thumb(self, request: Request) -> Response:
         sha256, size = request.path_params["sha256"], request.path_params["size"]
-        if not size.isdigit() or int(size) not in SIZES or not _SHA256.match(sha256):
-            return _text(404, f"sizes: {', '.join(map(str, SIZES))}")
+        if not size.isdigit() or int(size) not in SIZES or not SHA256_HEX.match(sha256):
+            return text_response(404, f"sizes: {', '.join(map(str, SIZES))}")
         cached = cached_thumbnail(self.out_dir, sha256, int(size))
         if cached is not None:
             data = cached.read_bytes()
         else:
             recorded = self.verified(sha256)
             if recorded is None:
-                return _text(404, "no file with these bytes is kept")
+                return text_response(404, "no file with these bytes is kept")
             data = make_thumbnail(recorded.path, sha256, int(size), self.out_dir)
         return Response(
             data,
@@ -236,9 +209,6 @@ class ReviewApp:
 
     def run_payload(self) -> dict[str, Any]:
         """Everything the page shows, from the ledger as it is now."""
-        from renderer.ledger.decisions import run_gates
-        from renderer.validate.matrix import axis_label
-
         with self.open_ledger() as ledger:
             run = self.current_run(ledger)
             rows = ledger.run_rows(run.id)
@@ -291,7 +261,10 @@ class ReviewApp:
         }
 
     def index_files(
-        self, rows: Sequence[RenderRow], exports: Mapping[int, Sequence[Any]], references: Any
+        self,
+        rows: Sequence[RenderRow],
+        exports: Mapping[int, Sequence[ExportRow]],
+        references: Iterable[Mapping[str, str]],
     ) -> None:
         files = {
             row.output_sha256: RecordedFile(self.out_dir / row.output_path, True) for row in rows
@@ -311,7 +284,7 @@ class ReviewApp:
     def verified(self, sha256: str) -> RecordedFile | None:
         """The recorded file whose bytes hash to ``sha256`` now, if there is one (the rule
         in the module docstring); hashes are remembered by (path, size, mtime, inode)."""
-        if not _SHA256.match(sha256):
+        if not SHA256_HEX.match(sha256):
             return None
         now = time.monotonic()
         if sha256 not in self.index.files and now - self.index.read_at > _REREAD_SECONDS:
@@ -343,7 +316,7 @@ class ReviewApp:
 
     # ------------------------------------------------------------ writing
 
-    def record(self, decisions: Sequence[Mapping[str, Any]]) -> tuple[int, dict[str, Any]]:
+    def record(self, decisions: Sequence[Decision]) -> tuple[int, dict[str, Any]]:
         """Store a person's decisions; every one must name a render's current bytes and the
         review it saw standing for them (else 409 and nothing is stored)."""
         with self.open_ledger() as ledger:
@@ -388,138 +361,6 @@ class ReviewApp:
         }
 
 
-class _Guard:
-    """ASGI middleware: the Host check for every request, the token and same-origin
-    checks for every write, and the security headers on every response."""
-
-    def __init__(self, app: Any, app_state: ReviewApp):
-        self.app, self.state = app, app_state
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {
-            key.decode("latin-1").lower(): value.decode("latin-1")
-            for key, value in scope["headers"]
-        }
-        refusal = self.refusal(scope, headers)
-
-        async def send_with_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                present = {key.lower() for key, _ in message["headers"]}
-                message["headers"] += [
-                    (key.encode(), value.encode())
-                    for key, value in _SECURITY_HEADERS.items()
-                    if key.encode() not in present
-                ]
-            await send(message)
-
-        if refusal is not None:
-            await refusal(scope, receive, send_with_headers)
-            return
-        await self.app(scope, receive, send_with_headers)
-
-    def refusal(self, scope: dict, headers: Mapping[str, str]) -> Any:
-        # h11 bounds only a request head still arriving; one that arrived whole is measured
-        # here: the target and every header line, as sent.
-        head = (
-            len(scope.get("raw_path") or b"")
-            + len(scope.get("query_string", b""))
-            + sum(len(key) + len(value) + 4 for key, value in scope["headers"])
-        )
-        if head > MAX_HEADERS:
-            return _text(431, f"request target and headers over {MAX_HEADERS} bytes")
-        host = headers.get("host", "")
-        allowed = self.state.allowed_hosts
-        if allowed is not None and host not in allowed:
-            return _text(400, "unexpected Host header")
-        if scope["method"] in ("GET", "HEAD"):
-            return None
-        length = headers.get("content-length")
-        if length is not None and (
-            not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY
-        ):
-            return _text(413, f"request body over {MAX_BODY} bytes")
-        if not secrets.compare_digest(
-            headers.get(TOKEN_HEADER, "").encode(), self.state.token.encode()
-        ):
-            return _text(403, "this write needs the token from the URL campaign review printed")
-        origin = headers.get("origin") or headers.get("referer")
-        if origin is None or origin == "null":
-            return _text(403, "a write must come from the review page (no Origin)")
-        parts = urlsplit(origin)
-        if parts.scheme != "http" or parts.netloc != host:
-            return _text(403, "a write must come from the review page (cross-origin)")
-        return None
-
-
-async def _bounded_body(request: Any) -> bytes | None:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            return None
-    return body
-
-
-def _parse_decisions(body: bytes) -> list[dict[str, Any]]:
-    """``{"decisions": [{"render_id", "sha256", "decision", "note", "seen"}, …]}``, checked
-    (``seen``: the id of the review the page showed standing for that render, or null)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: nested too deep
-        raise ValueError("the body is not JSON") from None
-    items = data.get("decisions") if isinstance(data, dict) else None
-    if not isinstance(items, list) or not 1 <= len(items) <= MAX_DECISIONS:
-        raise ValueError(f'send {{"decisions": [...]}} with 1 to {MAX_DECISIONS} items')
-    checked = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise ValueError("each decision is an object")
-        render_id, sha256 = item.get("render_id"), item.get("sha256")
-        decision, note = item.get("decision"), item.get("note", "")
-        if not _is_id(render_id):
-            raise ValueError(f"render_id must be an integer from 1 to {MAX_ID}")
-        if "seen" not in item or not (item["seen"] is None or _is_id(item["seen"])):
-            raise ValueError(
-                "seen must be the id of the review the page showed for this "
-                f"render (an integer from 1 to {MAX_ID}), or null if none"
-            )
-        if not isinstance(sha256, str) or not _SHA256.match(sha256):
-            raise ValueError("sha256 must be 64 hex digits: the bytes you looked at")
-        if decision not in REVIEW_DECISIONS:
-            raise ValueError(f"decision must be one of {', '.join(REVIEW_DECISIONS)}")
-        if not isinstance(note, str) or len(note) > MAX_NOTE:
-            raise ValueError(f"note must be text of at most {MAX_NOTE} characters")
-        try:
-            note.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800"
-            raise ValueError("note must be valid Unicode text (no lone surrogates)") from None
-        checked.append(
-            {
-                "render_id": render_id,
-                "sha256": sha256,
-                "decision": decision,
-                "note": note,
-                "seen": item["seen"],
-            }
-        )
-    return checked
-
-
-def _is_id(value: Any) -> bool:
-    """A row id SQLite can hold: an integer (not a bool) from 1 to 2**63 - 1."""
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
-
-
-def _text(status: int, message: str) -> Any:
-    from starlette.responses import PlainTextResponse
-
-    return PlainTextResponse(message, status_code=status)
-
-
 def _asset(name: str) -> bytes:
     return (resources.files("renderer") / "data" / "review" / name).read_bytes()
 
@@ -552,8 +393,6 @@ def serve(
 ) -> ReviewApp:
     """Serve the review page until interrupted; ``announce`` gets the URL (with the token)
     once the port is bound. Returns the app (which runs had reviews written)."""
-    import uvicorn
-
     if not (out_dir / LEDGER_NAME).is_file():
         raise InputError(
             "no ledger here",

@@ -8,7 +8,7 @@ nothing; the renderer resolves them in diffusers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 Family = Literal["sd15", "sdxl", "flux"]
 FAMILIES: tuple[str, ...] = ("sd15", "sdxl", "flux")
@@ -28,7 +28,7 @@ BASE_REPOS = {
 # The weights a single-file checkpoint (A1111/Civitai layout) holds, by key prefix; diffusers'
 # from_single_file loads each component from them. Flux files (BFL layout) hold the
 # transformer alone, under either prefix.
-SINGLE_FILE_COMPONENTS = {
+SINGLE_FILE_COMPONENTS: dict[str, dict[str, tuple[str, ...]]] = {
     "sd15": {
         "UNet": ("model.diffusion_model.",),
         "VAE": ("first_stage_model.",),
@@ -84,4 +84,7 @@ SCHEDULERS = {
     "unipc": Scheduler("UniPCMultistepScheduler", "UniPC"),
     "flow_euler": Scheduler("FlowMatchEulerDiscreteScheduler", "Euler", families=("flux",)),
 }
-SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    SchedulerName = str  # mypy cannot read a Literal built from SCHEDULERS' keys
+else:
+    SchedulerName = Literal[tuple(SCHEDULERS)]  # what the file schema validates against

@@ -1,3 +1,3 @@
-"""The SQLite ledger: migrations, typed records, the store, gate decisions, locking and
-recovery.
+"""The SQLite ledger: migrations, typed records (their columns declared once), the store
+and its queries by table group, gate decisions, locking and recovery.
 """

@@ -29,8 +29,9 @@ from postprocess.gate_rules import (
     worst,
 )
 from renderer.core.errors import InputError
+from renderer.ledger.gatings import DecisionRecord
 from renderer.ledger.records import RenderRow, RunRow
-from renderer.ledger.store import DecisionRecord, Ledger
+from renderer.ledger.store import Ledger
 
 if TYPE_CHECKING:
     import numpy as np
@@ -195,7 +196,7 @@ def embedding_matrix(rows: Sequence[RenderRow]) -> np.ndarray:
     """The stored CLIP embeddings of rows that have one, one row each."""
     import numpy as np  # only here: reading a run's rules or decisions (report) needs none
 
-    return np.stack([np.frombuffer(row.embedding, dtype="<f4") for row in rows])
+    return np.stack([np.frombuffer(row.embedding, dtype="<f4") for row in rows if row.embedding])
 
 
 def parse_bounds(items: Sequence[str]) -> dict[str, tuple[float | None, float | None] | None]:
@@ -235,7 +236,8 @@ def parse_bounds(items: Sequence[str]) -> dict[str, tuple[float | None, float | 
                 found=value,
                 fix=f"{metric}=0.25, {metric}=:0.9, or {metric}=off",
             )
-        if None not in bounds and bounds[0] > bounds[1]:
+        minimum, maximum = bounds
+        if minimum is not None and maximum is not None and minimum > maximum:
             raise InputError(f"--set {item!r}: min above max", found=value, fix="swap them")
         changes[metric] = bounds
     return changes

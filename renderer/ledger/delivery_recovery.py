@@ -16,12 +16,13 @@ import shutil
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO, cast
 
 from renderer.core.atomic import TEMP_PREFIX, fsync_folder
 from renderer.core.hashing import sha256_bytes, sha256_file, sha256_stream
 from renderer.core.terminal import Log
 from renderer.ledger.records import DeliveryRow
+from renderer.ledger.store import Ledger
 
 DELIVERY_TEMP_PREFIX = f"{TEMP_PREFIX}delivery-"
 MANIFEST_NAMES = ("manifest.json", "manifest.csv")
@@ -67,7 +68,8 @@ def delivery_problem(path: Path, record: DeliveryRow) -> str | None:
                 hashes = {}
                 for name in [*expected, "manifest.json"]:
                     with archive.open(name) as entry:
-                        hashes[name] = sha256_stream(entry)
+                        # A zip entry is a binary stream; sha256_stream is typed for files.
+                        hashes[name] = sha256_stream(cast(BinaryIO, entry))
         else:
             return f"{path} is missing"
     except (OSError, zipfile.BadZipFile, ValueError) as err:
@@ -105,7 +107,7 @@ def move_into_place(temp: Path, target: Path) -> None:
 
 
 def recover_deliveries(
-    out_dir: Path, ledger: Any, log: Log, beside: Iterable[Path] = ()
+    out_dir: Path, ledger: Ledger, log: Log, beside: Iterable[Path] = ()
 ) -> list[DeliveryRow]:
     """Roll each delivery a kill interrupted forward, or discard it (call only while
     holding the lock); returns the ones completed now.

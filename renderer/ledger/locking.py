@@ -28,12 +28,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 from renderer.core.atomic import TEMP_PREFIX
 from renderer.core.errors import RenderFailure
 from renderer.core.terminal import Log
 from renderer.ledger.delivery_recovery import recover_deliveries
+from renderer.ledger.store import Ledger
 from renderer.plan.output_folder import LOCK_FILE, REPRODUCE, THUMBNAILS
 
 LOCK_NAME = LOCK_FILE
@@ -96,7 +97,7 @@ def hold_output_folder(
             handle.close()
 
 
-def _try_lock(handle: Any) -> bool:
+def _try_lock(handle: IO[str]) -> bool:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -127,7 +128,7 @@ def sweep_temp_files(out_dir: Path) -> list[Path]:
     return swept
 
 
-def recover_after_crash(out_dir: Path, ledger: Any, log: Log) -> None:
+def recover_after_crash(out_dir: Path, ledger: Ledger, log: Log) -> None:
     """Clean up after a run or delivery that was killed (call only while holding the lock).
     Deliveries first: a delivery's temp .zip may lie inside the output folder."""
     recover_deliveries(out_dir, ledger, log)

@@ -169,7 +169,7 @@ def m004_one_current_decision(db: sqlite3.Connection) -> None:
         "SELECT run_id, id, variant_id, gate_status, gate_reasons_json, scores_json, created_at "
         "FROM renders WHERE id NOT IN (SELECT render_id FROM gate_decisions) ORDER BY id"
     ).fetchall()
-    passes: dict[str, int] = {}
+    passes: dict[str, int | None] = {}  # run id -> its pass (an INSERT's lastrowid)
     for run_id, render_id, variant_id, status, reasons, scores, created_at in undecided:
         if run_id not in passes:
             rules = db.execute("SELECT rules_json FROM runs WHERE id = ?", (run_id,)).fetchone()

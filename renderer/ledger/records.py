@@ -6,25 +6,16 @@ never JSON inside strings); ``history``, ``show``, ``gate`` and the rest print t
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from renderer.ledger.columns import AS_JSON, AS_JSON_TUPLE, NOT_A_COLUMN, loads, read_columns
 from renderer.plan.output_folder import split_master_path
 
 if TYPE_CHECKING:
     from renderer.plan.variants import Variant
-
-
-def _loads(text: str | None, default: Any = None) -> Any:
-    return default if text is None else json.loads(text)
-
-
-def _from_columns(cls: type, row: sqlite3.Row) -> Any:
-    """A row type whose fields are its table's columns of the same names."""
-    return cls(**{item.name: row[item.name] for item in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -117,7 +108,7 @@ class RunRow:
             campaign=row["campaign"],
             campaign_file=row["campaign_file"],
             recipes=tuple(
-                f"{name}@{version}" for _, name, version in sorted(_loads(row["recipes_json"], []))
+                f"{name}@{version}" for _, name, version in sorted(loads(row["recipes_json"], []))
             ),
             executor=row["executor"],
             environment_hash=row["environment_hash"],
@@ -127,8 +118,8 @@ class RunRow:
             planned=row["planned"],
             rendered=row["rendered"],
             skipped=row["skipped"],
-            rules=_loads(row["rules_json"], []),
-            report=_loads(row["report_json"], {}),
+            rules=loads(row["rules_json"], []),
+            report=loads(row["report_json"], {}),
             counts={"passed": row["passed"], "review": row["review"], "failed": row["failed"]},
             decided_by=row["decided_by"],
             decided_at=row["decided_at"],
@@ -154,7 +145,7 @@ class ExportRow:
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> ExportRow:
-        return _from_columns(cls, row)
+        return cls(**read_columns(cls, row))
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,7 +167,7 @@ class DeliveryFileRow:
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> DeliveryFileRow:
-        return _from_columns(cls, row)
+        return cls(**read_columns(cls, row))
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -224,10 +215,36 @@ class UnfinishedDelivery:
     temp_path: str  # absolute, beside the target
 
 
-@dataclass(frozen=True)
+class ExportFacts(Protocol):
+    """What the ledger records of a channel export: a file just produced, or an
+    ``ExportRow`` recorded before."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def format(self) -> str: ...
+
+
+# A render row is declared once, in the fields of the classes below (``renderer.ledger
+# .columns``): ``add_render``'s INSERT writes the columns of ``RenderColumns`` (and
+# ``created_at``), ``RenderRow.from_sql`` reads those of ``RenderRow``, and a test checks
+# them against the migrated ``renders`` table.
+
+
+@dataclass(frozen=True, kw_only=True)
 class RenderFacts:
-    """What a render row states, as written (``ledger.RenderRecord``) and as read back
-    (``RenderRow``)."""
+    """What a render row states about its image, as written (``RenderRecord``) and as
+    read back (``RenderRow``)."""
 
     run_id: str
     variant_id: str
@@ -236,34 +253,55 @@ class RenderFacts:
     recipe_version: int
     recipe_hash: str
     seed: int
-    axes: Mapping[str, Any]
+    axes: Mapping[str, Any] = field(metadata=AS_JSON)
     prompt: str
     width: int
     height: int
-    input_files: Sequence[Mapping[str, str]]
+    input_files: Sequence[Mapping[str, str]] = field(metadata=AS_JSON)
     output_path: str  # relative to the ledger's folder
     output_sha256: str
     output_bytes: int
     environment_hash: str
-    scores: Mapping[str, float]
+    scores: Mapping[str, float] = field(metadata=AS_JSON)
     render_seconds: float
     rerender_reason: str | None  # None, 'missing' or 'altered'
 
 
-@dataclass(frozen=True)
-class RenderRow(RenderFacts):
+@dataclass(frozen=True, kw_only=True)
+class RenderColumns(RenderFacts):
+    """Every column of a render row its writer gives (the ledger adds ``id`` and
+    ``created_at``): its facts, and what reproduces and decides it."""
+
+    variant_json: str  # the spec's canonical JSON (what its id hashes)
+    # The variant ids of the pipeline call that made it, in order (empty: not recorded).
+    batch: tuple[str, ...] = field(default=(), metadata=AS_JSON_TUPLE)
+    # CLIP image embedding, float32 little-endian.
+    embedding: bytes | None = field(default=None, repr=False)
+    # {"step", "seconds"} in the order they ran (empty: not recorded).
+    steps: tuple[Mapping[str, Any], ...] = field(default=(), metadata=AS_JSON_TUPLE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderRecord(RenderColumns):
+    """One finished render, as committed to the ledger with its channel exports."""
+
+    exports: Sequence[ExportFacts] = field(default=(), metadata=NOT_A_COLUMN)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderRow(RenderColumns):
     id: int
-    spec: Mapping[str, Any]  # the variant's spec, as stored (what its id hashes)
-    spec_json: str
     created_at: str
-    batch: tuple[str, ...]  # the variant ids of its pipeline call (empty: not recorded)
-    embedding: bytes | None = field(repr=False)
-    decision: Decision | None  # its current decision (None: not decided yet)
-    steps: tuple[Mapping[str, Any], ...]  # {"step", "seconds"} in order (empty: not recorded)
-    review: Review | None = None  # the standing review of its bytes (None: unreviewed)
+    spec: Mapping[str, Any] = field(metadata=NOT_A_COLUMN)  # variant_json, parsed
+    # Its current decision (None: not decided yet).
+    decision: Decision | None = field(metadata=NOT_A_COLUMN)
+    # The standing review of its bytes (None: unreviewed).
+    review: Review | None = field(default=None, metadata=NOT_A_COLUMN)
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> RenderRow:
+        """A row of ``RENDER_SELECT``, or of ``renders`` alone (then undecided and
+        unreviewed)."""
         keys = row.keys()
         review = (
             Review.from_sql(row, "current_review_")
@@ -274,43 +312,24 @@ class RenderRow(RenderFacts):
         if "decision_status" in keys and row["decision_status"] is not None:
             decision = Decision(
                 status=row["decision_status"],
-                reasons=tuple(_loads(row["decision_reasons"])),
-                scores=_loads(row["decision_scores"]),
+                reasons=tuple(loads(row["decision_reasons"])),
+                scores=loads(row["decision_scores"]),
                 gating_id=row["decision_gating"],
                 run_id=row["decided_in_run"],
                 source=row["decision_source"],
                 decided_at=row["decision_at"],
             )
         return cls(
-            id=row["id"],
-            run_id=row["run_id"],
-            variant_id=row["variant_id"],
-            campaign=row["campaign"],
-            recipe_name=row["recipe_name"],
-            recipe_version=row["recipe_version"],
-            recipe_hash=row["recipe_hash"],
-            spec=_loads(row["variant_json"]),
-            spec_json=row["variant_json"],
-            seed=row["seed"],
-            axes=_loads(row["axes_json"]),
-            prompt=row["prompt"],
-            width=row["width"],
-            height=row["height"],
-            input_files=_loads(row["input_files_json"]),
-            output_path=row["output_path"],
-            output_sha256=row["output_sha256"],
-            output_bytes=row["output_bytes"],
-            environment_hash=row["environment_hash"],
-            scores=_loads(row["scores_json"]),
-            render_seconds=row["render_seconds"],
-            rerender_reason=row["rerender_reason"],
-            created_at=row["created_at"],
-            batch=tuple(_loads(row["batch_json"], [])),
-            embedding=row["embedding"],
+            **read_columns(cls, row),
+            spec=loads(row["variant_json"]),
             decision=decision,
-            steps=tuple(_loads(row["steps_json"], [])),
             review=review,
         )
+
+    @property
+    def spec_json(self) -> str:
+        """The spec as stored (``variant_json``)."""
+        return self.variant_json
 
     @property
     def recipe_ref(self) -> str:
@@ -362,13 +381,10 @@ class RenderRow(RenderFacts):
         """Everything but the spec and the embedding (``campaign show`` has those). Built
         field by field: ``asdict`` would deep-copy the spec and embedding it then drops
         (most of the time of a 1,000-variant review page)."""
-        data = {
-            item.name: getattr(self, item.name)
-            for item in fields(self)
-            if item.name not in ("spec", "spec_json", "embedding", "decision", "review")
-        }
         return {
-            **data,
+            **{item.name: getattr(self, item.name) for item in fields(RenderFacts)},
+            "id": self.id,
+            "created_at": self.created_at,
             "batch": list(self.batch),
             "steps": list(self.steps),
             "status": self.status,
@@ -378,23 +394,16 @@ class RenderRow(RenderFacts):
         }
 
 
-# The columns of a render row with its current decision (see RenderRow.from_sql).
-RENDER_COLUMNS = (
+# A render row with its current decision and standing review (see RenderRow.from_sql).
+RENDER_SELECT = (
     "renders.*, current.status AS decision_status, current.reasons_json AS decision_reasons, "
     "current.scores_json AS decision_scores, current.gating_id AS decision_gating, "
     "current.decided_in_run, current.source AS decision_source, "
     "current.decided_at AS decision_at, "
     + ", ".join(
-        f"review.{column} AS current_review_{column}"
-        for column in (
-            "review_id",
-            "variant_id",
-            "sha256",
-            "decision",
-            "reviewer",
-            "note",
-            "reviewed_at",
-        )
+        f"review.{item.name} AS current_review_{item.name}"
+        for item in fields(Review)
+        if item.name != "render_id"
     )
     + ", review.reviewed_render AS current_review_render_id"
 )
@@ -403,7 +412,7 @@ RENDER_FROM = (
     "LEFT JOIN current_reviews review ON review.render_id = renders.id"
 )
 # A run with the counts of its latest decision pass and of its reviews (see RunRow.from_sql).
-RUN_COLUMNS = (
+RUN_SELECT = (
     "run_summaries.*, reviews.approved AS reviews_approved, "
     "reviews.rejected AS reviews_rejected, reviews.to_review AS reviews_to_review"
 )
@@ -446,20 +455,20 @@ class TrainingRow:
             family=row["family"],
             spec_file=row["spec_file"],
             spec_hash=row["spec_hash"],
-            spec=_loads(row["spec_json"]),
-            input_files=_loads(row["input_files_json"]),
+            spec=loads(row["spec_json"]),
+            input_files=loads(row["input_files_json"]),
             output_dir=row["output_dir"],
             status=row["status"],
             attempts=row["attempts"],
             resumed_from=row["resumed_from"],
-            step_losses=tuple(_loads(row["step_losses_json"], [])),
-            checkpoints=_loads(row["checkpoints_json"], []),
+            step_losses=tuple(loads(row["step_losses_json"], [])),
+            checkpoints=loads(row["checkpoints_json"], []),
             lora_path=row["lora_path"],
             lora_sha256=row["lora_sha256"],
             lora_bytes=row["lora_bytes"],
             report_path=row["report_path"],
             environment_hash=row["environment_hash"],
-            timings=_loads(row["timings_json"], {}),
+            timings=loads(row["timings_json"], {}),
             started_at=row["started_at"],
             finished_at=row["finished_at"],
         )

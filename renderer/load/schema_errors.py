@@ -8,15 +8,17 @@ numbered source lines, what was expected, what was found and how to fix it.
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from renderer.core.errors import InputError, SchemaError
 from renderer.load.yamlsource import KeyPath, YamlDocument, format_key_path
 
+_Model = TypeVar("_Model", bound=BaseModel)
 
-def parse_document(document: YamlDocument, model: type[BaseModel]) -> Any:
+
+def parse_document(document: YamlDocument, model: type[_Model]) -> _Model:
     """``document``'s data as ``model``, or a SchemaError naming the first problem."""
     if not isinstance(document.data, dict):
         raise document.error(
@@ -86,7 +88,7 @@ def _is_union_tag(part: str) -> bool:
 
 def _field_names(model: type[BaseModel]) -> set[str]:
     names: set[str] = set()
-    stack: list[type] = [model]
+    stack: list[type[BaseModel]] = [model]
     while stack:
         current = stack.pop()
         for name, field in current.model_fields.items():

@@ -27,7 +27,7 @@ import math
 import re
 import reprlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +82,7 @@ _SIZE_PARAMETERS = {
 }
 _INDENTING_FILTERS = frozenset({"pprint", "tojson"})
 # What a value can hold, as concrete types (an isinstance against an ABC costs more, per item).
-_CONTAINERS = (
+_CONTAINERS: tuple[type[Collection[object]], ...] = (
     list,
     tuple,
     dict,
@@ -434,7 +434,7 @@ def compile_template(document: YamlDocument, key_path: KeyPath, text: str) -> ji
         ) from None
 
 
-def _hook(node: nodes.Expr, hook: str) -> nodes.Filter:
+def _hook(node: nodes.Node, hook: str) -> nodes.Filter:
     return nodes.Filter(node, hook, [], [], None, None, lineno=node.lineno)
 
 
@@ -461,7 +461,7 @@ class _Bounded(NodeTransformer):
         concat.nodes = [_hook(nodes.List(concat.nodes, lineno=concat.lineno), "_bounded_concat")]
         return concat
 
-    def visit_List(self, literal: nodes.List) -> nodes.Filter:
+    def visit_List(self, literal: nodes.List | nodes.Dict | nodes.Tuple) -> nodes.Filter:
         return _hook(self.generic_visit(literal), "_built")
 
     visit_Dict = visit_List

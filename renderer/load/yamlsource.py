@@ -196,15 +196,15 @@ def parse_yaml(text: str, path: Path) -> YamlDocument:
         ) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark else None
+        marked_line = mark.line + 1 if mark else None
         problem = err.problem or err.context
         if err.problem and err.context and err.context_mark:
             problem = f"{err.problem} ({err.context} started on line {err.context_mark.line + 1})"
         raise YamlSyntaxError(
             f"invalid YAML: {problem}",
             file=path,
-            line=line,
-            excerpt=numbered_excerpt(text, line),
+            line=marked_line,
+            excerpt=numbered_excerpt(text, marked_line),
             fix="correct the YAML syntax at the marked line (indentation, quotes, colons)",
         ) from None
     except yaml.YAMLError as err:
@@ -311,6 +311,10 @@ class _Builder:
 class _Refused(yaml.constructor.ConstructorError):
     """Valid YAML this loader will not build, with how to fix it; with the key path when the
     problem is a value's (a schema error), without when it is the file's shape."""
+
+    # Always given here, unlike a ConstructorError's.
+    problem: str
+    problem_mark: yaml.Mark
 
     def __init__(self, message: str, mark: yaml.Mark, fix: str, key_path: KeyPath | None):
         super().__init__(None, None, message, mark)

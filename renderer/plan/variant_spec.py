@@ -35,6 +35,7 @@ from postprocess.parameters import (
     WhiteBalance,
 )
 from renderer.core.hashing import canonical_json, sha256_json
+from renderer.load.refine_steps import REFINE_STEP_NAMES, refine_blocks
 from renderer.load.schema import (
     AxisValue,
     ControlNetSettings,
@@ -127,7 +128,7 @@ class DetailUse(DetailSettings, _Spec):
 class RefineUse(_Spec):
     """The steps after the base render, in the order they run (``steps``)."""
 
-    _omitted_when_none = frozenset({"refiner", "hires", "upscale", "detail"})
+    _omitted_when_none = frozenset(REFINE_STEP_NAMES)
 
     refiner: RefinerUse | None = None
     hires: HiresUse | None = None
@@ -135,15 +136,8 @@ class RefineUse(_Spec):
     detail: list[DetailUse] | None = None
 
     def steps(self) -> list[tuple[str, Any]]:
-        """(name, settings) of each step, in the order they run: the refiner takes the base's
-        latents over, hires enlarges and denoises again, the upscaler enlarges the pixels and
-        each detailer repaints its regions on the result."""
-        found: list[tuple[str, Any]] = [
-            (name, block)
-            for name in ("refiner", "hires", "upscale")
-            if (block := getattr(self, name)) is not None
-        ]
-        return found + [("detail", block) for block in self.detail or ()]
+        """(name, settings) of each step, in the order they run (``REFINE_STEPS``)."""
+        return [(step.name, block) for step, _, block in refine_blocks(self)]
 
 
 class RecipeUse(RecipeSettings, _Spec):

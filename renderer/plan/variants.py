@@ -16,6 +16,7 @@ from typing import Any
 
 from postprocess.parameters import EXTENSIONS
 from renderer.core.hashing import canonical_json
+from renderer.load.refine_steps import refine_blocks
 from renderer.load.schema import FileId
 from renderer.plan.output_folder import PlannedFile, export_path, master_path, variant_folder
 from renderer.plan.variant_spec import (
@@ -29,8 +30,8 @@ from renderer.plan.variant_spec import (
     VariantSpec,
     batch_key,
 )
-from renderer.validate.checks import delivery_size, text_box_pixels
 from renderer.validate.inputs import Campaign, Point, Recipe, ResolvedFile
+from renderer.validate.sizes import delivery_size, text_box_pixels
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ def recipe_use(
             {**control.model_dump(exclude={"model"}), "model": model.identity}
             for control, model in zip(spec.controlnets, recipe.controlnets, strict=True)
         ]
-    if spec.ip_adapter:
+    if spec.ip_adapter and recipe.ip_adapter:  # validate resolves the file the spec names
         data["ip_adapter"] = {
             **spec.ip_adapter.model_dump(exclude={"model"}),
             "model": recipe.ip_adapter.identity,
@@ -331,25 +332,15 @@ def recipe_use(
 
 def _refine_use(recipe: Recipe) -> dict[str, Any]:
     """The refine block as a spec states it: each model file by name and sha256."""
-    refine = recipe.spec.refine
-    files = {key: file.identity for key, file in recipe.refine_files.items()}
-
-    def block(settings: Any, *key: str | int) -> dict[str, Any]:
-        data = settings.model_dump(exclude={"model", "checkpoint"})
-        for name in ("model", "checkpoint"):
-            if ("refine", *key, name) in files:
-                data[name] = files[("refine", *key, name)]
-        return data
-
-    data: dict[str, Any] = {
-        name: block(settings, name)
-        for name in ("hires", "refiner", "upscale")
-        if (settings := getattr(refine, name)) is not None
-    }
-    if refine.detail:
-        data["detail"] = [
-            block(detail, "detail", index) for index, detail in enumerate(refine.detail)
-        ]
+    data: dict[str, Any] = {}
+    for step, index, settings in refine_blocks(recipe.spec.refine):
+        block = settings.model_dump(exclude={step.model_key})
+        if (file := recipe.refine_files.get(step.model_key_path(index))) is not None:
+            block[step.model_key] = file.identity
+        if step.repeated:
+            data.setdefault(step.name, []).append(block)
+        else:
+            data[step.name] = block
     return data
 
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
+from PIL.PngImagePlugin import PngImageFile, PngInfo
 from pydantic import Field, field_validator
 
 from postprocess.embedded_metadata import PARAMETERS_KEY, RENDER_KEY, VARIANT_KEY
@@ -44,8 +44,15 @@ from renderer.core.hashing import canonical_json, short_hash
 from renderer.core.version import __version__
 from renderer.load.schema import FileId, RenderSpec, Sha256, Strict
 from renderer.plan.output_folder import master_path, path_problem
-from renderer.plan.variant_spec import PER_IMAGE_FIELDS, VariantSpec
-from renderer.render.diffusers_renderer import RenderOptions
+from renderer.plan.variant_spec import (
+    PER_IMAGE_FIELDS,
+    DetailUse,
+    HiresUse,
+    RefinerUse,
+    UpscaleUse,
+    VariantSpec,
+)
+from renderer.render.options import RenderOptions
 
 SOFTWARE = f"campaign-renderer {__version__}"
 IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"
@@ -143,9 +150,9 @@ def _refine_fields(spec: VariantSpec) -> list[tuple[str, Any]]:
     if hires := refine.hires:
         fields.append(("Denoising strength", _number(hires.denoise)))
         fields.append(
-            ("Hires upscale", _number(hires.factor))
-            if hires.factor is not None
-            else ("Hires resize", f"{hires.size[0]}x{hires.size[1]}")
+            ("Hires resize", f"{hires.size[0]}x{hires.size[1]}")
+            if hires.size is not None
+            else ("Hires upscale", _number(hires.factor or 0))  # validate: one of the two
         )
         if hires.steps is not None:
             fields.append(("Hires steps", hires.steps))
@@ -197,35 +204,48 @@ def refine_history(spec: VariantSpec) -> list[tuple[str, str]]:
             f"{spec.width}x{spec.height}, {recipe.steps} steps",
         )
     ]
+    size = (spec.width, spec.height)
     for name, step in recipe.refine.steps():
-        if name == "refiner":
-            events.append(
-                (
-                    "edited",
-                    f"refiner: {_stem(step.checkpoint.name)} from "
-                    f"{_number(step.switch_at)} of the steps",
-                )
-            )
-        elif name == "hires":
-            width, height = step.target_size((spec.width, spec.height), recipe.family)
-            events.append(
-                (
-                    "resized",
-                    f"hires: {_hires_upscaler(step)} to {width}x{height}, "
-                    f"denoise {_number(step.denoise)}",
-                )
-            )
-        elif name == "upscale":
-            events.append(("resized", f"upscale: {_stem(step.model.name)}"))
-        else:
-            events.append(("edited", f"detail: {step.detect}, strength {_number(step.strength)}"))
+        events.append(_REFINE_EVENTS[name](step, size, recipe.family))
     return events
 
 
-def _hires_upscaler(hires: Any) -> str:
+def _refiner_event(refiner: RefinerUse, size: tuple[int, int], family: str) -> tuple[str, str]:
+    return (
+        "edited",
+        f"refiner: {_stem(refiner.checkpoint.name)} from {_number(refiner.switch_at)} of the steps",
+    )
+
+
+def _hires_event(hires: HiresUse, size: tuple[int, int], family: str) -> tuple[str, str]:
+    width, height = hires.target_size(size, family)
+    return (
+        "resized",
+        f"hires: {_hires_upscaler(hires)} to {width}x{height}, denoise {_number(hires.denoise)}",
+    )
+
+
+def _upscale_event(upscale: UpscaleUse, size: tuple[int, int], family: str) -> tuple[str, str]:
+    return ("resized", f"upscale: {_stem(upscale.model.name)}")
+
+
+def _detail_event(detail: DetailUse, size: tuple[int, int], family: str) -> tuple[str, str]:
+    return ("edited", f"detail: {detail.detect}, strength {_number(detail.strength)}")
+
+
+# Each refine step's XMP history event (stEvt:action, what was done), by step name.
+_REFINE_EVENTS: dict[str, Callable[[Any, tuple[int, int], str], tuple[str, str]]] = {
+    "refiner": _refiner_event,
+    "hires": _hires_event,
+    "upscale": _upscale_event,
+    "detail": _detail_event,
+}
+
+
+def _hires_upscaler(hires: HiresUse) -> str:
     if hires.upscaler in LATENT_UPSCALERS:
         return LATENT_UPSCALERS[hires.upscaler].a1111_name
-    return _stem(hires.model.name) if hires.upscaler == "model" else "Lanczos"
+    return _stem(hires.model.name) if hires.model is not None else "Lanczos"  # upscaler: model
 
 
 def _ordinal(number: int) -> str:
@@ -244,7 +264,9 @@ def _quote(text: str) -> str:
 def parse_a1111_parameters(text: str) -> dict[str, Any]:
     """Read A1111 PNG-info text back: prompt, negative prompt and the settings line."""
     *head, settings_line = text.split("\n")
-    prompt_lines, negative_lines, target = [], [], None
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    target: list[str] | None = None
     for line in head:
         if line.startswith("Negative prompt:"):
             target = negative_lines
@@ -423,16 +445,13 @@ def render_context(
     )
     if len(call) < 2:
         return context
-    differs = [_differences(spec, other) for _, other in call]
-    if len(call) * _MEMBER_MIN_BYTES <= MAX_RENDER_BYTES and None not in differs:
-        batched = context.model_copy(
-            update={
-                "batch": [
-                    BatchMember(id=member, differs=found)
-                    for (member, _), found in zip(call, differs, strict=True)
-                ]
-            }
-        )
+    members = [
+        BatchMember(id=member, differs=found)
+        for member, other in call
+        if (found := _differences(spec, other)) is not None
+    ]
+    if len(call) * _MEMBER_MIN_BYTES <= MAX_RENDER_BYTES and len(members) == len(call):
+        batched = context.model_copy(update={"batch": members})
         if len(batched.text().encode("utf-8")) <= MAX_RENDER_BYTES:
             return batched
     return context.model_copy(update={"batch_size": len(call)})
@@ -520,7 +539,7 @@ def encode_png(
 def read_png_metadata(data: bytes) -> dict[str, Any]:
     """The three blocks of a PNG written by ``encode_png`` (missing ones are absent)."""
     with Image.open(io.BytesIO(data)) as image:
-        text = dict(image.text)
+        text = dict(image.text) if isinstance(image, PngImageFile) else {}
     result: dict[str, Any] = {}
     if PARAMETERS_KEY in text:
         result["parameters"] = parse_a1111_parameters(text[PARAMETERS_KEY])

@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 
-def compare_run(ledger: Ledger, run: RunRow, table: Mapping[str, Any]) -> list[RecipeComparison]:
+def compare_run(ledger: Ledger, run: RunRow, table: dict[str, Any]) -> list[RecipeComparison]:
     """One entry per recipe of ``run``, in the campaign's order."""
     from postprocess.consistency import consistency
 
@@ -169,7 +169,7 @@ class Side:
             "reviews": reviews,
             "scores": {
                 name: {"mean": mean, "std": std}
-                for name, (mean, std) in _spreads([_scores(row) for row in rows]).items()
+                for name, (mean, std) in _spreads([row.decided_scores for row in rows]).items()
             },
             "seconds_per_image": round(statistics.fmean(seconds), 4) if seconds else None,
         }
@@ -177,17 +177,15 @@ class Side:
 
 @dataclass(frozen=True)
 class Pair:
-    """A variant of A and a variant of B at the same matrix coordinates (either may be
-    None: unpaired)."""
+    """A variant of A and a variant of B at the same matrix coordinates (the unpaired are
+    ``RunsComparison.only_a`` and ``only_b``)."""
 
-    a: RenderRow | None
-    b: RenderRow | None
+    a: RenderRow
+    b: RenderRow
 
     @property
     def axes(self) -> Mapping[str, Any]:
-        row = self.a or self.b
-        assert row is not None
-        return row.axes
+        return self.a.axes
 
 
 @dataclass(frozen=True)
@@ -221,7 +219,10 @@ class RunsComparison:
                     "a": _variant_json(pair.a),
                     "b": _variant_json(pair.b),
                     "scores": {
-                        metric: {"a": _scores(pair.a).get(metric), "b": _scores(pair.b).get(metric)}
+                        metric: {
+                            "a": pair.a.decided_scores.get(metric),
+                            "b": pair.b.decided_scores.get(metric),
+                        }
                         for metric in _metrics(pair)
                     },
                 }
@@ -277,11 +278,10 @@ class RunsComparison:
             f"{len(self.pairs)} pair(s) on {', '.join(self.matched_on) or 'no axes'}{ignored}:"
         ]
         for pair in self.pairs:
-            assert pair.a is not None and pair.b is not None
             lines.append(f"  {self.coordinates(pair.a)}: {_brief(pair.a)} → {_brief(pair.b)}")
             scores = [
-                f"{metric} {_number(_scores(pair.a).get(metric))} → "
-                f"{_number(_scores(pair.b).get(metric))}"
+                f"{metric} {_number(pair.a.decided_scores.get(metric))} → "
+                f"{_number(pair.b.decided_scores.get(metric))}"
                 for metric in _metrics(pair)
             ]
             line = ""
@@ -341,7 +341,7 @@ def recipe_sides(ledger: Ledger, first: str, second: str) -> tuple[Side, Side]:
     # Here, not at the top: the file schema loads pydantic, which the report never needs.
     from renderer.load.schema import RECIPE_REF_PATTERN
 
-    parsed = []
+    parsed: list[tuple[str, int]] = []
     for ref in (first, second):
         if not re.match(RECIPE_REF_PATTERN, ref):
             raise InputError(
@@ -350,8 +350,8 @@ def recipe_sides(ledger: Ledger, first: str, second: str) -> tuple[Side, Side]:
                 found=ref,
                 fix="campaign compare --recipe NAME@1 NAME@2",
             )
-        name, version = ref.rsplit("@", 1)
-        parsed.append((name, int(version)))
+        ref_name, ref_version = ref.rsplit("@", 1)
+        parsed.append((ref_name, int(ref_version)))
     (name, version), (other, other_version) = parsed
     if name != other:
         raise InputError(
@@ -487,7 +487,6 @@ def pairs_grid(comparison: RunsComparison, out_dir: Path) -> bytes:
     for pair in comparison.pairs:
         cells = []
         for row in (pair.a, pair.b):
-            assert row is not None
             path = out_dir / row.output_path
             if path.is_file():
                 with Image.open(path) as image:
@@ -503,7 +502,7 @@ def pairs_grid(comparison: RunsComparison, out_dir: Path) -> bytes:
                     seed=row.seed,
                     width=row.width,
                     height=row.height,
-                    scores=_scores(row),
+                    scores=row.decided_scores,
                     status=row.decision.status if row.decision else UNDECIDED,
                     reasons=(),
                 )
@@ -520,17 +519,11 @@ def _neutral(row: RenderRow, axis: str) -> str:
     return re.sub(re.escape(row.recipe_ref) + r"(?![0-9])", _PLACEHOLDER, text)
 
 
-def _scores(row: RenderRow | None) -> Mapping[str, float]:
-    return row.decided_scores if row is not None else {}
-
-
 def _metrics(pair: Pair) -> list[str]:
-    return list(dict.fromkeys([*_scores(pair.a), *_scores(pair.b)]))
+    return list(dict.fromkeys([*pair.a.decided_scores, *pair.b.decided_scores]))
 
 
-def _variant_json(row: RenderRow | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
+def _variant_json(row: RenderRow) -> dict[str, Any]:
     return {
         "variant_id": row.variant_id,
         "recipe": row.recipe_ref,
@@ -539,7 +532,7 @@ def _variant_json(row: RenderRow | None) -> dict[str, Any] | None:
         "axes": dict(row.axes),
         "seed": row.seed,
         "output_path": row.output_path,
-        "scores": dict(_scores(row)),
+        "scores": dict(row.decided_scores),
     }
 
 

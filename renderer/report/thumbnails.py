@@ -43,8 +43,8 @@ def make_thumbnail(source: Path, sha256: str, size: int, out_dir: Path) -> bytes
         raise ValueError(f"thumbnail size {size} is not one of {SIZES}")
     if (cached := cached_thumbnail(out_dir, sha256, size)) is not None:
         return cached.read_bytes()
-    with Image.open(source) as image:
-        image = image.convert("RGB")
+    with Image.open(source) as opened:
+        image = opened.convert("RGB")
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="WEBP", quality=_QUALITY)

@@ -19,17 +19,12 @@ from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file, sha256_json
 from renderer.core.terminal import Log
 from renderer.plan.variants import Variant
+from renderer.produce.exports import exports_of_master
+from renderer.produce.finishing import Finished, detect, open_image
+from renderer.produce.job import ExportFile, Produced
 from renderer.produce.metadata import LoraHashes
-from renderer.produce.worker import (
-    ExportFile,
-    Finished,
-    Produced,
-    Scoring,
-    Worker,
-    detect,
-    exports_of_master,
-    open_image,
-)
+from renderer.produce.scoring import Scoring
+from renderer.produce.worker import Worker
 from renderer.validate.inputs import Campaign
 
 ADOPTED = "adopted"

@@ -27,14 +27,14 @@ from renderer.core.progress import Progress
 from renderer.core.terminal import Log, say
 from renderer.ledger.decisions import campaign_gates, decide_run
 from renderer.ledger.locking import hold_output_folder, recover_after_crash
-from renderer.ledger.records import ExportRow, RenderRow
-from renderer.ledger.store import LEDGER_NAME, Ledger, RenderRecord
+from renderer.ledger.records import ExportRow, RenderRecord, RenderRow
+from renderer.ledger.store import LEDGER_NAME, Ledger
 from renderer.plan.output_folder import Holder, OutputFolder, check_planned, report_path
 from renderer.plan.variants import Plan, Variant, cut_batches, make_plan, recipe_content
-from renderer.produce.worker import WITHOUT_BATCH, FailedImage, Job, Produced
+from renderer.produce.job import WITHOUT_BATCH, FailedImage, Job, Produced
 from renderer.render.environment import device_problem
 from renderer.run.executors import make_executor
-from renderer.validate.checks import load_campaign
+from renderer.validate.campaign import load_campaign
 from renderer.validate.inputs import Campaign, FileIndex, Recipe, ResolvedFile
 
 
@@ -402,8 +402,9 @@ def repair_exports(
 ) -> None:
     """Rebuild lost or altered exports from their masters: the same crop, resize, encoder
     and metadata as when they were made; the master is read, never written."""
+    from renderer.produce.exports import exports_of_master
     from renderer.produce.metadata import LoraHashes
-    from renderer.produce.worker import Worker, exports_of_master
+    from renderer.produce.worker import Worker
 
     lora_hashes = LoraHashes(files.path)
     for repair in repairs:
@@ -415,7 +416,7 @@ def repair_exports(
             )
         }
         for recorded in repair.exports:
-            export = next(e for e in spec.postprocess.exports if e.name == recorded.name)
+            export = next(e for e in spec.postprocess.exports or () if e.name == recorded.name)
             made = Worker.write_export(repair.variant, export, rebuilt[recorded.name], out_dir)
             if made.sha256 != recorded.sha256:
                 log(
@@ -544,10 +545,10 @@ class RunRecorder:
                     scores=item.scores,
                     render_seconds=item.seconds,
                     rerender_reason=self.reasons[variant.id],
-                    batch=list(item.batch),
+                    batch=item.batch,
                     embedding=item.embedding,
                     exports=item.exports,
-                    steps=[{"step": step, "seconds": seconds} for step, seconds in item.steps],
+                    steps=tuple({"step": step, "seconds": seconds} for step, seconds in item.steps),
                 )
             )
             self.committed += 1

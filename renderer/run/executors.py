@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from renderer.core.terminal import Log
-from renderer.produce.worker import FINISH_THREADS, Job, JobResult, OverlappedStages
+from renderer.produce.job import Job, JobResult
+from renderer.produce.worker import FINISH_THREADS, OverlappedStages
 from renderer.validate.inputs import Campaign
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from typing import Any
 
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.terminal import Log
-from renderer.produce.worker import Job, JobResult
+from renderer.produce.job import Job, JobResult
 
 MAX_ATTEMPTS = 3
 
@@ -42,7 +42,7 @@ def _worker_class() -> Any:
             # pixels by 1/255, so use the driver's to give the local executor's bytes.
             torch.set_num_threads(threads)
             from renderer.produce.worker import OverlappedStages, Worker
-            from renderer.validate.checks import load_campaign
+            from renderer.validate.campaign import load_campaign
 
             self.campaign = load_campaign(Path(campaign_path), verify_hashes=False)
             self.worker = Worker.for_campaign(
@@ -152,7 +152,7 @@ class RayExecutor:
                 else:
                     running[worker.drain.remote()] = (worker, None, holding)
             done, _ = ray.wait(list(running), num_returns=1)
-            worker, index, at_stake = running.pop(done[0])
+            worker, pushed, at_stake = running.pop(done[0])
             try:
                 results = ray.get(done[0])
             except (RayActorError, ActorDiedError) as err:
@@ -172,8 +172,8 @@ class RayExecutor:
                 idle.append(worker)
                 continue
             held.pop(worker, None)
-            if index is not None:
-                held[worker] = index
+            if pushed is not None:
+                held[worker] = pushed
             idle.append(worker)
             if results is not None:
                 yield results

@@ -1,7 +1,7 @@
 """``campaign train``: a validated training spec → the engine's job → a LoRA, in the ledger.
 
 1. **Resolve** (``resolve``): the spec with every unset setting filled from the engine's
-   defaults (``training_job``: the dataclasses, ``FAMILY_DEFAULTS``, ``DEFAULT_TARGETS``) and
+   defaults (``train/job.py``: the dataclasses, ``FAMILY_DEFAULTS``, ``DEFAULT_TARGETS``) and
    every file by name and sha256 — the *resolved spec*. Its sha256 (canonical JSON) is the
    spec hash, and the training id is ``NAME@VERSION-`` + its first 12 hex digits. The engine's
    ``TrainingJob`` is the resolved spec plus this machine's paths (``job_of``; reproduce builds
@@ -23,13 +23,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from renderer.core.errors import InputError
 from renderer.core.hashing import HashCache, hash_file, sha256_json
 from renderer.core.terminal import Log
 from renderer.ledger.records import TrainingRow
-from renderer.ledger.store import LEDGER_NAME, Ledger, TrainingFinish, TrainingStart
+from renderer.ledger.store import LEDGER_NAME, Ledger
+from renderer.ledger.trainings import TrainingFinish, TrainingStart
 from renderer.load.schema import FileId
 from renderer.plan.output_folder import CACHE, TRAININGS, OutputFolder
 from renderer.train.job import (
@@ -42,11 +43,9 @@ from renderer.train.job import (
     TrainSettings,
     check_job,
 )
+from renderer.train.results import Progress, TrainingResult
 from renderer.validate.inputs import FileIndex, ResolvedFile
 from renderer.validate.training_spec import TrainingSpec
-
-if TYPE_CHECKING:  # the engine imports torch and diffusers: only once there is work to do
-    from renderer.train.engine import Progress, TrainingResult
 
 TRAININGS_DIR = TRAININGS  # OUT/trainings/NAME@VERSION/
 CACHE_DIR = f"{CACHE}/training"  # OUT/.cache/training: latents and embeddings
@@ -236,12 +235,11 @@ def train_spec(
             done = finished_training(ledger, training)
         if done is not None:
             return _already(done, out_dir, started)
+    # These import torch and diffusers: only once there is work to do.
     from renderer.render.diffusers_renderer import quiet_libraries
-    from renderer.train.engine import (  # torch and diffusers: only for work
-        hold_training_folder,
-        train,
-    )
+    from renderer.train.engine import train
     from renderer.train.report import write_report
+    from renderer.train.training_folder import hold_training_folder
 
     quiet_libraries()
     with hold_training_folder(folder), Ledger(ledger_path) as ledger:
@@ -302,9 +300,20 @@ def train_spec(
     )
 
 
-def finished_training(ledger: Ledger, training: ResolvedTraining) -> TrainingRow | None:
-    """The finished row of this very training when its LoRA and report are intact (so
-    nothing is left to do); refuses a spec changed under a ``name@version`` that trained."""
+@dataclass(frozen=True)
+class FinishedTraining:
+    """A finished training whose LoRA and report are intact: nothing is left to do. Paths
+    relative to the ledger's folder."""
+
+    row: TrainingRow
+    lora_path: str
+    lora_sha256: str
+    report_path: str
+
+
+def finished_training(ledger: Ledger, training: ResolvedTraining) -> FinishedTraining | None:
+    """This very training when it finished and its LoRA and report are intact; refuses a
+    spec changed under a ``name@version`` that trained."""
     spec = training.spec
     row = ledger.training_named(spec.spec.name, spec.spec.version)
     if row is None:
@@ -321,21 +330,26 @@ def finished_training(ledger: Ledger, training: ResolvedTraining) -> TrainingRow
             "(`campaign history --trainings --json` shows the stored one)",
         )
     out_dir = ledger.path.parent
-    if row.status != "finished" or not (out_dir / row.report_path).is_file():
+    # A finished row has its LoRA and report paths; the other statuses have none.
+    if row.status != "finished" or row.lora_path is None or row.report_path is None:
+        return None
+    if not (out_dir / row.report_path).is_file():
         return None
     lora = out_dir / row.lora_path
-    return row if lora.is_file() and hash_file(lora) == row.lora_sha256 else None
+    if not lora.is_file() or (sha256 := hash_file(lora)) != row.lora_sha256:
+        return None
+    return FinishedTraining(row, row.lora_path, sha256, row.report_path)
 
 
-def _already(row: TrainingRow, out_dir: Path, started: float) -> TrainingOutcome:
+def _already(done: FinishedTraining, out_dir: Path, started: float) -> TrainingOutcome:
     return TrainingOutcome(
-        row.id,
-        row.ref,
+        done.row.id,
+        done.row.ref,
         "already trained",
-        out_dir / row.lora_path,
-        row.lora_sha256,
-        out_dir / row.report_path,
-        len(row.step_losses),
+        out_dir / done.lora_path,
+        done.lora_sha256,
+        out_dir / done.report_path,
+        len(done.row.step_losses),
         0,
         time.perf_counter() - started,
     )

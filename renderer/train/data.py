@@ -23,10 +23,11 @@ import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from PIL import Image, ImageOps
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -102,7 +103,8 @@ class BatchOrder:
 
     def __init__(self, buckets: Sequence[tuple[int, int]], batch_size: int, seed: int):
         self.buckets, self.batch_size, self.seed = tuple(buckets), batch_size, seed
-        self._epoch, self._batches = -1, []
+        self._epoch = -1
+        self._batches: list[tuple[int, ...]] = []
         self.per_epoch = len(self.epoch(0))  # the same count every epoch
 
     def epoch(self, epoch: int) -> list[tuple[int, ...]]:
@@ -146,7 +148,7 @@ class DatasetFeatures:
         hashes: HashCache,
         live_text: bool,
         log: Log,
-        pipeline: Any = None,
+        pipeline: DiffusionPipeline | None = None,
     ):
         started = time.perf_counter()
         self.job, self.device, self.live_text = job, device, live_text
@@ -175,10 +177,9 @@ class DatasetFeatures:
             )
             for text in texts
         }
-        self.text = (
-            {} if live_text else {text: cache.get("text", key) for text, key in keys.items()}
-        )
-        missing = [text for text, features in self.text.items() if features is None]
+        cached = {} if live_text else {text: cache.get("text", key) for text, key in keys.items()}
+        missing = [text for text, features in cached.items() if features is None]
+        self.text = {text: features for text, features in cached.items() if features is not None}
         pipe = pipeline or load_pipeline(
             job.family,
             job.checkpoint,
@@ -197,8 +198,9 @@ class DatasetFeatures:
                 chunk = missing[start : start + 8]
                 encoded = self.model.encode_text(chunk)
                 for row, text in enumerate(chunk):
-                    self.text[text] = {name: value[row] for name, value in encoded.items()}
-                    cache.put("text", keys[text], self.text[text])
+                    features = {name: value[row] for name, value in encoded.items()}
+                    self.text[text] = features
+                    cache.put("text", keys[text], features)
             self.shapes, self.latents, computed = self._latents(cache, hashes)
         if not live_text:
             pipe.register_modules(**dict.fromkeys(names))

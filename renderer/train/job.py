@@ -51,7 +51,7 @@ TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # A training spec's unset settings take the dataclasses' defaults below, except these, which
 # follow the family: the resolution its base models were trained at, the guidance its
 # pipelines sample with.
-FAMILY_DEFAULTS = {
+FAMILY_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
     family: {"train": {"resolution": DEFAULT_RESOLUTION[family]}, "samples": {"guidance": guidance}}
     for family, guidance in (("sd15", 7.5), ("sdxl", 5.0), ("flux", 3.5))
 }
@@ -147,7 +147,7 @@ def _plain(value: Any) -> Any:
 
 
 def _from_plain(kind: Any, value: Any) -> Any:
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind)
         return kind(**{name: _from_plain(hints[name], item) for name, item in value.items()})
     origin = typing.get_origin(kind)

@@ -26,18 +26,15 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
 
 import torch
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save as save_tensors
 
 from renderer.core.hashing import canonical_json, sha256_bytes, sha256_json
-from renderer.train.job import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS
+from renderer.train.job import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS, TrainingJob
 from renderer.weights.ldm_layout import UNET_PREFIX, clip_text_original_name, unet_to_ldm
-
-if TYPE_CHECKING:
-    from renderer.train.job import TrainingJob
 
 ADAPTER = "default"  # the one peft adapter the trainer injects
 KOHYA_PREFIX = {
@@ -75,8 +72,8 @@ def lora_state_dict(
         for name, layer in zip(
             _file_names(family, component, model, list(layers)), layers.values(), strict=True
         ):
-            down = layer.lora_A[ADAPTER].weight.detach().cpu()
-            up = layer.lora_B[ADAPTER].weight.detach().cpu()
+            down = layer.lora_A[ADAPTER].get_parameter("weight").detach().cpu()
+            up = layer.lora_B[ADAPTER].get_parameter("weight").detach().cpu()
             if family == "flux":
                 tensors[f"{name}.lora_A.weight"] = down.to(dtype)
                 tensors[f"{name}.lora_B.weight"] = (up.float() * (alpha / down.shape[0])).to(dtype)
@@ -93,7 +90,7 @@ def _file_names(
     if family == "flux":
         return [f"transformer.{module}" for module in modules]
     prefix = KOHYA_PREFIX[family, component]
-    if component == "unet" and family == "sdxl":
+    if family == "sdxl" and isinstance(model, UNet2DConditionModel):
         # Rename through the single-file layout: the mapping follows the UNet's own config.
         renamed = unet_to_ldm(
             {f"{module}.weight": torch.empty(0) for module in modules}, model.config

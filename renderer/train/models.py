@@ -27,8 +27,14 @@ from typing import Any
 import diffusers
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline
+from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
+    FlowMatchEulerDiscreteScheduler,
+)
 from diffusers.training_utils import compute_density_for_timestep_sampling
+from PIL import Image
 
 from renderer.core.errors import InputError
 from renderer.core.families import PIPELINES
@@ -58,7 +64,8 @@ def component_identity(
 ) -> str:
     """Content identity of some components: their folders' hashes (single file: the file and
     the config folders, which hold the configs and tokenizers)."""
-    root = checkpoint if checkpoint.is_dir() else config
+    # check_job gives a single-file checkpoint its config folder.
+    root = checkpoint if checkpoint.is_dir() or config is None else config
     folders = {
         name: hashes.sha256_path(root / name) for name in components if (root / name).is_dir()
     }
@@ -72,7 +79,7 @@ def load_pipeline(
     config: Path | None,
     weight_dtype: torch.dtype,
     text_encoders: bool,
-) -> Any:
+) -> DiffusionPipeline:
     """The family's pipeline on the CPU: VAE in float32, the rest in ``weight_dtype``; without
     text encoders when the caller has every embedding it needs."""
     pipeline_class = getattr(diffusers, PIPELINES[family, "text"])
@@ -115,8 +122,13 @@ class FamilyModel(abc.ABC):
     denoiser_name = "unet"
     prediction_type = ""
 
-    def __init__(self, pipe: Any, checkpoint: Path, device: str, weight_dtype: torch.dtype):
-        self.pipe, self.checkpoint = pipe, checkpoint
+    def __init__(
+        self, pipe: DiffusionPipeline, checkpoint: Path, device: str, weight_dtype: torch.dtype
+    ):
+        # Any: diffusers annotates each pipeline's __call__ and encode_prompt narrower than
+        # they accept (device as torch.device, prompt as str) and DiffusionPipeline has neither.
+        self.pipe: Any = pipe
+        self.checkpoint = checkpoint
         self.device, self.weight_dtype = device, weight_dtype
         self.denoiser = getattr(pipe, self.denoiser_name)
         self.vae = pipe.vae
@@ -163,7 +175,7 @@ class FamilyModel(abc.ABC):
         steps: int,
         guidance: float,
         size: tuple[int, int],
-    ) -> Any:
+    ) -> Image.Image:
         """One image from the live model: denoise in the pipeline, decode in the VAE's
         dtype (float32 as loaded: the pipelines would decode in the denoiser's)."""
         latents = self.pipe(
@@ -265,6 +277,7 @@ class StableDiffusionXL(StableDiffusion):
         return {"prompt_embeds": embeds, "pooled": pooled}
 
     def _conditions(self, batch: Batch) -> dict[str, Any]:
+        assert batch.time_ids is not None  # DatasetFeatures gives SDXL batches their time ids
         return {
             "added_cond_kwargs": {
                 "text_embeds": batch.text["pooled"].to(self.weight_dtype),
@@ -290,7 +303,12 @@ class Flux(FamilyModel):
     prediction_type = "flow"
 
     def __init__(
-        self, pipe: Any, checkpoint: Path, device: str, weight_dtype: torch.dtype, guidance: float
+        self,
+        pipe: DiffusionPipeline,
+        checkpoint: Path,
+        device: str,
+        weight_dtype: torch.dtype,
+        guidance: float,
     ):
         super().__init__(pipe, checkpoint, device, weight_dtype)
         self.guidance = guidance
@@ -356,7 +374,7 @@ class Flux(FamilyModel):
 
 def family_model(
     family: str,
-    pipe: Any,
+    pipe: DiffusionPipeline,
     checkpoint: Path,
     device: str,
     weight_dtype: torch.dtype,

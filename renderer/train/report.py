@@ -17,7 +17,9 @@ from jinja2 import Environment, StrictUndefined
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from renderer.core.atomic import write_text_atomic
-from renderer.train.engine import TrainingJob, TrainingResult, write_png
+from renderer.train.job import TrainingJob
+from renderer.train.results import TrainingResult
+from renderer.train.training_folder import write_png
 
 THUMBNAIL_SIDE = 128
 INK, PAPER, GRID, CURVE, MARK = (
@@ -130,9 +132,9 @@ def sample_grid(paths: Sequence[Path], columns: int, title: str) -> Image.Image:
     rows = -(-len(images) // columns)
     grid = Image.new("RGB", (columns * cell_w, 14 + rows * cell_h), PAPER)
     ImageDraw.Draw(grid).text((2, 1), title, fill=INK, font=ImageFont.load_default())
-    for index, image in enumerate(images):
+    for index, cell in enumerate(images):
         row, column = divmod(index, columns)
-        grid.paste(image, (column * cell_w, 14 + row * cell_h))
+        grid.paste(cell, (column * cell_w, 14 + row * cell_h))
     return grid
 
 

@@ -19,9 +19,8 @@ from typing import Any
 
 from renderer.core.hashing import hash_file
 from renderer.load.schema import FileId
+from renderer.load.yamlsource import KeyPath
 from renderer.validate.inputs import ResolvedFile
-
-KeyPath = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -82,8 +81,8 @@ class FileFinder:
                 self.found[key] = ResolvedFile(path.resolve(), sha256)
                 return self.found[key]
             changed = changed or (path, found)
-        if (path := self.by_content(sha256)) is not None:
-            self.found[key] = ResolvedFile(path.resolve(), sha256)
+        if (same_content := self.by_content(sha256)) is not None:
+            self.found[key] = ResolvedFile(same_content.resolve(), sha256)
             return self.found[key]
         looked = tuple(
             dict.fromkeys(
@@ -182,7 +181,7 @@ def spec_files(spec: Mapping[str, Any]) -> list[tuple[KeyPath, str, str]]:
 
 def file_role(key: KeyPath) -> str:
     """How a report names a file by where the spec holds it."""
-    named = {
+    named: dict[KeyPath, str] = {
         ("recipe", "checkpoint"): "checkpoint",
         ("recipe", "loras"): "lora",
         ("recipe", "controlnets"): "controlnet",

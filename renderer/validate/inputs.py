@@ -1,4 +1,4 @@
-"""The validated inputs of a run: what ``renderer.validate.checks`` hands to the plan.
+"""The validated inputs of a run: what ``renderer.validate.campaign`` hands to the plan.
 
 Frozen values with every path resolved and every referenced file hashed: the recipe, the
 brand kit, the campaign and, for each variant of its matrix, a ``Point`` holding every

@@ -30,7 +30,8 @@ def expand_matrix(matrix: MatrixSpec) -> Iterator[dict[str, Any]]:
         if factor not in factors:
             factors.append(factor)
     choices = [list(zip(*(axes[name] for name in factor), strict=True)) for factor in factors]
-    produced: set[str] | None = set() if matrix.include else None
+    # The coordinates produced, kept only when include entries follow (to skip those repeated).
+    produced: set[str] = set()
     for combination in itertools.product(*choices):
         values = {
             name: value
@@ -40,7 +41,7 @@ def expand_matrix(matrix: MatrixSpec) -> Iterator[dict[str, Any]]:
         coords = {name: values[name] for name in axes}
         if any(matches(rule, coords) for rule in matrix.exclude):
             continue
-        if produced is not None:
+        if matrix.include:
             produced.add(canonical_json(coords))
         yield coords
     for entry in matrix.include:
@@ -79,8 +80,10 @@ def size_for_aspect(
     if short_side is not None:
         scale = short_side / min(ratio_w, ratio_h)
         width, height = ratio_w * scale, ratio_h * scale
-    else:
+    elif pixels is not None:
         width, height = math.sqrt(pixels * ratio_w / ratio_h), math.sqrt(pixels * ratio_h / ratio_w)
+    else:
+        raise ValueError("give short_side or pixels")
     return snap(width, multiple), snap(height, multiple)
 
 

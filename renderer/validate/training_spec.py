@@ -1,4 +1,4 @@
-"""A validated training spec: what ``renderer.validate.checks`` hands to ``campaign train``.
+"""A validated training spec: what ``renderer.validate.training`` hands to ``campaign train``.
 
 Frozen values with every path resolved and every file hashed, like ``renderer.validate.inputs`` for
 campaigns: the parsed file, its base recipe, and each dataset image with its caption

@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    # From their modules: the package's own names resolve to placeholder classes for mypy.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -87,7 +92,7 @@ _QKV = ("q_proj", "k_proj", "v_proj")
 
 
 def diffusers_to_ldm(
-    unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module
+    unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: torch.nn.Module
 ) -> StateDict:
     """One SD1.5-style single-file state dict from diffusers models (each with a ``config``)."""
     return {
@@ -97,8 +102,8 @@ def diffusers_to_ldm(
 
 
 def diffusers_to_sgm(
-    unet: torch.nn.Module,
-    vae: torch.nn.Module,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
     text_encoder: torch.nn.Module,
     text_encoder_2: torch.nn.Module,
 ) -> StateDict:
@@ -110,7 +115,7 @@ def diffusers_to_sgm(
     }
 
 
-def _unet_and_vae_to_ldm(unet: torch.nn.Module, vae: torch.nn.Module) -> StateDict:
+def _unet_and_vae_to_ldm(unet: UNet2DConditionModel, vae: AutoencoderKL) -> StateDict:
     # SD1.5 and SDXL name their UNet and VAE alike; only the text encoders differ.
     return {
         **unet_to_ldm(unet.state_dict(), unet.config),
