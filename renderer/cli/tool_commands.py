@@ -12,7 +12,7 @@ from renderer.core.terminal import say
 def cmd_schema(args: argparse.Namespace) -> int:
     # on use (start-up): the file models
     from renderer.core.atomic import write_text_atomic
-    from renderer.load.schema import FILE_MODELS
+    from renderer.load.file_kinds import FILE_MODELS
 
     for kind, model in FILE_MODELS.items():
         path = args.dir / f"{kind}.schema.json"

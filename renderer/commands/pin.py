@@ -18,7 +18,7 @@ import yaml
 from renderer.core.atomic import write_text_atomic
 from renderer.core.errors import InputError, MissingFileError, SchemaError
 from renderer.core.hashing import hash_file, short_hash
-from renderer.load.schema import RECIPE_AXIS
+from renderer.load.campaign_schema import RECIPE_AXIS
 from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml
 from renderer.validate.any_kind import validate_any
 

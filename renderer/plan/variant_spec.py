@@ -35,9 +35,9 @@ from postprocess.parameters import (
     WhiteBalance,
 )
 from renderer.core.hashing import canonical_json, sha256_json
+from renderer.load.campaign_schema import AxisValue
 from renderer.load.refine_steps import REFINE_STEP_NAMES, refine_blocks
 from renderer.load.schema import (
-    AxisValue,
     ControlNetSettings,
     DetailSettings,
     FileId,

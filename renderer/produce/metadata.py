@@ -42,7 +42,8 @@ from postprocess.hires import LATENT_UPSCALERS
 from renderer.core.families import SCHEDULERS
 from renderer.core.hashing import canonical_json, short_hash
 from renderer.core.version import __version__
-from renderer.load.schema import FileId, RenderSpec, Sha256, Strict
+from renderer.load.campaign_schema import RenderSpec
+from renderer.load.schema import FileId, Sha256, Strict
 from renderer.plan.output_folder import master_path, path_problem
 from renderer.plan.variant_spec import (
     PER_IMAGE_FIELDS,

@@ -46,7 +46,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from renderer.core.errors import CampaignError, InputError
 from renderer.core.hashing import HashCache
 from renderer.core.terminal import Log
-from renderer.load.schema import MIXED_PRECISIONS
+from renderer.load.training_schema import MIXED_PRECISIONS
 from renderer.render.environment import resolve_device
 from renderer.train.data import DatasetFeatures, generator
 from renderer.train.job import (

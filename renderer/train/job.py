@@ -23,7 +23,11 @@ from pydantic import ValidationError
 from renderer.core.errors import HashMismatchError, InputError, MissingFileError
 from renderer.core.families import FAMILIES, SIZE_MULTIPLE
 from renderer.core.hashing import HashCache, sha256_json
-from renderer.load.schema import LoraTrainingSpec, TrainingSamplesSpec, TrainingSettingsSpec
+from renderer.load.training_schema import (
+    LoraTrainingSpec,
+    TrainingSamplesSpec,
+    TrainingSettingsSpec,
+)
 from renderer.validate.training_buckets import DEFAULT_RESOLUTION
 
 # Default LoRA targets, as diffusers' DreamBooth LoRA scripts choose them: the UNet's attention

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from renderer.load.schema import MIXED_PRECISIONS
+from renderer.load.training_schema import MIXED_PRECISIONS
 from renderer.render.environment import PACKAGES, fingerprint
 
 

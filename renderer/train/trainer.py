@@ -23,7 +23,7 @@ from renderer.core.atomic import write_bytes_atomic
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.hashing import HashCache, sha256_bytes
 from renderer.core.terminal import Log
-from renderer.load.schema import SAVE_PRECISIONS, TRAINING_SCHEDULES
+from renderer.load.training_schema import SAVE_PRECISIONS, TRAINING_SCHEDULES
 from renderer.train.data import BatchOrder, DatasetFeatures, derive_seed, generator
 from renderer.train.job import DEFAULT_TARGETS, TEXT_ENCODER_TARGETS, TrainingJob
 from renderer.train.lora_files import ADAPTER, lora_file_bytes, lora_state_dict, training_metadata

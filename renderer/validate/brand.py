@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from renderer.core.errors import SchemaError
-from renderer.load.schema import ASPECT_PATTERN, TEXT_ROLES, BrandKitFile
+from renderer.load.campaign_schema import ASPECT_PATTERN, TEXT_ROLES, BrandKitFile
 from renderer.load.schema_errors import parse_document
 from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml
 from renderer.validate.file_probes import font_problem, image_problem

@@ -11,13 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from renderer.core.errors import BadFileError, SchemaError
-from renderer.load.schema import (
-    RECIPE_AXIS,
-    RECIPE_REF_PATTERN,
-    TEXT_ROLES,
-    CampaignFile,
-    ScoringSpec,
-)
+from renderer.load.campaign_schema import RECIPE_AXIS, TEXT_ROLES, CampaignFile, ScoringSpec
+from renderer.load.schema import RECIPE_REF_PATTERN
 from renderer.load.schema_errors import parse_document
 from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml
 from renderer.validate.brand import load_brand_kit

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from renderer.core.errors import SchemaError
-from renderer.load.schema import (
+from renderer.load.campaign_schema import (
     ASPECT_PATTERN,
     RECIPE_AXIS,
     CampaignFile,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from renderer.core.errors import SchemaError
-from renderer.load.schema import C2paSpec, CampaignFile, PostprocessSpec
+from renderer.load.campaign_schema import C2paSpec, CampaignFile, PostprocessSpec
 from renderer.load.schema_errors import parse_document
 from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml
 from renderer.validate.brand import check_aspect_key

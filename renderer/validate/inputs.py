@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from renderer.core.errors import MissingFileError
-from renderer.load.schema import (
+from renderer.load.campaign_schema import (
     DEFAULT_TEXT_BOXES,
     BrandKitFile,
     CampaignFile,
-    FileId,
     PlacementSpec,
-    RecipeFile,
     TextBoxSpec,
 )
+from renderer.load.schema import FileId, RecipeFile
 from renderer.load.yamlsource import KeyPath, YamlDocument
 
 

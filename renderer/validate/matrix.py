@@ -16,7 +16,7 @@ from typing import Any
 
 from postprocess.geometry import snap
 from renderer.core.hashing import canonical_json
-from renderer.load.schema import MatrixSpec, OverrideRule, OverrideSet
+from renderer.load.campaign_schema import MatrixSpec, OverrideRule, OverrideSet
 
 
 def expand_matrix(matrix: MatrixSpec) -> Iterator[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 from renderer.core.errors import BadFileError, MissingFileError, SchemaError
 from renderer.core.families import SIZE_MULTIPLE
 from renderer.core.hashing import canonical_json, hash_file
-from renderer.load.schema import RECIPE_AXIS, TEXT_ROLES, CampaignFile
+from renderer.load.campaign_schema import RECIPE_AXIS, TEXT_ROLES, CampaignFile
 from renderer.load.templating import Templates
 from renderer.load.yamlsource import KeyPath, YamlDocument
 from renderer.validate.delivery import check_variant_size

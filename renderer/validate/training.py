@@ -17,9 +17,9 @@ from renderer.core.errors import (
     TemplateError,
 )
 from renderer.core.hashing import hash_file
-from renderer.load.schema import CAPTION_NAMES, IMAGE_SUFFIXES, TrainingFile
 from renderer.load.schema_errors import parse_document
 from renderer.load.templating import Templates
+from renderer.load.training_schema import CAPTION_NAMES, IMAGE_SUFFIXES, TrainingFile
 from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml, read_bounded
 from renderer.validate.file_probes import (
     MAX_CONFIG_BYTES,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from renderer.load.schema import TrainingFile
+from renderer.load.training_schema import TrainingFile
 from renderer.load.yamlsource import KeyPath, YamlDocument
 from renderer.validate.inputs import Recipe, ResolvedFile
 
