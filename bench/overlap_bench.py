@@ -146,9 +146,9 @@ class HoldingRenderer:
 
 def simulated_accelerator(folder: Path, launch_share: float) -> None:
     """(b): the real finish and write stages behind a renderer that mostly waits."""
+    from renderer.plan.jobs import Job
     from renderer.plan.variants import cut_batches, make_plan
     from renderer.produce.finishing import Assets
-    from renderer.produce.job import Job
     from renderer.produce.scoring import Scoring
     from renderer.produce.worker import FINISH_THREADS, Worker
     from renderer.run.executors import LocalExecutor, PipelinedExecutor

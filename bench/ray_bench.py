@@ -20,8 +20,8 @@ def main() -> None:
     import ray
     import torch
 
+    from renderer.plan.jobs import Job
     from renderer.plan.variants import cut_batches, make_plan
-    from renderer.produce.job import Job
     from renderer.run.executors import LocalExecutor
     from renderer.run.ray_executor import RayExecutor
     from renderer.validate.campaign import load_campaign

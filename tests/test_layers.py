@@ -77,6 +77,83 @@ def test_the_layer_check_sees_a_backward_import(tmp_path):
     assert "run" in imported_stages(backward)
 
 
+def module_imports(path: Path) -> list[tuple[ast.ImportFrom | ast.Import, bool]]:
+    """Each import statement of ``path`` that names a renderer or post-process module, with
+    whether it sits inside a function (a lazy import)."""
+    tree = ast.parse(path.read_text())
+    lazy = {
+        id(node)
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+        for node in ast.walk(function)
+    }
+    found = []
+    for node in ast.walk(tree):
+        names = (
+            [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else []
+        )
+        if any(name.split(".")[0] in ("renderer", "postprocess") for name in names):
+            found.append((node, id(node) in lazy))
+    return found
+
+
+def test_a_lazy_import_says_why():
+    """An import inside a function hides a dependency from the file's header, so it is kept
+    only where start-up needs it, with a comment on it or on the line above saying why."""
+    silent = []
+    for path in sorted([*(REPO / "renderer").glob("*/*.py"), *(REPO / "postprocess").glob("*.py")]):
+        lines = path.read_text().splitlines()
+        for node, lazy in module_imports(path):
+            said = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+            # an import right below a commented one shares its reason
+            shared = lines[node.lineno - 2].strip().startswith(("from ", "import "))
+            if lazy and not said and not shared:
+                silent.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert silent == []
+
+
+def test_no_import_circle_between_renderer_modules():
+    graph: dict[str, set[str]] = {}
+    for path in sorted((REPO / "renderer").glob("*/*.py")):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        graph[name] = {
+            node.module
+            for node, _ in module_imports(path)
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
+    done: set[str] = set()
+
+    def circle_from(module: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        if module in path:
+            return (*path[path.index(module) :], module)
+        if module in done or module not in graph:
+            return None
+        for imported in sorted(graph[module]):
+            if found := circle_from(imported, (*path, module)):
+                return found
+        done.add(module)
+        return None
+
+    circles = [found for module in sorted(graph) if (found := circle_from(module, ()))]
+    assert circles == [], " -> ".join(circles[0])
+
+
+def test_no_module_is_over_600_lines():
+    """A module does one job its name says; past about 600 lines it is doing several."""
+    long = {
+        str(path.relative_to(REPO)): length
+        for path in sorted(
+            [*(REPO / "renderer").rglob("*.py"), *(REPO / "postprocess").glob("*.py")]
+        )
+        if (length := len(path.read_text().splitlines())) > 600
+    }
+    assert long == {}
+
+
 def test_the_readme_tour_lists_the_stages_in_order():
     readme = (REPO / "README.md").read_text()
     tour = readme[readme.index("## A tour of the files") : readme.index("## Python API")]

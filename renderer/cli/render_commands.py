@@ -34,9 +34,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                     f"variants, recipe {loaded.recipe_refs})"
                 )
             elif isinstance(loaded, TrainingSpec):
-                from renderer.train.command import (
-                    resolve,  # the ledger's modules: training specs only
-                )
+                # On use: it loads the ledger's modules, which only a training spec needs.
+                from renderer.train.command import resolve
 
                 training = resolve(loaded)  # the engine's own checks, at their lines
                 print(

@@ -15,11 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 from renderer.core.errors import InputError
 from renderer.core.hashing import hash_file, sha256_file, sha256_json
 from renderer.core.terminal import printable
 from renderer.ledger.store import LEDGER_NAME, Ledger
 from renderer.load.yamlsource import read_bounded
+from renderer.validate.file_probes import MAX_IMAGE_BYTES
 
 MIN_PREFIX = 6
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -71,8 +73,6 @@ def resolve_variant_id(ledger: Ledger, text: str) -> str:
 def variant_id_of_image(path: Path) -> str:
     """The variant id an image states: the hash of the ``campaign_variant`` JSON it carries
     (a master PNG, or a channel export in PNG, JPEG or WebP)."""
-    from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
-    from renderer.validate.file_probes import MAX_IMAGE_BYTES
 
     data = read_bounded(path, MAX_IMAGE_BYTES, what="image")
     try:

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 from renderer.core.errors import InputError
 from renderer.core.version import __version__
 from renderer.plan.variant_spec import VariantSpec
@@ -66,9 +69,6 @@ def _c2pa() -> Any:
 
 def image_facts(data: bytes) -> tuple[str, tuple[int, int], VariantSpec]:
     """An image file's format, size and the variant spec it carries."""
-    from PIL import Image
-
-    from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 
     try:
         with Image.open(io.BytesIO(data)) as image:

@@ -40,10 +40,11 @@ from renderer.core.terminal import Log
 from renderer.ledger.records import RenderRow
 from renderer.ledger.store import LEDGER_NAME, Ledger
 from renderer.load.schema import FileId
+from renderer.plan.jobs import WITHOUT_BATCH, Job
 from renderer.plan.output_folder import reproduction_root
 from renderer.plan.variant_spec import VariantSpec
 from renderer.plan.variants import Variant
-from renderer.produce.job import WITHOUT_BATCH, Job, Produced
+from renderer.produce.job import Produced
 from renderer.produce.worker import Worker
 from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.render.environment import differences, options_like, pixel_option_differences

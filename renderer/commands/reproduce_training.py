@@ -31,8 +31,10 @@ from renderer.core.terminal import Log
 from renderer.ledger.records import TrainingRow
 from renderer.ledger.store import Ledger
 from renderer.plan.output_folder import reproduction_root
+from renderer.render.diffusers_renderer import quiet_libraries
 from renderer.render.environment import differences
 from renderer.train.command import TRAININGS_DIR, job_of
+from renderer.train.engine import train
 from renderer.validate.file_finder import FileFinder, spec_files
 from renderer.validate.inputs import FileIndex
 
@@ -154,8 +156,6 @@ def reproduce_training(
     if scratch.exists():
         log(f"replacing the earlier re-training in {scratch}")
         shutil.rmtree(scratch)
-    from renderer.render.diffusers_renderer import quiet_libraries
-    from renderer.train.engine import train
 
     quiet_libraries()
     result = train(job, scratch, scratch / ".cache", progress=progress, log=log)

@@ -171,7 +171,7 @@ def consistency_scores(rows: Sequence[RenderRow]) -> dict[str, dict[str, float]]
     mean of the rows of the same recipe (a campaign's recipe axis compares families whose
     looks differ by design; rows from before m003 have no embedding and get no run
     metrics)."""
-    from postprocess.consistency import consistency
+    from postprocess.consistency import consistency  # numpy: only where embeddings are scored
 
     by_recipe: dict[tuple[str, int], list[RenderRow]] = {}
     for row in rows:

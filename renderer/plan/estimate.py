@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from renderer.load.yamlsource import load_yaml
+
 if TYPE_CHECKING:  # plan imports validation; the ledger's readers estimate from stored specs
     from renderer.plan.variants import Variant
 
@@ -32,8 +34,6 @@ class GpuEstimate:
 def load_estimates(override: Path | None = None) -> dict[str, Any]:
     table = yaml.safe_load(DEFAULTS.read_text())
     if override is not None:
-        from renderer.load.yamlsource import load_yaml
-
         for key, value in (load_yaml(override).data or {}).items():
             table[key] = (
                 {**table[key], **value}

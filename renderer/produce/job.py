@@ -1,4 +1,5 @@
-"""The values a job passes through the worker's stages, and what it hands back.
+"""The values a job (``renderer.plan.jobs.Job``) passes through the worker's stages, and what
+it hands back.
 
 A job is one pipeline call's batch and the members to write: the others are co-members,
 rendered again only so the written ones come out as they do beside them (an image's bytes
@@ -12,7 +13,7 @@ images that failed (``FailedImage``: not written, so the next run renders them).
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,26 +21,8 @@ from typing import Any
 from PIL import Image
 
 from postprocess.parameters import ExportSpec
+from renderer.plan.jobs import Job
 from renderer.plan.variants import Variant
-
-# What rendering an image without the rest of its batch does (README, "Reproducing a
-# deliverable": the demo campaign on CPU, float32).
-WITHOUT_BATCH = (
-    "may move pixels: measured up to 2/255 in a master, 3/255 in a JPEG "
-    "export, 14/255 in a WebP one"
-)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One pipeline call: its members in order, and which of them to write and commit."""
-
-    batch: tuple[Variant, ...]
-    write: frozenset[str]  # variant ids; the other members are co-members
-
-    @classmethod
-    def all_of(cls, batch: Sequence[Variant]) -> Job:
-        return cls(tuple(batch), frozenset(variant.id for variant in batch))
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ import numpy as np
 
 from postprocess.overlay import logo_box
 from postprocess.parameters import SafeZone
+from renderer.plan.jobs import Job
 from renderer.plan.variants import Variant
 from renderer.produce.finishing import Finished, open_image
-from renderer.produce.job import FailedImage, Job
+from renderer.produce.job import FailedImage
 from renderer.render.diffusers_renderer import BUILDING_MODELS
 from renderer.validate.inputs import BrandKit, Campaign
 

@@ -40,21 +40,19 @@ from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
-from postprocess.parameters import EXTENSIONS, ExportSpec
 from renderer.core.hashing import hash_file, sha256_bytes
 from renderer.core.terminal import Log
 from renderer.load.schema import FileId
+from renderer.plan.jobs import Job
 from renderer.plan.output_folder import OutputFolder
 from renderer.plan.variant_spec import RecipeUse, VariantSpec
 from renderer.plan.variants import Variant
-from renderer.produce.exports import export_files
+from renderer.produce.exports import export_files, write_export
 from renderer.produce.finishing import Assets, Finished, detect, finish_image
 from renderer.produce.job import (
     EncodedImage,
-    ExportFile,
     FailedImage,
     FinishedJob,
-    Job,
     JobResult,
     Produced,
     RenderedJob,
@@ -243,7 +241,7 @@ class Worker:
                 rechecked.append((variant, sha256_bytes(image.master)))
                 continue
             exports = tuple(
-                self.write_export(variant, export, data, out_dir) for export, data in image.exports
+                write_export(variant, export, data, out_dir) for export, data in image.exports
             )
             OutputFolder(out_dir).write(variant.output_path, image.master, "master")
             produced.append(
@@ -307,22 +305,6 @@ class Worker:
         if self._recipe not in (None, recipe.ref) and not self.keep_pipelines:
             self.renderer.release()
         self._recipe = recipe.ref
-
-    @staticmethod
-    def write_export(
-        variant: Variant, export: ExportSpec, data: bytes, out_dir: Path
-    ) -> ExportFile:
-        relative = variant.export_path(export.name, EXTENSIONS[export.format])
-        OutputFolder(out_dir).write(relative, data, "export")
-        return ExportFile(
-            name=export.name,
-            path=relative,
-            sha256=sha256_bytes(data),
-            bytes=len(data),
-            width=export.width,
-            height=export.height,
-            format=export.format,
-        )
 
 
 # Threads finishing one batch's images side by side (post-processing, encoding): OpenCV,

@@ -39,7 +39,7 @@ from renderer.render.passes import (
     refine_steps_to_run,
 )
 from renderer.render.pipelines import Pipeline, PipelineCache
-from renderer.validate.inputs import FileIndex, Recipe
+from renderer.validate.inputs import Campaign, FileIndex, Recipe
 
 # Held while a model is built: diffusers builds its models under accelerate's
 # init_empty_weights, which patches torch.nn.Module for every thread, so a model built in
@@ -89,6 +89,16 @@ def auto_batch_size(device: str, family: str) -> int:
     free_gib = torch.cuda.mem_get_info()[0] / 2**30
     per_image_gib = {"sd15": 1.0, "sdxl": 3.0, "flux": 4.0}[family]
     return max(1, min(16, int(free_gib / per_image_gib)))
+
+
+def campaign_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:
+    """How many variants one pipeline call takes on ``device``, per family of the campaign's
+    recipes: ``render.batch_size``, or ``auto_batch_size``."""
+    requested = campaign.spec.render.batch_size
+    return {
+        family: requested if isinstance(requested, int) else auto_batch_size(device, family)
+        for family in dict.fromkeys(recipe.spec.family for recipe in campaign.recipes)
+    }
 
 
 class DiffusersRenderer:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -47,13 +48,28 @@ from renderer.plan.variant_spec import (
 )
 from renderer.render.call import pipeline_arguments, prompt_arguments
 from renderer.render.controls import keeps_source, load_rgb, paste_source_outside_mask, region_mask
-from renderer.render.pipelines import Pipeline
+from renderer.render.pipelines import Pipeline, PipelineCache
 from renderer.validate.inputs import FileIndex
 
 if TYPE_CHECKING:
     import torch
 
-    from renderer.render.diffusers_renderer import DiffusersRenderer
+
+class PassRunner(Protocol):
+    """What a pass uses of the renderer (``DiffusersRenderer``): its pipeline cache, the
+    LoRA stack, the timed loading and the failure-naming pipeline call."""
+
+    pipelines: PipelineCache
+
+    def loading(self) -> AbstractContextManager[None]: ...
+
+    def load_pipeline(self, recipe: RecipeUse, files: FileIndex) -> Pipeline: ...
+
+    def activate_loras(self, pipe: Pipeline, recipe: RecipeUse, files: FileIndex) -> None: ...
+
+    def run_pipeline(
+        self, pipe: Pipeline, arguments: dict[str, Any], call: RenderCall, doing: str
+    ) -> Any: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +147,7 @@ def refine_steps_to_run(recipe: RecipeUse) -> list[RefineBlock]:
 
 
 def base_pass(
-    renderer: DiffusersRenderer, call: RenderCall, files: FileIndex, *, hand_to: str | None
+    renderer: PassRunner, call: RenderCall, files: FileIndex, *, hand_to: str | None
 ) -> PassResult:
     """The base render of a call: PIL images, or ``Latents`` for the step that takes them
     over (``hand_to``: the refiner, from its ``switch_at``, or a latent hires upscaler)."""
@@ -163,7 +179,7 @@ def base_pass(
 
 
 def refiner_pass(
-    renderer: DiffusersRenderer,
+    renderer: PassRunner,
     call: RenderCall,
     base: PassResult,
     block: RefineBlock,
@@ -189,7 +205,7 @@ def refiner_pass(
 
 
 def hires_pass(
-    renderer: DiffusersRenderer,
+    renderer: PassRunner,
     call: RenderCall,
     base: PassResult,
     block: RefineBlock,
@@ -247,7 +263,7 @@ def hires_pass(
 
 
 def upscale_pass(
-    renderer: DiffusersRenderer,
+    renderer: PassRunner,
     call: RenderCall,
     images: PassResult,
     block: RefineBlock,
@@ -261,7 +277,7 @@ def upscale_pass(
 
 
 def model_upscale(
-    renderer: DiffusersRenderer,
+    renderer: PassRunner,
     images: list[Image.Image],
     model_file: FileId,
     files: FileIndex,
@@ -286,7 +302,7 @@ def model_upscale(
 
 
 def detail_pass(
-    renderer: DiffusersRenderer,
+    renderer: PassRunner,
     call: RenderCall,
     images: PassResult,
     block: RefineBlock,
@@ -394,7 +410,7 @@ def _white(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def _detail_pipeline(
-    renderer: DiffusersRenderer, recipe: RecipeUse, detail: DetailUse, files: FileIndex
+    renderer: PassRunner, recipe: RecipeUse, detail: DetailUse, files: FileIndex
 ) -> Pipeline:
     """The inpaint pipeline of a detail checkpoint, else of the recipe's own (from_pipe:
     a 4-channel UNet inpaints by blending latents), with the recipe's LoRA stack."""
@@ -413,9 +429,7 @@ def _detail_pipeline(
 
 
 # A refine step's pass: (renderer, call, the previous pass's result, the step, files).
-RefinePass = Callable[
-    ["DiffusersRenderer", RenderCall, PassResult, RefineBlock, FileIndex], PassResult
-]
+RefinePass = Callable[[PassRunner, RenderCall, PassResult, RefineBlock, FileIndex], PassResult]
 
 # The pass of each refine step, by its name (renderer.load.refine_steps.REFINE_STEP_NAMES).
 REFINE_PASSES: dict[str, RefinePass] = {

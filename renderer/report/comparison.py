@@ -30,8 +30,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from postprocess.gate_rules import count_statuses
-from postprocess.report_page import RecipeComparison
+from postprocess.report_page import UNDECIDED, RecipeComparison, ReportRow, pairs_grid_png
 from renderer.core.errors import InputError
 from renderer.core.hashing import canonical_json
 from renderer.ledger.decisions import embedding_matrix
@@ -57,7 +59,7 @@ __all__ = [
 
 def compare_run(ledger: Ledger, run: RunRow, table: dict[str, Any]) -> list[RecipeComparison]:
     """One entry per recipe of ``run``, in the campaign's order."""
-    from postprocess.consistency import consistency
+    from postprocess.consistency import consistency  # numpy: only where embeddings are scored
 
     rows = ledger.run_rows(run.id)
     groups: dict[str, list[RenderRow]] = {ref: [] for ref in run.recipes}
@@ -473,9 +475,6 @@ def check_grid_path(path: Path, out_dir: Path) -> None:
 
 def pairs_grid(comparison: RunsComparison, out_dir: Path) -> bytes:
     """An X/Y grid PNG: one row per pair, A's image left and B's right."""
-    from PIL import Image
-
-    from postprocess.report_page import UNDECIDED, ReportRow, pairs_grid_png
 
     if not comparison.pairs:
         raise InputError(

@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from PIL import Image
+
 from postprocess.gate_rules import count_statuses
 from postprocess.report_page import (
     REPORT_MARK,
@@ -22,6 +24,7 @@ from postprocess.report_page import (
     ReportRow,
     ReportRun,
     report_html,
+    xy_grid_png,
 )
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.errors import InputError
@@ -155,9 +158,6 @@ def write_grids(
 ) -> list[ReportGrid]:
     """One X/Y grid PNG per (x, y) pair and combination of the other axes' values, in
     ``REPORT-grids/`` beside the report; returns the ReportGrid entries linking them."""
-    from PIL import Image
-
-    from postprocess.report_page import xy_grid_png
 
     if not grids or not rows:
         return []

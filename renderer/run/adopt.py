@@ -14,17 +14,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from postprocess.parameters import ExportSpec
+from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
+from postprocess.parameters import EXTENSIONS, ExportSpec
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file, sha256_json
 from renderer.core.terminal import Log
 from renderer.plan.variants import Variant
-from renderer.produce.exports import exports_of_master
+from renderer.produce.exports import exports_of_master, write_export
 from renderer.produce.finishing import Finished, detect, open_image
 from renderer.produce.job import ExportFile, Produced
-from renderer.produce.metadata import LoraHashes
+from renderer.produce.metadata import LoraHashes, read_png_metadata
 from renderer.produce.scoring import Scoring
-from renderer.produce.worker import Worker
 from renderer.validate.inputs import Campaign
 
 ADOPTED = "adopted"
@@ -33,7 +33,6 @@ UNKNOWN_ENVIRONMENT = {"device": "unknown (adopted from a file already in the fo
 
 def adoptable(variants: Sequence[Variant], out_dir: Path) -> list[Variant]:
     """The variants whose master is already in ``out_dir``, each checked against its id."""
-    from renderer.produce.metadata import read_png_metadata
 
     found = []
     for variant in variants:
@@ -107,8 +106,6 @@ def adopt(
 
 def _adopt_export(variant: Variant, export: ExportSpec, data: bytes, out_dir: Path) -> ExportFile:
     """An export already there with this variant's spec is kept; else it is rebuilt."""
-    from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
-    from postprocess.parameters import EXTENSIONS
 
     path = out_dir / variant.export_path(export.name, EXTENSIONS[export.format])
     if path.is_file():
@@ -126,4 +123,4 @@ def _adopt_export(variant: Variant, export: ExportSpec, data: bytes, out_dir: Pa
                 height=export.height,
                 format=export.format,
             )
-    return Worker.write_export(variant, export, data, out_dir)
+    return write_export(variant, export, data, out_dir)

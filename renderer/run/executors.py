@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from renderer.core.terminal import Log
-from renderer.produce.job import Job, JobResult
-from renderer.produce.worker import FINISH_THREADS, OverlappedStages
+from renderer.plan.jobs import Job
+from renderer.produce.job import JobResult
+from renderer.produce.worker import FINISH_THREADS, OverlappedStages, Worker
+from renderer.render.diffusers_renderer import campaign_batch_sizes
+from renderer.render.environment import resolve_device
+from renderer.run.ray_executor import RayExecutor
 from renderer.validate.inputs import Campaign
-
-if TYPE_CHECKING:
-    from renderer.produce.worker import Worker
 
 
 class Executor(Protocol):
@@ -46,7 +47,6 @@ class LocalExecutor:
     def __init__(self, campaign: Campaign, out_dir: Path, log: Log, worker: Worker | None = None):
         """``worker``: the campaign's own by default (bench/overlap_bench.py gives one with
         a renderer that only holds the batch, as an accelerator would)."""
-        from renderer.produce.worker import Worker
 
         self.campaign = campaign
         self.worker, self.out_dir = worker or Worker.for_campaign(campaign, log), out_dir
@@ -55,7 +55,7 @@ class LocalExecutor:
         return self.worker.environment()
 
     def batch_sizes(self) -> dict[str, int]:
-        return resolve_batch_sizes(self.campaign, self.worker.renderer.device)
+        return campaign_batch_sizes(self.campaign, self.worker.renderer.device)
 
     def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
         for job in jobs:
@@ -99,16 +99,6 @@ class PipelinedExecutor(LocalExecutor):
             stages.close()
 
 
-def resolve_batch_sizes(campaign: Campaign, device: str) -> dict[str, int]:
-    from renderer.render.diffusers_renderer import auto_batch_size
-
-    requested = campaign.spec.render.batch_size
-    return {
-        family: requested if isinstance(requested, int) else auto_batch_size(device, family)
-        for family in dict.fromkeys(recipe.spec.family for recipe in campaign.recipes)
-    }
-
-
 def make_executor(
     name: str,
     campaign: Campaign,
@@ -121,13 +111,9 @@ def make_executor(
     if name == "local":
         pipelined = campaign.spec.render.pipeline
         if pipelined == "auto":
-            from renderer.render.environment import resolve_device
-
             pipelined = resolve_device(campaign.spec.render.device) != "cpu"
         return (PipelinedExecutor if pipelined else LocalExecutor)(campaign, out_dir, log)
-    import torch
-
-    from renderer.run.ray_executor import RayExecutor
+    import torch  # on use: the local executors' workers load it themselves
 
     return RayExecutor(
         campaign.source,

@@ -23,7 +23,11 @@ from typing import Any
 
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.terminal import Log
-from renderer.produce.job import Job, JobResult
+from renderer.plan.jobs import Job
+from renderer.produce.job import JobResult
+from renderer.produce.worker import OverlappedStages, Worker
+from renderer.render.diffusers_renderer import campaign_batch_sizes
+from renderer.validate.campaign import load_campaign
 
 MAX_ATTEMPTS = 3
 
@@ -41,8 +45,6 @@ def _worker_class() -> Any:
             # Ray pins OMP threads to the actor's CPU share; a different thread count moves
             # pixels by 1/255, so use the driver's to give the local executor's bytes.
             torch.set_num_threads(threads)
-            from renderer.produce.worker import OverlappedStages, Worker
-            from renderer.validate.campaign import load_campaign
 
             self.campaign = load_campaign(Path(campaign_path), verify_hashes=False)
             self.worker = Worker.for_campaign(
@@ -54,9 +56,7 @@ def _worker_class() -> Any:
             return self.worker.environment()
 
         def batch_sizes(self) -> dict[str, int]:
-            from renderer.run.executors import resolve_batch_sizes
-
-            return resolve_batch_sizes(self.campaign, self.worker.renderer.device)
+            return campaign_batch_sizes(self.campaign, self.worker.renderer.device)
 
         def push(self, job: Job) -> JobResult | None:
             """Render ``job`` and hand back the job given before it, written (None: none)."""

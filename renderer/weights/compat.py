@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from renderer.core.families import PIPELINES, SINGLE_FILE_COMPONENTS
+
 _MAX_HEADER = 100 * 1024 * 1024
 _FLUX_MARKERS = ("transformer.", "lora_transformer_", "double_blocks", "single_blocks")
 _SDXL_MARKERS = ("lora_te2_", "text_encoder_2.", "te2.")
@@ -194,7 +196,6 @@ def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
     """Why the diffusers folder ``config`` cannot load the single-file ``checkpoint`` of
     ``family`` (None when it can, as far as headers tell): its pipeline class is another
     family's, or its UNet's first convolution has another shape than the file's."""
-    from renderer.core.families import PIPELINES
 
     try:
         index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
@@ -229,7 +230,6 @@ def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
 def single_file_problem(checkpoint: Path, family: str) -> str | None:
     """What a single-file ``family`` checkpoint lacks (None when it has every component's
     weights): a LoRA, an upscaler or a bare UNet passes a header check but not a load."""
-    from renderer.core.families import SINGLE_FILE_COMPONENTS
 
     names = list(read_header(checkpoint).shapes)
     for component, prefixes in SINGLE_FILE_COMPONENTS[family].items():
