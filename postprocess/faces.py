@@ -272,7 +272,8 @@ def _stage_passes(stage: HaarStage, values: np.ndarray) -> np.ndarray:
     votes = np.where(
         at_or_above, stage.leaves[:, 1].reshape(shape), stage.leaves[:, 0].reshape(shape)
     )
-    return votes.sum(axis=0) >= stage.threshold
+    passes: np.ndarray = votes.sum(axis=0) >= stage.threshold
+    return passes
 
 
 def _inverse_window_deviation(
@@ -291,9 +292,10 @@ def _inverse_window_deviation(
         def corner(dx: int, dy: int) -> np.ndarray:
             return table[dy : dy + step * grid[0] : step, dx : dx + step * grid[1] : step]
 
-        return (corner(x1, y1) - corner(x1, y0) - corner(x0, y1) + corner(x0, y0)).astype(
-            np.float64
-        )
+        summed: np.ndarray = (
+            corner(x1, y1) - corner(x1, y0) - corner(x0, y1) + corner(x0, y0)
+        ).astype(np.float64)
+        return summed
 
     total = window_sum(sums)
     spread = area * window_sum(squares) - total * total

@@ -92,7 +92,8 @@ def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     s_h = 1 + 0.015 * mean_c * t
     r_t = -np.sin(np.radians(2 * rotation)) * chroma_weight
     lightness, chroma, hue = delta_l / s_l, delta_c / s_c, delta_h / s_h
-    return np.sqrt(lightness**2 + chroma**2 + hue**2 + r_t * chroma * hue)
+    difference: np.ndarray = np.sqrt(lightness**2 + chroma**2 + hue**2 + r_t * chroma * hue)
+    return difference
 
 
 def palette_adherence(

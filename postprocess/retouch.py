@@ -203,7 +203,8 @@ def _lab_histograms(lab_image: np.ndarray) -> np.ndarray:
 
 def _cumulative(histograms: np.ndarray) -> np.ndarray:
     cdf = np.cumsum(histograms, axis=1)
-    return cdf / cdf[:, -1:]
+    shares: np.ndarray = cdf / cdf[:, -1:]
+    return shares
 
 
 def _apply_curves(image: np.ndarray, curves: np.ndarray) -> np.ndarray:

@@ -43,7 +43,8 @@ def relative_luminance(rgb: np.ndarray | Sequence[float]) -> np.ndarray:
     """WCAG 2.x relative luminance of sRGB colours in 0..255 (last axis: R, G, B)."""
     channels = np.asarray(rgb, dtype=np.float64) / 255
     linear = np.where(channels <= 0.04045, channels / 12.92, ((channels + 0.055) / 1.055) ** 2.4)
-    return linear @ np.array([0.2126, 0.7152, 0.0722])
+    luminance: np.ndarray = linear @ np.array([0.2126, 0.7152, 0.0722])
+    return luminance
 
 
 def contrast_ratio(rgb1: Sequence[float], rgb2: Sequence[float]) -> float:
@@ -120,7 +121,8 @@ def _coverage(size: tuple[int, int], font: Font, lines: Sequence[str], align: st
 
 def _ratio(luminance_a: np.ndarray, luminance_b: np.ndarray) -> np.ndarray:
     lighter, darker = np.maximum(luminance_a, luminance_b), np.minimum(luminance_a, luminance_b)
-    return (lighter + 0.05) / (darker + 0.05)
+    ratio: np.ndarray = (lighter + 0.05) / (darker + 0.05)
+    return ratio
 
 
 def _best_colour(behind_luminances: np.ndarray, colour_luminances: np.ndarray) -> tuple[int, float]:

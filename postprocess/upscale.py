@@ -307,7 +307,8 @@ def _run(model: ImageModelDescriptor, inputs: list[np.ndarray]) -> np.ndarray:
     with torch.inference_mode():
         # spandrel's descriptor pads to its size requirements and clamps the output to [0, 1].
         output = model(batch.to(model.dtype) / 255)
-    return output.permute(0, 2, 3, 1).float().cpu().numpy()
+    pixels: np.ndarray = output.permute(0, 2, 3, 1).float().cpu().numpy()
+    return pixels
 
 
 def _round_into(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

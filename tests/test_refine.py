@@ -486,15 +486,26 @@ def test_an_export_larger_than_the_master_needs_upscale_exports(tmp_path, capsys
     assert in_process(capsys, "validate", scratch.write()).code == 0
 
 
-def test_validation_checks_every_refine_step_and_no_other():
-    from renderer.load.refine_steps import REFINE_STEP_NAMES
+def refine_tables() -> dict[str, set[str]]:
+    """Each place that keeps something per refine step, by what it is: the step names it
+    covers."""
+    from renderer.load.schema import RefineSpec
+    from renderer.plan.variant_spec import RefineUse
+    from renderer.produce.metadata import REFINE_EVENTS
+    from renderer.render.passes import REFINE_PASSES
     from renderer.validate.refine import REFINE_CHECKS
 
-    assert sorted(REFINE_CHECKS) == sorted(REFINE_STEP_NAMES)
+    return {
+        "the recipe's refine block": set(RefineSpec.model_fields),
+        "a variant's refine spec": set(RefineUse.model_fields),
+        "validate's checks": set(REFINE_CHECKS),
+        "the renderer's passes": set(REFINE_PASSES),
+        "the XMP history events": set(REFINE_EVENTS),
+    }
 
 
-def test_the_renderer_has_one_pass_per_refine_step():
+@pytest.mark.parametrize("table", list(refine_tables()))
+def test_every_refine_table_covers_the_registered_steps_and_no_other(table):
     from renderer.load.refine_steps import REFINE_STEP_NAMES
-    from renderer.render.passes import REFINE_PASSES
 
-    assert sorted(REFINE_PASSES) == sorted(REFINE_STEP_NAMES)
+    assert refine_tables()[table] == set(REFINE_STEP_NAMES)

@@ -86,12 +86,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     check_planned(plan.planned_files(), plan.campaign.document)
     variants = list(plan.variants)
     if args.sample is not None:
-        if args.sample < 1:
-            raise InputError(
-                "--sample must be a positive number",
-                found=str(args.sample),
-                fix="pass --sample 10, for example",
-            )
         variants = sample_variants(variants, args.sample)
     table = load_estimates(args.estimates)
     by_recipe = {
@@ -184,8 +178,6 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise InputError(
             "--address and --workers are for --executor ray", fix="add --executor ray, or drop them"
         )
-    if args.workers is not None and args.workers < 1:
-        raise InputError("--workers must be at least 1", found=str(args.workers))
     summary = render_campaign(
         args.campaign,
         args.out,

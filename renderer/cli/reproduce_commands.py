@@ -20,10 +20,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.training:
         return _reproduce_training(args)
-    if args.tolerance is not None and not 0 <= args.tolerance <= 255:
-        raise InputError(
-            "--tolerance is in 1/255 steps", expected="0..255", found=str(args.tolerance)
-        )
     outcomes = reproduce(
         args.id,
         out_dir=args.out,

@@ -59,10 +59,6 @@ def cmd_gate(args: argparse.Namespace) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     from renderer.commands.review import serve  # on use (start-up): the web server
 
-    if not 0 <= args.port <= 65535:
-        raise InputError(
-            "--port is a TCP port", expected="0..65535 (0: any free one)", found=str(args.port)
-        )
     reviewer = _reviewer(args.reviewer)
 
     def announce(url: str) -> None:

@@ -1,1 +1,3 @@
-"""The other commands' tasks: reproduce, show, review, deliver, pin, provenance."""
+"""The other commands' tasks, a module each (with its parts beside it): reproduce, show
+(``lookup``), review, deliver, gate, pin, provenance.
+"""

@@ -38,6 +38,7 @@ from renderer.commands.provenance import C2paSigner
 from renderer.core.atomic import TEMP_PREFIX
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_bytes
+from renderer.core.json_value import JsonValue
 from renderer.core.terminal import Log
 from renderer.ledger.deliveries import new_delivery_id
 from renderer.ledger.delivery_recovery import (
@@ -59,7 +60,7 @@ class Delivered:
     manifest: dict[str, Any] = field(default_factory=dict)
     recovered: bool = False  # completed now from a run of the command that was killed
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {
             "run_id": self.plan.run_id,
             "delivered": self.record is not None,

@@ -193,7 +193,10 @@ def write_zip(temp: Path, contents: dict[str, bytes], names: dict[str, bytes]) -
 
 def read_manifest(target: Path) -> dict[str, Any]:
     """The manifest of a delivery written to ``target`` (a folder or a .zip)."""
+    manifest: dict[str, Any]
     if target.is_dir():
-        return json.loads((target / "manifest.json").read_bytes())
-    with zipfile.ZipFile(target) as archive:
-        return json.loads(archive.read("manifest.json"))
+        manifest = json.loads((target / "manifest.json").read_bytes())
+    else:
+        with zipfile.ZipFile(target) as archive:
+            manifest = json.loads(archive.read("manifest.json"))
+    return manifest

@@ -20,11 +20,11 @@ master PNG with ``masters``; every file's sha256 is checked against the ledger.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from postprocess.gate_rules import FAIL, PASS
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file
+from renderer.core.json_value import JsonValue
 from renderer.ledger.records import RenderRow
 from renderer.ledger.store import Ledger
 from renderer.plan.output_folder import shipped_name
@@ -72,7 +72,7 @@ class Held:
     variant_id: str
     why: str
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {
             "variant_id": self.variant_id,
             "why": self.why,

@@ -111,7 +111,8 @@ def _box_mean(x: np.ndarray, window: int) -> np.ndarray:
         - total[window:, :-window]
         + total[:-window, :-window]
     )
-    return sums / (window * window)
+    means: np.ndarray = sums / (window * window)
+    return means
 
 
 def metadata_differences(first: bytes, second: bytes) -> list[str]:

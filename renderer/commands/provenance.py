@@ -34,6 +34,7 @@ from PIL import Image
 
 from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 from renderer.core.errors import InputError
+from renderer.core.json_value import JsonValue
 from renderer.core.version import __version__
 from renderer.plan.variant_spec import VariantSpec
 from renderer.produce.metadata import (
@@ -87,10 +88,10 @@ def image_facts(data: bytes) -> tuple[str, tuple[int, int], VariantSpec]:
     return kind, size, spec
 
 
-def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, Any]]:
+def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, JsonValue]]:
     """The actions that made a file of ``size`` from ``spec``, in the order they happened."""
     recipe = spec.recipe
-    models = {
+    models: dict[str, JsonValue] = {
         "family": recipe.family,
         "checkpoint": {"name": recipe.checkpoint.name, "sha256": recipe.checkpoint.sha256},
         "loras": [
@@ -98,7 +99,7 @@ def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, Any
             for lora in recipe.loras
         ],
     }
-    actions = [
+    actions: list[dict[str, JsonValue]] = [
         {
             "action": "c2pa.created",
             "digitalSourceType": digital_source_type(spec),

@@ -36,6 +36,7 @@ from renderer.commands.lookup import open_ledger, resolve_variant_id
 from renderer.commands.reproduce_source import Target, target_from_image, targets_from_ledger
 from renderer.core.errors import InputError, RenderFailure
 from renderer.core.hashing import sha256_bytes
+from renderer.core.json_value import JsonObject, JsonValue
 from renderer.core.terminal import Log
 from renderer.ledger.records import RenderRow
 from renderer.ledger.store import LEDGER_NAME, Ledger
@@ -98,7 +99,7 @@ class Outcome:
         lines.append(f"    from: {self.source}")
         return "\n".join(lines)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {**dataclasses.asdict(self), "matches": self.matches}
 
 
@@ -227,7 +228,7 @@ def reproduce_targets(
             if problem:
                 config_problems[target.variant_id] = problem
 
-    def problems_of(spec: Mapping[str, Any]) -> list[InputProblem]:
+    def problems_of(spec: JsonObject) -> list[InputProblem]:
         return [
             finder.problems[(name, sha)]
             for _, name, sha in spec_files(spec)

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from postprocess.embedded_metadata import RENDER_KEY, VARIANT_KEY, read_export_metadata
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_bytes, sha256_json
+from renderer.core.json_value import JsonObject, JsonValue
 from renderer.ledger.records import RenderRow
 from renderer.ledger.store import Ledger
 from renderer.load.schema import FileId
@@ -53,7 +54,7 @@ class Target:
     channels: tuple[str | None, ...] = (None,)
     checkpoint_config: FileId | None = None  # a single-file checkpoint's config folder
     # From the image's campaign_render (the ledger's rows and environment say the same):
-    mates: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # batch mates' specs
+    mates: Mapping[str, JsonObject] = field(default_factory=dict)  # batch mates' specs
     options: Mapping[str, Any] = field(default_factory=dict)  # render options changing pixels
     unknown_batch: str = "batch not recorded"  # why, when ``batch`` is empty
 
@@ -187,8 +188,8 @@ def _first_error(err: ValueError) -> str:
 
 
 def _batch_of(
-    spec: Mapping[str, Any], variant_id: str, context: RenderContext, path: Path
-) -> dict[str, dict[str, Any]]:
+    spec: JsonObject, variant_id: str, context: RenderContext, path: Path
+) -> dict[str, dict[str, JsonValue]]:
     """The specs of the image's batch by id, in call order, rebuilt from its own ``spec``
     and each checked against its id; empty when it was rendered alone."""
     members = context.members(spec)
@@ -249,7 +250,7 @@ def _channels_of(
     return tuple(matches)
 
 
-def _check_spec(spec: Mapping[str, Any], variant_id: str, where: str, file: Path) -> None:
+def _check_spec(spec: JsonObject, variant_id: str, where: str, file: Path) -> None:
     if sha256_json(spec) != variant_id:
         raise InputError(
             f"{where}: the stored variant JSON does not hash to its id",

@@ -27,6 +27,7 @@ from typing import Any
 
 from renderer.commands.lookup import file_state, open_ledger
 from renderer.core.errors import InputError
+from renderer.core.json_value import JsonValue
 from renderer.core.terminal import Log
 from renderer.ledger.records import TrainingRow
 from renderer.ledger.store import Ledger
@@ -35,6 +36,8 @@ from renderer.render.diffusers_renderer import quiet_libraries
 from renderer.render.environment import differences
 from renderer.train.command import TRAININGS_DIR, job_of
 from renderer.train.engine import train
+from renderer.train.job import TrainingJob
+from renderer.train.results import Progress
 from renderer.validate.file_finder import FileFinder, spec_files
 from renderer.validate.inputs import FileIndex
 
@@ -72,7 +75,7 @@ class TrainingReproduction:
             lines.append(f"    re-trained: {self.reproduced}")
         return "\n".join(lines)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {**dataclasses.asdict(self), "matches": self.matches}
 
 
@@ -113,7 +116,7 @@ def reproduce_training(
     out_dir: Path,
     into: Path | None = None,
     search: Sequence[Path] = (),
-    progress: Callable[[Any], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     log: Log = lambda _: None,
 ) -> TrainingReproduction:
     dest = reproduction_root(out_dir, into)  # never over the output folder's records
@@ -190,7 +193,7 @@ def _role(key: tuple) -> str:
     return {("base", "checkpoint"): "checkpoint", ("base", "config"): "checkpoint config"}[key]
 
 
-def _pinned(job: Any, environment: Mapping[str, Any] | None) -> Any:
+def _pinned(job: TrainingJob, environment: Mapping[str, Any] | None) -> TrainingJob:
     """The job on the recorded thread count, and on the CPU when it trained there: 'auto'
     would pick a GPU here. Neither is in the LoRA's header, only in how its numbers come
     out."""

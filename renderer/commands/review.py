@@ -42,7 +42,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -64,6 +63,7 @@ from renderer.commands.review_guard import (
 )
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_file
+from renderer.core.json_value import JsonValue
 from renderer.core.terminal import Log
 from renderer.ledger.decisions import run_gates
 from renderer.ledger.records import ExportRow, RenderRow, RunRow
@@ -207,7 +207,7 @@ class ReviewApp:
             )
         return run
 
-    def run_payload(self) -> dict[str, Any]:
+    def run_payload(self) -> dict[str, JsonValue]:
         """Everything the page shows, from the ledger as it is now."""
         with self.open_ledger() as ledger:
             run = self.current_run(ledger)
@@ -316,7 +316,7 @@ class ReviewApp:
 
     # ------------------------------------------------------------ writing
 
-    def record(self, decisions: Sequence[Decision]) -> tuple[int, dict[str, Any]]:
+    def record(self, decisions: Sequence[Decision]) -> tuple[int, dict[str, JsonValue]]:
         """Store a person's decisions; every one must name a render's current bytes and the
         review it saw standing for them (else 409 and nothing is stored)."""
         with self.open_ledger() as ledger:

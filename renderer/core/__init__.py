@@ -1,3 +1,3 @@
-"""The foundation every stage uses: errors, hashing, atomic writes, progress, terminal-safe
-text, the model families' table.
+"""The foundation every stage uses: errors, hashing, the JSON value type, atomic writes,
+progress, terminal-safe text, the model families' table.
 """

@@ -8,7 +8,7 @@ nothing; the renderer resolves them in diffusers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 Family = Literal["sd15", "sdxl", "flux"]
 FAMILIES: tuple[str, ...] = ("sd15", "sdxl", "flux")
@@ -64,7 +64,7 @@ PIPELINES = {
 class Scheduler:
     diffusers_class: str
     a1111_name: str  # what A1111's PNG-info shows as ``Sampler``
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, str | bool] = field(default_factory=dict)  # from_config keywords
     # Stable Diffusion predicts noise, Flux a flow: neither family samples with the other's.
     families: tuple[str, ...] = ("sd15", "sdxl")
 

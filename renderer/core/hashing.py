@@ -27,6 +27,8 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from renderer.core.json_value import JsonObject, JsonValue
+
 _CHUNK = 1 << 20
 
 
@@ -34,11 +36,11 @@ _CHUNK = 1 << 20
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def canonical_json(obj: Any) -> str:
+def canonical_json(obj: JsonValue) -> str:
     return _CANONICAL.encode(obj)
 
 
-def sha256_json(obj: Any) -> str:
+def sha256_json(obj: JsonValue) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
@@ -135,7 +137,8 @@ class HashCache:
                 else None
             )
         if row:
-            return row[0]
+            known: str = row[0]
+            return known
         digest = sha256_file(path)
         with self._lock, contextlib.suppress(sqlite3.Error):  # read-only or busy: time only
             if db is not None:
@@ -156,7 +159,7 @@ class HashCache:
             )
         return json.loads(row[0]) if row else None
 
-    def remember(self, sha256: str, kind: str, facts: dict[str, Any]) -> None:
+    def remember(self, sha256: str, kind: str, facts: JsonObject) -> None:
         """Store facts derived from a file's content alone (so its sha256 keys them), which
         cost a heavy import or a long read to derive again."""
         with self._lock, contextlib.suppress(sqlite3.Error):  # read-only or busy: time only

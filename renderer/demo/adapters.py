@@ -32,7 +32,7 @@ def build_controlnet(name: str, base_unet: Callable[[], UNet2DConditionModel], o
     unet = base_unet()  # a ControlNet starts as a copy of its base UNet's encoder
 
     def controlnet() -> ControlNetModel:
-        model = ControlNetModel.from_unet(
+        model: ControlNetModel = ControlNetModel.from_unet(
             unet,
             # 3 stride-2 steps: the hint image downsamples 8x, like the VAE, onto the latent grid.
             conditioning_embedding_out_channels=(8, 16, 16, 32),
@@ -58,7 +58,7 @@ def build_flux_controlnet(out: Path) -> None:
     def controlnet() -> FluxControlNetModel:
         # No input_hint_block: the pipeline VAE-encodes the control image and packs it into
         # tokens, which controlnet_x_embedder adds to the image tokens.
-        model = FluxControlNetModel.from_transformer(
+        model: FluxControlNetModel = FluxControlNetModel.from_transformer(
             transformer,
             num_layers=config["num_layers"],
             num_single_layers=config["num_single_layers"],

@@ -178,21 +178,26 @@ def sdxl_components() -> SDXLComponents:
 def sd15_unet(
     seed_name: str = "sd15.unet", in_channels: int = LATENT_CHANNELS
 ) -> UNet2DConditionModel:
-    return seeded(
+    unet: UNet2DConditionModel = seeded(
         seed_name, lambda: UNet2DConditionModel(**SD15_UNET_CONFIG, in_channels=in_channels)
     )
+    return unet
 
 
 def sdxl_unet(
     seed_name: str = "sdxl.unet", in_channels: int = LATENT_CHANNELS
 ) -> UNet2DConditionModel:
-    return seeded(
+    unet: UNet2DConditionModel = seeded(
         seed_name, lambda: UNet2DConditionModel(**SDXL_UNET_CONFIG, in_channels=in_channels)
     )
+    return unet
 
 
 def sdxl_refiner_unet() -> UNet2DConditionModel:
-    return seeded("sdxl-refiner.unet", lambda: UNet2DConditionModel(**SDXL_REFINER_UNET_CONFIG))
+    unet: UNet2DConditionModel = seeded(
+        "sdxl-refiner.unet", lambda: UNet2DConditionModel(**SDXL_REFINER_UNET_CONFIG)
+    )
+    return unet
 
 
 def flux_components() -> FluxComponents:
@@ -225,7 +230,10 @@ def flux_components() -> FluxComponents:
 
 
 def flux_transformer() -> FluxTransformer2DModel:
-    return seeded("flux.transformer", lambda: FluxTransformer2DModel(**FLUX_TRANSFORMER_CONFIG))
+    transformer: FluxTransformer2DModel = seeded(
+        "flux.transformer", lambda: FluxTransformer2DModel(**FLUX_TRANSFORMER_CONFIG)
+    )
+    return transformer
 
 
 def sd15_text_encoder() -> CLIPTextModel:
@@ -239,7 +247,7 @@ def _vae(
     shift_factor: float | None = None,
     quant_convs: bool = True,
 ) -> AutoencoderKL:
-    return seeded(
+    vae: AutoencoderKL = seeded(
         seed_name,
         lambda: AutoencoderKL(
             **VAE_CONFIG,
@@ -249,6 +257,7 @@ def _vae(
             use_post_quant_conv=quant_convs,
         ),
     )
+    return vae
 
 
 def _clip_text_encoder(

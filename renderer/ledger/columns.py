@@ -14,36 +14,39 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from renderer.core.hashing import canonical_json
+from renderer.core.json_value import JsonObject, JsonValue
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 _STORED_AS = "column"  # the field metadata key this module reads
+_Value = TypeVar("_Value")
 
 
-def _as_is(value: Any) -> Any:
+def _as_is(value: _Value) -> _Value:
     return value
 
 
-def loads(text: str | None, default: Any = None) -> Any:
-    """A JSON column's value (``default`` for NULL)."""
+def loads(text: str | None, default: JsonValue = None) -> Any:
+    """A JSON column's value (``default`` for NULL). Any: the record field it fills says
+    what it holds."""
     return default if text is None else json.loads(text)
 
 
-def _json_text(value: Any) -> str:
+def _json_text(value: JsonObject | Iterable[JsonValue]) -> str:
     return canonical_json(value if isinstance(value, Mapping) else list(value))
 
 
-def _json_text_or_null(value: Any) -> str | None:
+def _json_text_or_null(value: JsonObject | Sequence[JsonValue]) -> str | None:
     return _json_text(value) if value else None
 
 
-def _tuple_from_json(text: str | None) -> tuple[Any, ...]:
+def _tuple_from_json(text: str | None) -> tuple[JsonValue, ...]:
     return tuple(loads(text, []))
 
 
@@ -88,7 +91,7 @@ def stored_fields(record_type: type[DataclassInstance]) -> tuple[StoredField, ..
     return tuple(stored)
 
 
-def column_values(record: DataclassInstance) -> tuple[Any, ...]:
+def column_values(record: DataclassInstance) -> tuple[object, ...]:
     """The values of a record's columns, as stored, in ``stored_fields`` order."""
     return tuple(item.write(getattr(record, item.field)) for item in stored_fields(type(record)))
 

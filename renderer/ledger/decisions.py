@@ -29,6 +29,7 @@ from postprocess.gate_rules import (
     worst,
 )
 from renderer.core.errors import InputError
+from renderer.core.json_value import JsonValue
 from renderer.ledger.gatings import DecisionRecord
 from renderer.ledger.records import RenderRow, RunRow
 from renderer.ledger.store import Ledger
@@ -66,7 +67,7 @@ class GateSet:
     def describe(self) -> dict[str, str]:
         return {rule.metric: rule.describe() for rule in self.rules}
 
-    def as_json(self) -> list[dict[str, Any]]:
+    def as_json(self) -> list[dict[str, JsonValue]]:
         return [
             {
                 "metric": rule.metric,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from renderer.core.hashing import canonical_json
+from renderer.core.json_value import JsonObject
 from renderer.ledger.queries import TableQueries, inserted_id, utc_now
 from renderer.ledger.records import Decision
 
@@ -31,7 +32,7 @@ class GatingQueries(TableQueries):
         run_id: str,
         *,
         source: str,
-        rules: Sequence[Mapping[str, Any]],
+        rules: Sequence[JsonObject],
         decisions: Sequence[DecisionRecord],
     ) -> int:
         """Store one decision pass over a run in one transaction; earlier passes stay as

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from renderer.core.hashing import canonical_json, sha256_json
+from renderer.core.json_value import JsonObject
 
 _IN_CHUNK = 500  # values per IN (...) query
 
@@ -50,7 +51,7 @@ class TableQueries:
             raise
         self.db.execute("COMMIT")
 
-    def _rows_in(self, query: str, values: Sequence[Any]) -> Iterator[sqlite3.Row]:
+    def _rows_in(self, query: str, values: Sequence[str | int]) -> Iterator[sqlite3.Row]:
         """Run ``query`` with its ``{}`` replaced by placeholders for ``values``, in chunks
         (SQLite caps the number of parameters of one statement)."""
         wanted = list(values)
@@ -60,7 +61,7 @@ class TableQueries:
                 query.replace("({})", f"({','.join('?' * len(chunk))})"), chunk
             )
 
-    def record_environment(self, environment: Mapping[str, Any]) -> str:
+    def record_environment(self, environment: JsonObject) -> str:
         """Store an environment fingerprint once; returns its hash."""
         environment_hash = sha256_json(environment)
         if environment_hash not in self._environments:
@@ -87,11 +88,11 @@ def filters(
     until: str | None,
     time_column: str,
     table: str = "",
-) -> tuple[list[str], list[Any]]:
+) -> tuple[list[str], list[str | int]]:
     """The conditions and parameters of a listing's filters (``until`` exclusive)."""
     prefix = f"{table}." if table else ""
     where: list[str] = []
-    params: list[Any] = []
+    params: list[str | int] = []
     if campaign:
         where.append(f"{prefix}campaign = ?")
         params.append(campaign)

@@ -3,11 +3,11 @@ rendered, so a ``name@version`` that changed since is refused (README, "Recipe v
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from renderer.core.hashing import canonical_json, sha256_json
+from renderer.core.json_value import JsonObject
 from renderer.ledger.queries import TableQueries, utc_now
 
 
@@ -35,7 +35,7 @@ class RecipeQueries(TableQueries):
         ).fetchone()[0]
         return RecipeConflict(row["content_hash"], count, row["first_rendered_at"])
 
-    def record_recipe_version(self, name: str, version: int, resolved: Mapping[str, Any]) -> str:
+    def record_recipe_version(self, name: str, version: int, resolved: JsonObject) -> str:
         content_hash = sha256_json(resolved)
         with self.transaction() as db:
             db.execute(

@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
+from renderer.core.json_value import JsonValue
 from renderer.ledger.columns import AS_JSON, AS_JSON_TUPLE, NOT_A_COLUMN, loads, read_columns
+from renderer.load.campaign_schema import AxisValue
 from renderer.plan.output_folder import split_master_path
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ class Decision:
     source: str  # render | gate
     decided_at: str
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         # Field by field, not asdict: it deep-copies, and a review page holds 1,000 of these.
         return {
             **{item.name: getattr(self, item.name) for item in fields(self)},
@@ -75,7 +77,7 @@ class Review:
     def state(self) -> str:
         return REVIEW_STATES.get(self.decision, UNREVIEWED)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {**asdict(self), "state": self.state}
 
 
@@ -129,7 +131,7 @@ class RunRow:
             },
         )
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return asdict(self)
 
 
@@ -147,7 +149,7 @@ class ExportRow:
     def from_sql(cls, row: sqlite3.Row) -> ExportRow:
         return cls(**read_columns(cls, row))
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return asdict(self)
 
 
@@ -169,7 +171,7 @@ class DeliveryFileRow:
     def from_sql(cls, row: sqlite3.Row) -> DeliveryFileRow:
         return cls(**read_columns(cls, row))
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return asdict(self)
 
 
@@ -201,7 +203,7 @@ class DeliveryRow:
             files=tuple(files),
         )
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {**asdict(self), "files": [file.as_json() for file in self.files]}
 
 
@@ -253,7 +255,7 @@ class RenderFacts:
     recipe_version: int
     recipe_hash: str
     seed: int
-    axes: Mapping[str, Any] = field(metadata=AS_JSON)
+    axes: Mapping[str, AxisValue] = field(metadata=AS_JSON)
     prompt: str
     width: int
     height: int
@@ -278,7 +280,7 @@ class RenderColumns(RenderFacts):
     # CLIP image embedding, float32 little-endian.
     embedding: bytes | None = field(default=None, repr=False)
     # {"step", "seconds"} in the order they ran (empty: not recorded).
-    steps: tuple[Mapping[str, Any], ...] = field(default=(), metadata=AS_JSON_TUPLE)
+    steps: tuple[Mapping[str, str | float], ...] = field(default=(), metadata=AS_JSON_TUPLE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -377,7 +379,7 @@ class RenderRow(RenderColumns):
         """approved, rejected or unreviewed (its bytes have no standing review)."""
         return self.review.state if self.review else UNREVIEWED
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         """Everything but the spec and the embedding (``campaign show`` has those). Built
         field by field: ``asdict`` would deep-copy the spec and embedding it then drops
         (most of the time of a 1,000-variant review page)."""
@@ -486,7 +488,7 @@ class TrainingRow:
             {**item, "path": path} for item, path in zip(self.spec["dataset"], paths, strict=True)
         ]
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {
             **asdict(self),
             "ref": self.ref,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from renderer.core.json_value import JsonValue
 from renderer.ledger.queries import TableQueries, inserted_id, utc_now
 from renderer.ledger.records import UNREVIEWED, Review
 
@@ -34,7 +34,7 @@ class StaleReview:
     standing: Review | None  # the one standing now (None: unreviewed)
     latest: Review | None  # the newest decision about these bytes (a reset leaves none standing)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {
             "render_id": self.render_id,
             "variant_id": self.variant_id,

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from renderer.core.errors import InputError
 from renderer.core.hashing import canonical_json
+from renderer.core.json_value import JsonObject
 from renderer.ledger.queries import TableQueries, filters, recipe_filter, utc_now, where_clause
 from renderer.ledger.records import RUN_FROM, RUN_SELECT, RunRow
 
@@ -28,11 +29,11 @@ class RunQueries(TableQueries):
         campaign_file: str,
         recipes: Sequence[tuple[str, int]],
         executor: str,
-        environment: Mapping[str, Any],
+        environment: JsonObject,
         variant_ids: Sequence[str],
         to_render: set[str],
-        rules: Sequence[Mapping[str, Any]] = (),
-        report: Mapping[str, Any] | None = None,
+        rules: Sequence[JsonObject] = (),
+        report: JsonObject | None = None,
     ) -> str:
         """Record a run, its recipes (name, version) and the deliverable set it covers;
         returns the run id."""
@@ -80,8 +81,8 @@ class RunQueries(TableQueries):
         self,
         campaign: str,
         variant_ids: Sequence[str],
-        rules: Sequence[Mapping[str, Any]],
-        report: Mapping[str, Any],
+        rules: Sequence[JsonObject],
+        report: JsonObject,
     ) -> RunRow | None:
         """The campaign's latest run, if it finished and decided exactly this deliverable
         set under these rules and report settings (a render with nothing new reuses it)."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from renderer.core.hashing import canonical_json
+from renderer.core.json_value import JsonObject
 from renderer.ledger.queries import TableQueries, filters, utc_now, where_clause
 from renderer.ledger.records import TrainingRow
 
@@ -24,7 +24,7 @@ class TrainingStart:
     family: str
     spec_file: str
     spec_hash: str
-    spec: Mapping[str, Any]  # the resolved spec
+    spec: JsonObject  # the resolved spec
     input_files: Sequence[Mapping[str, str]]
     output_dir: str  # relative to the ledger's folder
 
@@ -38,8 +38,8 @@ class TrainingFinish:
     lora_bytes: int
     report_path: str
     step_losses: Sequence[float]
-    checkpoints: Sequence[Mapping[str, Any]]
-    environment: Mapping[str, Any]
+    checkpoints: Sequence[JsonObject]
+    environment: JsonObject
     timings: Mapping[str, float]
     resumed_from: int
 

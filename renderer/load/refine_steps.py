@@ -38,7 +38,7 @@ REFINE_STEPS: tuple[RefineStep, ...] = (
 REFINE_STEP_NAMES: tuple[str, ...] = tuple(step.name for step in REFINE_STEPS)
 
 
-def refine_blocks(refine: Any) -> list[tuple[RefineStep, int | None, Any]]:
+def refine_blocks(refine: object) -> list[tuple[RefineStep, int | None, Any]]:
     """Each block a refine section holds (the recipe's ``RefineSpec`` or a variant's
     ``RefineUse``), in the order the steps run: (step, index within a repeated step, block)."""
     found: list[tuple[RefineStep, int | None, Any]] = []

@@ -8,7 +8,7 @@ numbered source lines, what was expected, what was found and how to fix it.
 from __future__ import annotations
 
 import difflib
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -74,7 +74,7 @@ def schema_error(
     )
 
 
-def short_repr(value: Any, limit: int = 80) -> str:
+def short_repr(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -97,7 +97,7 @@ def _field_names(model: type[BaseModel]) -> set[str]:
     return names
 
 
-def _model_types(annotation: Any) -> list[type[BaseModel]]:
+def _model_types(annotation: object) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [sub for arg in getattr(annotation, "__args__", ()) for sub in _model_types(arg)]

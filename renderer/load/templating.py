@@ -29,7 +29,7 @@ import reprlib
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 import jinja2
 import jinja2.meta
@@ -67,6 +67,7 @@ class _Budget:
     work: int = Limits.WORK
 
 
+_Value = TypeVar("_Value")
 _budget: contextvars.ContextVar[_Budget] = contextvars.ContextVar("budget")
 _PRINTF_WIDTHS = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d+))?")
 # str methods whose result grows with an argument, and the argument that sets the size.
@@ -132,7 +133,7 @@ _gc_started = 0.0
 gc.callbacks.append(_stop_the_clock_for_gc)
 
 
-def _measure(what: str, value: Any) -> tuple[int, int]:
+def _measure(what: str, value: object) -> tuple[int, int]:
     """Items and characters in ``value`` with a shared part counted each time it appears (what
     printing or serialising it would write), and its depth; refused past ``Limits.VALUE``. The
     walk stops there: a list doubled 26 times (2**26 leaves, 27 objects) costs what the limit
@@ -142,10 +143,11 @@ def _measure(what: str, value: Any) -> tuple[int, int]:
     elif not isinstance(value, _CONTAINERS):  # a number or another scalar, at once
         size, depth = _scalar_size(value), 1
     else:
-        size, depth, level = 0, 0, [value]
+        level: list[object] = [value]
+        size, depth = 0, 0
         while level and size <= Limits.VALUE:
             depth += 1
-            below: list[Any] = []
+            below: list[object] = []
             for item in level:
                 if not isinstance(item, _CONTAINERS):
                     size += _scalar_size(item)
@@ -166,20 +168,20 @@ def _measure(what: str, value: Any) -> tuple[int, int]:
     return size, depth
 
 
-def _scalar_size(value: Any) -> int:
+def _scalar_size(value: object) -> int:
     if isinstance(value, str | bytes):
         return len(value)
     # About an integer's digits (7 ** 1400 prints 1,184); other scalars print in a few.
     return value.bit_length() // 3 if isinstance(value, int) else 0
 
 
-def _built(what: str, value: Any) -> Any:
+def _built(what: str, value: _Value) -> _Value:
     """``value``, made by the template: within the size limit and charged to the rendering."""
     _spend(_measure(what, value)[0])
     return value
 
 
-def _printed(value: Any) -> Any:
+def _printed(value: object) -> object:
     """What ``{{ … }}`` prints, checked before it becomes text (the environment's finalize):
     ``_built`` with a shortcut for the usual short string, as it runs for every ``{{ }}``."""
     if type(value) is str and len(value) <= Limits.VALUE:
@@ -189,7 +191,7 @@ def _printed(value: Any) -> Any:
 
 
 def _check_inputs(
-    what: str, value: Any, arguments: Iterable[Any], width: int = 0, indenting: bool = False
+    what: str, value: object, arguments: Iterable[object], width: int = 0, indenting: bool = False
 ) -> None:
     """Refuse ``what`` before it runs when an input is over the size limit or its result could
     pass the work limit: an operation can make its value's size times its arguments' (``join``
@@ -214,7 +216,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call_binop(
-        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+        self, context: jinja2.runtime.Context, operator: str, left: object, right: object
     ) -> Any:
         if (
             operator == "**"
@@ -249,7 +251,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         return _built(operator, super().call_binop(context, operator, left, right))
 
     def call(
-        __self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any
+        __self, __context: jinja2.runtime.Context, __obj: Any, *args: object, **kwargs: object
     ) -> Any:
         _spend()  # before the call too: a macro calling itself returns only at the bottom
         name = f"{getattr(__obj, '__name__', type(__obj).__name__)}()"
@@ -265,12 +267,12 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
                 _check_replace(owner, *args)
         return _built(name, super().call(__context, __obj, *args, **kwargs))
 
-    def wrap_str_format(self, value: Any) -> Any:
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """str.format pads to any width (``'{:>999999999}'``): refused, not sandboxed."""
         if super().wrap_str_format(value) is None:
             return None
 
-        def refused(*args: Any, **kwargs: Any) -> str:
+        def refused(*args: object, **kwargs: object) -> str:
             raise SecurityError(
                 f"str.{value.__name__} is not available in templates; use the "
                 "~ operator and the format filter"
@@ -279,11 +281,11 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         return refused
 
 
-def _whole(value: Any) -> bool:
+def _whole(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_repeat(sequence: Any, times: Any) -> None:
+def _check_repeat(sequence: object, times: object) -> None:
     if (
         isinstance(sequence, str | list | tuple)
         and _whole(times)
@@ -303,7 +305,7 @@ def _check_printf(text: str) -> None:
                 )
 
 
-def _check_replace(text: str, old: Any = "", new: Any = "", count: Any = -1) -> None:
+def _check_replace(text: str, old: object = "", new: object = "", count: object = -1) -> None:
     if isinstance(old, str) and isinstance(new, str) and len(new) > len(old):
         occurrences = text.count(old) if old else len(text) + 1
         if _whole(count) and count >= 0:
@@ -312,7 +314,7 @@ def _check_replace(text: str, old: Any = "", new: Any = "", count: Any = -1) -> 
             raise SecurityError(f"replace makes more than {Limits.VALUE:,} characters")
 
 
-def _bounded_iteration(iterable: Iterable[Any]) -> Iterator[Any]:
+def _bounded_iteration(iterable: Iterable[_Value]) -> Iterator[_Value]:
     """Every loop's iterable, counted against the rendering's budget."""
     for item in iterable:
         _spend(iterations=1)
@@ -326,11 +328,11 @@ def _written(context: jinja2.runtime.Context, characters: int) -> None:
     _spend(characters)
 
 
-def _built_literal(value: Any) -> Any:
+def _built_literal(value: _Value) -> _Value:
     return _built("a list, tuple, mapping or slice", value)
 
 
-def _bounded_concat(items: list[Any]) -> str:
+def _bounded_concat(items: list[object]) -> str:
     """The ``~`` operator: every part as text, joined, within the length cap."""
     _measure("~", items)
     parts = [str(item) for item in items]
@@ -339,7 +341,7 @@ def _bounded_concat(items: list[Any]) -> str:
     return _built("~", "".join(parts))
 
 
-def _bounded_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+def _bounded_filter(name: str, original: Callable[..., object]) -> Callable[..., object]:
     """``original`` within the limits: its inputs and a size it is given checked before it
     runs, its result after."""
     # pass_context, pass_eval_context and pass_environment filters get that argument first.
@@ -348,7 +350,7 @@ def _bounded_filter(name: str, original: Callable[..., Any]) -> Callable[..., An
     what, indenting = f"|{name}", name in _INDENTING_FILTERS
 
     @functools.wraps(original)
-    def bounded(*args: Any, **kwargs: Any) -> Any:
+    def bounded(*args: object, **kwargs: object) -> object:
         value, rest = args[leading], args[leading + 1 :]
         width = _width(name, rest[0] if rest else kwargs.get(parameter)) if parameter else 0
         _check_inputs(what, value, (*rest, *kwargs.values()), width, indenting)
@@ -357,7 +359,7 @@ def _bounded_filter(name: str, original: Callable[..., Any]) -> Callable[..., An
     return bounded
 
 
-def _width(name: str, size: Any) -> int:
+def _width(name: str, size: object) -> int:
     """A filter's size parameter, refused past ``Limits.WIDTH``; 0 unless a positive number."""
     if not _whole(size) or size <= 0:
         return 0
@@ -366,21 +368,28 @@ def _width(name: str, size: Any) -> int:
     return size
 
 
-def _format_filter(value: str, *args: Any, **kwargs: Any) -> str:
+def _format_filter(value: str, *args: object, **kwargs: object) -> str:
     _check_printf(str(value))
-    return jinja2.filters.FILTERS["format"](value, *args, **kwargs)
+    formatted: str = jinja2.filters.FILTERS["format"](value, *args, **kwargs)
+    return formatted
 
 
 @jinja2.pass_eval_context
-def _replace_filter(eval_ctx: Any, value: str, old: str, new: str, count: int | None = None) -> str:
+def _replace_filter(
+    eval_ctx: nodes.EvalContext, value: str, old: str, new: str, count: int | None = None
+) -> str:
     _check_replace(str(value), old, new, -1 if count is None else count)
-    return jinja2.filters.FILTERS["replace"](eval_ctx, value, old, new, count)
+    replaced: str = jinja2.filters.FILTERS["replace"](eval_ctx, value, old, new, count)
+    return replaced
 
 
 @jinja2.pass_environment
 def _sum_filter(
-    environment: jinja2.Environment, iterable: Iterable[Any], attribute: Any = None, start: Any = 0
-) -> Any:
+    environment: jinja2.Environment,
+    iterable: Iterable[object],
+    attribute: str | int | None = None,
+    start: object = 0,
+) -> object:
     """Adding lists copies them: n lists cost n² steps in one call, so the items count as loop
     iterations (and check the clock)."""
     return jinja2.filters.FILTERS["sum"](
@@ -514,7 +523,7 @@ class Templates:
         # is remembered by the values of the names its template reads.
         self._rendered: dict[tuple[KeyPath, str], str] = {}
 
-    def render(self, key: KeyPath, context: Mapping[str, Any]) -> str:
+    def render(self, key: KeyPath, context: Mapping[str, object]) -> str:
         if key in self.unique:
             return self._render(key, context)
         # repr is a cheap key; values that print alike are equal YAML values.
@@ -523,7 +532,7 @@ class Templates:
             text = self._rendered[memo_key] = self._render(key, context)
         return text
 
-    def _render(self, key: KeyPath, context: Mapping[str, Any]) -> str:
+    def _render(self, key: KeyPath, context: Mapping[str, object]) -> str:
         template = self.compiled[key]
         budget = _budget.set(_Budget(deadline=time.monotonic() + Limits.SECONDS))
         try:

@@ -277,7 +277,7 @@ class _Builder:
             size += child_size
         return result, size
 
-    def _scalar(self, node: yaml.Node, key_path: KeyPath) -> Any:
+    def _scalar(self, node: yaml.Node, key_path: KeyPath) -> object:
         try:
             value = self.loader.construct_object(node, deep=True)
         except ValueError as err:  # an integer of more digits than Python converts

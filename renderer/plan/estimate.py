@@ -32,7 +32,7 @@ class GpuEstimate:
 
 
 def load_estimates(override: Path | None = None) -> dict[str, Any]:
-    table = yaml.safe_load(DEFAULTS.read_text())
+    table: dict[str, Any] = yaml.safe_load(DEFAULTS.read_text())
     if override is not None:
         for key, value in (load_yaml(override).data or {}).items():
             table[key] = (

@@ -18,11 +18,17 @@ feature added later never changes the ids made before it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_serializer
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from postprocess.parameters import (
     BrandGrade,
@@ -35,6 +41,7 @@ from postprocess.parameters import (
     WhiteBalance,
 )
 from renderer.core.hashing import canonical_json, sha256_json
+from renderer.core.json_value import JsonObject
 from renderer.load.campaign_schema import AxisValue
 from renderer.load.refine_steps import REFINE_STEP_NAMES, refine_blocks
 from renderer.load.schema import (
@@ -80,7 +87,7 @@ class _Spec(Strict):
     _omitted_when_none: ClassVar[frozenset[str]] = frozenset()
 
     @model_serializer(mode="wrap")
-    def _leave_out_unused(self, handler: Any) -> Any:
+    def _leave_out_unused(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
         for key in self._omitted_when_none:
             if data.get(key) is None:
@@ -286,7 +293,7 @@ class VariantSpec(_Spec):
         return self.model_dump(mode="json")
 
     @classmethod
-    def from_json(cls, data: str | Mapping[str, Any]) -> VariantSpec:
+    def from_json(cls, data: str | JsonObject) -> VariantSpec:
         """A spec from stored or embedded JSON, checked by the same ranges as the files.
         Raises ``ValueError`` (pydantic's ValidationError) when it is not a valid spec."""
         if isinstance(data, str):
@@ -301,7 +308,7 @@ def variant_id(spec: VariantSpec) -> str:
     return sha256_json(spec.to_json())
 
 
-def spec_problem(data: Mapping[str, Any]) -> str | None:
+def spec_problem(data: JsonObject) -> str | None:
     """Why JSON data is not a spec this renderer writes (None when it is): it must validate
     and give back exactly the same JSON, or its id would not be its hash."""
     try:

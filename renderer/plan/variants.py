@@ -12,10 +12,13 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from postprocess.parameters import EXTENSIONS
 from renderer.core.hashing import canonical_json
+from renderer.load.campaign_schema import AxisValue
 from renderer.load.refine_steps import refine_blocks
 from renderer.load.schema import FileId
 from renderer.plan.output_folder import PlannedFile, export_path, master_path, variant_folder
@@ -25,6 +28,7 @@ from renderer.plan.variant_spec import (
     LogoUse,
     PostprocessUse,
     RecipeUse,
+    RetouchUse,
     TextBlockUse,
     TextUse,
     VariantSpec,
@@ -66,7 +70,7 @@ class Variant:
         return self.spec.seed
 
     @property
-    def axes(self) -> Mapping[str, Any]:
+    def axes(self) -> Mapping[str, AxisValue]:
         return self.spec.axes
 
     @property
@@ -168,6 +172,9 @@ def cut_batches(
     return batches
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
 class _SpecBuilder:
     """States Points as VariantSpecs. The blocks many variants share (the recipe as used,
     the post-processing of an aspect ratio) are built and encoded once (planning 100k
@@ -177,7 +184,8 @@ class _SpecBuilder:
         self.campaign = campaign
         self.retouch = _retouch_steps(campaign)
         self.logo = campaign.brand.logo.identity if campaign.spec.logo else None
-        self._blocks: dict[Any, tuple[Any, str]] = {}  # memo key -> (model, its JSON)
+        # memo key -> (model, its JSON); the model is of the kind its key's build makes
+        self._blocks: dict[tuple[object, ...], tuple[Any, str]] = {}
         self._file_ids: dict[ResolvedFile, FileId] = {}
 
     def __call__(self, point: Point) -> Variant:
@@ -245,7 +253,7 @@ class _SpecBuilder:
         variant.__dict__["spec_json"] = spec_json  # what its cached_property would compute
         return variant
 
-    def _block(self, key: Any, build: Callable[[], Any]) -> tuple[Any, str]:
+    def _block(self, key: tuple[object, ...], build: Callable[[], _Model]) -> tuple[_Model, str]:
         if key not in self._blocks:
             model = build()
             self._blocks[key] = (model, canonical_json(model.model_dump(mode="json")))
@@ -355,10 +363,10 @@ def recipe_content(recipe: Recipe) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def _retouch_steps(campaign: Campaign) -> list[Any]:
+def _retouch_steps(campaign: Campaign) -> list[RetouchUse]:
     """Each retouch step with every parameter; a brand grade names the references it grades
     toward (by name and sha256), so the step is reproducible from the spec alone."""
-    steps = []
+    steps: list[RetouchUse] = []
     for item in campaign.spec.postprocess.retouch:
         name, params = item.operation()
         extra = (

@@ -1,3 +1,4 @@
-"""One variant's way from rendered pixels to written files: finishing, scoring, metadata,
-encoding.
+"""One job's way from rendered pixels to written files (``worker``): the values it passes
+(``job``), finishing (``finishing``), scoring (``scoring``), metadata (``metadata``) and
+channel exports (``exports``).
 """

@@ -29,7 +29,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image
@@ -41,6 +41,7 @@ from postprocess.embedded_metadata import XMP_PNG_KEY as XMP_KEY
 from postprocess.hires import LATENT_UPSCALERS
 from renderer.core.families import SCHEDULERS
 from renderer.core.hashing import canonical_json, short_hash
+from renderer.core.json_value import JsonObject, JsonValue
 from renderer.core.version import __version__
 from renderer.load.campaign_schema import RenderSpec
 from renderer.load.schema import FileId, Sha256, Strict
@@ -141,13 +142,13 @@ def a1111_parameters(spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def _refine_fields(spec: VariantSpec) -> list[tuple[str, Any]]:
+def _refine_fields(spec: VariantSpec) -> list[tuple[str, str | int]]:
     """A1111's fields for the refine steps (hires and refiner as A1111 writes them,
     detailers as ADetailer does: the second one's keys end in " 2nd", …)."""
     refine = spec.recipe.refine
     if refine is None:
         return []
-    fields: list[tuple[str, Any]] = []
+    fields: list[tuple[str, str | int]] = []
     if hires := refine.hires:
         fields.append(("Denoising strength", _number(hires.denoise)))
         fields.append(
@@ -207,7 +208,7 @@ def refine_history(spec: VariantSpec) -> list[tuple[str, str]]:
     ]
     size = (spec.width, spec.height)
     for name, step in recipe.refine.steps():
-        events.append(_REFINE_EVENTS[name](step, size, recipe.family))
+        events.append(REFINE_EVENTS[name](step, size, recipe.family))
     return events
 
 
@@ -235,7 +236,7 @@ def _detail_event(detail: DetailUse, size: tuple[int, int], family: str) -> tupl
 
 
 # Each refine step's XMP history event (stEvt:action, what was done), by step name.
-_REFINE_EVENTS: dict[str, Callable[[Any, tuple[int, int], str], tuple[str, str]]] = {
+REFINE_EVENTS: dict[str, Callable[[Any, tuple[int, int], str], tuple[str, str]]] = {
     "refiner": _refiner_event,
     "hires": _hires_event,
     "upscale": _upscale_event,
@@ -262,7 +263,7 @@ def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
-def parse_a1111_parameters(text: str) -> dict[str, Any]:
+def parse_a1111_parameters(text: str) -> dict[str, str | dict[str, float]]:
     """Read A1111 PNG-info text back: prompt, negative prompt and the settings line."""
     *head, settings_line = text.split("\n")
     prompt_lines: list[str] = []
@@ -275,7 +276,7 @@ def parse_a1111_parameters(text: str) -> dict[str, Any]:
         (target if target is not None else prompt_lines).append(line)
     prompt = "\n".join(prompt_lines)
     loras = re.findall(r"<lora:([^:>]+):([^>]+)>", prompt)
-    result: dict[str, Any] = {
+    result: dict[str, str | dict[str, float]] = {
         "prompt": re.sub(r"\s*<lora:[^>]+>", "", prompt),
         "negative_prompt": "\n".join(negative_lines),
         "loras": {name: float(weight) for name, weight in loras},
@@ -426,16 +427,16 @@ class RenderContext(Strict):
         """The canonical JSON the file carries (empty and unset fields left out)."""
         return canonical_json(self.model_dump(mode="json", exclude_defaults=True))
 
-    def members(self, spec: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    def members(self, spec: JsonObject) -> list[tuple[str, dict[str, JsonValue]]]:
         """Each batch member's (id, spec), rebuilt from the file's own ``spec``."""
         return [(member.id, merged(spec, member.differs)) for member in self.batch or ()]
 
 
 def render_context(
     output_name: str,
-    spec: Mapping[str, Any],
-    call: Sequence[tuple[str, Mapping[str, Any]]],
-    options: Mapping[str, Any],
+    spec: JsonObject,
+    call: Sequence[tuple[str, JsonObject]],
+    options: JsonObject,
     checkpoint_config: FileId | None,
 ) -> RenderContext:
     """The context of a file of the variant with ``spec``: rendered in ``call`` ((id, spec)
@@ -458,7 +459,7 @@ def render_context(
     return context.model_copy(update={"batch_size": len(call)})
 
 
-def pixel_options(options: Mapping[str, Any]) -> dict[str, Any]:
+def pixel_options(options: JsonObject) -> dict[str, JsonValue]:
     """Of a fingerprint's render ``options``, those that change pixels set away from their
     defaults."""
     defaults = RenderOptions()
@@ -469,13 +470,13 @@ def pixel_options(options: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _differences(own: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any] | None:
+def _differences(own: JsonObject, other: JsonObject) -> dict[str, JsonValue] | None:
     """Where ``other`` differs from ``own``, as ``merged`` reads it: a mapping in both gives
     the keys that differ inside it, any other value replaces (compared as JSON: 1, 1.0 and
     true differ). None when ``other`` lacks a key ``own`` has: a removal it cannot say."""
     if own.keys() - other.keys():
         return None
-    found: dict[str, Any] = {}
+    found: dict[str, JsonValue] = {}
     for key, value in other.items():
         mine = own.get(key)
         if isinstance(value, Mapping) and isinstance(mine, Mapping):
@@ -489,9 +490,9 @@ def _differences(own: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, 
     return found
 
 
-def merged(own: Mapping[str, Any], differs: Mapping[str, Any]) -> dict[str, Any]:
+def merged(own: JsonObject, differs: JsonObject) -> dict[str, JsonValue]:
     """``own`` with ``differs`` in place (``_differences`` gives it)."""
-    result = dict(own)
+    result: dict[str, JsonValue] = dict(own)
     for key, value in differs.items():
         mine = own.get(key)
         result[key] = (
@@ -537,11 +538,20 @@ def encode_png(
     return buffer.getvalue()
 
 
-def read_png_metadata(data: bytes) -> dict[str, Any]:
+class PngMetadata(TypedDict, total=False):
+    """What ``read_png_metadata`` finds: a key for each block the file has."""
+
+    parameters: dict[str, str | dict[str, float]]  # parse_a1111_parameters
+    variant: JsonValue
+    digital_source_type: str | None
+    history: list[str]
+
+
+def read_png_metadata(data: bytes) -> PngMetadata:
     """The three blocks of a PNG written by ``encode_png`` (missing ones are absent)."""
     with Image.open(io.BytesIO(data)) as image:
         text = dict(image.text) if isinstance(image, PngImageFile) else {}
-    result: dict[str, Any] = {}
+    result: PngMetadata = {}
     if PARAMETERS_KEY in text:
         result["parameters"] = parse_a1111_parameters(text[PARAMETERS_KEY])
     if VARIANT_KEY in text:

@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 from PIL import Image
 
 from renderer.core.hashing import hash_file, sha256_bytes
+from renderer.core.json_value import JsonValue
 from renderer.core.terminal import Log
 from renderer.load.schema import FileId
 from renderer.plan.jobs import Job
@@ -76,7 +77,7 @@ class Renderer(Protocol):
         self, specs: Sequence[VariantSpec], files: FileIndex
     ) -> list[tuple[Image.Image, tuple[int, ...]]]: ...
 
-    def fingerprint(self) -> dict[str, Any]: ...
+    def fingerprint(self) -> dict[str, JsonValue]: ...
 
     def release(self) -> None: ...
 

@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image
 
 from renderer.core.errors import RenderFailure
+from renderer.core.json_value import JsonValue
 from renderer.core.terminal import Log
 from renderer.plan.variant_spec import RecipeUse, RenderCall, VariantSpec, render_call
 from renderer.render.environment import fingerprint, resolve_device, resolve_dtype
@@ -148,7 +149,7 @@ class DiffusersRenderer:
     def dtype_name(self) -> str:
         return self.pipelines.dtype_name
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self) -> dict[str, JsonValue]:
         switching = {
             checkpoint: slots.record() for checkpoint, slots in sorted(self.loras.slots.items())
         }

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from typing import Any
 
+from renderer.core.json_value import JsonObject, JsonValue
+
 PACKAGES = (
     "torch",
     "diffusers",
@@ -28,8 +30,8 @@ _REQUESTED = {"options.device", "options.dtype"}
 
 
 def fingerprint(
-    device: str, dtype: str, options: Mapping[str, Any], packages: Sequence[str] = PACKAGES
-) -> dict[str, Any]:
+    device: str, dtype: str, options: JsonObject, packages: Sequence[str] = PACKAGES
+) -> dict[str, JsonValue]:
     """What an output's bytes may depend on besides its spec (renders and trainings)."""
     import torch
 
@@ -91,7 +93,7 @@ def resolve_dtype(requested: str, device: str) -> str:
     return "float16" if device == "mps" else "float32"
 
 
-def differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
+def differences(recorded: JsonObject | None, current: JsonObject) -> list[str]:
     """What differs between a recorded environment and this one, one line per key."""
     if recorded is None:
         return ["environment not recorded (reproducing from image metadata)"]
@@ -104,7 +106,7 @@ def differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) 
 
 
 def pixel_option_differences(
-    recorded: Mapping[str, Any] | None, current: Mapping[str, Any], changing_pixels: set[str]
+    recorded: JsonObject | None, current: JsonObject, changing_pixels: set[str]
 ) -> list[str]:
     """The render options among ``changing_pixels`` (opt-in because they change pixels)
     whose recorded setting differs from this one's, by name; dtype is the resolved one."""
@@ -147,8 +149,8 @@ def options_like(recorded: Mapping[str, Any] | None, known: set[str]) -> dict[st
     return options
 
 
-def _flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
+def _flatten(value: JsonObject, prefix: str = "") -> dict[str, JsonValue]:
+    flat: dict[str, JsonValue] = {}
     for key, child in value.items():
         if isinstance(child, Mapping):
             flat.update(_flatten(child, f"{prefix}{key}."))

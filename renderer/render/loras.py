@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderer.core.families import PIPELINES
+from renderer.core.json_value import JsonValue
 from renderer.core.terminal import Log
 from renderer.load.schema import FileId
 from renderer.plan.variant_spec import LoraUse, RecipeUse
@@ -36,7 +37,7 @@ class LoraSlots:
     rank: int
     first: tuple[FileId, ...]  # per slot
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> dict[str, JsonValue]:
         """As the environment fingerprint records it (``options.lora_hotswap``, by
         checkpoint sha256): ``reproduce`` sets the same slots up again from it."""
         return {
@@ -174,7 +175,7 @@ class LoraSwitcher:
             pipe.disable_lora()
 
     @contextmanager
-    def _layers_in_compute_dtype(self, denoiser: Any) -> Iterator[None]:
+    def _layers_in_compute_dtype(self, denoiser: torch.nn.Module) -> Iterator[None]:
         """With ``storage_dtype``: the denoiser's fp8-stored layers cast up to the compute
         dtype while a LoRA loads, and back after. peft makes a LoRA's layers in its base
         layer's dtype, which would store the LoRA in fp8 too. Both casts are exact: every

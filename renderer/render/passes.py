@@ -165,9 +165,10 @@ def base_pass(
         refiner = recipe.refine.refiner if recipe.refine else None
         assert refiner is not None  # hand_to names a step of the recipe's refine block
         arguments["denoising_end"] = refiner.switch_at
-    images = renderer.run_pipeline(pipe, arguments, call, "rendering")
+    output = renderer.run_pipeline(pipe, arguments, call, "rendering")
     if hand_to is not None:
-        return Latents.of(pipe, images, call.size, recipe.family)
+        return Latents.of(pipe, output, call.size, recipe.family)
+    images: list[Image.Image] = output  # PIL images: the default output_type
     if recipe.inpaint:
         images = [
             paste_source_outside_mask(kept, image, mask)

@@ -58,7 +58,7 @@ class PipelineCache:
         self._bases: dict[tuple[str, str, str], Pipeline] = {}
         # base -> the name of its scheduler and the checkpoint's pristine scheduler config
         self._schedulers: dict[int, tuple[str, Any]] = {}
-        self._pipelines: dict[tuple[Any, ...], Pipeline] = {}
+        self._pipelines: dict[tuple[object, ...], Pipeline] = {}
         self._ip_adapters: dict[int, str] = {}  # denoiser -> the IP-Adapter loaded into it
         self.upscalers: dict[str, ImageModelDescriptor] = {}  # by sha256
 

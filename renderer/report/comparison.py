@@ -36,9 +36,11 @@ from postprocess.gate_rules import count_statuses
 from postprocess.report_page import UNDECIDED, RecipeComparison, ReportRow, pairs_grid_png
 from renderer.core.errors import InputError
 from renderer.core.hashing import canonical_json
+from renderer.core.json_value import JsonValue
 from renderer.ledger.decisions import embedding_matrix
 from renderer.ledger.records import RenderRow, RunRow
 from renderer.ledger.store import Ledger
+from renderer.load.campaign_schema import AxisValue
 from renderer.plan.estimate import estimate
 from renderer.plan.output_folder import relative_inside
 from renderer.validate.matrix import axis_label
@@ -149,7 +151,7 @@ class Side:
     def label(self) -> str:
         return " + ".join(self.recipes)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, Any]:  # Any: table() reads it back, key by key
         rows = self.rows
         counts = count_statuses(row.decision.status for row in rows if row.decision)
         if undecided := sum(row.decision is None for row in rows):
@@ -186,7 +188,7 @@ class Pair:
     b: RenderRow
 
     @property
-    def axes(self) -> Mapping[str, Any]:
+    def axes(self) -> Mapping[str, AxisValue]:
         return self.a.axes
 
 
@@ -207,7 +209,7 @@ class RunsComparison:
         left, right = self.a.label, self.b.label
         return (f"A: {left}", f"B: {right}") if left == right else (left, right)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {
             "a": self.a.as_json(),
             "b": self.b.as_json(),
@@ -331,10 +333,11 @@ def run_sides(ledger: Ledger, run_a: str, run_b: str) -> tuple[Side, Side]:
             fix=f"`campaign compare {run_a}` sets one run's recipes side by side; "
             "name two runs to compare them (`campaign history` lists them)",
         )
-    return tuple(
-        Side(run, tuple(ledger.run_rows(run.id)))  # type: ignore[return-value]
+    first, second = (
+        Side(run, tuple(ledger.run_rows(run.id)))
         for run in (ledger.find_run(run_a), ledger.find_run(run_b))
     )
+    return first, second
 
 
 def recipe_sides(ledger: Ledger, first: str, second: str) -> tuple[Side, Side]:
@@ -522,7 +525,7 @@ def _metrics(pair: Pair) -> list[str]:
     return list(dict.fromkeys([*pair.a.decided_scores, *pair.b.decided_scores]))
 
 
-def _variant_json(row: RenderRow) -> dict[str, Any]:
+def _variant_json(row: RenderRow) -> dict[str, JsonValue]:
     return {
         "variant_id": row.variant_id,
         "recipe": row.recipe_ref,

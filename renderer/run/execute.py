@@ -19,13 +19,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from renderer.core.errors import CampaignError, InputError, RenderFailure
+from renderer.core.json_value import JsonValue
 from renderer.core.progress import Progress
 from renderer.core.terminal import Log, say
 from renderer.ledger.decisions import campaign_gates, decide_run
 from renderer.ledger.locking import hold_output_folder, recover_after_crash
+from renderer.ledger.records import RunRow
 from renderer.ledger.run_recorder import RunRecorder
 from renderer.ledger.store import LEDGER_NAME, Ledger
 from renderer.plan.jobs import plan_jobs
@@ -85,7 +86,7 @@ class RunSummary:
         """0 when nothing failed (review does not fail a run), 1 when anything failed."""
         return 0 if self.failed == 0 else 1
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {
             "run_id": self.run_id,
             "campaign": self.campaign,
@@ -281,7 +282,7 @@ def render_campaign(
     )
 
 
-def completed_summary(ledger: Ledger, run: Any, out_dir: Path, started: float) -> RunSummary:
+def completed_summary(ledger: Ledger, run: RunRow, out_dir: Path, started: float) -> RunSummary:
     """What a render that found its whole set done says: the run that completed it."""
     report = out_dir / report_path(run.campaign, run.id)
     if not report.is_file():

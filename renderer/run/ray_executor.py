@@ -125,7 +125,8 @@ class RayExecutor:
         """The local executor's batch sizes, so batches (and so pixels) are the same."""
         import ray
 
-        return ray.get(self.workers[0].batch_sizes.remote())
+        sizes: dict[str, int] = ray.get(self.workers[0].batch_sizes.remote())
+        return sizes
 
     def produce_all(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
         """Yield each job's results as it finishes, in completion order. An actor is given

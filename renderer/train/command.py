@@ -27,6 +27,7 @@ from typing import Any
 
 from renderer.core.errors import InputError
 from renderer.core.hashing import HashCache, hash_file, sha256_json
+from renderer.core.json_value import JsonValue
 from renderer.core.terminal import Log
 from renderer.ledger.records import TrainingRow
 from renderer.ledger.store import LEDGER_NAME, Ledger
@@ -215,7 +216,7 @@ class TrainingOutcome:
     resumed_from: int  # 0: started fresh (or nothing to do)
     seconds: float
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, JsonValue]:
         return {**dataclasses.asdict(self), "lora": str(self.lora), "report": str(self.report)}
 
 
@@ -357,7 +358,7 @@ def _already(done: FinishedTraining, out_dir: Path, started: float) -> TrainingO
 
 def checkpoint_records(
     job: TrainingJob, result: TrainingResult, out_dir: Path
-) -> list[dict[str, Any]]:
+) -> list[dict[str, JsonValue]]:
     """Each checkpoint as the ledger keeps it: loss, LoRA and sample files with sha256."""
     draws = [(prompt, seed) for prompt in job.samples.prompts for seed in job.samples.seeds]
     return [

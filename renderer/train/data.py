@@ -34,6 +34,7 @@ from safetensors.torch import save as save_tensors
 
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.hashing import HashCache, canonical_json, sha256_json
+from renderer.core.json_value import JsonValue
 from renderer.core.terminal import Log
 from renderer.train.models import (
     TEXT_ENCODERS,
@@ -52,13 +53,13 @@ if TYPE_CHECKING:
 PREPARATION = "lanczos-cover-centre-crop-v1"
 
 
-def derive_seed(*parts: object) -> int:
+def derive_seed(*parts: JsonValue) -> int:
     """A 63-bit seed from any JSON-able parts: independent streams per (seed, purpose, step…)."""
     digest = hashlib.sha256(canonical_json(list(parts)).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def generator(*parts: object) -> torch.Generator:
+def generator(*parts: JsonValue) -> torch.Generator:
     """A CPU generator seeded from parts; CPU so every device draws the same numbers."""
     return torch.Generator("cpu").manual_seed(derive_seed(*parts))
 
@@ -82,7 +83,7 @@ class FeatureCache:
         self.folder = folder
 
     @staticmethod
-    def key(**parts: object) -> str:
+    def key(**parts: JsonValue) -> str:
         return sha256_json(parts)
 
     def _path(self, kind: str, key: str) -> Path:

@@ -125,12 +125,14 @@ class TrainingJob:
     comment: str = ""  # ss_training_comment
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        plain: dict[str, Any] = _plain(self)
+        return plain
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingJob:
         try:
-            return _from_plain(cls, data)
+            job: TrainingJob = _from_plain(cls, data)
+            return job
         except (TypeError, KeyError, ValueError) as err:
             raise InputError(
                 f"not a training job: {err}", expected="TrainingJob.to_dict() output"

@@ -84,6 +84,7 @@ def load_pipeline(
     text encoders when the caller has every embedding it needs."""
     pipeline_class = getattr(diffusers, PIPELINES[family, "text"])
     skip = {} if text_encoders else dict.fromkeys(TEXT_ENCODERS[family])
+    pipe: DiffusionPipeline
     try:
         if checkpoint.is_dir():
             pipe = pipeline_class.from_pretrained(
@@ -191,7 +192,8 @@ class FamilyModel(abc.ABC):
         latents = self._unpack(latents, size).float() / config.scaling_factor
         latents = latents + (getattr(config, "shift_factor", None) or 0.0)
         image = self.vae.decode(latents.to(self.vae.device, self.vae.dtype)).sample.float()
-        return self.pipe.image_processor.postprocess(image, output_type="pil")[0]
+        picture: Image.Image = self.pipe.image_processor.postprocess(image, output_type="pil")[0]
+        return picture
 
     @abc.abstractmethod
     def _sample_text(
@@ -249,7 +251,7 @@ class StableDiffusion(FamilyModel):
         ).sample
         return F.mse_loss(prediction.float(), target.float())
 
-    def _conditions(self, batch: Batch) -> dict[str, Any]:
+    def _conditions(self, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
         return {}
 
     def _sample_text(
@@ -276,7 +278,7 @@ class StableDiffusionXL(StableDiffusion):
         )
         return {"prompt_embeds": embeds, "pooled": pooled}
 
-    def _conditions(self, batch: Batch) -> dict[str, Any]:
+    def _conditions(self, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
         assert batch.time_ids is not None  # DatasetFeatures gives SDXL batches their time ids
         return {
             "added_cond_kwargs": {
@@ -340,7 +342,8 @@ class Flux(FamilyModel):
         noisy = (1.0 - sigmas) * latents + sigmas * noise
 
         def pack(tensor: torch.Tensor) -> torch.Tensor:
-            return FluxPipeline._pack_latents(tensor, size, channels, height, width)
+            packed: torch.Tensor = FluxPipeline._pack_latents(tensor, size, channels, height, width)
+            return packed
 
         embeds = batch.text["prompt_embeds"].to(self.weight_dtype)
         guidance = (
@@ -369,7 +372,10 @@ class Flux(FamilyModel):
         return {"prompt_embeds": text["prompt_embeds"], "pooled_prompt_embeds": text["pooled"]}
 
     def _unpack(self, latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return FluxPipeline._unpack_latents(latents, size[1], size[0], self.vae_scale)
+        unpacked: torch.Tensor = FluxPipeline._unpack_latents(
+            latents, size[1], size[0], self.vae_scale
+        )
+        return unpacked
 
 
 def family_model(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, StrictUndefined
@@ -43,7 +42,7 @@ class TrainingReportData:
     loss_curve: Path
     sample_grids: tuple[tuple[int, Path], ...]  # (checkpoint step, grid PNG)
     thumbnails: tuple[Thumbnail, ...]
-    summary: dict[str, Any]
+    summary: dict[str, object]
 
 
 def report_data(job: TrainingJob, result: TrainingResult, folder: Path) -> TrainingReportData:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from renderer.core.json_value import JsonObject
 
 
 @dataclass(frozen=True)
@@ -45,4 +46,4 @@ class TrainingResult:
     checkpoints: tuple[CheckpointRecord, ...]
     resumed_from: int  # 0: started fresh
     timings: Mapping[str, float]  # seconds: load, features, steps, checkpoints, total
-    environment: Mapping[str, Any]
+    environment: JsonObject

@@ -7,15 +7,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
+from renderer.core.json_value import JsonValue
 from renderer.load.training_schema import MIXED_PRECISIONS
 from renderer.render.environment import PACKAGES, fingerprint
 
 
-def environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
+def environment(device: str, dtype: torch.dtype) -> dict[str, JsonValue]:
     return fingerprint(
         device,
         str(dtype).removeprefix("torch."),
@@ -65,4 +65,5 @@ def autocast(device: str, mixed_precision: str) -> contextlib.AbstractContextMan
 
 def torch_dtype(name: str) -> torch.dtype:
     """A torch dtype from its name (the job names precisions; see ``renderer/train/job.py``)."""
-    return getattr(torch, name)
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype

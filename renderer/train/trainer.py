@@ -158,7 +158,10 @@ class Trainer:
             except ImportError:
                 bitsandbytes = None
             if bitsandbytes is not None and self.device.startswith("cuda"):
-                return bitsandbytes.optim.AdamW8bit(param_groups, **options)
+                optimizer: torch.optim.Optimizer = bitsandbytes.optim.AdamW8bit(
+                    param_groups, **options
+                )
+                return optimizer
             self.log("adamw8bit needs bitsandbytes and a CUDA device: using torch AdamW")
         # Fused: one kernel for all LoRA tensors (6x faster than the loop on the CPU here).
         fused = torch.device(self.device).type in ("cpu", "cuda")

@@ -16,6 +16,7 @@ from PIL import Image
 
 from renderer.core.atomic import TEMP_PREFIX, write_bytes_atomic
 from renderer.core.errors import InputError, RenderFailure
+from renderer.core.json_value import JsonValue
 
 STATE_PREFIX = "state-"
 
@@ -41,7 +42,7 @@ class TrainingState(TypedDict):
     scaler: dict[str, Any]
     step_losses: list[float]
     checkpoints: list[SavedCheckpoint]
-    environment: dict[str, Any]
+    environment: dict[str, JsonValue]
 
 
 # Output folders this process holds: `campaign train` holds its folder across its ledger

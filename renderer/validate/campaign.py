@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from renderer.core.errors import BadFileError, SchemaError
 from renderer.load.campaign_schema import RECIPE_AXIS, TEXT_ROLES, CampaignFile, ScoringSpec
@@ -120,7 +119,7 @@ def _campaign_recipes(
             found="both" if axis is not None else "neither",
             fix="keep one: a recipe axis renders the same matrix with each of its recipes",
         )
-    values: list[tuple[Any, KeyPath]] = [
+    values: list[tuple[object, KeyPath]] = [
         *((value, ("matrix", "axes", RECIPE_AXIS, index)) for index, value in enumerate(axis)),
         *(
             (entry[RECIPE_AXIS], ("matrix", "include", index, RECIPE_AXIS))

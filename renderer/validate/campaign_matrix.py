@@ -7,7 +7,6 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from renderer.core.errors import SchemaError
 from renderer.load.campaign_schema import (
@@ -25,7 +24,7 @@ from renderer.validate.sizes import check_size_multiple
 
 
 def check_axis_name(
-    document: YamlDocument, name: str, axes: Mapping[str, Any], key_path: KeyPath
+    document: YamlDocument, name: str, axes: Mapping[str, object], key_path: KeyPath
 ) -> None:
     if name not in axes:
         close = difflib.get_close_matches(name, list(axes), n=1)

@@ -15,9 +15,9 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from renderer.core.hashing import hash_file
+from renderer.core.json_value import JsonObject
 from renderer.load.schema import FileId
 from renderer.load.yamlsource import KeyPath
 from renderer.validate.inputs import ResolvedFile
@@ -159,12 +159,12 @@ def _below(folder: Path, name: str) -> list[Path]:
     return found
 
 
-def spec_files(spec: Mapping[str, Any]) -> list[tuple[KeyPath, str, str]]:
+def spec_files(spec: JsonObject) -> list[tuple[KeyPath, str, str]]:
     """(key path, file name, sha256) of every file a variant spec names, wherever it sits:
     any mapping with a ``name`` and a 64-hex ``sha256`` is a file."""
     found: list[tuple[KeyPath, str, str]] = []
 
-    def walk(value: Any, key: KeyPath) -> None:
+    def walk(value: object, key: KeyPath) -> None:
         if isinstance(value, Mapping):
             sha = value.get("sha256")
             if isinstance(sha, str) and len(sha) == 64 and isinstance(value.get("name"), str):

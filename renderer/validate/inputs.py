@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from renderer.core.errors import MissingFileError
 from renderer.load.campaign_schema import (
     DEFAULT_TEXT_BOXES,
+    AxisValue,
     BrandKitFile,
     CampaignFile,
     PlacementSpec,
@@ -84,8 +84,9 @@ class BrandKit:
         """The box of ``role`` text: the aspect's, else the brand's default, else built in."""
         for key in (aspect or "", "default"):
             placement = self.spec.text.get(key)
-            if placement is not None and getattr(placement, role) is not None:
-                return getattr(placement, role)
+            box: TextBoxSpec | None = None if placement is None else getattr(placement, role)
+            if box is not None:
+                return box
         return DEFAULT_TEXT_BOXES[role]
 
     def files(self) -> list[ResolvedFile]:
@@ -106,7 +107,7 @@ class Point:
     """One variant of the matrix with every per-variant value resolved and checked."""
 
     recipe: Recipe
-    axes: Mapping[str, Any]
+    axes: Mapping[str, AxisValue]
     seed: int
     aspect: str | None  # the value of the campaign's size axis, if it has one
     width: int

@@ -16,6 +16,7 @@ from typing import Any
 
 from postprocess.geometry import snap
 from renderer.core.hashing import canonical_json
+from renderer.core.json_value import JsonObject, JsonValue
 from renderer.load.campaign_schema import MatrixSpec, OverrideRule, OverrideSet
 
 
@@ -52,7 +53,7 @@ def expand_matrix(matrix: MatrixSpec) -> Iterator[dict[str, Any]]:
             yield coords
 
 
-def matches(rule: Mapping[str, Any], coords: Mapping[str, Any]) -> bool:
+def matches(rule: JsonObject, coords: JsonObject) -> bool:
     """A rule matches when each of its keys equals the value (nested mappings match partially)."""
     for key, wanted in rule.items():
         if key not in coords:
@@ -66,7 +67,7 @@ def matches(rule: Mapping[str, Any], coords: Mapping[str, Any]) -> bool:
     return True
 
 
-def derive_seed(base_seed: int, axes: Mapping[str, Any]) -> int:
+def derive_seed(base_seed: int, axes: JsonObject) -> int:
     """A 32-bit seed from the base seed and the variant's coordinates (A1111 range)."""
     digest = hashlib.sha256(canonical_json({"base": base_seed, "axes": axes}).encode()).digest()
     return int.from_bytes(digest[:4], "big")
@@ -87,7 +88,7 @@ def size_for_aspect(
     return snap(width, multiple), snap(height, multiple)
 
 
-def overrides_for(rules: Sequence[OverrideRule], axes: Mapping[str, Any]) -> OverrideSet:
+def overrides_for(rules: Sequence[OverrideRule], axes: JsonObject) -> OverrideSet:
     """The merged ``set`` of every override rule matching these axes (later rules win)."""
     merged: dict[str, Any] = {}
     for rule in rules:
@@ -97,7 +98,7 @@ def overrides_for(rules: Sequence[OverrideRule], axes: Mapping[str, Any]) -> Ove
     return OverrideSet.model_validate(merged)
 
 
-def axis_label(value: Any) -> str:
+def axis_label(value: JsonValue) -> str:
     """How an axis value reads in a table: a mapping by its name, else its JSON."""
     if isinstance(value, dict):
         return str(value.get("name", json.dumps(value, sort_keys=True)))

@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 from renderer.core.errors import BadFileError, MissingFileError, SchemaError
 from renderer.core.families import SIZE_MULTIPLE
 from renderer.core.hashing import canonical_json, hash_file
+from renderer.core.json_value import JsonObject
 from renderer.load.campaign_schema import RECIPE_AXIS, TEXT_ROLES, CampaignFile
 from renderer.load.templating import Templates
 from renderer.load.yamlsource import KeyPath, YamlDocument
@@ -46,7 +47,7 @@ class PointResolver:
     recipe: Recipe
     brand: BrandKit
     _files: dict[Path, ResolvedFile] = field(default_factory=dict)
-    _checked: set[tuple[Any, ...]] = field(default_factory=set)
+    _checked: set[tuple[str | int | None, ...]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         recipe, campaign = self.recipe, self.document
@@ -155,7 +156,7 @@ class PointResolver:
             multiple=SIZE_MULTIPLE[self.recipe.spec.family],
         )
 
-    def _images(self, context: Mapping[str, Any]) -> dict[KeyPath, ResolvedFile]:
+    def _images(self, context: Mapping[str, object]) -> dict[KeyPath, ResolvedFile]:
         """Each control image of this variant: resolved from the campaign's folder, hashed.
         An IP-Adapter without images of its own uses the brand kit's references."""
         resolved = dict(self.brand_style_references)
@@ -185,7 +186,7 @@ class PointResolver:
             resolved[key] = file
         return resolved
 
-    def _output_name(self, name: str, axes: Mapping[str, Any]) -> str:
+    def _output_name(self, name: str, axes: JsonObject) -> str:
         problem = None
         if not name:
             problem = "the output name is empty"
@@ -226,7 +227,7 @@ class PointResolver:
         self._checked.add(key)
 
     def _check_logo_fits(
-        self, aspect: str | None, width: int, height: int, axes: Mapping[str, Any]
+        self, aspect: str | None, width: int, height: int, axes: JsonObject
     ) -> None:
         key = ("logo", aspect, width, height)
         if key in self._checked:
@@ -255,7 +256,7 @@ class PointResolver:
         aspect: str | None,
         width: int,
         height: int,
-        axes: Mapping[str, Any],
+        axes: JsonObject,
     ) -> None:
         box = text_box_pixels(self.brand.text_box_for(aspect, role).box, width, height)
         font = self.brand.fonts.get(role)
@@ -282,7 +283,7 @@ class PointResolver:
         self._checked.add(key)
 
 
-def _variant_words(aspect: str | None, axes: Mapping[str, Any]) -> str:
+def _variant_words(aspect: str | None, axes: JsonObject) -> str:
     """A variant as an error names it: its aspect ratio and its axes."""
     return f"variant{f' of aspect {aspect}' if aspect else ''} (axes {canonical_json(axes)})"
 

@@ -28,10 +28,12 @@ DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024}
 
 def bucket_step(family: str, vae_blocks: Sequence[int], denoiser_blocks: Sequence[int]) -> int:
     """The bucket step from the VAE's and the denoiser's ``block_out_channels``."""
-    vae_scale = 2 ** (len(vae_blocks) - 1)
+    # int ** int is typed Any (a negative power is a float): every count here is at least 1.
+    vae_scale: int = 2 ** (len(vae_blocks) - 1)
     if family == "flux":
         return vae_scale * 2  # latents are packed in 2x2 patches
-    return vae_scale * 2 ** (len(denoiser_blocks) - 1)
+    denoiser_scale: int = 2 ** (len(denoiser_blocks) - 1)
+    return vae_scale * denoiser_scale
 
 
 def trainable(bucket: tuple[int, int], step: int, channels_per_group: int | None) -> bool:

@@ -111,7 +111,7 @@ def checkpoint_cross_attention_dim(checkpoint: Path) -> int | None:
         config_path = checkpoint / "unet" / "config.json"
         if not config_path.is_file():
             return None
-        value = json.loads(config_path.read_text())["cross_attention_dim"]
+        value: int | list[int] = json.loads(config_path.read_text())["cross_attention_dim"]
         return value[0] if isinstance(value, list) else value
     if checkpoint.suffix != ".safetensors":
         return None
