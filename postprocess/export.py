@@ -31,7 +31,7 @@ from PIL import Image
 
 from postprocess.embedded_metadata import CAMPAIGN_XMP_NAMESPACE, PARAMETERS_KEY, XMP_PNG_KEY
 from postprocess.faces import detect_faces
-from postprocess.geometry import Box
+from postprocess.geometry import Box, crop_size
 from postprocess.imaging import require_rgb, shrink_to
 from postprocess.parameters import ExportSpec
 
@@ -39,15 +39,6 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _XML_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _MAX_KEY_LENGTH = 79  # the longest PNG text keyword
 _SALIENCY_SIDE = 256  # estimate where the subject is on a copy this many pixels across
-
-
-def crop_size(size: tuple[int, int], target_ratio: float) -> tuple[int, int]:
-    """The largest (width, height) of aspect ``target_ratio`` (width / height) inside
-    ``size``: ``size`` itself when the aspects agree (nothing is cropped)."""
-    if target_ratio <= 0:
-        raise ValueError(f"target ratio {target_ratio!r} must be positive, e.g. 1080 / 1920")
-    width, height = size
-    return min(width, round(height * target_ratio)), min(height, round(width / target_ratio))
 
 
 def smart_crop(image: np.ndarray, target_ratio: float, faces: Sequence[Box] | None = None) -> Box:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
-from postprocess.geometry import Box
+from postprocess.geometry import Box, grown
 from postprocess.text_layout import LINE_SPACING, Font, TextBlock, block_height, fit
 
 MIN_CONTRAST = 4.5  # WCAG 2.x AA for normal text
@@ -84,7 +84,7 @@ def overlay_text(
     best = _best_colour(relative_luminance(region.reshape(-1, 3)[behind]), colour_luminances)
     scrim_opacity = 0.0
     if best[1] < MIN_CONTRAST:
-        scrim_box = _grown(glyphs, 2 * stroke, region.shape[1::-1])
+        scrim_box = grown(glyphs, 2 * stroke, region.shape[1::-1])
         best, scrim_opacity = _lay_lightest_scrim(region, behind, scrim_box, colour_luminances)
     colour_index, contrast = best
 
@@ -155,13 +155,3 @@ def _lay_lightest_scrim(
     covered = region[top:bottom, left:right].astype(np.float64)
     region[top:bottom, left:right] = np.round(covered * (1 - opacity) + np.array(scrim) * opacity)
     return best, opacity
-
-
-def _grown(box: Box, pad: int, size: tuple[int, int]) -> Box:
-    left, top, right, bottom = box
-    return (
-        max(left - pad, 0),
-        max(top - pad, 0),
-        min(right + pad, size[0]),
-        min(bottom + pad, size[1]),
-    )

@@ -22,7 +22,8 @@ HOSTILE_NAME = (
 EXPORTS = [
     {"name": "web", "width": 64, "height": 64, "format": "png"},
     {"name": "feed", "width": 48, "height": 48, "format": "jpeg", "quality": 90},
-    {"name": "story", "width": 36, "height": 64, "format": "webp", "quality": 85},
+    # The master's aspect: a crop of another could cut the logo away (README, "Brand layout").
+    {"name": "thumb", "width": 48, "height": 48, "format": "webp", "quality": 85},
 ]
 
 

@@ -105,8 +105,8 @@ def decisions(out: Path) -> dict[str, tuple[str, list[str], dict]]:
 @pytest.fixture(scope="module")
 def full(tmp_path_factory, demo_models):
     """Every post-process feature at once: a full retouch chain, headline and legal line in
-    a brand font, the logo placed outside its safe zone, three export formats, a grid, and
-    a prompt that tries to run a script in the report."""
+    a brand font, a text contrast no image reaches as a gate (every image fails), three
+    export formats, a grid, and a prompt that tries to run a script in the report."""
     project = Project(tmp_path_factory.mktemp("full"))
     shutil.copy(FONT, project.root / "Brand.ttf")  # fonts-dejavu-core: make system-deps
     project.brand["fonts"] = {
@@ -118,7 +118,7 @@ def full(tmp_path_factory, demo_models):
             "anchor": "top-right",
             "margin": 0.05,
             "scale": 0.25,
-            "safe_zone": [0, 0.3, 1, 1],
+            "safe_zone": [0, 0, 1, 1],
         }
     }
     project.brand["text"] = {
@@ -140,26 +140,32 @@ def full(tmp_path_factory, demo_models):
         "text": {"headline": "{{ product | title }}", "legal": "Terms apply"},
         "exports": {
             "default": [
+                # The master's aspect each: another's crop could cut the logo or the text.
                 {"name": "square", "width": 96, "height": 96, "format": "png"},
-                {"name": "story", "width": 54, "height": 96, "format": "jpeg", "quality": 80},
-                {"name": "banner", "width": 96, "height": 54, "format": "webp", "quality": 70},
+                {"name": "feed", "width": 80, "height": 80, "format": "jpeg", "quality": 80},
+                {"name": "thumb", "width": 48, "height": 48, "format": "webp", "quality": 70},
             ]
         },
         "upscale_exports": True,  # 96 px channels from the 64 px masters
     }
     project.campaign["report"] = {"grid": {"x": "product", "y": "background"}}
+    # The palette's best pair reads at well under 21:1, the most WCAG can measure.
+    project.campaign["gates"] = {**project.campaign.get("gates", {}), "text_contrast": {"min": 21}}
     summary = project.render()
     return project, summary
 
 
-def test_a_logo_outside_its_safe_zone_fails_the_gate(full):
+def test_a_rule_no_image_meets_fails_the_gate(full):
     project, summary = full
     assert (summary.failed, summary.passed, summary.exit_code) == (2, 0, 1)
     out = project.root / "out"
     for status, reasons, scores in decisions(out).values():
         assert status == "fail"
-        assert scores["logo_in_safe_zone"] == 0.0 and scores["logo_match"] > 0.9
-        assert any(reason.startswith("logo_in_safe_zone 0.000 < min 1.000") for reason in reasons)
+        assert scores["logo_in_safe_zone"] == 1.0 and scores["logo_match"] > 0.9
+        assert scores["text_contrast"] < 21
+        assert [reason for reason in reasons if reason.startswith("text_contrast ")] == [
+            f"text_contrast {scores['text_contrast']:.3f} < min 21.000: text below WCAG AA contrast"
+        ]
     # Each render's current decision and the run's counts say the same.
     assert {row[0] for row in ledger_rows(out, "SELECT status FROM current_decisions")} == {"fail"}
     assert ledger_rows(out, "SELECT outcome, failed, review FROM run_summaries") == [
@@ -217,7 +223,7 @@ def test_a_missing_export_is_rebuilt_from_its_master(full, tmp_path):
     (path, master) = ledger_rows(
         out,
         "SELECT exports.path, renders.output_path FROM exports JOIN renders "
-        "ON renders.id = exports.render_id WHERE name = 'banner' LIMIT 1",
+        "ON renders.id = exports.render_id WHERE name = 'thumb' LIMIT 1",
     )[0]
     export_bytes, master_bytes = (out / path).read_bytes(), (out / master).read_bytes()
     (out / path).unlink()
@@ -234,20 +240,20 @@ def test_campaign_gate_redecides_from_stored_scores_without_rendering(full, tmp_
     project, summary = full
     out = shutil.copytree(project.root / "out", tmp_path / "out")
     renders = ledger_rows(out, "SELECT COUNT(*) FROM renders")
-    # The logo rule dropped: everything passes; then a brand minimum nothing reaches.
+    # The contrast rule dropped: everything passes; then a brand minimum nothing reaches.
     relaxed = cli(
-        capsys, "gate", summary.run_id, "--out", out, "--set", "logo_in_safe_zone=off", "--json"
+        capsys, "gate", summary.run_id, "--out", out, "--set", "text_contrast=off", "--json"
     )
     assert relaxed.code == 0, relaxed.stderr
     assert relaxed.json()["counts"] == {"passed": 2, "review": 0, "failed": 0}
     strict = cli(
-        capsys, "gate", "--out", out, "--set", "logo_in_safe_zone=off", "--set", "clip_brand=0.99"
+        capsys, "gate", "--out", out, "--set", "text_contrast=off", "--set", "clip_brand=0.99"
     )
     assert strict.code == 1, strict.stderr
     assert "0 passed, 0 to review, 2 failed" in strict.stderr
     for status, reasons, _ in decisions(out).values():
         assert status == "fail" and reasons[0].startswith("clip_brand ")
-        assert not any("logo_in_safe_zone" in reason for reason in reasons)
+        assert not any("text_contrast" in reason for reason in reasons)
     assert ledger_rows(out, "SELECT COUNT(*) FROM renders") == renders  # nothing rendered
     assert ledger_rows(
         out,

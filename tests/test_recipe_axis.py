@@ -74,7 +74,13 @@ def test_the_recipe_axis_combines_like_any_axis(demo_models):
 
 def test_sizes_follow_each_family_multiple(tmp_path, demo_models):
     path = compare_variant(
-        tmp_path, **{"size": {"axis": "aspect", "short_side": 72}, "matrix.axes.aspect": ["9:16"]}
+        tmp_path,
+        **{
+            "size": {"axis": "aspect", "short_side": 72},
+            "matrix.axes.aspect": ["9:16"],
+            # Flux's 80x128 master is not 9:16 exactly: the story's crop could cut the logo.
+            "postprocess.exports": {},
+        },
     )
     widths = {v.spec.recipe.family: v.width for v in make_plan(load_campaign(path)).variants}
     assert widths["sd15"] == 72 and widths["flux"] % SIZE_MULTIPLE["flux"] == 0

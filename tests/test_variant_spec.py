@@ -128,6 +128,9 @@ overrides = st.lists(
 )
 
 
+EXPORT_SIZES = {"1:1": (96, 96), "9:16": (54, 96), "16:9": (96, 54)}
+
+
 @st.composite
 def campaigns(draw) -> dict:
     aspects = draw(
@@ -157,8 +160,11 @@ def campaigns(draw) -> dict:
     if draw(st.booleans()):
         campaign["postprocess"]["text"] = {"headline": "No. {{ product[-1] }}"}
     if draw(st.booleans()):
+        # Each aspect's export of its own aspect: another's crop could cut the marks away.
         campaign["postprocess"]["exports"] = {
-            "default": [{"name": "web", "width": 96, "height": 64, "format": "webp"}]
+            aspect: [{"name": "web", "width": width, "height": height, "format": "webp"}]
+            for aspect, (width, height) in EXPORT_SIZES.items()
+            if aspect in aspects
         }
         campaign["postprocess"]["upscale_exports"] = True  # larger than the 32-64 px masters
     return campaign

@@ -71,6 +71,27 @@ class BrandFontsSpec(Strict):
     legal: FileRef | None = None
 
 
+class LogoSpec(FileRef):
+    clear_space: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Space kept free of text around the logo on every side, a fraction of the "
+        "logo's shorter side (its height, for a wide logo).",
+    )
+    min_px: int | None = Field(
+        default=None,
+        ge=1,
+        le=8192,
+        description="The logo's smallest width in pixels on a master or export; default: any.",
+    )
+
+
+# The marks a layout places: the logo and the text roles, by the names allowed_overlaps uses.
+LAYOUT_ELEMENTS = ("logo", *TEXT_ROLES)
+LayoutElement = Literal["logo", "headline", "legal"]
+
+
 # Where text goes when the brand kit does not say (fractions of width and height).
 DEFAULT_TEXT_BOXES = {
     "headline": TextBoxSpec(box=[0.06, 0.05, 0.94, 0.3]),
@@ -83,7 +104,7 @@ class BrandKitFile(Strict):
     aspect ratio."""
 
     name: str = Field(min_length=1)
-    logo: FileRef
+    logo: LogoSpec
     palette: list[Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")]] = Field(default_factory=list)
     references: list[FileRef] = Field(default_factory=list, description="Brand reference images.")
     fonts: BrandFontsSpec = BrandFontsSpec()
@@ -94,6 +115,13 @@ class BrandKitFile(Strict):
     text: dict[str, TextPlacementSpec] = Field(
         default_factory=dict,
         description="Headline and legal-line boxes keyed by aspect ratio or 'default'.",
+    )
+    allowed_overlaps: list[Annotated[list[LayoutElement], Field(min_length=2, max_length=2)]] = (
+        Field(
+            default_factory=list,
+            description="Pairs of marks (logo, headline, legal) whose boxes may overlap on "
+            "purpose, e.g. [[headline, legal]]; any other overlap is refused at validate.",
+        )
     )
 
 

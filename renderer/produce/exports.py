@@ -15,6 +15,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngImageFile
 
 from postprocess.embedded_metadata import RENDER_KEY
+from postprocess.geometry import crop_size
 from postprocess.parameters import EXTENSIONS, ExportSpec
 from renderer.core.hashing import sha256_bytes
 from renderer.plan.output_folder import OutputFolder
@@ -41,7 +42,7 @@ def export_files(
     if not exports:
         return []
     # Lazy: OpenCV loads with the finish stage (FINISH_MODULES), not on import.
-    from postprocess.export import crop_size, export_image
+    from postprocess.export import export_image
 
     metadata, xmp = file_metadata(spec, lora_hashes, context)
     faces = (

@@ -33,6 +33,15 @@ def validate_brand_kit(document: YamlDocument, *, verify_hashes: bool = True) ->
         for role in TEXT_ROLES:
             if (box := getattr(text, role)) is not None:
                 _check_box(document, box.box, ("text", aspect, role, "box"))
+    for index, (first, second) in enumerate(spec.allowed_overlaps):
+        if first == second:
+            raise document.error(
+                SchemaError,
+                "an allowed overlap names two different marks",
+                ("allowed_overlaps", index),
+                found=f"[{first}, {second}]",
+                fix="e.g. [headline, legal]: the marks are logo, headline and legal",
+            )
     logo = resolve_file(document, spec.logo, ("logo",), verify_hashes, image_problem)
     fonts = {
         role: resolve_file(document, ref, ("fonts", role), verify_hashes, font_problem)

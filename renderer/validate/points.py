@@ -23,10 +23,11 @@ from renderer.load.yamlsource import KeyPath, YamlDocument
 from renderer.validate.delivery import check_variant_size
 from renderer.validate.file_probes import MAX_IMAGE_PIXELS, image_problem, is_regular_file
 from renderer.validate.inputs import BrandKit, Point, Recipe, ResolvedFile
+from renderer.validate.layout import brand_layout, check_layout
 from renderer.validate.matrix import derive_seed, overrides_for, size_for_aspect
 from renderer.validate.recipe import image_templates, lora_name
 from renderer.validate.refine import refine_templates
-from renderer.validate.sizes import text_box_pixels
+from renderer.validate.sizes import delivery_size, text_box_pixels
 
 # Characters Windows, macOS or Linux reject in file names, plus control characters.
 _REJECTED_IN_NAMES = re.compile(r'[<>:"\\|?*\x00-\x1f]')
@@ -138,10 +139,9 @@ class PointResolver:
             refine_prompts={key: render(key, context) for key in self.refine_keys},
         )
         self._check_delivery(aspect, width, height)
-        if spec.logo:
-            self._check_logo_fits(aspect, width, height, axes)
         for role, text in texts.items():
             self._check_text_fits(role, text, aspect, width, height, axes)
+        self._check_layout(aspect, width, height, tuple(texts), axes)
         return point
 
     def _size(self, axes: Mapping[str, Any]) -> tuple[str | None, tuple[int, int]]:
@@ -226,27 +226,21 @@ class PointResolver:
         check_variant_size(self.document, self.spec, self.recipe, aspect, width, height)
         self._checked.add(key)
 
-    def _check_logo_fits(
-        self, aspect: str | None, width: int, height: int, axes: JsonObject
+    def _check_layout(
+        self, aspect: str | None, width: int, height: int, roles: tuple[str, ...], axes: JsonObject
     ) -> None:
-        key = ("logo", aspect, width, height)
+        """``layout.check_layout`` on the master, once per size and set of texts."""
+        master = delivery_size(self.recipe, width, height)
+        key = ("layout", aspect, *master, *roles)
         if key in self._checked:
             return
-        # The overlay loads with the first logo checked, not with every command (start-up time).
-        from postprocess.overlay import logo_box
-
-        placement = self.brand.placement_for(aspect)
-        try:
-            logo_box((width, height), self.brand.logo_size, placement)
-        except ValueError as err:
-            raise self.document.error(
-                SchemaError,
-                f"the logo does not fit a {width}x{height} variant",
-                ("logo",),
-                found=f"{err}, first for {_variant_words(aspect, axes)}",
-                fix=f"change the placement for {aspect or 'default'} in "
-                f"{self.brand.source}, or set logo: false",
-            ) from None
+        post = self.spec.postprocess
+        exports = post.exports.get(aspect if aspect in post.exports else "default", [])
+        variant = _variant_words(aspect, axes)
+        layout = brand_layout(
+            self.document, self.brand, aspect, master, roles, self.spec.logo, variant
+        )
+        check_layout(self.document, self.brand, aspect, layout, exports, variant)
         self._checked.add(key)
 
     def _check_text_fits(

@@ -1,0 +1,170 @@
+"""The brand's layout is checked at validate (README, "Brand layout"): the logo with its
+clear space against the text boxes, the text boxes against each other, every mark against
+the safe zone, every export's crop against the marks, and the logo's smallest size.
+
+Each refusal is exit 2 at the campaign's ``brand:`` line, naming the variant's aspect ratio
+and both boxes in the master's pixels. The scratch campaign renders 64 px masters; the
+demo logo is square, so at 64x64 the default placement (bottom-right, margin 0.05, scale
+0.25) puts it at [45, 45, 61, 61] px.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from renderer.cli.main import main
+
+from .conftest import CliResult
+from .scratch import BRAND, Scratch
+
+
+def in_process(capsys, *args: str | Path) -> CliResult:
+    capsys.readouterr()
+    code = main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
+
+
+def brand_kit(root: Path, **changes: object) -> Path:
+    """The demo brand kit with ``changes`` (top-level keys; ``logo`` merges into the logo's),
+    written to ``root`` with its files named by absolute path."""
+    data = yaml.safe_load((BRAND / "brand.yaml").read_text())
+    data["logo"]["path"] = str(BRAND / data["logo"]["path"])
+    for reference in data["references"]:
+        reference["path"] = str(BRAND / reference["path"])
+    logo = changes.pop("logo", {})
+    assert isinstance(logo, dict)
+    data["logo"].update(logo)
+    data.update(changes)
+    path = root / "brand.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def layout_campaign(
+    tmp_path: Path, *, aspect: str = "1:1", exports=None, legal: bool = False, **brand
+) -> Path:
+    """A campaign of one aspect ratio with the logo and a headline (and a legal line)."""
+    scratch = Scratch(tmp_path)
+    scratch.campaign.update(
+        brand=str(brand_kit(tmp_path, **brand)),
+        logo=True,
+        size={"axis": "aspect", "short_side": 64},
+        postprocess={
+            "text": {"headline": "{{ product }}", **({"legal": "T&C"} if legal else {})},
+            **({"exports": {aspect: exports}} if exports else {}),
+        },
+    )
+    scratch.campaign["matrix"]["axes"]["aspect"] = [aspect]
+    return scratch.write()
+
+
+def text_boxes(headline: list[float], legal: list[float]) -> dict:
+    return {"default": {"headline": {"box": headline}, "legal": {"box": legal}}}
+
+
+BESIDE_THE_LOGO = text_boxes([0.06, 0.05, 0.94, 0.3], [0.6, 0.5, 0.98, 0.68])  # 38-63 x 32-44 px
+
+
+def refused(capsys, campaign: Path) -> str:
+    result = in_process(capsys, "validate", campaign)
+    assert result.code == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "campaign.yaml:" in result.stderr and "at brand:" in result.stderr
+    return result.stderr
+
+
+def test_the_logos_clear_space_keeps_text_away(tmp_path, capsys):
+    tight = layout_campaign(
+        tmp_path / "tight", text=BESIDE_THE_LOGO, legal=True, logo={"clear_space": 0}
+    )
+    assert in_process(capsys, "validate", tight).code == 0  # 1 px between the boxes
+    spaced = layout_campaign(
+        tmp_path / "spaced", text=BESIDE_THE_LOGO, legal=True, logo={"clear_space": 0.1}
+    )
+    error = refused(capsys, spaced)
+    assert "the logo and the legal line overlap" in error
+    assert "the logo with its clear space at [43, 43, 63, 63] px" in error
+    assert "the legal line at [38, 32, 63, 44] px" in error
+    assert "64x64 master" in error and "aspect 1:1" in error
+    assert "allowed_overlaps" in error
+
+
+def test_a_legal_line_over_the_logo_is_refused_unless_the_brand_allows_it(tmp_path, capsys):
+    over = text_boxes([0.06, 0.05, 0.94, 0.3], [0.5, 0.8, 0.98, 0.98])
+    error = refused(capsys, layout_campaign(tmp_path / "over", text=over, legal=True))
+    assert "the logo and the legal line overlap" in error
+    allowed = layout_campaign(
+        tmp_path / "allowed", text=over, legal=True, allowed_overlaps=[["legal", "logo"]]
+    )
+    assert in_process(capsys, "validate", allowed).code == 0
+
+
+def test_text_boxes_that_overlap_are_refused(tmp_path, capsys):
+    stacked = text_boxes([0.1, 0.1, 0.9, 0.5], [0.1, 0.4, 0.9, 0.6])
+    error = refused(capsys, layout_campaign(tmp_path, text=stacked, legal=True))
+    assert "the headline and the legal line overlap" in error
+    assert "the headline at [6, 6, 58, 32] px and the legal line at [6, 26, 58, 38] px" in error
+
+
+def test_a_mark_outside_the_safe_zone_is_refused(tmp_path, capsys):
+    placement = {"default": {"safe_zone": [0.1, 0.1, 0.98, 0.98]}}
+    error = refused(capsys, layout_campaign(tmp_path, placement=placement))
+    assert "the headline leaves the safe zone" in error
+    assert "the headline at [4, 3, 60, 19] px, the safe zone [6, 6, 63, 63] px" in error
+    assert "placement.default.safe_zone" in error
+
+
+def test_an_export_crop_that_can_cut_the_logo_away_is_refused(tmp_path, capsys):
+    # A square channel export of a 16:9 master whose logo sits top-right (the demo brand's
+    # placement for 16:9: [95, 3, 109, 17] px on 112x64).
+    square = [{"name": "feed", "width": 64, "height": 64, "format": "png"}]
+    left = {"default": {"headline": {"box": [0.04, 0.06, 0.6, 0.36]}}}
+    error = refused(
+        capsys, layout_campaign(tmp_path / "wide", aspect="16:9", exports=square, text=left)
+    )
+    assert "export 'feed' can cut the logo away" in error
+    assert "a 64x64 crop of the 112x64 master" in error and "aspect 16:9" in error
+    assert "keeps only [48, 0, 64, 64] px wherever the subject puts it" in error
+    # The master's own aspect is resized whole: nothing can be cut.
+    own = [{"name": "banner", "width": 112, "height": 64, "format": "png"}]
+    kept = layout_campaign(tmp_path / "own", aspect="16:9", exports=own, text=left)
+    assert in_process(capsys, "validate", kept).code == 0
+
+
+def test_a_logo_under_its_smallest_size_on_the_master_is_refused(tmp_path, capsys):
+    error = refused(capsys, layout_campaign(tmp_path, logo={"min_px": 17}))
+    assert "the logo is smaller than logo.min_px (17 px)" in error
+    assert "16 px wide in the 64x64 master" in error
+
+
+@pytest.mark.parametrize(("smallest", "code"), [(8, 0), (9, 2)])
+def test_a_logo_under_its_smallest_size_on_an_export_is_refused(tmp_path, capsys, smallest, code):
+    # 16 px on the 64 px master, 8 px on its 32 px export.
+    exports = [{"name": "thumb", "width": 32, "height": 32, "format": "png"}]
+    campaign = layout_campaign(tmp_path, exports=exports, logo={"min_px": smallest})
+    result = in_process(capsys, "validate", campaign)
+    assert result.code == code, result.stderr
+    if code:
+        assert "8 px wide in export 'thumb' (32x32) cut from the 64x64 master" in result.stderr
+
+
+def test_a_logo_that_does_not_fit_the_master_is_refused(tmp_path, capsys):
+    placement = {"default": {"anchor": "center", "margin": 0.2, "scale": 0.9}}
+    campaign = layout_campaign(tmp_path, placement=placement)
+    result = in_process(capsys, "validate", campaign)
+    assert result.code == 2
+    assert "at logo: the logo does not fit a 64x64 master" in result.stderr
+    assert "lower the placement scale (0.9) or margin (0.2)" in result.stderr
+
+
+def test_an_allowed_overlap_names_two_marks(tmp_path, capsys):
+    campaign = layout_campaign(tmp_path, allowed_overlaps=[["logo", "logo"]])
+    result = in_process(capsys, "validate", campaign)
+    assert result.code == 2
+    assert re.search(r"brand\.yaml:\d+: at allowed_overlaps\[0\]:", result.stderr)
+    assert "names two different marks" in result.stderr
