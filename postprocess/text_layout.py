@@ -10,10 +10,13 @@ Pillow, so layout and pixels do not depend on the fonts a machine happens to hav
 
 from __future__ import annotations
 
+import functools
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from fontTools.ttLib import TTFont
 from PIL import ImageFont
 
 MIN_FONT_SIZE = 8
@@ -67,6 +70,33 @@ def bundled_font(size: int) -> Font:
             "install Pillow's wheel from PyPI"
         )
     return font
+
+
+def missing_glyphs(text: str, font_path: Path | None) -> list[str]:
+    """The characters of ``text`` (white space aside) the font has no glyph for, each once,
+    in order: FreeType would set them as empty boxes. Read from the font's character map
+    (fontTools), not from pixels."""
+    covered = _character_map(font_path)
+    return list(dict.fromkeys(c for c in text if not c.isspace() and ord(c) not in covered))
+
+
+def font_name(font_path: Path | None) -> str:
+    """The font's family and style as it names itself, e.g. ``DejaVu Sans Book``."""
+    return " ".join(part for part in load_font(font_path, MIN_FONT_SIZE).getname() if part)
+
+
+@functools.lru_cache(maxsize=32)
+def _character_map(font_path: Path | None) -> frozenset[int]:
+    """The code points the font (the first of a collection) has glyphs for."""
+    if font_path is not None:
+        source: Path | io.BytesIO = font_path
+    else:  # Pillow's bundled font: held in memory, not in a file
+        bundled = bundled_font(MIN_FONT_SIZE).path
+        if not isinstance(bundled, io.BytesIO):
+            raise RuntimeError(f"Pillow's bundled font is {bundled!r}, not bytes in memory")
+        source = io.BytesIO(bundled.getvalue())
+    with TTFont(source, fontNumber=0, lazy=True) as font:
+        return frozenset(font.getBestCmap() or {})
 
 
 def fit(block: TextBlock, width: int, height: int) -> tuple[Font, list[str]]:

@@ -168,3 +168,38 @@ def test_an_allowed_overlap_names_two_marks(tmp_path, capsys):
     assert result.code == 2
     assert re.search(r"brand\.yaml:\d+: at allowed_overlaps\[0\]:", result.stderr)
     assert "names two different marks" in result.stderr
+
+
+# ---------------------------------------------------------------- glyph coverage
+
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # fonts-dejavu-core
+
+
+def headline_campaign(tmp_path: Path, headline: str, font: Path | None = None) -> Path:
+    scratch = Scratch(tmp_path)
+    fonts = {"fonts": {"headline": {"path": str(font)}}} if font else {}
+    scratch.campaign.update(
+        brand=str(brand_kit(tmp_path, **fonts)), postprocess={"text": {"headline": headline}}
+    )
+    return scratch.write()
+
+
+def test_a_headline_its_font_cannot_draw_is_refused(tmp_path, capsys):
+    result = in_process(capsys, "validate", headline_campaign(tmp_path, "東京 {{ product }}"))
+    assert result.code == 2, result.stderr
+    assert "at postprocess.text.headline: the headline has characters its font cannot draw" in (
+        result.stderr
+    )
+    assert "'東' (U+6771), '京' (U+4EAC) not in Aileron Regular (Pillow's bundled font)" in (
+        result.stderr
+    )
+    assert "first in '東京 reference-1' of the variant (axes" in result.stderr
+    assert "set fonts.headline in" in result.stderr
+
+
+def test_umlauts_need_a_font_that_has_them(tmp_path, capsys):
+    # Pillow's bundled font has ASCII only; DejaVu Sans has Latin-1 and far more.
+    bundled = in_process(capsys, "validate", headline_campaign(tmp_path / "a", "Grüße"))
+    assert bundled.code == 2 and "'ü' (U+00FC), 'ß' (U+00DF)" in bundled.stderr
+    dejavu = headline_campaign(tmp_path / "b", "Grüße", font=DEJAVU)
+    assert in_process(capsys, "validate", dejavu).code == 0

@@ -258,11 +258,26 @@ class PointResolver:
         if key in self._checked:
             return
         # Text layout loads with the first text checked, not with every command (start-up time).
-        from postprocess.text_layout import TextBlock, text_fits
+        from postprocess.text_layout import TextBlock, font_name, missing_glyphs, text_fits
 
+        font_path = font.path if font else None
+        if missing := missing_glyphs(text, font_path):
+            listed = ", ".join(f"{char!r} (U+{ord(char):04X})" for char in missing[:5])
+            where = str(font_path) if font_path else "Pillow's bundled font"
+            raise self.document.error(
+                SchemaError,
+                f"the {'legal line' if role == 'legal' else role} has characters its font "
+                "cannot draw",
+                ("postprocess", "text", role),
+                found=f"{listed}{' and more' if len(missing) > 5 else ''} not in "
+                f"{font_name(font_path)} ({where}), "
+                f"first in {text!r} of the {_variant_words(aspect, axes)}",
+                fix=f"set fonts.{role} in {self.brand.source} to a font that has them (e.g. "
+                "Noto Sans CJK for Chinese or Japanese), or change the text",
+            )
         # The role is one of the schema's TEXT_ROLES (typed str there): TextBlock's roles.
         typed_role = cast(Literal["headline", "legal"], role)
-        block = TextBlock(text, typed_role, font.path if font else None)
+        block = TextBlock(text, typed_role, font_path)
         problem = text_fits(block, box[2] - box[0], box[3] - box[1])
         if problem:
             raise self.document.error(
