@@ -9,7 +9,6 @@ size checks (campaign sizes, hires targets) load no numpy or OpenCV.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 Box = tuple[int, int, int, int]
 
@@ -44,12 +43,6 @@ def inside(inner: Box, outer: Box) -> bool:
         and inner[2] <= outer[2]
         and inner[3] <= outer[3]
     )
-
-
-def union(boxes: Sequence[Box]) -> Box:
-    """The smallest box holding every one of ``boxes`` (at least one)."""
-    lefts, tops, rights, bottoms = zip(*boxes, strict=True)
-    return min(lefts), min(tops), max(rights), max(bottoms)
 
 
 def crop_size(size: tuple[int, int], target_ratio: float) -> tuple[int, int]:

@@ -91,6 +91,7 @@ def check_layout(
     ``variant`` names the first variant of this size, as the error shows it."""
     width, height = layout.size
     key = aspect if aspect in brand.spec.placement else "default"
+    text_key = aspect if aspect in brand.spec.text else "default"
     where = f"the {width}x{height} master"
 
     def refuse(message: str, found: str, fix: str) -> InputError:
@@ -122,7 +123,7 @@ def check_layout(
                 f"the {_NAMES[first]} and the {_NAMES[second]} overlap",
                 f"{layout.describe(first)} and {layout.describe(second)}, in {where} of the "
                 f"{variant}",
-                f"move one of the boxes (placement.{key} or text.{key} in {brand.source}), "
+                f"move one of the boxes (placement.{key} or text.{text_key} in {brand.source}), "
                 f"or, if the brand means them to overlap, add [{first}, {second}] to its "
                 "allowed_overlaps",
             )
