@@ -89,7 +89,10 @@ class LogoSpec(FileRef):
 
 # The marks a layout places: the logo and the text roles, by the names allowed_overlaps uses.
 LAYOUT_ELEMENTS = ("logo", *TEXT_ROLES)
-LayoutElement = Literal["logo", "headline", "legal"]
+if TYPE_CHECKING:  # a Literal built from a table is beyond a static checker: to it, a str
+    LayoutElement = str
+else:
+    LayoutElement = Literal[LAYOUT_ELEMENTS]
 
 
 # Where text goes when the brand kit does not say (fractions of width and height).
