@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from PIL import Image
 
+from postprocess.geometry import inside
 from postprocess.parameters import LogoPlacement, SafeZone
 
 
@@ -15,9 +16,7 @@ def logo_in_safe_zone(
     box: tuple[int, int, int, int], image_size: tuple[int, int], zone: SafeZone
 ) -> bool:
     """Whether the pixel box (left, top, right, bottom) lies wholly inside ``zone``."""
-    zone_left, zone_top, zone_right, zone_bottom = zone.pixels(image_size)
-    left, top, right, bottom = box
-    return zone_left <= left and zone_top <= top and right <= zone_right and bottom <= zone_bottom
+    return inside(box, zone.pixels(image_size))
 
 
 def logo_box(

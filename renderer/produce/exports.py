@@ -90,8 +90,8 @@ def rebuild_exports(
     """Rebuild the exports ``names`` of ``variant`` from its master file: the same crop,
     resize, encoder and metadata as when they were made; the master is read, never written."""
     spec = variant.spec
-    rebuilt = dict(
-        (export.name, (export, data))
+    rebuilt = {
+        export.name: (export, data)
         for export, data in exports_of_master(master, spec, lora_hashes.of(spec))
-    )
+    }
     return [write_export(variant, *rebuilt[name], out_dir) for name in names]

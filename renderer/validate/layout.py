@@ -30,15 +30,21 @@ class Layout:
 
     size: tuple[int, int]
     marks: dict[str, Box]  # logo (without its clear space), headline, legal: those it sets
-    kept_clear: dict[str, Box]  # each mark with the space no other mark may take
+    clear_space: int  # pixels kept free around the logo on every side
+
+    def kept_clear(self, name: str) -> Box:
+        """The mark with the space no other mark may take (the logo's clear space)."""
+        box = self.marks[name]
+        return grown(box, self.clear_space, self.size) if name == "logo" else box
 
     def describe(self, name: str) -> str:
-        box = self.kept_clear[name]
+        box = self.kept_clear(name)
         extra = " with its clear space" if box != self.marks[name] else ""
-        return f"the {_NAMES[name]}{extra} at {_pixels(box)}"
+        return f"the {MARK_NAMES[name]}{extra} at {_pixels(box)}"
 
 
-_NAMES = {"logo": "logo", "headline": "headline", "legal": "legal line"}
+# Each mark as an error names it.
+MARK_NAMES = {"logo": "logo", "headline": "headline", "legal": "legal line"}
 
 
 def brand_layout(
@@ -53,7 +59,7 @@ def brand_layout(
     """The marks a master of ``size`` carries: the logo (when the campaign sets it) and the
     text ``roles`` the variant sets. A logo that does not fit the master is refused."""
     marks: dict[str, Box] = {}
-    kept_clear: dict[str, Box] = {}
+    clear_space = 0
     if logo:
         # The overlay loads Pillow: with the first layout checked, not with every command.
         from postprocess.overlay import logo_box
@@ -70,12 +76,11 @@ def brand_layout(
                 "or set logo: false",
             ) from None
         marks["logo"] = box
-        clear = round(brand.spec.logo.clear_space * min(box[2] - box[0], box[3] - box[1]))
-        kept_clear["logo"] = grown(box, clear, size)
+        clear_space = round(brand.spec.logo.clear_space * min(box[2] - box[0], box[3] - box[1]))
     for role in roles:
         left, top, right, bottom = text_box_pixels(brand.text_box_for(aspect, role).box, *size)
-        marks[role] = kept_clear[role] = (left, top, right, bottom)
-    return Layout(size, marks, kept_clear)
+        marks[role] = (left, top, right, bottom)
+    return Layout(size, marks, clear_space)
 
 
 def check_layout(
@@ -100,27 +105,26 @@ def check_layout(
     zone = brand.placement_for(aspect).safe_zone or [0.0, 0.0, 1.0, 1.0]
     zone_left, zone_top, zone_right, zone_bottom = text_box_pixels(zone, width, height)
     safe_zones: dict[str, Box] = {  # rounded as each mark's box is: the logo's as its score's
-        "logo": SafeZone(left=zone[0], top=zone[1], right=zone[2], bottom=zone[3]).pixels(
-            layout.size
-        ),
+        "logo": SafeZone.from_box(zone).pixels(layout.size),
         "text": (zone_left, zone_top, zone_right, zone_bottom),
     }
     for name, box in layout.marks.items():
         safe = safe_zones["logo" if name == "logo" else "text"]
         if not inside(box, safe):
             raise refuse(
-                f"the {_NAMES[name]} leaves the safe zone",
-                f"the {_NAMES[name]} at {_pixels(box)}, the safe zone {_pixels(safe)}, in {where} "
-                f"of the {variant}",
-                f"move the {_NAMES[name]} box inside placement.{key}.safe_zone in {brand.source}",
+                f"the {MARK_NAMES[name]} leaves the safe zone",
+                f"the {MARK_NAMES[name]} at {_pixels(box)}, the safe zone {_pixels(safe)}, "
+                f"in {where} of the {variant}",
+                f"move the {MARK_NAMES[name]} box inside placement.{key}.safe_zone in "
+                f"{brand.source}",
             )
     allowed = {frozenset(pair) for pair in brand.spec.allowed_overlaps}
     for first, second in combinations(layout.marks, 2):
         if frozenset((first, second)) in allowed:
             continue
-        if overlap(layout.kept_clear[first], layout.kept_clear[second]):
+        if overlap(layout.kept_clear(first), layout.kept_clear(second)):
             raise refuse(
-                f"the {_NAMES[first]} and the {_NAMES[second]} overlap",
+                f"the {MARK_NAMES[first]} and the {MARK_NAMES[second]} overlap",
                 f"{layout.describe(first)} and {layout.describe(second)}, in {where} of the "
                 f"{variant}",
                 f"move one of the boxes (placement.{key} or text.{text_key} in {brand.source}), "
@@ -150,13 +154,13 @@ def check_layout(
             continue  # the master's own aspect: resized whole, nothing cut
         # Every crop of this size the subject may place keeps this strip (empty: none).
         kept = (width - crop[0], height - crop[1], crop[0], crop[1])
-        for name, box in layout.kept_clear.items():
-            if not inside(box, kept):
+        for name in layout.marks:
+            if not inside(layout.kept_clear(name), kept):
                 raise refuse(
-                    f"export {export.name!r} can cut the {_NAMES[name]} away",
+                    f"export {export.name!r} can cut the {MARK_NAMES[name]} away",
                     f"{layout.describe(name)}; a {crop[0]}x{crop[1]} crop of {where} of the "
                     f"{variant} keeps {_strip(kept)} wherever the subject puts it",
-                    f"move the {_NAMES[name]} toward the centre for {aspect or 'default'} in "
+                    f"move the {MARK_NAMES[name]} toward the centre for {aspect or 'default'} in "
                     f"{brand.source}, or make the export the master's aspect "
                     f"({width}:{height}) and crop it elsewhere",
                 )

@@ -23,7 +23,7 @@ from renderer.load.yamlsource import KeyPath, YamlDocument
 from renderer.validate.delivery import check_variant_size
 from renderer.validate.file_probes import MAX_IMAGE_PIXELS, image_problem, is_regular_file
 from renderer.validate.inputs import BrandKit, Point, Recipe, ResolvedFile
-from renderer.validate.layout import brand_layout, check_layout
+from renderer.validate.layout import MARK_NAMES, brand_layout, check_layout
 from renderer.validate.matrix import derive_seed, overrides_for, size_for_aspect
 from renderer.validate.recipe import image_templates, lora_name
 from renderer.validate.refine import refine_templates
@@ -266,8 +266,7 @@ class PointResolver:
             where = str(font_path) if font_path else "Pillow's bundled font"
             raise self.document.error(
                 SchemaError,
-                f"the {'legal line' if role == 'legal' else role} has characters its font "
-                "cannot draw",
+                f"the {MARK_NAMES[role]} has characters its font cannot draw",
                 ("postprocess", "text", role),
                 found=f"{listed}{' and more' if len(missing) > 5 else ''} not in "
                 f"{font_name(font_path)} ({where}), "
@@ -282,7 +281,7 @@ class PointResolver:
         if problem:
             raise self.document.error(
                 SchemaError,
-                f"the {'legal line' if role == 'legal' else role} does not fit its box",
+                f"the {MARK_NAMES[role]} does not fit its box",
                 ("postprocess", "text", role),
                 found=f"{problem}; first in the {width}x{height} {_variant_words(aspect, axes)}",
                 fix=f"shorten the text, or enlarge the {role} box for "
