@@ -7,6 +7,10 @@ the background pixels, and the contrast that counts is the 5th percentile over t
 (busy backgrounds have a few pixels as bright as the text; 95 % of the text's
 surroundings must reach the ratio). Only when no palette colour reaches 4.5:1 is a
 semi-opaque black or white scrim laid under the text, as light as will do.
+
+Each line is drawn run by run (``FontStack.runs``: the block's font, then its fallbacks), on
+one baseline, and its ink box is returned with the x-height, for checks that read the text
+back.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
 from postprocess.geometry import Box, grown
-from postprocess.text_layout import LINE_SPACING, Font, TextBlock, block_height, fit
+from postprocess.text_layout import LINE_SPACING, FontStack, TextBlock, block_height, fit
 
 MIN_CONTRAST = 4.5  # WCAG 2.x AA for normal text
 SCRIM_OPACITIES = (0.3, 0.45, 0.6, 0.75, 0.9, 1.0)
@@ -37,6 +41,9 @@ class PlacedText:
     lines: tuple[str, ...]
     text_box: Box  # the box the glyphs occupy
     scrim_opacity: float  # 0.0 when no scrim was needed
+    # The ink box of each line that draws any (a blank line draws none), in order.
+    line_boxes: tuple[Box, ...]
+    x_height: float  # pixels: the ink height of "x" at font_size, as the block's fonts set it
 
 
 def relative_luminance(rgb: np.ndarray | Sequence[float]) -> np.ndarray:
@@ -64,11 +71,11 @@ def overlay_text(
             f"text box {box} is not inside the {image.width}x{image.height} image; "
             "pass (left, top, right, bottom) within it"
         )
-    font, lines = fit(block, right - left, bottom - top)
-    font_size = int(font.size)
+    fonts, lines = fit(block, right - left, bottom - top)
+    font_size = fonts.size
     # Everything below works on the box's own pixels; the rest of the image is untouched.
     region = np.array(image.convert("RGB").crop(box))
-    coverage = _coverage(region.shape[1::-1], font, lines, block.align)
+    coverage, line_boxes = _coverage(region.shape[1::-1], fonts, lines, block.align)
     ys, xs = np.nonzero(coverage)
     glyphs = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     stroke = max(1, font_size // 10)
@@ -100,23 +107,44 @@ def overlay_text(
         colour=palette[colour_index],
         font_size=font_size,
         lines=tuple(lines),
-        text_box=(glyphs[0] + left, glyphs[1] + top, glyphs[2] + left, glyphs[3] + top),
+        text_box=_moved(glyphs, left, top),
         scrim_opacity=scrim_opacity,
+        line_boxes=tuple(_moved(line_box, left, top) for line_box in line_boxes),
+        x_height=fonts.x_height(),
     )
 
 
-def _coverage(size: tuple[int, int], font: Font, lines: Sequence[str], align: str) -> np.ndarray:
-    """The glyphs' anti-aliased coverage (0..255) in a box of ``size``, centred vertically."""
+def _coverage(
+    size: tuple[int, int], fonts: FontStack, lines: Sequence[str], align: str
+) -> tuple[np.ndarray, list[Box]]:
+    """The glyphs' anti-aliased coverage (0..255) in a box of ``size``, centred vertically,
+    and the ink box of each line that draws any."""
     mask = Image.new("L", size, 0)
-    draw = ImageDraw.Draw(mask)
     width, height = size
-    y = (height - block_height(font, len(lines))) // 2
+    ascent, _ = fonts.metrics(lines)
+    y = (height - block_height(fonts, lines)) // 2
+    line_boxes = []
     for line in lines:
-        line_width = font.getlength(line)
+        line_width = fonts.length(line)
         x = {"left": 0, "center": (width - line_width) / 2, "right": width - line_width}[align]
-        draw.text((x, y), line, fill=255, font=font)
-        y += round(font.size * LINE_SPACING)
-    return np.asarray(mask)
+        # Each line on a layer of its own gives its ink box; pasting the layer blends as
+        # drawing on the mask does, so the pixels are those of drawing it there.
+        layer = Image.new("L", size, 0)
+        draw = ImageDraw.Draw(layer)
+        for font, run in fonts.runs(line):
+            # On the baseline, so runs in fonts of different ascent line up.
+            draw.text((x, y + ascent), run, fill=255, font=font, anchor="ls")
+            x += font.getlength(run)
+        if (ink := layer.getbbox()) is not None:
+            line_boxes.append(ink)
+            mask.paste(255, mask=layer)
+        y += round(fonts.size * LINE_SPACING)
+    return np.asarray(mask), line_boxes
+
+
+def _moved(box: Box, left: int, top: int) -> Box:
+    """``box`` moved by (left, top): from the text box's pixels to the image's."""
+    return (box[0] + left, box[1] + top, box[2] + left, box[3] + top)
 
 
 def _ratio(luminance_a: np.ndarray, luminance_b: np.ndarray) -> np.ndarray:

@@ -6,17 +6,28 @@ Each refusal is exit 2 at the campaign's ``brand:`` line, naming the variant's a
 and both boxes in the master's pixels. The scratch campaign renders 64 px masters; the
 demo logo is square, so at 64x64 the default placement (bottom-right, margin 0.05, scale
 0.25) puts it at [45, 45, 61, 61] px.
+
+Every headline and legal line must be drawable by its font or the brand's fallback fonts
+(glyph coverage, checked at validate); fallbacks enter a variant's id only when listed.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
+from postprocess.text import overlay_text
+from postprocess.text_layout import TextBlock
 from renderer.cli.main import main
+from renderer.core.hashing import sha256_path
+from renderer.plan.variants import make_plan
+from renderer.produce.finishing import Assets, finish_image
+from renderer.validate.campaign import load_campaign
 
 from .conftest import CliResult
 from .scratch import BRAND, Scratch
@@ -173,15 +184,30 @@ def test_an_allowed_overlap_names_two_marks(tmp_path, capsys):
 # ---------------------------------------------------------------- glyph coverage
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # fonts-dejavu-core
+# The first variant of a headline-and-legal layout campaign, planned before fallback fonts
+# existed (commit 9b016ca): a brand kit without fallbacks keeps its ids.
+LAYOUT_FIRST_ID = "53e2896edda2d0d336168a37b22ce1b9c7c3d807c8b7b157c25e3019fc73ecf9"
 
 
-def headline_campaign(tmp_path: Path, headline: str, font: Path | None = None) -> Path:
+def headline_campaign(
+    tmp_path: Path, headline: str, font: Path | None = None, fallbacks: tuple[dict, ...] = ()
+) -> Path:
     scratch = Scratch(tmp_path)
-    fonts = {"fonts": {"headline": {"path": str(font)}}} if font else {}
+    fonts: dict[str, object] = {"headline": {"path": str(font)}} if font else {}
+    if fallbacks:
+        fonts["fallbacks"] = list(fallbacks)
     scratch.campaign.update(
-        brand=str(brand_kit(tmp_path, **fonts)), postprocess={"text": {"headline": headline}}
+        brand=str(brand_kit(tmp_path, **({"fonts": fonts} if fonts else {}))),
+        postprocess={"text": {"headline": headline}},
     )
     return scratch.write()
+
+
+def dejavu_beside(folder: Path) -> dict:
+    """DejaVu Sans copied into the brand kit's folder, as the kit names it (pinned)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEJAVU, folder / DEJAVU.name)
+    return {"path": DEJAVU.name, "sha256": sha256_path(folder / DEJAVU.name)}
 
 
 def test_a_headline_its_font_cannot_draw_is_refused(tmp_path, capsys):
@@ -203,3 +229,70 @@ def test_umlauts_need_a_font_that_has_them(tmp_path, capsys):
     assert bundled.code == 2 and "'ü' (U+00FC), 'ß' (U+00DF)" in bundled.stderr
     dejavu = headline_campaign(tmp_path / "b", "Grüße", font=DEJAVU)
     assert in_process(capsys, "validate", dejavu).code == 0
+
+
+def test_a_fallback_font_draws_the_characters_the_font_lacks(tmp_path, capsys):
+    fixed = headline_campaign(tmp_path / "a", "Grüße", fallbacks=(dejavu_beside(tmp_path / "a"),))
+    assert in_process(capsys, "validate", fixed).code == 0
+    cjk = headline_campaign(
+        tmp_path / "b", "東京 {{ product }}", fallbacks=(dejavu_beside(tmp_path / "b"),)
+    )
+    result = in_process(capsys, "validate", cjk)
+    assert result.code == 2, result.stderr
+    searched = "not in Aileron Regular (Pillow's bundled font) nor in its fallbacks DejaVu Sans"
+    assert f"'東' (U+6771), '京' (U+4EAC) {searched} Book (" in result.stderr
+    assert f"{DEJAVU.name}), first in '東京 reference-1'" in result.stderr
+    assert "or list one under fonts.fallbacks" in result.stderr
+
+
+def test_fallback_fonts_are_pinned_and_read_like_the_other_fonts(tmp_path, capsys):
+    wrong = dejavu_beside(tmp_path / "hash") | {"sha256": "0" * 64}
+    result = in_process(
+        capsys, "validate", headline_campaign(tmp_path / "hash", "Hi", fallbacks=(wrong,))
+    )
+    assert result.code == 2, result.stderr
+    assert "at fonts.fallbacks[0].sha256: sha256 of DejaVuSans.ttf does not match" in (
+        result.stderr
+    )
+    logo = {"path": str(BRAND / "logo.png")}
+    not_a_font = headline_campaign(
+        tmp_path / "png", "Hi", fallbacks=(dejavu_beside(tmp_path / "png"), logo)
+    )
+    result = in_process(capsys, "validate", not_a_font)
+    assert result.code == 2 and "at fonts.fallbacks[1]" in result.stderr, result.stderr
+    assert "not a font FreeType can read" in result.stderr
+
+
+def test_fallbacks_enter_the_id_only_when_the_brand_lists_them(tmp_path):
+    def first_spec(folder: Path, **fonts: object) -> tuple[str, dict]:
+        campaign = layout_campaign(
+            folder, text=BESIDE_THE_LOGO, legal=True, logo={"clear_space": 0}, **fonts
+        )
+        variant = make_plan(load_campaign(campaign)).variants[0]
+        return variant.id, variant.spec.to_json()["postprocess"]["text"]
+
+    plain_id, plain = first_spec(tmp_path / "plain")
+    assert plain_id == LAYOUT_FIRST_ID
+    assert "fallbacks" not in plain["headline"] and "fallbacks" not in plain["legal"]
+    fallback = dejavu_beside(tmp_path / "listed")
+    listed_id, listed = first_spec(tmp_path / "listed", fonts={"fallbacks": [fallback]})
+    assert listed_id != plain_id
+    named = [{"name": DEJAVU.name, "sha256": fallback["sha256"]}]
+    assert listed["headline"]["fallbacks"] == listed["legal"]["fallbacks"] == named
+
+
+def test_a_variant_is_finished_with_its_fallback_fonts(tmp_path):
+    font = dejavu_beside(tmp_path)
+    campaign = load_campaign(headline_campaign(tmp_path, "Grüße", fallbacks=(font,)))
+    spec = make_plan(campaign).variants[0].spec
+    white = Image.new("RGB", (spec.width, spec.height), "white")
+    finished = finish_image(white, spec, Assets(campaign.files()), faces=())
+
+    headline = spec.postprocess.text.headline
+    box = tuple(headline.box)
+    palette = spec.postprocess.text.palette
+    block = TextBlock("Grüße", fallback_paths=(tmp_path / DEJAVU.name,))
+    expected = overlay_text(white, block, box, palette).image
+    assert finished.image.tobytes() == expected.tobytes()
+    empty_boxes = overlay_text(white, TextBlock("Grüße"), box, palette).image
+    assert finished.image.tobytes() != empty_boxes.tobytes()

@@ -123,4 +123,5 @@ def input_files(campaign: Campaign, recipe: Recipe) -> list[Mapping[str, str]]:
     files += [("logo", campaign.brand.logo)]
     files += [("reference", ref) for ref in campaign.brand.references]
     files += [(f"font {role}", font) for role, font in campaign.brand.fonts.items()]
+    files += [(f"font fallback {i}", font) for i, font in enumerate(campaign.brand.font_fallbacks)]
     return [{"role": role, "path": str(ref.path), "sha256": ref.sha256} for role, ref in files]

@@ -69,6 +69,11 @@ class BrandFontsSpec(Strict):
         default=None, description="A .ttf/.otf font; default: Pillow's bundled font."
     )
     legal: FileRef | None = None
+    fallbacks: list[FileRef] = Field(
+        default_factory=list,
+        description="Fonts tried in order, for headline and legal alike, for each character "
+        "the role's font has no glyph for (e.g. Noto Sans CJK for Chinese or Japanese).",
+    )
 
 
 class LogoSpec(FileRef):

@@ -231,13 +231,21 @@ STEP_CLASSES = {
 }
 
 
-class TextBlockUse(Strict):
+class TextBlockUse(_Spec):
+    _omitted_when_none = frozenset({"fallbacks"})
+
     text: str = Field(min_length=1)
     box: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=4, max_length=4)] = Field(
         description="[left, top, right, bottom] in pixels."
     )
     align: Literal["left", "center", "right"]
     font: FileId | None
+    fallbacks: list[FileId] | None = Field(
+        default=None,
+        min_length=1,
+        description="The brand's fallback fonts, in the order they are tried; absent when it "
+        "has none.",
+    )
 
 
 class TextUse(_Spec):

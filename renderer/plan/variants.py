@@ -289,6 +289,7 @@ class _SpecBuilder:
                     box=text_box_pixels(box.box, point.width, point.height),
                     align=box.align,
                     font=font.identity if font else None,
+                    fallbacks=[file.identity for file in brand.font_fallbacks] or None,
                 )
             text = TextUse(palette=list(brand.spec.palette), **blocks)
         exports = self.campaign.spec.postprocess.exports

@@ -97,7 +97,8 @@ class Assets:
         if any(step.operation()[0] == "brand_grade" for step in post.retouch):
             self.brand_reference([reference.identity for reference in brand.references])
         if post.text is not None:
-            for font in [None, *(file.path for file in brand.fonts.values())]:
+            fonts = [*brand.fonts.values(), *brand.font_fallbacks]
+            for font in [None, *(file.path for file in fonts)]:
                 load_font(font, MIN_FONT_SIZE)
 
     def _once(self, cache: dict[Key, Loaded], key: Key, load: Callable[[], Loaded]) -> Loaded:
@@ -147,7 +148,13 @@ def finish_image(
             left, top, right, bottom = block.box  # four, as the spec's schema says
             placed = overlay_text(
                 image,
-                TextBlock(block.text, role, font, block.align),
+                TextBlock(
+                    block.text,
+                    role,
+                    font,
+                    block.align,
+                    tuple(assets.files.path(file) for file in block.fallbacks or ()),
+                ),
                 (left, top, right, bottom),
                 post.text.palette,
             )

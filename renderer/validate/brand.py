@@ -62,6 +62,10 @@ def validate_brand_kit(document: YamlDocument, *, verify_hashes: bool = True) ->
             for index, ref in enumerate(spec.references)
         ),
         fonts=fonts,
+        font_fallbacks=tuple(
+            resolve_file(document, ref, ("fonts", "fallbacks", index), verify_hashes, font_problem)
+            for index, ref in enumerate(spec.fonts.fallbacks)
+        ),
         logo_size=logo_size,
     )
 

@@ -74,6 +74,8 @@ class BrandKit:
     logo: ResolvedFile
     references: tuple[ResolvedFile, ...]
     fonts: Mapping[str, ResolvedFile] = field(default_factory=dict)  # role -> font file
+    # Tried in order, for every role, for the characters the role's font lacks.
+    font_fallbacks: tuple[ResolvedFile, ...] = ()
     logo_size: tuple[int, int] = (1, 1)  # the logo image's (width, height)
 
     def placement_for(self, aspect: str | None) -> PlacementSpec:
@@ -90,7 +92,7 @@ class BrandKit:
         return DEFAULT_TEXT_BOXES[role]
 
     def files(self) -> list[ResolvedFile]:
-        return [self.logo, *self.references, *self.fonts.values()]
+        return [self.logo, *self.references, *self.fonts.values(), *self.font_fallbacks]
 
 
 @dataclass(frozen=True)

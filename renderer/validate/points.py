@@ -260,23 +260,32 @@ class PointResolver:
         # Text layout loads with the first text checked, not with every command (start-up time).
         from postprocess.text_layout import TextBlock, font_name, missing_glyphs, text_fits
 
-        font_path = font.path if font else None
-        if missing := missing_glyphs(text, font_path):
+        # The role is one of the schema's TEXT_ROLES (typed str there): TextBlock's roles.
+        typed_role = cast(Literal["headline", "legal"], role)
+        block = TextBlock(
+            text,
+            typed_role,
+            font.path if font else None,
+            fallback_paths=tuple(fallback.path for fallback in self.brand.font_fallbacks),
+        )
+        if missing := missing_glyphs(block):
             listed = ", ".join(f"{char!r} (U+{ord(char):04X})" for char in missing[:5])
-            where = str(font_path) if font_path else "Pillow's bundled font"
+            where = str(block.font_path) if block.font_path else "Pillow's bundled font"
+            searched = f"{font_name(block.font_path)} ({where})"
+            if block.fallback_paths:
+                searched += " nor in its fallbacks " + ", ".join(
+                    f"{font_name(path)} ({path})" for path in block.fallback_paths
+                )
             raise self.document.error(
                 SchemaError,
                 f"the {MARK_NAMES[role]} has characters its font cannot draw",
                 ("postprocess", "text", role),
-                found=f"{listed}{' and more' if len(missing) > 5 else ''} not in "
-                f"{font_name(font_path)} ({where}), "
+                found=f"{listed}{' and more' if len(missing) > 5 else ''} not in {searched}, "
                 f"first in {text!r} of the {_variant_words(aspect, axes)}",
-                fix=f"set fonts.{role} in {self.brand.source} to a font that has them (e.g. "
-                "Noto Sans CJK for Chinese or Japanese), or change the text",
+                fix=f"set fonts.{role} in {self.brand.source} to a font that has them, or list "
+                "one under fonts.fallbacks (e.g. Noto Sans CJK for Chinese or Japanese), or "
+                "change the text",
             )
-        # The role is one of the schema's TEXT_ROLES (typed str there): TextBlock's roles.
-        typed_role = cast(Literal["headline", "legal"], role)
-        block = TextBlock(text, typed_role, font_path)
         problem = text_fits(block, box[2] - box[0], box[3] - box[1])
         if problem:
             raise self.document.error(
