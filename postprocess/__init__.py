@@ -10,7 +10,8 @@ Only the gate rules (the standard library alone) load with the package; every ot
 is imported on first use, and each module imports what its own job needs: the parameter
 models pydantic; overlay, text layout, embedded metadata and the report page Pillow (and
 Jinja); consistency numpy; retouch, faces, text, export, metrics and detail OpenCV
-(~0.1 s); scoring, upscale and the hires latents torch (seconds). A command that reads
+(~0.1 s); ocr rapidocr and ONNX Runtime (~0.5 s, on first use); scoring, upscale and the
+hires latents torch (seconds). A command that reads
 files or the ledger loads none of the image stack.
 """
 
@@ -28,6 +29,7 @@ from postprocess.gate_rules import (
     REVIEW,
     GateDecision,
     GateRule,
+    Guideline,
     count_statuses,
     decide,
 )
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from postprocess.faces import FaceDetection, count_faces, detect_faces
     from postprocess.hires import LATENT_MODES, hires_size, upscale_latents
     from postprocess.metrics import logo_score, palette_adherence
+    from postprocess.ocr import StrayText, find_stray_text, read_lines, readback_score
     from postprocess.overlay import logo_box, logo_in_safe_zone, overlay_logo
     from postprocess.parameters import (
         ANCHORS,
@@ -109,6 +112,7 @@ _LAZY_MODULES = {
     ),
     "postprocess.retouch": ("BrandReference", "apply_retouch"),
     "postprocess.scoring": ("BrandEmbeddings", "ClipScorer", "Scores"),
+    "postprocess.ocr": ("StrayText", "find_stray_text", "read_lines", "readback_score"),
     "postprocess.text": ("contrast_ratio", "overlay_text"),
     "postprocess.text_layout": ("TextBlock",),
     "postprocess.tiling": ("Tiling",),
@@ -138,6 +142,7 @@ __all__ = [
     "FaceDetection",
     "GateDecision",
     "GateRule",
+    "Guideline",
     "LogoPlacement",
     "ReportGrid",
     "ReportRow",
@@ -147,6 +152,7 @@ __all__ = [
     "Scores",
     "Sharpen",
     "SkinSmoothing",
+    "StrayText",
     "TextBlock",
     "Tiling",
     "WhiteBalance",
@@ -159,6 +165,7 @@ __all__ = [
     "detail_crop",
     "detect_faces",
     "export_image",
+    "find_stray_text",
     "hires_size",
     "load_upscaler",
     "logo_box",
@@ -171,6 +178,8 @@ __all__ = [
     "paste_details",
     "plan_detail",
     "read_export_metadata",
+    "read_lines",
+    "readback_score",
     "report_html",
     "smart_crop",
     "upscale_images",

@@ -35,6 +35,15 @@ def overlap(a: Box, b: Box) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def separation(a: Box, b: Box) -> int:
+    """The widest margin around ``a`` that stays clear of ``b``: ``grown(a, p)`` misses ``b``
+    for every ``p`` up to it. Zero when they touch, negative when they overlap (by how much
+    ``a`` must shrink)."""
+    horizontal = max(b[0] - a[2], a[0] - b[2])
+    vertical = max(b[1] - a[3], a[1] - b[3])
+    return max(horizontal, vertical)
+
+
 def inside(inner: Box, outer: Box) -> bool:
     """Whether every pixel of ``inner`` is in ``outer``."""
     return (

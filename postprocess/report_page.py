@@ -21,7 +21,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from PIL import Image, ImageDraw, ImageOps
 
-from postprocess.gate_rules import FAIL, PASS, REVIEW, STATUSES
+from postprocess.gate_rules import FAIL, PASS, REVIEW, STATUSES, guideline_summary
 from postprocess.text_layout import Font, bundled_font
 
 _TEMPLATE_NAME = "report.html.j2"
@@ -69,10 +69,16 @@ class ReportRow:
     scores: Mapping[str, float]
     status: str  # gate_rules.PASS, REVIEW or FAIL, or UNDECIDED
     reasons: tuple[str, ...]
+    guidelines: int = 0  # how many rules the image was held to
+    broken: tuple[str, ...] = ()  # the names of those it broke
     review: str = "unreviewed"  # a person's standing decision: approved | rejected | unreviewed
     review_by: str = ""  # who, and when (ISO 8601), for approved or rejected
     review_at: str = ""
     review_note: str = ""
+
+    @property
+    def guideline_summary(self) -> str:
+        return guideline_summary(self.guidelines, self.broken)
 
     def __post_init__(self) -> None:
         if PurePath(self.image_relpath).is_absolute():

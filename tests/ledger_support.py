@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
+from postprocess.gate_rules import TEXT_METRICS
 from renderer.core.hashing import sha256_bytes
 
 from .conftest import REPO, Project
@@ -59,6 +60,8 @@ def small_project(
         # Ledger mechanics only: no retouch, text or exports (sharpening would turn a 1/255
         # batch drift into 2/255; tests/test_postprocess_campaign.py reproduces with them).
         campaign.pop("postprocess", None)
+        for metric in TEXT_METRICS:  # scored only with text
+            campaign["gates"].pop(metric, None)
     project = Project(root, recipe, campaign)
     project.write()
     return project

@@ -50,6 +50,17 @@ def test_demo_renders_36_images_report_and_ledger_rows(demo_run):
     assert sizes == {(64, 64), (64, 112), (112, 64)}
 
 
+def test_the_demo_renders_keep_every_guideline_and_show_no_stray_text(demo_run):
+    """No false alarm of stray text on the 36 demo renders (README, "Guidelines per
+    image"), and every text guideline measured on each."""
+    out, _ = demo_run
+    for (scores,) in ledger_rows(out, "SELECT scores_json FROM current_decisions"):
+        measured = json.loads(scores)
+        assert measured["stray_text"] == 0
+        assert measured["text_readback"] >= 0.8 and measured["text_x_height"] >= 5
+        assert measured["clear_space"] >= 0.1  # the demo kit's logo.clear_space
+
+
 def test_every_png_says_what_made_it(demo_run):
     out, _ = demo_run
     rows = ledger_rows(out, "SELECT variant_id, output_path, output_sha256, seed FROM renders")
@@ -168,7 +179,7 @@ def test_lora_weight_changes_pixels_and_zero_equals_no_lora(project):
 
 
 def test_a_failed_gate_exits_1_and_is_recorded(project, demo_run):
-    project.campaign["gates"] = {"clip_brand": {"min": 0.96}}
+    project.campaign["gates"]["clip_brand"] = {"min": 0.96}
     result = run_cli("render", project.write(), "--out", project.root / "out", "--json")
     assert result.code == 1, result.stderr
     counts = result.json()["counts"]
@@ -218,5 +229,18 @@ def test_a_regate_is_what_history_show_and_the_report_say(tmp_path, demo_models)
     assert shown["gate"]["status"] == "fail"
     assert shown["gate"]["reasons"][0].startswith("clip_prompt ")
     assert [d["source"] for d in shown["decisions"]] == ["render", "gate"]
+    # Every rule of the pass is a guideline with its value, threshold and verdict.
+    guidelines = {item["name"]: item for item in shown["guidelines"]}
+    assert set(guidelines) == set(gate.json()["thresholds"])
+    clip = guidelines["clip_prompt"]
+    assert clip["passed"] is False and clip["threshold"] == {"min": 0.99, "max": None}
+    assert clip["value"] == shown["scores"]["clip_prompt"] and clip["severity"] == "fail"
+    assert clip["why"] == shown["gate"]["reasons"][0]
+    kept = [item for item in shown["guidelines"] if item["passed"]]
+    assert all(item["why"] is None for item in kept)
+    assert shown["decisions"][-1]["guidelines"] == shown["guidelines"]
+    summary = f"{len(kept)} of {len(guidelines)} guidelines kept; broken: clip_prompt"
+    assert summary in run_cli("show", failed[0]["variant_id"], "--out", out).stdout
     report = (out / "small" / "reports" / f"{run['id']}.html").read_text()
     assert report.count('class="failed"') == 3
+    assert report.count(summary) == 3

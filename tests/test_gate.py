@@ -47,9 +47,17 @@ def test_no_rules_passes():
     assert decide(SCORES, []).status == PASS
 
 
-def test_rule_for_an_unscored_metric_names_it_and_the_known_ones():
-    with pytest.raises(ValueError, match=r"'aesthetic'.*clip_brand, clip_prompt"):
+def test_rule_for_an_unknown_metric_names_it_and_the_known_ones():
+    with pytest.raises(ValueError, match=r"'aesthetic'.*clip_prompt, clip_brand"):
         decide(SCORES, [GateRule("aesthetic", min=5.0)])
+
+
+def test_rule_for_an_unscored_metric_is_broken_unless_optional():
+    rule = GateRule("text_contrast", min=4.5, severity=REVIEW)
+    decision = decide(SCORES, [rule])
+    assert (decision.status, decision.reasons) == (REVIEW, ("text_contrast was not scored",))
+    assert decision.guidelines[0].as_json()["value"] is None
+    assert decide(SCORES, [rule], optional={"text_contrast"}).guidelines == ()
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,14 @@ def full(tmp_path_factory, demo_models):
     }
     project.campaign["report"] = {"grid": {"x": "product", "y": "background"}}
     # The palette's best pair reads at well under 21:1, the most WCAG can measure.
-    project.campaign["gates"] = {**project.campaign.get("gates", {}), "text_contrast": {"min": 21}}
+    project.campaign["gates"] = {
+        **project.campaign.get("gates", {}),
+        "text_contrast": {"min": 21},
+        # An 8 px legal line on 64 px masters and 48 px thumbs: OCR reads it back with a
+        # letter or three wrong (0.75-0.91 here) and its x-height there is 3.75 px.
+        "text_readback": {"min": 0.7},
+        "text_x_height": {"min": 3},
+    }
     summary = project.render()
     return project, summary
 
@@ -186,6 +193,10 @@ def test_every_metric_is_scored_and_text_reads_at_wcag_contrast(full):
             "logo_in_safe_zone",
             "faces",
             "text_contrast",
+            "text_readback",
+            "text_x_height",
+            "clear_space",
+            "stray_text",
             "consistency",
             "consistency_z",
         } <= set(scores)

@@ -153,6 +153,21 @@ def test_a_person_approves_and_rejects_in_the_browser(run_out, tmp_path):
         assert page.evaluate("() => document.documentElement.getAttribute('data-pwned')") is None
         assert HOSTILE_NAME in cards.nth(0).inner_text()
 
+        # Each card says how many guidelines it kept and names those it broke; the grid
+        # filters by a broken guideline.
+        lines = [cards.nth(i).locator(".guidelines").inner_text() for i in range(4)]
+        broken = [set(line.partition("broken: ")[2].split(", ")) - {""} for line in lines]
+        assert all(" guidelines kept" in line for line in lines) and broken[0], lines
+        name = min(broken[0])
+        page.select_option("#guideline-filter", name)
+        assert cards.count() == sum(name in names for names in broken)
+        options = page.eval_on_selector_all("#guideline-filter option", "o => o.map(x => x.value)")
+        kept = next(option for option in options if option and not any(option in b for b in broken))
+        page.select_option("#guideline-filter", kept)
+        assert cards.count() == 0
+        page.select_option("#guideline-filter", "")
+        assert cards.count() == 4
+
         # Two approvals by click, one by keyboard, one rejection with a note.
         cards.nth(0).locator("button.approve").click()
         page.wait_for_selector("#grid .card.state-approved >> nth=0")

@@ -91,7 +91,7 @@ def recorded_run(tmp_path_factory, demo_models) -> tuple[Path, str]:
                     output_sha256=sha256_bytes(variant.id.encode()),
                     output_bytes=1,
                     environment_hash=environment_hash,
-                    scores={"clip_prompt": 0.3, "clip_brand": 0.95},
+                    scores={"clip_prompt": 0.3, "clip_brand": 0.95, "text_readback": 1.0},
                     render_seconds=0.1,
                     rerender_reason=None,
                     batch=[variant.id],

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
+from postprocess.gate_rules import guideline_summary
 from renderer.core.errors import InputError
 from renderer.core.hashing import hash_file, sha256_file, sha256_json
 from renderer.core.terminal import printable
@@ -156,6 +157,7 @@ def render_details(ledger: Ledger, variant_id: str) -> dict[str, Any]:
             "status": row.status,
             "reasons": list(row.decision.reasons) if row.decision else [],
         },
+        "guidelines": [item.as_json() for item in row.decision.guidelines] if row.decision else [],
         "decisions": [decision.as_json() for decision in ledger.decisions_of(row.id)],
         "review_state": row.review_state,
         "review": row.review.as_json() if row.review else None,
@@ -256,6 +258,11 @@ def format_details(details: dict[str, Any]) -> str:
         f"  [{output['now']}]",
         f"  gate         {details['gate']['status']}"
         + (f" ({'; '.join(details['gate']['reasons'])})" if details["gate"]["reasons"] else ""),
+        "  guidelines   "
+        + guideline_summary(
+            len(details["guidelines"]),
+            [item["name"] for item in details["guidelines"] if not item["passed"]],
+        ),
         "  scores       "
         + ", ".join(f"{name} {value:.4f}" for name, value in details["scores"].items()),
     ]

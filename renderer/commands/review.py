@@ -51,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from postprocess.gate_rules import guideline_summary
 from renderer.commands.review_guard import (
     MAX_BODY,
     MAX_HEADERS,
@@ -242,6 +243,7 @@ class ReviewApp:
             "variants": [
                 {
                     "render": row.as_json(),
+                    **broken_guidelines(row),
                     "labels": {axis: axis_label(value) for axis, value in row.axes.items()},
                     "exports": [export.as_json() for export in exports.get(row.id, [])],
                     "earlier": [
@@ -447,3 +449,11 @@ def serve(
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run(sockets=[sock])
     return app
+
+
+def broken_guidelines(row: RenderRow) -> dict[str, JsonValue]:
+    """The rules a render broke in its current decision (the page filters on them) and how
+    many it kept, in words."""
+    guidelines = row.decision.guidelines if row.decision else ()
+    broken = [item.rule.metric for item in guidelines if not item.passed]
+    return {"broken": list(broken), "guidelines": guideline_summary(len(guidelines), broken)}

@@ -22,14 +22,16 @@ from postprocess.gate_rules import (
     DEFAULT_RULES,
     METRICS,
     NOTES,
+    TEXT_METRICS,
     GateDecision,
     GateRule,
+    RuleJson,
     count_statuses,
     decide,
-    worst,
+    rules_as_json,
+    rules_from_json,
 )
 from renderer.core.errors import InputError
-from renderer.core.json_value import JsonValue
 from renderer.ledger.gatings import DecisionRecord
 from renderer.ledger.records import RenderRow, RunRow
 from renderer.ledger.store import Ledger
@@ -50,45 +52,17 @@ class GateSet:
     defaults: frozenset[str] = frozenset()
 
     def decide(self, scores: Mapping[str, float]) -> GateDecision:
-        present = [rule for rule in self.rules if rule.metric in scores]
-        decision = decide(scores, present)
-        missing = [
-            rule
-            for rule in self.rules
-            if rule.metric not in scores and rule.metric not in self.defaults
-        ]
-        if not missing:
-            return decision
-        return GateDecision(
-            worst([decision.status, *(rule.severity for rule in missing)]),
-            decision.reasons + tuple(f"{rule.metric} was not scored" for rule in missing),
-        )
+        return decide(scores, self.rules, optional=self.defaults)
 
     def describe(self) -> dict[str, str]:
         return {rule.metric: rule.describe() for rule in self.rules}
 
-    def as_json(self) -> list[dict[str, JsonValue]]:
-        return [
-            {
-                "metric": rule.metric,
-                "min": rule.min,
-                "max": rule.max,
-                "severity": rule.severity,
-                "note": rule.note,
-                "default": rule.metric in self.defaults,
-            }
-            for rule in self.rules
-        ]
+    def as_json(self) -> list[RuleJson]:
+        return rules_as_json(self.rules, self.defaults)
 
     @classmethod
     def from_json(cls, items: Sequence[Mapping[str, Any]]) -> GateSet:
-        rules = tuple(
-            GateRule(
-                item["metric"], item["min"], item["max"], item["severity"], item.get("note", "")
-            )
-            for item in items
-        )
-        return cls(rules, frozenset(item["metric"] for item in items if item.get("default")))
+        return cls(*rules_from_json(items))
 
     def with_bounds(
         self, changes: Mapping[str, tuple[float | None, float | None] | None]
@@ -114,16 +88,20 @@ def campaign_gates(campaign: Campaign) -> GateSet:
         if gate is not None
     ]
     text = spec.postprocess.text
+    has_text = text is not None and bool(text.headline or text.legal)
     applies = {
         "logo_match": spec.logo,
         "logo_in_safe_zone": spec.logo,
-        "text_contrast": text is not None and bool(text.headline or text.legal),
+        **dict.fromkeys(TEXT_METRICS, has_text),
     }
     defaults = [
         rule
         for metric, rule in DEFAULT_RULES.items()
         if metric not in spec.gates and applies.get(metric, True)
     ]
+    clear_space = campaign.brand.spec.logo.clear_space
+    if "clear_space" not in spec.gates and spec.logo and has_text and clear_space:
+        defaults.append(GateRule("clear_space", min=clear_space, note=NOTES["clear_space"]))
     return GateSet(tuple(rules + defaults), frozenset(rule.metric for rule in defaults))
 
 

@@ -79,7 +79,8 @@ class GatingQueries(TableQueries):
         """Every decision about one render, oldest first (the last is the current one)."""
         rows = self.db.execute(
             "SELECT gatings.id, gatings.run_id, gatings.source, gatings.decided_at, "
-            "gate_decisions.status, gate_decisions.reasons_json, gate_decisions.scores_json "
+            "gatings.rules_json, gate_decisions.status, gate_decisions.reasons_json, "
+            "gate_decisions.scores_json "
             "FROM gate_decisions JOIN gatings ON gatings.id = gate_decisions.gating_id "
             "WHERE gate_decisions.render_id = ? ORDER BY gatings.id",
             (render_id,),
@@ -93,6 +94,7 @@ class GatingQueries(TableQueries):
                 run_id=row["run_id"],
                 source=row["source"],
                 decided_at=row["decided_at"],
+                rules_json=row["rules_json"],
             )
             for row in rows
         ]

@@ -6,11 +6,14 @@ never JSON inside strings); ``history``, ``show``, ``gate`` and the rest print t
 
 from __future__ import annotations
 
+import functools
+import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
+from postprocess.gate_rules import GateRule, Guideline, decide, rules_from_json
 from renderer.core.json_value import JsonValue
 from renderer.ledger.columns import AS_JSON, AS_JSON_TUPLE, NOT_A_COLUMN, loads, read_columns
 from renderer.load.campaign_schema import AxisValue
@@ -31,14 +34,33 @@ class Decision:
     run_id: str  # the run whose pass it is
     source: str  # render | gate
     decided_at: str
+    rules_json: str  # the pass's rules, as stored: the guidelines derive from them
+
+    @property
+    def guidelines(self) -> tuple[Guideline, ...]:
+        """Each rule of the pass, kept or broken by these scores (README: "Guidelines per
+        image")."""
+        rules, optional = _pass_rules(self.rules_json)
+        return decide(self.scores, rules, optional).guidelines
 
     def as_json(self) -> dict[str, JsonValue]:
         # Field by field, not asdict: it deep-copies, and a review page holds 1,000 of these.
         return {
-            **{item.name: getattr(self, item.name) for item in fields(self)},
+            **{
+                item.name: getattr(self, item.name)
+                for item in fields(self)
+                if item.name != "rules_json"
+            },
             "reasons": list(self.reasons),
             "scores": dict(self.scores),
+            "guidelines": [guideline.as_json() for guideline in self.guidelines],
         }
+
+
+@functools.lru_cache(maxsize=64)
+def _pass_rules(rules_json: str) -> tuple[tuple[GateRule, ...], frozenset[str]]:
+    """A pass's rules parsed once (a run's renders share their pass)."""
+    return rules_from_json(json.loads(rules_json))
 
 
 REVIEW_DECISIONS = ("approve", "reject", "reset")
@@ -320,6 +342,7 @@ class RenderRow(RenderColumns):
                 run_id=row["decided_in_run"],
                 source=row["decision_source"],
                 decided_at=row["decision_at"],
+                rules_json=row["decision_rules"],
             )
         return cls(
             **read_columns(cls, row),
@@ -401,7 +424,7 @@ RENDER_SELECT = (
     "renders.*, current.status AS decision_status, current.reasons_json AS decision_reasons, "
     "current.scores_json AS decision_scores, current.gating_id AS decision_gating, "
     "current.decided_in_run, current.source AS decision_source, "
-    "current.decided_at AS decision_at, "
+    "current.decided_at AS decision_at, decision_pass.rules_json AS decision_rules, "
     + ", ".join(
         f"review.{item.name} AS current_review_{item.name}"
         for item in fields(Review)
@@ -411,6 +434,7 @@ RENDER_SELECT = (
 )
 RENDER_FROM = (
     "renders LEFT JOIN current_decisions current ON current.render_id = renders.id "
+    "LEFT JOIN gatings decision_pass ON decision_pass.id = current.gating_id "
     "LEFT JOIN current_reviews review ON review.render_id = renders.id"
 )
 # A run with the counts of its latest decision pass and of its reviews (see RunRow.from_sql).

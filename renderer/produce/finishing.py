@@ -42,7 +42,20 @@ FINISH_MODULES = (
     "postprocess.text",
     "postprocess.export",
     "postprocess.metrics",
+    "postprocess.ocr",
 )
+
+
+@dataclass(frozen=True)
+class SetText:
+    """A text block as it was set: what the guideline checks read back and measure."""
+
+    role: TextRole
+    lines: tuple[str, ...]  # as wrapped
+    line_boxes: tuple[Box, ...]  # each inked line's box, in image pixels
+    glyph_box: Box  # the box all its glyphs occupy
+    contrast: float  # measured WCAG ratio against what is behind the glyphs
+    x_height: float  # pixels, on the master
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,8 +63,9 @@ class Finished:
     """A post-processed image and what was measured on the way."""
 
     image: Image.Image
+    rendered: Image.Image  # as the model made it, before post-processing (stray text is read here)
     faces: tuple[Box, ...]  # detected on the rendered image
-    text_contrast: float | None  # the lowest measured WCAG contrast of the text set
+    texts: tuple[SetText, ...]  # the headline and legal line set on it, in that order
 
 
 class Assets:
@@ -120,7 +134,7 @@ def finish_image(
 ) -> Finished:
     """Post-process as the spec says (what is hashed is what is applied): retouch, then the
     logo, then the text. ``faces`` were detected on ``image``."""
-    post = spec.postprocess
+    post, rendered = spec.postprocess, image
     if post.retouch:
         # Lazy: OpenCV loads with the finish stage (FINISH_MODULES), not on import.
         from postprocess.retouch import apply_retouch
@@ -132,7 +146,7 @@ def finish_image(
         )
     if post.logo is not None:
         image = overlay_logo(image, assets.logo(post.logo.file), post.logo)
-    contrast = None
+    texts = []
     if post.text is not None:
         # Lazy: OpenCV loads with the finish stage (FINISH_MODULES), not on import.
         from postprocess.text import overlay_text
@@ -159,8 +173,17 @@ def finish_image(
                 post.text.palette,
             )
             image = placed.image
-            contrast = placed.contrast if contrast is None else min(contrast, placed.contrast)
-    return Finished(image=image, faces=tuple(faces), text_contrast=contrast)
+            texts.append(
+                SetText(
+                    role,
+                    placed.lines,
+                    placed.line_boxes,
+                    placed.text_box,
+                    placed.contrast,
+                    placed.x_height,
+                )
+            )
+    return Finished(image=image, rendered=rendered, faces=tuple(faces), texts=tuple(texts))
 
 
 def open_image(path: Path, mode: str) -> Image.Image:

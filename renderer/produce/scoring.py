@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from postprocess.geometry import Box, crop_size, separation
 from postprocess.overlay import logo_box
-from postprocess.parameters import SafeZone
+from postprocess.parameters import ExportSpec, SafeZone
 from renderer.plan.jobs import Job
 from renderer.plan.variants import Variant
-from renderer.produce.finishing import Finished, open_image
+from renderer.produce.finishing import Finished, SetText, open_image
 from renderer.produce.job import FailedImage
 from renderer.render.diffusers_renderer import BUILDING_MODELS
 from renderer.validate.inputs import BrandKit, Campaign
@@ -35,6 +36,10 @@ class Scoring:
             from postprocess.metrics import near_palette_table
 
             near_palette_table(tuple(palette), float(scoring.palette_delta_e))
+        # Lazy: rapidocr and ONNX Runtime load in start-up's thread, not on first use.
+        from postprocess.ocr import load_models
+
+        load_models()
         # Lazy: open_clip and torch load in start-up's thread, not on this module's import.
         from postprocess.scoring import ClipScorer
 
@@ -47,6 +52,7 @@ class Scoring:
                     clip.name, clip.pretrained, batch_size=scoring.batch_size
                 )
         self.brand: BrandKit = campaign.brand
+        self.overlaps = {frozenset(pair) for pair in campaign.brand.spec.allowed_overlaps}
         self.palette_delta_e = scoring.palette_delta_e
         self.logo = open_image(campaign.brand.logo.path, "RGBA")
         references = [open_image(ref.path, "RGB") for ref in campaign.brand.references]
@@ -73,16 +79,18 @@ class Scoring:
                 scores["palette_adherence"] = palette_adherence(
                     pixels, palette, self.palette_delta_e
                 )
-            scores.update(self.logo_scores(variant, pixels))
+            scores.update(self.logo_scores(variant, pixels, done.texts))
             scores["faces"] = float(len(done.faces))
-            if done.text_contrast is not None:
-                scores["text_contrast"] = round(done.text_contrast, 4)
+            scores.update(text_scores(variant, done))
             results.append(scores)
         return results, embeddings
 
-    def logo_scores(self, variant: Variant, pixels: np.ndarray) -> dict[str, float]:
+    def logo_scores(
+        self, variant: Variant, pixels: np.ndarray, texts: Sequence[SetText]
+    ) -> dict[str, float]:
         """The logo where the brand kit places it for this aspect ratio: found (template
-        match), in place, inside the safe zone. Scored whether or not the campaign overlays
+        match), in place, inside the safe zone, and its clear space (the gap to the text's
+        glyphs, a fraction of its shorter side). Scored whether or not the campaign overlays
         the logo, so a campaign that must carry it can gate on it."""
         # Lazy: OpenCV loads with the finish stage (FINISH_MODULES), not on import.
         from postprocess.metrics import logo_score
@@ -95,11 +103,54 @@ class Scoring:
             return {}
         found = logo_score(pixels, self.logo, expected)
         zone = SafeZone.from_box(placement.safe_zone) if placement.safe_zone else SafeZone()
-        return {
+        scores = {
             "logo_match": round(found.match, 4),
             "logo_in_place": float(found.in_place),
             "logo_in_safe_zone": float(found.in_safe_zone(size, zone)),
         }
+        # A text the brand kit lets overlap the logo on purpose keeps no clear space.
+        kept_clear = [text for text in texts if frozenset(("logo", text.role)) not in self.overlaps]
+        if kept_clear:
+            left, top, right, bottom = found.found_box
+            gap = min(separation(found.found_box, text.glyph_box) for text in kept_clear)
+            scores["clear_space"] = round(gap / min(right - left, bottom - top), 4)
+        return scores
+
+
+def text_scores(variant: Variant, done: Finished) -> dict[str, float]:
+    """The set text read back by OCR and its smallest x-height where it is delivered (the
+    master and each export), and legible text OCR finds in the rendered image outside the
+    text boxes (README: the metrics table)."""
+    # Lazy: onnxruntime loads with the finish stage (FINISH_MODULES), not on import.
+    from postprocess.ocr import find_stray_text, read_lines, readback_score
+
+    post = variant.spec.postprocess
+    blocks = (
+        [block for block in (post.text.headline, post.text.legal) if block] if post.text else []
+    )
+    # Where the spec sets text, lettering is ours: the text boxes are allowed.
+    allowed: list[Box] = [
+        (block.box[0], block.box[1], block.box[2], block.box[3]) for block in blocks
+    ]
+    scores = {"stray_text": float(len(find_stray_text(done.rendered, allowed)))}
+    if done.texts:
+        read = [
+            readback_score(text.lines, read_lines(done.image, text.line_boxes))
+            for text in done.texts
+        ]
+        scale = min(
+            [1.0, *(export_scale(done.image.size, export) for export in post.exports or ())]
+        )
+        scores["text_readback"] = round(min(read), 4)
+        scores["text_contrast"] = round(min(text.contrast for text in done.texts), 4)
+        scores["text_x_height"] = round(min(text.x_height for text in done.texts) * scale, 2)
+    return scores
+
+
+def export_scale(master: tuple[int, int], export: ExportSpec) -> float:
+    """How much an export scales the master's pixels (it crops to its aspect, then resizes)."""
+    crop_width, _ = crop_size(master, export.width / export.height)
+    return export.width / crop_width
 
 
 def score_images(

@@ -64,12 +64,15 @@ def write_run_report(
             scores=row.decided_scores,
             status=row.decision.status if row.decision else UNDECIDED,
             reasons=row.decision.reasons if row.decision else (),
+            guidelines=len(guidelines),
+            broken=tuple(item.rule.metric for item in guidelines if not item.passed),
             review=row.review_state,
             review_by=row.review.reviewer if row.review else "",
             review_at=row.review.reviewed_at if row.review else "",
             review_note=row.review.note if row.review else "",
         )
         for row in stored
+        for guidelines in [row.decision.guidelines if row.decision else ()]
     ]
     decided = [row.status for row in rows if row.status != UNDECIDED]
     counts = {

@@ -75,7 +75,8 @@ def adopt(
     for variant in variants:
         master = out_dir / variant.output_path
         image = open_image(master, "RGB")
-        finished = Finished(image=image, faces=detect(image), text_contrast=None)
+        # Its text is in its pixels already: nothing is set, so nothing is read back.
+        finished = Finished(image=image, rendered=image, faces=detect(image), texts=())
         (scores,), embeddings = scoring.score([variant], [finished])
         exports = tuple(
             _adopt_export(variant, export, data, out_dir)

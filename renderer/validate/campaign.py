@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from postprocess.gate_rules import TEXT_METRICS
 from renderer.core.errors import BadFileError, SchemaError
 from renderer.load.campaign_schema import RECIPE_AXIS, TEXT_ROLES, CampaignFile, ScoringSpec
 from renderer.load.schema import RECIPE_REF_PATTERN
@@ -272,10 +273,10 @@ def _check_gates(document: YamlDocument, spec: CampaignFile, brand: BrandKit) ->
                 fix="swap them",
             )
         text = spec.postprocess.text
-        if metric == "text_contrast" and (text is None or not (text.headline or text.legal)):
+        if metric in TEXT_METRICS and (text is None or not (text.headline or text.legal)):
             raise document.error(
                 SchemaError,
-                "text_contrast is scored only with text",
+                f"{metric} is scored only with text",
                 ("gates", metric),
                 fix="add postprocess.text, or drop the gate",
             )

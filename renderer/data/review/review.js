@@ -86,6 +86,10 @@
         select.addEventListener("change", render);
         filters.appendChild(el("label", {text: axis + " "}, [select]));
       });
+      var guideline = $("guideline-filter");
+      Object.keys(data.thresholds).forEach(function (name) {
+        guideline.appendChild(el("option", {value: name, text: name}));
+      });
       var sort = $("sort");
       sort.appendChild(el("option", {value: "seed:1", text: "seed ↑"}));
       data.scores.forEach(function (name) {
@@ -106,12 +110,14 @@
 
   function visible() {
     var status = $("status-filter").value, review = $("review-filter").value;
+    var broke = $("guideline-filter").value;
     var axes = Array.prototype.map.call(document.querySelectorAll("#axis-filters select"),
       function (select) { return [select.getAttribute("data-axis"), select.value]; });
     var shown = state.variants.filter(function (variant) {
       var render = variant.render;
       if (status && render.status !== status) { return false; }
       if (review && render.review_state !== review) { return false; }
+      if (broke && variant.broken.indexOf(broke) < 0) { return false; }
       return axes.every(function (pair) {
         return !pair[1] || variant.labels[pair[0]] === pair[1];
       });
@@ -180,13 +186,14 @@
     }));
     var line = el("div", {className: "line"}, [el("code", {text: id.slice(0, 12)}),
       badge(render.status), badge(render.review_state)]);
+    var guidelines = el("p", {className: "guidelines", text: variant.guidelines});
     var note = render.review && render.review.note ?
       el("p", {className: "note", text: render.review.note}) : null;
     var actions = el("div", {className: "actions"}, [
       button("approve", "approve", function () { decide("approve", [variant]); }),
       button("reject…", "reject", function () { askReject([variant]); }),
       button("reset", "", function () { decide("reset", [variant]); })]);
-    node.append(box, image, line, axes);
+    node.append(box, image, line, guidelines, axes);
     if (note) { node.appendChild(note); }
     node.appendChild(actions);
     node.addEventListener("focus", function () { state.focus = index; });
@@ -429,7 +436,7 @@
   // ---------------------------------------------------------------- wiring
 
   function wire() {
-    ["status-filter", "review-filter", "sort"].forEach(function (id) {
+    ["status-filter", "review-filter", "guideline-filter", "sort"].forEach(function (id) {
       $(id).addEventListener("change", render);
     });
     $("size").addEventListener("input", render);
