@@ -35,8 +35,8 @@ METRICS = {
     "logo_in_safe_zone": "1 when the best logo match lies inside the placement's safe zone",
     "faces": "number of faces detected (consent review)",
     "text_contrast": "lowest measured WCAG contrast of the headline and legal line",
-    "text_readback": "how exactly OCR reads the set text back: 1 - edit distance / length "
-    "(1: every character, case and accent as written)",
+    "text_readback": "how exactly OCR reads the set text back: 1 - edit distance / length, "
+    "white space aside (1: every character, case and accent as written)",
     "text_x_height": "smallest x-height of the set text in pixels, on the master and at each "
     "export's size",
     "clear_space": "smallest gap between the logo found on the image and the text's glyphs, "

@@ -161,13 +161,14 @@ def test_wrong_copy_scores_below_one_where_the_right_copy_scores_one():
     read = read_lines(image, [box])
 
     assert readback_score(["Grüße aus Koln"], read) == 1.0
-    assert readback_score(["Grüße aus Köln"], read) == pytest.approx(1 - 1 / 14)
+    assert readback_score(["Grüße aus Köln"], read) == pytest.approx(1 - 1 / 12)  # 12 letters
 
 
-def test_readback_score_normalises_white_space_but_not_case_or_accents():
+def test_readback_score_ignores_white_space_but_not_case_or_accents():
     lines = ["Fly further", "with Kestrel"]
     assert readback_score(lines, ["Fly further with Kestrel"]) == 1.0
     assert readback_score(lines, ["  Fly   further\twith Kestrel "]) == 1.0
+    assert readback_score(["Terms apply"], ["Termsapply"]) == 1.0  # small text's lost space
     assert readback_score(lines, ["Fly further with kestrel"]) < 1.0
     assert readback_score(["Köln"], ["Koln"]) == 0.75
     assert readback_score(["Kestrel"], ["Kestrel, the airline that flies further"]) == 0.0

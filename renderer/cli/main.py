@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 
 from renderer.cli import (
     history_commands,
+    model_commands,
+    project_commands,
     render_commands,
     reproduce_commands,
     review_commands,
@@ -44,6 +46,9 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "review": review_commands.cmd_review,
     "deliver": review_commands.cmd_deliver,
     "schema": tool_commands.cmd_schema,
+    "models": model_commands.cmd_models,
+    "init": project_commands.cmd_init,
+    "import": project_commands.cmd_import,
     "demo-models": tool_commands.cmd_demo_models,
 }
 

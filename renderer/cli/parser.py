@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeAlias, TypeVar
 
+from renderer.cli.model_commands import add_model_commands
+from renderer.cli.project_commands import add_import_arguments, add_init_arguments
 from renderer.core.version import __version__
 
 DEFAULT_OUT = Path("outputs")
@@ -121,7 +123,22 @@ _EPILOGS = {
         "campaign deliver --to handoff/spring.zip --masters --sign",
     ),
     "schema": ("0 written", "campaign schema --dir schemas"),
+    "models": (
+        "0 done, 2 bad input (nothing written): a pickle or incomplete file, a kind or "
+        "family its header does not tell, a name taken, an unknown or ambiguous NAME|HASH",
+        "campaign models add models/demo/sd15.safetensors --config models/demo/sd15",
+    ),
     "demo-models": ("0 built", "campaign demo-models --dir models/demo"),
+    "init": (
+        "0 written and valid, 2 bad input (nothing written: files already there, a checkpoint "
+        "that is no checkpoint) or the new files do not validate",
+        "campaign init spring --checkpoint models/sd15.safetensors --config models/sd15",
+    ),
+    "import": (
+        "0 written and valid, 2 bad input (nothing written): a setting we cannot express or a "
+        "model in no library or --search folder, each listed",
+        "campaign import past/*.png --to spring-again --search ~/webui/models",
+    ),
 }
 
 
@@ -521,13 +538,23 @@ def _add_review_commands(commands: Commands) -> None:
 
 
 def _add_tool_commands(commands: Commands) -> None:
-    """schema, demo-models: files for editors and for trying the renderer out."""
+    """schema, models, demo-models: files for editors, the model library, and models to try
+    the renderer out with."""
     schema = _command(
         commands,
         "schema",
         "write JSON Schema files for editors (recipes, campaigns, brand kits, training specs)",
     )
     schema.add_argument("--dir", type=Path, default=Path("schemas"))
+
+    models = _command(commands, "models", "the model library: add, list, show, promote")
+    add_model_commands(models, DEFAULT_OUT)
+
+    init = _command(commands, "init", "write a new project: recipe, brand kit and campaign")
+    add_init_arguments(init, DEFAULT_OUT)
+    add_import_arguments(
+        _command(commands, "import", "A1111/ComfyUI images and workflows as pinned recipes")
+    )
 
     demo = _command(commands, "demo-models", "build the tiny deterministic demo models")
     demo.add_argument("--dir", type=Path, default=Path("models/demo"))

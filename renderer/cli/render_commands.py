@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from renderer.cli.training_progress import StepLines
 from renderer.core.errors import InputError
@@ -16,6 +17,19 @@ from renderer.core.terminal import printable, say
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    failures = 0
+    for path in args.files:
+        try:
+            say(validated(path, verify_hashes=not args.no_hash))
+        except InputError as err:
+            failures += 1
+            say(f"error: {err}", err=True)
+    return 2 if failures else 0
+
+
+def validated(path: Path, *, verify_hashes: bool = True) -> str:
+    """What ``campaign validate`` says of a file that passes every check; InputError (exit
+    2) for one that does not."""
     # on use (start-up): the loaders and the plan
     from renderer.plan.output_folder import check_planned
     from renderer.plan.variants import make_plan
@@ -23,37 +37,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from renderer.validate.inputs import Campaign, Recipe
     from renderer.validate.training_spec import TrainingSpec
 
-    failures = 0
-    for path in args.files:
-        try:
-            loaded = load_any(path, verify_hashes=not args.no_hash)
-            if isinstance(loaded, Campaign):
-                check_planned(make_plan(loaded).planned_files(), loaded.document)
-                say(
-                    f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
-                    f"variants, recipe {loaded.recipe_refs})"
-                )
-            elif isinstance(loaded, TrainingSpec):
-                # On use: it loads the ledger's modules, which only a training spec needs.
-                from renderer.train.command import resolve
+    loaded = load_any(path, verify_hashes=verify_hashes)
+    if isinstance(loaded, Campaign):
+        check_planned(make_plan(loaded).planned_files(), loaded.document)
+        return (
+            f"ok  {path}: campaign {loaded.spec.name} ({len(loaded.points)} "
+            f"variants, recipe {loaded.recipe_refs})"
+        )
+    if isinstance(loaded, TrainingSpec):
+        # On use: it loads the ledger's modules, which only a training spec needs.
+        from renderer.train.command import resolve
 
-                training = resolve(loaded)  # the engine's own checks, at their lines
-                print(
-                    f"ok  {printable(path)}: training {printable(loaded.ref)} "
-                    f"({loaded.spec.family} on {printable(loaded.base.ref)}, "
-                    f"{len(loaded.images)} images, id {printable(training.training_id)})"
-                )
-            elif isinstance(loaded, Recipe):
-                say(
-                    f"ok  {path}: recipe {loaded.ref} ({loaded.spec.family}, model hash "
-                    f"{loaded.checkpoint.sha256[:10]})"
-                )
-            else:
-                say(f"ok  {path}: brand kit {loaded.spec.name}")
-        except InputError as err:
-            failures += 1
-            say(f"error: {err}", err=True)
-    return 2 if failures else 0
+        training = resolve(loaded)  # the engine's own checks, at their lines
+        return (
+            f"ok  {printable(path)}: training {printable(loaded.ref)} "
+            f"({loaded.spec.family} on {printable(loaded.base.ref)}, "
+            f"{len(loaded.images)} images, id {printable(training.training_id)})"
+        )
+    if isinstance(loaded, Recipe):
+        return (
+            f"ok  {path}: recipe {loaded.ref} ({loaded.spec.family}, model hash "
+            f"{loaded.checkpoint.sha256[:10]})"
+        )
+    return f"ok  {path}: brand kit {loaded.spec.name}"
 
 
 def cmd_pin(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from renderer.core.hashing import hash_file, short_hash
 from renderer.load.campaign_schema import RECIPE_AXIS
 from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml
 from renderer.validate.any_kind import validate_any
+from renderer.weights.library import ModelLibrary
 
 _HEX_VALUE = re.compile(r"(\bsha256:\s*)(\"[^\"]*\"|'[^']*'|[^\s,}#]*)")
 
@@ -87,7 +88,10 @@ def pin_references(path: Path) -> list[PinChange]:
             references = [("logo",)]
             references += [("references", i) for i in range(len(data.get("references") or []))]
         nodes = [_node(data, key_path) for key_path in references]
-        targets = [path.parent / str(node["path"]) for node in nodes]
+        targets = [
+            _target(document, key_path, node)
+            for key_path, node in zip(references, nodes, strict=True)
+        ]
     except (KeyError, TypeError, AttributeError):
         raise SchemaError(
             "cannot find the file references to pin",
@@ -113,13 +117,38 @@ def pin_references(path: Path) -> list[PinChange]:
         old = node.get("sha256")
         if old == digest:
             continue
-        _set_pin(document, lines, key_path, old, digest)
+        _set_pin(
+            document,
+            lines,
+            (*key_path, "path" if "path" in node else "model"),
+            old,
+            digest,
+        )
         changes.append(PinChange(path, _dotted(key_path), target, old, digest))
     if changes:
         text = "".join(lines)
         _check_still_valid(path, text)
         write_text_atomic(path, text)
     return sorted(changes, key=lambda change: change.key_path)
+
+
+def _target(document: YamlDocument, key_path: KeyPath, node: dict) -> Path:
+    """The file a reference names: its path (relative to the YAML file), or the model
+    library's file it names by ``model`` or by ``sha256`` alone."""
+    if "path" in node:
+        return document.path.parent / str(node["path"])
+    library = ModelLibrary()
+    name = node.get("model")
+    entry = library.named(str(name)) if name else library.with_sha256(str(node["sha256"]))
+    if entry is None:
+        raise document.error(
+            MissingFileError,
+            "not in the model library",
+            (*key_path, "model" if name else "sha256"),
+            found=f"model {name}" if name else f"sha256 {node['sha256']}",
+            fix="see what it holds with `campaign models list`",
+        )
+    return library.path_of(entry)
 
 
 def _node(data: dict, key_path: KeyPath) -> dict:
@@ -138,8 +167,11 @@ def _yaml_scalar(digest: str) -> str:
 
 
 def _set_pin(
-    document: YamlDocument, lines: list[str], key_path: KeyPath, old: object, digest: str
+    document: YamlDocument, lines: list[str], anchor: KeyPath, old: object, digest: str
 ) -> None:
+    """Write ``digest`` as the pin of the reference whose ``path`` (or ``model``) key is at
+    ``anchor``: over its sha256, or on a new line (or entry) after the anchor."""
+    key_path, key = anchor[:-1], str(anchor[-1])
     value = _yaml_scalar(digest)
     if old is not None:
         index = _line_index(document, (*key_path, "sha256"))
@@ -147,14 +179,14 @@ def _set_pin(
             raise _ambiguous(document, key_path)
         lines[index] = _HEX_VALUE.sub(lambda m: f"{m[1]}{value}", lines[index])
         return
-    index = _line_index(document, (*key_path, "path"))
+    index = _line_index(document, anchor)
     line = lines[index]
     if "{" in line:  # flow mapping: {path: x, weight: 1}
-        if line.count("path:") != 1:
+        if line.count(f"{key}:") != 1:
             raise _ambiguous(document, key_path)
-        lines[index] = re.sub(r"(\bpath:\s*[^,}]+)", rf"\1, sha256: {value}", line, count=1)
+        lines[index] = re.sub(rf"(\b{key}:\s*[^,}}]+)", rf"\1, sha256: {value}", line, count=1)
         return
-    column = line.index("path:")
+    column = line.index(f"{key}:")
     indent = " " * column
     lines.insert(index + 1, f"{indent}sha256: {value}\n")
 

@@ -15,9 +15,10 @@ their errors into ``file:line`` messages. ``campaign schema`` writes JSON Schema
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticKnownError
 
 from postprocess.hires import LATENT_UPSCALERS, hires_size
 from postprocess.parameters import Fraction, Parameters
@@ -80,7 +81,34 @@ class PinnedFileRef(FileRef):
     sha256: Sha256
 
 
-class CheckpointRef(PinnedFileRef):
+class ModelFileRef(Strict):
+    """A model file: by ``path`` with its pinned ``sha256``, or from the model library
+    (``campaign models``) by ``model: NAME`` (``sha256`` then pins it, optionally) or by
+    ``sha256`` alone."""
+
+    path: str | None = Field(default=None, min_length=1)
+    model: Name | None = Field(
+        default=None, description="A model library name (`campaign models list`)."
+    )
+    sha256: Sha256 | None = Field(default=None, validate_default=True)
+
+    @field_validator("sha256")
+    @classmethod
+    def _pinned_with_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("path") is not None:
+            raise PydanticKnownError("missing")  # reported as a missing pin: `campaign pin`
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.path is not None and self.model is not None:
+            raise ValueError("path (a file) or model (a model library name), not both")
+        if self.path is None and self.model is None and self.sha256 is None:
+            raise ValueError("path (a file), model (a model library name) or sha256 alone")
+        return self
+
+
+class CheckpointRef(ModelFileRef):
     config: str | None = Field(
         default=None,
         description="A local diffusers-layout folder (JSON configs suffice) used to load a "
@@ -88,7 +116,7 @@ class CheckpointRef(PinnedFileRef):
     )
 
 
-class LoraRef(PinnedFileRef):
+class LoraRef(ModelFileRef):
     weight: LoraWeight
 
 
@@ -106,7 +134,7 @@ class ControlNetSettings(Strict):
 
 
 class ControlNetSpec(ControlNetSettings):
-    model: PinnedFileRef = Field(description="A diffusers ControlNet folder or file.")
+    model: ModelFileRef = Field(description="A diffusers ControlNet folder or file.")
 
 
 class IpAdapterSettings(Strict):
@@ -117,7 +145,7 @@ class IpAdapterSettings(Strict):
 
 
 class IpAdapterSpec(IpAdapterSettings):
-    model: PinnedFileRef = Field(
+    model: ModelFileRef = Field(
         description="A folder with ip-adapter.safetensors and its image_encoder/ folder."
     )
 
@@ -256,25 +284,25 @@ class DetailSettings(Strict):
 
 
 class HiresSpec(HiresSettings):
-    model: PinnedFileRef | None = Field(
+    model: ModelFileRef | None = Field(
         default=None, description="With upscaler: model, a .safetensors upscaler spandrel knows."
     )
 
 
 class RefinerSpec(RefinerSettings):
-    checkpoint: PinnedFileRef = Field(
+    checkpoint: ModelFileRef = Field(
         description="An SDXL refiner as a diffusers folder (StableDiffusionXLImg2ImgPipeline)."
     )
 
 
 class UpscaleSpec(UpscaleSettings):
-    model: PinnedFileRef = Field(
+    model: ModelFileRef = Field(
         description="A .safetensors upscaler spandrel knows (ESRGAN, SwinIR, SPAN, …)."
     )
 
 
 class DetailSpec(DetailSettings):
-    checkpoint: PinnedFileRef | None = Field(
+    checkpoint: ModelFileRef | None = Field(
         default=None,
         description="An inpainting checkpoint (a diffusers folder; for SD a "
         "9-channel UNet); default: the recipe's checkpoint, whose 4-channel UNet inpaints by "

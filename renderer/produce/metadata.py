@@ -23,7 +23,6 @@ the same options under the same output name always gives the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -55,6 +54,7 @@ from renderer.plan.variant_spec import (
     VariantSpec,
 )
 from renderer.render.options import RenderOptions
+from renderer.weights.hashes import LORA_SHORT_HASH, addnet_hash
 
 SOFTWARE = f"campaign-renderer {__version__}"
 IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"
@@ -64,27 +64,6 @@ COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA = (
 )
 
 A1111_SAMPLER_NAMES = {name: scheduler.a1111_name for name, scheduler in SCHEDULERS.items()}
-# A1111 shows LoRA hashes as the first 12 hex digits ("shorthash"), models as 10.
-_LORA_SHORT_HASH = 12
-_SAFETENSORS_LENGTH = 8  # a safetensors file starts with its JSON header's length, u64 LE
-_CHUNK = 1 << 20
-
-
-def addnet_hash(path: Path) -> str:
-    """The hash A1111 shows for a LoRA file: for ``.safetensors`` the "addnet" hash (the
-    sha256 of the bytes after the 8-byte length and the JSON header, so editing metadata
-    keeps it; A1111 ``modules/hashes.py`` ``addnet_hash_safetensors``, from sd-scripts'
-    ``library/train_util.py``), else the sha256 of the whole file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        if path.name.lower().endswith(".safetensors"):
-            header = handle.read(_SAFETENSORS_LENGTH)
-            if len(header) < _SAFETENSORS_LENGTH:
-                raise ValueError(f"{path} is not a safetensors file: it has no header length")
-            handle.seek(_SAFETENSORS_LENGTH + int.from_bytes(header, "little"))
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LoraHashes:
@@ -130,7 +109,7 @@ def a1111_parameters(spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> str:
     fields += _refine_fields(spec)
     if recipe.loras:
         hashes = ", ".join(
-            f"{name}: {lora_hash[:_LORA_SHORT_HASH]}"
+            f"{name}: {lora_hash[:LORA_SHORT_HASH]}"
             for name, lora_hash in zip(lora_names, lora_hashes, strict=True)
         )
         fields.append(("Lora hashes", f'"{hashes}"'))

@@ -15,12 +15,13 @@ from postprocess.tiling import Tiling, UpscalerInfo
 from renderer.core.errors import BadFileError, SchemaError
 from renderer.core.families import BASE_REPOS
 from renderer.core.hashing import shared_cache
-from renderer.load.schema import FileRef, RecipeFile
+from renderer.load.schema import ModelFileRef, RecipeFile
 from renderer.load.yamlsource import KeyPath, YamlDocument
 from renderer.validate.file_probes import pickle_weights
 from renderer.validate.file_refs import existing_path
 from renderer.validate.inputs import ResolvedFile
 from renderer.weights.compat import config_problem, lora_family_problem, single_file_problem
+from renderer.weights.library import ModelLibrary
 
 
 def refuse_pickles(document: YamlDocument, spec: RecipeFile) -> None:
@@ -28,7 +29,7 @@ def refuse_pickles(document: YamlDocument, spec: RecipeFile) -> None:
     load (which can run arbitrary code)."""
     if spec.allow_pickle:
         return
-    refs: list[tuple[KeyPath, FileRef]] = [(("checkpoint",), spec.checkpoint)]
+    refs: list[tuple[KeyPath, ModelFileRef]] = [(("checkpoint",), spec.checkpoint)]
     refs += [(("loras", index), lora) for index, lora in enumerate(spec.loras)]
     refs += [
         (("controlnets", index, "model"), control.model)
@@ -36,6 +37,8 @@ def refuse_pickles(document: YamlDocument, spec: RecipeFile) -> None:
     ]
     refs += [(("ip_adapter", "model"), spec.ip_adapter.model)] if spec.ip_adapter else []
     for key_path, ref in refs:
+        if ref.path is None:  # the model library holds .safetensors files only
+            continue
         if pickled := pickle_weights(document.path.parent / ref.path):
             raise document.error(
                 SchemaError,
@@ -64,7 +67,10 @@ def checkpoint_config(document: YamlDocument, spec: RecipeFile, checkpoint: Path
             fix=f"point checkpoint.path at a whole {spec.family} checkpoint "
             "(or a diffusers folder)",
         )
-    if spec.checkpoint.config is None:
+    stored = None if spec.checkpoint.path else ModelLibrary().config_at(checkpoint)
+    if spec.checkpoint.config is None and stored is not None:
+        config = stored  # the model library's, stored with the checkpoint
+    elif spec.checkpoint.config is None:
         if checkpoint.is_dir():
             return None
         raise document.error(
@@ -79,7 +85,8 @@ def checkpoint_config(document: YamlDocument, spec: RecipeFile, checkpoint: Path
             "'*.bin' '*.ckpt' '*.pth' --local-dir configs/" + spec.family + "`), then set "
             f"checkpoint.config: configs/{spec.family} (relative to {document.path.name})",
         )
-    config = existing_path(document, document.path.parent / spec.checkpoint.config, key_path)
+    else:
+        config = existing_path(document, document.path.parent / spec.checkpoint.config, key_path)
     if checkpoint.is_dir():
         raise document.error(
             SchemaError,

@@ -15,8 +15,8 @@ from renderer.core.errors import SchemaError
 from renderer.load.refine_steps import refine_blocks
 from renderer.load.schema import (
     DetailSpec,
-    FileRef,
     HiresSpec,
+    ModelFileRef,
     RecipeFile,
     RefinerSpec,
     UpscaleSpec,
@@ -48,7 +48,7 @@ class RefineContext:
 RefineCheck = Callable[[RefineContext, Any, KeyPath], int | None]
 
 
-def refine_refs(spec: RecipeFile) -> list[tuple[KeyPath, FileRef]]:
+def refine_refs(spec: RecipeFile) -> list[tuple[KeyPath, ModelFileRef]]:
     """(key path, file reference) of every model file a recipe's refine block names, in the
     order the steps run."""
     if spec.refine is None:

@@ -134,7 +134,7 @@ def lora_family_problem(lora: Path, family: str, checkpoint: Path) -> str | None
             "'lora': a checkpoint, or another kind of adapter?)"
         )
     base = header.metadata.get("ss_base_model_version", "")
-    detected = _family_from_names(names) or _family_from_metadata(base)
+    detected = family_from_names(names) or family_from_metadata(base)
     if detected == "flux" and family != "flux":
         return "it is a Flux LoRA (transformer keys)"
     if detected in ("sd", "sdxl") and family == "flux":
@@ -159,7 +159,7 @@ def lora_family_problem(lora: Path, family: str, checkpoint: Path) -> str | None
     return None
 
 
-def _family_from_names(names: list[str]) -> str | None:
+def family_from_names(names: list[str]) -> str | None:
     if any(
         name.startswith(_FLUX_MARKERS) or any(m in name for m in _FLUX_MARKERS[2:])
         for name in names
@@ -172,7 +172,7 @@ def _family_from_names(names: list[str]) -> str | None:
     return None
 
 
-def _family_from_metadata(base_model: str) -> str | None:
+def family_from_metadata(base_model: str) -> str | None:
     lowered = base_model.lower()
     if "flux" in lowered:
         return "flux"

@@ -1,0 +1,215 @@
+"""`campaign init` and `campaign import` through the real entry point (README, "Coming from
+A1111 / ComfyUI"): a new project renders at once, and past work comes back as pinned
+recipes that render the same pixels."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, PngImagePlugin
+
+from .conftest import REPO, run_cli
+
+IMPORTS = REPO / "tests" / "data" / "import"
+
+
+@pytest.fixture(autouse=True)
+def library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty model library of the test's own: never the user's."""
+    folder = tmp_path / "library"
+    monkeypatch.setenv("CAMPAIGN_MODELS", str(folder))
+    return folder
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_init_writes_a_project_that_validates_and_renders(tmp_path, demo_models):
+    folder = tmp_path / "Spring Launch"
+    made = run_cli(
+        "init",
+        folder,
+        "--checkpoint",
+        demo_models / "sd15.safetensors",
+        "--config",
+        demo_models / "sd15",
+        "--clip",
+        demo_models / "clip",
+        "--short-side",
+        "128",
+    )
+    assert made.code == 0, made.stderr
+    assert "&& campaign render campaigns/spring-launch.yaml" in made.stdout
+    recipe = yaml.safe_load((folder / "recipes" / "spring-launch.yaml").read_text())
+    assert recipe["family"] == "sd15"  # told by the checkpoint's header
+    assert len(recipe["checkpoint"]["sha256"]) == 64  # pinned
+    brand = (folder / "brand" / "brand.yaml").read_text()
+    assert "sha256:" in brand and "# " in brand  # pinned, and it teaches the format
+    assert (folder / ".gitignore").read_text() == "/outputs/\n"
+    rendered = run_cli("render", "campaigns/spring-launch.yaml", "--json", cwd=folder)
+    assert rendered.code == 0, rendered.stderr
+    counts = rendered.json()["counts"]
+    assert counts["rendered"] == 8 and counts["failed"] == 0
+    # Never over a file: a second init is refused whole.
+    again = run_cli("init", folder, "--checkpoint", demo_models / "sd15.safetensors")
+    assert again.code == 2 and "init never writes over a file" in again.stderr
+
+
+def test_init_refuses_what_is_no_checkpoint(tmp_path, demo_models):
+    lora = run_cli("init", tmp_path / "p", "--checkpoint", demo_models / "lora-style.safetensors")
+    assert lora.code == 2 and "is not a whole single-file checkpoint" in lora.stderr
+    pickle = tmp_path / "model.ckpt"
+    pickle.write_bytes(b"not really")
+    refused = run_cli("init", tmp_path / "q", "--checkpoint", pickle)
+    assert refused.code == 2 and "a .ckpt file" in refused.stderr
+    assert not (tmp_path / "p").exists() and not (tmp_path / "q").exists()
+
+
+def strip_to_infotext(image: Path, to: Path) -> None:
+    """The pixels with A1111's ``parameters`` text only, as another tool would keep them."""
+    with Image.open(image) as opened:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", opened.text["parameters"])
+        opened.convert("RGB").save(to, pnginfo=info)
+
+
+def test_render_strip_import_render_gives_the_same_pixels(tmp_path, demo_models):
+    """Two images made with the demo recipe's checkpoint, LoRAs, sampler and seeds, kept
+    as A1111 text alone, import into one recipe that renders them byte for byte."""
+    campaign = tmp_path / "first.yaml"
+    campaign.write_text(
+        yaml.safe_dump(
+            {
+                "name": "first",
+                "recipe": "demo-sd15@1",
+                "recipes_dir": str(REPO / "recipes"),
+                "brand": str(REPO / "campaigns" / "brands" / "kestrel" / "brand.yaml"),
+                "matrix": {
+                    "axes": {
+                        "product": [{"name": "trail runner", "colour": "orange"}],
+                        "background": ["studio", "beach"],
+                    }
+                },
+                "output": "{{ background }}",
+                "logo": False,
+                "scoring": {"clip_model": str(demo_models / "clip")},
+            }
+        )
+    )
+    assert run_cli("render", campaign, "--out", tmp_path / "out").code == 0
+    originals = sorted((tmp_path / "out" / "first" / "demo-sd15@1").glob("*.png"))
+    sources = []
+    for original in originals:
+        sources.append(tmp_path / f"past-{original.name}")
+        strip_to_infotext(original, sources[-1])
+    imported = run_cli(
+        "import",
+        *sources,
+        "--to",
+        tmp_path / "again",
+        "--search",
+        demo_models,
+        "--clip",
+        demo_models / "clip",
+        "--json",
+    )
+    assert imported.code == 0, imported.stderr
+    written = imported.json()
+    assert written["images"] == 2 and len(written["recipes"]) == 1
+    recipe = yaml.safe_load(Path(written["recipes"][0]).read_text())
+    assert (recipe["scheduler"], recipe["steps"], recipe["cfg"]) == ("euler_a", 8, 6.0)
+    assert [lora["weight"] for lora in recipe["loras"]] == [0.6, 0.8]
+    rendered = run_cli("render", written["campaign"], "--out", tmp_path / "out2")
+    assert rendered.code == 0, rendered.stderr
+    for original in originals:
+        again = tmp_path / "out2" / "again" / "again-1@1" / f"past-{original.name}"
+        assert np.array_equal(pixels(again), pixels(original)), original.name
+
+
+def test_what_cannot_be_imported_is_listed_and_nothing_is_written(tmp_path, demo_models):
+    """A1111 1.10 text with Clip skip 2, an R-ESRGAN hires pass and models we do not have."""
+    result = run_cli("import", IMPORTS / "a1111_v1_10.txt", "--to", tmp_path / "p")
+    assert result.code == 2, result.stderr
+    for problem in (
+        "Clip skip 2",
+        "Hires upscaler 'R-ESRGAN 4x+'",
+        "checkpoint 'v1-5-pruned-emaonly' (hash 6ce0161689) is in no library",
+        "LoRA 'brand style v2' (hash a1b2c3d4e5f6)",
+    ):
+        assert problem in result.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def without_controlnet(name: str) -> dict:
+    """A fixture workflow with its ControlNet unit taken out (its edge image is not here):
+    the prompts wired straight to the sampler, in the API or the UI format."""
+    workflow = json.loads((IMPORTS / name).read_text())
+    if "nodes" not in workflow:  # API: node id -> {class_type, inputs}
+        workflow["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
+        for node in ("12", "13", "14"):
+            del workflow[node]
+        return workflow
+    # UI: links are [id, from node, from slot, to node, to slot, type]; 12 and 13 fed the
+    # sampler from the ControlNet node (14), and 8 to 11 fed that node.
+    links = {link[0]: link for link in workflow["links"] if link[0] not in (8, 9, 10, 11)}
+    links[12] = [12, 6, 0, 3, 1, "CONDITIONING"]
+    links[13] = [13, 7, 0, 3, 2, "CONDITIONING"]
+    workflow["links"] = list(links.values())
+    workflow["nodes"] = [node for node in workflow["nodes"] if node["id"] not in (12, 13, 14)]
+    for node in workflow["nodes"]:
+        if node["id"] in (6, 7):
+            node["outputs"][0]["links"] = [12 if node["id"] == 6 else 13]
+    return workflow
+
+
+def test_a_comfyui_api_and_ui_workflow_import_to_the_same_recipe(tmp_path, demo_models):
+    """The fixtures' model names, found in a --search folder by file name."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(demo_models / "sd15.safetensors", models / "v1-5-pruned-emaonly.safetensors")
+    shutil.copytree(demo_models / "sd15", models / "v1-5-pruned-emaonly")
+    shutil.copy(demo_models / "lora-style.safetensors", models / "brand_style_v2.safetensors")
+    shutil.copy(demo_models / "lora-brand.safetensors", models / "add_detail.safetensors")
+    recipes = []
+    for name in ("comfy_api.json", "comfy_ui.json"):
+        source = tmp_path / name
+        source.write_text(json.dumps(without_controlnet(name)))
+        result = run_cli("import", source, "--to", tmp_path / source.stem, "--search", models)
+        assert result.code == 0, result.stderr
+        (recipe,) = (tmp_path / source.stem / "recipes").glob("*.yaml")
+        recipes.append(yaml.safe_load(recipe.read_text()) | {"name": "-"})
+    assert recipes[0] == recipes[1]
+    assert recipes[0]["scheduler"] == "dpmpp_2m_karras" and recipes[0]["size"] == [512, 768]
+    assert [(Path(lora["path"]).name, lora["weight"]) for lora in recipes[0]["loras"]] == [
+        ("brand_style_v2.safetensors", 0.8),
+        ("add_detail.safetensors", 0.5),
+    ]
+
+
+def test_a_controlnet_unit_is_listed_not_dropped(tmp_path):
+    result = run_cli("import", IMPORTS / "comfy_api.json", "--to", tmp_path / "p")
+    assert result.code == 2 and "ControlNet units are not imported yet" in result.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_workflow_with_a_node_we_do_not_express_is_refused(tmp_path):
+    workflow = json.loads((IMPORTS / "comfy_api.json").read_text())
+    workflow["99"] = {"class_type": "FreeU_V2", "inputs": {"model": ["4", 0]}}
+    sampler = next(node for node in workflow.values() if node["class_type"] == "KSampler")
+    sampler["inputs"]["model"] = ["99", 0]
+    path = tmp_path / "freeu.json"
+    path.write_text(json.dumps(workflow))
+    result = run_cli("import", path, "--to", tmp_path / "p")
+    assert result.code == 2 and "FreeU_V2" in result.stderr, result.stderr
+    assert not (tmp_path / "p").exists()
