@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image, PngImagePlugin
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, ledger_rows, run_cli
 
 IMPORTS = REPO / "tests" / "data" / "import"
 
@@ -213,3 +213,45 @@ def test_a_workflow_with_a_node_we_do_not_express_is_refused(tmp_path):
     result = run_cli("import", path, "--to", tmp_path / "p")
     assert result.code == 2 and "FreeU_V2" in result.stderr, result.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_reproduce_finds_moved_models_in_the_library(tmp_path, demo_models):
+    """The models a render used, deleted from where it found them, are found again by
+    content in the model library — the checkpoint's config folder too."""
+    project = tmp_path / "project"  # reproduce also searches the campaign's folder
+    models = project / "models"
+    models.mkdir(parents=True)
+    shutil.copy(demo_models / "sd15.safetensors", models / "sd15.safetensors")
+    shutil.copytree(demo_models / "sd15", models / "sd15")
+    recipe = yaml.safe_load((REPO / "recipes" / "demo-sd15.yaml").read_text())
+    recipe["checkpoint"].update(path=str(models / "sd15.safetensors"), config=str(models / "sd15"))
+    recipe["loras"] = []
+    (project / "recipes").mkdir()
+    (project / "recipes" / "demo-sd15.yaml").write_text(yaml.safe_dump(recipe))
+    campaign = project / "one.yaml"
+    campaign.write_text(
+        yaml.safe_dump(
+            {
+                "name": "one",
+                "recipe": "demo-sd15@1",
+                "recipes_dir": "recipes",
+                "brand": str(REPO / "campaigns" / "brands" / "kestrel" / "brand.yaml"),
+                "matrix": {
+                    "axes": {"product": [{"name": "tote", "colour": "red"}], "background": ["sand"]}
+                },
+                "output": "one",
+                "logo": False,
+                "scoring": {"clip_model": str(demo_models / "clip")},
+            }
+        )
+    )
+    out = tmp_path / "out"
+    assert run_cli("render", campaign, "--out", out).code == 0
+    added = run_cli("models", "add", models / "sd15.safetensors", "--config", models / "sd15")
+    assert added.code == 0, added.stderr
+    shutil.rmtree(models)
+    (variant,) = ledger_rows(out, "SELECT variant_id FROM renders")[0]
+    result = run_cli("reproduce", variant, "--out", out, "--into", tmp_path / "again", "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    (outcome,) = result.json()["targets"]
+    assert outcome["status"] == "identical", outcome

@@ -4,9 +4,10 @@ Reproduce knows files only as a spec names them (``{name, sha256}``) plus the pa
 ledger recorded; ``FileFinder`` looks at the recorded paths first, then in search folders
 by name (the folder itself, then anywhere below it), then, for a name it did not find with
 that hash, by content: every file and folder below the search folders whatever its name
-(a model renamed, a config folder called otherwise). Every candidate is hashed through the
-hash cache, so a folder is read once. What it cannot find, or finds changed, becomes an
-``InputProblem`` naming both hashes and where it looked.
+(a model renamed, a config folder called otherwise), and last in the model library (its
+files and checkpoints' config folders, by the hashes its index holds). Every candidate is
+hashed through the hash cache, so a folder is read once. What it cannot find, or finds
+changed, becomes an ``InputProblem`` naming both hashes and where it looked.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from renderer.core.json_value import JsonObject
 from renderer.load.schema import FileId
 from renderer.load.yamlsource import KeyPath
 from renderer.validate.inputs import ResolvedFile
+from renderer.weights.library import ModelLibrary
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,15 @@ class FileFinder:
 
     def by_content(self, sha256: str) -> Path | None:
         """The first file or folder below the search folders (themselves included) whose
-        hash is ``sha256``, whatever its name; all of them are hashed the first time."""
+        hash is ``sha256``, whatever its name (all of them are hashed the first time), else
+        the model library's."""
         if self._contents is None:
             self._contents = {}
             for folder in self.search:
                 for path in _every_path(folder):
                     self._contents.setdefault(hash_file(path), path)
+            for digest, path in ModelLibrary().contents().items():
+                self._contents.setdefault(digest, path)
         return self._contents.get(sha256)
 
     def checkpoint_config(
@@ -123,6 +128,8 @@ class FileFinder:
             if found is None:
                 return None, self.problems[(recorded.name, recorded.sha256)]
             return found.path, None
+        if (stored := ModelLibrary().config_at(checkpoint.path)) is not None:
+            return stored, None
         stem = checkpoint.path.name.removesuffix(".safetensors")
         for folder in [checkpoint.path.parent, *self.search]:
             candidate = folder / stem

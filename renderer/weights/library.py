@@ -258,6 +258,16 @@ class ModelLibrary:
     def path_of(self, entry: LibraryEntry) -> Path:
         return self.root / entry.file
 
+    def contents(self) -> dict[str, Path]:
+        """Every file and config folder the library holds, by sha256 (the config folder's
+        is its folder hash): where reproduce finds what a spec names by content."""
+        found: dict[str, Path] = {}
+        for entry in self._read().values():
+            found[entry.sha256] = self.path_of(entry)
+            if entry.config and entry.config_sha256:
+                found[entry.config_sha256] = self.root / entry.config
+        return found
+
     def config_at(self, file: Path) -> Path | None:
         """The config folder stored with the library file at ``file``, if it is one."""
         for entry in self._read().values():
