@@ -174,22 +174,30 @@ def without_controlnet(name: str) -> dict:
 
 
 def test_a_comfyui_api_and_ui_workflow_import_to_the_same_recipe(tmp_path, demo_models):
-    """The fixtures' model names, found in a --search folder by file name."""
+    """The fixtures' model names, found in a --search folder by file name; a ComfyUI PNG
+    imports to the same recipe too."""
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(demo_models / "sd15.safetensors", models / "v1-5-pruned-emaonly.safetensors")
     shutil.copytree(demo_models / "sd15", models / "v1-5-pruned-emaonly")
     shutil.copy(demo_models / "lora-style.safetensors", models / "brand_style_v2.safetensors")
     shutil.copy(demo_models / "lora-brand.safetensors", models / "add_detail.safetensors")
+    # A ComfyUI PNG carries the API graph as its "prompt" text chunk (and the UI one as
+    # "workflow").
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", json.dumps(without_controlnet("comfy_api.json")))
+    info.add_text("workflow", json.dumps(without_controlnet("comfy_ui.json")))
+    Image.new("RGB", (8, 8)).save(tmp_path / "ComfyUI_00001_.png", pnginfo=info)
     recipes = []
-    for name in ("comfy_api.json", "comfy_ui.json"):
+    for name in ("comfy_api.json", "comfy_ui.json", "ComfyUI_00001_.png"):
         source = tmp_path / name
-        source.write_text(json.dumps(without_controlnet(name)))
+        if source.suffix == ".json":
+            source.write_text(json.dumps(without_controlnet(name)))
         result = run_cli("import", source, "--to", tmp_path / source.stem, "--search", models)
         assert result.code == 0, result.stderr
         (recipe,) = (tmp_path / source.stem / "recipes").glob("*.yaml")
         recipes.append(yaml.safe_load(recipe.read_text()) | {"name": "-"})
-    assert recipes[0] == recipes[1]
+    assert recipes[0] == recipes[1] == recipes[2]
     assert recipes[0]["scheduler"] == "dpmpp_2m_karras" and recipes[0]["size"] == [512, 768]
     assert [(Path(lora["path"]).name, lora["weight"]) for lora in recipes[0]["loras"]] == [
         ("brand_style_v2.safetensors", 0.8),
