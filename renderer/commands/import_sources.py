@@ -38,6 +38,7 @@ from renderer.validate.file_probes import MAX_IMAGE_BYTES
 from renderer.weights.compat import read_header
 from renderer.weights.hashes import addnet_hash
 from renderer.weights.library import ModelLibrary, detect_model
+from renderer.weights.standard_configs import standard_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _COMFY_PROMPT_KEY = "prompt"  # the API graph a ComfyUI PNG carries (``workflow``: its UI)
@@ -194,11 +195,15 @@ class ModelFinder:
         if isinstance(detected, str) or detected.kind != "checkpoint":
             what = detected if isinstance(detected, str) else f"a {detected.kind}"
             return f"{found} is not a single-file checkpoint: {what}"
-        config = self.library.config_at(found) or _config_beside(found)
+        config = (
+            self.library.config_at(found)
+            or _config_beside(found)
+            or standard_config(found, str(detected.family))
+        )
         if config is None:
             return (
-                f"{found} is a single file with no config folder: add it with "
-                f"campaign models add {found} --config DIR"
+                f"{found} is a single file of no standard architecture and has no config "
+                f"folder: add it with campaign models add {found} --config DIR"
             )
         return ModelFile(found, hash_file(found), detected.family, config)
 

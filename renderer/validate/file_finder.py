@@ -5,7 +5,8 @@ ledger recorded; ``FileFinder`` looks at the recorded paths first, then in searc
 by name (the folder itself, then anywhere below it), then, for a name it did not find with
 that hash, by content: every file and folder below the search folders whatever its name
 (a model renamed, a config folder called otherwise), and last in the model library (its
-files and checkpoints' config folders, by the hashes its index holds). Every candidate is
+files and checkpoints' config folders, by the hashes its index holds) and the standard
+architectures' config folders the renderer ships. Every candidate is
 hashed through the hash cache, so a folder is read once. What it cannot find, or finds
 changed, becomes an ``InputProblem`` naming both hashes and where it looked.
 """
@@ -23,6 +24,7 @@ from renderer.load.schema import FileId
 from renderer.load.yamlsource import KeyPath
 from renderer.validate.inputs import ResolvedFile
 from renderer.weights.library import ModelLibrary
+from renderer.weights.standard_configs import STANDARD_CONFIGS
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class FileFinder:
     def by_content(self, sha256: str) -> Path | None:
         """The first file or folder below the search folders (themselves included) whose
         hash is ``sha256``, whatever its name (all of them are hashed the first time), else
-        the model library's."""
+        the model library's, else a config folder the renderer ships."""
         if self._contents is None:
             self._contents = {}
             for folder in self.search:
@@ -113,6 +115,8 @@ class FileFinder:
                     self._contents.setdefault(hash_file(path), path)
             for digest, path in ModelLibrary().contents().items():
                 self._contents.setdefault(digest, path)
+            for folder in STANDARD_CONFIGS.iterdir():  # what a standard single file loaded with
+                self._contents.setdefault(hash_file(folder), folder)
         return self._contents.get(sha256)
 
     def checkpoint_config(

@@ -22,6 +22,7 @@ from renderer.validate.file_refs import existing_path
 from renderer.validate.inputs import ResolvedFile
 from renderer.weights.compat import config_problem, lora_family_problem, single_file_problem
 from renderer.weights.library import ModelLibrary
+from renderer.weights.standard_configs import standard_config
 
 
 def refuse_pickles(document: YamlDocument, spec: RecipeFile) -> None:
@@ -52,9 +53,11 @@ def refuse_pickles(document: YamlDocument, spec: RecipeFile) -> None:
 
 
 def checkpoint_config(document: YamlDocument, spec: RecipeFile, checkpoint: Path) -> Path | None:
-    """The local diffusers folder a single-file checkpoint loads with. Without one, diffusers
-    would fetch the architecture's configs from the Hub at render time: offline that fails,
-    and online the configs are not pinned (their scheduler settings change pixels)."""
+    """The local diffusers folder a single-file checkpoint loads with: checkpoint.config, the
+    model library's, or the renderer's shipped one of a standard architecture. Without one,
+    diffusers would fetch the architecture's configs from the Hub at render time: offline
+    that fails, and online the configs are not pinned (their scheduler settings change
+    pixels)."""
     key_path = ("checkpoint", "config")
     if checkpoint.suffix == ".safetensors" and (
         problem := single_file_problem(checkpoint, spec.family)
@@ -73,13 +76,18 @@ def checkpoint_config(document: YamlDocument, spec: RecipeFile, checkpoint: Path
     elif spec.checkpoint.config is None:
         if checkpoint.is_dir():
             return None
+        if checkpoint.suffix == ".safetensors" and (
+            shipped := standard_config(checkpoint, spec.family)
+        ):
+            return shipped  # a standard architecture: the renderer ships its configs
         raise document.error(
             SchemaError,
             "a single-file checkpoint needs checkpoint.config",
             key_path,
             expected="a local diffusers folder of the same architecture (model_index.json, "
             "the component configs and tokenizers; no weights needed)",
-            found=f"{checkpoint.name} and no checkpoint.config",
+            found=f"{checkpoint.name} (not a standard {spec.family} architecture the renderer "
+            "ships configs for) and no checkpoint.config",
             fix=f"download the {spec.family} base model's repo without its weights (e.g. "
             f"`huggingface-cli download {BASE_REPOS[spec.family]} --exclude '*.safetensors' "
             "'*.bin' '*.ckpt' '*.pth' --local-dir configs/" + spec.family + "`), then set "
