@@ -17,6 +17,8 @@ import pytest
 import yaml
 from PIL import Image, PngImagePlugin
 
+from renderer.core.hashing import sha256_file
+
 from .conftest import REPO, ledger_rows, run_cli
 
 IMPORTS = REPO / "tests" / "data" / "import"
@@ -84,16 +86,19 @@ def strip_to_infotext(image: Path, to: Path) -> None:
         opened.convert("RGB").save(to, pnginfo=info)
 
 
-def test_render_strip_import_render_gives_the_same_pixels(tmp_path, demo_models):
-    """Two images made with the demo recipe's checkpoint, LoRAs, sampler and seeds, kept
-    as A1111 text alone, import into one recipe that renders them byte for byte."""
+def round_trip(tmp_path: Path, demo_models: Path, recipe: dict) -> tuple[dict, list[Path]]:
+    """Render two images of ``recipe`` (a campaign of 1 product × 2 backgrounds, logo
+    off), keep them as A1111 text alone, import them, render the import; the imported
+    recipe and each original's pair of (original, re-rendered) paths."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / f"{recipe['name']}.yaml").write_text(yaml.safe_dump(recipe))
     campaign = tmp_path / "first.yaml"
     campaign.write_text(
         yaml.safe_dump(
             {
                 "name": "first",
-                "recipe": "demo-sd15@1",
-                "recipes_dir": str(REPO / "recipes"),
+                "recipe": f"{recipe['name']}@1",
+                "recipes_dir": "recipes",
                 "brand": str(REPO / "campaigns" / "brands" / "kestrel" / "brand.yaml"),
                 "matrix": {
                     "axes": {
@@ -107,8 +112,9 @@ def test_render_strip_import_render_gives_the_same_pixels(tmp_path, demo_models)
             }
         )
     )
-    assert run_cli("render", campaign, "--out", tmp_path / "out").code == 0
-    originals = sorted((tmp_path / "out" / "first" / "demo-sd15@1").glob("*.png"))
+    first = run_cli("render", campaign, "--out", tmp_path / "out")
+    assert first.code == 0, first.stderr
+    originals = sorted((tmp_path / "out" / "first").glob("*@1/*.png"))
     sources = []
     for original in originals:
         sources.append(tmp_path / f"past-{original.name}")
@@ -127,14 +133,55 @@ def test_render_strip_import_render_gives_the_same_pixels(tmp_path, demo_models)
     assert imported.code == 0, imported.stderr
     written = imported.json()
     assert written["images"] == 2 and len(written["recipes"]) == 1
-    recipe = yaml.safe_load(Path(written["recipes"][0]).read_text())
-    assert (recipe["scheduler"], recipe["steps"], recipe["cfg"]) == ("euler_a", 8, 6.0)
-    assert [lora["weight"] for lora in recipe["loras"]] == [0.6, 0.8]
     rendered = run_cli("render", written["campaign"], "--out", tmp_path / "out2")
     assert rendered.code == 0, rendered.stderr
-    for original in originals:
-        again = tmp_path / "out2" / "again" / "again-1@1" / f"past-{original.name}"
+    again = tmp_path / "out2" / "again" / "again-1@1"
+    pairs = [(original, again / f"past-{original.name}") for original in originals]
+    return yaml.safe_load(Path(written["recipes"][0]).read_text()), pairs
+
+
+def demo_recipe(demo_models: Path, **changes: object) -> dict:
+    """The demo SD1.5 recipe with absolute paths (and ``changes``)."""
+    recipe = yaml.safe_load((REPO / "recipes" / "demo-sd15.yaml").read_text())
+    recipe["checkpoint"].update(
+        path=str(demo_models / "sd15.safetensors"), config=str(demo_models / "sd15")
+    )
+    for lora in recipe["loras"]:
+        lora["path"] = str(demo_models / Path(lora["path"]).name)
+    return recipe | changes
+
+
+def test_render_strip_import_render_gives_the_same_pixels(tmp_path, demo_models):
+    """Two images made with the demo recipe's checkpoint, LoRAs, sampler and seeds, kept
+    as A1111 text alone, import into one recipe that renders them byte for byte."""
+    recipe, pairs = round_trip(tmp_path, demo_models, demo_recipe(demo_models))
+    assert (recipe["scheduler"], recipe["steps"], recipe["cfg"]) == ("euler_a", 8, 6.0)
+    assert [lora["weight"] for lora in recipe["loras"]] == [0.6, 0.8]
+    for original, again in pairs:
         assert np.array_equal(pixels(again), pixels(original)), original.name
+
+
+def test_a_hires_pass_with_an_upscaler_model_imports_and_renders_the_same(tmp_path, demo_models):
+    """A1111's hires fields, its upscaler named as A1111 shows it (the file's name), come
+    back as refine.hires with that model, found in the --search folder."""
+    hires = {
+        "factor": 2,
+        "upscaler": "model",
+        "model": {
+            "path": str(demo_models / "upscaler-x2.safetensors"),
+            "sha256": sha256_file(demo_models / "upscaler-x2.safetensors"),
+        },
+        "denoise": 0.5,
+        "steps": 4,
+    }
+    original = demo_recipe(demo_models, name="hires", refine={"hires": hires})
+    recipe, pairs = round_trip(tmp_path, demo_models, original)
+    imported = recipe["refine"]["hires"]
+    assert Path(imported.pop("model")["path"]).name == "upscaler-x2.safetensors"
+    assert imported == {"factor": 2.0, "upscaler": "model", "denoise": 0.5, "steps": 4}
+    for original_file, again in pairs:
+        assert pixels(original_file).shape == (128, 128, 3)
+        assert np.array_equal(pixels(again), pixels(original_file)), original_file.name
 
 
 def test_what_cannot_be_imported_is_listed_and_nothing_is_written(tmp_path, demo_models):

@@ -56,6 +56,34 @@ def test_pin_of_a_campaign_pins_its_recipe_and_brand_kit(project, tmp_path):
     assert run_cli("validate", project.campaign_path).code == 0
 
 
+def test_pin_pins_every_model_the_recipe_names_refine_models_too(tmp_path, demo_models):
+    """Not only the checkpoint and LoRAs: a hires upscaler model left unpinned was refused
+    by validate with `campaign pin` as the fix, which skipped it."""
+    recipe = yaml.safe_load((REPO / "recipes" / "demo-sd15.yaml").read_text())
+    recipe["checkpoint"] = {
+        "path": str(demo_models / "sd15.safetensors"),
+        "config": str(demo_models / "sd15"),
+    }
+    recipe["loras"] = []
+    recipe["refine"] = {
+        "hires": {
+            "factor": 2,
+            "upscaler": "model",
+            "model": {"path": str(demo_models / "upscaler-x2.safetensors")},
+        }
+    }
+    path = tmp_path / "refined.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    result = run_cli("pin", path)
+    assert result.code == 0, result.stderr
+    for key in ("checkpoint sd15", "refine.hires.model upscaler-x2"):
+        assert key in result.stdout, result.stdout
+    pinned = yaml.safe_load(path.read_text())
+    assert pinned["refine"]["hires"]["model"]["sha256"] == sha256_path(
+        demo_models / "upscaler-x2.safetensors"
+    )
+
+
 def test_hash_cache_hashes_an_unchanged_file_once(tmp_path):
     big = tmp_path / "model.safetensors"
     big.write_bytes(os.urandom(64 * 1024 * 1024))

@@ -63,6 +63,7 @@ class Imported:
     generation: Generation
     checkpoint: ModelFile
     loras: tuple[tuple[ModelFile, float], ...]
+    hires_model: ModelFile | None = None  # a hires pass's upscaler model, by its A1111 name
 
     def setting(self) -> tuple[object, ...]:
         """What its recipe holds: everything but the seed and the prompts."""
@@ -76,6 +77,7 @@ class Imported:
             made.width,
             made.height,
             made.hires,
+            self.hires_model,
         )
 
 
@@ -154,8 +156,13 @@ def resolve(source: Path, made: Generation, finder: ModelFinder) -> Imported | l
         problems.append(f"Clip skip {made.clip_skip}: recipes use the last CLIP layer only")
     if made.batch_size != 1:
         problems.append(f"a batch of {made.batch_size} shares one noise: render it as one image")
-    if made.hires is not None and (problem := _hires_problem(made.hires)):
-        problems.append(problem)
+    hires_model = None
+    if made.hires is not None and _needs_upscaler_model(made.hires):
+        found_upscaler = finder.upscaler(str(made.hires.upscaler))
+        if isinstance(found_upscaler, str):
+            problems.append(found_upscaler)
+        else:
+            hires_model = found_upscaler
     checkpoint = finder.checkpoint(made.checkpoint)
     if isinstance(checkpoint, str):
         problems.append(checkpoint)
@@ -168,7 +175,7 @@ def resolve(source: Path, made: Generation, finder: ModelFinder) -> Imported | l
             loras.append((found, lora.weight))
     if problems or isinstance(checkpoint, str):
         return problems
-    return Imported(source, made, checkpoint, tuple(loras))
+    return Imported(source, made, checkpoint, tuple(loras), hires_model)
 
 
 class ModelFinder:
@@ -213,6 +220,16 @@ class ModelFinder:
             return f"LoRA {wanted.name!r} (hash {wanted.hash}) is in no library or --search folder"
         return ModelFile(found, hash_file(found), None, None)
 
+    def upscaler(self, name: str) -> ModelFile | str:
+        """A hires upscaler model by the name A1111 shows (its file name without suffix)."""
+        found = self._find(None, name, hash_file)
+        if found is None:
+            return (
+                f"Hires upscaler {name!r} is in no library or --search folder (its "
+                ".safetensors file named like it; the Latent upscalers and Lanczos need none)"
+            )
+        return ModelFile(found, hash_file(found), None, None)
+
     def _find(
         self, short: str | None, name: str | None, digest: Callable[[Path], str]
     ) -> Path | None:
@@ -239,11 +256,10 @@ def _config_beside(checkpoint: Path) -> Path | None:
     return folder if pipeline in PIPELINES.values() else None
 
 
-def _hires_problem(hires: Hires) -> str | None:
+def _needs_upscaler_model(hires: Hires) -> bool:
+    """Whether A1111's ``Hires upscaler`` names a model (not a Latent one, not Lanczos)."""
     latent = {upscaler.a1111_name for upscaler in LATENT_UPSCALERS.values()}
-    if hires.upscaler not in (None, "Lanczos", *latent):
-        return f"Hires upscaler {hires.upscaler!r}: only the Latent ones and Lanczos import yet"
-    return None
+    return hires.upscaler not in (None, "Lanczos", *latent)
 
 
 def write_project(imported: Sequence[Imported], to: Path, clip: Path | None) -> Written:
@@ -304,17 +320,22 @@ def _recipe_yaml(name: str, group: Sequence[Imported], folder: Path) -> str:
         'negative_prompt: "{{ source.negative_prompt }}"',
     ]
     if made.hires is not None:
-        lines += ["refine:", "  hires:", *[f"    {line}" for line in _hires_lines(made.hires)]]
+        hires = _hires_lines(made.hires, first.hires_model, folder)
+        lines += ["refine:", "  hires:", *[f"    {line}" for line in hires]]
     return "\n".join(lines) + "\n"
 
 
-def _hires_lines(hires: Hires) -> list[str]:
+def _hires_lines(hires: Hires, model: ModelFile | None, folder: Path) -> list[str]:
+    """The recipe's ``refine.hires`` keys for A1111's hires fields."""
     by_a1111 = {upscaler.a1111_name: name for name, upscaler in LATENT_UPSCALERS.items()}
-    upscaler = (
-        "lanczos" if hires.upscaler == "Lanczos" else by_a1111.get(hires.upscaler or "Latent")
-    )
     lines = [f"factor: {hires.factor}" if hires.factor else f"size: {list(hires.size or ())}"]
-    lines.append(f"upscaler: {upscaler}")
+    if model is not None:
+        where = f"path: {yaml_path(model.path, folder)}, sha256: {model.sha256}"
+        lines += ["upscaler: model", f"model: {{{where}}}"]
+    elif hires.upscaler == "Lanczos":
+        lines.append("upscaler: lanczos")
+    else:
+        lines.append(f"upscaler: {by_a1111[hires.upscaler or 'Latent']}")
     if hires.denoise is not None:
         lines.append(f"denoise: {hires.denoise}")
     if hires.steps is not None:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import yaml
+from pydantic import BaseModel
 
 from renderer.core.atomic import write_text_atomic
 from renderer.core.errors import InputError, MissingFileError, SchemaError
 from renderer.core.hashing import hash_file, short_hash
 from renderer.load.campaign_schema import RECIPE_AXIS
+from renderer.load.schema import ModelFileRef, RecipeFile
 from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml, parse_yaml
 from renderer.validate.any_kind import validate_any
 from renderer.weights.library import ModelLibrary
@@ -82,8 +85,7 @@ def pin_references(path: Path) -> list[PinChange]:
             ]
             references += [("dataset", "folder")] if dataset.get("folder") else []
         elif "family" in data:
-            references = [("checkpoint",)]
-            references += [("loras", index) for index in range(len(data.get("loras") or []))]
+            references = model_references(data, RecipeFile)
         else:
             references = [("logo",)]
             references += [("references", i) for i in range(len(data.get("references") or []))]
@@ -149,6 +151,40 @@ def _target(document: YamlDocument, key_path: KeyPath, node: dict) -> Path:
             fix="see what it holds with `campaign models list`",
         )
     return library.path_of(entry)
+
+
+def model_references(data: object, model: type[BaseModel], at: KeyPath = ()) -> list[KeyPath]:
+    """The key paths of every model file ``data`` names where the schema ``model`` holds a
+    ``ModelFileRef`` (checkpoint, LoRAs, ControlNets, IP-Adapter, refine models), found by
+    walking the schema beside the data: a new model key is pinned with no change here."""
+    if not isinstance(data, dict):
+        return []
+    found: list[KeyPath] = []
+    for name, info in model.model_fields.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        for kind in _model_types(info.annotation):
+            if issubclass(kind, ModelFileRef):
+                found += [(*at, name)] if isinstance(value, dict) else []
+                found += [
+                    (*at, name, index)
+                    for index, item in enumerate(value if isinstance(value, list) else [])
+                    if isinstance(item, dict)
+                ]
+            else:
+                found += model_references(value, kind, (*at, name))
+                if isinstance(value, list):
+                    for index, item in enumerate(value):
+                        found += model_references(item, kind, (*at, name, index))
+    return list(dict.fromkeys(found))
+
+
+def _model_types(annotation: object) -> list[type[BaseModel]]:
+    """The pydantic models an annotation may hold (through Optional, list and Annotated)."""
+    if isinstance(annotation, type):
+        return [annotation] if issubclass(annotation, BaseModel) else []
+    return [kind for arg in get_args(annotation) for kind in _model_types(arg)]
 
 
 def _node(data: dict, key_path: KeyPath) -> dict:
