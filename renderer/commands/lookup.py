@@ -28,6 +28,11 @@ MIN_PREFIX = 6
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
+def is_hash_prefix(text: str) -> bool:
+    """Whether ``text`` (lower case) can stand for a hash: MIN_PREFIX hex digits or more."""
+    return len(text) >= MIN_PREFIX and bool(_HEX.match(text))
+
+
 def open_ledger(out_dir: Path, *, read_only: bool = True) -> Ledger:
     """The ledger of an output folder, for a command that does not render (read-only
     unless it records something, as ``campaign gate`` does)."""
@@ -47,7 +52,7 @@ def resolve_variant_id(ledger: Ledger, text: str) -> str:
     if candidate.is_file():
         return variant_id_of_image(candidate)
     wanted = text.strip().lower()
-    if not _HEX.match(wanted) or len(wanted) < MIN_PREFIX:
+    if not is_hash_prefix(wanted):
         raise InputError(
             f"{text!r} is neither a render id nor an image file",
             expected=f"a variant id or a unique prefix of at least {MIN_PREFIX} "

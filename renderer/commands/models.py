@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from renderer.commands.lookup import MIN_PREFIX, open_ledger
+from renderer.commands.lookup import MIN_PREFIX, is_hash_prefix, open_ledger
 from renderer.core.errors import BadFileError, InputError, MissingFileError
 from renderer.core.hashing import hash_file
 from renderer.ledger.queries import utc_now
@@ -232,8 +232,7 @@ def find_model(library: ModelLibrary, text: str) -> LibraryEntry:
     if (entry := library.named(text)) is not None:
         return entry
     wanted = text.strip().lower()
-    is_hex = len(wanted) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in wanted)
-    matches = library.with_prefix(wanted) if is_hex else []
+    matches = library.with_prefix(wanted) if is_hash_prefix(wanted) else []
     if len(matches) == 1:
         return matches[0]
     if matches:

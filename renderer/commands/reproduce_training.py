@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from renderer.commands.lookup import file_state, open_ledger
+from renderer.commands.lookup import MIN_PREFIX, file_state, is_hash_prefix, open_ledger
 from renderer.core.errors import InputError
 from renderer.core.json_value import JsonValue
 from renderer.core.terminal import Log
@@ -40,8 +40,6 @@ from renderer.train.job import TrainingJob
 from renderer.train.results import Progress
 from renderer.validate.file_finder import FileFinder, spec_files
 from renderer.validate.inputs import FileIndex
-
-MIN_PREFIX = 6
 
 
 @dataclass
@@ -87,11 +85,7 @@ def resolve_training(ledger: Ledger, text: str) -> TrainingRow:
     if at and version.isdigit() and (row := ledger.training_named(name, int(version))):
         return row
     wanted = text.strip().lower()
-    matches = (
-        ledger.trainings_with_spec_hash_prefix(wanted)
-        if len(wanted) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in wanted)
-        else []
-    )
+    matches = ledger.trainings_with_spec_hash_prefix(wanted) if is_hash_prefix(wanted) else []
     if len(matches) == 1:
         return matches[0]
     if matches:
