@@ -310,3 +310,49 @@ def test_reproduce_finds_moved_models_in_the_library(tmp_path, demo_models):
     assert result.code == 0, result.stdout + result.stderr
     (outcome,) = result.json()["targets"]
     assert outcome["status"] == "identical", outcome
+
+
+def test_an_a1111_png_imports_with_every_field_right(tmp_path, demo_models):
+    """A PNG as A1111 1.10 writes it: a multi-line prompt with LoRA tags under names that
+    are not the files' (found by their hashes, as A1111's `Lora hashes` gives them), a
+    quoted field, the 1.9+ `Schedule type`, a Latent hires pass and its own `Version`."""
+    text = (
+        "product photo of a trail runner, <lora:kestrel look:0.6> orange\n"
+        "studio lighting <lora:brand:-0.25>\n"
+        "Negative prompt: blurry, watermark\n"
+        "Steps: 12, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, "
+        "Seed: 3272684508, Size: 64x96, Model hash: 93204beabe, Model: sd15-renamed, "
+        "Denoising strength: 0.45, Hires upscale: 2, Hires steps: 6, "
+        'Hires upscaler: Latent (bicubic antialiased), Lora hashes: "kestrel look: '
+        '6bc8f524c18d, brand: b215093e1e6f", Version: v1.10.1'
+    )
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    source = tmp_path / "00042-3272684508.png"
+    Image.new("RGB", (128, 192)).save(source, pnginfo=info)
+    result = run_cli("import", source, "--to", tmp_path / "p", "--search", demo_models)
+    assert result.code == 0, result.stderr
+    (recipe_path,) = (tmp_path / "p" / "recipes").glob("*.yaml")
+    recipe = yaml.safe_load(recipe_path.read_text())
+    assert recipe["family"] == "sd15"
+    assert Path(recipe["checkpoint"]["path"]).name == "sd15.safetensors"
+    assert [(Path(lora["path"]).name, lora["weight"]) for lora in recipe["loras"]] == [
+        ("lora-style.safetensors", 0.6),
+        ("lora-brand.safetensors", -0.25),
+    ]
+    settings = ("scheduler", "steps", "cfg", "size")
+    assert [recipe[key] for key in settings] == ["dpmpp_2m_karras", 12, 6.5, [64, 96]]
+    assert recipe["refine"]["hires"] == {
+        "factor": 2.0,
+        "upscaler": "latent-bicubic-antialiased",
+        "denoise": 0.45,
+        "steps": 6,
+    }
+    campaign = yaml.safe_load(next((tmp_path / "p" / "campaigns").glob("*.yaml")).read_text())
+    (image,) = campaign["matrix"]["axes"]["source"]
+    assert image == {
+        "name": "00042-3272684508",
+        "prompt": "product photo of a trail runner, orange\nstudio lighting",
+        "negative_prompt": "blurry, watermark",
+    }
+    assert campaign["matrix"]["axes"]["seed"] == [3272684508]
