@@ -22,7 +22,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from renderer.core.errors import SchemaError
 from renderer.validate.recipe import load_recipe
 from renderer.weights import ldm_layout
-from renderer.weights.standard_configs import STANDARD_CONFIGS, config_family, standard_config
+from renderer.weights.compat import pipeline_family
+from renderer.weights.standard_configs import STANDARD_CONFIGS, standard_config
 
 # shipped folder -> (family, what diffusers' own single-file detector calls the layout)
 ARCHITECTURES = {
@@ -94,7 +95,7 @@ def architecture(request, tmp_path_factory):
 def test_the_checkpoint_header_selects_its_architectures_folder(architecture):
     folder, _, _, checkpoint = architecture
     family, _ = ARCHITECTURES[folder.name]
-    assert config_family(folder) == family
+    assert pipeline_family(folder) == family
     assert standard_config(checkpoint, family) == folder
     other = "sdxl" if family == "sd15" else "sd15"
     assert standard_config(checkpoint, other) is None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from renderer.cli.render_commands import validated
 from renderer.core.errors import InputError
-from renderer.core.families import FAMILIES, PIPELINES
+from renderer.core.families import FAMILIES
 from renderer.core.terminal import say
 
 
@@ -99,21 +99,19 @@ def _family(checkpoint: Path) -> str:
             file=checkpoint,
             fix="pass a .safetensors checkpoint or a diffusers folder of safetensors files",
         )
+    # On use (start-up): header reading loads with the command, not with --help.
+    from renderer.weights.compat import pipeline_family, read_header
+    from renderer.weights.library import detect_model
+
     if checkpoint.is_dir():
-        index = checkpoint / "model_index.json"
-        pipeline = json.loads(index.read_text())["_class_name"] if index.is_file() else None
-        families = [family for (family, _), name in PIPELINES.items() if name == pipeline]
-        if families:
-            return families[0]
+        if family := pipeline_family(checkpoint):
+            return family
         raise InputError(
             f"{checkpoint} is not a diffusers pipeline folder of a known family",
             file=checkpoint,
-            found=f"model_index.json _class_name {pipeline!r}",
+            found="its model_index.json names no pipeline of one",
             fix=f"pass a single-file checkpoint or a pipeline folder of {', '.join(FAMILIES)}",
         )
-    # On use (start-up): header reading loads only for a single file.
-    from renderer.weights.compat import read_header
-    from renderer.weights.library import detect_model
 
     detected = detect_model(read_header(checkpoint))
     if isinstance(detected, str) or detected.kind != "checkpoint" or detected.family is None:

@@ -28,14 +28,13 @@ from renderer.commands.init_project import write_brand, yaml_path
 from renderer.commands.pin import pin
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.errors import InputError
-from renderer.core.families import PIPELINES
 from renderer.core.hashing import hash_file
 from renderer.load.comfy_workflow import parse_comfy_workflow
 from renderer.load.imported import Checkpoint, Generation, Hires, Lora
 from renderer.load.infotext import parse_infotext
 from renderer.load.yamlsource import read_bounded
 from renderer.validate.file_probes import MAX_IMAGE_BYTES
-from renderer.weights.compat import read_header
+from renderer.weights.compat import pipeline_family, read_header
 from renderer.weights.hashes import addnet_hash
 from renderer.weights.library import ModelLibrary, detect_model
 from renderer.weights.standard_configs import standard_config
@@ -137,19 +136,7 @@ def read_source(source: Path) -> Generation:
 
 def resolve(source: Path, made: Generation, finder: ModelFinder) -> Imported | list[str]:
     """The generation with its model files, or every problem it has."""
-    problems = list(made.problems)
-    missing = [
-        name
-        for name, value in (
-            ("steps", made.steps),
-            ("cfg", made.cfg),
-            ("seed", made.seed),
-            ("size", made.width and made.height),
-            ("sampler", made.scheduler),
-        )
-        if value is None
-    ]
-    problems += [f"no usable {name} recorded" for name in missing if name not in str(problems)]
+    problems = list(made.problems)  # the parser names every setting absent or unusable
     if made.controlnets:
         problems.append("ControlNet units are not imported yet: add them to the recipe by hand")
     if made.clip_skip not in (None, 1):
@@ -249,11 +236,7 @@ class ModelFinder:
 def _config_beside(checkpoint: Path) -> Path | None:
     """A diffusers config folder named like the checkpoint, beside it (the demo's layout)."""
     folder = checkpoint.with_suffix("")
-    index = folder / "model_index.json"
-    if not index.is_file():
-        return None
-    pipeline = json.loads(index.read_text()).get("_class_name")
-    return folder if pipeline in PIPELINES.values() else None
+    return folder if pipeline_family(folder) else None
 
 
 def _needs_upscaler_model(hires: Hires) -> bool:

@@ -454,6 +454,8 @@ def serve(
 def broken_guidelines(row: RenderRow) -> dict[str, JsonValue]:
     """The rules a render broke in its current decision (the page filters on them) and how
     many it kept, in words."""
-    guidelines = row.decision.guidelines if row.decision else ()
-    broken = [item.rule.metric for item in guidelines if not item.passed]
-    return {"broken": list(broken), "guidelines": guideline_summary(len(guidelines), broken)}
+    if row.decision is None:
+        return {"broken": [], "guidelines": guideline_summary(0, ())}
+    broken = row.decision.broken
+    total = len(row.decision.guidelines)
+    return {"broken": list(broken), "guidelines": guideline_summary(total, broken)}

@@ -36,12 +36,17 @@ class Decision:
     decided_at: str
     rules_json: str  # the pass's rules, as stored: the guidelines derive from them
 
-    @property
+    @functools.cached_property  # the report and the review page each read it twice a row
     def guidelines(self) -> tuple[Guideline, ...]:
         """Each rule of the pass, kept or broken by these scores (README: "Guidelines per
         image")."""
         rules, optional = _pass_rules(self.rules_json)
         return decide(self.scores, rules, optional).guidelines
+
+    @property
+    def broken(self) -> tuple[str, ...]:
+        """The names of the rules these scores broke, in rule order."""
+        return tuple(item.rule.metric for item in self.guidelines if not item.passed)
 
     def as_json(self) -> dict[str, JsonValue]:
         # Field by field, not asdict: it deep-copies, and a review page holds 1,000 of these.

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -64,15 +65,13 @@ def write_run_report(
             scores=row.decided_scores,
             status=row.decision.status if row.decision else UNDECIDED,
             reasons=row.decision.reasons if row.decision else (),
-            guidelines=len(guidelines),
-            broken=tuple(item.rule.metric for item in guidelines if not item.passed),
+            **_guideline_counts(row),
             review=row.review_state,
             review_by=row.review.reviewer if row.review else "",
             review_at=row.review.reviewed_at if row.review else "",
             review_note=row.review.note if row.review else "",
         )
         for row in stored
-        for guidelines in [row.decision.guidelines if row.decision else ()]
     ]
     decided = [row.status for row in rows if row.status != UNDECIDED]
     counts = {
@@ -104,6 +103,13 @@ def write_run_report(
     comparison = compare_run(ledger, run, load_estimates()) if len(run.recipes) > 1 else []
     write(path, report_html(report_run, rows, grid_views, comparison).encode("utf-8"))
     return path
+
+
+def _guideline_counts(row: RenderRow) -> dict[str, Any]:
+    """How many rules the render's current decision held it to, and which it broke."""
+    if row.decision is None:
+        return {}  # undecided: held to no rules yet
+    return {"guidelines": len(row.decision.guidelines), "broken": row.decision.broken}
 
 
 def report_writer(folder: OutputFolder, path: Path) -> Callable[[Path, bytes], None]:

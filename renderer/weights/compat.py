@@ -192,6 +192,17 @@ def unet_input_channels(checkpoint: Path) -> int | None:
     return shape[1] if shape else None
 
 
+def pipeline_family(folder: Path) -> str | None:
+    """The family whose diffusers pipeline ``folder``'s model_index.json names; None when it
+    has none, or names a pipeline of no family."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    name = index.get("_class_name") if isinstance(index, dict) else None
+    return next((family for (family, _), pipeline in PIPELINES.items() if pipeline == name), None)
+
+
 def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
     """Why the diffusers folder ``config`` cannot load the single-file ``checkpoint`` of
     ``family`` (None when it can, as far as headers tell): its pipeline class is another

@@ -18,8 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from renderer.core.families import PIPELINES
-from renderer.weights.compat import read_header
+from renderer.weights.compat import pipeline_family, read_header
 
 STANDARD_CONFIGS = Path(__file__).resolve().parent.parent / "data" / "configs"
 
@@ -29,18 +28,12 @@ def standard_config(checkpoint: Path, family: str) -> Path | None:
     ``checkpoint`` has (None when none fits: its header's shapes are another model's)."""
     shapes = read_header(checkpoint).shapes
     for folder in sorted(STANDARD_CONFIGS.iterdir()):
-        if config_family(folder) != family or not _same_first_convolution(folder, shapes):
+        if pipeline_family(folder) != family or not _same_first_convolution(folder, shapes):
             continue
         expected = landmark_shapes(folder)
         if all(shapes.get(name) == shape for name, shape in expected.items()):
             return folder
     return None
-
-
-def config_family(folder: Path) -> str:
-    """The family whose pipeline the folder's model_index.json names."""
-    pipeline = _json(folder / "model_index.json")["_class_name"]
-    return next(family for (family, _), name in PIPELINES.items() if name == pipeline)
 
 
 @functools.cache
