@@ -198,9 +198,22 @@ def test_what_cannot_be_imported_is_listed_and_nothing_is_written(tmp_path, demo
     assert not (tmp_path / "p").exists()
 
 
+def comfy_models(tmp_path: Path, demo_models: Path) -> Path:
+    """A --search folder holding the fixtures' models by ComfyUI's names (the ControlNet as
+    a diffusers folder named like ComfyUI's file)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(demo_models / "sd15.safetensors", models / "v1-5-pruned-emaonly.safetensors")
+    shutil.copytree(demo_models / "sd15", models / "v1-5-pruned-emaonly")
+    shutil.copy(demo_models / "lora-style.safetensors", models / "brand_style_v2.safetensors")
+    shutil.copy(demo_models / "lora-brand.safetensors", models / "add_detail.safetensors")
+    shutil.copytree(demo_models / "controlnet-sd15", models / "control_v11p_sd15_canny")
+    return models
+
+
 def without_controlnet(name: str) -> dict:
-    """A fixture workflow with its ControlNet unit taken out (its edge image is not here):
-    the prompts wired straight to the sampler, in the API or the UI format."""
+    """A fixture workflow with its ControlNet unit taken out (test_a_comfyui_controlnet_unit_…
+    imports it): the prompts wired straight to the sampler, in the API or the UI format."""
     workflow = json.loads((IMPORTS / name).read_text())
     if "nodes" not in workflow:  # API: node id -> {class_type, inputs}
         workflow["3"]["inputs"].update(positive=["6", 0], negative=["7", 0])
@@ -223,12 +236,7 @@ def without_controlnet(name: str) -> dict:
 def test_a_comfyui_api_and_ui_workflow_import_to_the_same_recipe(tmp_path, demo_models):
     """The fixtures' model names, found in a --search folder by file name; a ComfyUI PNG
     imports to the same recipe too."""
-    models = tmp_path / "models"
-    models.mkdir()
-    shutil.copy(demo_models / "sd15.safetensors", models / "v1-5-pruned-emaonly.safetensors")
-    shutil.copytree(demo_models / "sd15", models / "v1-5-pruned-emaonly")
-    shutil.copy(demo_models / "lora-style.safetensors", models / "brand_style_v2.safetensors")
-    shutil.copy(demo_models / "lora-brand.safetensors", models / "add_detail.safetensors")
+    models = comfy_models(tmp_path, demo_models)
     # A ComfyUI PNG carries the API graph as its "prompt" text chunk (and the UI one as
     # "workflow").
     info = PngImagePlugin.PngInfo()
@@ -252,9 +260,68 @@ def test_a_comfyui_api_and_ui_workflow_import_to_the_same_recipe(tmp_path, demo_
     ]
 
 
-def test_a_controlnet_unit_is_listed_not_dropped(tmp_path):
-    result = run_cli("import", IMPORTS / "comfy_api.json", "--to", tmp_path / "p")
-    assert result.code == 2 and "ControlNet units are not imported yet" in result.stderr
+def test_a_comfyui_controlnet_unit_imports_and_renders(tmp_path, demo_models):
+    """ControlNetApplyAdvanced with its loader and LoadImage, in the API and the UI format:
+    the same recipe, its control image found beside the workflow, and a render that the
+    ControlNet steers."""
+    models = comfy_models(tmp_path, demo_models)
+    edges = Image.new("RGB", (512, 768))
+    edges.paste((255, 255, 255), (100, 200, 412, 568))
+    recipes = []
+    for name in ("comfy_api.json", "comfy_ui.json"):
+        folder = tmp_path / name.removesuffix(".json")
+        folder.mkdir()
+        shutil.copy(IMPORTS / name, folder / name)
+        edges.save(folder / "product_edges.png")  # beside the workflow, as in ComfyUI's input/
+        project = tmp_path / f"project-{folder.name}"
+        result = run_cli(
+            "import", folder / name, "--to", project, "--search", models, "--clip",
+            demo_models / "clip",
+        )  # fmt: skip
+        assert result.code == 0, result.stderr
+        (recipe_path,) = (project / "recipes").glob("*.yaml")
+        recipe = yaml.safe_load(recipe_path.read_text())
+        ((control,),) = [recipe["controlnets"]]
+        assert Path(control["model"]["path"]).name == "control_v11p_sd15_canny"
+        assert len(control["model"]["sha256"]) == 64  # pinned
+        assert (control["scale"], control["start"], control["end"]) == (0.9, 0, 0.8)
+        campaign = project / "campaigns" / f"{project.name}.yaml"
+        (source,) = yaml.safe_load(campaign.read_text())["matrix"]["axes"]["source"]
+        assert (campaign.parent / source["control_1"]).resolve() == folder / "product_edges.png"
+        recipes.append(recipe | {"name": "-"})
+        control["model"]["path"] = "-"  # each project names the same folder its own way
+    assert recipes[0] == recipes[1]
+    # Rendered small: the size is the recipe's, the ControlNet the import's.
+    recipe_path.write_text(recipe_path.read_text().replace("size: [512, 768]", "size: [64, 96]"))
+    assert run_cli("pin", campaign).code == 0
+    rendered = run_cli("render", campaign, "--out", tmp_path / "out")
+    assert rendered.code == 0, rendered.stderr
+    (image,) = (tmp_path / "out").rglob("comfy_ui*.png")
+    without = yaml.safe_load(recipe_path.read_text())
+    without["controlnets"][0]["scale"] = 0.0
+    recipe_path.write_text(yaml.safe_dump(without))
+    assert run_cli("pin", campaign).code == 0
+    assert run_cli("render", campaign, "--out", tmp_path / "plain").code == 0
+    (plain,) = (tmp_path / "plain").rglob("comfy_ui*.png")
+    assert np.abs(pixels(image).astype(int) - pixels(plain)).mean() > 1
+
+
+def test_a_controlnet_whose_image_or_model_is_missing_is_refused(tmp_path, demo_models):
+    models = comfy_models(tmp_path, demo_models)
+    shutil.rmtree(models / "control_v11p_sd15_canny")
+    workflow = json.loads((IMPORTS / "comfy_api.json").read_text())
+    workflow["14"]["inputs"]["strength"] = 3.5
+    path = tmp_path / "controlled.json"
+    path.write_text(json.dumps(workflow))
+    result = run_cli("import", path, "--to", tmp_path / "p", "--search", models)
+    assert result.code == 2
+    for problem in (
+        "ControlNet 'control_v11p_sd15_canny.pth' is in no library or --search folder",
+        "control image 'product_edges.png' is neither beside the source",
+        "ControlNet 'control_v11p_sd15_canny.pth': scale 3.5 (input should be less than or "
+        "equal to 2)",
+    ):
+        assert problem in result.stderr, result.stderr
     assert not (tmp_path / "p").exists()
 
 

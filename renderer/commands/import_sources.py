@@ -5,14 +5,17 @@ recipes and a campaign that renders it again.
    or WebP's EXIF UserComment, a ``.txt``), a ComfyUI workflow (API or UI ``.json``, a
    ComfyUI PNG's ``prompt`` chunk);
 2. find its models: the checkpoint by A1111's short hash (sha256[:10]) or its name, each
-   LoRA by its A1111 hash (the addnet hash) or its name, in the model library and the
-   ``--search`` folders; a single-file checkpoint's config from the library, or the folder
-   beside it named like it;
-3. group the images by everything but their seed and prompts: one recipe a group;
+   LoRA by its A1111 hash (the addnet hash) or its name, each ControlNet by its name (a
+   ``.safetensors`` file or a diffusers folder), in the model library and the ``--search``
+   folders; a single-file checkpoint's config from the library, or the folder beside it
+   named like it; a ComfyUI control image (LoadImage's name, in ComfyUI's input folder)
+   beside the source or in a ``--search`` folder;
+3. group the images by everything but their seed, prompts and control images: one recipe a
+   group;
 4. refuse (exit 2, nothing written) when anything cannot be expressed or found, listing
    every problem of every source; else write the recipes, a campaign whose matrix holds
-   each image (its seed as a literal seed, its prompts as an axis value) and a placeholder
-   brand kit, then pin them.
+   each image (its seed as a literal seed, its prompts and control images as axis values)
+   and a placeholder brand kit, then pin them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from postprocess.embedded_metadata import PARAMETERS_KEY, read_export_metadata
 from postprocess.hires import LATENT_UPSCALERS
 from renderer.commands.init_project import write_brand, yaml_path
@@ -30,8 +35,9 @@ from renderer.core.atomic import write_bytes_atomic
 from renderer.core.errors import InputError
 from renderer.core.hashing import hash_file
 from renderer.load.comfy_workflow import parse_comfy_workflow
-from renderer.load.imported import Checkpoint, Generation, Hires, Lora
+from renderer.load.imported import Checkpoint, ControlNet, Generation, Hires, Lora
 from renderer.load.infotext import parse_infotext
+from renderer.load.schema import ControlNetSettings
 from renderer.load.yamlsource import read_bounded
 from renderer.validate.file_probes import MAX_IMAGE_BYTES
 from renderer.weights.compat import pipeline_family, read_header
@@ -40,6 +46,7 @@ from renderer.weights.library import ModelLibrary, detect_model
 from renderer.weights.standard_configs import standard_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+_DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # a diffusers model folder's
 _COMFY_PROMPT_KEY = "prompt"  # the API graph a ComfyUI PNG carries (``workflow``: its UI)
 _MAX_TEXT_BYTES = 1 << 20
 
@@ -55,6 +62,19 @@ class ModelFile:
 
 
 @dataclass(frozen=True)
+class ControlUnit:
+    """A ControlNet the source applied, found: its model, its image, its settings."""
+
+    model: ModelFile
+    image: Path
+    settings: ControlNet
+
+    def setting(self) -> tuple[object, ...]:
+        """What the recipe holds of it (the image is the campaign's: an axis value)."""
+        return (self.model, self.settings.strength, self.settings.start, self.settings.end)
+
+
+@dataclass(frozen=True)
 class Imported:
     """One source resolved: its generation and the files its recipe names."""
 
@@ -63,6 +83,7 @@ class Imported:
     checkpoint: ModelFile
     loras: tuple[tuple[ModelFile, float], ...]
     hires_model: ModelFile | None = None  # a hires pass's upscaler model, by its A1111 name
+    controls: tuple[ControlUnit, ...] = ()
 
     def setting(self) -> tuple[object, ...]:
         """What its recipe holds: everything but the seed and the prompts."""
@@ -77,6 +98,7 @@ class Imported:
             made.height,
             made.hires,
             self.hires_model,
+            tuple(control.setting() for control in self.controls),
         )
 
 
@@ -137,8 +159,6 @@ def read_source(source: Path) -> Generation:
 def resolve(source: Path, made: Generation, finder: ModelFinder) -> Imported | list[str]:
     """The generation with its model files, or every problem it has."""
     problems = list(made.problems)  # the parser names every setting absent or unusable
-    if made.controlnets:
-        problems.append("ControlNet units are not imported yet: add them to the recipe by hand")
     if made.clip_skip not in (None, 1):
         problems.append(f"Clip skip {made.clip_skip}: recipes use the last CLIP layer only")
     if made.batch_size != 1:
@@ -160,9 +180,17 @@ def resolve(source: Path, made: Generation, finder: ModelFinder) -> Imported | l
             problems.append(found)
         else:
             loras.append((found, lora.weight))
+    controls = []
+    for control in made.controlnets:
+        problems += _control_settings_problems(control)
+        model = finder.controlnet(control.model)
+        image = finder.control_image(control.image, source)
+        problems += [found for found in (model, image) if isinstance(found, str)]
+        if not isinstance(model, str) and not isinstance(image, str):
+            controls.append(ControlUnit(model, image, control))
     if problems or isinstance(checkpoint, str):
         return problems
-    return Imported(source, made, checkpoint, tuple(loras), hires_model)
+    return Imported(source, made, checkpoint, tuple(loras), hires_model, tuple(controls))
 
 
 class ModelFinder:
@@ -174,6 +202,7 @@ class ModelFinder:
             path for folder in search for path in sorted(folder.rglob("*.safetensors"))
         ]
         self.library = library
+        self.search = search
         self._addnet: dict[Path, str] = {}
 
     def checkpoint(self, wanted: Checkpoint | None) -> ModelFile | str:
@@ -217,6 +246,43 @@ class ModelFinder:
             )
         return ModelFile(found, hash_file(found), None, None)
 
+    def controlnet(self, name: str) -> ModelFile | str:
+        """A ControlNet by the name ComfyUI's loader shows (its file name): a ``.safetensors``
+        file with ControlNet keys, or a diffusers ControlNet folder, named like it."""
+        stem = Path(name).stem
+        folders = [
+            weights.parent
+            for folder in self.search
+            for weights in sorted(folder.rglob(_DIFFUSERS_WEIGHTS))
+            if weights.parent.name == stem
+        ]
+        for path in [*(p for p in self.candidates if p.stem == stem), *folders]:
+            header = read_header(path / _DIFFUSERS_WEIGHTS if path.is_dir() else path)
+            detected = detect_model(header)
+            if not isinstance(detected, str) and detected.kind == "controlnet":
+                return ModelFile(path, hash_file(path), detected.family, None)
+        return (
+            f"ControlNet {name!r} is in no library or --search folder (a .safetensors "
+            "ControlNet or a diffusers ControlNet folder named like it)"
+        )
+
+    def control_image(self, name: str, source: Path) -> Path | str:
+        """A ComfyUI control image by LoadImage's name (relative to ComfyUI's input folder):
+        beside the source, else in a ``--search`` folder, else anywhere under one by name."""
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"control image {name!r} leaves ComfyUI's input folder: refused"
+        for folder in (source.parent, *self.search):
+            if (folder / name).is_file():
+                return folder / name
+        wanted = Path(name).name
+        for folder in self.search:
+            if found := next((p for p in sorted(folder.rglob(wanted)) if p.is_file()), None):
+                return found
+        return (
+            f"control image {name!r} is neither beside the source nor in a --search folder "
+            "(copy it from ComfyUI's input folder)"
+        )
+
     def _find(
         self, short: str | None, name: str | None, digest: Callable[[Path], str]
     ) -> Path | None:
@@ -231,6 +297,21 @@ class ModelFinder:
         if path not in self._addnet:
             self._addnet[path] = addnet_hash(path)
         return self._addnet[path]
+
+
+def _control_settings_problems(control: ControlNet) -> list[str]:
+    """Where a ControlNet's strength or window lies outside what a recipe takes (the recipe
+    schema's own ranges)."""
+    settings = {"scale": control.strength, "start": control.start, "end": control.end}
+    try:
+        ControlNetSettings.model_validate({"image": control.image, **settings})
+    except ValidationError as err:
+        return [
+            f"ControlNet {control.model!r}: {error['loc'][0]} {error['input']} "
+            f"({error['msg'].lower()})"
+            for error in err.errors()
+        ]
+    return []
 
 
 def _config_beside(checkpoint: Path) -> Path | None:
@@ -302,6 +383,17 @@ def _recipe_yaml(name: str, group: Sequence[Imported], folder: Path) -> str:
         'prompt: "{{ source.prompt }}"',
         'negative_prompt: "{{ source.negative_prompt }}"',
     ]
+    if first.controls:
+        lines.append("controlnets:  # each image's control images: the campaign's source axis")
+        for number, control in enumerate(first.controls, 1):
+            settings = control.settings
+            lines += [
+                f"  - model: {{path: {yaml_path(control.model.path, folder)}}}",
+                f'    image: "{{{{ source.control_{number} }}}}"',
+                f"    scale: {settings.strength}",
+                f"    start: {settings.start}",
+                f"    end: {settings.end}",
+            ]
     if made.hires is not None:
         hires = _hires_lines(made.hires, first.hires_model, folder)
         lines += ["refine:", "  hires:", *[f"    {line}" for line in hires]]
@@ -340,6 +432,11 @@ def _campaign_yaml(
             "name": item.source.stem,
             "prompt": item.generation.prompt,
             "negative_prompt": item.generation.negative_prompt,
+            # control images resolve from the campaign's folder, as every template path does
+            **{
+                f"control_{number}": json.loads(yaml_path(control.image, folder))
+                for number, control in enumerate(item.controls, 1)
+            },
         }
         for item in imported
     ]
