@@ -31,6 +31,7 @@ from renderer.produce.exports import exports_of_master
 from renderer.produce.metadata import LoraHashes, a1111_parameters, read_png_metadata
 from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.validate.campaign import load_campaign
+from renderer.weights import ldm_layout
 
 from .conftest import REPO, CliResult, ledger_rows
 from .scratch import SIZE, Scratch
@@ -162,6 +163,68 @@ def test_a_refiner_switching_in_at_1_is_no_refiner(renderer, tmp_path):
     assert mean_change(refined, plain) > VISIBLE
     assert render(renderer, scratch)[0].tolist() == refined[0].tolist()
     assert renderer.loads == loads + 1  # the refiner loaded once, like the base
+
+
+def single_file_refiner(folder: Path, path: Path) -> Path:
+    """The diffusers refiner ``folder`` as one file in Stability's layout."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModelWithProjection
+
+    tensors = ldm_layout.diffusers_to_sgm_refiner(
+        UNet2DConditionModel.from_pretrained(folder / "unet"),
+        AutoencoderKL.from_pretrained(folder / "vae"),
+        CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2"),
+    )
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, path)
+    return path
+
+
+def test_a_single_file_refiner_renders_as_its_folder_does(renderer, tmp_path, capsys):
+    """Stability ships its refiner as one file: with its config folder it gives the pixels
+    the diffusers folder gives, the run records that config, and the render reproduces."""
+    folder = REPO / "models" / "demo" / "sdxl-refiner"
+    file = single_file_refiner(folder, tmp_path / "refiner.safetensors")
+    scratch = Scratch(tmp_path / "folder", "sdxl")
+    scratch.recipe["refine"] = {
+        "refiner": {"checkpoint": Scratch.model("sdxl-refiner"), "switch_at": 0.25}
+    }
+    from_folder = render(renderer, scratch)
+    single = {"path": str(file), "sha256": sha256_path(file), "config": str(folder)}
+    scratch.recipe["refine"]["refiner"]["checkpoint"] = single
+    assert all(
+        np.array_equal(a, b) for a, b in zip(render(renderer, scratch), from_folder, strict=True)
+    )
+    out = scratch.root / "out"
+    assert in_process(capsys, "render", scratch.write(), "--out", out).code == 0
+    ((roles,),) = ledger_rows(out, "SELECT input_files_json FROM renders ORDER BY id LIMIT 1")
+    recorded = {entry["role"]: entry for entry in json.loads(roles)}
+    assert recorded["refiner.checkpoint_config"]["sha256"] == sha256_path(folder)
+    (variant_id,) = ledger_rows(out, "SELECT variant_id FROM renders ORDER BY id LIMIT 1")[0]
+    result = in_process(capsys, "reproduce", variant_id, "--out", out, "--json")
+    (outcome,) = result.json()["targets"]
+    assert outcome["status"] == "identical", result.stdout + result.stderr
+
+
+def test_a_single_file_refiner_is_checked_for_its_layout_and_config(tmp_path, capsys):
+    """The tiny demo refiner is no standard architecture: it needs its config folder; a
+    base checkpoint is no refiner, and a refiner is no base checkpoint."""
+    models = REPO / "models" / "demo"
+    file = single_file_refiner(models / "sdxl-refiner", tmp_path / "refiner.safetensors")
+    scratch = Scratch(tmp_path / "c", "sdxl")
+    ref = {"path": str(file), "sha256": sha256_path(file)}
+    scratch.recipe["refine"] = {"refiner": {"checkpoint": ref, "switch_at": 0.5}}
+    result = in_process(capsys, "validate", scratch.write())
+    assert result.code == 2
+    assert "a single-file refiner needs refine.refiner.checkpoint.config" in result.stderr
+    assert "stable-diffusion-xl-refiner-1.0" in result.stderr  # the fix names the repo
+    scratch.recipe["refine"]["refiner"]["checkpoint"] = Scratch.model("sdxl.safetensors")
+    result = in_process(capsys, "validate", scratch.write())
+    assert result.code == 2 and "not a whole sdxl refiner" in result.stderr, result.stderr
+    scratch.recipe["refine"] = {}
+    scratch.recipe["checkpoint"] = ref | {"config": str(models / "sdxl-refiner")}
+    result = in_process(capsys, "validate", scratch.write())
+    assert result.code == 2 and "no second text encoder weights" in result.stderr
 
 
 # ---------------------------------------------------------------- upscale

@@ -218,13 +218,16 @@ def reproduce_targets(
     recorded_configs: dict[str, FileId] = {}  # as the files name them (the worker embeds it)
     config_problems: dict[str, InputProblem] = {}
     for target in targets:
-        checkpoint = finder.found.get(_checkpoint_key(target.spec))
-        if checkpoint is not None:
-            config, problem = finder.checkpoint_config(target.checkpoint_config, checkpoint)
+        for key, recorded in _single_file_models(target):
+            model = finder.found.get(key)
+            if model is None:
+                continue
+            family = str(target.spec["recipe"]["family"])
+            config, problem = finder.checkpoint_config(recorded, model, family)
             if config is not None:
-                configs[checkpoint.sha256] = config
-                if target.checkpoint_config is not None:
-                    recorded_configs[checkpoint.sha256] = target.checkpoint_config
+                configs[model.sha256] = config
+                if recorded is not None and key == _checkpoint_key(target.spec):
+                    recorded_configs[model.sha256] = recorded  # the worker embeds it
             if problem:
                 config_problems[target.variant_id] = problem
 
@@ -311,6 +314,24 @@ def reproduce_targets(
 def _checkpoint_key(spec: Mapping[str, Any]) -> tuple[str, str]:
     checkpoint = spec["recipe"]["checkpoint"]
     return checkpoint["name"], checkpoint["sha256"]
+
+
+def _single_file_models(target: Target) -> list[tuple[tuple[str, str], FileId | None]]:
+    """The models a config folder may load (the checkpoint, an SDXL refiner) by (name,
+    sha256), each with its config folder as recorded (None: not recorded)."""
+    models = [(_checkpoint_key(target.spec), target.checkpoint_config)]
+    refiner = ((target.spec["recipe"].get("refine") or {}).get("refiner") or {}).get("checkpoint")
+    if refiner:
+        recorded = next(
+            (
+                FileId(name=Path(entry["path"]).name, sha256=entry["sha256"])
+                for entry in target.input_files
+                if entry["role"] == "refiner.checkpoint_config"
+            ),
+            None,
+        )
+        models.append(((refiner["name"], refiner["sha256"]), recorded))
+    return models
 
 
 def _recorded_slots(

@@ -24,6 +24,7 @@ BASE_REPOS = {
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
     "flux": "black-forest-labs/FLUX.1-dev",
 }
+REFINER_REPO = "stabilityai/stable-diffusion-xl-refiner-1.0"  # SDXL's refiner, the same way
 
 # The weights a single-file checkpoint (A1111/Civitai layout) holds, by key prefix; diffusers'
 # from_single_file loads each component from them. Flux files (BFL layout) hold the
@@ -41,6 +42,13 @@ SINGLE_FILE_COMPONENTS: dict[str, dict[str, tuple[str, ...]]] = {
         "second text encoder": ("conditioner.embedders.1.",),
     },
     "flux": {"transformer": ("double_blocks.", "model.diffusion_model.double_blocks.")},
+}
+# An SDXL refiner's single file (as Stability ships sd_xl_refiner_1.0.safetensors): no CLIP
+# ViT-L, and its one text encoder, OpenCLIP bigG, is the first embedder.
+SDXL_REFINER_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "UNet": ("model.diffusion_model.",),
+    "VAE": ("first_stage_model.",),
+    "text encoder": ("conditioner.embedders.0.model.",),
 }
 
 # (family, mode) -> diffusers pipeline class

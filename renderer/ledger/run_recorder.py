@@ -120,6 +120,8 @@ def input_files(campaign: Campaign, recipe: Recipe) -> list[Mapping[str, str]]:
         (".".join(str(part) for part in key[1:] if not isinstance(part, int)), model)
         for key, model in recipe.refine_files.items()
     ]  # e.g. "refiner.checkpoint"
+    if config := recipe.refiner_config:  # a single-file refiner's, as the checkpoint's
+        files += [("refiner.checkpoint_config", ResolvedFile(config, hash_file(config)))]
     files += [("logo", campaign.brand.logo)]
     files += [("reference", ref) for ref in campaign.brand.references]
     files += [(f"font {role}", font) for role, font in campaign.brand.fonts.items()]

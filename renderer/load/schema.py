@@ -290,8 +290,9 @@ class HiresSpec(HiresSettings):
 
 
 class RefinerSpec(RefinerSettings):
-    checkpoint: ModelFileRef = Field(
-        description="An SDXL refiner as a diffusers folder (StableDiffusionXLImg2ImgPipeline)."
+    checkpoint: CheckpointRef = Field(
+        description="An SDXL refiner: a diffusers folder (StableDiffusionXLImg2ImgPipeline) or "
+        "a single file (Stability's layout; its config as for the recipe's checkpoint)."
     )
 
 

@@ -24,7 +24,7 @@ from renderer.load.schema import FileId
 from renderer.load.yamlsource import KeyPath
 from renderer.validate.inputs import ResolvedFile
 from renderer.weights.library import ModelLibrary
-from renderer.weights.standard_configs import STANDARD_CONFIGS
+from renderer.weights.standard_configs import STANDARD_CONFIGS, standard_config
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,13 @@ class FileFinder:
         return self._contents.get(sha256)
 
     def checkpoint_config(
-        self, recorded: FileId | None, checkpoint: ResolvedFile
+        self, recorded: FileId | None, checkpoint: ResolvedFile, family: str
     ) -> tuple[Path | None, InputProblem | None]:
-        """The local diffusers config folder a single-file checkpoint loads with: the
-        recorded one (``recorded``: by name and hash, wherever it is), else — rendered
-        before its hash was recorded — a sibling folder named like the checkpoint."""
+        """The local diffusers config folder a single-file checkpoint (or refiner) of
+        ``family`` loads with: the recorded one (``recorded``: by name and hash, wherever it
+        is), else — its config not recorded (rendered before configs were, or a refiner read
+        from the image alone) — the model library's, a sibling folder named like the
+        checkpoint, or the renderer's own for a standard architecture."""
         if checkpoint.path.is_dir():
             return None, None
         if recorded is not None:
@@ -139,6 +141,10 @@ class FileFinder:
             candidate = folder / stem
             if (candidate / "model_index.json").is_file():
                 return candidate, None
+        if checkpoint.path.suffix == ".safetensors" and (
+            shipped := standard_config(checkpoint.path, family)
+        ):
+            return shipped, None
         return None, InputProblem(
             "checkpoint config",
             stem,

@@ -52,6 +52,20 @@ class Recipe:
     # refine.upscale.model, refine.detail.0.checkpoint, …).
     refine_files: Mapping[KeyPath, ResolvedFile] = field(default_factory=dict)
     upscale_scale: int | None = None  # refine.upscale's model scale, read from its header
+    refiner_config: Path | None = None  # a single-file refine.refiner's config folder
+
+    def configs(self) -> dict[str, Path]:
+        """Each single-file model's config folder (the checkpoint's, the refiner's), by the
+        model's sha256."""
+        refiner = self.refine_files.get(("refine", "refiner", "checkpoint"))
+        return {
+            model.sha256: config
+            for model, config in [
+                (self.checkpoint, self.checkpoint_config),
+                (refiner, self.refiner_config),
+            ]
+            if model is not None and config is not None
+        }
 
     @property
     def ref(self) -> str:
@@ -148,11 +162,7 @@ class Campaign:
     def files(self) -> FileIndex:
         """Every file a render of this campaign reads, by sha256."""
         images = (file for point in self.points for file in point.images.values())
-        configs = {
-            recipe.checkpoint.sha256: recipe.checkpoint_config
-            for recipe in self.recipes
-            if recipe.checkpoint_config
-        }
+        configs = {sha: path for recipe in self.recipes for sha, path in recipe.configs().items()}
         recipes = [file for recipe in self.recipes for file in recipe.files()]
         return FileIndex.of([*recipes, *self.brand.files(), *images], configs)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from postprocess.tiling import Tiling, UpscalerInfo
 from renderer.core.errors import BadFileError, SchemaError
-from renderer.core.families import BASE_REPOS
+from renderer.core.families import BASE_REPOS, REFINER_REPO
 from renderer.core.hashing import shared_cache
-from renderer.load.schema import ModelFileRef, RecipeFile
+from renderer.load.schema import CheckpointRef, ModelFileRef, RecipeFile, RefinerSpec
 from renderer.load.yamlsource import KeyPath, YamlDocument
 from renderer.validate.file_probes import pickle_weights
 from renderer.validate.file_refs import existing_path
@@ -53,68 +53,104 @@ def refuse_pickles(document: YamlDocument, spec: RecipeFile) -> None:
 
 
 def checkpoint_config(document: YamlDocument, spec: RecipeFile, checkpoint: Path) -> Path | None:
-    """The local diffusers folder a single-file checkpoint loads with: checkpoint.config, the
-    model library's, or the renderer's shipped one of a standard architecture. Without one,
-    diffusers would fetch the architecture's configs from the Hub at render time: offline
-    that fails, and online the configs are not pinned (their scheduler settings change
-    pixels)."""
-    key_path = ("checkpoint", "config")
-    if checkpoint.suffix == ".safetensors" and (
-        problem := single_file_problem(checkpoint, spec.family)
+    """The local diffusers folder the recipe's single-file checkpoint loads with (None for a
+    diffusers folder): see ``single_file_config``."""
+    return single_file_config(
+        document, ("checkpoint",), spec.checkpoint, checkpoint, spec.family, refiner=False
+    )
+
+
+def refiner_config(
+    document: YamlDocument, refiner: RefinerSpec, file: Path, where: KeyPath
+) -> Path | None:
+    """The local diffusers folder a single-file SDXL refiner loads with (None for a diffusers
+    folder, which holds its own): see ``single_file_config``."""
+    if file.is_dir():
+        check_diffusers_folder(document, file, (*where, "checkpoint", "path"), "an SDXL refiner")
+    return single_file_config(
+        document, (*where, "checkpoint"), refiner.checkpoint, file, "sdxl", refiner=True
+    )
+
+
+def single_file_config(
+    document: YamlDocument,
+    where: KeyPath,
+    ref: CheckpointRef,
+    file: Path,
+    family: str,
+    *,
+    refiner: bool,
+) -> Path | None:
+    """The local diffusers folder a single-file checkpoint (or SDXL refiner) at ``where``
+    loads with: its ``config``, the model library's, or the renderer's shipped one of a
+    standard architecture. Without one, diffusers would fetch the architecture's configs
+    from the Hub at render time: offline that fails, and online the configs are not pinned
+    (their scheduler settings change pixels)."""
+    key_path = (*where, "config")
+    what = "an SDXL refiner" if refiner else f"a {family} checkpoint"
+    if file.suffix == ".safetensors" and (
+        problem := single_file_problem(file, family, refiner=refiner)
     ):
         raise document.error(
             BadFileError,
-            f"{checkpoint.name}: {problem}",
-            ("checkpoint", "path"),
-            found=str(checkpoint),
-            fix=f"point checkpoint.path at a whole {spec.family} checkpoint "
-            "(or a diffusers folder)",
+            f"{file.name}: {problem}",
+            (*where, "path"),
+            found=str(file),
+            fix=f"point {'.'.join(map(str, where))}.path at {what} (or a diffusers folder)",
         )
-    stored = None if spec.checkpoint.path else ModelLibrary().config_at(checkpoint)
-    if spec.checkpoint.config is None and stored is not None:
+    stored = None if ref.path else ModelLibrary().config_at(file)
+    if ref.config is None and stored is not None:
         config = stored  # the model library's, stored with the checkpoint
-    elif spec.checkpoint.config is None:
-        if checkpoint.is_dir():
+    elif ref.config is None:
+        if file.is_dir():
             return None
-        if checkpoint.suffix == ".safetensors" and (
-            shipped := standard_config(checkpoint, spec.family)
-        ):
+        if file.suffix == ".safetensors" and (shipped := standard_config(file, family)):
             return shipped  # a standard architecture: the renderer ships its configs
+        repo = REFINER_REPO if refiner else BASE_REPOS[family]
+        folder = "sdxl-refiner" if refiner else family
+        if family == "flux":  # the file holds the transformer alone: the rest needs weights
+            needs = "the text encoders' and the VAE's weights, the configs and tokenizers"
+            skip = "'transformer/*' 'flux1-*.safetensors' 'ae.safetensors'"
+        else:
+            needs = "the component configs and tokenizers; no weights needed"
+            skip = "'*.safetensors' '*.bin' '*.ckpt' '*.pth'"
         raise document.error(
             SchemaError,
-            "a single-file checkpoint needs checkpoint.config",
+            f"a single-file {'refiner' if refiner else 'checkpoint'} needs "
+            f"{'.'.join(map(str, key_path))}",
             key_path,
-            expected="a local diffusers folder of the same architecture (model_index.json, "
-            "the component configs and tokenizers; no weights needed)",
-            found=f"{checkpoint.name} (not a standard {spec.family} architecture the renderer "
-            "ships configs for) and no checkpoint.config",
-            fix=f"download the {spec.family} base model's repo without its weights (e.g. "
-            f"`huggingface-cli download {BASE_REPOS[spec.family]} --exclude '*.safetensors' "
-            "'*.bin' '*.ckpt' '*.pth' --local-dir configs/" + spec.family + "`), then set "
-            f"checkpoint.config: configs/{spec.family} (relative to {document.path.name})",
+            expected=f"a local diffusers folder of the same architecture (model_index.json, "
+            f"{needs})",
+            found=f"{file.name} (not a standard {family} architecture the renderer ships "
+            f"configs for) and no {key_path[-1]}",
+            fix=f"download the {folder} repo once (e.g. `huggingface-cli download {repo} "
+            f"--exclude {skip} --local-dir configs/{folder}`), then set "
+            f"{'.'.join(map(str, key_path))}: configs/{folder} (relative to "
+            f"{document.path.name})",
         )
     else:
-        config = existing_path(document, document.path.parent / spec.checkpoint.config, key_path)
-    if checkpoint.is_dir():
+        config = existing_path(document, document.path.parent / ref.config, key_path)
+    if file.is_dir():
         raise document.error(
             SchemaError,
-            "checkpoint.config is for a single-file checkpoint",
+            f"{'.'.join(map(str, key_path))} is for a single-file "
+            f"{'refiner' if refiner else 'checkpoint'}",
             key_path,
-            found=f"{checkpoint.name} is a diffusers folder",
-            fix="remove checkpoint.config (the folder has its own configs)",
+            found=f"{file.name} is a diffusers folder",
+            fix=f"remove {key_path[-1]} (the folder has its own configs)",
         )
     if not config.is_dir():
         problem = "a file, not a diffusers folder"
     else:
-        problem = config_problem(config, spec.family, checkpoint)
+        problem = config_problem(config, family, file)
     if problem:
         raise document.error(
             SchemaError,
-            f"checkpoint.config cannot load {checkpoint.name}",
+            f"{'.'.join(map(str, key_path))} cannot load {file.name}",
             key_path,
             found=f"{config}: {problem}",
-            fix=f"point it at a diffusers folder of this {spec.family} "
-            "checkpoint's architecture (its base model's repo)",
+            fix=f"point it at a diffusers folder of this {what}'s architecture (its base "
+            "model's repo)",
         )
     return config
 

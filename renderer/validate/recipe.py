@@ -17,7 +17,12 @@ from renderer.load.yamlsource import KeyPath, YamlDocument, load_yaml
 from renderer.validate.file_probes import file_mode, is_regular_file, model_problem
 from renderer.validate.file_refs import referenced_document, resolve_file
 from renderer.validate.inputs import Recipe
-from renderer.validate.model_files import check_lora_families, checkpoint_config, refuse_pickles
+from renderer.validate.model_files import (
+    check_lora_families,
+    checkpoint_config,
+    refiner_config,
+    refuse_pickles,
+)
 from renderer.validate.refine import check_refine, refine_refs
 from renderer.validate.sizes import check_size_multiple
 from renderer.weights.compat import unet_input_channels
@@ -79,6 +84,15 @@ def validate_recipe(document: YamlDocument, *, verify_hashes: bool = True) -> Re
         for key_path, ref in refine_refs(spec)
     }
     upscale_scale = check_refine(document, spec, refine_files)
+    refiner = spec.refine.refiner if spec.refine else None
+    refiner_at: KeyPath = ("refine", "refiner")
+    refiner_folder = (
+        None
+        if refiner is None
+        else refiner_config(
+            document, refiner, refine_files[(*refiner_at, "checkpoint")].path, refiner_at
+        )
+    )
     return Recipe(
         spec=spec,
         source=document.path,
@@ -90,6 +104,7 @@ def validate_recipe(document: YamlDocument, *, verify_hashes: bool = True) -> Re
         ip_adapter=ip_adapter,
         refine_files=refine_files,
         upscale_scale=upscale_scale,
+        refiner_config=refiner_folder,
     )
 
 

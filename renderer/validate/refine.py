@@ -118,12 +118,7 @@ def _check_refiner(context: RefineContext, refiner: RefinerSpec, where: KeyPath)
             fix="the refiner takes a text-to-image base's latents "
             "over: drop the control or the refiner",
         )
-    check_diffusers_folder(
-        context.document,
-        context.files[(*where, "checkpoint")].path,
-        (*where, "checkpoint", "path"),
-        "an SDXL refiner",
-    )
+    # Its file, a diffusers folder or a single file with its config: refiner_config.
 
 
 def _check_hires(context: RefineContext, hires: HiresSpec, where: KeyPath) -> None:

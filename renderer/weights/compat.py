@@ -12,8 +12,9 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from renderer.core.families import PIPELINES, SINGLE_FILE_COMPONENTS
+from renderer.core.families import PIPELINES, SDXL_REFINER_COMPONENTS, SINGLE_FILE_COMPONENTS
 
 _MAX_HEADER = 100 * 1024 * 1024
 _FLUX_MARKERS = ("transformer.", "lora_transformer_", "double_blocks", "single_blocks")
@@ -206,7 +207,8 @@ def pipeline_family(folder: Path) -> str | None:
 def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
     """Why the diffusers folder ``config`` cannot load the single-file ``checkpoint`` of
     ``family`` (None when it can, as far as headers tell): its pipeline class is another
-    family's, or its UNet's first convolution has another shape than the file's."""
+    family's, or its UNet's first convolution has another shape than the file's (for Flux:
+    ``_flux_folder_problem``)."""
 
     try:
         index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
@@ -217,6 +219,8 @@ def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
         class_name := index.get("_class_name") if isinstance(index, dict) else None
     ) not in pipelines:
         return f"its model_index.json names {class_name!r}, not a {family} pipeline"
+    if family == "flux":
+        return _flux_folder_problem(config, index, checkpoint)
     found = (
         None
         if checkpoint.suffix != ".safetensors"
@@ -238,15 +242,61 @@ def config_problem(config: Path, family: str, checkpoint: Path) -> str | None:
     return None
 
 
-def single_file_problem(checkpoint: Path, family: str) -> str | None:
-    """What a single-file ``family`` checkpoint lacks (None when it has every component's
-    weights): a LoRA, an upscaler or a bare UNet passes a header check but not a load."""
+# A Flux single file's transformer input projection (BFL layout, bare or ComfyUI-prefixed):
+# [attention width, packed latent channels].
+_FLUX_IMG_IN = ("img_in.weight", "model.diffusion_model.img_in.weight")
+
+
+def _flux_folder_problem(config: Path, index: dict[str, Any], checkpoint: Path) -> str | None:
+    """A Flux single file holds the transformer alone (``SINGLE_FILE_COMPONENTS``), so its
+    folder must hold every other model's weights and T5's tokenizer, and a transformer
+    config of the file's width and input channels."""
+    models = [
+        name
+        for name in index
+        if not name.startswith("_") and (config / name / "config.json").is_file()
+    ]
+    unweighted = [
+        name
+        for name in models
+        if name != "transformer" and not any((config / name).glob("*.safetensors"))
+    ]
+    if unweighted:
+        return (
+            f"it holds no weights for {', '.join(unweighted)}: a Flux single file holds the "
+            "transformer alone, so its folder needs the text encoders' and the VAE's weights"
+        )
+    tokenizer = config / "tokenizer_2"
+    if not ((tokenizer / "spiece.model").is_file() or (tokenizer / "tokenizer.json").is_file()):
+        return "its tokenizer_2 holds neither spiece.model nor tokenizer.json (T5's tokenizer)"
+    shapes = read_header(checkpoint).shapes if checkpoint.suffix == ".safetensors" else {}
+    found = next((shapes[name] for name in _FLUX_IMG_IN if name in shapes), None)
+    try:
+        settings = json.loads((config / "transformer" / "config.json").read_text("utf-8"))
+        width = settings["num_attention_heads"] * settings["attention_head_dim"]
+        expected = [width, settings["in_channels"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        return f"transformer/config.json lacks the attention width or in_channels ({err})"
+    if found is not None and found[:2] != expected:
+        return (
+            f"its transformer is {expected[0]} wide from {expected[1]} inputs, the "
+            f"checkpoint's {found[0]} from {found[1]}: another architecture"
+        )
+    return None
+
+
+def single_file_problem(checkpoint: Path, family: str, *, refiner: bool = False) -> str | None:
+    """What a single-file ``family`` checkpoint (or SDXL ``refiner``) lacks (None when it has
+    every component's weights): a LoRA, an upscaler or a bare UNet passes a header check but
+    not a load, and a base model and a refiner have different text encoders."""
 
     names = list(read_header(checkpoint).shapes)
-    for component, prefixes in SINGLE_FILE_COMPONENTS[family].items():
+    components = SDXL_REFINER_COMPONENTS if refiner else SINGLE_FILE_COMPONENTS[family]
+    for component, prefixes in components.items():
         if not any(name.startswith(prefixes) for name in names):
             return (
                 f"it holds no {component} weights ({prefixes[0]}…): not a whole {family} "
-                "checkpoint (a LoRA, an upscaler, a single component?)"
+                f"{'refiner' if refiner else 'checkpoint'} (a LoRA, an upscaler, a single "
+                f"component{', a base model' if refiner else ', a refiner'}?)"
             )
     return None

@@ -4,7 +4,8 @@ Single-file checkpoints as A1111 and Civitai distribute them keep the original S
 key layout (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*``); SDXL's
 (Stability's SGM code) keeps the UNet and VAE names and stores its two text encoders under
 ``conditioner.embedders.0.transformer.*`` (CLIP, transformers layout) and
-``conditioner.embedders.1.model.*`` (OpenCLIP layout). The upstream conversion script hard-codes
+``conditioner.embedders.1.model.*`` (OpenCLIP layout); the SDXL refiner has the OpenCLIP one
+alone, as ``conditioner.embedders.0.model.*``. The upstream conversion script hard-codes
 SD1.5's block counts; this mapping derives every block index from the UNet and VAE configs
 instead, as the inverse of what ``diffusers.loaders.single_file_utils`` reads back, so it fits any
 block and layer count.
@@ -28,6 +29,8 @@ VAE_PREFIX = "first_stage_model."
 CLIP_TEXT_PREFIX = "cond_stage_model.transformer."
 SGM_CLIP_TEXT_PREFIX = "conditioner.embedders.0.transformer."
 SGM_OPEN_CLIP_TEXT_PREFIX = "conditioner.embedders.1.model."
+# The SDXL refiner's one text encoder (OpenCLIP bigG) is its first embedder.
+SGM_REFINER_OPEN_CLIP_TEXT_PREFIX = "conditioner.embedders.0.model."
 
 StateDict = dict[str, torch.Tensor]
 
@@ -112,6 +115,17 @@ def diffusers_to_sgm(
         **_unet_and_vae_to_ldm(unet, vae),
         **clip_text_to_ldm(text_encoder.state_dict(), SGM_CLIP_TEXT_PREFIX),
         **clip_text_to_open_clip(text_encoder_2.state_dict()),
+    }
+
+
+def diffusers_to_sgm_refiner(
+    unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder_2: torch.nn.Module
+) -> StateDict:
+    """One SDXL refiner single-file state dict: the LDM UNet and VAE, its OpenCLIP text
+    encoder as the first embedder."""
+    return {
+        **_unet_and_vae_to_ldm(unet, vae),
+        **clip_text_to_open_clip(text_encoder_2.state_dict(), SGM_REFINER_OPEN_CLIP_TEXT_PREFIX),
     }
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from renderer.core.atomic import FILE_MODE, TEMP_PREFIX, fsync_folder, write_text_atomic
 from renderer.core.errors import InputError
-from renderer.core.families import SINGLE_FILE_COMPONENTS
+from renderer.core.families import SDXL_REFINER_COMPONENTS, SINGLE_FILE_COMPONENTS
 from renderer.core.hashing import short_hash
 from renderer.core.json_value import JsonObject
 from renderer.load.schema import NAME_PATTERN
@@ -90,6 +90,12 @@ def detect_model(header: SafetensorsHeader) -> Detected | str:
             return Detected(
                 "checkpoint", family, f"{family} single-file keys: " + ", ".join(components)
             )
+    if all(any(name.startswith(p) for name in names) for p in SDXL_REFINER_COMPONENTS.values()):
+        return Detected(
+            "checkpoint",
+            "sdxl",
+            "SDXL refiner single-file keys: " + ", ".join(SDXL_REFINER_COMPONENTS),
+        )
     if (
         _has(names, "visual.", "token_embedding.")
         or _has(names, "text_model.")

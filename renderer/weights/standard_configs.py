@@ -3,7 +3,9 @@ single-file checkpoint fits, told from its safetensors header alone.
 
 A single-file checkpoint (A1111/Civitai layout) holds weights only; diffusers loads it with
 the architecture's configs and tokenizers from a folder. For the standard architectures (SD1.5,
-SD1.5 inpainting, SDXL base) those folders ship in ``renderer/data/configs``, so such a file
+SD1.5 inpainting, SDXL base, SDXL refiner) those folders ship in ``renderer/data/configs``
+(the refiner's UNet config is Stability's ``sd_xl_refiner.yaml`` as diffusers converts it),
+so such a file
 loads offline with no ``checkpoint.config``. A file fits a folder when it has the shapes the
 folder's configs imply at the layout's landmarks (first and last convolutions, time and SDXL
 size embeddings, the deepest cross-attention, the VAE's latent width, each text encoder's
@@ -76,7 +78,12 @@ def landmark_shapes(folder: Path) -> dict[str, list[int]]:
         **ldm_layout.unet_to_ldm(meta(unet_shapes), unet),
         **ldm_layout.vae_to_ldm(meta(vae_shapes), vae),
     }
-    if (folder / "text_encoder_2").is_dir():  # SDXL's SGM layout: CLIP, then OpenCLIP
+    if not (folder / "text_encoder").is_dir():  # the SDXL refiner: OpenCLIP alone
+        tensors |= ldm_layout.clip_text_to_open_clip(
+            meta(_text_shapes(folder / "text_encoder_2")),
+            ldm_layout.SGM_REFINER_OPEN_CLIP_TEXT_PREFIX,
+        )
+    elif (folder / "text_encoder_2").is_dir():  # SDXL's SGM layout: CLIP, then OpenCLIP
         tensors |= ldm_layout.clip_text_to_ldm(
             meta(_text_shapes(folder / "text_encoder")), ldm_layout.SGM_CLIP_TEXT_PREFIX
         )
