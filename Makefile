@@ -36,10 +36,21 @@ system-deps:
 	  { echo "error: the tests need$$missing and apt-get could not install them ($(SYSTEM_PACKAGES))"; exit 1; }; \
 	fi
 
+# The tests' JavaScript tools (tests/js/package.json, exact versions locked in its
+# package-lock.json: c2pa-ts, the C2PA reader independent of c2pa-rs), under Node.js and npm
+# from Debian when either is missing; reinstalled when the lock changes. No install scripts:
+# the tools are plain JavaScript (cbor-x's optional native speed-up is left out).
+JS_TOOLS := tests/js/node_modules/.package-lock.json
+$(JS_TOOLS): tests/js/package.json tests/js/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null) || \
+	  { echo "error: the tests need node and npm and apt-get could not install them (nodejs npm)"; exit 1; }
+	npm ci --prefix tests/js --ignore-scripts --no-audit --no-fund
+
 # One test process per core (pytest-xdist), a test file's tests in the same process so
 # its module fixtures are built once.
 TEST_WORKERS ?= $(shell nproc)
-test: $(DEMO_MODELS) system-deps
+test: $(DEMO_MODELS) system-deps $(JS_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -6,11 +6,25 @@ private key. What it says is derived from the variant spec the file itself carri
 
 * ``c2pa.created`` with the IPTC ``digitalSourceType`` the file's XMP declares
   (trainedAlgorithmicMedia, or compositeWithTrainedAlgorithmicMedia for a repainted
-  photograph), the software agent and version, and the models — checkpoint and LoRAs by
-  name and sha256, with their weights;
+  photograph), referencing the models that made it as ingredients;
 * ``c2pa.edited`` for an inpainted region (a composite of the source and the model's
   pixels), and for each post-process stage the spec applied: retouch, logo, text;
 * ``c2pa.resized`` when the file is a channel export cropped and resized from the master.
+
+It follows the C2PA specification 2.2 (section numbers are its own):
+https://spec.c2pa.org/specifications/specifications/2.2/specs/C2PA_Specification.html
+
+* a ``c2pa.actions.v2`` assertion (18.14) whose every ``softwareAgent`` is a generator-info
+  map, ``{"name", "version"}`` (18.14.4.4); the v1 string there is not v2 (c2pa-ts reads it
+  as ``{}``);
+* each model file the recipe used (checkpoint, LoRAs, ControlNets, IP-Adapter, refine
+  models) is a ``c2pa.ingredient.v3`` (18.15) with relationship ``inputTo`` (18.15.3: input
+  to an AI/ML process), data types ``c2pa.types.generator`` and ``c2pa.types.model`` (18.20,
+  Table 11), its name as ``dc:title``, its sha256 (README, "Ids, seeds and hashes") as
+  ``instanceID`` (8.3: a non-C2PA asset without XMP is identified as the claim generator
+  chooses) and its role in the recipe as ``description``, as the spec's private-model
+  example does (18.15.8.1, Example 13); ``c2pa.created`` lists them in
+  ``parameters.ingredients`` (18.14.4.5, Example 8).
 
 ``read_c2pa(data, trust_anchors)`` reads it back and validates it (``Trusted`` when the
 chain ends in one of the anchors).
@@ -31,20 +45,21 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from pydantic import BaseModel
 
 from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 from renderer.core.errors import InputError
 from renderer.core.json_value import JsonValue
 from renderer.core.version import __version__
-from renderer.plan.variant_spec import VariantSpec
-from renderer.produce.metadata import (
-    COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
-    SOFTWARE,
-    digital_source_type,
-)
+from renderer.load.schema import FileId
+from renderer.plan.variant_spec import LoraUse, RecipeUse, VariantSpec
+from renderer.produce.metadata import COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA, digital_source_type
 
 MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-_AGENT = {"name": "campaign-renderer", "version": __version__}
+# The claim generator and every action's softwareAgent (a v2 generator-info map, 18.14.4.4).
+_AGENT: dict[str, JsonValue] = {"name": "campaign-renderer", "version": __version__}
+# What a model ingredient is (18.20, Table 11): a model taking part in generating the image.
+_MODEL_DATA_TYPES = [{"type": "c2pa.types.generator"}, {"type": "c2pa.types.model"}]
 
 
 @dataclass(frozen=True)
@@ -88,24 +103,54 @@ def image_facts(data: bytes) -> tuple[str, tuple[int, int], VariantSpec]:
     return kind, size, spec
 
 
+def model_files(node: BaseModel, at: str = "") -> list[tuple[str, FileId]]:
+    """Every model file a recipe (``RecipeUse``) names, with its key path in the recipe
+    (``checkpoint``, ``loras[0]``, ``refine.upscale.model``), found by walking the spec: every
+    ``FileId`` a recipe holds is a model (its images are paths), so a new model key needs no
+    change here."""
+    found: list[tuple[str, FileId]] = []
+    for name in type(node).model_fields:
+        value = getattr(node, name)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            key = f"{at}{name}" if index is None else f"{at}{name}[{index}]"
+            if isinstance(item, FileId):
+                found.append((key, item))
+            elif isinstance(item, BaseModel):
+                found += model_files(item, f"{key}.")
+    return found
+
+
+def model_ingredients(recipe: RecipeUse) -> list[dict[str, JsonValue]]:
+    """The models that made the image as C2PA ingredients (the module's docstring says which
+    fields, after which sections of the specification), in the recipe's order. ``label`` is
+    the id the ``c2pa.created`` action names them by (c2pa-python's builder turns it into
+    the hashed URI of the ingredient assertion); ``dc:format`` is left out, as a model is a
+    file or a diffusers folder (which 18.15.5 would have as multipart/mixed)."""
+    return [
+        {
+            "label": key,
+            "title": model.name,
+            "relationship": "inputTo",
+            "instance_id": f"sha256:{model.sha256}",
+            "data_types": _MODEL_DATA_TYPES,
+            "description": f"recipe {recipe.ref} ({recipe.family}): {key}"
+            + (f", weight {model.weight}" if isinstance(model, LoraUse) else ""),
+        }
+        for key, model in model_files(recipe)
+    ]
+
+
 def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, JsonValue]]:
     """The actions that made a file of ``size`` from ``spec``, in the order they happened."""
     recipe = spec.recipe
-    models: dict[str, JsonValue] = {
-        "family": recipe.family,
-        "checkpoint": {"name": recipe.checkpoint.name, "sha256": recipe.checkpoint.sha256},
-        "loras": [
-            {"name": lora.name, "sha256": lora.sha256, "weight": lora.weight}
-            for lora in recipe.loras
-        ],
-    }
     actions: list[dict[str, JsonValue]] = [
         {
             "action": "c2pa.created",
             "digitalSourceType": digital_source_type(spec),
-            "softwareAgent": SOFTWARE,
+            "softwareAgent": _AGENT,
             "description": f"{recipe.mode} render",
-            "parameters": models,
+            "parameters": {"ingredientIds": [key for key, _ in model_files(recipe)]},
         }
     ]
     post = spec.postprocess
@@ -134,7 +179,7 @@ def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, Jso
         actions.append(
             {
                 "action": "c2pa.edited",
-                "softwareAgent": SOFTWARE,
+                "softwareAgent": _AGENT,
                 "description": description,
                 **({"digitalSourceType": source_type} if source_type else {}),
             }
@@ -143,7 +188,7 @@ def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, Jso
         actions.append(
             {
                 "action": "c2pa.resized",
-                "softwareAgent": SOFTWARE,
+                "softwareAgent": _AGENT,
                 "description": f"channel export: cropped and resized from "
                 f"{spec.width}x{spec.height} to {size[0]}x{size[1]}",
             }
@@ -159,7 +204,8 @@ def sign_image(data: bytes, signer: C2paSigner, *, title: str = "image") -> byte
         "claim_generator_info": [_AGENT],
         "title": title,
         "format": MIME_TYPES[kind],
-        "assertions": [{"label": "c2pa.actions", "data": {"actions": c2pa_actions(spec, size)}}],
+        "ingredients": model_ingredients(spec.recipe),
+        "assertions": [{"label": "c2pa.actions.v2", "data": {"actions": c2pa_actions(spec, size)}}],
     }
     try:
         info = c2pa.C2paSignerInfo(
@@ -193,8 +239,8 @@ def sign_png(data: bytes, signer: C2paSigner, *, title: str = "image.png") -> by
 
 def read_c2pa(data: bytes, trust_anchors: bytes | None = None) -> dict[str, Any]:
     """The active manifest's validation state (``Trusted`` when it chains to one of
-    ``trust_anchors``, PEM), its signer, software and its actions (with their
-    ``digitalSourceType`` values and parameters)."""
+    ``trust_anchors``, PEM), its signer, software, its actions (with their
+    ``digitalSourceType`` values and parameters) and its ingredients (the models)."""
     c2pa = _c2pa()
     settings = {"trust": {"trust_anchors": trust_anchors.decode()}} if trust_anchors else {}
     with (
@@ -219,4 +265,5 @@ def read_c2pa(data: bytes, trust_anchors: bytes | None = None) -> dict[str, Any]
         ],
         "actions": [action["action"] for action in actions],
         "action_details": actions,
+        "ingredients": manifest.get("ingredients", []),
     }
