@@ -184,13 +184,38 @@ def test_a_hires_pass_with_an_upscaler_model_imports_and_renders_the_same(tmp_pa
         assert np.array_equal(pixels(again), pixels(original_file)), original_file.name
 
 
+def test_a_builtin_a1111_upscaler_is_found_by_the_file_a1111_downloads(tmp_path, demo_models):
+    """A1111's "R-ESRGAN 4x+" is its RealESRGAN_x4plus.pth: converted to .safetensors under
+    that name, it is the imported hires pass's model."""
+    search = tmp_path / "models"
+    search.mkdir()
+    shutil.copy(demo_models / "upscaler-x4.safetensors", search / "RealESRGAN_x4plus.safetensors")
+    shutil.copy(demo_models / "sd15.safetensors", search / "sd15.safetensors")
+    shutil.copytree(demo_models / "sd15", search / "sd15")
+    source = tmp_path / "past.txt"
+    source.write_text(
+        "a tote on sand\nNegative prompt: blurry\nSteps: 4, Sampler: Euler, CFG scale: 5, "
+        "Seed: 7, Size: 64x64, Model: sd15, Denoising strength: 0.4, Hires upscale: 2, "
+        "Hires upscaler: R-ESRGAN 4x+"
+    )
+    result = run_cli("import", source, "--to", tmp_path / "p", "--search", search)
+    assert result.code == 0, result.stderr
+    (recipe,) = (tmp_path / "p" / "recipes").glob("*.yaml")
+    hires = yaml.safe_load(recipe.read_text())["refine"]["hires"]
+    assert (hires["upscaler"], Path(hires["model"]["path"]).name) == (
+        "model",
+        "RealESRGAN_x4plus.safetensors",
+    )
+
+
 def test_what_cannot_be_imported_is_listed_and_nothing_is_written(tmp_path, demo_models):
     """A1111 1.10 text with Clip skip 2, an R-ESRGAN hires pass and models we do not have."""
     result = run_cli("import", IMPORTS / "a1111_v1_10.txt", "--to", tmp_path / "p")
     assert result.code == 2, result.stderr
     for problem in (
         "Clip skip 2",
-        "Hires upscaler 'R-ESRGAN 4x+'",
+        "Hires upscaler 'R-ESRGAN 4x+' is in no library or --search folder (a .safetensors "
+        "file named RealESRGAN_x4plus: A1111's RealESRGAN_x4plus.pth, converted",
         "checkpoint 'v1-5-pruned-emaonly' (hash 6ce0161689) is in no library",
         "LoRA 'brand style v2' (hash a1b2c3d4e5f6)",
     ):

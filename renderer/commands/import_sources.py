@@ -49,6 +49,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # a diffusers model folder's
 _COMFY_PROMPT_KEY = "prompt"  # the API graph a ComfyUI PNG carries (``workflow``: its UI)
 _MAX_TEXT_BYTES = 1 << 20
+# A1111's built-in Real-ESRGAN upscalers: the name its Hires upscaler shows -> the file it
+# downloads (modules/realesrgan_model.py, get_realesrgan_models), found here by that stem
+# once converted to .safetensors.
+A1111_UPSCALER_FILES = {
+    "R-ESRGAN General 4xV3": "realesr-general-x4v3",
+    "R-ESRGAN General WDN 4xV3": "realesr-general-wdn-x4v3",
+    "R-ESRGAN AnimeVideo": "realesr-animevideov3",
+    "R-ESRGAN 4x+": "RealESRGAN_x4plus",
+    "R-ESRGAN 4x+ Anime6B": "RealESRGAN_x4plus_anime_6B",
+    "R-ESRGAN 2x+": "RealESRGAN_x2plus",
+}
 
 
 @dataclass(frozen=True)
@@ -237,12 +248,16 @@ class ModelFinder:
         return ModelFile(found, hash_file(found), None, None)
 
     def upscaler(self, name: str) -> ModelFile | str:
-        """A hires upscaler model by the name A1111 shows (its file name without suffix)."""
-        found = self._find(None, name, hash_file)
+        """A hires upscaler model by the name A1111 shows: its file name without suffix, or
+        for a built-in Real-ESRGAN the name of the file A1111 downloads for it."""
+        stem = A1111_UPSCALER_FILES.get(name, name)
+        found = self._find(None, stem, hash_file)
         if found is None:
+            built_in = f"A1111's {stem}.pth, converted" if name in A1111_UPSCALER_FILES else ""
             return (
-                f"Hires upscaler {name!r} is in no library or --search folder (its "
-                ".safetensors file named like it; the Latent upscalers and Lanczos need none)"
+                f"Hires upscaler {name!r} is in no library or --search folder (a .safetensors "
+                f"file named {stem}{f': {built_in}' if built_in else ''}; the Latent upscalers "
+                "and Lanczos need none)"
             )
         return ModelFile(found, hash_file(found), None, None)
 
