@@ -193,9 +193,7 @@ def _recipe_history(versions: list[dict[str, Any]], args: argparse.Namespace) ->
                 fix="pick two versions listed by `campaign history --recipe`",
             )
         old, new = (
-            json.dumps(
-                json.loads(by_version[v]["resolved_json"]), indent=2, sort_keys=True
-            ).splitlines()
+            json.dumps(by_version[v]["resolved"], indent=2, sort_keys=True).splitlines()
             for v in args.diff
         )
         say(
@@ -211,17 +209,12 @@ def _recipe_history(versions: list[dict[str, Any]], args: argparse.Namespace) ->
         )
         return 0
     if args.json:
-        print(
-            json.dumps(
-                [{**row, "resolved": json.loads(row.pop("resolved_json"))} for row in versions],
-                indent=2,
-            )
-        )
+        print(json.dumps(versions, indent=2))
         return 0
     if not versions:
         say(f"recipe {args.recipe} has not rendered yet", err=True)
     for row in versions:
-        checkpoint = json.loads(row["resolved_json"])["checkpoint"]
+        checkpoint = row["resolved"]["checkpoint"]
         say(
             f"{row['name']}@{row['version']}  content {row['content_hash'][:12]}  model hash "
             f"{checkpoint['sha256'][:10]}  first rendered {row['first_rendered_at'][:19]}  "

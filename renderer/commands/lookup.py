@@ -134,7 +134,7 @@ def render_details(ledger: Ledger, variant_id: str) -> dict[str, Any]:
             "version": row.recipe_version,
             "content_hash": row.recipe_hash,
             "first_rendered_at": version["first_rendered_at"] if version else None,
-            "resolved": json.loads(version["resolved_json"]) if version else None,
+            "resolved": version["resolved"] if version else None,
         },
         "seed": row.seed,
         "width": row.width,

@@ -3,6 +3,8 @@ rendered, so a ``name@version`` that changed since is refused (README, "Recipe v
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,7 @@ class RecipeQueries(TableQueries):
         return content_hash
 
     def recipe_versions(self, name: str) -> list[dict[str, Any]]:
+        """Each rendered version of recipe ``name``, oldest first, with its deliverables."""
         rows = self.db.execute(
             "SELECT v.name, v.version, v.content_hash, v.first_rendered_at, v.resolved_json, "
             "(SELECT COUNT(DISTINCT variant_id) FROM renders r WHERE r.recipe_name = v.name "
@@ -52,10 +55,18 @@ class RecipeQueries(TableQueries):
             "WHERE v.name = ? ORDER BY v.version",
             (name,),
         )
-        return [dict(row) for row in rows]
+        return [_version(row) for row in rows]
 
     def recipe_version(self, name: str, version: int) -> dict[str, Any] | None:
         row = self.db.execute(
             "SELECT * FROM recipe_versions WHERE name = ? AND version = ?", (name, version)
         ).fetchone()
-        return dict(row) if row else None
+        return _version(row) if row else None
+
+
+def _version(row: sqlite3.Row) -> dict[str, Any]:
+    """A stored version with its content parsed: ``resolved``, never JSON inside a string
+    (README, "JSON output shapes")."""
+    version = dict(row)
+    version["resolved"] = json.loads(version.pop("resolved_json"))
+    return version
