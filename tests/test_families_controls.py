@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from renderer.core.families import SCHEDULERS
 from renderer.plan.variants import make_plan
 from renderer.produce.metadata import (
     A1111_SAMPLER_NAMES,
@@ -66,6 +67,7 @@ def test_schedulers_by_name_and_their_a1111_names(scratch):
         images[scheduler] = np.asarray(image)
         parameters = read_png_metadata(encode_png(image, variant.spec))["parameters"]
         assert parameters["Sampler"] == A1111_SAMPLER_NAMES[scheduler]
+        assert parameters["Schedule type"] == SCHEDULERS[scheduler].a1111_schedule
     assert len({array.tobytes() for array in images.values()}) == len(images)
 
 

@@ -102,7 +102,7 @@ def test_hires_sampler_and_schedule_type_of_1_9():
     assert hires is not None and hires.scheduler == "dpmpp_2m_karras" and hires.factor == 1.5
 
 
-def _spec(scheduler: str) -> VariantSpec:
+def _spec(scheduler: str, hires: str = "euler_a", brand: str = "lora-brand") -> VariantSpec:
     checkpoint_sha, style_sha = "93" * 32, "46" * 32
     return VariantSpec.from_json(
         {
@@ -115,7 +115,7 @@ def _spec(scheduler: str) -> VariantSpec:
                 "checkpoint": {"name": "sd15-brand.safetensors", "sha256": checkpoint_sha},
                 "loras": [
                     {"name": "lora-style.safetensors", "sha256": style_sha, "weight": 0.6},
-                    {"name": "lora-brand.safetensors", "sha256": "92" * 32, "weight": -0.25},
+                    {"name": f"{brand}.safetensors", "sha256": "92" * 32, "weight": -0.25},
                 ],
                 "scheduler": scheduler,
                 "steps": 28,
@@ -125,7 +125,7 @@ def _spec(scheduler: str) -> VariantSpec:
                 "prompt": "{{ product }}",
                 "negative_prompt": "blurry",
                 "refine": {
-                    "hires": {"factor": 1.5, "denoise": 0.4, "steps": 12, "scheduler": "euler_a"}
+                    "hires": {"factor": 1.5, "denoise": 0.4, "steps": 12, "scheduler": hires}
                 },
             },
             "axes": {"product": "trail runner, orange"},
@@ -139,11 +139,15 @@ def _spec(scheduler: str) -> VariantSpec:
     )
 
 
-@pytest.mark.parametrize(
-    "scheduler", [name for name, scheduler in SCHEDULERS.items() if "sd15" in scheduler.families]
-)
-def test_our_own_metadata_reads_back_exactly(scheduler):
-    spec = _spec(scheduler)
+SD_SCHEDULERS = [name for name, scheduler in SCHEDULERS.items() if "sd15" in scheduler.families]
+
+
+@pytest.mark.parametrize("hires", SD_SCHEDULERS)
+@pytest.mark.parametrize("scheduler", SD_SCHEDULERS)
+def test_our_own_metadata_reads_back_exactly(scheduler, hires):
+    """Every scheduler, and every one for the hires pass: A1111 1.9+'s fields, a hires pass
+    with the first pass's scheduler written as A1111 does (not at all: "the same")."""
+    spec = _spec(scheduler, hires)
     lora_hashes = ("ab" * 32, "cd" * 32)
     generation = parse_infotext(a1111_parameters(spec, lora_hashes))
     recipe = spec.recipe
@@ -157,9 +161,24 @@ def test_our_own_metadata_reads_back_exactly(scheduler):
         Lora("lora-brand", -0.25, lora_hashes[1][:12]),
     )
     assert generation.hires == Hires(
-        factor=1.5, size=None, steps=12, denoise=0.4, upscaler="Latent", scheduler="euler_a"
+        factor=1.5,
+        size=None,
+        steps=12,
+        denoise=0.4,
+        upscaler="Latent",
+        scheduler=None if hires == scheduler else hires,
     )
     assert generation.problems == () and generation.ignored == ("Version",)
+
+
+def test_a_lora_named_with_a_comma_keeps_its_hash():
+    """A1111's Lora hashes drop a name's commas and colons (they would end its entry); the
+    tag keeps them, and the reader finds the hash by the name as the entry spells it."""
+    text = a1111_parameters(_spec("euler_a", brand="kestrel, brand v2"), ("ab" * 32, "cd" * 32))
+    assert 'Lora hashes: "lora-style: abababababab, kestrel brand v2: cdcdcdcdcdcd"' in text
+    generation = parse_infotext(text)
+    assert generation.loras[1] == Lora("kestrel, brand v2", -0.25, "cd" * 6)
+    assert generation.problems == ()
 
 
 def test_quoted_values_keep_their_commas_and_escaped_quotes():

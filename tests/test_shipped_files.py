@@ -19,7 +19,7 @@ from renderer import __version__
 
 from .conftest import ledger_rows
 from .shipping_support import render, shipping_project
-from .test_metadata import a1111_parse
+from .third_party.a1111_infotext import parse_generation_parameters
 
 
 def read_info_from_image(image: Image.Image) -> str | None:
@@ -67,7 +67,7 @@ def test_a1111_reads_every_field_from_each_format(shipped, kind):
     _, spec, files = shipped
     with Image.open(files[kind]) as image:
         text = read_info_from_image(image)
-    parsed = a1111_parse(text)
+    parsed = parse_generation_parameters(text)
     recipe = spec["recipe"]
     tags = "".join(
         f" <lora:{lora['name'].removesuffix('.safetensors')}:{lora['weight']:g}>"

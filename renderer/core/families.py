@@ -68,25 +68,47 @@ PIPELINES = {
 }
 
 
+# A1111 1.9+'s ``Schedule type`` labels that its sampler names before 1.9 did not show: the
+# sampler's own default, and the model's own sigmas (what a name without a suffix meant).
+A1111_AUTOMATIC, A1111_UNIFORM = "Automatic", "Uniform"
+
+
 @dataclass(frozen=True)
 class Scheduler:
     diffusers_class: str
-    a1111_name: str  # what A1111's PNG-info shows as ``Sampler``
+    a1111_sampler: str  # what A1111 1.9+'s PNG-info shows as ``Sampler``
     options: dict[str, str | bool] = field(default_factory=dict)  # from_config keywords
     # Stable Diffusion predicts noise, Flux a flow: neither family samples with the other's.
     families: tuple[str, ...] = ("sd15", "sdxl")
+    # What A1111 1.9+ shows as ``Schedule type``: "Automatic" where the sampler's own default
+    # is what we run (sd_samplers_kdiffusion's options["scheduler"]; DDIM and UniPC are
+    # timestep samplers, which take none), else the schedule by name.
+    a1111_schedule: str = A1111_AUTOMATIC
+
+    @property
+    def a1111_name(self) -> str:
+        """The ``Sampler`` of A1111 before 1.9, which carried a named schedule as a suffix
+        ("DPM++ 2M Karras"), and what the importers look a name up by."""
+        if self.a1111_schedule in (A1111_AUTOMATIC, A1111_UNIFORM):
+            return self.a1111_sampler
+        return f"{self.a1111_sampler} {self.a1111_schedule}"
 
 
 SCHEDULERS = {
     "euler": Scheduler("EulerDiscreteScheduler", "Euler"),
     "euler_a": Scheduler("EulerAncestralDiscreteScheduler", "Euler a"),
+    # Since A1111 1.9, DPM++ 2M's own default is Karras: the model's sigmas are "Uniform".
     "dpmpp_2m": Scheduler(
-        "DPMSolverMultistepScheduler", "DPM++ 2M", {"algorithm_type": "dpmsolver++"}
+        "DPMSolverMultistepScheduler",
+        "DPM++ 2M",
+        {"algorithm_type": "dpmsolver++"},
+        a1111_schedule=A1111_UNIFORM,
     ),
     "dpmpp_2m_karras": Scheduler(
         "DPMSolverMultistepScheduler",
-        "DPM++ 2M Karras",
+        "DPM++ 2M",
         {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+        a1111_schedule="Karras",
     ),
     "ddim": Scheduler("DDIMScheduler", "DDIM"),
     "unipc": Scheduler("UniPCMultistepScheduler", "UniPC"),

@@ -10,13 +10,13 @@ is a problem, or is one of the few a parser ignores on purpose (``ignored``; eac
 docstring says which and why). Model names are not resolved to files here: the import step
 does that (by hash where the source gives one).
 
-Sampler names: A1111's ``Sampler`` names (before 1.9 with the schedule as a suffix,
-"DPM++ 2M Karras") are what ``SCHEDULERS`` records as each scheduler's ``a1111_name``, so the
-reverse lookup is derived from that one table; ComfyUI's names map onto A1111's first
-(``comfy_workflow``). A name several of ours share ("Euler": ``euler`` and Flux's
-``flow_euler``) reads as the first in ``SCHEDULERS``' order, the Stable Diffusion one: neither
-tool writes the model family next to the sampler, and the import step knows it from the
-checkpoint.
+Sampler names: A1111's ``Sampler`` names before 1.9 (with the schedule as a suffix,
+"DPM++ 2M Karras") are each scheduler's ``a1111_name`` in ``SCHEDULERS`` (derived there from
+the 1.9+ sampler and schedule type), so the reverse lookup is derived from that one table;
+ComfyUI's names map onto A1111's first (``comfy_workflow``). A name several of ours share
+("Euler": ``euler`` and Flux's ``flow_euler``) reads as the first in ``SCHEDULERS``' order,
+the Stable Diffusion one: neither tool writes the model family next to the sampler, and the
+import step knows it from the checkpoint.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ the prompt and are problems.
 Samplers: before A1111 1.9 ``Sampler`` carries the schedule ("DPM++ 2M Karras"); since,
 ``Schedule type`` does ("DPM++ 2M" + "Karras"), and its ``Automatic`` means the sampler's
 own default, which for DPM++ 2M became Karras in 1.9. A text without ``Schedule type`` is
-read by the older convention (ours writes it so), one with it by the newer.
+read by the older convention, one with it (ours, as 1.9+ writes it) by the newer.
 
 Ignored on purpose (``Generation.ignored``): ``Version`` (the writer's build, which changes
 nothing we render; it is shown in ``source``), ``Batch size`` and ``Batch pos`` (A1111 draws
@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from renderer.core.errors import InputError
+from renderer.core.families import A1111_AUTOMATIC, A1111_UNIFORM
 from renderer.load.imported import (
     SUPPORTED_SAMPLERS,
     Checkpoint,
@@ -58,11 +59,11 @@ _NEGATIVE = "Negative prompt:"
 # options["scheduler"]); "Uniform" is the model's own sigmas, what a name without a
 # schedule suffix meant before; DDIM and UniPC are sd_samplers_timesteps samplers, which
 # take no schedule (the field is written but unused).
-_AUTOMATIC, _UNIFORM = "Automatic", "Uniform"
 _DEFAULT_SCHEDULES = {"DPM++ 2M": "Karras"}
 _TIMESTEP_SAMPLERS = ("DDIM", "UniPC")
 _SAME_SAMPLER, _SAME_SCHEDULE = "Use same sampler", "Use same scheduler"  # Hires defaults
 _LORA_NETWORKS = ("lora", "lyco")  # the names A1111's built-in Lora extension registers
+_LORA_HASH_SYMBOLS = str.maketrans("", "", ":,")
 
 IGNORED = ("Version", "Batch size", "Batch pos")  # why: the module docstring
 _Number = TypeVar("_Number", int, float)
@@ -71,20 +72,11 @@ _Number = TypeVar("_Number", int, float)
 def parse_infotext(text: str) -> Generation:
     """The generation an A1111/Forge infotext describes; ``InputError`` when the text has no
     settings line."""
-    *lines, last = text.strip().split("\n")
-    if len(_PARAM.findall(last)) < _MIN_SETTINGS:
-        raise InputError(
-            "this is not A1111 infotext: its last line holds no settings",
-            found=last[:120],
-            expected="a last line like 'Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, "
-            "Size: 512x512'",
-            fix="pass the whole PNG-info text of an image A1111 or Forge made",
-        )
-    prompt, negative_prompt = _prompts(lines)
-    settings = _Settings(_PARAM.findall(last))
+    prompt, negative_prompt, fields = read_settings(text)
+    settings = _Settings(fields)
     lora_hashes = _lora_hashes(settings)
     prompt, loras = _take_loras(prompt, lora_hashes, settings.problems)
-    named = {lora.name.replace(",", "") for lora in loras}
+    named = {lora_hash_name(lora.name) for lora in loras}
     settings.problems += [
         f"Lora hashes names {name!r}, which no <lora:…> tag in the prompt uses"
         for name in lora_hashes
@@ -133,13 +125,36 @@ def parse_infotext(text: str) -> Generation:
     )
 
 
-class _Settings:
-    """The settings line's values by key (unquoted as A1111 does), taken one by one: what is
-    left at the end is either ignored on purpose or a problem."""
+def read_settings(text: str) -> tuple[str, str, dict[str, str]]:
+    """A1111's split of infotext: the prompt, the negative prompt and the settings line's
+    values by key, unquoted (the last of a repeated key wins); ``InputError`` when the text
+    has no settings line."""
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM.findall(last)) < _MIN_SETTINGS:
+        raise InputError(
+            "this is not A1111 infotext: its last line holds no settings",
+            found=last[:120],
+            expected="a last line like 'Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, "
+            "Size: 512x512'",
+            fix="pass the whole PNG-info text of an image A1111 or Forge made",
+        )
+    prompt, negative_prompt = _prompts(lines)
+    return prompt, negative_prompt, {key: _unquote(value) for key, value in _PARAM.findall(last)}
 
-    def __init__(self, found: list[tuple[str, str]]) -> None:
-        self.fields = {key: _unquote(value) for key, value in found}
-        self.left = dict(self.fields)
+
+def lora_hash_name(name: str) -> str:
+    """A LoRA's name as A1111's ``Lora hashes`` shows it: without the colons and commas that
+    would end its entry (the Lora extension's ``remove_symbols``)."""
+    return name.translate(_LORA_HASH_SYMBOLS)
+
+
+class _Settings:
+    """The settings line's values by key, taken one by one: what is left at the end is either
+    ignored on purpose or a problem."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
+        self.left = dict(fields)
         self.problems: list[str] = []
 
     def take(self, key: str) -> str | None:
@@ -246,7 +261,7 @@ def _lora(items: list[str], hashes: dict[str, str], tag: str, problems: list[str
         )
     if "dyn" in named or len(positional) > 3:
         problems.append(f"prompt tag {tag!r} sets a dynamic rank (dyn), which we do not")
-    return Lora(name=name, weight=unet, hash=hashes.get(name.replace(",", "")))
+    return Lora(name=name, weight=unet, hash=hashes.get(lora_hash_name(name)))
 
 
 def _size(settings: _Settings, key: str) -> tuple[int | None, int | None]:
@@ -265,9 +280,9 @@ def _scheduler(
     """Our scheduler for A1111's sampler and schedule type (None: a text from before 1.9)."""
     if sampler is None:
         return None
-    if schedule in (None, _UNIFORM) or sampler in _TIMESTEP_SAMPLERS:
+    if schedule in (None, A1111_UNIFORM) or sampler in _TIMESTEP_SAMPLERS:
         ours = scheduler_for(sampler)
-    elif schedule == _AUTOMATIC:
+    elif schedule == A1111_AUTOMATIC:
         ours = scheduler_for(sampler, _DEFAULT_SCHEDULES.get(sampler))
     else:
         ours = scheduler_for(sampler, schedule)
@@ -275,8 +290,8 @@ def _scheduler(
         with_schedule = f" with schedule type {schedule!r}" if schedule is not None else ""
         problems.append(
             f"{field} {sampler!r}{with_schedule} is not one we can render; we support "
-            f"{SUPPORTED_SAMPLERS} (a schedule type of {_AUTOMATIC} or {_UNIFORM}, or the "
-            "suffix the name shows)"
+            f"{SUPPORTED_SAMPLERS} (a schedule type of {A1111_AUTOMATIC} or {A1111_UNIFORM}, "
+            "or the suffix the name shows)"
         )
     return ours
 

@@ -1,8 +1,10 @@
 """What every output image says about itself, inside the PNG.
 
-* ``parameters`` — A1111's PNG-info text, so existing readers (A1111, ComfyUI, Civitai)
-  show prompt, sampler, seed and model hashes (LoRAs by A1111's own "addnet" hash, which
-  only the LoRA file can give: ``LoraHashes``, never the spec, so ids do not move);
+* ``parameters`` — A1111's PNG-info text byte for byte as 1.10 writes it (``Sampler`` and
+  ``Schedule type``, each value quoted by its rule), so existing readers (A1111, ComfyUI,
+  Civitai) show prompt, sampler, seed and model hashes (LoRAs by A1111's own "addnet"
+  hash, which only the LoRA file can give: ``LoraHashes``, never the spec, so ids do not
+  move);
 * ``campaign_variant`` — the variant's canonical JSON (its id is the sha256 of it);
 * ``campaign_render`` — what decides the file's bytes besides its spec (``RenderContext``):
   its output name, the batch it was rendered in (each member's id and where its spec
@@ -23,6 +25,7 @@ the same options under the same output name always gives the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -38,11 +41,13 @@ from pydantic import Field, field_validator
 from postprocess.embedded_metadata import PARAMETERS_KEY, RENDER_KEY, VARIANT_KEY
 from postprocess.embedded_metadata import XMP_PNG_KEY as XMP_KEY
 from postprocess.hires import LATENT_UPSCALERS
-from renderer.core.families import SCHEDULERS
+from renderer.core.errors import InputError
+from renderer.core.families import SCHEDULERS, Scheduler
 from renderer.core.hashing import canonical_json, short_hash
 from renderer.core.json_value import JsonObject, JsonValue
 from renderer.core.version import __version__
 from renderer.load.campaign_schema import RenderSpec
+from renderer.load.infotext import lora_hash_name, read_settings
 from renderer.load.schema import FileId, Sha256, Strict
 from renderer.plan.output_folder import master_path, path_problem
 from renderer.plan.variant_spec import (
@@ -50,6 +55,7 @@ from renderer.plan.variant_spec import (
     DetailUse,
     HiresUse,
     RefinerUse,
+    RefineUse,
     UpscaleUse,
     VariantSpec,
 )
@@ -63,7 +69,8 @@ COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA = (
     IPTC_SOURCE_TYPES + "compositeWithTrainedAlgorithmicMedia"
 )
 
-A1111_SAMPLER_NAMES = {name: scheduler.a1111_name for name, scheduler in SCHEDULERS.items()}
+# What A1111 1.9+ writes as ``Sampler`` for each scheduler (its schedule is ``Schedule type``).
+A1111_SAMPLER_NAMES = {name: scheduler.a1111_sampler for name, scheduler in SCHEDULERS.items()}
 
 
 class LoraHashes:
@@ -84,8 +91,9 @@ class LoraHashes:
 
 
 def a1111_parameters(spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> str:
-    """The PNG-info text in A1111's exact layout, from a variant's spec and the A1111 hash
-    of each of its LoRAs (``LoraHashes.of``), in the recipe's order."""
+    """The PNG-info text A1111 1.10 writes for these settings (``create_infotext``): its
+    fields in its order, each value quoted by its rule (``_quote``), from a variant's spec
+    and the A1111 hash of each of its LoRAs (``LoraHashes.of``), in the recipe's order."""
     recipe = spec.recipe
     if len(lora_hashes) != len(recipe.loras):
         raise ValueError(
@@ -97,49 +105,32 @@ def a1111_parameters(spec: VariantSpec, lora_hashes: Sequence[str] = ()) -> str:
         f" <lora:{name}:{_number(lora.weight)}>"
         for name, lora in zip(lora_names, recipe.loras, strict=True)
     )
-    fields = [
+    scheduler = SCHEDULERS[recipe.scheduler]
+    refine = recipe.refine or RefineUse()
+    fields: list[tuple[str, str | int]] = [
         ("Steps", recipe.steps),
         ("Sampler", A1111_SAMPLER_NAMES[recipe.scheduler]),
+        ("Schedule type", scheduler.a1111_schedule),  # 1.9+ writes it for every sampler
         ("CFG scale", _number(recipe.cfg)),
         ("Seed", spec.seed),
         ("Size", f"{spec.width}x{spec.height}"),
         ("Model hash", short_hash(recipe.checkpoint.sha256)),
         ("Model", _stem(recipe.checkpoint.name)),
     ]
-    fields += _refine_fields(spec)
+    # Then A1111's extra fields in the order they are set: ADetailer's (a script's process,
+    # before the hires pass's init), the hires pass's, the LoRAs' (as their networks load),
+    # the refiner's (while sampling).
+    if refine.hires:
+        fields.append(("Denoising strength", _number(refine.hires.denoise)))
+    fields += _detail_fields(spec)
+    if refine.hires:
+        fields += _hires_fields(refine.hires, scheduler)
     if recipe.loras:
         hashes = ", ".join(
-            f"{name}: {lora_hash[:LORA_SHORT_HASH]}"
+            f"{lora_hash_name(name)}: {lora_hash[:LORA_SHORT_HASH]}"
             for name, lora_hash in zip(lora_names, lora_hashes, strict=True)
         )
-        fields.append(("Lora hashes", f'"{hashes}"'))
-    fields.append(("Version", SOFTWARE))
-    lines = [spec.prompt + lora_tags]
-    if spec.negative_prompt:
-        lines.append(f"Negative prompt: {spec.negative_prompt}")
-    lines.append(", ".join(f"{key}: {value}" for key, value in fields))
-    return "\n".join(lines)
-
-
-def _refine_fields(spec: VariantSpec) -> list[tuple[str, str | int]]:
-    """A1111's fields for the refine steps (hires and refiner as A1111 writes them,
-    detailers as ADetailer does: the second one's keys end in " 2nd", …)."""
-    refine = spec.recipe.refine
-    if refine is None:
-        return []
-    fields: list[tuple[str, str | int]] = []
-    if hires := refine.hires:
-        fields.append(("Denoising strength", _number(hires.denoise)))
-        fields.append(
-            ("Hires resize", f"{hires.size[0]}x{hires.size[1]}")
-            if hires.size is not None
-            else ("Hires upscale", _number(hires.factor or 0))  # validate: one of the two
-        )
-        if hires.steps is not None:
-            fields.append(("Hires steps", hires.steps))
-        fields.append(("Hires upscaler", _hires_upscaler(hires)))
-        if hires.scheduler is not None:
-            fields.append(("Hires sampler", A1111_SAMPLER_NAMES[hires.scheduler]))
+        fields.append(("Lora hashes", hashes))
     if refiner := refine.refiner:
         fields += [
             (
@@ -148,27 +139,62 @@ def _refine_fields(spec: VariantSpec) -> list[tuple[str, str | int]]:
             ),
             ("Refiner switch at", _number(refiner.switch_at)),
         ]
-    for index, detail in enumerate(refine.detail or ()):
+    if upscale := refine.upscale:
+        fields.append(("Postprocess upscaler", _stem(upscale.model.name)))
+    fields.append(("Version", SOFTWARE))
+    # A1111 writes a value equal to its key as the key alone.
+    settings = ", ".join(
+        key if key == str(value) else f"{key}: {_quote(str(value))}" for key, value in fields
+    )
+    negative = f"\nNegative prompt: {spec.negative_prompt}" if spec.negative_prompt else ""
+    return f"{spec.prompt}{lora_tags}{negative}\n{settings}".strip()
+
+
+def _hires_fields(hires: HiresUse, base: Scheduler) -> list[tuple[str, str | int]]:
+    """A1111's hires fields; its sampler and schedule type where they differ from the base
+    pass's (A1111 reads an absent one as the same). A1111 leaves out a schedule type that
+    has no sigma function of its own (an "Automatic" without a default), and its reader then
+    takes the base pass's: we write it, so the pass reads back as it ran."""
+    fields: list[tuple[str, str | int]] = []
+    if hires.scheduler is not None:
+        own = SCHEDULERS[hires.scheduler]
+        if own.a1111_sampler != base.a1111_sampler:
+            fields.append(("Hires sampler", own.a1111_sampler))
+        if own.a1111_schedule != base.a1111_schedule:
+            fields.append(("Hires schedule type", own.a1111_schedule))
+    fields.append(
+        ("Hires resize", f"{hires.size[0]}x{hires.size[1]}")
+        if hires.size is not None
+        else ("Hires upscale", _number(hires.factor or 0))  # validate: one of the two
+    )
+    if hires.steps is not None:
+        fields.append(("Hires steps", hires.steps))
+    fields.append(("Hires upscaler", _hires_upscaler(hires)))
+    return fields
+
+
+def _detail_fields(spec: VariantSpec) -> list[tuple[str, str | int]]:
+    """ADetailer's fields for each detailer, in its order (the second one's keys end in
+    " 2nd", …), with the switches it writes beside the values they turn on."""
+    fields: list[tuple[str, str | int]] = []
+    for index, detail in enumerate((spec.recipe.refine or RefineUse()).detail or ()):
         suffix = "" if index == 0 else f" {_ordinal(index + 1)}"
-        own = {
-            key: text
-            for key in ("prompt", "negative_prompt")
-            if (text := (spec.refine_prompts or {}).get(f"refine.detail.{index}.{key}")) is not None
-        }
         fields.append((f"ADetailer model{suffix}", detail.detect))
-        if "prompt" in own:
-            fields.append((f"ADetailer prompt{suffix}", _quote(own["prompt"])))
-        if "negative_prompt" in own:
-            fields.append((f"ADetailer negative prompt{suffix}", _quote(own["negative_prompt"])))
+        for key, name in (("prompt", "prompt"), ("negative_prompt", "negative prompt")):
+            text = (spec.refine_prompts or {}).get(f"refine.detail.{index}.{key}")
+            if text is not None:
+                fields.append((f"ADetailer {name}{suffix}", text))
         fields += [
-            (f"ADetailer denoising strength{suffix}", _number(detail.strength)),
             (f"ADetailer mask blur{suffix}", detail.feather),
+            (f"ADetailer denoising strength{suffix}", _number(detail.strength)),
+            (f"ADetailer inpaint only masked{suffix}", "True"),  # each region's crop
             (f"ADetailer inpaint padding{suffix}", detail.padding),
         ]
         if detail.steps is not None:
-            fields.append((f"ADetailer steps{suffix}", detail.steps))
-    if upscale := refine.upscale:
-        fields.append(("Postprocess upscaler", _stem(upscale.model.name)))
+            fields += [
+                (f"ADetailer use separate steps{suffix}", "True"),
+                (f"ADetailer steps{suffix}", detail.steps),
+            ]
     return fields
 
 
@@ -238,31 +264,23 @@ def _ordinal(number: int) -> str:
 
 
 def _quote(text: str) -> str:
-    """A value as A1111 writes it: JSON-quoted when a comma, colon or newline would end it."""
+    """A value as A1111 writes it (``infotext_utils.quote``): JSON-quoted when it holds a
+    comma, colon or newline, else as it is (quotes and all)."""
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
 def parse_a1111_parameters(text: str) -> dict[str, str | dict[str, float]]:
-    """Read A1111 PNG-info text back: prompt, negative prompt and the settings line."""
-    *head, settings_line = text.split("\n")
-    prompt_lines: list[str] = []
-    negative_lines: list[str] = []
-    target: list[str] | None = None
-    for line in head:
-        if line.startswith("Negative prompt:"):
-            target = negative_lines
-            line = line[len("Negative prompt:") :].strip()
-        (target if target is not None else prompt_lines).append(line)
-    prompt = "\n".join(prompt_lines)
+    """A1111 PNG-info text read back by A1111's rules (``infotext.read_settings``): the
+    prompt without its LoRA tags, the negative prompt, each LoRA's weight by name and each
+    setting by key."""
+    prompt, negative_prompt, settings = read_settings(text)
     loras = re.findall(r"<lora:([^:>]+):([^>]+)>", prompt)
-    result: dict[str, str | dict[str, float]] = {
+    return {
         "prompt": re.sub(r"\s*<lora:[^>]+>", "", prompt),
-        "negative_prompt": "\n".join(negative_lines),
+        "negative_prompt": negative_prompt,
         "loras": {name: float(weight) for name, weight in loras},
+        **settings,
     }
-    for match in re.finditer(r'\s*([\w ]+):\s*("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)', settings_line):
-        result[match.group(1).strip()] = match.group(2).strip().strip('"')
-    return result
 
 
 def xmp_packet(
@@ -532,7 +550,9 @@ def read_png_metadata(data: bytes) -> PngMetadata:
         text = dict(image.text) if isinstance(image, PngImageFile) else {}
     result: PngMetadata = {}
     if PARAMETERS_KEY in text:
-        result["parameters"] = parse_a1111_parameters(text[PARAMETERS_KEY])
+        # A text with no settings line is none encode_png wrote: absent, like a missing block.
+        with contextlib.suppress(InputError):
+            result["parameters"] = parse_a1111_parameters(text[PARAMETERS_KEY])
     if VARIANT_KEY in text:
         result["variant"] = json.loads(text[VARIANT_KEY])
     if XMP_KEY in text:
