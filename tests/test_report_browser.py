@@ -7,13 +7,24 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import sync_playwright
 
 from postprocess.gate_rules import FAIL, PASS, REVIEW
-from postprocess.report_page import ReportRow, ReportRun, report_html
+from postprocess.report_page import (
+    RecipeComparison,
+    ReportGrid,
+    ReportRow,
+    ReportRun,
+    report_html,
+)
+
+from .test_review import CHROMIUM_ARGS
+from .test_review_accessibility import axe_violations, with_axe
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -158,3 +169,43 @@ def test_screenshot_shows_the_rendered_report(report, tmp_path):
     assert fail_badge.sum() > 50  # the failed row's badge is drawn
     thumbnail_teal = np.all(np.abs(pixels.astype(int) - (0x2A, 0x9D, 0x8F)) <= 2, axis=-1)
     assert thumbnail_teal.sum() > 1000  # the images load through their relative paths
+
+
+def test_axe_finds_nothing_on_the_report(report):
+    """Every part the page can show: a reviewed row, a failed one, the recipes compared and
+    a grid. axe-core as in tests/test_review_accessibility.py."""
+    rows = [
+        replace(
+            row("a", PASS, 0.30),
+            review="approved",
+            review_by="ana",
+            review_at="2026-01-02T00:00:00+00:00",
+            review_note="crop is fine",
+        ),
+        row("b", FAIL, 0.10, HOSTILE_PROMPT, ("clip_prompt 0.100 < min 0.200",)),
+    ]
+    compared = [
+        RecipeComparison(
+            recipe=recipe,
+            family="sd15",
+            variants=1,
+            counts={"passed": 1, "review": 0, "failed": 0},
+            scores={"clip_prompt": (0.3, 0.01)},
+            consistency_within=0.9,
+            consistency_across=0.8,
+            seconds_per_image=1.5,
+            usd_per_1000={"H100": 0.2},
+        )
+        for recipe in ("matte@1", "gloss@2")
+    ]
+    page_path = report / "full.html"
+    grid = ReportGrid("images/c.png", "product × seed")
+    page_path.write_text(report_html(RUN, rows, [grid], compared), encoding="utf-8")
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = with_axe(browser.new_page(viewport={"width": 1280, "height": 800}))
+        page.goto(page_path.as_uri())
+        assert page.locator("#comparison").count() == 1 and page.locator("figure.grid").count()
+        found = axe_violations(page)
+        browser.close()
+    assert found == [], "axe-core found:\n" + "\n".join(found)

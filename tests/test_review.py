@@ -186,7 +186,7 @@ def test_a_person_approves_and_rejects_in_the_browser(run_out, tmp_path):
 
         # The viewer: full size, zoom, keyboard, references, exports.
         cards.nth(3).locator("img").click()
-        page.wait_for_selector("#lightbox:not([hidden])")
+        page.wait_for_selector("#lightbox", state="visible")
         page.wait_for_function("() => document.getElementById('lb-image').naturalWidth > 0")
         assert page.get_attribute("#lb-image", "src") == f"/files/{ids[3][2]}"
         page.select_option("#lb-compare", "references")

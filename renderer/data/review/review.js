@@ -338,10 +338,12 @@
   function openViewer(index) {
     if (index < 0 || index >= state.shown.length) { return; }
     state.open = index;
-    var variant = state.shown[index], render = variant.render;
-    $("lightbox").hidden = false;
+    var variant = state.shown[index], render = variant.render, box = $("lightbox");
     $("lb-title").textContent = render.variant_id.slice(0, 12) + " · " + render.status +
       " · " + render.review_state;
+    // Focus goes to the dialog itself (named by its title), not to its first control, a
+    // select that would take the arrow keys; a redraw or prev/next leaves focus where it is.
+    if (!box.open) { box.showModal(); box.focus(); }
     var image = $("lb-image");
     image.src = "/files/" + render.output_sha256;
     image.alt = render.variant_id;
@@ -427,10 +429,28 @@
     applyZoom();
   }
 
+  // Its button and Esc (the dialog's cancel) both close it here, at once: the dialog's own
+  // close event comes a task later, too late for a key pressed right after Esc. Focus goes
+  // back to the card of the variant it showed last: the one that opened it, unless ← → moved on.
   function closeViewer() {
-    $("lightbox").hidden = true;
+    $("lightbox").close();
+    state.focus = state.open;
     state.open = null;
     refocus();
+  }
+
+  // Tab and Shift+Tab wrap at the viewer's ends: the page behind is inert, but Tab from the
+  // last control would otherwise leave the page for the browser's own toolbar.
+  function wrapTab(event) {
+    if (event.key !== "Tab" || event.altKey || event.ctrlKey || event.metaKey) { return; }
+    var box = $("lightbox"), at = document.activeElement;
+    var stops = Array.prototype.filter.call(box.querySelectorAll("button, select, [tabindex='0']"),
+      function (node) { return node.getClientRects().length > 0; });  // not hidden
+    var first = stops[0], last = stops[stops.length - 1];
+    if (event.shiftKey ? at === first || at === box : at === last) {
+      (event.shiftKey ? last : first).focus();
+      event.preventDefault();
+    }
   }
 
   // ---------------------------------------------------------------- wiring
@@ -451,6 +471,11 @@
     $("reject-selected").addEventListener("click", function () { askReject(targets()); });
     $("reset-selected").addEventListener("click", function () { decide("reset", targets()); });
     $("lb-close").addEventListener("click", closeViewer);
+    $("lightbox").addEventListener("cancel", function (event) {
+      event.preventDefault();
+      closeViewer();
+    });
+    $("lightbox").addEventListener("keydown", wrapTab);
     $("lb-prev").addEventListener("click", function () { openViewer(state.open - 1); });
     $("lb-next").addEventListener("click", function () { openViewer(state.open + 1); });
     $("lb-approve").addEventListener("click", function () { decide("approve", targets()); });
@@ -477,12 +502,15 @@
     if ($("note-dialog").open || event.altKey || event.metaKey || event.ctrlKey) { return; }
     if (target.tagName === "SELECT" || target.tagName === "TEXTAREA" ||
         (target.tagName === "INPUT" && target.type !== "checkbox")) { return; }
+    // A focused button keeps its own Enter and space: it is pressed, not the shortcut.
+    if (target.tagName === "BUTTON" && (event.key === "Enter" || event.key === " ")) { return; }
     var viewing = state.open !== null, handled = true;
     switch (event.key) {
       case "ArrowRight": if (viewing) { openViewer(state.open + 1); } else { focusCard(state.focus + 1); } break;
       case "ArrowLeft": if (viewing) { openViewer(state.open - 1); } else { focusCard(state.focus - 1); } break;
-      case "ArrowDown": if (!viewing) { focusCard(state.focus + columns()); } break;
-      case "ArrowUp": if (!viewing) { focusCard(state.focus - columns()); } break;
+      // In the viewer ↑ ↓ are left to the focused region (the zoomed image, the details) to scroll.
+      case "ArrowDown": if (viewing) { handled = false; } else { focusCard(state.focus + columns()); } break;
+      case "ArrowUp": if (viewing) { handled = false; } else { focusCard(state.focus - columns()); } break;
       case "a": decide("approve", targets()); break;
       case "r": askReject(targets()); break;
       case "u": decide("reset", targets()); break;
@@ -490,7 +518,6 @@
         var id = state.shown[state.focus].render.variant_id;
         toggle(id, !state.selected.has(id)); } break;
       case "Enter": if (!viewing) { openViewer(state.focus); } break;
-      case "Escape": if (viewing) { closeViewer(); } break;
       case "+": case "=": if (viewing) { zoom(2); } break;
       case "-": if (viewing) { zoom(0.5); } break;
       case "0": if (viewing) { state.zoom = 0; applyZoom(); } break;
