@@ -37,7 +37,8 @@ system-deps:
 	fi
 
 # The tests' JavaScript tools (tests/js/package.json, exact versions locked in its
-# package-lock.json: c2pa-ts, the C2PA reader independent of c2pa-rs), under Node.js and npm
+# package-lock.json: c2pa-ts, the C2PA reader independent of c2pa-rs; axe-core, the
+# accessibility checker of the review and report pages), under Node.js and npm
 # from Debian when either is missing; reinstalled when the lock changes. No install scripts:
 # the tools are plain JavaScript (cbor-x's optional native speed-up is left out).
 JS_TOOLS := tests/js/node_modules/.package-lock.json
