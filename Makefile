@@ -92,6 +92,7 @@ bench: $(DEMO_MODELS)
 	$(BIN)/python bench/overlap_bench.py
 	$(BIN)/python bench/postprocess_bench.py
 	$(BIN)/python bench/storage_bench.py
+	$(BIN)/python bench/service_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

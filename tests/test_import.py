@@ -58,7 +58,7 @@ def test_init_writes_a_project_that_validates_and_renders(tmp_path, demo_models)
     assert len(recipe["checkpoint"]["sha256"]) == 64  # pinned
     brand = (folder / "brand" / "brand.yaml").read_text()
     assert "sha256:" in brand and "# " in brand  # pinned, and it teaches the format
-    assert (folder / ".gitignore").read_text() == "/outputs/\n"
+    assert (folder / ".gitignore").read_text() == "/outputs/\n/.campaign-serve/\n"
     rendered = run_cli("render", "campaigns/spring-launch.yaml", "--json", cwd=folder)
     assert rendered.code == 0, rendered.stderr
     counts = rendered.json()["counts"]

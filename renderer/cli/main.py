@@ -27,6 +27,7 @@ from renderer.cli import (
     tool_commands,
 )
 from renderer.cli.parser import UsageError, build_parser
+from renderer.cli.service import commands as service_commands
 from renderer.core.errors import CampaignError, InputError
 from renderer.core.terminal import say
 
@@ -49,6 +50,10 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "models": model_commands.cmd_models,
     "init": project_commands.cmd_init,
     "import": project_commands.cmd_import,
+    "serve": service_commands.cmd_serve,
+    "submit": service_commands.cmd_submit,
+    "jobs": service_commands.cmd_jobs,
+    "cancel": service_commands.cmd_cancel,
     "demo-models": tool_commands.cmd_demo_models,
 }
 
@@ -88,26 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _print_json_error(err: CampaignError) -> None:
     """The error as JSON on stdout (schemas/error.json.schema.json); stderr has the text."""
-    fields: dict[str, str | int | None] = {
-        "file": None,
-        "line": None,
-        "key": None,
-        "expected": None,
-        "found": None,
-        "fix": None,
-        "message": str(err),
-    }
-    if isinstance(err, InputError):
-        fields.update(
-            file=err.file,
-            line=err.line,
-            key=err.key_path,
-            expected=err.expected,
-            found=err.found,
-            fix=err.fix,
-            message=err.message,
-        )
-    print(json.dumps({"error": fields, "exit": err.exit_code}, indent=2))
+    print(json.dumps(err.as_json(), indent=2))
 
 
 def run() -> None:

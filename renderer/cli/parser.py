@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn, TypeAlias, TypeVar
 
 from renderer.cli.model_commands import add_model_commands
 from renderer.cli.project_commands import add_import_arguments, add_init_arguments
+from renderer.cli.service.commands import SERVICE_COMMANDS
 from renderer.core.version import __version__
 
 DEFAULT_OUT = Path("outputs")
@@ -180,9 +181,15 @@ def _estimates() -> _Parser:
     return options
 
 
-def _command(commands: Commands, name: str, help_text: str, *parents: _Parser) -> _Parser:
+def _command(
+    commands: Commands,
+    name: str,
+    help_text: str,
+    *parents: _Parser,
+    epilog: tuple[str, str] | None = None,
+) -> _Parser:
     """A command's parser, its --help ending with the command's exit codes and example."""
-    codes, example = _EPILOGS[name]
+    codes, example = epilog or _EPILOGS[name]
     return commands.add_parser(
         name,
         help=help_text,
@@ -538,12 +545,13 @@ def _add_review_commands(commands: Commands) -> None:
 
 
 def _add_tool_commands(commands: Commands) -> None:
-    """schema, models, demo-models: files for editors, the model library, and models to try
-    the renderer out with."""
+    """schema, models, init, import, the render service, demo-models: files for editors, the
+    model library, projects, the service and its client, and models to try the renderer
+    out with."""
     schema = _command(
         commands,
         "schema",
-        "write JSON Schema files for editors (recipes, campaigns, brand kits, training specs)",
+        "write JSON Schema files (recipes, campaigns, brand kits, training specs, variant specs)",
     )
     schema.add_argument("--dir", type=Path, default=Path("schemas"))
 
@@ -555,6 +563,9 @@ def _add_tool_commands(commands: Commands) -> None:
     add_import_arguments(
         _command(commands, "import", "A1111/ComfyUI images and workflows as pinned recipes")
     )
+
+    for name, help_text, epilog, add_arguments in SERVICE_COMMANDS:
+        add_arguments(_command(commands, name, help_text, epilog=epilog))
 
     demo = _command(commands, "demo-models", "build the tiny deterministic demo models")
     demo.add_argument("--dir", type=Path, default=Path("models/demo"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from renderer.core.progress import notify_progress
 from renderer.core.terminal import printable
 from renderer.train.results import Progress
 
@@ -16,6 +17,7 @@ class StepLines:
         self.drawn = False
 
     def progress(self, update: Progress) -> None:
+        notify_progress("train", update.step, update.total)
         if self.interactive:
             sys.stderr.write(f"\r\x1b[K{update.line()}")
         else:

@@ -20,9 +20,9 @@ from renderer.commands.provenance import C2paSigner, sign_image
 from renderer.core.atomic import fsync_folder, write_bytes_atomic
 from renderer.core.errors import InputError
 from renderer.core.hashing import sha256_bytes, sha256_file
+from renderer.core.sqlite_db import utc_now
 from renderer.core.terminal import Log
 from renderer.ledger.delivery_recovery import MANIFEST_NAMES
-from renderer.ledger.queries import utc_now
 from renderer.validate.matrix import axis_label
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: no clock in the archive

@@ -2,10 +2,10 @@
 
 It writes a pinned recipe for the checkpoint, a brand kit with a placeholder logo, palette
 and reference images, a campaign with a small matrix, channel exports per aspect ratio and
-gates, and a ``.gitignore`` for the output folder; then the files are validated as
-``campaign validate`` would. The YAML files are templates in ``renderer/data/init/``,
-with comments that teach the format. Nothing is written over an existing file: a target
-that holds any of them is refused before anything is written.
+gates, and a ``.gitignore`` for the output folder and the render service's state; then the
+files are validated as ``campaign validate`` would. The YAML files are templates in
+``renderer/data/init/``, with comments that teach the format. Nothing is written over an
+existing file: a target that holds any of them is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from renderer.commands.pin import pin
 from renderer.core.atomic import write_bytes_atomic
 from renderer.core.errors import InputError
 from renderer.core.families import SIZE_MULTIPLE
+from renderer.core.project_files import SERVICE_STATE
 from renderer.validate.matrix import size_for_aspect
 
 # What a family renders well at, and how: the recipe's defaults for a new project.
@@ -118,7 +119,9 @@ def init_project(
     for path, template in ((project.recipe, "recipe.yaml"), (project.campaign, "campaign.yaml")):
         write_template(path, template, values)
     write_brand(project.brand, values["brand"])
-    write_bytes_atomic(project.gitignore, f"/{outputs.as_posix()}/\n".encode())
+    # The outputs, and campaign serve's queue and token file (README, "Render service").
+    ignored = f"/{outputs.as_posix()}/\n/{SERVICE_STATE}/\n"
+    write_bytes_atomic(project.gitignore, ignored.encode())
     pin(project.campaign)  # the recipe's and the brand kit's files, hashed in place
     return project
 

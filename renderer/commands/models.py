@@ -16,7 +16,7 @@ from pathlib import Path
 from renderer.commands.lookup import MIN_PREFIX, is_hash_prefix, open_ledger
 from renderer.core.errors import BadFileError, InputError, MissingFileError
 from renderer.core.hashing import hash_file
-from renderer.ledger.queries import utc_now
+from renderer.core.sqlite_db import utc_now
 from renderer.load.schema import PICKLE_SUFFIXES
 from renderer.validate.file_probes import is_folder, is_regular_file
 from renderer.validate.inputs import ResolvedFile

@@ -27,6 +27,18 @@ class CampaignError(Exception):
 
     exit_code = 3
 
+    def as_json(self) -> dict[str, object]:
+        """The error as ``--json`` prints it and the service answers it
+        (schemas/error.json.schema.json)."""
+        return {
+            "error": {**dict.fromkeys(_ERROR_FIELDS), "message": str(self)},
+            "exit": self.exit_code,
+        }
+
+
+# What an error says, field by field (an InputError fills them; others, the message only).
+_ERROR_FIELDS = ("file", "line", "key", "expected", "found", "fix", "message")
+
 
 class InputError(CampaignError):
     """Bad input: the command stops before rendering anything."""
@@ -54,6 +66,18 @@ class InputError(CampaignError):
         self.fix = fix
         self.excerpt = excerpt
         super().__init__(self.__str__())
+
+    def as_json(self) -> dict[str, object]:
+        fields = (
+            self.file,
+            self.line,
+            self.key_path,
+            self.expected,
+            self.found,
+            self.fix,
+            self.message,
+        )
+        return {"error": dict(zip(_ERROR_FIELDS, fields, strict=True)), "exit": self.exit_code}
 
     def __str__(self) -> str:
         # A file name may hold a newline or an escape: printed, it could fake a location.

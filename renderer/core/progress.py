@@ -1,14 +1,30 @@
 """A progress line on stderr: done/total, rate and ETA.
 
 On a terminal the line redraws in place; otherwise (CI logs, tests) a line is printed
-per update so logs stay readable.
+per update so logs stay readable. ``observe_progress`` also hands every update to a
+callback (the render service's runner sends them on as job events).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+ProgressObserver = Callable[[str, int, int], None]  # (label, done, total)
+_OBSERVERS: list[ProgressObserver] = []
+
+
+def observe_progress(observer: ProgressObserver) -> None:
+    """Call ``observer`` with every progress update of this process from now on."""
+    _OBSERVERS.append(observer)
+
+
+def notify_progress(label: str, done: int, total: int) -> None:
+    """Hand a progress update (a render's images, a training's steps) to the observers."""
+    for observer in _OBSERVERS:
+        observer(label, done, total)
 
 
 class Progress:
@@ -21,6 +37,7 @@ class Progress:
 
     def advance(self, count: int) -> None:
         self.done += count
+        notify_progress(self.label, self.done, self.total)
         self.stream.write(
             ("\r" if self.interactive else "") + self.line() + ("" if self.interactive else "\n")
         )

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from renderer.core.errors import LedgerError
-from renderer.ledger.queries import TableQueries, utc_now, where_clause
+from renderer.core.sqlite_db import utc_now
+from renderer.ledger.queries import TableQueries, where_clause
 from renderer.ledger.records import DeliveryFileRow, DeliveryRow, UnfinishedDelivery
 
 

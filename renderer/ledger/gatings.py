@@ -11,7 +11,8 @@ from typing import Any
 
 from renderer.core.hashing import canonical_json
 from renderer.core.json_value import JsonObject
-from renderer.ledger.queries import TableQueries, inserted_id, utc_now
+from renderer.core.sqlite_db import utc_now
+from renderer.ledger.queries import TableQueries, inserted_id
 from renderer.ledger.records import Decision
 
 

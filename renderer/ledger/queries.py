@@ -12,19 +12,15 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from renderer.core.hashing import canonical_json, sha256_json
 from renderer.core.json_value import JsonObject
+from renderer.core.sqlite_db import transaction
 
 _IN_CHUNK = 500  # values per IN (...) query
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def inserted_id(cursor: sqlite3.Cursor) -> int:
@@ -41,15 +37,8 @@ class TableQueries:
     path: Path
     _environments: set[str]  # hashes stored by this connection
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.db)
 
     def _rows_in(self, query: str, values: Sequence[str | int]) -> Iterator[sqlite3.Row]:
         """Run ``query`` with its ``{}`` replaced by placeholders for ``values``, in chunks

@@ -10,7 +10,8 @@ from typing import Any
 
 from renderer.core.hashing import canonical_json, sha256_json
 from renderer.core.json_value import JsonObject
-from renderer.ledger.queries import TableQueries, utc_now
+from renderer.core.sqlite_db import utc_now
+from renderer.ledger.queries import TableQueries
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from renderer.core.sqlite_db import utc_now
 from renderer.ledger.columns import column_values, stored_fields
-from renderer.ledger.queries import TableQueries, filters, inserted_id, utc_now, where_clause
+from renderer.ledger.queries import TableQueries, filters, inserted_id, where_clause
 from renderer.ledger.records import (
     RENDER_FROM,
     RENDER_SELECT,

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from renderer.core.json_value import JsonValue
-from renderer.ledger.queries import TableQueries, inserted_id, utc_now
+from renderer.core.sqlite_db import utc_now
+from renderer.ledger.queries import TableQueries, inserted_id
 from renderer.ledger.records import UNREVIEWED, Review
 
 

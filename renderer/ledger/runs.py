@@ -11,7 +11,8 @@ from typing import Any
 from renderer.core.errors import InputError
 from renderer.core.hashing import canonical_json
 from renderer.core.json_value import JsonObject
-from renderer.ledger.queries import TableQueries, filters, recipe_filter, utc_now, where_clause
+from renderer.core.sqlite_db import utc_now
+from renderer.ledger.queries import TableQueries, filters, recipe_filter, where_clause
 from renderer.ledger.records import RUN_FROM, RUN_SELECT, RunRow
 
 RUN_STATUSES = ("running", "passed", "failed", "error", "interrupted")

@@ -14,10 +14,10 @@ import sqlite3
 from pathlib import Path
 
 from renderer.core.errors import LedgerError
+from renderer.core.sqlite_db import apply_migrations, missing_migrations
 from renderer.ledger.deliveries import DeliveryQueries
 from renderer.ledger.gatings import GatingQueries
 from renderer.ledger.migrations import MIGRATIONS
-from renderer.ledger.queries import utc_now
 from renderer.ledger.recipes import RecipeQueries
 from renderer.ledger.renders import RenderQueries
 from renderer.ledger.reviews import ReviewQueries
@@ -99,27 +99,14 @@ class Ledger(
         self.close()
 
     def _migrate(self) -> None:
-        if self.read_only:
-            applied = {row[0] for row in self.db.execute("SELECT name FROM migrations")}
-            if missing := [m.__name__ for m in MIGRATIONS if m.__name__ not in applied]:
-                raise LedgerError(
-                    f"the ledger {self.path} needs migrating ({', '.join(missing)})"
-                    " and this command only reads: run any writing command "
-                    "(e.g. `campaign render`) on a writable copy once"
-                )
-            return
-        with self.transaction() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS migrations "
-                "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        if not self.read_only:
+            apply_migrations(self.db, MIGRATIONS)
+        elif missing := missing_migrations(self.db, MIGRATIONS):
+            raise LedgerError(
+                f"the ledger {self.path} needs migrating ({', '.join(missing)})"
+                " and this command only reads: run any writing command "
+                "(e.g. `campaign render`) on a writable copy once"
             )
-            applied = {row[0] for row in db.execute("SELECT name FROM migrations")}
-            for migration in MIGRATIONS:
-                if migration.__name__ not in applied:
-                    migration(db)
-                    db.execute(
-                        "INSERT INTO migrations VALUES (?, ?)", (migration.__name__, utc_now())
-                    )
 
     def integrity_check(self) -> str:
         return "; ".join(row[0] for row in self.db.execute("PRAGMA integrity_check"))

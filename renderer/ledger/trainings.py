@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from renderer.core.hashing import canonical_json
 from renderer.core.json_value import JsonObject
-from renderer.ledger.queries import TableQueries, filters, utc_now, where_clause
+from renderer.core.sqlite_db import utc_now
+from renderer.ledger.queries import TableQueries, filters, where_clause
 from renderer.ledger.records import TrainingRow
 
 TRAINING_STATUSES = ("running", "finished", "error", "interrupted")

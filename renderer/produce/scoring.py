@@ -19,6 +19,7 @@ from renderer.plan.jobs import Job
 from renderer.plan.variants import Variant
 from renderer.produce.finishing import Finished, SetText, open_image
 from renderer.produce.job import FailedImage
+from renderer.produce.warm import warm_models
 from renderer.render.diffusers_renderer import BUILDING_MODELS
 from renderer.validate.inputs import BrandKit, Campaign
 
@@ -43,14 +44,17 @@ class Scoring:
         # Lazy: open_clip and torch load in start-up's thread, not on this module's import.
         from postprocess.scoring import ClipScorer
 
-        with BUILDING_MODELS:  # not while diffusers builds one (start-up runs beside it)
-            if clip.folder is not None:
-                self.scorer = ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size)
-            else:
+        def load() -> ClipScorer:
+            with BUILDING_MODELS:  # not while diffusers builds one (start-up runs beside it)
+                if clip.folder is not None:
+                    return ClipScorer.from_folder(clip.folder, batch_size=scoring.batch_size)
                 assert clip.name is not None  # validate: a folder, else an open_clip name
-                self.scorer = ClipScorer.from_pretrained(
+                return ClipScorer.from_pretrained(
                     clip.name, clip.pretrained, batch_size=scoring.batch_size
                 )
+
+        warm = warm_models()  # the render service's runner keeps CLIP between runs
+        self.scorer = load() if warm is None else warm.scorer(clip, scoring.batch_size, load)
         self.brand: BrandKit = campaign.brand
         self.overlaps = {frozenset(pair) for pair in campaign.brand.spec.allowed_overlaps}
         self.palette_delta_e = scoring.palette_delta_e

@@ -60,6 +60,7 @@ from renderer.produce.job import (
 )
 from renderer.produce.metadata import LoraHashes, RenderContext, encode_png, render_context
 from renderer.produce.scoring import Scoring, score_images
+from renderer.produce.warm import warm_models
 from renderer.render.diffusers_renderer import DiffusersRenderer
 from renderer.render.options import RenderOptions
 from renderer.validate.inputs import Campaign, FileIndex
@@ -118,11 +119,14 @@ class Worker:
 
     @classmethod
     def for_campaign(cls, campaign: Campaign, log: Log) -> Worker:
-        options = campaign.spec.render.model_dump(include=RenderOptions.known())
+        options = RenderOptions(**campaign.spec.render.model_dump(include=RenderOptions.known()))
         allow_pickle = any(recipe.spec.allow_pickle for recipe in campaign.recipes)
-        renderer = DiffusersRenderer(
-            RenderOptions(**options), allow_pickle=allow_pickle, log=log, recipes=campaign.recipes
-        )
+        if (warm := warm_models()) is not None:  # the render service's runner keeps them
+            renderer = warm.renderer(options, allow_pickle, campaign.recipes, log)
+        else:
+            renderer = DiffusersRenderer(
+                options, allow_pickle=allow_pickle, log=log, recipes=campaign.recipes
+            )
         files = campaign.files()
         assets = Assets(files)
         return cls(

@@ -74,6 +74,26 @@ class PipelineCache:
         self._ip_adapters.clear()
         self.upscalers.clear()
 
+    def loaded_bytes(self) -> int:
+        """The bytes of every weight and buffer the loaded models hold, each tensor once
+        (derived pipelines share their base's)."""
+        import torch  # on use, not at import (README, "Start-up in parallel")
+
+        seen: set[int] = set()
+        total = 0
+        modules = [
+            component
+            for pipe in [*self._bases.values(), *self._pipelines.values()]
+            for component in pipe.components.values()
+            if isinstance(component, torch.nn.Module)
+        ] + [upscaler.model for upscaler in self.upscalers.values()]
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                if tensor.data_ptr() not in seen:
+                    seen.add(tensor.data_ptr())
+                    total += tensor.numel() * tensor.element_size()
+        return total
+
     def weights(self, file: FileId, files: FileIndex) -> Path:
         """Where a model file is, refused if it is a pickle and pickles are not allowed."""
         path = files.path(file)
