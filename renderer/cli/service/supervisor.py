@@ -36,6 +36,9 @@ class _Runner:
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
+            # Its own session: a Ctrl-C at the server's terminal stops the server (the job
+            # then resumes at the next start), not the job in the runner.
+            start_new_session=True,
         )
         assert self.process.stdin and self.process.stdout and self.process.stderr
         self.stdin: IO[str] = self.process.stdin
@@ -98,10 +101,12 @@ class Supervisor:
             thread.start()
 
     def stop(self) -> None:
+        """Stop taking jobs. A job running now is not waited for: its runner dies with this
+        process, and the next start queues the job again (``JobQueue.requeue_running``)."""
         self.stopping.set()
         self.wake.set()
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=1)
 
     def cancel(self, job_id: str) -> None:
         """Ask the runner running ``job_id`` to stop it (the queue already says so)."""
