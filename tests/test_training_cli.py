@@ -201,9 +201,17 @@ def test_sigkill_during_campaign_train_then_the_same_command_gives_the_same_lora
     assert result.code == 0, result.stderr
     assert "its last attempt stopped without a word (killed?); resuming" in result.stderr
     assert f"resumed at step {EVERY}" in result.stderr
-    assert result.json()["sha256"] == uninterrupted["sha256"]
     row = training_row(out)
     assert (row["status"], row["attempts"], row["resumed_from"]) == ("finished", 2, EVERY)
+    # This output folder's training started at another time than the uninterrupted one's: the
+    # same tensors and header but for the header's date, its own first attempt's start.
+    resumed = Path(result.json()["lora"])
+    assert lora_differences(Path(uninterrupted["lora"]), resumed) == [
+        "header keys: modelspec.date, ss_training_started_at"
+    ]
+    with safe_open(str(resumed), "pt") as handle:
+        started = handle.metadata()["modelspec.date"]
+    assert started == row["started_at"][:19] + "+00:00"
     assert list(folder.rglob(".tmp-*")) == []
 
 

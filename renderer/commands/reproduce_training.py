@@ -34,7 +34,7 @@ from renderer.ledger.store import Ledger
 from renderer.plan.output_folder import reproduction_root
 from renderer.render.diffusers_renderer import quiet_libraries
 from renderer.render.environment import differences
-from renderer.train.command import TRAININGS_DIR, job_of
+from renderer.train.command import TRAININGS_DIR, dated, job_of
 from renderer.train.engine import train
 from renderer.train.job import TrainingJob
 from renderer.train.results import Progress
@@ -145,7 +145,7 @@ def reproduce_training(
         if base["config"]
         else {}
     )
-    job = job_of(row.spec, FileIndex.of(located, configs), row.spec_hash, row.id)
+    job = dated(job_of(row.spec, FileIndex.of(located, configs), row.spec_hash, row.id), row)
     # 2. The recorded environment where this machine allows.
     job = _pinned(job, recorded_environment)
     # 3. From nothing: a fresh folder and a fresh feature cache.

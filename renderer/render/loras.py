@@ -162,10 +162,14 @@ class LoraSwitcher:
         for lora in recipe.loras:
             name = f"lora_{lora.sha256[:12]}"
             if name not in loaded:
+                # On use, not at import (README, "Start-up in parallel"): it imports torch.
+                from renderer.weights.flux_lora_layout import diffusers_lora_weights
+
+                weights = diffusers_lora_weights(
+                    recipe.family, self.pipelines.weights(lora, files), denoiser
+                )
                 with self._layers_in_compute_dtype(denoiser):
-                    pipe.load_lora_weights(
-                        str(self.pipelines.weights(lora, files)), adapter_name=name
-                    )
+                    pipe.load_lora_weights(weights, adapter_name=name)
                 loaded.add(name)
             names.append(name)
         if names:

@@ -190,6 +190,12 @@ def job_of(
     )
 
 
+def dated(job: TrainingJob, row: TrainingRow) -> TrainingJob:
+    """The job with its training's recorded first start, the LoRA header's date: a resumed or
+    reproduced training writes the same one, so the same bytes."""
+    return dataclasses.replace(job, started_at=row.started_at)
+
+
 def in_spec(spec: TrainingSpec, err: InputError) -> InputError:
     """An engine error that names a setting (``train.warmup_steps``) as one at its line in
     the spec file; errors that already name a file pass through."""
@@ -264,9 +270,17 @@ def train_spec(
                 f"training {training.training_id}: {_LAST_ATTEMPT[before]}; resuming from its "
                 "last checkpoint"
             )
+        row = ledger.training(training.training_id)
+        if row is None:
+            raise InputError(
+                f"training {training.training_id} was not recorded",
+                file=ledger_path,
+                fix="check that the ledger is writable, then run the command again",
+            )
+        job = dated(training.job, row)
         try:
-            result = train(training.job, folder, cache, progress=progress, log=log)
-            report = write_report(training.job, result, folder, spec.ref)
+            result = train(job, folder, cache, progress=progress, log=log)
+            report = write_report(job, result, folder, spec.ref)
         except BaseException as err:
             ledger.stop_training(
                 training.training_id, "error" if isinstance(err, Exception) else "interrupted"
@@ -282,7 +296,7 @@ def train_spec(
                 lora_bytes=result.lora.stat().st_size,
                 report_path=_relative(report, out_dir),
                 step_losses=result.step_losses,
-                checkpoints=checkpoint_records(training.job, result, out_dir),
+                checkpoints=checkpoint_records(job, result, out_dir),
                 environment=result.environment,
                 timings=result.timings,
                 resumed_from=result.resumed_from,

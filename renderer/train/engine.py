@@ -61,6 +61,7 @@ from renderer.train.results import CheckpointRecord, Progress, TrainingResult
 from renderer.train.runtime import autocast, deterministic, torch_dtype
 from renderer.train.trainer import Trainer
 from renderer.train.training_folder import hold_training_folder
+from renderer.weights.flux_lora_layout import diffusers_lora_weights
 
 __all__ = [
     "CheckpointRecord",
@@ -119,8 +120,9 @@ def evaluation_loss(
     job: TrainingJob, cache_dir: Path, seeds: Sequence[int], lora: Path | None = None
 ) -> tuple[float, ...]:
     """The job's loss on its own images, one mean per seed, with the base model or with a
-    LoRA file loaded by diffusers' ``load_lora_weights``. Noise and timesteps are fixed by
-    (seed, image), so the base model and any LoRA are judged on the same draws."""
+    LoRA file loaded by diffusers' ``load_lora_weights`` (``lora_files.diffusers_lora_weights``).
+    Noise and timesteps are fixed by (seed, image), so the base model and any LoRA are judged
+    on the same draws."""
     hashes = HashCache()
     check_job(job, hashes)
     device = resolve_device(job.train.device)
@@ -130,7 +132,10 @@ def evaluation_loss(
             job, cache_dir, device, weight_dtype, hashes, live_text=True, log=lambda _: None
         )
         if lora is not None:
-            features.model.pipe.load_lora_weights(str(lora), adapter_name="evaluated")
+            model = features.model
+            model.pipe.load_lora_weights(
+                diffusers_lora_weights(job.family, lora, model.denoiser), adapter_name="evaluated"
+            )
         means = []
         for seed in seeds:
             losses = []

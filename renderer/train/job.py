@@ -2,7 +2,8 @@
 
 A job names everything that decides the trained file's bytes — the family, the checkpoint,
 the dataset (image path, sha256, caption), the LoRA and train settings, the sample prompts —
-plus what the file should say about where it came from (``spec_hash``, ``training_id``).
+plus what the file should say about where it came from (``spec_hash``, ``training_id``,
+``started_at``).
 ``to_dict()``/``from_dict()`` round-trip it through JSON; ``fingerprint`` (sha256 of that
 canonical JSON) ties checkpoints to the job that wrote them. Plain values throughout
 (precisions by name), so building a job imports no torch.
@@ -15,6 +16,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,9 @@ class TrainingJob:
     samples: SampleSettings = field(default_factory=SampleSettings)
     name: str = "lora"  # output file name without .safetensors
     comment: str = ""  # ss_training_comment
+    # The training's first start (ISO 8601 with offset, as the ledger records it): the header's
+    # only time (modelspec.date, ss_training_started_at); None leaves both out.
+    started_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         plain: dict[str, Any] = _plain(self)
@@ -212,6 +217,11 @@ def check_job(job: TrainingJob, hashes: HashCache) -> None:
             f"[width, height], multiples of {SIZE_MULTIPLE.get(job.family, 8)}",
         ),
         ("items", len(job.items) >= 1, "at least one image"),
+        (
+            "started_at",
+            job.started_at is None or _is_time(job.started_at),
+            "an ISO 8601 time with its UTC offset, e.g. 2026-12-01T10:58:13+00:00",
+        ),
     ]
     for key, ok, expected in rules:
         if not ok:
@@ -242,6 +252,13 @@ def check_job(job: TrainingJob, hashes: HashCache) -> None:
                 found=found,
                 fix="restore the image or update its sha256 in the job",
             )
+
+
+def _is_time(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def _lookup(job: TrainingJob, key: str) -> Any:

@@ -327,6 +327,7 @@ class Trainer:
             step=self.step,
             batches_per_epoch=self.order.per_epoch,
             buckets=dict(sorted(buckets.items())),
+            bucket_step=self.model.bucket_step,
             optimizer=type(self.optimizer),
             checkpoint_sha256=self.checkpoint_sha256,
             prediction_type=self.model.prediction_type,
