@@ -35,6 +35,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.recipe_axis_bench import render_seconds  # noqa: E402  (a cold render, timed)
+
 CAMPAIGN_BIN = Path(sys.executable).parent / "campaign"
 TOKEN = "bench-token-" + "x" * 20
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -110,17 +113,6 @@ class Server:
         self.process.wait(timeout=60)
 
 
-def cold_seconds(campaign: Path, out: Path) -> float:
-    started = time.perf_counter()
-    subprocess.run(
-        [str(CAMPAIGN_BIN), "render", str(campaign), "--out", str(out)],
-        env=ENV,
-        check=True,
-        capture_output=True,
-    )
-    return time.perf_counter() - started
-
-
 def step_seconds(ledger: Path) -> dict[str, float]:
     """A run's seconds by step (base, postprocess, score, write), each batch counted once."""
     totals: dict[str, float] = {}
@@ -153,7 +145,7 @@ def main() -> None:
             second = server.job_seconds("second")
             cold, warm = [], []
             for run in range(args.runs):
-                cold.append(cold_seconds(campaign, root / f"cold-{run}"))
+                cold.append(render_seconds(campaign, root / f"cold-{run}"))
                 warm.append(server.job_seconds(f"warm-{run}"))
             best = min(range(args.runs), key=warm.__getitem__)
             steps = step_seconds(root / f"warm-{best}" / "ledger.sqlite")
