@@ -321,9 +321,9 @@ def test_finder_finds_files_and_folders_by_content_whatever_their_names(tmp_path
     )
     checkpoint = finder.found[("style.safetensors", weights)]
     recorded = FileId(name="sd15", sha256=sha256_folder(config))
-    assert finder.checkpoint_config(recorded, checkpoint) == (config, None)
+    assert finder.checkpoint_config(recorded, checkpoint, "sd15") == (config, None)
     missing = FileId(name="sd15", sha256="5" * 64)
-    found, problem = finder.checkpoint_config(missing, checkpoint)
+    found, problem = finder.checkpoint_config(missing, checkpoint, "sd15")
     assert found is None and "checkpoint config sd15 is missing" in problem.describe()
 
 
