@@ -28,9 +28,7 @@ V1, V2 = "demo-sd15@1", "demo-sd15@2"
 
 @pytest.fixture(scope="module")
 def validators() -> dict[str, Draft202012Validator]:
-    documents = [
-        json.loads(path.read_text()) for path in (REPO / "schemas").glob("*.json")
-    ]
+    documents = [json.loads(path.read_text()) for path in (REPO / "schemas").glob("*.json")]
     registry = Registry().with_resources(
         (document["$id"], Resource.from_contents(document)) for document in documents
     )
