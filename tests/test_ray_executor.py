@@ -107,3 +107,42 @@ def _committed(ledger: Path) -> int:
             return db.execute("SELECT COUNT(*) FROM renders").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def test_the_services_runner_keeps_ray_workers_and_their_models_warm(
+    tmp_path, demo_models, ray_env
+):
+    """As `campaign serve --executor ray` runs jobs: the second run takes the first run's
+    actor, whose pipelines are still loaded, and gives the first run's bytes."""
+    import ray
+
+    from renderer.produce import warm
+    from renderer.run import ray_executor
+    from renderer.run.execute import render_campaign
+
+    from .scratch import Scratch
+
+    said: list[str] = []
+    warm.keep_models_warm(16 << 30, said.append)
+    campaign = Scratch(tmp_path / "c").write()
+    try:
+        for out in ("first", "second"):
+            summary = render_campaign(
+                campaign,
+                tmp_path / out,
+                executor="ray",
+                workers=1,
+                log=said.append,
+                show_progress=False,
+            )
+            assert summary.rendered == 2
+    finally:
+        warm._WARM.clear()
+        for actors in ray_executor._KEPT.values():
+            for actor in actors:
+                ray.kill(actor)
+        ray_executor._KEPT.clear()
+        ray.shutdown()
+    assert any(line.endswith("1 kept warm from the last run") for line in said), said
+    assert "ray: worker 1: warm: pipelines of sd15 already loaded" in said
+    assert pngs(tmp_path / "second" / "c") == pngs(tmp_path / "first" / "c")

@@ -1,6 +1,8 @@
 """Render on a Ray cluster: one actor per GPU (or per configured CPU share).
 
-Each actor loads the campaign's pipeline once and runs the local executor's worker
+Each actor loads the campaign's pipeline once (in the render service's runner, once for
+every run that shares it: actors are kept between runs, their models warm) and runs the
+local executor's worker
 (``renderer.produce.worker.Worker``) on whole batches (the same batches as the local executor:
 same grouping, same size, same per-image generators and the same torch thread count, so
 the same bytes), through the pipelined executor's ``OverlappedStages``: an actor renders
@@ -25,6 +27,7 @@ from renderer.core.errors import InputError, RenderFailure
 from renderer.core.terminal import Log
 from renderer.plan.jobs import Job
 from renderer.produce.job import JobResult
+from renderer.produce.warm import keep_models_warm, warm_models
 from renderer.produce.worker import OverlappedStages, Worker
 from renderer.render.diffusers_renderer import campaign_batch_sizes
 from renderer.validate.campaign import load_campaign
@@ -37,20 +40,34 @@ def _worker_class() -> Any:
 
     @ray.remote
     class RenderWorker:
-        """Holds one loaded pipeline; produces batches into the shared output folder."""
+        """Holds loaded pipelines; produces a run's batches into its output folder. In the
+        render service's runner it is kept between runs, its models warm
+        (``renderer.produce.warm``): ``start`` gives it the next run's campaign."""
 
-        def __init__(self, campaign_path: str, out_dir: str, threads: int):
+        def __init__(self, threads: int, warm_bytes: int | None):
             import torch
 
             # Ray pins OMP threads to the actor's CPU share; a different thread count moves
             # pixels by 1/255, so use the driver's to give the local executor's bytes.
             torch.set_num_threads(threads)
+            self.said: list[str] = []  # what its warm models said since the last start
+            if warm_bytes is not None:
+                keep_models_warm(warm_bytes, self.said.append)
 
+        def start(self, campaign_path: str, out_dir: str) -> list[str]:
+            """Take a run; what its warm models said of it (a renderer already loaded)."""
             self.campaign = load_campaign(Path(campaign_path), verify_hashes=False)
             self.worker = Worker.for_campaign(
                 self.campaign, log=lambda message: print(message, flush=True)
             )
             self.stages = OverlappedStages(self.worker, Path(out_dir))
+            said, self.said[:] = list(self.said), []
+            return said
+
+        def finish(self) -> list[str]:
+            """The run ended: trim the warm models to their bound; what it evicted."""
+            warm = warm_models()
+            return warm.trim() if warm is not None else []
 
         def environment(self) -> dict[str, Any]:
             return self.worker.environment()
@@ -69,6 +86,11 @@ def _worker_class() -> Any:
     return RenderWorker
 
 
+# The render service's runner keeps its actors between runs (models warm), by how they were
+# made: (address, actors, GPUs each, threads). A plain `campaign render` kills them at its end.
+_KEPT: dict[tuple[object, ...], list[Any]] = {}
+
+
 class RayExecutor:
     def __init__(
         self,
@@ -82,6 +104,7 @@ class RayExecutor:
         log: Log,
     ):
         import ray
+        from ray.exceptions import RayActorError
 
         self.log = log
         started = time.perf_counter()
@@ -105,15 +128,35 @@ class RayExecutor:
             if gpus_per_worker
             else {"num_cpus": max(resources.get("CPU", 1) / workers, 0.01)}
         )
-        self._make = lambda: (
-            _worker_class()
-            .options(**options)
-            .remote(str(campaign_path.resolve()), str(out_dir.resolve()), threads)
-        )
-        self.workers = [self._make() for _ in range(workers)]
+        warm = warm_models()
+        self._keep = None if warm is None else (address, workers, gpus_per_worker, threads)
+        run = (str(campaign_path.resolve()), str(out_dir.resolve()))
+
+        def make() -> Any:
+            actor = (
+                _worker_class()
+                .options(**options)
+                .remote(threads, None if warm is None else warm.bound_bytes)
+            )
+            actor.start.remote(*run)  # an actor runs its calls in order: before any batch
+            return actor
+
+        self._make = make
+        kept = _KEPT.pop(self._keep, []) if self._keep else []
+        self.workers: list[Any] = []
+        for actor in kept:
+            try:
+                said = ray.get(actor.start.remote(*run))
+            except RayActorError:  # it died since the last run
+                continue
+            self.workers.append(actor)
+            for line in said:
+                log(f"ray: worker {len(self.workers)}: {line}")
+        self.workers += [make() for _ in range(workers - len(self.workers))]
         log(
             f"ray: {workers} worker(s) on {resources.get('CPU', 0):g} CPU / "
             f"{resources.get('GPU', 0):g} GPU, cluster ready in {self.started_ray:.1f} s"
+            + (f", {len(kept)} kept warm from the last run" if kept else "")
         )
 
     def environment(self) -> dict[str, Any]:
@@ -180,10 +223,17 @@ class RayExecutor:
                 yield results
 
     def close(self) -> None:
+        """Kill the actors, or, in the render service's runner, keep them for the next run."""
         import ray
 
-        for worker in self.workers:
-            ray.kill(worker)
+        if self._keep is not None and self.workers:
+            for said in ray.get([worker.finish.remote() for worker in self.workers]):
+                for line in said:
+                    self.log(f"ray: {line}")
+            _KEPT[self._keep] = self.workers
+        else:
+            for worker in self.workers:
+                ray.kill(worker)
         self.workers = []
 
 
