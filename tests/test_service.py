@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -337,6 +338,25 @@ def test_a_server_killed_mid_job_resumes_it_with_no_row_lost_or_doubled(
         variants = ledger_rows(root / out, "SELECT variant_id FROM renders")
         assert len(variants) == len({row[0] for row in variants}) == 16, trial
         assert images(root / out) == images(root / "cli"), trial
+
+
+def test_a_runner_that_dies_fails_its_job_and_the_server_goes_on(server: Server, campaign):
+    campaign.campaign["matrix"]["axes"]["background"] = [f"b{n}" for n in range(8)]
+    campaign.campaign["render"] = {"batch_size": 1}
+    campaign.write()
+    job_id = server.submit(render_body())
+    while (progress(server, job_id) or {}).get("done", 0) < 1:
+        time.sleep(0.05)
+    (runner,) = [
+        child
+        for child in psutil.Process(server.process.pid).children(recursive=True)
+        if "renderer.cli.service.runner" in " ".join(child.cmdline())
+    ]
+    runner.kill()
+    job = server.wait(job_id)
+    assert job["status"] == "failed" and job["exit_code"] is None
+    assert "runner process ended (exit status -9) before the job did" in job["error"]
+    assert server.wait(server.submit(render_body("again")))["status"] == "done"
 
 
 def progress(server: Server, job_id: str) -> dict:
