@@ -114,13 +114,13 @@ class Server:
 
 
 def step_seconds(ledger: Path) -> dict[str, float]:
-    """A run's seconds by step (base, postprocess, score, write), each batch counted once."""
+    """A run's seconds by step (base, postprocess, score, write): each render row holds its
+    image's share of its batch's seconds (renderer/produce/job.py)."""
     totals: dict[str, float] = {}
     with sqlite3.connect(ledger) as db:
-        for steps, batch in db.execute("SELECT steps_json, batch_json FROM renders"):
+        for (steps,) in db.execute("SELECT steps_json FROM renders"):
             for step in json.loads(steps):
-                share = step["seconds"] / max(len(json.loads(batch)), 1)
-                totals[step["step"]] = totals.get(step["step"], 0.0) + share
+                totals[step["step"]] = totals.get(step["step"], 0.0) + step["seconds"]
     return totals
 
 
