@@ -45,15 +45,14 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel
 
 from postprocess.embedded_metadata import VARIANT_KEY, read_export_metadata
 from renderer.core.errors import InputError
 from renderer.core.json_value import JsonValue
 from renderer.core.version import __version__
-from renderer.load.schema import FileId
-from renderer.plan.variant_spec import LoraUse, RecipeUse, VariantSpec
+from renderer.plan.variant_spec import RecipeUse, VariantSpec
 from renderer.produce.metadata import COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA, digital_source_type
+from renderer.validate.file_finder import spec_files
 
 MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 # The claim generator and every action's softwareAgent (a v2 generator-info map, 18.14.4.4).
@@ -103,42 +102,31 @@ def image_facts(data: bytes) -> tuple[str, tuple[int, int], VariantSpec]:
     return kind, size, spec
 
 
-def model_files(node: BaseModel, at: str = "") -> list[tuple[str, FileId]]:
-    """Every model file a recipe (``RecipeUse``) names, with its key path in the recipe
-    (``checkpoint``, ``loras[0]``, ``refine.upscale.model``), found by walking the spec: every
-    ``FileId`` a recipe holds is a model (its images are paths), so a new model key needs no
-    change here."""
-    found: list[tuple[str, FileId]] = []
-    for name in type(node).model_fields:
-        value = getattr(node, name)
-        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
-        for index, item in items:
-            key = f"{at}{name}" if index is None else f"{at}{name}[{index}]"
-            if isinstance(item, FileId):
-                found.append((key, item))
-            elif isinstance(item, BaseModel):
-                found += model_files(item, f"{key}.")
-    return found
-
-
 def model_ingredients(recipe: RecipeUse) -> list[dict[str, JsonValue]]:
     """The models that made the image as C2PA ingredients (the module's docstring says which
-    fields, after which sections of the specification), in the recipe's order. ``label`` is
-    the id the ``c2pa.created`` action names them by (c2pa-python's builder turns it into
-    the hashed URI of the ingredient assertion); ``dc:format`` is left out, as a model is a
-    file or a diffusers folder (which 18.15.5 would have as multipart/mixed)."""
-    return [
-        {
-            "label": key,
-            "title": model.name,
-            "relationship": "inputTo",
-            "instance_id": f"sha256:{model.sha256}",
-            "data_types": _MODEL_DATA_TYPES,
-            "description": f"recipe {recipe.ref} ({recipe.family}): {key}"
-            + (f", weight {model.weight}" if isinstance(model, LoraUse) else ""),
-        }
-        for key, model in model_files(recipe)
-    ]
+    fields, after which sections of the specification), in the recipe's order: every file a
+    recipe names is a model (its images are paths; ``spec_files`` finds them). ``label``
+    (``checkpoint``, ``loras[0]``, ``refine.upscale.model``) is the id the ``c2pa.created``
+    action names them by (c2pa-python's builder turns it into the hashed URI of the
+    ingredient assertion); ``dc:format`` is left out, as a model is a file or a diffusers
+    folder (which 18.15.5 would have as multipart/mixed)."""
+    ingredients: list[dict[str, JsonValue]] = []
+    for key, name, sha256 in spec_files(recipe.model_dump(mode="json")):
+        label = "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in key
+        ).removeprefix(".")
+        weight = f", weight {recipe.loras[int(key[1])].weight}" if key[0] == "loras" else ""
+        ingredients.append(
+            {
+                "label": label,
+                "title": name,
+                "relationship": "inputTo",
+                "instance_id": f"sha256:{sha256}",
+                "data_types": _MODEL_DATA_TYPES,
+                "description": f"recipe {recipe.ref} ({recipe.family}): {label}{weight}",
+            }
+        )
+    return ingredients
 
 
 def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, JsonValue]]:
@@ -150,7 +138,9 @@ def c2pa_actions(spec: VariantSpec, size: tuple[int, int]) -> list[dict[str, Jso
             "digitalSourceType": digital_source_type(spec),
             "softwareAgent": _AGENT,
             "description": f"{recipe.mode} render",
-            "parameters": {"ingredientIds": [key for key, _ in model_files(recipe)]},
+            "parameters": {
+                "ingredientIds": [ingredient["label"] for ingredient in model_ingredients(recipe)]
+            },
         }
     ]
     post = spec.postprocess
