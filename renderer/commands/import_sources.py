@@ -20,6 +20,7 @@ recipes and a campaign that renders it again.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -265,12 +266,7 @@ class ModelFinder:
         """A ControlNet by the name ComfyUI's loader shows (its file name): a ``.safetensors``
         file with ControlNet keys, or a diffusers ControlNet folder, named like it."""
         stem = Path(name).stem
-        folders = [
-            weights.parent
-            for folder in self.search
-            for weights in sorted(folder.rglob(_DIFFUSERS_WEIGHTS))
-            if weights.parent.name == stem
-        ]
+        folders = [folder for folder in self._model_folders if folder.name == stem]
         for path in [*(p for p in self.candidates if p.stem == stem), *folders]:
             header = read_header(path / _DIFFUSERS_WEIGHTS if path.is_dir() else path)
             detected = detect_model(header)
@@ -297,6 +293,15 @@ class ModelFinder:
             f"control image {name!r} is neither beside the source nor in a --search folder "
             "(copy it from ComfyUI's input folder)"
         )
+
+    @functools.cached_property
+    def _model_folders(self) -> list[Path]:
+        """The diffusers model folders below the --search folders (listed once)."""
+        return [
+            weights.parent
+            for folder in self.search
+            for weights in sorted(folder.rglob(_DIFFUSERS_WEIGHTS))
+        ]
 
     def _find(
         self, short: str | None, name: str | None, digest: Callable[[Path], str]

@@ -101,9 +101,6 @@ class WarmModels:
             self.log(message)
         return evicted
 
-    def loaded_bytes(self) -> int:
-        return sum(kept.renderer.pipelines.loaded_bytes() for kept in self._renderers.values())
-
 
 _WARM: list[WarmModels] = []  # at most one: this process's, once turned on
 

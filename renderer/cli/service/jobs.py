@@ -258,11 +258,10 @@ class JobQueue:
         """Put the jobs a stopped server left ``running`` back first in line (a job
         cancelled meanwhile ends ``cancelled``); returns their ids."""
         with transaction(self.db) as db:
-            ids = [row[0] for row in db.execute("SELECT id FROM jobs WHERE status = 'running'")]
-            for job_id in ids:
-                (cancelled,) = db.execute(
-                    "SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)
-                ).fetchone()
+            left = db.execute("SELECT id, cancel_requested FROM jobs WHERE status = 'running'")
+            ids = []
+            for job_id, cancelled in left.fetchall():
+                ids.append(job_id)
                 status = "cancelled" if cancelled else "queued"
                 db.execute(
                     "UPDATE jobs SET status = ?, finished_at = ? WHERE id = ?",

@@ -75,14 +75,16 @@ def read_request(
             expected=f"-{MAX_PRIORITY} to {MAX_PRIORITY}; higher runs first",
         )
     command = KINDS[kind][0]
+    parser = build_parser()
     options = {key: value for key, value in body.items() if key not in ("kind", "priority")}
-    argv = [command, *_arguments(command, options, root, admin=admin), "--json"]
+    actions = _actions(parser, command)
+    argv = [command, *_arguments(command, actions, options, root, admin=admin), "--json"]
     if command == "deliver":
         argv += ["--by", submitted_by]
     if command == "render":
         argv += server_options
     try:
-        parsed = build_parser().parse_args(argv)
+        parsed = parser.parse_args(argv)
     except UsageError as err:
         raise InputError(
             f"{command}: {err.message}", fix=f"see campaign {command} --help"
@@ -92,9 +94,13 @@ def read_request(
 
 
 def _arguments(
-    command: str, options: Mapping[str, JsonValue], root: Path, *, admin: bool
+    command: str,
+    actions: dict[str, list[argparse.Action]],
+    options: Mapping[str, JsonValue],
+    root: Path,
+    *,
+    admin: bool,
 ) -> list[str]:
-    actions = _actions(command)
     argv: list[str] = []
     positionals: list[str] = []
     for key, value in options.items():
@@ -175,9 +181,8 @@ def confined(root: Path, relative: str, key: str) -> Path:
     return resolved
 
 
-def _actions(command: str) -> dict[str, list[argparse.Action]]:
+def _actions(parser: argparse.ArgumentParser, command: str) -> dict[str, list[argparse.Action]]:
     """The command's options by request key (its ``dest``)."""
-    parser = build_parser()
     commands = next(
         action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
     )

@@ -47,7 +47,7 @@ class _Runner:
         threading.Thread(
             target=self._read_stderr, args=(self.process.stderr, log), daemon=True
         ).start()
-        self.ready = self.receive() == {"ready": True}
+        self.receive()  # {"ready": true} once its imports are done (a dead one says nothing)
 
     def _read_stderr(self, stream: IO[str], log: Log) -> None:
         for line in stream:
