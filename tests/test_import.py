@@ -350,6 +350,19 @@ def test_a_controlnet_whose_image_or_model_is_missing_is_refused(tmp_path, demo_
     assert not (tmp_path / "p").exists()
 
 
+def test_a_broken_control_image_is_refused_before_anything_is_written(tmp_path, demo_models):
+    """Validate would refuse it: import does, before writing the project."""
+    models = comfy_models(tmp_path, demo_models)
+    shutil.copy(IMPORTS / "comfy_api.json", tmp_path / "comfy_api.json")
+    logo = REPO / "campaigns" / "brands" / "kestrel" / "logo.png"
+    (tmp_path / "product_edges.png").write_bytes(logo.read_bytes()[:100])  # truncated
+    result = run_cli(
+        "import", tmp_path / "comfy_api.json", "--to", tmp_path / "p", "--search", models
+    )
+    assert result.code == 2 and "product_edges.png: not an image" in result.stderr, result.stderr
+    assert not (tmp_path / "p").exists()
+
+
 def test_a_workflow_with_a_node_we_do_not_express_is_refused(tmp_path):
     workflow = json.loads((IMPORTS / "comfy_api.json").read_text())
     workflow["99"] = {"class_type": "FreeU_V2", "inputs": {"model": ["4", 0]}}

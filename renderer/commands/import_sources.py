@@ -40,7 +40,7 @@ from renderer.load.imported import Checkpoint, ControlNet, Generation, Hires, Lo
 from renderer.load.infotext import parse_infotext
 from renderer.load.schema import ControlNetSettings
 from renderer.load.yamlsource import read_bounded
-from renderer.validate.file_probes import MAX_IMAGE_BYTES
+from renderer.validate.file_probes import MAX_IMAGE_BYTES, image_problem
 from renderer.weights.compat import pipeline_family, read_header
 from renderer.weights.hashes import addnet_hash
 from renderer.weights.library import ModelLibrary, detect_model
@@ -279,20 +279,34 @@ class ModelFinder:
 
     def control_image(self, name: str, source: Path) -> Path | str:
         """A ComfyUI control image by LoadImage's name (relative to ComfyUI's input folder):
-        beside the source, else in a ``--search`` folder, else anywhere under one by name."""
+        beside the source, else in a ``--search`` folder, else anywhere under one by name;
+        refused here, before anything is written, when validate would refuse it."""
         if Path(name).is_absolute() or ".." in Path(name).parts:
             return f"control image {name!r} leaves ComfyUI's input folder: refused"
-        for folder in (source.parent, *self.search):
-            if (folder / name).is_file():
-                return folder / name
-        wanted = Path(name).name
-        for folder in self.search:
-            if found := next((p for p in sorted(folder.rglob(wanted)) if p.is_file()), None):
-                return found
-        return (
-            f"control image {name!r} is neither beside the source nor in a --search folder "
-            "(copy it from ComfyUI's input folder)"
+        found = next(
+            (
+                folder / name
+                for folder in (source.parent, *self.search)
+                if (folder / name).is_file()
+            ),
+            None,
+        ) or next(
+            (
+                p
+                for folder in self.search
+                for p in sorted(folder.rglob(Path(name).name))
+                if p.is_file()
+            ),
+            None,
         )
+        if found is None:
+            return (
+                f"control image {name!r} is neither beside the source nor in a --search folder "
+                "(copy it from ComfyUI's input folder)"
+            )
+        if problem := image_problem(found):
+            return f"control image {found}: {problem}"
+        return found
 
     @functools.cached_property
     def _model_folders(self) -> list[Path]:
