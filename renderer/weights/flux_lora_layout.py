@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from renderer.core.errors import InputError
+from renderer.weights.compat import read_header
 
 # Flux in BFL's module names (sd-scripts library/flux_utils.py BFL_TO_DIFFUSERS_MAP): per block,
 # diffusers' module -> BFL's. Modules that share a BFL name are the parts of one fused layer, in
@@ -93,9 +94,9 @@ def diffusers_lora_weights(
     write), its tensors split by the transformer's own widths (``flux_diffusers_state_dict``)."""
     if family == "flux":
         layers = {f"lora_unet_{bfl.replace('.', '_')}" for bfl in flux_layers(denoiser)}
-        tensors = load_file(str(path))
-        if {key.split(".")[0] for key in tensors} <= layers:
-            return flux_diffusers_state_dict(tensors, denoiser)
+        # Told from the header: a file of another layout is not read twice.
+        if {key.split(".")[0] for key in read_header(path).shapes} <= layers:
+            return flux_diffusers_state_dict(load_file(str(path)), denoiser)
     return str(path)
 
 
